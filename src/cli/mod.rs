@@ -1,0 +1,98 @@
+//! The command line: argument definitions (clap) and dispatch to one module
+//! per command. Output contract: data on stdout, diagnostics and progress on
+//! stderr, colour only on a terminal and never with `NO_COLOR`.
+
+mod schema;
+mod validate;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::spec::interpolate::Variables;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success (with --detailed-exitcode: success and no changes)
+  1  error of any kind: invalid spec, unreadable file, failed provider call, stale saved plan
+  2  plan succeeded and has changes (only with --detailed-exitcode)";
+
+/// Declarative Crabbox ponds: plan and apply a checked-in pond.yaml against
+/// the leases that really exist.
+#[derive(Debug, Parser)]
+#[command(name = "crabbox", version, about, after_help = EXIT_CODES, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a pond.yaml: YAML syntax, variables, schema and semantic rules.
+    /// Every problem is reported at once as FILE:LINE:COL with a hint.
+    Validate(validate::ValidateArgs),
+    /// Print the JSON Schema of pond.yaml (the same bytes as schema/pond.schema.json).
+    Schema,
+}
+
+/// The spec file and the variables it is read with; shared by every command
+/// that reads pond.yaml.
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// The pond spec to read.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        default_value = "pond.yaml"
+    )]
+    pub file: PathBuf,
+    /// Set a variable for ${VAR} interpolation; wins over the environment. Repeatable.
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+}
+
+impl SpecArgs {
+    /// Variables: `--var` over the environment.
+    #[must_use]
+    pub fn variables(&self) -> Variables {
+        Variables::from_env(self.vars.clone())
+    }
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+/// How a command's result is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people.
+    Human,
+    /// For machines (stable, versioned).
+    Json,
+}
+
+/// Parses arguments and runs the command; returns the process exit code.
+pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Validate(args) => validate::run(&args),
+        Command::Schema => schema::run(),
+    }
+}

@@ -1,0 +1,98 @@
+//! `crabbox validate`: load a spec and report every problem.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use serde_json::json;
+
+use super::{Format, SpecArgs};
+use crate::diagnostic;
+use crate::spec::load::load_path;
+
+#[derive(Debug, Args)]
+pub(super) struct ValidateArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Output format; `json` prints diagnostics (file, line, column, code,
+    /// severity, message, hint) for CI annotations.
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+}
+
+pub(super) fn run(args: &ValidateArgs) -> ExitCode {
+    let name = args.spec.file.display().to_string();
+    let loaded = match load_path(&args.spec.file, &args.spec.variables()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                "run from the directory holding pond.yaml, or pass -f PATH"
+            } else {
+                "check the path and its permissions"
+            };
+            match args.format {
+                Format::Human => {
+                    anstream::eprintln!("error: cannot read {name}: {e}\n  help: {hint}")
+                }
+                Format::Json => println!(
+                    "{}",
+                    json!({
+                        "format_version": "1.0", "valid": false, "error_count": 1, "warning_count": 0,
+                        "diagnostics": [{"file": name, "line": 0, "column": 0, "end_line": 0, "end_column": 0,
+                            "code": "unreadable", "severity": "error", "message": format!("cannot read {name}: {e}"),
+                            "hint": hint, "related": []}]
+                    })
+                ),
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let errors = loaded.diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = loaded.diagnostics.len() - errors;
+    match args.format {
+        Format::Human => {
+            anstream::eprint!(
+                "{}",
+                diagnostic::render_human(&loaded.file, &loaded.diagnostics)
+            );
+            if let Some(pond) = &loaded.pond {
+                println!(
+                    "{name}: valid — pond \"{}\", {} member{}{}",
+                    pond.name,
+                    pond.members.len(),
+                    if pond.members.len() == 1 { "" } else { "s" },
+                    plural_warnings(warnings)
+                );
+            } else {
+                anstream::eprintln!(
+                    "{name}: {errors} error{}{}",
+                    if errors == 1 { "" } else { "s" },
+                    plural_warnings(warnings)
+                );
+            }
+        }
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "format_version": "1.0",
+                "valid": !loaded.has_errors(),
+                "error_count": errors,
+                "warning_count": warnings,
+                "diagnostics": diagnostic::to_json(&loaded.file, &loaded.diagnostics),
+            }))
+            .expect("JSON serializes")
+        ),
+    }
+    if loaded.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn plural_warnings(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        1 => ", 1 warning".to_owned(),
+        n => format!(", {n} warnings"),
+    }
+}

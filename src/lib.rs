@@ -1,0 +1,11 @@
+//! crabbox: declarative Crabbox ponds. A checked-in `pond.yaml` is planned
+//! against the leases that really exist and applied through provider adapters.
+//!
+//! The binary is a thin wrapper over [`run`]; everything lives here so that
+//! tests and tools use the same code paths as the command line.
+
+pub mod cli;
+pub mod diagnostic;
+pub mod spec;
+
+pub use cli::run;

@@ -1,0 +1,15 @@
+//! pond.yaml: the model, loading with positions, interpolation,
+//! normalization, validation and the JSON Schema.
+
+pub mod check;
+pub mod desired;
+pub mod duration;
+pub mod interpolate;
+pub mod load;
+pub mod model;
+pub mod normalize;
+pub mod providers;
+pub mod schema;
+pub mod source;
+pub mod suggest;
+pub mod yaml;
