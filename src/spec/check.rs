@@ -160,6 +160,9 @@ impl Checker<'_> {
     }
 
     fn name(&mut self, raw: &str, pointer: &str, what: &str) -> Option<String> {
+        if self.index.get(pointer).is_none() {
+            return None; // missing entirely: the schema reports the missing key
+        }
         match checked_name(raw) {
             Ok(name) => Some(name),
             Err(NameProblem::Empty) => {
@@ -251,16 +254,19 @@ impl Checker<'_> {
                     Origin::Defaults
                 };
                 if set {
+                    // Said once for a default, not once per member inheriting it.
+                    let whose = match origin {
+                        Origin::Member(_) => format!(" (member `{slug}`)"),
+                        Origin::Defaults => String::new(),
+                    };
                     self.out.push(
                         Diagnostic::warning(
                             "meaningless-option",
                             self.key(&origin.pointer(&format!("/{field}"))),
-                            format!(
-                                "`{field}` has no effect on provider `{provider}` (member `{slug}`)"
-                            ),
+                            format!("`{field}` has no effect on provider `{provider}`{whose}"),
                         )
                         .with_hint(format!(
-                            "provider `{provider}` uses an existing machine; remove `{field}`"
+                            "`local` and `ssh` use a machine that already exists; remove `{field}`"
                         )),
                     );
                 }
@@ -422,7 +428,10 @@ impl Checker<'_> {
                     Diagnostic::error(
                         "bad-duration",
                         self.value(&pointer),
-                        "must be longer than zero",
+                        format!(
+                            "`{}` must be longer than zero",
+                            path.trim_start_matches('/')
+                        ),
                     )
                     .with_hint("e.g. `90m`"),
                 );
@@ -630,7 +639,7 @@ impl Checker<'_> {
                     Diagnostic::error(
                         "provider-block-mismatch",
                         self.key(&format!("/members/{i}/{other}")),
-                        format!("member `{slug}` runs on `{provider}` but has a `{other}:` block"),
+                        format!("member `{slug}` runs on `{provider}` but has a block for `{other}`"),
                     )
                     .with_hint(format!("set `provider: {other}` on this member, or remove the block (`defaults` may hold blocks for several providers)")),
                 );
@@ -791,9 +800,7 @@ impl Checker<'_> {
                             at,
                             format!("dependency cycle: {}", cycle.join(" -> ")),
                         )
-                        .with_hint(
-                            "remove one of these `depends_on` entries; setup order must be a tree",
-                        ),
+                        .with_hint("remove one of the `depends_on` entries in the cycle"),
                     );
                 }
                 return;

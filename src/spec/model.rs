@@ -40,13 +40,13 @@ pub struct PondFile {
 
 /// One lease of the pond.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(deny_unknown_fields)]
+#[schemars(deny_unknown_fields, extend("required" = ["slug"]))]
 pub struct MemberSpec {
     /// Stable role name of the member (`db`, `api`): its identity in the
     /// pond, the `slug` label and the `<slug>.cbx` host name. Normalized like
     /// the pond name.
     #[serde(default)]
-    #[schemars(required, transform = no_default)]
+    #[schemars(transform = no_default)]
     pub slug: String,
     /// Where the lease runs. `local` (the default) runs real processes on
     /// this machine.

@@ -46,6 +46,9 @@ fn validator() -> &'static Validator {
     })
 }
 
+/// Fields whose values are durations such as `90m`.
+const DURATION_FIELDS: [&str; 5] = ["ttl", "idle_timeout", "timeout", "interval", "idleTimeout"];
+
 /// Checks a document against the schema; one diagnostic per problem.
 #[must_use]
 pub fn check(document: &Value, index: &PointerIndex) -> Vec<Diagnostic> {
@@ -138,6 +141,18 @@ fn describe(error: &ValidationError<'_>, index: &PointerIndex, out: &mut Vec<Dia
             place.value,
             format!("`{}` is {}, less than the minimum of {limit}", display_field(pointer), error.instance()),
         )),
+        ValidationErrorKind::Type { .. } if pointer.is_empty() => out.push(
+            Diagnostic::error("empty-document", place.value, "the document is not a pond spec (it is empty or not a map)")
+                .with_hint("start with `version: 1`, `pond: NAME` and `members:`"),
+        ),
+        ValidationErrorKind::Type { .. }
+            if DURATION_FIELDS.contains(&field) && error.instance().is_number() =>
+        {
+            out.push(
+                Diagnostic::error("bad-duration", place.value, format!("`{}` is not a duration", error.instance()))
+                    .with_hint(format!("durations need a unit: `{}m`, `{}s`", error.instance(), error.instance())),
+            );
+        }
         ValidationErrorKind::Type { kind } => {
             let expected = type_names(kind);
             out.push(
@@ -317,7 +332,7 @@ fn article(t: &str) -> String {
         "string" => "a string".to_owned(),
         "integer" => "an integer".to_owned(),
         "number" => "a number".to_owned(),
-        "boolean" => "true or false".to_owned(),
+        "boolean" => "a boolean (true or false)".to_owned(),
         "null" => "empty".to_owned(),
         other => other.to_owned(),
     }

@@ -12,7 +12,7 @@ pub fn did_you_mean<'a>(
     candidates
         .into_iter()
         .map(|c| (distance(&w, &fold(c)), c))
-        .filter(|&(d, c)| d <= (fold(c).len().max(w.len()) / 3).max(1))
+        .filter(|&(d, c)| d <= fold(c).len().max(w.len()).div_ceil(3))
         .min_by_key(|&(d, _)| d)
         .map(|(_, c)| c)
 }

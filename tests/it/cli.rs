@@ -1,0 +1,149 @@
+//! The `validate` and `schema` commands as a user runs them.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+use crate::support::root;
+
+fn crabbox() -> Command {
+    let mut cmd = Command::cargo_bin("crabbox").expect("binary built");
+    cmd.current_dir(root()).env_remove("PR_NUMBER");
+    cmd
+}
+
+#[test]
+fn examples_validate() {
+    for example in ["local", "pr-e2e", "build-farm"] {
+        crabbox()
+            .args([
+                "validate",
+                "-f",
+                &format!("examples/{example}/pond.yaml"),
+                "--var",
+                "PR_NUMBER=7",
+            ])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("valid"));
+    }
+}
+
+#[test]
+fn port_out_of_range_points_at_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pond.yaml");
+    std::fs::write(
+        &path,
+        "version: 1\npond: demo\ndefaults:\n  provider: local\nmembers:\n  - slug: api\n    expose: [8080, 70000]\n",
+    )
+    .expect("write");
+    crabbox()
+        .current_dir(dir.path())
+        .arg("validate")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "pond.yaml:7:20: error: port 70000 is outside 1..65535",
+        ))
+        .stderr(predicate::str::contains("65535"))
+        .stderr(predicate::str::contains("^^^^^"));
+}
+
+#[test]
+fn json_diagnostics_for_ci() {
+    let out = crabbox()
+        .args([
+            "validate",
+            "-f",
+            "tests/corpus/invalid/02-unknown-dependency.yaml",
+            "--format",
+            "json",
+        ])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON on stdout");
+    assert_eq!(v["valid"], false);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["code"], "unknown-member");
+    assert_eq!(d["line"], 7);
+    assert_eq!(d["column"], 18);
+    assert_eq!(d["severity"], "error");
+    assert_eq!(d["hint"], "did you mean `db`?");
+    assert_eq!(d["file"], "tests/corpus/invalid/02-unknown-dependency.yaml");
+}
+
+#[test]
+fn var_wins_over_environment_and_unset_is_an_error() {
+    crabbox()
+        .args(["validate", "-f", "examples/pr-e2e/pond.yaml"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("variable `PR_NUMBER` is not set"))
+        .stderr(predicate::str::contains("--var PR_NUMBER=VALUE"));
+    crabbox()
+        .env("PR_NUMBER", "1")
+        .args([
+            "validate",
+            "-f",
+            "examples/pr-e2e/pond.yaml",
+            "--var",
+            "PR_NUMBER=99",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("pond \"pr-99\""));
+}
+
+#[test]
+fn unreadable_file_says_what_to_do() {
+    crabbox()
+        .args(["validate", "-f", "no/such/pond.yaml"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("cannot read no/such/pond.yaml"))
+        .stderr(predicate::str::contains("help:"));
+}
+
+#[test]
+fn colour_only_when_asked_and_never_with_no_color() {
+    let file = "tests/corpus/invalid/01-duplicate-slug.yaml";
+    let escape = || predicate::str::contains("\u{1b}[");
+    crabbox()
+        .args(["validate", "-f", file])
+        .env_remove("CLICOLOR_FORCE")
+        .assert()
+        .code(1)
+        .stderr(escape().not());
+    crabbox()
+        .args(["validate", "-f", file])
+        .env("CLICOLOR_FORCE", "1")
+        .assert()
+        .code(1)
+        .stderr(escape());
+    crabbox()
+        .args(["validate", "-f", file])
+        .env("CLICOLOR_FORCE", "1")
+        .env("NO_COLOR", "1")
+        .assert()
+        .code(1)
+        .stderr(escape().not());
+}
+
+#[test]
+fn schema_command_prints_the_checked_in_file() {
+    let expected = std::fs::read(root().join("schema/pond.schema.json")).expect("schema file");
+    crabbox().arg("schema").assert().success().stdout(expected);
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    crabbox()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Exit codes"))
+        .stdout(predicate::str::contains("--detailed-exitcode"));
+}

@@ -1,0 +1,55 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+
+use crabbox::diagnostic::render_human;
+use crabbox::spec::interpolate::Variables;
+use crabbox::spec::load::{Loaded, load_str};
+
+/// The repository root (tests run with it as the working directory).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Loads a file by its path relative to the repository root, with no
+/// environment variables, so results do not depend on the machine.
+pub fn load_fixture(relative: &str) -> Loaded {
+    let text = std::fs::read_to_string(root().join(relative)).expect("fixture exists");
+    let dir = Path::new(relative).parent().expect("has a parent");
+    load_str(
+        relative,
+        &text,
+        dir,
+        &Variables::fixed(vec![("PR_NUMBER".into(), "42".into())]),
+    )
+}
+
+/// Diagnostics as a person sees them, without colour.
+pub fn rendered(loaded: &Loaded) -> String {
+    anstream::adapter::strip_str(&render_human(&loaded.file, &loaded.diagnostics)).to_string()
+}
+
+/// The `.yaml` files of a directory under the root, sorted.
+pub fn yaml_files(relative_dir: &str) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(root().join(relative_dir))
+        .expect("directory exists")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .map(|n| format!("{relative_dir}/{n}"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Compares `actual` with the snapshot file; with `UPDATE_SNAPSHOTS=1`
+/// writes it instead. Returns a description of the mismatch.
+pub fn check_snapshot(relative: &str, actual: &str) -> Option<String> {
+    let path = root().join(relative);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, actual).expect("snapshot written");
+        return None;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    (expected != actual)
+        .then(|| format!("--- {relative} (expected)\n{expected}\n+++ actual\n{actual}"))
+}
