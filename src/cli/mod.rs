@@ -2,6 +2,12 @@
 //! per command. Output contract: data on stdout, diagnostics and progress on
 //! stderr, colour only on a terminal and never with `NO_COLOR`.
 
+mod apply;
+mod engine;
+mod imperative;
+mod peers;
+mod plan;
+mod pond;
 mod schema;
 mod validate;
 
@@ -35,11 +41,34 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Print the JSON Schema of pond.yaml (the same bytes as schema/pond.schema.json).
     Schema,
+    /// Discover the live pond, diff it against the spec and print the plan.
+    Plan(plan::PlanArgs),
+    /// Plan (or load a saved plan, refusing a stale one) and carry it out.
+    Apply(apply::ApplyArgs),
+    /// Release every member of the pond, dependents first; "not found" counts as released.
+    Destroy(apply::DestroyArgs),
+    /// The pond's members and how to reach them.
+    Peers(peers::PeersArgs),
+    /// Write peers.json, hosts, env and user templates from the live pond.
+    Render(peers::RenderArgs),
+    /// Create one lease in a pond (idempotent: an existing slug is left alone).
+    Warmup(imperative::WarmupArgs),
+    /// Run a command on a member, streaming its output; exits with the command's exit code.
+    Run(imperative::RunArgs),
+    /// Release one member's lease.
+    Release(imperative::ReleaseArgs),
+    /// List leases (of one pond, or of every pond this machine knows).
+    List(imperative::ListArgs),
+    /// Show one member's lease.
+    Status(imperative::StatusArgs),
+    /// Crabbox-compatible pond verbs.
+    #[command(subcommand)]
+    Pond(pond::PondCommand),
 }
 
 /// The spec file and the variables it is read with; shared by every command
 /// that reads pond.yaml.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct SpecArgs {
     /// The pond spec to read.
     #[arg(
@@ -78,6 +107,17 @@ pub enum Format {
     Json,
 }
 
+/// How a plan is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// Terraform-style text.
+    Human,
+    /// Versioned JSON (`format_version`), shaped like Terraform's.
+    Json,
+    /// For pull-request comments: summary first, cut below 65,000 characters.
+    Markdown,
+}
+
 /// Parses arguments and runs the command; returns the process exit code.
 pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitCode {
     let cli = match Cli::try_parse_from(args) {
@@ -94,5 +134,16 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
     match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Schema => schema::run(),
+        Command::Plan(args) => plan::run(&args),
+        Command::Apply(args) => apply::apply(&args),
+        Command::Destroy(args) => apply::destroy(&args),
+        Command::Peers(args) => peers::peers(&args),
+        Command::Render(args) => peers::render(&args),
+        Command::Warmup(args) => imperative::warmup(&args),
+        Command::Run(args) => imperative::run(&args),
+        Command::Release(args) => imperative::release(&args),
+        Command::List(args) => imperative::list(&args),
+        Command::Status(args) => imperative::status(&args),
+        Command::Pond(cmd) => pond::run(&cmd),
     }
 }

@@ -1,0 +1,315 @@
+//! `crabbox apply` and `crabbox destroy`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::engine::{TargetArgs, approved, failure, load_spec, registry, runtime};
+use super::SpecArgs;
+use crate::apply::executor::{ExecOptions, StepResult};
+use crate::apply::lock;
+use crate::apply::progress::{Mode, Reporter};
+use crate::apply::steps::OutputTarget;
+use crate::inventory::state_dir::state_dir;
+use crate::plan::saved::{self, SavedPlan};
+use crate::plan::{Action, MemberChange, Plan, human, json};
+use crate::reconcile::{self, Applied, observe, outputs_dir, plan_with_outputs, sync_root, templates};
+use crate::spec::desired::DesiredPond;
+
+/// Flags for running a plan.
+#[derive(Debug, Args, Clone)]
+pub(super) struct RunArgs {
+    /// Skip the interactive approval (required without a terminal).
+    #[arg(long)]
+    auto_approve: bool,
+    /// Most steps running at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    parallelism: u16,
+    /// Keep going on independent members after a failure.
+    #[arg(long)]
+    continue_on_error: bool,
+    /// How long to wait for the pond's lock (e.g. `30s`); 0 fails at once, naming the holder.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    lock_timeout: Duration,
+    /// Progress as NDJSON events on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    crate::spec::duration::parse(s).ok_or_else(|| format!("`{s}` is not a duration such as 30s or 2m"))
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ApplyArgs {
+    /// A plan saved with `crabbox plan -o FILE`; applied exactly, or refused if the pond changed since.
+    #[arg(value_name = "PLANFILE")]
+    planfile: Option<PathBuf>,
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Use this pond name instead of the spec's.
+    #[arg(long)]
+    pond: Option<String>,
+    #[command(flatten)]
+    targets: TargetArgs,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct DestroyArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Destroy this pond by name, without a spec (finds it through labels, claims and the pond record).
+    #[arg(long)]
+    pond: Option<String>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
+}
+
+pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
+    let (spec, targets, pond_override, saved) = match &args.planfile {
+        Some(path) => {
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    anstream::eprintln!("error: cannot read the saved plan {}: {e}", path.display());
+                    return failure();
+                }
+            };
+            let saved: SavedPlan = match serde_json::from_str(&text) {
+                Ok(s) => s,
+                Err(e) => {
+                    anstream::eprintln!("error: {} is not a crabbox saved plan: {e}\n  help: create one with `crabbox plan -o FILE`", path.display());
+                    return failure();
+                }
+            };
+            let spec = SpecArgs { file: saved.spec_file.clone(), vars: args.spec.vars.clone() };
+            let targets = TargetArgs { only: saved.only.clone(), skip: saved.skip.clone(), replace: saved.replace.clone() };
+            (spec, targets, saved.pond_override.clone(), Some(saved))
+        }
+        None => (args.spec.clone(), args.targets.clone(), args.pond.clone(), None),
+    };
+    let Some(loaded) = load_spec(&spec, pond_override.as_deref()) else { return failure() };
+    if let Some(saved) = &saved
+        && saved.spec_hash != saved::spec_hash(&loaded.desired)
+    {
+        anstream::eprintln!(
+            "error: Saved plan is stale\n  The spec {} (or the variables it was read with) changed after the plan was created.\n  help: run `crabbox plan -o FILE` again",
+            saved.spec_file.display()
+        );
+        return failure();
+    }
+    let state = state_dir();
+    let _lock = match lock::acquire(&state, &loaded.desired.name, &command_line(), args.run.lock_timeout) {
+        Ok(l) => l,
+        Err(e) => {
+            anstream::eprintln!("error: {e}\n  help: wait for it to finish, pass --lock-timeout 5m to wait, or see `crabbox pond unlock {}`", loaded.desired.name);
+            return failure();
+        }
+    };
+    let registry = registry();
+    let rt = runtime();
+    let inventory = rt.block_on(observe(&loaded.desired, &registry, &state));
+    let plan = match plan_with_outputs(&loaded.desired, &inventory, &targets.options(), &registry) {
+        Ok(p) => p,
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            return failure();
+        }
+    };
+    if let Some(saved) = &saved {
+        let changed = saved::differences(&saved.fingerprint, &saved::fingerprint(&inventory));
+        let same_plan = saved.plan.get("member_changes") == json::to_value(&plan).get("member_changes");
+        if !changed.is_empty() || !same_plan {
+            anstream::eprintln!(
+                "error: Saved plan is stale\n  The pond was changed by another operation after the plan was created:\n{}\n  help: run `crabbox plan -o FILE` again",
+                if changed.is_empty() { "    the plan computed now differs".to_owned() } else { changed.iter().map(|c| format!("    {c}")).collect::<Vec<_>>().join("\n") }
+            );
+            return failure();
+        }
+    }
+    run_plan(&rt, &plan, Some(&loaded.desired), &inventory, registry, &args.run, loaded.dir.clone(), "Apply", saved.is_some())
+}
+
+#[allow(clippy::too_many_arguments)] // the pieces of one apply, each already validated
+fn run_plan(
+    rt: &tokio::runtime::Runtime,
+    plan: &Plan,
+    desired: Option<&DesiredPond>,
+    inventory: &crate::inventory::discover::Inventory,
+    registry: crate::providers::registry::Registry,
+    run: &RunArgs,
+    spec_dir: PathBuf,
+    verb: &str,
+    pre_approved: bool,
+) -> ExitCode {
+    let mode = if run.json { Mode::Json } else { Mode::Human };
+    let reporter = Arc::new(Reporter::new(mode));
+    for w in &plan.warnings {
+        reporter.message("warning", &format!("warning: {w}"));
+    }
+    match mode {
+        Mode::Human => anstream::print!("{}", human::render(plan)),
+        Mode::Json => println!("{}", serde_json::json!({"type": "planned_changes", "plan": json::to_value(plan)})),
+    }
+    if !plan.has_changes() {
+        summary(&reporter, verb, Applied::default(), true);
+        return ExitCode::SUCCESS;
+    }
+    if !pre_approved && !approved(run.auto_approve, verb) {
+        return failure();
+    }
+    let outputs = match desired.map(|d| templates(d).map(|t| OutputTarget { dir: outputs_dir(d), templates: t })) {
+        Some(Ok(o)) => Some(o),
+        Some(Err(e)) => {
+            anstream::eprintln!("error: {e}");
+            return failure();
+        }
+        None => None,
+    };
+    let ctx = Arc::new(reconcile::context(
+        plan,
+        desired,
+        inventory,
+        registry,
+        &state_dir(),
+        sync_root(&spec_dir),
+        outputs,
+        reporter.clone(),
+    ));
+    let options = ExecOptions { parallelism: usize::from(run.parallelism), continue_on_error: run.continue_on_error, ..ExecOptions::default() };
+    let (outcome, applied) = rt.block_on(reconcile::apply(plan, ctx, &options, desired.is_some()));
+    let ok = outcome.success();
+    if !ok {
+        let failed: Vec<String> = outcome
+            .results
+            .values()
+            .filter_map(|r| match r {
+                StepResult::Failed(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect();
+        if outcome.interrupted {
+            reporter.message("error", "Error: interrupted; the steps that finished are recorded in labels and claims, and the next plan shows what is left.");
+        }
+        for f in &failed {
+            reporter.message("error", &format!("Error: {f}"));
+        }
+    }
+    summary(&reporter, verb, applied, ok);
+    if ok { ExitCode::SUCCESS } else { failure() }
+}
+
+fn summary(reporter: &Reporter, verb: &str, a: Applied, ok: bool) {
+    let text = if verb == "Destroy" {
+        format!("{verb} {}! Members: {} destroyed.", if ok { "complete" } else { "incomplete" }, a.destroyed)
+    } else {
+        format!("{verb} {}! Members: {} added, {} changed, {} destroyed.", if ok { "complete" } else { "incomplete" }, a.added, a.changed, a.destroyed)
+    };
+    match reporter.mode() {
+        Mode::Human => anstream::eprintln!("\n{text}"),
+        Mode::Json => println!("{}", serde_json::json!({"type": "change_summary", "ok": ok, "added": a.added, "changed": a.changed, "destroyed": a.destroyed, "message": text})),
+    }
+}
+
+impl DestroyArgs {
+    /// `pond release NAME`: destroy by name, without asking (as Crabbox does).
+    pub(super) fn for_pond(name: &str) -> Self {
+        Self {
+            spec: SpecArgs::none(),
+            pond: Some(name.to_owned()),
+            run: RunArgs { auto_approve: true, parallelism: 10, continue_on_error: true, lock_timeout: Duration::ZERO, json: false },
+        }
+    }
+}
+
+pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
+    let state = state_dir();
+    let registry = registry();
+    let rt = runtime();
+    let (desired, pond, spec_dir) = if args.spec.file.exists() || args.pond.is_none() {
+        let Some(loaded) = load_spec(&args.spec, args.pond.as_deref()) else { return failure() };
+        let name = loaded.desired.name.clone();
+        (Some(loaded.desired), name, loaded.dir)
+    } else {
+        match crate::spec::normalize::checked_name(args.pond.as_deref().unwrap_or_default()) {
+            Ok(n) => (None, n, PathBuf::from(".")),
+            Err(_) => {
+                anstream::eprintln!("error: --pond is not a usable pond name");
+                return failure();
+            }
+        }
+    };
+    let _lock = match lock::acquire(&state, &pond, &command_line(), args.run.lock_timeout) {
+        Ok(l) => l,
+        Err(e) => {
+            anstream::eprintln!("error: {e}\n  help: wait for it to finish or pass --lock-timeout 5m");
+            return failure();
+        }
+    };
+    let wanted: Vec<_> = desired.iter().flat_map(|d| d.members.iter().map(|m| m.provider)).collect();
+    let inventory = rt.block_on(crate::inventory::discover::discover(&pond, &wanted, &registry, &state));
+    if !inventory.unreachable.is_empty() {
+        for (p, why) in &inventory.unreachable {
+            if desired.as_ref().is_some_and(|d| d.members.iter().any(|m| m.provider == *p)) {
+                anstream::eprintln!("error: provider `{p}` could not be listed: {why}\n  help: fix its credentials; destroy must see every lease of the pond");
+                return failure();
+            }
+        }
+    }
+    let members: std::collections::BTreeMap<&str, &crate::spec::desired::DesiredMember> =
+        desired.iter().flat_map(|d| d.members.iter().map(|m| (m.slug.as_str(), m))).collect();
+    let mut changes = Vec::new();
+    for lease in &inventory.leases {
+        let m = members.get(lease.slug()).copied();
+        if let Some(m) = m.filter(|m| m.prevent_destroy) {
+            anstream::eprintln!(
+                "error: member `{}` cannot be destroyed: it has lifecycle.prevent_destroy set\n  help: remove prevent_destroy from the spec first",
+                m.slug
+            );
+            return failure();
+        }
+        changes.push(MemberChange {
+            slug: lease.slug().to_owned(),
+            provider: lease.provider,
+            action: Action::Delete,
+            lease: Some(lease.clone()),
+            desired: m.cloned(),
+            attributes: Vec::new(),
+            reasons: vec!["destroy requested".to_owned()],
+            relabel: false,
+            rerun_setup: false,
+        });
+    }
+    let plan = Plan {
+        pond: pond.clone(),
+        changes,
+        forget_claims: inventory.dangling_claims.iter().map(|c| c.lease_id.clone()).collect(),
+        outputs: Vec::new(),
+        warnings: inventory.warnings.clone(),
+    };
+    let code = run_plan(&rt, &plan, None, &inventory, registry, &args.run, spec_dir, "Destroy", false);
+    if code == ExitCode::SUCCESS {
+        // The rendered files describe leases that no longer exist.
+        if let Some(d) = &desired {
+            let dir = outputs_dir(d);
+            for name in ["peers.json", "hosts", "env"].into_iter().map(str::to_owned).chain(d.templates.iter().map(|(_, dest)| dest.clone())) {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+        let _ = std::fs::remove_file(state.join("ponds").join(&pond).join("providers.json"));
+    }
+    code
+}

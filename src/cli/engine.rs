@@ -1,0 +1,125 @@
+//! What the reconciling commands share: loading the spec with diagnostics
+//! printed, the runtime, the registry, plan flags and approval.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::SpecArgs;
+use crate::diagnostic::render_human;
+use crate::inventory::state_dir::state_dir;
+use crate::plan::diff::PlanOptions;
+use crate::providers::registry::Registry;
+use crate::spec::desired::DesiredPond;
+use crate::spec::load::load_path;
+use crate::spec::normalize::checked_name;
+
+/// Flags that choose what a plan covers.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TargetArgs {
+    /// Plan only this member and what it depends on. Repeatable. For
+    /// exceptional situations such as recovering from errors.
+    #[arg(long = "only", value_name = "SLUG")]
+    pub only: Vec<String>,
+    /// Leave this member alone. Repeatable.
+    #[arg(long = "skip", value_name = "SLUG")]
+    pub skip: Vec<String>,
+    /// Replace this member even if nothing changed. Repeatable.
+    #[arg(long = "replace", value_name = "SLUG")]
+    pub replace: Vec<String>,
+}
+
+impl TargetArgs {
+    /// Plan options with "now".
+    #[must_use]
+    pub fn options(&self) -> PlanOptions {
+        let norm = |v: &Vec<String>| v.iter().map(|s| crate::spec::normalize::normalize_name(s)).collect();
+        PlanOptions {
+            only: norm(&self.only),
+            skip: norm(&self.skip),
+            replace: norm(&self.replace),
+            now: crate::inventory::labels::now_secs(),
+        }
+    }
+}
+
+/// A loaded spec and where it lives.
+pub struct Loaded {
+    /// The resolved pond.
+    pub desired: DesiredPond,
+    /// The spec file's directory.
+    pub dir: PathBuf,
+    /// The spec file, absolute when possible.
+    pub file: PathBuf,
+}
+
+/// Loads the spec, printing diagnostics on stderr; `None` when it is unusable.
+pub fn load_spec(args: &SpecArgs, pond_override: Option<&str>) -> Option<Loaded> {
+    let loaded = match load_path(&args.file, &args.variables()) {
+        Ok(l) => l,
+        Err(e) => {
+            anstream::eprintln!(
+                "error: cannot read {}: {e}\n  help: run from the directory holding pond.yaml, or pass -f PATH",
+                args.file.display()
+            );
+            return None;
+        }
+    };
+    if !loaded.diagnostics.is_empty() {
+        anstream::eprint!("{}", render_human(&loaded.file, &loaded.diagnostics));
+    }
+    let mut desired = loaded.pond?;
+    if let Some(name) = pond_override {
+        match checked_name(name) {
+            Ok(n) => desired.name = n,
+            Err(_) => {
+                anstream::eprintln!("error: --pond `{name}` is not a usable pond name\n  help: use letters, digits and `-`, at most 41 characters");
+                return None;
+            }
+        }
+    }
+    let file = std::fs::canonicalize(&args.file).unwrap_or_else(|_| args.file.clone());
+    let dir = file.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    Some(Loaded { desired, dir, file })
+}
+
+/// The multi-threaded runtime the async commands run on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts")
+}
+
+/// The providers usable here.
+#[must_use]
+pub fn registry() -> Registry {
+    Registry::from_environment(&state_dir())
+}
+
+/// Asks for approval on a terminal; refuses without one.
+pub fn approved(auto_approve: bool, what: &str) -> bool {
+    if auto_approve {
+        return true;
+    }
+    if !std::io::stdin().is_terminal() {
+        anstream::eprintln!(
+            "error: {what} needs approval, and there is no terminal to ask on\n  help: review the plan above and pass --auto-approve (CI does)"
+        );
+        return false;
+    }
+    anstream::eprint!("\nDo you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+    let mut answer = String::new();
+    let _ = std::io::stdin().read_line(&mut answer);
+    if answer.trim() == "yes" {
+        true
+    } else {
+        anstream::eprintln!("\n{what} cancelled.");
+        false
+    }
+}
+
+/// Exit code 1.
+#[must_use]
+pub fn failure() -> ExitCode {
+    ExitCode::from(1)
+}

@@ -1,0 +1,348 @@
+//! The imperative verbs Crabbox users know — `warmup`, `run`, `release`,
+//! `list`, `status` — each a small plan (or a single provider call) on the
+//! same machinery as `apply`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::engine::{failure, registry, runtime};
+use crate::apply::executor::ExecOptions;
+use crate::apply::progress::{Mode, Reporter};
+use crate::inventory::discover::{Inventory, discover};
+use crate::inventory::lease::Lease;
+use crate::inventory::state_dir::state_dir;
+use crate::plan::diff::{PlanOptions, plan};
+use crate::plan::{Action, MemberChange, Plan, human};
+use crate::providers::{ExecRequest, OutputSink, Stream};
+use crate::reconcile::{self, sync_root};
+use crate::render::peers::{peer_env, peers_from_leases};
+use crate::spec::desired::{DEFAULT_IDLE_TIMEOUT, DEFAULT_SYNC_MAX_BYTES, DEFAULT_TTL, DesiredMember, DesiredPond, SyncSettings};
+use crate::spec::normalize::checked_name;
+use crate::spec::providers::ProviderName;
+
+/// `--pond` and `--id` naming one member.
+#[derive(Debug, Args)]
+pub(super) struct MemberRef {
+    /// The pond.
+    #[arg(long)]
+    pond: String,
+    /// The member: its slug or lease ID.
+    #[arg(long = "id", alias = "slug", value_name = "SLUG")]
+    id: String,
+}
+
+fn norm(name: &str, what: &str) -> Option<String> {
+    match checked_name(name) {
+        Ok(n) => Some(n),
+        Err(_) => {
+            anstream::eprintln!("error: `{name}` is not a usable {what}\n  help: use letters, digits and `-`, at most 41 characters");
+            None
+        }
+    }
+}
+
+fn find_lease(inv: &Inventory, id: &str) -> Result<Lease, String> {
+    let slug = crate::spec::normalize::normalize_name(id);
+    let matches: Vec<&Lease> = inv.leases.iter().filter(|l| l.id == id || l.slug() == slug).collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(format!(
+            "pond `{}` has no member `{id}` (members: {})",
+            inv.pond,
+            if inv.leases.is_empty() { "none".to_owned() } else { inv.leases.iter().map(Lease::slug).collect::<Vec<_>>().join(", ") }
+        )),
+        many => Err(format!("`{id}` matches {} leases: {}; name one by its lease ID", many.len(), many.iter().map(|l| l.id.as_str()).collect::<Vec<_>>().join(", "))),
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RunArgs {
+    #[command(flatten)]
+    member: MemberRef,
+    /// The command and its arguments (after `--`), run with `sh -c` in the member's workspace.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// Writes a member's output straight to our stdout/stderr.
+struct Passthrough;
+
+impl OutputSink for Passthrough {
+    fn line(&self, stream: Stream, line: &str) {
+        match stream {
+            Stream::Stdout => println!("{line}"),
+            Stream::Stderr => eprintln!("{line}"),
+        }
+    }
+}
+
+pub(super) fn run(args: &RunArgs) -> ExitCode {
+    let Some(pond) = norm(&args.member.pond, "pond name") else { return failure() };
+    let registry = registry();
+    let rt = runtime();
+    let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir()));
+    let lease = match find_lease(&inv, &args.member.id) {
+        Ok(l) => l,
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            return failure();
+        }
+    };
+    let provider = match registry.get(lease.provider) {
+        Ok(p) => p,
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            return failure();
+        }
+    };
+    let reg = registry.clone();
+    let peers = peers_from_leases(&pond, &inv.leases, move |p| reg.get(p).map(|p| p.features()).unwrap_or_default());
+    let mut env = peer_env(&pond, &peers);
+    env.insert("CRABBOX_POND".into(), pond.clone());
+    env.insert("CRABBOX_SLUG".into(), lease.slug().to_owned());
+    // One argument is a whole shell command line (`run -- "make test"`); several are quoted word by word.
+    let command = match args.command.as_slice() {
+        [line] => line.clone(),
+        words => words.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" "),
+    };
+    let request = ExecRequest { command, env, timeout: None };
+    match rt.block_on(provider.exec(&lease, &request, Arc::new(Passthrough))) {
+        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            failure()
+        }
+    }
+}
+
+/// Quotes one argument for `sh -c` unless it is plainly safe.
+fn shell_word(a: &str) -> String {
+    if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+        a.to_owned()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct WarmupArgs {
+    /// The pond.
+    #[arg(long)]
+    pond: String,
+    /// The member's slug.
+    #[arg(long)]
+    slug: String,
+    /// The provider.
+    #[arg(long, default_value = "local", value_parser = parse_provider)]
+    provider: ProviderName,
+    /// Ports peers reach (repeatable).
+    #[arg(long = "expose", value_name = "PORT")]
+    expose: Vec<u16>,
+    /// Lease lifetime.
+    #[arg(long, default_value = "90m")]
+    ttl: String,
+    /// Keep the lease out of Crabbox's automatic cleanup.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn parse_provider(s: &str) -> Result<ProviderName, String> {
+    ProviderName::from_name(s).ok_or_else(|| {
+        format!("unknown provider `{s}` (one of: {})", ProviderName::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "))
+    })
+}
+
+pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
+    let (Some(pond), Some(slug)) = (norm(&args.pond, "pond name"), norm(&args.slug, "slug")) else { return failure() };
+    let Some(ttl) = crate::spec::duration::parse(&args.ttl) else {
+        anstream::eprintln!("error: --ttl `{}` is not a duration such as 90m", args.ttl);
+        return failure();
+    };
+    let mut expose = args.expose.clone();
+    expose.sort_unstable();
+    expose.dedup();
+    let member = DesiredMember {
+        slug: slug.clone(),
+        written_slug: None,
+        provider: args.provider,
+        class: None,
+        server_type: None,
+        tailscale: false,
+        expose,
+        depends_on: Vec::new(),
+        env: BTreeMap::new(),
+        setup: Vec::new(),
+        ready: None,
+        sync: SyncSettings { enabled: false, exclude: Vec::new(), max_bytes: DEFAULT_SYNC_MAX_BYTES },
+        ttl: if ttl.is_zero() { DEFAULT_TTL } else { ttl },
+        idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        keep: args.keep,
+        prevent_destroy: false,
+        create_before_destroy: false,
+        provider_block: None,
+    };
+    let desired = DesiredPond { name: pond.clone(), written_name: None, members: vec![member], outputs_dir: None, templates: Vec::new() };
+    let registry = registry();
+    let rt = runtime();
+    let inv = rt.block_on(discover(&pond, &[args.provider], &registry, &state_dir()));
+    let options = PlanOptions { only: vec![slug.clone()], now: crate::inventory::labels::now_secs(), ..PlanOptions::default() };
+    let mut p = match plan(&desired, &inv, &options) {
+        Ok(p) => p,
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            return failure();
+        }
+    };
+    p.warnings.clear();
+    if let Some(existing) = p.changes.iter().find(|c| c.action != Action::Create).and_then(|c| c.lease.clone()) {
+        anstream::eprintln!("pond `{pond}` already has `{slug}` ({}); warmup is idempotent here and changes nothing", existing.id);
+        return ExitCode::SUCCESS;
+    }
+    run_small_plan(&rt, &p, Some(&desired), &inv, registry)
+}
+
+fn run_small_plan(rt: &tokio::runtime::Runtime, p: &Plan, desired: Option<&DesiredPond>, inv: &Inventory, registry: crate::providers::registry::Registry) -> ExitCode {
+    let reporter = Arc::new(Reporter::new(Mode::Human));
+    let ctx = Arc::new(reconcile::context(p, desired, inv, registry, &state_dir(), sync_root(&PathBuf::from(".")), None, reporter.clone()));
+    let (outcome, applied) = rt.block_on(reconcile::apply(p, ctx, &ExecOptions::default(), false));
+    anstream::eprintln!("Members: {} added, {} changed, {} destroyed.", applied.added, applied.changed, applied.destroyed);
+    if outcome.success() { ExitCode::SUCCESS } else { failure() }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ReleaseArgs {
+    #[command(flatten)]
+    member: MemberRef,
+}
+
+pub(super) fn release(args: &ReleaseArgs) -> ExitCode {
+    let Some(pond) = norm(&args.member.pond, "pond name") else { return failure() };
+    let registry = registry();
+    let rt = runtime();
+    let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir()));
+    let lease = match find_lease(&inv, &args.member.id) {
+        Ok(l) => l,
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            return failure();
+        }
+    };
+    let p = Plan {
+        pond: pond.clone(),
+        changes: vec![MemberChange {
+            slug: lease.slug().to_owned(),
+            provider: lease.provider,
+            action: Action::Delete,
+            lease: Some(lease),
+            desired: None,
+            attributes: Vec::new(),
+            reasons: vec!["release requested".to_owned()],
+            relabel: false,
+            rerun_setup: false,
+        }],
+        forget_claims: Vec::new(),
+        outputs: Vec::new(),
+        warnings: Vec::new(),
+    };
+    anstream::print!("{}", human::render(&p));
+    run_small_plan(&rt, &p, None, &inv, registry)
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ListArgs {
+    /// The pond (default: every pond this machine knows from claims and pond records).
+    #[arg(long)]
+    pond: Option<String>,
+    /// JSON: an array of leases.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Ponds this machine knows: from claims and the per-pond records.
+fn known_ponds() -> Vec<String> {
+    let state = state_dir();
+    let (claims, _) = crate::inventory::claims::ClaimStore::new(&state).load_all();
+    let mut ponds: std::collections::BTreeSet<String> = claims.into_iter().map(|c| c.pond).filter(|p| !p.is_empty()).collect();
+    if let Ok(entries) = std::fs::read_dir(state.join("ponds")) {
+        ponds.extend(entries.filter_map(Result::ok).filter(|e| e.path().join("providers.json").exists()).map(|e| e.file_name().to_string_lossy().into_owned()));
+    }
+    ponds.into_iter().collect()
+}
+
+pub(super) fn list(args: &ListArgs) -> ExitCode {
+    let ponds = match &args.pond {
+        Some(p) => match norm(p, "pond name") {
+            Some(p) => vec![p],
+            None => return failure(),
+        },
+        None => known_ponds(),
+    };
+    let registry = registry();
+    let rt = runtime();
+    let mut leases = Vec::new();
+    for pond in &ponds {
+        let inv = rt.block_on(discover(pond, &[], &registry, &state_dir()));
+        for (p, why) in &inv.unreachable {
+            anstream::eprintln!("warning: provider `{p}` could not be listed: {why}");
+        }
+        leases.extend(inv.leases);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&leases).expect("JSON"));
+        return ExitCode::SUCCESS;
+    }
+    if leases.is_empty() {
+        println!("no leases");
+        return ExitCode::SUCCESS;
+    }
+    println!("{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  ADDRESS", "LEASE", "POND", "SLUG", "PROVIDER", "STATE");
+    for l in &leases {
+        println!(
+            "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  {}",
+            l.id,
+            l.label("pond").unwrap_or_default(),
+            l.slug(),
+            l.provider.as_str(),
+            l.state(),
+            l.endpoint.host.as_deref().unwrap_or("-")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+#[derive(Debug, Args)]
+pub(super) struct StatusArgs {
+    #[command(flatten)]
+    member: MemberRef,
+    /// JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) fn status(args: &StatusArgs) -> ExitCode {
+    let Some(pond) = norm(&args.member.pond, "pond name") else { return failure() };
+    let registry = registry();
+    let rt = runtime();
+    let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir()));
+    match find_lease(&inv, &args.member.id) {
+        Ok(l) if args.json => {
+            println!("{}", serde_json::to_string_pretty(&l).expect("JSON"));
+            ExitCode::SUCCESS
+        }
+        Ok(l) => {
+            println!("lease     {}\nslug      {}\nprovider  {}\nstate     {}\naddress   {}", l.id, l.slug(), l.provider, l.state(), l.endpoint.host.as_deref().unwrap_or("-"));
+            for (k, v) in &l.labels {
+                println!("label     {k}={v}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            failure()
+        }
+    }
+}

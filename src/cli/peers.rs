@@ -1,0 +1,122 @@
+//! `crabbox peers`, `crabbox render` and `crabbox pond peers`: how members
+//! reach each other, from the live pond.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::SpecArgs;
+use super::engine::{failure, load_spec, registry, runtime};
+use crate::inventory::discover::{Inventory, discover};
+use crate::inventory::state_dir::state_dir;
+use crate::providers::registry::Registry;
+use crate::reconcile::{observe, outputs_dir, templates};
+use crate::render::files::{output_files, peers_json, write_outputs};
+use crate::render::peers::{Peer, peers_from_leases};
+use crate::spec::desired::DesiredPond;
+use crate::spec::normalize::checked_name;
+
+#[derive(Debug, Args)]
+pub(super) struct PeersArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// The pond to show, by name (no spec needed).
+    #[arg(long)]
+    pond: Option<String>,
+    /// Crabbox's `pond peers --json` shape: {"members": [...]}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Finds the pond by `--pond NAME`, or by the spec.
+fn pond_inventory(spec: &SpecArgs, pond: Option<&str>, registry: &Registry) -> Option<(String, Inventory, Option<DesiredPond>)> {
+    let rt = runtime();
+    if let Some(name) = pond.filter(|_| !spec.file.exists()) {
+        let Ok(name) = checked_name(name) else {
+            anstream::eprintln!("error: `{name}` is not a usable pond name");
+            return None;
+        };
+        let inv = rt.block_on(discover(&name, &[], registry, &state_dir()));
+        return Some((name, inv, None));
+    }
+    let loaded = load_spec(spec, pond)?;
+    let inv = rt.block_on(observe(&loaded.desired, registry, &state_dir()));
+    Some((loaded.desired.name.clone(), inv, Some(loaded.desired)))
+}
+
+fn peers_of(pond: &str, inv: &Inventory, registry: &Registry) -> Vec<Peer> {
+    let reg = registry.clone();
+    peers_from_leases(pond, &inv.leases, move |p| reg.get(p).map(|p| p.features()).unwrap_or_default())
+}
+
+/// Prints peers as JSON or a table.
+pub(super) fn print_peers(peers: &[Peer], json: bool) {
+    if json {
+        print!("{}", peers_json(peers));
+        return;
+    }
+    if peers.is_empty() {
+        println!("no members");
+        return;
+    }
+    let w = peers.iter().map(|p| p.slug.len()).max().unwrap_or(4).max(4);
+    println!("{:<w$}  {:<10}  {:<9}  {:<24}  LEASE", "SLUG", "PROVIDER", "TRANSPORT", "ENDPOINT");
+    for p in peers {
+        let ports = p.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+        let endpoint = if ports.is_empty() { p.endpoint.clone() } else { format!("{} ({ports})", p.endpoint) };
+        println!("{:<w$}  {:<10}  {:<9}  {:<24}  {}", p.slug, p.provider.as_str(), p.transport, endpoint, p.lease_id);
+    }
+}
+
+impl PeersArgs {
+    /// `pond peers NAME`.
+    pub(super) fn for_pond(name: &str, json: bool) -> Self {
+        Self { spec: SpecArgs::none(), pond: Some(name.to_owned()), json }
+    }
+}
+
+pub(super) fn peers(args: &PeersArgs) -> ExitCode {
+    let registry = registry();
+    let Some((pond, inv, _)) = pond_inventory(&args.spec, args.pond.as_deref(), &registry) else { return failure() };
+    for (p, why) in &inv.unreachable {
+        anstream::eprintln!("warning: provider `{p}` could not be listed: {why}");
+    }
+    for w in &inv.warnings {
+        anstream::eprintln!("warning: {w}");
+    }
+    print_peers(&peers_of(&pond, &inv, &registry), args.json);
+    ExitCode::SUCCESS
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RenderArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Use this pond name instead of the spec's.
+    #[arg(long)]
+    pond: Option<String>,
+}
+
+pub(super) fn render(args: &RenderArgs) -> ExitCode {
+    let registry = registry();
+    let Some(loaded) = load_spec(&args.spec, args.pond.as_deref()) else { return failure() };
+    let rt = runtime();
+    let inv = rt.block_on(observe(&loaded.desired, &registry, &state_dir()));
+    let peers = peers_of(&loaded.desired.name, &inv, &registry);
+    let files = match templates(&loaded.desired).and_then(|t| output_files(&loaded.desired.name, &peers, &t)) {
+        Ok(f) => f,
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            return failure();
+        }
+    };
+    let dir = outputs_dir(&loaded.desired);
+    if let Err(e) = write_outputs(&dir, &files) {
+        anstream::eprintln!("error: writing {}: {e}", dir.display());
+        return failure();
+    }
+    for f in &files {
+        println!("{}", dir.join(&f.name).display());
+    }
+    ExitCode::SUCCESS
+}

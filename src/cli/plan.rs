@@ -1,0 +1,76 @@
+//! `crabbox plan`: discover, diff, print.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::engine::{TargetArgs, load_spec, registry, runtime};
+use super::{PlanFormat, SpecArgs};
+use crate::inventory::state_dir::state_dir;
+use crate::plan::saved::{self, SavedPlan};
+use crate::plan::{human, json, markdown};
+use crate::reconcile::{observe, plan_with_outputs};
+
+#[derive(Debug, Args)]
+pub(super) struct PlanArgs {
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Use this pond name instead of the spec's.
+    #[arg(long)]
+    pond: Option<String>,
+    #[command(flatten)]
+    targets: TargetArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Human)]
+    format: PlanFormat,
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+    #[arg(long)]
+    detailed_exitcode: bool,
+    /// Save the plan to FILE for `crabbox apply FILE`.
+    #[arg(short = 'o', long = "out", value_name = "FILE")]
+    out: Option<std::path::PathBuf>,
+}
+
+pub(super) fn run(args: &PlanArgs) -> ExitCode {
+    let Some(loaded) = load_spec(&args.spec, args.pond.as_deref()) else { return ExitCode::from(1) };
+    let registry = registry();
+    let state = state_dir();
+    let options = args.targets.options();
+    let rt = runtime();
+    let inventory = rt.block_on(observe(&loaded.desired, &registry, &state));
+    let plan = match plan_with_outputs(&loaded.desired, &inventory, &options, &registry) {
+        Ok(p) => p,
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for w in &plan.warnings {
+        anstream::eprintln!("warning: {w}");
+    }
+    match args.format {
+        PlanFormat::Human => anstream::print!("{}", human::render(&plan)),
+        PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&json::to_value(&plan)).expect("JSON")),
+        PlanFormat::Markdown => print!("{}", markdown::render(&plan)),
+    }
+    if let Some(path) = &args.out {
+        let saved = SavedPlan {
+            crabbox_saved_plan: saved::VERSION,
+            spec_file: loaded.file.clone(),
+            spec_hash: saved::spec_hash(&loaded.desired),
+            pond_override: args.pond.clone(),
+            only: args.targets.only.clone(),
+            skip: args.targets.skip.clone(),
+            replace: args.targets.replace.clone(),
+            fingerprint: saved::fingerprint(&inventory),
+            plan: json::to_value(&plan),
+        };
+        let text = serde_json::to_string_pretty(&saved).expect("JSON");
+        if let Err(e) = crate::atomic_file::write(path, text.as_bytes()) {
+            anstream::eprintln!("error: cannot save the plan: {e}");
+            return ExitCode::from(1);
+        }
+        anstream::eprintln!("Saved the plan to {}. To perform exactly these actions, run: crabbox apply {}", path.display(), path.display());
+    }
+    if args.detailed_exitcode && plan.has_changes() { ExitCode::from(2) } else { ExitCode::SUCCESS }
+}

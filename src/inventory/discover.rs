@@ -1,0 +1,120 @@
+//! Discovery: one list call per provider, concurrently, merged with the local
+//! claim files into the pond's [`Inventory`]. Only resources that carry
+//! crabbox's markers for this pond are ever returned.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use crate::atomic_file;
+use crate::inventory::claims::{Claim, ClaimStore};
+use crate::inventory::lease::Lease;
+use crate::providers::registry::Registry;
+use crate::spec::providers::ProviderName;
+
+/// What exists for one pond.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// Normalized pond name.
+    pub pond: String,
+    /// The pond's leases, sorted by slug then creation time.
+    pub leases: Vec<Lease>,
+    /// Claims of this pond whose resource the provider no longer lists.
+    pub dangling_claims: Vec<Claim>,
+    /// Providers that could not be listed, with the reason.
+    pub unreachable: Vec<(ProviderName, String)>,
+    /// Non-fatal problems (corrupt claims, foreign resources skipped…).
+    pub warnings: Vec<String>,
+    /// The providers that were listed.
+    pub listed: Vec<ProviderName>,
+}
+
+/// Lists every relevant provider for `pond` and merges claims.
+///
+/// Providers listed: those the spec names (`wanted`), those named by this
+/// pond's claims, those the pond has used before (the pond record), and every
+/// provider configured here — so members removed from the spec are still found.
+pub async fn discover(pond: &str, wanted: &[ProviderName], registry: &Registry, state_dir: &Path) -> Inventory {
+    let store = ClaimStore::new(state_dir);
+    let (claims, problems) = store.load_all();
+    let mut inv = Inventory { pond: pond.to_owned(), ..Inventory::default() };
+    for p in problems {
+        inv.warnings.push(format!("skipping claim {}: {}", p.path.display(), p.message));
+    }
+    let pond_claims: Vec<Claim> = claims.into_iter().filter(|c| c.pond == pond).collect();
+
+    let mut providers: BTreeSet<ProviderName> = wanted.iter().copied().collect();
+    providers.extend(pond_claims.iter().filter_map(|c| ProviderName::from_name(&c.provider)));
+    providers.extend(remembered_providers(state_dir, pond));
+    providers.extend(registry.configured());
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for name in providers {
+        match registry.get(name) {
+            Ok(provider) => {
+                let pond = pond.to_owned();
+                tasks.spawn(async move { (name, provider.list(&pond).await) });
+            }
+            Err(e) => inv.unreachable.push((name, e.to_string())),
+        }
+    }
+    let mut by_id: HashMap<String, Lease> = HashMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((name, result)) = joined else { continue };
+        match result {
+            Ok(leases) => {
+                inv.listed.push(name);
+                for lease in leases {
+                    if lease.is_ours(pond) {
+                        by_id.insert(lease.id.clone(), lease);
+                    } else {
+                        inv.warnings.push(format!("ignoring {} resource {}: it does not carry crabbox's markers for pond `{pond}`", name, lease.cloud_id));
+                    }
+                }
+            }
+            Err(e) => inv.unreachable.push((name, e.to_string())),
+        }
+    }
+    inv.listed.sort();
+    for claim in pond_claims {
+        if let Some(lease) = by_id.get_mut(&claim.lease_id) {
+            lease.claimed = true;
+        } else if ProviderName::from_name(&claim.provider).is_some_and(|p| inv.listed.contains(&p)) {
+            inv.dangling_claims.push(claim);
+        }
+    }
+    let mut leases: Vec<Lease> = by_id.into_values().collect();
+    leases.sort_by(|a, b| (a.slug(), a.created_at(), &a.id).cmp(&(b.slug(), b.created_at(), &b.id)));
+    inv.leases = leases;
+    inv
+}
+
+fn record_path(state_dir: &Path, pond: &str) -> std::path::PathBuf {
+    state_dir.join("ponds").join(pond).join("providers.json")
+}
+
+/// Providers this pond has used, from the per-pond record.
+#[must_use]
+pub fn remembered_providers(state_dir: &Path, pond: &str) -> Vec<ProviderName> {
+    std::fs::read_to_string(record_path(state_dir, pond))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| ProviderName::from_name(n))
+        .collect()
+}
+
+/// Adds providers to the pond's record.
+///
+/// # Errors
+/// I/O errors writing the record.
+pub fn remember_providers(state_dir: &Path, pond: &str, used: &[ProviderName]) -> std::io::Result<()> {
+    let mut all: BTreeSet<ProviderName> = remembered_providers(state_dir, pond).into_iter().collect();
+    let before = all.len();
+    all.extend(used.iter().copied());
+    if all.len() == before && record_path(state_dir, pond).exists() {
+        return Ok(());
+    }
+    let names: Vec<&str> = all.iter().map(|p| p.as_str()).collect();
+    atomic_file::write(&record_path(state_dir, pond), serde_json::to_string(&names).map_err(std::io::Error::other)?.as_bytes())
+}

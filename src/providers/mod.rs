@@ -1,0 +1,144 @@
+//! The provider adapters: one trait, one module per provider. Only code in
+//! this module talks to providers (processes, HTTP, SSH); everything above it
+//! works with [`Lease`]s and [`ProviderError`]s.
+
+pub mod local;
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::inventory::labels::Labels;
+use crate::inventory::lease::Lease;
+use crate::spec::desired::{DesiredMember, Probe};
+use crate::spec::providers::ProviderName;
+
+/// What a provider can do; decides peer transports and which steps exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Features {
+    /// Resources carry labels (else: claim files).
+    pub labels: bool,
+    /// Reachable over SSH.
+    pub ssh: bool,
+    /// Peers reach it through provider URLs.
+    pub url_bridge: bool,
+    /// Runs on this machine with its own loopback address.
+    pub local: bool,
+}
+
+/// A provider call that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The resource does not exist (any more). Release treats this as done.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Worth retrying: rate limits, 5xx, timeouts. `retry_after` when the provider said.
+    #[error("{message}")]
+    Retryable {
+        /// What happened.
+        message: String,
+        /// The provider's requested delay.
+        retry_after: Option<Duration>,
+    },
+    /// Credentials or configuration are missing or wrong; says what to set.
+    #[error("{message}")]
+    Config {
+        /// What is wrong.
+        message: String,
+        /// What to do.
+        hint: String,
+    },
+    /// Anything else.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ProviderError {
+    /// Whether the executor should retry the call.
+    #[must_use]
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable { .. })
+    }
+}
+
+/// A request to create one lease. Labels are complete: providers put them on
+/// the resource in the create call itself.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    /// Minted lease ID.
+    pub lease_id: String,
+    /// Normalized pond name.
+    pub pond: String,
+    /// The member being created.
+    pub member: DesiredMember,
+    /// Every label the resource must carry from its first moment.
+    pub labels: Labels,
+}
+
+/// One command to run on a lease.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    /// Shell command, run with `sh -c` in the lease's workspace.
+    pub command: String,
+    /// Environment (member env, peer variables, step env).
+    pub env: BTreeMap<String, String>,
+    /// Time limit.
+    pub timeout: Option<Duration>,
+}
+
+/// Which stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// Where a command's output goes, line by line, as it arrives.
+pub trait OutputSink: Send + Sync {
+    /// One line (without its newline).
+    fn line(&self, stream: Stream, line: &str);
+}
+
+/// One provider.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// Its name.
+    fn name(&self) -> ProviderName;
+
+    /// What it can do.
+    fn features(&self) -> Features;
+
+    /// Every lease of `pond` (one list call, filtered by label).
+    async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError>;
+
+    /// Creates a lease carrying `request.labels`.
+    async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError>;
+
+    /// Replaces a lease's labels.
+    async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError>;
+
+    /// Unpacks a gzipped tar archive into the lease's workspace.
+    async fn upload(&self, lease: &Lease, archive: &Path) -> Result<(), ProviderError>;
+
+    /// Runs a command to completion, streaming its output; returns its exit code.
+    async fn exec(&self, lease: &Lease, request: &ExecRequest, sink: Arc<dyn OutputSink>) -> Result<i32, ProviderError>;
+
+    /// Starts a long-running service detached; its output goes to the lease's logs.
+    async fn start_background(&self, lease: &Lease, request: &ExecRequest, name: &str) -> Result<(), ProviderError>;
+
+    /// Stops every background service crabbox started on the lease.
+    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError>;
+
+    /// One readiness attempt: `Ok(true)` when the probe passes.
+    async fn probe(&self, lease: &Lease, probe: &Probe, env: &BTreeMap<String, String>) -> Result<bool, ProviderError>;
+
+    /// Releases the lease and everything crabbox started on it. A lease
+    /// that is already gone is [`ProviderError::NotFound`].
+    async fn release(&self, lease: &Lease) -> Result<(), ProviderError>;
+}

@@ -1,0 +1,194 @@
+//! The observe → plan → apply loop that the commands share: discover the
+//! pond, plan against the spec (with the rendered files' diffs), build the
+//! step graph and run it. Commands only parse flags and print.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::apply::executor::{ExecOptions, Outcome, StepResult, execute};
+use crate::apply::graph::{self, StepKind};
+use crate::apply::progress::Reporter;
+use crate::apply::steps::{Context, OutputTarget};
+use crate::inventory::claims::ClaimStore;
+use crate::inventory::discover::{Inventory, discover};
+use crate::inventory::lease::{Endpoint, Lease};
+use crate::inventory::state_dir::expand_tilde;
+use crate::plan::diff::{PlanError, PlanOptions, plan};
+use crate::plan::{Action, OutputChange, Plan};
+use crate::providers::registry::Registry;
+use crate::render::files::{output_files, unified_diff};
+use crate::render::peers::peers_from_leases;
+use crate::spec::desired::DesiredPond;
+use crate::spec::providers::ProviderName;
+
+/// The directory a pond's outputs are written to.
+#[must_use]
+pub fn outputs_dir(desired: &DesiredPond) -> PathBuf {
+    desired
+        .outputs_dir
+        .as_deref()
+        .map_or_else(|| expand_tilde(&format!("~/.crabbox/pond/{}", desired.name)), expand_tilde)
+}
+
+/// Reads the user templates of a pond.
+///
+/// # Errors
+/// A template file that cannot be read.
+pub fn templates(desired: &DesiredPond) -> Result<Vec<(String, String)>, String> {
+    desired
+        .templates
+        .iter()
+        .map(|(src, dest)| {
+            std::fs::read_to_string(src)
+                .map(|text| (dest.clone(), text))
+                .map_err(|e| format!("cannot read template {}: {e}", src.display()))
+        })
+        .collect()
+}
+
+/// Discovers the leases of the spec's pond.
+pub async fn observe(desired: &DesiredPond, registry: &Registry, state_dir: &Path) -> Inventory {
+    let wanted: Vec<ProviderName> = desired.members.iter().map(|m| m.provider).collect();
+    discover(&desired.name, &wanted, registry, state_dir).await
+}
+
+/// Plans, including the diffs of rendered output files. The files' future
+/// content uses `(known after apply)` for addresses of leases not created yet.
+///
+/// # Errors
+/// A plan that must not be applied, or a template that does not render.
+pub fn plan_with_outputs(
+    desired: &DesiredPond,
+    inventory: &Inventory,
+    options: &PlanOptions,
+    registry: &Registry,
+) -> Result<Plan, String> {
+    let mut p = plan(desired, inventory, options).map_err(|e: PlanError| e.to_string())?;
+    let projected: Vec<Lease> = projected_leases(&p);
+    let reg = registry.clone();
+    let peers = peers_from_leases(&desired.name, &projected, |n| reg.get(n).map(|p| p.features()).unwrap_or_default());
+    let files = output_files(&desired.name, &peers, &templates(desired)?)?;
+    let dir = outputs_dir(desired);
+    for f in files {
+        let old = std::fs::read_to_string(dir.join(&f.name)).ok();
+        if old.as_deref() != Some(f.contents.as_str()) {
+            p.outputs.push(OutputChange {
+                name: f.name.clone(),
+                action: if old.is_some() { "update" } else { "create" },
+                diff: unified_diff(&f.name, old.as_deref().unwrap_or(""), &f.contents),
+            });
+        }
+    }
+    Ok(p)
+}
+
+/// The leases that will exist after the plan, with placeholders for new ones.
+fn projected_leases(p: &Plan) -> Vec<Lease> {
+    let mut out = Vec::new();
+    for c in &p.changes {
+        match (c.action, &c.lease, &c.desired) {
+            (Action::Delete, _, _) => {}
+            (Action::NoOp | Action::Update, Some(lease), Some(m)) => {
+                let mut lease = lease.clone();
+                lease.labels = crate::inventory::labels::for_update(&lease.labels, m);
+                out.push(lease);
+            }
+            (_, _, Some(m)) => {
+                let labels = crate::inventory::labels::for_create(&p.pond, "cbx_000000000000", m, 0);
+                out.push(Lease {
+                    id: "(known after apply)".to_owned(),
+                    provider: m.provider,
+                    cloud_id: String::new(),
+                    labels,
+                    endpoint: Endpoint { host: Some("(known after apply)".to_owned()), ..Endpoint::default() },
+                    listed: false,
+                    claimed: false,
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Builds the shared context for running a plan.
+#[must_use]
+pub fn context(
+    p: &Plan,
+    desired: Option<&DesiredPond>,
+    inventory: &Inventory,
+    registry: Registry,
+    state_dir: &Path,
+    sync_root: PathBuf,
+    outputs: Option<OutputTarget>,
+    reporter: Arc<Reporter>,
+) -> Context {
+    // Every lease that stays: unchanged, updated, and the old side of replacements.
+    let mut leases: BTreeMap<String, Lease> = BTreeMap::new();
+    for lease in &inventory.leases {
+        leases.entry(lease.slug().to_owned()).or_insert_with(|| lease.clone());
+    }
+    for c in &p.changes {
+        if let Some(lease) = &c.lease
+            && c.action != Action::Delete
+        {
+            leases.insert(c.slug.clone(), lease.clone());
+        }
+    }
+    Context {
+        pond: p.pond.clone(),
+        registry,
+        state_dir: state_dir.to_owned(),
+        claims: ClaimStore::new(state_dir),
+        members: desired.map(|d| d.members.iter().map(|m| (m.slug.clone(), m.clone())).collect()).unwrap_or_default(),
+        leases: Mutex::new(leases),
+        sync_root,
+        outputs,
+        reporter,
+    }
+}
+
+/// Counts of what an apply did, in Terraform's words.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Applied {
+    /// Leases created.
+    pub added: usize,
+    /// Members updated in place.
+    pub changed: usize,
+    /// Leases released.
+    pub destroyed: usize,
+}
+
+/// Runs a plan and counts what happened.
+pub async fn apply(p: &Plan, ctx: Arc<Context>, options: &ExecOptions, render: bool) -> (Outcome, Applied) {
+    let g = graph::build(p, render);
+    let outcome = execute(&g, ctx, options).await;
+    let mut applied = Applied::default();
+    let mut update_slugs: BTreeMap<String, bool> =
+        p.changes.iter().filter(|c| c.action == Action::Update).map(|c| (c.slug.clone(), true)).collect();
+    for n in g.node_indices() {
+        let done = outcome.results.get(&n) == Some(&StepResult::Done);
+        let step = &g[n];
+        match &step.kind {
+            StepKind::Warmup if done => applied.added += 1,
+            StepKind::Release(_) if done => applied.destroyed += 1,
+            _ => {}
+        }
+        if let Some(all_done) = step.slug.as_ref().and_then(|s| update_slugs.get_mut(s)) {
+            *all_done &= done;
+        }
+    }
+    applied.changed = update_slugs.values().filter(|d| **d).count();
+    (outcome, applied)
+}
+
+/// The repository root that sync copies: the git top level of `dir`, else `dir`.
+#[must_use]
+pub fn sync_root(dir: &Path) -> PathBuf {
+    let out = std::process::Command::new("git").arg("-C").arg(dir).args(["rev-parse", "--show-toplevel"]).output();
+    match out {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        _ => dir.to_path_buf(),
+    }
+}

@@ -1,0 +1,3 @@
+//! Moving things to leases: the sync archive (repository files as a gzipped tar).
+
+pub mod archive;
