@@ -214,11 +214,38 @@ fn git_files(root: &Path) -> Result<Option<Vec<PathBuf>>, ArchiveError> {
         .arg("-C")
         .arg(root)
         .args(["rev-parse", "--is-inside-work-tree"])
+        // Untranslated messages: "not a git repository" is matched below.
+        .env("LC_ALL", "C")
+        .env("LANGUAGE", "C")
         .output();
     match probe {
-        Ok(out) if out.status.success() && out.stdout.trim_ascii() == b"true" => {}
-        // Not a work tree (or a bare repository's insides), or git is not installed.
-        _ => return Ok(None),
+        Ok(out) if out.status.success() => {
+            if out.stdout.trim_ascii() != b"true" {
+                // Inside a `.git` directory or a bare repository.
+                return Ok(None);
+            }
+        }
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("not a git repository") {
+                return Ok(None);
+            }
+            // E.g. "detected dubious ownership": walking instead would sync
+            // every ignored file, so say what git said.
+            return Err(ArchiveError::Git(format!(
+                "cannot tell whether {} is in a git work tree: {}",
+                root.display(),
+                stderr.trim()
+            )));
+        }
+        // No git installed: nothing can be a work tree for us.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(ArchiveError::Git(format!(
+                "running git in {}: {e}",
+                root.display()
+            )));
+        }
     }
     let out = Command::new("git")
         .arg("-C")

@@ -1,0 +1,116 @@
+//! An in-memory provider for tests that exercise the engine (planner and
+//! executor) without processes: resources live in a map, keyed by their cloud
+//! ID, with real label semantics; every mutating call is recorded so tests
+//! can prove that nothing outside the pond was touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use crabbox::inventory::labels::Labels;
+use crabbox::inventory::lease::{Endpoint, Lease};
+use crabbox::providers::{CreateRequest, ExecRequest, Features, OutputSink, Provider, ProviderError};
+use crabbox::spec::desired::Probe;
+use crabbox::spec::providers::ProviderName;
+
+/// The fake provider's state.
+#[derive(Default)]
+pub struct MemoryProvider {
+    /// Every resource, ours and foreign, by cloud ID.
+    pub resources: Mutex<BTreeMap<String, Lease>>,
+    /// Cloud IDs of every resource a mutating call touched.
+    pub touched: Mutex<BTreeSet<String>>,
+    /// Commands run, in order: (lease id, command).
+    pub commands: Mutex<Vec<(String, String)>>,
+}
+
+impl MemoryProvider {
+    /// A shareable empty provider.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Plants a resource (as if someone created it earlier).
+    pub fn plant(&self, lease: Lease) {
+        self.resources.lock().expect("lock").insert(lease.cloud_id.clone(), lease);
+    }
+
+    fn touch(&self, lease: &Lease) -> Result<(), ProviderError> {
+        self.touched.lock().expect("lock").insert(lease.cloud_id.clone());
+        if self.resources.lock().expect("lock").contains_key(&lease.cloud_id) {
+            Ok(())
+        } else {
+            Err(ProviderError::NotFound(lease.cloud_id.clone()))
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for MemoryProvider {
+    fn name(&self) -> ProviderName {
+        ProviderName::Local
+    }
+
+    fn features(&self) -> Features {
+        Features { labels: true, local: true, ..Features::default() }
+    }
+
+    async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
+        Ok(self.resources.lock().expect("lock").values().filter(|l| l.label("pond") == Some(pond)).cloned().collect())
+    }
+
+    async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
+        let mut resources = self.resources.lock().expect("lock");
+        let n = resources.len();
+        let lease = Lease {
+            id: request.lease_id.clone(),
+            provider: ProviderName::Local,
+            cloud_id: format!("mem-{}", request.lease_id),
+            labels: request.labels.clone(),
+            endpoint: Endpoint { host: Some(format!("192.0.2.{}", n % 250 + 1)), ..Endpoint::default() },
+            listed: true,
+            claimed: false,
+        };
+        resources.insert(lease.cloud_id.clone(), lease.clone());
+        Ok(lease)
+    }
+
+    async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
+        self.touch(lease)?;
+        if let Some(l) = self.resources.lock().expect("lock").get_mut(&lease.cloud_id) {
+            l.labels = labels.clone();
+        }
+        Ok(())
+    }
+
+    async fn upload(&self, lease: &Lease, _archive: &Path) -> Result<(), ProviderError> {
+        self.touch(lease)
+    }
+
+    async fn exec(&self, lease: &Lease, request: &ExecRequest, _sink: Arc<dyn OutputSink>) -> Result<i32, ProviderError> {
+        self.touch(lease)?;
+        self.commands.lock().expect("lock").push((lease.id.clone(), request.command.clone()));
+        Ok(i32::from(request.command.contains("exit 1")))
+    }
+
+    async fn start_background(&self, lease: &Lease, request: &ExecRequest, _name: &str) -> Result<(), ProviderError> {
+        self.touch(lease)?;
+        self.commands.lock().expect("lock").push((lease.id.clone(), format!("& {}", request.command)));
+        Ok(())
+    }
+
+    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
+        self.touch(lease)
+    }
+
+    async fn probe(&self, lease: &Lease, _probe: &Probe, _env: &BTreeMap<String, String>) -> Result<bool, ProviderError> {
+        self.touch(lease).map(|()| true)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
+        self.touch(lease)?;
+        self.resources.lock().expect("lock").remove(&lease.cloud_id);
+        Ok(())
+    }
+}
