@@ -238,8 +238,7 @@ async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
 }
 
 fn update_claim(ctx: &Context, lease: &Lease) {
-    let (claims, _) = ctx.claims.load_all();
-    let mut claim = claims.into_iter().find(|c| c.lease_id == lease.id).unwrap_or_else(|| Claim {
+    let mut claim = ctx.claims.load(&lease.id).unwrap_or_else(|| Claim {
         lease_id: lease.id.clone(),
         slug: lease.slug().to_owned(),
         provider: lease.provider.as_str().to_owned(),

@@ -125,6 +125,16 @@ impl ClaimStore {
         (claims, problems)
     }
 
+    /// One claim by lease ID; `None` when absent or unreadable.
+    #[must_use]
+    pub fn load(&self, lease_id: &str) -> Option<Claim> {
+        if !is_lease_id(lease_id) {
+            return None;
+        }
+        let text = std::fs::read_to_string(self.path(lease_id)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     fn path(&self, lease_id: &str) -> PathBuf {
         self.dir.join(format!("{lease_id}.json"))
     }
@@ -164,7 +174,10 @@ impl ClaimStore {
         self.locked(lease_id, || match std::fs::remove_file(self.path(lease_id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
-        })
+        })?;
+        // The lock file is only needed while the claim exists.
+        let _ = std::fs::remove_file(self.locks.join(format!("{lease_id}.json.lock")));
+        Ok(())
     }
 }
 

@@ -120,6 +120,7 @@ pub fn plan(desired: &DesiredPond, inventory: &Inventory, options: &PlanOptions)
             });
         }
     }
+    rerun_after_new_dependencies(&mut changes);
     for m in &desired.members {
         for (dep, _) in &m.depends_on {
             if targeted.includes(&m.slug) && !targeted.includes(dep) && !live.contains_key(dep.as_str()) {
@@ -144,6 +145,28 @@ pub fn plan(desired: &DesiredPond, inventory: &Inventory, options: &PlanOptions)
         outputs: Vec::new(),
         warnings,
     })
+}
+
+/// A member whose dependency gets a new lease (created or replaced) runs its
+/// setup again: its environment carried the old address. Like compose's
+/// `depends_on: { restart: true }`, but always, because addresses change.
+fn rerun_after_new_dependencies(changes: &mut [MemberChange]) {
+    let moving: BTreeSet<String> = changes
+        .iter()
+        .filter(|c| matches!(c.action, Action::Create | Action::Replace | Action::CreateBeforeDestroy) && c.desired.is_some())
+        .map(|c| c.slug.clone())
+        .collect();
+    for c in changes.iter_mut() {
+        let Some(m) = &c.desired else { continue };
+        if !matches!(c.action, Action::NoOp | Action::Update) || c.rerun_setup {
+            continue;
+        }
+        if let Some((dep, _)) = m.depends_on.iter().find(|(d, _)| moving.contains(d)) {
+            c.reasons.push(format!("dependency `{dep}` gets a new lease, so setup runs again with its new address"));
+            c.rerun_setup = true;
+            c.action = Action::Update;
+        }
+    }
 }
 
 /// The members a plan acts on.
@@ -188,12 +211,12 @@ impl Targets {
 fn health(lease: &Lease, now: u64) -> Result<(), String> {
     if lease.state() == state::FAILED {
         let why = lease.label(labels::FAILURE).map_or_else(|| "a failed step".to_owned(), |f| f.replace('_', " "));
-        return Err(format!("lease is tainted by {why}, so it must be replaced"));
+        return Err(format!("lease is tainted by {why}"));
     }
     if let Some(exp) = lease.label(labels::EXPIRES_AT).and_then(|v| v.parse::<u64>().ok())
         && exp <= now
     {
-        return Err(format!("lease expired {} ago, so it must be replaced", duration::format(std::time::Duration::from_secs(now - exp))));
+        return Err(format!("lease expired {} ago", duration::format(std::time::Duration::from_secs(now - exp))));
     }
     Ok(())
 }
@@ -224,6 +247,9 @@ fn member_changes(m: &DesiredMember, leases: &[&Lease], options: &PlanOptions) -
     }
     if let Err(why) = health(keep, options.now) {
         forced.push(why);
+    } else if keep.created_at().saturating_add(m.ttl.as_secs()) <= options.now {
+        // Relabelling would set an expiry in the past; the next plan would replace it anyway.
+        forced.push(format!("the new ttl ({}) is shorter than the lease's age", duration::format(m.ttl)));
     }
     let mut attr = |name: &str, before: Option<String>, after: Option<String>, forces: bool| {
         if before != after {
@@ -280,7 +306,7 @@ fn member_changes(m: &DesiredMember, leases: &[&Lease], options: &PlanOptions) -
         change.relabel = change.attributes.iter().any(|a| !a.forces_replacement && a.name != "setup")
             || keep.label(labels::POND_SPEC) != Some(hashes.spec.as_str()) && !change.rerun_setup;
         if change.relabel {
-            change.reasons.insert(0, "labels differ from the spec (updated in place)".to_owned());
+            change.reasons.insert(0, "labels differ from the spec".to_owned());
         }
         if change.relabel || change.rerun_setup {
             change.action = Action::Update;

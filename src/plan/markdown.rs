@@ -18,7 +18,13 @@ pub fn render(plan: &Plan) -> String {
     if plan.has_changes() {
         let _ = writeln!(head, "**Plan: {} to add, {} to change, {} to destroy.**\n", s.add, s.change, s.destroy);
         head.push_str("| | member | provider | lease | why |\n|---|---|---|---|---|\n");
-        for c in plan.changes.iter().filter(|c| c.is_change()) {
+        let changed: Vec<_> = plan.changes.iter().filter(|c| c.is_change()).collect();
+        for (i, c) in changed.iter().enumerate() {
+            // The table may use half the room; the rest is for the full plan.
+            if head.len() > MAX_LEN / 2 {
+                let _ = writeln!(head, "\n… and {} more changes, listed in the full plan.", changed.len() - i);
+                break;
+            }
             let _ = writeln!(
                 head,
                 "| `{}` | {} | {} | {} | {} |",

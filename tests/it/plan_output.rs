@@ -1,1 +1,199 @@
-//! (being written)
+//! Snapshot tests of the three plan renderings (human without colour, JSON,
+//! markdown) for representative plans built with the scenario machinery:
+//! `specs/mixed-pond.yaml` (every kind of change), `specs/no-op-applied-pond.yaml`
+//! (nothing to do) and a generated pond of 300 new members (markdown
+//! truncation). Lease IDs and "now" are fixed, so the plans are deterministic.
+//! `UPDATE_SNAPSHOTS=1 cargo test --test it plan_output` rewrites the files
+//! under `tests/snapshots/`; read every rewritten file before committing it.
+
+use std::fmt::Write as _;
+
+use crabbox::plan::{Action, Plan, human, json, markdown};
+use serde_json::Value;
+
+use crate::scenarios::{plan_for, plan_for_file};
+use crate::support::check_snapshot;
+
+/// Members of the generated large pond.
+const LARGE: usize = 300;
+
+fn human_text(p: &Plan) -> String {
+    anstream::adapter::strip_str(&human::render(p)).to_string()
+}
+
+fn json_text(p: &Plan) -> String {
+    serde_json::to_string_pretty(&json::to_value(p)).expect("plan JSON serializes") + "\n"
+}
+
+/// Compares every rendering of `p` with `tests/snapshots/<stem>.{txt,json,md}`.
+fn check_all(stem: &str, p: &Plan) {
+    let problems: Vec<String> = [
+        (format!("tests/snapshots/{stem}.human.txt"), human_text(p)),
+        (format!("tests/snapshots/{stem}.json"), json_text(p)),
+        (format!("tests/snapshots/{stem}.md"), markdown::render(p)),
+    ]
+    .iter()
+    .filter_map(|(path, text)| check_snapshot(path, text))
+    .collect();
+    assert!(
+        problems.is_empty(),
+        "{}\n(UPDATE_SNAPSHOTS=1 rewrites them)",
+        problems.join("\n")
+    );
+}
+
+fn mixed() -> Plan {
+    plan_for_file("mixed-pond.yaml").expect("the mixed pond plans")
+}
+
+/// A scenario with `LARGE` new members, each with a few attributes.
+fn large() -> Plan {
+    let mut doc = String::from(
+        "name: large\nwhy: many creates\nspec: |\n  version: 1\n  pond: big\n  members:\n",
+    );
+    for i in 0..LARGE {
+        let _ = writeln!(
+            doc,
+            "    - slug: member-{i:03}\n      expose: [{}]",
+            10_000 + i
+        );
+        if i > 0 {
+            let _ = writeln!(doc, "      depends_on: [member-{:03}]", i - 1);
+        }
+        let _ = writeln!(doc, "      setup: [ \"./start --index {i}\" ]");
+    }
+    doc.push_str("live: []\n");
+    plan_for(&doc).expect("the large pond plans")
+}
+
+#[test]
+fn mixed_plan_renderings_match_snapshots() {
+    check_all("plan-mixed", &mixed());
+}
+
+#[test]
+fn empty_plan_renderings_match_snapshots() {
+    let p = plan_for_file("no-op-applied-pond.yaml").expect("the applied pond plans");
+    assert!(!p.has_changes());
+    assert_eq!(human_text(&p), "No changes. The pond matches the spec.\n");
+    check_all("plan-empty", &p);
+}
+
+#[test]
+fn large_plan_markdown_matches_snapshot() {
+    let md = markdown::render(&large());
+    if let Some(problem) = check_snapshot("tests/snapshots/plan-large.md", &md) {
+        panic!("{problem}\n(UPDATE_SNAPSHOTS=1 rewrites it)");
+    }
+}
+
+#[test]
+fn large_plan_markdown_is_cut_safely() {
+    let p = large();
+    assert_eq!(p.changes.len(), LARGE);
+    assert!(p.changes.iter().all(|c| c.action == Action::Create));
+    let full = human_text(&p);
+    assert!(
+        full.len() > markdown::MAX_LEN,
+        "the plan must be long enough to need cutting"
+    );
+
+    let md = markdown::render(&p);
+    assert!(
+        md.chars().count() <= 65_000 && md.len() <= markdown::MAX_LEN,
+        "{} characters",
+        md.chars().count()
+    );
+    let mut lines = md.lines().filter(|l| !l.trim().is_empty());
+    assert_eq!(lines.next(), Some("### crabbox plan for pond `big`"));
+    assert_eq!(
+        lines.next(),
+        Some("**Plan: 300 to add, 0 to change, 0 to destroy.**"),
+        "the summary comes first"
+    );
+    let fences: Vec<&str> = md
+        .lines()
+        .filter(|l| l.trim_start().starts_with("```"))
+        .collect();
+    assert_eq!(
+        fences.len() % 2,
+        0,
+        "every opened fence is closed: {fences:?}"
+    );
+    assert!(
+        fences.chunks(2).all(|pair| pair[1].trim() == "```"),
+        "{fences:?}"
+    );
+    assert!(md.contains("… truncated:"), "the cut is announced");
+    assert!(md.trim_end().ends_with("</details>"));
+    // The table lists every member; only the folded full plan is cut.
+    assert!(md.contains("| member-299 |"));
+}
+
+#[test]
+fn json_is_versioned_and_uses_terraform_action_lists() {
+    const LISTS: [&[&str]; 6] = [
+        &["no-op"],
+        &["create"],
+        &["update"],
+        &["delete", "create"],
+        &["create", "delete"],
+        &["delete"],
+    ];
+    for p in [
+        mixed(),
+        large(),
+        plan_for_file("no-op-applied-pond.yaml").expect("plans"),
+    ] {
+        let v = json::to_value(&p);
+        assert_eq!(v["format_version"], "1.0");
+        let changes = v["member_changes"]
+            .as_array()
+            .expect("member_changes is a list");
+        assert_eq!(changes.len(), p.changes.len());
+        for (entry, change) in changes.iter().zip(&p.changes) {
+            let actions: Vec<&str> = entry["change"]["actions"]
+                .as_array()
+                .expect("actions is a list")
+                .iter()
+                .map(|a| a.as_str().expect("action is text"))
+                .collect();
+            assert!(LISTS.contains(&actions.as_slice()), "{actions:?}");
+            assert_eq!(actions, change.action.json_actions());
+            assert_eq!(entry["slug"], change.slug.as_str());
+            assert_eq!(
+                entry["lease_id"],
+                change
+                    .lease
+                    .as_ref()
+                    .map_or(Value::Null, |l| l.id.clone().into())
+            );
+        }
+    }
+}
+
+#[test]
+fn human_summary_counts_a_replacement_in_add_and_destroy() {
+    let p = mixed();
+    let count = |a: Action| p.changes.iter().filter(|c| c.action == a).count();
+    let (create, update, replace, delete) = (
+        count(Action::Create),
+        count(Action::Update),
+        count(Action::Replace) + count(Action::CreateBeforeDestroy),
+        count(Action::Delete),
+    );
+    assert_eq!((create, update, replace, delete), (1, 1, 2, 2));
+    let line = format!(
+        "Plan: {} to add, {} to change, {} to destroy.",
+        create + replace,
+        update,
+        replace + delete
+    );
+    assert_eq!(line, "Plan: 3 to add, 1 to change, 4 to destroy.");
+    let text = human_text(&p);
+    assert!(text.lines().any(|l| l == line), "{text}");
+    assert!(
+        markdown::render(&p).contains(&format!("**{line}**")),
+        "the markdown summary agrees"
+    );
+}

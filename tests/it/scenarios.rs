@@ -209,9 +209,24 @@ pub(crate) fn setup(scenario: &Scenario) -> Result<Setup, String> {
         listed.push(live_lease(live, &previous, now)?);
     }
     let options = PlanOptions {
-        only: scenario.options.only.iter().map(|s| normalize_name(s)).collect(),
-        skip: scenario.options.skip.iter().map(|s| normalize_name(s)).collect(),
-        replace: scenario.options.replace.iter().map(|s| normalize_name(s)).collect(),
+        only: scenario
+            .options
+            .only
+            .iter()
+            .map(|s| normalize_name(s))
+            .collect(),
+        skip: scenario
+            .options
+            .skip
+            .iter()
+            .map(|s| normalize_name(s))
+            .collect(),
+        replace: scenario
+            .options
+            .replace
+            .iter()
+            .map(|s| normalize_name(s))
+            .collect(),
         now,
     };
     let mut inventory = discovered(&desired.name, listed);
@@ -252,8 +267,14 @@ fn discovered(pond: &str, listed: Vec<Lease>) -> Inventory {
         }
     }
     let mut leases: Vec<Lease> = by_id.into_values().collect();
-    leases.sort_by(|a, b| (a.slug(), a.created_at(), &a.id).cmp(&(b.slug(), b.created_at(), &b.id)));
-    inv.listed = leases.iter().map(|l| l.provider).collect::<BTreeSet<_>>().into_iter().collect();
+    leases
+        .sort_by(|a, b| (a.slug(), a.created_at(), &a.id).cmp(&(b.slug(), b.created_at(), &b.id)));
+    inv.listed = leases
+        .iter()
+        .map(|l| l.provider)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     inv.leases = leases;
     inv
 }
@@ -272,7 +293,10 @@ fn live_lease(live: &LiveLease, previous: &DesiredPond, now: u64) -> Result<Leas
         if let Some(slug) = &live.slug
             && live.labels.get(labels::SLUG) != Some(slug)
         {
-            return Err(format!("raw lease {}: `slug: {slug}` differs from its slug label", live.id));
+            return Err(format!(
+                "raw lease {}: `slug: {slug}` differs from its slug label",
+                live.id
+            ));
         }
         if provider.is_none() {
             provider = Some(match live.labels.get(labels::PROVIDER) {
@@ -293,7 +317,12 @@ fn live_lease(live: &LiveLease, previous: &DesiredPond, now: u64) -> Result<Leas
             .ok_or_else(|| {
                 format!("lease {}: `{slug}` is not a member of the previous spec; give `raw: true` labels", live.id)
             })?;
-        let mut l = labels::for_create(&previous.name, &live.id, m, live.created_at.unwrap_or(now - 60));
+        let mut l = labels::for_create(
+            &previous.name,
+            &live.id,
+            m,
+            live.created_at.unwrap_or(now.saturating_sub(60)),
+        );
         l.insert(labels::STATE.into(), state::READY.into());
         l.insert(labels::POND_SETUP.into(), SpecHashes::of(m).setup);
         if let Some(s) = &live.state {
@@ -315,10 +344,16 @@ fn live_lease(live: &LiveLease, previous: &DesiredPond, now: u64) -> Result<Leas
         l
     };
     if live.raw && (live.state.is_some() || live.pond.is_some() || !live.remove_labels.is_empty()) {
-        return Err(format!("raw lease {}: give its labels in `labels`", live.id));
+        return Err(format!(
+            "raw lease {}: give its labels in `labels`",
+            live.id
+        ));
     }
     if live.raw && live.created_at.is_some() {
-        labels.insert(labels::CREATED_AT.into(), live.created_at.unwrap_or_default().to_string());
+        labels.insert(
+            labels::CREATED_AT.into(),
+            live.created_at.unwrap_or_default().to_string(),
+        );
     }
     Ok(Lease {
         id: live.id.clone(),
@@ -346,7 +381,8 @@ pub(crate) fn plan_for(scenario_yaml: &str) -> Result<Plan, String> {
 
 /// The plan of a file under `specs/`.
 pub(crate) fn plan_for_file(name: &str) -> Result<Plan, String> {
-    let text = std::fs::read_to_string(root().join("specs").join(name)).expect("scenario file exists");
+    let text =
+        std::fs::read_to_string(root().join("specs").join(name)).expect("scenario file exists");
     plan_for(&text)
 }
 
@@ -358,7 +394,14 @@ fn action_name(action: Action) -> String {
         .unwrap_or_default()
 }
 
-const ACTIONS: [&str; 6] = ["no-op", "create", "update", "replace", "create-before-destroy", "delete"];
+const ACTIONS: [&str; 6] = [
+    "no-op",
+    "create",
+    "update",
+    "replace",
+    "create-before-destroy",
+    "delete",
+];
 
 /// Runs one scenario; returns its problems.
 fn run(text: &str) -> Vec<String> {
@@ -367,7 +410,10 @@ fn run(text: &str) -> Vec<String> {
         Err(e) => return vec![e],
     };
     let mut problems = Vec::new();
-    if scenario.name.trim().is_empty() || scenario.why.trim().is_empty() || scenario.why.contains('\n') {
+    if scenario.name.trim().is_empty()
+        || scenario.why.trim().is_empty()
+        || scenario.why.contains('\n')
+    {
         problems.push("`name` and a one-line `why` are required".to_owned());
     }
     let s = match setup(&scenario) {
@@ -380,7 +426,10 @@ fn run(text: &str) -> Vec<String> {
             problems.push("give exactly one of `expect` and `error`".to_owned());
         }
         (None, Some(want), Ok(p)) => {
-            problems.push(format!("expected an error containing {want:?}, got a plan:\n{}", describe(&p)));
+            problems.push(format!(
+                "expected an error containing {want:?}, got a plan:\n{}",
+                describe(&p)
+            ));
         }
         (None, Some(want), Err(got)) => {
             if !got.contains(want.as_str()) {
@@ -403,19 +452,30 @@ fn run(text: &str) -> Vec<String> {
 /// Compares a plan with a scenario's expectations.
 fn compare(expect: &[Expected], scenario: &Scenario, p: &Plan, problems: &mut Vec<String>) {
     if expect.len() != p.changes.len() {
-        problems.push(format!("expected {} entries, the plan has {}", expect.len(), p.changes.len()));
+        problems.push(format!(
+            "expected {} entries, the plan has {}",
+            expect.len(),
+            p.changes.len()
+        ));
     }
     for (i, (want, got)) in expect.iter().zip(&p.changes).enumerate() {
         let at = format!("entry {i} (`{}`)", want.slug);
         if !ACTIONS.contains(&want.action.as_str()) {
-            problems.push(format!("{at}: `{}` is not an action ({})", want.action, ACTIONS.join(", ")));
+            problems.push(format!(
+                "{at}: `{}` is not an action ({})",
+                want.action,
+                ACTIONS.join(", ")
+            ));
         }
         if got.slug != want.slug {
             problems.push(format!("{at}: slug is `{}`", got.slug));
         }
         let action = action_name(got.action);
         if action != want.action {
-            problems.push(format!("{at}: action is {action}, expected {}", want.action));
+            problems.push(format!(
+                "{at}: action is {action}, expected {}",
+                want.action
+            ));
         }
         let lease = got.lease.as_ref().map(|l| l.id.clone());
         if let Some(want_lease) = &want.lease
@@ -426,36 +486,56 @@ fn compare(expect: &[Expected], scenario: &Scenario, p: &Plan, problems: &mut Ve
         if let Some(provider) = &want.provider
             && got.provider.as_str() != provider
         {
-            problems.push(format!("{at}: provider is {}, expected {provider}", got.provider));
+            problems.push(format!(
+                "{at}: provider is {}, expected {provider}",
+                got.provider
+            ));
         }
         if let Some(relabel) = want.relabel
             && got.relabel != relabel
         {
-            problems.push(format!("{at}: relabel is {}, expected {relabel}", got.relabel));
+            problems.push(format!(
+                "{at}: relabel is {}, expected {relabel}",
+                got.relabel
+            ));
         }
         if let Some(rerun) = want.rerun_setup
             && got.rerun_setup != rerun
         {
-            problems.push(format!("{at}: rerun_setup is {}, expected {rerun}", got.rerun_setup));
+            problems.push(format!(
+                "{at}: rerun_setup is {}, expected {rerun}",
+                got.rerun_setup
+            ));
         }
         for r in &want.reasons {
             if !got.reasons.iter().any(|g| g.contains(r.as_str())) {
-                problems.push(format!("{at}: no reason contains {r:?} (reasons: {:?})", got.reasons));
+                problems.push(format!(
+                    "{at}: no reason contains {r:?} (reasons: {:?})",
+                    got.reasons
+                ));
             }
         }
         if let Some(attrs) = &want.attributes {
             let names: Vec<&str> = got.attributes.iter().map(|a| a.name.as_str()).collect();
             if names != attrs.iter().map(String::as_str).collect::<Vec<_>>() {
-                problems.push(format!("{at}: attributes are {names:?}, expected {attrs:?}"));
+                problems.push(format!(
+                    "{at}: attributes are {names:?}, expected {attrs:?}"
+                ));
             }
         }
     }
     if p.forget_claims != scenario.forget_claims {
-        problems.push(format!("forget_claims are {:?}, expected {:?}", p.forget_claims, scenario.forget_claims));
+        problems.push(format!(
+            "forget_claims are {:?}, expected {:?}",
+            p.forget_claims, scenario.forget_claims
+        ));
     }
     for w in &scenario.warnings {
         if !p.warnings.iter().any(|g| g.contains(w.as_str())) {
-            problems.push(format!("no warning contains {w:?} (warnings: {:?})", p.warnings));
+            problems.push(format!(
+                "no warning contains {w:?} (warnings: {:?})",
+                p.warnings
+            ));
         }
     }
 }
@@ -471,10 +551,18 @@ fn invariants(s: &Setup, p: &Plan, problems: &mut Vec<String>) {
         if let Some(l) = &c.lease
             && (!known.contains(l.id.as_str()) || !l.is_ours(&p.pond))
         {
-            problems.push(format!("`{}` acts on lease {}, which is not in the pond's inventory", c.slug, l.id));
+            problems.push(format!(
+                "`{}` acts on lease {}, which is not in the pond's inventory",
+                c.slug, l.id
+            ));
         }
         if (c.action == Action::Create) != c.lease.is_none() {
-            problems.push(format!("`{}`: {} with lease {:?}", c.slug, action_name(c.action), c.lease.as_ref().map(|l| &l.id)));
+            problems.push(format!(
+                "`{}`: {} with lease {:?}",
+                c.slug,
+                action_name(c.action),
+                c.lease.as_ref().map(|l| &l.id)
+            ));
         }
     }
     let targeted = !s.options.only.is_empty() || !s.options.skip.is_empty();
@@ -482,13 +570,24 @@ fn invariants(s: &Setup, p: &Plan, problems: &mut Vec<String>) {
         return;
     }
     for m in &s.desired.members {
-        let entries = p.changes.iter().filter(|c| c.slug == m.slug && c.action != Action::Delete).count();
+        let entries = p
+            .changes
+            .iter()
+            .filter(|c| c.slug == m.slug && c.action != Action::Delete)
+            .count();
         if entries != 1 {
-            problems.push(format!("member `{}` has {entries} non-delete entries", m.slug));
+            problems.push(format!(
+                "member `{}` has {entries} non-delete entries",
+                m.slug
+            ));
         }
     }
     for l in &s.inventory.leases {
-        let entries = p.changes.iter().filter(|c| c.lease.as_ref().is_some_and(|x| x.id == l.id)).count();
+        let entries = p
+            .changes
+            .iter()
+            .filter(|c| c.lease.as_ref().is_some_and(|x| x.id == l.id))
+            .count();
         if entries != 1 {
             problems.push(format!("lease {} has {entries} entries", l.id));
         }
@@ -497,7 +596,10 @@ fn invariants(s: &Setup, p: &Plan, problems: &mut Vec<String>) {
         let applied = simulate_apply(s, p);
         match plan(&s.desired, &applied, &s.options) {
             Ok(next) if !next.has_changes() => {}
-            Ok(next) => problems.push(format!("after applying, the next plan still has changes:\n{}", describe(&next))),
+            Ok(next) => problems.push(format!(
+                "after applying, the next plan still has changes:\n{}",
+                describe(&next)
+            )),
             Err(e) => problems.push(format!("after applying, planning fails: {e}")),
         }
     }
@@ -506,7 +608,12 @@ fn invariants(s: &Setup, p: &Plan, problems: &mut Vec<String>) {
 /// The inventory after a successful apply of `p`, with the labels the
 /// executor's steps write (`Warmup`, `Relabel`, `Finalize`, `Release`).
 fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
-    let mut leases: BTreeMap<String, Lease> = s.inventory.leases.iter().map(|l| (l.id.clone(), l.clone())).collect();
+    let mut leases: BTreeMap<String, Lease> = s
+        .inventory
+        .leases
+        .iter()
+        .map(|l| (l.id.clone(), l.clone()))
+        .collect();
     let finalize = |labels: &labels::Labels, m: &crabbox::spec::desired::DesiredMember| {
         let mut l = labels::for_update(labels, m);
         l.insert(labels::STATE.into(), state::READY.into());
@@ -522,7 +629,9 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
                 leases.remove(&old.unwrap_or_default());
             }
             (Action::Update, Some(m)) => {
-                let lease = leases.get_mut(&old.unwrap_or_default()).expect("updated lease exists");
+                let lease = leases
+                    .get_mut(&old.unwrap_or_default())
+                    .expect("updated lease exists");
                 if c.relabel {
                     lease.labels = labels::for_update(&lease.labels, m);
                 }
@@ -599,5 +708,11 @@ fn every_scenario_plans_as_expected() {
             failures.push(format!("{file}:\n  {}", problems.join("\n  ")));
         }
     }
-    assert!(failures.is_empty(), "{} of {} scenarios failed:\n\n{}", failures.len(), files.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} scenarios failed:\n\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n\n")
+    );
 }
