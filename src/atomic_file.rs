@@ -12,10 +12,17 @@ use std::path::Path;
 /// # Errors
 /// Any I/O error, with the path in the message.
 pub fn write(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     create_private_dir(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".crabbox-").tempfile_in(dir).map_err(|e| with_path(e, dir))?;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".crabbox-")
+        .tempfile_in(dir)
+        .map_err(|e| with_path(e, dir))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o600))?;
     tmp.write_all(contents)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| with_path(e.error, path))?;
@@ -31,7 +38,11 @@ pub fn write(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 /// Any I/O error, with the path in the message.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| with_path(e, dir))
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| with_path(e, dir))
 }
 
 fn with_path(e: std::io::Error, path: &Path) -> std::io::Error {
@@ -51,7 +62,9 @@ mod tests {
         assert_eq!(std::fs::read(&path).expect("read"), b"two");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let leftovers = std::fs::read_dir(path.parent().expect("dir")).expect("ls").count();
+        let leftovers = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("ls")
+            .count();
         assert_eq!(leftovers, 1, "no temporary files are left behind");
     }
 }

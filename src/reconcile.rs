@@ -25,10 +25,10 @@ use crate::spec::providers::ProviderName;
 /// The directory a pond's outputs are written to.
 #[must_use]
 pub fn outputs_dir(desired: &DesiredPond) -> PathBuf {
-    desired
-        .outputs_dir
-        .as_deref()
-        .map_or_else(|| expand_tilde(&format!("~/.crabbox/pond/{}", desired.name)), expand_tilde)
+    desired.outputs_dir.as_deref().map_or_else(
+        || expand_tilde(&format!("~/.crabbox/pond/{}", desired.name)),
+        expand_tilde,
+    )
 }
 
 /// Reads the user templates of a pond.
@@ -67,7 +67,9 @@ pub fn plan_with_outputs(
     let mut p = plan(desired, inventory, options).map_err(|e: PlanError| e.to_string())?;
     let projected: Vec<Lease> = projected_leases(&p);
     let reg = registry.clone();
-    let peers = peers_from_leases(&desired.name, &projected, |n| reg.get(n).map(|p| p.features()).unwrap_or_default());
+    let peers = peers_from_leases(&desired.name, &projected, |n| {
+        reg.get(n).map(|p| p.features()).unwrap_or_default()
+    });
     let files = output_files(&desired.name, &peers, &templates(desired)?)?;
     let dir = outputs_dir(desired);
     for f in files {
@@ -95,13 +97,17 @@ fn projected_leases(p: &Plan) -> Vec<Lease> {
                 out.push(lease);
             }
             (_, _, Some(m)) => {
-                let labels = crate::inventory::labels::for_create(&p.pond, "cbx_000000000000", m, 0);
+                let labels =
+                    crate::inventory::labels::for_create(&p.pond, "cbx_000000000000", m, 0);
                 out.push(Lease {
                     id: "(known after apply)".to_owned(),
                     provider: m.provider,
                     cloud_id: String::new(),
                     labels,
-                    endpoint: Endpoint { host: Some("(known after apply)".to_owned()), ..Endpoint::default() },
+                    endpoint: Endpoint {
+                        host: Some("(known after apply)".to_owned()),
+                        ..Endpoint::default()
+                    },
                     listed: false,
                     claimed: false,
                 });
@@ -114,6 +120,7 @@ fn projected_leases(p: &Plan) -> Vec<Lease> {
 
 /// Builds the shared context for running a plan.
 #[must_use]
+#[allow(clippy::too_many_arguments)] // each piece comes from a different place; a struct would only rename them
 pub fn context(
     p: &Plan,
     desired: Option<&DesiredPond>,
@@ -127,7 +134,9 @@ pub fn context(
     // Every lease that stays: unchanged, updated, and the old side of replacements.
     let mut leases: BTreeMap<String, Lease> = BTreeMap::new();
     for lease in &inventory.leases {
-        leases.entry(lease.slug().to_owned()).or_insert_with(|| lease.clone());
+        leases
+            .entry(lease.slug().to_owned())
+            .or_insert_with(|| lease.clone());
     }
     for c in &p.changes {
         if let Some(lease) = &c.lease
@@ -141,7 +150,14 @@ pub fn context(
         registry,
         state_dir: state_dir.to_owned(),
         claims: ClaimStore::new(state_dir),
-        members: desired.map(|d| d.members.iter().map(|m| (m.slug.clone(), m.clone())).collect()).unwrap_or_default(),
+        members: desired
+            .map(|d| {
+                d.members
+                    .iter()
+                    .map(|m| (m.slug.clone(), m.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
         leases: Mutex::new(leases),
         sync_root,
         outputs,
@@ -161,12 +177,21 @@ pub struct Applied {
 }
 
 /// Runs a plan and counts what happened.
-pub async fn apply(p: &Plan, ctx: Arc<Context>, options: &ExecOptions, render: bool) -> (Outcome, Applied) {
+pub async fn apply(
+    p: &Plan,
+    ctx: Arc<Context>,
+    options: &ExecOptions,
+    render: bool,
+) -> (Outcome, Applied) {
     let g = graph::build(p, render);
     let outcome = execute(&g, ctx, options).await;
     let mut applied = Applied::default();
-    let mut update_slugs: BTreeMap<String, bool> =
-        p.changes.iter().filter(|c| c.action == Action::Update).map(|c| (c.slug.clone(), true)).collect();
+    let mut update_slugs: BTreeMap<String, bool> = p
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Update)
+        .map(|c| (c.slug.clone(), true))
+        .collect();
     for n in g.node_indices() {
         let done = outcome.results.get(&n) == Some(&StepResult::Done);
         let step = &g[n];
@@ -186,7 +211,11 @@ pub async fn apply(p: &Plan, ctx: Arc<Context>, options: &ExecOptions, render: b
 /// The repository root that sync copies: the git top level of `dir`, else `dir`.
 #[must_use]
 pub fn sync_root(dir: &Path) -> PathBuf {
-    let out = std::process::Command::new("git").arg("-C").arg(dir).args(["rev-parse", "--show-toplevel"]).output();
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "--show-toplevel"])
+        .output();
     match out {
         Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
         _ => dir.to_path_buf(),

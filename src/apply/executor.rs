@@ -29,7 +29,11 @@ pub struct ExecOptions {
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        Self { parallelism: 10, continue_on_error: false, heartbeat: Duration::from_secs(10) }
+        Self {
+            parallelism: 10,
+            continue_on_error: false,
+            heartbeat: Duration::from_secs(10),
+        }
     }
 }
 
@@ -59,7 +63,10 @@ impl Outcome {
     /// Steps that failed.
     #[must_use]
     pub fn failures(&self) -> usize {
-        self.results.values().filter(|r| matches!(r, StepResult::Failed(_))).count()
+        self.results
+            .values()
+            .filter(|r| matches!(r, StepResult::Failed(_)))
+            .count()
     }
 
     /// Whether every step succeeded.
@@ -79,7 +86,8 @@ fn watch_interrupts(reporter: Arc<crate::apply::progress::Reporter>) {
         return;
     }
     tokio::spawn(async move {
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         loop {
             tokio::select! {
                 r = tokio::signal::ctrl_c() => if r.is_err() { return },
@@ -101,11 +109,18 @@ fn watch_interrupts(reporter: Arc<crate::apply::progress::Reporter>) {
 pub async fn execute(graph: &StepGraph, ctx: Arc<Context>, options: &ExecOptions) -> Outcome {
     watch_interrupts(ctx.reporter.clone());
     let mut outcome = Outcome::default();
-    let mut waiting: BTreeMap<NodeIndex, usize> =
-        graph.node_indices().map(|n| (n, graph.neighbors_directed(n, Direction::Incoming).count())).collect();
-    let mut ready: BTreeSet<NodeIndex> = waiting.iter().filter(|(_, w)| **w == 0).map(|(n, _)| *n).collect();
+    let mut waiting: BTreeMap<NodeIndex, usize> = graph
+        .node_indices()
+        .map(|n| (n, graph.neighbors_directed(n, Direction::Incoming).count()))
+        .collect();
+    let mut ready: BTreeSet<NodeIndex> = waiting
+        .iter()
+        .filter(|(_, w)| **w == 0)
+        .map(|(n, _)| *n)
+        .collect();
     let mut running: BTreeMap<NodeIndex, Instant> = BTreeMap::new();
-    let mut tasks: JoinSet<(NodeIndex, Result<String, steps::StepError>, Duration)> = JoinSet::new();
+    let mut tasks: JoinSet<(NodeIndex, Result<String, steps::StepError>, Duration)> =
+        JoinSet::new();
     let mut stopped = false;
     let mut heartbeat = tokio::time::interval(options.heartbeat);
     heartbeat.tick().await;
@@ -177,7 +192,9 @@ pub async fn execute(graph: &StepGraph, ctx: Arc<Context>, options: &ExecOptions
         }
     }
     // The render step runs even after failures, so the files show what exists.
-    let render = graph.node_indices().find(|n| graph[*n].kind == StepKind::Render);
+    let render = graph
+        .node_indices()
+        .find(|n| graph[*n].kind == StepKind::Render);
     for n in graph.node_indices() {
         if !outcome.results.contains_key(&n) && Some(n) != render {
             outcome.results.insert(n, StepResult::Skipped);
@@ -215,12 +232,15 @@ fn skip_dependents(
     waiting: &mut BTreeMap<NodeIndex, usize>,
     ctx: &Context,
 ) {
-    let mut stack: Vec<NodeIndex> = graph.neighbors_directed(failed, Direction::Outgoing).collect();
+    let mut stack: Vec<NodeIndex> = graph
+        .neighbors_directed(failed, Direction::Outgoing)
+        .collect();
     while let Some(n) = stack.pop() {
         if graph[n].kind == StepKind::Render || outcome.results.contains_key(&n) {
             continue;
         }
-        ctx.reporter.skipped(&graph[n], &format!("{} failed", graph[failed]));
+        ctx.reporter
+            .skipped(&graph[n], &format!("{} failed", graph[failed]));
         outcome.results.insert(n, StepResult::Skipped);
         ready.remove(&n);
         waiting.remove(&n);

@@ -95,7 +95,10 @@ pub fn build(plan: &Plan, render: bool) -> StepGraph {
     let chain = |g: &mut StepGraph, slug: &str, kinds: Vec<StepKind>| -> Vec<NodeIndex> {
         let mut nodes: Vec<NodeIndex> = Vec::new();
         for kind in kinds {
-            let n = g.add_node(Step { slug: Some(slug.to_owned()), kind });
+            let n = g.add_node(Step {
+                slug: Some(slug.to_owned()),
+                kind,
+            });
             if let Some(prev) = nodes.last() {
                 g.add_edge(*prev, n, ());
             }
@@ -106,7 +109,10 @@ pub fn build(plan: &Plan, render: bool) -> StepGraph {
     for c in &plan.changes {
         if c.action == Action::Delete {
             if let Some(lease) = &c.lease {
-                let n = g.add_node(Step { slug: Some(c.slug.clone()), kind: StepKind::Release(Box::new(lease.clone())) });
+                let n = g.add_node(Step {
+                    slug: Some(c.slug.clone()),
+                    kind: StepKind::Release(Box::new(lease.clone())),
+                });
                 releases.entry(c.slug.clone()).or_default().push(n);
             }
             continue;
@@ -179,11 +185,17 @@ pub fn build(plan: &Plan, render: bool) -> StepGraph {
         }
     }
     for id in &plan.forget_claims {
-        g.add_node(Step { slug: None, kind: StepKind::ForgetClaim(id.clone()) });
+        g.add_node(Step {
+            slug: None,
+            kind: StepKind::ForgetClaim(id.clone()),
+        });
     }
     if render {
         let all: Vec<NodeIndex> = g.node_indices().collect();
-        let r = g.add_node(Step { slug: None, kind: StepKind::Render });
+        let r = g.add_node(Step {
+            slug: None,
+            kind: StepKind::Render,
+        });
         for n in all {
             g.add_edge(n, r, ());
         }

@@ -30,7 +30,11 @@ pub struct Holder {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "pid {} on {} since {} running `{}`", self.pid, self.host, self.started, self.command)?;
+        write!(
+            f,
+            "pid {} on {} since {} running `{}`",
+            self.pid, self.host, self.started, self.command
+        )?;
         if let Some(url) = &self.ci_run_url {
             write!(f, " ({url})")?;
         }
@@ -47,7 +51,7 @@ pub enum LockError {
         /// The pond.
         pond: String,
         /// Who, when readable.
-        holder: Option<Holder>,
+        holder: Option<Box<Holder>>,
     },
     /// The lock file could not be used.
     #[error("cannot use the lock file {path}: {error}")]
@@ -72,8 +76,13 @@ pub fn lock_path(state_dir: &Path, pond: &str) -> PathBuf {
 }
 
 fn this_holder(command: &str) -> Holder {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "unknown".to_owned(), |h| h.trim().to_owned());
-    let ci_run_url = match (std::env::var("GITHUB_SERVER_URL"), std::env::var("GITHUB_REPOSITORY"), std::env::var("GITHUB_RUN_ID")) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "unknown".to_owned(), |h| h.trim().to_owned());
+    let ci_run_url = match (
+        std::env::var("GITHUB_SERVER_URL"),
+        std::env::var("GITHUB_REPOSITORY"),
+        std::env::var("GITHUB_RUN_ID"),
+    ) {
         (Ok(server), Ok(repo), Ok(run)) => Some(format!("{server}/{repo}/actions/runs/{run}")),
         _ => None,
     };
@@ -98,23 +107,43 @@ pub fn read_holder(path: &Path) -> Option<Holder> {
 ///
 /// # Errors
 /// [`LockError::Held`] naming the holder, or an I/O error.
-pub fn acquire(state_dir: &Path, pond: &str, command: &str, timeout: Duration) -> Result<PondLock, LockError> {
+pub fn acquire(
+    state_dir: &Path,
+    pond: &str,
+    command: &str,
+    timeout: Duration,
+) -> Result<PondLock, LockError> {
     let path = lock_path(state_dir, pond);
-    let io = |error| LockError::Io { path: path.clone(), error };
+    let io = |error| LockError::Io {
+        path: path.clone(),
+        error,
+    };
     create_private_dir(path.parent().expect("lock path has a parent")).map_err(io)?;
-    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
     let deadline = Instant::now() + timeout;
     loop {
         match file.try_lock() {
             Ok(()) => break,
-            Err(TryLockError::WouldBlock) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
             Err(TryLockError::WouldBlock) => {
-                return Err(LockError::Held { pond: pond.to_owned(), holder: read_holder(&path) });
+                return Err(LockError::Held {
+                    pond: pond.to_owned(),
+                    holder: read_holder(&path).map(Box::new),
+                });
             }
             Err(TryLockError::Error(e)) => return Err(io(e)),
         }
     }
-    let text = serde_json::to_string_pretty(&this_holder(command)).map_err(|e| io(std::io::Error::other(e)))?;
+    let text = serde_json::to_string_pretty(&this_holder(command))
+        .map_err(|e| io(std::io::Error::other(e)))?;
     file.set_len(0).map_err(io)?;
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     file.write_all(text.as_bytes()).map_err(io)?;
@@ -135,7 +164,9 @@ impl Drop for PondLock {
 /// I/O errors opening the lock file.
 pub fn status(state_dir: &Path, pond: &str) -> std::io::Result<Option<Option<Holder>>> {
     let path = lock_path(state_dir, pond);
-    let Ok(file) = File::open(&path) else { return Ok(None) };
+    let Ok(file) = File::open(&path) else {
+        return Ok(None);
+    };
     match file.try_lock_shared() {
         Ok(()) => {
             let _ = file.unlock();
@@ -156,12 +187,20 @@ mod tests {
         let first = acquire(dir.path(), "p", "crabbox apply", Duration::ZERO).expect("first");
         let err = acquire(dir.path(), "p", "crabbox apply", Duration::ZERO).expect_err("second");
         let text = err.to_string();
-        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
         assert!(text.contains("crabbox apply"), "{text}");
         assert!(status(dir.path(), "p").expect("status").is_some());
         drop(first);
         assert!(status(dir.path(), "p").expect("status").is_none());
-        let again = acquire(dir.path(), "p", "crabbox destroy", Duration::from_millis(50));
+        let again = acquire(
+            dir.path(),
+            "p",
+            "crabbox destroy",
+            Duration::from_millis(50),
+        );
         assert!(again.is_ok());
     }
 }

@@ -26,9 +26,14 @@ where
     loop {
         attempt += 1;
         match f().await {
-            Err(ProviderError::Retryable { retry_after, message }) if attempt < ATTEMPTS => {
+            Err(ProviderError::Retryable {
+                retry_after,
+                message,
+            }) if attempt < ATTEMPTS => {
                 let backoff = BASE.saturating_mul(1 << (attempt - 1)).min(CAP);
-                let wait = retry_after.unwrap_or_else(|| backoff + jitter(backoff)).min(CAP);
+                let wait = retry_after
+                    .unwrap_or_else(|| backoff + jitter(backoff))
+                    .min(CAP);
                 tracing_note(&message, attempt, wait);
                 tokio::time::sleep(wait).await;
             }
@@ -60,7 +65,10 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r = with_retries(|| async {
             if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                Err(ProviderError::Retryable { message: "429".into(), retry_after: Some(Duration::from_secs(1)) })
+                Err(ProviderError::Retryable {
+                    message: "429".into(),
+                    retry_after: Some(Duration::from_secs(1)),
+                })
             } else {
                 Ok(7)
             }
@@ -81,7 +89,10 @@ mod tests {
         let calls = AtomicU32::new(0);
         let r: Result<(), _> = with_retries(|| async {
             calls.fetch_add(1, Ordering::SeqCst);
-            Err(ProviderError::Retryable { message: "503".into(), retry_after: None })
+            Err(ProviderError::Retryable {
+                message: "503".into(),
+                retry_after: None,
+            })
         })
         .await;
         assert!(r.is_err());

@@ -70,12 +70,16 @@ impl From<ProviderError> for StepError {
 }
 
 fn fail(message: impl Into<String>) -> StepError {
-    StepError { message: message.into() }
+    StepError {
+        message: message.into(),
+    }
 }
 
 impl Context {
     fn member(&self, slug: &str) -> Result<&DesiredMember, StepError> {
-        self.members.get(slug).ok_or_else(|| fail(format!("`{slug}` is not in the spec")))
+        self.members
+            .get(slug)
+            .ok_or_else(|| fail(format!("`{slug}` is not in the spec")))
     }
 
     fn lease(&self, slug: &str) -> Result<Lease, StepError> {
@@ -88,23 +92,41 @@ impl Context {
     }
 
     fn set_lease(&self, lease: Lease) {
-        self.leases.lock().expect("lease map lock").insert(lease.slug().to_owned(), lease);
+        self.leases
+            .lock()
+            .expect("lease map lock")
+            .insert(lease.slug().to_owned(), lease);
     }
 
-    fn provider(&self, lease_or_member: crate::spec::providers::ProviderName) -> Result<Arc<dyn Provider>, StepError> {
+    fn provider(
+        &self,
+        lease_or_member: crate::spec::providers::ProviderName,
+    ) -> Result<Arc<dyn Provider>, StepError> {
         Ok(self.registry.get(lease_or_member)?)
     }
 
     /// The pond's peers as they are now.
     pub fn peers(&self) -> Vec<Peer> {
-        let leases: Vec<Lease> = self.leases.lock().expect("lease map lock").values().cloned().collect();
+        let leases: Vec<Lease> = self
+            .leases
+            .lock()
+            .expect("lease map lock")
+            .values()
+            .cloned()
+            .collect();
         let registry = self.registry.clone();
-        peers_from_leases(&self.pond, &leases, |p| registry.get(p).map(|p| p.features()).unwrap_or_default())
+        peers_from_leases(&self.pond, &leases, |p| {
+            registry.get(p).map(|p| p.features()).unwrap_or_default()
+        })
     }
 
     /// The environment every command on `slug` sees: peers, pond, member env
     /// (with `{{peers.*}}` resolved) and `extra`.
-    fn env_for(&self, slug: &str, extra: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, StepError> {
+    fn env_for(
+        &self,
+        slug: &str,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, StepError> {
         let m = self.member(slug)?;
         let peers = self.peers();
         let mut env = peer_env(&self.pond, &peers);
@@ -121,11 +143,16 @@ impl Context {
 
     async fn taint(&self, slug: &str, failure: &str) {
         let Ok(lease) = self.lease(slug) else { return };
-        let Ok(provider) = self.provider(lease.provider) else { return };
+        let Ok(provider) = self.provider(lease.provider) else {
+            return;
+        };
         let mut labels = lease.labels.clone();
         labels.insert(labels::STATE.into(), state::FAILED.into());
         labels.insert(labels::FAILURE.into(), labels::sanitize(failure));
-        if with_retries(|| provider.relabel(&lease, &labels)).await.is_ok() {
+        if with_retries(|| provider.relabel(&lease, &labels))
+            .await
+            .is_ok()
+        {
             self.set_lease(Lease { labels, ..lease });
         }
     }
@@ -155,14 +182,25 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
             let labels = labels::for_update(&lease.labels, m);
             let provider = ctx.provider(lease.provider)?;
             with_retries(|| provider.relabel(&lease, &labels)).await?;
-            update_claim(ctx, &Lease { labels: labels.clone(), ..lease.clone() });
-            ctx.set_lease(Lease { labels, ..lease.clone() });
+            update_claim(
+                ctx,
+                &Lease {
+                    labels: labels.clone(),
+                    ..lease.clone()
+                },
+            );
+            ctx.set_lease(Lease {
+                labels,
+                ..lease.clone()
+            });
             Ok(format!("id={}", lease.id))
         }
         StepKind::StopServices => {
             let lease = ctx.lease(&slug)?;
             guard(ctx, &lease)?;
-            ctx.provider(lease.provider)?.stop_background(&lease).await?;
+            ctx.provider(lease.provider)?
+                .stop_background(&lease)
+                .await?;
             Ok(String::new())
         }
         StepKind::Sync => sync(ctx, &slug).await,
@@ -184,7 +222,9 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
         }
         StepKind::Release(lease) => release(ctx, lease).await,
         StepKind::ForgetClaim(id) => {
-            ctx.claims.remove(id).map_err(|e| fail(format!("removing claim {id}: {e}")))?;
+            ctx.claims
+                .remove(id)
+                .map_err(|e| fail(format!("removing claim {id}: {e}")))?;
             Ok(id.clone())
         }
         StepKind::Render => render(ctx),
@@ -222,9 +262,17 @@ async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
         state: claim_state::PENDING.to_owned(),
         ..Claim::default()
     };
-    ctx.claims.write(&pending).map_err(|e| fail(format!("writing claim: {e}")))?;
-    remember_providers(&ctx.state_dir, &ctx.pond, &[m.provider]).map_err(|e| fail(format!("writing the pond record: {e}")))?;
-    let request = CreateRequest { lease_id: lease_id.clone(), pond: ctx.pond.clone(), member: m.clone(), labels };
+    ctx.claims
+        .write(&pending)
+        .map_err(|e| fail(format!("writing claim: {e}")))?;
+    remember_providers(&ctx.state_dir, &ctx.pond, &[m.provider])
+        .map_err(|e| fail(format!("writing the pond record: {e}")))?;
+    let request = CreateRequest {
+        lease_id: lease_id.clone(),
+        pond: ctx.pond.clone(),
+        member: m.clone(),
+        labels,
+    };
     let lease = match with_retries(|| provider.create(&request)).await {
         Ok(lease) => lease,
         Err(e) => {
@@ -251,10 +299,17 @@ fn update_claim(ctx: &Context, lease: &Lease) {
     claim.state = claim_state::ACTIVE.to_owned();
     claim.last_used_at = now_rfc3339();
     claim.ssh_host = lease.endpoint.host.clone().unwrap_or_default();
-    claim.ssh_port = lease.endpoint.ssh_port.map(|p| p.to_string()).unwrap_or_default();
+    claim.ssh_port = lease
+        .endpoint
+        .ssh_port
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     claim.bridge_url = lease.endpoint.url.clone().unwrap_or_default();
     if let Err(e) = ctx.claims.write(&claim) {
-        ctx.reporter.message("warning", &format!("warning: could not update claim {}: {e}", lease.id));
+        ctx.reporter.message(
+            "warning",
+            &format!("warning: could not update claim {}: {e}", lease.id),
+        );
     }
 }
 
@@ -268,15 +323,24 @@ async fn sync(ctx: &Context, slug: &str) -> Result<String, StepError> {
         .await
         .map_err(|e| fail(format!("sync task: {e}")))?
         .map_err(|e| fail(e.to_string()))?;
-    ctx.provider(lease.provider)?.upload(&lease, &built.path).await?;
-    Ok(format!("{} files, {} KiB", built.files, built.bytes.div_ceil(1024)))
+    ctx.provider(lease.provider)?
+        .upload(&lease, &built.path)
+        .await?;
+    Ok(format!(
+        "{} files, {} KiB",
+        built.files,
+        built.bytes.div_ceil(1024)
+    ))
 }
 
 async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
     let m = ctx.member(slug)?;
     let lease = ctx.lease(slug)?;
     let provider = ctx.provider(lease.provider)?;
-    let sink: Arc<dyn OutputSink> = Arc::new(Prefixed { slug: slug.to_owned(), reporter: ctx.reporter.clone() });
+    let sink: Arc<dyn OutputSink> = Arc::new(Prefixed {
+        slug: slug.to_owned(),
+        reporter: ctx.reporter.clone(),
+    });
     for (i, step) in m.setup.iter().enumerate() {
         let n = i + 1;
         let env = match ctx.env_for(slug, &step.env) {
@@ -286,18 +350,32 @@ async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
                 return Err(e);
             }
         };
-        let request = ExecRequest { command: step.run.clone(), env, timeout: step.timeout };
+        let request = ExecRequest {
+            command: step.run.clone(),
+            env,
+            timeout: step.timeout,
+        };
         if step.background {
-            if let Err(e) = provider.start_background(&lease, &request, &format!("setup-{n}")).await {
+            if let Err(e) = provider
+                .start_background(&lease, &request, &format!("setup-{n}"))
+                .await
+            {
                 ctx.taint(slug, &format!("setup_step_{n}_background")).await;
-                return Err(fail(format!("setup step {n} (`{}`) did not start: {e}", step.run)));
+                return Err(fail(format!(
+                    "setup step {n} (`{}`) did not start: {e}",
+                    step.run
+                )));
             }
         } else {
             match provider.exec(&lease, &request, sink.clone()).await {
                 Ok(0) => {}
                 Ok(code) => {
-                    ctx.taint(slug, &format!("setup_step_{n}_exit_{code}")).await;
-                    return Err(fail(format!("setup step {n} (`{}`) exited with {code}", step.run)));
+                    ctx.taint(slug, &format!("setup_step_{n}_exit_{code}"))
+                        .await;
+                    return Err(fail(format!(
+                        "setup step {n} (`{}`) exited with {code}",
+                        step.run
+                    )));
                 }
                 Err(e) => {
                     ctx.taint(slug, &format!("setup_step_{n}_error")).await;
@@ -306,7 +384,11 @@ async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
             }
         }
     }
-    Ok(format!("{} step{}", m.setup.len(), if m.setup.len() == 1 { "" } else { "s" }))
+    Ok(format!(
+        "{} step{}",
+        m.setup.len(),
+        if m.setup.len() == 1 { "" } else { "s" }
+    ))
 }
 
 async fn ready(ctx: &Context, slug: &str) -> Result<String, StepError> {
@@ -333,14 +415,23 @@ async fn ready(ctx: &Context, slug: &str) -> Result<String, StepError> {
                 describe_probe(&check.probe)
             )));
         }
-        tokio::time::sleep(check.interval.min(check.timeout.saturating_sub(started.elapsed())).max(Duration::from_millis(10))).await;
+        tokio::time::sleep(
+            check
+                .interval
+                .min(check.timeout.saturating_sub(started.elapsed()))
+                .max(Duration::from_millis(10)),
+        )
+        .await;
     }
 }
 
 fn describe_probe(p: &Probe) -> String {
     match p {
         Probe::Tcp { host: None, port } => format!("tcp {port}"),
-        Probe::Tcp { host: Some(h), port } => format!("tcp {h}:{port}"),
+        Probe::Tcp {
+            host: Some(h),
+            port,
+        } => format!("tcp {h}:{port}"),
         Probe::Http(url) => format!("http {url}"),
         Probe::Command(c) => format!("command `{c}`"),
     }
@@ -353,7 +444,9 @@ async fn release(ctx: &Context, lease: &Lease) -> Result<String, StepError> {
         Ok(()) | Err(ProviderError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    ctx.claims.remove(&lease.id).map_err(|e| fail(format!("removing claim {}: {e}", lease.id)))?;
+    ctx.claims
+        .remove(&lease.id)
+        .map_err(|e| fail(format!("removing claim {}: {e}", lease.id)))?;
     let mut map = ctx.leases.lock().expect("lease map lock");
     if map.get(lease.slug()).is_some_and(|l| l.id == lease.id) {
         map.remove(lease.slug());
@@ -366,14 +459,18 @@ async fn release(ctx: &Context, lease: &Lease) -> Result<String, StepError> {
 /// # Errors
 /// A template that does not render.
 pub fn current_output_files(ctx: &Context) -> Result<Vec<OutputFile>, StepError> {
-    let Some(target) = &ctx.outputs else { return Ok(Vec::new()) };
+    let Some(target) = &ctx.outputs else {
+        return Ok(Vec::new());
+    };
     output_files(&ctx.pond, &ctx.peers(), &target.templates).map_err(fail)
 }
 
 fn render(ctx: &Context) -> Result<String, StepError> {
-    let Some(target) = &ctx.outputs else { return Ok(String::new()) };
+    let Some(target) = &ctx.outputs else {
+        return Ok(String::new());
+    };
     let files = current_output_files(ctx)?;
-    write_outputs(&target.dir, &files).map_err(|e| fail(format!("writing outputs to {}: {e}", target.dir.display())))?;
+    write_outputs(&target.dir, &files)
+        .map_err(|e| fail(format!("writing outputs to {}: {e}", target.dir.display())))?;
     Ok(target.dir.display().to_string())
 }
-

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::engine::{TargetArgs, approved, failure, load_spec, registry, runtime};
 use super::SpecArgs;
+use super::engine::{TargetArgs, approved, failure, load_spec, registry, runtime};
 use crate::apply::executor::{ExecOptions, StepResult};
 use crate::apply::lock;
 use crate::apply::progress::{Mode, Reporter};
@@ -16,7 +16,9 @@ use crate::apply::steps::OutputTarget;
 use crate::inventory::state_dir::state_dir;
 use crate::plan::saved::{self, SavedPlan};
 use crate::plan::{Action, MemberChange, Plan, human, json};
-use crate::reconcile::{self, Applied, observe, outputs_dir, plan_with_outputs, sync_root, templates};
+use crate::reconcile::{
+    self, Applied, observe, outputs_dir, plan_with_outputs, sync_root, templates,
+};
 use crate::spec::desired::DesiredPond;
 
 /// Flags for running a plan.
@@ -43,7 +45,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    crate::spec::duration::parse(s).ok_or_else(|| format!("`{s}` is not a duration such as 30s or 2m"))
+    crate::spec::duration::parse(s)
+        .ok_or_else(|| format!("`{s}` is not a duration such as 30s or 2m"))
 }
 
 #[derive(Debug, Args)]
@@ -83,24 +86,44 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
             let text = match std::fs::read_to_string(path) {
                 Ok(t) => t,
                 Err(e) => {
-                    anstream::eprintln!("error: cannot read the saved plan {}: {e}", path.display());
+                    anstream::eprintln!(
+                        "error: cannot read the saved plan {}: {e}",
+                        path.display()
+                    );
                     return failure();
                 }
             };
             let saved: SavedPlan = match serde_json::from_str(&text) {
                 Ok(s) => s,
                 Err(e) => {
-                    anstream::eprintln!("error: {} is not a crabbox saved plan: {e}\n  help: create one with `crabbox plan -o FILE`", path.display());
+                    anstream::eprintln!(
+                        "error: {} is not a crabbox saved plan: {e}\n  help: create one with `crabbox plan -o FILE`",
+                        path.display()
+                    );
                     return failure();
                 }
             };
-            let spec = SpecArgs { file: saved.spec_file.clone(), vars: args.spec.vars.clone() };
-            let targets = TargetArgs { only: saved.only.clone(), skip: saved.skip.clone(), replace: saved.replace.clone() };
+            let spec = SpecArgs {
+                file: saved.spec_file.clone(),
+                vars: args.spec.vars.clone(),
+            };
+            let targets = TargetArgs {
+                only: saved.only.clone(),
+                skip: saved.skip.clone(),
+                replace: saved.replace.clone(),
+            };
             (spec, targets, saved.pond_override.clone(), Some(saved))
         }
-        None => (args.spec.clone(), args.targets.clone(), args.pond.clone(), None),
+        None => (
+            args.spec.clone(),
+            args.targets.clone(),
+            args.pond.clone(),
+            None,
+        ),
     };
-    let Some(loaded) = load_spec(&spec, pond_override.as_deref()) else { return failure() };
+    let Some(loaded) = load_spec(&spec, pond_override.as_deref()) else {
+        return failure();
+    };
     if let Some(saved) = &saved
         && saved.spec_hash != saved::spec_hash(&loaded.desired)
     {
@@ -111,10 +134,18 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
         return failure();
     }
     let state = state_dir();
-    let _lock = match lock::acquire(&state, &loaded.desired.name, &command_line(), args.run.lock_timeout) {
+    let _lock = match lock::acquire(
+        &state,
+        &loaded.desired.name,
+        &command_line(),
+        args.run.lock_timeout,
+    ) {
         Ok(l) => l,
         Err(e) => {
-            anstream::eprintln!("error: {e}\n  help: wait for it to finish, pass --lock-timeout 5m to wait, or see `crabbox pond unlock {}`", loaded.desired.name);
+            anstream::eprintln!(
+                "error: {e}\n  help: wait for it to finish, pass --lock-timeout 5m to wait, or see `crabbox pond unlock {}`",
+                loaded.desired.name
+            );
             return failure();
         }
     };
@@ -130,16 +161,35 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
     };
     if let Some(saved) = &saved {
         let changed = saved::differences(&saved.fingerprint, &saved::fingerprint(&inventory));
-        let same_plan = saved.plan.get("member_changes") == json::to_value(&plan).get("member_changes");
+        let same_plan =
+            saved.plan.get("member_changes") == json::to_value(&plan).get("member_changes");
         if !changed.is_empty() || !same_plan {
             anstream::eprintln!(
                 "error: Saved plan is stale\n  The pond was changed by another operation after the plan was created:\n{}\n  help: run `crabbox plan -o FILE` again",
-                if changed.is_empty() { "    the plan computed now differs".to_owned() } else { changed.iter().map(|c| format!("    {c}")).collect::<Vec<_>>().join("\n") }
+                if changed.is_empty() {
+                    "    the plan computed now differs".to_owned()
+                } else {
+                    changed
+                        .iter()
+                        .map(|c| format!("    {c}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                }
             );
             return failure();
         }
     }
-    run_plan(&rt, &plan, Some(&loaded.desired), &inventory, registry, &args.run, loaded.dir.clone(), "Apply", saved.is_some())
+    run_plan(
+        &rt,
+        &plan,
+        Some(&loaded.desired),
+        &inventory,
+        registry,
+        &args.run,
+        loaded.dir.clone(),
+        "Apply",
+        saved.is_some(),
+    )
 }
 
 #[allow(clippy::too_many_arguments)] // the pieces of one apply, each already validated
@@ -161,7 +211,10 @@ fn run_plan(
     }
     match mode {
         Mode::Human => anstream::print!("{}", human::render(plan)),
-        Mode::Json => println!("{}", serde_json::json!({"type": "planned_changes", "plan": json::to_value(plan)})),
+        Mode::Json => println!(
+            "{}",
+            serde_json::json!({"type": "planned_changes", "plan": json::to_value(plan)})
+        ),
     }
     if !plan.has_changes() {
         summary(&reporter, verb, Applied::default(), true);
@@ -170,7 +223,12 @@ fn run_plan(
     if !pre_approved && !approved(run.auto_approve, verb) {
         return failure();
     }
-    let outputs = match desired.map(|d| templates(d).map(|t| OutputTarget { dir: outputs_dir(d), templates: t })) {
+    let outputs = match desired.map(|d| {
+        templates(d).map(|t| OutputTarget {
+            dir: outputs_dir(d),
+            templates: t,
+        })
+    }) {
         Some(Ok(o)) => Some(o),
         Some(Err(e)) => {
             anstream::eprintln!("error: {e}");
@@ -188,7 +246,11 @@ fn run_plan(
         outputs,
         reporter.clone(),
     ));
-    let options = ExecOptions { parallelism: usize::from(run.parallelism), continue_on_error: run.continue_on_error, ..ExecOptions::default() };
+    let options = ExecOptions {
+        parallelism: usize::from(run.parallelism),
+        continue_on_error: run.continue_on_error,
+        ..ExecOptions::default()
+    };
     let (outcome, applied) = rt.block_on(reconcile::apply(plan, ctx, &options, desired.is_some()));
     let ok = outcome.success();
     if !ok {
@@ -213,13 +275,26 @@ fn run_plan(
 
 fn summary(reporter: &Reporter, verb: &str, a: Applied, ok: bool) {
     let text = if verb == "Destroy" {
-        format!("{verb} {}! Members: {} destroyed.", if ok { "complete" } else { "incomplete" }, a.destroyed)
+        format!(
+            "{verb} {}! Members: {} destroyed.",
+            if ok { "complete" } else { "incomplete" },
+            a.destroyed
+        )
     } else {
-        format!("{verb} {}! Members: {} added, {} changed, {} destroyed.", if ok { "complete" } else { "incomplete" }, a.added, a.changed, a.destroyed)
+        format!(
+            "{verb} {}! Members: {} added, {} changed, {} destroyed.",
+            if ok { "complete" } else { "incomplete" },
+            a.added,
+            a.changed,
+            a.destroyed
+        )
     };
     match reporter.mode() {
         Mode::Human => anstream::eprintln!("\n{text}"),
-        Mode::Json => println!("{}", serde_json::json!({"type": "change_summary", "ok": ok, "added": a.added, "changed": a.changed, "destroyed": a.destroyed, "message": text})),
+        Mode::Json => println!(
+            "{}",
+            serde_json::json!({"type": "change_summary", "ok": ok, "added": a.added, "changed": a.changed, "destroyed": a.destroyed, "message": text})
+        ),
     }
 }
 
@@ -229,7 +304,13 @@ impl DestroyArgs {
         Self {
             spec: SpecArgs::none(),
             pond: Some(name.to_owned()),
-            run: RunArgs { auto_approve: true, parallelism: 10, continue_on_error: true, lock_timeout: Duration::ZERO, json: false },
+            run: RunArgs {
+                auto_approve: true,
+                parallelism: 10,
+                continue_on_error: true,
+                lock_timeout: Duration::ZERO,
+                json: false,
+            },
         }
     }
 }
@@ -239,7 +320,9 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
     let registry = registry();
     let rt = runtime();
     let (desired, pond, spec_dir) = if args.spec.file.exists() || args.pond.is_none() {
-        let Some(loaded) = load_spec(&args.spec, args.pond.as_deref()) else { return failure() };
+        let Some(loaded) = load_spec(&args.spec, args.pond.as_deref()) else {
+            return failure();
+        };
         let name = loaded.desired.name.clone();
         (Some(loaded.desired), name, loaded.dir)
     } else {
@@ -254,22 +337,36 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
     let _lock = match lock::acquire(&state, &pond, &command_line(), args.run.lock_timeout) {
         Ok(l) => l,
         Err(e) => {
-            anstream::eprintln!("error: {e}\n  help: wait for it to finish or pass --lock-timeout 5m");
+            anstream::eprintln!(
+                "error: {e}\n  help: wait for it to finish or pass --lock-timeout 5m"
+            );
             return failure();
         }
     };
-    let wanted: Vec<_> = desired.iter().flat_map(|d| d.members.iter().map(|m| m.provider)).collect();
-    let inventory = rt.block_on(crate::inventory::discover::discover(&pond, &wanted, &registry, &state));
+    let wanted: Vec<_> = desired
+        .iter()
+        .flat_map(|d| d.members.iter().map(|m| m.provider))
+        .collect();
+    let inventory = rt.block_on(crate::inventory::discover::discover(
+        &pond, &wanted, &registry, &state,
+    ));
     if !inventory.unreachable.is_empty() {
         for (p, why) in &inventory.unreachable {
-            if desired.as_ref().is_some_and(|d| d.members.iter().any(|m| m.provider == *p)) {
-                anstream::eprintln!("error: provider `{p}` could not be listed: {why}\n  help: fix its credentials; destroy must see every lease of the pond");
+            if desired
+                .as_ref()
+                .is_some_and(|d| d.members.iter().any(|m| m.provider == *p))
+            {
+                anstream::eprintln!(
+                    "error: provider `{p}` could not be listed: {why}\n  help: fix its credentials; destroy must see every lease of the pond"
+                );
                 return failure();
             }
         }
     }
-    let members: std::collections::BTreeMap<&str, &crate::spec::desired::DesiredMember> =
-        desired.iter().flat_map(|d| d.members.iter().map(|m| (m.slug.as_str(), m))).collect();
+    let members: std::collections::BTreeMap<&str, &crate::spec::desired::DesiredMember> = desired
+        .iter()
+        .flat_map(|d| d.members.iter().map(|m| (m.slug.as_str(), m)))
+        .collect();
     let mut changes = Vec::new();
     for lease in &inventory.leases {
         let m = members.get(lease.slug()).copied();
@@ -295,16 +392,26 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
     let plan = Plan {
         pond: pond.clone(),
         changes,
-        forget_claims: inventory.dangling_claims.iter().map(|c| c.lease_id.clone()).collect(),
+        forget_claims: inventory
+            .dangling_claims
+            .iter()
+            .map(|c| c.lease_id.clone())
+            .collect(),
         outputs: Vec::new(),
         warnings: inventory.warnings.clone(),
     };
-    let code = run_plan(&rt, &plan, None, &inventory, registry, &args.run, spec_dir, "Destroy", false);
+    let code = run_plan(
+        &rt, &plan, None, &inventory, registry, &args.run, spec_dir, "Destroy", false,
+    );
     if code == ExitCode::SUCCESS {
         // The rendered files describe leases that no longer exist.
         if let Some(d) = &desired {
             let dir = outputs_dir(d);
-            for name in ["peers.json", "hosts", "env"].into_iter().map(str::to_owned).chain(d.templates.iter().map(|(_, dest)| dest.clone())) {
+            for name in ["peers.json", "hosts", "env"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(d.templates.iter().map(|(_, dest)| dest.clone()))
+            {
                 let _ = std::fs::remove_file(dir.join(name));
             }
             let _ = std::fs::remove_dir(&dir);

@@ -35,7 +35,11 @@ impl TargetArgs {
     /// Plan options with "now".
     #[must_use]
     pub fn options(&self) -> PlanOptions {
-        let norm = |v: &Vec<String>| v.iter().map(|s| crate::spec::normalize::normalize_name(s)).collect();
+        let norm = |v: &Vec<String>| {
+            v.iter()
+                .map(|s| crate::spec::normalize::normalize_name(s))
+                .collect()
+        };
         PlanOptions {
             only: norm(&self.only),
             skip: norm(&self.skip),
@@ -75,19 +79,26 @@ pub fn load_spec(args: &SpecArgs, pond_override: Option<&str>) -> Option<Loaded>
         match checked_name(name) {
             Ok(n) => desired.name = n,
             Err(_) => {
-                anstream::eprintln!("error: --pond `{name}` is not a usable pond name\n  help: use letters, digits and `-`, at most 41 characters");
+                anstream::eprintln!(
+                    "error: --pond `{name}` is not a usable pond name\n  help: use letters, digits and `-`, at most 41 characters"
+                );
                 return None;
             }
         }
     }
     let file = std::fs::canonicalize(&args.file).unwrap_or_else(|_| args.file.clone());
-    let dir = file.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let dir = file
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     Some(Loaded { desired, dir, file })
 }
 
 /// The multi-threaded runtime the async commands run on.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
 }
 
 /// The providers usable here.
@@ -107,7 +118,9 @@ pub fn approved(auto_approve: bool, what: &str) -> bool {
         );
         return false;
     }
-    anstream::eprint!("\nDo you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+    anstream::eprint!(
+        "\nDo you want to perform these actions?\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: "
+    );
     let mut answer = String::new();
     let _ = std::io::stdin().read_line(&mut answer);
     if answer.trim() == "yes" {

@@ -20,7 +20,10 @@ use crate::plan::{Action, MemberChange, Plan, human};
 use crate::providers::{ExecRequest, OutputSink, Stream};
 use crate::reconcile::{self, sync_root};
 use crate::render::peers::{peer_env, peers_from_leases};
-use crate::spec::desired::{DEFAULT_IDLE_TIMEOUT, DEFAULT_SYNC_MAX_BYTES, DEFAULT_TTL, DesiredMember, DesiredPond, SyncSettings};
+use crate::spec::desired::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_SYNC_MAX_BYTES, DEFAULT_TTL, DesiredMember, DesiredPond,
+    SyncSettings,
+};
 use crate::spec::normalize::checked_name;
 use crate::spec::providers::ProviderName;
 
@@ -39,7 +42,9 @@ fn norm(name: &str, what: &str) -> Option<String> {
     match checked_name(name) {
         Ok(n) => Some(n),
         Err(_) => {
-            anstream::eprintln!("error: `{name}` is not a usable {what}\n  help: use letters, digits and `-`, at most 41 characters");
+            anstream::eprintln!(
+                "error: `{name}` is not a usable {what}\n  help: use letters, digits and `-`, at most 41 characters"
+            );
             None
         }
     }
@@ -47,15 +52,34 @@ fn norm(name: &str, what: &str) -> Option<String> {
 
 fn find_lease(inv: &Inventory, id: &str) -> Result<Lease, String> {
     let slug = crate::spec::normalize::normalize_name(id);
-    let matches: Vec<&Lease> = inv.leases.iter().filter(|l| l.id == id || l.slug() == slug).collect();
+    let matches: Vec<&Lease> = inv
+        .leases
+        .iter()
+        .filter(|l| l.id == id || l.slug() == slug)
+        .collect();
     match matches.as_slice() {
         [one] => Ok((*one).clone()),
         [] => Err(format!(
             "pond `{}` has no member `{id}` (members: {})",
             inv.pond,
-            if inv.leases.is_empty() { "none".to_owned() } else { inv.leases.iter().map(Lease::slug).collect::<Vec<_>>().join(", ") }
+            if inv.leases.is_empty() {
+                "none".to_owned()
+            } else {
+                inv.leases
+                    .iter()
+                    .map(Lease::slug)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
         )),
-        many => Err(format!("`{id}` matches {} leases: {}; name one by its lease ID", many.len(), many.iter().map(|l| l.id.as_str()).collect::<Vec<_>>().join(", "))),
+        many => Err(format!(
+            "`{id}` matches {} leases: {}; name one by its lease ID",
+            many.len(),
+            many.iter()
+                .map(|l| l.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
 }
 
@@ -81,7 +105,9 @@ impl OutputSink for Passthrough {
 }
 
 pub(super) fn run(args: &RunArgs) -> ExitCode {
-    let Some(pond) = norm(&args.member.pond, "pond name") else { return failure() };
+    let Some(pond) = norm(&args.member.pond, "pond name") else {
+        return failure();
+    };
     let registry = registry();
     let rt = runtime();
     let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir()));
@@ -100,16 +126,26 @@ pub(super) fn run(args: &RunArgs) -> ExitCode {
         }
     };
     let reg = registry.clone();
-    let peers = peers_from_leases(&pond, &inv.leases, move |p| reg.get(p).map(|p| p.features()).unwrap_or_default());
+    let peers = peers_from_leases(&pond, &inv.leases, move |p| {
+        reg.get(p).map(|p| p.features()).unwrap_or_default()
+    });
     let mut env = peer_env(&pond, &peers);
     env.insert("CRABBOX_POND".into(), pond.clone());
     env.insert("CRABBOX_SLUG".into(), lease.slug().to_owned());
     // One argument is a whole shell command line (`run -- "make test"`); several are quoted word by word.
     let command = match args.command.as_slice() {
         [line] => line.clone(),
-        words => words.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" "),
+        words => words
+            .iter()
+            .map(|a| shell_word(a))
+            .collect::<Vec<_>>()
+            .join(" "),
     };
-    let request = ExecRequest { command, env, timeout: None };
+    let request = ExecRequest {
+        command,
+        env,
+        timeout: None,
+    };
     match rt.block_on(provider.exec(&lease, &request, Arc::new(Passthrough))) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
         Err(e) => {
@@ -121,7 +157,10 @@ pub(super) fn run(args: &RunArgs) -> ExitCode {
 
 /// Quotes one argument for `sh -c` unless it is plainly safe.
 fn shell_word(a: &str) -> String {
-    if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+    if !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+    {
         a.to_owned()
     } else {
         format!("'{}'", a.replace('\'', "'\\''"))
@@ -152,12 +191,21 @@ pub(super) struct WarmupArgs {
 
 fn parse_provider(s: &str) -> Result<ProviderName, String> {
     ProviderName::from_name(s).ok_or_else(|| {
-        format!("unknown provider `{s}` (one of: {})", ProviderName::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "))
+        format!(
+            "unknown provider `{s}` (one of: {})",
+            ProviderName::ALL
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     })
 }
 
 pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
-    let (Some(pond), Some(slug)) = (norm(&args.pond, "pond name"), norm(&args.slug, "slug")) else { return failure() };
+    let (Some(pond), Some(slug)) = (norm(&args.pond, "pond name"), norm(&args.slug, "slug")) else {
+        return failure();
+    };
     let Some(ttl) = crate::spec::duration::parse(&args.ttl) else {
         anstream::eprintln!("error: --ttl `{}` is not a duration such as 90m", args.ttl);
         return failure();
@@ -177,7 +225,11 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
         env: BTreeMap::new(),
         setup: Vec::new(),
         ready: None,
-        sync: SyncSettings { enabled: false, exclude: Vec::new(), max_bytes: DEFAULT_SYNC_MAX_BYTES },
+        sync: SyncSettings {
+            enabled: false,
+            exclude: Vec::new(),
+            max_bytes: DEFAULT_SYNC_MAX_BYTES,
+        },
         ttl: if ttl.is_zero() { DEFAULT_TTL } else { ttl },
         idle_timeout: DEFAULT_IDLE_TIMEOUT,
         keep: args.keep,
@@ -185,11 +237,21 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
         create_before_destroy: false,
         provider_block: None,
     };
-    let desired = DesiredPond { name: pond.clone(), written_name: None, members: vec![member], outputs_dir: None, templates: Vec::new() };
+    let desired = DesiredPond {
+        name: pond.clone(),
+        written_name: None,
+        members: vec![member],
+        outputs_dir: None,
+        templates: Vec::new(),
+    };
     let registry = registry();
     let rt = runtime();
     let inv = rt.block_on(discover(&pond, &[args.provider], &registry, &state_dir()));
-    let options = PlanOptions { only: vec![slug.clone()], now: crate::inventory::labels::now_secs(), ..PlanOptions::default() };
+    let options = PlanOptions {
+        only: vec![slug.clone()],
+        now: crate::inventory::labels::now_secs(),
+        ..PlanOptions::default()
+    };
     let mut p = match plan(&desired, &inv, &options) {
         Ok(p) => p,
         Err(e) => {
@@ -198,19 +260,51 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
         }
     };
     p.warnings.clear();
-    if let Some(existing) = p.changes.iter().find(|c| c.action != Action::Create).and_then(|c| c.lease.clone()) {
-        anstream::eprintln!("pond `{pond}` already has `{slug}` ({}); warmup is idempotent here and changes nothing", existing.id);
+    if let Some(existing) = p
+        .changes
+        .iter()
+        .find(|c| c.action != Action::Create)
+        .and_then(|c| c.lease.clone())
+    {
+        anstream::eprintln!(
+            "pond `{pond}` already has `{slug}` ({}); warmup is idempotent here and changes nothing",
+            existing.id
+        );
         return ExitCode::SUCCESS;
     }
     run_small_plan(&rt, &p, Some(&desired), &inv, registry)
 }
 
-fn run_small_plan(rt: &tokio::runtime::Runtime, p: &Plan, desired: Option<&DesiredPond>, inv: &Inventory, registry: crate::providers::registry::Registry) -> ExitCode {
+fn run_small_plan(
+    rt: &tokio::runtime::Runtime,
+    p: &Plan,
+    desired: Option<&DesiredPond>,
+    inv: &Inventory,
+    registry: crate::providers::registry::Registry,
+) -> ExitCode {
     let reporter = Arc::new(Reporter::new(Mode::Human));
-    let ctx = Arc::new(reconcile::context(p, desired, inv, registry, &state_dir(), sync_root(&PathBuf::from(".")), None, reporter.clone()));
+    let ctx = Arc::new(reconcile::context(
+        p,
+        desired,
+        inv,
+        registry,
+        &state_dir(),
+        sync_root(&PathBuf::from(".")),
+        None,
+        reporter.clone(),
+    ));
     let (outcome, applied) = rt.block_on(reconcile::apply(p, ctx, &ExecOptions::default(), false));
-    anstream::eprintln!("Members: {} added, {} changed, {} destroyed.", applied.added, applied.changed, applied.destroyed);
-    if outcome.success() { ExitCode::SUCCESS } else { failure() }
+    anstream::eprintln!(
+        "Members: {} added, {} changed, {} destroyed.",
+        applied.added,
+        applied.changed,
+        applied.destroyed
+    );
+    if outcome.success() {
+        ExitCode::SUCCESS
+    } else {
+        failure()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -220,7 +314,9 @@ pub(super) struct ReleaseArgs {
 }
 
 pub(super) fn release(args: &ReleaseArgs) -> ExitCode {
-    let Some(pond) = norm(&args.member.pond, "pond name") else { return failure() };
+    let Some(pond) = norm(&args.member.pond, "pond name") else {
+        return failure();
+    };
     let registry = registry();
     let rt = runtime();
     let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir()));
@@ -266,9 +362,18 @@ pub(super) struct ListArgs {
 fn known_ponds() -> Vec<String> {
     let state = state_dir();
     let (claims, _) = crate::inventory::claims::ClaimStore::new(&state).load_all();
-    let mut ponds: std::collections::BTreeSet<String> = claims.into_iter().map(|c| c.pond).filter(|p| !p.is_empty()).collect();
+    let mut ponds: std::collections::BTreeSet<String> = claims
+        .into_iter()
+        .map(|c| c.pond)
+        .filter(|p| !p.is_empty())
+        .collect();
     if let Ok(entries) = std::fs::read_dir(state.join("ponds")) {
-        ponds.extend(entries.filter_map(Result::ok).filter(|e| e.path().join("providers.json").exists()).map(|e| e.file_name().to_string_lossy().into_owned()));
+        ponds.extend(
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().join("providers.json").exists())
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
     }
     ponds.into_iter().collect()
 }
@@ -299,7 +404,10 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
         println!("no leases");
         return ExitCode::SUCCESS;
     }
-    println!("{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  ADDRESS", "LEASE", "POND", "SLUG", "PROVIDER", "STATE");
+    println!(
+        "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  ADDRESS",
+        "LEASE", "POND", "SLUG", "PROVIDER", "STATE"
+    );
     for l in &leases {
         println!(
             "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  {}",
@@ -324,7 +432,9 @@ pub(super) struct StatusArgs {
 }
 
 pub(super) fn status(args: &StatusArgs) -> ExitCode {
-    let Some(pond) = norm(&args.member.pond, "pond name") else { return failure() };
+    let Some(pond) = norm(&args.member.pond, "pond name") else {
+        return failure();
+    };
     let registry = registry();
     let rt = runtime();
     let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir()));
@@ -334,7 +444,14 @@ pub(super) fn status(args: &StatusArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(l) => {
-            println!("lease     {}\nslug      {}\nprovider  {}\nstate     {}\naddress   {}", l.id, l.slug(), l.provider, l.state(), l.endpoint.host.as_deref().unwrap_or("-"));
+            println!(
+                "lease     {}\nslug      {}\nprovider  {}\nstate     {}\naddress   {}",
+                l.id,
+                l.slug(),
+                l.provider,
+                l.state(),
+                l.endpoint.host.as_deref().unwrap_or("-")
+            );
             for (k, v) in &l.labels {
                 println!("label     {k}={v}");
             }

@@ -29,7 +29,11 @@ pub(super) struct PeersArgs {
 }
 
 /// Finds the pond by `--pond NAME`, or by the spec.
-fn pond_inventory(spec: &SpecArgs, pond: Option<&str>, registry: &Registry) -> Option<(String, Inventory, Option<DesiredPond>)> {
+fn pond_inventory(
+    spec: &SpecArgs,
+    pond: Option<&str>,
+    registry: &Registry,
+) -> Option<(String, Inventory, Option<DesiredPond>)> {
     let rt = runtime();
     if let Some(name) = pond.filter(|_| !spec.file.exists()) {
         let Ok(name) = checked_name(name) else {
@@ -46,7 +50,9 @@ fn pond_inventory(spec: &SpecArgs, pond: Option<&str>, registry: &Registry) -> O
 
 fn peers_of(pond: &str, inv: &Inventory, registry: &Registry) -> Vec<Peer> {
     let reg = registry.clone();
-    peers_from_leases(pond, &inv.leases, move |p| reg.get(p).map(|p| p.features()).unwrap_or_default())
+    peers_from_leases(pond, &inv.leases, move |p| {
+        reg.get(p).map(|p| p.features()).unwrap_or_default()
+    })
 }
 
 /// Prints peers as JSON or a table.
@@ -60,24 +66,49 @@ pub(super) fn print_peers(peers: &[Peer], json: bool) {
         return;
     }
     let w = peers.iter().map(|p| p.slug.len()).max().unwrap_or(4).max(4);
-    println!("{:<w$}  {:<10}  {:<9}  {:<24}  LEASE", "SLUG", "PROVIDER", "TRANSPORT", "ENDPOINT");
+    println!(
+        "{:<w$}  {:<10}  {:<9}  {:<24}  LEASE",
+        "SLUG", "PROVIDER", "TRANSPORT", "ENDPOINT"
+    );
     for p in peers {
-        let ports = p.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
-        let endpoint = if ports.is_empty() { p.endpoint.clone() } else { format!("{} ({ports})", p.endpoint) };
-        println!("{:<w$}  {:<10}  {:<9}  {:<24}  {}", p.slug, p.provider.as_str(), p.transport, endpoint, p.lease_id);
+        let ports = p
+            .ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let endpoint = if ports.is_empty() {
+            p.endpoint.clone()
+        } else {
+            format!("{} ({ports})", p.endpoint)
+        };
+        println!(
+            "{:<w$}  {:<10}  {:<9}  {:<24}  {}",
+            p.slug,
+            p.provider.as_str(),
+            p.transport,
+            endpoint,
+            p.lease_id
+        );
     }
 }
 
 impl PeersArgs {
     /// `pond peers NAME`.
     pub(super) fn for_pond(name: &str, json: bool) -> Self {
-        Self { spec: SpecArgs::none(), pond: Some(name.to_owned()), json }
+        Self {
+            spec: SpecArgs::none(),
+            pond: Some(name.to_owned()),
+            json,
+        }
     }
 }
 
 pub(super) fn peers(args: &PeersArgs) -> ExitCode {
     let registry = registry();
-    let Some((pond, inv, _)) = pond_inventory(&args.spec, args.pond.as_deref(), &registry) else { return failure() };
+    let Some((pond, inv, _)) = pond_inventory(&args.spec, args.pond.as_deref(), &registry) else {
+        return failure();
+    };
     for (p, why) in &inv.unreachable {
         anstream::eprintln!("warning: provider `{p}` could not be listed: {why}");
     }
@@ -99,11 +130,15 @@ pub(super) struct RenderArgs {
 
 pub(super) fn render(args: &RenderArgs) -> ExitCode {
     let registry = registry();
-    let Some(loaded) = load_spec(&args.spec, args.pond.as_deref()) else { return failure() };
+    let Some(loaded) = load_spec(&args.spec, args.pond.as_deref()) else {
+        return failure();
+    };
     let rt = runtime();
     let inv = rt.block_on(observe(&loaded.desired, &registry, &state_dir()));
     let peers = peers_of(&loaded.desired.name, &inv, &registry);
-    let files = match templates(&loaded.desired).and_then(|t| output_files(&loaded.desired.name, &peers, &t)) {
+    let files = match templates(&loaded.desired)
+        .and_then(|t| output_files(&loaded.desired.name, &peers, &t))
+    {
         Ok(f) => f,
         Err(e) => {
             anstream::eprintln!("error: {e}");

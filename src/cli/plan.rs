@@ -32,7 +32,9 @@ pub(super) struct PlanArgs {
 }
 
 pub(super) fn run(args: &PlanArgs) -> ExitCode {
-    let Some(loaded) = load_spec(&args.spec, args.pond.as_deref()) else { return ExitCode::from(1) };
+    let Some(loaded) = load_spec(&args.spec, args.pond.as_deref()) else {
+        return ExitCode::from(1);
+    };
     let registry = registry();
     let state = state_dir();
     let options = args.targets.options();
@@ -50,7 +52,10 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
     }
     match args.format {
         PlanFormat::Human => anstream::print!("{}", human::render(&plan)),
-        PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&json::to_value(&plan)).expect("JSON")),
+        PlanFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&json::to_value(&plan)).expect("JSON")
+        ),
         PlanFormat::Markdown => print!("{}", markdown::render(&plan)),
     }
     if let Some(path) = &args.out {
@@ -70,7 +75,15 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
             anstream::eprintln!("error: cannot save the plan: {e}");
             return ExitCode::from(1);
         }
-        anstream::eprintln!("Saved the plan to {}. To perform exactly these actions, run: crabbox apply {}", path.display(), path.display());
+        anstream::eprintln!(
+            "Saved the plan to {}. To perform exactly these actions, run: crabbox apply {}",
+            path.display(),
+            path.display()
+        );
     }
-    if args.detailed_exitcode && plan.has_changes() { ExitCode::from(2) } else { ExitCode::SUCCESS }
+    if args.detailed_exitcode && plan.has_changes() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -40,8 +40,12 @@ pub(super) struct ReleaseArgs {
 
 pub(super) fn run(cmd: &PondCommand) -> ExitCode {
     match cmd {
-        PondCommand::Peers { name, json } => super::peers::peers(&super::peers::PeersArgs::for_pond(name, *json)),
-        PondCommand::Release(args) => super::apply::destroy(&super::apply::DestroyArgs::for_pond(&args.name)),
+        PondCommand::Peers { name, json } => {
+            super::peers::peers(&super::peers::PeersArgs::for_pond(name, *json))
+        }
+        PondCommand::Release(args) => {
+            super::apply::destroy(&super::apply::DestroyArgs::for_pond(&args.name))
+        }
         PondCommand::Unlock { name, force } => unlock(name, *force),
     }
 }
@@ -57,28 +61,42 @@ fn unlock(name: &str, force: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Some(holder)) => {
-            let here = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+            let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default();
             match holder {
                 Some(h) if force && h.host == here => {
                     // SAFETY: kill(2) with a pid read from our own lock file; no memory is involved.
-                    let r = unsafe { libc::kill(libc::pid_t::try_from(h.pid).unwrap_or(0), libc::SIGTERM) };
+                    let r = unsafe {
+                        libc::kill(libc::pid_t::try_from(h.pid).unwrap_or(0), libc::SIGTERM)
+                    };
                     if r == 0 {
                         println!("sent SIGTERM to {h}; the lock is released when it exits");
                         ExitCode::SUCCESS
                     } else {
-                        anstream::eprintln!("error: could not signal pid {}: {}", h.pid, std::io::Error::last_os_error());
+                        anstream::eprintln!(
+                            "error: could not signal pid {}: {}",
+                            h.pid,
+                            std::io::Error::last_os_error()
+                        );
                         failure()
                     }
                 }
                 Some(h) => {
                     anstream::eprintln!(
                         "error: pond `{pond}` is locked by {h}\n  help: the lock is released when that process exits; {}",
-                        if h.host == here { "pass --force to stop it" } else { "stop it on its host" }
+                        if h.host == here {
+                            "pass --force to stop it"
+                        } else {
+                            "stop it on its host"
+                        }
                     );
                     failure()
                 }
                 None => {
-                    anstream::eprintln!("error: pond `{pond}` is locked by a process that recorded no details\n  help: the lock is released when that process exits");
+                    anstream::eprintln!(
+                        "error: pond `{pond}` is locked by a process that recorded no details\n  help: the lock is released when that process exits"
+                    );
                     failure()
                 }
             }
@@ -93,6 +111,9 @@ fn unlock(name: &str, force: bool) -> ExitCode {
 impl SpecArgs {
     /// Spec args that point at no file (for commands given `--pond NAME`).
     pub(super) fn none() -> Self {
-        Self { file: std::path::PathBuf::from("/nonexistent/crabbox/pond.yaml"), vars: Vec::new() }
+        Self {
+            file: std::path::PathBuf::from("/nonexistent/crabbox/pond.yaml"),
+            vars: Vec::new(),
+        }
     }
 }

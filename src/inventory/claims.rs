@@ -66,7 +66,11 @@ pub struct Claim {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ssh_port: String,
     /// URL-bridge endpoint.
-    #[serde(rename = "bridgeURL", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "bridgeURL",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub bridge_url: String,
     /// Ours: `pending` or `active`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -96,7 +100,10 @@ impl ClaimStore {
     /// The store under `state_dir`.
     #[must_use]
     pub fn new(state_dir: &Path) -> Self {
-        Self { dir: state_dir.join("claims"), locks: state_dir.join("claim-locks") }
+        Self {
+            dir: state_dir.join("claims"),
+            locks: state_dir.join("claim-locks"),
+        }
     }
 
     /// Every readable claim; unreadable ones are reported, never fatal.
@@ -110,10 +117,17 @@ impl ClaimStore {
         let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
         paths.sort();
         for path in paths {
-            let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+            let Some(stem) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+            else {
                 continue;
             };
-            match std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| serde_json::from_str::<Claim>(&t).map_err(|e| e.to_string())) {
+            match std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str::<Claim>(&t).map_err(|e| e.to_string()))
+            {
                 Ok(claim) if claim.lease_id != stem => problems.push(ClaimProblem {
                     path,
                     message: format!("lease_id_mismatch: the file says {}", claim.lease_id),
@@ -140,9 +154,16 @@ impl ClaimStore {
     }
 
     /// Holds the per-lease lock for the duration of `f`.
-    fn locked<T>(&self, lease_id: &str, f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    fn locked<T>(
+        &self,
+        lease_id: &str,
+        f: impl FnOnce() -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
         if !is_lease_id(lease_id) {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("`{lease_id}` is not a lease ID")));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("`{lease_id}` is not a lease ID"),
+            ));
         }
         atomic_file::create_private_dir(&self.locks)?;
         let lock = File::create(self.locks.join(format!("{lease_id}.json.lock")))?;
@@ -171,9 +192,11 @@ impl ClaimStore {
     /// # Errors
     /// I/O errors other than "not found".
     pub fn remove(&self, lease_id: &str) -> std::io::Result<()> {
-        self.locked(lease_id, || match std::fs::remove_file(self.path(lease_id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        self.locked(lease_id, || {
+            match std::fs::remove_file(self.path(lease_id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
         })?;
         // The lock file is only needed while the claim exists.
         let _ = std::fs::remove_file(self.locks.join(format!("{lease_id}.json.lock")));
@@ -201,20 +224,46 @@ mod tests {
     fn round_trip_keeps_unknown_fields_and_skips_corrupt_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = ClaimStore::new(dir.path());
-        let mut claim = Claim { lease_id: "cbx_0123456789ab".into(), slug: "api".into(), provider: "local".into(), pond: "p".into(), ..Claim::default() };
-        claim.extra.insert("tailscaleTags".into(), serde_json::json!(["a"]));
+        let mut claim = Claim {
+            lease_id: "cbx_0123456789ab".into(),
+            slug: "api".into(),
+            provider: "local".into(),
+            pond: "p".into(),
+            ..Claim::default()
+        };
+        claim
+            .extra
+            .insert("tailscaleTags".into(), serde_json::json!(["a"]));
         let written = store.write(&claim).expect("write");
         assert_eq!(written.revision.len(), 32);
-        std::fs::write(dir.path().join("claims/cbx_ffffffffffff.json"), "{not json").expect("plant");
-        std::fs::write(dir.path().join("claims/cbx_eeeeeeeeeeee.json"), r#"{"leaseID":"cbx_000000000000"}"#).expect("plant");
+        std::fs::write(dir.path().join("claims/cbx_ffffffffffff.json"), "{not json")
+            .expect("plant");
+        std::fs::write(
+            dir.path().join("claims/cbx_eeeeeeeeeeee.json"),
+            r#"{"leaseID":"cbx_000000000000"}"#,
+        )
+        .expect("plant");
         let (claims, problems) = store.load_all();
         assert_eq!(claims.len(), 1);
         assert_eq!(claims[0].extra["tailscaleTags"], serde_json::json!(["a"]));
         assert_eq!(problems.len(), 2);
-        assert!(problems.iter().any(|p| p.message.contains("lease_id_mismatch")));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("lease_id_mismatch"))
+        );
         store.remove("cbx_0123456789ab").expect("remove");
-        store.remove("cbx_0123456789ab").expect("removing twice is fine");
+        store
+            .remove("cbx_0123456789ab")
+            .expect("removing twice is fine");
         assert_eq!(store.load_all().0.len(), 0);
-        assert!(store.write(&Claim { lease_id: "../evil".into(), ..Claim::default() }).is_err());
+        assert!(
+            store
+                .write(&Claim {
+                    lease_id: "../evil".into(),
+                    ..Claim::default()
+                })
+                .is_err()
+        );
     }
 }

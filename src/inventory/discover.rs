@@ -33,17 +33,33 @@ pub struct Inventory {
 /// Providers listed: those the spec names (`wanted`), those named by this
 /// pond's claims, those the pond has used before (the pond record), and every
 /// provider configured here — so members removed from the spec are still found.
-pub async fn discover(pond: &str, wanted: &[ProviderName], registry: &Registry, state_dir: &Path) -> Inventory {
+pub async fn discover(
+    pond: &str,
+    wanted: &[ProviderName],
+    registry: &Registry,
+    state_dir: &Path,
+) -> Inventory {
     let store = ClaimStore::new(state_dir);
     let (claims, problems) = store.load_all();
-    let mut inv = Inventory { pond: pond.to_owned(), ..Inventory::default() };
+    let mut inv = Inventory {
+        pond: pond.to_owned(),
+        ..Inventory::default()
+    };
     for p in problems {
-        inv.warnings.push(format!("skipping claim {}: {}", p.path.display(), p.message));
+        inv.warnings.push(format!(
+            "skipping claim {}: {}",
+            p.path.display(),
+            p.message
+        ));
     }
     let pond_claims: Vec<Claim> = claims.into_iter().filter(|c| c.pond == pond).collect();
 
     let mut providers: BTreeSet<ProviderName> = wanted.iter().copied().collect();
-    providers.extend(pond_claims.iter().filter_map(|c| ProviderName::from_name(&c.provider)));
+    providers.extend(
+        pond_claims
+            .iter()
+            .filter_map(|c| ProviderName::from_name(&c.provider)),
+    );
     providers.extend(remembered_providers(state_dir, pond));
     providers.extend(registry.configured());
 
@@ -78,12 +94,14 @@ pub async fn discover(pond: &str, wanted: &[ProviderName], registry: &Registry, 
     for claim in pond_claims {
         if let Some(lease) = by_id.get_mut(&claim.lease_id) {
             lease.claimed = true;
-        } else if ProviderName::from_name(&claim.provider).is_some_and(|p| inv.listed.contains(&p)) {
+        } else if ProviderName::from_name(&claim.provider).is_some_and(|p| inv.listed.contains(&p))
+        {
             inv.dangling_claims.push(claim);
         }
     }
     let mut leases: Vec<Lease> = by_id.into_values().collect();
-    leases.sort_by(|a, b| (a.slug(), a.created_at(), &a.id).cmp(&(b.slug(), b.created_at(), &b.id)));
+    leases
+        .sort_by(|a, b| (a.slug(), a.created_at(), &a.id).cmp(&(b.slug(), b.created_at(), &b.id)));
     inv.leases = leases;
     inv
 }
@@ -108,13 +126,23 @@ pub fn remembered_providers(state_dir: &Path, pond: &str) -> Vec<ProviderName> {
 ///
 /// # Errors
 /// I/O errors writing the record.
-pub fn remember_providers(state_dir: &Path, pond: &str, used: &[ProviderName]) -> std::io::Result<()> {
-    let mut all: BTreeSet<ProviderName> = remembered_providers(state_dir, pond).into_iter().collect();
+pub fn remember_providers(
+    state_dir: &Path,
+    pond: &str,
+    used: &[ProviderName],
+) -> std::io::Result<()> {
+    let mut all: BTreeSet<ProviderName> =
+        remembered_providers(state_dir, pond).into_iter().collect();
     let before = all.len();
     all.extend(used.iter().copied());
     if all.len() == before && record_path(state_dir, pond).exists() {
         return Ok(());
     }
     let names: Vec<&str> = all.iter().map(|p| p.as_str()).collect();
-    atomic_file::write(&record_path(state_dir, pond), serde_json::to_string(&names).map_err(std::io::Error::other)?.as_bytes())
+    atomic_file::write(
+        &record_path(state_dir, pond),
+        serde_json::to_string(&names)
+            .map_err(std::io::Error::other)?
+            .as_bytes(),
+    )
 }

@@ -73,23 +73,41 @@ pub fn sanitize(value: &str) -> String {
     let mapped: String = value
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let cut = &mapped[..mapped.len().min(63)];
     let trimmed = cut.trim_matches(|c| matches!(c, '_' | '.' | '-'));
-    if trimmed.is_empty() { "unknown".to_owned() } else { trimmed.to_owned() }
+    if trimmed.is_empty() {
+        "unknown".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
 }
 
 /// `5432-8080` for `[5432, 8080]`; empty for none.
 #[must_use]
 pub fn encode_ports(ports: &[u16]) -> String {
-    ports.iter().map(u16::to_string).collect::<Vec<_>>().join("-")
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// Parses `crabbox_exposed_ports`, skipping bad tokens as Crabbox does.
 #[must_use]
 pub fn decode_ports(value: &str) -> Vec<u16> {
-    let mut ports: Vec<u16> = value.split(['-', ',']).filter_map(|t| t.trim().parse().ok()).filter(|p| *p > 0).collect();
+    let mut ports: Vec<u16> = value
+        .split(['-', ','])
+        .filter_map(|t| t.trim().parse().ok())
+        .filter(|p| *p > 0)
+        .collect();
     ports.sort_unstable();
     ports.dedup();
     ports
@@ -126,14 +144,20 @@ impl SpecHashes {
             "expose": m.expose, "keep": m.keep, "ttl": m.ttl.as_secs(), "idle": m.idle_timeout.as_secs(),
             "block": block, "setup": setup,
         });
-        Self { spec: short_hash(&spec), block: short_hash(&block), setup: short_hash(&setup) }
+        Self {
+            spec: short_hash(&spec),
+            block: short_hash(&block),
+            setup: short_hash(&setup),
+        }
     }
 }
 
 /// Unix seconds now.
 #[must_use]
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The full label set for creating `member`'s lease (state `leased`, setup pending).
@@ -179,7 +203,10 @@ pub fn for_create(pond: &str, lease_id: &str, m: &DesiredMember, now: u64) -> La
 #[must_use]
 pub fn for_update(current: &Labels, m: &DesiredMember) -> Labels {
     let mut l = current.clone();
-    let created: u64 = current.get(CREATED_AT).and_then(|v| v.parse().ok()).unwrap_or_else(now_secs);
+    let created: u64 = current
+        .get(CREATED_AT)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(now_secs);
     if m.expose.is_empty() {
         l.remove(EXPOSED_PORTS);
     } else {
@@ -187,8 +214,14 @@ pub fn for_update(current: &Labels, m: &DesiredMember) -> Labels {
     }
     l.insert(KEEP.to_owned(), m.keep.to_string());
     l.insert(TTL_SECS.to_owned(), m.ttl.as_secs().to_string());
-    l.insert(IDLE_TIMEOUT_SECS.to_owned(), m.idle_timeout.as_secs().to_string());
-    l.insert(EXPIRES_AT.to_owned(), (created + m.ttl.as_secs()).to_string());
+    l.insert(
+        IDLE_TIMEOUT_SECS.to_owned(),
+        m.idle_timeout.as_secs().to_string(),
+    );
+    l.insert(
+        EXPIRES_AT.to_owned(),
+        (created + m.ttl.as_secs()).to_string(),
+    );
     l.insert(POND_SPEC.to_owned(), SpecHashes::of(m).spec);
     l
 }
@@ -196,7 +229,10 @@ pub fn for_update(current: &Labels, m: &DesiredMember) -> Labels {
 /// Seconds as a `Duration` from a label.
 #[must_use]
 pub fn secs(labels: &Labels, key: &str) -> Option<Duration> {
-    labels.get(key).and_then(|v| v.parse().ok()).map(Duration::from_secs)
+    labels
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
 }
 
 #[cfg(test)]

@@ -64,7 +64,9 @@ impl Lease {
     /// `created_at`, for picking the oldest of duplicates.
     #[must_use]
     pub fn created_at(&self) -> u64 {
-        self.label(labels::CREATED_AT).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
+        self.label(labels::CREATED_AT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
     }
 
     /// Whether this resource carries crabbox's markers for `pond`: the only
@@ -80,7 +82,9 @@ impl Lease {
     /// Exposed ports from the label.
     #[must_use]
     pub fn ports(&self) -> Vec<u16> {
-        self.label(labels::EXPOSED_PORTS).map(labels::decode_ports).unwrap_or_default()
+        self.label(labels::EXPOSED_PORTS)
+            .map(labels::decode_ports)
+            .unwrap_or_default()
     }
 }
 
@@ -92,13 +96,20 @@ impl Lease {
 pub fn new_lease_id() -> String {
     let mut bytes = [0u8; 6];
     getrandom::fill(&mut bytes).expect("the OS provides randomness");
-    format!("cbx_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "cbx_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 /// Whether `id` has Crabbox's lease-ID shape.
 #[must_use]
 pub fn is_lease_id(id: &str) -> bool {
-    id.strip_prefix("cbx_").is_some_and(|h| h.len() == 12 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    id.strip_prefix("cbx_").is_some_and(|h| {
+        h.len() == 12
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ pub fn state_dir() -> PathBuf {
 /// The user's home directory (`/` when unknown).
 #[must_use]
 pub fn home() -> PathBuf {
-    std::env::var_os("HOME").filter(|h| !h.is_empty()).map_or_else(|| PathBuf::from("/"), PathBuf::from)
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map_or_else(|| PathBuf::from("/"), PathBuf::from)
 }
 
 /// Expands a leading `~/` against the home directory.

@@ -28,7 +28,9 @@ pub struct PlanOptions {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     /// `prevent_destroy` is set on a member the plan would destroy or replace.
-    #[error("member `{slug}` cannot be destroyed: it has lifecycle.prevent_destroy set, but the plan calls for it to be {verb} ({reason})")]
+    #[error(
+        "member `{slug}` cannot be destroyed: it has lifecycle.prevent_destroy set, but the plan calls for it to be {verb} ({reason})"
+    )]
     PreventDestroy {
         /// The member.
         slug: String,
@@ -61,14 +63,30 @@ pub enum PlanError {
 ///
 /// # Errors
 /// [`PlanError`] when the plan would violate `prevent_destroy` or a target is unknown.
-pub fn plan(desired: &DesiredPond, inventory: &Inventory, options: &PlanOptions) -> Result<Plan, PlanError> {
-    let members: BTreeMap<&str, &DesiredMember> = desired.members.iter().map(|m| (m.slug.as_str(), m)).collect();
+pub fn plan(
+    desired: &DesiredPond,
+    inventory: &Inventory,
+    options: &PlanOptions,
+) -> Result<Plan, PlanError> {
+    let members: BTreeMap<&str, &DesiredMember> = desired
+        .members
+        .iter()
+        .map(|m| (m.slug.as_str(), m))
+        .collect();
     let mut live: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
     for lease in &inventory.leases {
         live.entry(lease.slug()).or_default().push(lease);
     }
-    let all_slugs: BTreeSet<&str> = members.keys().copied().chain(live.keys().copied()).collect();
-    for (flag, list) in [("only", &options.only), ("skip", &options.skip), ("replace", &options.replace)] {
+    let all_slugs: BTreeSet<&str> = members
+        .keys()
+        .copied()
+        .chain(live.keys().copied())
+        .collect();
+    for (flag, list) in [
+        ("only", &options.only),
+        ("skip", &options.skip),
+        ("replace", &options.replace),
+    ] {
         for slug in list {
             if !all_slugs.contains(slug.as_str()) {
                 return Err(PlanError::UnknownTarget {
@@ -88,7 +106,9 @@ pub fn plan(desired: &DesiredPond, inventory: &Inventory, options: &PlanOptions)
         );
     }
     for (p, why) in &inventory.unreachable {
-        warnings.push(format!("provider `{p}` could not be listed: {why}. Its leases are not in this plan."));
+        warnings.push(format!(
+            "provider `{p}` could not be listed: {why}. Its leases are not in this plan."
+        ));
     }
     warnings.extend(inventory.warnings.iter().cloned());
 
@@ -123,8 +143,14 @@ pub fn plan(desired: &DesiredPond, inventory: &Inventory, options: &PlanOptions)
     rerun_after_new_dependencies(&mut changes);
     for m in &desired.members {
         for (dep, _) in &m.depends_on {
-            if targeted.includes(&m.slug) && !targeted.includes(dep) && !live.contains_key(dep.as_str()) {
-                return Err(PlanError::SkippedDependency { slug: m.slug.clone(), dependency: dep.clone() });
+            if targeted.includes(&m.slug)
+                && !targeted.includes(dep)
+                && !live.contains_key(dep.as_str())
+            {
+                return Err(PlanError::SkippedDependency {
+                    slug: m.slug.clone(),
+                    dependency: dep.clone(),
+                });
             }
         }
     }
@@ -135,13 +161,21 @@ pub fn plan(desired: &DesiredPond, inventory: &Inventory, options: &PlanOptions)
             _ => continue,
         };
         if m.prevent_destroy {
-            return Err(PlanError::PreventDestroy { slug: c.slug.clone(), verb, reason: c.reasons.join("; ") });
+            return Err(PlanError::PreventDestroy {
+                slug: c.slug.clone(),
+                verb,
+                reason: c.reasons.join("; "),
+            });
         }
     }
     Ok(Plan {
         pond: desired.name.clone(),
         changes,
-        forget_claims: inventory.dangling_claims.iter().map(|c| c.lease_id.clone()).collect(),
+        forget_claims: inventory
+            .dangling_claims
+            .iter()
+            .map(|c| c.lease_id.clone())
+            .collect(),
         outputs: Vec::new(),
         warnings,
     })
@@ -153,7 +187,12 @@ pub fn plan(desired: &DesiredPond, inventory: &Inventory, options: &PlanOptions)
 fn rerun_after_new_dependencies(changes: &mut [MemberChange]) {
     let moving: BTreeSet<String> = changes
         .iter()
-        .filter(|c| matches!(c.action, Action::Create | Action::Replace | Action::CreateBeforeDestroy) && c.desired.is_some())
+        .filter(|c| {
+            matches!(
+                c.action,
+                Action::Create | Action::Replace | Action::CreateBeforeDestroy
+            ) && c.desired.is_some()
+        })
         .map(|c| c.slug.clone())
         .collect();
     for c in changes.iter_mut() {
@@ -162,7 +201,9 @@ fn rerun_after_new_dependencies(changes: &mut [MemberChange]) {
             continue;
         }
         if let Some((dep, _)) = m.depends_on.iter().find(|(d, _)| moving.contains(d)) {
-            c.reasons.push(format!("dependency `{dep}` gets a new lease, so setup runs again with its new address"));
+            c.reasons.push(format!(
+                "dependency `{dep}` gets a new lease, so setup runs again with its new address"
+            ));
             c.rerun_setup = true;
             c.action = Action::Update;
         }
@@ -186,7 +227,12 @@ impl Targets {
         let deps: BTreeMap<&str, Vec<&str>> = desired
             .members
             .iter()
-            .map(|m| (m.slug.as_str(), m.depends_on.iter().map(|(d, _)| d.as_str()).collect()))
+            .map(|m| {
+                (
+                    m.slug.as_str(),
+                    m.depends_on.iter().map(|(d, _)| d.as_str()).collect(),
+                )
+            })
             .collect();
         let mut set = BTreeSet::new();
         let mut stack: Vec<&str> = options.only.iter().map(String::as_str).collect();
@@ -210,18 +256,29 @@ impl Targets {
 /// Whether a lease counts as healthy (usable, not to be replaced for its own sake).
 fn health(lease: &Lease, now: u64) -> Result<(), String> {
     if lease.state() == state::FAILED {
-        let why = lease.label(labels::FAILURE).map_or_else(|| "a failed step".to_owned(), |f| f.replace('_', " "));
+        let why = lease
+            .label(labels::FAILURE)
+            .map_or_else(|| "a failed step".to_owned(), |f| f.replace('_', " "));
         return Err(format!("lease is tainted by {why}"));
     }
-    if let Some(exp) = lease.label(labels::EXPIRES_AT).and_then(|v| v.parse::<u64>().ok())
+    if let Some(exp) = lease
+        .label(labels::EXPIRES_AT)
+        .and_then(|v| v.parse::<u64>().ok())
         && exp <= now
     {
-        return Err(format!("lease expired {} ago", duration::format(std::time::Duration::from_secs(now - exp))));
+        return Err(format!(
+            "lease expired {} ago",
+            duration::format(std::time::Duration::from_secs(now - exp))
+        ));
     }
     Ok(())
 }
 
-fn member_changes(m: &DesiredMember, leases: &[&Lease], options: &PlanOptions) -> Vec<MemberChange> {
+fn member_changes(
+    m: &DesiredMember,
+    leases: &[&Lease],
+    options: &PlanOptions,
+) -> Vec<MemberChange> {
     let base = MemberChange {
         slug: m.slug.clone(),
         provider: m.provider,
@@ -234,41 +291,95 @@ fn member_changes(m: &DesiredMember, leases: &[&Lease], options: &PlanOptions) -
         rerun_setup: false,
     };
     if leases.is_empty() {
-        return vec![MemberChange { action: Action::Create, attributes: created_attributes(m), ..base }];
+        return vec![MemberChange {
+            action: Action::Create,
+            attributes: created_attributes(m),
+            ..base
+        }];
     }
     // Keep the oldest healthy lease; the others are duplicates.
-    let keep = leases.iter().copied().find(|l| health(l, options.now).is_ok()).unwrap_or(leases[0]);
+    let keep = leases
+        .iter()
+        .copied()
+        .find(|l| health(l, options.now).is_ok())
+        .unwrap_or(leases[0]);
     let mut out = Vec::new();
     let hashes = SpecHashes::of(m);
-    let mut change = MemberChange { lease: Some(keep.clone()), ..base };
+    let mut change = MemberChange {
+        lease: Some(keep.clone()),
+        ..base
+    };
     let mut forced = Vec::new();
-    if options.replace.iter().any(|s| *s == m.slug) {
+    if options.replace.contains(&m.slug) {
         forced.push("replacement requested with --replace".to_owned());
     }
     if let Err(why) = health(keep, options.now) {
         forced.push(why);
     } else if keep.created_at().saturating_add(m.ttl.as_secs()) <= options.now {
         // Relabelling would set an expiry in the past; the next plan would replace it anyway.
-        forced.push(format!("the new ttl ({}) is shorter than the lease's age", duration::format(m.ttl)));
+        forced.push(format!(
+            "the new ttl ({}) is shorter than the lease's age",
+            duration::format(m.ttl)
+        ));
     }
     let mut attr = |name: &str, before: Option<String>, after: Option<String>, forces: bool| {
         if before != after {
-            change.attributes.push(AttrChange { name: name.to_owned(), before, after, forces_replacement: forces });
+            change.attributes.push(AttrChange {
+                name: name.to_owned(),
+                before,
+                after,
+                forces_replacement: forces,
+            });
         }
     };
-    attr("provider", Some(keep.provider.as_str().to_owned()), Some(m.provider.as_str().to_owned()), true);
-    attr("class", keep.label(labels::CLASS).map(str::to_owned), m.class.map(|c| c.as_str().to_owned()), true);
-    attr("type", keep.label(labels::SERVER_TYPE).map(str::to_owned), m.server_type.as_deref().map(labels::sanitize), true);
-    attr("tailscale", Some(keep.label(labels::TAILSCALE) == Some("true")).map(|b| b.to_string()), Some(m.tailscale.to_string()), true);
+    attr(
+        "provider",
+        Some(keep.provider.as_str().to_owned()),
+        Some(m.provider.as_str().to_owned()),
+        true,
+    );
+    attr(
+        "class",
+        keep.label(labels::CLASS).map(str::to_owned),
+        m.class.map(|c| c.as_str().to_owned()),
+        true,
+    );
+    attr(
+        "type",
+        keep.label(labels::SERVER_TYPE).map(str::to_owned),
+        m.server_type.as_deref().map(labels::sanitize),
+        true,
+    );
+    attr(
+        "tailscale",
+        Some(keep.label(labels::TAILSCALE) == Some("true")).map(|b| b.to_string()),
+        Some(m.tailscale.to_string()),
+        true,
+    );
     attr(
         "provider_settings",
         keep.label(labels::POND_BLOCK).map(str::to_owned),
         Some(hashes.block.clone()),
         true,
     );
-    attr("expose", Some(format!("{:?}", keep.ports())), Some(format!("{:?}", m.expose)), false);
-    attr("keep", keep.label(labels::KEEP).map(str::to_owned), Some(m.keep.to_string()), false);
-    attr("ttl", labels::secs(&keep.labels, labels::TTL_SECS).map(duration::format), Some(duration::format(m.ttl)), false);
+    attr(
+        "expose",
+        Some(format!("{:?}", keep.ports())),
+        Some(format!("{:?}", m.expose)),
+        false,
+    );
+    attr(
+        "keep",
+        keep.label(labels::KEEP).map(str::to_owned),
+        Some(m.keep.to_string()),
+        false,
+    );
+    attr(
+        "ttl",
+        labels::secs(&keep.labels, labels::TTL_SECS).map(duration::format),
+        Some(duration::format(m.ttl)),
+        false,
+    );
     attr(
         "idle_timeout",
         labels::secs(&keep.labels, labels::IDLE_TIMEOUT_SECS).map(duration::format),
@@ -280,12 +391,20 @@ fn member_changes(m: &DesiredMember, leases: &[&Lease], options: &PlanOptions) -
         let (before, reason) = if setup_before.as_deref() == Some(SETUP_PENDING) {
             (None, "setup has not completed on this lease".to_owned())
         } else {
-            (setup_before, "setup, env, sync or readiness changed".to_owned())
+            (
+                setup_before,
+                "setup, env, sync or readiness changed".to_owned(),
+            )
         };
         change.attributes.push(AttrChange {
             name: "setup".to_owned(),
             before,
-            after: Some(format!("{} ({} step{})", hashes.setup, m.setup.len(), if m.setup.len() == 1 { "" } else { "s" })),
+            after: Some(format!(
+                "{} ({} step{})",
+                hashes.setup,
+                m.setup.len(),
+                if m.setup.len() == 1 { "" } else { "s" }
+            )),
             forces_replacement: false,
         });
         change.rerun_setup = true;
@@ -299,14 +418,23 @@ fn member_changes(m: &DesiredMember, leases: &[&Lease], options: &PlanOptions) -
         .collect();
     forced.extend(forcing);
     if !forced.is_empty() {
-        change.action = if m.create_before_destroy { Action::CreateBeforeDestroy } else { Action::Replace };
+        change.action = if m.create_before_destroy {
+            Action::CreateBeforeDestroy
+        } else {
+            Action::Replace
+        };
         change.reasons = forced;
         change.rerun_setup = false;
     } else {
-        change.relabel = change.attributes.iter().any(|a| !a.forces_replacement && a.name != "setup")
+        change.relabel = change
+            .attributes
+            .iter()
+            .any(|a| !a.forces_replacement && a.name != "setup")
             || keep.label(labels::POND_SPEC) != Some(hashes.spec.as_str()) && !change.rerun_setup;
         if change.relabel {
-            change.reasons.insert(0, "labels differ from the spec".to_owned());
+            change
+                .reasons
+                .insert(0, "labels differ from the spec".to_owned());
         }
         if change.relabel || change.rerun_setup {
             change.action = Action::Update;
@@ -321,7 +449,10 @@ fn member_changes(m: &DesiredMember, leases: &[&Lease], options: &PlanOptions) -
             lease: Some((*dup).clone()),
             desired: None,
             attributes: Vec::new(),
-            reasons: vec![format!("duplicate lease of `{}`: keeping the oldest healthy one, {}", m.slug, keep.id)],
+            reasons: vec![format!(
+                "duplicate lease of `{}`: keeping the oldest healthy one, {}",
+                m.slug, keep.id
+            )],
             relabel: false,
             rerun_setup: false,
         });
@@ -338,12 +469,35 @@ fn created_attributes(m: &DesiredMember) -> Vec<AttrChange> {
         attrs.push(("expose", Some(format!("{:?}", m.expose))));
     }
     if !m.depends_on.is_empty() {
-        attrs.push(("depends_on", Some(format!("{:?}", m.depends_on.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>()))));
+        attrs.push((
+            "depends_on",
+            Some(format!(
+                "{:?}",
+                m.depends_on
+                    .iter()
+                    .map(|(d, _)| d.as_str())
+                    .collect::<Vec<_>>()
+            )),
+        ));
     }
-    attrs.push(("setup", Some(format!("{} step{}", m.setup.len(), if m.setup.len() == 1 { "" } else { "s" }))));
+    attrs.push((
+        "setup",
+        Some(format!(
+            "{} step{}",
+            m.setup.len(),
+            if m.setup.len() == 1 { "" } else { "s" }
+        )),
+    ));
     attrs.push(("ttl", Some(duration::format(m.ttl))));
     attrs
         .into_iter()
-        .filter_map(|(name, after)| after.map(|a| AttrChange { name: name.to_owned(), before: None, after: Some(a), forces_replacement: false }))
+        .filter_map(|(name, after)| {
+            after.map(|a| AttrChange {
+                name: name.to_owned(),
+                before: None,
+                after: Some(a),
+                forces_replacement: false,
+            })
+        })
         .collect()
 }

@@ -41,7 +41,10 @@ pub fn render(plan: &Plan) -> String {
         (Action::Update, "update in-place"),
         (Action::Delete, "destroy"),
         (Action::Replace, "destroy and then create replacement"),
-        (Action::CreateBeforeDestroy, "create replacement and then destroy"),
+        (
+            Action::CreateBeforeDestroy,
+            "create replacement and then destroy",
+        ),
     ] {
         if plan.changes.iter().any(|c| c.action == action) {
             let st = style(action);
@@ -54,12 +57,21 @@ pub fn render(plan: &Plan) -> String {
         block(&mut out, change);
     }
     if !plan.forget_claims.is_empty() {
-        let _ = writeln!(out, "\nClaims whose lease no longer exists will be removed: {}", plan.forget_claims.join(", "));
+        let _ = writeln!(
+            out,
+            "\nClaims whose lease no longer exists will be removed: {}",
+            plan.forget_claims.join(", ")
+        );
     }
     if !plan.outputs.is_empty() {
         out.push_str("\nOutput files:\n");
         for o in &plan.outputs {
-            let _ = writeln!(out, "  {} {}", if o.action == "create" { "+" } else { "~" }, o.name);
+            if o.action == "create" {
+                let lines = o.diff.lines().filter(|l| l.starts_with('+') && !l.starts_with("+++")).count();
+                let _ = writeln!(out, "  {GREEN}+{GREEN:#} {} (new file, {lines} lines)", o.name);
+                continue;
+            }
+            let _ = writeln!(out, "  {YELLOW}~{YELLOW:#} {}", o.name);
             for line in o.diff.lines() {
                 let st = if line.starts_with('+') && !line.starts_with("+++") {
                     GREEN
@@ -73,7 +85,11 @@ pub fn render(plan: &Plan) -> String {
         }
     }
     let s = plan.summary();
-    let _ = writeln!(out, "\n{BOLD}Plan:{BOLD:#} {} to add, {} to change, {} to destroy.", s.add, s.change, s.destroy);
+    let _ = writeln!(
+        out,
+        "\n{BOLD}Plan:{BOLD:#} {} to add, {} to change, {} to destroy.",
+        s.add, s.change, s.destroy
+    );
     out
 }
 
@@ -81,10 +97,14 @@ fn header(change: &MemberChange) -> &'static str {
     match change.action {
         Action::Create => "will be created",
         Action::Update => "will be updated in-place",
-        Action::Replace | Action::CreateBeforeDestroy if change.reasons.iter().any(|r| r.contains("--replace")) => {
+        Action::Replace | Action::CreateBeforeDestroy
+            if change.reasons.iter().any(|r| r.contains("--replace")) =>
+        {
             "will be replaced, as requested"
         }
-        Action::Replace | Action::CreateBeforeDestroy if change.reasons.iter().any(|r| r.contains("tainted")) => {
+        Action::Replace | Action::CreateBeforeDestroy
+            if change.reasons.iter().any(|r| r.contains("tainted")) =>
+        {
             "is tainted, so must be replaced"
         }
         Action::Replace | Action::CreateBeforeDestroy => "must be replaced",
@@ -99,13 +119,26 @@ fn block(out: &mut String, c: &MemberChange) {
     for r in &c.reasons {
         let _ = writeln!(out, "  # (because {r})");
     }
-    let _ = writeln!(out, "{st}{:>3}{st:#} member \"{}\" {{", c.action.symbol(), c.slug);
+    let _ = writeln!(
+        out,
+        "{st}{:>3}{st:#} member \"{}\" {{",
+        c.action.symbol(),
+        c.slug
+    );
     let mut rows: Vec<(String, String, String)> = Vec::new();
     if let Some(lease) = &c.lease {
         let sym = if c.action == Action::Delete { "-" } else { " " };
-        rows.push((sym.to_owned(), "lease".to_owned(), format!("\"{}\"", lease.id)));
+        rows.push((
+            sym.to_owned(),
+            "lease".to_owned(),
+            format!("\"{}\"", lease.id),
+        ));
         if c.action == Action::Delete {
-            rows.push(("-".to_owned(), "provider".to_owned(), format!("\"{}\"", lease.provider)));
+            rows.push((
+                "-".to_owned(),
+                "provider".to_owned(),
+                format!("\"{}\"", lease.provider),
+            ));
             if let Some(ports) = Some(lease.ports()).filter(|p| !p.is_empty()) {
                 rows.push(("-".to_owned(), "expose".to_owned(), format!("{ports:?}")));
             }
@@ -113,13 +146,21 @@ fn block(out: &mut String, c: &MemberChange) {
     }
     for a in &c.attributes {
         match (&a.before, &a.after) {
-            (None, Some(after)) if c.action == Action::Create => rows.push(("+".to_owned(), a.name.clone(), quoted(after))),
+            (None, Some(after)) if c.action == Action::Create => {
+                rows.push(("+".to_owned(), a.name.clone(), quoted(after)))
+            }
             (before, after) => {
                 let text = format!(
                     "{} -> {}{}",
-                    before.as_deref().map_or_else(|| "(unknown)".to_owned(), quoted),
+                    before
+                        .as_deref()
+                        .map_or_else(|| "(unknown)".to_owned(), quoted),
                     after.as_deref().map_or_else(|| "null".to_owned(), quoted),
-                    if a.forces_replacement { " # forces replacement" } else { "" }
+                    if a.forces_replacement {
+                        " # forces replacement"
+                    } else {
+                        ""
+                    }
                 );
                 rows.push(("~".to_owned(), a.name.clone(), text));
             }

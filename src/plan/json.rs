@@ -20,19 +20,48 @@ pub fn lease_view(lease: &Lease) -> Value {
     let mut m = Map::new();
     m.insert("lease_id".into(), lease.id.clone().into());
     m.insert("provider".into(), lease.provider.as_str().into());
-    m.insert("class".into(), lease.label(labels::CLASS).map_or(Value::Null, Into::into));
-    m.insert("type".into(), lease.label(labels::SERVER_TYPE).map_or(Value::Null, Into::into));
-    m.insert("tailscale".into(), (lease.label(labels::TAILSCALE) == Some("true")).into());
+    m.insert(
+        "class".into(),
+        lease.label(labels::CLASS).map_or(Value::Null, Into::into),
+    );
+    m.insert(
+        "type".into(),
+        lease
+            .label(labels::SERVER_TYPE)
+            .map_or(Value::Null, Into::into),
+    );
+    m.insert(
+        "tailscale".into(),
+        (lease.label(labels::TAILSCALE) == Some("true")).into(),
+    );
     m.insert("expose".into(), lease.ports().into());
-    m.insert("keep".into(), (lease.label(labels::KEEP) == Some("true")).into());
-    m.insert("ttl".into(), labels::secs(&lease.labels, labels::TTL_SECS).map_or(Value::Null, |d| duration::format(d).into()));
+    m.insert(
+        "keep".into(),
+        (lease.label(labels::KEEP) == Some("true")).into(),
+    );
+    m.insert(
+        "ttl".into(),
+        labels::secs(&lease.labels, labels::TTL_SECS)
+            .map_or(Value::Null, |d| duration::format(d).into()),
+    );
     m.insert(
         "idle_timeout".into(),
-        labels::secs(&lease.labels, labels::IDLE_TIMEOUT_SECS).map_or(Value::Null, |d| duration::format(d).into()),
+        labels::secs(&lease.labels, labels::IDLE_TIMEOUT_SECS)
+            .map_or(Value::Null, |d| duration::format(d).into()),
     );
     m.insert("state".into(), lease.state().into());
-    m.insert("spec_hash".into(), lease.label(labels::POND_SPEC).map_or(Value::Null, Into::into));
-    m.insert("setup_hash".into(), lease.label(labels::POND_SETUP).map_or(Value::Null, Into::into));
+    m.insert(
+        "spec_hash".into(),
+        lease
+            .label(labels::POND_SPEC)
+            .map_or(Value::Null, Into::into),
+    );
+    m.insert(
+        "setup_hash".into(),
+        lease
+            .label(labels::POND_SETUP)
+            .map_or(Value::Null, Into::into),
+    );
     Value::Object(m)
 }
 

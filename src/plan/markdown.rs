@@ -16,13 +16,21 @@ pub fn render(plan: &Plan) -> String {
     let mut head = String::new();
     let _ = writeln!(head, "### crabbox plan for pond `{}`\n", plan.pond);
     if plan.has_changes() {
-        let _ = writeln!(head, "**Plan: {} to add, {} to change, {} to destroy.**\n", s.add, s.change, s.destroy);
+        let _ = writeln!(
+            head,
+            "**Plan: {} to add, {} to change, {} to destroy.**\n",
+            s.add, s.change, s.destroy
+        );
         head.push_str("| | member | provider | lease | why |\n|---|---|---|---|---|\n");
         let changed: Vec<_> = plan.changes.iter().filter(|c| c.is_change()).collect();
         for (i, c) in changed.iter().enumerate() {
             // The table may use half the room; the rest is for the full plan.
             if head.len() > MAX_LEN / 2 {
-                let _ = writeln!(head, "\n… and {} more changes, listed in the full plan.", changed.len() - i);
+                let _ = writeln!(
+                    head,
+                    "\n… and {} more changes, listed in the full plan.",
+                    changed.len() - i
+                );
                 break;
             }
             let _ = writeln!(
@@ -31,7 +39,9 @@ pub fn render(plan: &Plan) -> String {
                 c.action.symbol(),
                 cell(&c.slug),
                 c.provider,
-                c.lease.as_ref().map_or("(new)".to_owned(), |l| format!("`{}`", l.id)),
+                c.lease
+                    .as_ref()
+                    .map_or("(new)".to_owned(), |l| format!("`{}`", l.id)),
                 cell(&c.reasons.join("; "))
             );
         }
@@ -54,7 +64,10 @@ pub fn render(plan: &Plan) -> String {
         let cut = details[..cut].rfind('\n').map_or(cut, |i| i + 1);
         let omitted = details.len() - cut;
         details.truncate(cut);
-        let _ = writeln!(details, "… truncated: {omitted} more characters. Run `crabbox plan` for the full plan.");
+        let _ = writeln!(
+            details,
+            "… truncated: {omitted} more characters. Run `crabbox plan` for the full plan."
+        );
     }
     format!("{head}{open}{details}{close}")
 }

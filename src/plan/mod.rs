@@ -166,6 +166,8 @@ impl Plan {
     /// Whether applying would change anything.
     #[must_use]
     pub fn has_changes(&self) -> bool {
-        self.changes.iter().any(MemberChange::is_change) || !self.forget_claims.is_empty() || !self.outputs.is_empty()
+        self.changes.iter().any(MemberChange::is_change)
+            || !self.forget_claims.is_empty()
+            || !self.outputs.is_empty()
     }
 }

@@ -51,7 +51,12 @@ pub fn fingerprint(inventory: &Inventory) -> BTreeMap<String, String> {
     let mut f: BTreeMap<String, String> = inventory
         .leases
         .iter()
-        .map(|l| (l.id.clone(), short_hash(&serde_json::json!({ "labels": l.labels, "endpoint": l.endpoint }))))
+        .map(|l| {
+            (
+                l.id.clone(),
+                short_hash(&serde_json::json!({ "labels": l.labels, "endpoint": l.endpoint })),
+            )
+        })
         .collect();
     for c in &inventory.dangling_claims {
         f.insert(c.lease_id.clone(), "dangling-claim".to_owned());
@@ -61,7 +66,10 @@ pub fn fingerprint(inventory: &Inventory) -> BTreeMap<String, String> {
 
 /// What changed between two fingerprints, in words; empty when equal.
 #[must_use]
-pub fn differences(saved: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Vec<String> {
+pub fn differences(
+    saved: &BTreeMap<String, String>,
+    now: &BTreeMap<String, String>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for (id, h) in saved {
         match now.get(id) {

@@ -431,13 +431,18 @@ impl Provider for LocalProvider {
             Probe::Tcp {
                 host: Some(host),
                 port,
-            } => Ok(tcp_connects(host, *port).await),
-            Probe::Tcp { host: None, port } => {
+            } if !is_loopback_name(host) => Ok(tcp_connects(host, *port).await),
+            Probe::Tcp { port, .. } => {
                 let dir = self.lease_dir(lease)?;
                 let record = load_record(&dir, &lease.id).await?;
                 Ok(tcp_connects(&record.bind_addr, *port).await)
             }
-            Probe::Http(url) => http_ok(url).await,
+            Probe::Http(url) => {
+                // On a member, "localhost" is the member's own loopback address.
+                let dir = self.lease_dir(lease)?;
+                let record = load_record(&dir, &lease.id).await?;
+                http_ok(url, &record.bind_addr).await
+            }
             Probe::Command(command) => {
                 let request = ExecRequest {
                     command: command.clone(),
@@ -1066,8 +1071,14 @@ fn parse_http_url(url: &str) -> Result<(String, u16, String, String), ProviderEr
 }
 
 /// One HTTP GET: true on a 2xx or 3xx status; unreachable or slow is false.
-async fn http_ok(url: &str) -> Result<bool, ProviderError> {
+/// Whether a ready check's host means "this member" (`localhost`, `127.0.0.1`).
+fn is_loopback_name(host: &str) -> bool {
+    matches!(host, "localhost" | "127.0.0.1" | "::1" | "[::1]")
+}
+
+async fn http_ok(url: &str, own_addr: &str) -> Result<bool, ProviderError> {
     let (host, port, target, host_header) = parse_http_url(url)?;
+    let host = if is_loopback_name(&host) { own_addr.to_owned() } else { host };
     let exchange = async {
         let mut stream =
             tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
@@ -1542,6 +1553,11 @@ mod tests {
                 .probe(&lease, &explicit, &env)
                 .await
                 .expect("explicit host")
+        );
+        let own = Probe::Http(format!("http://localhost:{port}/"));
+        assert!(
+            provider.probe(&lease, &own, &env).await.expect("localhost"),
+            "localhost in a ready URL is the member's own address"
         );
         let missing = Probe::Http(format!("http://{host}:{port}/no-such-file"));
         assert!(

@@ -127,16 +127,31 @@ pub trait Provider: Send + Sync {
     async fn upload(&self, lease: &Lease, archive: &Path) -> Result<(), ProviderError>;
 
     /// Runs a command to completion, streaming its output; returns its exit code.
-    async fn exec(&self, lease: &Lease, request: &ExecRequest, sink: Arc<dyn OutputSink>) -> Result<i32, ProviderError>;
+    async fn exec(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ProviderError>;
 
     /// Starts a long-running service detached; its output goes to the lease's logs.
-    async fn start_background(&self, lease: &Lease, request: &ExecRequest, name: &str) -> Result<(), ProviderError>;
+    async fn start_background(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        name: &str,
+    ) -> Result<(), ProviderError>;
 
     /// Stops every background service crabbox started on the lease.
     async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError>;
 
     /// One readiness attempt: `Ok(true)` when the probe passes.
-    async fn probe(&self, lease: &Lease, probe: &Probe, env: &BTreeMap<String, String>) -> Result<bool, ProviderError>;
+    async fn probe(
+        &self,
+        lease: &Lease,
+        probe: &Probe,
+        env: &BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError>;
 
     /// Releases the lease and everything crabbox started on it. A lease
     /// that is already gone is [`ProviderError::NotFound`].

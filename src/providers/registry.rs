@@ -27,7 +27,9 @@ impl Registry {
     /// A registry of exactly these providers (tests, fakes).
     #[must_use]
     pub fn with(providers: Vec<Arc<dyn Provider>>) -> Self {
-        Self { providers: providers.into_iter().map(|p| (p.name(), p)).collect() }
+        Self {
+            providers: providers.into_iter().map(|p| (p.name(), p)).collect(),
+        }
     }
 
     /// The adapter for `name`.
@@ -35,13 +37,20 @@ impl Registry {
     /// # Errors
     /// [`ProviderError::Config`] when the provider is not available here.
     pub fn get(&self, name: ProviderName) -> Result<Arc<dyn Provider>, ProviderError> {
-        self.providers.get(&name).cloned().ok_or_else(|| ProviderError::Config {
-            message: format!("provider `{name}` is not available in this crabbox"),
-            hint: format!(
-                "this build supports: {}; members on `{name}` cannot be planned yet",
-                self.providers.keys().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
-            ),
-        })
+        self.providers
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| ProviderError::Config {
+                message: format!("provider `{name}` is not available in this crabbox"),
+                hint: format!(
+                    "this build supports: {}; members on `{name}` cannot be planned yet",
+                    self.providers
+                        .keys()
+                        .map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
     }
 
     /// Providers that are always worth listing (no credentials needed, or credentials present).

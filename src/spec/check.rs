@@ -160,9 +160,8 @@ impl Checker<'_> {
     }
 
     fn name(&mut self, raw: &str, pointer: &str, what: &str) -> Option<String> {
-        if self.index.get(pointer).is_none() {
-            return None; // missing entirely: the schema reports the missing key
-        }
+        // Missing entirely: the schema already reports the missing key.
+        self.index.get(pointer)?;
         match checked_name(raw) {
             Ok(name) => Some(name),
             Err(NameProblem::Empty) => {
@@ -701,18 +700,17 @@ impl Checker<'_> {
                     }
                 }
             }
-            ProviderName::Ssh => {
+            ProviderName::Ssh
                 if merged
                     .ssh
                     .as_ref()
                     .and_then(|b| b.host.as_deref())
-                    .is_none_or(str::is_empty)
-                {
-                    self.out.push(
+                    .is_none_or(str::is_empty) =>
+            {
+                self.out.push(
                         Diagnostic::error("ssh-host-required", self.value(&format!("/members/{i}/provider")), format!("member `{slug}` uses provider `ssh` but no `ssh.host` is set"))
                             .with_hint("add `ssh: { host: build.example.com, user: crabbox }` to the member or to defaults"),
                     );
-                }
             }
             ProviderName::Local => {
                 if let Some(addr) = merged.local.as_ref().and_then(|b| b.bind_addr.as_deref()) {

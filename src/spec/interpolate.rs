@@ -7,10 +7,13 @@ use crate::diagnostic::Diagnostic;
 use crate::spec::source::{SourceFile, Span};
 use crate::spec::yaml::{Node, NodeKind};
 
+/// Looks a variable up in the environment.
+type Lookup = Box<dyn Fn(&str) -> Option<String>>;
+
 /// Where variable values come from: `--var` first, then the environment.
 pub struct Variables {
     overrides: Vec<(String, String)>,
-    environment: Box<dyn Fn(&str) -> Option<String>>,
+    environment: Lookup,
 }
 
 impl Variables {

@@ -130,7 +130,7 @@ fn parts(document: &Value) -> Parts {
         .unwrap_or_default();
     let (defaults, defaults_dropped) = document
         .get("defaults")
-        .and_then(|d| member_at(d))
+        .and_then(member_at)
         .unwrap_or_default();
     let outputs = document.get("outputs");
     Parts {

@@ -37,8 +37,24 @@ struct MemberGen {
 }
 
 fn member_gen() -> impl Strategy<Value = MemberGen> {
-    (0..SLUGS.len(), prop::collection::vec(8000u16..8004, 0..3), 0u8..3, any::<bool>(), 0u8..3, any::<bool>(), any::<bool>())
-        .prop_map(|(slug, ports, setup, keep, ttl, dep, class)| MemberGen { slug, ports, setup, keep, ttl, depends_on_previous: dep, class })
+    (
+        0..SLUGS.len(),
+        prop::collection::vec(8000u16..8004, 0..3),
+        0u8..3,
+        any::<bool>(),
+        0u8..3,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(slug, ports, setup, keep, ttl, dep, class)| MemberGen {
+            slug,
+            ports,
+            setup,
+            keep,
+            ttl,
+            depends_on_previous: dep,
+            class,
+        })
 }
 
 fn spec_text(members: &[MemberGen]) -> String {
@@ -55,7 +71,11 @@ fn spec_text(members: &[MemberGen]) -> String {
             out.push_str(&format!("    expose: {:?}\n", m.ports));
         }
         out.push_str(&format!("    setup: [ \"echo setup-{}\" ]\n", m.setup));
-        out.push_str(&format!("    keep: {}\n    ttl: {}\n", m.keep, ["30m", "90m", "2h"][usize::from(m.ttl)]));
+        out.push_str(&format!(
+            "    keep: {}\n    ttl: {}\n",
+            m.keep,
+            ["30m", "90m", "2h"][usize::from(m.ttl)]
+        ));
         if m.class {
             out.push_str("    type: big\n");
         }
@@ -68,8 +88,15 @@ fn spec_text(members: &[MemberGen]) -> String {
 }
 
 fn load(text: &str) -> DesiredPond {
-    let loaded = load_str("gen.yaml", text, std::path::Path::new("."), &Variables::fixed(vec![]));
-    loaded.pond.unwrap_or_else(|| panic!("generated spec is valid:\n{text}\n{:?}", loaded.diagnostics))
+    let loaded = load_str(
+        "gen.yaml",
+        text,
+        std::path::Path::new("."),
+        &Variables::fixed(vec![]),
+    );
+    loaded
+        .pond
+        .unwrap_or_else(|| panic!("generated spec is valid:\n{text}\n{:?}", loaded.diagnostics))
 }
 
 #[derive(Debug, Clone)]
@@ -81,12 +108,27 @@ struct LiveGen {
 }
 
 fn live_gen() -> impl Strategy<Value = LiveGen> {
-    (0..SLUGS.len(), any::<bool>(), prop_oneof![4 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)], 1u16..1000)
-        .prop_map(|(slug, from_previous, damage, age)| LiveGen { slug, from_previous, damage, age })
+    (
+        0..SLUGS.len(),
+        any::<bool>(),
+        prop_oneof![4 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8), 1 => Just(3u8)],
+        1u16..1000,
+    )
+        .prop_map(|(slug, from_previous, damage, age)| LiveGen {
+            slug,
+            from_previous,
+            damage,
+            age,
+        })
 }
 
 /// A resource as some earlier apply left it.
-fn applied_lease(n: usize, g: &LiveGen, current: &DesiredPond, previous: &DesiredPond) -> Option<Lease> {
+fn applied_lease(
+    n: usize,
+    g: &LiveGen,
+    current: &DesiredPond,
+    previous: &DesiredPond,
+) -> Option<Lease> {
     let source = if g.from_previous { previous } else { current };
     let m = source.members.iter().find(|m| m.slug == SLUGS[g.slug])?;
     let id = format!("cbx_{n:012x}");
@@ -107,7 +149,18 @@ fn applied_lease(n: usize, g: &LiveGen, current: &DesiredPond, previous: &Desire
         }
         _ => {}
     }
-    Some(Lease { id: id.clone(), provider: ProviderName::Local, cloud_id: format!("mem-{id}"), labels: l, endpoint: Endpoint { host: Some("192.0.2.200".into()), ..Endpoint::default() }, listed: true, claimed: false })
+    Some(Lease {
+        id: id.clone(),
+        provider: ProviderName::Local,
+        cloud_id: format!("mem-{id}"),
+        labels: l,
+        endpoint: Endpoint {
+            host: Some("192.0.2.200".into()),
+            ..Endpoint::default()
+        },
+        listed: true,
+        claimed: false,
+    })
 }
 
 /// Resources that are not ours to touch: another pond's, and ones that lack crabbox's marker.
@@ -119,13 +172,29 @@ fn foreign(n: usize, current: &DesiredPond) -> Vec<Lease> {
     unmarked.remove(labels::CRABBOX);
     let mut wrong_id = for_create(POND, "cbx_000000000000", m, 1);
     wrong_id.insert(labels::SLUG.into(), "intruder".into());
-    [("other", other, format!("cbx_f{n:011x}")), ("unmarked", unmarked, format!("cbx_e{n:011x}")), ("mismatch", wrong_id, format!("cbx_d{n:011x}"))]
-        .into_iter()
-        .map(|(kind, labels, id)| Lease { id, provider: ProviderName::Local, cloud_id: format!("foreign-{kind}-{n}"), labels, endpoint: Endpoint::default(), listed: true, claimed: false })
-        .collect()
+    [
+        ("other", other, format!("cbx_f{n:011x}")),
+        ("unmarked", unmarked, format!("cbx_e{n:011x}")),
+        ("mismatch", wrong_id, format!("cbx_d{n:011x}")),
+    ]
+    .into_iter()
+    .map(|(kind, labels, id)| Lease {
+        id,
+        provider: ProviderName::Local,
+        cloud_id: format!("foreign-{kind}-{n}"),
+        labels,
+        endpoint: Endpoint::default(),
+        listed: true,
+        claimed: false,
+    })
+    .collect()
 }
 
-fn converge(current_members: &[MemberGen], previous_members: &[MemberGen], live: &[LiveGen]) -> Result<(), TestCaseError> {
+fn converge(
+    current_members: &[MemberGen],
+    previous_members: &[MemberGen],
+    live: &[LiveGen],
+) -> Result<(), TestCaseError> {
     let current = load(&spec_text(current_members));
     let previous = load(&spec_text(previous_members));
     let provider = MemoryProvider::new();
@@ -140,26 +209,71 @@ fn converge(current_members: &[MemberGen], previous_members: &[MemberGen], live:
     }
     let state = tempfile::tempdir().expect("tempdir");
     let registry = Registry::with(vec![provider.clone() as Arc<dyn Provider>]);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let options = PlanOptions { now: labels::now_secs(), ..PlanOptions::default() };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let options = PlanOptions {
+        now: labels::now_secs(),
+        ..PlanOptions::default()
+    };
 
     let inventory = rt.block_on(discover(POND, &[], &registry, state.path()));
-    let first = plan(&current, &inventory, &options).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let ctx = Arc::new(reconcile::context(&first, Some(&current), &inventory, registry.clone(), state.path(), state.path().to_path_buf(), None, Arc::new(Reporter::new(Mode::Json))));
-    let (outcome, _) = rt.block_on(reconcile::apply(&first, ctx, &ExecOptions { heartbeat: std::time::Duration::from_secs(3600), ..ExecOptions::default() }, false));
+    let first =
+        plan(&current, &inventory, &options).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let ctx = Arc::new(reconcile::context(
+        &first,
+        Some(&current),
+        &inventory,
+        registry.clone(),
+        state.path(),
+        state.path().to_path_buf(),
+        None,
+        Arc::new(Reporter::new(Mode::Json)),
+    ));
+    let (outcome, _) = rt.block_on(reconcile::apply(
+        &first,
+        ctx,
+        &ExecOptions {
+            heartbeat: std::time::Duration::from_secs(3600),
+            ..ExecOptions::default()
+        },
+        false,
+    ));
     prop_assert!(outcome.success(), "apply failed: {:?}", outcome.results);
 
     let after = rt.block_on(discover(POND, &[], &registry, state.path()));
-    let second = plan(&current, &after, &options).map_err(|e| TestCaseError::fail(e.to_string()))?;
-    let left: Vec<String> = second.changes.iter().filter(|c| c.is_change()).map(|c| format!("{} {:?} {:?}", c.slug, c.action, c.reasons)).collect();
-    prop_assert!(left.is_empty() && second.forget_claims.is_empty(), "second plan not empty: {left:?}");
-    prop_assert_eq!(after.leases.len(), current.members.len(), "one lease per member");
+    let second =
+        plan(&current, &after, &options).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let left: Vec<String> = second
+        .changes
+        .iter()
+        .filter(|c| c.is_change())
+        .map(|c| format!("{} {:?} {:?}", c.slug, c.action, c.reasons))
+        .collect();
+    prop_assert!(
+        left.is_empty() && second.forget_claims.is_empty(),
+        "second plan not empty: {left:?}"
+    );
+    prop_assert_eq!(
+        after.leases.len(),
+        current.members.len(),
+        "one lease per member"
+    );
 
     let touched = provider.touched.lock().expect("lock").clone();
     let resources = provider.resources.lock().expect("lock").clone();
     for f in &planted_foreign {
-        prop_assert!(!touched.contains(&f.cloud_id), "touched foreign resource {}", f.cloud_id);
-        prop_assert_eq!(resources.get(&f.cloud_id), Some(f), "foreign resource changed");
+        prop_assert!(
+            !touched.contains(&f.cloud_id),
+            "touched foreign resource {}",
+            f.cloud_id
+        );
+        prop_assert_eq!(
+            resources.get(&f.cloud_id),
+            Some(f),
+            "foreign resource changed"
+        );
     }
     Ok(())
 }

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use crabbox::inventory::labels::Labels;
 use crabbox::inventory::lease::{Endpoint, Lease};
-use crabbox::providers::{CreateRequest, ExecRequest, Features, OutputSink, Provider, ProviderError};
+use crabbox::providers::{
+    CreateRequest, ExecRequest, Features, OutputSink, Provider, ProviderError,
+};
 use crabbox::spec::desired::Probe;
 use crabbox::spec::providers::ProviderName;
 
@@ -33,12 +35,23 @@ impl MemoryProvider {
 
     /// Plants a resource (as if someone created it earlier).
     pub fn plant(&self, lease: Lease) {
-        self.resources.lock().expect("lock").insert(lease.cloud_id.clone(), lease);
+        self.resources
+            .lock()
+            .expect("lock")
+            .insert(lease.cloud_id.clone(), lease);
     }
 
     fn touch(&self, lease: &Lease) -> Result<(), ProviderError> {
-        self.touched.lock().expect("lock").insert(lease.cloud_id.clone());
-        if self.resources.lock().expect("lock").contains_key(&lease.cloud_id) {
+        self.touched
+            .lock()
+            .expect("lock")
+            .insert(lease.cloud_id.clone());
+        if self
+            .resources
+            .lock()
+            .expect("lock")
+            .contains_key(&lease.cloud_id)
+        {
             Ok(())
         } else {
             Err(ProviderError::NotFound(lease.cloud_id.clone()))
@@ -53,11 +66,22 @@ impl Provider for MemoryProvider {
     }
 
     fn features(&self) -> Features {
-        Features { labels: true, local: true, ..Features::default() }
+        Features {
+            labels: true,
+            local: true,
+            ..Features::default()
+        }
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
-        Ok(self.resources.lock().expect("lock").values().filter(|l| l.label("pond") == Some(pond)).cloned().collect())
+        Ok(self
+            .resources
+            .lock()
+            .expect("lock")
+            .values()
+            .filter(|l| l.label("pond") == Some(pond))
+            .cloned()
+            .collect())
     }
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
@@ -68,7 +92,10 @@ impl Provider for MemoryProvider {
             provider: ProviderName::Local,
             cloud_id: format!("mem-{}", request.lease_id),
             labels: request.labels.clone(),
-            endpoint: Endpoint { host: Some(format!("192.0.2.{}", n % 250 + 1)), ..Endpoint::default() },
+            endpoint: Endpoint {
+                host: Some(format!("192.0.2.{}", n % 250 + 1)),
+                ..Endpoint::default()
+            },
             listed: true,
             claimed: false,
         };
@@ -78,7 +105,12 @@ impl Provider for MemoryProvider {
 
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
         self.touch(lease)?;
-        if let Some(l) = self.resources.lock().expect("lock").get_mut(&lease.cloud_id) {
+        if let Some(l) = self
+            .resources
+            .lock()
+            .expect("lock")
+            .get_mut(&lease.cloud_id)
+        {
             l.labels = labels.clone();
         }
         Ok(())
@@ -88,15 +120,31 @@ impl Provider for MemoryProvider {
         self.touch(lease)
     }
 
-    async fn exec(&self, lease: &Lease, request: &ExecRequest, _sink: Arc<dyn OutputSink>) -> Result<i32, ProviderError> {
+    async fn exec(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        _sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ProviderError> {
         self.touch(lease)?;
-        self.commands.lock().expect("lock").push((lease.id.clone(), request.command.clone()));
+        self.commands
+            .lock()
+            .expect("lock")
+            .push((lease.id.clone(), request.command.clone()));
         Ok(i32::from(request.command.contains("exit 1")))
     }
 
-    async fn start_background(&self, lease: &Lease, request: &ExecRequest, _name: &str) -> Result<(), ProviderError> {
+    async fn start_background(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        _name: &str,
+    ) -> Result<(), ProviderError> {
         self.touch(lease)?;
-        self.commands.lock().expect("lock").push((lease.id.clone(), format!("& {}", request.command)));
+        self.commands
+            .lock()
+            .expect("lock")
+            .push((lease.id.clone(), format!("& {}", request.command)));
         Ok(())
     }
 
@@ -104,7 +152,12 @@ impl Provider for MemoryProvider {
         self.touch(lease)
     }
 
-    async fn probe(&self, lease: &Lease, _probe: &Probe, _env: &BTreeMap<String, String>) -> Result<bool, ProviderError> {
+    async fn probe(
+        &self,
+        lease: &Lease,
+        _probe: &Probe,
+        _env: &BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError> {
         self.touch(lease).map(|()| true)
     }
 

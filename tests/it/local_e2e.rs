@@ -17,7 +17,9 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        let env = Self { dir: tempfile::tempdir().expect("tempdir") };
+        let env = Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
         std::fs::create_dir_all(env.home()).expect("home");
         env
     }
@@ -44,41 +46,75 @@ impl Env {
 
     fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("crabbox").expect("binary");
-        c.env("CRABBOX_STATE_DIR", self.state()).env("HOME", self.home()).env("USER", "e2e").env("NO_COLOR", "1").current_dir(self.work());
+        c.env("CRABBOX_STATE_DIR", self.state())
+            .env("HOME", self.home())
+            .env("USER", "e2e")
+            .env("NO_COLOR", "1")
+            .current_dir(self.work());
         c
     }
 
     fn std_cmd(&self) -> StdCommand {
         let mut c = StdCommand::new(assert_cmd::cargo::cargo_bin("crabbox"));
-        c.env("CRABBOX_STATE_DIR", self.state()).env("HOME", self.home()).env("USER", "e2e").env("NO_COLOR", "1").current_dir(self.work());
+        c.env("CRABBOX_STATE_DIR", self.state())
+            .env("HOME", self.home())
+            .env("USER", "e2e")
+            .env("NO_COLOR", "1")
+            .current_dir(self.work());
         c
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).timeout(Duration::from_secs(120)).output().expect("runs")
+        self.cmd()
+            .args(args)
+            .timeout(Duration::from_secs(120))
+            .output()
+            .expect("runs")
     }
 
     fn lease_dirs(&self) -> Vec<PathBuf> {
         std::fs::read_dir(self.state().join("local/leases"))
-            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     fn pids(&self) -> Vec<u32> {
         self.lease_dirs()
             .iter()
-            .flat_map(|d| std::fs::read_dir(d.join("pids")).into_iter().flatten().filter_map(Result::ok))
+            .flat_map(|d| {
+                std::fs::read_dir(d.join("pids"))
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Result::ok)
+            })
             .filter_map(|e| std::fs::read_to_string(e.path()).ok()?.trim().parse().ok())
             .collect()
     }
 
     fn claims(&self) -> usize {
-        std::fs::read_dir(self.state().join("claims")).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(self.state().join("claims"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     fn plan_json(&self, spec: &Path) -> Value {
-        let out = self.run(&["plan", "-f", spec.to_str().expect("utf-8"), "--format", "json"]);
-        assert!(out.status.success(), "plan failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self.run(&[
+            "plan",
+            "-f",
+            spec.to_str().expect("utf-8"),
+            "--format",
+            "json",
+        ]);
+        assert!(
+            out.status.success(),
+            "plan failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("plan JSON")
     }
 }
@@ -93,13 +129,20 @@ fn actions(plan: &Value, slug: &str) -> Vec<String> {
         .expect("changes")
         .iter()
         .filter(|c| c["slug"] == slug)
-        .flat_map(|c| c["change"]["actions"].as_array().expect("actions").iter().map(|a| a.as_str().expect("str").to_owned()))
+        .flat_map(|c| {
+            c["change"]["actions"]
+                .as_array()
+                .expect("actions")
+                .iter()
+                .map(|a| a.as_str().expect("str").to_owned())
+        })
         .collect()
 }
 
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split(' ').nth(2) == Some("Z"))
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split(' ').nth(2) == Some("Z"))
 }
 
 #[test]
@@ -108,37 +151,82 @@ fn example_applies_converges_and_destroys_without_leftovers() {
     let spec = root().join("examples/local/pond.yaml");
     let spec = spec.to_str().expect("utf-8");
     let out = env.run(&["apply", "-f", spec, "--auto-approve"]);
-    assert!(out.status.success(), "apply: {}\n{}", text(&out.stdout), text(&out.stderr));
-    assert!(text(&out.stderr).contains("Apply complete! Members: 3 added, 0 changed, 0 destroyed."), "{}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "apply: {}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("Apply complete! Members: 3 added, 0 changed, 0 destroyed."),
+        "{}",
+        text(&out.stderr)
+    );
     // api fetched from db through the injected peer variable during its setup
-    assert!(text(&out.stderr).contains("api | {\"rows\": 3}"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("api | {\"rows\": 3}"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let peers = env.run(&["peers", "-f", spec, "--json"]);
     let v: Value = serde_json::from_slice(&peers.stdout).expect("peers JSON");
     let members = v["members"].as_array().expect("members");
-    assert_eq!(members.iter().map(|m| m["slug"].as_str().expect("slug")).collect::<Vec<_>>(), ["api", "db", "worker"]);
+    assert_eq!(
+        members
+            .iter()
+            .map(|m| m["slug"].as_str().expect("slug"))
+            .collect::<Vec<_>>(),
+        ["api", "db", "worker"]
+    );
     for m in members {
-        assert!(m["endpoint"].as_str().expect("endpoint").starts_with("127.77."), "{m}");
+        assert!(
+            m["endpoint"]
+                .as_str()
+                .expect("endpoint")
+                .starts_with("127.77."),
+            "{m}"
+        );
         assert!(m["leaseID"].as_str().expect("id").starts_with("cbx_"));
         assert_eq!(m["pond"], "local-demo-e2e");
     }
     let peers_file = env.home().join(".crabbox/pond/local-demo-e2e/peers.json");
-    let rendered: Value = serde_json::from_str(&std::fs::read_to_string(&peers_file).expect("peers.json rendered")).expect("JSON");
-    assert_eq!(rendered, v, "rendered peers.json equals `crabbox peers --json`");
+    let rendered: Value =
+        serde_json::from_str(&std::fs::read_to_string(&peers_file).expect("peers.json rendered"))
+            .expect("JSON");
+    assert_eq!(
+        rendered, v,
+        "rendered peers.json equals `crabbox peers --json`"
+    );
 
-    env.cmd().args(["plan", "-f", spec, "--detailed-exitcode"]).assert().code(0);
+    env.cmd()
+        .args(["plan", "-f", spec, "--detailed-exitcode"])
+        .assert()
+        .code(0);
     let pids = env.pids();
-    assert!(!pids.is_empty() && pids.iter().all(|p| alive(*p)), "db's server runs: {pids:?}");
+    assert!(
+        !pids.is_empty() && pids.iter().all(|p| alive(*p)),
+        "db's server runs: {pids:?}"
+    );
 
-    env.cmd().args(["destroy", "-f", spec, "--auto-approve"]).assert().success();
+    env.cmd()
+        .args(["destroy", "-f", spec, "--auto-approve"])
+        .assert()
+        .success();
     assert!(env.lease_dirs().is_empty(), "no lease directory is left");
     assert_eq!(env.claims(), 0, "no claim is left");
     let deadline = Instant::now() + Duration::from_secs(5);
     while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(pids.iter().all(|p| !alive(*p)), "no process is left: {pids:?}");
-    env.cmd().args(["destroy", "-f", spec, "--auto-approve"]).assert().success();
+    assert!(
+        pids.iter().all(|p| !alive(*p)),
+        "no process is left: {pids:?}"
+    );
+    env.cmd()
+        .args(["destroy", "-f", spec, "--auto-approve"])
+        .assert()
+        .success();
 }
 
 const V1: &str = "version: 1\npond: upd\ndefaults: { sync: false }\nmembers:\n  - slug: svc\n    expose: [8080]\n    setup: [ \"echo version-one\" ]\n";
@@ -147,33 +235,73 @@ const V1: &str = "version: 1\npond: upd\ndefaults: { sync: false }\nmembers:\n  
 fn expose_change_updates_in_place_and_setup_change_reruns_setup() {
     let env = Env::new();
     let spec = env.write_spec(V1);
-    env.cmd().args(["apply", "--auto-approve"]).assert().success();
-    let id = env.plan_json(&spec)["member_changes"][0]["lease_id"].as_str().expect("id").to_owned();
+    env.cmd()
+        .args(["apply", "--auto-approve"])
+        .assert()
+        .success();
+    let id = env.plan_json(&spec)["member_changes"][0]["lease_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
 
     let spec = env.write_spec(&V1.replace("[8080]", "[8080, 9090]"));
-    env.cmd().args(["plan", "--detailed-exitcode"]).assert().code(2);
+    env.cmd()
+        .args(["plan", "--detailed-exitcode"])
+        .assert()
+        .code(2);
     let plan = env.plan_json(&spec);
     assert_eq!(actions(&plan, "svc"), ["update"]);
     assert_eq!(plan["member_changes"][0]["change"]["relabel"], true);
     assert_eq!(plan["member_changes"][0]["change"]["rerun_setup"], false);
     let out = env.run(&["apply", "--auto-approve"]);
     assert!(out.status.success());
-    assert!(!text(&out.stderr).contains("version-one"), "an in-place update does not re-run setup");
-    assert!(text(&out.stderr).contains("0 added, 1 changed, 0 destroyed"), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("version-one"),
+        "an in-place update does not re-run setup"
+    );
+    assert!(
+        text(&out.stderr).contains("0 added, 1 changed, 0 destroyed"),
+        "{}",
+        text(&out.stderr)
+    );
     let plan = env.plan_json(&spec);
-    assert_eq!(plan["member_changes"][0]["lease_id"], id.as_str(), "same lease");
-    assert_eq!(plan["member_changes"][0]["change"]["before"]["expose"], serde_json::json!([8080, 9090]));
+    assert_eq!(
+        plan["member_changes"][0]["lease_id"],
+        id.as_str(),
+        "same lease"
+    );
+    assert_eq!(
+        plan["member_changes"][0]["change"]["before"]["expose"],
+        serde_json::json!([8080, 9090])
+    );
 
-    let spec = env.write_spec(&V1.replace("[8080]", "[8080, 9090]").replace("version-one", "version-two"));
+    let spec = env.write_spec(
+        &V1.replace("[8080]", "[8080, 9090]")
+            .replace("version-one", "version-two"),
+    );
     let plan = env.plan_json(&spec);
     assert_eq!(actions(&plan, "svc"), ["update"]);
     assert_eq!(plan["member_changes"][0]["change"]["rerun_setup"], true);
     let out = env.run(&["apply", "--auto-approve"]);
     assert!(out.status.success());
-    assert!(text(&out.stderr).contains("svc | version-two"), "{}", text(&out.stderr));
-    assert_eq!(env.plan_json(&spec)["member_changes"][0]["lease_id"], id.as_str(), "setup re-ran on the same lease");
-    env.cmd().args(["plan", "--detailed-exitcode"]).assert().code(0);
-    env.cmd().args(["destroy", "--auto-approve"]).assert().success();
+    assert!(
+        text(&out.stderr).contains("svc | version-two"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        env.plan_json(&spec)["member_changes"][0]["lease_id"],
+        id.as_str(),
+        "setup re-ran on the same lease"
+    );
+    env.cmd()
+        .args(["plan", "--detailed-exitcode"])
+        .assert()
+        .code(0);
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
 }
 
 #[test]
@@ -185,14 +313,23 @@ fn failing_setup_fails_the_apply_skips_dependents_and_taints_the_member() {
     let out = env.run(&["apply", "--auto-approve"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let err = text(&out.stderr);
-    assert!(err.contains("setup step 2 (`exit 3`) exited with 3"), "{err}");
+    assert!(
+        err.contains("setup step 2 (`exit 3`) exited with 3"),
+        "{err}"
+    );
     assert!(err.contains("api: setup skipped"), "{err}");
     assert!(!err.contains("api-setup-ran"), "{err}");
     let plan = env.plan_json(&env.work().join("pond.yaml"));
     assert_eq!(actions(&plan, "db"), ["delete", "create"]);
     let reasons = plan["member_changes"][0]["change"]["reasons"].to_string();
-    assert!(reasons.contains("tainted") && reasons.contains("setup step 2 exit 3"), "{reasons}");
-    env.cmd().args(["destroy", "--auto-approve"]).assert().success();
+    assert!(
+        reasons.contains("tainted") && reasons.contains("setup step 2 exit 3"),
+        "{reasons}"
+    );
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
     assert!(env.lease_dirs().is_empty());
 }
 
@@ -201,29 +338,59 @@ fn saved_plans_apply_exactly_and_stale_ones_are_refused() {
     let env = Env::new();
     env.write_spec(V1);
     let planfile = env.work().join("tfplan.json");
-    env.cmd().args(["plan", "-o", planfile.to_str().expect("utf-8")]).assert().success();
-    env.cmd().args(["apply", planfile.to_str().expect("utf-8")]).assert().success();
+    env.cmd()
+        .args(["plan", "-o", planfile.to_str().expect("utf-8")])
+        .assert()
+        .success();
+    env.cmd()
+        .args(["apply", planfile.to_str().expect("utf-8")])
+        .assert()
+        .success();
     // A plan made now, then the pond changes underneath it.
     env.write_spec(&V1.replace("[8080]", "[8081]"));
-    env.cmd().args(["plan", "-o", planfile.to_str().expect("utf-8")]).assert().success();
+    env.cmd()
+        .args(["plan", "-o", planfile.to_str().expect("utf-8")])
+        .assert()
+        .success();
     env.write_spec(&V1.replace("[8080]", "[8082]"));
-    env.cmd().args(["apply", "--auto-approve"]).assert().success();
+    env.cmd()
+        .args(["apply", "--auto-approve"])
+        .assert()
+        .success();
     env.write_spec(&V1.replace("[8080]", "[8081]"));
     let out = env.run(&["apply", planfile.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("Saved plan is stale"), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("changed"), "{}", text(&out.stderr));
-    env.cmd().args(["destroy", "--auto-approve"]).assert().success();
+    assert!(
+        text(&out.stderr).contains("Saved plan is stale"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("changed"),
+        "{}",
+        text(&out.stderr)
+    );
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
 }
 
 #[test]
 fn a_second_concurrent_apply_fails_fast_naming_the_holder() {
     let env = Env::new();
     env.write_spec("version: 1\npond: busy\ndefaults: { sync: false }\nmembers:\n  - slug: slow\n    setup: [ \"sleep 3\" ]\n");
-    let first = env.std_cmd().args(["apply", "--auto-approve"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("first apply");
+    let first = env
+        .std_cmd()
+        .args(["apply", "--auto-approve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("first apply");
     let lock = env.state().join("ponds/busy/lock");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&lock).map_or(true, |t| t.is_empty()) && Instant::now() < deadline {
+    while std::fs::read_to_string(&lock).map_or(true, |t| t.is_empty()) && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(20));
     }
     let started = Instant::now();
@@ -231,11 +398,20 @@ fn a_second_concurrent_apply_fails_fast_naming_the_holder() {
     assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("is locked by pid") && err.contains(&first.id().to_string()), "{err}");
-    assert!(err.contains("crabbox apply") || err.contains("apply --auto-approve"), "{err}");
+    assert!(
+        err.contains("is locked by pid") && err.contains(&first.id().to_string()),
+        "{err}"
+    );
+    assert!(
+        err.contains("crabbox apply") || err.contains("apply --auto-approve"),
+        "{err}"
+    );
     let status = first.wait_with_output().expect("first finishes").status;
     assert!(status.success());
-    env.cmd().args(["destroy", "--auto-approve"]).assert().success();
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
 }
 
 #[test]
@@ -245,41 +421,88 @@ fn interrupting_an_apply_leaves_only_labelled_leases_and_the_next_apply_converge
     for i in 0..4 {
         spec.push_str(&format!("  - slug: m{i}\n    setup: [ \"sleep 1\" ]\n"));
     }
-    spec.push_str("  - slug: late\n    depends_on: [m0, m1, m2, m3]\n    setup: [ \"echo late\" ]\n");
+    spec.push_str(
+        "  - slug: late\n    depends_on: [m0, m1, m2, m3]\n    setup: [ \"echo late\" ]\n",
+    );
     env.write_spec(&spec);
-    let child = env.std_cmd().args(["apply", "--auto-approve"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("apply");
+    let child = env
+        .std_cmd()
+        .args(["apply", "--auto-approve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("apply");
     std::thread::sleep(Duration::from_millis(600));
     // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(libc::pid_t::try_from(child.id()).expect("pid"), libc::SIGINT) };
+    unsafe {
+        libc::kill(
+            libc::pid_t::try_from(child.id()).expect("pid"),
+            libc::SIGINT,
+        )
+    };
     let out = child.wait_with_output().expect("exits");
-    assert_ne!(out.status.code(), Some(0), "an interrupted apply is not a success");
-    assert!(text(&out.stderr).contains("Interrupt received"), "{}", text(&out.stderr));
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "an interrupted apply is not a success"
+    );
+    assert!(
+        text(&out.stderr).contains("Interrupt received"),
+        "{}",
+        text(&out.stderr)
+    );
     for dir in env.lease_dirs() {
-        let lease: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("lease.json")).expect("every lease has its labels")).expect("JSON");
+        let lease: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("lease.json")).expect("every lease has its labels"),
+        )
+        .expect("JSON");
         let labels = lease["labels"].as_object().expect("labels");
         assert_eq!(labels["crabbox"], "true");
         assert_eq!(labels["pond"], "intr");
     }
     let out = env.run(&["apply", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    env.cmd().args(["plan", "--detailed-exitcode"]).assert().code(0);
+    env.cmd()
+        .args(["plan", "--detailed-exitcode"])
+        .assert()
+        .code(0);
     assert_eq!(env.lease_dirs().len(), 5);
-    env.cmd().args(["destroy", "--auto-approve"]).assert().success();
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
 }
 
 #[test]
 fn run_streams_output_and_returns_the_exit_code_and_sync_copies_the_repository() {
     let env = Env::new();
     std::fs::write(env.work().join("hello.txt"), "hello from the repo\n").expect("file");
-    env.write_spec("version: 1\npond: runner\nmembers:\n  - slug: box\n    setup: [ \"cat hello.txt\" ]\n");
+    env.write_spec(
+        "version: 1\npond: runner\nmembers:\n  - slug: box\n    setup: [ \"cat hello.txt\" ]\n",
+    );
     let out = env.run(&["apply", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("box | hello from the repo"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("box | hello from the repo"),
+        "{}",
+        text(&out.stderr)
+    );
     env.cmd()
-        .args(["run", "--pond", "runner", "--id", "box", "--", "echo out-$CRABBOX_SLUG; exit 7"])
+        .args([
+            "run",
+            "--pond",
+            "runner",
+            "--id",
+            "box",
+            "--",
+            "echo out-$CRABBOX_SLUG; exit 7",
+        ])
         .assert()
         .code(7)
         .stdout(predicates::str::contains("out-box"));
-    env.cmd().args(["release", "--pond", "runner", "--id", "box"]).assert().success();
+    env.cmd()
+        .args(["release", "--pond", "runner", "--id", "box"])
+        .assert()
+        .success();
     assert!(env.lease_dirs().is_empty());
 }
