@@ -397,6 +397,7 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
             .iter()
             .map(|c| c.lease_id.clone())
             .collect(),
+        unclaimed: Vec::new(),
         outputs: Vec::new(),
         warnings: inventory.warnings.clone(),
     };

@@ -341,6 +341,7 @@ pub(super) fn release(args: &ReleaseArgs) -> ExitCode {
             rerun_setup: false,
         }],
         forget_claims: Vec::new(),
+        unclaimed: Vec::new(),
         outputs: Vec::new(),
         warnings: Vec::new(),
     };

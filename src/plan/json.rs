@@ -125,6 +125,7 @@ pub fn to_value(plan: &Plan) -> Value {
         "member_changes": changes,
         "output_changes": plan.outputs,
         "forget_claims": plan.forget_claims,
+        "inventory": { "unclaimed_leases": plan.unclaimed, "dangling_claims": plan.forget_claims },
         "summary": plan.summary(),
         "warnings": plan.warnings,
     })

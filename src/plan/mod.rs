@@ -115,6 +115,9 @@ pub struct Plan {
     pub changes: Vec<MemberChange>,
     /// Claims to forget (their resource is gone).
     pub forget_claims: Vec<String>,
+    /// Leases the providers list that have no local claim (label-only:
+    /// created on another machine, or by the Go CLI without a claim here).
+    pub unclaimed: Vec<String>,
     /// Rendered output files whose content changes.
     pub outputs: Vec<OutputChange>,
     /// Warnings to show with the plan (targeting, unreachable providers…).
