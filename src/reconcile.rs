@@ -162,6 +162,7 @@ pub fn context(
         sync_root,
         outputs,
         reporter,
+        wait_timeout: None,
     }
 }
 

@@ -96,11 +96,18 @@ impl Reporter {
     /// (and not under CI, whose logs want plain lines).
     #[must_use]
     pub fn new(mode: Mode) -> Self {
-        let live = (mode == Mode::Human && std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()).then(|| Live {
+        let live = (mode == Mode::Human
+            && std::io::stderr().is_terminal()
+            && std::env::var_os("CI").is_none())
+        .then(|| Live {
             bars: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             running: Mutex::new(HashMap::new()),
         });
-        Self { mode, lock: Mutex::new(()), live }
+        Self {
+            mode,
+            lock: Mutex::new(()),
+            live,
+        }
     }
 
     /// Identifies a running step for its spinner.
@@ -147,10 +154,16 @@ impl Reporter {
         let (start, _, _) = verbs(step);
         if let Some(live) = &self.live {
             let bar = live.bars.add(ProgressBar::new_spinner());
-            bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("a valid template"));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                    .expect("a valid template"),
+            );
             bar.set_message(format!("{}: {start}", Self::who(step)));
             bar.enable_steady_tick(Duration::from_millis(120));
-            live.running.lock().expect("bars lock").insert(Self::key(step), bar);
+            live.running
+                .lock()
+                .expect("bars lock")
+                .insert(Self::key(step), bar);
             return;
         }
         let detail_text = if detail.is_empty() {
@@ -177,7 +190,12 @@ impl Reporter {
     }
 
     fn finish_bar(&self, step: &Step) {
-        if let Some(bar) = self.live.as_ref().and_then(|l| l.running.lock().expect("bars lock").remove(&Self::key(step))) {
+        if let Some(bar) = self.live.as_ref().and_then(|l| {
+            l.running
+                .lock()
+                .expect("bars lock")
+                .remove(&Self::key(step))
+        }) {
             bar.finish_and_clear();
         }
     }

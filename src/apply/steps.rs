@@ -50,6 +50,8 @@ pub struct Context {
     pub outputs: Option<OutputTarget>,
     /// Progress.
     pub reporter: Arc<Reporter>,
+    /// Upper bound for every ready check (`apply --wait-timeout`).
+    pub wait_timeout: Option<Duration>,
 }
 
 /// Why a step failed, and what to do.
@@ -400,6 +402,9 @@ async fn ready(ctx: &Context, slug: &str) -> Result<String, StepError> {
     let provider = ctx.provider(lease.provider)?;
     let env = ctx.env_for(slug, &BTreeMap::new())?;
     let started = Instant::now();
+    let limit = ctx
+        .wait_timeout
+        .map_or(check.timeout, |w| w.min(check.timeout));
     let mut last_error = String::new();
     loop {
         match provider.probe(&lease, &check.probe, &env).await {
@@ -407,11 +412,11 @@ async fn ready(ctx: &Context, slug: &str) -> Result<String, StepError> {
             Ok(false) => {}
             Err(e) => last_error = format!(": {e}"),
         }
-        if started.elapsed() >= check.timeout {
+        if started.elapsed() >= limit {
             ctx.taint(slug, "ready_timeout").await;
             return Err(fail(format!(
                 "not ready after {} ({}){last_error}",
-                crate::spec::duration::format(check.timeout),
+                crate::spec::duration::format(limit),
                 describe_probe(&check.probe)
             )));
         }

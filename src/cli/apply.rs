@@ -39,6 +39,9 @@ pub(super) struct RunArgs {
     /// Progress as NDJSON events on stdout.
     #[arg(long)]
     json: bool,
+    /// Longest any member may take to become ready (caps each `ready.timeout`), e.g. `5m`.
+    #[arg(long, value_parser = parse_duration)]
+    wait_timeout: Option<Duration>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -72,6 +75,9 @@ pub(super) struct DestroyArgs {
     /// Destroy this pond by name, without a spec (finds it through labels, claims and the pond record).
     #[arg(long)]
     pond: Option<String>,
+    /// Destroy what can be seen even when a provider cannot be listed.
+    #[arg(long)]
+    skip_unreachable: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -236,7 +242,7 @@ fn run_plan(
         }
         None => None,
     };
-    let ctx = Arc::new(reconcile::context(
+    let mut ctx = reconcile::context(
         plan,
         desired,
         inventory,
@@ -245,7 +251,9 @@ fn run_plan(
         sync_root(&spec_dir),
         outputs,
         reporter.clone(),
-    ));
+    );
+    ctx.wait_timeout = run.wait_timeout;
+    let ctx = Arc::new(ctx);
     let options = ExecOptions {
         parallelism: usize::from(run.parallelism),
         continue_on_error: run.continue_on_error,
@@ -304,11 +312,13 @@ impl DestroyArgs {
         Self {
             spec: SpecArgs::none(),
             pond: Some(name.to_owned()),
+            skip_unreachable: false,
             run: RunArgs {
                 auto_approve: true,
                 parallelism: 10,
                 continue_on_error: true,
                 lock_timeout: Duration::ZERO,
+                wait_timeout: None,
                 json: false,
             },
         }
@@ -350,17 +360,16 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
     let inventory = rt.block_on(crate::inventory::discover::discover(
         &pond, &wanted, &registry, &state,
     ));
-    if !inventory.unreachable.is_empty() {
-        for (p, why) in &inventory.unreachable {
-            if desired
-                .as_ref()
-                .is_some_and(|d| d.members.iter().any(|m| m.provider == *p))
-            {
-                anstream::eprintln!(
-                    "error: provider `{p}` could not be listed: {why}\n  help: fix its credentials; destroy must see every lease of the pond"
-                );
-                return failure();
-            }
+    for (p, why) in &inventory.unreachable {
+        if args.skip_unreachable {
+            anstream::eprintln!(
+                "warning: provider `{p}` could not be listed: {why}; its leases are left alone (--skip-unreachable)"
+            );
+        } else {
+            anstream::eprintln!(
+                "error: provider `{p}` could not be listed: {why}\n  help: fix its credentials (destroy must see every lease of the pond), or pass --skip-unreachable to destroy only what can be seen"
+            );
+            return failure();
         }
     }
     let members: std::collections::BTreeMap<&str, &crate::spec::desired::DesiredMember> = desired

@@ -176,7 +176,12 @@ pub fn plan(
             .iter()
             .map(|c| c.lease_id.clone())
             .collect(),
-        unclaimed: inventory.leases.iter().filter(|l| !l.claimed).map(|l| l.id.clone()).collect(),
+        unclaimed: inventory
+            .leases
+            .iter()
+            .filter(|l| !l.claimed)
+            .map(|l| l.id.clone())
+            .collect(),
         outputs: Vec::new(),
         warnings,
     })

@@ -67,8 +67,16 @@ pub fn render(plan: &Plan) -> String {
         out.push_str("\nOutput files:\n");
         for o in &plan.outputs {
             if o.action == "create" {
-                let lines = o.diff.lines().filter(|l| l.starts_with('+') && !l.starts_with("+++")).count();
-                let _ = writeln!(out, "  {GREEN}+{GREEN:#} {} (new file, {lines} lines)", o.name);
+                let lines = o
+                    .diff
+                    .lines()
+                    .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+                    .count();
+                let _ = writeln!(
+                    out,
+                    "  {GREEN}+{GREEN:#} {} (new file, {lines} lines)",
+                    o.name
+                );
                 continue;
             }
             let _ = writeln!(out, "  {YELLOW}~{YELLOW:#} {}", o.name);

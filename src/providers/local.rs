@@ -1078,7 +1078,11 @@ fn is_loopback_name(host: &str) -> bool {
 
 async fn http_ok(url: &str, own_addr: &str) -> Result<bool, ProviderError> {
     let (host, port, target, host_header) = parse_http_url(url)?;
-    let host = if is_loopback_name(&host) { own_addr.to_owned() } else { host };
+    let host = if is_loopback_name(&host) {
+        own_addr.to_owned()
+    } else {
+        host
+    };
     let exchange = async {
         let mut stream =
             tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))

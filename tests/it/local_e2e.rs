@@ -506,3 +506,32 @@ fn run_streams_output_and_returns_the_exit_code_and_sync_copies_the_repository()
         .success();
     assert!(env.lease_dirs().is_empty());
 }
+
+#[test]
+fn wait_timeout_caps_ready_checks_and_a_member_that_never_gets_ready_is_tainted() {
+    let env = Env::new();
+    env.write_spec("version: 1\npond: wait\ndefaults: { sync: false }\nmembers:\n  - slug: deaf\n    ready: { tcp: 9, timeout: 10m }\n");
+    let started = Instant::now();
+    let out = env.run(&["apply", "--auto-approve", "--wait-timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "did not wait for the member's 10m"
+    );
+    assert!(
+        text(&out.stderr).contains("not ready after 1s (tcp 9)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let plan = env.plan_json(&env.work().join("pond.yaml"));
+    assert_eq!(actions(&plan, "deaf"), ["delete", "create"]);
+    assert!(
+        plan["member_changes"][0]["change"]["reasons"]
+            .to_string()
+            .contains("ready timeout")
+    );
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
+}
