@@ -4,6 +4,7 @@
 
 pub mod local;
 pub mod registry;
+pub mod ssh;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::providers::local::LocalProvider;
+use crate::providers::ssh::SshProvider;
 use crate::providers::{Provider, ProviderError};
 use crate::spec::providers::ProviderName;
 
@@ -21,6 +22,7 @@ impl Registry {
     pub fn from_environment(state_dir: &Path) -> Self {
         let mut providers: BTreeMap<ProviderName, Arc<dyn Provider>> = BTreeMap::new();
         providers.insert(ProviderName::Local, Arc::new(LocalProvider::new(state_dir)));
+        providers.insert(ProviderName::Ssh, Arc::new(SshProvider::new(state_dir)));
         Self { providers }
     }
 
