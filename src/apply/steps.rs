@@ -470,11 +470,25 @@ pub fn current_output_files(ctx: &Context) -> Result<Vec<OutputFile>, StepError>
     output_files(&ctx.pond, &ctx.peers(), &target.templates).map_err(fail)
 }
 
+/// While `pond connect` has a mesh up, its `hosts` and `env` (forwarded
+/// addresses) are what this machine must use; rendering leaves them alone.
+#[must_use]
+pub fn without_mesh_files(dir: &std::path::Path, files: Vec<OutputFile>) -> Vec<OutputFile> {
+    if crate::transport::mesh::is_connected(dir) {
+        files
+            .into_iter()
+            .filter(|f| f.name != "hosts" && f.name != "env")
+            .collect()
+    } else {
+        files
+    }
+}
+
 fn render(ctx: &Context) -> Result<String, StepError> {
     let Some(target) = &ctx.outputs else {
         return Ok(String::new());
     };
-    let files = current_output_files(ctx)?;
+    let files = without_mesh_files(&target.dir, current_output_files(ctx)?);
     write_outputs(&target.dir, &files)
         .map_err(|e| fail(format!("writing outputs to {}: {e}", target.dir.display())))?;
     Ok(target.dir.display().to_string())

@@ -410,6 +410,19 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         outputs: Vec::new(),
         warnings: inventory.warnings.clone(),
     };
+    // Tunnels into members that are about to disappear go first.
+    let dir = desired.as_ref().map_or_else(
+        || crate::inventory::state_dir::expand_tilde(&format!("~/.crabbox/pond/{pond}")),
+        outputs_dir,
+    );
+    match crate::transport::mesh::stop(&dir) {
+        Ok(n) if n > 0 => anstream::eprintln!(
+            "disconnected the SSH mesh ({n} tunnel{})",
+            if n == 1 { "" } else { "s" }
+        ),
+        Ok(_) => {}
+        Err(e) => anstream::eprintln!("warning: could not disconnect the SSH mesh: {e}"),
+    }
     let code = run_plan(
         &rt, &plan, None, &inventory, registry, &args.run, spec_dir, "Destroy", false,
     );
@@ -417,7 +430,7 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         // The rendered files describe leases that no longer exist.
         if let Some(d) = &desired {
             let dir = outputs_dir(d);
-            for name in ["peers.json", "hosts", "env"]
+            for name in ["peers.json", "hosts", "env", "ports.json"]
                 .into_iter()
                 .map(str::to_owned)
                 .chain(d.templates.iter().map(|(_, dest)| dest.clone()))

@@ -146,6 +146,7 @@ pub(super) fn render(args: &RenderArgs) -> ExitCode {
         }
     };
     let dir = outputs_dir(&loaded.desired);
+    let files = crate::apply::steps::without_mesh_files(&dir, files);
     if let Err(e) = write_outputs(&dir, &files) {
         anstream::eprintln!("error: writing {}: {e}", dir.display());
         return failure();

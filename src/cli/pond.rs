@@ -9,6 +9,7 @@ use super::engine::failure;
 use crate::apply::lock;
 use crate::inventory::state_dir::state_dir;
 use crate::spec::normalize::checked_name;
+use crate::transport::mesh;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum PondCommand {
@@ -22,6 +23,24 @@ pub(super) enum PondCommand {
     },
     /// Release every lease of the pond, dependents first ("not found" counts as released).
     Release(ReleaseArgs),
+    /// Build the SSH mesh: one `ssh -N -L` per member with exposed ports, local
+    /// ports 51820..52819 stable per (peer, port), `hosts` and `env` in the
+    /// pond's directory. Blocks until interrupted, unless --export or --json.
+    Connect {
+        /// The pond.
+        name: String,
+        /// Start the tunnels detached (recorded in daemon.json) and print `export` lines for `eval`.
+        #[arg(long, conflicts_with = "json")]
+        export: bool,
+        /// Print {hostsPath, envPath, exports, forwards} and start no tunnels.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the tunnels `pond connect --export` started (each pid is checked first).
+    Disconnect {
+        /// The pond.
+        name: String,
+    },
     /// Show who holds the pond's apply lock; with --force, stop the holder if it runs on this host.
     Unlock {
         /// The pond.
@@ -47,6 +66,188 @@ pub(super) fn run(cmd: &PondCommand) -> ExitCode {
             super::apply::destroy(&super::apply::DestroyArgs::for_pond(&args.name))
         }
         PondCommand::Unlock { name, force } => unlock(name, *force),
+        PondCommand::Connect { name, export, json } => connect(name, *export, *json),
+        PondCommand::Disconnect { name } => disconnect(name),
+    }
+}
+
+/// The pond's own directory (`~/.crabbox/pond/<pond>`), where the mesh lives.
+fn pond_dir(pond: &str) -> std::path::PathBuf {
+    crate::inventory::state_dir::expand_tilde(&format!("~/.crabbox/pond/{pond}"))
+}
+
+fn connect(name: &str, export: bool, json: bool) -> ExitCode {
+    let Ok(pond) = checked_name(name) else {
+        anstream::eprintln!("error: `{name}` is not a usable pond name");
+        return failure();
+    };
+    let registry = super::engine::registry();
+    let rt = super::engine::runtime();
+    let inv = rt.block_on(crate::inventory::discover::discover(
+        &pond,
+        &[],
+        &registry,
+        &state_dir(),
+    ));
+    let mut members = Vec::new();
+    let mut skipped = std::collections::BTreeSet::new();
+    for lease in &inv.leases {
+        let Ok(provider) = registry.get(lease.provider) else {
+            continue;
+        };
+        if !provider.features().ssh {
+            if skipped.insert(lease.provider) {
+                anstream::eprintln!(
+                    "skipping provider \"{}\" (no SSH-mesh capability)",
+                    lease.provider
+                );
+            }
+            continue;
+        }
+        let ports = lease.ports();
+        if ports.is_empty() {
+            continue;
+        }
+        match provider.ssh_target(lease) {
+            Some(target) => members.push(mesh::MeshMember {
+                slug: lease.slug().to_owned(),
+                lease_id: lease.id.clone(),
+                target,
+                ports,
+            }),
+            None => anstream::eprintln!(
+                "warning: no SSH address for {} ({}) yet",
+                lease.slug(),
+                lease.id
+            ),
+        }
+    }
+    let dir = pond_dir(&pond);
+    let forwards = match mesh::assign_ports(&dir, &members) {
+        Ok(f) => f,
+        Err(e) => {
+            anstream::eprintln!(
+                "error: {e}\n  help: free some local ports or disconnect other ponds"
+            );
+            return ExitCode::from(7);
+        }
+    };
+    if let Err(e) = mesh::write_files(&dir, &pond, &forwards) {
+        anstream::eprintln!("error: writing {}: {e}", dir.display());
+        return failure();
+    }
+    let exports = mesh::exports(&forwards);
+    if json {
+        let v = serde_json::json!({
+            "hostsPath": dir.join("hosts"), "envPath": dir.join("env"), "exports": exports, "forwards": forwards,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+        return ExitCode::SUCCESS;
+    }
+    if export {
+        return match mesh::start_detached(&dir, &pond, &members, &forwards) {
+            Ok(_) => {
+                for line in &exports {
+                    println!("{line}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                anstream::eprintln!("error: {e}");
+                failure()
+            }
+        };
+    }
+    foreground(&pond, &members, &forwards, &exports)
+}
+
+/// Runs the tunnels in the foreground until a signal or until one of them exits.
+fn foreground(
+    pond: &str,
+    members: &[mesh::MeshMember],
+    forwards: &[mesh::Forward],
+    exports: &[String],
+) -> ExitCode {
+    use std::os::unix::process::CommandExt as _;
+    let mut children = Vec::new();
+    for m in members {
+        let mine: Vec<&mesh::Forward> = forwards
+            .iter()
+            .filter(|f| f.lease_id == m.lease_id)
+            .collect();
+        let mut cmd = mesh::tunnel_command(&m.target, &mine);
+        cmd.process_group(0).stdin(std::process::Stdio::null());
+        match cmd.spawn() {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                anstream::eprintln!("error: starting ssh for {}: {e}", m.slug);
+                return failure();
+            }
+        }
+    }
+    println!(
+        "pond \"{pond}\" SSH-mesh ready ({} forwards)",
+        forwards.len()
+    );
+    for line in exports {
+        println!("{line}");
+    }
+    // Wait for a signal (Crabbox tears down on INT, TERM, HUP and QUIT) or for any tunnel to exit.
+    super::engine::runtime().block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut signals = Vec::new();
+        for kind in [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+            SignalKind::quit(),
+        ] {
+            if let Ok(s) = signal(kind) {
+                signals.push(s);
+            }
+        }
+        let any_signal =
+            futures_util::future::select_all(signals.iter_mut().map(|s| Box::pin(s.recv())));
+        let any_exit = async {
+            while children
+                .iter_mut()
+                .all(|c| matches!(c.try_wait(), Ok(None)))
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            _ = any_signal => {}
+            () = any_exit => anstream::eprintln!("a tunnel exited; tearing the mesh down"),
+        }
+    });
+    for c in &mut children {
+        if let Ok(pid) = libc::pid_t::try_from(c.id()) {
+            // SAFETY: kill(2) on the process groups of our own children.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        let _ = c.wait();
+    }
+    ExitCode::SUCCESS
+}
+
+fn disconnect(name: &str) -> ExitCode {
+    let Ok(pond) = checked_name(name) else {
+        anstream::eprintln!("error: `{name}` is not a usable pond name");
+        return failure();
+    };
+    match mesh::stop(&pond_dir(&pond)) {
+        Ok(n) => {
+            println!(
+                "pond \"{pond}\": stopped {n} tunnel{}",
+                if n == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            failure()
+        }
     }
 }
 

@@ -157,4 +157,11 @@ pub trait Provider: Send + Sync {
     /// Releases the lease and everything crabbox started on it. A lease
     /// that is already gone is [`ProviderError::NotFound`].
     async fn release(&self, lease: &Lease) -> Result<(), ProviderError>;
+
+    /// How to reach the lease over SSH, for SSH-lease providers (the SSH mesh
+    /// of `pond connect` uses it); `None` for providers without SSH.
+    fn ssh_target(&self, lease: &Lease) -> Option<crate::transport::ssh::SshTarget> {
+        let _ = lease;
+        None
+    }
 }

@@ -54,7 +54,13 @@ impl SshTarget {
     ///
     /// # Errors
     /// SSH failures (not the command's own non-zero exit).
-    pub async fn exec(&self, command: &str, env: &BTreeMap<String, String>, sink: Arc<dyn OutputSink>, timeout: Option<Duration>) -> Result<i32, ProviderError> {
+    pub async fn exec(
+        &self,
+        command: &str,
+        env: &BTreeMap<String, String>,
+        sink: Arc<dyn OutputSink>,
+        timeout: Option<Duration>,
+    ) -> Result<i32, ProviderError> {
         let _ = (command, env, sink, timeout);
         unimplemented!()
     }
@@ -72,7 +78,12 @@ impl SshTarget {
     ///
     /// # Errors
     /// SSH failures, or the service exiting at once with an error.
-    pub async fn start_background(&self, command: &str, env: &BTreeMap<String, String>, name: &str) -> Result<(), ProviderError> {
+    pub async fn start_background(
+        &self,
+        command: &str,
+        env: &BTreeMap<String, String>,
+        name: &str,
+    ) -> Result<(), ProviderError> {
         let _ = (command, env, name);
         unimplemented!()
     }
@@ -89,7 +100,11 @@ impl SshTarget {
     ///
     /// # Errors
     /// SSH failures.
-    pub async fn probe(&self, probe: &Probe, env: &BTreeMap<String, String>) -> Result<bool, ProviderError> {
+    pub async fn probe(
+        &self,
+        probe: &Probe,
+        env: &BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError> {
         let _ = (probe, env);
         unimplemented!()
     }
