@@ -17,6 +17,7 @@ use crate::inventory::lease::Lease;
 use crate::inventory::state_dir::state_dir;
 use crate::plan::diff::{PlanOptions, plan};
 use crate::plan::{Action, MemberChange, Plan, human};
+use crate::providers::registry::Registry;
 use crate::providers::{ExecRequest, OutputSink, Stream};
 use crate::reconcile::{self, sync_root};
 use crate::render::peers::{peer_env, peers_from_leases};
@@ -104,19 +105,27 @@ impl OutputSink for Passthrough {
     }
 }
 
-pub(super) fn run(args: &RunArgs) -> ExitCode {
-    let Some(pond) = norm(&args.member.pond, "pond name") else {
-        return failure();
-    };
+/// The pond, its inventory and the lease a `--pond/--id` pair names;
+/// prints the error and returns `None` when there is no such member.
+fn resolve(
+    member: &MemberRef,
+) -> Option<(String, Registry, tokio::runtime::Runtime, Inventory, Lease)> {
+    let pond = norm(&member.pond, "pond name")?;
     let registry = registry();
     let rt = runtime();
     let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir()));
-    let lease = match find_lease(&inv, &args.member.id) {
-        Ok(l) => l,
+    match find_lease(&inv, &member.id) {
+        Ok(lease) => Some((pond, registry, rt, inv, lease)),
         Err(e) => {
             anstream::eprintln!("error: {e}");
-            return failure();
+            None
         }
+    }
+}
+
+pub(super) fn run(args: &RunArgs) -> ExitCode {
+    let Some((pond, registry, rt, inv, lease)) = resolve(&args.member) else {
+        return failure();
     };
     let provider = match registry.get(lease.provider) {
         Ok(p) => p,
@@ -314,18 +323,8 @@ pub(super) struct ReleaseArgs {
 }
 
 pub(super) fn release(args: &ReleaseArgs) -> ExitCode {
-    let Some(pond) = norm(&args.member.pond, "pond name") else {
+    let Some((pond, registry, rt, inv, lease)) = resolve(&args.member) else {
         return failure();
-    };
-    let registry = registry();
-    let rt = runtime();
-    let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir()));
-    let lease = match find_lease(&inv, &args.member.id) {
-        Ok(l) => l,
-        Err(e) => {
-            anstream::eprintln!("error: {e}");
-            return failure();
-        }
     };
     let p = Plan {
         pond: pond.clone(),
@@ -433,34 +432,23 @@ pub(super) struct StatusArgs {
 }
 
 pub(super) fn status(args: &StatusArgs) -> ExitCode {
-    let Some(pond) = norm(&args.member.pond, "pond name") else {
+    let Some((_, _, _, _, l)) = resolve(&args.member) else {
         return failure();
     };
-    let registry = registry();
-    let rt = runtime();
-    let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir()));
-    match find_lease(&inv, &args.member.id) {
-        Ok(l) if args.json => {
-            println!("{}", serde_json::to_string_pretty(&l).expect("JSON"));
-            ExitCode::SUCCESS
-        }
-        Ok(l) => {
-            println!(
-                "lease     {}\nslug      {}\nprovider  {}\nstate     {}\naddress   {}",
-                l.id,
-                l.slug(),
-                l.provider,
-                l.state(),
-                l.endpoint.host.as_deref().unwrap_or("-")
-            );
-            for (k, v) in &l.labels {
-                println!("label     {k}={v}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            anstream::eprintln!("error: {e}");
-            failure()
-        }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&l).expect("JSON"));
+        return ExitCode::SUCCESS;
     }
+    println!(
+        "lease     {}\nslug      {}\nprovider  {}\nstate     {}\naddress   {}",
+        l.id,
+        l.slug(),
+        l.provider,
+        l.state(),
+        l.endpoint.host.as_deref().unwrap_or("-")
+    );
+    for (k, v) in &l.labels {
+        println!("label     {k}={v}");
+    }
+    ExitCode::SUCCESS
 }

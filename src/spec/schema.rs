@@ -154,19 +154,7 @@ fn describe(error: &ValidationError<'_>, index: &PointerIndex, out: &mut Vec<Dia
             );
         }
         ValidationErrorKind::Type { kind } => {
-            let expected = type_names(kind);
-            out.push(
-                Diagnostic::error(
-                    "wrong-type",
-                    place.value,
-                    format!(
-                        "`{}` must be {expected}, found {}",
-                        display_field(pointer),
-                        describe_value(error.instance())
-                    ),
-                )
-                .with_hint(type_hint(&expected)),
-            );
+            out.push(wrong_type(pointer, &type_names(kind), error.instance(), place.value));
         }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
@@ -219,23 +207,24 @@ fn describe(error: &ValidationError<'_>, index: &PointerIndex, out: &mut Vec<Dia
                         _ => None,
                     })
                     .collect();
-                let expected = join_or(&expected);
-                out.push(
-                    Diagnostic::error(
-                        "wrong-type",
-                        place.value,
-                        format!(
-                            "`{}` must be {expected}, found {}",
-                            display_field(pointer),
-                            describe_value(error.instance())
-                        ),
-                    )
-                    .with_hint(type_hint(&expected)),
-                );
+                out.push(wrong_type(pointer, &join_or(&expected), error.instance(), place.value));
             }
         }
         _ => out.push(Diagnostic::error("schema", place.value, error.to_string())),
     }
+}
+
+fn wrong_type(pointer: &str, expected: &str, found: &Value, at: Span) -> Diagnostic {
+    Diagnostic::error(
+        "wrong-type",
+        at,
+        format!(
+            "`{}` must be {expected}, found {}",
+            display_field(pointer),
+            describe_value(found)
+        ),
+    )
+    .with_hint(type_hint(expected))
 }
 
 fn unknown_key(key: &str, pointer: &str, allowed: &[String], at: Span) -> Diagnostic {
