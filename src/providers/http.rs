@@ -188,7 +188,9 @@ impl HttpClient {
         query: &[(&str, String)],
     ) -> Result<T, ProviderError> {
         crate::apply::retry::with_retries(|| async {
-            self.get_json(path, query).await.map_err(ProviderError::from)
+            self.get_json(path, query)
+                .await
+                .map_err(ProviderError::from)
         })
         .await
     }
@@ -340,9 +342,9 @@ impl HttpClient {
             }
         } else if status == StatusCode::UNAUTHORIZED
             || (status == StatusCode::FORBIDDEN
-                && code.as_deref().is_none_or(|c| {
-                    matches!(c, "forbidden" | "unauthorized" | "token_readonly")
-                }))
+                && code
+                    .as_deref()
+                    .is_none_or(|c| matches!(c, "forbidden" | "unauthorized" | "token_readonly")))
         {
             ProviderError::Config {
                 message: format!(
@@ -478,17 +480,33 @@ mod tests {
                 body.as_bytes(),
             )
         };
-        let e = err(401, &headers, r#"{"error":{"code":"unauthorized","message":"unable to authenticate"}}"#);
+        let e = err(
+            401,
+            &headers,
+            r#"{"error":{"code":"unauthorized","message":"unable to authenticate"}}"#,
+        );
         match &e.error {
             ProviderError::Config { hint, .. } => assert!(hint.contains("HCLOUD_TOKEN"), "{hint}"),
             other => panic!("{other:?}"),
         }
-        let e = err(403, &headers, r#"{"error":{"code":"resource_limit_exceeded","message":"limit"}}"#);
+        let e = err(
+            403,
+            &headers,
+            r#"{"error":{"code":"resource_limit_exceeded","message":"limit"}}"#,
+        );
         assert!(matches!(e.error, ProviderError::Failed(_)), "{e:?}");
         assert!(e.has_code("resource_limit_exceeded"));
-        let e = err(404, &headers, r#"{"error":{"code":"not_found","message":"nope"}}"#);
+        let e = err(
+            404,
+            &headers,
+            r#"{"error":{"code":"not_found","message":"nope"}}"#,
+        );
         assert!(e.is_not_found());
-        let e = err(412, &headers, r#"{"error":{"code":"resource_unavailable","message":"no capacity"}}"#);
+        let e = err(
+            412,
+            &headers,
+            r#"{"error":{"code":"resource_unavailable","message":"no capacity"}}"#,
+        );
         assert_eq!(
             e.error,
             ProviderError::Failed(
@@ -511,7 +529,11 @@ mod tests {
             .as_secs()
             + 3600;
         headers.insert("RateLimit-Reset", soon.to_string().parse().expect("header"));
-        let e = err(429, &headers, r#"{"error":{"code":"rate_limit_exceeded","message":"slow down"}}"#);
+        let e = err(
+            429,
+            &headers,
+            r#"{"error":{"code":"rate_limit_exceeded","message":"slow down"}}"#,
+        );
         match e.error {
             ProviderError::Retryable { retry_after, .. } => {
                 assert_eq!(retry_after, Some(MAX_RATE_LIMIT_WAIT));

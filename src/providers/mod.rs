@@ -2,6 +2,8 @@
 //! this module talks to providers (processes, HTTP, SSH); everything above it
 //! works with [`Lease`]s and [`ProviderError`]s.
 
+pub mod hetzner;
+pub mod http;
 pub mod local;
 pub mod registry;
 pub mod ssh;

@@ -22,6 +22,7 @@
 //! through `/proc` before a recorded process group is signalled.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
@@ -620,16 +621,17 @@ impl SshTarget {
     fn env_prelude(&self, env: &BTreeMap<String, String>) -> Result<String, ProviderError> {
         let workspace = self.path(WORKSPACE);
         let mut script = format!("cd {} || exit 127\n", quote(&workspace));
-        for (name, value) in env {
+        let own = [
+            (ENV_LEASE_ID, self.lease_id.as_str()),
+            (ENV_WORKSPACE, workspace.as_str()),
+        ];
+        let all = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(own);
+        for (name, value) in all {
             check_env_name(name)?;
             let value = checked_text(&format!("environment variable {name}"), value)?;
-            script.push_str(&format!("export {name}={}\n", quote(value)));
+            // Writing to a String cannot fail.
+            let _ = writeln!(script, "export {name}={}", quote(value));
         }
-        script.push_str(&format!(
-            "export {ENV_LEASE_ID}={}\n",
-            quote(&self.lease_id)
-        ));
-        script.push_str(&format!("export {ENV_WORKSPACE}={}\n", quote(&workspace)));
         Ok(script)
     }
 

@@ -3,10 +3,14 @@
 mod cli;
 mod converge;
 mod corpus;
+mod fake_hetzner;
 mod fake_provider;
+mod hetzner;
 mod loader_fuzz;
 mod local_e2e;
 mod plan_output;
 mod scenarios;
 mod schema_file;
+mod ssh_transport;
+mod sshd;
 mod support;

@@ -61,6 +61,9 @@ impl TestSshd {
         let authorized_keys = dir.path().join("authorized_keys");
         std::fs::copy(key.with_extension("pub"), &authorized_keys).expect("authorized_keys");
         let config = dir.path().join("sshd_config");
+        // `SetEnv SHLVL=1`: bash reads ~/.bashrc in an sshd session only at
+        // shell level 1, so sessions do not depend on (or wait for) the
+        // machine user's startup files, such as a slow `pyenv init`.
         std::fs::write(
             &config,
             format!(
@@ -77,6 +80,7 @@ impl TestSshd {
                  PubkeyAuthentication yes\n\
                  AllowTcpForwarding yes\n\
                  PrintMotd no\n\
+                 SetEnv SHLVL=1\n\
                  LogLevel ERROR\n",
                 host_key.display(),
                 dir.path().join("sshd.pid").display(),
@@ -210,14 +214,14 @@ fn descendants(root: i32) -> Vec<i32> {
         .map(|entries| {
             entries
                 .filter_map(|e| {
-                    let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-                    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                    let ppid = stat[stat.rfind(')')? + 1..]
+                    let process: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+                    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).ok()?;
+                    let parent = stat[stat.rfind(')')? + 1..]
                         .split_whitespace()
                         .nth(1)?
                         .parse()
                         .ok()?;
-                    Some((pid, ppid))
+                    Some((process, parent))
                 })
                 .collect()
         })

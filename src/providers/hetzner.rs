@@ -1,0 +1,1171 @@
+//! The `hetzner` provider: Hetzner Cloud servers, reached over SSH.
+//!
+//! - **Discovery** is one label-selector list, `crabbox=true,pond=<pond>`,
+//!   50 servers a page; pages after the first are fetched concurrently.
+//! - **Create** uploads the lease's SSH key (the member's `ssh_key`, else a
+//!   per-lease ed25519 key generated under `<state>/ssh/keys/<lease>/`), then
+//!   creates the server carrying every label in that one request. Class
+//!   members fall back across the class's server types on capacity errors
+//!   only; an exact `type` never falls back. It then waits for `running`
+//!   with an IPv4 address, for SSH, and prepares the lease's work root
+//!   `crabbox/<lease>` (relative to the login's home). If anything after
+//!   the server exists fails, the server and key are deleted again.
+//! - **Commands** run through [`SshTarget`], one per lease, rebuilt after a
+//!   restart from `<state>/ssh/keys/<lease>/endpoint.json`.
+//! - **Release** deletes the server (only one carrying `crabbox=true`, a
+//!   `pond` and this lease's `lease` label), then the lease's key (only one
+//!   labelled for this lease), then the local key directory.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::atomic_file;
+use crate::inventory::labels::{self, Labels};
+use crate::inventory::lease::{Endpoint, Lease, is_lease_id};
+use crate::inventory::state_dir::expand_tilde;
+use crate::providers::http::{ApiError, HttpClient};
+use crate::providers::{CreateRequest, ExecRequest, Features, OutputSink, Provider, ProviderError};
+use crate::spec::desired::{DesiredMember, Probe};
+use crate::spec::model::Class;
+use crate::spec::providers::{HetznerBlock, ProviderName};
+use crate::transport::ssh::SshTarget;
+
+/// Hetzner's public API.
+pub const DEFAULT_ENDPOINT: &str = "https://api.hetzner.cloud/v1";
+/// The token variable named in hints.
+const TOKEN_ENV: &str = "HCLOUD_TOKEN";
+/// Image when the block names none.
+const DEFAULT_IMAGE: &str = "ubuntu-24.04";
+/// Location when the block names none.
+const DEFAULT_LOCATION: &str = "fsn1";
+/// SSH login when the block names none.
+const DEFAULT_SSH_USER: &str = "root";
+/// SSH port when the block names none.
+const DEFAULT_SSH_PORT: u16 = 22;
+/// Class when the member names neither class nor type.
+const DEFAULT_CLASS: Class = Class::Standard;
+/// Hetzner's page-size maximum.
+const PER_PAGE: u32 = 50;
+/// Time between status polls while a server boots.
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a server may take to be `running` with an IPv4 address.
+const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// How long SSH may take to answer once the server runs.
+const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Error codes that mean "this type, here, now: no", so the next type is tried.
+const CAPACITY_CODES: [&str; 5] = [
+    "resource_unavailable",
+    "server_type_not_available",
+    "dedicated_core_limit",
+    "resource_limit_exceeded",
+    "location_not_available",
+];
+/// The per-lease endpoint record, next to a generated key.
+const ENDPOINT_FILE: &str = "endpoint.json";
+/// The generated key's file name.
+const KEY_FILE: &str = "id_ed25519";
+/// Work roots live under this directory, relative to the login's home.
+const DEFAULT_WORK_BASE: &str = "crabbox";
+
+/// Server types tried for a class, in order (Crabbox's table).
+#[must_use]
+pub fn class_types(class: Class) -> &'static [&'static str] {
+    match class {
+        Class::Tiny => &["ccx13", "cpx22", "cx23"],
+        Class::Small => &["ccx23", "cpx32", "cx33"],
+        Class::Standard => &["ccx33", "cpx62", "cx53"],
+        Class::Fast => &["ccx43", "cpx62", "cx53"],
+        Class::Large => &["ccx53", "ccx43", "cpx62", "cx53"],
+        Class::Beast => &["ccx63", "ccx53", "ccx43", "cpx62", "cx53"],
+    }
+}
+
+/// `crabbox-<slug>-<8 hex of FNV-32a of the lease ID>`, a valid host name of
+/// at most 63 characters.
+#[must_use]
+pub fn server_name(slug: &str, lease_id: &str) -> String {
+    let slug: String = slug
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63 - "crabbox--12345678".len())
+        .collect();
+    let slug = slug.trim_matches('-');
+    let slug = if slug.is_empty() { "member" } else { slug };
+    format!("crabbox-{slug}-{:08x}", fnv1a32(lease_id.as_bytes()))
+}
+
+/// The name of a lease's uploaded SSH key.
+#[must_use]
+pub fn key_name(lease_id: &str) -> String {
+    format!("crabbox-{lease_id}")
+}
+
+/// 32-bit FNV-1a.
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+// ---- API shapes (only the fields used) ----
+
+#[derive(Debug, Clone, Deserialize)]
+struct Server {
+    id: u64,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    labels: Labels,
+    #[serde(default)]
+    public_net: PublicNet,
+}
+
+impl Server {
+    fn ipv4(&self) -> Option<&str> {
+        self.public_net
+            .ipv4
+            .as_ref()
+            .map(|a| a.ip.as_str())
+            .filter(|ip| !ip.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct PublicNet {
+    #[serde(default)]
+    ipv4: Option<Address>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Address {
+    ip: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServerEnvelope {
+    server: Server,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServerList {
+    servers: Vec<Server>,
+    #[serde(default)]
+    meta: Meta,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct SshKey {
+    id: u64,
+    name: String,
+    #[serde(default)]
+    public_key: String,
+    #[serde(default)]
+    labels: Labels,
+}
+
+#[derive(Debug, Deserialize)]
+struct SshKeyList {
+    ssh_keys: Vec<SshKey>,
+    #[serde(default)]
+    meta: Meta,
+}
+
+#[derive(Debug, Deserialize)]
+struct SshKeyEnvelope {
+    ssh_key: SshKey,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Meta {
+    #[serde(default)]
+    pagination: Option<Pagination>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Pagination {
+    #[serde(default)]
+    next_page: Option<u32>,
+    #[serde(default)]
+    last_page: Option<u32>,
+}
+
+impl Meta {
+    fn next_page(&self) -> Option<u32> {
+        self.pagination.as_ref().and_then(|p| p.next_page)
+    }
+
+    fn last_page(&self) -> Option<u32> {
+        self.pagination.as_ref().and_then(|p| p.last_page)
+    }
+}
+
+/// How a later process reaches a lease: written before the server is
+/// created, next to the generated key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EndpointRecord {
+    lease_id: String,
+    user: String,
+    port: u16,
+    /// Private key used to log in.
+    key: PathBuf,
+    /// The lease's work root on the server (empty: `crabbox/<lease>`).
+    #[serde(default)]
+    work_root: String,
+}
+
+/// The SSH settings of one member, from its block.
+#[derive(Debug, Clone)]
+struct SshSettings {
+    user: String,
+    port: u16,
+    /// The member's own private key, if it names one.
+    key: Option<PathBuf>,
+}
+
+/// The `hetzner` provider.
+#[derive(Debug)]
+pub struct HetznerProvider {
+    http: HttpClient,
+    state_dir: PathBuf,
+    poll_interval: Duration,
+    boot_timeout: Duration,
+    ssh_timeout: Duration,
+    ssh_bootstrap: bool,
+    work_base: String,
+    /// Lease ID → how to reach it.
+    targets: Mutex<HashMap<String, SshTarget>>,
+}
+
+impl HetznerProvider {
+    /// The provider configured from the environment: token from
+    /// `HCLOUD_TOKEN`, else `HETZNER_TOKEN` (`None` when neither is set);
+    /// API base from `HCLOUD_ENDPOINT`, default Hetzner's public API.
+    #[must_use]
+    pub fn from_env(state_dir: &Path) -> Option<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let token = var("HCLOUD_TOKEN").or_else(|| var("HETZNER_TOKEN"))?;
+        let base = var("HCLOUD_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+        Some(Self::new(&base, token.trim(), state_dir))
+    }
+
+    /// A provider talking to `base_url` (e.g. `https://api.hetzner.cloud/v1`)
+    /// with `token`, keeping keys under `<state_dir>/ssh/keys/`.
+    #[must_use]
+    pub fn new(base_url: &str, token: &str, state_dir: &Path) -> Self {
+        Self {
+            http: HttpClient::new("hetzner", base_url, token, TOKEN_ENV),
+            state_dir: state_dir.to_owned(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            ssh_timeout: DEFAULT_SSH_TIMEOUT,
+            ssh_bootstrap: true,
+            work_base: DEFAULT_WORK_BASE.to_owned(),
+            targets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Polls a booting server every `interval` for at most `timeout`.
+    #[must_use]
+    pub fn with_boot_polling(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.poll_interval = interval;
+        self.boot_timeout = timeout;
+        self
+    }
+
+    /// Waits at most `timeout` for SSH on a new server.
+    #[must_use]
+    pub fn with_ssh_timeout(mut self, timeout: Duration) -> Self {
+        self.ssh_timeout = timeout;
+        self
+    }
+
+    /// With `false`, create returns once the server runs, without waiting
+    /// for SSH or preparing the work root (tests of the API alone).
+    #[must_use]
+    pub fn with_ssh_bootstrap(mut self, on: bool) -> Self {
+        self.ssh_bootstrap = on;
+        self
+    }
+
+    /// Puts work roots at `<base>/<lease>` instead of `crabbox/<lease>`
+    /// (tests use a temporary directory rather than the login's home).
+    #[must_use]
+    pub fn with_work_base(mut self, base: &str) -> Self {
+        self.work_base = base.trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// Per-request HTTP time limit (default 30 s).
+    #[must_use]
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.http = self.http.with_timeout(timeout);
+        self
+    }
+
+    /// `<state>/ssh/keys/<lease>/`.
+    fn key_dir(&self, lease_id: &str) -> PathBuf {
+        self.state_dir.join("ssh").join("keys").join(lease_id)
+    }
+
+    // ---- SSH targets ----
+
+    fn cached_target(&self, lease_id: &str) -> Option<SshTarget> {
+        self.targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(lease_id)
+            .cloned()
+    }
+
+    fn remember_target(&self, target: SshTarget) {
+        self.targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(target.lease_id.clone(), target);
+    }
+
+    fn forget_target(&self, lease_id: &str) -> Option<SshTarget> {
+        self.targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(lease_id)
+    }
+
+    fn new_target(&self, lease_id: &str, host: String, record: &EndpointRecord) -> SshTarget {
+        SshTarget {
+            host,
+            port: record.port,
+            user: record.user.clone(),
+            key: Some(record.key.clone()),
+            work_root: if record.work_root.is_empty() {
+                format!("{DEFAULT_WORK_BASE}/{lease_id}")
+            } else {
+                record.work_root.clone()
+            },
+            state_dir: self.state_dir.clone(),
+            lease_id: lease_id.to_owned(),
+        }
+    }
+
+    fn read_endpoint(&self, lease_id: &str) -> Option<EndpointRecord> {
+        let path = self.key_dir(lease_id).join(ENDPOINT_FILE);
+        let bytes = std::fs::read(path).ok()?;
+        serde_json::from_slice::<EndpointRecord>(&bytes)
+            .ok()
+            .filter(|r| r.lease_id == lease_id)
+    }
+
+    /// The lease's SSH target: cached, else rebuilt from its endpoint record
+    /// (or the defaults) and its address.
+    async fn target(&self, lease: &Lease) -> Result<SshTarget, ProviderError> {
+        if let Some(t) = self.cached_target(&lease.id) {
+            return Ok(t);
+        }
+        check_lease_id(&lease.id)?;
+        let record = self
+            .read_endpoint(&lease.id)
+            .unwrap_or_else(|| EndpointRecord {
+                lease_id: lease.id.clone(),
+                user: DEFAULT_SSH_USER.to_owned(),
+                port: lease.endpoint.ssh_port.unwrap_or(DEFAULT_SSH_PORT),
+                key: self.key_dir(&lease.id).join(KEY_FILE),
+                work_root: String::new(),
+            });
+        let host = match lease.endpoint.host.clone().filter(|h| !h.is_empty()) {
+            Some(host) => host,
+            None => {
+                let id = server_id(lease)?;
+                let server = self.get_server(id).await.map_err(|e| {
+                    if e.is_not_found() {
+                        ProviderError::NotFound(format!("hetzner server {id} (lease {})", lease.id))
+                    } else {
+                        e.into()
+                    }
+                })?;
+                server.ipv4().map(str::to_owned).ok_or_else(|| {
+                    ProviderError::Failed(format!(
+                        "hetzner server {id} (lease {}) has no public IPv4 address",
+                        lease.id
+                    ))
+                })?
+            }
+        };
+        let target = self.new_target(&lease.id, host, &record);
+        self.remember_target(target.clone());
+        Ok(target)
+    }
+
+    // ---- API calls ----
+
+    async fn get_server(&self, id: u64) -> Result<Server, ApiError> {
+        self.http
+            .get_json::<ServerEnvelope>(&format!("/servers/{id}"), &[])
+            .await
+            .map(|e| e.server)
+    }
+
+    /// The server if it carries crabbox's labels for this lease; else why not.
+    async fn owned_server(&self, lease: &Lease, id: u64) -> Result<Server, ProviderError> {
+        let server = self.get_server(id).await.map_err(|e| {
+            if e.is_not_found() {
+                ProviderError::NotFound(format!("hetzner server {id} (lease {})", lease.id))
+            } else {
+                e.into()
+            }
+        })?;
+        check_owned(&server, lease)?;
+        Ok(server)
+    }
+
+    fn lease_of(&self, server: &Server) -> Option<Lease> {
+        let id = server.labels.get(labels::LEASE)?.clone();
+        let port = self
+            .cached_target(&id)
+            .map(|t| t.port)
+            .or_else(|| {
+                is_lease_id(&id)
+                    .then(|| self.read_endpoint(&id))
+                    .flatten()
+                    .map(|r| r.port)
+            })
+            .unwrap_or(DEFAULT_SSH_PORT);
+        Some(Lease {
+            id,
+            provider: ProviderName::Hetzner,
+            cloud_id: server.id.to_string(),
+            labels: server.labels.clone(),
+            endpoint: Endpoint {
+                host: server.ipv4().map(str::to_owned),
+                ssh_port: Some(port),
+                url: None,
+            },
+            listed: true,
+            claimed: false,
+        })
+    }
+
+    /// Every key, all pages (used only to find a key by its public half).
+    async fn all_keys(&self) -> Result<Vec<SshKey>, ProviderError> {
+        let mut keys = Vec::new();
+        let mut page = 1;
+        loop {
+            let list: SshKeyList = self
+                .http
+                .get_json(
+                    "/ssh_keys",
+                    &[
+                        ("per_page", PER_PAGE.to_string()),
+                        ("page", page.to_string()),
+                    ],
+                )
+                .await?;
+            keys.extend(list.ssh_keys);
+            match list.meta.next_page() {
+                Some(next) if next > page => page = next,
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    async fn keys_named(&self, name: &str) -> Result<Vec<SshKey>, ProviderError> {
+        let list: SshKeyList = self
+            .http
+            .get_json("/ssh_keys", &[("name", name.to_owned())])
+            .await?;
+        Ok(list
+            .ssh_keys
+            .into_iter()
+            .filter(|k| k.name == name)
+            .collect())
+    }
+
+    /// Uploads the lease's public key as `crabbox-<lease>` with labels;
+    /// returns the name of the key to put on the server. An earlier attempt's
+    /// key for this lease is reused; the same public key uploaded under
+    /// another name (Hetzner keeps fingerprints unique) is referenced by that
+    /// name, never changed.
+    async fn upload_key(
+        &self,
+        request: &CreateRequest,
+        public_key: &str,
+    ) -> Result<String, ProviderError> {
+        let name = key_name(&request.lease_id);
+        let body = json!({
+            "name": name,
+            "public_key": public_key,
+            "labels": {
+                labels::CRABBOX: "true",
+                labels::LEASE: request.lease_id,
+                labels::POND: request.pond,
+            },
+        });
+        let mut replaced = false;
+        loop {
+            let err = match self
+                .http
+                .post_json::<_, SshKeyEnvelope>("/ssh_keys", &body)
+                .await
+            {
+                Ok(created) => return Ok(created.ssh_key.name),
+                Err(e) if e.has_code("uniqueness_error") => e,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(existing) = self.keys_named(&name).await?.into_iter().next() {
+                if !key_is_ours(&existing, &request.lease_id) {
+                    return Err(ProviderError::Failed(format!(
+                        "hetzner: an SSH key named `{name}` exists that crabbox did not create for lease {}; delete or rename it",
+                        request.lease_id
+                    )));
+                }
+                if same_public_key(&existing.public_key, public_key) {
+                    return Ok(existing.name);
+                }
+                if replaced {
+                    return Err(err.into());
+                }
+                // Our own stale key from an earlier attempt, with another key pair.
+                self.delete_key_id(existing.id).await?;
+                replaced = true;
+                continue;
+            }
+            return match self
+                .all_keys()
+                .await?
+                .into_iter()
+                .find(|k| same_public_key(&k.public_key, public_key))
+            {
+                Some(k) => Ok(k.name),
+                None => Err(err.into()),
+            };
+        }
+    }
+
+    async fn delete_key_id(&self, id: u64) -> Result<(), ProviderError> {
+        match self.http.delete(&format!("/ssh_keys/{id}")).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes `crabbox-<lease>` if it is labelled for this lease.
+    async fn delete_lease_key(&self, lease_id: &str) -> Result<(), ProviderError> {
+        for key in self.keys_named(&key_name(lease_id)).await? {
+            if key_is_ours(&key, lease_id) {
+                self.delete_key_id(key.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the server, falling back across class types on capacity errors.
+    async fn create_server(
+        &self,
+        request: &CreateRequest,
+        block: &HetznerBlock,
+        key: &str,
+    ) -> Result<Server, ProviderError> {
+        let (types, exact) = server_types(&request.member);
+        let name = server_name(&request.member.slug, &request.lease_id);
+        let location = block.location.as_deref().unwrap_or(DEFAULT_LOCATION);
+        let image = block.image.as_deref().unwrap_or(DEFAULT_IMAGE);
+        let mut rejected: Vec<String> = Vec::new();
+        for server_type in &types {
+            let mut labels = request.labels.clone();
+            labels.insert(
+                labels::SERVER_TYPE.to_owned(),
+                labels::sanitize(server_type),
+            );
+            let body = json!({
+                "name": name,
+                "server_type": server_type,
+                "image": image,
+                "location": location,
+                "labels": labels,
+                "ssh_keys": [key],
+                "start_after_create": true,
+                "public_net": { "enable_ipv4": true, "enable_ipv6": false },
+            });
+            match self
+                .http
+                .post_json::<_, ServerEnvelope>("/servers", &body)
+                .await
+            {
+                Ok(created) => return Ok(created.server),
+                Err(e) if e.has_code("uniqueness_error") => {
+                    // An earlier attempt may have created it before its answer was lost.
+                    return match self.server_named(&name).await? {
+                        Some(s) if s.labels.get(labels::LEASE) == Some(&request.lease_id) => Ok(s),
+                        _ => Err(e.into()),
+                    };
+                }
+                Err(e) if is_capacity(&e) => {
+                    if exact {
+                        return Err(ProviderError::Failed(format!(
+                            "{} (type `{server_type}` is pinned by the member's `type` and never falls back; use a `class` to allow other types)",
+                            e.error
+                        )));
+                    }
+                    rejected.push(format!(
+                        "{server_type}: {}: {}",
+                        e.code.as_deref().unwrap_or("capacity"),
+                        e.message
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ProviderError::Failed(format!(
+            "hetzner: no server type of class `{}` could be created in {location}: {}",
+            request.member.class.unwrap_or(DEFAULT_CLASS).as_str(),
+            rejected.join("; ")
+        )))
+    }
+
+    async fn server_named(&self, name: &str) -> Result<Option<Server>, ProviderError> {
+        let list: ServerList = self
+            .http
+            .get_json("/servers", &[("name", name.to_owned())])
+            .await?;
+        Ok(list.servers.into_iter().find(|s| s.name == name))
+    }
+
+    /// Polls until the server runs with an IPv4 address.
+    async fn wait_running(&self, id: u64) -> Result<Server, ProviderError> {
+        let deadline = Instant::now() + self.boot_timeout;
+        loop {
+            let mut wait = self.poll_interval;
+            let last = match self.get_server(id).await {
+                Ok(s) if s.status == "running" && s.ipv4().is_some() => return Ok(s),
+                Ok(s) => format!("status `{}`", s.status),
+                Err(e) if e.is_not_found() => {
+                    return Err(ProviderError::Failed(format!(
+                        "hetzner server {id} disappeared while booting"
+                    )));
+                }
+                Err(ApiError {
+                    error:
+                        ProviderError::Retryable {
+                            message,
+                            retry_after,
+                        },
+                    ..
+                }) => {
+                    wait = wait.max(retry_after.unwrap_or_default());
+                    message
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if Instant::now() + wait > deadline {
+                return Err(ProviderError::Failed(format!(
+                    "hetzner server {id} was not running with an IPv4 address after {}s (last: {last})",
+                    self.boot_timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// After the server exists: wait for it, for SSH, prepare the work root.
+    async fn bootstrap(
+        &self,
+        request: &CreateRequest,
+        id: u64,
+        record: &EndpointRecord,
+    ) -> Result<Lease, ProviderError> {
+        let server = self.wait_running(id).await?;
+        let host = server.ipv4().unwrap_or_default().to_owned();
+        let target = self.new_target(&request.lease_id, host, record);
+        // The address is newly ours: a key recorded for it belonged to an
+        // earlier server (Hetzner reuses addresses).
+        self.forget_host_key(&target.host, target.port).await;
+        if self.ssh_bootstrap {
+            target.wait_ready(self.ssh_timeout).await?;
+            target.prepare().await?;
+        }
+        self.remember_target(target);
+        self.lease_of(&server).ok_or_else(|| {
+            ProviderError::Failed(format!(
+                "hetzner server {id} came back without its `lease` label"
+            ))
+        })
+    }
+
+    /// Best-effort undo of a create that did not finish.
+    async fn roll_back(&self, lease_id: &str, server: Option<u64>) {
+        if let Some(t) = self.forget_target(lease_id) {
+            t.close().await;
+        }
+        if let Some(id) = server {
+            // Only ever a server this create made: it carries the lease label.
+            if let Ok(s) = self.get_server(id).await
+                && s.labels.get(labels::LEASE).map(String::as_str) == Some(lease_id)
+                && s.labels.get(labels::CRABBOX).map(String::as_str) == Some("true")
+            {
+                let _ = self.http.delete(&format!("/servers/{id}")).await;
+            }
+        }
+        let _ = self.delete_lease_key(lease_id).await;
+        let _ = std::fs::remove_dir_all(self.key_dir(lease_id));
+    }
+
+    /// Removes `host:port` from crabbox's known-hosts file (best effort).
+    async fn forget_host_key(&self, host: &str, port: u16) {
+        let file = self.state_dir.join("ssh").join("known_hosts");
+        if !file.exists() {
+            return;
+        }
+        let entry = if port == 22 {
+            host.to_owned()
+        } else {
+            format!("[{host}]:{port}")
+        };
+        let _ = tokio::process::Command::new("ssh-keygen")
+            .arg("-R")
+            .arg(entry)
+            .arg("-f")
+            .arg(&file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+        let mut old = file.into_os_string();
+        old.push(".old");
+        let _ = std::fs::remove_file(old);
+    }
+
+    /// The private key and public key text for a new lease.
+    async fn lease_key(
+        &self,
+        lease_id: &str,
+        settings: &SshSettings,
+    ) -> Result<(PathBuf, String), ProviderError> {
+        if let Some(private) = &settings.key {
+            let mut public = private.clone().into_os_string();
+            public.push(".pub");
+            let public = PathBuf::from(public);
+            let text = std::fs::read_to_string(&public).map_err(|e| ProviderError::Config {
+                message: format!(
+                    "hetzner.ssh_key `{}`: cannot read its public half {}: {e}",
+                    private.display(),
+                    public.display()
+                ),
+                hint: format!(
+                    "write it with `ssh-keygen -y -f {} > {}`, or leave `ssh_key` out to get a per-lease key",
+                    private.display(),
+                    public.display()
+                ),
+            })?;
+            return Ok((private.clone(), text.trim().to_owned()));
+        }
+        let dir = self.key_dir(lease_id);
+        let private = dir.join(KEY_FILE);
+        let public = dir.join(format!("{KEY_FILE}.pub"));
+        if let (true, Ok(text)) = (private.exists(), std::fs::read_to_string(&public)) {
+            return Ok((private, text.trim().to_owned()));
+        }
+        atomic_file::create_private_dir(&dir).map_err(|e| ProviderError::Failed(e.to_string()))?;
+        let _ = std::fs::remove_file(&private);
+        let _ = std::fs::remove_file(&public);
+        let output = tokio::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+            .arg(key_name(lease_id))
+            .arg("-f")
+            .arg(&private)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| ProviderError::Config {
+                message: format!("cannot run ssh-keygen: {e}"),
+                hint: "install OpenSSH's client tools, or set `hetzner.ssh_key` to an existing key"
+                    .to_owned(),
+            })?;
+        if !output.status.success() {
+            return Err(ProviderError::Failed(format!(
+                "ssh-keygen failed for {}: {}",
+                private.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        let text = std::fs::read_to_string(&public)
+            .map_err(|e| ProviderError::Failed(format!("reading {}: {e}", public.display())))?;
+        Ok((private, text.trim().to_owned()))
+    }
+}
+
+/// The member's Hetzner block (flat, or under a `hetzner` key).
+fn block_of(member: &DesiredMember) -> Result<HetznerBlock, ProviderError> {
+    let Some(value) = member.provider_block.as_ref() else {
+        return Ok(HetznerBlock::default());
+    };
+    let value = value.get("hetzner").unwrap_or(value);
+    serde_json::from_value(value.clone()).map_err(|e| ProviderError::Config {
+        message: format!("member `{}`: invalid hetzner block: {e}", member.slug),
+        hint: "see `crabbox schema` for the fields of `hetzner:`".to_owned(),
+    })
+}
+
+fn ssh_settings(block: &HetznerBlock) -> SshSettings {
+    SshSettings {
+        user: block
+            .ssh_user
+            .clone()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| DEFAULT_SSH_USER.to_owned()),
+        port: block.ssh_port.unwrap_or(DEFAULT_SSH_PORT),
+        key: block
+            .ssh_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .map(expand_tilde),
+    }
+}
+
+/// The types to try and whether the member pinned one.
+fn server_types(member: &DesiredMember) -> (Vec<String>, bool) {
+    match member.server_type.as_deref().filter(|t| !t.is_empty()) {
+        Some(t) => (vec![t.to_owned()], true),
+        None => (
+            class_types(member.class.unwrap_or(DEFAULT_CLASS))
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
+            false,
+        ),
+    }
+}
+
+fn is_capacity(e: &ApiError) -> bool {
+    e.code
+        .as_deref()
+        .is_some_and(|c| CAPACITY_CODES.contains(&c))
+}
+
+fn key_is_ours(key: &SshKey, lease_id: &str) -> bool {
+    key.labels.get(labels::CRABBOX).map(String::as_str) == Some("true")
+        && key.labels.get(labels::LEASE).map(String::as_str) == Some(lease_id)
+}
+
+/// Same key type and blob (comments differ freely).
+fn same_public_key(a: &str, b: &str) -> bool {
+    let fields = |s: &str| s.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    fields(a) == fields(b)
+}
+
+fn check_lease_id(id: &str) -> Result<(), ProviderError> {
+    if is_lease_id(id) {
+        Ok(())
+    } else {
+        Err(ProviderError::Failed(format!(
+            "`{id}` is not a crabbox lease ID (cbx_ + 12 hex)"
+        )))
+    }
+}
+
+fn server_id(lease: &Lease) -> Result<u64, ProviderError> {
+    lease.cloud_id.parse().map_err(|_| {
+        ProviderError::Failed(format!(
+            "lease {}: `{}` is not a Hetzner server ID",
+            lease.id, lease.cloud_id
+        ))
+    })
+}
+
+/// crabbox changes or deletes only servers carrying `crabbox=true`, a pond
+/// (the lease's, when it names one) and this lease's ID.
+fn check_owned(server: &Server, lease: &Lease) -> Result<(), ProviderError> {
+    let get = |k: &str| server.labels.get(k).map(String::as_str);
+    let pond_ok = match (get(labels::POND), lease.label(labels::POND)) {
+        (Some(p), Some(want)) => !p.is_empty() && p == want,
+        (Some(p), None) => !p.is_empty(),
+        (None, _) => false,
+    };
+    if get(labels::CRABBOX) == Some("true") && pond_ok && get(labels::LEASE) == Some(&lease.id) {
+        Ok(())
+    } else {
+        Err(ProviderError::Failed(format!(
+            "refusing to touch hetzner server {} (`{}`): it does not carry crabbox's labels for lease {} (crabbox=true, pond, lease)",
+            server.id, server.name, lease.id
+        )))
+    }
+}
+
+#[async_trait]
+impl Provider for HetznerProvider {
+    fn name(&self) -> ProviderName {
+        ProviderName::Hetzner
+    }
+
+    fn features(&self) -> Features {
+        Features {
+            labels: true,
+            ssh: true,
+            ..Features::default()
+        }
+    }
+
+    async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
+        let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
+        let query = |page: u32| {
+            vec![
+                ("label_selector", selector.clone()),
+                ("per_page", PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ]
+        };
+        let first: ServerList = self
+            .http
+            .get_json_with_retries("/servers", &query(1))
+            .await?;
+        let mut servers = Vec::new();
+        match (first.meta.last_page(), first.meta.next_page()) {
+            (Some(last), _) if last > 1 => {
+                let pages = futures_util::future::try_join_all((2..=last).map(|page| {
+                    let q = query(page);
+                    async move {
+                        self.http
+                            .get_json_with_retries::<ServerList>("/servers", &q)
+                            .await
+                    }
+                }))
+                .await?;
+                servers.extend(first.servers);
+                for page in pages {
+                    servers.extend(page.servers);
+                }
+            }
+            (None, Some(mut next)) => {
+                // Total unknown: follow the pages one by one.
+                servers.extend(first.servers);
+                loop {
+                    let page: ServerList = self
+                        .http
+                        .get_json_with_retries("/servers", &query(next))
+                        .await?;
+                    servers.extend(page.servers);
+                    match page.meta.next_page() {
+                        Some(n) if n > next => next = n,
+                        _ => break,
+                    }
+                }
+            }
+            _ => servers.extend(first.servers),
+        }
+        let mut seen = HashSet::new();
+        let mut leases: Vec<Lease> = servers
+            .iter()
+            .filter(|s| seen.insert(s.id))
+            .filter_map(|s| self.lease_of(s))
+            .collect();
+        leases.sort_by(|a, b| a.id.cmp(&b.id).then(a.cloud_id.cmp(&b.cloud_id)));
+        Ok(leases)
+    }
+
+    async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
+        check_lease_id(&request.lease_id)?;
+        let block = block_of(&request.member)?;
+        let settings = ssh_settings(&block);
+        let (key, public_key) = self.lease_key(&request.lease_id, &settings).await?;
+        let record = EndpointRecord {
+            lease_id: request.lease_id.clone(),
+            user: settings.user.clone(),
+            port: settings.port,
+            key,
+            work_root: format!("{}/{}", self.work_base, request.lease_id),
+        };
+        let record_path = self.key_dir(&request.lease_id).join(ENDPOINT_FILE);
+        let written = serde_json::to_vec_pretty(&record)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| atomic_file::write(&record_path, &bytes).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(self.key_dir(&request.lease_id));
+            return Err(ProviderError::Failed(format!(
+                "writing {}: {e}",
+                record_path.display()
+            )));
+        }
+        let key_name = match self.upload_key(request, &public_key).await {
+            Ok(name) => name,
+            Err(e) => {
+                self.roll_back(&request.lease_id, None).await;
+                return Err(e);
+            }
+        };
+        let server = match self.create_server(request, &block, &key_name).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.roll_back(&request.lease_id, None).await;
+                return Err(e);
+            }
+        };
+        match self.bootstrap(request, server.id, &record).await {
+            Ok(lease) => Ok(lease),
+            Err(e) => {
+                self.roll_back(&request.lease_id, Some(server.id)).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
+        let id = server_id(lease)?;
+        self.owned_server(lease, id).await?;
+        let keeps = |k: &str, v: &str| labels.get(k).map(String::as_str) == Some(v);
+        if !(keeps(labels::CRABBOX, "true")
+            && keeps(labels::LEASE, &lease.id)
+            && labels.get(labels::POND).is_some_and(|p| !p.is_empty()))
+        {
+            return Err(ProviderError::Failed(format!(
+                "refusing to relabel hetzner server {id}: the new labels drop crabbox=true, pond or lease={}",
+                lease.id
+            )));
+        }
+        let _: ServerEnvelope = self
+            .http
+            .put_json(&format!("/servers/{id}"), &json!({ "labels": labels }))
+            .await?;
+        Ok(())
+    }
+
+    async fn upload(&self, lease: &Lease, archive: &Path) -> Result<(), ProviderError> {
+        self.target(lease).await?.upload(archive).await
+    }
+
+    async fn exec(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ProviderError> {
+        self.target(lease)
+            .await?
+            .exec(&request.command, &request.env, sink, request.timeout)
+            .await
+    }
+
+    async fn start_background(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        name: &str,
+    ) -> Result<(), ProviderError> {
+        self.target(lease)
+            .await?
+            .start_background(&request.command, &request.env, name)
+            .await
+    }
+
+    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
+        self.target(lease).await?.stop_background().await
+    }
+
+    async fn probe(
+        &self,
+        lease: &Lease,
+        probe: &Probe,
+        env: &BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError> {
+        self.target(lease).await?.probe(probe, env).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
+        let id = server_id(lease)?;
+        let path = format!("/servers/{id}");
+        let outcome = match self.owned_server(lease, id).await {
+            Ok(_) => match self.http.delete(&path).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_not_found() => Err(ProviderError::NotFound(format!(
+                    "hetzner server {id} (lease {})",
+                    lease.id
+                ))),
+                Err(e) => return Err(e.into()),
+            },
+            Err(e @ ProviderError::NotFound(_)) => Err(e),
+            Err(e) => return Err(e),
+        };
+        // The server is gone: its key, host key and local state go too.
+        if let Some(t) = self.forget_target(&lease.id) {
+            t.close().await;
+            self.forget_host_key(&t.host, t.port).await;
+        } else if let Some(host) = lease.endpoint.host.as_deref().filter(|h| !h.is_empty()) {
+            let port = self
+                .read_endpoint(&lease.id)
+                .map(|r| r.port)
+                .or(lease.endpoint.ssh_port)
+                .unwrap_or(DEFAULT_SSH_PORT);
+            self.forget_host_key(host, port).await;
+        }
+        if is_lease_id(&lease.id) {
+            self.delete_lease_key(&lease.id).await.map_err(|e| {
+                ProviderError::Failed(format!(
+                    "hetzner server {id} was deleted, but its SSH key `{}` was not: {e}",
+                    key_name(&lease.id)
+                ))
+            })?;
+            let dir = self.key_dir(&lease.id);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(ProviderError::Failed(format!(
+                        "removing {}: {e}",
+                        dir.display()
+                    )));
+                }
+            }
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_and_names() {
+        // FNV-1a reference values.
+        assert_eq!(fnv1a32(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
+        assert_eq!(fnv1a32(b"foobar"), 0xbf9c_f968);
+        let name = server_name("db", "cbx_0123456789ab");
+        assert_eq!(
+            name,
+            format!("crabbox-db-{:08x}", fnv1a32(b"cbx_0123456789ab"))
+        );
+        let long = server_name(&"x".repeat(80), "cbx_0123456789ab");
+        assert!(long.len() <= 63, "{long}");
+        assert_eq!(key_name("cbx_0123456789ab"), "crabbox-cbx_0123456789ab");
+    }
+
+    #[test]
+    fn classes_map_to_crabbox_types() {
+        assert_eq!(class_types(Class::Standard), ["ccx33", "cpx62", "cx53"]);
+        assert_eq!(class_types(Class::Tiny), ["ccx13", "cpx22", "cx23"]);
+        assert_eq!(class_types(Class::Beast)[0], "ccx63");
+    }
+
+    #[test]
+    fn public_keys_compare_without_comments() {
+        assert!(same_public_key(
+            "ssh-ed25519 AAAA me@host",
+            "ssh-ed25519 AAAA crabbox"
+        ));
+        assert!(!same_public_key("ssh-ed25519 AAAA", "ssh-ed25519 BBBB"));
+    }
+}

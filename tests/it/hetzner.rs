@@ -1,0 +1,802 @@
+//! The `hetzner` provider against the fake Hetzner Cloud API
+//! ([`crate::fake_hetzner`]) and, for SSH, the test `sshd`.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crabbox::apply::retry::with_retries;
+use crabbox::inventory::labels::{self, Labels};
+use crabbox::inventory::lease::{Endpoint, Lease, new_lease_id};
+use crabbox::providers::hetzner::{HetznerProvider, key_name, server_name};
+use crabbox::providers::{CreateRequest, ExecRequest, OutputSink, Provider, ProviderError, Stream};
+use crabbox::spec::desired::{DesiredMember, SyncSettings};
+use crabbox::spec::model::Class;
+use crabbox::spec::providers::ProviderName;
+use serde_json::{Value, json};
+
+use crate::fake_hetzner::{self, FakeConfig, FakeHandle, FakeHetzner, TOKEN};
+use crate::sshd::TestSshd;
+
+const POND: &str = "pr-42";
+
+/// A started fake with one planted server that carries no crabbox labels:
+/// [`Fixture::check_foreign_untouched`] proves no call changed it.
+struct Fixture {
+    fake: FakeHetzner,
+    state: tempfile::TempDir,
+    foreign: u64,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        Self::with(FakeConfig {
+            boot_delay: Duration::from_millis(100),
+            ..FakeConfig::default()
+        })
+        .await
+    }
+
+    async fn with(config: FakeConfig) -> Self {
+        let fake = fake_hetzner::start(config).await;
+        let foreign = fake
+            .handle
+            .plant_server("prod-db", &[("team", "payments"), ("env", "prod")]);
+        Self {
+            fake,
+            state: tempfile::tempdir().expect("state dir"),
+            foreign,
+        }
+    }
+
+    fn handle(&self) -> &FakeHandle {
+        &self.fake.handle
+    }
+
+    /// An API-only provider: create returns once the server runs.
+    fn provider(&self) -> HetznerProvider {
+        self.provider_with_token(TOKEN).with_ssh_bootstrap(false)
+    }
+
+    fn provider_with_token(&self, token: &str) -> HetznerProvider {
+        HetznerProvider::new(&self.fake.base_url, token, self.state.path())
+            .with_boot_polling(Duration::from_millis(50), Duration::from_secs(10))
+            .with_request_timeout(Duration::from_secs(10))
+    }
+
+    /// Requests with this method whose path starts with `prefix`.
+    fn requests(&self, method: &str, prefix: &str) -> Vec<fake_hetzner::LoggedRequest> {
+        self.handle()
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path.starts_with(prefix))
+            .collect()
+    }
+
+    fn check_foreign_untouched(&self) {
+        let server = self
+            .handle()
+            .server(self.foreign)
+            .expect("the unlabelled server still exists");
+        assert_eq!(
+            server["labels"],
+            json!({"team": "payments", "env": "prod"}),
+            "its labels are unchanged"
+        );
+        let path = format!("/v1/servers/{}", self.foreign);
+        let writes: Vec<_> = self
+            .handle()
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == path && r.method != "GET")
+            .collect();
+        assert!(writes.is_empty(), "no write ever named it: {writes:?}");
+    }
+}
+
+fn member(slug: &str, block: Value) -> DesiredMember {
+    DesiredMember {
+        slug: slug.to_owned(),
+        written_slug: None,
+        provider: ProviderName::Hetzner,
+        class: None,
+        server_type: None,
+        tailscale: false,
+        expose: vec![5432],
+        depends_on: vec![],
+        env: BTreeMap::new(),
+        setup: vec![],
+        ready: None,
+        sync: SyncSettings {
+            enabled: true,
+            exclude: vec![],
+            max_bytes: 1 << 20,
+        },
+        ttl: Duration::from_secs(3600),
+        idle_timeout: Duration::from_secs(600),
+        keep: false,
+        prevent_destroy: false,
+        create_before_destroy: false,
+        provider_block: Some(block),
+    }
+}
+
+fn request(m: DesiredMember) -> CreateRequest {
+    let lease_id = new_lease_id();
+    let labels = labels::for_create(POND, &lease_id, &m, labels::now_secs());
+    CreateRequest {
+        lease_id,
+        pond: POND.to_owned(),
+        member: m,
+        labels,
+    }
+}
+
+fn lease_labels(lease: &str, slug: &str, pond: &str) -> Vec<(String, String)> {
+    vec![
+        ("crabbox".into(), "true".into()),
+        ("created_by".into(), "crabbox".into()),
+        ("provider".into(), "hetzner".into()),
+        ("lease".into(), lease.into()),
+        ("slug".into(), slug.into()),
+        ("pond".into(), pond.into()),
+    ]
+}
+
+fn as_refs(labels: &[(String, String)]) -> Vec<(&str, &str)> {
+    labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// Collects output lines.
+#[derive(Default)]
+struct Collect(Mutex<Vec<(Stream, String)>>);
+
+impl Collect {
+    fn stdout(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(s, _)| *s == Stream::Stdout)
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+}
+
+impl OutputSink for Collect {
+    fn line(&self, stream: Stream, line: &str) {
+        self.0.lock().expect("lock").push((stream, line.to_owned()));
+    }
+}
+
+fn exec_request(command: &str) -> ExecRequest {
+    ExecRequest {
+        command: command.to_owned(),
+        env: BTreeMap::new(),
+        timeout: Some(Duration::from_secs(30)),
+    }
+}
+
+#[tokio::test]
+async fn list_reads_every_page_and_fetches_the_rest_concurrently() {
+    let fx = Fixture::new().await;
+    let mut planted = Vec::new();
+    for i in 0..120 {
+        let lease = new_lease_id();
+        let slug = format!("m{i}");
+        fx.handle().plant_server(
+            &format!("crabbox-{slug}"),
+            &as_refs(&lease_labels(&lease, &slug, POND)),
+        );
+        planted.push(lease);
+    }
+    // Another pond's lease, a pond server without crabbox's marker, one without
+    // a lease label, and one in the pond that is not a hetzner lease of ours.
+    let other = new_lease_id();
+    fx.handle()
+        .plant_server("other-pond", &as_refs(&lease_labels(&other, "x", "pr-7")));
+    fx.handle()
+        .plant_server("unmarked", &[("pond", POND), ("lease", "cbx_aaaaaaaaaaaa")]);
+    fx.handle()
+        .plant_server("no-lease", &[("crabbox", "true"), ("pond", POND)]);
+    let odd = new_lease_id();
+    let mut odd_labels = lease_labels(&odd, "odd", POND);
+    odd_labels[2].1 = "aws".into();
+    fx.handle().plant_server("odd", &as_refs(&odd_labels));
+
+    let provider = fx.provider();
+    let latency = Duration::from_millis(50);
+    fx.handle().set_latency(latency);
+    fx.handle().clear_requests();
+    let started = Instant::now();
+    let leases = provider.list(POND).await.expect("list");
+    let took = started.elapsed();
+
+    assert_eq!(
+        leases.len(),
+        121,
+        "120 of ours plus the pond-labelled foreign one"
+    );
+    let ours: Vec<&Lease> = leases.iter().filter(|l| l.is_ours(POND)).collect();
+    assert_eq!(
+        ours.len(),
+        120,
+        "discovery's is_ours filter drops the aws-labelled one"
+    );
+    let mut ids: Vec<&str> = ours.iter().map(|l| l.id.as_str()).collect();
+    ids.sort_unstable();
+    planted.sort();
+    assert_eq!(ids, planted);
+    let first = ours[0];
+    assert_eq!(first.provider, ProviderName::Hetzner);
+    assert!(first.cloud_id.parse::<u64>().is_ok(), "{first:?}");
+    assert!(
+        first
+            .endpoint
+            .host
+            .as_deref()
+            .is_some_and(|h| h.starts_with("203.0.113."))
+    );
+    assert_eq!(first.endpoint.ssh_port, Some(22));
+    assert!(first.listed);
+
+    let pages = fx.requests("GET", "/v1/servers");
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    for page in &pages {
+        assert_eq!(
+            page.param("label_selector"),
+            Some("crabbox=true,pond=pr-42")
+        );
+        assert_eq!(page.param("per_page"), Some("50"));
+    }
+    assert!(fx.handle().max_in_flight() >= 2, "pages 2 and 3 overlap");
+    assert!(
+        took < latency * 3,
+        "pages after the first are fetched concurrently: took {took:?}"
+    );
+    fx.check_foreign_untouched();
+}
+
+#[tokio::test]
+async fn create_puts_every_label_in_the_create_call_and_labels_the_key() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+    let req = request(member("db", json!({})));
+    let lease = provider.create(&req).await.expect("create");
+
+    let keys = fx.requests("POST", "/v1/ssh_keys");
+    assert_eq!(keys.len(), 1);
+    let key_dir = fx.state.path().join("ssh/keys").join(&req.lease_id);
+    let public = std::fs::read_to_string(key_dir.join("id_ed25519.pub")).expect("generated key");
+    assert_eq!(keys[0].body["name"], json!(key_name(&req.lease_id)));
+    assert_eq!(keys[0].body["public_key"], json!(public.trim()));
+    assert_eq!(
+        keys[0].body["labels"],
+        json!({"crabbox": "true", "lease": req.lease_id, "pond": POND})
+    );
+    let mode = std::fs::metadata(&key_dir)
+        .expect("key dir")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(key_dir.join("id_ed25519").exists());
+    assert!(key_dir.join("endpoint.json").exists());
+
+    let creates = fx.requests("POST", "/v1/servers");
+    assert_eq!(creates.len(), 1);
+    let body = &creates[0].body;
+    let mut expected: Labels = req.labels.clone();
+    expected.insert("server_type".into(), "ccx33".into());
+    assert_eq!(
+        body["labels"],
+        json!(expected),
+        "all labels, in the create call"
+    );
+    for key in [
+        "crabbox",
+        "created_by",
+        "provider",
+        "lease",
+        "slug",
+        "pond",
+        "crabbox_exposed_ports",
+        "keep",
+        "state",
+        "created_at",
+        "expires_at",
+        "ttl_secs",
+        "idle_timeout_secs",
+        "pond_spec",
+    ] {
+        assert!(
+            body["labels"].get(key).is_some(),
+            "label {key} missing: {body}"
+        );
+    }
+    assert_eq!(body["name"], json!(server_name("db", &req.lease_id)));
+    assert_eq!(body["server_type"], json!("ccx33"), "standard class first");
+    assert_eq!(body["image"], json!("ubuntu-24.04"));
+    assert_eq!(body["location"], json!("fsn1"));
+    assert_eq!(body["ssh_keys"], json!([key_name(&req.lease_id)]));
+    assert_eq!(body["start_after_create"], json!(true));
+    assert_eq!(
+        body["public_net"],
+        json!({"enable_ipv4": true, "enable_ipv6": false})
+    );
+    assert!(
+        fx.requests("PUT", "/v1/servers").is_empty(),
+        "never a second tagging call"
+    );
+
+    assert_eq!(lease.id, req.lease_id);
+    assert_eq!(lease.provider, ProviderName::Hetzner);
+    assert!(lease.is_ours(POND));
+    assert_eq!(lease.label("server_type"), Some("ccx33"));
+    assert_eq!(
+        lease.endpoint,
+        Endpoint {
+            host: Some("127.0.0.1".into()),
+            ssh_port: Some(22),
+            url: None,
+        }
+    );
+    let server = fx
+        .handle()
+        .server(lease.cloud_id.parse().expect("numeric id"))
+        .expect("server exists");
+    assert_eq!(server["status"], json!("running"), "create waited for it");
+    assert!(
+        fx.requests("GET", &format!("/v1/servers/{}", lease.cloud_id))
+            .len()
+            >= 2,
+        "polled while it booted"
+    );
+
+    // The listing sees the same lease.
+    let listed = provider.list(POND).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, lease.id);
+    assert_eq!(listed[0].labels, lease.labels);
+    fx.check_foreign_untouched();
+}
+
+#[tokio::test]
+async fn block_settings_reach_the_create_call() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+    let mut m = member(
+        "api",
+        json!({"location": "hel1", "image": "debian-12", "ssh_port": 2222}),
+    );
+    m.class = Some(Class::Tiny);
+    let req = request(m);
+    let lease = provider.create(&req).await.expect("create");
+    let creates = fx.requests("POST", "/v1/servers");
+    assert_eq!(creates[0].body["location"], json!("hel1"));
+    assert_eq!(creates[0].body["image"], json!("debian-12"));
+    assert_eq!(creates[0].body["server_type"], json!("ccx13"));
+    assert_eq!(lease.endpoint.ssh_port, Some(2222));
+    assert_eq!(lease.label("class"), Some("tiny"));
+    // A later process finds the port in the endpoint record.
+    let again = fx.provider().list(POND).await.expect("list");
+    assert_eq!(again[0].endpoint.ssh_port, Some(2222));
+}
+
+#[tokio::test]
+async fn capacity_errors_fall_back_to_the_next_type_of_the_class() {
+    let fx = Fixture::new().await;
+    fx.handle()
+        .fail_server_type("ccx33", "resource_unavailable");
+    fx.handle()
+        .fail_server_type("cpx62", "resource_limit_exceeded");
+    let provider = fx.provider();
+    let req = request(member("db", json!({})));
+    let lease = provider.create(&req).await.expect("create falls back");
+
+    let creates = fx.requests("POST", "/v1/servers");
+    let tried: Vec<(&Value, &Value, u16)> = creates
+        .iter()
+        .map(|r| {
+            (
+                &r.body["server_type"],
+                &r.body["labels"]["server_type"],
+                r.status,
+            )
+        })
+        .collect();
+    assert_eq!(
+        tried,
+        vec![
+            (&json!("ccx33"), &json!("ccx33"), 412),
+            (&json!("cpx62"), &json!("cpx62"), 403),
+            (&json!("cx53"), &json!("cx53"), 201),
+        ],
+        "each attempt labels the type it asks for"
+    );
+    assert_eq!(lease.label("server_type"), Some("cx53"));
+    assert_eq!(
+        fx.requests("POST", "/v1/ssh_keys").len(),
+        1,
+        "one key for all attempts"
+    );
+    fx.check_foreign_untouched();
+}
+
+#[tokio::test]
+async fn an_exact_type_never_falls_back_and_the_key_is_deleted() {
+    let fx = Fixture::new().await;
+    fx.handle()
+        .fail_server_type("cpx62", "resource_unavailable");
+    let provider = fx.provider();
+    let mut m = member("db", json!({}));
+    m.server_type = Some("cpx62".into());
+    let req = request(m);
+    let err = provider.create(&req).await.expect_err("no fallback");
+    match &err {
+        ProviderError::Failed(message) => {
+            assert!(message.contains("resource_unavailable"), "{message}");
+            assert!(message.contains("cpx62"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fx.requests("POST", "/v1/servers").len(), 1);
+    assert!(
+        fx.handle().ssh_keys().is_empty(),
+        "the uploaded key is deleted"
+    );
+    assert_eq!(fx.handle().servers().len(), 1, "only the foreign server");
+    assert!(
+        !fx.state
+            .path()
+            .join("ssh/keys")
+            .join(&req.lease_id)
+            .exists()
+    );
+    fx.check_foreign_untouched();
+}
+
+#[tokio::test]
+async fn other_errors_stop_the_fallback() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+    let mut req = request(member("db", json!({})));
+    // Hetzner refuses label values with spaces (crabbox sanitizes its own).
+    req.labels.insert("note".into(), "not a label value".into());
+    let err = provider.create(&req).await.expect_err("invalid input");
+    match &err {
+        ProviderError::Failed(message) => {
+            assert!(message.contains("invalid_input"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        fx.requests("POST", "/v1/servers").len(),
+        1,
+        "no other type is tried"
+    );
+    assert!(fx.handle().ssh_keys().is_empty());
+}
+
+#[tokio::test]
+async fn all_capacity_failures_name_every_type_tried() {
+    let fx = Fixture::new().await;
+    for t in ["ccx43", "cpx62", "cx53"] {
+        fx.handle().fail_server_type(t, "resource_unavailable");
+    }
+    let provider = fx.provider();
+    let mut m = member("db", json!({}));
+    m.class = Some(Class::Fast);
+    let err = provider.create(&request(m)).await.expect_err("no capacity");
+    let message = err.to_string();
+    for t in ["ccx43", "cpx62", "cx53"] {
+        assert!(message.contains(t), "{message}");
+    }
+    assert!(fx.handle().ssh_keys().is_empty());
+}
+
+#[tokio::test]
+async fn rate_limits_and_unavailability_are_retried() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+
+    // create, wrapped as the executor wraps it.
+    fx.handle().fail_next_with_429(1, None);
+    let req = request(member("db", json!({})));
+    let lease = with_retries(|| provider.create(&req))
+        .await
+        .expect("create after a 429");
+    assert!(lease.is_ours(POND));
+    fx.handle().fail_next_with_503(1);
+    let req2 = request(member("api", json!({})));
+    let lease2 = with_retries(|| provider.create(&req2))
+        .await
+        .expect("create after a 503");
+    assert!(lease2.is_ours(POND));
+    let statuses: Vec<u16> = fx.handle().requests().iter().map(|r| r.status).collect();
+    assert!(
+        statuses.contains(&429) && statuses.contains(&503),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        fx.handle().servers().len(),
+        3,
+        "one server each, plus the foreign one"
+    );
+
+    // list retries by itself.
+    fx.handle().fail_next_with_503(2);
+    let leases = provider.list(POND).await.expect("list after 503s");
+    assert_eq!(leases.len(), 2);
+    fx.handle().fail_next_with_429(1, Some(1));
+    let leases = provider.list(POND).await.expect("list after a 429");
+    assert_eq!(leases.len(), 2);
+    fx.check_foreign_untouched();
+}
+
+#[tokio::test]
+async fn a_bad_token_is_a_config_error_naming_hcloud_token() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider_with_token("wrong").with_ssh_bootstrap(false);
+    for err in [
+        provider.list(POND).await.expect_err("401"),
+        provider
+            .create(&request(member("db", json!({}))))
+            .await
+            .expect_err("401"),
+    ] {
+        match err {
+            ProviderError::Config { message, hint } => {
+                assert!(hint.contains("HCLOUD_TOKEN"), "{hint}");
+                assert!(!message.contains("wrong") && !hint.contains("wrong"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        !format!("{provider:?}").contains("wrong"),
+        "the token is redacted"
+    );
+    assert!(fx.handle().requests().iter().all(|r| r.status == 401));
+}
+
+#[tokio::test]
+async fn release_deletes_server_and_key_and_is_not_found_the_second_time() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+    let req = request(member("db", json!({})));
+    let lease = provider.create(&req).await.expect("create");
+    // A key of someone else with a similar name is left alone.
+    fx.handle().plant_ssh_key(
+        &format!("{}-copy", key_name(&req.lease_id)),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFake x",
+        &[],
+    );
+    assert_eq!(fx.handle().ssh_keys().len(), 2);
+
+    provider.release(&lease).await.expect("release");
+    assert_eq!(
+        fx.handle().servers().len(),
+        1,
+        "only the foreign server is left"
+    );
+    let keys = fx.handle().ssh_keys();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_ne!(keys[0]["name"], json!(key_name(&req.lease_id)));
+    assert!(
+        !fx.state
+            .path()
+            .join("ssh/keys")
+            .join(&req.lease_id)
+            .exists()
+    );
+    assert_eq!(
+        fx.requests("DELETE", &format!("/v1/servers/{}", lease.cloud_id))
+            .len(),
+        1
+    );
+    assert_eq!(fx.requests("DELETE", "/v1/ssh_keys/").len(), 1);
+
+    let again = provider.release(&lease).await;
+    assert!(
+        matches!(again, Err(ProviderError::NotFound(_))),
+        "{again:?}"
+    );
+    fx.check_foreign_untouched();
+}
+
+#[tokio::test]
+async fn relabel_replaces_labels_with_one_put() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+    let lease = provider
+        .create(&request(member("db", json!({}))))
+        .await
+        .expect("create");
+    let mut labels = lease.labels.clone();
+    labels.insert("state".into(), "ready".into());
+    labels.insert("pond_setup".into(), "abcdef012345".into());
+    provider.relabel(&lease, &labels).await.expect("relabel");
+
+    let puts = fx.requests("PUT", &format!("/v1/servers/{}", lease.cloud_id));
+    assert_eq!(puts.len(), 1);
+    assert_eq!(puts[0].body, json!({ "labels": labels }));
+    let server = fx
+        .handle()
+        .server(lease.cloud_id.parse().expect("id"))
+        .expect("server");
+    assert_eq!(server["labels"], json!(labels));
+
+    // Labels that would orphan the server are refused.
+    let mut bad = labels.clone();
+    bad.remove("crabbox");
+    assert!(matches!(
+        provider.relabel(&lease, &bad).await,
+        Err(ProviderError::Failed(_))
+    ));
+    assert_eq!(fx.requests("PUT", "/v1/servers").len(), 1);
+    fx.check_foreign_untouched();
+}
+
+#[tokio::test]
+async fn servers_without_this_leases_labels_are_never_changed_or_deleted() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+    let other_pond = new_lease_id();
+    let other_id = fx
+        .handle()
+        .plant_server("other", &as_refs(&lease_labels(&other_pond, "db", "pr-7")));
+    for (cloud_id, id) in [
+        (fx.foreign, new_lease_id()),
+        (other_id, other_pond.clone()),
+        (other_id, new_lease_id()),
+    ] {
+        let lease = Lease {
+            id: id.clone(),
+            provider: ProviderName::Hetzner,
+            cloud_id: cloud_id.to_string(),
+            labels: lease_labels(&id, "db", POND).into_iter().collect(),
+            endpoint: Endpoint::default(),
+            listed: true,
+            claimed: false,
+        };
+        let released = provider.release(&lease).await;
+        assert!(
+            matches!(released, Err(ProviderError::Failed(_))),
+            "{released:?}"
+        );
+        let relabelled = provider.relabel(&lease, &lease.labels).await;
+        assert!(
+            matches!(relabelled, Err(ProviderError::Failed(_))),
+            "{relabelled:?}"
+        );
+    }
+    assert!(fx.requests("DELETE", "/v1/").is_empty());
+    assert!(fx.requests("PUT", "/v1/").is_empty());
+    assert_eq!(fx.handle().servers().len(), 2);
+    fx.check_foreign_untouched();
+}
+
+/// A provider whose servers are the test sshd: the fake appends the
+/// uploaded keys to the sshd's `authorized_keys`.
+async fn ssh_fixture() -> (Fixture, TestSshd, tempfile::TempDir) {
+    let sshd = TestSshd::start();
+    let fx = Fixture::with(FakeConfig {
+        authorized_keys: Some(sshd.authorized_keys.clone()),
+        boot_delay: Duration::from_millis(100),
+        ..FakeConfig::default()
+    })
+    .await;
+    let remote = tempfile::tempdir().expect("remote dir");
+    (fx, sshd, remote)
+}
+
+fn ssh_provider(fx: &Fixture, remote: &Path) -> HetznerProvider {
+    fx.provider_with_token(TOKEN)
+        .with_ssh_timeout(Duration::from_secs(20))
+        .with_work_base(remote.join("work").to_str().expect("utf-8"))
+}
+
+#[tokio::test]
+async fn the_lease_is_reachable_over_ssh_with_its_generated_key() {
+    let (fx, sshd, remote) = ssh_fixture().await;
+    let provider = ssh_provider(&fx, remote.path());
+    let req = request(member(
+        "db",
+        json!({"ssh_user": sshd.user, "ssh_port": sshd.port}),
+    ));
+    let lease = provider.create(&req).await.expect("create over ssh");
+    assert!(
+        remote
+            .path()
+            .join("work")
+            .join(&req.lease_id)
+            .join("workspace")
+            .is_dir(),
+        "create prepared the work root"
+    );
+    let sink = Arc::new(Collect::default());
+    let code = provider
+        .exec(&lease, &exec_request("echo hi"), sink.clone())
+        .await
+        .expect("exec");
+    assert_eq!(code, 0);
+    assert_eq!(sink.stdout(), vec!["hi".to_owned()]);
+
+    // Another process (a fresh provider) rebuilds the target from the listing
+    // and the endpoint record.
+    let later = ssh_provider(&fx, remote.path());
+    let listed = later.list(POND).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    let sink = Arc::new(Collect::default());
+    let code = later
+        .exec(
+            &listed[0],
+            &exec_request("echo \"$CRABBOX_LEASE_ID\""),
+            sink.clone(),
+        )
+        .await
+        .expect("exec after restart");
+    assert_eq!(code, 0);
+    assert_eq!(sink.stdout(), vec![req.lease_id.clone()]);
+
+    later.release(&listed[0]).await.expect("release");
+    assert!(fx.handle().ssh_keys().is_empty());
+    fx.check_foreign_untouched();
+    drop(sshd);
+}
+
+#[tokio::test]
+async fn a_members_own_key_is_uploaded_once_and_shared() {
+    let (fx, sshd, remote) = ssh_fixture().await;
+    let provider = ssh_provider(&fx, remote.path());
+    let block = json!({
+        "ssh_user": sshd.user,
+        "ssh_port": sshd.port,
+        "ssh_key": sshd.key.to_str().expect("utf-8"),
+    });
+    let first = request(member("db", block.clone()));
+    let second = request(member("api", block));
+    let a = provider.create(&first).await.expect("first create");
+    let b = provider
+        .create(&second)
+        .await
+        .expect("second create reuses the key");
+
+    let public = std::fs::read_to_string(sshd.key.with_extension("pub")).expect("pub");
+    let keys = fx.handle().ssh_keys();
+    assert_eq!(keys.len(), 1, "Hetzner keeps fingerprints unique: {keys:?}");
+    assert_eq!(keys[0]["public_key"], json!(public.trim()));
+    let creates = fx.requests("POST", "/v1/servers");
+    assert_eq!(
+        creates[1].body["ssh_keys"],
+        json!([key_name(&first.lease_id)])
+    );
+    assert!(
+        !fx.state
+            .path()
+            .join("ssh/keys")
+            .join(&first.lease_id)
+            .join("id_ed25519")
+            .exists(),
+        "no key is generated when the member has one"
+    );
+
+    for lease in [&a, &b] {
+        let sink = Arc::new(Collect::default());
+        let code = provider
+            .exec(lease, &exec_request("echo hi"), sink.clone())
+            .await
+            .expect("exec");
+        assert_eq!((code, sink.stdout()), (0, vec!["hi".to_owned()]));
+    }
+    provider.release(&a).await.expect("release a");
+    provider.release(&b).await.expect("release b");
+    assert!(fx.handle().ssh_keys().is_empty());
+    fx.check_foreign_untouched();
+}
