@@ -11,6 +11,7 @@ mod local_e2e;
 mod plan_output;
 mod scenarios;
 mod schema_file;
+mod ssh_e2e;
 mod ssh_transport;
 mod sshd;
 mod support;
