@@ -920,6 +920,11 @@ impl Provider for HetznerProvider {
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
+        if pond.is_empty() || labels::sanitize(pond) != pond {
+            return Err(ProviderError::Failed(format!(
+                "`{pond}` is not a valid pond label value"
+            )));
+        }
         let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
         let query = |page: u32| {
             vec![
@@ -999,17 +1004,24 @@ impl Provider for HetznerProvider {
                 record_path.display()
             )));
         }
+        // A retryable failure keeps the key (local and uploaded): the
+        // executor calls create again with the same lease ID, which reuses
+        // it, and adopts a server whose creation answer was lost.
         let key_name = match self.upload_key(request, &public_key).await {
             Ok(name) => name,
             Err(e) => {
-                self.roll_back(&request.lease_id, None).await;
+                if !e.is_retryable() {
+                    self.roll_back(&request.lease_id, None).await;
+                }
                 return Err(e);
             }
         };
         let server = match self.create_server(request, &block, &key_name).await {
             Ok(s) => s,
             Err(e) => {
-                self.roll_back(&request.lease_id, None).await;
+                if !e.is_retryable() {
+                    self.roll_back(&request.lease_id, None).await;
+                }
                 return Err(e);
             }
         };

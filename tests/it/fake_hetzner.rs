@@ -117,6 +117,7 @@ struct Faults {
     fail_429: u32,
     retry_after_429: Option<u64>,
     fail_503: u32,
+    lose_create_answers: u32,
     /// Server type → capacity error code.
     capacity: HashMap<String, String>,
 }
@@ -204,6 +205,12 @@ impl FakeHandle {
     /// The next `n` (authenticated) requests answer 503 `unavailable`.
     pub fn fail_next_with_503(&self, n: u32) {
         self.lock().faults.fail_503 = n;
+    }
+
+    /// The next `n` server creations succeed but answer 503, as when a
+    /// proxy loses the answer.
+    pub fn lose_next_create_answers(&self, n: u32) {
+        self.lock().faults.lose_create_answers = n;
     }
 
     /// Creating a server of `server_type` fails with the capacity error
@@ -707,6 +714,14 @@ fn create_server(inner: &mut Inner, body: &Value) -> Answer {
     };
     let server = server_json(&rec, inner.config.boot_delay);
     inner.servers.insert(id, rec);
+    if inner.faults.lose_create_answers > 0 {
+        inner.faults.lose_create_answers -= 1;
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "service temporarily unavailable",
+        );
+    }
     (
         StatusCode::CREATED,
         json!({

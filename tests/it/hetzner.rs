@@ -528,6 +528,11 @@ async fn rate_limits_and_unavailability_are_retried() {
         3,
         "one server each, plus the foreign one"
     );
+    assert_eq!(
+        fx.handle().ssh_keys().len(),
+        2,
+        "one key each, none left over"
+    );
 
     // list retries by itself.
     fx.handle().fail_next_with_503(2);
@@ -536,6 +541,31 @@ async fn rate_limits_and_unavailability_are_retried() {
     fx.handle().fail_next_with_429(1, Some(1));
     let leases = provider.list(POND).await.expect("list after a 429");
     assert_eq!(leases.len(), 2);
+    fx.check_foreign_untouched();
+}
+
+#[tokio::test]
+async fn a_server_whose_create_answer_was_lost_is_adopted_not_duplicated() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+    fx.handle().lose_next_create_answers(1);
+    let req = request(member("db", json!({})));
+    let lease = with_retries(|| provider.create(&req))
+        .await
+        .expect("create after a lost answer");
+    let statuses: Vec<u16> = fx
+        .requests("POST", "/v1/servers")
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, vec![503, 409], "the retry finds the name taken");
+    assert_eq!(
+        fx.handle().servers().len(),
+        2,
+        "one server, plus the foreign one"
+    );
+    assert_eq!(fx.handle().ssh_keys().len(), 1, "the key was reused");
+    assert!(lease.is_ours(POND));
     fx.check_foreign_untouched();
 }
 
