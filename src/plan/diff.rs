@@ -350,12 +350,16 @@ fn member_changes(
         m.class.map(|c| c.as_str().to_owned()),
         true,
     );
-    attr(
-        "type",
-        keep.label(labels::SERVER_TYPE).map(str::to_owned),
-        m.server_type.as_deref().map(labels::sanitize),
-        true,
-    );
+    // With a class, `server_type` records which of the class's types the
+    // provider picked: information, not something the spec asked for.
+    if m.server_type.is_some() {
+        attr(
+            "type",
+            keep.label(labels::SERVER_TYPE).map(str::to_owned),
+            m.server_type.as_deref().map(labels::sanitize),
+            true,
+        );
+    }
     attr(
         "tailscale",
         Some(keep.label(labels::TAILSCALE) == Some("true")).map(|b| b.to_string()),

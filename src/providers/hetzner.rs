@@ -1095,6 +1095,15 @@ impl Provider for HetznerProvider {
         self.target(lease).await?.probe(probe, env).await
     }
 
+    fn ssh_target(&self, lease: &Lease) -> Option<SshTarget> {
+        if let Some(t) = self.cached_target(&lease.id) {
+            return Some(t);
+        }
+        let record = self.read_endpoint(&lease.id)?;
+        let host = lease.endpoint.host.clone().filter(|h| !h.is_empty())?;
+        Some(self.new_target(&lease.id, host, &record))
+    }
+
     async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
         let id = server_id(lease)?;
         let path = format!("/servers/{id}");

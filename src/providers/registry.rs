@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::providers::hetzner::HetznerProvider;
 use crate::providers::local::LocalProvider;
 use crate::providers::ssh::SshProvider;
 use crate::providers::{Provider, ProviderError};
@@ -16,13 +17,16 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Every provider usable here: `local` always; others when their
-    /// adapters and credentials are present.
+    /// Every provider usable here: `local` and `ssh` always; cloud providers
+    /// when their credentials are in the environment (`HCLOUD_TOKEN`…).
     #[must_use]
     pub fn from_environment(state_dir: &Path) -> Self {
         let mut providers: BTreeMap<ProviderName, Arc<dyn Provider>> = BTreeMap::new();
         providers.insert(ProviderName::Local, Arc::new(LocalProvider::new(state_dir)));
         providers.insert(ProviderName::Ssh, Arc::new(SshProvider::new(state_dir)));
+        if let Some(hetzner) = HetznerProvider::from_env(state_dir) {
+            providers.insert(ProviderName::Hetzner, Arc::new(hetzner));
+        }
         Self { providers }
     }
 

@@ -61,10 +61,11 @@ pub struct HetznerBlock {
     /// Env `CRABBOX_HETZNER_IMAGE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// SSH login user on the server. Default `crabbox`, the user the bootstrap creates.
+    /// SSH login user on the server. Default `root` (the image's user; crabbox
+    /// sends no bootstrap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_user: Option<String>,
-    /// SSH port on the server. Default 2222, falling back to 22 while the bootstrap runs.
+    /// SSH port on the server. Default 22.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
     /// Path to a private key whose public half is uploaded as the server's key.

@@ -592,15 +592,14 @@ fn list_servers(inner: &Inner, query: &[(String, String)]) -> Answer {
         .filter(|(k, _)| k == "status")
         .map(|(_, v)| v.as_str())
         .collect();
-    let matching: Vec<Value> = inner
+    let matching: Vec<&ServerRec> = inner
         .servers
         .values()
         .filter(|s| name.is_none_or(|n| s.name == n))
         .filter(|s| selector.iter().all(|r| r.matches(&s.labels)))
         .filter(|s| statuses.is_empty() || statuses.contains(&server_status(s, boot)))
-        .map(|s| server_json(s, boot))
         .collect();
-    paginate("servers", matching, query)
+    paginate("servers", matching, query, |s| server_json(s, boot))
 }
 
 fn get_server(inner: &Inner, id: u64) -> Answer {
@@ -802,7 +801,7 @@ fn list_keys(inner: &Inner, query: &[(String, String)]) -> Answer {
         .filter(|k| selector.iter().all(|r| r.matches(&k.labels)))
         .map(key_json)
         .collect();
-    paginate("ssh_keys", matching, query)
+    paginate("ssh_keys", matching, query, std::convert::identity)
 }
 
 fn key_not_found(id: u64) -> Answer {
@@ -909,7 +908,13 @@ fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn paginate(root: &str, items: Vec<Value>, query: &[(String, String)]) -> Answer {
+/// One page of `items`; only that page is turned into JSON (by `to_json`).
+fn paginate<T>(
+    root: &str,
+    items: Vec<T>,
+    query: &[(String, String)],
+    to_json: impl Fn(T) -> Value,
+) -> Answer {
     let page = match param(query, "page").map(str::parse::<usize>) {
         None => 1,
         Some(Ok(p)) if p >= 1 => p,
@@ -926,6 +931,7 @@ fn paginate(root: &str, items: Vec<Value>, query: &[(String, String)]) -> Answer
         .into_iter()
         .skip((page - 1) * per_page)
         .take(per_page)
+        .map(to_json)
         .collect();
     (
         StatusCode::OK,

@@ -830,3 +830,62 @@ async fn a_members_own_key_is_uploaded_once_and_shared() {
     assert!(fx.handle().ssh_keys().is_empty());
     fx.check_foreign_untouched();
 }
+
+/// Discovery of a 500-server pond (10 pages of 50, 50 ms per request): the
+/// first page, then the other nine at once. The wall time is printed for the
+/// record; the test asserts the structure that makes it fast.
+#[tokio::test]
+async fn discovery_of_500_servers_fetches_nine_pages_at_once() {
+    let fx = Fixture::new().await;
+    for i in 0..500 {
+        let lease = new_lease_id();
+        fx.handle().plant_server(
+            &format!("crabbox-m{i}"),
+            &as_refs(&lease_labels(&lease, &format!("m{i}"), POND)),
+        );
+    }
+    let latency = Duration::from_millis(50);
+    fx.handle().set_latency(latency);
+    fx.handle().clear_requests();
+    let registry =
+        crabbox::providers::registry::Registry::with(vec![std::sync::Arc::new(fx.provider())]);
+    fx.handle().set_latency(Duration::ZERO);
+    let t0 = Instant::now();
+    let _ = crabbox::inventory::discover::discover(
+        POND,
+        &[ProviderName::Hetzner],
+        &registry,
+        fx.state.path(),
+    )
+    .await;
+    eprintln!(
+        "discovery of 500 servers without latency took {:?}",
+        t0.elapsed()
+    );
+    fx.handle().set_latency(latency);
+    fx.handle().clear_requests();
+    let started = Instant::now();
+    let inventory = crabbox::inventory::discover::discover(
+        POND,
+        &[ProviderName::Hetzner],
+        &registry,
+        fx.state.path(),
+    )
+    .await;
+    let took = started.elapsed();
+    eprintln!(
+        "discovery of 500 servers with {latency:?} per request took {took:?} ({:.2} latencies)",
+        took.as_secs_f64() / latency.as_secs_f64()
+    );
+    assert_eq!(inventory.leases.len(), 500);
+    assert_eq!(
+        fx.requests("GET", "/v1/servers").len(),
+        10,
+        "one request per page"
+    );
+    assert!(
+        fx.handle().max_in_flight() >= 9,
+        "pages 2..10 in flight together: {}",
+        fx.handle().max_in_flight()
+    );
+}
