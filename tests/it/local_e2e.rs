@@ -379,7 +379,7 @@ fn saved_plans_apply_exactly_and_stale_ones_are_refused() {
 #[test]
 fn a_second_concurrent_apply_fails_fast_naming_the_holder() {
     let env = Env::new();
-    env.write_spec("version: 1\npond: busy\ndefaults: { sync: false }\nmembers:\n  - slug: slow\n    setup: [ \"sleep 3\" ]\n");
+    env.write_spec("version: 1\npond: busy\ndefaults: { sync: false }\nmembers:\n  - slug: slow\n    setup: [ \"sleep 6\" ]\n");
     let first = env
         .std_cmd()
         .args(["apply", "--auto-approve"])
@@ -395,7 +395,7 @@ fn a_second_concurrent_apply_fails_fast_naming_the_holder() {
     }
     let started = Instant::now();
     let out = env.run(&["apply", "--auto-approve"]);
-    assert!(started.elapsed() < Duration::from_secs(2), "fails fast");
+    assert!(started.elapsed() < Duration::from_secs(4), "fails fast");
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(

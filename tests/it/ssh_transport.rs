@@ -533,6 +533,12 @@ async fn ssh_connections_are_multiplexed() {
         assert_eq!(setup.exec("true", &no_env()).await.0, 0);
     }
     let multiplexed = started.elapsed();
+    // The structure that makes it fast: all 20 ran over the one master connection.
+    assert_eq!(
+        established_to(setup.sshd.port),
+        1,
+        "one TCP connection to sshd carries every exec"
+    );
 
     // For comparison: a fresh connection (its own state directory).
     let fresh_state = tempfile::tempdir().expect("state");
@@ -545,14 +551,6 @@ async fn ssh_connections_are_multiplexed() {
     let handshake = started.elapsed();
     fresh.close().await;
     println!("20 multiplexed execs: {multiplexed:?}; one fresh handshake: {handshake:?}");
-    assert!(
-        multiplexed < Duration::from_secs(2),
-        "20 multiplexed execs took {multiplexed:?}"
-    );
-    assert!(
-        multiplexed < handshake * 10,
-        "20 multiplexed execs ({multiplexed:?}) cost well under 20 handshakes ({handshake:?} each)"
-    );
 
     setup.target.close().await;
     assert!(!sockets[0].exists(), "close removes the control socket");
@@ -617,4 +615,18 @@ async fn ssh_remove_work_root_deletes_only_the_work_root() {
     }
     assert!(Path::new("/tmp").is_dir());
     setup.target.close().await;
+}
+
+/// Client-side ESTABLISHED TCP connections to 127.0.0.1:`port` (from /proc/net/tcp).
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(2) == Some(&remote.as_str()) && cols.get(3) == Some(&"01")
+        })
+        .count()
 }
