@@ -23,7 +23,15 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success (with --detailed-exitcode: success and no changes)
   1  error of any kind: invalid spec, unreadable file, failed provider call, stale saved plan
-  2  plan succeeded and has changes (only with --detailed-exitcode)";
+  2  plan succeeded and has changes (only with --detailed-exitcode)
+
+Environment:
+  CRABBOX_STATE_DIR           state directory (claims, local leases, locks); default
+                              $XDG_STATE_HOME/crabbox, else ~/.config/crabbox/state
+  HCLOUD_TOKEN, HETZNER_TOKEN Hetzner Cloud API token (enables the `hetzner` provider)
+  HCLOUD_ENDPOINT             Hetzner API base URL (default https://api.hetzner.cloud/v1)
+  NO_COLOR                    never colour output
+  CI                          plain progress lines instead of live spinners";
 
 /// Declarative Crabbox ponds: plan and apply a checked-in pond.yaml against
 /// the leases that really exist.
