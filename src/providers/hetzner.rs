@@ -915,6 +915,7 @@ impl Provider for HetznerProvider {
         Features {
             labels: true,
             ssh: true,
+            background: true,
             ..Features::default()
         }
     }

@@ -260,9 +260,9 @@ impl Provider for LocalProvider {
     fn features(&self) -> Features {
         Features {
             labels: true,
-            ssh: false,
-            url_bridge: false,
             local: true,
+            background: true,
+            ..Features::default()
         }
     }
 
@@ -1232,9 +1232,9 @@ mod tests {
             provider.features(),
             Features {
                 labels: true,
-                ssh: false,
-                url_bridge: false,
-                local: true
+                local: true,
+                background: true,
+                ..Features::default()
             }
         );
         assert!(

@@ -20,17 +20,41 @@ use crate::inventory::lease::Lease;
 use crate::spec::desired::{DesiredMember, Probe};
 use crate::spec::providers::ProviderName;
 
-/// What a provider can do; decides peer transports and which steps exist.
+/// What a provider can do; decides peer transports, which steps exist, and
+/// which spec options are refused before anything is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Features {
     /// Resources carry labels (else: claim files).
     pub labels: bool,
     /// Reachable over SSH.
     pub ssh: bool,
-    /// Peers reach it through provider URLs.
+    /// Peers reach it through provider URLs (shares).
     pub url_bridge: bool,
     /// Runs on this machine with its own loopback address.
     pub local: bool,
+    /// Setup steps can run in the background (detached services).
+    pub background: bool,
+    /// Leases can be paused and resumed, keeping their claim.
+    pub pause_resume: bool,
+}
+
+impl Features {
+    /// Whether peers can reach a port a member exposes.
+    #[must_use]
+    pub fn reachable_ports(self) -> bool {
+        self.ssh || self.url_bridge || self.local
+    }
+}
+
+/// A public URL for one port of a lease (URL-bridge providers).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Share {
+    /// The lease's port.
+    pub port: u16,
+    /// Where it is reachable.
+    pub url: String,
+    /// RFC 3339 expiry.
+    pub expires_at: String,
 }
 
 /// A provider call that failed.
@@ -55,6 +79,9 @@ pub enum ProviderError {
         /// What to do.
         hint: String,
     },
+    /// The provider cannot do this at all (says what and why).
+    #[error("{0}")]
+    Unsupported(String),
     /// Anything else.
     #[error("{0}")]
     Failed(String),
@@ -159,6 +186,31 @@ pub trait Provider: Send + Sync {
     /// Releases the lease and everything crabbox started on it. A lease
     /// that is already gone is [`ProviderError::NotFound`].
     async fn release(&self, lease: &Lease) -> Result<(), ProviderError>;
+
+    /// Publishes `port` of the lease at a public URL for `ttl` (URL-bridge
+    /// providers), reusing a live share of the same port.
+    async fn share(&self, lease: &Lease, port: u16, ttl: Duration) -> Result<Share, ProviderError> {
+        let _ = (lease, port, ttl);
+        Err(ProviderError::Unsupported(format!("provider `{}` has no URL bridge", self.name())))
+    }
+
+    /// The lease's current shares (empty for providers without a URL bridge).
+    async fn shares(&self, lease: &Lease) -> Result<Vec<Share>, ProviderError> {
+        let _ = lease;
+        Ok(Vec::new())
+    }
+
+    /// Pauses the lease, releasing its compute but keeping it and its claim.
+    async fn pause(&self, lease: &Lease) -> Result<(), ProviderError> {
+        let _ = lease;
+        Err(ProviderError::Unsupported(format!("provider `{}` cannot pause leases", self.name())))
+    }
+
+    /// Resumes a paused lease.
+    async fn resume(&self, lease: &Lease) -> Result<(), ProviderError> {
+        let _ = lease;
+        Err(ProviderError::Unsupported(format!("provider `{}` cannot resume leases", self.name())))
+    }
 
     /// How to reach the lease over SSH, for SSH-lease providers (the SSH mesh
     /// of `pond connect` uses it); `None` for providers without SSH.

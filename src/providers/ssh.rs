@@ -128,6 +128,7 @@ impl Provider for SshProvider {
         Features {
             labels: false,
             ssh: true,
+            background: true,
             ..Features::default()
         }
     }

@@ -67,6 +67,7 @@ impl Provider for MemoryProvider {
 
     fn features(&self) -> Features {
         Features {
+            background: true,
             labels: true,
             local: true,
             ..Features::default()
