@@ -30,7 +30,7 @@ use crate::inventory::labels::{self, Labels};
 use crate::inventory::lease::{Endpoint, Lease, is_lease_id};
 use crate::inventory::state_dir::expand_tilde;
 use crate::providers::http::{ApiError, HttpClient};
-use crate::providers::{CreateRequest, ExecRequest, Features, OutputSink, Provider, ProviderError};
+use crate::providers::{CreateRequest, ExecRequest, OutputSink, Provider, ProviderError};
 use crate::spec::desired::{DesiredMember, Probe};
 use crate::spec::model::Class;
 use crate::spec::providers::{HetznerBlock, ProviderName};
@@ -909,15 +909,6 @@ fn check_owned(server: &Server, lease: &Lease) -> Result<(), ProviderError> {
 impl Provider for HetznerProvider {
     fn name(&self) -> ProviderName {
         ProviderName::Hetzner
-    }
-
-    fn features(&self) -> Features {
-        Features {
-            labels: true,
-            ssh: true,
-            background: true,
-            ..Features::default()
-        }
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {

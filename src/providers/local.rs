@@ -48,9 +48,7 @@ use tokio::net::TcpStream;
 use crate::atomic_file;
 use crate::inventory::labels::{self, Labels};
 use crate::inventory::lease::{Endpoint, Lease};
-use crate::providers::{
-    CreateRequest, ExecRequest, Features, OutputSink, Provider, ProviderError, Stream,
-};
+use crate::providers::{CreateRequest, ExecRequest, OutputSink, Provider, ProviderError, Stream};
 use crate::spec::desired::Probe;
 use crate::spec::duration;
 use crate::spec::providers::ProviderName;
@@ -255,15 +253,6 @@ enum RunOutcome {
 impl Provider for LocalProvider {
     fn name(&self) -> ProviderName {
         ProviderName::Local
-    }
-
-    fn features(&self) -> Features {
-        Features {
-            labels: true,
-            local: true,
-            background: true,
-            ..Features::default()
-        }
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
@@ -1228,15 +1217,8 @@ mod tests {
         let state = tempfile::tempdir().expect("tempdir");
         let provider = LocalProvider::new(state.path());
         assert_eq!(provider.name(), ProviderName::Local);
-        assert_eq!(
-            provider.features(),
-            Features {
-                labels: true,
-                local: true,
-                background: true,
-                ..Features::default()
-            }
-        );
+        let features = provider.features();
+        assert!(features.labels && features.local && features.background && !features.ssh);
         assert!(
             provider.list("a").await.expect("empty list").is_empty(),
             "missing root is an empty list"

@@ -46,6 +46,57 @@ impl Features {
     }
 }
 
+/// What each provider can do. One table, so `validate` (which talks to no
+/// provider) and the adapters agree.
+#[must_use]
+pub fn features_of(name: ProviderName) -> Features {
+    let ssh_lease = Features {
+        labels: true,
+        ssh: true,
+        background: true,
+        ..Features::default()
+    };
+    match name {
+        ProviderName::Local => Features {
+            labels: true,
+            local: true,
+            background: true,
+            ..Features::default()
+        },
+        ProviderName::Ssh => Features {
+            ssh: true,
+            background: true,
+            ..Features::default()
+        },
+        ProviderName::Hetzner
+        | ProviderName::Aws
+        | ProviderName::Azure
+        | ProviderName::Gcp
+        | ProviderName::Daytona => ssh_lease,
+        ProviderName::Islo => Features {
+            url_bridge: true,
+            background: true,
+            pause_resume: true,
+            ..Features::default()
+        },
+        ProviderName::E2b => Features {
+            labels: true,
+            url_bridge: true,
+            background: true,
+            ..Features::default()
+        },
+        ProviderName::Tensorlake => Features {
+            background: true,
+            ..Features::default()
+        },
+        ProviderName::Modal => Features {
+            labels: true,
+            ..Features::default()
+        },
+        ProviderName::BlacksmithTestbox => Features::default(),
+    }
+}
+
 /// A public URL for one port of a lease (URL-bridge providers).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Share {
@@ -141,8 +192,10 @@ pub trait Provider: Send + Sync {
     /// Its name.
     fn name(&self) -> ProviderName;
 
-    /// What it can do.
-    fn features(&self) -> Features;
+    /// What it can do (the [`features_of`] table).
+    fn features(&self) -> Features {
+        features_of(self.name())
+    }
 
     /// Every lease of `pond` (one list call, filtered by label).
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError>;
@@ -191,7 +244,10 @@ pub trait Provider: Send + Sync {
     /// providers), reusing a live share of the same port.
     async fn share(&self, lease: &Lease, port: u16, ttl: Duration) -> Result<Share, ProviderError> {
         let _ = (lease, port, ttl);
-        Err(ProviderError::Unsupported(format!("provider `{}` has no URL bridge", self.name())))
+        Err(ProviderError::Unsupported(format!(
+            "provider `{}` has no URL bridge",
+            self.name()
+        )))
     }
 
     /// The lease's current shares (empty for providers without a URL bridge).
@@ -203,13 +259,19 @@ pub trait Provider: Send + Sync {
     /// Pauses the lease, releasing its compute but keeping it and its claim.
     async fn pause(&self, lease: &Lease) -> Result<(), ProviderError> {
         let _ = lease;
-        Err(ProviderError::Unsupported(format!("provider `{}` cannot pause leases", self.name())))
+        Err(ProviderError::Unsupported(format!(
+            "provider `{}` cannot pause leases",
+            self.name()
+        )))
     }
 
     /// Resumes a paused lease.
     async fn resume(&self, lease: &Lease) -> Result<(), ProviderError> {
         let _ = lease;
-        Err(ProviderError::Unsupported(format!("provider `{}` cannot resume leases", self.name())))
+        Err(ProviderError::Unsupported(format!(
+            "provider `{}` cannot resume leases",
+            self.name()
+        )))
     }
 
     /// How to reach the lease over SSH, for SSH-lease providers (the SSH mesh

@@ -16,7 +16,7 @@ use crate::inventory::claims::{Claim, ClaimStore};
 use crate::inventory::labels::Labels;
 use crate::inventory::lease::{Endpoint, Lease};
 use crate::inventory::state_dir::expand_tilde;
-use crate::providers::{CreateRequest, ExecRequest, Features, OutputSink, Provider, ProviderError};
+use crate::providers::{CreateRequest, ExecRequest, OutputSink, Provider, ProviderError};
 use crate::spec::desired::Probe;
 use crate::spec::providers::ProviderName;
 use crate::transport::ssh::SshTarget;
@@ -122,15 +122,6 @@ fn current_user() -> String {
 impl Provider for SshProvider {
     fn name(&self) -> ProviderName {
         ProviderName::Ssh
-    }
-
-    fn features(&self) -> Features {
-        Features {
-            labels: false,
-            ssh: true,
-            background: true,
-            ..Features::default()
-        }
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {

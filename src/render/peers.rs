@@ -349,25 +349,9 @@ pub(crate) mod tests {
         }
     }
 
-    /// Features as the real providers declare them, enough for tests.
+    /// Features as the real providers declare them.
     pub(crate) fn features(p: ProviderName) -> Features {
-        match p {
-            ProviderName::Local => Features {
-                local: true,
-                ..Features::default()
-            },
-            ProviderName::E2b | ProviderName::Islo => Features {
-                labels: true,
-                url_bridge: true,
-                ..Features::default()
-            },
-            ProviderName::BlacksmithTestbox => Features::default(),
-            _ => Features {
-                labels: true,
-                ssh: true,
-                ..Features::default()
-            },
-        }
+        crate::providers::features_of(p)
     }
 
     fn local(host: &str) -> Endpoint {

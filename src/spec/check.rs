@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::diagnostic::Diagnostic;
+use crate::providers::features_of;
 use crate::spec::desired::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_READY_INTERVAL, DEFAULT_READY_TIMEOUT, DEFAULT_SYNC_MAX_BYTES,
     DEFAULT_TTL, DesiredMember, DesiredPond, Probe, ReadyCheck, Step, SyncSettings,
@@ -286,7 +287,7 @@ impl Checker<'_> {
 
         let expose =
             pick!(expose).map_or_else(Vec::new, |(items, origin)| self.ports(&items, origin));
-        if provider_known && !expose.is_empty() && !provider_has_transport(provider) {
+        if provider_known && !expose.is_empty() && !features_of(provider).reachable_ports() {
             let origin = if spec.expose.is_some() {
                 own
             } else {
@@ -352,8 +353,25 @@ impl Checker<'_> {
             }
         }
 
+        let setup_origin = if spec.setup.is_some() {
+            own
+        } else {
+            Origin::Defaults
+        };
         let setup =
             pick!(setup).map_or_else(Vec::new, |(steps, origin)| self.setup(&steps, origin));
+        if provider_known && !features_of(provider).background {
+            for (k, step) in setup.iter().enumerate().filter(|(_, s)| s.background) {
+                self.out.push(
+                    Diagnostic::error(
+                        "unsupported-option",
+                        self.value(&setup_origin.pointer(&format!("/setup/{k}/background"))),
+                        format!("member `{slug}`: provider `{provider}` cannot keep a background step running (`{}`)", step.run),
+                    )
+                    .with_hint("run it to completion, or put the service on a provider with background support (local, ssh, hetzner, islo…)"),
+                );
+            }
+        }
         let ready = pick!(ready).and_then(|(r, origin)| self.ready(&r, origin));
 
         let sync = match pick!(sync) {
@@ -813,14 +831,4 @@ impl Checker<'_> {
         stack.pop();
         state.insert(node, 2);
     }
-}
-
-/// Whether peers can reach a provider's exposed ports (SSH mesh, URL bridge
-/// or a local address); delegated providers without a bridge cannot.
-#[must_use]
-pub fn provider_has_transport(p: ProviderName) -> bool {
-    !matches!(
-        p,
-        ProviderName::Tensorlake | ProviderName::Modal | ProviderName::BlacksmithTestbox
-    )
 }

@@ -13,6 +13,48 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Accepts the snake_case spelling of every camelCase key (`memory_mb` for
+/// `memoryMB`): Crabbox's config files use camelCase, its issue trackers and
+/// pond.yaml's own keys use snake_case, and both mean the same setting. Serde
+/// takes them through `alias`; this adds them to the schema.
+fn snake_case_aliases(schema: &mut schemars::Schema) {
+    let Some(props) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    let aliases: Vec<(String, serde_json::Value)> = props
+        .iter()
+        .filter(|(k, _)| k.chars().any(|c| c.is_ascii_uppercase()))
+        .map(|(k, v)| {
+            let mut alias = v.clone();
+            if let Some(obj) = alias.as_object_mut() {
+                obj.insert("description".into(), format!("Alias of `{k}`.").into());
+            }
+            (snake_case(k), alias)
+        })
+        .collect();
+    for (k, v) in aliases {
+        props.entry(k).or_insert(v);
+    }
+}
+
+/// `memoryMB` → `memory_mb`, `sshCIDRs` → `ssh_cidrs`, `gatewayProfile` → `gateway_profile`.
+fn snake_case(camel: &str) -> String {
+    let chars: Vec<char> = camel.chars().collect();
+    let mut out = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_ascii_uppercase() {
+            let prev_lower = i > 0 && chars[i - 1].is_ascii_lowercase();
+            if prev_lower {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Settings of the embedded `local` provider: real processes on this machine, each lease in
 /// its own directory under the state dir and on its own loopback address `127.77.x.y`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -52,6 +94,7 @@ pub struct SshBlock {
 /// Settings of the `hetzner` provider: Hetzner Cloud servers, reached over SSH.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = snake_case_aliases)]
 pub struct HetznerBlock {
     /// Hetzner datacenter location, e.g. `fsn1`, `nbg1`, `hel1`. Default `fsn1`.
     /// Env `CRABBOX_HETZNER_LOCATION`.
@@ -77,6 +120,7 @@ pub struct HetznerBlock {
 /// Settings of the `aws` provider: EC2 instances (Linux, Windows, macOS), reached over SSH.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = snake_case_aliases)]
 pub struct AwsBlock {
     /// AWS region, e.g. `eu-west-1`. Default `eu-west-1`.
     /// Env `CRABBOX_AWS_REGION` (wins over `AWS_REGION`).
@@ -89,31 +133,31 @@ pub struct AwsBlock {
     /// Existing security group to attach. Default: the Crabbox-managed `crabbox-runners` group.
     /// Env `CRABBOX_AWS_SECURITY_GROUP_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "securityGroupId")]
+    #[serde(rename = "securityGroupId", alias = "security_group_id")]
     pub security_group_id: Option<String>,
     /// Subnet (and so VPC) to launch into. Default: a subnet of the default VPC.
     /// Env `CRABBOX_AWS_SUBNET_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "subnetId")]
+    #[serde(rename = "subnetId", alias = "subnet_id")]
     pub subnet_id: Option<String>,
     /// IAM instance profile name attached to the instance (not a local AWS CLI profile).
     /// Default: none. Env `CRABBOX_AWS_INSTANCE_PROFILE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "instanceProfile")]
+    #[serde(rename = "instanceProfile", alias = "instance_profile")]
     pub instance_profile: Option<String>,
     /// Root volume size in GB (encrypted gp3). Default 400. Env `CRABBOX_AWS_ROOT_GB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "rootGB")]
+    #[serde(rename = "rootGB", alias = "root_gb")]
     pub root_gb: Option<u32>,
     /// Source CIDR ranges allowed to reach SSH. Default: the caller's public IP.
     /// Env `CRABBOX_AWS_SSH_CIDRS` (comma-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "sshCIDRs")]
+    #[serde(rename = "sshCIDRs", alias = "ssh_cidrs")]
     pub ssh_cidrs: Option<Vec<String>>,
     /// EC2 Mac Dedicated Host ID, required for macOS targets. Default: none.
     /// Env `CRABBOX_AWS_MAC_HOST_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "macHostId")]
+    #[serde(rename = "macHostId", alias = "mac_host_id")]
     pub mac_host_id: Option<String>,
     /// Capacity market, `spot` or `on-demand`. Default `spot`, falling back to on-demand
     /// after 120s. Flag `--market`, env `CRABBOX_CAPACITY_MARKET`.
@@ -134,6 +178,7 @@ pub struct AwsBlock {
 /// Settings of the `azure` provider: Azure virtual machines (Linux, Windows), reached over SSH.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = snake_case_aliases)]
 pub struct AzureBlock {
     /// Azure region, e.g. `eastus`. Default `eastus`. Env `CRABBOX_AZURE_LOCATION`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,7 +186,7 @@ pub struct AzureBlock {
     /// Resource group holding the leases and shared network. Default `crabbox-leases`.
     /// Env `CRABBOX_AZURE_RESOURCE_GROUP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "resourceGroup")]
+    #[serde(rename = "resourceGroup", alias = "resource_group")]
     pub resource_group: Option<String>,
     /// Marketplace or custom image URN. Default `Canonical:ubuntu-26_04-lts:server:latest`.
     /// Env `CRABBOX_AZURE_IMAGE`.
@@ -150,7 +195,7 @@ pub struct AzureBlock {
     /// OS disk mode: `managed`, `ephemeral` or `ephemeral-preview`. Default `managed`.
     /// Env `CRABBOX_AZURE_OS_DISK`, flag `--azure-os-disk`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "osDisk")]
+    #[serde(rename = "osDisk", alias = "os_disk")]
     pub os_disk: Option<String>,
     /// Shared virtual network name. Default `crabbox-vnet`. Env `CRABBOX_AZURE_VNET`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,7 +209,7 @@ pub struct AzureBlock {
     /// Source CIDR ranges allowed to reach SSH. Default: the caller's public IPv4 as a /32.
     /// Env `CRABBOX_AZURE_SSH_CIDRS` (comma-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "sshCIDRs")]
+    #[serde(rename = "sshCIDRs", alias = "ssh_cidrs")]
     pub ssh_cidrs: Option<Vec<String>>,
     /// Which address SSH uses: `public` (the VM's public IP) or `private` (the NIC's vnet IP,
     /// e.g. through a VPN). Default `public`. Env `CRABBOX_AZURE_NETWORK`.
@@ -185,6 +230,7 @@ pub struct AzureBlock {
 /// Settings of the `gcp` provider: Google Compute Engine Linux VMs, reached over SSH.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = snake_case_aliases)]
 pub struct GcpBlock {
     /// Google Cloud project ID; required. Env `CRABBOX_GCP_PROJECT`, else
     /// `GOOGLE_CLOUD_PROJECT` or `GCP_PROJECT_ID`.
@@ -212,16 +258,16 @@ pub struct GcpBlock {
     /// Source CIDR ranges allowed to reach SSH. Default `0.0.0.0/0`.
     /// Env `CRABBOX_GCP_SSH_CIDRS` (comma-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "sshCIDRs")]
+    #[serde(rename = "sshCIDRs", alias = "ssh_cidrs")]
     pub ssh_cidrs: Option<Vec<String>>,
     /// Boot disk size in GB (pd-balanced). Default 400. Env `CRABBOX_GCP_ROOT_GB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "rootGB")]
+    #[serde(rename = "rootGB", alias = "root_gb")]
     pub root_gb: Option<u32>,
     /// Service account email attached to the VM. Default: none.
     /// Env `CRABBOX_GCP_SERVICE_ACCOUNT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "serviceAccount")]
+    #[serde(rename = "serviceAccount", alias = "service_account")]
     pub service_account: Option<String>,
     /// SSH login user on the VM. Default `crabbox`, the user the bootstrap creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,11 +285,12 @@ pub struct GcpBlock {
 /// streaming exec API and ports published as HTTPS shares.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = snake_case_aliases)]
 pub struct IsloBlock {
     /// Islo API base URL. Default `https://api.islo.dev`.
     /// Env `CRABBOX_ISLO_BASE_URL` or `ISLO_BASE_URL`, flag `--islo-base-url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "baseUrl")]
+    #[serde(rename = "baseUrl", alias = "base_url")]
     pub base_url: Option<String>,
     /// Container image of the sandbox. Default: Islo's tenant default.
     /// Env `CRABBOX_ISLO_IMAGE`, flag `--islo-image`.
@@ -256,12 +303,12 @@ pub struct IsloBlock {
     /// Islo gateway profile (network policy and credentials). Default: none.
     /// Env `CRABBOX_ISLO_GATEWAY_PROFILE`, flag `--islo-gateway-profile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "gatewayProfile")]
+    #[serde(rename = "gatewayProfile", alias = "gateway_profile")]
     pub gateway_profile: Option<String>,
     /// Snapshot to create the sandbox from. Default: none.
     /// Env `CRABBOX_ISLO_SNAPSHOT_NAME`, flag `--islo-snapshot-name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "snapshotName")]
+    #[serde(rename = "snapshotName", alias = "snapshot_name")]
     pub snapshot_name: Option<String>,
     /// Virtual CPUs. Default 2 (left to Islo's tenant default unless set).
     /// Env `CRABBOX_ISLO_VCPUS`, flag `--islo-vcpus`.
@@ -270,12 +317,12 @@ pub struct IsloBlock {
     /// Memory in MB. Default 4096 (left to Islo's tenant default unless set).
     /// Env `CRABBOX_ISLO_MEMORY_MB`, flag `--islo-memory-mb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "memoryMB")]
+    #[serde(rename = "memoryMB", alias = "memory_mb")]
     pub memory_mb: Option<u32>,
     /// Disk size in GB. Default 20 (left to Islo's tenant default unless set).
     /// Env `CRABBOX_ISLO_DISK_GB`, flag `--islo-disk-gb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "diskGB")]
+    #[serde(rename = "diskGB", alias = "disk_gb")]
     pub disk_gb: Option<u32>,
 }
 
@@ -283,16 +330,17 @@ pub struct IsloBlock {
 /// the `tensorlake` CLI (`tensorlake sbx …`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = snake_case_aliases)]
 pub struct TensorlakeBlock {
     /// Tensorlake API base URL. Default `https://api.tensorlake.ai`.
     /// Env `CRABBOX_TENSORLAKE_API_URL` or `TENSORLAKE_API_URL`, flag `--tensorlake-api-url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "apiUrl")]
+    #[serde(rename = "apiUrl", alias = "api_url")]
     pub api_url: Option<String>,
     /// Path to the `tensorlake` CLI binary. Default `tensorlake` on `PATH`.
     /// Env `CRABBOX_TENSORLAKE_CLI`, flag `--tensorlake-cli`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "cliPath")]
+    #[serde(rename = "cliPath", alias = "cli_path")]
     pub cli_path: Option<String>,
     /// Registered image to boot. Default: the CLI's default image.
     /// Env `CRABBOX_TENSORLAKE_IMAGE`, flag `--tensorlake-image`.
@@ -306,13 +354,13 @@ pub struct TensorlakeBlock {
     /// Env `CRABBOX_TENSORLAKE_ORGANIZATION_ID` or `TENSORLAKE_ORGANIZATION_ID`,
     /// flag `--tensorlake-organization-id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "organizationId")]
+    #[serde(rename = "organizationId", alias = "organization_id")]
     pub organization_id: Option<String>,
     /// Tensorlake project, when the account spans several. Default: the account's.
     /// Env `CRABBOX_TENSORLAKE_PROJECT_ID` or `TENSORLAKE_PROJECT_ID`,
     /// flag `--tensorlake-project-id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "projectId")]
+    #[serde(rename = "projectId", alias = "project_id")]
     pub project_id: Option<String>,
     /// Tensorlake namespace. Default: none.
     /// Env `CRABBOX_TENSORLAKE_NAMESPACE` or `INDEXIFY_NAMESPACE`, flag `--tensorlake-namespace`.
@@ -330,22 +378,22 @@ pub struct TensorlakeBlock {
     /// Memory in MB. Default 1024.
     /// Env `CRABBOX_TENSORLAKE_MEMORY_MB`, flag `--tensorlake-memory-mb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "memoryMB")]
+    #[serde(rename = "memoryMB", alias = "memory_mb")]
     pub memory_mb: Option<u32>,
     /// Disk size in MB. Default 10240.
     /// Env `CRABBOX_TENSORLAKE_DISK_MB`, flag `--tensorlake-disk-mb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "diskMB")]
+    #[serde(rename = "diskMB", alias = "disk_mb")]
     pub disk_mb: Option<u32>,
     /// Sandbox lifetime in seconds; 0 leaves it to Tensorlake. Default 0.
     /// Env `CRABBOX_TENSORLAKE_TIMEOUT_SECS`, flag `--tensorlake-timeout-secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "timeoutSecs")]
+    #[serde(rename = "timeoutSecs", alias = "timeout_secs")]
     pub timeout_secs: Option<u64>,
     /// Block outbound internet from the sandbox. Default false.
     /// Env `CRABBOX_TENSORLAKE_NO_INTERNET`, flag `--tensorlake-no-internet`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "noInternet")]
+    #[serde(rename = "noInternet", alias = "no_internet")]
     pub no_internet: Option<bool>,
 }
 
@@ -353,11 +401,12 @@ pub struct TensorlakeBlock {
 /// over SSH through Daytona's short-lived access tokens.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = snake_case_aliases)]
 pub struct DaytonaBlock {
     /// Daytona API base URL. Default `https://app.daytona.io/api`.
     /// Env `CRABBOX_DAYTONA_API_URL` or `DAYTONA_API_URL`, flag `--daytona-api-url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "apiUrl")]
+    #[serde(rename = "apiUrl", alias = "api_url")]
     pub api_url: Option<String>,
     /// Daytona snapshot the sandbox is created from; required (it also sets the size).
     /// Env `CRABBOX_DAYTONA_SNAPSHOT` or `DAYTONA_SNAPSHOT`, flag `--daytona-snapshot`.
@@ -375,17 +424,17 @@ pub struct DaytonaBlock {
     /// Default `/home/daytona/crabbox`.
     /// Env `CRABBOX_DAYTONA_WORK_ROOT`, flag `--daytona-work-root`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "workRoot")]
+    #[serde(rename = "workRoot", alias = "work_root")]
     pub work_root: Option<String>,
     /// SSH gateway host the access token logs in to. Default `ssh.app.daytona.io`.
     /// Env `CRABBOX_DAYTONA_SSH_GATEWAY_HOST`, flag `--daytona-ssh-gateway-host`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "sshGatewayHost")]
+    #[serde(rename = "sshGatewayHost", alias = "ssh_gateway_host")]
     pub ssh_gateway_host: Option<String>,
     /// Lifetime of each SSH access token, in minutes. Default 30.
     /// Env `CRABBOX_DAYTONA_SSH_ACCESS_MINUTES`, flag `--daytona-ssh-access-minutes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "sshAccessMinutes")]
+    #[serde(rename = "sshAccessMinutes", alias = "ssh_access_minutes")]
     pub ssh_access_minutes: Option<u32>,
     /// Path to the private key the SSH client presents. Default: a per-lease key generated
     /// in the state dir.
@@ -397,11 +446,12 @@ pub struct DaytonaBlock {
 /// API and ports reachable at `https://<port>-<id>.<domain>`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = snake_case_aliases)]
 pub struct E2bBlock {
     /// E2B control-plane API URL; HTTPS unless loopback. Default `https://api.e2b.app`.
     /// Env `CRABBOX_E2B_API_URL` or `E2B_API_URL`, flag `--e2b-api-url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "apiUrl")]
+    #[serde(rename = "apiUrl", alias = "api_url")]
     pub api_url: Option<String>,
     /// Sandbox domain used for file, process and port URLs. Default `e2b.app`.
     /// Env `CRABBOX_E2B_DOMAIN` or `E2B_DOMAIN`, flag `--e2b-domain`.
@@ -425,6 +475,7 @@ pub struct E2bBlock {
 /// Python client.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = snake_case_aliases)]
 pub struct ModalBlock {
     /// Modal app the sandboxes belong to (created if missing). Default `crabbox`.
     /// Env `CRABBOX_MODAL_APP`, flag `--modal-app`.
@@ -456,6 +507,7 @@ pub struct ModalBlock {
 /// authenticated `blacksmith` CLI (Crabbox's `blacksmith:` block).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(transform = snake_case_aliases)]
 pub struct BlacksmithTestboxBlock {
     /// Blacksmith organization. Default: the CLI's current organization.
     /// Env `CRABBOX_BLACKSMITH_ORG`, flag `--blacksmith-org`.
@@ -477,7 +529,7 @@ pub struct BlacksmithTestboxBlock {
     /// Idle time after which Blacksmith stops the Testbox, as a duration like `30m`.
     /// Default: the member's `idle_timeout`. Env `CRABBOX_BLACKSMITH_IDLE_TIMEOUT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(rename = "idleTimeout")]
+    #[serde(rename = "idleTimeout", alias = "idle_timeout")]
     pub idle_timeout: Option<String>,
     /// Pass `--debug` to the Blacksmith CLI. Default false. Env `CRABBOX_BLACKSMITH_DEBUG`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

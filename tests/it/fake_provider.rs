@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use crabbox::inventory::labels::Labels;
 use crabbox::inventory::lease::{Endpoint, Lease};
-use crabbox::providers::{
-    CreateRequest, ExecRequest, Features, OutputSink, Provider, ProviderError,
-};
+use crabbox::providers::{CreateRequest, ExecRequest, OutputSink, Provider, ProviderError};
 use crabbox::spec::desired::Probe;
 use crabbox::spec::providers::ProviderName;
 
@@ -63,15 +61,6 @@ impl MemoryProvider {
 impl Provider for MemoryProvider {
     fn name(&self) -> ProviderName {
         ProviderName::Local
-    }
-
-    fn features(&self) -> Features {
-        Features {
-            background: true,
-            labels: true,
-            local: true,
-            ..Features::default()
-        }
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
