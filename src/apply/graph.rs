@@ -28,6 +28,8 @@ pub enum StepKind {
     Setup,
     /// Wait for the ready check.
     Ready,
+    /// Publish the exposed ports at public URLs (URL-bridge providers).
+    Share,
     /// Mark the lease ready (labels `state=ready`, `pond_setup`).
     Finalize,
     /// Release a lease.
@@ -58,6 +60,7 @@ impl Step {
             StepKind::Sync => "sync",
             StepKind::Setup => "setup",
             StepKind::Ready => "ready",
+            StepKind::Share => "share",
             StepKind::Finalize => "finalize",
             StepKind::Release(_) => "release",
             StepKind::ForgetClaim(_) => "forget-claim",
@@ -122,7 +125,11 @@ pub fn build(plan: &Plan, render: bool) -> StepGraph {
         if m.sync.enabled {
             provision.push(StepKind::Sync);
         }
-        provision.extend([StepKind::Setup, StepKind::Ready, StepKind::Finalize]);
+        provision.extend([StepKind::Setup, StepKind::Ready]);
+        if crate::providers::features_of(m.provider).url_bridge && !m.expose.is_empty() {
+            provision.push(StepKind::Share);
+        }
+        provision.push(StepKind::Finalize);
         let nodes = match c.action {
             Action::NoOp => continue,
             Action::Create => chain(&mut g, &c.slug, provision),

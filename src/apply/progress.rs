@@ -72,6 +72,7 @@ fn verbs(step: &Step) -> (&'static str, &'static str, &'static str) {
             "Still waiting for ready...",
             "Ready",
         ),
+        StepKind::Share => ("Sharing ports...", "Still sharing ports...", "Ports shared"),
         StepKind::Finalize => ("Marking ready...", "Still marking ready...", "Marked ready"),
         StepKind::Release(_) => (
             "Destroying...",

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::apply::graph::{Step, StepKind};
 use crate::apply::progress::Reporter;
 use crate::apply::retry::with_retries;
-use crate::inventory::claims::{Claim, ClaimStore, claim_state, now_rfc3339};
+use crate::inventory::claims::{Claim, ClaimStore, SHARES_FIELD, claim_state, now_rfc3339};
 use crate::inventory::discover::remember_providers;
 use crate::inventory::labels::{self, SpecHashes, now_secs, state};
 use crate::inventory::lease::{Lease, new_lease_id};
@@ -208,6 +208,7 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
         StepKind::Sync => sync(ctx, &slug).await,
         StepKind::Setup => setup(ctx, &slug).await,
         StepKind::Ready => ready(ctx, &slug).await,
+        StepKind::Share => share(ctx, &slug).await,
         StepKind::Finalize => {
             let m = ctx.member(&slug)?;
             let lease = ctx.lease(&slug)?;
@@ -307,6 +308,11 @@ fn update_claim(ctx: &Context, lease: &Lease) {
         .map(|p| p.to_string())
         .unwrap_or_default();
     claim.bridge_url = lease.endpoint.url.clone().unwrap_or_default();
+    if lease.endpoint.shares.is_empty() {
+        claim.extra.remove(SHARES_FIELD);
+    } else if let Ok(shares) = serde_json::to_value(&lease.endpoint.shares) {
+        claim.extra.insert(SHARES_FIELD.to_owned(), shares);
+    }
     if let Err(e) = ctx.claims.write(&claim) {
         ctx.reporter.message(
             "warning",
@@ -428,6 +434,29 @@ async fn ready(ctx: &Context, slug: &str) -> Result<String, StepError> {
         )
         .await;
     }
+}
+
+/// Publishes every exposed port (reusing live shares) for the lease's ttl.
+async fn share(ctx: &Context, slug: &str) -> Result<String, StepError> {
+    let m = ctx.member(slug)?;
+    let mut lease = ctx.lease(slug)?;
+    let provider = ctx.provider(lease.provider)?;
+    let mut shares = Vec::new();
+    for &port in &m.expose {
+        shares.push(with_retries(|| provider.share(&lease, port, m.ttl)).await?);
+    }
+    lease.endpoint.url = shares.first().map(|s| s.url.clone());
+    lease.endpoint.shares = shares;
+    update_claim(ctx, &lease);
+    let urls = lease
+        .endpoint
+        .shares
+        .iter()
+        .map(|s| format!("{}={}", s.port, s.url))
+        .collect::<Vec<_>>()
+        .join(" ");
+    ctx.set_lease(lease);
+    Ok(urls)
 }
 
 fn describe_probe(p: &Probe) -> String {

@@ -22,6 +22,10 @@ pub mod claim_state {
     pub const ACTIVE: &str = "active";
 }
 
+/// Claim field (ours) holding a URL-bridge lease's shares, so discovery can
+/// show them without asking the provider again.
+pub const SHARES_FIELD: &str = "crabboxShares";
+
 /// One claim file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]

@@ -94,6 +94,15 @@ pub async fn discover(
     for claim in pond_claims {
         if let Some(lease) = by_id.get_mut(&claim.lease_id) {
             lease.claimed = true;
+            // What only the claim knows: the URL bridge's shares.
+            if lease.endpoint.shares.is_empty()
+                && let Some(shares) = claim.extra.get(crate::inventory::claims::SHARES_FIELD)
+            {
+                lease.endpoint.shares = serde_json::from_value(shares.clone()).unwrap_or_default();
+            }
+            if lease.endpoint.url.is_none() && !claim.bridge_url.is_empty() {
+                lease.endpoint.url = Some(claim.bridge_url.clone());
+            }
         } else if ProviderName::from_name(&claim.provider).is_some_and(|p| inv.listed.contains(&p))
         {
             inv.dangling_claims.push(claim);

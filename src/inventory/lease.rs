@@ -15,9 +15,23 @@ pub struct Endpoint {
     /// SSH port, for SSH-lease providers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
-    /// Provider URL, for URL-bridge providers.
+    /// Provider URL, for URL-bridge providers (the first share's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Public URLs of exposed ports (URL-bridge providers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<Share>,
+}
+
+/// A public URL for one port of a lease (URL-bridge providers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// The lease's port.
+    pub port: u16,
+    /// Where it is reachable.
+    pub url: String,
+    /// RFC 3339 expiry.
+    pub expires_at: String,
 }
 
 /// One live lease.

@@ -452,6 +452,7 @@ impl HetznerProvider {
                 host: server.ipv4().map(str::to_owned),
                 ssh_port: Some(port),
                 url: None,
+                shares: Vec::new(),
             },
             listed: true,
             claimed: false,

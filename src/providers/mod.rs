@@ -4,6 +4,7 @@
 
 pub mod hetzner;
 pub mod http;
+pub mod islo;
 pub mod local;
 pub mod registry;
 pub mod ssh;
@@ -97,16 +98,7 @@ pub fn features_of(name: ProviderName) -> Features {
     }
 }
 
-/// A public URL for one port of a lease (URL-bridge providers).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Share {
-    /// The lease's port.
-    pub port: u16,
-    /// Where it is reachable.
-    pub url: String,
-    /// RFC 3339 expiry.
-    pub expires_at: String,
-}
+pub use crate::inventory::lease::Share;
 
 /// A provider call that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -104,6 +104,7 @@ fn lease_from_claim(claim: &Claim) -> Lease {
             host: extra_str(claim, "staticHost").map(str::to_owned),
             ssh_port: extra_str(claim, "staticPort").and_then(|p| p.parse().ok()),
             url: None,
+            shares: Vec::new(),
         },
         listed: true,
         claimed: true,

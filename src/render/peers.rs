@@ -108,7 +108,12 @@ fn peer_from_lease(pond: &str, lease: &Lease, features: Features) -> Peer {
         lease.slug().to_owned()
     };
     let host = lease.endpoint.host.clone().filter(|h| !h.is_empty());
-    let url = lease.endpoint.url.as_deref().filter(|u| !u.is_empty());
+    let url = lease
+        .endpoint
+        .url
+        .as_deref()
+        .or_else(|| lease.endpoint.shares.first().map(|s| s.url.as_str()))
+        .filter(|u| !u.is_empty());
     let tailnet = lease.label(TAILSCALE_IPV4).filter(|v| !v.is_empty());
 
     let mut transports = Vec::new();
@@ -158,7 +163,16 @@ fn peer_from_lease(pond: &str, lease: &Lease, features: Features) -> Peer {
         host,
         ports: lease.ports(),
         note,
-        targets: Vec::new(),
+        targets: lease
+            .endpoint
+            .shares
+            .iter()
+            .map(|s| Target {
+                port: s.port,
+                url: s.url.clone(),
+                expires_at: s.expires_at.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -373,6 +387,7 @@ pub(crate) mod tests {
                     host: Some("203.0.113.7".to_owned()),
                     ssh_port: Some(2222),
                     url: None,
+                    shares: Vec::new(),
                 },
             ),
             lease(

@@ -341,6 +341,7 @@ async fn create_puts_every_label_in_the_create_call_and_labels_the_key() {
             host: Some("127.0.0.1".into()),
             ssh_port: Some(22),
             url: None,
+            shares: Vec::new(),
         }
     );
     let server = fx
