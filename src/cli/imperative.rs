@@ -452,3 +452,45 @@ pub(super) fn status(args: &StatusArgs) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+#[derive(Debug, Args)]
+pub(super) struct PauseArgs {
+    #[command(flatten)]
+    member: MemberRef,
+}
+
+/// `pause` and `resume`: release or restore a lease's compute, keeping the lease and its claim.
+pub(super) fn pause_or_resume(args: &PauseArgs, pause: bool) -> ExitCode {
+    let Some((_, registry, rt, _, lease)) = resolve(&args.member) else {
+        return failure();
+    };
+    let provider = match registry.get(lease.provider) {
+        Ok(p) => p,
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            return failure();
+        }
+    };
+    let result = rt.block_on(async {
+        if pause {
+            provider.pause(&lease).await
+        } else {
+            provider.resume(&lease).await
+        }
+    });
+    match result {
+        Ok(()) => {
+            anstream::eprintln!(
+                "{} {} ({}); its claim is kept",
+                if pause { "paused" } else { "resumed" },
+                lease.slug(),
+                lease.id
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            failure()
+        }
+    }
+}

@@ -69,6 +69,10 @@ enum Command {
     List(imperative::ListArgs),
     /// Show one member's lease.
     Status(imperative::StatusArgs),
+    /// Pause a member (providers that can: islo), releasing its compute but keeping the lease and its claim.
+    Pause(imperative::PauseArgs),
+    /// Resume a paused member.
+    Resume(imperative::PauseArgs),
     /// Crabbox-compatible pond verbs.
     #[command(subcommand)]
     Pond(pond::PondCommand),
@@ -152,6 +156,8 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Release(args) => imperative::release(&args),
         Command::List(args) => imperative::list(&args),
         Command::Status(args) => imperative::status(&args),
+        Command::Pause(args) => imperative::pause_or_resume(&args, true),
+        Command::Resume(args) => imperative::pause_or_resume(&args, false),
         Command::Pond(cmd) => pond::run(&cmd),
     }
 }

@@ -26,6 +26,16 @@ pub(super) struct PeersArgs {
     /// Crabbox's `pond peers --json` shape: {"members": [...]}.
     #[arg(long)]
     json: bool,
+    /// Publish this port of every URL-bridge member (reusing a live share) and show its URL.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    share_port: Option<u16>,
+    /// Lifetime of a share made by --share-port (60s to 7 days).
+    #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+    share_ttl: std::time::Duration,
+}
+
+fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    crate::spec::duration::parse(s).ok_or_else(|| format!("`{s}` is not a duration such as 24h"))
 }
 
 /// Finds the pond by `--pond NAME`, or by the spec.
@@ -100,15 +110,40 @@ impl PeersArgs {
             spec: SpecArgs::none(),
             pond: Some(name.to_owned()),
             json,
+            share_port: None,
+            share_ttl: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }
 
 pub(super) fn peers(args: &PeersArgs) -> ExitCode {
     let registry = registry();
-    let Some((pond, inv, _)) = pond_inventory(&args.spec, args.pond.as_deref(), &registry) else {
+    let Some((pond, mut inv, _)) = pond_inventory(&args.spec, args.pond.as_deref(), &registry)
+    else {
         return failure();
     };
+    if let Some(port) = args.share_port {
+        let rt = runtime();
+        for lease in &mut inv.leases {
+            let Ok(provider) = registry.get(lease.provider) else {
+                continue;
+            };
+            if !provider.features().url_bridge {
+                continue;
+            }
+            match rt.block_on(provider.share(lease, port, args.share_ttl)) {
+                Ok(share) => {
+                    lease.endpoint.shares.retain(|s| s.port != port);
+                    lease.endpoint.url.get_or_insert_with(|| share.url.clone());
+                    lease.endpoint.shares.push(share);
+                }
+                Err(e) => {
+                    anstream::eprintln!("error: sharing port {port} of {}: {e}", lease.slug());
+                    return failure();
+                }
+            }
+        }
+    }
     for (p, why) in &inv.unreachable {
         anstream::eprintln!("warning: provider `{p}` could not be listed: {why}");
     }
