@@ -30,6 +30,13 @@ Environment:
                               $XDG_STATE_HOME/crabbox, else ~/.config/crabbox/state
   HCLOUD_TOKEN, HETZNER_TOKEN Hetzner Cloud API token (enables the `hetzner` provider)
   HCLOUD_ENDPOINT             Hetzner API base URL (default https://api.hetzner.cloud/v1)
+  CRABBOX_ISLO_API_KEY, ISLO_API_KEY
+                              Islo API key (enables `islo`); CRABBOX_ISLO_BASE_URL or
+                              ISLO_BASE_URL override https://api.islo.dev
+  CRABBOX_TENSORLAKE_API_KEY, TENSORLAKE_API_KEY
+                              Tensorlake API key (enables `tensorlake`; given to the CLI in its
+                              environment only); TENSORLAKE_API_URL, TENSORLAKE_ORGANIZATION_ID,
+                              TENSORLAKE_PROJECT_ID, INDEXIFY_NAMESPACE pass through
   NO_COLOR                    never colour output
   CI                          plain progress lines instead of live spinners";
 
