@@ -8,6 +8,7 @@ pub mod islo;
 pub mod local;
 pub mod registry;
 pub mod ssh;
+pub mod tensorlake;
 
 use std::collections::BTreeMap;
 use std::path::Path;

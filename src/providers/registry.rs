@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::providers::hetzner::HetznerProvider;
 use crate::providers::local::LocalProvider;
 use crate::providers::ssh::SshProvider;
+use crate::providers::tensorlake::TensorlakeProvider;
 use crate::providers::{Provider, ProviderError};
 use crate::spec::providers::ProviderName;
 
@@ -26,6 +27,9 @@ impl Registry {
         providers.insert(ProviderName::Ssh, Arc::new(SshProvider::new(state_dir)));
         if let Some(hetzner) = HetznerProvider::from_env(state_dir) {
             providers.insert(ProviderName::Hetzner, Arc::new(hetzner));
+        }
+        if let Some(tensorlake) = TensorlakeProvider::from_env(state_dir) {
+            providers.insert(ProviderName::Tensorlake, Arc::new(tensorlake));
         }
         Self { providers }
     }
