@@ -88,6 +88,12 @@ fn find_lease(inv: &Inventory, id: &str) -> Result<Lease, String> {
 pub(super) struct RunArgs {
     #[command(flatten)]
     member: MemberRef,
+    /// Forward this variable from crabbox's environment to the command
+    /// (repeatable). Values never go on a command line: each provider passes
+    /// them through its own channel (a stdin script over SSH, a temporary
+    /// profile for Tensorlake); only presence and length are printed.
+    #[arg(long = "allow-env", value_name = "NAME")]
+    allow_env: Vec<String>,
     /// The command and its arguments (after `--`), run with `sh -c` in the member's workspace.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -141,6 +147,15 @@ pub(super) fn run(args: &RunArgs) -> ExitCode {
     let mut env = peer_env(&pond, &peers);
     env.insert("CRABBOX_POND".into(), pond.clone());
     env.insert("CRABBOX_SLUG".into(), lease.slug().to_owned());
+    for name in &args.allow_env {
+        match std::env::var(name) {
+            Ok(value) => {
+                anstream::eprintln!("forwarding {name} (set, {} chars)", value.chars().count());
+                env.insert(name.clone(), value);
+            }
+            Err(_) => anstream::eprintln!("not forwarding {name} (unset)"),
+        }
+    }
     // One argument is a whole shell command line (`run -- "make test"`); several are quoted word by word.
     let command = match args.command.as_slice() {
         [line] => line.clone(),

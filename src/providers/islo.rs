@@ -21,10 +21,14 @@
 //!   sink line by line as it arrives, and a command only succeeds once an
 //!   `exit` event arrived. Background services, their stop and readiness
 //!   probes are scripts run through the same endpoint (pid files and logs
-//!   under `/workspace/<workdir>/.crabbox/`).
+//!   under `/workspace/<workdir>/.crabbox/`). A workdir Islo reports missing
+//!   (`FILE_NOT_FOUND`, e.g. a sandbox adopted before its first command) is
+//!   created and the command sent once more; stopping services where there
+//!   is no state directory has nothing to stop.
 //! - **Sync** uploads the gzipped archive as multipart to `files-archive`.
 //! - **Shares** publish a port at an HTTPS URL; a share of the same port is
-//!   reused while more than 30 s of it remain.
+//!   reused while more than 30 s of it remain. The executor records them in
+//!   the claim (discovery reads them back); the provider keeps no copy.
 //!
 //! JSON calls go through the shared [`HttpClient`] (its error mapping: 429 and
 //! 5xx retryable, 401 a configuration error, 404 not found); the two
@@ -49,7 +53,7 @@ use crate::inventory::labels::Labels;
 use crate::inventory::lease::{Endpoint, Lease, is_lease_id};
 use crate::providers::http::{ApiError, HttpClient, user_agent};
 use crate::providers::{
-    CreateRequest, ExecRequest, Features, OutputSink, Provider, ProviderError, Share, Stream,
+    CreateRequest, ExecRequest, OutputSink, Provider, ProviderError, Share, Stream,
 };
 use crate::spec::desired::{DesiredMember, Probe};
 use crate::spec::duration;
@@ -95,7 +99,6 @@ const BODY_EXCERPT: usize = 200;
 const CLAIM_WORKDIR: &str = "isloWorkdir";
 const CLAIM_BASE_URL: &str = "isloBaseURL";
 const CLAIM_SANDBOX_ID: &str = "isloSandboxID";
-const CLAIM_SHARES: &str = "isloShares";
 
 /// Environment of every command: the lease ID (also the marker that tells
 /// our processes apart) and the workspace path.
@@ -196,7 +199,9 @@ fn valid_name(name: &str) -> bool {
 /// [`ProviderError::Config`] for an absolute path, `..`, or nothing left.
 pub fn checked_workdir(workdir: &str) -> Result<String, ProviderError> {
     let bad = || ProviderError::Config {
-        message: format!("Islo `workdir` `{workdir}` must be a relative directory under /workspace"),
+        message: format!(
+            "Islo `workdir` `{workdir}` must be a relative directory under /workspace"
+        ),
         hint: "write a relative name such as `crabbox` or `app/backend`, without `..`".to_owned(),
     };
     if workdir.starts_with('/') || workdir.contains('\0') || workdir.contains('\\') {
@@ -373,9 +378,8 @@ impl Api {
             };
             return Err(redact(error, &self.key.0));
         }
-        let token: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
-            ProviderError::Failed(format!("{what}: unexpected response: {e}"))
-        })?;
+        let token: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Failed(format!("{what}: unexpected response: {e}")))?;
         if token.session_token.is_empty() {
             return Err(ProviderError::Failed(format!(
                 "{what}: the response carries no session token"
@@ -441,30 +445,32 @@ impl Api {
     }
 
     /// Sends a request whose answer is read by the caller (streams): the
-    /// response once it is a success, else the mapped error. `build` makes
-    /// the request for a session token; a 401 refreshes the session once.
+    /// response once it is a success, else the mapped error (with the status
+    /// and Islo's error code, for callers that branch on them). `build` makes
+    /// the request for a session token (from owned parts, so it can be sent
+    /// again); a 401 refreshes the session once.
     async fn send_raw(
         &self,
         what: &str,
         path: &str,
         build: impl Fn(&str) -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, ProviderError> {
+    ) -> Result<reqwest::Response, ApiError> {
         let mut refreshed = false;
         loop {
-            let s = self.session().await?;
+            let s = self.session().await.map_err(api_error)?;
             let request = build(&s.token).header(reqwest::header::USER_AGENT, user_agent());
             let response = match tokio::time::timeout(RESPONSE_HEADER_TIMEOUT, request.send()).await
             {
                 Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(transport_error(what, &e)),
+                Ok(Err(e)) => return Err(api_error(redact(transport_error(what, &e), &s.token))),
                 Err(_) => {
-                    return Err(ProviderError::Retryable {
+                    return Err(api_error(ProviderError::Retryable {
                         message: format!(
                             "{what}: no response within {}s",
                             RESPONSE_HEADER_TIMEOUT.as_secs()
                         ),
                         retry_after: None,
-                    });
+                    }));
                 }
             };
             let status = response.status();
@@ -478,10 +484,13 @@ impl Api {
             }
             let headers = response.headers().clone();
             let body = response.bytes().await.unwrap_or_default();
-            return Err(redact(
-                status_error(what, path, status, &headers, &body),
-                &s.token,
-            ));
+            let (code, message) = parse_error_body(&body);
+            return Err(ApiError {
+                status: Some(status.as_u16()),
+                code,
+                message: message.replace(&s.token, "<redacted>"),
+                error: redact(status_error(what, path, status, &headers, &body), &s.token),
+            });
         }
     }
 }
@@ -511,10 +520,7 @@ fn status_error(
         }
     } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         ProviderError::Config {
-            message: format!(
-                "islo rejected the session ({} {detail})",
-                status.as_u16()
-            ),
+            message: format!("islo rejected the session ({} {detail})", status.as_u16()),
             hint: format!("set {KEY_ENV} to a valid Islo API key"),
         }
     } else if status == StatusCode::NOT_FOUND {
@@ -528,7 +534,10 @@ fn status_error(
 /// else the body itself, shortened.
 fn parse_error_body(body: &[u8]) -> (Option<String>, String) {
     if let Ok(value) = serde_json::from_slice::<Value>(body) {
-        let error = value.get("error").filter(|e| e.is_object()).unwrap_or(&value);
+        let error = value
+            .get("error")
+            .filter(|e| e.is_object())
+            .unwrap_or(&value);
         let text = |k: &str| error.get(k).and_then(Value::as_str).map(str::to_owned);
         let (code, message) = (text("code"), text("message").or_else(|| text("detail")));
         if code.is_some() || message.is_some() {
@@ -613,10 +622,7 @@ struct Settings {
 fn settings_of(member: &DesiredMember) -> Result<Settings, ProviderError> {
     let empty = Value::Object(Map::new());
     let block = member.provider_block.as_ref().unwrap_or(&empty);
-    let block = block
-        .get("islo")
-        .filter(|v| v.is_object())
-        .unwrap_or(block);
+    let block = block.get("islo").filter(|v| v.is_object()).unwrap_or(block);
     let invalid = |key: &str, want: &str| ProviderError::Config {
         message: format!("member `{}`: islo.{key} must be {want}", member.slug),
         hint: "see `crabbox schema` for the fields of `islo:`".to_owned(),
@@ -873,12 +879,18 @@ fn parse_rfc3339(text: &str) -> Option<SystemTime> {
         let (t, off) = rest.split_at(i);
         let sign = if off.starts_with('-') { -1 } else { 1 };
         let (h, m) = off[1..].split_once(':').unwrap_or((&off[1..], "0"));
-        (t, sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60))
+        (
+            t,
+            sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60),
+        )
     } else {
         (rest, 0)
     };
     let mut t = time.splitn(3, ':');
-    let (h, mi) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let (h, mi) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
     let sec_text = t.next().unwrap_or("0");
     let (s, frac) = sec_text.split_once('.').unwrap_or((sec_text, ""));
     let s = s.parse::<i64>().ok()?;
@@ -1271,27 +1283,40 @@ impl IsloProvider {
             workdir: workdir.to_owned(),
             lease_id: request.lease_id.clone(),
         };
+        self.make_workdir(&target).await?;
+        Ok(sandbox)
+    }
+
+    /// Creates `/workspace/<workdir>`: `mkdir -p` of the relative workdir,
+    /// run in `/workspace` (paths in commands stay inside the sandbox).
+    async fn make_workdir(&self, target: &Target) -> Result<(), ProviderError> {
         let sink = Arc::new(Collect::default());
         let code = self
-            .stream(
-                &target,
-                &format!("mkdir -p -- {}", quote(workdir)),
+            .stream_once(
+                target,
+                &format!("mkdir -p -- {}", quote(&target.workdir)),
                 &BTreeMap::new(),
                 WORKSPACE,
                 sink.clone(),
             )
-            .await?;
-        if code != 0 {
-            let (_, stderr) = sink.take();
-            return Err(ProviderError::Failed(format!(
-                "creating {WORKSPACE}/{workdir} in islo sandbox `{name}` failed with exit status {code}: {}",
-                stderr.join("\n")
-            )));
+            .await
+            .map_err(ProviderError::from)?;
+        if code == 0 {
+            return Ok(());
         }
-        Ok(sandbox)
+        let (_, stderr) = sink.take();
+        Err(ProviderError::Failed(format!(
+            "creating {} in islo sandbox `{}` failed with exit status {code}: {}",
+            target.workspace(),
+            target.name,
+            stderr.join("\n")
+        )))
     }
 
-    /// Runs `bash -lc <command>` in the sandbox through the SSE exec stream.
+    /// Runs `bash -lc <command>` in the sandbox through the SSE exec stream,
+    /// in `workdir`. When that is the lease's workdir and Islo says it does
+    /// not exist (a sandbox adopted before its first command), it is
+    /// created and the command sent once more.
     async fn stream(
         &self,
         target: &Target,
@@ -1300,19 +1325,53 @@ impl IsloProvider {
         workdir: &str,
         sink: Arc<dyn OutputSink>,
     ) -> Result<i32, ProviderError> {
+        match self
+            .stream_once(target, command, env, workdir, sink.clone())
+            .await
+        {
+            Err(e)
+                if e.status == Some(400)
+                    && e.has_code("FILE_NOT_FOUND")
+                    && workdir != WORKSPACE
+                    && workdir == target.workspace() =>
+            {
+                self.make_workdir(target).await?;
+                self.stream_once(target, command, env, workdir, sink)
+                    .await
+                    .map_err(ProviderError::from)
+            }
+            other => other.map_err(ProviderError::from),
+        }
+    }
+
+    /// One exec stream: output reaches `sink` line by line as it arrives;
+    /// the exit code once the `exit` event arrived.
+    async fn stream_once(
+        &self,
+        target: &Target,
+        command: &str,
+        env: &BTreeMap<String, String>,
+        workdir: &str,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ApiError> {
         if command.contains('\0') {
-            return Err(ProviderError::Failed(
+            return Err(api_error(ProviderError::Failed(
                 "the command contains a NUL byte".to_owned(),
-            ));
+            )));
         }
         let mut env = env.clone();
         env.insert(ENV_LEASE_ID.to_owned(), target.lease_id.clone());
         env.insert(ENV_WORKSPACE.to_owned(), target.workspace());
-        let body = json!({
+        let body = serde_json::to_vec(&json!({
             "command": ["bash", "-lc", command],
             "env": env,
             "workdir": workdir,
-        });
+        }))
+        .map_err(|e| {
+            api_error(ProviderError::Failed(format!(
+                "encoding the exec request: {e}"
+            )))
+        })?;
         let path = format!("/sandboxes/{}/exec/stream", target.name);
         let url = format!("{}{path}", target.api.base_url);
         let what = format!("islo: POST {path}");
@@ -1323,7 +1382,8 @@ impl IsloProvider {
                     .post(&url)
                     .bearer_auth(token)
                     .header(ACCEPT, "text/event-stream")
-                    .json(&body)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone())
             })
             .await?;
         let mut parser = SseParser::default();
@@ -1331,6 +1391,7 @@ impl IsloProvider {
         let mut out = LineBuffer::new(Stream::Stdout);
         let mut err = LineBuffer::new(Stream::Stderr);
         let sink = sink.as_ref();
+        let fail = |e: ProviderError| api_error(e);
         'read: loop {
             let chunk = match response.chunk().await {
                 Ok(Some(chunk)) => chunk,
@@ -1338,14 +1399,14 @@ impl IsloProvider {
                 Err(e) => {
                     out.flush(sink);
                     err.flush(sink);
-                    return Err(ProviderError::Failed(format!(
+                    return Err(fail(ProviderError::Failed(format!(
                         "islo exec stream of `{}` broke off: {e}",
                         target.name
-                    )));
+                    ))));
                 }
             };
-            for event in parser.feed(&chunk)? {
-                if apply_event(&event, &mut outcome, &mut out, &mut err, sink)? {
+            for event in parser.feed(&chunk).map_err(fail)? {
+                if apply_event(&event, &mut outcome, &mut out, &mut err, sink).map_err(fail)? {
                     break 'read;
                 }
             }
@@ -1353,34 +1414,46 @@ impl IsloProvider {
         if outcome.exit.is_none()
             && let Some(event) = parser.finish()
         {
-            apply_event(&event, &mut outcome, &mut out, &mut err, sink)?;
+            apply_event(&event, &mut outcome, &mut out, &mut err, sink).map_err(fail)?;
         }
         out.flush(sink);
         err.flush(sink);
         match (outcome.exit, outcome.error) {
             (Some(code), _) => Ok(code),
-            (None, Some(message)) => Err(ProviderError::Failed(format!(
+            (None, Some(message)) => Err(fail(ProviderError::Failed(format!(
                 "islo exec stream error: {message}"
-            ))),
-            (None, None) => Err(ProviderError::Failed(
+            )))),
+            (None, None) => Err(fail(ProviderError::Failed(
                 "islo exec stream ended without exit event".to_owned(),
-            )),
+            ))),
         }
     }
 
-    /// Runs a script in the workdir and collects its output.
+    /// Runs a script in `workdir` and collects its output.
+    async fn script_in(
+        &self,
+        target: &Target,
+        script: &str,
+        env: &BTreeMap<String, String>,
+        workdir: &str,
+    ) -> Result<(i32, Vec<String>, Vec<String>), ProviderError> {
+        let sink = Arc::new(Collect::default());
+        let code = self
+            .stream(target, script, env, workdir, sink.clone())
+            .await?;
+        let (stdout, stderr) = sink.take();
+        Ok((code, stdout, stderr))
+    }
+
+    /// Runs a script in the lease's workdir and collects its output.
     async fn script(
         &self,
         target: &Target,
         script: &str,
         env: &BTreeMap<String, String>,
     ) -> Result<(i32, Vec<String>, Vec<String>), ProviderError> {
-        let sink = Arc::new(Collect::default());
-        let code = self
-            .stream(target, script, env, &target.workspace(), sink.clone())
-            .await?;
-        let (stdout, stderr) = sink.take();
-        Ok((code, stdout, stderr))
+        self.script_in(target, script, env, &target.workspace())
+            .await
     }
 
     async fn list_shares(&self, target: &Target) -> Result<Vec<ShareRecord>, ProviderError> {
@@ -1395,31 +1468,6 @@ impl IsloProvider {
         }
     }
 
-    /// Records a share's URL in the claim; the lowest port's URL is the
-    /// lease's endpoint.
-    fn remember_share(&self, lease_id: &str, share: &Share) {
-        let Some(mut claim) = self.claims.load(lease_id) else {
-            return;
-        };
-        let mut shares = claim
-            .extra
-            .get(CLAIM_SHARES)
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        shares.insert(share.port.to_string(), Value::String(share.url.clone()));
-        if let Some(url) = shares
-            .iter()
-            .filter_map(|(p, u)| Some((p.parse::<u16>().ok()?, u.as_str()?)))
-            .min_by_key(|(p, _)| *p)
-            .map(|(_, u)| u.to_owned())
-        {
-            claim.bridge_url = url;
-        }
-        claim.extra.insert(CLAIM_SHARES.to_owned(), Value::Object(shares));
-        let _ = self.claims.write(&claim);
-    }
-
     fn lease_of(claim: &Claim) -> Lease {
         Lease {
             id: claim.lease_id.clone(),
@@ -1430,6 +1478,9 @@ impl IsloProvider {
                 host: None,
                 ssh_port: None,
                 url: Some(claim.bridge_url.clone()).filter(|u| !u.is_empty()),
+                // Discovery adds the shares the executor recorded in the
+                // claim.
+                shares: Vec::new(),
             },
             listed: true,
             claimed: true,
@@ -1438,7 +1489,11 @@ impl IsloProvider {
 
     /// This API's leases among `claims`: those whose sandbox it lists (or,
     /// for one the listing missed, answers for by name).
-    async fn leases_at(&self, api: Arc<Api>, claims: Vec<Claim>) -> Result<Vec<Lease>, ProviderError> {
+    async fn leases_at(
+        &self,
+        api: Arc<Api>,
+        claims: Vec<Claim>,
+    ) -> Result<Vec<Lease>, ProviderError> {
         let sandboxes = self.all_sandboxes(&api).await?;
         let mut leases = Vec::new();
         for claim in claims {
@@ -1471,15 +1526,6 @@ impl IsloProvider {
 impl Provider for IsloProvider {
     fn name(&self) -> ProviderName {
         ProviderName::Islo
-    }
-
-    fn features(&self) -> Features {
-        Features {
-            url_bridge: true,
-            background: true,
-            pause_resume: true,
-            ..Features::default()
-        }
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
@@ -1539,9 +1585,10 @@ impl Provider for IsloProvider {
             CLAIM_WORKDIR.to_owned(),
             Value::String(settings.workdir.clone()),
         );
-        claim
-            .extra
-            .insert(CLAIM_BASE_URL.to_owned(), Value::String(api.base_url.clone()));
+        claim.extra.insert(
+            CLAIM_BASE_URL.to_owned(),
+            Value::String(api.base_url.clone()),
+        );
         claim.labels.clone_from(&request.labels);
         self.claims.write(&claim).map_err(|e| {
             ProviderError::Failed(format!("writing claim {}: {e}", request.lease_id))
@@ -1550,7 +1597,10 @@ impl Provider for IsloProvider {
         let mut body = Map::new();
         body.insert("name".to_owned(), Value::String(name.clone()));
         body.extend(settings.create.clone());
-        let created = match api.post::<Sandbox>("/sandboxes", &Value::Object(body)).await {
+        let created = match api
+            .post::<Sandbox>("/sandboxes", &Value::Object(body))
+            .await
+        {
             Ok(s) => s,
             // An earlier attempt created it before its answer was lost: the
             // name carries this lease's ID and its claim names it.
@@ -1570,7 +1620,11 @@ impl Provider for IsloProvider {
                 return Err(e);
             }
         };
-        let id = if sandbox.id.is_empty() { created.id } else { sandbox.id };
+        let id = if sandbox.id.is_empty() {
+            created.id
+        } else {
+            sandbox.id
+        };
         if !id.is_empty()
             && let Some(mut claim) = self.claims.load(&request.lease_id)
         {
@@ -1622,29 +1676,23 @@ impl Provider for IsloProvider {
         body.extend_from_slice(&bytes);
         drop(bytes);
         body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        let body = reqwest::Body::from(body);
         let path = format!("/sandboxes/{}/files-archive", target.name);
         let url = format!("{}{path}", target.api.base_url);
         let what = format!("islo: POST {path}");
         let workspace = target.workspace();
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        // Built from the owned bytes for every attempt (a 401 sends it again).
         let response = target
             .api
             .send_raw(&what, &path, |token| {
-                let request = self
-                    .raw
+                self.raw
                     .post(&url)
                     .query(&[("path", workspace.as_str())])
                     .bearer_auth(token)
                     .header(ACCEPT, "application/json")
-                    .header(
-                        CONTENT_TYPE,
-                        format!("multipart/form-data; boundary={boundary}"),
-                    )
-                    .timeout(UPLOAD_TIMEOUT);
-                match body.try_clone() {
-                    Some(b) => request.body(b),
-                    None => request,
-                }
+                    .header(CONTENT_TYPE, content_type.as_str())
+                    .timeout(UPLOAD_TIMEOUT)
+                    .body(body.clone())
             })
             .await?;
         response
@@ -1661,13 +1709,8 @@ impl Provider for IsloProvider {
         sink: Arc<dyn OutputSink>,
     ) -> Result<i32, ProviderError> {
         let target = self.target(lease)?;
-        let run = self.stream(
-            &target,
-            &request.command,
-            &request.env,
-            &target.workspace(),
-            sink,
-        );
+        let workdir = target.workspace();
+        let run = self.stream(&target, &request.command, &request.env, &workdir, sink);
         match request.timeout {
             Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
                 Err(ProviderError::Failed(format!(
@@ -1744,11 +1787,16 @@ impl Provider for IsloProvider {
 
     async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
         let target = self.target(lease)?;
+        // Run from `/workspace`: a workdir (or state directory) that does
+        // not exist yet has nothing to stop, and is not created for it.
         let script = format!(
-            "{}for f in {STATE_DIR}/pids/*.pid; do\n  [ -e \"$f\" ] || continue\n  crabbox_stop \"$f\"\ndone\nexit 0\n",
-            stop_functions(&target.lease_id)
+            "{}cd -- {} 2>/dev/null || exit 0\n[ -d {STATE_DIR}/pids ] || exit 0\nfor f in {STATE_DIR}/pids/*.pid; do\n  [ -e \"$f\" ] || continue\n  crabbox_stop \"$f\"\ndone\nexit 0\n",
+            stop_functions(&target.lease_id),
+            quote(&target.workdir)
         );
-        let (code, _, stderr) = self.script(&target, &script, &BTreeMap::new()).await?;
+        let (code, _, stderr) = self
+            .script_in(&target, &script, &BTreeMap::new(), WORKSPACE)
+            .await?;
         if code == 0 {
             Ok(())
         } else {
@@ -1781,7 +1829,8 @@ impl Provider for IsloProvider {
             Probe::Command(_) => Arc::new(NullSink),
             _ => Arc::new(Collect::default()),
         };
-        let run = self.stream(&target, &script, &env, &target.workspace(), sink);
+        let workdir = target.workspace();
+        let run = self.stream(&target, &script, &env, &workdir, sink);
         match tokio::time::timeout(PROBE_TIMEOUT, run).await {
             Err(_) => Ok(false),
             Ok(Ok(0)) => Ok(true),
@@ -1823,7 +1872,10 @@ impl Provider for IsloProvider {
             .await?
             .into_iter()
             .filter(|s| s.port == u32::from(port) && !s.url.is_empty())
-            .filter(|s| s.remaining(now).is_none_or(|left| left > SHARE_REUSE_MARGIN))
+            .filter(|s| {
+                s.remaining(now)
+                    .is_none_or(|left| left > SHARE_REUSE_MARGIN)
+            })
             .max_by_key(|s| s.remaining(now).unwrap_or(Duration::MAX));
         let record = match reusable {
             Some(s) => s,
@@ -1838,9 +1890,7 @@ impl Provider for IsloProvider {
                     .await?
             }
         };
-        let share = record.to_share();
-        self.remember_share(&lease.id, &share);
-        Ok(share)
+        Ok(record.to_share())
     }
 
     async fn shares(&self, lease: &Lease) -> Result<Vec<Share>, ProviderError> {
@@ -1897,7 +1947,10 @@ mod tests {
             sandbox_name("P_R", "Web.App", "cbx_ffffff000000"),
             "crabbox-p-r-web-app-ffffff"
         );
-        assert_eq!(sandbox_name("", "x", "cbx_000000000000"), "crabbox-x-000000");
+        assert_eq!(
+            sandbox_name("", "x", "cbx_000000000000"),
+            "crabbox-x-000000"
+        );
     }
 
     #[test]
@@ -1905,7 +1958,15 @@ mod tests {
         assert_eq!(checked_workdir("crabbox").unwrap(), "crabbox");
         assert_eq!(checked_workdir("team/repo/").unwrap(), "team/repo");
         assert_eq!(checked_workdir("./a/./b").unwrap(), "a/b");
-        for bad in ["/work/repo", "/etc", "../etc", "repo/../../etc", ".", "./..", ""] {
+        for bad in [
+            "/work/repo",
+            "/etc",
+            "../etc",
+            "repo/../../etc",
+            ".",
+            "./..",
+            "",
+        ] {
             assert!(checked_workdir(bad).is_err(), "{bad:?}");
         }
     }

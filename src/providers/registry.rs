@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::providers::hetzner::HetznerProvider;
+use crate::providers::islo::IsloProvider;
 use crate::providers::local::LocalProvider;
 use crate::providers::ssh::SshProvider;
 use crate::providers::tensorlake::TensorlakeProvider;
@@ -27,6 +28,9 @@ impl Registry {
         providers.insert(ProviderName::Ssh, Arc::new(SshProvider::new(state_dir)));
         if let Some(hetzner) = HetznerProvider::from_env(state_dir) {
             providers.insert(ProviderName::Hetzner, Arc::new(hetzner));
+        }
+        if let Some(islo) = IsloProvider::from_env(state_dir) {
+            providers.insert(ProviderName::Islo, Arc::new(islo));
         }
         if let Some(tensorlake) = TensorlakeProvider::from_env(state_dir) {
             providers.insert(ProviderName::Tensorlake, Arc::new(tensorlake));

@@ -3,6 +3,7 @@
 mod cli;
 mod converge;
 mod corpus;
+mod delegated_e2e;
 mod fake_hetzner;
 mod fake_islo;
 mod fake_provider;
