@@ -327,7 +327,7 @@ fn is_our_tunnel(p: &Process) -> bool {
     );
     args.first().is_some_and(|a| a.ends_with("ssh"))
         && args.iter().any(|a| a == "-L")
-        && args.iter().any(|a| *a == forward)
+        && args.contains(&forward)
 }
 
 /// Stops the tunnels recorded in `daemon.json` (checking each pid first) and

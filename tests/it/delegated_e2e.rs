@@ -28,8 +28,13 @@ impl Env {
         for d in ["home", "work", "tl-state"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("dirs");
         }
-        std::fs::write(dir.path().join("work/hello.txt"), "hello from the repo\n").expect("repo file");
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        std::fs::write(dir.path().join("work/hello.txt"), "hello from the repo\n")
+            .expect("repo file");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
         let islo = rt.block_on(start(FakeConfig::default()));
         Self { dir, _rt: rt, islo }
     }
@@ -92,7 +97,9 @@ members:
         std::fs::read_dir(self.path("state/claims"))
             .map(|d| {
                 d.filter_map(Result::ok)
-                    .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok())
+                    .filter_map(|e| {
+                        serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -114,11 +121,20 @@ fn local_tensorlake_and_islo_members_apply_share_and_destroy() {
     let out = env.run(&["apply", "--auto-approve"]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("app | hello from the repo"), "synced through files-archive and run over the SSE stream: {err}");
-    assert!(err.contains("loader | loading with token of length 16"), "{err}");
+    assert!(
+        err.contains("app | hello from the repo"),
+        "synced through files-archive and run over the SSE stream: {err}"
+    );
+    assert!(
+        err.contains("loader | loading with token of length 16"),
+        "{err}"
+    );
     let loader_done = err.find("loader: Setup complete").expect("loader setup");
     let app_setup = err.find("app: Running setup").expect("app setup");
-    assert!(loader_done < app_setup, "app waited for loader to complete: {err}");
+    assert!(
+        loader_done < app_setup,
+        "app waited for loader to complete: {err}"
+    );
 
     // The Tensorlake key and the member's env reached the CLI only through its environment.
     let log = std::fs::read_to_string(env.path("tl.log")).expect("fake CLI log");
@@ -126,31 +142,60 @@ fn local_tensorlake_and_islo_members_apply_share_and_destroy() {
     for line in log.lines() {
         let entry: Value = serde_json::from_str(line).expect("log line");
         let argv = entry["argv"].to_string();
-        assert!(!argv.contains(TL_KEY) && !argv.contains("not-for-argv-123"), "secret on argv: {argv}");
+        assert!(
+            !argv.contains(TL_KEY) && !argv.contains("not-for-argv-123"),
+            "secret on argv: {argv}"
+        );
         assert_eq!(entry["env"]["TENSORLAKE_API_KEY"], TL_KEY);
     }
 
-    let peers: Value = serde_json::from_slice(&env.run(&["peers", "--json"]).stdout).expect("peers JSON");
-    let app = peers["members"].as_array().expect("members").iter().find(|m| m["slug"] == "app").expect("app").clone();
+    let peers: Value =
+        serde_json::from_slice(&env.run(&["peers", "--json"]).stdout).expect("peers JSON");
+    let app = peers["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["slug"] == "app")
+        .expect("app")
+        .clone();
     assert_eq!(app["transport"], "url", "{app}");
     assert_eq!(app["provider"], "islo");
     let url = app["endpoint"].as_str().expect("endpoint");
     assert!(url.starts_with("https://"), "{url}");
     assert_eq!(app["targets"][0]["port"], port);
     assert_eq!(app["targets"][0]["url"], url);
-    let loader = peers["members"].as_array().expect("members").iter().find(|m| m["slug"] == "loader").expect("loader").clone();
+    let loader = peers["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["slug"] == "loader")
+        .expect("loader")
+        .clone();
     assert_eq!(loader["transport"], "none");
-    let env_file = std::fs::read_to_string(env.path("home/.crabbox/pond/deleg/env")).expect("env file");
-    assert!(env_file.contains(&format!("CRABBOX_POND_APP_{port}={url}")), "{env_file}");
+    let env_file =
+        std::fs::read_to_string(env.path("home/.crabbox/pond/deleg/env")).expect("env file");
+    assert!(
+        env_file.contains(&format!("CRABBOX_POND_APP_{port}={url}")),
+        "{env_file}"
+    );
 
-    env.cmd().args(["plan", "--detailed-exitcode"]).assert().code(0);
+    env.cmd()
+        .args(["plan", "--detailed-exitcode"])
+        .assert()
+        .code(0);
 
     let out = env.run(&["destroy", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let _ = foreign;
-    assert_eq!(env.islo.handle.sandbox_names(), vec!["someone-elses-sandbox".to_owned()], "only the foreign sandbox is left");
+    assert_eq!(
+        env.islo.handle.sandbox_names(),
+        vec!["someone-elses-sandbox".to_owned()],
+        "only the foreign sandbox is left"
+    );
     assert!(env.claims().is_empty(), "no claim is left");
-    let left: Vec<_> = std::fs::read_dir(env.path("tl-state/sandboxes")).map(|d| d.filter_map(Result::ok).collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(env.path("tl-state/sandboxes"))
+        .map(|d| d.filter_map(Result::ok).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "no Tensorlake sandbox is left: {left:?}");
 }
 
@@ -164,7 +209,10 @@ fn an_islo_stream_without_exit_event_fails_the_step() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("ended without exit event"), "{err}");
-    env.cmd().args(["destroy", "--auto-approve"]).assert().success();
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
     assert!(env.islo.handle.sandbox_names().is_empty());
 }
 
@@ -179,39 +227,91 @@ fn a_crash_between_the_pending_claim_and_create_is_recovered_without_a_duplicate
     let adopted = "cbx_0000000000b2";
     // The labels the executor puts in a pending claim: exactly those of the create call.
     let spec = std::fs::read_to_string(env.path("work/pond.yaml")).expect("spec");
-    let desired = crabbox::spec::load::load_str("pond.yaml", &spec, &env.path("work"), &crabbox::spec::interpolate::Variables::fixed(vec![]))
-        .pond
-        .expect("valid spec");
-    let app_member = desired.members.iter().find(|m| m.slug == "app").expect("app member").clone();
+    let desired = crabbox::spec::load::load_str(
+        "pond.yaml",
+        &spec,
+        &env.path("work"),
+        &crabbox::spec::interpolate::Variables::fixed(vec![]),
+    )
+    .pond
+    .expect("valid spec");
+    let app_member = desired
+        .members
+        .iter()
+        .find(|m| m.slug == "app")
+        .expect("app member")
+        .clone();
     let labels = |id: &str, slug: &str| {
         let mut m = app_member.clone();
         m.slug = slug.to_owned();
-        serde_json::to_value(crabbox::inventory::labels::for_create("deleg", id, &m, crabbox::inventory::labels::now_secs())).expect("labels")
+        serde_json::to_value(crabbox::inventory::labels::for_create(
+            "deleg",
+            id,
+            &m,
+            crabbox::inventory::labels::now_secs(),
+        ))
+        .expect("labels")
     };
     std::fs::create_dir_all(env.path("state/claims")).expect("claims dir");
     // The provider records the sandbox's name in the claim before its POST.
     for (id, slug) in [(lost, "ghost"), (adopted, "app")] {
         let claim = serde_json::json!({"leaseID": id, "slug": slug, "provider": "islo", "pond": "deleg", "state": "pending",
             "cloudID": crabbox::providers::islo::sandbox_name("deleg", slug, id), "labels": labels(id, slug)});
-        std::fs::write(env.path(&format!("state/claims/{id}.json")), claim.to_string()).expect("pending claim");
+        std::fs::write(
+            env.path(&format!("state/claims/{id}.json")),
+            claim.to_string(),
+        )
+        .expect("pending claim");
     }
     let name = crabbox::providers::islo::sandbox_name("deleg", "app", adopted);
     env.islo.handle.plant_sandbox(&name);
     env.islo.handle.clear_requests();
 
-    let plan: Value = serde_json::from_slice(&env.run(&["plan", "--format", "json"]).stdout).expect("plan JSON");
-    let app = plan["member_changes"].as_array().expect("changes").iter().find(|c| c["slug"] == "app").expect("app").clone();
-    assert_eq!(app["lease_id"], adopted, "the sandbox created before the crash is adopted: {app}");
-    assert_eq!(plan["forget_claims"], serde_json::json!([lost]), "the claim that never got a sandbox is forgotten");
+    let plan: Value =
+        serde_json::from_slice(&env.run(&["plan", "--format", "json"]).stdout).expect("plan JSON");
+    let app = plan["member_changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .find(|c| c["slug"] == "app")
+        .expect("app")
+        .clone();
+    assert_eq!(
+        app["lease_id"], adopted,
+        "the sandbox created before the crash is adopted: {app}"
+    );
+    assert_eq!(
+        plan["forget_claims"],
+        serde_json::json!([lost]),
+        "the claim that never got a sandbox is forgotten"
+    );
 
     let out = env.run(&["apply", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let creates = env.islo.handle.requests().iter().filter(|r| r.method == "POST" && r.path == "/sandboxes").count();
+    let creates = env
+        .islo
+        .handle
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/sandboxes")
+        .count();
     assert_eq!(creates, 0, "no new sandbox for app");
-    let apps: Vec<String> = env.islo.handle.sandbox_names().into_iter().filter(|n| n.contains("-app-")).collect();
+    let apps: Vec<String> = env
+        .islo
+        .handle
+        .sandbox_names()
+        .into_iter()
+        .filter(|n| n.contains("-app-"))
+        .collect();
     assert_eq!(apps, vec![name], "exactly one sandbox for app");
     assert!(!env.path(&format!("state/claims/{lost}.json")).exists());
-    env.cmd().args(["plan", "--detailed-exitcode"]).assert().code(0);
-    env.cmd().args(["destroy", "--auto-approve"]).assert().success();
+    env.cmd()
+        .args(["plan", "--detailed-exitcode"])
+        .assert()
+        .code(0);
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
     assert!(env.islo.handle.sandbox_names().is_empty());
 }

@@ -540,17 +540,39 @@ fn wait_timeout_caps_ready_checks_and_a_member_that_never_gets_ready_is_tainted(
 fn run_forwards_allowed_env_without_printing_it() {
     let env = Env::new();
     env.write_spec("version: 1\npond: fwd\ndefaults: { sync: false }\nmembers:\n  - slug: box\n");
-    env.cmd().args(["apply", "--auto-approve"]).assert().success();
+    env.cmd()
+        .args(["apply", "--auto-approve"])
+        .assert()
+        .success();
     let out = env
         .cmd()
         .env("API_TOKEN", "s3cr3t-value")
-        .args(["run", "--pond", "fwd", "--id", "box", "--allow-env", "API_TOKEN", "--allow-env", "MISSING_ONE", "--", "test \"$API_TOKEN\" = s3cr3t-value && echo token-arrived"])
+        .args([
+            "run",
+            "--pond",
+            "fwd",
+            "--id",
+            "box",
+            "--allow-env",
+            "API_TOKEN",
+            "--allow-env",
+            "MISSING_ONE",
+            "--",
+            "test \"$API_TOKEN\" = s3cr3t-value && echo token-arrived",
+        ])
         .output()
         .expect("run");
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("token-arrived"));
     let err = text(&out.stderr);
-    assert!(err.contains("forwarding API_TOKEN (set, 12 chars)") && err.contains("not forwarding MISSING_ONE (unset)"), "{err}");
+    assert!(
+        err.contains("forwarding API_TOKEN (set, 12 chars)")
+            && err.contains("not forwarding MISSING_ONE (unset)"),
+        "{err}"
+    );
     assert!(!err.contains("s3cr3t-value") && !text(&out.stdout).contains("s3cr3t-value"));
-    env.cmd().args(["destroy", "--auto-approve"]).assert().success();
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
 }
