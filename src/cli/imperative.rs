@@ -94,9 +94,89 @@ pub(super) struct RunArgs {
     /// profile for Tensorlake); only presence and length are printed.
     #[arg(long = "allow-env", value_name = "NAME")]
     allow_env: Vec<String>,
+    #[command(flatten)]
+    crabbox_only: CrabboxRunOptions,
     /// The command and its arguments (after `--`), run with `sh -c` in the member's workspace.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+/// Options of Crabbox's own `run` that drive a sync target or capture
+/// results. crabbox syncs in `apply` (the spec's `sync:`), so these are
+/// accepted only to be refused with the reason, instead of clap's bare
+/// "unexpected argument" — and Islo and Tensorlake refuse them in Crabbox too.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Crabbox run options (refused, with the reason)")]
+struct CrabboxRunOptions {
+    /// Sync without running (Crabbox).
+    #[arg(long)]
+    sync_only: bool,
+    /// Checksum-based sync (Crabbox).
+    #[arg(long)]
+    checksum: bool,
+    /// Bypass the sync size guardrail (Crabbox).
+    #[arg(long)]
+    force_sync_large: bool,
+    /// Resync everything (Crabbox).
+    #[arg(long)]
+    full_resync: bool,
+    /// Run a local script (Crabbox).
+    #[arg(long, value_name = "FILE")]
+    script: Option<String>,
+    /// Read the script from stdin (Crabbox).
+    #[arg(long)]
+    script_stdin: bool,
+    /// Fresh PR checkout (Crabbox).
+    #[arg(long)]
+    fresh_pr: bool,
+    /// Capture output on failure (Crabbox).
+    #[arg(long)]
+    capture_on_fail: bool,
+    /// Collect artifacts (Crabbox).
+    #[arg(long, value_name = "GLOB")]
+    artifact_glob: Option<String>,
+    /// Environment helper (Crabbox).
+    #[arg(long, value_name = "HELPER")]
+    env_helper: Option<String>,
+    /// Stop the lease after the run (Crabbox).
+    #[arg(long)]
+    stop_after: bool,
+}
+
+impl CrabboxRunOptions {
+    /// The first option given, by its flag.
+    fn first_given(&self) -> Option<&'static str> {
+        [
+            (self.sync_only, "--sync-only"),
+            (self.checksum, "--checksum"),
+            (self.force_sync_large, "--force-sync-large"),
+            (self.full_resync, "--full-resync"),
+            (self.script.is_some(), "--script"),
+            (self.script_stdin, "--script-stdin"),
+            (self.fresh_pr, "--fresh-pr"),
+            (self.capture_on_fail, "--capture-on-fail"),
+            (self.artifact_glob.is_some(), "--artifact-glob"),
+            (self.env_helper.is_some(), "--env-helper"),
+            (self.stop_after, "--stop-after"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+}
+
+/// Why `flag` is refused for a lease on `provider`.
+fn refusal(flag: &str, provider: ProviderName) -> String {
+    match provider {
+        ProviderName::Islo => format!(
+            "`{flag}` is rejected on provider islo: Islo owns the command transport and there is no Crabbox-managed SSH/rsync target to drive"
+        ),
+        ProviderName::Tensorlake => format!(
+            "`{flag}` is rejected on provider tensorlake: Tensorlake owns the command transport and does not expose Crabbox's rsync semantics"
+        ),
+        _ => format!(
+            "`{flag}` is not supported by crabbox run: the repository is synced by `crabbox apply` (the member's `sync:` in pond.yaml, whose size guardrail cannot be forced)"
+        ),
+    }
 }
 
 /// Writes a member's output straight to our stdout/stderr.
@@ -133,6 +213,13 @@ pub(super) fn run(args: &RunArgs) -> ExitCode {
     let Some((pond, registry, rt, inv, lease)) = resolve(&args.member) else {
         return failure();
     };
+    if let Some(flag) = args.crabbox_only.first_given() {
+        anstream::eprintln!(
+            "error: {}\n  help: drop the option; run commands with `crabbox run --pond P --id SLUG -- CMD`",
+            refusal(flag, lease.provider)
+        );
+        return failure();
+    }
     let provider = match registry.get(lease.provider) {
         Ok(p) => p,
         Err(e) => {

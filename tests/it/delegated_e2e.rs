@@ -184,6 +184,51 @@ fn local_tensorlake_and_islo_members_apply_share_and_destroy() {
         .assert()
         .code(0);
 
+    // Crabbox's transport-driving run options are refused with the provider's reason.
+    let out = env.run(&[
+        "run",
+        "--pond",
+        "deleg",
+        "--id",
+        "app",
+        "--force-sync-large",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("`--force-sync-large` is rejected on provider islo"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = env.run(&[
+        "run",
+        "--pond",
+        "deleg",
+        "--id",
+        "loader",
+        "--checksum",
+        "--",
+        "true",
+    ]);
+    assert!(
+        text(&out.stderr).contains("`--checksum` is rejected on provider tensorlake"),
+        "{}",
+        text(&out.stderr)
+    );
+    // …while a plain run goes through the provider's own transport.
+    let out = env.run(&[
+        "run",
+        "--pond",
+        "deleg",
+        "--id",
+        "app",
+        "--",
+        "echo from-islo; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("from-islo"));
+
     let out = env.run(&["destroy", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let _ = foreign;
