@@ -117,15 +117,6 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// How a command's result is printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// For people.
-    Human,
-    /// For machines (stable, versioned).
-    Json,
-}
-
 /// How a plan is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PlanFormat {

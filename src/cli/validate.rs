@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 use serde_json::json;
 
-use super::{Format, SpecArgs};
+use super::SpecArgs;
 use crate::diagnostic;
 use crate::spec::load::load_path;
 
@@ -17,6 +17,60 @@ pub(super) struct ValidateArgs {
     /// severity, message, hint) for CI annotations.
     #[arg(long, value_enum, default_value_t = Format::Human)]
     format: Format,
+}
+
+/// How diagnostics are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// For people, on stderr.
+    Human,
+    /// For machines (stable, versioned), on stdout.
+    Json,
+    /// GitHub Actions workflow commands (`::error file=…,line=…,col=…::`), on stdout,
+    /// which GitHub shows as annotations on the pull request's diff.
+    Github,
+}
+
+/// Escapes a workflow command's message (GitHub's rules).
+fn escape_data(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// Escapes a workflow command's property value.
+fn escape_property(s: &str) -> String {
+    escape_data(s).replace(':', "%3A").replace(',', "%2C")
+}
+
+/// One `::error …::message` line per diagnostic.
+fn github_annotations(
+    file: &crate::spec::source::SourceFile,
+    diagnostics: &[crate::diagnostic::Diagnostic],
+) -> String {
+    let mut out = String::new();
+    for d in diagnostic::to_json(file, diagnostics) {
+        let level = match d.severity {
+            crate::diagnostic::Severity::Error => "error",
+            crate::diagnostic::Severity::Warning => "warning",
+        };
+        let mut message = d.message.to_owned();
+        if let Some(hint) = d.hint {
+            message.push_str("\nhelp: ");
+            message.push_str(hint);
+        }
+        out.push_str(&format!(
+            "::{level} file={},line={},col={},endLine={},endColumn={},title={}::{}\n",
+            escape_property(d.file),
+            d.line,
+            d.column,
+            d.end_line,
+            d.end_column,
+            escape_property(&format!("crabbox {}", d.code)),
+            escape_data(&message)
+        ));
+    }
+    out
 }
 
 pub(super) fn run(args: &ValidateArgs) -> ExitCode {
@@ -41,6 +95,11 @@ pub(super) fn run(args: &ValidateArgs) -> ExitCode {
                             "code": "unreadable", "severity": "error", "message": format!("cannot read {name}: {e}"),
                             "hint": hint, "related": []}]
                     })
+                ),
+                Format::Github => println!(
+                    "::error file={},title=crabbox unreadable::{}",
+                    escape_property(&name),
+                    escape_data(&format!("cannot read {name}: {e}\nhelp: {hint}"))
                 ),
             }
             return ExitCode::from(1);
@@ -70,6 +129,7 @@ pub(super) fn run(args: &ValidateArgs) -> ExitCode {
                 );
             }
         }
+        Format::Github => print!("{}", github_annotations(&loaded.file, &loaded.diagnostics)),
         Format::Json => println!(
             "{}",
             serde_json::to_string_pretty(&json!({

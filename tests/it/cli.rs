@@ -147,3 +147,50 @@ fn help_documents_exit_codes() {
         .stdout(predicate::str::contains("Exit codes"))
         .stdout(predicate::str::contains("--detailed-exitcode"));
 }
+
+#[test]
+fn github_annotations_for_ci() {
+    let out = crabbox()
+        .args([
+            "validate",
+            "-f",
+            "tests/corpus/invalid/39-class-on-local-warns-and-errors.yaml",
+            "--format",
+            "github",
+        ])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(out).expect("utf-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].starts_with("::warning file=tests/corpus/invalid/39-class-on-local-warns-and-errors.yaml,line=5,col=3,")
+            && lines[0].contains("title=crabbox meaningless-option::"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("::error file=") && lines[1].contains(",line=9,col=18,"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[1].contains("%0Ahelp: members are: api, db"),
+        "newlines are escaped: {}",
+        lines[1]
+    );
+    crabbox()
+        .args([
+            "validate",
+            "-f",
+            "examples/local/pond.yaml",
+            "--format",
+            "github",
+        ])
+        .assert()
+        .success()
+        .stdout("");
+}
