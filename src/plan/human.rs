@@ -121,6 +121,20 @@ fn header(change: &MemberChange) -> &'static str {
     }
 }
 
+/// One member's block, as it appears in the full plan.
+#[must_use]
+pub fn member_block(c: &MemberChange) -> String {
+    let mut out = String::new();
+    block(&mut out, c);
+    out
+}
+
+/// `db will be created`, `api must be replaced`…
+#[must_use]
+pub fn member_header(c: &MemberChange) -> String {
+    format!("{} {}", c.slug, header(c))
+}
+
 fn block(out: &mut String, c: &MemberChange) {
     let st = style(c.action);
     let _ = writeln!(out, "  {BOLD}# {}{BOLD:#} {}", c.slug, header(c));

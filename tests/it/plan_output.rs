@@ -125,8 +125,13 @@ fn large_plan_markdown_is_cut_safely() {
         "{fences:?}"
     );
     assert!(md.contains("… truncated:"), "the cut is announced");
-    assert!(md.trim_end().ends_with("</details>"));
-    // The table lists every member; only the folded full plan is cut.
+    assert!(
+        md.trim_end().lines().last().is_some_and(|l| l.starts_with("… truncated:") && l.contains("65,536")),
+        "the note closes the comment"
+    );
+    assert_eq!(md.matches("<details>").count(), md.matches("</details>").count(), "sections are cut whole");
+    assert!(md.matches("<details>").count() > 10, "per-member sections");
+    // The table lists every member; the sections after it are what is cut.
     assert!(md.contains("| member-299 |"));
 }
 
