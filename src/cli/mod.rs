@@ -9,6 +9,7 @@ mod peers;
 mod plan;
 mod pond;
 mod schema;
+mod sweep;
 mod validate;
 
 use std::ffi::OsString;
@@ -80,6 +81,9 @@ enum Command {
     Pause(imperative::PauseArgs),
     /// Resume a paused member.
     Resume(imperative::PauseArgs),
+    /// Destroy ponds whose every lease expired and, with --prefix, those not kept
+    /// (closed pull requests). --dry-run shows the plan.
+    Sweep(sweep::SweepArgs),
     /// Crabbox-compatible pond verbs.
     #[command(subcommand)]
     Pond(pond::PondCommand),
@@ -156,6 +160,7 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Status(args) => imperative::status(&args),
         Command::Pause(args) => imperative::pause_or_resume(&args, true),
         Command::Resume(args) => imperative::pause_or_resume(&args, false),
+        Command::Sweep(args) => sweep::run(&args),
         Command::Pond(cmd) => pond::run(&cmd),
     }
 }

@@ -251,6 +251,57 @@ pub struct HetznerProvider {
 }
 
 impl HetznerProvider {
+    /// Every server matching a label selector: the first page, then the
+    /// rest concurrently once the pagination meta says how many there are.
+    async fn servers_matching(&self, selector: &str) -> Result<Vec<Server>, ProviderError> {
+        let query = |page: u32| {
+            vec![
+                ("label_selector", selector.to_owned()),
+                ("per_page", PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ]
+        };
+        let first: ServerList = self
+            .http
+            .get_json_with_retries("/servers", &query(1))
+            .await?;
+        let mut servers = Vec::new();
+        match (first.meta.last_page(), first.meta.next_page()) {
+            (Some(last), _) if last > 1 => {
+                let pages = futures_util::future::try_join_all((2..=last).map(|page| {
+                    let q = query(page);
+                    async move {
+                        self.http
+                            .get_json_with_retries::<ServerList>("/servers", &q)
+                            .await
+                    }
+                }))
+                .await?;
+                servers.extend(first.servers);
+                for page in pages {
+                    servers.extend(page.servers);
+                }
+            }
+            (None, Some(mut next)) => {
+                // Total unknown: follow the pages one by one.
+                servers.extend(first.servers);
+                loop {
+                    let page: ServerList = self
+                        .http
+                        .get_json_with_retries("/servers", &query(next))
+                        .await?;
+                    servers.extend(page.servers);
+                    match page.meta.next_page() {
+                        Some(n) if n > next => next = n,
+                        _ => break,
+                    }
+                }
+            }
+            _ => servers.extend(first.servers),
+        }
+        Ok(servers)
+    }
+
     /// The provider configured from the environment: token from
     /// `HCLOUD_TOKEN`, else `HETZNER_TOKEN` (`None` when neither is set);
     /// API base from `HCLOUD_ENDPOINT`, default Hetzner's public API.
@@ -919,51 +970,7 @@ impl Provider for HetznerProvider {
             )));
         }
         let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
-        let query = |page: u32| {
-            vec![
-                ("label_selector", selector.clone()),
-                ("per_page", PER_PAGE.to_string()),
-                ("page", page.to_string()),
-            ]
-        };
-        let first: ServerList = self
-            .http
-            .get_json_with_retries("/servers", &query(1))
-            .await?;
-        let mut servers = Vec::new();
-        match (first.meta.last_page(), first.meta.next_page()) {
-            (Some(last), _) if last > 1 => {
-                let pages = futures_util::future::try_join_all((2..=last).map(|page| {
-                    let q = query(page);
-                    async move {
-                        self.http
-                            .get_json_with_retries::<ServerList>("/servers", &q)
-                            .await
-                    }
-                }))
-                .await?;
-                servers.extend(first.servers);
-                for page in pages {
-                    servers.extend(page.servers);
-                }
-            }
-            (None, Some(mut next)) => {
-                // Total unknown: follow the pages one by one.
-                servers.extend(first.servers);
-                loop {
-                    let page: ServerList = self
-                        .http
-                        .get_json_with_retries("/servers", &query(next))
-                        .await?;
-                    servers.extend(page.servers);
-                    match page.meta.next_page() {
-                        Some(n) if n > next => next = n,
-                        _ => break,
-                    }
-                }
-            }
-            _ => servers.extend(first.servers),
-        }
+        let servers = self.servers_matching(&selector).await?;
         let mut seen = HashSet::new();
         let mut leases: Vec<Lease> = servers
             .iter()
@@ -972,6 +979,17 @@ impl Provider for HetznerProvider {
             .collect();
         leases.sort_by(|a, b| a.id.cmp(&b.id).then(a.cloud_id.cmp(&b.cloud_id)));
         Ok(leases)
+    }
+
+    async fn ponds(&self) -> Result<Vec<String>, ProviderError> {
+        let selector = format!("{}=true", labels::CRABBOX);
+        let ponds: std::collections::BTreeSet<String> = self
+            .servers_matching(&selector)
+            .await?
+            .into_iter()
+            .filter_map(|s| s.labels.get(labels::POND).cloned())
+            .collect();
+        Ok(ponds.into_iter().collect())
     }
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {

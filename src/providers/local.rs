@@ -270,6 +270,19 @@ impl Provider for LocalProvider {
         .await
     }
 
+    async fn ponds(&self) -> Result<Vec<String>, ProviderError> {
+        let root = self.root.clone();
+        blocking(move || {
+            let ponds: std::collections::BTreeSet<String> = read_leases(&root)?
+                .into_iter()
+                .filter(|(_, r)| r.labels.get(labels::CRABBOX).is_some_and(|v| v == "true"))
+                .filter_map(|(_, r)| r.labels.get(labels::POND).cloned())
+                .collect();
+            Ok(ponds.into_iter().collect())
+        })
+        .await
+    }
+
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         check_name("lease ID", &request.lease_id)?;
         let pinned = pinned_bind_addr(request.member.provider_block.as_ref())?;

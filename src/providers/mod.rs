@@ -193,6 +193,13 @@ pub trait Provider: Send + Sync {
     /// Every lease of `pond` (one list call, filtered by label).
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError>;
 
+    /// The ponds that have crabbox resources on this provider, from its labels
+    /// (one list call; `crabbox sweep` uses it). Claim-backed providers have no
+    /// labels to list: their ponds come from the claims.
+    async fn ponds(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
+
     /// Creates a lease carrying `request.labels`.
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError>;
 

@@ -576,3 +576,68 @@ fn run_forwards_allowed_env_without_printing_it() {
         .assert()
         .success();
 }
+
+#[test]
+fn sweep_destroys_expired_ponds_and_closed_pull_requests_only() {
+    let env = Env::new();
+    for (pond, ttl) in [
+        ("pr-1", "1s"),
+        ("pr-2", "1h"),
+        ("pr-3", "1h"),
+        ("staging", "1h"),
+    ] {
+        let spec = env.work().join(format!("{pond}.yaml"));
+        std::fs::write(&spec, format!("version: 1\npond: {pond}\ndefaults: {{ sync: false, ttl: {ttl} }}\nmembers:\n  - slug: a\n  - slug: b\n")).expect("spec");
+        env.cmd()
+            .args([
+                "apply",
+                "--auto-approve",
+                "-f",
+                spec.to_str().expect("utf-8"),
+            ])
+            .assert()
+            .success();
+    }
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = env.run(&["sweep", "--dry-run"]);
+    assert!(out.status.success());
+    let plan = text(&out.stdout);
+    assert!(
+        plan.contains("would destroy pond pr-1: every lease expired (2 leases)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("keeping pond pr-2")
+            && plan.contains("keeping pond pr-3")
+            && plan.contains("keeping pond staging"),
+        "{plan}"
+    );
+    assert!(plan.contains("Sweep plan: 1 pond to destroy."), "{plan}");
+    assert_eq!(env.lease_dirs().len(), 8, "a dry run destroys nothing");
+
+    let out = env.run(&["sweep", "--prefix", "pr-", "--keep", "pr-2,pr-40"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("destroying pond pr-1")
+            && report.contains("destroying pond pr-3: matches --prefix pr- and is not kept"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Sweep complete! Ponds: 2 destroyed, 0 failed."),
+        "{report}"
+    );
+    let mut left: Vec<String> = env
+        .lease_dirs()
+        .iter()
+        .map(|d| {
+            let lease: Value = serde_json::from_str(
+                &std::fs::read_to_string(d.join("lease.json")).expect("lease"),
+            )
+            .expect("JSON");
+            lease["labels"]["pond"].as_str().expect("pond").to_owned()
+        })
+        .collect();
+    left.sort();
+    assert_eq!(left, ["pr-2", "pr-2", "staging", "staging"]);
+}

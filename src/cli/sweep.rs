@@ -1,0 +1,147 @@
+//! `crabbox sweep`: the scheduled clean-up a CI system runs because a
+//! pull request's `closed` run does not always fire. Finds every pond this
+//! machine can see (provider labels, claims, pond records) and destroys those
+//! whose every lease has expired and, with `--prefix`, those not in `--keep`
+//! (the open pull requests).
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::engine::{failure, registry, runtime};
+use crate::inventory::claims::ClaimStore;
+use crate::inventory::discover::discover;
+use crate::inventory::labels::{self, now_secs};
+use crate::inventory::lease::Lease;
+use crate::inventory::state_dir::state_dir;
+
+#[derive(Debug, Args)]
+pub(super) struct SweepArgs {
+    /// Ponds whose names start with this prefix are per-pull-request ponds
+    /// (`pr-`): any of them not named in --keep is destroyed.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Ponds to keep, comma-separated or repeated (the open pull requests,
+    /// e.g. from `gh pr list`).
+    #[arg(long, value_delimiter = ',')]
+    keep: Vec<String>,
+    /// Show what would be destroyed, and why, without destroying anything.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Why a pond is swept, if it is.
+fn verdict(pond: &str, leases: &[Lease], args: &SweepArgs, now: u64) -> Option<String> {
+    if leases.is_empty() {
+        return None;
+    }
+    if let Some(prefix) = &args.prefix
+        && pond.starts_with(prefix.as_str())
+        && !args
+            .keep
+            .iter()
+            .any(|k| crate::spec::normalize::normalize_name(k) == pond)
+    {
+        return Some(format!("matches --prefix {prefix} and is not kept"));
+    }
+    // `keep=true` leases are never swept for age, as in Crabbox's own cleanup.
+    let expired = |l: &Lease| {
+        l.label(labels::KEEP) != Some("true")
+            && l.label(labels::EXPIRES_AT)
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|e| e <= now)
+    };
+    leases.iter().all(expired).then(|| {
+        format!(
+            "every lease expired ({} lease{})",
+            leases.len(),
+            if leases.len() == 1 { "" } else { "s" }
+        )
+    })
+}
+
+/// Every pond this machine can find: claims, pond records, provider labels.
+fn all_ponds(
+    rt: &tokio::runtime::Runtime,
+    registry: &crate::providers::registry::Registry,
+) -> BTreeSet<String> {
+    let state = state_dir();
+    let (claims, _) = ClaimStore::new(&state).load_all();
+    let mut ponds: BTreeSet<String> = claims
+        .into_iter()
+        .map(|c| c.pond)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(state.join("ponds")) {
+        ponds.extend(
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().join("providers.json").exists())
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
+    }
+    for name in registry.configured() {
+        let Ok(provider) = registry.get(name) else {
+            continue;
+        };
+        match rt.block_on(provider.ponds()) {
+            Ok(found) => ponds.extend(found),
+            Err(e) => anstream::eprintln!("warning: provider `{name}` could not be listed: {e}"),
+        }
+    }
+    ponds
+}
+
+pub(super) fn run(args: &SweepArgs) -> ExitCode {
+    let registry = registry();
+    let rt = runtime();
+    let now = now_secs();
+    let mut doomed = Vec::new();
+    for pond in all_ponds(&rt, &registry) {
+        let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir()));
+        match verdict(&pond, &inv.leases, args, now) {
+            Some(why) => {
+                println!(
+                    "{} pond {pond}: {why}",
+                    if args.dry_run {
+                        "would destroy"
+                    } else {
+                        "destroying"
+                    }
+                );
+                doomed.push(pond);
+            }
+            None if !inv.leases.is_empty() => println!(
+                "keeping pond {pond} ({} lease{})",
+                inv.leases.len(),
+                if inv.leases.len() == 1 { "" } else { "s" }
+            ),
+            None => {}
+        }
+    }
+    drop(rt);
+    if args.dry_run {
+        println!(
+            "Sweep plan: {} pond{} to destroy.",
+            doomed.len(),
+            if doomed.len() == 1 { "" } else { "s" }
+        );
+        return ExitCode::SUCCESS;
+    }
+    let mut failed = 0;
+    for pond in &doomed {
+        if super::apply::destroy(&super::apply::DestroyArgs::for_pond(pond)) != ExitCode::SUCCESS {
+            failed += 1;
+        }
+    }
+    println!(
+        "Sweep complete! Ponds: {} destroyed, {failed} failed.",
+        doomed.len() - failed
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        failure()
+    }
+}
