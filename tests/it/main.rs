@@ -19,3 +19,4 @@ mod ssh_transport;
 mod sshd;
 mod support;
 mod tensorlake;
+mod workflows;
