@@ -167,7 +167,9 @@ pub async fn execute(graph: &StepGraph, ctx: Arc<Context>, options: &ExecOptions
                         ctx.reporter.done(step, elapsed, &detail);
                         outcome.results.insert(n, StepResult::Done);
                         for next in graph.neighbors_directed(n, Direction::Outgoing) {
-                            let w = waiting.get_mut(&next).expect("every node is counted");
+                            // A dependent already skipped (another of its
+                            // dependencies failed) is no longer counted.
+                            let Some(w) = waiting.get_mut(&next) else { continue };
                             *w -= 1;
                             if *w == 0 && !outcome.results.contains_key(&next) {
                                 ready.insert(next);

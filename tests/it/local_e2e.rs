@@ -641,3 +641,18 @@ fn sweep_destroys_expired_ponds_and_closed_pull_requests_only() {
     left.sort();
     assert_eq!(left, ["pr-2", "pr-2", "staging", "staging"]);
 }
+
+#[test]
+fn continue_on_error_finishes_independent_members_and_skips_shared_dependents() {
+    let env = Env::new();
+    env.write_spec(
+        "version: 1\npond: coe\ndefaults: { sync: false }\nmembers:\n  - slug: bad\n    setup: [ \"exit 1\" ]\n  - slug: slow\n    setup: [ \"sleep 1\" ]\n  - slug: both\n    depends_on: [bad, slow]\n    setup: [ \"echo both-ran\" ]\n",
+    );
+    let out = env.run(&["apply", "--auto-approve", "--continue-on-error"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("slow: Marked ready"), "an independent member still finishes: {err}");
+    assert!(err.contains("both: setup skipped") && !err.contains("both-ran"), "{err}");
+    assert!(err.contains("Apply incomplete! Members: 3 added"), "{err}");
+    env.cmd().args(["destroy", "--auto-approve"]).assert().success();
+}
