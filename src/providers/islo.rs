@@ -58,6 +58,11 @@ use crate::providers::{
 use crate::spec::desired::{DesiredMember, Probe};
 use crate::spec::duration;
 use crate::spec::providers::ProviderName;
+use crate::transport::remote_shell::{
+    ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, NO_PROBE_TOOL, STATE_DIR, ServiceDirs,
+    bash_tcp_probe_script, check_service_name, early_exit, http_probe_script, quote,
+    stop_functions,
+};
 
 /// Islo's public API.
 pub const DEFAULT_BASE_URL: &str = "https://api.islo.dev";
@@ -100,24 +105,8 @@ const CLAIM_WORKDIR: &str = "isloWorkdir";
 const CLAIM_BASE_URL: &str = "isloBaseURL";
 const CLAIM_SANDBOX_ID: &str = "isloSandboxID";
 
-/// Environment of every command: the lease ID (also the marker that tells
-/// our processes apart) and the workspace path.
-const ENV_LEASE_ID: &str = "CRABBOX_LEASE_ID";
-const ENV_WORKSPACE: &str = "CRABBOX_WORKSPACE";
-/// Background services' pid files and logs, relative to the workdir.
-const STATE_DIR: &str = ".crabbox";
 /// A probe command that runs longer counts as not ready.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time limit of one TCP or HTTP probe attempt in the sandbox, in seconds.
-const PROBE_SECS: u32 = 5;
-/// How long (a `sleep` argument) a service must survive to count as started.
-const STARTUP_CHECK: &str = "0.3";
-/// Lines of a failed service's log shown in the error.
-const LOG_TAIL_LINES: usize = 20;
-/// Exit status of the start script when the service exited at once.
-const EXITED_AT_ONCE: i32 = 90;
-/// Exit status of a probe script when the sandbox has no tool for the probe.
-const NO_PROBE_TOOL: i32 = 91;
 
 /// Statuses after which a sandbox never becomes `running`.
 const TERMINAL: [&str; 4] = ["failed", "stopped", "stopping", "deleted"];
@@ -915,94 +904,6 @@ fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
-// ---- scripts ----
-
-/// `s` as one single-quoted shell word.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-/// Service names become file names.
-fn check_service_name(name: &str) -> Result<(), ProviderError> {
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ProviderError::Failed(format!(
-            "invalid background service name `{name}`: only letters, digits, `_`, `-` and `.` are allowed"
-        )))
-    }
-}
-
-/// Bash functions `crabbox_ours PID` (the process carries this lease's
-/// marker, or its environment cannot be read) and `crabbox_stop PIDFILE`
-/// (TERM the recorded process group, KILL it after 5 s, remove the file).
-fn stop_functions(lease_id: &str) -> String {
-    let marker = quote(&format!("{ENV_LEASE_ID}={lease_id}"));
-    format!(
-        r#"crabbox_ours() {{
-  e=$(tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null)
-  [ -z "$e" ] && return 0
-  printf '%s\n' "$e" | grep -qxF -- {marker}
-}}
-crabbox_stop() {{
-  [ -f "$1" ] || return 0
-  pid=$(cat -- "$1" 2>/dev/null)
-  case $pid in
-    ''|*[!0-9]*) rm -f -- "$1"; return 0 ;;
-  esac
-  if [ "$pid" -gt 1 ] && crabbox_ours "$pid"; then
-    kill -s TERM -- "-$pid" 2>/dev/null
-    i=0
-    while [ "$i" -lt 50 ] && kill -s 0 -- "-$pid" 2>/dev/null; do
-      sleep 0.1
-      i=$((i + 1))
-    done
-    kill -s KILL -- "-$pid" 2>/dev/null
-  fi
-  rm -f -- "$1"
-}}
-"#
-    )
-}
-
-fn tcp_probe_script(host: &str, port: u16) -> String {
-    format!(
-        r#"t=
-if command -v timeout >/dev/null 2>&1; then t="timeout {PROBE_SECS}"; fi
-$t bash -c 'exec 3<>"/dev/tcp/$1/$2"' crabbox-probe {host} {port} >/dev/null 2>&1
-"#,
-        host = quote(host)
-    )
-}
-
-fn http_probe_script(url: &str) -> String {
-    format!(
-        r#"url={url}
-if command -v curl >/dev/null 2>&1; then
-  curl -fsS -o /dev/null --max-time {PROBE_SECS} "$url" >/dev/null 2>&1 && exit 0
-  exit 1
-fi
-if command -v wget >/dev/null 2>&1; then
-  wget -q -T {PROBE_SECS} -t 1 -O /dev/null "$url" >/dev/null 2>&1 && exit 0
-  exit 1
-fi
-if command -v python3 >/dev/null 2>&1; then
-  python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout={PROBE_SECS}).close()' "$url" >/dev/null 2>&1 && exit 0
-  exit 1
-fi
-echo 'the sandbox has none of curl, wget or python3 for an http ready check' >&2
-exit {NO_PROBE_TOOL}
-"#,
-        url = quote(url)
-    )
-}
-
 // ---- the provider ----
 
 /// Where one lease's sandbox lives, from its claim.
@@ -1730,48 +1631,17 @@ impl Provider for IsloProvider {
     ) -> Result<(), ProviderError> {
         check_service_name(name)?;
         let target = self.target(lease)?;
-        let command = &request.command;
-        let header = format!(
-            "--- {} starting `{name}`: $ {command}",
-            crate::inventory::labels::now_secs()
-        );
-        let pid_file = format!("{STATE_DIR}/pids/{name}.pid");
+        // Pid files and logs relative to the workdir the script runs in.
         let script = format!(
-            "{stop}\
-             mkdir -p -- {STATE_DIR}/logs {STATE_DIR}/pids || exit 1\n\
-             crabbox_stop {pid_file}\n\
-             log={log}\n\
-             printf '%s\\n' {header} >>\"$log\" || exit 1\n\
-             offset=$(wc -c <\"$log\" | tr -d ' ')\n\
-             setsid bash -lc {command} >>\"$log\" 2>&1 </dev/null &\n\
-             pid=$!\n\
-             echo \"$pid\" >{pid_file}.tmp && mv -f -- {pid_file}.tmp {pid_file} || exit 1\n\
-             sleep {STARTUP_CHECK}\n\
-             if kill -s 0 \"$pid\" 2>/dev/null; then exit 0; fi\n\
-             wait \"$pid\"\n\
-             status=$?\n\
-             rm -f -- {pid_file}\n\
-             echo \"$status\"\n\
-             tail -c +\"$((offset + 1))\" \"$log\" | tail -n {LOG_TAIL_LINES}\n\
-             exit {EXITED_AT_ONCE}\n",
-            stop = stop_functions(&target.lease_id),
-            pid_file = quote(&pid_file),
-            log = quote(&format!("{STATE_DIR}/logs/{name}.log")),
-            header = quote(&header),
-            command = quote(command),
+            "{}{}",
+            stop_functions(&target.lease_id),
+            ServiceDirs::under(STATE_DIR).start_script(name, "bash -lc", &request.command)
         );
         let (code, stdout, stderr) = self.script(&target, &script, &request.env).await?;
         match code {
             0 => Ok(()),
             EXITED_AT_ONCE => {
-                let (status, tail) = stdout
-                    .split_first()
-                    .map_or(("?", &[][..]), |(s, t)| (s.as_str(), t));
-                let tail = if tail.is_empty() {
-                    "(no output)".to_owned()
-                } else {
-                    tail.join("\n")
-                };
+                let (status, tail) = early_exit(&stdout);
                 Err(ProviderError::Failed(format!(
                     "background service `{name}` exited with status {status} right after starting; last lines of {}/{STATE_DIR}/logs/{name}.log in islo sandbox `{}`:\n{tail}",
                     target.workspace(),
@@ -1789,10 +1659,13 @@ impl Provider for IsloProvider {
         let target = self.target(lease)?;
         // Run from `/workspace`: a workdir (or state directory) that does
         // not exist yet has nothing to stop, and is not created for it.
+        let services = ServiceDirs::under(STATE_DIR);
         let script = format!(
-            "{}cd -- {} 2>/dev/null || exit 0\n[ -d {STATE_DIR}/pids ] || exit 0\nfor f in {STATE_DIR}/pids/*.pid; do\n  [ -e \"$f\" ] || continue\n  crabbox_stop \"$f\"\ndone\nexit 0\n",
+            "{}cd -- {} 2>/dev/null || exit 0\n[ -d {} ] || exit 0\n{}exit 0\n",
             stop_functions(&target.lease_id),
-            quote(&target.workdir)
+            quote(&target.workdir),
+            quote(&services.pids),
+            services.stop_all()
         );
         let (code, _, stderr) = self
             .script_in(&target, &script, &BTreeMap::new(), WORKSPACE)
@@ -1821,9 +1694,9 @@ impl Provider for IsloProvider {
                     None | Some("localhost") => "127.0.0.1",
                     Some(other) => other,
                 };
-                (tcp_probe_script(host, *port), BTreeMap::new())
+                (bash_tcp_probe_script(host, *port), BTreeMap::new())
             }
-            Probe::Http(url) => (http_probe_script(url), BTreeMap::new()),
+            Probe::Http(url) => (http_probe_script(url, "sandbox"), BTreeMap::new()),
         };
         let sink: Arc<dyn OutputSink> = match probe {
             Probe::Command(_) => Arc::new(NullSink),

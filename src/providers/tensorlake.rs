@@ -51,7 +51,7 @@ use tokio::time::Instant;
 
 use crate::atomic_file;
 use crate::inventory::claims::{Claim, ClaimStore};
-use crate::inventory::labels::{self, Labels};
+use crate::inventory::labels::Labels;
 use crate::inventory::lease::{Endpoint, Lease};
 use crate::providers::{
     CreateRequest, ExecRequest, Features, OutputSink, Provider, ProviderError, Stream,
@@ -59,6 +59,11 @@ use crate::providers::{
 use crate::spec::desired::{DesiredMember, Probe};
 use crate::spec::duration;
 use crate::spec::providers::{ProviderName, TensorlakeBlock};
+use crate::transport::remote_shell::{
+    ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, NO_PROBE_TOOL, STATE_DIR, ServiceDirs,
+    bash_tcp_probe_script, check_service_name, checked_text, early_exit, export_lines,
+    http_probe_script, probe_command_line, probe_host, quote, stop_functions,
+};
 
 /// The CLI when neither the block nor the environment names one.
 pub const DEFAULT_CLI: &str = "tensorlake";
@@ -120,28 +125,11 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(2 * 60);
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// A probe command that runs longer counts as not ready.
 const PROBE_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time limit of one TCP or HTTP probe attempt in the sandbox, in seconds.
-const PROBE_SECS: u32 = 5;
 /// After SIGTERM to a timed-out CLI, how long before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 /// After the CLI exits, how long to keep reading output something else may
 /// still hold open.
 const OUTPUT_GRACE: Duration = Duration::from_secs(2);
-/// How long (a `sleep` argument) a service must survive to count as started.
-const STARTUP_CHECK: &str = "0.3";
-/// Lines of a failed service's log shown in the error.
-const LOG_TAIL_LINES: usize = 20;
-/// Exit status of the start script when the service exited at once.
-const EXITED_AT_ONCE: i32 = 90;
-/// Exit status of a probe script when the sandbox has no tool for the probe.
-const NO_PROBE_TOOL: i32 = 91;
-
-/// Environment variable with the lease ID; also the ownership marker.
-const ENV_LEASE_ID: &str = "CRABBOX_LEASE_ID";
-/// Environment variable with the workdir.
-const ENV_WORKSPACE: &str = "CRABBOX_WORKSPACE";
-/// crabbox's own files inside the workdir.
-const OWN_DIR: &str = ".crabbox";
 
 /// Settings taken from the environment when a member's block leaves them out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -326,9 +314,9 @@ struct Target {
 }
 
 impl Target {
-    /// A path under `<workdir>/.crabbox/`.
-    fn own(&self, relative: &str) -> String {
-        format!("{}/{OWN_DIR}/{relative}", self.workdir)
+    /// The background services' `logs/` and `pids/` under `<workdir>/.crabbox/`.
+    fn services(&self) -> ServiceDirs {
+        ServiceDirs::under(&format!("{}/{STATE_DIR}", self.workdir))
     }
 
     /// Script lines exporting the lease's own variables (not secret).
@@ -885,12 +873,7 @@ impl TensorlakeProvider {
         if env.is_empty() {
             return Ok(None);
         }
-        let mut text = String::new();
-        for (name, value) in env {
-            check_env_name(name)?;
-            let value = checked_text(&format!("environment variable {name}"), value)?;
-            let _ = writeln!(text, "export {name}={}", quote(value));
-        }
+        let text = export_lines(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
         let dir = self.state_dir.join("tensorlake").join("tmp");
         atomic_file::create_private_dir(&dir)
             .map_err(|e| ProviderError::Failed(format!("creating {}: {e}", dir.display())))?;
@@ -961,40 +944,6 @@ impl TensorlakeProvider {
             drop(profile);
         }
         outcome
-    }
-
-    // ---- background services ---------------------------------------------
-
-    /// Defines `crabbox_stop PIDFILE` and `crabbox_ours PID`, as the SSH
-    /// transport does: a process whose environment cannot be read counts as
-    /// ours (its group ID cannot be reused while any member lives).
-    fn stop_function(target: &Target) -> String {
-        let marker = quote(&format!("{ENV_LEASE_ID}={}", target.lease_id));
-        format!(
-            r#"crabbox_ours() {{
-  e=$(tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null)
-  [ -z "$e" ] && return 0
-  printf '%s\n' "$e" | grep -qxF -- {marker}
-}}
-crabbox_stop() {{
-  [ -f "$1" ] || return 0
-  pid=$(cat -- "$1" 2>/dev/null)
-  case $pid in
-    ''|*[!0-9]*) rm -f -- "$1"; return 0 ;;
-  esac
-  if [ "$pid" -gt 1 ] && crabbox_ours "$pid"; then
-    kill -s TERM -- "-$pid" 2>/dev/null
-    i=0
-    while [ "$i" -lt 50 ] && kill -s 0 -- "-$pid" 2>/dev/null; do
-      sleep 0.1
-      i=$((i + 1))
-    done
-    kill -s KILL -- "-$pid" 2>/dev/null
-  fi
-  rm -f -- "$1"
-}}
-"#
-        )
     }
 }
 
@@ -1258,36 +1207,13 @@ impl Provider for TensorlakeProvider {
         check_service_name(name)?;
         let target = self.target(lease)?;
         let command = checked_text("command", &request.command)?;
-        let log = target.own(&format!("logs/{name}.log"));
-        let pid_file = target.own(&format!("pids/{name}.pid"));
-        let header = format!("--- {} starting `{name}`: $ {command}", labels::now_secs());
+        let services = target.services();
+        let log = services.log(name);
         let body = format!(
-            "{stop}\
-             cd {wd} || exit 127\n\
-             mkdir -p -- {logs} {pids} || exit 1\n\
-             crabbox_stop {pid_file}\n\
-             log={log}\n\
-             printf '%s\\n' {header} >>\"$log\" || exit 1\n\
-             offset=$(wc -c <\"$log\" | tr -d ' ')\n\
-             setsid sh -c {command} >>\"$log\" 2>&1 </dev/null &\n\
-             pid=$!\n\
-             echo \"$pid\" >{pid_file}.tmp && mv -f -- {pid_file}.tmp {pid_file} || exit 1\n\
-             sleep {STARTUP_CHECK}\n\
-             if kill -s 0 \"$pid\" 2>/dev/null; then exit 0; fi\n\
-             wait \"$pid\"\n\
-             status=$?\n\
-             rm -f -- {pid_file}\n\
-             echo \"$status\"\n\
-             tail -c +\"$((offset + 1))\" \"$log\" | tail -n {LOG_TAIL_LINES}\n\
-             exit {EXITED_AT_ONCE}\n",
-            stop = Self::stop_function(&target),
-            wd = quote(&target.workdir),
-            logs = quote(&target.own("logs")),
-            pids = quote(&target.own("pids")),
-            pid_file = quote(&pid_file),
-            log = quote(&log),
-            header = quote(&header),
-            command = quote(command),
+            "{}cd {} || exit 127\n{}",
+            stop_functions(&target.lease_id),
+            quote(&target.workdir),
+            services.start_script(name, "sh -c", command)
         );
         let sink = Arc::new(Collect::default());
         let outcome = self
@@ -1310,15 +1236,7 @@ impl Provider for TensorlakeProvider {
         match captured.outcome {
             Outcome::Exited(0) => Ok(()),
             Outcome::Exited(EXITED_AT_ONCE) => {
-                let (status, tail) = captured
-                    .stdout
-                    .split_first()
-                    .map_or(("?", &[][..]), |(s, t)| (s.as_str(), t));
-                let tail = if tail.is_empty() {
-                    "(no output)".to_owned()
-                } else {
-                    tail.join("\n")
-                };
+                let (status, tail) = early_exit(&captured.stdout);
                 Err(ProviderError::Failed(format!(
                     "background service `{name}` exited with status {status} right after starting; last lines of {log} in sandbox {}:\n{tail}",
                     target.id
@@ -1335,9 +1253,9 @@ impl Provider for TensorlakeProvider {
     async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
         let target = self.target(lease)?;
         let script = format!(
-            "{}for f in {}/*.pid; do\n  [ -e \"$f\" ] || continue\n  crabbox_stop \"$f\"\ndone\n",
-            Self::stop_function(&target),
-            quote(&target.own("pids"))
+            "{}{}",
+            stop_functions(&target.lease_id),
+            target.services().stop_all()
         );
         self.script_ok(&target, "stopping background services", &script)
             .await
@@ -1352,10 +1270,7 @@ impl Provider for TensorlakeProvider {
         let target = self.target(lease)?;
         let script = match probe {
             Probe::Command(command) => {
-                let body = format!(
-                    "sh -c {} </dev/null >/dev/null 2>&1\n",
-                    quote(checked_text("probe command", command)?)
-                );
+                let body = probe_command_line(command)?;
                 let outcome = self
                     .run_with_env(
                         &target,
@@ -1368,14 +1283,8 @@ impl Provider for TensorlakeProvider {
                     .await?;
                 return Ok(outcome == Outcome::Exited(0));
             }
-            Probe::Tcp { host, port } => {
-                let host = match host.as_deref() {
-                    None | Some("localhost" | "127.0.0.1") => "127.0.0.1",
-                    Some(other) => checked_text("probe host", other)?,
-                };
-                tcp_probe_script(host, *port)
-            }
-            Probe::Http(url) => http_probe_script(checked_text("probe URL", url)?),
+            Probe::Tcp { host, port } => bash_tcp_probe_script(probe_host(host.as_deref())?, *port),
+            Probe::Http(url) => http_probe_script(checked_text("probe URL", url)?, "sandbox"),
         };
         let captured = self.script(&target, &script, PROBE_COMMAND_TIMEOUT).await?;
         match captured.outcome {
@@ -1549,97 +1458,6 @@ fn random_hex(bytes: usize) -> String {
         let _ = write!(out, "{b:02x}");
         out
     })
-}
-
-/// `s` as one single-quoted shell word: `'` becomes `'\''`.
-fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
-}
-
-/// `text`, unless it holds a NUL byte (which no argument can carry).
-fn checked_text<'a>(what: &str, text: &'a str) -> Result<&'a str, ProviderError> {
-    if text.contains('\0') {
-        Err(ProviderError::Failed(format!("{what} contains a NUL byte")))
-    } else {
-        Ok(text)
-    }
-}
-
-/// Environment variable names must be shell identifiers to be exported.
-fn check_env_name(name: &str) -> Result<(), ProviderError> {
-    let mut bytes = name.bytes();
-    let ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ProviderError::Failed(format!(
-            "invalid environment variable name `{name}`: use letters, digits and `_`, not starting with a digit"
-        )))
-    }
-}
-
-/// Service names become file names.
-fn check_service_name(name: &str) -> Result<(), ProviderError> {
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ProviderError::Failed(format!(
-            "invalid background service name `{name}`: only letters, digits, `_`, `-` and `.` are allowed"
-        )))
-    }
-}
-
-/// A TCP probe of `host:port` with bash's `/dev/tcp`, run in the sandbox.
-fn tcp_probe_script(host: &str, port: u16) -> String {
-    format!(
-        r#"t=
-if command -v timeout >/dev/null 2>&1; then t="timeout {PROBE_SECS}"; fi
-$t bash -c 'exec 3<>"/dev/tcp/$1/$2"' crabbox-probe {host} {port} >/dev/null 2>&1
-"#,
-        host = quote(host)
-    )
-}
-
-/// An HTTP probe of `url`, run in the sandbox: any 2xx/3xx answer passes.
-fn http_probe_script(url: &str) -> String {
-    format!(
-        r#"url={url}
-if command -v curl >/dev/null 2>&1; then
-  curl -fsS -o /dev/null --max-time {PROBE_SECS} "$url" >/dev/null 2>&1 && exit 0
-  exit 1
-fi
-if command -v wget >/dev/null 2>&1; then
-  wget -q -T {PROBE_SECS} -t 1 -O /dev/null "$url" >/dev/null 2>&1 && exit 0
-  exit 1
-fi
-if command -v python3 >/dev/null 2>&1; then
-  python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout={PROBE_SECS}).close()' "$url" >/dev/null 2>&1 && exit 0
-  exit 1
-fi
-echo 'the sandbox has none of curl, wget or python3 for an http ready check' >&2
-exit {NO_PROBE_TOOL}
-"#,
-        url = quote(url)
-    )
 }
 
 fn kill_group(pgid: i32, signal: i32) {
@@ -1819,17 +1637,5 @@ mod tests {
             !debug.contains("SECRET") && debug.contains(REDACTED),
             "{debug}"
         );
-    }
-
-    #[test]
-    fn quote_survives_nasty_strings() {
-        for nasty in ["", "it's", "$(id) `id` \"x\"", "a\nb", "'\\''"] {
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!("printf %s {}", quote(nasty)))
-                .output()
-                .expect("sh runs");
-            assert_eq!(String::from_utf8_lossy(&out.stdout), nasty);
-        }
     }
 }

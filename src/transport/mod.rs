@@ -1,6 +1,8 @@
 //! Reaching leases: the sync archive (repository files as a gzipped tar),
-//! the SSH transport, and the SSH mesh of `pond connect`.
+//! the SSH transport, the shell scripts every remote shell runs, and the SSH
+//! mesh of `pond connect`.
 
 pub mod archive;
 pub mod mesh;
+pub mod remote_shell;
 pub mod ssh;

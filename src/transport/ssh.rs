@@ -22,7 +22,6 @@
 //! through `/proc` before a recorded process group is signalled.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt::Write as _;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
@@ -33,22 +32,17 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWriteExt as _, BufReader};
 use tokio::time::Instant;
 
-use crate::inventory::labels;
 use crate::providers::{OutputSink, ProviderError, Stream};
 use crate::spec::desired::Probe;
 use crate::spec::duration;
+use crate::transport::remote_shell::{
+    ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, LOGS, NO_PROBE_TOOL, PIDS, PROBE_SECS,
+    ServiceDirs, check_service_name, checked_text, early_exit, export_lines, http_probe_script,
+    lease_marker, probe_command_line, probe_host, quote, stop_functions,
+};
 
 /// Where files are synced and commands run, under the work root.
 const WORKSPACE: &str = "workspace";
-/// Background service output, under the work root.
-const LOGS: &str = "logs";
-/// Background service pid files, under the work root.
-const PIDS: &str = "pids";
-
-/// Environment variable with the lease ID; also the ownership marker.
-const ENV_LEASE_ID: &str = "CRABBOX_LEASE_ID";
-/// Environment variable with the workspace path.
-const ENV_WORKSPACE: &str = "CRABBOX_WORKSPACE";
 
 /// `ConnectTimeout`, in seconds.
 const CONNECT_TIMEOUT_SECS: u32 = 10;
@@ -67,17 +61,6 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 const STDERR_KEPT: usize = 50;
 /// A probe command that runs longer counts as not ready.
 const PROBE_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time limit of one TCP or HTTP probe attempt on the host, in seconds.
-const PROBE_SECS: u32 = 5;
-/// How long (as a `sleep` argument) a background service must survive to
-/// count as started.
-const STARTUP_CHECK: &str = "0.3";
-/// Lines of a failed service's log shown in the error.
-const LOG_TAIL_LINES: usize = 20;
-/// Exit status of the start script when the service exited at once.
-const EXITED_AT_ONCE: i32 = 90;
-/// Exit status of a probe script when the host has no tool for the probe.
-const NO_PROBE_TOOL: i32 = 91;
 /// What ssh exits with when it fails itself (rather than the remote command).
 const SSH_FAILED: i32 = 255;
 
@@ -211,49 +194,19 @@ impl SshTarget {
     ) -> Result<(), ProviderError> {
         check_service_name(name)?;
         let command = checked_text("command", command)?;
-        let log = self.path(&format!("{LOGS}/{name}.log"));
-        let pid_file = self.path(&format!("{PIDS}/{name}.pid"));
-        let header = format!("--- {} starting `{name}`: $ {command}", labels::now_secs());
+        let services = self.services();
         let script = format!(
-            "{prelude}{stop}\
-             mkdir -p -- {logs} {pids} || exit 1\n\
-             crabbox_stop {pid_file}\n\
-             log={log}\n\
-             printf '%s\\n' {header} >>\"$log\" || exit 1\n\
-             offset=$(wc -c <\"$log\" | tr -d ' ')\n\
-             setsid sh -c {command} >>\"$log\" 2>&1 </dev/null &\n\
-             pid=$!\n\
-             echo \"$pid\" >{pid_file}.tmp && mv -f -- {pid_file}.tmp {pid_file} || exit 1\n\
-             sleep {STARTUP_CHECK}\n\
-             if kill -s 0 \"$pid\" 2>/dev/null; then exit 0; fi\n\
-             wait \"$pid\"\n\
-             status=$?\n\
-             rm -f -- {pid_file}\n\
-             echo \"$status\"\n\
-             tail -c +\"$((offset + 1))\" \"$log\" | tail -n {LOG_TAIL_LINES}\n\
-             exit {EXITED_AT_ONCE}\n",
-            prelude = self.env_prelude(env)?,
-            stop = self.stop_function(),
-            logs = quote(&self.path(LOGS)),
-            pids = quote(&self.path(PIDS)),
-            pid_file = quote(&pid_file),
-            log = quote(&log),
-            header = quote(&header),
-            command = quote(command),
+            "{}{}{}",
+            self.env_prelude(env)?,
+            stop_functions(&self.lease_id),
+            services.start_script(name, "sh -c", command)
         );
         let captured = self.script(script).await?;
         if captured.outcome != Outcome::Exited(EXITED_AT_ONCE) {
             return captured.expect_success(&format!("starting background service `{name}`"));
         }
-        let (status, tail) = captured
-            .stdout
-            .split_first()
-            .map_or(("?", &[][..]), |(s, t)| (s.as_str(), t));
-        let tail = if tail.is_empty() {
-            "(no output)".to_owned()
-        } else {
-            tail.join("\n")
-        };
+        let (status, tail) = early_exit(&captured.stdout);
+        let log = services.log(name);
         Err(ProviderError::Failed(format!(
             "background service `{name}` exited with status {status} right after starting; last lines of {log} on {}:\n{tail}",
             self.describe()
@@ -268,7 +221,11 @@ impl SshTarget {
     /// # Errors
     /// SSH failures.
     pub async fn stop_background(&self) -> Result<(), ProviderError> {
-        let script = format!("{}{}", self.stop_function(), self.stop_all());
+        let script = format!(
+            "{}{}",
+            stop_functions(&self.lease_id),
+            self.services().stop_all()
+        );
         self.script(script)
             .await?
             .expect_success("stopping background services")
@@ -291,9 +248,9 @@ impl SshTarget {
         let script = match probe {
             Probe::Command(command) => {
                 let script = format!(
-                    "{}sh -c {} </dev/null >/dev/null 2>&1\nexit $?\n",
+                    "{}{}exit $?\n",
                     self.env_prelude(env)?,
-                    quote(checked_text("probe command", command)?)
+                    probe_command_line(command)?
                 );
                 let outcome = self
                     .run(
@@ -305,14 +262,8 @@ impl SshTarget {
                     .await?;
                 return Ok(outcome == Outcome::Exited(0));
             }
-            Probe::Tcp { host, port } => {
-                let host = match host.as_deref() {
-                    None | Some("localhost" | "127.0.0.1") => "127.0.0.1",
-                    Some(other) => checked_text("probe host", other)?,
-                };
-                tcp_probe_script(host, *port)
-            }
-            Probe::Http(url) => http_probe_script(checked_text("probe URL", url)?),
+            Probe::Tcp { host, port } => tcp_probe_script(probe_host(host.as_deref())?, *port),
+            Probe::Http(url) => http_probe_script(checked_text("probe URL", url)?, "host"),
         };
         let captured = self.script(script).await?;
         match captured.outcome {
@@ -340,8 +291,8 @@ impl SshTarget {
         check_removable(&self.work_root)?;
         let script = format!(
             "{}{}{}rm -rf -- {}\n",
-            self.stop_function(),
-            self.stop_all(),
+            stop_functions(&self.lease_id),
+            self.services().stop_all(),
             self.kill_marked(),
             quote(&self.work_root)
         );
@@ -384,6 +335,11 @@ impl SshTarget {
     /// A path under the work root, as the remote shell sees it.
     fn path(&self, relative: &str) -> String {
         format!("{}/{relative}", self.work_root.trim_end_matches('/'))
+    }
+
+    /// The background services' `logs/` and `pids/` under the work root.
+    fn services(&self) -> ServiceDirs {
+        ServiceDirs::under(&self.work_root)
     }
 
     /// `ssh` with the common options, up to (not including) the destination;
@@ -620,69 +576,19 @@ impl SshTarget {
     /// lease's own `CRABBOX_*` variables (which win over `env`).
     fn env_prelude(&self, env: &BTreeMap<String, String>) -> Result<String, ProviderError> {
         let workspace = self.path(WORKSPACE);
-        let mut script = format!("cd {} || exit 127\n", quote(&workspace));
         let own = [
             (ENV_LEASE_ID, self.lease_id.as_str()),
             (ENV_WORKSPACE, workspace.as_str()),
         ];
         let all = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(own);
-        for (name, value) in all {
-            check_env_name(name)?;
-            let value = checked_text(&format!("environment variable {name}"), value)?;
-            // Writing to a String cannot fail.
-            let _ = writeln!(script, "export {name}={}", quote(value));
-        }
-        Ok(script)
-    }
-
-    /// Defines `crabbox_stop PIDFILE` (stop one recorded service, remove its
-    /// pid file) and `crabbox_ours PID` (whether a process belongs to this
-    /// lease).
-    ///
-    /// A process whose environment cannot be read (gone, a zombie, or no
-    /// `/proc`) counts as ours: its process group ID cannot be reused while
-    /// any member of the group lives, so signalling the group is safe.
-    fn stop_function(&self) -> String {
-        let marker = quote(&format!("{ENV_LEASE_ID}={}", self.lease_id));
-        format!(
-            r#"crabbox_ours() {{
-  e=$(tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null)
-  [ -z "$e" ] && return 0
-  printf '%s\n' "$e" | grep -qxF -- {marker}
-}}
-crabbox_stop() {{
-  [ -f "$1" ] || return 0
-  pid=$(cat -- "$1" 2>/dev/null)
-  case $pid in
-    ''|*[!0-9]*) rm -f -- "$1"; return 0 ;;
-  esac
-  if [ "$pid" -gt 1 ] && crabbox_ours "$pid"; then
-    kill -s TERM -- "-$pid" 2>/dev/null
-    i=0
-    while [ "$i" -lt 50 ] && kill -s 0 -- "-$pid" 2>/dev/null; do
-      sleep 0.1
-      i=$((i + 1))
-    done
-    kill -s KILL -- "-$pid" 2>/dev/null
-  fi
-  rm -f -- "$1"
-}}
-"#
-        )
-    }
-
-    /// Calls `crabbox_stop` for every pid file of the lease.
-    fn stop_all(&self) -> String {
-        format!(
-            "for f in {}/*.pid; do\n  [ -e \"$f\" ] || continue\n  crabbox_stop \"$f\"\ndone\n",
-            quote(&self.path(PIDS))
-        )
+        let exports = export_lines(all)?;
+        Ok(format!("cd {} || exit 127\n{exports}", quote(&workspace)))
     }
 
     /// Kills every process (other than this script) whose environment
     /// carries exactly this lease's `CRABBOX_LEASE_ID`.
     fn kill_marked(&self) -> String {
-        let marker = quote(&format!("{ENV_LEASE_ID}={}", self.lease_id));
+        let marker = lease_marker(&self.lease_id);
         format!(
             r#"for f in $(grep -lF -- {marker} /proc/[0-9]*/environ 2>/dev/null); do
   p=${{f#/proc/}}
@@ -779,64 +685,6 @@ impl OutputSink for NullSink {
     fn line(&self, _stream: Stream, _line: &str) {}
 }
 
-/// `s` as one single-quoted shell word: `'` becomes `'\''`.
-fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
-}
-
-/// `text`, unless it holds a NUL byte (which no shell word can carry).
-fn checked_text<'a>(what: &str, text: &'a str) -> Result<&'a str, ProviderError> {
-    if text.contains('\0') {
-        Err(ProviderError::Failed(format!("{what} contains a NUL byte")))
-    } else {
-        Ok(text)
-    }
-}
-
-/// Environment variable names must be shell identifiers to be exported.
-fn check_env_name(name: &str) -> Result<(), ProviderError> {
-    let mut bytes = name.bytes();
-    let ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ProviderError::Failed(format!(
-            "invalid environment variable name `{name}`: use letters, digits and `_`, not starting with a digit"
-        )))
-    }
-}
-
-/// Service names become file names: no separators, no leading dot, nothing
-/// but `[A-Za-z0-9_.-]`.
-fn check_service_name(name: &str) -> Result<(), ProviderError> {
-    let ok = !name.is_empty()
-        && !name.starts_with('.')
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ProviderError::Failed(format!(
-            "invalid background service name `{name}`: only letters, digits, `_`, `-` and `.` are allowed"
-        )))
-    }
-}
-
 /// Refuses a work root whose removal could delete something broad: empty,
 /// `/`, anything with `..`, or fewer than two path components.
 fn check_removable(work_root: &str) -> Result<(), ProviderError> {
@@ -852,7 +700,8 @@ fn check_removable(work_root: &str) -> Result<(), ProviderError> {
     Ok(())
 }
 
-/// A TCP probe of `host:port`, run on the host.
+/// A TCP probe of `host:port`, run on the host: with bash's `/dev/tcp`, `nc`
+/// or python3, whichever the host has (an SSH host may lack bash).
 fn tcp_probe_script(host: &str, port: u16) -> String {
     format!(
         r#"host={host}
@@ -875,29 +724,6 @@ echo 'the host has none of bash, nc or python3 for a tcp ready check' >&2
 exit {NO_PROBE_TOOL}
 "#,
         host = quote(host)
-    )
-}
-
-/// An HTTP probe of `url`, run on the host: any 2xx/3xx answer passes.
-fn http_probe_script(url: &str) -> String {
-    format!(
-        r#"url={url}
-if command -v curl >/dev/null 2>&1; then
-  curl -fsS -o /dev/null --max-time {PROBE_SECS} "$url" >/dev/null 2>&1 && exit 0
-  exit 1
-fi
-if command -v wget >/dev/null 2>&1; then
-  wget -q -T {PROBE_SECS} -t 1 -O /dev/null "$url" >/dev/null 2>&1 && exit 0
-  exit 1
-fi
-if command -v python3 >/dev/null 2>&1; then
-  python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout={PROBE_SECS}).close()' "$url" >/dev/null 2>&1 && exit 0
-  exit 1
-fi
-echo 'the host has none of curl, wget or python3 for an http ready check' >&2
-exit {NO_PROBE_TOOL}
-"#,
-        url = quote(url)
     )
 }
 
@@ -953,62 +779,6 @@ async fn finish_pumps(pumps: [Option<tokio::task::JoinHandle<()>>; 2]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Runs `printf %s <word>` through the local `sh` and returns what it printed.
-    fn through_sh(word: &str) -> String {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("printf %s {word}"))
-            .output()
-            .expect("sh runs");
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).expect("utf-8")
-    }
-
-    #[test]
-    fn quote_survives_nasty_strings() {
-        for nasty in [
-            "",
-            "plain",
-            "with space",
-            "'",
-            "''",
-            "it's",
-            "'\\''",
-            "\"double\"",
-            "$HOME ${HOME} $(id) `id`",
-            "back\\slash\\",
-            "line\nbreak\n",
-            "tab\there",
-            "; rm -rf / #",
-            "*?[a-z]",
-            "-n",
-            "ünïcødé ✓",
-            "a'b\"c$d`e\\f\ng",
-        ] {
-            assert_eq!(through_sh(&quote(nasty)), nasty, "{nasty:?}");
-        }
-        assert_eq!(quote("it's"), r"'it'\''s'");
-    }
-
-    #[test]
-    fn env_names_and_nul_bytes_are_checked() {
-        assert!(check_env_name("PATH").is_ok());
-        assert!(check_env_name("_a1").is_ok());
-        for bad in ["", "1A", "A-B", "A B", "A=B", "$(x)"] {
-            assert!(check_env_name(bad).is_err(), "{bad:?}");
-        }
-        assert!(checked_text("x", "a\0b").is_err());
-        assert!(checked_text("x", "ab").is_ok());
-    }
-
-    #[test]
-    fn service_names_are_file_names() {
-        assert!(check_service_name("web-1.svc_x").is_ok());
-        for bad in ["", ".hidden", "a/b", "../x", "a b", &"x".repeat(129)] {
-            assert!(check_service_name(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn only_narrow_work_roots_are_removable() {
