@@ -1,16 +1,41 @@
-//! One apply per pond at a time: an OS file lock on
+//! One apply per pond at a time. With local state: an OS file lock on
 //! `<state>/ponds/<pond>/lock`, whose content names the holder (pid, host,
 //! command, start time, CI run URL). The OS drops the lock when the holder
 //! dies, so a cancelled CI job never leaves a stuck lock behind.
+//!
+//! With the PostgreSQL state backend: a row of `crabbox_locks` naming the
+//! same holder, taken when absent or expired. It is a lease: it expires
+//! [`ttl`] after it was last renewed, and a thread renews it every third of
+//! that while the [`PondLock`] lives, so a holder that dies (even by SIGKILL)
+//! frees the pond within the TTL. `crabbox pond unlock NAME --force` deletes
+//! it.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::create_private_dir;
+use crate::inventory::state_pg::{self, Handle};
+
+/// Lifetime of a PostgreSQL pond lock between renewals, unless
+/// `CRABBOX_LOCK_TTL` (seconds) says otherwise.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// The environment variable overriding [`DEFAULT_TTL`] (whole seconds, at least 1).
+pub const TTL_ENV: &str = "CRABBOX_LOCK_TTL";
+
+/// The TTL of PostgreSQL pond locks.
+#[must_use]
+pub fn ttl() -> Duration {
+    std::env::var(TTL_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&s| s >= 1)
+        .map_or(DEFAULT_TTL, Duration::from_secs)
+}
 
 /// Who holds a pond's lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,12 +86,36 @@ pub enum LockError {
         /// Why.
         error: std::io::Error,
     },
+    /// The state database could not be used.
+    #[error("cannot take the lock of pond `{pond}`: {message}")]
+    State {
+        /// The pond.
+        pond: String,
+        /// Why.
+        message: String,
+    },
 }
 
 /// A held pond lock; released on drop.
 #[derive(Debug)]
 pub struct PondLock {
-    file: File,
+    held: Held,
+}
+
+#[derive(Debug)]
+enum Held {
+    File(File),
+    Lease(LeaseLock),
+}
+
+/// A held PostgreSQL lock and the thread renewing it.
+#[derive(Debug)]
+struct LeaseLock {
+    handle: Arc<Handle>,
+    pond: String,
+    token: String,
+    stop: Option<mpsc::Sender<()>>,
+    heartbeat: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The lock file of a pond.
@@ -106,8 +155,24 @@ pub fn read_holder(path: &Path) -> Option<Holder> {
 /// Takes the pond's lock, waiting up to `timeout` (zero: fail at once).
 ///
 /// # Errors
-/// [`LockError::Held`] naming the holder, or an I/O error.
+/// [`LockError::Held`] naming the holder, or an I/O or database error.
 pub fn acquire(
+    state_dir: &Path,
+    pond: &str,
+    command: &str,
+    timeout: Duration,
+) -> Result<PondLock, LockError> {
+    match state_pg::selected() {
+        Ok(None) => acquire_file(state_dir, pond, command, timeout),
+        Ok(Some(handle)) => acquire_lease(handle, pond, command, timeout),
+        Err(e) => Err(LockError::State {
+            pond: pond.to_owned(),
+            message: e.0,
+        }),
+    }
+}
+
+fn acquire_file(
     state_dir: &Path,
     pond: &str,
     command: &str,
@@ -148,21 +213,172 @@ pub fn acquire(
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     file.write_all(text.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)?;
-    Ok(PondLock { file })
+    Ok(PondLock {
+        held: Held::File(file),
+    })
+}
+
+fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS provides randomness");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn acquire_lease(
+    handle: Arc<Handle>,
+    pond: &str,
+    command: &str,
+    timeout: Duration,
+) -> Result<PondLock, LockError> {
+    let state = |e: state_pg::StateError| LockError::State {
+        pond: pond.to_owned(),
+        message: e.0,
+    };
+    let holder = serde_json::to_string(&this_holder(command)).expect("a holder is JSON");
+    let token = new_token();
+    let ttl = ttl();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if handle.lock_try(pond, &holder, &token, ttl).map_err(state)? {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let holder = handle
+                .lock_holder(pond)
+                .map_err(state)?
+                .and_then(|(json, _)| serde_json::from_str(&json).ok())
+                .map(Box::new);
+            return Err(LockError::Held {
+                pond: pond.to_owned(),
+                holder,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(250).min(deadline - Instant::now()));
+    }
+    let (stop, stopped) = mpsc::channel::<()>();
+    let spawned = {
+        let (h, p, t) = (handle.clone(), pond.to_owned(), token.clone());
+        std::thread::Builder::new()
+            .name("crabbox-lock-heartbeat".to_owned())
+            .spawn(move || heartbeat(&h, &p, &t, ttl, &stopped))
+    };
+    let heartbeat = match spawned {
+        Ok(thread) => thread,
+        Err(e) => {
+            let _ = handle.lock_release(pond, &token);
+            return Err(LockError::State {
+                pond: pond.to_owned(),
+                message: format!("cannot start the lock heartbeat: {e}"),
+            });
+        }
+    };
+    Ok(PondLock {
+        held: Held::Lease(LeaseLock {
+            handle,
+            pond: pond.to_owned(),
+            token,
+            stop: Some(stop),
+            heartbeat: Some(heartbeat),
+        }),
+    })
+}
+
+/// Renews the lock every third of its TTL until told to stop (or until the
+/// lock turns out to be lost, which is reported once).
+fn heartbeat(handle: &Handle, pond: &str, token: &str, ttl: Duration, stop: &mpsc::Receiver<()>) {
+    let every = ttl / 3;
+    loop {
+        match stop.recv_timeout(every) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        match handle.lock_renew(pond, token, ttl) {
+            Ok(true) => {}
+            Ok(false) => {
+                anstream::eprintln!(
+                    "warning: the lock of pond `{pond}` was broken (`pond unlock --force`) or expired; another crabbox may now change this pond"
+                );
+                return;
+            }
+            Err(e) => anstream::eprintln!(
+                "warning: cannot renew the lock of pond `{pond}` (it expires {}s after the last renewal): {e}",
+                ttl.as_secs()
+            ),
+        }
+    }
 }
 
 impl Drop for PondLock {
     fn drop(&mut self) {
-        let _ = self.file.set_len(0);
-        let _ = self.file.unlock();
+        match &mut self.held {
+            Held::File(file) => {
+                let _ = file.set_len(0);
+                let _ = file.unlock();
+            }
+            Held::Lease(lease) => {
+                drop(lease.stop.take());
+                if let Some(thread) = lease.heartbeat.take() {
+                    let _ = thread.join();
+                }
+                let _ = lease.handle.lock_release(&lease.pond, &lease.token);
+            }
+        }
     }
+}
+
+/// Whether the pond lock lives in the shared state database (rather than in
+/// a local file).
+#[must_use]
+pub fn is_shared() -> bool {
+    matches!(state_pg::selected(), Ok(Some(_)))
+}
+
+/// Deletes the pond's lock in the state database, whoever holds it; returns
+/// the holder of a lock that was live (`Some(None)`: live but unreadable).
+/// Only for the PostgreSQL backend: a file lock is released by its holder.
+///
+/// # Errors
+/// Database errors, or local state (nothing to break).
+pub fn break_lock(pond: &str) -> std::io::Result<Option<Option<Holder>>> {
+    let Some(handle) = state_pg::selected()? else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "a local lock file is released only by its holder",
+        ));
+    };
+    Ok(handle
+        .lock_break(pond)?
+        .map(|json| serde_json::from_str(&json).ok()))
+}
+
+/// The live lock of a pond in the state database: its holder and how long
+/// until it expires unless renewed. `Ok(None)` when not locked or with local
+/// state.
+///
+/// # Errors
+/// Database errors.
+pub fn lease_status(pond: &str) -> std::io::Result<Option<(Option<Holder>, Duration)>> {
+    let Some(handle) = state_pg::selected()? else {
+        return Ok(None);
+    };
+    Ok(handle.lock_holder(pond)?.map(|(json, left)| {
+        (
+            serde_json::from_str(&json).ok(),
+            Duration::from_secs_f64(left.max(0.0)),
+        )
+    }))
 }
 
 /// Whether a pond's lock is held right now, and by whom.
 ///
 /// # Errors
-/// I/O errors opening the lock file.
+/// I/O errors opening the lock file, database errors.
 pub fn status(state_dir: &Path, pond: &str) -> std::io::Result<Option<Option<Holder>>> {
+    if let Some(handle) = state_pg::selected()? {
+        return Ok(handle
+            .lock_holder(pond)?
+            .map(|(json, _)| serde_json::from_str(&json).ok()));
+    }
     let path = lock_path(state_dir, pond);
     let Ok(file) = File::open(&path) else {
         return Ok(None);

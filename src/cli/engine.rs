@@ -12,7 +12,7 @@ use crate::diagnostic::render_human;
 use crate::inventory::state_dir::state_dir;
 use crate::plan::diff::PlanOptions;
 use crate::providers::registry::Registry;
-use crate::spec::desired::DesiredPond;
+use crate::spec::desired::{DesiredPond, StateStore};
 use crate::spec::load::load_path;
 use crate::spec::normalize::checked_name;
 
@@ -86,6 +86,15 @@ pub fn load_spec(args: &SpecArgs, pond_override: Option<&str>) -> Option<Loaded>
             }
         }
     }
+    // The spec's `state:` chooses where claims and the pond lock live for the
+    // rest of this process (`CRABBOX_STATE_URL` still wins). A process-wide
+    // setting rather than `set_var`: some commands have started threads
+    // (the runtime) before the spec is read, and claim stores made before
+    // now (the registry's) look the choice up at each call.
+    crate::inventory::state_pg::set_spec_url(match &desired.state {
+        StateStore::Local => None,
+        StateStore::Postgres { url } => Some(url.clone()),
+    });
     let file = std::fs::canonicalize(&args.file).unwrap_or_else(|_| args.file.clone());
     let dir = file
         .parent()

@@ -354,6 +354,7 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
         members: vec![member],
         outputs_dir: None,
         templates: Vec::new(),
+        state: crate::spec::desired::StateStore::default(),
     };
     let registry = registry();
     let rt = runtime();

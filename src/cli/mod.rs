@@ -9,6 +9,7 @@ mod peers;
 mod plan;
 mod pond;
 mod schema;
+mod state;
 mod sweep;
 mod validate;
 
@@ -87,6 +88,10 @@ enum Command {
     /// Crabbox-compatible pond verbs.
     #[command(subcommand)]
     Pond(pond::PondCommand),
+    /// State backends (where claims and pond locks live: local files, or PostgreSQL
+    /// when CRABBOX_STATE_URL or the spec's `state:` names a database).
+    #[command(subcommand)]
+    State(state::StateCommand),
 }
 
 /// The spec file and the variables it is read with; shared by every command
@@ -162,5 +167,6 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Resume(args) => imperative::pause_or_resume(&args, false),
         Command::Sweep(args) => sweep::run(&args),
         Command::Pond(cmd) => pond::run(&cmd),
+        Command::State(cmd) => state::run(&cmd),
     }
 }

@@ -41,11 +41,13 @@ pub(super) enum PondCommand {
         /// The pond.
         name: String,
     },
-    /// Show who holds the pond's apply lock; with --force, stop the holder if it runs on this host.
+    /// Show who holds the pond's apply lock; with --force, stop the holder if it runs on this
+    /// host (local state) or break the lock (PostgreSQL state: CRABBOX_STATE_URL).
     Unlock {
         /// The pond.
         name: String,
-        /// Send SIGTERM to the holding process (only when it runs on this host).
+        /// Local state: send SIGTERM to the holding process (only when it runs on this host).
+        /// PostgreSQL state: delete the lock, whoever holds it.
         #[arg(long)]
         force: bool,
     },
@@ -256,6 +258,9 @@ fn unlock(name: &str, force: bool) -> ExitCode {
         anstream::eprintln!("error: `{name}` is not a usable pond name");
         return failure();
     };
+    if lock::is_shared() {
+        return unlock_shared(&pond, force);
+    }
     match lock::status(&state_dir(), &pond) {
         Ok(None) => {
             println!("pond `{pond}` is not locked");
@@ -301,6 +306,57 @@ fn unlock(name: &str, force: bool) -> ExitCode {
                     failure()
                 }
             }
+        }
+        Err(e) => {
+            anstream::eprintln!("error: cannot read the lock of pond `{pond}`: {e}");
+            failure()
+        }
+    }
+}
+
+/// `pond unlock` with the PostgreSQL state backend: the lock is a row with a
+/// TTL, broken by deleting it.
+fn unlock_shared(pond: &str, force: bool) -> ExitCode {
+    let describe = |h: Option<lock::Holder>| {
+        h.map_or_else(
+            || "a holder that recorded no details".to_owned(),
+            |h| h.to_string(),
+        )
+    };
+    if force {
+        return match lock::break_lock(pond) {
+            Ok(None) => {
+                println!("pond `{pond}` is not locked");
+                ExitCode::SUCCESS
+            }
+            Ok(Some(holder)) => {
+                println!(
+                    "broke the lock of pond `{pond}`, held by {}",
+                    describe(holder)
+                );
+                anstream::eprintln!(
+                    "note: if that process still runs, it finds its lock gone at its next renewal and warns"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                anstream::eprintln!("error: cannot break the lock of pond `{pond}`: {e}");
+                failure()
+            }
+        };
+    }
+    match lock::lease_status(pond) {
+        Ok(None) => {
+            println!("pond `{pond}` is not locked");
+            ExitCode::SUCCESS
+        }
+        Ok(Some((holder, left))) => {
+            anstream::eprintln!(
+                "error: pond `{pond}` is locked by {}\n  help: the lock is released when that process finishes; if it died, the lock expires in {}s; pass --force to break it now",
+                describe(holder),
+                left.as_secs()
+            );
+            failure()
         }
         Err(e) => {
             anstream::eprintln!("error: cannot read the lock of pond `{pond}`: {e}");

@@ -1,17 +1,21 @@
-//! Local claim files in Crabbox's format and place:
+//! Claims, in Crabbox's format: by default local files in Crabbox's place,
 //! `<state>/claims/<leaseID>.json`, one per lease, written atomically under a
-//! per-lease lock (`<state>/claim-locks/<leaseID>.json.lock`). Fields we do not
-//! know are kept as they are, so the Go CLI's data survives our writes.
+//! per-lease lock (`<state>/claim-locks/<leaseID>.json.lock`); with the
+//! PostgreSQL state backend, rows of `crabbox_claims` written by
+//! compare-and-swap on their revision. Fields we do not know are kept as they
+//! are, so the Go CLI's data survives our writes.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file;
 use crate::inventory::labels::Labels;
 use crate::inventory::lease::is_lease_id;
+use crate::inventory::state_pg::{self, ClaimRow, Handle};
 
 /// A claim's `state` field (ours): written before the create call so a crash
 /// between the two is found by the next run.
@@ -93,54 +97,106 @@ pub struct ClaimProblem {
     pub message: String,
 }
 
-/// The claim directory of one state dir.
+/// Where claims are kept: Crabbox's claim files under the state directory, or
+/// the PostgreSQL state database (see [`crate::inventory::state_pg`]).
+///
+/// Every claim read and write in crabbox goes through this type. A store made
+/// with [`ClaimStore::new`] follows the configuration at each call
+/// (`CRABBOX_STATE_URL`, else the loaded spec's `state:`), so stores built
+/// before the spec was read still use the backend it chose.
 #[derive(Debug, Clone)]
 pub struct ClaimStore {
-    dir: PathBuf,
-    locks: PathBuf,
+    state_dir: PathBuf,
+    pinned: Option<Pinned>,
 }
 
+#[derive(Debug, Clone)]
+enum Pinned {
+    Local,
+    Postgres(Arc<Handle>),
+}
+
+/// The backend one call uses.
+enum Backend {
+    Local { dir: PathBuf, locks: PathBuf },
+    Postgres(Arc<Handle>),
+    Unusable(String),
+}
+
+/// Most compare-and-swap attempts of one claim write.
+const MAX_CAS_ATTEMPTS: u32 = 100;
+
 impl ClaimStore {
-    /// The store under `state_dir`.
+    /// The store of this process: PostgreSQL when `CRABBOX_STATE_URL` (or the
+    /// loaded spec's `state:`) names a database, else the claim files under
+    /// `state_dir`, exactly as Crabbox keeps them.
     #[must_use]
     pub fn new(state_dir: &Path) -> Self {
         Self {
-            dir: state_dir.join("claims"),
-            locks: state_dir.join("claim-locks"),
+            state_dir: state_dir.to_owned(),
+            pinned: None,
         }
     }
 
-    /// Every readable claim; unreadable ones are reported, never fatal.
+    /// The claim files under `state_dir`, whatever is configured.
+    #[must_use]
+    pub fn local(state_dir: &Path) -> Self {
+        Self {
+            state_dir: state_dir.to_owned(),
+            pinned: Some(Pinned::Local),
+        }
+    }
+
+    /// The PostgreSQL database at `url`, whatever is configured.
+    #[must_use]
+    pub fn postgres(url: &str) -> Self {
+        Self {
+            state_dir: PathBuf::new(),
+            pinned: Some(Pinned::Postgres(Handle::for_url(url))),
+        }
+    }
+
+    fn backend(&self) -> Backend {
+        let local = || Backend::Local {
+            dir: self.state_dir.join("claims"),
+            locks: self.state_dir.join("claim-locks"),
+        };
+        match &self.pinned {
+            Some(Pinned::Local) => local(),
+            Some(Pinned::Postgres(h)) => Backend::Postgres(h.clone()),
+            None => match state_pg::selected() {
+                Ok(None) => local(),
+                Ok(Some(h)) => Backend::Postgres(h),
+                Err(e) => Backend::Unusable(e.0),
+            },
+        }
+    }
+
+    /// Where the claims live, for messages (no password).
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self.backend() {
+            Backend::Local { dir, .. } => dir.display().to_string(),
+            Backend::Postgres(h) => h.display_url(),
+            Backend::Unusable(e) => e,
+        }
+    }
+
+    /// Every readable claim; unreadable ones are reported, never fatal (an
+    /// unreachable database is reported as one problem).
     #[must_use]
     pub fn load_all(&self) -> (Vec<Claim>, Vec<ClaimProblem>) {
-        let mut claims = Vec::new();
-        let mut problems = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return (claims, problems);
-        };
-        let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-        paths.sort();
-        for path in paths {
-            let Some(stem) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-            else {
-                continue;
-            };
-            match std::fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| serde_json::from_str::<Claim>(&t).map_err(|e| e.to_string()))
-            {
-                Ok(claim) if claim.lease_id != stem => problems.push(ClaimProblem {
-                    path,
-                    message: format!("lease_id_mismatch: the file says {}", claim.lease_id),
-                }),
-                Ok(claim) => claims.push(claim),
-                Err(message) => problems.push(ClaimProblem { path, message }),
-            }
+        match self.backend() {
+            Backend::Local { dir, .. } => load_all_files(&dir),
+            Backend::Postgres(h) => load_all_rows(&h),
+            Backend::Unusable(message) => (
+                Vec::new(),
+                vec![ClaimProblem {
+                    path: PathBuf::from(state_pg::URL_ENV),
+                    message,
+                }],
+            ),
         }
-        (claims, problems)
     }
 
     /// One claim by lease ID; `None` when absent or unreadable.
@@ -149,63 +205,301 @@ impl ClaimStore {
         if !is_lease_id(lease_id) {
             return None;
         }
-        let text = std::fs::read_to_string(self.path(lease_id)).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    fn path(&self, lease_id: &str) -> PathBuf {
-        self.dir.join(format!("{lease_id}.json"))
-    }
-
-    /// Holds the per-lease lock for the duration of `f`.
-    fn locked<T>(
-        &self,
-        lease_id: &str,
-        f: impl FnOnce() -> std::io::Result<T>,
-    ) -> std::io::Result<T> {
-        if !is_lease_id(lease_id) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("`{lease_id}` is not a lease ID"),
-            ));
+        match self.backend() {
+            Backend::Local { dir, .. } => load_file(&dir, lease_id),
+            Backend::Postgres(h) => load_row(&h, lease_id).ok().flatten(),
+            Backend::Unusable(_) => None,
         }
-        atomic_file::create_private_dir(&self.locks)?;
-        let lock = File::create(self.locks.join(format!("{lease_id}.json.lock")))?;
-        lock.lock()?;
-        let result = f();
-        let _ = lock.unlock();
-        result
     }
 
-    /// Writes a claim (new revision), atomically, under its lock.
+    /// Writes a claim with a new revision. Local files: atomically, under the
+    /// claim's lock. PostgreSQL: a compare-and-swap on the revision the
+    /// claim was read with; when another writer changed the claim since,
+    /// this write's changes are merged into the stored claim and tried
+    /// again, so neither writer's changes are lost.
     ///
     /// # Errors
-    /// I/O errors, or a lease ID of the wrong shape.
+    /// I/O or database errors, or a lease ID of the wrong shape.
     pub fn write(&self, claim: &Claim) -> std::io::Result<Claim> {
-        self.locked(&claim.lease_id, || {
-            let mut claim = claim.clone();
-            claim.revision = new_revision();
-            let text = serde_json::to_string_pretty(&claim).map_err(std::io::Error::other)?;
-            atomic_file::write(&self.path(&claim.lease_id), text.as_bytes())?;
-            Ok(claim)
-        })
+        check_lease_id(&claim.lease_id)?;
+        match self.backend() {
+            Backend::Local { dir, locks } => locked(&locks, &claim.lease_id, || {
+                let mut claim = claim.clone();
+                claim.revision = new_revision();
+                write_file(&dir, &claim)?;
+                Ok(claim)
+            }),
+            Backend::Postgres(h) => write_row(&h, claim),
+            Backend::Unusable(e) => Err(std::io::Error::other(e)),
+        }
+    }
+
+    /// Read-modify-write of one claim: `change` is applied to the stored
+    /// claim and the result written; if another writer got in between,
+    /// `change` is applied again to what it wrote. `Ok(None)` when the claim
+    /// does not exist.
+    ///
+    /// # Errors
+    /// I/O or database errors, or a lease ID of the wrong shape.
+    pub fn update(
+        &self,
+        lease_id: &str,
+        mut change: impl FnMut(&mut Claim),
+    ) -> std::io::Result<Option<Claim>> {
+        check_lease_id(lease_id)?;
+        match self.backend() {
+            Backend::Local { dir, locks } => locked(&locks, lease_id, || {
+                let Some(mut claim) = load_file(&dir, lease_id) else {
+                    return Ok(None);
+                };
+                change(&mut claim);
+                claim.lease_id = lease_id.to_owned();
+                claim.revision = new_revision();
+                write_file(&dir, &claim)?;
+                Ok(Some(claim))
+            }),
+            Backend::Postgres(h) => {
+                for attempt in 0..MAX_CAS_ATTEMPTS {
+                    let Some(mut claim) = load_row(&h, lease_id)? else {
+                        return Ok(None);
+                    };
+                    let expected = claim.revision.clone();
+                    change(&mut claim);
+                    claim.lease_id = lease_id.to_owned();
+                    claim.revision = new_revision();
+                    let (row, body) = row_of(&claim)?;
+                    if h.claim_cas(Some(&expected), row)? {
+                        h.remember(lease_id, &claim.revision, &body);
+                        return Ok(Some(claim));
+                    }
+                    state_pg::count_conflict();
+                    backoff(attempt);
+                }
+                Err(gave_up(lease_id))
+            }
+            Backend::Unusable(e) => Err(std::io::Error::other(e)),
+        }
     }
 
     /// Removes a claim (absent is fine).
     ///
     /// # Errors
-    /// I/O errors other than "not found".
+    /// I/O errors other than "not found", database errors.
     pub fn remove(&self, lease_id: &str) -> std::io::Result<()> {
-        self.locked(lease_id, || {
-            match std::fs::remove_file(self.path(lease_id)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
+        check_lease_id(lease_id)?;
+        match self.backend() {
+            Backend::Local { dir, locks } => {
+                locked(&locks, lease_id, || {
+                    match std::fs::remove_file(file_path(&dir, lease_id)) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                        _ => Ok(()),
+                    }
+                })?;
+                // The lock file is only needed while the claim exists.
+                let _ = std::fs::remove_file(locks.join(format!("{lease_id}.json.lock")));
+                Ok(())
             }
-        })?;
-        // The lock file is only needed while the claim exists.
-        let _ = std::fs::remove_file(self.locks.join(format!("{lease_id}.json.lock")));
-        Ok(())
+            Backend::Postgres(h) => Ok(h.claim_delete(lease_id)?),
+            Backend::Unusable(e) => Err(std::io::Error::other(e)),
+        }
     }
+}
+
+fn check_lease_id(lease_id: &str) -> std::io::Result<()> {
+    if is_lease_id(lease_id) {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("`{lease_id}` is not a lease ID"),
+        ))
+    }
+}
+
+fn file_path(dir: &Path, lease_id: &str) -> PathBuf {
+    dir.join(format!("{lease_id}.json"))
+}
+
+fn load_all_files(dir: &Path) -> (Vec<Claim>, Vec<ClaimProblem>) {
+    let mut claims = Vec::new();
+    let mut problems = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return (claims, problems);
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        match std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str::<Claim>(&t).map_err(|e| e.to_string()))
+        {
+            Ok(claim) if claim.lease_id != stem => problems.push(ClaimProblem {
+                path,
+                message: format!("lease_id_mismatch: the file says {}", claim.lease_id),
+            }),
+            Ok(claim) => claims.push(claim),
+            Err(message) => problems.push(ClaimProblem { path, message }),
+        }
+    }
+    (claims, problems)
+}
+
+fn load_file(dir: &Path, lease_id: &str) -> Option<Claim> {
+    let text = std::fs::read_to_string(file_path(dir, lease_id)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_file(dir: &Path, claim: &Claim) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(claim).map_err(std::io::Error::other)?;
+    atomic_file::write(&file_path(dir, &claim.lease_id), text.as_bytes())
+}
+
+/// Holds the per-lease lock file for the duration of `f`.
+fn locked<T>(
+    locks: &Path,
+    lease_id: &str,
+    f: impl FnOnce() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    check_lease_id(lease_id)?;
+    atomic_file::create_private_dir(locks)?;
+    let lock = File::create(locks.join(format!("{lease_id}.json.lock")))?;
+    lock.lock()?;
+    let result = f();
+    let _ = lock.unlock();
+    result
+}
+
+/// A stored claim: its body with the row's revision.
+fn parse_row(h: &Handle, lease_id: &str, revision: String, text: &str) -> Result<Claim, String> {
+    let body: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let mut claim: Claim = serde_json::from_value(body.clone()).map_err(|e| e.to_string())?;
+    if claim.lease_id != lease_id {
+        return Err(format!(
+            "lease_id_mismatch: the row says {}",
+            claim.lease_id
+        ));
+    }
+    h.remember(lease_id, &revision, &body);
+    claim.revision = revision;
+    Ok(claim)
+}
+
+fn row_path(h: &Handle, lease_id: &str) -> PathBuf {
+    PathBuf::from(format!("{}/crabbox_claims/{lease_id}", h.display_url()))
+}
+
+fn load_all_rows(h: &Handle) -> (Vec<Claim>, Vec<ClaimProblem>) {
+    let rows = match h.claim_rows() {
+        Ok(rows) => rows,
+        Err(e) => {
+            return (
+                Vec::new(),
+                vec![ClaimProblem {
+                    path: PathBuf::from(h.display_url()),
+                    message: e.0,
+                }],
+            );
+        }
+    };
+    let mut claims = Vec::new();
+    let mut problems = Vec::new();
+    for (lease_id, revision, text) in rows {
+        match parse_row(h, &lease_id, revision, &text) {
+            Ok(claim) => claims.push(claim),
+            Err(message) => problems.push(ClaimProblem {
+                path: row_path(h, &lease_id),
+                message,
+            }),
+        }
+    }
+    (claims, problems)
+}
+
+fn load_row(h: &Handle, lease_id: &str) -> std::io::Result<Option<Claim>> {
+    match h.claim_row(lease_id)? {
+        None => Ok(None),
+        Some((revision, text)) => parse_row(h, lease_id, revision, &text)
+            .map(Some)
+            .map_err(std::io::Error::other),
+    }
+}
+
+/// The row of a claim, and its body as JSON.
+pub(crate) fn row_of(claim: &Claim) -> std::io::Result<(ClaimRow, serde_json::Value)> {
+    let body = serde_json::to_value(claim).map_err(std::io::Error::other)?;
+    Ok((
+        ClaimRow {
+            lease_id: claim.lease_id.clone(),
+            pond: claim.pond.clone(),
+            provider: claim.provider.clone(),
+            revision: claim.revision.clone(),
+            body: body.to_string(),
+        },
+        body,
+    ))
+}
+
+fn write_row(h: &Handle, claim: &Claim) -> std::io::Result<Claim> {
+    let lease_id = claim.lease_id.as_str();
+    let mine = serde_json::to_value(claim).map_err(std::io::Error::other)?;
+    // What the caller read, when it read through this process: the base of
+    // a merge should the claim have changed since.
+    let base = h.remembered(lease_id, &claim.revision);
+    let mut expected = Some(claim.revision.clone()).filter(|r| !r.is_empty());
+    let mut desired = claim.clone();
+    for attempt in 0..MAX_CAS_ATTEMPTS {
+        let mut next = desired.clone();
+        next.revision = new_revision();
+        let (row, body) = row_of(&next)?;
+        if h.claim_cas(expected.as_deref(), row)? {
+            h.remember(lease_id, &next.revision, &body);
+            return Ok(next);
+        }
+        match h.claim_row(lease_id)? {
+            // Removed meanwhile (or never there): written anew, as a file would be.
+            None => expected = None,
+            Some((revision, text)) => {
+                state_pg::count_conflict();
+                let current: serde_json::Value =
+                    serde_json::from_str(&text).map_err(std::io::Error::other)?;
+                desired = match &base {
+                    Some(base) => serde_json::from_value(state_pg::merge(base, &mine, &current))
+                        .unwrap_or_else(|_| claim.clone()),
+                    // Not read here: the caller's claim replaces the stored
+                    // one, as it replaces a claim file.
+                    None => claim.clone(),
+                };
+                desired.lease_id = lease_id.to_owned();
+                expected = Some(revision);
+                backoff(attempt);
+            }
+        }
+    }
+    Err(gave_up(lease_id))
+}
+
+fn gave_up(lease_id: &str) -> std::io::Error {
+    std::io::Error::other(format!(
+        "claim {lease_id} kept changing while it was written; gave up after {MAX_CAS_ATTEMPTS} attempts"
+    ))
+}
+
+/// A short random pause before retrying a compare-and-swap, growing a little
+/// with the attempts so that writers racing on one claim spread out.
+fn backoff(attempt: u32) {
+    let mut byte = [0u8; 1];
+    let _ = getrandom::fill(&mut byte);
+    let ceiling = 2 + attempt.min(20);
+    std::thread::sleep(std::time::Duration::from_millis(
+        u64::from(byte[0]) % u64::from(ceiling) + 1,
+    ));
 }
 
 fn new_revision() -> String {

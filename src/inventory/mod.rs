@@ -6,3 +6,4 @@ pub mod discover;
 pub mod labels;
 pub mod lease;
 pub mod state_dir;
+pub mod state_pg;

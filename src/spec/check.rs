@@ -10,10 +10,12 @@ use crate::diagnostic::Diagnostic;
 use crate::providers::features_of;
 use crate::spec::desired::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_READY_INTERVAL, DEFAULT_READY_TIMEOUT, DEFAULT_SYNC_MAX_BYTES,
-    DEFAULT_TTL, DesiredMember, DesiredPond, Probe, ReadyCheck, Step, SyncSettings,
+    DEFAULT_TTL, DesiredMember, DesiredPond, Probe, ReadyCheck, StateStore, Step, SyncSettings,
 };
 use crate::spec::duration;
-use crate::spec::model::{EnvValue, MemberSpec, PortSpec, Ready, SetupStep, Sync, TcpTarget};
+use crate::spec::model::{
+    EnvValue, MemberSpec, PortSpec, Ready, SetupStep, State, StateBackend, Sync, TcpTarget,
+};
 use crate::spec::normalize::{MAX_NAME_LEN, NameProblem, checked_name};
 use crate::spec::providers::{ProviderBlocks, ProviderName};
 use crate::spec::source::Span;
@@ -40,6 +42,8 @@ pub struct Parts {
     pub outputs_dir: Option<String>,
     /// `outputs.templates` by index: (src, dest).
     pub templates: Vec<(usize, String, String)>,
+    /// `state`, if readable.
+    pub state: Option<State>,
 }
 
 /// Runs every semantic check; returns the resolved pond when there are no errors.
@@ -118,6 +122,8 @@ pub fn check(
         templates.push((path, dest.clone()));
     }
 
+    let state = c.state(parts.state.as_ref());
+
     let errors_after = out.iter().filter(|d| d.is_error()).count();
     let name = pond_name?;
     (errors_after == errors_before && parts.members.len() == resolved.len()).then(|| DesiredPond {
@@ -126,6 +132,7 @@ pub fn check(
         members: resolved,
         outputs_dir: parts.outputs_dir.clone(),
         templates,
+        state,
     })
 }
 
@@ -151,6 +158,60 @@ impl Origin {
 }
 
 impl Checker<'_> {
+    /// `state:`: `postgres` needs a PostgreSQL URL, `local` takes none.
+    fn state(&mut self, state: Option<&State>) -> StateStore {
+        let Some(state) = state else {
+            return StateStore::Local;
+        };
+        let url = state.url.as_deref().map(str::trim);
+        match (state.backend, url) {
+            (StateBackend::Local, None) => StateStore::Local,
+            (StateBackend::Local, Some(_)) => {
+                self.out.push(
+                    Diagnostic::error(
+                        "state-backend",
+                        self.value("/state/url"),
+                        "the local state backend takes no `url`",
+                    )
+                    .with_hint(
+                        "remove `url`, or set `backend: postgres` to keep state in that database",
+                    ),
+                );
+                StateStore::Local
+            }
+            (StateBackend::Postgres, None | Some("")) => {
+                self.out.push(
+                    Diagnostic::error(
+                        "state-backend",
+                        self.value(if url.is_some() { "/state/url" } else { "/state/backend" }),
+                        "the postgres state backend needs a `url`",
+                    )
+                    .with_hint("add `url: ${CRABBOX_STATE_URL}` and set that variable to postgres://user@host:5432/db"),
+                );
+                StateStore::Local
+            }
+            (StateBackend::Postgres, Some(url))
+                if !crate::inventory::state_pg::is_postgres_url(url) =>
+            {
+                self.out.push(
+                    Diagnostic::error(
+                        "state-backend",
+                        self.value("/state/url"),
+                        format!(
+                            "`{}` is not a PostgreSQL URL",
+                            crate::inventory::state_pg::redact(url)
+                        ),
+                    )
+                    .with_hint("write postgres://user@host:5432/db (or postgresql://…)"),
+                );
+                StateStore::Local
+            }
+            (StateBackend::Postgres, Some(url)) => StateStore::Postgres {
+                url: url.to_owned(),
+            },
+        }
+    }
+
     fn value(&self, pointer: &str) -> Span {
         self.index.find(pointer).value
     }

@@ -37,6 +37,35 @@ pub struct DesiredPond {
     pub outputs_dir: Option<String>,
     /// User templates: source path (resolved against the spec's directory) and destination.
     pub templates: Vec<(PathBuf, String)>,
+    /// Where claims and the pond lock are kept (`state:`). Not part of the
+    /// spec's hash: it changes where the pond is recorded, not the pond.
+    #[serde(skip)]
+    pub state: StateStore,
+}
+
+/// Where claims and the pond lock are kept.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum StateStore {
+    /// Files in the state directory.
+    #[default]
+    Local,
+    /// A PostgreSQL database.
+    Postgres {
+        /// Its URL (may hold a password: never printed as is).
+        url: String,
+    },
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local => f.write_str("Local"),
+            Self::Postgres { url } => f
+                .debug_struct("Postgres")
+                .field("url", &crate::inventory::state_pg::redact(url))
+                .finish(),
+        }
+    }
 }
 
 /// One member, resolved.

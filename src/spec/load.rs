@@ -163,5 +163,6 @@ fn parts(document: &Value) -> Parts {
                     .collect()
             })
             .unwrap_or_default(),
+        state: typed(document.get("state")),
     }
 }

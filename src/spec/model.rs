@@ -36,6 +36,38 @@ pub struct PondFile {
     /// Where peers.json, hosts, env and user templates are written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Outputs>,
+    /// Where crabbox keeps what providers do not store themselves: the claims
+    /// of label-less providers (`ssh`, `islo`, `tensorlake`) and the pond's
+    /// apply lock. Default: local files in the state directory. The
+    /// `CRABBOX_STATE_URL` environment variable wins over this block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+}
+
+/// The state backend of the pond.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// `local`: files in the state directory of the machine that applies.
+    /// `postgres`: a PostgreSQL database every runner reaches, so a pond
+    /// applied on one machine can be destroyed from another.
+    pub backend: StateBackend,
+    /// The database of the `postgres` backend, e.g.
+    /// `postgres://crabbox@db.internal:5432/crabbox`. Write
+    /// `${CRABBOX_STATE_URL}` rather than a password. Not used by `local`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// A state backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// Files in the state directory (`CRABBOX_STATE_DIR`): one machine.
+    Local,
+    /// A PostgreSQL database (`url`) shared by every runner; the pond lock is
+    /// a lease that expires when its holder dies.
+    Postgres,
 }
 
 /// One lease of the pond.

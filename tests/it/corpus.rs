@@ -74,6 +74,7 @@ fn every_check_has_a_corpus_case() {
         "defaults-depends-on",
         "meaningless-option",
         "invalid-bind-addr",
+        "state-backend",
     ];
     let missing: Vec<&str> = required
         .iter()
