@@ -23,6 +23,8 @@ struct Runner {
     url: Option<String>,
     /// `CRABBOX_LOCK_TTL` for its commands.
     ttl: Option<u64>,
+    /// Further environment (provider keys and endpoints).
+    env: Vec<(String, String)>,
 }
 
 impl Runner {
@@ -31,6 +33,7 @@ impl Runner {
             dir: tempfile::tempdir().expect("tempdir"),
             url: url.map(str::to_owned),
             ttl: None,
+            env: Vec::new(),
         };
         for d in ["home", "work", "remote"] {
             std::fs::create_dir_all(r.path(d)).expect("dirs");
@@ -40,6 +43,11 @@ impl Runner {
 
     fn with_ttl(mut self, secs: u64) -> Self {
         self.ttl = Some(secs);
+        self
+    }
+
+    fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -66,6 +74,9 @@ impl Runner {
             "GITHUB_RUN_ID",
         ] {
             c.env_remove(k);
+        }
+        for (k, v) in &self.env {
+            c.env(k, v);
         }
         match &self.url {
             Some(url) => c.env(state_pg::URL_ENV, url),
@@ -600,6 +611,7 @@ fn state_migrate_copies_local_claims_once() {
         dir: tempfile::tempdir().expect("tempdir"),
         url: Some(pg.url.clone()),
         ttl: None,
+        env: Vec::new(),
     };
     std::fs::create_dir_all(runner_with_url.path("work")).expect("work");
     std::fs::create_dir_all(runner_with_url.path("home")).expect("home");
@@ -667,7 +679,21 @@ fn processes_with(needle: &str) -> Vec<u32> {
 fn a_static_ssh_pond_applied_by_one_runner_is_destroyed_by_another() {
     let pg = TestPostgres::start();
     let sshd = TestSshd::start();
-    let a = Runner::new(None);
+    // Islo keeps its members only in claims too: with the postgres backend they
+    // travel between runners the same way.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let islo = rt.block_on(crate::fake_islo::start(
+        crate::fake_islo::FakeConfig::default(),
+    ));
+    let islo_env = |r: Runner| {
+        r.with_env("CRABBOX_ISLO_API_KEY", crate::fake_islo::API_KEY)
+            .with_env("ISLO_BASE_URL", &islo.base_url)
+    };
+    let a = islo_env(Runner::new(None));
     let remote = a.path("remote");
     let ports = [free_port(), free_port()];
     let spec = format!(
@@ -692,6 +718,9 @@ members:
       - run: exec python3 -m http.server {p1} --bind 127.0.0.1
         background: true
     ready: {{ tcp: {p1}, timeout: 30s }}
+  - slug: sandbox
+    provider: islo
+    setup: [ "echo in-islo" ]
 "#,
         url = pg.url,
         port = sshd.port,
@@ -710,12 +739,17 @@ members:
     let out = a.run(&["apply", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("Apply complete! Members: 2 added"),
+        text(&out.stderr).contains("Apply complete! Members: 3 added"),
         "{}",
         text(&out.stderr)
     );
     // The claims are in the database, none in runner A's state dir.
-    assert_eq!(claim_rows(&pg, "shared-ssh"), 2);
+    assert_eq!(claim_rows(&pg, "shared-ssh"), 3);
+    assert_eq!(
+        islo.handle.sandbox_names().len(),
+        1,
+        "the Islo member's sandbox"
+    );
     assert_eq!(
         std::fs::read_dir(a.path("state/claims"))
             .map(|d| d.count())
@@ -739,7 +773,7 @@ members:
     let ids: BTreeSet<String> = pg
         .client()
         .query(
-            "SELECT lease_id FROM crabbox_claims WHERE pond = 'shared-ssh'",
+            "SELECT lease_id FROM crabbox_claims WHERE pond = 'shared-ssh' AND provider = 'ssh'",
             &[],
         )
         .expect("ids")
@@ -754,7 +788,7 @@ members:
 
     // Runner B: an empty state dir and the URL in the environment. It sees
     // the pond as A left it…
-    let b = Runner::new(Some(&pg.url));
+    let b = islo_env(Runner::new(Some(&pg.url)));
     b.write_spec(&spec);
     let out = b.run(&["plan"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -766,21 +800,25 @@ members:
     let peers: Value = serde_json::from_slice(&b.run(&["peers", "--json"]).stdout).expect("peers");
     assert_eq!(
         peers["members"].as_array().map(Vec::len),
-        Some(2),
+        Some(3),
         "{peers}"
     );
 
     // …and destroys it by name, without the spec.
-    let b_empty = Runner::new(Some(&pg.url));
+    let b_empty = islo_env(Runner::new(Some(&pg.url)));
     let out = b_empty.run(&["destroy", "--pond", "shared-ssh", "--auto-approve"]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("Destroy complete! Members: 2 destroyed"),
+        err.contains("Destroy complete! Members: 3 destroyed"),
         "{err}"
     );
 
     assert_eq!(claim_rows(&pg, "shared-ssh"), 0, "no claim row is left");
+    assert!(
+        islo.handle.sandbox_names().is_empty(),
+        "no Islo sandbox is left"
+    );
     let locks: i64 = pg
         .client()
         .query_one("SELECT count(*) FROM crabbox_locks", &[])
@@ -805,7 +843,7 @@ members:
     );
     let out = a.run(&["plan"]);
     assert!(
-        text(&out.stdout).contains("Plan: 2 to add, 0 to change, 0 to destroy."),
+        text(&out.stdout).contains("Plan: 3 to add, 0 to change, 0 to destroy."),
         "runner A sees the pond gone: {}{}",
         text(&out.stdout),
         text(&out.stderr)
