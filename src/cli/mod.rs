@@ -30,6 +30,8 @@ Exit codes:
 Environment:
   CRABBOX_STATE_DIR           state directory (claims, local leases, locks); default
                               $XDG_STATE_HOME/crabbox, else ~/.config/crabbox/state
+  CRABBOX_STATE_URL           postgres://… keeps claims and pond locks in PostgreSQL, shared
+                              by every CI runner (wins over the spec's `state:`)
   HCLOUD_TOKEN, HETZNER_TOKEN Hetzner Cloud API token (enables the `hetzner` provider)
   HCLOUD_ENDPOINT             Hetzner API base URL (default https://api.hetzner.cloud/v1)
   CRABBOX_ISLO_API_KEY, ISLO_API_KEY
