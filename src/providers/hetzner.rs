@@ -7,14 +7,23 @@
 //!   creates the server carrying every label in that one request. Class
 //!   members fall back across the class's server types on capacity errors
 //!   only; an exact `type` never falls back. It then waits for `running`
-//!   with an IPv4 address, for SSH, and prepares the lease's work root
+//!   with an IPv4 address — polling adaptively: after a quarter of the time
+//!   the server has been booting (a sixteenth once it is `starting`), at
+//!   most the poll interval apart, so a short boot is seen soon after it
+//!   ends and a long one is polled no more often than every interval — then
+//!   for SSH, and prepares the lease's work root
 //!   `crabbox/<lease>` (relative to the login's home). If anything after
 //!   the server exists fails, the server and key are deleted again.
+//! - **Relabel** checks that the server carries crabbox's labels for the
+//!   lease — from this provider's own sighting of it in the last minute
+//!   (its create, a listing, an earlier relabel) when there is one, else by
+//!   reading it — then replaces its labels with one `PUT`.
 //! - **Commands** run through [`SshTarget`], one per lease, rebuilt after a
 //!   restart from `<state>/ssh/keys/<lease>/endpoint.json`.
-//! - **Release** deletes the server (only one carrying `crabbox=true`, a
-//!   `pond` and this lease's `lease` label), then the lease's key (only one
-//!   labelled for this lease), then the local key directory.
+//! - **Release** reads the server and deletes it only if it carries
+//!   `crabbox=true`, a `pond` and this lease's `lease` label (always read
+//!   afresh: a delete cannot be undone); meanwhile it deletes the lease's
+//!   key (only one labelled for this lease), then the local key directory.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -52,8 +61,18 @@ const DEFAULT_SSH_PORT: u16 = 22;
 const DEFAULT_CLASS: Class = Class::Standard;
 /// Hetzner's page-size maximum.
 const PER_PAGE: u32 = 50;
-/// Time between status polls while a server boots.
+/// Longest time between status polls while a server boots.
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// A booting server is polled again after this fraction of the time it has
+/// been booting (within `[MIN_POLL_WAIT, poll interval]`).
+const POLL_FRACTION: u32 = 4;
+/// The fraction once the server is `starting`.
+const STARTING_POLL_FRACTION: u32 = 16;
+/// Shortest time between status polls.
+const MIN_POLL_WAIT: Duration = Duration::from_millis(10);
+/// How long a sighting of a server's labels stands in for reading them again
+/// before a relabel.
+const SIGHTING_TTL: Duration = Duration::from_secs(60);
 /// How long a server may take to be `running` with an IPv4 address.
 const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// How long SSH may take to answer once the server runs.
@@ -248,11 +267,16 @@ pub struct HetznerProvider {
     work_base: String,
     /// Lease ID → how to reach it.
     targets: Mutex<HashMap<String, SshTarget>>,
+    /// Server ID → when this provider last saw the server, and the server
+    /// as it was then (name and the labels that make it ours).
+    sightings: Mutex<HashMap<u64, (Instant, Server)>>,
 }
 
 impl HetznerProvider {
     /// Every server matching a label selector: the first page, then the
-    /// rest concurrently once the pagination meta says how many there are.
+    /// rest concurrently once the pagination meta says how many there are,
+    /// each fetched and decoded in a task of its own (decoding a page costs
+    /// about as much as waiting for it, so they share the runtime's threads).
     async fn servers_matching(&self, selector: &str) -> Result<Vec<Server>, ProviderError> {
         let query = |page: u32| {
             vec![
@@ -268,18 +292,38 @@ impl HetznerProvider {
         let mut servers = Vec::new();
         match (first.meta.last_page(), first.meta.next_page()) {
             (Some(last), _) if last > 1 => {
-                let pages = futures_util::future::try_join_all((2..=last).map(|page| {
-                    let q = query(page);
-                    async move {
-                        self.http
-                            .get_json_with_retries::<ServerList>("/servers", &q)
-                            .await
-                    }
-                }))
-                .await?;
+                let mut pages: Vec<tokio::task::JoinHandle<Result<ServerList, ProviderError>>> =
+                    (2..=last)
+                        .map(|page| {
+                            let q = query(page);
+                            let http = self.http.clone();
+                            tokio::spawn(async move {
+                                http.get_json_with_retries::<ServerList>("/servers", &q)
+                                    .await
+                            })
+                        })
+                        .collect();
                 servers.extend(first.servers);
-                for page in pages {
-                    servers.extend(page.servers);
+                let mut failed = None;
+                for page in &mut pages {
+                    match page.await {
+                        Ok(Ok(list)) => servers.extend(list.servers),
+                        Ok(Err(e)) => failed = Some(e),
+                        Err(e) => {
+                            failed = Some(ProviderError::Failed(format!(
+                                "hetzner: listing servers: {e}"
+                            )));
+                        }
+                    }
+                    if failed.is_some() {
+                        break;
+                    }
+                }
+                if let Some(e) = failed {
+                    for page in &pages {
+                        page.abort();
+                    }
+                    return Err(e);
                 }
             }
             (None, Some(mut next)) => {
@@ -326,10 +370,12 @@ impl HetznerProvider {
             ssh_bootstrap: true,
             work_base: DEFAULT_WORK_BASE.to_owned(),
             targets: Mutex::new(HashMap::new()),
+            sightings: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Polls a booting server every `interval` for at most `timeout`.
+    /// Polls a booting server at most every `interval` (sooner while it has
+    /// been booting for less than four intervals) for at most `timeout`.
     #[must_use]
     pub fn with_boot_polling(mut self, interval: Duration, timeout: Duration) -> Self {
         self.poll_interval = interval;
@@ -394,6 +440,42 @@ impl HetznerProvider {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(lease_id)
+    }
+
+    /// Remembers the labels a server was just seen with (those
+    /// [`check_owned`] reads).
+    fn saw(&self, server: &Server) {
+        let seen = Server {
+            id: server.id,
+            name: server.name.clone(),
+            status: String::new(),
+            labels: [labels::CRABBOX, labels::POND, labels::LEASE]
+                .into_iter()
+                .filter_map(|k| Some((k.to_owned(), server.labels.get(k)?.clone())))
+                .collect(),
+            public_net: PublicNet::default(),
+        };
+        self.sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(server.id, (Instant::now(), seen));
+    }
+
+    fn forget_sighting(&self, id: u64) {
+        self.sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    /// The server as seen in the last [`SIGHTING_TTL`].
+    fn recent_sighting(&self, id: u64) -> Option<Server> {
+        self.sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .filter(|(at, _)| at.elapsed() < SIGHTING_TTL)
+            .map(|(_, server)| server.clone())
     }
 
     fn new_target(&self, lease_id: &str, host: String, record: &EndpointRecord) -> SshTarget {
@@ -463,10 +545,17 @@ impl HetznerProvider {
     // ---- API calls ----
 
     async fn get_server(&self, id: u64) -> Result<Server, ApiError> {
-        self.http
+        let server = self
+            .http
             .get_json::<ServerEnvelope>(&format!("/servers/{id}"), &[])
             .await
-            .map(|e| e.server)
+            .map(|e| e.server);
+        match &server {
+            Ok(s) => self.saw(s),
+            Err(e) if e.is_not_found() => self.forget_sighting(id),
+            Err(_) => {}
+        }
+        server
     }
 
     /// The server if it carries crabbox's labels for this lease; else why not.
@@ -483,10 +572,33 @@ impl HetznerProvider {
     }
 
     fn lease_of(&self, server: &Server) -> Option<Lease> {
+        self.lease_with_ports(server.clone(), &HashMap::new())
+    }
+
+    /// The SSH port of every lease with an endpoint record here.
+    fn recorded_ports(keys: &Path) -> HashMap<String, u16> {
+        let Ok(entries) = std::fs::read_dir(keys) else {
+            return HashMap::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let lease = e.file_name().into_string().ok()?;
+                let bytes = std::fs::read(e.path().join(ENDPOINT_FILE)).ok()?;
+                let record = serde_json::from_slice::<EndpointRecord>(&bytes).ok()?;
+                (record.lease_id == lease).then_some((lease, record.port))
+            })
+            .collect()
+    }
+
+    /// [`Self::lease_of`] consuming the server, with endpoint records' ports
+    /// read beforehand.
+    fn lease_with_ports(&self, server: Server, ports: &HashMap<String, u16>) -> Option<Lease> {
         let id = server.labels.get(labels::LEASE)?.clone();
         let port = self
             .cached_target(&id)
             .map(|t| t.port)
+            .or_else(|| ports.get(&id).copied())
             .or_else(|| {
                 is_lease_id(&id)
                     .then(|| self.read_endpoint(&id))
@@ -494,13 +606,14 @@ impl HetznerProvider {
                     .map(|r| r.port)
             })
             .unwrap_or(DEFAULT_SSH_PORT);
+        let host = server.ipv4().map(str::to_owned);
         Some(Lease {
             id,
             provider: ProviderName::Hetzner,
             cloud_id: server.id.to_string(),
-            labels: server.labels.clone(),
+            labels: server.labels,
             endpoint: Endpoint {
-                host: server.ipv4().map(str::to_owned),
+                host,
                 ssh_port: Some(port),
                 url: None,
                 shares: Vec::new(),
@@ -657,7 +770,10 @@ impl HetznerProvider {
                 .post_json::<_, ServerEnvelope>("/servers", &body)
                 .await
             {
-                Ok(created) => return Ok(created.server),
+                Ok(created) => {
+                    self.saw(&created.server);
+                    return Ok(created.server);
+                }
                 Err(e) if e.has_code("uniqueness_error") => {
                     // An earlier attempt may have created it before its answer was lost.
                     return match self.server_named(&name).await? {
@@ -698,10 +814,19 @@ impl HetznerProvider {
 
     /// Polls until the server runs with an IPv4 address.
     async fn wait_running(&self, id: u64) -> Result<Server, ProviderError> {
-        let deadline = Instant::now() + self.boot_timeout;
+        let started = Instant::now();
+        let deadline = started + self.boot_timeout;
+        let floor = MIN_POLL_WAIT.min(self.poll_interval);
         loop {
-            let mut wait = self.poll_interval;
-            let last = match self.get_server(id).await {
+            let answer = self.get_server(id).await;
+            // A fraction of the time booting so far; a smaller one once the
+            // server is `starting` (powering on: the end is near).
+            let fraction = match &answer {
+                Ok(s) if s.status == "starting" => STARTING_POLL_FRACTION,
+                _ => POLL_FRACTION,
+            };
+            let mut wait = (started.elapsed() / fraction).clamp(floor, self.poll_interval);
+            let last = match answer {
                 Ok(s) if s.status == "running" && s.ipv4().is_some() => return Ok(s),
                 Ok(s) => format!("status `{}`", s.status),
                 Err(e) if e.is_not_found() => {
@@ -801,12 +926,9 @@ impl HetznerProvider {
         let _ = std::fs::remove_file(old);
     }
 
-    /// The private key and public key text for a new lease.
-    async fn lease_key(
-        &self,
-        lease_id: &str,
-        settings: &SshSettings,
-    ) -> Result<(PathBuf, String), ProviderError> {
+    /// The lease's SSH key: the member's own, the one generated for this
+    /// lease by an earlier attempt, or a new one (its files not yet written).
+    fn lease_key(&self, lease_id: &str, settings: &SshSettings) -> Result<LeaseKey, ProviderError> {
         if let Some(private) = &settings.key {
             let mut public = private.clone().into_os_string();
             public.push(".pub");
@@ -823,40 +945,174 @@ impl HetznerProvider {
                     public.display()
                 ),
             })?;
-            return Ok((private.clone(), text.trim().to_owned()));
+            return Ok(LeaseKey {
+                private: private.clone(),
+                public: text.trim().to_owned(),
+                new: None,
+            });
         }
         let dir = self.key_dir(lease_id);
         let private = dir.join(KEY_FILE);
         let public = dir.join(format!("{KEY_FILE}.pub"));
         if let (true, Ok(text)) = (private.exists(), std::fs::read_to_string(&public)) {
-            return Ok((private, text.trim().to_owned()));
+            return Ok(LeaseKey {
+                private,
+                public: text.trim().to_owned(),
+                new: None,
+            });
         }
-        atomic_file::create_private_dir(&dir).map_err(|e| ProviderError::Failed(e.to_string()))?;
+        // In-process, as `ssh-keygen -t ed25519 -N '' -C crabbox-<lease>` would
+        // write it: starting ssh-keygen cost more CPU than the rest of a create.
+        let key = openssh_ed25519::generate(&key_name(lease_id))?;
+        Ok(LeaseKey {
+            private,
+            public: key.public.trim().to_owned(),
+            new: Some(key),
+        })
+    }
+}
+
+/// A lease's SSH key.
+struct LeaseKey {
+    /// The private key file.
+    private: PathBuf,
+    /// The public key line.
+    public: String,
+    /// A key generated now, whose files are still to be written.
+    new: Option<openssh_ed25519::Key>,
+}
+
+/// Writes a new lease key's files (if any) and the lease's endpoint record
+/// under `dir`.
+fn write_lease_files(
+    dir: &Path,
+    key: Option<&openssh_ed25519::Key>,
+    record: &[u8],
+) -> Result<(), String> {
+    atomic_file::create_private_dir(dir).map_err(|e| e.to_string())?;
+    if let Some(key) = key {
+        let private = dir.join(KEY_FILE);
+        let public = dir.join(format!("{KEY_FILE}.pub"));
         let _ = std::fs::remove_file(&private);
         let _ = std::fs::remove_file(&public);
-        let output = tokio::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C"])
-            .arg(key_name(lease_id))
-            .arg("-f")
-            .arg(&private)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|e| ProviderError::Config {
-                message: format!("cannot run ssh-keygen: {e}"),
-                hint: "install OpenSSH's client tools, or set `hetzner.ssh_key` to an existing key"
-                    .to_owned(),
-            })?;
-        if !output.status.success() {
-            return Err(ProviderError::Failed(format!(
-                "ssh-keygen failed for {}: {}",
-                private.display(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
+        for (path, text) in [(&private, &key.private), (&public, &key.public)] {
+            write_new_private(path, text.as_bytes())
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
         }
-        let text = std::fs::read_to_string(&public)
-            .map_err(|e| ProviderError::Failed(format!("reading {}: {e}", public.display())))?;
-        Ok((private, text.trim().to_owned()))
+    }
+    let path = dir.join(ENDPOINT_FILE);
+    atomic_file::write(&path, record).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Creates `path` (mode 0600) with `contents`; it must not exist.
+fn write_new_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(contents)
+}
+
+/// Ed25519 key pairs in OpenSSH's own formats (`PROTOCOL.key`): an
+/// unencrypted `openssh-key-v1` private key and a `ssh-ed25519 …` line.
+mod openssh_ed25519 {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+
+    use crate::providers::ProviderError;
+
+    /// A new key pair's two files.
+    pub(super) struct Key {
+        /// `-----BEGIN OPENSSH PRIVATE KEY-----` … (mode 0600 on disk).
+        pub private: String,
+        /// `ssh-ed25519 AAAA… <comment>` and a newline.
+        pub public: String,
+    }
+
+    /// A fresh key pair with `comment`.
+    pub(super) fn generate(comment: &str) -> Result<Key, ProviderError> {
+        let mut seed = [0_u8; 32];
+        let failed = |what: &str| ProviderError::Failed(format!("generating an SSH key: {what}"));
+        getrandom::fill(&mut seed).map_err(|e| failed(&e.to_string()))?;
+        let pair = Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| failed(&e.to_string()))?;
+        let public: &[u8] = pair.public_key().as_ref();
+        Ok(encode(&seed, public, comment))
+    }
+
+    /// The two files for a seed and its public key.
+    pub(super) fn encode(seed: &[u8; 32], public: &[u8], comment: &str) -> Key {
+        let mut blob = Vec::new();
+        string(&mut blob, b"ssh-ed25519");
+        string(&mut blob, public);
+
+        let mut check = [0_u8; 4];
+        let _ = getrandom::fill(&mut check);
+        let mut secret = Vec::new();
+        secret.extend_from_slice(&check);
+        secret.extend_from_slice(&check);
+        string(&mut secret, b"ssh-ed25519");
+        string(&mut secret, public);
+        let mut both = seed.to_vec();
+        both.extend_from_slice(public);
+        string(&mut secret, &both);
+        string(&mut secret, comment.as_bytes());
+        // Padded with 1, 2, 3… to the cipher's block size (8 for "none").
+        let mut pad = 1_u8;
+        while secret.len() % 8 != 0 {
+            secret.push(pad);
+            pad += 1;
+        }
+
+        let mut file = b"openssh-key-v1\0".to_vec();
+        string(&mut file, b"none");
+        string(&mut file, b"none");
+        string(&mut file, b"");
+        file.extend_from_slice(&1_u32.to_be_bytes());
+        string(&mut file, &blob);
+        string(&mut file, &secret);
+
+        let body = base64(&file);
+        let mut private = String::from("-----BEGIN OPENSSH PRIVATE KEY-----\n");
+        for line in body.as_bytes().chunks(70) {
+            private.push_str(std::str::from_utf8(line).unwrap_or_default());
+            private.push('\n');
+        }
+        private.push_str("-----END OPENSSH PRIVATE KEY-----\n");
+        Key {
+            private,
+            public: format!("ssh-ed25519 {} {comment}\n", base64(&blob)),
+        }
+    }
+
+    /// SSH's `string`: a big-endian u32 length, then the bytes.
+    fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+
+    /// Standard base64 with padding.
+    pub(super) fn base64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
     }
 }
 
@@ -970,12 +1226,20 @@ impl Provider for HetznerProvider {
             )));
         }
         let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
-        let servers = self.servers_matching(&selector).await?;
+        // The endpoint records are read while the pages are on their way.
+        let keys = self.state_dir.join("ssh").join("keys");
+        let ports = tokio::task::spawn_blocking(move || Self::recorded_ports(&keys));
+        let servers = self.servers_matching(&selector).await;
+        let ports = ports.await.unwrap_or_default();
+        let servers = servers?;
         let mut seen = HashSet::new();
         let mut leases: Vec<Lease> = servers
-            .iter()
+            .into_iter()
             .filter(|s| seen.insert(s.id))
-            .filter_map(|s| self.lease_of(s))
+            .filter_map(|s| {
+                self.saw(&s);
+                self.lease_with_ports(s, &ports)
+            })
             .collect();
         leases.sort_by(|a, b| a.id.cmp(&b.id).then(a.cloud_id.cmp(&b.cloud_id)));
         Ok(leases)
@@ -996,29 +1260,36 @@ impl Provider for HetznerProvider {
         check_lease_id(&request.lease_id)?;
         let block = block_of(&request.member)?;
         let settings = ssh_settings(&block);
-        let (key, public_key) = self.lease_key(&request.lease_id, &settings).await?;
+        let mut key = self.lease_key(&request.lease_id, &settings)?;
         let record = EndpointRecord {
             lease_id: request.lease_id.clone(),
             user: settings.user.clone(),
             port: settings.port,
-            key,
+            key: key.private.clone(),
             work_root: format!("{}/{}", self.work_base, request.lease_id),
         };
-        let record_path = self.key_dir(&request.lease_id).join(ENDPOINT_FILE);
-        let written = serde_json::to_vec_pretty(&record)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| atomic_file::write(&record_path, &bytes).map_err(|e| e.to_string()));
+        let bytes = serde_json::to_vec_pretty(&record)
+            .map_err(|e| ProviderError::Failed(format!("endpoint record: {e}")))?;
+        // The local files (a new key, the endpoint record) are written while
+        // the key uploads; both are done before the server is created.
+        let writing = {
+            let dir = self.key_dir(&request.lease_id);
+            let new = key.new.take();
+            tokio::task::spawn_blocking(move || write_lease_files(&dir, new.as_ref(), &bytes))
+        };
+        let uploaded = self.upload_key(request, &key.public).await;
+        let written = match writing.await {
+            Ok(written) => written,
+            Err(e) => Err(e.to_string()),
+        };
         if let Err(e) = written {
-            let _ = std::fs::remove_dir_all(self.key_dir(&request.lease_id));
-            return Err(ProviderError::Failed(format!(
-                "writing {}: {e}",
-                record_path.display()
-            )));
+            self.roll_back(&request.lease_id, None).await;
+            return Err(ProviderError::Failed(e));
         }
         // A retryable failure keeps the key (local and uploaded): the
         // executor calls create again with the same lease ID, which reuses
         // it, and adopts a server whose creation answer was lost.
-        let key_name = match self.upload_key(request, &public_key).await {
+        let key_name = match uploaded {
             Ok(name) => name,
             Err(e) => {
                 if !e.is_retryable() {
@@ -1047,7 +1318,13 @@ impl Provider for HetznerProvider {
 
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
         let id = server_id(lease)?;
-        self.owned_server(lease, id).await?;
+        // Labels can be put back, so a recent sighting is proof enough.
+        match self.recent_sighting(id) {
+            Some(seen) => check_owned(&seen, lease)?,
+            None => {
+                self.owned_server(lease, id).await?;
+            }
+        }
         let keeps = |k: &str, v: &str| labels.get(k).map(String::as_str) == Some(v);
         if !(keeps(labels::CRABBOX, "true")
             && keeps(labels::LEASE, &lease.id)
@@ -1058,10 +1335,16 @@ impl Provider for HetznerProvider {
                 lease.id
             )));
         }
-        let _: ServerEnvelope = self
+        let updated: ServerEnvelope = self
             .http
             .put_json(&format!("/servers/{id}"), &json!({ "labels": labels }))
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if e.is_not_found() {
+                    self.forget_sighting(id);
+                }
+            })?;
+        self.saw(&updated.server);
         Ok(())
     }
 
@@ -1118,18 +1401,33 @@ impl Provider for HetznerProvider {
     async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
         let id = server_id(lease)?;
         let path = format!("/servers/{id}");
-        let outcome = match self.owned_server(lease, id).await {
-            Ok(_) => match self.http.delete(&path).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.is_not_found() => Err(ProviderError::NotFound(format!(
-                    "hetzner server {id} (lease {})",
-                    lease.id
-                ))),
-                Err(e) => return Err(e.into()),
-            },
-            Err(e @ ProviderError::NotFound(_)) => Err(e),
+        // A delete cannot be undone: ownership is always read afresh.
+        let (outcome, key_deleted) = match self.owned_server(lease, id).await {
+            Ok(_) => {
+                // The key only served the server's creation: it goes meanwhile.
+                let (deleted, key) = tokio::join!(self.http.delete(&path), async {
+                    if is_lease_id(&lease.id) {
+                        Some(self.delete_lease_key(&lease.id).await)
+                    } else {
+                        None
+                    }
+                });
+                match deleted {
+                    Ok(()) => (Ok(()), key),
+                    Err(e) if e.is_not_found() => (
+                        Err(ProviderError::NotFound(format!(
+                            "hetzner server {id} (lease {})",
+                            lease.id
+                        ))),
+                        key,
+                    ),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e @ ProviderError::NotFound(_)) => (Err(e), None),
             Err(e) => return Err(e),
         };
+        self.forget_sighting(id);
         // The server is gone: its key, host key and local state go too.
         if let Some(t) = self.forget_target(&lease.id) {
             t.close().await;
@@ -1143,7 +1441,11 @@ impl Provider for HetznerProvider {
             self.forget_host_key(host, port).await;
         }
         if is_lease_id(&lease.id) {
-            self.delete_lease_key(&lease.id).await.map_err(|e| {
+            let key_deleted = match key_deleted {
+                Some(done) => done,
+                None => self.delete_lease_key(&lease.id).await,
+            };
+            key_deleted.map_err(|e| {
                 ProviderError::Failed(format!(
                     "hetzner server {id} was deleted, but its SSH key `{}` was not: {e}",
                     key_name(&lease.id)
@@ -1190,6 +1492,33 @@ mod tests {
         assert_eq!(class_types(Class::Standard), ["ccx33", "cpx62", "cx53"]);
         assert_eq!(class_types(Class::Tiny), ["ccx13", "cpx22", "cx23"]);
         assert_eq!(class_types(Class::Beast)[0], "ccx63");
+    }
+
+    #[test]
+    fn generated_keys_are_openssh_ed25519_keys() {
+        assert_eq!(openssh_ed25519::base64(b""), "");
+        assert_eq!(openssh_ed25519::base64(b"f"), "Zg==");
+        assert_eq!(openssh_ed25519::base64(b"fo"), "Zm8=");
+        assert_eq!(openssh_ed25519::base64(b"foobar"), "Zm9vYmFy");
+        let key = openssh_ed25519::generate("crabbox-cbx_0123456789ab").expect("key");
+        assert!(key.public.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI"));
+        assert!(key.public.ends_with(" crabbox-cbx_0123456789ab\n"));
+        // OpenSSH reads the private key and derives the same public key.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let private = dir.path().join("id_ed25519");
+        write_new_private(&private, key.private.as_bytes()).expect("write");
+        let derived = std::process::Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&private)
+            .output()
+            .expect("ssh-keygen runs (openssh-client)");
+        assert!(derived.status.success(), "{derived:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&derived.stdout).trim(),
+            key.public.trim(),
+            "ssh-keygen -y prints the same key and comment"
+        );
     }
 
     #[test]

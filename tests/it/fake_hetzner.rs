@@ -11,8 +11,10 @@
 //! reading the file lets the new "server" in.
 //!
 //! Faults are injected through [`FakeHandle`]: latency, 429s, 503s, capacity
-//! errors per server type. Every request is logged (method, path, query,
-//! body, status) for assertions.
+//! errors per server type, and two rate limits — at most N requests served
+//! at once (the rest queue) and a token bucket of requests per second
+//! (answered 429 with `Retry-After` when empty). Every request is logged
+//! (method, path, query, body, status) for assertions.
 //!
 //! Status codes for errors follow Hetzner's documentation and observed
 //! responses: 400 `invalid_input`/`json_error`, 401 `unauthorized`, 403
@@ -99,6 +101,9 @@ struct ServerRec {
     image: String,
     location: String,
     ipv4: Option<String>,
+    /// The server's JSON text, kept once it is `running` (until it changes):
+    /// listing a 1,000-server pond then costs the fake next to nothing.
+    text: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -111,9 +116,38 @@ struct KeyRec {
     created: String,
 }
 
+/// A token bucket: `per_second` requests a second, bursts of `burst`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.per_second))
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Faults {
     latency: Duration,
+    /// At most this many requests are served at once; the rest wait in turn.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// Requests per second beyond which the fake answers 429.
+    bucket: Option<Bucket>,
     fail_429: u32,
     retry_after_429: Option<u64>,
     fail_503: u32,
@@ -193,6 +227,32 @@ impl FakeHandle {
         self.lock().faults.latency = latency;
     }
 
+    /// How long servers created from now on take to be `running`.
+    pub fn set_boot_delay(&self, boot: Duration) {
+        let mut inner = self.lock();
+        inner.config.boot_delay = boot;
+        for s in inner.servers.values_mut() {
+            s.text = None;
+        }
+    }
+
+    /// Serves at most `n` requests at once (each for its whole latency);
+    /// later ones wait in arrival order. `None` lifts the limit.
+    pub fn set_max_in_flight(&self, n: Option<usize>) {
+        self.lock().faults.gate = n.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+    }
+
+    /// Answers 429 `rate_limit_exceeded` (with `Retry-After`) once more than
+    /// `burst` requests arrive faster than `per_second`. `None` lifts it.
+    pub fn set_rate_limit(&self, limit: Option<(f64, u32)>) {
+        self.lock().faults.bucket = limit.map(|(per_second, burst)| Bucket {
+            per_second: per_second.max(f64::MIN_POSITIVE),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            refilled: Instant::now(),
+        });
+    }
+
     /// The next `n` (authenticated) requests answer 429
     /// `rate_limit_exceeded`, with `RateLimit-Reset` `retry_after` seconds
     /// ahead (default 1) and, when given, a `Retry-After` header too.
@@ -240,6 +300,7 @@ impl FakeHandle {
             image: "ubuntu-24.04".to_owned(),
             location: "fsn1".to_owned(),
             ipv4: Some(format!("203.0.113.{}", id % 250 + 1)),
+            text: None,
         };
         inner.servers.insert(id, rec);
         id
@@ -316,6 +377,11 @@ async fn handle_request(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let gate = handle.lock().faults.gate.clone();
+    let _permit = match gate {
+        Some(g) => g.acquire_owned().await.ok(),
+        None => None,
+    };
     let latency = {
         let mut inner = handle.lock();
         inner.in_flight += 1;
@@ -336,6 +402,7 @@ async fn handle_request(
     let mut inner = handle.lock();
     inner.in_flight -= 1;
     let mut extra_headers: Vec<(&'static str, String)> = Vec::new();
+    let mut page_text: Option<String> = None;
     let authorized = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -359,6 +426,16 @@ async fn handle_request(
             "rate_limit_exceeded",
             "limit of 3600 requests per hour reached",
         )
+    } else if let Some(Err(wait)) = inner.faults.bucket.as_mut().map(Bucket::take) {
+        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        extra_headers.push(("retry-after", secs.to_string()));
+        extra_headers.push(("ratelimit-remaining", "0".to_owned()));
+        extra_headers.push(("ratelimit-reset", (unix_now() + secs).to_string()));
+        error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "request rate limit reached",
+        )
     } else if inner.faults.fail_503 > 0 {
         inner.faults.fail_503 -= 1;
         error(
@@ -372,6 +449,15 @@ async fn handle_request(
             "json_error",
             "invalid JSON in request body",
         )
+    } else if method == Method::GET && path.trim_end_matches('/') == "/v1/servers" {
+        // Listings are answered as text, built from each server's kept text.
+        match list_servers_text(&mut inner, &query) {
+            Ok(text) => {
+                page_text = Some(text);
+                (StatusCode::OK, Value::Null)
+            }
+            Err(answer) => answer,
+        }
     } else {
         route(&mut inner, &method, &path, &query, &body_json)
     };
@@ -388,6 +474,13 @@ async fn handle_request(
 
     let mut response = if status == StatusCode::NO_CONTENT {
         status.into_response()
+    } else if let Some(text) = page_text {
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            text,
+        )
+            .into_response()
     } else {
         (status, axum::Json(payload)).into_response()
     };
@@ -579,11 +672,12 @@ fn action_json(id: u64, command: &str, resource: u64, kind: &str) -> Value {
     })
 }
 
-fn list_servers(inner: &Inner, query: &[(String, String)]) -> Answer {
+/// A page of servers as JSON text: each server's text is kept once it runs.
+fn list_servers_text(inner: &mut Inner, query: &[(String, String)]) -> Result<String, Answer> {
     let boot = inner.config.boot_delay;
     let selector = match param(query, "label_selector").map(parse_selector) {
         Some(Ok(s)) => s,
-        Some(Err(e)) => return invalid_field("label_selector", &e),
+        Some(Err(e)) => return Err(invalid_field("label_selector", &e)),
         None => Vec::new(),
     };
     let name = param(query, "name");
@@ -592,14 +686,45 @@ fn list_servers(inner: &Inner, query: &[(String, String)]) -> Answer {
         .filter(|(k, _)| k == "status")
         .map(|(_, v)| v.as_str())
         .collect();
-    let matching: Vec<&ServerRec> = inner
+    let matching: Vec<u64> = inner
         .servers
         .values()
         .filter(|s| name.is_none_or(|n| s.name == n))
         .filter(|s| selector.iter().all(|r| r.matches(&s.labels)))
         .filter(|s| statuses.is_empty() || statuses.contains(&server_status(s, boot)))
+        .map(|s| s.id)
         .collect();
-    paginate("servers", matching, query, |s| server_json(s, boot))
+    let (page, per_page) = page_of(query)?;
+    let mut items = Vec::new();
+    for id in matching.iter().skip((page - 1) * per_page).take(per_page) {
+        let Some(s) = inner.servers.get_mut(id) else {
+            continue;
+        };
+        if s.text.is_none() {
+            let text = server_json(s, boot).to_string();
+            if server_status(s, boot) != "running" {
+                items.push(text);
+                continue;
+            }
+            s.text = Some(text);
+        }
+        items.push(s.text.clone().unwrap_or_default());
+    }
+    let meta = pagination(page, per_page, matching.len());
+    Ok(format!(
+        "{{\"servers\":[{}],\"meta\":{meta}}}",
+        items.join(",")
+    ))
+}
+
+fn list_servers(inner: &mut Inner, query: &[(String, String)]) -> Answer {
+    match list_servers_text(inner, query) {
+        Ok(text) => (
+            StatusCode::OK,
+            serde_json::from_str(&text).expect("the fake's own JSON"),
+        ),
+        Err(answer) => answer,
+    }
 }
 
 fn get_server(inner: &Inner, id: u64) -> Answer {
@@ -710,6 +835,7 @@ fn create_server(inner: &mut Inner, body: &Value) -> Answer {
         image: image.to_owned(),
         location,
         ipv4: enable_ipv4.then(|| inner.config.ipv4.clone()),
+        text: None,
     };
     let server = server_json(&rec, inner.config.boot_delay);
     inner.servers.insert(id, rec);
@@ -757,6 +883,7 @@ fn update_server(inner: &mut Inner, id: u64, body: &Value) -> Answer {
     if let Some(n) = name {
         s.name = n.to_owned();
     }
+    s.text = None;
     (StatusCode::OK, json!({ "server": server_json(s, boot) }))
 }
 
@@ -908,6 +1035,34 @@ fn param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// `page` and `per_page` (capped at 50) of a listing.
+fn page_of(query: &[(String, String)]) -> Result<(usize, usize), Answer> {
+    let page = match param(query, "page").map(str::parse::<usize>) {
+        None => 1,
+        Some(Ok(p)) if p >= 1 => p,
+        Some(_) => return Err(invalid_field("page", "must be a positive integer")),
+    };
+    let per_page = match param(query, "per_page").map(str::parse::<usize>) {
+        None => 25,
+        Some(Ok(p)) if p >= 1 => p.min(50),
+        Some(_) => return Err(invalid_field("per_page", "must be a positive integer")),
+    };
+    Ok((page, per_page))
+}
+
+/// A listing's `meta`.
+fn pagination(page: usize, per_page: usize, total: usize) -> Value {
+    let last_page = total.div_ceil(per_page).max(1);
+    json!({ "pagination": {
+        "page": page,
+        "per_page": per_page,
+        "previous_page": (page > 1).then(|| page - 1),
+        "next_page": (page < last_page).then(|| page + 1),
+        "last_page": last_page,
+        "total_entries": total,
+    } })
+}
+
 /// One page of `items`; only that page is turned into JSON (by `to_json`).
 fn paginate<T>(
     root: &str,
@@ -915,18 +1070,11 @@ fn paginate<T>(
     query: &[(String, String)],
     to_json: impl Fn(T) -> Value,
 ) -> Answer {
-    let page = match param(query, "page").map(str::parse::<usize>) {
-        None => 1,
-        Some(Ok(p)) if p >= 1 => p,
-        Some(_) => return invalid_field("page", "must be a positive integer"),
-    };
-    let per_page = match param(query, "per_page").map(str::parse::<usize>) {
-        None => 25,
-        Some(Ok(p)) if p >= 1 => p.min(50),
-        Some(_) => return invalid_field("per_page", "must be a positive integer"),
+    let (page, per_page) = match page_of(query) {
+        Ok(p) => p,
+        Err(answer) => return answer,
     };
     let total = items.len();
-    let last_page = total.div_ceil(per_page).max(1);
     let slice: Vec<Value> = items
         .into_iter()
         .skip((page - 1) * per_page)
@@ -935,17 +1083,7 @@ fn paginate<T>(
         .collect();
     (
         StatusCode::OK,
-        json!({
-            root: slice,
-            "meta": { "pagination": {
-                "page": page,
-                "per_page": per_page,
-                "previous_page": (page > 1).then(|| page - 1),
-                "next_page": (page < last_page).then(|| page + 1),
-                "last_page": last_page,
-                "total_entries": total,
-            } },
-        }),
+        json!({ root: slice, "meta": pagination(page, per_page, total) }),
     )
 }
 
@@ -1321,4 +1459,50 @@ fn the_fake_fingerprints_keys_with_md5() {
         "9e107d9d372bb6826bd81d3542a419d6"
     );
     assert_eq!(base64_decode("aGVsbG8="), Some(b"hello".to_vec()));
+}
+
+#[tokio::test]
+async fn the_fake_limits_concurrency_and_request_rate_and_sets_boot_time() {
+    let fake = start(FakeConfig::default()).await;
+    let client = reqwest::Client::new();
+    let get = || {
+        client
+            .get(format!("{}/servers", fake.base_url))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    fake.handle.set_latency(Duration::from_millis(30));
+    fake.handle.set_max_in_flight(Some(2));
+    let started = Instant::now();
+    let answers = futures_util::future::join_all((0..6).map(|_| get())).await;
+    assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|r| r.status() == 200)));
+    assert_eq!(fake.handle.max_in_flight(), 2, "two served at once");
+    assert!(
+        started.elapsed() >= Duration::from_millis(90),
+        "six requests, two at a time, 30 ms each: three rounds"
+    );
+
+    fake.handle.set_max_in_flight(None);
+    fake.handle.set_latency(Duration::ZERO);
+    fake.handle.set_rate_limit(Some((1.0, 2)));
+    assert_eq!(get().await.expect("first").status(), 200);
+    assert_eq!(get().await.expect("second").status(), 200);
+    let limited = get().await.expect("third");
+    assert_eq!(limited.status(), 429, "the burst of two is spent");
+    assert_eq!(limited.headers()["retry-after"], "1");
+    fake.handle.set_rate_limit(None);
+    assert_eq!(get().await.expect("unlimited").status(), 200);
+
+    fake.handle.set_boot_delay(Duration::ZERO);
+    let created: Value = client
+        .post(format!("{}/servers", fake.base_url))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "name": "a", "server_type": "cx23", "image": "ubuntu-24.04" }))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(created["server"]["status"], "running", "no boot delay");
 }

@@ -1,0 +1,1264 @@
+//! The pond benchmark: crabbox against the fake Hetzner Cloud API
+//! (`tests/it/fake_hetzner.rs`) with a per-request latency, a boot time and
+//! optional rate limits, for ponds of 10, 100 and 1,000 members. Every wall
+//! time is printed next to its ideal — the critical path of the fake's
+//! latencies at that parallelism, as if crabbox cost nothing — and the ratio.
+//!
+//! ```text
+//! cargo bench --bench pond                 # 10, 100, 1,000 members, then the targets
+//! cargo bench --bench pond -- --quick      # 10 and 100 members
+//! cargo bench --bench pond -- --full       # also 1,000 `warmup`s one after another
+//! ```
+//!
+//! Options: `--members 10,100`, `--latency-ms 50`, `--boot-ms 300`,
+//! `--max-in-flight N` (the fake serves N requests at once, the rest queue),
+//! `--rate-limit R[/BURST]` (the fake answers 429 beyond R requests a
+//! second), `--repeats 5` (runs of each discover + plan; the median is shown),
+//! `--work-dir DIR` (where the ponds' state directories go; default: the
+//! system's temporary directory), `--targets-only`.
+//!
+//! This one binary plays three parts, so that nothing but crabbox is measured:
+//! - the orchestrator (no flag) runs the scenarios and prints the tables;
+//! - `--serve-fake` is the fake API in its own process, driven over stdin:
+//!   its CPU time and memory never count as crabbox's;
+//! - `--worker JOB` is one crabbox operation in a fresh process, like one
+//!   command-line run. It reports the operation's wall time, its CPU time
+//!   (`getrusage`: `RUSAGE_SELF` for the process, `RUSAGE_THREAD` for the
+//!   planning on the main thread, `RUSAGE_CHILDREN` for any child process it
+//!   runs) and the process's peak resident memory (`ru_maxrss`).
+
+#[path = "../tests/it/fake_hetzner.rs"]
+#[allow(dead_code)] // the bench drives the fake; the test helpers stay unused
+mod fake_hetzner;
+
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Hetzner's page size, which crabbox asks for.
+const PER_PAGE: usize = 50;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("--serve-fake") => serve_fake(),
+        Some("--worker") => worker(args.get(1).expect("--worker JOB")),
+        _ => orchestrate(&Options::parse(&args)),
+    }
+}
+
+// ---- measuring ----
+
+/// CPU times and peak memory of this process, from `getrusage`.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    /// Every thread of this process.
+    process: Duration,
+    /// The calling thread only.
+    thread: Duration,
+    /// Terminated, waited-for children (none since keys are made in-process).
+    children: Duration,
+    /// Peak resident set size, KiB.
+    max_rss_kib: i64,
+}
+
+fn rusage(who: libc::c_int) -> libc::rusage {
+    // SAFETY: getrusage fills the struct it is given; all-zero is a valid rusage.
+    unsafe {
+        let mut r: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &raw mut r);
+        r
+    }
+}
+
+fn cpu(r: &libc::rusage) -> Duration {
+    let tv = |t: libc::timeval| {
+        Duration::new(
+            u64::try_from(t.tv_sec).unwrap_or(0),
+            u32::try_from(t.tv_usec).unwrap_or(0) * 1000,
+        )
+    };
+    tv(r.ru_utime) + tv(r.ru_stime)
+}
+
+impl Usage {
+    fn now() -> Self {
+        let process = rusage(libc::RUSAGE_SELF);
+        Self {
+            process: cpu(&process),
+            thread: cpu(&rusage(libc::RUSAGE_THREAD)),
+            children: cpu(&rusage(libc::RUSAGE_CHILDREN)),
+            max_rss_kib: process.ru_maxrss,
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+// ---- the fake, in its own process ----
+
+/// `--serve-fake`: starts the fake, prints `READY <base url>`, then answers
+/// one line per command line on stdin.
+fn serve_fake() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the fake's runtime");
+    let fake = rt.block_on(fake_hetzner::start(fake_hetzner::FakeConfig::default()));
+    let mut out = std::io::stdout();
+    writeln!(out, "READY {}", fake.base_url).expect("stdout");
+    out.flush().expect("stdout");
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let reply = fake_command(&fake.handle, line.trim());
+        writeln!(out, "{reply}").expect("stdout");
+        out.flush().expect("stdout");
+        if line.trim() == "quit" {
+            break;
+        }
+    }
+}
+
+fn fake_command(h: &fake_hetzner::FakeHandle, line: &str) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let millis = |w: &str| Duration::from_millis(w.parse().expect("milliseconds"));
+    match words.as_slice() {
+        ["latency", v] => h.set_latency(millis(v)),
+        ["boot", v] => h.set_boot_delay(millis(v)),
+        ["limit", "none"] => h.set_max_in_flight(None),
+        ["limit", n] => h.set_max_in_flight(Some(n.parse().expect("a count"))),
+        ["rate", "none"] => h.set_rate_limit(None),
+        ["rate", r, burst] => h.set_rate_limit(Some((
+            r.parse().expect("requests a second"),
+            burst.parse().expect("a burst"),
+        ))),
+        ["clear"] => h.clear_requests(),
+        ["stats"] => {
+            return json!({
+                "servers": h.servers().len(),
+                "keys": h.ssh_keys().len(),
+                "requests": h.requests().len(),
+                "max_in_flight": h.max_in_flight(),
+            })
+            .to_string();
+        }
+        ["quit"] => {}
+        _ => return format!("ERR unknown command `{line}`"),
+    }
+    "OK".to_owned()
+}
+
+/// The fake's process, seen from the orchestrator.
+struct Fake {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    base_url: String,
+}
+
+impl Fake {
+    fn start() -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .arg("--serve-fake")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the fake API");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("the fake answers");
+        let base_url = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("the fake said `{line}`"))
+            .to_owned();
+        Self {
+            child,
+            stdin,
+            stdout,
+            base_url,
+        }
+    }
+
+    fn send(&mut self, command: &str) -> String {
+        writeln!(self.stdin, "{command}").expect("to the fake");
+        self.stdin.flush().expect("to the fake");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("from the fake");
+        assert!(!line.starts_with("ERR"), "{line}");
+        line.trim().to_owned()
+    }
+
+    fn configure(&mut self, fx: &Fx) {
+        self.send(&format!("latency {}", fx.latency.as_millis()));
+        self.send(&format!("boot {}", fx.boot.as_millis()));
+        match fx.max_in_flight {
+            Some(n) => self.send(&format!("limit {n}")),
+            None => self.send("limit none"),
+        };
+        match fx.rate {
+            Some((r, burst)) => self.send(&format!("rate {r} {burst}")),
+            None => self.send("rate none"),
+        };
+    }
+
+    fn stats(&mut self) -> Value {
+        serde_json::from_str(&self.send("stats")).expect("stats JSON")
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- one crabbox operation, in its own process ----
+
+/// What a worker does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Job {
+    /// `plan`, `apply`, `destroy`, `warmup-seq`, `warmup-all`.
+    kind: String,
+    base_url: String,
+    state_dir: PathBuf,
+    spec: PathBuf,
+    parallelism: usize,
+    /// Leases the pond has before (`plan`, `destroy`) or after (`apply`, `warmup-*`).
+    members: usize,
+}
+
+fn hetzner(job: &Job) -> crabbox::providers::registry::Registry {
+    use crabbox::providers::Provider;
+    use crabbox::providers::hetzner::HetznerProvider;
+    // As `crabbox` builds it from HCLOUD_TOKEN/HCLOUD_ENDPOINT, but creates
+    // return once the server runs (no SSH: the fake's servers have none).
+    let provider = HetznerProvider::new(&job.base_url, fake_hetzner::TOKEN, &job.state_dir)
+        .with_ssh_bootstrap(false);
+    crabbox::providers::registry::Registry::with(vec![Arc::new(provider) as Arc<dyn Provider>])
+}
+
+fn worker(arg: &str) {
+    let job: Job = serde_json::from_str(arg).expect("a job");
+    let loaded = crabbox::spec::load::load_path(
+        &job.spec,
+        &crabbox::spec::interpolate::Variables::fixed(vec![]),
+    )
+    .expect("read the spec");
+    let desired = loaded
+        .pond
+        .unwrap_or_else(|| panic!("invalid spec: {:?}", loaded.diagnostics));
+    // The runtime `crabbox` runs on.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = match job.kind.as_str() {
+        "plan" => run_plan(&job, &desired, &rt),
+        "apply" => run_apply(&job, &desired, &rt),
+        "destroy" => run_destroy(&job, &desired, &rt),
+        "warmup-seq" | "warmup-all" => run_warmups(&job, &desired, &rt),
+        other => panic!("unknown job kind {other}"),
+    };
+    println!("RESULT {result}");
+}
+
+fn plan_options() -> crabbox::plan::diff::PlanOptions {
+    crabbox::plan::diff::PlanOptions {
+        now: crabbox::inventory::labels::now_secs(),
+        ..crabbox::plan::diff::PlanOptions::default()
+    }
+}
+
+/// `crabbox plan` against a pond that exists: discover, plan (with the
+/// outputs' diffs), render for people.
+fn run_plan(
+    job: &Job,
+    desired: &crabbox::spec::desired::DesiredPond,
+    rt: &tokio::runtime::Runtime,
+) -> Value {
+    let registry = hetzner(job);
+    let (t0, u0) = (Instant::now(), Usage::now());
+    let inventory = rt.block_on(crabbox::reconcile::observe(
+        desired,
+        &registry,
+        &job.state_dir,
+    ));
+    let (t1, u1) = (Instant::now(), Usage::now());
+    let plan =
+        crabbox::reconcile::plan_with_outputs(desired, &inventory, &plan_options(), &registry)
+            .expect("plan");
+    let shown = crabbox::plan::human::render(&plan);
+    let (t2, u2) = (Instant::now(), Usage::now());
+    assert_eq!(inventory.leases.len(), job.members, "every member is live");
+    assert!(!plan.has_changes(), "an applied pond plans no change:\n{shown}");
+    json!({
+        "wall_ms": ms(t2 - t0),
+        "cpu_ms": ms(u2.process - u0.process),
+        "child_cpu_ms": ms(u2.children - u0.children),
+        "max_rss_kib": u2.max_rss_kib,
+        "discover_ms": ms(t1 - t0),
+        "discover_cpu_ms": ms(u1.process - u0.process),
+        "plan_ms": ms(t2 - t1),
+        "plan_cpu_ms": ms(u2.thread - u1.thread),
+    })
+}
+
+fn outputs(desired: &crabbox::spec::desired::DesiredPond) -> crabbox::apply::steps::OutputTarget {
+    crabbox::apply::steps::OutputTarget {
+        dir: crabbox::reconcile::outputs_dir(desired),
+        templates: crabbox::reconcile::templates(desired).expect("templates"),
+    }
+}
+
+fn reporter() -> Arc<crabbox::apply::progress::Reporter> {
+    // As on a terminal-less CI runner: one line per step on stderr.
+    Arc::new(crabbox::apply::progress::Reporter::new(
+        crabbox::apply::progress::Mode::Human,
+    ))
+}
+
+fn exec_options(parallelism: usize) -> crabbox::apply::executor::ExecOptions {
+    crabbox::apply::executor::ExecOptions {
+        parallelism,
+        ..crabbox::apply::executor::ExecOptions::default()
+    }
+}
+
+/// `crabbox apply` creating every member; the apply itself is timed
+/// (discover + plan of the empty pond have their own rows).
+fn run_apply(
+    job: &Job,
+    desired: &crabbox::spec::desired::DesiredPond,
+    rt: &tokio::runtime::Runtime,
+) -> Value {
+    let registry = hetzner(job);
+    let inventory = rt.block_on(crabbox::reconcile::observe(
+        desired,
+        &registry,
+        &job.state_dir,
+    ));
+    let plan =
+        crabbox::reconcile::plan_with_outputs(desired, &inventory, &plan_options(), &registry)
+            .expect("plan");
+    assert_eq!(plan.summary().add, job.members, "every member is created");
+    let ctx = Arc::new(crabbox::reconcile::context(
+        &plan,
+        Some(desired),
+        &inventory,
+        registry,
+        &job.state_dir,
+        job.state_dir.clone(),
+        Some(outputs(desired)),
+        reporter(),
+    ));
+    let (t0, u0) = (Instant::now(), Usage::now());
+    let (outcome, applied) = rt.block_on(crabbox::reconcile::apply(
+        &plan,
+        ctx,
+        &exec_options(job.parallelism),
+        true,
+    ));
+    let (t1, u1) = (Instant::now(), Usage::now());
+    assert!(outcome.success(), "apply failed: {outcome:?}");
+    assert_eq!(applied.added, job.members);
+    timed(t1 - t0, u0, u1)
+}
+
+fn timed(wall: Duration, u0: Usage, u1: Usage) -> Value {
+    json!({
+        "wall_ms": ms(wall),
+        "cpu_ms": ms(u1.process - u0.process),
+        "child_cpu_ms": ms(u1.children - u0.children),
+        "max_rss_kib": u1.max_rss_kib,
+    })
+}
+
+/// `crabbox destroy` with the spec: every lease of the pond released; the
+/// releases are timed.
+fn run_destroy(
+    job: &Job,
+    desired: &crabbox::spec::desired::DesiredPond,
+    rt: &tokio::runtime::Runtime,
+) -> Value {
+    use crabbox::plan::{Action, MemberChange, Plan};
+    let registry = hetzner(job);
+    let inventory = rt.block_on(crabbox::inventory::discover::discover(
+        &desired.name,
+        &[crabbox::spec::providers::ProviderName::Hetzner],
+        &registry,
+        &job.state_dir,
+    ));
+    assert_eq!(inventory.leases.len(), job.members, "every member is live");
+    let plan = Plan {
+        pond: desired.name.clone(),
+        changes: inventory
+            .leases
+            .iter()
+            .map(|lease| MemberChange {
+                slug: lease.slug().to_owned(),
+                provider: lease.provider,
+                action: Action::Delete,
+                lease: Some(lease.clone()),
+                desired: desired
+                    .members
+                    .iter()
+                    .find(|m| m.slug == lease.slug())
+                    .cloned(),
+                attributes: Vec::new(),
+                reasons: vec!["destroy requested".to_owned()],
+                relabel: false,
+                rerun_setup: false,
+            })
+            .collect(),
+        forget_claims: inventory
+            .dangling_claims
+            .iter()
+            .map(|c| c.lease_id.clone())
+            .collect(),
+        unclaimed: Vec::new(),
+        outputs: Vec::new(),
+        warnings: inventory.warnings.clone(),
+    };
+    let ctx = Arc::new(crabbox::reconcile::context(
+        &plan,
+        Some(desired),
+        &inventory,
+        registry,
+        &job.state_dir,
+        job.state_dir.clone(),
+        Some(outputs(desired)),
+        reporter(),
+    ));
+    let (t0, u0) = (Instant::now(), Usage::now());
+    let (outcome, applied) = rt.block_on(crabbox::reconcile::apply(
+        &plan,
+        ctx,
+        &exec_options(job.parallelism),
+        true,
+    ));
+    let (t1, u1) = (Instant::now(), Usage::now());
+    assert!(outcome.success(), "destroy failed: {outcome:?}");
+    assert_eq!(applied.destroyed, job.members);
+    timed(t1 - t0, u0, u1)
+}
+
+/// `crabbox warmup --pond P --slug S --provider hetzner --expose 8080` for
+/// every member, as `crabbox` runs it: a new provider (as in a new process),
+/// discover the pond, plan the one member, apply that one-member plan.
+async fn warmup(
+    job: &Job,
+    desired: &crabbox::spec::desired::DesiredPond,
+    member: &crabbox::spec::desired::DesiredMember,
+) {
+    use crabbox::plan::Action;
+    let registry = hetzner(job);
+    let mut one = desired.clone();
+    one.members = vec![member.clone()];
+    let inventory = crabbox::inventory::discover::discover(
+        &one.name,
+        &[crabbox::spec::providers::ProviderName::Hetzner],
+        &registry,
+        &job.state_dir,
+    )
+    .await;
+    let options = crabbox::plan::diff::PlanOptions {
+        only: vec![member.slug.clone()],
+        ..plan_options()
+    };
+    let plan = crabbox::plan::diff::plan(&one, &inventory, &options).expect("plan");
+    assert!(
+        plan.changes.iter().all(|c| c.action == Action::Create),
+        "{} is new",
+        member.slug
+    );
+    let ctx = Arc::new(crabbox::reconcile::context(
+        &plan,
+        Some(&one),
+        &inventory,
+        registry,
+        &job.state_dir,
+        job.state_dir.clone(),
+        None,
+        reporter(),
+    ));
+    let (outcome, _) = crabbox::reconcile::apply(
+        &plan,
+        ctx,
+        &crabbox::apply::executor::ExecOptions::default(),
+        false,
+    )
+    .await;
+    assert!(outcome.success(), "warmup of {} failed", member.slug);
+}
+
+fn run_warmups(
+    job: &Job,
+    desired: &crabbox::spec::desired::DesiredPond,
+    rt: &tokio::runtime::Runtime,
+) -> Value {
+    let (t0, u0) = (Instant::now(), Usage::now());
+    if job.kind == "warmup-seq" {
+        rt.block_on(async {
+            for m in &desired.members {
+                warmup(job, desired, m).await;
+            }
+        });
+    } else {
+        rt.block_on(futures_util::future::join_all(
+            desired.members.iter().map(|m| warmup(job, desired, m)),
+        ));
+    }
+    let (t1, u1) = (Instant::now(), Usage::now());
+    timed(t1 - t0, u0, u1)
+}
+
+// ---- ideals ----
+
+/// The fake's parameters for a group of rows.
+#[derive(Debug, Clone, Copy)]
+struct Fx {
+    latency: Duration,
+    boot: Duration,
+    /// The fake serves at most this many requests at once.
+    max_in_flight: Option<usize>,
+    /// Requests a second and burst, beyond which it answers 429.
+    rate: Option<(f64, u32)>,
+}
+
+fn show(d: Duration) -> String {
+    if d >= Duration::from_secs(10) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else if d >= Duration::from_secs(1) {
+        format!("{:.2} s", d.as_secs_f64())
+    } else if d >= Duration::from_millis(10) {
+        format!("{:.0} ms", ms(d))
+    } else {
+        format!("{:.1} ms", ms(d))
+    }
+}
+
+fn n_times(n: usize, d: Duration) -> Duration {
+    d * u32::try_from(n).expect("small")
+}
+
+/// An ideal wall time and how it was computed.
+struct Ideal {
+    time: Duration,
+    formula: String,
+}
+
+impl Fx {
+    fn l(&self) -> String {
+        show(self.latency)
+    }
+
+    /// Time for `requests` requests under the rate limit, if any: the burst
+    /// is free, the rest come at the refill rate.
+    fn rate_floor(&self, requests: usize, ideal: Ideal) -> Ideal {
+        let Some((per_second, burst)) = self.rate else {
+            return ideal;
+        };
+        #[allow(clippy::cast_precision_loss)]
+        let paced = requests.saturating_sub(burst as usize) as f64 / per_second;
+        let floor = Duration::from_secs_f64(paced);
+        if floor > ideal.time {
+            Ideal {
+                time: floor,
+                formula: format!(
+                    "({requests} − {burst}) requests ÷ {per_second}/s (rate limit; latency path {})",
+                    show(ideal.time)
+                ),
+            }
+        } else {
+            ideal
+        }
+    }
+
+    /// Listing `n` servers: page 1 says how many pages there are; the
+    /// others are fetched at once (at most `max_in_flight` at a time).
+    fn list(&self, n: usize) -> Ideal {
+        let pages = n.div_ceil(PER_PAGE).max(1);
+        if pages == 1 {
+            return Ideal {
+                time: self.latency,
+                formula: format!("1 page × {}", self.l()),
+            };
+        }
+        let rest = pages - 1;
+        let (rounds, how) = match self.max_in_flight {
+            Some(c) => (rest.div_ceil(c), format!("⌈{rest}/{c}⌉")),
+            None => (1, "1".to_owned()),
+        };
+        Ideal {
+            time: n_times(1 + rounds, self.latency),
+            formula: format!("(1 + {how}) × {}: page 1, then {rest} more", self.l()),
+        }
+    }
+
+    /// One create, request after request: upload the key, create the
+    /// server, see it running (a poll answered at boot end, never sooner
+    /// than one latency), label it ready.
+    fn create_chain(&self) -> Duration {
+        n_times(3, self.latency) + self.boot.max(self.latency)
+    }
+
+    fn create_chain_formula(&self) -> String {
+        format!("(3×{} + max({}, {}))", self.l(), show(self.boot), self.l())
+    }
+
+    fn effective(&self, parallelism: usize) -> usize {
+        self.max_in_flight.map_or(parallelism, |c| c.min(parallelism))
+    }
+
+    fn apply(&self, n: usize, parallelism: usize) -> Ideal {
+        let p = self.effective(parallelism);
+        let waves = n.div_ceil(p);
+        self.rate_floor(
+            4 * n,
+            Ideal {
+                time: n_times(waves, self.create_chain()),
+                formula: format!("⌈{n}/{p}⌉ × {}", self.create_chain_formula()),
+            },
+        )
+    }
+
+    /// One release: delete the server, and meanwhile find the lease's key
+    /// by name and delete it.
+    fn destroy(&self, n: usize, parallelism: usize) -> Ideal {
+        let p = self.effective(parallelism);
+        let waves = n.div_ceil(p);
+        self.rate_floor(
+            3 * n,
+            Ideal {
+                time: n_times(waves * 2, self.latency),
+                formula: format!("⌈{n}/{p}⌉ × 2×{}", self.l()),
+            },
+        )
+    }
+
+    /// One `warmup` after another: each lists the pond so far, then creates.
+    fn warmups_in_turn(&self, n: usize) -> Ideal {
+        let time = (0..n)
+            .map(|k| self.list(k).time + self.create_chain())
+            .sum();
+        let requests = (0..n).map(|k| k.div_ceil(PER_PAGE).max(1) + 4).sum();
+        self.rate_floor(
+            requests,
+            Ideal {
+                time,
+                formula: format!(
+                    "Σ over k < {n}: list k members + {}",
+                    self.create_chain_formula()
+                ),
+            },
+        )
+    }
+
+    /// Every `warmup` at once: each lists the (still empty) pond, then creates.
+    fn warmups_at_once(&self, n: usize) -> Ideal {
+        let one = format!("{} + {}", self.l(), self.create_chain_formula());
+        let (waves, formula) = match self.max_in_flight {
+            Some(c) if n > c => (n.div_ceil(c), format!("⌈{n}/{c}⌉ × ({one})")),
+            _ => (1, one),
+        };
+        self.rate_floor(
+            5 * n,
+            Ideal {
+                time: n_times(waves, self.latency + self.create_chain()),
+                formula,
+            },
+        )
+    }
+}
+
+// ---- the orchestrator ----
+
+#[derive(Debug, Clone)]
+struct Options {
+    quick: bool,
+    full: bool,
+    sizes: Vec<usize>,
+    fx: Fx,
+    repeats: usize,
+    /// Skip the scaling table (`--targets-only`).
+    targets_only: bool,
+    /// Where the ponds' state directories go (`--work-dir`; default: the
+    /// system's temporary directory).
+    work_dir: Option<PathBuf>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Self {
+        let mut o = Self {
+            quick: false,
+            full: false,
+            sizes: vec![10, 100, 1000],
+            fx: Fx {
+                latency: Duration::from_millis(50),
+                boot: Duration::from_millis(300),
+                max_in_flight: None,
+                rate: None,
+            },
+            repeats: 5,
+            targets_only: false,
+            work_dir: None,
+        };
+        let mut sizes_given = false;
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = || it.next().unwrap_or_else(|| panic!("{a} needs a value"));
+            match a.as_str() {
+                "--quick" => o.quick = true,
+                "--full" => o.full = true,
+                "--members" => {
+                    o.sizes = value()
+                        .split(',')
+                        .map(|s| s.trim().parse().expect("member counts"))
+                        .collect();
+                    sizes_given = true;
+                }
+                "--latency-ms" => {
+                    o.fx.latency = Duration::from_millis(value().parse().expect("ms"));
+                }
+                "--boot-ms" => o.fx.boot = Duration::from_millis(value().parse().expect("ms")),
+                "--max-in-flight" => o.fx.max_in_flight = Some(value().parse().expect("count")),
+                "--rate-limit" => {
+                    let v = value();
+                    let (r, burst) = v.split_once('/').unwrap_or((v.as_str(), "1"));
+                    o.fx.rate = Some((
+                        r.parse().expect("requests a second"),
+                        burst.parse().expect("burst"),
+                    ));
+                }
+                "--repeats" => o.repeats = value().parse().expect("count"),
+                "--targets-only" => o.targets_only = true,
+                "--work-dir" => o.work_dir = Some(PathBuf::from(value())),
+                // `cargo bench` passes `--bench`; anything else is a filter we ignore.
+                _ => {}
+            }
+        }
+        if o.quick {
+            if !sizes_given {
+                o.sizes = vec![10, 100];
+            }
+            o.repeats = o.repeats.min(3);
+        }
+        o
+    }
+}
+
+/// One measured line of the table.
+struct Row {
+    scenario: String,
+    members: usize,
+    parallelism: String,
+    wall: Duration,
+    ideal: Ideal,
+    /// crabbox's own CPU (process), and its children's.
+    cpu: Duration,
+    child_cpu: Duration,
+    /// Planning CPU alone, for discover + plan rows.
+    plan_cpu: Option<Duration>,
+    max_rss_kib: i64,
+    requests: usize,
+    /// Which table it goes in.
+    section: Section,
+}
+
+/// The report's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    /// The apply target's own settings.
+    Target,
+    /// Ponds of 10, 100 and 1,000 members at the run's settings.
+    Scaling,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        self.wall.as_secs_f64() / self.ideal.time.as_secs_f64()
+    }
+}
+
+struct Bench {
+    fake: Fake,
+    root: tempfile::TempDir,
+    rows: Vec<Row>,
+    log: PathBuf,
+    section: Section,
+}
+
+fn millis(v: &Value, key: &str) -> Duration {
+    Duration::from_secs_f64(v[key].as_f64().unwrap_or_else(|| panic!("{key} in {v}")) / 1000.0)
+}
+
+fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> T {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("comparable"));
+    v[v.len() / 2]
+}
+
+impl Bench {
+    /// Writes `pond.yaml` for `n` members: Hetzner, no sync, no setup, no
+    /// ready check (ready = the server runs), one exposed port.
+    fn spec(&self, pond: &str, n: usize) -> (PathBuf, PathBuf) {
+        let dir = self.root.path().join(pond);
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).expect("bench dir");
+        let mut text = format!(
+            "version: 1\npond: {pond}\ndefaults: {{ provider: hetzner, sync: false }}\noutputs: {{ dir: \"{}\" }}\nmembers:\n",
+            dir.join("outputs").display()
+        );
+        for i in 0..n {
+            let _ = writeln!(text, "  - slug: m{i:04}\n    expose: [8080]");
+        }
+        let spec = dir.join("pond.yaml");
+        std::fs::write(&spec, text).expect("write spec");
+        (spec, state)
+    }
+
+    fn worker(&mut self, job: &Job) -> (Value, usize) {
+        self.fake.send("clear");
+        let log = std::fs::File::create(&self.log).expect("worker log");
+        let out = Command::new(std::env::current_exe().expect("own path"))
+            .arg("--worker")
+            .arg(serde_json::to_string(job).expect("job JSON"))
+            .env_remove("CRABBOX_STATE_URL")
+            .env_remove("HCLOUD_TOKEN")
+            .env_remove("HETZNER_TOKEN")
+            .env_remove("CRABBOX_DEBUG")
+            .stdin(Stdio::null())
+            .stderr(log)
+            .output()
+            .expect("run a worker");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let result = text
+            .lines()
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .unwrap_or_else(|| {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "{} worker failed ({}):\n{}",
+                    job.kind,
+                    out.status,
+                    tail.join("\n")
+                )
+            });
+        let requests = self.fake.stats()["requests"].as_u64().unwrap_or(0);
+        (
+            serde_json::from_str(result).expect("result JSON"),
+            usize::try_from(requests).unwrap_or(usize::MAX),
+        )
+    }
+
+    fn job(kind: &str, base_url: &str, spec: &Path, state: &Path, p: usize, n: usize) -> Job {
+        Job {
+            kind: kind.to_owned(),
+            base_url: base_url.to_owned(),
+            state_dir: state.to_owned(),
+            spec: spec.to_owned(),
+            parallelism: p,
+            members: n,
+        }
+    }
+
+    /// Runs one job and records its row.
+    fn measure(&mut self, scenario: &str, parallelism: &str, job: &Job, ideal: Ideal) -> usize {
+        eprintln!("  {scenario}, {} members, {parallelism}…", job.members);
+        let (v, requests) = self.worker(job);
+        self.rows.push(Row {
+            scenario: scenario.to_owned(),
+            members: job.members,
+            parallelism: parallelism.to_owned(),
+            wall: millis(&v, "wall_ms"),
+            ideal,
+            cpu: millis(&v, "cpu_ms"),
+            child_cpu: millis(&v, "child_cpu_ms"),
+            plan_cpu: None,
+            max_rss_kib: v["max_rss_kib"].as_i64().unwrap_or(0),
+            requests,
+            section: self.section,
+        });
+        self.rows.len() - 1
+    }
+
+    /// Discover + plan `repeats` times; the medians.
+    fn measure_plan(&mut self, scenario: &str, job: &Job, ideal: Ideal, repeats: usize) -> usize {
+        eprintln!("  {scenario}, {} members (×{repeats})…", job.members);
+        let runs: Vec<(Value, usize)> = (0..repeats).map(|_| self.worker(job)).collect();
+        let med = |key: &str| median(runs.iter().map(|(v, _)| millis(v, key)).collect());
+        self.rows.push(Row {
+            scenario: scenario.to_owned(),
+            members: job.members,
+            parallelism: "—".to_owned(),
+            wall: med("wall_ms"),
+            ideal,
+            cpu: med("cpu_ms"),
+            child_cpu: med("child_cpu_ms"),
+            plan_cpu: Some(med("plan_cpu_ms")),
+            max_rss_kib: runs
+                .iter()
+                .map(|(v, _)| v["max_rss_kib"].as_i64().unwrap_or(0))
+                .max()
+                .unwrap_or(0),
+            requests: runs[0].1,
+            section: self.section,
+        });
+        self.rows.len() - 1
+    }
+
+    /// Releases a pond without measuring it, quickly.
+    fn clean_up(&mut self, fx: &Fx, spec: &Path, state: &Path, n: usize) {
+        self.fake.send("latency 0");
+        let job = Self::job("destroy", &self.fake.base_url.clone(), spec, state, 50, n);
+        self.worker(&job);
+        self.fake.send(&format!("latency {}", fx.latency.as_millis()));
+    }
+}
+
+fn orchestrate(o: &Options) {
+    let started = Instant::now();
+    let mut bench = Bench {
+        fake: Fake::start(),
+        root: match &o.work_dir {
+            Some(dir) => tempfile::tempdir_in(dir),
+            None => tempfile::tempdir(),
+        }
+        .expect("bench dir"),
+        rows: Vec::new(),
+        log: PathBuf::new(),
+        section: Section::Target,
+    };
+    bench.log = bench.root.path().join("worker.log");
+    let base = bench.fake.base_url.clone();
+    let fx = o.fx;
+    bench.fake.configure(&fx);
+    eprintln!(
+        "pond bench: fake Hetzner at {base}; latency {}, boot {}; state under {}",
+        show(fx.latency),
+        show(fx.boot),
+        bench.root.path().display()
+    );
+
+    let mut target_plan: Option<usize> = None;
+    // The apply target first, on a file system not yet churned by the
+    // 1,000-member rows: 200 creates, 200 ms a request, 300 ms boot, parallelism 50.
+    let target_fx = Fx {
+        latency: Duration::from_millis(200),
+        boot: Duration::from_millis(300),
+        max_in_flight: None,
+        rate: None,
+    };
+    bench.fake.configure(&target_fx);
+    let (spec200, state200) = bench.spec("bench-target-200", 200);
+    let job200 = |kind: &str| Bench::job(kind, &base, &spec200, &state200, 50, 200);
+    let target_apply = bench.measure(
+        "apply (create all)",
+        "50",
+        &job200("apply"),
+        target_fx.apply(200, 50),
+    );
+    bench.measure(
+        "destroy",
+        "50",
+        &job200("destroy"),
+        target_fx.destroy(200, 50),
+    );
+    bench.fake.configure(&fx);
+    bench.section = Section::Scaling;
+
+    let sizes = if o.targets_only { &[][..] } else { &o.sizes[..] };
+    for &n in sizes {
+        let pond = format!("bench-{n}");
+        let (spec, state) = bench.spec(&pond, n);
+        let job = |kind: &str, p: usize| Bench::job(kind, &base, &spec, &state, p, n);
+
+        bench.measure("apply (create all)", "10", &job("apply", 10), fx.apply(n, 10));
+        bench.measure_plan("discover + plan", &job("plan", 10), fx.list(n), o.repeats);
+        if n == 1000 {
+            // The target's setting: the API serves 10 requests at once.
+            let limited = Fx {
+                max_in_flight: Some(10),
+                ..fx
+            };
+            bench.fake.configure(&limited);
+            target_plan = Some(bench.measure_plan(
+                "discover + plan, API serves 10 at once",
+                &job("plan", 10),
+                limited.list(n),
+                o.repeats,
+            ));
+            bench.fake.configure(&fx);
+        }
+        bench.measure("destroy", "10", &job("destroy", 10), fx.destroy(n, 10));
+        bench.measure("apply (create all)", "50", &job("apply", 50), fx.apply(n, 50));
+        bench.measure("destroy", "50", &job("destroy", 50), fx.destroy(n, 50));
+
+        let in_turn = if o.quick { n <= 10 } else { n <= 100 || o.full };
+        if in_turn {
+            bench.measure(
+                "`warmup` per member, one after another",
+                "1 at a time",
+                &job("warmup-seq", 10),
+                fx.warmups_in_turn(n),
+            );
+            bench.clean_up(&fx, &spec, &state, n);
+        }
+        bench.measure(
+            "`warmup` per member, all at once (`&`)",
+            "all",
+            &job("warmup-all", 10),
+            fx.warmups_at_once(n),
+        );
+        bench.clean_up(&fx, &spec, &state, n);
+    }
+
+    let validate = validate_time(&bench, o.repeats.max(5) * 2 + 1);
+    let machine = machine();
+    print_report(o, &bench.rows, target_plan, target_apply, validate, &machine);
+    eprintln!("pond bench: done in {}", show(started.elapsed()));
+}
+
+/// Median wall time of `crabbox validate -f pond.yaml` for 100 members.
+fn validate_time(bench: &Bench, runs: usize) -> Duration {
+    let (spec, _) = bench.spec("bench-validate-100", 100);
+    let exe = env!("CARGO_BIN_EXE_crabbox");
+    let times = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            let out = Command::new(exe)
+                .args(["validate", "-f"])
+                .arg(&spec)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run crabbox validate");
+            let wall = t.elapsed();
+            assert!(
+                out.status.success(),
+                "validate failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            wall
+        })
+        .collect();
+    median(times)
+}
+
+fn machine() -> String {
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or_else(String::new, |kib| format!("{:.1} GiB", kib as f64 / 1_048_576.0));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, m)| m.trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "{} CPUs ({cpu}), {mem} RAM, Linux {}, {}",
+        run("nproc", &[]),
+        run("uname", &["-r"]),
+        run("rustc", &["--version"])
+    )
+}
+
+fn mib(kib: i64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let m = kib as f64 / 1024.0;
+    format!("{m:.1} MiB")
+}
+
+/// log(x1000 / x100) / log(10).
+fn exponent(x100: Duration, x1000: Duration) -> f64 {
+    (x1000.as_secs_f64() / x100.as_secs_f64()).log10()
+}
+
+fn print_report(
+    o: &Options,
+    rows: &[Row],
+    target_plan: Option<usize>,
+    target_apply: usize,
+    validate: Duration,
+    machine: &str,
+) {
+    let fx = o.fx;
+    let mut out = String::new();
+    let _ = writeln!(out, "Machine: {machine}\n");
+    let table = |out: &mut String, section: Section| {
+        let _ = writeln!(
+            out,
+            "| scenario | members | parallelism | wall | ideal | ratio | ideal = | crabbox CPU | peak RSS | requests |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+        for r in rows.iter().filter(|r| r.section == section) {
+            let mut cpu = show(r.cpu);
+            if let Some(p) = r.plan_cpu {
+                let _ = write!(cpu, " (plan {})", show(p));
+            }
+            if !r.child_cpu.is_zero() {
+                let _ = write!(cpu, " + {} children", show(r.child_cpu));
+            }
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
+                r.scenario,
+                r.members,
+                r.parallelism,
+                show(r.wall),
+                show(r.ideal.time),
+                r.ratio(),
+                r.ideal.formula,
+                cpu,
+                mib(r.max_rss_kib),
+                r.requests,
+            );
+        }
+    };
+    if rows.iter().any(|r| r.section == Section::Scaling) {
+        let _ = writeln!(
+            out,
+            "Fake Hetzner API (its own process): {} a request, servers `running` {} after their create, {}, {}; 50 servers a page.\n",
+            show(fx.latency),
+            show(fx.boot),
+            fx.max_in_flight
+                .map_or("no concurrency limit".to_owned(), |c| format!(
+                    "{c} requests served at once"
+                )),
+            fx.rate.map_or("no request-rate limit".to_owned(), |(r, b)| format!(
+                "{r} requests/s (burst {b})"
+            )),
+        );
+        table(&mut out, Section::Scaling);
+    }
+    let _ = writeln!(
+        out,
+        "\nThe apply target's run (fake: 200 ms a request, servers `running` 300 ms after their create, no limits; run first):\n"
+    );
+    table(&mut out, Section::Target);
+
+    // Growth: crabbox's CPU from 100 to 1,000 members, per scenario.
+    let mut growth = Vec::new();
+    let find = |scenario: &str, p: &str, n: usize| {
+        rows.iter()
+            .find(|r| r.scenario == scenario && r.parallelism == p && r.members == n)
+    };
+    let mut worst: Option<f64> = None;
+    for r in rows.iter().filter(|r| r.members == 100) {
+        if let Some(big) = find(&r.scenario, &r.parallelism, 1000) {
+            let cost = |r: &Row| r.cpu + r.child_cpu;
+            let e = exponent(cost(r), cost(big));
+            let declarative = !r.scenario.starts_with('`');
+            if declarative {
+                worst = Some(worst.map_or(e, |w: f64| w.max(e)));
+            }
+            growth.push(format!(
+                "| {} | {} | {} | {} | {e:.2} |",
+                r.scenario,
+                r.parallelism,
+                show(cost(r)),
+                show(cost(big))
+            ));
+        }
+    }
+    if !growth.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nGrowth of crabbox's CPU (process + children) from 100 to 1,000 members, exponent = log(t1000 / t100) / log(10):\n"
+        );
+        let _ = writeln!(
+            out,
+            "| scenario | parallelism | CPU at 100 | CPU at 1,000 | exponent |\n|---|---:|---:|---:|---:|"
+        );
+        for g in &growth {
+            let _ = writeln!(out, "{g}");
+        }
+    }
+
+    let _ = writeln!(out, "\nTargets:\n");
+    let _ = writeln!(out, "| target | measured | limit | met |\n|---|---:|---:|---|");
+    let yes = |ok: bool| if ok { "yes" } else { "**no**" };
+    if let Some(i) = target_plan {
+        let r = &rows[i];
+        let _ = writeln!(
+            out,
+            "| discover + plan, 1,000 live members, 50 a page, 50 ms a request (10 at once) | {} = {:.2} × {} | ≤ 1.3 × ideal | {} |",
+            show(r.wall),
+            r.ratio(),
+            show(r.ideal.time),
+            yes(r.ratio() <= 1.3)
+        );
+        let plan_cpu = r.plan_cpu.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| crabbox's CPU for the planning itself (1,000 live members) | {} | ≤ 25 ms | {} |",
+            show(plan_cpu),
+            yes(plan_cpu <= Duration::from_millis(25))
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "| discover + plan, 1,000 live members | not run (1,000 members not in this run) | ≤ 1.3 × ideal | — |"
+        );
+    }
+    let r = &rows[target_apply];
+    let _ = writeln!(
+        out,
+        "| apply of 200 creates, 200 ms a request, 300 ms boot, parallelism 50 | {} = {:.2} × {} | ≤ 1.2 × ideal | {} |",
+        show(r.wall),
+        r.ratio(),
+        show(r.ideal.time),
+        yes(r.ratio() <= 1.2)
+    );
+    let big: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.members == 1000 && !r.scenario.starts_with('`'))
+        .collect();
+    if let Some(peak) = big.iter().map(|r| r.max_rss_kib).max() {
+        let _ = writeln!(
+            out,
+            "| peak memory, 1,000-member pond (apply, plan, destroy) | {} | ≤ 64 MiB | {} |",
+            mib(peak),
+            yes(peak <= 64 * 1024)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| `crabbox validate`, 100-member spec (median wall, process start to exit) | {} | ≤ 15 ms | {} |",
+        show(validate),
+        yes(validate <= Duration::from_millis(15))
+    );
+    if let Some(w) = worst {
+        let _ = writeln!(
+            out,
+            "| cost linear in members: largest CPU exponent, 100 → 1,000 (apply, plan, destroy) | {w:.2} | ≤ 1.10 | {} |",
+            yes(w <= 1.10)
+        );
+    }
+    print!("{out}");
+}
