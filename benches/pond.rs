@@ -302,7 +302,10 @@ fn run_plan(
     let shown = crabbox::plan::human::render(&plan);
     let (t2, u2) = (Instant::now(), Usage::now());
     assert_eq!(inventory.leases.len(), job.members, "every member is live");
-    assert!(!plan.has_changes(), "an applied pond plans no change:\n{shown}");
+    assert!(
+        !plan.has_changes(),
+        "an applied pond plans no change:\n{shown}"
+    );
     json!({
         "wall_ms": ms(t2 - t0),
         "cpu_ms": ms(u2.process - u0.process),
@@ -619,7 +622,8 @@ impl Fx {
     }
 
     fn effective(&self, parallelism: usize) -> usize {
-        self.max_in_flight.map_or(parallelism, |c| c.min(parallelism))
+        self.max_in_flight
+            .map_or(parallelism, |c| c.min(parallelism))
     }
 
     fn apply(&self, n: usize, parallelism: usize) -> Ideal {
@@ -925,7 +929,8 @@ impl Bench {
         self.fake.send("latency 0");
         let job = Self::job("destroy", &self.fake.base_url.clone(), spec, state, 50, n);
         self.worker(&job);
-        self.fake.send(&format!("latency {}", fx.latency.as_millis()));
+        self.fake
+            .send(&format!("latency {}", fx.latency.as_millis()));
     }
 }
 
@@ -980,13 +985,22 @@ fn orchestrate(o: &Options) {
     bench.fake.configure(&fx);
     bench.section = Section::Scaling;
 
-    let sizes = if o.targets_only { &[][..] } else { &o.sizes[..] };
+    let sizes = if o.targets_only {
+        &[][..]
+    } else {
+        &o.sizes[..]
+    };
     for &n in sizes {
         let pond = format!("bench-{n}");
         let (spec, state) = bench.spec(&pond, n);
         let job = |kind: &str, p: usize| Bench::job(kind, &base, &spec, &state, p, n);
 
-        bench.measure("apply (create all)", "10", &job("apply", 10), fx.apply(n, 10));
+        bench.measure(
+            "apply (create all)",
+            "10",
+            &job("apply", 10),
+            fx.apply(n, 10),
+        );
         bench.measure_plan("discover + plan", &job("plan", 10), fx.list(n), o.repeats);
         if n == 1000 {
             // The target's setting: the API serves 10 requests at once.
@@ -1004,7 +1018,12 @@ fn orchestrate(o: &Options) {
             bench.fake.configure(&fx);
         }
         bench.measure("destroy", "10", &job("destroy", 10), fx.destroy(n, 10));
-        bench.measure("apply (create all)", "50", &job("apply", 50), fx.apply(n, 50));
+        bench.measure(
+            "apply (create all)",
+            "50",
+            &job("apply", 50),
+            fx.apply(n, 50),
+        );
         bench.measure("destroy", "50", &job("destroy", 50), fx.destroy(n, 50));
 
         let in_turn = if o.quick { n <= 10 } else { n <= 100 || o.full };
@@ -1028,7 +1047,14 @@ fn orchestrate(o: &Options) {
 
     let validate = validate_time(&bench, o.repeats.max(5) * 2 + 1);
     let machine = machine();
-    print_report(o, &bench.rows, target_plan, target_apply, validate, &machine);
+    print_report(
+        o,
+        &bench.rows,
+        target_plan,
+        target_apply,
+        validate,
+        &machine,
+    );
     eprintln!("pond bench: done in {}", show(started.elapsed()));
 }
 
@@ -1072,7 +1098,9 @@ fn machine() -> String {
         .find(|l| l.starts_with("MemTotal"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kib| kib.parse::<u64>().ok())
-        .map_or_else(String::new, |kib| format!("{:.1} GiB", kib as f64 / 1_048_576.0));
+        .map_or_else(String::new, |kib| {
+            format!("{:.1} GiB", kib as f64 / 1_048_576.0)
+        });
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
@@ -1150,9 +1178,10 @@ fn print_report(
                 .map_or("no concurrency limit".to_owned(), |c| format!(
                     "{c} requests served at once"
                 )),
-            fx.rate.map_or("no request-rate limit".to_owned(), |(r, b)| format!(
-                "{r} requests/s (burst {b})"
-            )),
+            fx.rate
+                .map_or("no request-rate limit".to_owned(), |(r, b)| format!(
+                    "{r} requests/s (burst {b})"
+                )),
         );
         table(&mut out, Section::Scaling);
     }
@@ -1201,7 +1230,10 @@ fn print_report(
     }
 
     let _ = writeln!(out, "\nTargets:\n");
-    let _ = writeln!(out, "| target | measured | limit | met |\n|---|---:|---:|---|");
+    let _ = writeln!(
+        out,
+        "| target | measured | limit | met |\n|---|---:|---:|---|"
+    );
     let yes = |ok: bool| if ok { "yes" } else { "**no**" };
     if let Some(i) = target_plan {
         let r = &rows[i];

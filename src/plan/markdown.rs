@@ -23,7 +23,11 @@ pub fn render(plan: &Plan) -> String {
         out.push_str("**No changes.** The pond matches the spec.\n");
         return out;
     }
-    let _ = writeln!(out, "**Plan: {} to add, {} to change, {} to destroy.**\n", s.add, s.change, s.destroy);
+    let _ = writeln!(
+        out,
+        "**Plan: {} to add, {} to change, {} to destroy.**\n",
+        s.add, s.change, s.destroy
+    );
     for w in &plan.warnings {
         let _ = writeln!(out, "> [!WARNING]\n> {}\n", cell(w));
     }
@@ -32,7 +36,11 @@ pub fn render(plan: &Plan) -> String {
     for (i, c) in changed.iter().enumerate() {
         // The table may use a third of the room; the sections need the rest.
         if out.len() > MAX_LEN / 3 {
-            let _ = writeln!(out, "\n… and {} more changes in the sections below.", changed.len() - i);
+            let _ = writeln!(
+                out,
+                "\n… and {} more changes in the sections below.",
+                changed.len() - i
+            );
             break;
         }
         let _ = writeln!(
@@ -41,7 +49,9 @@ pub fn render(plan: &Plan) -> String {
             c.action.symbol(),
             cell(&c.slug),
             c.provider,
-            c.lease.as_ref().map_or("(new)".to_owned(), |l| format!("`{}`", l.id)),
+            c.lease
+                .as_ref()
+                .map_or("(new)".to_owned(), |l| format!("`{}`", l.id)),
             cell(&c.reasons.join("; "))
         );
     }
@@ -66,7 +76,11 @@ pub fn render(plan: &Plan) -> String {
         }
         sections.push(format!(
             "<details><summary>Output files: {}</summary>\n\n```diff\n{}```\n\n</details>\n",
-            plan.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", "),
+            plan.outputs
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             files
         ));
     }

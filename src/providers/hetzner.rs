@@ -292,17 +292,17 @@ impl HetznerProvider {
         let mut servers = Vec::new();
         match (first.meta.last_page(), first.meta.next_page()) {
             (Some(last), _) if last > 1 => {
-                let mut pages: Vec<tokio::task::JoinHandle<Result<ServerList, ProviderError>>> =
-                    (2..=last)
-                        .map(|page| {
-                            let q = query(page);
-                            let http = self.http.clone();
-                            tokio::spawn(async move {
-                                http.get_json_with_retries::<ServerList>("/servers", &q)
-                                    .await
-                            })
+                let mut pages: Vec<tokio::task::JoinHandle<Result<ServerList, ProviderError>>> = (2
+                    ..=last)
+                    .map(|page| {
+                        let q = query(page);
+                        let http = self.http.clone();
+                        tokio::spawn(async move {
+                            http.get_json_with_retries::<ServerList>("/servers", &q)
+                                .await
                         })
-                        .collect();
+                    })
+                    .collect();
                 servers.extend(first.servers);
                 let mut failed = None;
                 for page in &mut pages {
@@ -1036,7 +1036,8 @@ mod openssh_ed25519 {
         let mut seed = [0_u8; 32];
         let failed = |what: &str| ProviderError::Failed(format!("generating an SSH key: {what}"));
         getrandom::fill(&mut seed).map_err(|e| failed(&e.to_string()))?;
-        let pair = Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| failed(&e.to_string()))?;
+        let pair =
+            Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| failed(&e.to_string()))?;
         let public: &[u8] = pair.public_key().as_ref();
         Ok(encode(&seed, public, comment))
     }
@@ -1501,7 +1502,10 @@ mod tests {
         assert_eq!(openssh_ed25519::base64(b"fo"), "Zm8=");
         assert_eq!(openssh_ed25519::base64(b"foobar"), "Zm9vYmFy");
         let key = openssh_ed25519::generate("crabbox-cbx_0123456789ab").expect("key");
-        assert!(key.public.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI"));
+        assert!(
+            key.public
+                .starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI")
+        );
         assert!(key.public.ends_with(" crabbox-cbx_0123456789ab\n"));
         // OpenSSH reads the private key and derives the same public key.
         let dir = tempfile::tempdir().expect("tempdir");

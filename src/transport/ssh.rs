@@ -363,13 +363,13 @@ impl SshTarget {
         // One master per lease: closing a lease's master when it is released
         // must not cut the session of another lease on the same host.
         let mut control_path = std::ffi::OsString::from("ControlPath=");
-        control_path.push(
-            control_dir.join(if crate::inventory::lease::is_lease_id(&self.lease_id) {
+        control_path.push(control_dir.join(
+            if crate::inventory::lease::is_lease_id(&self.lease_id) {
                 self.lease_id.as_str()
             } else {
                 "%C"
-            }),
-        );
+            },
+        ));
         for option in [
             "BatchMode=yes".into(),
             "StrictHostKeyChecking=accept-new".into(),

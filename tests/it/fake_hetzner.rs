@@ -136,7 +136,9 @@ impl Bucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.per_second))
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / self.per_second,
+            ))
         }
     }
 }
@@ -1475,7 +1477,11 @@ async fn the_fake_limits_concurrency_and_request_rate_and_sets_boot_time() {
     fake.handle.set_max_in_flight(Some(2));
     let started = Instant::now();
     let answers = futures_util::future::join_all((0..6).map(|_| get())).await;
-    assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|r| r.status() == 200)));
+    assert!(
+        answers
+            .iter()
+            .all(|a| a.as_ref().is_ok_and(|r| r.status() == 200))
+    );
     assert_eq!(fake.handle.max_in_flight(), 2, "two served at once");
     assert!(
         started.elapsed() >= Duration::from_millis(90),

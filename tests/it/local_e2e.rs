@@ -651,8 +651,17 @@ fn continue_on_error_finishes_independent_members_and_skips_shared_dependents() 
     let out = env.run(&["apply", "--auto-approve", "--continue-on-error"]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("slow: Marked ready"), "an independent member still finishes: {err}");
-    assert!(err.contains("both: setup skipped") && !err.contains("both-ran"), "{err}");
+    assert!(
+        err.contains("slow: Marked ready"),
+        "an independent member still finishes: {err}"
+    );
+    assert!(
+        err.contains("both: setup skipped") && !err.contains("both-ran"),
+        "{err}"
+    );
     assert!(err.contains("Apply incomplete! Members: 3 added"), "{err}");
-    env.cmd().args(["destroy", "--auto-approve"]).assert().success();
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
 }

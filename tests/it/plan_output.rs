@@ -126,10 +126,17 @@ fn large_plan_markdown_is_cut_safely() {
     );
     assert!(md.contains("… truncated:"), "the cut is announced");
     assert!(
-        md.trim_end().lines().last().is_some_and(|l| l.starts_with("… truncated:") && l.contains("65,536")),
+        md.trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("… truncated:") && l.contains("65,536")),
         "the note closes the comment"
     );
-    assert_eq!(md.matches("<details>").count(), md.matches("</details>").count(), "sections are cut whole");
+    assert_eq!(
+        md.matches("<details>").count(),
+        md.matches("</details>").count(),
+        "sections are cut whole"
+    );
     assert!(md.matches("<details>").count() > 10, "per-member sections");
     // The table lists every member; the sections after it are what is cut.
     assert!(md.contains("| member-299 |"));
