@@ -84,7 +84,6 @@ pub async fn discover(
     for name in named_by_claims {
         spawn(name, &mut inv);
     }
-    drop(spawn);
 
     let mut by_id: HashMap<String, Lease> = HashMap::new();
     while let Some(joined) = tasks.join_next().await {
