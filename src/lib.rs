@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod atomic_file;
 pub mod cli;
+mod closed_stdout;
 pub mod diagnostic;
 pub mod inventory;
 pub mod plan;
@@ -16,4 +17,11 @@ pub mod render;
 pub mod spec;
 pub mod transport;
 
-pub use cli::run;
+/// Runs the command line `args` (the program name first) and returns the
+/// exit status. A closed stdout (`crabbox plan | head -c1`) ends any command
+/// quietly with status 0.
+pub fn run(
+    args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+) -> std::process::ExitCode {
+    closed_stdout::guard(|| cli::run(args))
+}

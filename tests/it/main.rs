@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area.
 
 mod cli;
+mod closed_stdout;
 mod converge;
 mod corpus;
 mod delegated_e2e;
