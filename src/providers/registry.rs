@@ -12,6 +12,52 @@ use crate::providers::tensorlake::TensorlakeProvider;
 use crate::providers::{Provider, ProviderError};
 use crate::spec::providers::ProviderName;
 
+/// Builds a provider's adapter from the environment (`None` without its
+/// credentials).
+type Build = fn(&Path) -> Option<Arc<dyn Provider>>;
+
+/// The adapter of each provider, `None` for the providers this crabbox has no
+/// adapter for yet. The one list of implemented providers: the registry is
+/// built from it and `validate` refuses members on the others.
+fn adapter(name: ProviderName) -> Option<Build> {
+    match name {
+        ProviderName::Local => Some(|dir| Some(Arc::new(LocalProvider::new(dir)))),
+        ProviderName::Ssh => Some(|dir| Some(Arc::new(SshProvider::new(dir)))),
+        ProviderName::Hetzner => {
+            Some(|dir| HetznerProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>))
+        }
+        ProviderName::Islo => {
+            Some(|dir| IsloProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>))
+        }
+        ProviderName::Tensorlake => {
+            Some(|dir| TensorlakeProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>))
+        }
+        ProviderName::Aws
+        | ProviderName::Azure
+        | ProviderName::Gcp
+        | ProviderName::Daytona
+        | ProviderName::E2b
+        | ProviderName::Modal
+        | ProviderName::BlacksmithTestbox => None,
+    }
+}
+
+/// Whether this crabbox has an adapter for `name` (whether or not its
+/// credentials are set).
+#[must_use]
+pub fn has_adapter(name: ProviderName) -> bool {
+    adapter(name).is_some()
+}
+
+/// The providers this crabbox has an adapter for, in [`ProviderName::ALL`] order.
+#[must_use]
+pub fn with_adapter() -> Vec<ProviderName> {
+    ProviderName::ALL
+        .into_iter()
+        .filter(|&p| has_adapter(p))
+        .collect()
+}
+
 /// The providers available to a command.
 #[derive(Clone)]
 pub struct Registry {
@@ -23,18 +69,10 @@ impl Registry {
     /// when their credentials are in the environment (`HCLOUD_TOKEN`…).
     #[must_use]
     pub fn from_environment(state_dir: &Path) -> Self {
-        let mut providers: BTreeMap<ProviderName, Arc<dyn Provider>> = BTreeMap::new();
-        providers.insert(ProviderName::Local, Arc::new(LocalProvider::new(state_dir)));
-        providers.insert(ProviderName::Ssh, Arc::new(SshProvider::new(state_dir)));
-        if let Some(hetzner) = HetznerProvider::from_env(state_dir) {
-            providers.insert(ProviderName::Hetzner, Arc::new(hetzner));
-        }
-        if let Some(islo) = IsloProvider::from_env(state_dir) {
-            providers.insert(ProviderName::Islo, Arc::new(islo));
-        }
-        if let Some(tensorlake) = TensorlakeProvider::from_env(state_dir) {
-            providers.insert(ProviderName::Tensorlake, Arc::new(tensorlake));
-        }
+        let providers = ProviderName::ALL
+            .into_iter()
+            .filter_map(|name| Some((name, adapter(name)?(state_dir)?)))
+            .collect();
         Self { providers }
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::diagnostic::Diagnostic;
 use crate::providers::features_of;
+use crate::providers::registry::{has_adapter, with_adapter};
 use crate::spec::desired::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_READY_INTERVAL, DEFAULT_READY_TIMEOUT, DEFAULT_SYNC_MAX_BYTES,
     DEFAULT_TTL, DesiredMember, DesiredPond, Probe, ReadyCheck, StateStore, Step, SyncSettings,
@@ -286,7 +287,27 @@ impl Checker<'_> {
                 }
             };
         }
-        let provider = pick!(provider).map_or(ProviderName::Local, |(p, _)| p);
+        let picked_provider = pick!(provider);
+        let provider = picked_provider.map_or(ProviderName::Local, |(p, _)| p);
+        if let Some((_, origin)) = picked_provider.filter(|_| !has_adapter(provider)) {
+            // Said once for a default, not once per member inheriting it.
+            let whose = match origin {
+                Origin::Member(_) => format!("member `{slug}`: "),
+                Origin::Defaults => String::new(),
+            };
+            let usable: Vec<&str> = with_adapter().iter().map(|p| p.as_str()).collect();
+            self.out.push(
+                Diagnostic::error(
+                    "unsupported-provider",
+                    self.value(&origin.pointer("/provider")),
+                    format!("{whose}provider `{provider}` has no adapter in this crabbox yet"),
+                )
+                .with_hint(format!(
+                    "nothing could create this member; run it on one of: {}",
+                    usable.join(", ")
+                )),
+            );
+        }
 
         for origin in [own, Origin::Defaults] {
             let map = match origin {

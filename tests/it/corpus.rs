@@ -75,6 +75,7 @@ fn every_check_has_a_corpus_case() {
         "meaningless-option",
         "invalid-bind-addr",
         "state-backend",
+        "unsupported-provider",
     ];
     let missing: Vec<&str> = required
         .iter()
