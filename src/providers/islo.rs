@@ -57,7 +57,7 @@ use crate::providers::{
 };
 use crate::spec::desired::{DesiredMember, Probe};
 use crate::spec::duration;
-use crate::spec::providers::ProviderName;
+use crate::spec::providers::{IsloBlock, ProviderName};
 use crate::transport::remote_shell::{
     ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, NO_PROBE_TOOL, STATE_DIR, ServiceDirs,
     bash_tcp_probe_script, check_service_name, early_exit, http_probe_script, quote,
@@ -71,7 +71,7 @@ const KEY_ENV: &str = "CRABBOX_ISLO_API_KEY (or ISLO_API_KEY)";
 /// The provider's name in claims and messages.
 const PROVIDER: &str = "islo";
 /// Workdir under `/workspace` when the block names none.
-pub const DEFAULT_WORKDIR: &str = "crabbox";
+pub const DEFAULT_WORKDIR: &str = IsloBlock::DEFAULT_WORKDIR;
 /// The sandbox directory every workdir lives under.
 const WORKSPACE: &str = "/workspace";
 /// Longest sandbox name (a DNS label: sandboxes are reached as `<name>.islo`).
@@ -180,30 +180,17 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// The workdir, checked: relative, under `/workspace`, no `..` (validation
-/// already rejects bad ones; this is the defensive re-check). `.` segments
-/// and trailing slashes are dropped.
+/// The workdir, checked by the block's own rule
+/// ([`IsloBlock::checked_workdir`], the one `validate` applies): relative,
+/// under `/workspace`, no `..`; `.` segments and trailing slashes dropped.
 ///
 /// # Errors
 /// [`ProviderError::Config`] for an absolute path, `..`, or nothing left.
 pub fn checked_workdir(workdir: &str) -> Result<String, ProviderError> {
-    let bad = || ProviderError::Config {
-        message: format!(
-            "Islo `workdir` `{workdir}` must be a relative directory under /workspace"
-        ),
-        hint: "write a relative name such as `crabbox` or `app/backend`, without `..`".to_owned(),
-    };
-    if workdir.starts_with('/') || workdir.contains('\0') || workdir.contains('\\') {
-        return Err(bad());
-    }
-    let parts: Vec<&str> = workdir
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
-    if parts.is_empty() || parts.contains(&"..") {
-        return Err(bad());
-    }
-    Ok(parts.join("/"))
+    IsloBlock::checked_workdir(Some(workdir)).map_err(|p| ProviderError::Config {
+        message: p.message,
+        hint: p.hint,
+    })
 }
 
 /// A secret that never shows in `Debug` output.
@@ -659,11 +646,11 @@ fn settings_of(member: &DesiredMember) -> Result<Settings, ProviderError> {
             create.insert(snake.into(), Value::from(n));
         }
     }
-    let workdir = checked_workdir(
-        text("workdir", "workdir")?
-            .as_deref()
-            .unwrap_or(DEFAULT_WORKDIR),
-    )?;
+    let workdir = match lookup("workdir", "workdir") {
+        None => DEFAULT_WORKDIR.to_owned(),
+        Some(Value::String(raw)) => checked_workdir(raw)?,
+        Some(_) => return Err(invalid("workdir", "a string")),
+    };
     Ok(Settings {
         base_url: text("baseUrl", "base_url")?.map(|u| u.trim_end_matches('/').to_owned()),
         workdir,

@@ -68,7 +68,7 @@ use crate::transport::remote_shell::{
 /// The CLI when neither the block nor the environment names one.
 pub const DEFAULT_CLI: &str = "tensorlake";
 /// The workdir when the block names none.
-pub const DEFAULT_WORKDIR: &str = "/workspace/crabbox";
+pub const DEFAULT_WORKDIR: &str = TensorlakeBlock::DEFAULT_WORKDIR;
 /// The key variable crabbox reads first.
 const KEY_ENV: &str = "CRABBOX_TENSORLAKE_API_KEY";
 /// The key variable the CLI reads (and crabbox's fallback).
@@ -266,10 +266,10 @@ impl Settings {
             project: set(&block.project_id).or_else(|| defaults.project.clone()),
             namespace: set(&block.namespace).or_else(|| defaults.namespace.clone()),
         };
-        let workdir = check_workdir(
-            &member.slug,
-            set(&block.workdir).as_deref().unwrap_or(DEFAULT_WORKDIR),
-        )?;
+        let workdir = match &block.workdir {
+            None => DEFAULT_WORKDIR.to_owned(),
+            Some(raw) => checked_workdir(&member.slug, raw)?,
+        };
         let mut create_args = Vec::new();
         let mut push = |flag: &str, value: String| {
             create_args.push(flag.to_owned());
@@ -465,7 +465,7 @@ impl TensorlakeProvider {
         Ok(Target {
             lease_id: claim.lease_id.clone(),
             id: claim.cloud_id.clone(),
-            workdir: check_workdir(&claim.slug, workdir)?,
+            workdir: checked_workdir(&claim.slug, workdir)?,
             scope: self.scope_of(claim),
         })
     }
@@ -1393,39 +1393,18 @@ pub fn sandbox_name(pond: &str, slug: &str) -> String {
     format!("crabbox-{base}-{suffix}")
 }
 
-/// An absolute workdir that is not `/`, `/tmp`, `/workspace` or a system
-/// directory, without `..`; trailing slashes removed.
-fn check_workdir(slug: &str, workdir: &str) -> Result<String, ProviderError> {
-    let trimmed = workdir.trim().trim_end_matches('/');
-    let broad = [
-        "",
-        "/tmp",
-        "/workspace",
-        "/bin",
-        "/boot",
-        "/dev",
-        "/etc",
-        "/lib",
-        "/proc",
-        "/root",
-        "/sbin",
-        "/sys",
-        "/usr",
-        "/var",
-    ];
-    if !trimmed.starts_with('/')
-        || broad.contains(&trimmed)
-        || trimmed.split('/').any(|p| p == ".." || p == ".")
-        || trimmed.contains('\0')
-    {
-        return Err(ProviderError::Config {
-            message: format!(
-                "member `{slug}`: Tensorlake workdir `{workdir}` must be an absolute directory other than /, /tmp, /workspace or a system directory"
-            ),
-            hint: format!("e.g. {DEFAULT_WORKDIR} (the default)"),
-        });
-    }
-    Ok(trimmed.to_owned())
+/// The workdir, checked by the block's own rule
+/// ([`TensorlakeBlock::checked_workdir`], the one `validate` applies): an
+/// absolute directory other than `/`, `/tmp`, `/workspace` or a system
+/// directory, without `.` or `..`; trailing slashes removed.
+///
+/// # Errors
+/// [`ProviderError::Config`] naming the member.
+pub fn checked_workdir(slug: &str, workdir: &str) -> Result<String, ProviderError> {
+    TensorlakeBlock::checked_workdir(Some(workdir)).map_err(|p| ProviderError::Config {
+        message: format!("member `{slug}`: {}", p.message),
+        hint: p.hint,
+    })
 }
 
 /// `args` as `sbx <verb> …` for messages (the verb and the sandbox ID only).
@@ -1568,7 +1547,7 @@ mod tests {
     #[test]
     fn workdirs_must_be_narrow_absolute_paths() {
         assert_eq!(
-            check_workdir("m", "/workspace/app/").expect("ok"),
+            checked_workdir("m", "/workspace/app/").expect("ok"),
             "/workspace/app"
         );
         for bad in [
@@ -1581,7 +1560,7 @@ mod tests {
             "/a/../b",
             "/a/./b",
         ] {
-            assert!(check_workdir("m", bad).is_err(), "{bad:?}");
+            assert!(checked_workdir("m", bad).is_err(), "{bad:?}");
         }
     }
 

@@ -753,53 +753,17 @@ impl Checker<'_> {
                 format!("/defaults/{provider}/{key}")
             }
         };
+        for problem in merged.problems(provider) {
+            self.out.push(
+                Diagnostic::error(
+                    problem.code,
+                    self.value(&origin_of(problem.field)),
+                    problem.message,
+                )
+                .with_hint(problem.hint),
+            );
+        }
         match provider {
-            ProviderName::Islo => {
-                if let Some(wd) = merged.islo.as_ref().and_then(|b| b.workdir.as_deref()) {
-                    let bad =
-                        wd.is_empty() || wd.starts_with('/') || wd.split('/').any(|p| p == "..");
-                    if bad {
-                        self.out.push(
-                            Diagnostic::error("islo-workdir", self.value(&origin_of("workdir")), format!("Islo `workdir` `{wd}` must be a relative directory under /workspace"))
-                                .with_hint("write a relative name such as `crabbox` or `app/backend`, without `..`; it lands in /workspace/<workdir>"),
-                        );
-                    }
-                }
-            }
-            ProviderName::Tensorlake => {
-                if let Some(wd) = merged
-                    .tensorlake
-                    .as_ref()
-                    .and_then(|b| b.workdir.as_deref())
-                {
-                    let trimmed = wd.trim_end_matches('/');
-                    let broad = [
-                        "",
-                        "/tmp",
-                        "/workspace",
-                        "/bin",
-                        "/boot",
-                        "/dev",
-                        "/etc",
-                        "/lib",
-                        "/proc",
-                        "/root",
-                        "/sbin",
-                        "/sys",
-                        "/usr",
-                        "/var",
-                    ];
-                    if !wd.starts_with('/')
-                        || broad.contains(&trimmed)
-                        || wd.split('/').any(|p| p == "..")
-                    {
-                        self.out.push(
-                            Diagnostic::error("tensorlake-workdir", self.value(&origin_of("workdir")), format!("Tensorlake `workdir` `{wd}` must be an absolute directory other than /, /tmp, /workspace or a system directory"))
-                                .with_hint("e.g. /workspace/crabbox (the default)"),
-                        );
-                    }
-                }
-            }
             ProviderName::Ssh
                 if merged
                     .ssh

@@ -397,6 +397,127 @@ pub struct TensorlakeBlock {
     pub no_internet: Option<bool>,
 }
 
+/// A value in a provider block that its provider cannot use. Each block's
+/// rules live in one function, which `validate` reports at the value's place
+/// and the adapter re-checks, so both accept exactly the same values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockProblem {
+    /// The key in the block (`workdir`).
+    pub field: &'static str,
+    /// The diagnostic code (`islo-workdir`).
+    pub code: &'static str,
+    /// What is wrong.
+    pub message: String,
+    /// What to write instead.
+    pub hint: String,
+}
+
+impl IsloBlock {
+    /// The workdir when the block names none.
+    pub const DEFAULT_WORKDIR: &'static str = "crabbox";
+
+    /// Islo's `workdir` rule: a relative directory under `/workspace`, no
+    /// `..`, not the workspace itself. Returns the normalized path (surrounding
+    /// whitespace, `.` segments and repeated or trailing slashes dropped), the
+    /// default for `None`.
+    ///
+    /// # Errors
+    /// An absolute path, `..`, a backslash or NUL, or nothing left.
+    pub fn checked_workdir(raw: Option<&str>) -> Result<String, BlockProblem> {
+        let Some(raw) = raw else {
+            return Ok(Self::DEFAULT_WORKDIR.to_owned());
+        };
+        let bad = || {
+            BlockProblem {
+            field: "workdir",
+            code: "islo-workdir",
+            message: format!("Islo `workdir` `{raw}` must be a relative directory under /workspace"),
+            hint: "write a relative name such as `crabbox` or `app/backend`, without `..`; it lands in /workspace/<workdir>".to_owned(),
+        }
+        };
+        let workdir = raw.trim();
+        if workdir.starts_with('/') || workdir.contains(['\0', '\\']) {
+            return Err(bad());
+        }
+        let parts: Vec<&str> = workdir
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        if parts.is_empty() || parts.contains(&"..") {
+            return Err(bad());
+        }
+        Ok(parts.join("/"))
+    }
+
+    /// Every value of this block Islo cannot use.
+    #[must_use]
+    pub fn problems(&self) -> Vec<BlockProblem> {
+        Self::checked_workdir(self.workdir.as_deref())
+            .err()
+            .into_iter()
+            .collect()
+    }
+}
+
+impl TensorlakeBlock {
+    /// The workdir when the block names none.
+    pub const DEFAULT_WORKDIR: &'static str = "/workspace/crabbox";
+
+    /// Tensorlake's `workdir` rule: an absolute directory other than `/`,
+    /// `/tmp`, `/workspace` or a system directory, without `.` or `..`
+    /// segments. Returns it without surrounding whitespace and trailing
+    /// slashes, the default for `None`.
+    ///
+    /// # Errors
+    /// A relative or broad path, `.` or `..`, or a NUL.
+    pub fn checked_workdir(raw: Option<&str>) -> Result<String, BlockProblem> {
+        const BROAD: [&str; 14] = [
+            "",
+            "/tmp",
+            "/workspace",
+            "/bin",
+            "/boot",
+            "/dev",
+            "/etc",
+            "/lib",
+            "/proc",
+            "/root",
+            "/sbin",
+            "/sys",
+            "/usr",
+            "/var",
+        ];
+        let Some(raw) = raw else {
+            return Ok(Self::DEFAULT_WORKDIR.to_owned());
+        };
+        let trimmed = raw.trim().trim_end_matches('/');
+        if !trimmed.starts_with('/')
+            || BROAD.contains(&trimmed)
+            || trimmed.split('/').any(|p| p == ".." || p == ".")
+            || trimmed.contains('\0')
+        {
+            return Err(BlockProblem {
+                field: "workdir",
+                code: "tensorlake-workdir",
+                message: format!(
+                    "Tensorlake `workdir` `{raw}` must be an absolute directory other than /, /tmp, /workspace or a system directory"
+                ),
+                hint: format!("e.g. {} (the default)", Self::DEFAULT_WORKDIR),
+            });
+        }
+        Ok(trimmed.to_owned())
+    }
+
+    /// Every value of this block Tensorlake cannot use.
+    #[must_use]
+    pub fn problems(&self) -> Vec<BlockProblem> {
+        Self::checked_workdir(self.workdir.as_deref())
+            .err()
+            .into_iter()
+            .collect()
+    }
+}
+
 /// Settings of the `daytona` provider: Daytona sandboxes created from a snapshot, reached
 /// over SSH through Daytona's short-lived access tokens.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -734,6 +855,18 @@ impl ProviderBlocks {
             ProviderName::Modal => block_json(self.modal.as_ref()),
             ProviderName::BlacksmithTestbox => block_json(self.blacksmith_testbox.as_ref()),
         }
+    }
+
+    /// Every value in provider `p`'s block that `p` cannot use (the block's
+    /// own rules; see [`BlockProblem`]).
+    #[must_use]
+    pub fn problems(&self, p: ProviderName) -> Vec<BlockProblem> {
+        match p {
+            ProviderName::Islo => self.islo.as_ref().map(IsloBlock::problems),
+            ProviderName::Tensorlake => self.tensorlake.as_ref().map(TensorlakeBlock::problems),
+            _ => None,
+        }
+        .unwrap_or_default()
     }
 
     /// A copy keeping only the block of provider `p` (how a member inherits from `defaults`).

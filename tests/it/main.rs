@@ -22,4 +22,5 @@ mod sshd;
 mod state_pg;
 mod support;
 mod tensorlake;
+mod workdir_rules;
 mod workflows;
