@@ -18,8 +18,9 @@ use crate::spec::model::{
     EnvValue, MemberSpec, PortSpec, Ready, SetupStep, State, StateBackend, Sync, TcpTarget,
 };
 use crate::spec::normalize::{MAX_NAME_LEN, NameProblem, checked_name};
+use crate::spec::peer_refs;
 use crate::spec::providers::{ProviderBlocks, ProviderName};
-use crate::spec::source::Span;
+use crate::spec::source::{SourceFile, Span};
 use crate::spec::suggest::did_you_mean;
 use crate::spec::yaml::PointerIndex;
 
@@ -51,6 +52,7 @@ pub struct Parts {
 pub fn check(
     parts: &Parts,
     index: &PointerIndex,
+    file: &SourceFile,
     base_dir: &Path,
     out: &mut Vec<Diagnostic>,
 ) -> Option<DesiredPond> {
@@ -104,10 +106,42 @@ pub fn check(
     }
     c.cycles(&resolved, &members);
 
+    let ports: HashMap<&str, &[u16]> = resolved
+        .iter()
+        .map(|m| (m.slug.as_str(), m.expose.as_slice()))
+        .collect();
+    let targets: Vec<peer_refs::Member<'_>> = members
+        .iter()
+        .map(|(_, slug, spec, _)| peer_refs::Member {
+            slug,
+            provider: spec
+                .provider
+                .or(parts.defaults.provider)
+                .unwrap_or(ProviderName::Local),
+            ports: ports.get(slug.as_str()).copied(),
+        })
+        .collect();
+    let placeholder_pond = pond_name.clone().unwrap_or_else(|| "pond".to_owned());
+    let peers = peer_refs::placeholder_peers(&placeholder_pond, &targets);
+    c.peer_references(&parts.defaults, Origin::Defaults, &peers, file);
+    for (i, _, spec, _) in &members {
+        c.peer_references(spec, Origin::Member(*i), &peers, file);
+    }
+
     let mut templates = Vec::new();
     for (i, src, dest) in &parts.templates {
         let path = base_dir.join(src);
-        if !path.is_file() {
+        if path.is_file() {
+            peer_refs::check_template(
+                &path,
+                src,
+                &format!("/outputs/templates/{i}/src"),
+                &placeholder_pond,
+                &peers,
+                c.index,
+                c.out,
+            );
+        } else {
             c.out.push(
                 Diagnostic::error(
                     "template-missing",
@@ -796,6 +830,51 @@ impl Checker<'_> {
             _ => {}
         }
         merged.to_json(provider)
+    }
+
+    /// Checks the `{{peers.…}}` references written in one map's `env` and
+    /// setup steps (see [`peer_refs`]).
+    fn peer_references(
+        &mut self,
+        map: &MemberSpec,
+        origin: Origin,
+        peers: &[crate::render::peers::Peer],
+        file: &SourceFile,
+    ) {
+        let env_values = |env: &Option<BTreeMap<String, EnvValue>>, base: String| {
+            env.iter()
+                .flatten()
+                .filter_map(move |(name, value)| match value {
+                    EnvValue::Text(text) => Some((
+                        format!("{base}/{}", crate::spec::yaml::escape_token(name)),
+                        text.clone(),
+                    )),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut values = env_values(&map.env, origin.pointer("/env"));
+        for (k, step) in map.setup.iter().flatten().enumerate() {
+            let base = origin.pointer(&format!("/setup/{k}"));
+            match step {
+                SetupStep::Command(run) => {
+                    peer_refs::check_command(run, &base, self.index, file, self.out);
+                }
+                SetupStep::Full(full) => {
+                    peer_refs::check_command(
+                        &full.run,
+                        &format!("{base}/run"),
+                        self.index,
+                        file,
+                        self.out,
+                    );
+                    values.extend(env_values(&full.env, format!("{base}/env")));
+                }
+            }
+        }
+        for (pointer, text) in values {
+            peer_refs::check_env_value(&text, &pointer, peers, self.index, file, self.out);
+        }
     }
 
     /// Reports each dependency cycle once, as `a -> b -> a`.

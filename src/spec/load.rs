@@ -65,7 +65,7 @@ pub fn load_str(name: &str, text: &str, base_dir: &Path, vars: &Variables) -> Lo
             let schema_problems = schema::check(&document, &index);
             let parts = parts(&document);
             let mut semantic = Vec::new();
-            let pond = check(&parts, &index, base_dir, &mut semantic);
+            let pond = check(&parts, &index, &file, base_dir, &mut semantic);
             // A specific check says more than the schema about the same value.
             let specific: Vec<usize> = semantic
                 .iter()

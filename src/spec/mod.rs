@@ -8,6 +8,7 @@ pub mod interpolate;
 pub mod load;
 pub mod model;
 pub mod normalize;
+pub mod peer_refs;
 pub mod providers;
 pub mod schema;
 pub mod source;

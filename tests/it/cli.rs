@@ -215,3 +215,21 @@ fn a_provider_without_an_adapter_is_an_error_with_its_location() {
             "run it on one of: local, ssh, hetzner, islo, tensorlake",
         ));
 }
+
+#[test]
+fn a_reference_to_a_member_that_does_not_exist_is_an_error_at_its_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("pond.yaml"),
+        "version: 1\npond: demo\nmembers:\n  - slug: db\n  - slug: api\n    env: { X: \"{{peers.nope.host}}\" }\n",
+    )
+    .expect("write");
+    crabbox()
+        .current_dir(dir.path())
+        .arg("validate")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "pond.yaml:6:16: error: `{{peers.nope.host}}`: no member `nope` in the pond (members: api, db) [peer-reference]",
+        ));
+}

@@ -76,6 +76,9 @@ fn every_check_has_a_corpus_case() {
         "invalid-bind-addr",
         "state-backend",
         "unsupported-provider",
+        "peer-reference",
+        "peer-reference-in-command",
+        "template-error",
     ];
     let missing: Vec<&str> = required
         .iter()
