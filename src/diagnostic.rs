@@ -98,14 +98,23 @@ const WARNING: Style = AnsiColor::Yellow.on_default().bold();
 const NOTE: Style = AnsiColor::Cyan.on_default().bold();
 const GUTTER: Style = AnsiColor::Blue.on_default().bold();
 
+/// How many diagnostics [`render_human`] shows; the rest are counted. Past a
+/// few dozen a person fixes and re-runs, and a generated document with
+/// thousands of errors must not print gigabytes (the JSON form keeps all).
+pub const MAX_SHOWN: usize = 50;
+
+/// How many characters of a source line a snippet shows around its span.
+const SNIPPET_WIDTH: usize = 120;
+
 /// Renders diagnostics for people: `FILE:LINE:COL: error: message [code]`,
-/// the source line with carets under the span, notes, then `help:`.
+/// the source line with carets under the span, notes, then `help:`; the
+/// first [`MAX_SHOWN`], then a line counting the others.
 /// The text carries ANSI styles; print it through `anstream`, which strips
 /// them when the stream is not a terminal or `NO_COLOR` is set.
 #[must_use]
 pub fn render_human(file: &SourceFile, diagnostics: &[Diagnostic]) -> String {
     let mut out = String::new();
-    for d in diagnostics {
+    for d in diagnostics.iter().take(MAX_SHOWN) {
         let (label, style) = match d.severity {
             Severity::Error => ("error", ERROR),
             Severity::Warning => ("warning", WARNING),
@@ -139,30 +148,62 @@ pub fn render_human(file: &SourceFile, diagnostics: &[Diagnostic]) -> String {
         }
         out.push('\n');
     }
+    if let Some(hidden) = diagnostics.get(MAX_SHOWN..).filter(|h| !h.is_empty()) {
+        let errors = hidden.iter().filter(|d| d.is_error()).count();
+        let warnings = hidden.len() - errors;
+        let _ = writeln!(
+            out,
+            "{BOLD}… and {} more ({errors} error{}, {warnings} warning{}) not shown; `crabbox validate --format json` lists every one{BOLD:#}\n",
+            hidden.len(),
+            if errors == 1 { "" } else { "s" },
+            if warnings == 1 { "" } else { "s" },
+        );
+    }
     out
 }
 
-/// The line of `span` with carets under it (clipped to that line).
+/// The line of `span` with carets under it (clipped to that line). A long
+/// line is cut to [`SNIPPET_WIDTH`] characters around the span, marked `…`.
 fn snippet(out: &mut String, file: &SourceFile, span: Span) {
     let start = file.line_col(span.start);
-    let text = file.line_text(start.line);
+    let full = file.line_text(start.line);
     let end = file.line_col(span.end.max(span.start));
+    let line_chars = full.chars().count();
     let width = if end.line == start.line {
         end.column.saturating_sub(start.column).max(1)
     } else {
-        text.chars().count().saturating_sub(start.column - 1).max(1)
+        line_chars.saturating_sub(start.column - 1).max(1)
     };
+    // The window of the line shown: all of it, or SNIPPET_WIDTH characters
+    // starting a little before the span.
+    let (skip, take) = if line_chars <= SNIPPET_WIDTH {
+        (0, line_chars)
+    } else {
+        let skip = (start.column - 1).saturating_sub(SNIPPET_WIDTH / 4);
+        (skip, SNIPPET_WIDTH)
+    };
+    let before = if skip > 0 { "…" } else { "" };
+    let after = if skip + take < line_chars { "…" } else { "" };
+    let text: String = full.chars().skip(skip).take(take).collect();
+    let width = width
+        .min(take.saturating_sub(start.column - 1 - skip))
+        .max(1);
     let gutter = start.line.to_string().len();
     let pad = " ".repeat(gutter);
-    let indent: String = text
+    let indent: String = before
         .chars()
-        .take(start.column - 1)
-        .map(|c| if c == '\t' { '\t' } else { ' ' })
+        .map(|_| ' ')
+        .chain(
+            full.chars()
+                .skip(skip)
+                .take(start.column - 1 - skip)
+                .map(|c| if c == '\t' { '\t' } else { ' ' }),
+        )
         .collect();
     let _ = writeln!(out, "{pad} {GUTTER}|{GUTTER:#}");
     let _ = writeln!(
         out,
-        "{GUTTER}{}{GUTTER:#} {GUTTER}|{GUTTER:#} {text}",
+        "{GUTTER}{}{GUTTER:#} {GUTTER}|{GUTTER:#} {before}{text}{after}",
         start.line
     );
     let _ = writeln!(

@@ -2,7 +2,7 @@
 //! [`DesiredPond`]. Each check has its own diagnostic code; every problem of
 //! the document is reported, not only the first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use crate::spec::normalize::{MAX_NAME_LEN, NameProblem, checked_name};
 use crate::spec::peer_refs;
 use crate::spec::providers::{ProviderBlocks, ProviderName};
 use crate::spec::source::{SourceFile, Span};
-use crate::spec::suggest::did_you_mean;
+use crate::spec::suggest::Names;
 use crate::spec::yaml::PointerIndex;
 
 /// Most distinct ports one member may expose (Crabbox's limit).
@@ -56,8 +56,13 @@ pub fn check(
     base_dir: &Path,
     out: &mut Vec<Diagnostic>,
 ) -> Option<DesiredPond> {
-    let errors_before = out.iter().filter(|d| d.is_error()).count();
-    let mut c = Checker { index, out };
+    let mut c = Checker {
+        index,
+        out,
+        errors: 0,
+        scanned: 0,
+    };
+    let errors_before = c.error_count();
 
     if let Some(v) = parts.version.filter(|&v| v != 1) {
         c.out.push(
@@ -94,7 +99,10 @@ pub fn check(
         members.push((*i, slug, spec, dropped));
     }
 
-    let slugs: Vec<&str> = members.iter().map(|(_, s, _, _)| s.as_str()).collect();
+    let slugs = Slugs {
+        set: members.iter().map(|(_, s, _, _)| s.as_str()).collect(),
+        names: Names::new(members.iter().map(|(_, s, _, _)| s.as_str())),
+    };
     let mut resolved = Vec::new();
     for (i, slug, spec, dropped) in &members {
         // With an unreadable provider, provider-specific checks would only mislead.
@@ -122,7 +130,7 @@ pub fn check(
         })
         .collect();
     let placeholder_pond = pond_name.clone().unwrap_or_else(|| "pond".to_owned());
-    let peers = peer_refs::placeholder_peers(&placeholder_pond, &targets);
+    let peers = peer_refs::Targets::new(&placeholder_pond, &targets);
     c.peer_references(&parts.defaults, Origin::Defaults, &peers, file);
     for (i, _, spec, _) in &members {
         c.peer_references(spec, Origin::Member(*i), &peers, file);
@@ -159,7 +167,7 @@ pub fn check(
 
     let state = c.state(parts.state.as_ref());
 
-    let errors_after = out.iter().filter(|d| d.is_error()).count();
+    let errors_after = c.error_count();
     let name = pond_name?;
     (errors_after == errors_before && parts.members.len() == resolved.len()).then(|| DesiredPond {
         written_name: parts.pond.clone().filter(|raw| *raw != name),
@@ -174,6 +182,15 @@ pub fn check(
 struct Checker<'a> {
     index: &'a PointerIndex,
     out: &'a mut Vec<Diagnostic>,
+    /// Errors among `out[..scanned]`: counted as `out` grows, never again.
+    errors: usize,
+    scanned: usize,
+}
+
+/// The members' slugs: for lookups, and for "did you mean".
+struct Slugs<'a> {
+    set: HashSet<&'a str>,
+    names: Names<'a>,
 }
 
 /// Which map a merged member field came from.
@@ -193,6 +210,16 @@ impl Origin {
 }
 
 impl Checker<'_> {
+    /// How many errors have been reported so far.
+    fn error_count(&mut self) -> usize {
+        self.errors += self.out[self.scanned..]
+            .iter()
+            .filter(|d| d.is_error())
+            .count();
+        self.scanned = self.out.len();
+        self.errors
+    }
+
     /// `state:`: `postgres` needs a PostgreSQL URL, `local` takes none.
     fn state(&mut self, state: Option<&State>) -> StateStore {
         let Some(state) = state else {
@@ -306,10 +333,10 @@ impl Checker<'_> {
         slug: &str,
         spec: &MemberSpec,
         defaults: &MemberSpec,
-        slugs: &[&str],
+        slugs: &Slugs<'_>,
         provider_known: bool,
     ) -> Option<DesiredMember> {
-        let errors_before = self.out.iter().filter(|d| d.is_error()).count();
+        let errors_before = self.error_count();
         let own = Origin::Member(i);
         // The merged value of a field and where it was written.
         macro_rules! pick {
@@ -433,7 +460,7 @@ impl Checker<'_> {
                 };
                 let at = self.key(&pointer);
                 let dep = crate::spec::normalize::normalize_name(&raw);
-                if slugs.contains(&dep.as_str()) {
+                if slugs.set.contains(dep.as_str()) {
                     depends_on.push((dep, condition));
                 } else {
                     let mut d = Diagnostic::error(
@@ -443,9 +470,9 @@ impl Checker<'_> {
                             "member `{slug}` depends on `{raw}`, which is not a member of this pond"
                         ),
                     );
-                    d.hint = Some(match did_you_mean(&dep, slugs.iter().copied()) {
+                    d.hint = Some(match slugs.names.closest(&dep) {
                         Some(s) => format!("did you mean `{s}`?"),
-                        None => format!("members are: {}", slugs.join(", ")),
+                        None => format!("members are: {}", slugs.names.listing()),
                     });
                     self.out.push(d);
                 }
@@ -522,7 +549,7 @@ impl Checker<'_> {
             None
         };
 
-        let errors_after = self.out.iter().filter(|d| d.is_error()).count();
+        let errors_after = self.error_count();
         (errors_after == errors_before).then(|| DesiredMember {
             written_slug: Some(spec.slug.clone()).filter(|raw| raw != slug),
             slug: slug.to_owned(),
@@ -838,7 +865,7 @@ impl Checker<'_> {
         &mut self,
         map: &MemberSpec,
         origin: Origin,
-        peers: &[crate::render::peers::Peer],
+        peers: &peer_refs::Targets<'_>,
         file: &SourceFile,
     ) {
         let env_values = |env: &Option<BTreeMap<String, EnvValue>>, base: String| {
@@ -877,7 +904,9 @@ impl Checker<'_> {
         }
     }
 
-    /// Reports each dependency cycle once, as `a -> b -> a`.
+    /// Reports each dependency cycle once, as `a -> b -> a`. Depth-first
+    /// with an explicit stack: a dependency chain as long as the input is
+    /// deep must not overflow the call stack.
     fn cycles(
         &mut self,
         resolved: &[DesiredMember],
@@ -896,64 +925,61 @@ impl Checker<'_> {
             .iter()
             .map(|(i, s, _, _)| (s.as_str(), *i))
             .collect();
-        // 0 = unvisited, 1 = on the stack, 2 = done.
-        let mut state: HashMap<&str, u8> = HashMap::new();
-        let mut reported: Vec<Vec<&str>> = Vec::new();
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            OnPath,
+            Done,
+        }
+        let mut marks: HashMap<&str, Mark> = HashMap::new();
+        let mut reported: HashSet<Vec<&str>> = HashSet::new();
         for m in resolved {
-            let mut stack = Vec::new();
-            self.visit(
-                m.slug.as_str(),
-                &edges,
-                &mut state,
-                &mut stack,
-                &mut reported,
-                &index_of,
-            );
+            if marks.contains_key(m.slug.as_str()) {
+                continue;
+            }
+            // The current path, each node with the index of its next edge.
+            let mut path: Vec<(&str, usize)> = vec![(m.slug.as_str(), 0)];
+            let mut on_path: HashMap<&str, usize> = HashMap::from([(m.slug.as_str(), 0)]);
+            marks.insert(m.slug.as_str(), Mark::OnPath);
+            while let Some(&mut (node, ref mut next)) = path.last_mut() {
+                let Some(&dep) = edges.get(node).and_then(|e| e.get(*next)) else {
+                    marks.insert(node, Mark::Done);
+                    on_path.remove(node);
+                    path.pop();
+                    continue;
+                };
+                *next += 1;
+                match marks.get(dep) {
+                    Some(Mark::Done) => {}
+                    Some(Mark::OnPath) => {
+                        let start = on_path.get(dep).copied().unwrap_or(0);
+                        let cycle: Vec<&str> = path[start..].iter().map(|(n, _)| *n).collect();
+                        let mut key = cycle.clone();
+                        key.sort_unstable();
+                        if reported.insert(key) {
+                            self.report_cycle(&cycle, &index_of);
+                        }
+                    }
+                    None => {
+                        marks.insert(dep, Mark::OnPath);
+                        on_path.insert(dep, path.len());
+                        path.push((dep, 0));
+                    }
+                }
+            }
         }
     }
 
-    fn visit<'s>(
-        &mut self,
-        node: &'s str,
-        edges: &HashMap<&'s str, Vec<&'s str>>,
-        state: &mut HashMap<&'s str, u8>,
-        stack: &mut Vec<&'s str>,
-        reported: &mut Vec<Vec<&'s str>>,
-        index_of: &HashMap<&str, usize>,
-    ) {
-        match state.get(node) {
-            Some(2) => return,
-            Some(1) => {
-                let start = stack.iter().position(|s| *s == node).unwrap_or(0);
-                let mut cycle: Vec<&str> = stack[start..].to_vec();
-                let mut key = cycle.clone();
-                key.sort_unstable();
-                if !reported.contains(&key) {
-                    reported.push(key);
-                    cycle.push(node);
-                    let first = cycle[0];
-                    let at = index_of.get(first).map_or(Span::default(), |i| {
-                        self.key(&format!("/members/{i}/depends_on"))
-                    });
-                    self.out.push(
-                        Diagnostic::error(
-                            "dependency-cycle",
-                            at,
-                            format!("dependency cycle: {}", cycle.join(" -> ")),
-                        )
-                        .with_hint("remove one of the `depends_on` entries in the cycle"),
-                    );
-                }
-                return;
-            }
-            _ => {}
-        }
-        state.insert(node, 1);
-        stack.push(node);
-        for next in edges.get(node).into_iter().flatten() {
-            self.visit(next, edges, state, stack, reported, index_of);
-        }
-        stack.pop();
-        state.insert(node, 2);
+    fn report_cycle(&mut self, cycle: &[&str], index_of: &HashMap<&str, usize>) {
+        let first = cycle[0];
+        let at = index_of.get(first).map_or(Span::default(), |i| {
+            self.key(&format!("/members/{i}/depends_on"))
+        });
+        let mut text = cycle.join(" -> ");
+        text.push_str(" -> ");
+        text.push_str(first);
+        self.out.push(
+            Diagnostic::error("dependency-cycle", at, format!("dependency cycle: {text}"))
+                .with_hint("remove one of the `depends_on` entries in the cycle"),
+        );
     }
 }

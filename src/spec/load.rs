@@ -67,7 +67,7 @@ pub fn load_str(name: &str, text: &str, base_dir: &Path, vars: &Variables) -> Lo
             let mut semantic = Vec::new();
             let pond = check(&parts, &index, &file, base_dir, &mut semantic);
             // A specific check says more than the schema about the same value.
-            let specific: Vec<usize> = semantic
+            let specific: std::collections::HashSet<usize> = semantic
                 .iter()
                 .filter_map(|d| d.span.map(|s| s.start))
                 .collect();

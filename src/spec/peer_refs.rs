@@ -8,6 +8,7 @@
 //! apply uses ([`resolve_refs`], [`render_template`]) against placeholder
 //! peers built from the spec, so both agree on what resolves.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::diagnostic::Diagnostic;
@@ -15,7 +16,7 @@ use crate::render::files::render_template;
 use crate::render::peers::{Peer, resolve_refs};
 use crate::spec::providers::ProviderName;
 use crate::spec::source::{SourceFile, Span};
-use crate::spec::suggest::did_you_mean;
+use crate::spec::suggest::Names;
 use crate::spec::yaml::PointerIndex;
 
 /// A placeholder address: what a peer's host will be is only known once it
@@ -33,26 +34,44 @@ pub struct Member<'a> {
     pub ports: Option<&'a [u16]>,
 }
 
-/// The peers apply would see, with placeholder addresses.
-#[must_use]
-pub fn placeholder_peers(pond: &str, members: &[Member<'_>]) -> Vec<Peer> {
-    members
-        .iter()
-        .map(|m| Peer {
-            slug: m.slug.to_owned(),
-            lease_id: format!("lease-of-{}", m.slug),
-            provider: m.provider,
-            pond: pond.to_owned(),
-            transport: "ssh".to_owned(),
-            transports: vec!["ssh".to_owned()],
-            endpoint: PLACEHOLDER_HOST.to_owned(),
-            host: Some(PLACEHOLDER_HOST.to_owned()),
-            // An unknown port list stands for "some port": no false alarms.
-            ports: m.ports.map_or_else(|| vec![1], <[u16]>::to_vec),
-            note: None,
-            targets: Vec::new(),
-        })
-        .collect()
+/// The peers apply would see, with placeholder addresses, by slug.
+pub struct Targets<'a> {
+    peers: Vec<Peer>,
+    by_slug: HashMap<&'a str, usize>,
+    names: Names<'a>,
+}
+
+impl<'a> Targets<'a> {
+    /// The members of the pond `pond` as peers.
+    #[must_use]
+    pub fn new(pond: &str, members: &[Member<'a>]) -> Self {
+        let peers = members
+            .iter()
+            .map(|m| Peer {
+                slug: m.slug.to_owned(),
+                lease_id: format!("lease-of-{}", m.slug),
+                provider: m.provider,
+                pond: pond.to_owned(),
+                transport: "ssh".to_owned(),
+                transports: vec!["ssh".to_owned()],
+                endpoint: PLACEHOLDER_HOST.to_owned(),
+                host: Some(PLACEHOLDER_HOST.to_owned()),
+                // An unknown port list stands for "some port": no false alarms.
+                ports: m.ports.map_or_else(|| vec![1], <[u16]>::to_vec),
+                note: None,
+                targets: Vec::new(),
+            })
+            .collect();
+        Self {
+            peers,
+            by_slug: members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.slug, i))
+                .collect(),
+            names: Names::new(members.iter().map(|m| m.slug)),
+        }
+    }
 }
 
 /// Each `{{…}}` of `text` whose inside starts with `peers.`, found the way
@@ -81,49 +100,63 @@ fn place_of(file: &SourceFile, value: Span, reference: &str) -> Span {
         .map_or(value, |i| Span::new(value.start + i, reference.len()))
 }
 
-/// Checks the references of one `env` value at `pointer`.
+/// Checks the references of one `env` value at `pointer`: the member a
+/// reference names is looked up here (the slug is what precedes the last `.`,
+/// as for the resolver); the resolver itself then judges the field and ports.
 pub fn check_env_value(
     text: &str,
     pointer: &str,
-    peers: &[Peer],
+    targets: &Targets<'_>,
     index: &PointerIndex,
     file: &SourceFile,
     out: &mut Vec<Diagnostic>,
 ) {
     for reference in references(text) {
-        let Err(problem) = resolve_refs(reference, peers) else {
-            continue;
+        let inner = reference[2..reference.len() - 2].trim();
+        let path = inner.strip_prefix("peers.").unwrap_or(inner);
+        let (problem, hint) = match path.rsplit_once('.') {
+            Some((slug, field)) => match targets.by_slug.get(slug) {
+                Some(&i) => {
+                    let peer = std::slice::from_ref(&targets.peers[i]);
+                    let Err(problem) = resolve_refs(reference, peer) else {
+                        continue;
+                    };
+                    let hint = if field == "port" && peer[0].ports.is_empty() {
+                        format!(
+                            "add the port to `expose` of `{slug}`, or refer to `{{{{peers.{slug}.host}}}}`"
+                        )
+                    } else {
+                        FORM.to_owned()
+                    };
+                    (problem, hint)
+                }
+                None => (
+                    format!(
+                        "`{reference}`: no member `{slug}` in the pond (members: {})",
+                        targets.names.listing()
+                    ),
+                    match targets.names.closest(slug) {
+                        Some(s) => format!(
+                            "did you mean `{s}`? references name a member's slug as normalized (`{{{{peers.{s}.host}}}}`)"
+                        ),
+                        None => "references name members of this pond by their normalized slug"
+                            .to_owned(),
+                    },
+                ),
+            },
+            None => match resolve_refs(reference, &[]) {
+                Err(problem) => (problem, FORM.to_owned()),
+                Ok(_) => continue,
+            },
         };
         let at = place_of(file, index.find(pointer).value, reference);
-        out.push(
-            Diagnostic::error("peer-reference", at, problem).with_hint(hint(reference, peers)),
-        );
+        out.push(Diagnostic::error("peer-reference", at, problem).with_hint(hint));
     }
 }
 
-/// What to write instead of a reference that does not resolve.
-fn hint(reference: &str, peers: &[Peer]) -> String {
-    let inner = reference
-        .trim_start_matches('{')
-        .trim_end_matches('}')
-        .trim();
-    let path = inner.strip_prefix("peers.").unwrap_or(inner);
-    let (slug, field) = path.rsplit_once('.').unwrap_or((path, ""));
-    if let Some(peer) = peers.iter().find(|p| p.slug == slug) {
-        if field == "port" && peer.ports.is_empty() {
-            return format!(
-                "add the port to `expose` of `{slug}`, or refer to `{{{{peers.{slug}.host}}}}`"
-            );
-        }
-        return "a reference reads `{{peers.<member>.<field>}}` with field host, endpoint, lease_id or port".to_owned();
-    }
-    match did_you_mean(slug, peers.iter().map(|p| p.slug.as_str())) {
-        Some(s) => format!(
-            "did you mean `{s}`? references name a member's slug as normalized (`{{{{peers.{s}.host}}}}`)"
-        ),
-        None => "references name members of this pond by their normalized slug".to_owned(),
-    }
-}
+/// How a reference is written.
+const FORM: &str =
+    "a reference reads `{{peers.<member>.<field>}}` with field host, endpoint, lease_id or port";
 
 /// A setup command is given to the shell as written: a reference in it is
 /// never replaced, which is worth a warning.
@@ -155,7 +188,7 @@ pub fn check_template(
     src: &str,
     pointer: &str,
     pond: &str,
-    peers: &[Peer],
+    targets: &Targets<'_>,
     index: &PointerIndex,
     out: &mut Vec<Diagnostic>,
 ) {
@@ -163,7 +196,7 @@ pub fn check_template(
     let Ok(text) = std::fs::read_to_string(template) else {
         return;
     };
-    if let Err(problem) = render_template(src, &text, pond, peers) {
+    if let Err(problem) = render_template(src, &text, pond, &targets.peers) {
         out.push(
             Diagnostic::error("template-error", index.find(pointer).value, problem)
                 .with_hint("templates see `pond`, `members` and `peers.<slug>` with slug, leaseID, provider, transport, transports, endpoint, host and ports"),

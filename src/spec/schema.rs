@@ -3,6 +3,7 @@
 //! documents, with every schema error mapped back to `line:column` through
 //! the pointer index and phrased for people.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
@@ -53,8 +54,9 @@ const DURATION_FIELDS: [&str; 5] = ["ttl", "idle_timeout", "timeout", "interval"
 #[must_use]
 pub fn check(document: &Value, index: &PointerIndex) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    let mut unknown_keys = UnknownKeys::default();
     for error in validator().iter_errors(document) {
-        describe(&error, index, &mut out);
+        describe(&error, index, &mut unknown_keys, &mut out);
     }
     out
 }
@@ -99,17 +101,44 @@ fn enum_error(field: &str, got: &Value, options: &[String], at: Span) -> Diagnos
     d
 }
 
-fn describe(error: &ValidationError<'_>, index: &PointerIndex, out: &mut Vec<Diagnostic>) {
+/// Unknown-key diagnostics by (where in the schema, key): thousands of
+/// members with the same stray key cost one "did you mean" search.
+#[derive(Default)]
+struct UnknownKeys(HashMap<(String, String), Diagnostic>);
+
+impl UnknownKeys {
+    fn get(&mut self, key: &str, pointer: &str, at: Span) -> Diagnostic {
+        // Array indexes do not change which schema applies.
+        let shape: String = pointer
+            .split('/')
+            .map(|t| if t.parse::<usize>().is_ok() { "#" } else { t })
+            .collect::<Vec<_>>()
+            .join("/");
+        let mut d = self
+            .0
+            .entry((shape, key.to_owned()))
+            .or_insert_with(|| unknown_key(key, pointer, &properties_at(pointer), at))
+            .clone();
+        d.span = Some(at);
+        d
+    }
+}
+
+fn describe(
+    error: &ValidationError<'_>,
+    index: &PointerIndex,
+    unknown_keys: &mut UnknownKeys,
+    out: &mut Vec<Diagnostic>,
+) {
     let pointer = error.instance_path().as_str();
     let place = index.find(pointer);
     let field = pointer.rsplit('/').next().unwrap_or_default();
     match error.kind() {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
-            let allowed = properties_at(pointer);
             for key in unexpected {
                 let key_place = index.find(&format!("{pointer}/{}", escape_token(key)));
                 let at = key_place.key.unwrap_or(key_place.value);
-                out.push(unknown_key(key, pointer, &allowed, at));
+                out.push(unknown_keys.get(key, pointer, at));
             }
         }
         ValidationErrorKind::Enum { options } => {
@@ -192,7 +221,7 @@ fn describe(error: &ValidationError<'_>, index: &PointerIndex, out: &mut Vec<Dia
                 .collect();
             if let Some(branch) = fitting.first() {
                 for e in *branch {
-                    describe(e, index, out);
+                    describe(e, index, unknown_keys, out);
                 }
             } else {
                 let expected: Vec<String> = context

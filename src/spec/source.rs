@@ -39,6 +39,17 @@ pub struct SourceFile {
     pub text: String,
     /// Byte offset of the start of every line.
     line_starts: Vec<usize>,
+    /// The number of characters before every [`CHECKPOINT`]-th byte, so that a
+    /// column costs at most that many bytes of counting, however long the line.
+    char_checkpoints: Vec<usize>,
+}
+
+/// Bytes between two entries of [`SourceFile`]'s character checkpoints.
+const CHECKPOINT: usize = 256;
+
+/// Characters that start in `bytes` (UTF-8 continuation bytes start none).
+fn chars_in(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b & 0xC0 != 0x80).count()
 }
 
 /// A 1-based line and a 1-based column counted in characters.
@@ -57,10 +68,16 @@ impl SourceFile {
         let text = text.into();
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        let mut char_checkpoints = vec![0];
+        for chunk in text.as_bytes().chunks(CHECKPOINT) {
+            let before = char_checkpoints.last().copied().unwrap_or_default();
+            char_checkpoints.push(before + chars_in(chunk));
+        }
         Self {
             name: name.into(),
             text,
             line_starts,
+            char_checkpoints,
         }
     }
 
@@ -73,11 +90,17 @@ impl SourceFile {
             offset -= 1;
         }
         let line = self.line_starts.partition_point(|&s| s <= offset) - 1;
-        let column = self.text[self.line_starts[line]..offset].chars().count() + 1;
+        let column = self.chars_before(offset) - self.chars_before(self.line_starts[line]) + 1;
         LineCol {
             line: line + 1,
             column,
         }
+    }
+
+    /// The number of characters before byte `offset` (a character boundary).
+    fn chars_before(&self, offset: usize) -> usize {
+        let k = offset / CHECKPOINT;
+        self.char_checkpoints[k] + chars_in(&self.text.as_bytes()[k * CHECKPOINT..offset])
     }
 
     /// The text of a 1-based line without its line ending.
@@ -126,5 +149,20 @@ mod tests {
         assert_eq!(f.line_text(2), "çd: 1");
         assert_eq!(f.offset_of(2, 2), 5);
         assert_eq!(f.line_col(999).line, 3);
+    }
+
+    #[test]
+    fn columns_on_long_lines_count_characters_across_checkpoints() {
+        let line: String = "é".repeat(300) + "x";
+        let f = SourceFile::new("x", format!("a\n{line}\n"));
+        let x = 2 + "é".len() * 300;
+        assert_eq!(
+            f.line_col(x),
+            LineCol {
+                line: 2,
+                column: 301
+            }
+        );
+        assert_eq!(f.offset_of(2, 301), x);
     }
 }

@@ -237,17 +237,20 @@ fn convert(file: &SourceFile, raw: Spanned<Raw>) -> Node {
 fn find_duplicate_keys(node: &Node, problems: &mut Vec<Diagnostic>) {
     match &node.kind {
         NodeKind::Map(entries) => {
-            for (i, e) in entries.iter().enumerate() {
-                if let Some(first) = entries[..i].iter().find(|p| p.key == e.key) {
+            let mut first_of: HashMap<&str, Span> = HashMap::with_capacity(entries.len());
+            for e in entries {
+                if let Some(&first) = first_of.get(e.key.as_str()) {
                     problems.push(
                         Diagnostic::error(
                             "duplicate-key",
                             e.key_span,
                             format!("duplicate key `{}`", e.key),
                         )
-                        .with_note(first.key_span, "first defined here")
+                        .with_note(first, "first defined here")
                         .with_hint("remove one of the two; YAML keeps only one value per key"),
                     );
+                } else {
+                    first_of.insert(&e.key, e.key_span);
                 }
                 find_duplicate_keys(&e.value, problems);
             }

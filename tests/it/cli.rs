@@ -230,6 +230,6 @@ fn a_reference_to_a_member_that_does_not_exist_is_an_error_at_its_place() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
-            "pond.yaml:6:16: error: `{{peers.nope.host}}`: no member `nope` in the pond (members: api, db) [peer-reference]",
+            "pond.yaml:6:16: error: `{{peers.nope.host}}`: no member `nope` in the pond (members: db, api) [peer-reference]",
         ));
 }

@@ -9,6 +9,7 @@ mod fake_hetzner;
 mod fake_islo;
 mod fake_provider;
 mod hetzner;
+mod huge_documents;
 mod islo;
 mod loader_fuzz;
 mod local_e2e;
