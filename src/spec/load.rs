@@ -40,12 +40,68 @@ impl Loaded {
 /// # Errors
 /// When the file cannot be read.
 pub fn load_path(path: &Path, vars: &Variables) -> std::io::Result<Loaded> {
-    let text = std::fs::read_to_string(path)?;
+    let bytes = std::fs::read(path)?;
+    let name = path.display().to_string();
+    let text = match decode(&name, bytes) {
+        Ok(text) => text,
+        Err(not_utf8) => return Ok(not_utf8),
+    };
     let base = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    Ok(load_str(&path.display().to_string(), &text, base, vars))
+    Ok(load_str(&name, &text, base, vars))
+}
+
+/// The file's text, or, when it is not UTF-8, a [`Loaded`] with one error
+/// that says where the first invalid byte is, or which encoding a byte-order
+/// mark shows the file is in.
+fn decode(name: &str, bytes: Vec<u8>) -> Result<String, Loaded> {
+    const BOMS: [(&[u8], &str); 4] = [
+        // UTF-32 first: its little-endian mark starts like UTF-16's.
+        (&[0xFF, 0xFE, 0x00, 0x00], "UTF-32 (little-endian)"),
+        (&[0x00, 0x00, 0xFE, 0xFF], "UTF-32 (big-endian)"),
+        (&[0xFF, 0xFE], "UTF-16 (little-endian)"),
+        (&[0xFE, 0xFF], "UTF-16 (big-endian)"),
+    ];
+    if let Some((_, encoding)) = BOMS.iter().find(|(bom, _)| bytes.starts_with(bom)) {
+        let file = SourceFile::new(name, "");
+        let diagnostic = Diagnostic::error(
+            "not-utf8",
+            crate::spec::source::Span::new(0, 0),
+            format!("the file is {encoding} text (its byte-order mark says so); pond.yaml is read as UTF-8"),
+        )
+        .with_hint(format!(
+            "convert it, e.g. `iconv -f {} -t UTF-8 {name} > pond.utf8.yaml`, or save it as UTF-8 in the editor",
+            encoding.split(' ').next().unwrap_or(encoding)
+        ));
+        return Err(not_loaded(file, diagnostic));
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        Err(e) => {
+            let valid = e.utf8_error().valid_up_to();
+            let bad = e.as_bytes()[valid];
+            // The valid prefix is unchanged by the lossy decoding, so the
+            // offset of the first invalid byte is the same in the shown text.
+            let file = SourceFile::new(name, String::from_utf8_lossy(e.as_bytes()).into_owned());
+            let diagnostic = Diagnostic::error(
+                "not-utf8",
+                crate::spec::source::Span::new(valid, "\u{FFFD}".len()),
+                format!("invalid UTF-8: byte 0x{bad:02X} cannot appear here"),
+            )
+            .with_hint("pond.yaml must be UTF-8: re-type the character at this position, or convert the file (`iconv -f LATIN1 -t UTF-8`)");
+            Err(not_loaded(file, diagnostic))
+        }
+    }
+}
+
+fn not_loaded(file: SourceFile, diagnostic: Diagnostic) -> Loaded {
+    Loaded {
+        file,
+        diagnostics: vec![diagnostic],
+        pond: None,
+    }
 }
 
 /// Loads a document from text.

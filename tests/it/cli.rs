@@ -233,3 +233,52 @@ fn a_reference_to_a_member_that_does_not_exist_is_an_error_at_its_place() {
             "pond.yaml:6:16: error: `{{peers.nope.host}}`: no member `nope` in the pond (members: db, api) [peer-reference]",
         ));
 }
+
+#[test]
+fn an_invalid_byte_is_reported_at_its_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("pond.yaml"),
+        b"version: 1\npond: demo\nmembers:\n  - slug: d\xffb\n".as_slice(),
+    )
+    .expect("write");
+    crabbox()
+        .current_dir(dir.path())
+        .arg("validate")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "pond.yaml:4:12: error: invalid UTF-8: byte 0xFF cannot appear here [not-utf8]",
+        ))
+        .stderr(predicate::str::contains("4 |   - slug: d\u{FFFD}b"));
+    let out = crabbox()
+        .current_dir(dir.path())
+        .args(["validate", "--format", "json"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+    assert_eq!(v["diagnostics"][0]["line"], 4);
+    assert_eq!(v["diagnostics"][0]["column"], 12);
+}
+
+#[test]
+fn a_utf16_file_is_named_as_such() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut bytes = vec![0xFF, 0xFE];
+    for unit in "version: 1\n".encode_utf16() {
+        bytes.extend(unit.to_le_bytes());
+    }
+    std::fs::write(dir.path().join("pond.yaml"), bytes).expect("write");
+    crabbox()
+        .current_dir(dir.path())
+        .arg("validate")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "pond.yaml:1:1: error: the file is UTF-16 (little-endian) text",
+        ))
+        .stderr(predicate::str::contains("iconv -f UTF-16 -t UTF-8"));
+}
