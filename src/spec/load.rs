@@ -44,7 +44,7 @@ pub fn load_path(path: &Path, vars: &Variables) -> std::io::Result<Loaded> {
     let name = path.display().to_string();
     let text = match decode(&name, bytes) {
         Ok(text) => text,
-        Err(not_utf8) => return Ok(not_utf8),
+        Err(not_utf8) => return Ok(*not_utf8),
     };
     let base = path
         .parent()
@@ -56,7 +56,7 @@ pub fn load_path(path: &Path, vars: &Variables) -> std::io::Result<Loaded> {
 /// The file's text, or, when it is not UTF-8, a [`Loaded`] with one error
 /// that says where the first invalid byte is, or which encoding a byte-order
 /// mark shows the file is in.
-fn decode(name: &str, bytes: Vec<u8>) -> Result<String, Loaded> {
+fn decode(name: &str, bytes: Vec<u8>) -> Result<String, Box<Loaded>> {
     const BOMS: [(&[u8], &str); 4] = [
         // UTF-32 first: its little-endian mark starts like UTF-16's.
         (&[0xFF, 0xFE, 0x00, 0x00], "UTF-32 (little-endian)"),
@@ -96,12 +96,12 @@ fn decode(name: &str, bytes: Vec<u8>) -> Result<String, Loaded> {
     }
 }
 
-fn not_loaded(file: SourceFile, diagnostic: Diagnostic) -> Loaded {
-    Loaded {
+fn not_loaded(file: SourceFile, diagnostic: Diagnostic) -> Box<Loaded> {
+    Box::new(Loaded {
         file,
         diagnostics: vec![diagnostic],
         pond: None,
-    }
+    })
 }
 
 /// Loads a document from text.
