@@ -306,4 +306,31 @@ mod tests {
             "pond.yaml:2:16: error: port 70000 is outside 1..65535 [port-range]\n  |\n2 | expose: [8080, 70000]\n  |                ^^^^^\n  help: use a port between 1 and 65535\n\n"
         );
     }
+
+    #[test]
+    fn long_lines_are_cut_around_the_span_and_the_rest_is_counted() {
+        let line = format!("x: [{}]", vec!["70000"; 100].join(", "));
+        let file = SourceFile::new("p.yaml", format!("{line}\n"));
+        let at = line.rfind("70000").expect("last port");
+        let diagnostics: Vec<Diagnostic> = (0..MAX_SHOWN + 2)
+            .map(|_| Diagnostic::error("port-range", Span::new(at, 5), "bad"))
+            .collect();
+        let text = anstream::adapter::strip_str(&render_human(&file, &diagnostics)).to_string();
+        let mut lines = text.lines().skip(2);
+        let shown = lines.next().expect("source line");
+        let carets = lines.next().expect("caret line");
+        assert!(
+            shown.starts_with("1 | …") && shown.ends_with("70000]"),
+            "{shown}"
+        );
+        assert!(shown.chars().count() <= SNIPPET_WIDTH + 8, "{shown}");
+        let caret_at = carets.find('^').expect("carets");
+        let under: String = shown.chars().skip(caret_at).take(5).collect();
+        assert_eq!(under, "70000", "{shown}\n{carets}");
+        assert_eq!(text.matches("error: bad").count(), MAX_SHOWN);
+        assert!(
+            text.contains("… and 2 more (2 errors, 0 warnings) not shown"),
+            "{text}"
+        );
+    }
 }
