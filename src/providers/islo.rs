@@ -603,6 +603,18 @@ fn settings_of(member: &DesiredMember) -> Result<Settings, ProviderError> {
         message: format!("member `{}`: islo.{key} must be {want}", member.slug),
         hint: "see `crabbox schema` for the fields of `islo:`".to_owned(),
     };
+    // The block's own rules first, the ones `validate` reported.
+    let typed: IsloBlock =
+        serde_json::from_value(block.clone()).map_err(|e| ProviderError::Config {
+            message: format!("member `{}` has an invalid islo block: {e}", member.slug),
+            hint: "see `crabbox schema` for the fields of `islo:`".to_owned(),
+        })?;
+    if let Some(problem) = typed.problems().into_iter().next() {
+        return Err(ProviderError::Config {
+            message: format!("member `{}`: {}", member.slug, problem.message),
+            hint: problem.hint,
+        });
+    }
     let lookup = |camel: &str, snake: &str| {
         block
             .get(camel)
@@ -622,9 +634,8 @@ fn settings_of(member: &DesiredMember) -> Result<Settings, ProviderError> {
             None => Ok(None),
             Some(v) => v
                 .as_u64()
-                .filter(|n| *n > 0)
                 .map(Some)
-                .ok_or_else(|| invalid(camel, "a positive whole number")),
+                .ok_or_else(|| invalid(camel, "a whole number")),
         }
     };
     let mut create = Map::new();

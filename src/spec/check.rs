@@ -806,13 +806,20 @@ impl Checker<'_> {
             }
         }
         let merged = own.merged_over(defaults).only(provider);
+        // Where a block key is written: on the member or in defaults, in its
+        // camelCase or snake_case spelling.
         let origin_of = |key: &str| {
-            let member = format!("/members/{i}/{provider}/{key}");
-            if self.index.get(&member).is_some() {
-                member
-            } else {
-                format!("/defaults/{provider}/{key}")
-            }
+            let spellings = [key.to_owned(), crate::spec::providers::snake_case(key)];
+            ["/members/{i}", "/defaults"]
+                .iter()
+                .map(|base| base.replace("{i}", &i.to_string()))
+                .flat_map(|base| {
+                    spellings
+                        .iter()
+                        .map(move |k| format!("{base}/{provider}/{k}"))
+                })
+                .find(|pointer| self.index.get(pointer).is_some())
+                .unwrap_or_else(|| format!("/members/{i}/{provider}"))
         };
         for problem in merged.problems(provider) {
             self.out.push(

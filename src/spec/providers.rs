@@ -38,7 +38,7 @@ fn snake_case_aliases(schema: &mut schemars::Schema) {
 }
 
 /// `memoryMB` → `memory_mb`, `sshCIDRs` → `ssh_cidrs`, `gatewayProfile` → `gateway_profile`.
-fn snake_case(camel: &str) -> String {
+pub(crate) fn snake_case(camel: &str) -> String {
     let chars: Vec<char> = camel.chars().collect();
     let mut out = String::new();
     for (i, &c) in chars.iter().enumerate() {
@@ -449,12 +449,28 @@ impl IsloBlock {
         Ok(parts.join("/"))
     }
 
-    /// Every value of this block Islo cannot use.
+    /// Every value of this block Islo cannot use: a bad `workdir`, a size of 0.
     #[must_use]
     pub fn problems(&self) -> Vec<BlockProblem> {
+        let sizes = [
+            ("vcpus", self.vcpus),
+            ("memoryMB", self.memory_mb),
+            ("diskGB", self.disk_gb),
+        ];
         Self::checked_workdir(self.workdir.as_deref())
             .err()
             .into_iter()
+            .chain(
+                sizes
+                    .into_iter()
+                    .filter(|(_, v)| *v == Some(0))
+                    .map(|(field, _)| BlockProblem {
+                        field,
+                        code: "islo-size",
+                        message: format!("Islo `{field}` must be at least 1"),
+                        hint: format!("leave `{field}` out for Islo's tenant default, or give a positive number"),
+                    }),
+            )
             .collect()
     }
 }

@@ -79,6 +79,7 @@ fn every_check_has_a_corpus_case() {
         "peer-reference",
         "peer-reference-in-command",
         "template-error",
+        "islo-size",
     ];
     let missing: Vec<&str> = required
         .iter()
