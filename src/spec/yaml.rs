@@ -141,6 +141,11 @@ impl<'de> Deserialize<'de> for Raw {
     }
 }
 
+/// How deep collections may nest: the parser refuses deeper documents, which
+/// bounds every recursion over the parsed tree (conversion, interpolation,
+/// duplicate keys, JSON).
+const MAX_DEPTH: usize = 64;
+
 /// Parses a whole document. Syntax errors stop the parse (YAML cannot be
 /// trusted past one); duplicate keys are reported, naming both places, and
 /// parsing goes on so that later checks still run.
@@ -151,6 +156,11 @@ pub fn parse(file: &SourceFile) -> Result<(Node, Vec<Diagnostic>), Diagnostic> {
     let mut options = Options::default();
     // We see every key ourselves and report duplicates with both positions.
     options.duplicate_keys = DuplicateKeyPolicy::LastWins;
+    // Stated here, not left to the library's default: every walk over the
+    // tree below recurses once per level.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    options.budget = Some(budget);
     let raw: Spanned<Raw> = serde_saphyr::from_str_with_options(&file.text, options)
         .map_err(|e| syntax_error(file, &e))?;
     let node = convert(file, raw);
@@ -179,7 +189,18 @@ fn syntax_error(file: &SourceFile, e: &serde_saphyr::Error) -> Diagnostic {
     let offset = e.location().map_or(0, |l| {
         file.offset_of(l.line() as usize, l.column() as usize)
     });
-    let hint = if message.contains("tab") {
+    // The parser's limits (serde-saphyr's budget) keep every later walk over
+    // the tree shallow; say which one was reached in words.
+    let message = if message.contains("recursion limit exceeded") || message.contains("Depth {") {
+        format!("nested deeper than {MAX_DEPTH} levels")
+    } else if let Some(limit) = message.strip_prefix("budget breached: ") {
+        format!("the document is too large for crabbox ({limit})")
+    } else {
+        message
+    };
+    let hint = if message.starts_with("nested deeper") {
+        "a pond.yaml needs only a few levels of nesting; flatten this structure"
+    } else if message.contains("tab") {
         "YAML indents with spaces only: replace the tab characters with spaces"
     } else if message.contains("quote") {
         "close the string with the same quote character it starts with"

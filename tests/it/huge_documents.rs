@@ -119,11 +119,18 @@ fn deep_nesting_is_an_error_not_a_crash() {
         "[".repeat(depth),
         "]".repeat(depth)
     );
-    let (out, _) = validate(&doc, &[]);
-    assert_eq!(out.status.code(), Some(1), "no crash: {:?}", out.status);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("[yaml-syntax]"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut block = "version: 1\npond: p\nmembers:\n  - slug: a\n    env:\n".to_owned();
+    for level in 0..5_000 {
+        block.push_str(&format!("{}k{level}:\n", " ".repeat(6 + 2 * level)));
+    }
+    for doc in [doc, block] {
+        let (out, _) = validate(&doc, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "no crash: {:?}", out.status);
+        assert!(
+            stderr.contains("error: invalid YAML: nested deeper than 64 levels [yaml-syntax]"),
+            "{}",
+            &stderr[..stderr.len().min(500)]
+        );
+    }
 }
