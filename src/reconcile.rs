@@ -209,6 +209,17 @@ pub async fn apply(
     (outcome, applied)
 }
 
+/// Crabbox's own directories, which sync never copies even when they lie
+/// inside the repository: the state directory (local leases' workspaces
+/// live there), the pond's outputs directory, and `~/.crabbox`, where every
+/// pond's outputs and SSH mesh files go by default.
+#[must_use]
+pub fn own_dirs(state_dir: &Path, outputs: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs = vec![state_dir.to_owned(), expand_tilde("~/.crabbox")];
+    dirs.extend(outputs.map(Path::to_path_buf));
+    dirs
+}
+
 /// The repository root that sync copies: the git top level of `dir`, else `dir`.
 #[must_use]
 pub fn sync_root(dir: &Path) -> PathBuf {

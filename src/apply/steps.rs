@@ -327,7 +327,12 @@ async fn sync(ctx: &Context, slug: &str) -> Result<String, StepError> {
     let root = ctx.sync_root.clone();
     let exclude = m.sync.exclude.clone();
     let max = m.sync.max_bytes;
-    let built = tokio::task::spawn_blocking(move || archive::build(&root, &exclude, max))
+    let skip = crate::reconcile::own_dirs(
+        &ctx.state_dir,
+        ctx.outputs.as_ref().map(|o| o.dir.as_path()),
+    );
+    let built =
+        tokio::task::spawn_blocking(move || archive::build_skipping(&root, &skip, &exclude, max))
         .await
         .map_err(|e| fail(format!("sync task: {e}")))?
         .map_err(|e| fail(e.to_string()))?;
