@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use crate::apply::executor::{ExecOptions, Outcome, StepResult, execute};
 use crate::apply::graph::{self, StepKind};
 use crate::apply::progress::Reporter;
-use crate::apply::steps::{Context, OutputTarget};
+use crate::apply::steps::{Context, OutputTarget, without_mesh_files};
 use crate::inventory::claims::ClaimStore;
 use crate::inventory::discover::{Inventory, discover};
 use crate::inventory::lease::{Endpoint, Lease};
@@ -70,8 +70,12 @@ pub fn plan_with_outputs(
     let peers = peers_from_leases(&desired.name, &projected, |n| {
         reg.get(n).map(|p| p.features()).unwrap_or_default()
     });
-    let files = output_files(&desired.name, &peers, &templates(desired)?)?;
     let dir = outputs_dir(desired);
+    // Exactly the files apply's render step would write.
+    let files = without_mesh_files(
+        &dir,
+        output_files(&desired.name, &peers, &templates(desired)?)?,
+    );
     for f in files {
         let old = std::fs::read_to_string(dir.join(&f.name)).ok();
         if old.as_deref() != Some(f.contents.as_str()) {

@@ -456,10 +456,7 @@ impl Excludes {
                     .backslash_escape(true)
                     .build()
                     .map_err(|e| {
-                        ArchiveError::Pattern(format!(
-                            "sync.exclude pattern `{raw}`: {}",
-                            e.kind()
-                        ))
+                        ArchiveError::Pattern(format!("sync.exclude pattern `{raw}`: {}", e.kind()))
                     })
             };
             match (dir, anchored) {
@@ -755,7 +752,10 @@ mod tests {
         assert!(hit("*.rs", "src/main.rs"), "matched against the file name");
         assert!(!hit("/*.rs", "src/main.rs"), "anchored: the path only");
         assert!(hit("src/*.rs", "src/main.rs"));
-        assert!(!hit("src/*.rs", "src/a/main.rs"), "`*` stays in one component");
+        assert!(
+            !hit("src/*.rs", "src/a/main.rs"),
+            "`*` stays in one component"
+        );
         assert!(hit("**/*.rs", "a/b/main.rs"));
         assert!(hit("a?c", "abc"));
         assert!(!hit("a?c", "a/c"));
@@ -765,7 +765,10 @@ mod tests {
         let err = Excludes::new(&["[z-a".to_owned()])
             .err()
             .expect("not a glob");
-        assert!(err.to_string().contains("sync.exclude pattern `[z-a`"), "{err}");
+        assert!(
+            err.to_string().contains("sync.exclude pattern `[z-a`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -773,7 +776,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         write(root, "app.py", b"print()\n");
-        write(root, "state/local/leases/cbx_1/workspace/app.py", b"old copy");
+        write(
+            root,
+            "state/local/leases/cbx_1/workspace/app.py",
+            b"old copy",
+        );
         write(root, "home/.crabbox/pond/p/env", b"export X=1\n");
         let skip = [root.join("state"), root.join("home/.crabbox")];
         let walked = build_skipping(root, &skip, &[], 1 << 20).expect("walk");
@@ -782,8 +789,8 @@ mod tests {
         let listed = build_skipping(root, &skip, &[], 1 << 20).expect("git");
         assert_eq!(names(&listed.path), ["app.py"]);
         // A relative spelling of a skipped directory is the same directory.
-        let rel = build_skipping(root, &[root.join("./state/../state")], &[], 1 << 20)
-            .expect("relative");
+        let rel =
+            build_skipping(root, &[root.join("./state/../state")], &[], 1 << 20).expect("relative");
         assert_eq!(names(&rel.path), ["app.py", "home/.crabbox/pond/p/env"]);
     }
 
@@ -795,7 +802,14 @@ mod tests {
         write(root, ".ignore", b"cache/\n");
         write(root, ".crabboxignore", b"secret.txt\n");
         write(root, "sub/.gitignore", b"local.bin\n");
-        for f in ["a.log", "cache/x", "secret.txt", "sub/local.bin", "local.bin", "keep.txt"] {
+        for f in [
+            "a.log",
+            "cache/x",
+            "secret.txt",
+            "sub/local.bin",
+            "local.bin",
+            "keep.txt",
+        ] {
             write(root, f, b"x");
         }
         let archive = build(root, &[], 1 << 20).expect("build");

@@ -688,8 +688,12 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
 fn sync_from_a_directory_holding_the_state(git: bool) {
     let env = Env::new();
     let base = env.dir.path();
-    let example = std::fs::read_to_string(root().join("examples/local/pond.yaml")).expect("example");
-    assert!(example.contains("  sync: false\n"), "the example turns sync off");
+    let example =
+        std::fs::read_to_string(root().join("examples/local/pond.yaml")).expect("example");
+    assert!(
+        example.contains("  sync: false\n"),
+        "the example turns sync off"
+    );
     let spec = base.join("pond.yaml");
     std::fs::write(&spec, example.replace("  sync: false\n", "  sync: true\n")).expect("spec");
     std::fs::write(base.join(".gitignore"), "secret.log\n").expect(".gitignore");

@@ -11,6 +11,7 @@ mod hetzner;
 mod islo;
 mod loader_fuzz;
 mod local_e2e;
+mod outputs_owner;
 mod pg;
 mod plan_output;
 mod scenarios;
