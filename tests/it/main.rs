@@ -22,4 +22,5 @@ mod sshd;
 mod state_pg;
 mod support;
 mod tensorlake;
+mod test_script;
 mod workflows;
