@@ -351,7 +351,8 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         .iter()
         .flat_map(|d| d.members.iter().map(|m| m.provider))
         .collect();
-    let mesh_dir = default_outputs_dir(&pond);
+    // Where outputs go without `outputs.dir`, and where the mesh keeps its files.
+    let mesh_dir = super::pond::pond_dir(&pond);
     let mut outputs = vec![(
         mesh_dir.clone(),
         MESH_AND_BUILT_IN_OUTPUTS.map(str::to_owned).to_vec(),
@@ -373,7 +374,14 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         &pond, &wanted, &registry, &state,
     ));
     if has_nothing(&seen, &state, &pond, &outputs) {
-        report_unknown(&pond);
+        let message = unknown_pond(&pond);
+        if args.run.json {
+            println!(
+                "{}",
+                serde_json::json!({"type": "change_summary", "ok": true, "added": 0, "changed": 0, "destroyed": 0, "message": message})
+            );
+        }
+        anstream::eprintln!("{message}");
         return ExitCode::SUCCESS;
     }
     let _lock = match lock::acquire(&state, &pond, &command_line(), args.run.lock_timeout) {
@@ -468,12 +476,6 @@ const BUILT_IN_OUTPUTS: [&str; 3] = [PEERS_JSON, HOSTS, ENV];
 /// SSH mesh's port map.
 const MESH_AND_BUILT_IN_OUTPUTS: [&str; 4] = [PEERS_JSON, HOSTS, ENV, "ports.json"];
 
-/// `~/.crabbox/pond/<pond>`: where outputs go without `outputs.dir`, and
-/// where the SSH mesh keeps its files.
-fn default_outputs_dir(pond: &str) -> PathBuf {
-    crate::inventory::state_dir::expand_tilde(&format!("~/.crabbox/pond/{pond}"))
-}
-
 /// Whether there is nothing of `pond` to destroy: no lease, no claim, every
 /// provider listed, no pond record and no output file.
 fn has_nothing(
@@ -497,15 +499,16 @@ fn has_nothing(
 }
 
 /// `no pond named … found; known ponds: …`, with a did-you-mean.
-fn report_unknown(pond: &str) {
+fn unknown_pond(pond: &str) -> String {
     let known = super::imperative::known_ponds();
     let list = if known.is_empty() {
         "none".to_owned()
     } else {
         known.join(", ")
     };
-    anstream::eprintln!("no pond named `{pond}` found; known ponds: {list}");
+    let mut message = format!("no pond named `{pond}` found; known ponds: {list}");
     if let Some(close) = did_you_mean(pond, known.iter().map(String::as_str)) {
-        anstream::eprintln!("  help: did you mean `{close}`?");
+        message.push_str(&format!("\n  help: did you mean `{close}`?"));
     }
+    message
 }

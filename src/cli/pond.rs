@@ -74,7 +74,7 @@ pub(super) fn run(cmd: &PondCommand) -> ExitCode {
 }
 
 /// The pond's own directory (`~/.crabbox/pond/<pond>`), where the mesh lives.
-fn pond_dir(pond: &str) -> std::path::PathBuf {
+pub(super) fn pond_dir(pond: &str) -> std::path::PathBuf {
     crate::inventory::state_dir::expand_tilde(&format!("~/.crabbox/pond/{pond}"))
 }
 

@@ -210,6 +210,18 @@ fn destroying_a_pond_that_has_nothing_says_so_and_creates_nothing() {
         "no pond named `no-such-pond` found; known ponds: none"
     );
     assert!(!env.path("state/ponds/no-such-pond").exists());
+    let out = env.run(&[
+        "destroy",
+        "--pond",
+        "no-such-pond",
+        "--auto-approve",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(summary["type"], "change_summary");
+    assert_eq!(summary["destroyed"], 0);
+    assert!(!env.path("state/ponds/no-such-pond").exists());
 
     std::fs::write(
         env.path("work/pond.yaml"),
