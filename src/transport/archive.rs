@@ -5,9 +5,11 @@
 //! of the checkout — tracked files plus untracked files that are not ignored
 //! (`git ls-files --cached --others --exclude-standard`), symlinks kept as
 //! symlinks, deleted-but-tracked files and submodule directories skipped.
-//! Outside git, a walk of the directory that skips `.git` and follows no
-//! symlinks. The member's `sync.exclude` patterns are applied on top (see
-//! [`build`]).
+//! Outside git, ripgrep's walk of the directory (the `ignore` crate)
+//! honouring `.gitignore` and `.ignore` files, skipping `.git` and following
+//! no symlinks. In both cases `.crabboxignore` files (gitignore syntax) leave
+//! out more, crabbox's own directories are never included, and the member's
+//! `sync.exclude` patterns are applied on top (see [`build_skipping`]).
 //!
 //! The archive is reproducible: entries sorted by path, mtime 0, uid/gid 0,
 //! no user or group names, mode 0644 or 0755 (only the executable bit is
@@ -28,6 +30,7 @@ use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use ignore::gitignore::Gitignore;
 
 /// The ignore file crabbox reads besides `.gitignore` and `.ignore`.
 pub const IGNORE_FILE: &str = ".crabboxignore";
@@ -123,7 +126,7 @@ pub fn build_skipping(
     let excludes = Excludes::new(exclude)?;
     let skipped = skipped_prefixes(root, skip)?;
     let candidates = match git_files(root)? {
-        Some(paths) => paths,
+        Some(paths) => without_crabbox_ignored(root, paths)?,
         None => walk(root, &skipped)?,
     };
     let mut items = Vec::new();
@@ -304,6 +307,47 @@ fn git_files(root: &Path) -> Result<Option<Vec<PathBuf>>, ArchiveError> {
             .map(|p| PathBuf::from(OsStr::from_bytes(p)))
             .collect(),
     ))
+}
+
+/// `files` (from git, relative to `root`) without what the `.crabboxignore`
+/// files among them ignore: git knows nothing of those files, and they must
+/// mean the same in a work tree as outside one. A deeper file's rules come
+/// first, as with `.gitignore`.
+fn without_crabbox_ignored(root: &Path, files: Vec<PathBuf>) -> Result<Vec<PathBuf>, ArchiveError> {
+    let root = root.canonicalize().map_err(|e| io_err(root, &e))?;
+    let mut matchers = Vec::new();
+    for rel in files
+        .iter()
+        .filter(|p| p.file_name() == Some(OsStr::new(IGNORE_FILE)))
+    {
+        let path = root.join(rel);
+        if !path.is_file() {
+            continue; // tracked but deleted
+        }
+        let (matcher, err) = Gitignore::new(&path);
+        if let Some(e) = err {
+            return Err(ArchiveError::Io(format!("{}: {e}", path.display())));
+        }
+        matchers.push((
+            rel.parent().map(Path::to_path_buf).unwrap_or_default(),
+            matcher,
+        ));
+    }
+    if matchers.is_empty() {
+        return Ok(files);
+    }
+    matchers.sort_by_key(|(dir, _)| std::cmp::Reverse(dir.components().count()));
+    Ok(files
+        .into_iter()
+        .filter(|rel| {
+            matchers
+                .iter()
+                .filter(|(dir, _)| rel.starts_with(dir))
+                .map(|(_, m)| m.matched_path_or_any_parents(root.join(rel), false))
+                .find(|m| !m.is_none())
+                .is_none_or(|m| !m.is_ignore())
+        })
+        .collect())
 }
 
 /// The `skip` directories that lie under `root`, relative to it (both sides
@@ -792,6 +836,29 @@ mod tests {
         let rel =
             build_skipping(root, &[root.join("./state/../state")], &[], 1 << 20).expect("relative");
         assert_eq!(names(&rel.path), ["app.py", "home/.crabbox/pond/p/env"]);
+    }
+
+    #[test]
+    fn crabboxignore_applies_in_a_git_work_tree_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        git(root, &["init", "-q"]);
+        write(root, ".crabboxignore", b"*.bin\n");
+        write(root, "sub/.crabboxignore", b"!keep.bin\n");
+        for f in ["a.bin", "sub/keep.bin", "sub/drop.bin", "src/main.rs"] {
+            write(root, f, b"x");
+        }
+        git(root, &["add", "."]);
+        let archive = build(root, &[], 1 << 20).expect("build");
+        assert_eq!(
+            names(&archive.path),
+            [
+                ".crabboxignore",
+                "src/main.rs",
+                "sub/.crabboxignore",
+                "sub/keep.bin"
+            ]
+        );
     }
 
     #[test]
