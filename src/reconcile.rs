@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use crate::apply::executor::{ExecOptions, Outcome, StepResult, execute};
 use crate::apply::graph::{self, StepKind};
 use crate::apply::progress::Reporter;
-use crate::apply::steps::{Context, OutputTarget};
+use crate::apply::steps::{Context, OutputTarget, without_mesh_files};
 use crate::inventory::claims::ClaimStore;
 use crate::inventory::discover::{Inventory, discover};
 use crate::inventory::lease::{Endpoint, Lease};
@@ -70,8 +70,12 @@ pub fn plan_with_outputs(
     let peers = peers_from_leases(&desired.name, &projected, |n| {
         reg.get(n).map(|p| p.features()).unwrap_or_default()
     });
-    let files = output_files(&desired.name, &peers, &templates(desired)?)?;
     let dir = outputs_dir(desired);
+    // Exactly the files apply's render step would write.
+    let files = without_mesh_files(
+        &dir,
+        output_files(&desired.name, &peers, &templates(desired)?)?,
+    );
     for f in files {
         let old = std::fs::read_to_string(dir.join(&f.name)).ok();
         if old.as_deref() != Some(f.contents.as_str()) {
@@ -207,6 +211,17 @@ pub async fn apply(
     }
     applied.changed = update_slugs.values().filter(|d| **d).count();
     (outcome, applied)
+}
+
+/// Crabbox's own directories, which sync never copies even when they lie
+/// inside the repository: the state directory (local leases' workspaces
+/// live there), the pond's outputs directory, and `~/.crabbox`, where every
+/// pond's outputs and SSH mesh files go by default.
+#[must_use]
+pub fn own_dirs(state_dir: &Path, outputs: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs = vec![state_dir.to_owned(), expand_tilde("~/.crabbox")];
+    dirs.extend(outputs.map(Path::to_path_buf));
+    dirs
 }
 
 /// The repository root that sync copies: the git top level of `dir`, else `dir`.

@@ -327,10 +327,15 @@ async fn sync(ctx: &Context, slug: &str) -> Result<String, StepError> {
     let root = ctx.sync_root.clone();
     let exclude = m.sync.exclude.clone();
     let max = m.sync.max_bytes;
-    let built = tokio::task::spawn_blocking(move || archive::build(&root, &exclude, max))
-        .await
-        .map_err(|e| fail(format!("sync task: {e}")))?
-        .map_err(|e| fail(e.to_string()))?;
+    let skip = crate::reconcile::own_dirs(
+        &ctx.state_dir,
+        ctx.outputs.as_ref().map(|o| o.dir.as_path()),
+    );
+    let built =
+        tokio::task::spawn_blocking(move || archive::build_skipping(&root, &skip, &exclude, max))
+            .await
+            .map_err(|e| fail(format!("sync task: {e}")))?
+            .map_err(|e| fail(e.to_string()))?;
     ctx.provider(lease.provider)?
         .upload(&lease, &built.path)
         .await?;
@@ -499,11 +504,11 @@ pub fn current_output_files(ctx: &Context) -> Result<Vec<OutputFile>, StepError>
     output_files(&ctx.pond, &ctx.peers(), &target.templates).map_err(fail)
 }
 
-/// While `pond connect` has a mesh up, its `hosts` and `env` (forwarded
-/// addresses) are what this machine must use; rendering leaves them alone.
+/// While the SSH mesh owns `hosts` and `env` (forwarded addresses, from
+/// `pond connect` until `pond disconnect`), rendering leaves them alone.
 #[must_use]
 pub fn without_mesh_files(dir: &std::path::Path, files: Vec<OutputFile>) -> Vec<OutputFile> {
-    if crate::transport::mesh::is_connected(dir) {
+    if crate::transport::mesh::owns_hosts_and_env(dir) {
         files
             .into_iter()
             .filter(|f| f.name != "hosts" && f.name != "env")
@@ -520,5 +525,7 @@ fn render(ctx: &Context) -> Result<String, StepError> {
     let files = without_mesh_files(&target.dir, current_output_files(ctx)?);
     write_outputs(&target.dir, &files)
         .map_err(|e| fail(format!("writing outputs to {}: {e}", target.dir.display())))?;
+    crate::render::written::remember(&ctx.state_dir, &ctx.pond, &target.dir, &files)
+        .map_err(|e| fail(format!("recording the outputs written: {e}")))?;
     Ok(target.dir.display().to_string())
 }

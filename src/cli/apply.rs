@@ -19,7 +19,10 @@ use crate::plan::{Action, MemberChange, Plan, human, json};
 use crate::reconcile::{
     self, Applied, observe, outputs_dir, plan_with_outputs, sync_root, templates,
 };
+use crate::render::files::{ENV, HOSTS, PEERS_JSON};
+use crate::render::written;
 use crate::spec::desired::DesiredPond;
+use crate::spec::suggest::did_you_mean;
 
 /// Flags for running a plan.
 #[derive(Debug, Args, Clone)]
@@ -344,6 +347,43 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
             }
         }
     };
+    let wanted: Vec<_> = desired
+        .iter()
+        .flat_map(|d| d.members.iter().map(|m| m.provider))
+        .collect();
+    // Where outputs go without `outputs.dir`, and where the mesh keeps its files.
+    let mesh_dir = super::pond::pond_dir(&pond);
+    let mut outputs = vec![(
+        mesh_dir.clone(),
+        MESH_AND_BUILT_IN_OUTPUTS.map(str::to_owned).to_vec(),
+    )];
+    if let Some(d) = &desired {
+        outputs.push((
+            outputs_dir(d),
+            BUILT_IN_OUTPUTS
+                .into_iter()
+                .map(str::to_owned)
+                .chain(d.templates.iter().map(|(_, dest)| dest.clone()))
+                .collect(),
+        ));
+    }
+    // A pond that has nothing is said to have nothing, before the lock (or
+    // anything else) is created for it; what is there is then looked at
+    // again under the lock.
+    let seen = rt.block_on(crate::inventory::discover::discover(
+        &pond, &wanted, &registry, &state,
+    ));
+    if has_nothing(&seen, &state, &pond, &outputs) {
+        let message = unknown_pond(&pond);
+        if args.run.json {
+            println!(
+                "{}",
+                serde_json::json!({"type": "change_summary", "ok": true, "added": 0, "changed": 0, "destroyed": 0, "message": message})
+            );
+        }
+        anstream::eprintln!("{message}");
+        return ExitCode::SUCCESS;
+    }
     let _lock = match lock::acquire(&state, &pond, &command_line(), args.run.lock_timeout) {
         Ok(l) => l,
         Err(e) => {
@@ -353,10 +393,6 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
             return failure();
         }
     };
-    let wanted: Vec<_> = desired
-        .iter()
-        .flat_map(|d| d.members.iter().map(|m| m.provider))
-        .collect();
     let inventory = rt.block_on(crate::inventory::discover::discover(
         &pond, &wanted, &registry, &state,
     ));
@@ -411,11 +447,7 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         warnings: inventory.warnings.clone(),
     };
     // Tunnels into members that are about to disappear go first.
-    let dir = desired.as_ref().map_or_else(
-        || crate::inventory::state_dir::expand_tilde(&format!("~/.crabbox/pond/{pond}")),
-        outputs_dir,
-    );
-    match crate::transport::mesh::stop(&dir) {
+    match crate::transport::mesh::stop(&mesh_dir) {
         Ok(n) if n > 0 => anstream::eprintln!(
             "disconnected the SSH mesh ({n} tunnel{})",
             if n == 1 { "" } else { "s" }
@@ -427,19 +459,56 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         &rt, &plan, None, &inventory, registry, &args.run, spec_dir, "Destroy", false,
     );
     if code == ExitCode::SUCCESS {
-        // The rendered files describe leases that no longer exist.
-        if let Some(d) = &desired {
-            let dir = outputs_dir(d);
-            for name in ["peers.json", "hosts", "env", "ports.json"]
-                .into_iter()
-                .map(str::to_owned)
-                .chain(d.templates.iter().map(|(_, dest)| dest.clone()))
-            {
-                let _ = std::fs::remove_file(dir.join(name));
-            }
-            let _ = std::fs::remove_dir(&dir);
+        // The rendered files describe leases that no longer exist, whichever
+        // form of destroy this is: the spec's outputs, the default directory
+        // (the mesh's and `--pond NAME`'s) and everything recorded as written.
+        for problem in written::remove_all(&state, &pond, &outputs) {
+            anstream::eprintln!("warning: could not remove an output file: {problem}");
         }
         let _ = std::fs::remove_file(state.join("ponds").join(&pond).join("providers.json"));
     }
     code
+}
+
+/// The files crabbox renders under every outputs directory.
+const BUILT_IN_OUTPUTS: [&str; 3] = [PEERS_JSON, HOSTS, ENV];
+/// The files in a pond's default directory: the rendered ones and the
+/// SSH mesh's port map.
+const MESH_AND_BUILT_IN_OUTPUTS: [&str; 4] = [PEERS_JSON, HOSTS, ENV, "ports.json"];
+
+/// Whether there is nothing of `pond` to destroy: no lease, no claim, every
+/// provider listed, no pond record and no output file.
+fn has_nothing(
+    inv: &crate::inventory::discover::Inventory,
+    state: &std::path::Path,
+    pond: &str,
+    outputs: &[(PathBuf, Vec<String>)],
+) -> bool {
+    inv.leases.is_empty()
+        && inv.dangling_claims.is_empty()
+        && inv.unreachable.is_empty()
+        && !state
+            .join("ponds")
+            .join(pond)
+            .join("providers.json")
+            .exists()
+        && !written::any(state, pond)
+        && !outputs
+            .iter()
+            .any(|(dir, names)| names.iter().any(|n| dir.join(n).exists()))
+}
+
+/// `no pond named … found; known ponds: …`, with a did-you-mean.
+fn unknown_pond(pond: &str) -> String {
+    let known = super::imperative::known_ponds();
+    let list = if known.is_empty() {
+        "none".to_owned()
+    } else {
+        known.join(", ")
+    };
+    let mut message = format!("no pond named `{pond}` found; known ponds: {list}");
+    if let Some(close) = did_you_mean(pond, known.iter().map(String::as_str)) {
+        message.push_str(&format!("\n  help: did you mean `{close}`?"));
+    }
+    message
 }

@@ -462,7 +462,7 @@ pub(super) struct ListArgs {
 }
 
 /// Ponds this machine knows: from claims and the per-pond records.
-fn known_ponds() -> Vec<String> {
+pub(super) fn known_ponds() -> Vec<String> {
     let state = state_dir();
     let (claims, _) = crate::inventory::claims::ClaimStore::new(&state).load_all();
     let mut ponds: std::collections::BTreeSet<String> = claims

@@ -186,6 +186,12 @@ pub(super) fn render(args: &RenderArgs) -> ExitCode {
         anstream::eprintln!("error: writing {}: {e}", dir.display());
         return failure();
     }
+    if let Err(e) =
+        crate::render::written::remember(&state_dir(), &loaded.desired.name, &dir, &files)
+    {
+        anstream::eprintln!("error: recording the outputs written: {e}");
+        return failure();
+    }
     for f in &files {
         println!("{}", dir.join(&f.name).display());
     }

@@ -74,7 +74,7 @@ pub(super) fn run(cmd: &PondCommand) -> ExitCode {
 }
 
 /// The pond's own directory (`~/.crabbox/pond/<pond>`), where the mesh lives.
-fn pond_dir(pond: &str) -> std::path::PathBuf {
+pub(super) fn pond_dir(pond: &str) -> std::path::PathBuf {
     crate::inventory::state_dir::expand_tilde(&format!("~/.crabbox/pond/{pond}"))
 }
 
@@ -230,7 +230,25 @@ fn foreground(
         }
         let _ = c.wait();
     }
-    ExitCode::SUCCESS
+    hand_back(&pond_dir(pond))
+}
+
+/// Gives `hosts`/`env` back to the renderer once the tunnels are gone.
+fn hand_back(dir: &std::path::Path) -> ExitCode {
+    match mesh::hand_back(dir) {
+        Ok(true) => {
+            anstream::eprintln!(
+                "removed the mesh's hosts and env from {}; `crabbox apply` or `crabbox render` writes the pond's own",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(false) => ExitCode::SUCCESS,
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            failure()
+        }
+    }
 }
 
 fn disconnect(name: &str) -> ExitCode {
@@ -238,13 +256,14 @@ fn disconnect(name: &str) -> ExitCode {
         anstream::eprintln!("error: `{name}` is not a usable pond name");
         return failure();
     };
-    match mesh::stop(&pond_dir(&pond)) {
+    let dir = pond_dir(&pond);
+    match mesh::stop(&dir) {
         Ok(n) => {
             println!(
                 "pond \"{pond}\": stopped {n} tunnel{}",
                 if n == 1 { "" } else { "s" }
             );
-            ExitCode::SUCCESS
+            hand_back(&dir)
         }
         Err(e) => {
             anstream::eprintln!("error: {e}");

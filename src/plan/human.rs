@@ -33,9 +33,13 @@ pub fn render(plan: &Plan) -> String {
     }
     let _ = writeln!(
         out,
-        "crabbox used the selected providers to generate the following execution plan for pond \"{}\".\nMember actions are indicated with the following symbols:",
+        "crabbox used the selected providers to generate the following execution plan for pond \"{}\".",
         plan.pond
     );
+    // No legend without a member action: an empty one reads as a broken plan.
+    if plan.changes.iter().any(MemberChange::is_change) {
+        out.push_str("Member actions are indicated with the following symbols:\n");
+    }
     for (action, text) in [
         (Action::Create, "create"),
         (Action::Update, "update in-place"),
@@ -95,8 +99,17 @@ pub fn render(plan: &Plan) -> String {
     let s = plan.summary();
     let _ = writeln!(
         out,
-        "\n{BOLD}Plan:{BOLD:#} {} to add, {} to change, {} to destroy.",
-        s.add, s.change, s.destroy
+        "\n{BOLD}Plan:{BOLD:#} {} to add, {} to change, {} to destroy.{}",
+        s.add,
+        s.change,
+        s.destroy,
+        // Output files count too: they are why a plan with no member
+        // action still has changes (`--detailed-exitcode` 2).
+        match plan.outputs.len() {
+            0 => String::new(),
+            1 => " 1 output file to write.".to_owned(),
+            n => format!(" {n} output files to write."),
+        }
     );
     out
 }

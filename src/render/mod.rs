@@ -1,7 +1,9 @@
 //! Rendered outputs (DESIGN §8): what each pond member is to the others
 //! ([`peers`]: transports, endpoints, `CRABBOX_POND_*` variables and
 //! `{{peers.<slug>.<field>}}` references) and the files written from that
-//! ([`files`]: `peers.json`, `hosts`, `env`, user templates, diffs).
+//! ([`files`]: `peers.json`, `hosts`, `env`, user templates, diffs), and
+//! where they were written ([`written`], so every destroy removes them).
 
 pub mod files;
 pub mod peers;
+pub mod written;

@@ -5,9 +5,11 @@
 //! of the checkout — tracked files plus untracked files that are not ignored
 //! (`git ls-files --cached --others --exclude-standard`), symlinks kept as
 //! symlinks, deleted-but-tracked files and submodule directories skipped.
-//! Outside git, a walk of the directory that skips `.git` and follows no
-//! symlinks. The member's `sync.exclude` patterns are applied on top (see
-//! [`build`]).
+//! Outside git, ripgrep's walk of the directory (the `ignore` crate)
+//! honouring `.gitignore` and `.ignore` files, skipping `.git` and following
+//! no symlinks. In both cases `.crabboxignore` files (gitignore syntax) leave
+//! out more, crabbox's own directories are never included, and the member's
+//! `sync.exclude` patterns are applied on top (see [`build_skipping`]).
 //!
 //! The archive is reproducible: entries sorted by path, mtime 0, uid/gid 0,
 //! no user or group names, mode 0644 or 0755 (only the executable bit is
@@ -27,6 +29,11 @@ use std::process::Command;
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use ignore::gitignore::Gitignore;
+
+/// The ignore file crabbox reads besides `.gitignore` and `.ignore`.
+pub const IGNORE_FILE: &str = ".crabboxignore";
 
 /// How many of the biggest files a [`ArchiveError::TooLarge`] names.
 const BIGGEST_SHOWN: usize = 5;
@@ -65,6 +72,9 @@ pub enum ArchiveError {
     /// Reading the files or writing/reading the archive failed (message names the path).
     #[error("sync archive: {0}")]
     Io(String),
+    /// A `sync.exclude` pattern is not a glob.
+    #[error("{0}")]
+    Pattern(String),
     /// Listing the repository's files with git failed.
     #[error("sync archive: git: {0}")]
     Git(String),
@@ -78,29 +88,50 @@ struct Item {
     meta: Metadata,
 }
 
+/// Builds the sync archive of `root`, a directory that holds none of
+/// crabbox's own directories: [`build_skipping`] with nothing to skip.
+///
+/// # Errors
+/// As [`build_skipping`].
+pub fn build(root: &Path, exclude: &[String], max_bytes: u64) -> Result<SyncArchive, ArchiveError> {
+    build_skipping(root, &[], exclude, max_bytes)
+}
+
 /// Builds the sync archive of `root`.
+///
+/// `skip`: directories that are never synced, wherever they are under
+/// `root` and whatever git or ignore files say — crabbox's own state
+/// directory (which holds local leases' workspaces) and the pond's outputs
+/// directory. Copying them would nest earlier workspaces into every new one
+/// and walk directories other members are creating at that moment.
 ///
 /// `exclude` patterns: one ending in `/` excludes every directory of that
 /// name (or relative path) at any depth — `target/` excludes `target/x` and
 /// `a/target/x`. Any other pattern is a glob matched against the file's
 /// relative path and against its file name: `*` matches within one path
-/// component, `**` across components, `?` one character. A leading `/`
-/// anchors a pattern at the root.
+/// component, `**` across components, `?` one character, `[ab]` one of a
+/// class, `{a,b}` either. A leading `/` anchors a pattern at the root.
 ///
 /// # Errors
 /// [`ArchiveError::TooLarge`] when the files add up to more than
 /// `max_bytes`; [`ArchiveError::Git`] when git fails inside a work tree;
+/// [`ArchiveError::Pattern`] for an exclude pattern that is not a glob;
 /// [`ArchiveError::Io`] for anything else, with the path in the message.
-pub fn build(root: &Path, exclude: &[String], max_bytes: u64) -> Result<SyncArchive, ArchiveError> {
+pub fn build_skipping(
+    root: &Path,
+    skip: &[PathBuf],
+    exclude: &[String],
+    max_bytes: u64,
+) -> Result<SyncArchive, ArchiveError> {
+    let excludes = Excludes::new(exclude)?;
+    let skipped = skipped_prefixes(root, skip)?;
     let candidates = match git_files(root)? {
-        Some(paths) => paths,
-        None => walk(root)?,
+        Some(paths) => without_crabbox_ignored(root, paths)?,
+        None => walk(root, &skipped)?,
     };
-    let patterns: Vec<Pattern> = exclude.iter().filter_map(|p| Pattern::parse(p)).collect();
     let mut items = Vec::new();
     for rel in candidates {
-        let rel_str = rel.to_string_lossy();
-        if patterns.iter().any(|p| p.excludes(&rel_str)) {
+        if skipped.iter().any(|s| rel.starts_with(s)) || excludes.excludes(&rel) {
             continue;
         }
         let full = root.join(&rel);
@@ -278,28 +309,91 @@ fn git_files(root: &Path) -> Result<Option<Vec<PathBuf>>, ArchiveError> {
     ))
 }
 
-/// Every file and symlink under `root`, relative to it, skipping `.git` and
-/// not descending into symlinked directories.
-fn walk(root: &Path) -> Result<Vec<PathBuf>, ArchiveError> {
-    let mut out = Vec::new();
-    let mut pending = vec![PathBuf::new()];
-    while let Some(rel) = pending.pop() {
-        let dir = root.join(&rel);
-        let entries = std::fs::read_dir(&dir).map_err(|e| io_err(&dir, &e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io_err(&dir, &e))?;
-            let name = entry.file_name();
-            if name == ".git" {
-                continue;
-            }
-            let child = rel.join(&name);
-            let kind = entry.file_type().map_err(|e| io_err(&entry.path(), &e))?;
-            if kind.is_dir() {
-                pending.push(child);
-            } else {
-                out.push(child);
-            }
+/// `files` (from git, relative to `root`) without what the `.crabboxignore`
+/// files among them ignore: git knows nothing of those files, and they must
+/// mean the same in a work tree as outside one. A deeper file's rules come
+/// first, as with `.gitignore`.
+fn without_crabbox_ignored(root: &Path, files: Vec<PathBuf>) -> Result<Vec<PathBuf>, ArchiveError> {
+    let root = root.canonicalize().map_err(|e| io_err(root, &e))?;
+    let mut matchers = Vec::new();
+    for rel in files
+        .iter()
+        .filter(|p| p.file_name() == Some(OsStr::new(IGNORE_FILE)))
+    {
+        let path = root.join(rel);
+        if !path.is_file() {
+            continue; // tracked but deleted
         }
+        let (matcher, err) = Gitignore::new(&path);
+        if let Some(e) = err {
+            return Err(ArchiveError::Io(format!("{}: {e}", path.display())));
+        }
+        matchers.push((
+            rel.parent().map(Path::to_path_buf).unwrap_or_default(),
+            matcher,
+        ));
+    }
+    if matchers.is_empty() {
+        return Ok(files);
+    }
+    matchers.sort_by_key(|(dir, _)| std::cmp::Reverse(dir.components().count()));
+    Ok(files
+        .into_iter()
+        .filter(|rel| {
+            matchers
+                .iter()
+                .filter(|(dir, _)| rel.starts_with(dir))
+                .map(|(_, m)| m.matched_path_or_any_parents(root.join(rel), false))
+                .find(|m| !m.is_none())
+                .is_none_or(|m| !m.is_ignore())
+        })
+        .collect())
+}
+
+/// The `skip` directories that lie under `root`, relative to it (both sides
+/// resolved, so a symlinked or relative spelling still matches).
+fn skipped_prefixes(root: &Path, skip: &[PathBuf]) -> Result<Vec<PathBuf>, ArchiveError> {
+    let root = root.canonicalize().map_err(|e| io_err(root, &e))?;
+    Ok(skip
+        .iter()
+        // A directory that does not exist holds nothing to skip.
+        .filter_map(|dir| dir.canonicalize().ok())
+        .filter_map(|dir| dir.strip_prefix(&root).ok().map(Path::to_path_buf))
+        .collect())
+}
+
+/// Every file and symlink under `root` outside a git work tree, relative to
+/// it: ripgrep's walker honouring `.gitignore`, `.ignore` and
+/// `.crabboxignore` files (in `root` and below), skipping `.git` and the
+/// `skipped` directories, following no symlinks.
+fn walk(root: &Path, skipped: &[PathBuf]) -> Result<Vec<PathBuf>, ArchiveError> {
+    let skip_abs: Vec<PathBuf> = skipped.iter().map(|s| root.join(s)).collect();
+    let mut builder = ignore::WalkBuilder::new(root);
+    builder
+        .hidden(false)
+        .parents(false)
+        .require_git(false)
+        .follow_links(false)
+        .add_custom_ignore_filename(IGNORE_FILE)
+        .filter_entry(move |e| e.file_name() != ".git" && !skip_abs.iter().any(|s| e.path() == s));
+    let mut out = Vec::new();
+    for entry in builder.build() {
+        let entry = entry.map_err(|e| ArchiveError::Io(e.to_string()))?;
+        if entry.file_type().is_some_and(|t| t.is_dir()) {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .map_err(|_| {
+                ArchiveError::Io(format!(
+                    "{} is not under {}",
+                    entry.path().display(),
+                    root.display()
+                ))
+            })?
+            .to_path_buf();
+        out.push(rel);
     }
     Ok(out)
 }
@@ -376,78 +470,70 @@ impl<R: Read> Read for ExactReader<R> {
     }
 }
 
-/// One `sync.exclude` pattern.
-struct Pattern {
-    /// The glob, without a trailing `/` or leading `/`.
-    glob: String,
-    /// Ends in `/`: matches directories only.
-    dir: bool,
-    /// Starts with `/`: matches from the root only.
-    anchored: bool,
+/// The `sync.exclude` patterns, compiled once: globs matched against a
+/// file's relative path, and globs matched against its file name only.
+/// `globset` compiles each glob to a regular expression (linear-time
+/// matching), so no pattern can make matching backtrack.
+struct Excludes {
+    paths: GlobSet,
+    names: GlobSet,
 }
 
-impl Pattern {
-    fn parse(raw: &str) -> Option<Self> {
-        let raw = raw.trim();
-        let raw = raw.strip_prefix("./").unwrap_or(raw);
-        let anchored = raw.starts_with('/');
-        let raw = raw.trim_start_matches('/');
-        let dir = raw.ends_with('/');
-        let glob = raw.trim_end_matches('/');
-        (!glob.is_empty()).then(|| Self {
-            glob: glob.to_owned(),
-            dir,
-            anchored,
+impl Excludes {
+    /// Compiles the patterns as [`build`] documents them.
+    fn new(patterns: &[String]) -> Result<Self, ArchiveError> {
+        let mut paths = GlobSetBuilder::new();
+        let mut names = GlobSetBuilder::new();
+        for raw in patterns {
+            let trimmed = raw.trim();
+            let trimmed = trimmed.strip_prefix("./").unwrap_or(trimmed);
+            let anchored = trimmed.starts_with('/');
+            let body = trimmed.trim_start_matches('/');
+            let dir = body.ends_with('/');
+            let body = body.trim_end_matches('/');
+            if body.is_empty() {
+                continue;
+            }
+            let glob = |text: &str| {
+                GlobBuilder::new(text)
+                    .literal_separator(true)
+                    .backslash_escape(true)
+                    .build()
+                    .map_err(|e| {
+                        ArchiveError::Pattern(format!("sync.exclude pattern `{raw}`: {}", e.kind()))
+                    })
+            };
+            match (dir, anchored) {
+                // Everything below a directory of that name or relative path.
+                (true, true) => {
+                    paths.add(glob(&format!("{body}/**"))?);
+                }
+                (true, false) => {
+                    paths.add(glob(&format!("**/{body}/**"))?);
+                }
+                (false, true) => {
+                    paths.add(glob(body)?);
+                }
+                (false, false) => {
+                    let g = glob(body)?;
+                    paths.add(g.clone());
+                    names.add(g);
+                }
+            }
+        }
+        let compile = |set: GlobSetBuilder| {
+            set.build()
+                .map_err(|e| ArchiveError::Pattern(format!("sync.exclude: {e}")))
+        };
+        Ok(Self {
+            paths: compile(paths)?,
+            names: compile(names)?,
         })
     }
 
     /// Whether the file at relative path `rel` is excluded.
-    fn excludes(&self, rel: &str) -> bool {
-        let parts: Vec<&str> = rel.split('/').collect();
-        if self.dir {
-            // Some run of directory components (not the file name itself) matches.
-            let starts = if self.anchored { 0..1 } else { 0..parts.len() };
-            starts.into_iter().any(|start| {
-                (start + 1..parts.len()).any(|end| {
-                    glob_match(self.glob.as_bytes(), parts[start..end].join("/").as_bytes())
-                })
-            })
-        } else if self.anchored {
-            glob_match(self.glob.as_bytes(), rel.as_bytes())
-        } else {
-            let name = parts.last().copied().unwrap_or(rel);
-            glob_match(self.glob.as_bytes(), rel.as_bytes())
-                || glob_match(self.glob.as_bytes(), name.as_bytes())
-        }
-    }
-}
-
-/// A small glob matcher: `**` matches anything, `*` anything but `/`, `?`
-/// one character but `/`; everything else literally.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => {
-            if let Some(rest) = rest.strip_prefix(b"*") {
-                if let Some(after) = rest.strip_prefix(b"/") {
-                    // `**/x`: `x` here or below any `/`.
-                    glob_match(after, text)
-                        || text
-                            .iter()
-                            .enumerate()
-                            .any(|(i, b)| *b == b'/' && glob_match(after, &text[i + 1..]))
-                } else {
-                    (0..=text.len()).any(|i| glob_match(rest, &text[i..]))
-                }
-            } else {
-                let limit = text.iter().position(|b| *b == b'/').unwrap_or(text.len());
-                (0..=limit).any(|i| glob_match(rest, &text[i..]))
-            }
-        }
-        Some((b'?', rest)) => {
-            text.first().is_some_and(|c| *c != b'/') && glob_match(rest, &text[1..])
-        }
-        Some((c, rest)) => text.first() == Some(c) && glob_match(rest, &text[1..]),
+    fn excludes(&self, rel: &Path) -> bool {
+        self.paths.is_match(rel) || rel.file_name().is_some_and(|n| self.names.is_match(n))
     }
 }
 
@@ -690,16 +776,121 @@ mod tests {
     }
 
     #[test]
-    fn glob_matcher() {
-        assert!(glob_match(b"*.rs", b"main.rs"));
-        assert!(!glob_match(b"*.rs", b"src/main.rs"));
-        assert!(glob_match(b"src/*.rs", b"src/main.rs"));
-        assert!(glob_match(b"**/*.rs", b"a/b/main.rs"));
-        assert!(glob_match(b"**/*.rs", b"main.rs"));
-        assert!(glob_match(b"a?c", b"abc"));
-        assert!(!glob_match(b"a?c", b"a/c"));
-        assert!(glob_match(b"node_*", b"node_modules"));
-        assert!(!glob_match(b"x", b"xy"));
+    fn pathological_globs_finish() {
+        // A backtracking matcher takes exponential time on this pair; a
+        // compiled glob matches in time linear in the name.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let name = "a".repeat(120);
+        write(dir.path(), &name, b"x");
+        write(dir.path(), &format!("{}b", "a".repeat(30)), b"x");
+        let pattern = "a*a*a*a*a*a*a*a*a*a*a*a*b".to_owned();
+        let archive = build(dir.path(), &[pattern], 1 << 20).expect("build");
+        assert_eq!(names(&archive.path), [name]);
+    }
+
+    #[test]
+    fn exclude_globs_keep_their_documented_meaning() {
+        let ex = |p: &str| Excludes::new(&[p.to_owned()]).expect("compiles");
+        let hit = |p: &str, rel: &str| ex(p).excludes(Path::new(rel));
+        assert!(hit("*.rs", "main.rs"));
+        assert!(hit("*.rs", "src/main.rs"), "matched against the file name");
+        assert!(!hit("/*.rs", "src/main.rs"), "anchored: the path only");
+        assert!(hit("src/*.rs", "src/main.rs"));
+        assert!(
+            !hit("src/*.rs", "src/a/main.rs"),
+            "`*` stays in one component"
+        );
+        assert!(hit("**/*.rs", "a/b/main.rs"));
+        assert!(hit("a?c", "abc"));
+        assert!(!hit("a?c", "a/c"));
+        assert!(hit("node_*/", "x/node_modules/y.js"));
+        assert!(!hit("node_*/", "node_modules"), "a file is not a directory");
+        assert!(!hit("x", "xy"));
+        let err = Excludes::new(&["[z-a".to_owned()])
+            .err()
+            .expect("not a glob");
+        assert!(
+            err.to_string().contains("sync.exclude pattern `[z-a`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn skipped_directories_are_never_synced_in_or_out_of_git() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        write(root, "app.py", b"print()\n");
+        write(
+            root,
+            "state/local/leases/cbx_1/workspace/app.py",
+            b"old copy",
+        );
+        write(root, "home/.crabbox/pond/p/env", b"export X=1\n");
+        let skip = [root.join("state"), root.join("home/.crabbox")];
+        let walked = build_skipping(root, &skip, &[], 1 << 20).expect("walk");
+        assert_eq!(names(&walked.path), ["app.py"]);
+        git(root, &["init", "-q"]);
+        let listed = build_skipping(root, &skip, &[], 1 << 20).expect("git");
+        assert_eq!(names(&listed.path), ["app.py"]);
+        // A relative spelling of a skipped directory is the same directory.
+        let rel =
+            build_skipping(root, &[root.join("./state/../state")], &[], 1 << 20).expect("relative");
+        assert_eq!(names(&rel.path), ["app.py", "home/.crabbox/pond/p/env"]);
+    }
+
+    #[test]
+    fn crabboxignore_applies_in_a_git_work_tree_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        git(root, &["init", "-q"]);
+        write(root, ".crabboxignore", b"*.bin\n");
+        write(root, "sub/.crabboxignore", b"!keep.bin\n");
+        for f in ["a.bin", "sub/keep.bin", "sub/drop.bin", "src/main.rs"] {
+            write(root, f, b"x");
+        }
+        git(root, &["add", "."]);
+        let archive = build(root, &[], 1 << 20).expect("build");
+        assert_eq!(
+            names(&archive.path),
+            [
+                ".crabboxignore",
+                "src/main.rs",
+                "sub/.crabboxignore",
+                "sub/keep.bin"
+            ]
+        );
+    }
+
+    #[test]
+    fn outside_git_ignore_files_are_honoured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        write(root, ".gitignore", b"*.log\n");
+        write(root, ".ignore", b"cache/\n");
+        write(root, ".crabboxignore", b"secret.txt\n");
+        write(root, "sub/.gitignore", b"local.bin\n");
+        for f in [
+            "a.log",
+            "cache/x",
+            "secret.txt",
+            "sub/local.bin",
+            "local.bin",
+            "keep.txt",
+        ] {
+            write(root, f, b"x");
+        }
+        let archive = build(root, &[], 1 << 20).expect("build");
+        assert_eq!(
+            names(&archive.path),
+            [
+                ".crabboxignore",
+                ".gitignore",
+                ".ignore",
+                "keep.txt",
+                "local.bin",
+                "sub/.gitignore"
+            ]
+        );
     }
 
     #[test]

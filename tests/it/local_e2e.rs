@@ -665,3 +665,107 @@ fn continue_on_error_finishes_independent_members_and_skips_shared_dependents() 
         .assert()
         .success();
 }
+
+/// Every path under `dir` (relative), following no symlinks.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).expect("under dir").to_path_buf());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The local example, with sync on, applied as three ponds from the
+/// directory that holds the state directory and `HOME`: no workspace gets
+/// crabbox's own state, and (outside git) ignore files are honoured.
+fn sync_from_a_directory_holding_the_state(git: bool) {
+    let env = Env::new();
+    let base = env.dir.path();
+    let example =
+        std::fs::read_to_string(root().join("examples/local/pond.yaml")).expect("example");
+    assert!(
+        example.contains("  sync: false\n"),
+        "the example turns sync off"
+    );
+    let spec = base.join("pond.yaml");
+    std::fs::write(&spec, example.replace("  sync: false\n", "  sync: true\n")).expect("spec");
+    std::fs::write(base.join(".gitignore"), "secret.log\n").expect(".gitignore");
+    std::fs::write(base.join("secret.log"), "not for leases\n").expect("secret");
+    std::fs::write(base.join("app.txt"), "synced\n").expect("app");
+    if git {
+        let out = StdCommand::new("git")
+            .args(["init", "-q"])
+            .current_dir(base)
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let spec = spec.to_str().expect("utf-8");
+    let users = ["one", "two", "three"];
+    for user in users {
+        let out = env
+            .cmd()
+            .env("USER", user)
+            .current_dir(base)
+            .args(["apply", "-f", spec, "--auto-approve"])
+            .timeout(Duration::from_secs(120))
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "apply as {user}: {}",
+            text(&out.stderr)
+        );
+    }
+    let leases = env.lease_dirs();
+    assert_eq!(leases.len(), 9, "three ponds of three members");
+    for lease in &leases {
+        let workspace = lease.join("workspace");
+        let files = tree(&workspace);
+        assert!(
+            files.contains(&PathBuf::from("app.txt")),
+            "the repository was synced into {}: {files:?}",
+            workspace.display()
+        );
+        let own: Vec<&PathBuf> = files
+            .iter()
+            .filter(|p| p.ends_with("state") || p.ends_with(".crabbox"))
+            .collect();
+        assert!(own.is_empty(), "{}: {own:?}", workspace.display());
+        if !git {
+            assert!(
+                !files.contains(&PathBuf::from("secret.log")),
+                "a .gitignored file is not synced outside git"
+            );
+        }
+    }
+    for user in users {
+        let out = env
+            .cmd()
+            .env("USER", user)
+            .current_dir(base)
+            .args(["destroy", "-f", spec, "--auto-approve"])
+            .timeout(Duration::from_secs(120))
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "destroy: {}", text(&out.stderr));
+    }
+    assert!(env.lease_dirs().is_empty());
+}
+
+#[test]
+fn sync_never_copies_crabbox_state_outside_git() {
+    sync_from_a_directory_holding_the_state(false);
+}
+
+#[test]
+fn sync_never_copies_crabbox_state_in_a_git_work_tree() {
+    sync_from_a_directory_holding_the_state(true);
+}

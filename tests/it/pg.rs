@@ -143,7 +143,7 @@ fn server_bin() -> PathBuf {
     let Some((_, bin)) = found.pop() else {
         panic!(
             "the PostgreSQL server is not installed ({SERVER_ROOT}/*/bin/initdb is missing); \
-             .ci/run installs the `postgresql` package"
+             ./scripts/test installs the `postgresql` package"
         );
     };
     let user = Command::new("id")
@@ -153,7 +153,7 @@ fn server_bin() -> PathBuf {
         .expect("id runs");
     assert!(
         user.status.success(),
-        "there is no `{SERVER_USER}` user; .ci/run installs the `postgresql` package, which creates it"
+        "there is no `{SERVER_USER}` user; ./scripts/test installs the `postgresql` package, which creates it"
     );
     bin
 }

@@ -51,7 +51,7 @@ impl TestSshd {
     pub fn start_on(port: u16) -> Self {
         assert!(
             Path::new(SSHD).exists(),
-            "{SSHD} is missing: openssh-server is not installed; .ci/run installs it"
+            "{SSHD} is missing: openssh-server is not installed; ./scripts/test installs it"
         );
         let dir = tempfile::tempdir().expect("tempdir for sshd");
         let host_key = dir.path().join("host_key");

