@@ -522,7 +522,7 @@ impl HetznerProvider {
             Some(host) => host,
             None => {
                 let id = server_id(lease)?;
-                let server = self.get_server(id).await.map_err(|e| {
+                let server = retried(|| self.get_server(id)).await.map_err(|e| {
                     if e.is_not_found() {
                         ProviderError::NotFound(format!("hetzner server {id} (lease {})", lease.id))
                     } else {
@@ -560,7 +560,7 @@ impl HetznerProvider {
 
     /// The server if it carries crabbox's labels for this lease; else why not.
     async fn owned_server(&self, lease: &Lease, id: u64) -> Result<Server, ProviderError> {
-        let server = self.get_server(id).await.map_err(|e| {
+        let server = retried(|| self.get_server(id)).await.map_err(|e| {
             if e.is_not_found() {
                 ProviderError::NotFound(format!("hetzner server {id} (lease {})", lease.id))
             } else {
@@ -628,16 +628,11 @@ impl HetznerProvider {
         let mut keys = Vec::new();
         let mut page = 1;
         loop {
-            let list: SshKeyList = self
-                .http
-                .get_json(
-                    "/ssh_keys",
-                    &[
-                        ("per_page", PER_PAGE.to_string()),
-                        ("page", page.to_string()),
-                    ],
-                )
-                .await?;
+            let query = [
+                ("per_page", PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ];
+            let list: SshKeyList = self.http.get_json_with_retries("/ssh_keys", &query).await?;
             keys.extend(list.ssh_keys);
             match list.meta.next_page() {
                 Some(next) if next > page => page = next,
@@ -649,7 +644,7 @@ impl HetznerProvider {
     async fn keys_named(&self, name: &str) -> Result<Vec<SshKey>, ProviderError> {
         let list: SshKeyList = self
             .http
-            .get_json("/ssh_keys", &[("name", name.to_owned())])
+            .get_json_with_retries("/ssh_keys", &[("name", name.to_owned())])
             .await?;
         Ok(list
             .ssh_keys
@@ -680,10 +675,7 @@ impl HetznerProvider {
         });
         let mut replaced = false;
         loop {
-            let err = match self
-                .http
-                .post_json::<_, SshKeyEnvelope>("/ssh_keys", &body)
-                .await
+            let err = match retried(|| self.http.post_json::<_, SshKeyEnvelope>("/ssh_keys", &body)).await
             {
                 Ok(created) => return Ok(created.ssh_key.name),
                 Err(e) if e.has_code("uniqueness_error") => e,
@@ -720,7 +712,8 @@ impl HetznerProvider {
     }
 
     async fn delete_key_id(&self, id: u64) -> Result<(), ProviderError> {
-        match self.http.delete(&format!("/ssh_keys/{id}")).await {
+        let path = format!("/ssh_keys/{id}");
+        match retried(|| self.http.delete(&path)).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e.into()),
@@ -765,10 +758,8 @@ impl HetznerProvider {
                 "start_after_create": true,
                 "public_net": { "enable_ipv4": true, "enable_ipv6": false },
             });
-            match self
-                .http
-                .post_json::<_, ServerEnvelope>("/servers", &body)
-                .await
+            // A create whose answer was lost is found by its name below.
+            match retried(|| self.http.post_json::<_, ServerEnvelope>("/servers", &body)).await
             {
                 Ok(created) => {
                     self.saw(&created.server);
@@ -807,7 +798,7 @@ impl HetznerProvider {
     async fn server_named(&self, name: &str) -> Result<Option<Server>, ProviderError> {
         let list: ServerList = self
             .http
-            .get_json("/servers", &[("name", name.to_owned())])
+            .get_json_with_retries("/servers", &[("name", name.to_owned())])
             .await?;
         Ok(list.servers.into_iter().find(|s| s.name == name))
     }
@@ -889,11 +880,12 @@ impl HetznerProvider {
         }
         if let Some(id) = server {
             // Only ever a server this create made: it carries the lease label.
-            if let Ok(s) = self.get_server(id).await
+            if let Ok(s) = retried(|| self.get_server(id)).await
                 && s.labels.get(labels::LEASE).map(String::as_str) == Some(lease_id)
                 && s.labels.get(labels::CRABBOX).map(String::as_str) == Some("true")
             {
-                let _ = self.http.delete(&format!("/servers/{id}")).await;
+                let path = format!("/servers/{id}");
+                let _ = retried(|| self.http.delete(&path)).await;
             }
         }
         let _ = self.delete_lease_key(lease_id).await;
@@ -1159,6 +1151,42 @@ fn server_types(member: &DesiredMember) -> (Vec<String>, bool) {
     }
 }
 
+/// `call` retried as the executor retries a step (429, 5xx, time-outs;
+/// `Retry-After` honoured), keeping the last [`ApiError`] so callers can
+/// still branch on its code. Each call is retried on its own, so a create
+/// or release made of several calls does not start over (and re-send
+/// calls that succeeded) when one of them meets a passing error.
+async fn retried<T, F, Fut>(mut call: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let last: Arc<Mutex<Option<ApiError>>> = Arc::default();
+    let result = crate::apply::retry::with_retries(|| {
+        let attempt = call();
+        let last = last.clone();
+        async move {
+            attempt.await.map_err(|e| {
+                let error = e.error.clone();
+                *last.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                error
+            })
+        }
+    })
+    .await;
+    result.map_err(|error| {
+        last.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or(ApiError {
+                status: None,
+                code: None,
+                message: error.to_string(),
+                error,
+            })
+    })
+}
+
 fn is_capacity(e: &ApiError) -> bool {
     e.code
         .as_deref()
@@ -1336,9 +1364,9 @@ impl Provider for HetznerProvider {
                 lease.id
             )));
         }
-        let updated: ServerEnvelope = self
-            .http
-            .put_json(&format!("/servers/{id}"), &json!({ "labels": labels }))
+        let body = json!({ "labels": labels });
+        let path = format!("/servers/{id}");
+        let updated: ServerEnvelope = retried(|| self.http.put_json(&path, &body))
             .await
             .inspect_err(|e| {
                 if e.is_not_found() {
@@ -1406,7 +1434,7 @@ impl Provider for HetznerProvider {
         let (outcome, key_deleted) = match self.owned_server(lease, id).await {
             Ok(_) => {
                 // The key only served the server's creation: it goes meanwhile.
-                let (deleted, key) = tokio::join!(self.http.delete(&path), async {
+                let (deleted, key) = tokio::join!(retried(|| self.http.delete(&path)), async {
                     if is_lease_id(&lease.id) {
                         Some(self.delete_lease_key(&lease.id).await)
                     } else {

@@ -322,6 +322,59 @@ impl ServiceDirs {
     }
 }
 
+/// Script lines that run `command` (`sh -c`) as a tracked step: the leader
+/// of its own session and process group, standard input from `/dev/null`,
+/// output on the script's own, its pid recorded in `pid_file` while it runs.
+/// The script exits with the command's status (128 + the signal when a
+/// signal ended it).
+///
+/// The pid file is what lets a later run find and stop a step whose crabbox
+/// died (SIGKILL, a lost connection) before re-running setup: such a step
+/// would otherwise keep running beside its re-run. `pid_file`'s directory
+/// must exist; the environment and working directory are the caller's.
+/// The command must have passed [`checked_text`].
+#[must_use]
+pub fn tracked_command_script(pid_file: &str, command: &str) -> String {
+    format!(
+        "setsid sh -c {command} </dev/null &\n\
+         pid=$!\n\
+         echo \"$pid\" >{pid_file}.tmp && mv -f -- {pid_file}.tmp {pid_file}\n\
+         wait \"$pid\"\n\
+         status=$?\n\
+         rm -f -- {pid_file}\n\
+         exit \"$status\"\n",
+        command = quote(command),
+        pid_file = quote(pid_file),
+    )
+}
+
+/// Script lines that stop every process an earlier run started on a lease
+/// and left behind: each recorded process group in `pids` (services and
+/// tracked steps, see [`ServiceDirs::stop_all`]), then every other process
+/// carrying exactly the lease's marker (one started in the moment before its
+/// pid was recorded, or that left its process group). Needs
+/// [`stop_functions`] defined before it.
+#[must_use]
+pub fn stop_leftovers(dirs: &ServiceDirs, lease_id: &str) -> String {
+    format!("{}{}", dirs.stop_all(), kill_marked(lease_id))
+}
+
+/// Script lines that kill every process (other than the running shell)
+/// whose environment carries exactly lease `lease_id`'s marker.
+#[must_use]
+pub fn kill_marked(lease_id: &str) -> String {
+    let marker = lease_marker(lease_id);
+    format!(
+        r#"for f in $(grep -lF -- {marker} /proc/[0-9]*/environ 2>/dev/null); do
+  p=${{f#/proc/}}
+  p=${{p%/environ}}
+  [ "$p" = "$$" ] && continue
+  tr '\0' '\n' <"$f" 2>/dev/null | grep -qxF -- {marker} && kill -s KILL "$p" 2>/dev/null
+done
+"#
+    )
+}
+
 /// What a start script that exited [`EXITED_AT_ONCE`] printed: the
 /// service's exit status (`?` when missing) and its last log lines (`(no
 /// output)` when there were none).
