@@ -241,6 +241,11 @@ struct EndpointRecord {
     port: u16,
     /// Private key used to log in.
     key: PathBuf,
+    /// The lease's pond: lets a later apply of that pond remove this
+    /// directory when the lease never got a server (empty in records
+    /// written before it existed).
+    #[serde(default)]
+    pond: String,
     /// The lease's work root on the server (empty: `crabbox/<lease>`).
     #[serde(default)]
     work_root: String,
@@ -516,6 +521,7 @@ impl HetznerProvider {
                 user: DEFAULT_SSH_USER.to_owned(),
                 port: lease.endpoint.ssh_port.unwrap_or(DEFAULT_SSH_PORT),
                 key: self.key_dir(&lease.id).join(KEY_FILE),
+                pond: String::new(),
                 work_root: String::new(),
             });
         let host = match lease.endpoint.host.clone().filter(|h| !h.is_empty()) {
@@ -639,6 +645,39 @@ impl HetznerProvider {
                 _ => return Ok(keys),
             }
         }
+    }
+
+    /// Every key matching a label selector, all pages.
+    async fn keys_matching(&self, selector: &str) -> Result<Vec<SshKey>, ProviderError> {
+        let mut keys = Vec::new();
+        let mut page = 1;
+        loop {
+            let query = [
+                ("label_selector", selector.to_owned()),
+                ("per_page", PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ];
+            let list: SshKeyList = self.http.get_json_with_retries("/ssh_keys", &query).await?;
+            keys.extend(list.ssh_keys);
+            match list.meta.next_page() {
+                Some(next) if next > page => page = next,
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    /// The lease directories under `<state>/ssh/keys/`, by lease ID.
+    fn key_dirs(&self) -> Vec<(String, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(self.state_dir.join("ssh").join("keys")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let lease = e.file_name().into_string().ok()?;
+                is_lease_id(&lease).then(|| (lease, e.path()))
+            })
+            .collect()
     }
 
     async fn keys_named(&self, name: &str) -> Result<Vec<SshKey>, ProviderError> {
@@ -974,7 +1013,7 @@ struct LeaseKey {
     new: Option<openssh_ed25519::Key>,
 }
 
-/// Writes a new lease key's files (if any) and the lease's endpoint record
+/// Writes the lease's endpoint record and a new lease key's files (if any)
 /// under `dir`.
 fn write_lease_files(
     dir: &Path,
@@ -982,6 +1021,10 @@ fn write_lease_files(
     record: &[u8],
 ) -> Result<(), String> {
     atomic_file::create_private_dir(dir).map_err(|e| e.to_string())?;
+    // The record (naming the pond) first: a directory a killed create left
+    // behind is then recognisable as the pond's by a later sweep.
+    let path = dir.join(ENDPOINT_FILE);
+    atomic_file::write(&path, record).map_err(|e| format!("writing {}: {e}", path.display()))?;
     if let Some(key) = key {
         let private = dir.join(KEY_FILE);
         let public = dir.join(format!("{KEY_FILE}.pub"));
@@ -992,8 +1035,7 @@ fn write_lease_files(
                 .map_err(|e| format!("writing {}: {e}", path.display()))?;
         }
     }
-    let path = dir.join(ENDPOINT_FILE);
-    atomic_file::write(&path, record).map_err(|e| format!("writing {}: {e}", path.display()))
+    Ok(())
 }
 
 /// Creates `path` (mode 0600) with `contents`; it must not exist.
@@ -1204,6 +1246,16 @@ fn same_public_key(a: &str, b: &str) -> bool {
     fields(a) == fields(b)
 }
 
+fn check_pond(pond: &str) -> Result<(), ProviderError> {
+    if pond.is_empty() || labels::sanitize(pond) != pond {
+        Err(ProviderError::Failed(format!(
+            "`{pond}` is not a valid pond label value"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
 fn check_lease_id(id: &str) -> Result<(), ProviderError> {
     if is_lease_id(id) {
         Ok(())
@@ -1249,11 +1301,7 @@ impl Provider for HetznerProvider {
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
-        if pond.is_empty() || labels::sanitize(pond) != pond {
-            return Err(ProviderError::Failed(format!(
-                "`{pond}` is not a valid pond label value"
-            )));
-        }
+        check_pond(pond)?;
         let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
         // The endpoint records are read while the pages are on their way.
         let keys = self.state_dir.join("ssh").join("keys");
@@ -1295,6 +1343,7 @@ impl Provider for HetznerProvider {
             user: settings.user.clone(),
             port: settings.port,
             key: key.private.clone(),
+            pond: request.pond.clone(),
             work_root: format!("{}/{}", self.work_base, request.lease_id),
         };
         let bytes = serde_json::to_vec_pretty(&record)
@@ -1406,7 +1455,70 @@ impl Provider for HetznerProvider {
     }
 
     async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
-        self.target(lease).await?.stop_background().await
+        let target = self.target(lease).await?;
+        if self.ssh_bootstrap {
+            // A server adopted after its creator died may still be booting.
+            target.wait_ready(self.ssh_timeout).await?;
+        }
+        target.stop_background().await
+    }
+
+    async fn sweep(&self, pond: &str) -> Result<Vec<String>, ProviderError> {
+        check_pond(pond)?;
+        let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
+        // Only what was observed counts: a failed listing sweeps nothing.
+        let (servers, keys) = tokio::try_join!(
+            self.servers_matching(&selector),
+            self.keys_matching(&selector)
+        )?;
+        let live: HashSet<String> = servers
+            .into_iter()
+            .filter_map(|s| s.labels.get(labels::LEASE).cloned())
+            .collect();
+        let mut removed = Vec::new();
+        let mut left = Vec::new();
+        let mut swept_leases = HashSet::new();
+        for key in keys {
+            let Some(lease) = key.labels.get(labels::LEASE).cloned() else {
+                continue;
+            };
+            if live.contains(&lease)
+                || !is_lease_id(&lease)
+                || !key_is_ours(&key, &lease)
+                || key.labels.get(labels::POND).map(String::as_str) != Some(pond)
+            {
+                continue;
+            }
+            match self.delete_key_id(key.id).await {
+                Ok(()) => removed.push(format!("hetzner SSH key `{}` (lease {lease} has no server)", key.name)),
+                Err(e) => left.push(format!("hetzner SSH key `{}` (id {}): {e}", key.name, key.id)),
+            }
+            swept_leases.insert(lease);
+        }
+        for (lease, dir) in self.key_dirs() {
+            if live.contains(&lease) {
+                continue;
+            }
+            let of_pond = self
+                .read_endpoint(&lease)
+                .is_some_and(|r| r.pond == pond);
+            if !(of_pond || swept_leases.contains(&lease)) {
+                continue;
+            }
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => removed.push(format!("key directory {}", dir.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => left.push(format!("key directory {}: {e}", dir.display())),
+            }
+        }
+        if left.is_empty() {
+            Ok(removed)
+        } else {
+            Err(ProviderError::Failed(format!(
+                "left behind by earlier runs of pond `{pond}` and not removed: {}",
+                left.join("; ")
+            )))
+        }
     }
 
     async fn probe(
