@@ -188,6 +188,7 @@ impl Faults {
             StatusCode::SERVICE_UNAVAILABLE
         })
     }
+}
 
 #[derive(Debug)]
 struct Inner {
