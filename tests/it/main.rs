@@ -9,6 +9,7 @@ mod fake_islo;
 mod fake_provider;
 mod hetzner;
 mod islo;
+mod killed;
 mod loader_fuzz;
 mod local_e2e;
 mod pg;
