@@ -87,6 +87,8 @@ const CAPACITY_CODES: [&str; 5] = [
 ];
 /// The per-lease endpoint record, next to a generated key.
 const ENDPOINT_FILE: &str = "endpoint.json";
+/// A key directory being removed is first renamed to this and its lease ID.
+const RELEASED_PREFIX: &str = ".released-";
 /// The generated key's file name.
 const KEY_FILE: &str = "id_ed25519";
 /// Work roots live under this directory, relative to the login's home.
@@ -666,6 +668,41 @@ impl HetznerProvider {
         }
     }
 
+    /// Removes `<state>/ssh/keys/<lease>/` (gone already is fine): renamed
+    /// to `.released-<lease>` first, so a removal cut short by a kill
+    /// never leaves a directory that looks like a lease's but lacks the
+    /// record naming its pond — [`Provider::sweep`] removes those.
+    fn remove_key_dir(&self, lease_id: &str) -> std::io::Result<()> {
+        let dir = self.key_dir(lease_id);
+        let released = dir.with_file_name(format!("{RELEASED_PREFIX}{lease_id}"));
+        match std::fs::rename(&dir, &released) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match std::fs::remove_dir_all(&released) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Key directories whose removal began (`.released-<lease>`).
+    fn released_key_dirs(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.state_dir.join("ssh").join("keys")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(RELEASED_PREFIX))
+                    .is_some_and(is_lease_id)
+            })
+            .map(|e| e.path())
+            .collect()
+    }
+
     /// The lease directories under `<state>/ssh/keys/`, by lease ID.
     fn key_dirs(&self) -> Vec<(String, PathBuf)> {
         let Ok(entries) = std::fs::read_dir(self.state_dir.join("ssh").join("keys")) else {
@@ -928,7 +965,7 @@ impl HetznerProvider {
             }
         }
         let _ = self.delete_lease_key(lease_id).await;
-        let _ = std::fs::remove_dir_all(self.key_dir(lease_id));
+        let _ = self.remove_key_dir(lease_id);
     }
 
     /// Removes `host:port` from crabbox's known-hosts file (best effort).
@@ -1505,6 +1542,14 @@ impl Provider for HetznerProvider {
             if !(of_pond || swept_leases.contains(&lease)) {
                 continue;
             }
+            match self.remove_key_dir(&lease) {
+                Ok(()) => removed.push(format!("key directory {}", dir.display())),
+                Err(e) => left.push(format!("key directory {}: {e}", dir.display())),
+            }
+        }
+        // Directories a removal began and did not finish (already out of
+        // every lease's name, so no run uses them).
+        for dir in self.released_key_dirs() {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => removed.push(format!("key directory {}", dir.display())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -1592,17 +1637,12 @@ impl Provider for HetznerProvider {
                     key_name(&lease.id)
                 ))
             })?;
-            let dir = self.key_dir(&lease.id);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(ProviderError::Failed(format!(
-                        "removing {}: {e}",
-                        dir.display()
-                    )));
-                }
-            }
+            self.remove_key_dir(&lease.id).map_err(|e| {
+                ProviderError::Failed(format!(
+                    "removing {}: {e}",
+                    self.key_dir(&lease.id).display()
+                ))
+            })?;
         }
         outcome
     }

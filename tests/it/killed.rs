@@ -25,7 +25,11 @@ struct World {
 }
 
 impl World {
-    fn new(pond: &str) -> Self {
+    /// A world for pond `<name>-<this process's ID>`: processes are found
+    /// by their pond, and other test processes on this machine may use the
+    /// same names.
+    fn new(name: &str) -> Self {
+        let pond = format!("{name}-{}", std::process::id());
         let dir = tempfile::tempdir().expect("tempdir");
         for d in ["home", "work", "host"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("dirs");
@@ -44,7 +48,7 @@ impl World {
         }));
         Self {
             dir,
-            pond: pond.to_owned(),
+            pond,
             sshd,
             fake,
             _rt: rt,
@@ -245,17 +249,23 @@ impl Rng {
     }
 }
 
-/// Runs `args` and asserts it succeeded.
-fn ok(world: &World, args: &[&str], when: &str) -> Duration {
+/// Runs `args` and asserts it succeeded; returns how long it took and
+/// what it printed on stderr.
+fn ok_with_log(world: &World, args: &[&str], when: &str) -> (Duration, String) {
     let started = Instant::now();
     let out = world.run(args);
+    let err = text(&out.stderr);
     assert!(
         out.status.success(),
-        "{when}: crabbox {} failed:\n{}",
+        "{when}: crabbox {} failed:\n{err}",
         args.join(" "),
-        text(&out.stderr)
     );
-    started.elapsed()
+    (started.elapsed(), err)
+}
+
+/// Runs `args` and asserts it succeeded; returns how long it took.
+fn ok(world: &World, args: &[&str], when: &str) -> Duration {
+    ok_with_log(world, args, when).0
 }
 
 /// Asserts the pond has converged: `plan --detailed-exitcode` exits 0.
@@ -292,12 +302,12 @@ fn after_a_sigkill_at_any_point_one_apply_converges_and_nothing_is_left() {
     type: cx23
     depends_on: [db, cache]
     setup:
-      - sleep 0.2
+      - echo "app setup on $CRABBOX_LEASE_ID"
 "#
     ));
     // Small delays spread the run's API calls over time, so kill points
     // land between them.
-    world.fake.handle.set_latency(Duration::from_millis(5));
+    world.fake.handle.set_latency(Duration::from_millis(2));
     let seed = std::env::var("CRABBOX_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -308,6 +318,7 @@ fn after_a_sigkill_at_any_point_one_apply_converges_and_nothing_is_left() {
     let apply = ok(&world, &["apply", "--auto-approve"], "first apply");
     converged(&world, "first apply");
     let destroy = ok(&world, &["destroy", "--auto-approve"], "first destroy");
+    eprintln!("a whole apply took {apply:?}, a whole destroy {destroy:?}");
     assert!(world.servers().is_empty());
     let kills = 40;
     let mut landed = 0;
@@ -328,7 +339,8 @@ fn after_a_sigkill_at_any_point_one_apply_converges_and_nothing_is_left() {
             when = format!("trial {trial}: apply killed after {after:?}");
             landed += usize::from(world.kill_after(&["apply", "--auto-approve"], after));
         }
-        ok(&world, &["apply", "--auto-approve"], &when);
+        let (_, log) = ok_with_log(&world, &["apply", "--auto-approve"], &when);
+        let when = format!("{when}; the apply after it said:\n{log}\n");
         converged(&world, &when);
         let live = world.live_leases();
         assert_eq!(live.len(), 3, "{when}: three members, one lease each");
