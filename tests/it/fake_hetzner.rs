@@ -152,6 +152,8 @@ impl Bucket {
 #[derive(Debug, Default)]
 struct Faults {
     latency: Duration,
+    /// Extra latency of requests by method and path prefix.
+    route_latency: Vec<(String, String, Duration)>,
     /// At most this many requests are served at once; the rest wait in turn.
     gate: Option<Arc<tokio::sync::Semaphore>>,
     /// Requests per second beyond which the fake answers 429.
@@ -259,6 +261,15 @@ impl FakeHandle {
     /// Delays every request by `latency`.
     pub fn set_latency(&self, latency: Duration) {
         self.lock().faults.latency = latency;
+    }
+
+    /// Delays requests of `method` whose path starts with `path_prefix`
+    /// (`/v1/ssh_keys`) by `latency` more than the others.
+    pub fn set_route_latency(&self, method: &str, path_prefix: &str, latency: Duration) {
+        self.lock()
+            .faults
+            .route_latency
+            .push((method.to_owned(), path_prefix.to_owned(), latency));
     }
 
     /// How long servers created from now on take to be `running`.
@@ -429,6 +440,13 @@ async fn handle_request(
         inner.in_flight += 1;
         inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
         inner.faults.latency
+            + inner
+                .faults
+                .route_latency
+                .iter()
+                .filter(|(m, p, _)| *m == method.as_str() && uri.path().starts_with(p.as_str()))
+                .map(|(_, _, d)| *d)
+                .sum::<Duration>()
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

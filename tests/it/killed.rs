@@ -308,6 +308,17 @@ fn after_a_sigkill_at_any_point_one_apply_converges_and_nothing_is_left() {
     // Small delays spread the run's API calls over time, so kill points
     // land between them.
     world.fake.handle.set_latency(Duration::from_millis(2));
+    // A slow server create and a slow key deletion widen the moments a
+    // kill leaves a key without a server: after the key's upload, before
+    // the server exists; after the server's deletion, before the key's.
+    world
+        .fake
+        .handle
+        .set_route_latency("POST", "/v1/servers", Duration::from_millis(100));
+    world
+        .fake
+        .handle
+        .set_route_latency("DELETE", "/v1/ssh_keys", Duration::from_millis(100));
     let seed = std::env::var("CRABBOX_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
