@@ -567,6 +567,64 @@ mod tests {
     }
 
     #[test]
+    fn a_tracked_step_records_its_pid_while_it_runs_and_passes_its_status_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("step-1.pid").display().to_string();
+        let script = tracked_command_script(&pid_file, "echo out; test -f \"$1\" || exit 9; exit 7");
+        // `$1` is not set in the step: the pid file is checked through its path.
+        let script = script.replace("\"$1\"", &quote(&pid_file));
+        let (code, out) = sh(&script);
+        assert_eq!((code, out.as_str()), (7, "out\n"));
+        assert!(!std::path::Path::new(&pid_file).exists(), "removed after the step");
+        let (code, _) = sh(&tracked_command_script(&pid_file, &format!("test -s {}", quote(&pid_file))));
+        assert_eq!(code, 0, "the pid file is written before the step is waited for");
+    }
+
+    #[test]
+    fn leftovers_of_a_dead_run_are_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dirs = ServiceDirs::under(&dir.path().display().to_string());
+        std::fs::create_dir_all(&dirs.pids).expect("pids");
+        let lease = "cbx_0000000000aa";
+        // A step whose crabbox died: its shell is gone, the step runs on.
+        let started = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "export CRABBOX_LEASE_ID={lease}\n{}",
+                tracked_command_script(&dirs.pid_file("step-1"), "sleep 30")
+            ))
+            .spawn()
+            .expect("step starts");
+        let pid_file = std::path::Path::new(&dirs.pid_file("step-1")).to_owned();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !pid_file.exists() {
+            assert!(std::time::Instant::now() < deadline, "no pid file");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let step: i32 = std::fs::read_to_string(&pid_file)
+            .expect("pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        let (code, _) = sh(&format!(
+            "{}{}",
+            stop_functions(lease),
+            stop_leftovers(&dirs, lease)
+        ));
+        assert_eq!(code, 0);
+        // The dead run's shell ends too: with the step's status, or killed
+        // as a process of the lease.
+        let mut started = started;
+        started.wait().expect("waited");
+        assert!(!pid_file.exists());
+        let state = std::fs::read_to_string(format!("/proc/{step}/stat")).unwrap_or_default();
+        let running = state
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+        assert!(!running, "the step is gone: {state}");
+    }
+
+    #[test]
     fn early_exit_without_output() {
         assert_eq!(early_exit(&[]), ("?", "(no output)".to_owned()));
         assert_eq!(

@@ -154,6 +154,8 @@ struct Faults {
     latency: Duration,
     /// Extra latency of requests by method and path prefix.
     route_latency: Vec<(String, String, Duration)>,
+    /// Requests by method and path prefix that always answer 503.
+    route_down: Vec<(String, String)>,
     /// At most this many requests are served at once; the rest wait in turn.
     gate: Option<Arc<tokio::sync::Semaphore>>,
     /// Requests per second beyond which the fake answers 429.
@@ -270,6 +272,17 @@ impl FakeHandle {
             .faults
             .route_latency
             .push((method.to_owned(), path_prefix.to_owned(), latency));
+    }
+
+    /// Requests of `method` whose path starts with `path_prefix` answer
+    /// 503 `unavailable` from now on (`false`: they are served again).
+    pub fn set_route_down(&self, method: &str, path_prefix: &str, down: bool) {
+        let route = (method.to_owned(), path_prefix.to_owned());
+        let mut inner = self.lock();
+        inner.faults.route_down.retain(|r| *r != route);
+        if down {
+            inner.faults.route_down.push(route);
+        }
     }
 
     /// How long servers created from now on take to be `running`.
@@ -495,6 +508,17 @@ async fn handle_request(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_exceeded",
             "request rate limit reached",
+        )
+    } else if inner
+        .faults
+        .route_down
+        .iter()
+        .any(|(m, p)| *m == method.as_str() && path.starts_with(p.as_str()))
+    {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "service temporarily unavailable",
         )
     } else if let Some(status) = inner.faults.storm_status() {
         if status == StatusCode::TOO_MANY_REQUESTS {
