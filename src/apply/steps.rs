@@ -546,7 +546,9 @@ pub async fn sweep_leftovers(
             }
             Err(e) => reporter.message(
                 "warning",
-                &format!("warning: {name}: {e}; the next apply or destroy of pond `{pond}` tries again"),
+                &format!(
+                    "warning: {name}: {e}; the next apply or destroy of pond `{pond}` tries again"
+                ),
             ),
         }
     }

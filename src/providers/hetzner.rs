@@ -14,6 +14,8 @@
 //!   for SSH, and prepares the lease's work root
 //!   `crabbox/<lease>` (relative to the login's home). If anything after
 //!   the server exists fails, the server and key are deleted again.
+//!   Every API call is retried on its own (429, 5xx, time-outs; honouring
+//!   `Retry-After`), so one passing error does not start a create over.
 //! - **Relabel** checks that the server carries crabbox's labels for the
 //!   lease — from this provider's own sighting of it in the last minute
 //!   (its create, a listing, an earlier relabel) when there is one, else by
@@ -24,6 +26,17 @@
 //!   `crabbox=true`, a `pond` and this lease's `lease` label (always read
 //!   afresh: a delete cannot be undone); meanwhile it deletes the lease's
 //!   key (only one labelled for this lease), then the local key directory.
+//! - **Sweep** (after every apply and destroy): a process killed between a
+//!   key's upload and its server's create, or between a server's deletion
+//!   and its key's, leaves a key and a key directory without a server.
+//!   Keys labelled `crabbox=true`, this pond and a lease that has no server
+//!   are deleted, and so are the key directories whose endpoint record
+//!   names this pond (written first of the lease's files, so every such
+//!   directory has one) — never a key or directory of another pond.
+//! - **Re-running setup** first waits for SSH (a server adopted after its
+//!   creator was killed may still boot), then stops what earlier runs
+//!   started and creates the work root if it is missing
+//!   ([`SshTarget::stop_background`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -751,7 +764,8 @@ impl HetznerProvider {
         });
         let mut replaced = false;
         loop {
-            let err = match retried(|| self.http.post_json::<_, SshKeyEnvelope>("/ssh_keys", &body)).await
+            let err = match retried(|| self.http.post_json::<_, SshKeyEnvelope>("/ssh_keys", &body))
+                .await
             {
                 Ok(created) => return Ok(created.ssh_key.name),
                 Err(e) if e.has_code("uniqueness_error") => e,
@@ -835,8 +849,7 @@ impl HetznerProvider {
                 "public_net": { "enable_ipv4": true, "enable_ipv6": false },
             });
             // A create whose answer was lost is found by its name below.
-            match retried(|| self.http.post_json::<_, ServerEnvelope>("/servers", &body)).await
-            {
+            match retried(|| self.http.post_json::<_, ServerEnvelope>("/servers", &body)).await {
                 Ok(created) => {
                     self.saw(&created.server);
                     return Ok(created.server);
@@ -1527,8 +1540,14 @@ impl Provider for HetznerProvider {
                 continue;
             }
             match self.delete_key_id(key.id).await {
-                Ok(()) => removed.push(format!("hetzner SSH key `{}` (lease {lease} has no server)", key.name)),
-                Err(e) => left.push(format!("hetzner SSH key `{}` (id {}): {e}", key.name, key.id)),
+                Ok(()) => removed.push(format!(
+                    "hetzner SSH key `{}` (lease {lease} has no server)",
+                    key.name
+                )),
+                Err(e) => left.push(format!(
+                    "hetzner SSH key `{}` (id {}): {e}",
+                    key.name, key.id
+                )),
             }
             swept_leases.insert(lease);
         }
@@ -1536,9 +1555,7 @@ impl Provider for HetznerProvider {
             if live.contains(&lease) {
                 continue;
             }
-            let of_pond = self
-                .read_endpoint(&lease)
-                .is_some_and(|r| r.pond == pond);
+            let of_pond = self.read_endpoint(&lease).is_some_and(|r| r.pond == pond);
             if !(of_pond || swept_leases.contains(&lease)) {
                 continue;
             }

@@ -570,14 +570,24 @@ mod tests {
     fn a_tracked_step_records_its_pid_while_it_runs_and_passes_its_status_on() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pid_file = dir.path().join("step-1.pid").display().to_string();
-        let script = tracked_command_script(&pid_file, "echo out; test -f \"$1\" || exit 9; exit 7");
+        let script =
+            tracked_command_script(&pid_file, "echo out; test -f \"$1\" || exit 9; exit 7");
         // `$1` is not set in the step: the pid file is checked through its path.
         let script = script.replace("\"$1\"", &quote(&pid_file));
         let (code, out) = sh(&script);
         assert_eq!((code, out.as_str()), (7, "out\n"));
-        assert!(!std::path::Path::new(&pid_file).exists(), "removed after the step");
-        let (code, _) = sh(&tracked_command_script(&pid_file, &format!("test -s {}", quote(&pid_file))));
-        assert_eq!(code, 0, "the pid file is written before the step is waited for");
+        assert!(
+            !std::path::Path::new(&pid_file).exists(),
+            "removed after the step"
+        );
+        let (code, _) = sh(&tracked_command_script(
+            &pid_file,
+            &format!("test -s {}", quote(&pid_file)),
+        ));
+        assert_eq!(
+            code, 0,
+            "the pid file is written before the step is waited for"
+        );
     }
 
     #[test]

@@ -180,7 +180,9 @@ impl SshTarget {
                     "command timed out after {}{}",
                     duration::format(limit),
                     stopped.map_or_else(
-                        |e| format!(" and may still run on the host ({e}); its pid is in {pid_file}"),
+                        |e| format!(
+                            " and may still run on the host ({e}); its pid is in {pid_file}"
+                        ),
                         |()| String::new()
                     )
                 )))
@@ -625,7 +627,6 @@ impl SshTarget {
         let exports = export_lines(all)?;
         Ok(format!("cd {} || exit 127\n{exports}", quote(&workspace)))
     }
-
 }
 
 /// A fresh name for a tracked step's pid file: `step-` and 16 random hex

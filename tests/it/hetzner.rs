@@ -979,7 +979,10 @@ async fn sweep_deletes_keys_and_key_dirs_of_leases_without_a_server_and_nothing_
 
     let removed = provider.sweep(POND).await.expect("sweep");
     assert_eq!(removed.len(), 3, "{removed:#?}");
-    assert!(removed[0].contains(&key_name(&orphan.lease_id)), "{removed:?}");
+    assert!(
+        removed[0].contains(&key_name(&orphan.lease_id)),
+        "{removed:?}"
+    );
     let mut keys: Vec<String> = fx
         .handle()
         .ssh_keys()
@@ -994,7 +997,12 @@ async fn sweep_deletes_keys_and_key_dirs_of_leases_without_a_server_and_nothing_
     ];
     expected.sort();
     assert_eq!(keys, expected);
-    assert!(fx.handle().ssh_keys().iter().any(|k| k["id"] == foreign_key));
+    assert!(
+        fx.handle()
+            .ssh_keys()
+            .iter()
+            .any(|k| k["id"] == foreign_key)
+    );
     let mut dirs: Vec<String> = std::fs::read_dir(&keys_dir)
         .expect("keys dir")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -1005,4 +1013,34 @@ async fn sweep_deletes_keys_and_key_dirs_of_leases_without_a_server_and_nothing_
     assert_eq!(dirs, expected);
     assert!(provider.sweep(POND).await.expect("sweep").is_empty());
     fx.check_foreign_untouched();
+}
+
+#[tokio::test]
+async fn setup_on_a_lease_whose_work_root_was_never_prepared_runs_after_stop_background() {
+    let (fx, sshd, remote) = ssh_fixture().await;
+    let provider = ssh_provider(&fx, remote.path());
+    let req = request(member(
+        "db",
+        json!({"ssh_user": sshd.user, "ssh_port": sshd.port}),
+    ));
+    let lease = provider.create(&req).await.expect("create over ssh");
+    // As when the creating process was killed before it prepared the work root.
+    let work_root = remote.path().join("work").join(&req.lease_id);
+    std::fs::remove_dir_all(&work_root).expect("remove the work root");
+    let later = ssh_provider(&fx, remote.path());
+    let listed = later.list(POND).await.expect("list");
+    // What a re-run setup does first.
+    later.stop_background(&listed[0]).await.expect("stop");
+    let sink = Arc::new(Collect::default());
+    let code = later
+        .exec(&listed[0], &exec_request("pwd"), sink.clone())
+        .await
+        .expect("exec");
+    assert_eq!(code, 0, "not 127: the work root exists again");
+    assert_eq!(
+        sink.stdout(),
+        vec![work_root.join("workspace").display().to_string()]
+    );
+    later.release(&lease).await.expect("release");
+    drop(sshd);
 }

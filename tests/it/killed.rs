@@ -151,7 +151,12 @@ impl World {
         let servers = self.servers();
         let server_leases: BTreeSet<String> = servers
             .iter()
-            .map(|s| s["labels"]["lease"].as_str().expect("lease label").to_owned())
+            .map(|s| {
+                s["labels"]["lease"]
+                    .as_str()
+                    .expect("lease label")
+                    .to_owned()
+            })
             .collect();
         assert_eq!(
             servers.len(),
@@ -344,7 +349,11 @@ fn after_a_sigkill_at_any_point_one_apply_converges_and_nothing_is_left() {
             landed += usize::from(world.kill_after(&["destroy", "--auto-approve"], after));
         } else {
             if !world.servers().is_empty() {
-                ok(&world, &["destroy", "--auto-approve"], "destroy before a killed apply");
+                ok(
+                    &world,
+                    &["destroy", "--auto-approve"],
+                    "destroy before a killed apply",
+                );
             }
             let after = rng.below(apply);
             when = format!("trial {trial}: apply killed after {after:?}");
@@ -411,7 +420,10 @@ fn a_setup_step_killed_over_ssh_is_stopped_before_it_runs_again() {
         .into_iter()
         .map(cmdline)
         .collect();
-    assert!(left.is_empty(), "processes of the setup still run: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes of the setup still run: {left:?}"
+    );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         std::fs::read_to_string(&log).expect("log"),
