@@ -467,3 +467,40 @@ fn apply_and_destroy_succeed_through_a_storm_of_429_and_503_answers() {
         );
     }
 }
+
+/// Output lines dropped (the command's output does not matter here).
+struct Discard;
+
+impl crabbox::providers::OutputSink for Discard {
+    fn line(&self, _stream: crabbox::providers::Stream, _line: &str) {}
+}
+
+#[tokio::test]
+async fn a_step_that_times_out_over_ssh_is_stopped_on_the_host() {
+    let sshd = TestSshd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lease = "cbx_0000000071e0";
+    let work_root = dir.path().join("work").display().to_string();
+    let target = sshd.target(&dir.path().join("state"), &work_root, lease);
+    target.prepare().await.expect("prepare");
+    let err = target
+        .exec(
+            "sleep 37.5",
+            &std::collections::BTreeMap::new(),
+            std::sync::Arc::new(Discard),
+            Some(Duration::from_millis(800)),
+        )
+        .await
+        .expect_err("times out");
+    assert!(err.to_string().contains("timed out after"), "{err}");
+    assert!(
+        !err.to_string().contains("may still run"),
+        "it was stopped: {err}"
+    );
+    let left: Vec<String> = processes_with_env(&format!("CRABBOX_LEASE_ID={lease}"))
+        .into_iter()
+        .map(cmdline)
+        .collect();
+    assert!(left.is_empty(), "the step still runs: {left:?}");
+    target.close().await;
+}
