@@ -699,6 +699,32 @@ impl HetznerProvider {
         }
     }
 
+    /// Ends the SSH control master a killed run left for `lease_id`, if
+    /// any (it would otherwise live on for its `ControlPersist` time).
+    async fn close_master(&self, lease_id: &str) {
+        if !self
+            .state_dir
+            .join("ssh")
+            .join("cm")
+            .join(lease_id)
+            .exists()
+        {
+            return;
+        }
+        // The control path names the lease only, so the destination is moot.
+        let record = EndpointRecord {
+            lease_id: lease_id.to_owned(),
+            user: DEFAULT_SSH_USER.to_owned(),
+            port: DEFAULT_SSH_PORT,
+            key: self.key_dir(lease_id).join(KEY_FILE),
+            pond: String::new(),
+            work_root: String::new(),
+        };
+        self.new_target(lease_id, "127.0.0.1".to_owned(), &record)
+            .close()
+            .await;
+    }
+
     /// Key directories whose removal began (`.released-<lease>`).
     fn released_key_dirs(&self) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(self.state_dir.join("ssh").join("keys")) else {
@@ -1559,6 +1585,7 @@ impl Provider for HetznerProvider {
             if !(of_pond || swept_leases.contains(&lease)) {
                 continue;
             }
+            self.close_master(&lease).await;
             match self.remove_key_dir(&lease) {
                 Ok(()) => removed.push(format!("key directory {}", dir.display())),
                 Err(e) => left.push(format!("key directory {}: {e}", dir.display())),
@@ -1635,13 +1662,20 @@ impl Provider for HetznerProvider {
         if let Some(t) = self.forget_target(&lease.id) {
             t.close().await;
             self.forget_host_key(&t.host, t.port).await;
-        } else if let Some(host) = lease.endpoint.host.as_deref().filter(|h| !h.is_empty()) {
-            let port = self
-                .read_endpoint(&lease.id)
-                .map(|r| r.port)
-                .or(lease.endpoint.ssh_port)
-                .unwrap_or(DEFAULT_SSH_PORT);
-            self.forget_host_key(host, port).await;
+        } else {
+            // The master an earlier process opened outlives it by its
+            // `ControlPersist` time.
+            if is_lease_id(&lease.id) {
+                self.close_master(&lease.id).await;
+            }
+            if let Some(host) = lease.endpoint.host.as_deref().filter(|h| !h.is_empty()) {
+                let port = self
+                    .read_endpoint(&lease.id)
+                    .map(|r| r.port)
+                    .or(lease.endpoint.ssh_port)
+                    .unwrap_or(DEFAULT_SSH_PORT);
+                self.forget_host_key(host, port).await;
+            }
         }
         if is_lease_id(&lease.id) {
             let key_deleted = match key_deleted {

@@ -186,6 +186,19 @@ impl World {
                 "{when}: key directory {name} has no server"
             );
         }
+        // SSH clients and control masters name their lease's control socket.
+        let sockets = format!("{}/", self.path("state/ssh/cm").display());
+        for pid in all_processes() {
+            let line = cmdline(pid);
+            let Some((_, rest)) = line.split_once(&sockets) else {
+                continue;
+            };
+            let lease: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            assert!(
+                live.contains(&lease),
+                "{when}: ssh process {pid} ({line}) of lease {lease} runs without its lease"
+            );
+        }
         let marker = format!("CRABBOX_POND={}", self.pond);
         for pid in processes_with_env(&marker) {
             let Some(lease) = env_entry(pid, "CRABBOX_LEASE_ID") else {
@@ -228,6 +241,14 @@ fn env_entry(pid: i32, name: &str) -> Option<String> {
     env.split(|b| *b == 0)
         .find_map(|e| e.strip_prefix(prefix.as_bytes()))
         .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+fn all_processes() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
 }
 
 fn cmdline(pid: i32) -> String {
