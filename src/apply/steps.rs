@@ -529,3 +529,34 @@ fn render(ctx: &Context) -> Result<String, StepError> {
         .map_err(|e| fail(format!("recording the outputs written: {e}")))?;
     Ok(target.dir.display().to_string())
 }
+
+/// Removes what earlier runs of the pond left behind on `providers` when
+/// they died halfway (see [`Provider::sweep`]), naming each thing removed;
+/// what could not be removed is named in a warning (the next apply or
+/// destroy tries again), so a leftover never fails the run it was found by.
+pub async fn sweep_leftovers(
+    registry: &Registry,
+    pond: &str,
+    providers: &[crate::spec::providers::ProviderName],
+    reporter: &Reporter,
+) {
+    let sweeps = providers.iter().filter_map(|&name| {
+        let provider = registry.get(name).ok()?;
+        Some(async move { (name, provider.sweep(pond).await) })
+    });
+    for (name, swept) in futures_util::future::join_all(sweeps).await {
+        match swept {
+            Ok(removed) => {
+                for thing in removed {
+                    reporter.message("info", &format!("Removed {thing}, left by an earlier run"));
+                }
+            }
+            Err(e) => reporter.message(
+                "warning",
+                &format!(
+                    "warning: {name}: {e}; the next apply or destroy of pond `{pond}` tries again"
+                ),
+            ),
+        }
+    }
+}

@@ -12,7 +12,7 @@ use super::engine::{TargetArgs, approved, failure, load_spec, registry, runtime}
 use crate::apply::executor::{ExecOptions, StepResult};
 use crate::apply::lock;
 use crate::apply::progress::{Mode, Reporter};
-use crate::apply::steps::OutputTarget;
+use crate::apply::steps::{OutputTarget, sweep_leftovers};
 use crate::inventory::state_dir::state_dir;
 use crate::plan::saved::{self, SavedPlan};
 use crate::plan::{Action, MemberChange, Plan, human, json};
@@ -226,6 +226,12 @@ fn run_plan(
         ),
     }
     if !plan.has_changes() {
+        rt.block_on(sweep_leftovers(
+            &registry,
+            &plan.pond,
+            &inventory.listed,
+            &reporter,
+        ));
         summary(&reporter, verb, Applied::default(), true);
         return ExitCode::SUCCESS;
     }
@@ -249,7 +255,7 @@ fn run_plan(
         plan,
         desired,
         inventory,
-        registry,
+        registry.clone(),
         &state_dir(),
         sync_root(&spec_dir),
         outputs,
@@ -263,6 +269,13 @@ fn run_plan(
         ..ExecOptions::default()
     };
     let (outcome, applied) = rt.block_on(reconcile::apply(plan, ctx, &options, desired.is_some()));
+    // After the run (under the pond lock): what dead runs left behind.
+    rt.block_on(sweep_leftovers(
+        &registry,
+        &plan.pond,
+        &inventory.listed,
+        &reporter,
+    ));
     let ok = outcome.success();
     if !ok {
         let failed: Vec<String> = outcome

@@ -14,6 +14,8 @@
 //!   for SSH, and prepares the lease's work root
 //!   `crabbox/<lease>` (relative to the login's home). If anything after
 //!   the server exists fails, the server and key are deleted again.
+//!   Every API call is retried on its own (429, 5xx, time-outs; honouring
+//!   `Retry-After`), so one passing error does not start a create over.
 //! - **Relabel** checks that the server carries crabbox's labels for the
 //!   lease — from this provider's own sighting of it in the last minute
 //!   (its create, a listing, an earlier relabel) when there is one, else by
@@ -24,6 +26,17 @@
 //!   `crabbox=true`, a `pond` and this lease's `lease` label (always read
 //!   afresh: a delete cannot be undone); meanwhile it deletes the lease's
 //!   key (only one labelled for this lease), then the local key directory.
+//! - **Sweep** (after every apply and destroy): a process killed between a
+//!   key's upload and its server's create, or between a server's deletion
+//!   and its key's, leaves a key and a key directory without a server.
+//!   Keys labelled `crabbox=true`, this pond and a lease that has no server
+//!   are deleted, and so are the key directories whose endpoint record
+//!   names this pond (written first of the lease's files, so every such
+//!   directory has one) — never a key or directory of another pond.
+//! - **Re-running setup** first waits for SSH (a server adopted after its
+//!   creator was killed may still boot), then stops what earlier runs
+//!   started and creates the work root if it is missing
+//!   ([`SshTarget::stop_background`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -87,6 +100,8 @@ const CAPACITY_CODES: [&str; 5] = [
 ];
 /// The per-lease endpoint record, next to a generated key.
 const ENDPOINT_FILE: &str = "endpoint.json";
+/// A key directory being removed is first renamed to this and its lease ID.
+const RELEASED_PREFIX: &str = ".released-";
 /// The generated key's file name.
 const KEY_FILE: &str = "id_ed25519";
 /// Work roots live under this directory, relative to the login's home.
@@ -241,6 +256,11 @@ struct EndpointRecord {
     port: u16,
     /// Private key used to log in.
     key: PathBuf,
+    /// The lease's pond: lets a later apply of that pond remove this
+    /// directory when the lease never got a server (empty in records
+    /// written before it existed).
+    #[serde(default)]
+    pond: String,
     /// The lease's work root on the server (empty: `crabbox/<lease>`).
     #[serde(default)]
     work_root: String,
@@ -516,13 +536,14 @@ impl HetznerProvider {
                 user: DEFAULT_SSH_USER.to_owned(),
                 port: lease.endpoint.ssh_port.unwrap_or(DEFAULT_SSH_PORT),
                 key: self.key_dir(&lease.id).join(KEY_FILE),
+                pond: String::new(),
                 work_root: String::new(),
             });
         let host = match lease.endpoint.host.clone().filter(|h| !h.is_empty()) {
             Some(host) => host,
             None => {
                 let id = server_id(lease)?;
-                let server = self.get_server(id).await.map_err(|e| {
+                let server = retried(|| self.get_server(id)).await.map_err(|e| {
                     if e.is_not_found() {
                         ProviderError::NotFound(format!("hetzner server {id} (lease {})", lease.id))
                     } else {
@@ -560,7 +581,7 @@ impl HetznerProvider {
 
     /// The server if it carries crabbox's labels for this lease; else why not.
     async fn owned_server(&self, lease: &Lease, id: u64) -> Result<Server, ProviderError> {
-        let server = self.get_server(id).await.map_err(|e| {
+        let server = retried(|| self.get_server(id)).await.map_err(|e| {
             if e.is_not_found() {
                 ProviderError::NotFound(format!("hetzner server {id} (lease {})", lease.id))
             } else {
@@ -628,16 +649,11 @@ impl HetznerProvider {
         let mut keys = Vec::new();
         let mut page = 1;
         loop {
-            let list: SshKeyList = self
-                .http
-                .get_json(
-                    "/ssh_keys",
-                    &[
-                        ("per_page", PER_PAGE.to_string()),
-                        ("page", page.to_string()),
-                    ],
-                )
-                .await?;
+            let query = [
+                ("per_page", PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ];
+            let list: SshKeyList = self.http.get_json_with_retries("/ssh_keys", &query).await?;
             keys.extend(list.ssh_keys);
             match list.meta.next_page() {
                 Some(next) if next > page => page = next,
@@ -646,10 +662,104 @@ impl HetznerProvider {
         }
     }
 
+    /// Every key matching a label selector, all pages.
+    async fn keys_matching(&self, selector: &str) -> Result<Vec<SshKey>, ProviderError> {
+        let mut keys = Vec::new();
+        let mut page = 1;
+        loop {
+            let query = [
+                ("label_selector", selector.to_owned()),
+                ("per_page", PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ];
+            let list: SshKeyList = self.http.get_json_with_retries("/ssh_keys", &query).await?;
+            keys.extend(list.ssh_keys);
+            match list.meta.next_page() {
+                Some(next) if next > page => page = next,
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    /// Removes `<state>/ssh/keys/<lease>/` (gone already is fine): renamed
+    /// to `.released-<lease>` first, so a removal cut short by a kill
+    /// never leaves a directory that looks like a lease's but lacks the
+    /// record naming its pond — [`Provider::sweep`] removes those.
+    fn remove_key_dir(&self, lease_id: &str) -> std::io::Result<()> {
+        let dir = self.key_dir(lease_id);
+        let released = dir.with_file_name(format!("{RELEASED_PREFIX}{lease_id}"));
+        match std::fs::rename(&dir, &released) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match std::fs::remove_dir_all(&released) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends the SSH control master a killed run left for `lease_id`, if
+    /// any (it would otherwise live on for its `ControlPersist` time).
+    async fn close_master(&self, lease_id: &str) {
+        if !self
+            .state_dir
+            .join("ssh")
+            .join("cm")
+            .join(lease_id)
+            .exists()
+        {
+            return;
+        }
+        // The control path names the lease only, so the destination is moot.
+        let record = EndpointRecord {
+            lease_id: lease_id.to_owned(),
+            user: DEFAULT_SSH_USER.to_owned(),
+            port: DEFAULT_SSH_PORT,
+            key: self.key_dir(lease_id).join(KEY_FILE),
+            pond: String::new(),
+            work_root: String::new(),
+        };
+        self.new_target(lease_id, "127.0.0.1".to_owned(), &record)
+            .close()
+            .await;
+    }
+
+    /// Key directories whose removal began (`.released-<lease>`).
+    fn released_key_dirs(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.state_dir.join("ssh").join("keys")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(RELEASED_PREFIX))
+                    .is_some_and(is_lease_id)
+            })
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// The lease directories under `<state>/ssh/keys/`, by lease ID.
+    fn key_dirs(&self) -> Vec<(String, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(self.state_dir.join("ssh").join("keys")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let lease = e.file_name().into_string().ok()?;
+                is_lease_id(&lease).then(|| (lease, e.path()))
+            })
+            .collect()
+    }
+
     async fn keys_named(&self, name: &str) -> Result<Vec<SshKey>, ProviderError> {
         let list: SshKeyList = self
             .http
-            .get_json("/ssh_keys", &[("name", name.to_owned())])
+            .get_json_with_retries("/ssh_keys", &[("name", name.to_owned())])
             .await?;
         Ok(list
             .ssh_keys
@@ -680,9 +790,7 @@ impl HetznerProvider {
         });
         let mut replaced = false;
         loop {
-            let err = match self
-                .http
-                .post_json::<_, SshKeyEnvelope>("/ssh_keys", &body)
+            let err = match retried(|| self.http.post_json::<_, SshKeyEnvelope>("/ssh_keys", &body))
                 .await
             {
                 Ok(created) => return Ok(created.ssh_key.name),
@@ -720,7 +828,8 @@ impl HetznerProvider {
     }
 
     async fn delete_key_id(&self, id: u64) -> Result<(), ProviderError> {
-        match self.http.delete(&format!("/ssh_keys/{id}")).await {
+        let path = format!("/ssh_keys/{id}");
+        match retried(|| self.http.delete(&path)).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e.into()),
@@ -765,11 +874,8 @@ impl HetznerProvider {
                 "start_after_create": true,
                 "public_net": { "enable_ipv4": true, "enable_ipv6": false },
             });
-            match self
-                .http
-                .post_json::<_, ServerEnvelope>("/servers", &body)
-                .await
-            {
+            // A create whose answer was lost is found by its name below.
+            match retried(|| self.http.post_json::<_, ServerEnvelope>("/servers", &body)).await {
                 Ok(created) => {
                     self.saw(&created.server);
                     return Ok(created.server);
@@ -807,7 +913,7 @@ impl HetznerProvider {
     async fn server_named(&self, name: &str) -> Result<Option<Server>, ProviderError> {
         let list: ServerList = self
             .http
-            .get_json("/servers", &[("name", name.to_owned())])
+            .get_json_with_retries("/servers", &[("name", name.to_owned())])
             .await?;
         Ok(list.servers.into_iter().find(|s| s.name == name))
     }
@@ -889,15 +995,16 @@ impl HetznerProvider {
         }
         if let Some(id) = server {
             // Only ever a server this create made: it carries the lease label.
-            if let Ok(s) = self.get_server(id).await
+            if let Ok(s) = retried(|| self.get_server(id)).await
                 && s.labels.get(labels::LEASE).map(String::as_str) == Some(lease_id)
                 && s.labels.get(labels::CRABBOX).map(String::as_str) == Some("true")
             {
-                let _ = self.http.delete(&format!("/servers/{id}")).await;
+                let path = format!("/servers/{id}");
+                let _ = retried(|| self.http.delete(&path)).await;
             }
         }
         let _ = self.delete_lease_key(lease_id).await;
-        let _ = std::fs::remove_dir_all(self.key_dir(lease_id));
+        let _ = self.remove_key_dir(lease_id);
     }
 
     /// Removes `host:port` from crabbox's known-hosts file (best effort).
@@ -982,7 +1089,7 @@ struct LeaseKey {
     new: Option<openssh_ed25519::Key>,
 }
 
-/// Writes a new lease key's files (if any) and the lease's endpoint record
+/// Writes the lease's endpoint record and a new lease key's files (if any)
 /// under `dir`.
 fn write_lease_files(
     dir: &Path,
@@ -990,6 +1097,10 @@ fn write_lease_files(
     record: &[u8],
 ) -> Result<(), String> {
     atomic_file::create_private_dir(dir).map_err(|e| e.to_string())?;
+    // The record (naming the pond) first: a directory a killed create left
+    // behind is then recognisable as the pond's by a later sweep.
+    let path = dir.join(ENDPOINT_FILE);
+    atomic_file::write(&path, record).map_err(|e| format!("writing {}: {e}", path.display()))?;
     if let Some(key) = key {
         let private = dir.join(KEY_FILE);
         let public = dir.join(format!("{KEY_FILE}.pub"));
@@ -1000,8 +1111,7 @@ fn write_lease_files(
                 .map_err(|e| format!("writing {}: {e}", path.display()))?;
         }
     }
-    let path = dir.join(ENDPOINT_FILE);
-    atomic_file::write(&path, record).map_err(|e| format!("writing {}: {e}", path.display()))
+    Ok(())
 }
 
 /// Creates `path` (mode 0600) with `contents`; it must not exist.
@@ -1159,6 +1269,42 @@ fn server_types(member: &DesiredMember) -> (Vec<String>, bool) {
     }
 }
 
+/// `call` retried as the executor retries a step (429, 5xx, time-outs;
+/// `Retry-After` honoured), keeping the last [`ApiError`] so callers can
+/// still branch on its code. Each call is retried on its own, so a create
+/// or release made of several calls does not start over (and re-send
+/// calls that succeeded) when one of them meets a passing error.
+async fn retried<T, F, Fut>(mut call: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let last: Arc<Mutex<Option<ApiError>>> = Arc::default();
+    let result = crate::apply::retry::with_retries(|| {
+        let attempt = call();
+        let last = last.clone();
+        async move {
+            attempt.await.map_err(|e| {
+                let error = e.error.clone();
+                *last.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                error
+            })
+        }
+    })
+    .await;
+    result.map_err(|error| {
+        last.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or(ApiError {
+                status: None,
+                code: None,
+                message: error.to_string(),
+                error,
+            })
+    })
+}
+
 fn is_capacity(e: &ApiError) -> bool {
     e.code
         .as_deref()
@@ -1174,6 +1320,16 @@ fn key_is_ours(key: &SshKey, lease_id: &str) -> bool {
 fn same_public_key(a: &str, b: &str) -> bool {
     let fields = |s: &str| s.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
     fields(a) == fields(b)
+}
+
+fn check_pond(pond: &str) -> Result<(), ProviderError> {
+    if pond.is_empty() || labels::sanitize(pond) != pond {
+        Err(ProviderError::Failed(format!(
+            "`{pond}` is not a valid pond label value"
+        )))
+    } else {
+        Ok(())
+    }
 }
 
 fn check_lease_id(id: &str) -> Result<(), ProviderError> {
@@ -1221,11 +1377,7 @@ impl Provider for HetznerProvider {
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
-        if pond.is_empty() || labels::sanitize(pond) != pond {
-            return Err(ProviderError::Failed(format!(
-                "`{pond}` is not a valid pond label value"
-            )));
-        }
+        check_pond(pond)?;
         let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
         // The endpoint records are read while the pages are on their way.
         let keys = self.state_dir.join("ssh").join("keys");
@@ -1267,6 +1419,7 @@ impl Provider for HetznerProvider {
             user: settings.user.clone(),
             port: settings.port,
             key: key.private.clone(),
+            pond: request.pond.clone(),
             work_root: format!("{}/{}", self.work_base, request.lease_id),
         };
         let bytes = serde_json::to_vec_pretty(&record)
@@ -1336,9 +1489,9 @@ impl Provider for HetznerProvider {
                 lease.id
             )));
         }
-        let updated: ServerEnvelope = self
-            .http
-            .put_json(&format!("/servers/{id}"), &json!({ "labels": labels }))
+        let body = json!({ "labels": labels });
+        let path = format!("/servers/{id}");
+        let updated: ServerEnvelope = retried(|| self.http.put_json(&path, &body))
             .await
             .inspect_err(|e| {
                 if e.is_not_found() {
@@ -1378,7 +1531,83 @@ impl Provider for HetznerProvider {
     }
 
     async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
-        self.target(lease).await?.stop_background().await
+        let target = self.target(lease).await?;
+        if self.ssh_bootstrap {
+            // A server adopted after its creator died may still be booting.
+            target.wait_ready(self.ssh_timeout).await?;
+        }
+        target.stop_background().await
+    }
+
+    async fn sweep(&self, pond: &str) -> Result<Vec<String>, ProviderError> {
+        check_pond(pond)?;
+        let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
+        // Only what was observed counts: a failed listing sweeps nothing.
+        let (servers, keys) = tokio::try_join!(
+            self.servers_matching(&selector),
+            self.keys_matching(&selector)
+        )?;
+        let live: HashSet<String> = servers
+            .into_iter()
+            .filter_map(|s| s.labels.get(labels::LEASE).cloned())
+            .collect();
+        let mut removed = Vec::new();
+        let mut left = Vec::new();
+        let mut swept_leases = HashSet::new();
+        for key in keys {
+            let Some(lease) = key.labels.get(labels::LEASE).cloned() else {
+                continue;
+            };
+            if live.contains(&lease)
+                || !is_lease_id(&lease)
+                || !key_is_ours(&key, &lease)
+                || key.labels.get(labels::POND).map(String::as_str) != Some(pond)
+            {
+                continue;
+            }
+            match self.delete_key_id(key.id).await {
+                Ok(()) => removed.push(format!(
+                    "hetzner SSH key `{}` (lease {lease} has no server)",
+                    key.name
+                )),
+                Err(e) => left.push(format!(
+                    "hetzner SSH key `{}` (id {}): {e}",
+                    key.name, key.id
+                )),
+            }
+            swept_leases.insert(lease);
+        }
+        for (lease, dir) in self.key_dirs() {
+            if live.contains(&lease) {
+                continue;
+            }
+            let of_pond = self.read_endpoint(&lease).is_some_and(|r| r.pond == pond);
+            if !(of_pond || swept_leases.contains(&lease)) {
+                continue;
+            }
+            self.close_master(&lease).await;
+            match self.remove_key_dir(&lease) {
+                Ok(()) => removed.push(format!("key directory {}", dir.display())),
+                Err(e) => left.push(format!("key directory {}: {e}", dir.display())),
+            }
+        }
+        // Directories a removal began and did not finish (already out of
+        // every lease's name, so no run uses them).
+        for dir in self.released_key_dirs() {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => removed.push(format!("key directory {}", dir.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => left.push(format!("key directory {}: {e}", dir.display())),
+            }
+        }
+        if left.is_empty() {
+            Ok(removed)
+        } else {
+            Err(ProviderError::Failed(format!(
+                "left behind by earlier runs of pond `{pond}` and not removed: {}",
+                left.join("; ")
+            )))
+        }
     }
 
     async fn probe(
@@ -1406,7 +1635,7 @@ impl Provider for HetznerProvider {
         let (outcome, key_deleted) = match self.owned_server(lease, id).await {
             Ok(_) => {
                 // The key only served the server's creation: it goes meanwhile.
-                let (deleted, key) = tokio::join!(self.http.delete(&path), async {
+                let (deleted, key) = tokio::join!(retried(|| self.http.delete(&path)), async {
                     if is_lease_id(&lease.id) {
                         Some(self.delete_lease_key(&lease.id).await)
                     } else {
@@ -1433,13 +1662,20 @@ impl Provider for HetznerProvider {
         if let Some(t) = self.forget_target(&lease.id) {
             t.close().await;
             self.forget_host_key(&t.host, t.port).await;
-        } else if let Some(host) = lease.endpoint.host.as_deref().filter(|h| !h.is_empty()) {
-            let port = self
-                .read_endpoint(&lease.id)
-                .map(|r| r.port)
-                .or(lease.endpoint.ssh_port)
-                .unwrap_or(DEFAULT_SSH_PORT);
-            self.forget_host_key(host, port).await;
+        } else {
+            // The master an earlier process opened outlives it by its
+            // `ControlPersist` time.
+            if is_lease_id(&lease.id) {
+                self.close_master(&lease.id).await;
+            }
+            if let Some(host) = lease.endpoint.host.as_deref().filter(|h| !h.is_empty()) {
+                let port = self
+                    .read_endpoint(&lease.id)
+                    .map(|r| r.port)
+                    .or(lease.endpoint.ssh_port)
+                    .unwrap_or(DEFAULT_SSH_PORT);
+                self.forget_host_key(host, port).await;
+            }
         }
         if is_lease_id(&lease.id) {
             let key_deleted = match key_deleted {
@@ -1452,17 +1688,12 @@ impl Provider for HetznerProvider {
                     key_name(&lease.id)
                 ))
             })?;
-            let dir = self.key_dir(&lease.id);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(ProviderError::Failed(format!(
-                        "removing {}: {e}",
-                        dir.display()
-                    )));
-                }
-            }
+            self.remove_key_dir(&lease.id).map_err(|e| {
+                ProviderError::Failed(format!(
+                    "removing {}: {e}",
+                    self.key_dir(&lease.id).display()
+                ))
+            })?;
         }
         outcome
     }

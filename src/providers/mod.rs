@@ -200,6 +200,17 @@ pub trait Provider: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Deletes what creates and releases of `pond` left behind when their
+    /// process died halfway — resources that belong to no existing lease,
+    /// such as an SSH key uploaded before its server's create call — only
+    /// when they carry crabbox's markers for this pond. Returns a description
+    /// of each thing removed; an error names what is still left. Called by
+    /// `apply` and `destroy` (which hold the pond lock), never by `plan`.
+    async fn sweep(&self, pond: &str) -> Result<Vec<String>, ProviderError> {
+        let _ = pond;
+        Ok(Vec::new())
+    }
+
     /// Creates a lease carrying `request.labels`.
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError>;
 

@@ -322,6 +322,59 @@ impl ServiceDirs {
     }
 }
 
+/// Script lines that run `command` (`sh -c`) as a tracked step: the leader
+/// of its own session and process group, standard input from `/dev/null`,
+/// output on the script's own, its pid recorded in `pid_file` while it runs.
+/// The script exits with the command's status (128 + the signal when a
+/// signal ended it).
+///
+/// The pid file is what lets a later run find and stop a step whose crabbox
+/// died (SIGKILL, a lost connection) before re-running setup: such a step
+/// would otherwise keep running beside its re-run. `pid_file`'s directory
+/// must exist; the environment and working directory are the caller's.
+/// The command must have passed [`checked_text`].
+#[must_use]
+pub fn tracked_command_script(pid_file: &str, command: &str) -> String {
+    format!(
+        "setsid sh -c {command} </dev/null &\n\
+         pid=$!\n\
+         echo \"$pid\" >{pid_file}.tmp && mv -f -- {pid_file}.tmp {pid_file}\n\
+         wait \"$pid\"\n\
+         status=$?\n\
+         rm -f -- {pid_file}\n\
+         exit \"$status\"\n",
+        command = quote(command),
+        pid_file = quote(pid_file),
+    )
+}
+
+/// Script lines that stop every process an earlier run started on a lease
+/// and left behind: each recorded process group in `pids` (services and
+/// tracked steps, see [`ServiceDirs::stop_all`]), then every other process
+/// carrying exactly the lease's marker (one started in the moment before its
+/// pid was recorded, or that left its process group). Needs
+/// [`stop_functions`] defined before it.
+#[must_use]
+pub fn stop_leftovers(dirs: &ServiceDirs, lease_id: &str) -> String {
+    format!("{}{}", dirs.stop_all(), kill_marked(lease_id))
+}
+
+/// Script lines that kill every process (other than the running shell)
+/// whose environment carries exactly lease `lease_id`'s marker.
+#[must_use]
+pub fn kill_marked(lease_id: &str) -> String {
+    let marker = lease_marker(lease_id);
+    format!(
+        r#"for f in $(grep -lF -- {marker} /proc/[0-9]*/environ 2>/dev/null); do
+  p=${{f#/proc/}}
+  p=${{p%/environ}}
+  [ "$p" = "$$" ] && continue
+  tr '\0' '\n' <"$f" 2>/dev/null | grep -qxF -- {marker} && kill -s KILL "$p" 2>/dev/null
+done
+"#
+    )
+}
+
 /// What a start script that exited [`EXITED_AT_ONCE`] printed: the
 /// service's exit status (`?` when missing) and its last log lines (`(no
 /// output)` when there were none).
@@ -511,6 +564,74 @@ mod tests {
             log.contains("starting `bad`: $ echo 'it failed'; exit 7\nit failed\n"),
             "{log}"
         );
+    }
+
+    #[test]
+    fn a_tracked_step_records_its_pid_while_it_runs_and_passes_its_status_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("step-1.pid").display().to_string();
+        let script =
+            tracked_command_script(&pid_file, "echo out; test -f \"$1\" || exit 9; exit 7");
+        // `$1` is not set in the step: the pid file is checked through its path.
+        let script = script.replace("\"$1\"", &quote(&pid_file));
+        let (code, out) = sh(&script);
+        assert_eq!((code, out.as_str()), (7, "out\n"));
+        assert!(
+            !std::path::Path::new(&pid_file).exists(),
+            "removed after the step"
+        );
+        let (code, _) = sh(&tracked_command_script(
+            &pid_file,
+            &format!("test -s {}", quote(&pid_file)),
+        ));
+        assert_eq!(
+            code, 0,
+            "the pid file is written before the step is waited for"
+        );
+    }
+
+    #[test]
+    fn leftovers_of_a_dead_run_are_stopped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dirs = ServiceDirs::under(&dir.path().display().to_string());
+        std::fs::create_dir_all(&dirs.pids).expect("pids");
+        let lease = "cbx_0000000000aa";
+        // A step whose crabbox died: its shell is gone, the step runs on.
+        let started = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "export CRABBOX_LEASE_ID={lease}\n{}",
+                tracked_command_script(&dirs.pid_file("step-1"), "sleep 30")
+            ))
+            .spawn()
+            .expect("step starts");
+        let pid_file = std::path::Path::new(&dirs.pid_file("step-1")).to_owned();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !pid_file.exists() {
+            assert!(std::time::Instant::now() < deadline, "no pid file");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let step: i32 = std::fs::read_to_string(&pid_file)
+            .expect("pid")
+            .trim()
+            .parse()
+            .expect("a pid");
+        let (code, _) = sh(&format!(
+            "{}{}",
+            stop_functions(lease),
+            stop_leftovers(&dirs, lease)
+        ));
+        assert_eq!(code, 0);
+        // The dead run's shell ends too: with the step's status, or killed
+        // as a process of the lease.
+        let mut started = started;
+        started.wait().expect("waited");
+        assert!(!pid_file.exists());
+        let state = std::fs::read_to_string(format!("/proc/{step}/stat")).unwrap_or_default();
+        let running = state
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+        assert!(!running, "the step is gone: {state}");
     }
 
     #[test]

@@ -38,7 +38,8 @@ use crate::spec::duration;
 use crate::transport::remote_shell::{
     ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, LOGS, NO_PROBE_TOOL, PIDS, PROBE_SECS,
     ServiceDirs, check_service_name, checked_text, early_exit, export_lines, http_probe_script,
-    lease_marker, probe_command_line, probe_host, quote, stop_functions,
+    kill_marked, probe_command_line, probe_host, quote, stop_functions, stop_leftovers,
+    tracked_command_script,
 };
 
 /// Where files are synced and commands run, under the work root.
@@ -135,7 +136,12 @@ impl SshTarget {
     /// Runs a command in `workspace/` with `env` (sent over stdin, never argv), streaming output.
     ///
     /// The command runs as `sh -c <command>` with its standard input from
-    /// `/dev/null`; a command killed by a signal exits with 128 + the signal.
+    /// `/dev/null`, in its own process group recorded in
+    /// `pids/step-<random>.pid` while it runs (see
+    /// [`tracked_command_script`]): a command that outlives its crabbox is
+    /// found and stopped by [`Self::stop_background`], and one that times
+    /// out is stopped at once. A command killed by a signal exits with 128 +
+    /// the signal.
     ///
     /// # Errors
     /// SSH failures (not the command's own non-zero exit).
@@ -146,20 +152,41 @@ impl SshTarget {
         sink: Arc<dyn OutputSink>,
         timeout: Option<Duration>,
     ) -> Result<i32, ProviderError> {
+        let command = checked_text("command", command)?;
+        let pid_file = self.services().pid_file(&step_name()?);
         let script = format!(
-            "{}sh -c {} </dev/null\nexit $?\n",
+            "{}mkdir -p -- {} || exit 1\n{}",
             self.env_prelude(env)?,
-            quote(checked_text("command", command)?)
+            quote(&self.services().pids),
+            tracked_command_script(&pid_file, command)
         );
         match self
             .run(SH_STDIN, Input::Script(script), sink, timeout)
             .await?
         {
             Outcome::Exited(code) => Ok(code),
-            Outcome::TimedOut(limit) => Err(ProviderError::Failed(format!(
-                "command timed out after {}",
-                duration::format(limit)
-            ))),
+            Outcome::TimedOut(limit) => {
+                // The ssh client is gone; the command may still run there.
+                let stop = format!(
+                    "{}crabbox_stop {}\n",
+                    stop_functions(&self.lease_id),
+                    quote(&pid_file)
+                );
+                let stopped = match self.script(stop).await {
+                    Ok(c) => c.expect_success("stopping it"),
+                    Err(e) => Err(e),
+                };
+                Err(ProviderError::Failed(format!(
+                    "command timed out after {}{}",
+                    duration::format(limit),
+                    stopped.map_or_else(
+                        |e| format!(
+                            " and may still run on the host ({e}); its pid is in {pid_file}"
+                        ),
+                        |()| String::new()
+                    )
+                )))
+            }
         }
     }
 
@@ -213,7 +240,12 @@ impl SshTarget {
         )))
     }
 
-    /// Stops every service started by `start_background` (TERM, then KILL after 5 s).
+    /// Before setup runs again: stops everything earlier runs started on the
+    /// lease — services started by `start_background` and steps run by
+    /// `exec` (their recorded process groups: TERM, then KILL after 5 s),
+    /// then any other process carrying this lease's `CRABBOX_LEASE_ID` —
+    /// and creates the work root if it is missing (a lease adopted after
+    /// its creator was killed may never have had it prepared).
     ///
     /// A pid whose process does not carry this lease's `CRABBOX_LEASE_ID`
     /// (the pid was reused) is not signalled; its pid file is removed.
@@ -222,13 +254,16 @@ impl SshTarget {
     /// SSH failures.
     pub async fn stop_background(&self) -> Result<(), ProviderError> {
         let script = format!(
-            "{}{}",
+            "{}{}mkdir -p -- {} {} {}\n",
             stop_functions(&self.lease_id),
-            self.services().stop_all()
+            stop_leftovers(&self.services(), &self.lease_id),
+            quote(&self.path(WORKSPACE)),
+            quote(&self.path(LOGS)),
+            quote(&self.path(PIDS))
         );
         self.script(script)
             .await?
-            .expect_success("stopping background services")
+            .expect_success("stopping what earlier runs started")
     }
 
     /// One readiness attempt, run on the host.
@@ -293,7 +328,7 @@ impl SshTarget {
             "{}{}{}rm -rf -- {}\n",
             stop_functions(&self.lease_id),
             self.services().stop_all(),
-            self.kill_marked(),
+            kill_marked(&self.lease_id),
             quote(&self.work_root)
         );
         self.script(script)
@@ -592,21 +627,15 @@ impl SshTarget {
         let exports = export_lines(all)?;
         Ok(format!("cd {} || exit 127\n{exports}", quote(&workspace)))
     }
+}
 
-    /// Kills every process (other than this script) whose environment
-    /// carries exactly this lease's `CRABBOX_LEASE_ID`.
-    fn kill_marked(&self) -> String {
-        let marker = lease_marker(&self.lease_id);
-        format!(
-            r#"for f in $(grep -lF -- {marker} /proc/[0-9]*/environ 2>/dev/null); do
-  p=${{f#/proc/}}
-  p=${{p%/environ}}
-  [ "$p" = "$$" ] && continue
-  tr '\0' '\n' <"$f" 2>/dev/null | grep -qxF -- {marker} && kill -s KILL "$p" 2>/dev/null
-done
-"#
-        )
-    }
+/// A fresh name for a tracked step's pid file: `step-` and 16 random hex
+/// digits (several steps of a lease may run at once).
+fn step_name() -> Result<String, ProviderError> {
+    let mut bytes = [0_u8; 8];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| ProviderError::Failed(format!("naming a step's pid file: {e}")))?;
+    Ok(format!("step-{:016x}", u64::from_be_bytes(bytes)))
 }
 
 /// The remote command that runs a script read from standard input.

@@ -51,6 +51,11 @@ pub struct FakeConfig {
     pub authorized_keys: Option<PathBuf>,
     /// The IPv4 address of created servers.
     pub ipv4: String,
+    /// Deleting a server kills the processes on this machine that carry
+    /// its lease (`CRABBOX_LEASE_ID=<its lease label>`), as deleting a real
+    /// server ends everything running on it (for fakes whose servers are
+    /// the test sshd).
+    pub kill_on_delete: bool,
 }
 
 impl Default for FakeConfig {
@@ -60,6 +65,7 @@ impl Default for FakeConfig {
             boot_delay: Duration::from_millis(100),
             authorized_keys: None,
             ipv4: "127.0.0.1".to_owned(),
+            kill_on_delete: false,
         }
     }
 }
@@ -146,6 +152,10 @@ impl Bucket {
 #[derive(Debug, Default)]
 struct Faults {
     latency: Duration,
+    /// Extra latency of requests by method and path prefix.
+    route_latency: Vec<(String, String, Duration)>,
+    /// Requests by method and path prefix that always answer 503.
+    route_down: Vec<(String, String)>,
     /// At most this many requests are served at once; the rest wait in turn.
     gate: Option<Arc<tokio::sync::Semaphore>>,
     /// Requests per second beyond which the fake answers 429.
@@ -156,6 +166,32 @@ struct Faults {
     lose_create_answers: u32,
     /// Server type → capacity error code.
     capacity: HashMap<String, String>,
+    /// This fraction of requests answers 429 (`Retry-After: 0`) or 503, at
+    /// random from the state of a seeded xorshift generator.
+    storm: Option<(f64, u64)>,
+}
+
+impl Faults {
+    /// The status a storm answers this request with, if any.
+    fn storm_status(&mut self) -> Option<StatusCode> {
+        let (fraction, state) = self.storm.as_mut()?;
+        let mut next = || {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            *state
+        };
+        #[allow(clippy::cast_precision_loss)] // a probability needs no more
+        let hit = (next() >> 11) as f64 / (1_u64 << 53) as f64;
+        if hit >= *fraction {
+            return None;
+        }
+        Some(if next() % 2 == 0 {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -229,6 +265,26 @@ impl FakeHandle {
         self.lock().faults.latency = latency;
     }
 
+    /// Delays requests of `method` whose path starts with `path_prefix`
+    /// (`/v1/ssh_keys`) by `latency` more than the others.
+    pub fn set_route_latency(&self, method: &str, path_prefix: &str, latency: Duration) {
+        self.lock()
+            .faults
+            .route_latency
+            .push((method.to_owned(), path_prefix.to_owned(), latency));
+    }
+
+    /// Requests of `method` whose path starts with `path_prefix` answer
+    /// 503 `unavailable` from now on (`false`: they are served again).
+    pub fn set_route_down(&self, method: &str, path_prefix: &str, down: bool) {
+        let route = (method.to_owned(), path_prefix.to_owned());
+        let mut inner = self.lock();
+        inner.faults.route_down.retain(|r| *r != route);
+        if down {
+            inner.faults.route_down.push(route);
+        }
+    }
+
     /// How long servers created from now on take to be `running`.
     pub fn set_boot_delay(&self, boot: Duration) {
         let mut inner = self.lock();
@@ -262,6 +318,14 @@ impl FakeHandle {
         let mut inner = self.lock();
         inner.faults.fail_429 = n;
         inner.faults.retry_after_429 = retry_after;
+    }
+
+    /// From now on, a `fraction` of (authenticated) requests to every
+    /// endpoint answer 429 `rate_limit_exceeded` (with `Retry-After: 0`) or
+    /// 503 `unavailable`, half each, chosen by a generator seeded with
+    /// `seed`. `None` ends the storm.
+    pub fn set_storm(&self, storm: Option<(f64, u64)>) {
+        self.lock().faults.storm = storm.map(|(fraction, seed)| (fraction, seed.max(1)));
     }
 
     /// The next `n` (authenticated) requests answer 503 `unavailable`.
@@ -389,6 +453,13 @@ async fn handle_request(
         inner.in_flight += 1;
         inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
         inner.faults.latency
+            + inner
+                .faults
+                .route_latency
+                .iter()
+                .filter(|(m, p, _)| *m == method.as_str() && uri.path().starts_with(p.as_str()))
+                .map(|(_, _, d)| *d)
+                .sum::<Duration>()
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -438,6 +509,28 @@ async fn handle_request(
             "rate_limit_exceeded",
             "request rate limit reached",
         )
+    } else if inner
+        .faults
+        .route_down
+        .iter()
+        .any(|(m, p)| *m == method.as_str() && path.starts_with(p.as_str()))
+    {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "service temporarily unavailable",
+        )
+    } else if let Some(status) = inner.faults.storm_status() {
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            extra_headers.push(("retry-after", "0".to_owned()));
+            error(
+                status,
+                "rate_limit_exceeded",
+                "limit of 3600 requests per hour reached",
+            )
+        } else {
+            error(status, "unavailable", "service temporarily unavailable")
+        }
     } else if inner.faults.fail_503 > 0 {
         inner.faults.fail_503 -= 1;
         error(
@@ -890,8 +983,13 @@ fn update_server(inner: &mut Inner, id: u64, body: &Value) -> Answer {
 }
 
 fn delete_server(inner: &mut Inner, id: u64) -> Answer {
-    if inner.servers.remove(&id).is_none() {
+    let Some(server) = inner.servers.remove(&id) else {
         return server_not_found(id);
+    };
+    if inner.config.kill_on_delete
+        && let Some(lease) = server.labels.get("lease")
+    {
+        kill_lease_processes(lease);
     }
     let action = inner.next_id;
     inner.next_id += 1;
@@ -899,6 +997,33 @@ fn delete_server(inner: &mut Inner, id: u64) -> Answer {
         StatusCode::OK,
         json!({ "action": action_json(action, "delete_server", id, "server") }),
     )
+}
+
+/// SIGKILLs every process of this machine whose environment carries
+/// exactly `CRABBOX_LEASE_ID=<lease>`.
+fn kill_lease_processes(lease: &str) {
+    let marker = format!("CRABBOX_LEASE_ID={lease}");
+    for pid in processes_with_env(&marker) {
+        // SAFETY: kill(2) only takes integers.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// The processes of this machine (readable by this user) whose
+/// environment holds exactly the entry `entry` (`NAME=value`).
+pub fn processes_with_env(entry: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
+        })
+        .collect()
 }
 
 // ---- SSH keys ----

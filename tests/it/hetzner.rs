@@ -887,3 +887,160 @@ async fn discovery_of_500_servers_fetches_nine_pages_at_once() {
         fx.handle().max_in_flight()
     );
 }
+
+#[tokio::test]
+async fn a_key_upload_answered_503_is_retried_within_create() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+    // The create's first request is the key's upload.
+    fx.handle().fail_next_with_503(1);
+    let lease = provider
+        .create(&request(member("db", json!({}))))
+        .await
+        .expect("the upload is retried and the create succeeds");
+    let uploads: Vec<u16> = fx
+        .requests("POST", "/v1/ssh_keys")
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(uploads, [503, 201]);
+    assert_eq!(fx.requests("POST", "/v1/servers").len(), 1);
+    provider.release(&lease).await.expect("release");
+}
+
+#[tokio::test]
+async fn a_key_deletion_that_stays_unavailable_is_named() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+    let req = request(member("db", json!({})));
+    let lease = provider.create(&req).await.expect("create");
+    fx.handle().set_route_down("DELETE", "/v1/ssh_keys", true);
+    let err = provider
+        .release(&lease)
+        .await
+        .expect_err("the key could not be deleted");
+    let message = err.to_string();
+    assert!(message.contains(&key_name(&req.lease_id)), "{message}");
+    assert!(
+        fx.requests("DELETE", "/v1/ssh_keys").len() > 1,
+        "the deletion was retried"
+    );
+    // The next apply's sweep deletes it once the API answers again.
+    fx.handle().set_route_down("DELETE", "/v1/ssh_keys", false);
+    let removed = provider.sweep(POND).await.expect("sweep");
+    assert!(
+        removed.iter().any(|r| r.contains(&key_name(&req.lease_id))),
+        "{removed:?}"
+    );
+    assert!(fx.handle().ssh_keys().is_empty());
+}
+
+/// Deletes a server behind the provider's back, as a process killed between
+/// a release's two deletions (or before a create's server call) leaves it.
+async fn delete_server_only(fx: &Fixture, id: &str) {
+    let status = reqwest::Client::new()
+        .delete(format!("{}/servers/{id}", fx.fake.base_url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("delete")
+        .status();
+    assert!(status.is_success(), "{status}");
+}
+
+#[tokio::test]
+async fn sweep_deletes_keys_and_key_dirs_of_leases_without_a_server_and_nothing_else() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+    let keys_dir = fx.state.path().join("ssh/keys");
+    // A lease that exists.
+    let live = request(member("db", json!({})));
+    provider.create(&live).await.expect("create");
+    // A lease whose server is gone: its key and key directory are left.
+    let orphan = request(member("app", json!({})));
+    let orphan_lease = provider.create(&orphan).await.expect("create");
+    delete_server_only(&fx, &orphan_lease.cloud_id).await;
+    // The same in another pond: not this pond's to sweep.
+    let mut elsewhere = request(member("app", json!({})));
+    elsewhere.pond = "other-pond".to_owned();
+    elsewhere
+        .labels
+        .insert(labels::POND.to_owned(), "other-pond".to_owned());
+    let elsewhere_lease = provider.create(&elsewhere).await.expect("create");
+    delete_server_only(&fx, &elsewhere_lease.cloud_id).await;
+    // Keys crabbox did not make for this pond.
+    let foreign_key = fx.handle().plant_ssh_key(
+        &key_name("cbx_00000000f00d"),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeFakeFakeFakeFakeFakeFakeFakeFakeFakeFake x",
+        &[("lease", "cbx_00000000f00d"), ("pond", POND)],
+    );
+    // A removal cut short after its rename.
+    std::fs::create_dir_all(keys_dir.join(".released-cbx_00000000beef")).expect("dir");
+
+    let removed = provider.sweep(POND).await.expect("sweep");
+    assert_eq!(removed.len(), 3, "{removed:#?}");
+    assert!(
+        removed[0].contains(&key_name(&orphan.lease_id)),
+        "{removed:?}"
+    );
+    let mut keys: Vec<String> = fx
+        .handle()
+        .ssh_keys()
+        .iter()
+        .map(|k| k["name"].as_str().expect("name").to_owned())
+        .collect();
+    keys.sort();
+    let mut expected = vec![
+        key_name(&live.lease_id),
+        key_name(&elsewhere.lease_id),
+        key_name("cbx_00000000f00d"),
+    ];
+    expected.sort();
+    assert_eq!(keys, expected);
+    assert!(
+        fx.handle()
+            .ssh_keys()
+            .iter()
+            .any(|k| k["id"] == foreign_key)
+    );
+    let mut dirs: Vec<String> = std::fs::read_dir(&keys_dir)
+        .expect("keys dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    let mut expected = vec![live.lease_id.clone(), elsewhere.lease_id.clone()];
+    expected.sort();
+    assert_eq!(dirs, expected);
+    assert!(provider.sweep(POND).await.expect("sweep").is_empty());
+    fx.check_foreign_untouched();
+}
+
+#[tokio::test]
+async fn setup_on_a_lease_whose_work_root_was_never_prepared_runs_after_stop_background() {
+    let (fx, sshd, remote) = ssh_fixture().await;
+    let provider = ssh_provider(&fx, remote.path());
+    let req = request(member(
+        "db",
+        json!({"ssh_user": sshd.user, "ssh_port": sshd.port}),
+    ));
+    let lease = provider.create(&req).await.expect("create over ssh");
+    // As when the creating process was killed before it prepared the work root.
+    let work_root = remote.path().join("work").join(&req.lease_id);
+    std::fs::remove_dir_all(&work_root).expect("remove the work root");
+    let later = ssh_provider(&fx, remote.path());
+    let listed = later.list(POND).await.expect("list");
+    // What a re-run setup does first.
+    later.stop_background(&listed[0]).await.expect("stop");
+    let sink = Arc::new(Collect::default());
+    let code = later
+        .exec(&listed[0], &exec_request("pwd"), sink.clone())
+        .await
+        .expect("exec");
+    assert_eq!(code, 0, "not 127: the work root exists again");
+    assert_eq!(
+        sink.stdout(),
+        vec![work_root.join("workspace").display().to_string()]
+    );
+    later.release(&lease).await.expect("release");
+    drop(sshd);
+}

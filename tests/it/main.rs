@@ -11,6 +11,7 @@ mod fake_provider;
 mod hetzner;
 mod huge_documents;
 mod islo;
+mod killed;
 mod loader_fuzz;
 mod local_e2e;
 mod outputs_owner;
