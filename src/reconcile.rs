@@ -65,6 +65,12 @@ pub fn plan_with_outputs(
     registry: &Registry,
 ) -> Result<Plan, String> {
     let mut p = plan(desired, inventory, options).map_err(|e: PlanError| e.to_string())?;
+    if !inventory.unobserved().is_empty() {
+        // Part of the pond was not seen (a targeted plan may go on): the
+        // files would describe a pond without those members, so none is
+        // rendered.
+        return Ok(p);
+    }
     let projected: Vec<Lease> = projected_leases(&p);
     let reg = registry.clone();
     let peers = peers_from_leases(&desired.name, &projected, |n| {

@@ -190,7 +190,7 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
                     labels: labels.clone(),
                     ..lease.clone()
                 },
-            );
+            )?;
             ctx.set_lease(Lease {
                 labels,
                 ..lease.clone()
@@ -219,7 +219,7 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
             let provider = ctx.provider(lease.provider)?;
             with_retries(|| provider.relabel(&lease, &labels)).await?;
             let lease = Lease { labels, ..lease };
-            update_claim(ctx, &lease);
+            update_claim(ctx, &lease)?;
             ctx.set_lease(lease);
             Ok(String::new())
         }
@@ -283,13 +283,20 @@ async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
             return Err(e.into());
         }
     };
-    update_claim(ctx, &lease);
+    update_claim(ctx, &lease)?;
     ctx.set_lease(lease);
     Ok(format!("id={lease_id}"))
 }
 
-fn update_claim(ctx: &Context, lease: &Lease) {
-    let mut claim = ctx.claims.load(&lease.id).unwrap_or_else(|| Claim {
+/// Records what is now true of a lease in its claim. A claim that cannot be
+/// read or written fails the step: the lease exists, and a claim left
+/// `pending` or stale would misdescribe it to the next run.
+fn update_claim(ctx: &Context, lease: &Lease) -> Result<(), StepError> {
+    let stored = ctx
+        .claims
+        .load(&lease.id)
+        .map_err(|e| fail(format!("reading the claim of {}: {e}", lease.id)))?;
+    let mut claim = stored.unwrap_or_else(|| Claim {
         lease_id: lease.id.clone(),
         slug: lease.slug().to_owned(),
         provider: lease.provider.as_str().to_owned(),
@@ -313,12 +320,10 @@ fn update_claim(ctx: &Context, lease: &Lease) {
     } else if let Ok(shares) = serde_json::to_value(&lease.endpoint.shares) {
         claim.extra.insert(SHARES_FIELD.to_owned(), shares);
     }
-    if let Err(e) = ctx.claims.write(&claim) {
-        ctx.reporter.message(
-            "warning",
-            &format!("warning: could not update claim {}: {e}", lease.id),
-        );
-    }
+    ctx.claims
+        .write(&claim)
+        .map_err(|e| fail(format!("writing the claim of {}: {e}", lease.id)))?;
+    Ok(())
 }
 
 async fn sync(ctx: &Context, slug: &str) -> Result<String, StepError> {
@@ -452,7 +457,7 @@ async fn share(ctx: &Context, slug: &str) -> Result<String, StepError> {
     }
     lease.endpoint.url = shares.first().map(|s| s.url.clone());
     lease.endpoint.shares = shares;
-    update_claim(ctx, &lease);
+    update_claim(ctx, &lease)?;
     let urls = lease
         .endpoint
         .shares

@@ -268,7 +268,9 @@ fn run_plan(
         continue_on_error: run.continue_on_error,
         ..ExecOptions::default()
     };
-    let (outcome, applied) = rt.block_on(reconcile::apply(plan, ctx, &options, desired.is_some()));
+    // Outputs describe the whole pond: not rendered from a partial view.
+    let render = desired.is_some() && inventory.unobserved().is_empty();
+    let (outcome, applied) = rt.block_on(reconcile::apply(plan, ctx, &options, render));
     // After the run (under the pond lock): what dead runs left behind.
     rt.block_on(sweep_leftovers(
         &registry,
@@ -409,6 +411,12 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
     let inventory = rt.block_on(crate::inventory::discover::discover(
         &pond, &wanted, &registry, &state,
     ));
+    if let Some(why) = &inventory.state_unreadable {
+        anstream::eprintln!(
+            "error: the claim store could not be read: {why}\n  help: destroy must see every claim of the pond; check CRABBOX_STATE_URL / the state directory and try again"
+        );
+        return failure();
+    }
     for (p, why) in &inventory.unreachable {
         if args.skip_unreachable {
             anstream::eprintln!(
@@ -499,7 +507,7 @@ fn has_nothing(
 ) -> bool {
     inv.leases.is_empty()
         && inv.dangling_claims.is_empty()
-        && inv.unreachable.is_empty()
+        && inv.unobserved().is_empty()
         && !state
             .join("ponds")
             .join(pond)
@@ -513,11 +521,13 @@ fn has_nothing(
 
 /// `no pond named … found; known ponds: …`, with a did-you-mean.
 fn unknown_pond(pond: &str) -> String {
-    let known = super::imperative::known_ponds();
-    let list = if known.is_empty() {
-        "none".to_owned()
-    } else {
-        known.join(", ")
+    let (known, list) = match super::imperative::known_ponds() {
+        Ok(known) if known.is_empty() => (known, "none".to_owned()),
+        Ok(known) => {
+            let list = known.join(", ");
+            (known, list)
+        }
+        Err(e) => (Vec::new(), format!("unknown (the claim store could not be read: {e})")),
     };
     let mut message = format!("no pond named `{pond}` found; known ponds: {list}");
     if let Some(close) = did_you_mean(pond, known.iter().map(String::as_str)) {

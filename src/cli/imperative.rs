@@ -462,9 +462,12 @@ pub(super) struct ListArgs {
 }
 
 /// Ponds this machine knows: from claims and the per-pond records.
-pub(super) fn known_ponds() -> Vec<String> {
+///
+/// # Errors
+/// The claim store could not be read.
+pub(super) fn known_ponds() -> std::io::Result<Vec<String>> {
     let state = state_dir();
-    let (claims, _) = crate::inventory::claims::ClaimStore::new(&state).load_all();
+    let (claims, _) = crate::inventory::claims::ClaimStore::new(&state).load_all()?;
     let mut ponds: std::collections::BTreeSet<String> = claims
         .into_iter()
         .map(|c| c.pond)
@@ -478,7 +481,7 @@ pub(super) fn known_ponds() -> Vec<String> {
                 .map(|e| e.file_name().to_string_lossy().into_owned()),
         );
     }
-    ponds.into_iter().collect()
+    Ok(ponds.into_iter().collect())
 }
 
 pub(super) fn list(args: &ListArgs) -> ExitCode {
@@ -487,25 +490,42 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
             Some(p) => vec![p],
             None => return failure(),
         },
-        None => known_ponds(),
+        None => match known_ponds() {
+            Ok(ponds) => ponds,
+            Err(e) => {
+                anstream::eprintln!(
+                    "error: the claim store could not be read: {e}\n  help: check CRABBOX_STATE_URL / the state directory and try again"
+                );
+                return failure();
+            }
+        },
     };
     let registry = registry();
     let rt = runtime();
     let mut leases = Vec::new();
+    // What could be seen is listed; what could not is an error, so the exit
+    // status never says "complete" of a partial list.
+    let mut complete = true;
     for pond in &ponds {
         let inv = rt.block_on(discover(pond, &[], &registry, &state_dir()));
-        for (p, why) in &inv.unreachable {
-            anstream::eprintln!("warning: provider `{p}` could not be listed: {why}");
+        for why in inv.unobserved() {
+            anstream::eprintln!("error: pond {pond}: {why}");
+            complete = false;
         }
         leases.extend(inv.leases);
     }
+    let status = if complete {
+        ExitCode::SUCCESS
+    } else {
+        failure()
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&leases).expect("JSON"));
-        return ExitCode::SUCCESS;
+        return status;
     }
     if leases.is_empty() {
         println!("no leases");
-        return ExitCode::SUCCESS;
+        return status;
     }
     println!(
         "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  ADDRESS",
@@ -522,7 +542,7 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
             l.endpoint.host.as_deref().unwrap_or("-")
         );
     }
-    ExitCode::SUCCESS
+    status
 }
 
 #[derive(Debug, Args)]

@@ -51,11 +51,27 @@ fn pond_inventory(
             return None;
         };
         let inv = rt.block_on(discover(&name, &[], registry, &state_dir()));
-        return Some((name, inv, None));
+        return fully_observed(&inv).then_some((name, inv, None));
     }
     let loaded = load_spec(spec, pond)?;
     let inv = rt.block_on(observe(&loaded.desired, registry, &state_dir()));
-    Some((loaded.desired.name.clone(), inv, Some(loaded.desired)))
+    fully_observed(&inv).then(|| (loaded.desired.name.clone(), inv, Some(loaded.desired)))
+}
+
+/// Whether every provider and the claim store could be read; says what
+/// could not otherwise. Peers and rendered files describe the whole pond,
+/// so a partial view is an error, never a shorter list.
+fn fully_observed(inv: &Inventory) -> bool {
+    let missing = inv.unobserved();
+    for why in &missing {
+        anstream::eprintln!("error: {why}");
+    }
+    if !missing.is_empty() {
+        anstream::eprintln!(
+            "  help: fix the cause above and try again: the pond's members there cannot be seen"
+        );
+    }
+    missing.is_empty()
 }
 
 fn peers_of(pond: &str, inv: &Inventory, registry: &Registry) -> Vec<Peer> {
@@ -144,9 +160,6 @@ pub(super) fn peers(args: &PeersArgs) -> ExitCode {
             }
         }
     }
-    for (p, why) in &inv.unreachable {
-        anstream::eprintln!("warning: provider `{p}` could not be listed: {why}");
-    }
     for w in &inv.warnings {
         anstream::eprintln!("warning: {w}");
     }
@@ -170,6 +183,9 @@ pub(super) fn render(args: &RenderArgs) -> ExitCode {
     };
     let rt = runtime();
     let inv = rt.block_on(observe(&loaded.desired, &registry, &state_dir()));
+    if !fully_observed(&inv) {
+        return failure();
+    }
     let peers = peers_of(&loaded.desired.name, &inv, &registry);
     let files = match templates(&loaded.desired)
         .and_then(|t| output_files(&loaded.desired.name, &peers, &t))

@@ -78,7 +78,13 @@ fn migrate(args: &MigrateArgs) -> ExitCode {
         return failure();
     }
     let local = ClaimStore::local(&state_dir());
-    let (claims, problems) = local.load_all();
+    let (claims, problems) = match local.load_all() {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            anstream::eprintln!("error: {e}\n  help: check the state directory's permissions");
+            return failure();
+        }
+    };
     for p in &problems {
         anstream::eprintln!(
             "warning: skipping unreadable claim {}: {}",

@@ -62,12 +62,15 @@ fn verdict(pond: &str, leases: &[Lease], args: &SweepArgs, now: u64) -> Option<S
 }
 
 /// Every pond this machine can find: claims, pond records, provider labels.
+///
+/// # Errors
+/// The claim store could not be read.
 fn all_ponds(
     rt: &tokio::runtime::Runtime,
     registry: &crate::providers::registry::Registry,
-) -> BTreeSet<String> {
+) -> std::io::Result<BTreeSet<String>> {
     let state = state_dir();
-    let (claims, _) = ClaimStore::new(&state).load_all();
+    let (claims, _) = ClaimStore::new(&state).load_all()?;
     let mut ponds: BTreeSet<String> = claims
         .into_iter()
         .map(|c| c.pond)
@@ -90,7 +93,7 @@ fn all_ponds(
             Err(e) => anstream::eprintln!("warning: provider `{name}` could not be listed: {e}"),
         }
     }
-    ponds
+    Ok(ponds)
 }
 
 pub(super) fn run(args: &SweepArgs) -> ExitCode {
@@ -98,8 +101,25 @@ pub(super) fn run(args: &SweepArgs) -> ExitCode {
     let rt = runtime();
     let now = now_secs();
     let mut doomed = Vec::new();
-    for pond in all_ponds(&rt, &registry) {
+    let ponds = match all_ponds(&rt, &registry) {
+        Ok(ponds) => ponds,
+        Err(e) => {
+            anstream::eprintln!(
+                "error: the claim store could not be read: {e}\n  help: check CRABBOX_STATE_URL / the state directory and run the sweep again"
+            );
+            return ExitCode::from(1);
+        }
+    };
+    let mut unobserved = 0;
+    for pond in ponds {
         let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir()));
+        let missing = inv.unobserved();
+        if !missing.is_empty() {
+            // Expiry cannot be judged from part of a pond.
+            anstream::eprintln!("error: pond {pond} is left alone: {}", missing.join("; "));
+            unobserved += 1;
+            continue;
+        }
         match verdict(&pond, &inv.leases, args, now) {
             Some(why) => {
                 println!(
@@ -127,9 +147,13 @@ pub(super) fn run(args: &SweepArgs) -> ExitCode {
             doomed.len(),
             if doomed.len() == 1 { "" } else { "s" }
         );
-        return ExitCode::SUCCESS;
+        return if unobserved == 0 {
+            ExitCode::SUCCESS
+        } else {
+            failure()
+        };
     }
-    let mut failed = 0;
+    let mut failed = unobserved;
     for pond in &doomed {
         if super::apply::destroy(&super::apply::DestroyArgs::for_pond(pond)) != ExitCode::SUCCESS {
             failed += 1;
@@ -137,7 +161,7 @@ pub(super) fn run(args: &SweepArgs) -> ExitCode {
     }
     println!(
         "Sweep complete! Ponds: {} destroyed, {failed} failed.",
-        doomed.len() - failed
+        doomed.len() + unobserved - failed
     );
     if failed == 0 {
         ExitCode::SUCCESS

@@ -182,33 +182,35 @@ impl ClaimStore {
         }
     }
 
-    /// Every readable claim; unreadable ones are reported, never fatal (an
-    /// unreachable database is reported as one problem).
-    #[must_use]
-    pub fn load_all(&self) -> (Vec<Claim>, Vec<ClaimProblem>) {
+    /// Every readable claim; a single unreadable claim is reported as a
+    /// problem, never fatal. A store that cannot be read at all (database
+    /// down, claims directory unreadable) is an error: what it holds was not
+    /// observed, so nothing may be concluded from its absence.
+    ///
+    /// # Errors
+    /// The backend could not be read.
+    pub fn load_all(&self) -> std::io::Result<(Vec<Claim>, Vec<ClaimProblem>)> {
         match self.backend() {
             Backend::Local { dir, .. } => load_all_files(&dir),
             Backend::Postgres(h) => load_all_rows(&h),
-            Backend::Unusable(message) => (
-                Vec::new(),
-                vec![ClaimProblem {
-                    path: PathBuf::from(state_pg::URL_ENV),
-                    message,
-                }],
-            ),
+            Backend::Unusable(message) => Err(std::io::Error::other(message)),
         }
     }
 
-    /// One claim by lease ID; `None` when absent or unreadable.
-    #[must_use]
-    pub fn load(&self, lease_id: &str) -> Option<Claim> {
+    /// One claim by lease ID; `Ok(None)` when there is none (or the ID is not
+    /// a lease ID).
+    ///
+    /// # Errors
+    /// The claim exists but cannot be read or parsed, or the backend could
+    /// not be read.
+    pub fn load(&self, lease_id: &str) -> std::io::Result<Option<Claim>> {
         if !is_lease_id(lease_id) {
-            return None;
+            return Ok(None);
         }
         match self.backend() {
             Backend::Local { dir, .. } => load_file(&dir, lease_id),
-            Backend::Postgres(h) => load_row(&h, lease_id).ok().flatten(),
-            Backend::Unusable(_) => None,
+            Backend::Postgres(h) => load_row(&h, lease_id),
+            Backend::Unusable(e) => Err(std::io::Error::other(e)),
         }
     }
 
@@ -249,7 +251,7 @@ impl ClaimStore {
         check_lease_id(lease_id)?;
         match self.backend() {
             Backend::Local { dir, locks } => locked(&locks, lease_id, || {
-                let Some(mut claim) = load_file(&dir, lease_id) else {
+                let Some(mut claim) = load_file(&dir, lease_id)? else {
                     return Ok(None);
                 };
                 change(&mut claim);
@@ -320,11 +322,19 @@ fn file_path(dir: &Path, lease_id: &str) -> PathBuf {
     dir.join(format!("{lease_id}.json"))
 }
 
-fn load_all_files(dir: &Path) -> (Vec<Claim>, Vec<ClaimProblem>) {
+fn load_all_files(dir: &Path) -> std::io::Result<(Vec<Claim>, Vec<ClaimProblem>)> {
     let mut claims = Vec::new();
     let mut problems = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return (claims, problems);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // No directory: no claim was ever written here.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((claims, problems)),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot read the claims in {}: {e}", dir.display()),
+            ));
+        }
     };
     let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
     paths.sort();
@@ -348,12 +358,24 @@ fn load_all_files(dir: &Path) -> (Vec<Claim>, Vec<ClaimProblem>) {
             Err(message) => problems.push(ClaimProblem { path, message }),
         }
     }
-    (claims, problems)
+    Ok((claims, problems))
 }
 
-fn load_file(dir: &Path, lease_id: &str) -> Option<Claim> {
-    let text = std::fs::read_to_string(file_path(dir, lease_id)).ok()?;
-    serde_json::from_str(&text).ok()
+fn load_file(dir: &Path, lease_id: &str) -> std::io::Result<Option<Claim>> {
+    let path = file_path(dir, lease_id);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", path.display()),
+            ));
+        }
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        std::io::Error::other(format!("{} is not a claim: {e}", path.display()))
+    })
 }
 
 fn write_file(dir: &Path, claim: &Claim) -> std::io::Result<()> {
@@ -395,19 +417,10 @@ fn row_path(h: &Handle, lease_id: &str) -> PathBuf {
     PathBuf::from(format!("{}/crabbox_claims/{lease_id}", h.display_url()))
 }
 
-fn load_all_rows(h: &Handle) -> (Vec<Claim>, Vec<ClaimProblem>) {
-    let rows = match h.claim_rows() {
-        Ok(rows) => rows,
-        Err(e) => {
-            return (
-                Vec::new(),
-                vec![ClaimProblem {
-                    path: PathBuf::from(h.display_url()),
-                    message: e.0,
-                }],
-            );
-        }
-    };
+fn load_all_rows(h: &Handle) -> std::io::Result<(Vec<Claim>, Vec<ClaimProblem>)> {
+    let rows = h.claim_rows().map_err(|e| {
+        std::io::Error::other(format!("cannot read the claims in {}: {}", h.display_url(), e.0))
+    })?;
     let mut claims = Vec::new();
     let mut problems = Vec::new();
     for (lease_id, revision, text) in rows {
@@ -419,7 +432,7 @@ fn load_all_rows(h: &Handle) -> (Vec<Claim>, Vec<ClaimProblem>) {
             }),
         }
     }
-    (claims, problems)
+    Ok((claims, problems))
 }
 
 fn load_row(h: &Handle, lease_id: &str) -> std::io::Result<Option<Claim>> {
@@ -541,7 +554,7 @@ mod tests {
             r#"{"leaseID":"cbx_000000000000"}"#,
         )
         .expect("plant");
-        let (claims, problems) = store.load_all();
+        let (claims, problems) = store.load_all().expect("readable");
         assert_eq!(claims.len(), 1);
         assert_eq!(claims[0].extra["tailscaleTags"], serde_json::json!(["a"]));
         assert_eq!(problems.len(), 2);
@@ -554,7 +567,7 @@ mod tests {
         store
             .remove("cbx_0123456789ab")
             .expect("removing twice is fine");
-        assert_eq!(store.load_all().0.len(), 0);
+        assert_eq!(store.load_all().expect("readable").0.len(), 0);
         assert!(
             store
                 .write(&Claim {

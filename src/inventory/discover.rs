@@ -8,6 +8,7 @@ use std::path::Path;
 use crate::atomic_file;
 use crate::inventory::claims::{Claim, ClaimStore};
 use crate::inventory::lease::Lease;
+use crate::providers::ProviderError;
 use crate::providers::registry::Registry;
 use crate::spec::providers::ProviderName;
 
@@ -20,8 +21,13 @@ pub struct Inventory {
     pub leases: Vec<Lease>,
     /// Claims of this pond whose resource the provider no longer lists.
     pub dangling_claims: Vec<Claim>,
-    /// Providers that could not be listed, with the reason.
+    /// Providers that could not be listed, with the reason. Their leases
+    /// were not observed, which is not the same as absent: nothing about
+    /// their members may be planned.
     pub unreachable: Vec<(ProviderName, String)>,
+    /// Why the claim store (local files or PostgreSQL) could not be read,
+    /// if it could not: claims were not observed either.
+    pub state_unreadable: Option<String>,
     /// Non-fatal problems (corrupt claims, foreign resources skipped…).
     pub warnings: Vec<String>,
     /// The providers that were listed.
@@ -55,7 +61,7 @@ pub async fn discover(
             let pond = pond.to_owned();
             tasks.spawn(async move { (name, provider.list(&pond).await) });
         }
-        Err(e) => inv.unreachable.push((name, e.to_string())),
+        Err(e) => inv.unreachable.push((name, explain(&e))),
     };
     for &name in &providers {
         spawn(name, &mut inv);
@@ -64,9 +70,16 @@ pub async fn discover(
         let store = ClaimStore::new(state_dir);
         tokio::task::spawn_blocking(move || store.load_all())
     };
-    let (claims, problems) = match loading.await {
+    let loaded = match loading.await {
         Ok(loaded) => loaded,
         Err(_) => ClaimStore::new(state_dir).load_all(),
+    };
+    let (claims, problems) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            inv.state_unreadable = Some(e.to_string());
+            (Vec::new(), Vec::new())
+        }
     };
     for p in problems {
         inv.warnings.push(format!(
@@ -99,10 +112,11 @@ pub async fn discover(
                     }
                 }
             }
-            Err(e) => inv.unreachable.push((name, e.to_string())),
+            Err(e) => inv.unreachable.push((name, explain(&e))),
         }
     }
     inv.listed.sort();
+    inv.unreachable.sort();
     for claim in pond_claims {
         if let Some(lease) = by_id.get_mut(&claim.lease_id) {
             lease.claimed = true;
@@ -125,6 +139,31 @@ pub async fn discover(
     leases.sort_by_cached_key(|l| (l.slug().to_owned(), l.created_at(), l.id.clone()));
     inv.leases = leases;
     inv
+}
+
+impl Inventory {
+    /// Why this inventory is not a complete observation of the pond, one line
+    /// per provider or store that could not be read; empty when it is.
+    #[must_use]
+    pub fn unobserved(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .unreachable
+            .iter()
+            .map(|(p, why)| format!("provider `{p}` could not be listed: {why}"))
+            .collect();
+        if let Some(why) = &self.state_unreadable {
+            out.push(format!("the claim store could not be read: {why}"));
+        }
+        out
+    }
+}
+
+/// A provider error with its hint, for a one-line reason.
+fn explain(e: &ProviderError) -> String {
+    match e {
+        ProviderError::Config { message, hint } => format!("{message} (help: {hint})"),
+        other => other.to_string(),
+    }
 }
 
 fn record_path(state_dir: &Path, pond: &str) -> std::path::PathBuf {

@@ -39,6 +39,17 @@ pub enum PlanError {
         /// Why the plan wants it.
         reason: String,
     },
+    /// A provider or the claim store could not be read: what it holds is
+    /// unknown, and planning as if it held nothing would create duplicates
+    /// and render outputs without its members.
+    #[error(
+        "{}\n  nothing is planned while part of the pond cannot be seen: unobserved is not absent\n  help: fix the cause above and plan again, or leave that provider's members out with --skip SLUG",
+        reasons.join("\n  ")
+    )]
+    Unobserved {
+        /// One line per provider or store that could not be read.
+        reasons: Vec<String>,
+    },
     /// `--only`/`--skip`/`--replace` names no member.
     #[error("`--{flag} {slug}` names no member of the pond (members: {members})")]
     UnknownTarget {
@@ -105,9 +116,25 @@ pub fn plan(
                 .to_owned(),
         );
     }
+    // Unobserved is not absent. A full plan needs every provider and the
+    // claim store; a targeted plan (already marked incomplete) may go on
+    // when no targeted member lives on a provider that could not be listed.
+    let targeting = !options.only.is_empty() || !options.skip.is_empty();
+    let blocked = inventory.state_unreadable.is_some()
+        || (!inventory.unreachable.is_empty()
+            && (!targeting
+                || desired.members.iter().any(|m| {
+                    targeted.includes(&m.slug)
+                        && inventory.unreachable.iter().any(|(p, _)| *p == m.provider)
+                })));
+    if blocked {
+        return Err(PlanError::Unobserved {
+            reasons: inventory.unobserved(),
+        });
+    }
     for (p, why) in &inventory.unreachable {
         warnings.push(format!(
-            "provider `{p}` could not be listed: {why}. Its leases are not in this plan."
+            "provider `{p}` could not be listed: {why}. Its leases are not in this plan, and no output file is rendered."
         ));
     }
     warnings.extend(inventory.warnings.iter().cloned());

@@ -38,6 +38,7 @@
 //!   started and creates the work root if it is missing
 //!   ([`SshTarget::stop_background`]).
 
+use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -292,9 +293,12 @@ pub struct HetznerProvider {
     sightings: Mutex<HashMap<u64, (Instant, Server)>>,
 }
 
+/// How many list pages are fetched at once.
+pub const PAGE_FETCHES: usize = 8;
+
 impl HetznerProvider {
     /// Every server matching a label selector: the first page, then the
-    /// rest concurrently once the pagination meta says how many there are,
+    /// rest concurrently (at most [`PAGE_FETCHES`] at a time) once the pagination meta says how many there are,
     /// each fetched and decoded in a task of its own (decoding a page costs
     /// about as much as waiting for it, so they share the runtime's threads).
     async fn servers_matching(&self, selector: &str) -> Result<Vec<Server>, ProviderError> {
@@ -312,8 +316,10 @@ impl HetznerProvider {
         let mut servers = Vec::new();
         match (first.meta.last_page(), first.meta.next_page()) {
             (Some(last), _) if last > 1 => {
-                let mut pages: Vec<tokio::task::JoinHandle<Result<ServerList, ProviderError>>> = (2
-                    ..=last)
+                servers.extend(first.servers);
+                // At most PAGE_FETCHES pages at once, however large the
+                // account: concurrency without a burst the API would rate-limit.
+                let mut pages = futures_util::stream::iter(2..=last)
                     .map(|page| {
                         let q = query(page);
                         let http = self.http.clone();
@@ -322,28 +328,17 @@ impl HetznerProvider {
                                 .await
                         })
                     })
-                    .collect();
-                servers.extend(first.servers);
-                let mut failed = None;
-                for page in &mut pages {
-                    match page.await {
+                    .buffer_unordered(PAGE_FETCHES);
+                while let Some(page) = pages.next().await {
+                    match page {
                         Ok(Ok(list)) => servers.extend(list.servers),
-                        Ok(Err(e)) => failed = Some(e),
+                        Ok(Err(e)) => return Err(e),
                         Err(e) => {
-                            failed = Some(ProviderError::Failed(format!(
+                            return Err(ProviderError::Failed(format!(
                                 "hetzner: listing servers: {e}"
                             )));
                         }
                     }
-                    if failed.is_some() {
-                        break;
-                    }
-                }
-                if let Some(e) = failed {
-                    for page in &pages {
-                        page.abort();
-                    }
-                    return Err(e);
                 }
             }
             (None, Some(mut next)) => {

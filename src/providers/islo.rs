@@ -1038,7 +1038,7 @@ impl IsloProvider {
         };
         let claim = self
             .claims
-            .load(&lease.id)
+            .load(&lease.id).map_err(ProviderError::state)?
             .ok_or_else(|| refuse("no claim of crabbox names it"))?;
         if claim.provider != PROVIDER {
             return Err(refuse(&format!(
@@ -1428,7 +1428,7 @@ impl Provider for IsloProvider {
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
-        let (claims, _) = self.claims.load_all();
+        let (claims, _) = self.claims.load_all().map_err(ProviderError::state)?;
         let mut by_api: BTreeMap<String, Vec<Claim>> = BTreeMap::new();
         for claim in claims {
             if claim.provider == PROVIDER && claim.pond == pond && valid_name(&claim.cloud_id) {
@@ -1467,7 +1467,7 @@ impl Provider for IsloProvider {
         let api = self.api(&base_url);
 
         // The claim names the sandbox before it exists.
-        let mut claim = self.claims.load(&request.lease_id).ok_or_else(|| {
+        let mut claim = self.claims.load(&request.lease_id).map_err(ProviderError::state)?.ok_or_else(|| {
             ProviderError::Failed(format!(
                 "the pending claim of {} is missing; it is written before create",
                 request.lease_id
@@ -1525,7 +1525,7 @@ impl Provider for IsloProvider {
             sandbox.id
         };
         if !id.is_empty()
-            && let Some(mut claim) = self.claims.load(&request.lease_id)
+            && let Some(mut claim) = self.claims.load(&request.lease_id).map_err(ProviderError::state)?
         {
             claim
                 .extra
@@ -1546,7 +1546,7 @@ impl Provider for IsloProvider {
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
         let mut claim = self
             .claims
-            .load(&lease.id)
+            .load(&lease.id).map_err(ProviderError::state)?
             .filter(|c| c.provider == PROVIDER)
             .ok_or_else(|| ProviderError::NotFound(format!("claim of {}", lease.id)))?;
         claim.labels.clone_from(labels);

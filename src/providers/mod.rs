@@ -132,6 +132,13 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// The claim store could not be read or written: what it holds is
+    /// unknown, so the operation stops rather than guessing.
+    #[must_use]
+    pub fn state(e: std::io::Error) -> Self {
+        Self::Failed(format!("the claim store could not be read or written: {e}"))
+    }
+
     /// Whether the executor should retry the call.
     #[must_use]
     pub fn is_retryable(&self) -> bool {

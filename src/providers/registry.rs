@@ -42,6 +42,18 @@ fn adapter(name: ProviderName) -> Option<Build> {
     }
 }
 
+/// The environment variables that enable a provider whose adapter needs
+/// credentials (`None` for providers that need none).
+#[must_use]
+pub fn credentials(name: ProviderName) -> Option<&'static str> {
+    match name {
+        ProviderName::Hetzner => Some("HCLOUD_TOKEN (or HETZNER_TOKEN)"),
+        ProviderName::Islo => Some("CRABBOX_ISLO_API_KEY (or ISLO_API_KEY)"),
+        ProviderName::Tensorlake => Some("CRABBOX_TENSORLAKE_API_KEY (or TENSORLAKE_API_KEY)"),
+        _ => None,
+    }
+}
+
 /// Whether this crabbox has an adapter for `name` (whether or not its
 /// credentials are set).
 #[must_use]
@@ -87,22 +99,30 @@ impl Registry {
     /// The adapter for `name`.
     ///
     /// # Errors
-    /// [`ProviderError::Config`] when the provider is not available here.
+    /// [`ProviderError::Config`] when the provider is not available here:
+    /// its credentials are not set (naming the variables), or this crabbox
+    /// has no adapter for it.
     pub fn get(&self, name: ProviderName) -> Result<Arc<dyn Provider>, ProviderError> {
-        self.providers
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| ProviderError::Config {
+        if let Some(p) = self.providers.get(&name) {
+            return Ok(p.clone());
+        }
+        Err(match credentials(name).filter(|_| has_adapter(name)) {
+            Some(vars) => ProviderError::Config {
+                message: format!("provider `{name}` is not configured: {vars} is not set"),
+                hint: format!("set {vars} in the environment (a CI secret), then run again"),
+            },
+            None => ProviderError::Config {
                 message: format!("provider `{name}` is not available in this crabbox"),
                 hint: format!(
-                    "this build supports: {}; members on `{name}` cannot be planned yet",
-                    self.providers
-                        .keys()
+                    "this build has adapters for: {}",
+                    with_adapter()
+                        .iter()
                         .map(|p| p.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-            })
+            },
+        })
     }
 
     /// Providers that are always worth listing (no credentials needed, or credentials present).

@@ -46,7 +46,7 @@ impl SshProvider {
     fn target(&self, lease: &Lease) -> Result<SshTarget, ProviderError> {
         let claim = self
             .claims
-            .load(&lease.id)
+            .load(&lease.id).map_err(ProviderError::state)?
             .ok_or_else(|| ProviderError::NotFound(format!("claim of {}", lease.id)))?;
         target_from_claim(&self.state_dir, &claim)
     }
@@ -126,7 +126,7 @@ impl Provider for SshProvider {
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
-        let (claims, _) = self.claims.load_all();
+        let (claims, _) = self.claims.load_all().map_err(ProviderError::state)?;
         // A pending claim that create never completed has no host: it is not a
         // lease, and discovery reports it as dangling so the next apply forgets it.
         Ok(claims
@@ -153,7 +153,7 @@ impl Provider for SshProvider {
         let base = get("work_root")
             .unwrap_or(DEFAULT_WORK_ROOT)
             .trim_end_matches('/');
-        let mut claim = self.claims.load(&request.lease_id).ok_or_else(|| {
+        let mut claim = self.claims.load(&request.lease_id).map_err(ProviderError::state)?.ok_or_else(|| {
             ProviderError::Failed(format!(
                 "the pending claim of {} is missing; it is written before create",
                 request.lease_id
@@ -196,7 +196,7 @@ impl Provider for SshProvider {
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
         let mut claim = self
             .claims
-            .load(&lease.id)
+            .load(&lease.id).map_err(ProviderError::state)?
             .ok_or_else(|| ProviderError::NotFound(lease.id.clone()))?;
         claim.labels.clone_from(labels);
         self.claims

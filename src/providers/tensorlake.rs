@@ -431,7 +431,7 @@ impl TensorlakeProvider {
     fn target(&self, lease: &Lease) -> Result<Target, ProviderError> {
         let claim = self
             .claims
-            .load(&lease.id)
+            .load(&lease.id).map_err(ProviderError::state)?
             .ok_or_else(|| ProviderError::NotFound(format!("claim of {}", lease.id)))?;
         if claim.provider != ProviderName::Tensorlake.as_str() {
             return Err(ProviderError::Failed(format!(
@@ -1040,7 +1040,7 @@ impl Provider for TensorlakeProvider {
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
         self.check_key()?;
-        let (claims, _) = self.claims.load_all();
+        let (claims, _) = self.claims.load_all().map_err(ProviderError::state)?;
         // Claims with a sandbox ID, by the scope their sandbox lives in: one
         // `ls -q` per scope (normally exactly one).
         let mut by_scope: BTreeMap<Scope, Vec<Claim>> = BTreeMap::new();
@@ -1079,7 +1079,7 @@ impl Provider for TensorlakeProvider {
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         self.check_key()?;
         let settings = Settings::of(&request.member, &self.defaults)?;
-        let mut claim = self.claims.load(&request.lease_id).ok_or_else(|| {
+        let mut claim = self.claims.load(&request.lease_id).map_err(ProviderError::state)?.ok_or_else(|| {
             ProviderError::Failed(format!(
                 "the pending claim of {} is missing; it is written before create",
                 request.lease_id
@@ -1153,7 +1153,7 @@ impl Provider for TensorlakeProvider {
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
         let mut claim = self
             .claims
-            .load(&lease.id)
+            .load(&lease.id).map_err(ProviderError::state)?
             .ok_or_else(|| ProviderError::NotFound(lease.id.clone()))?;
         claim.labels.clone_from(labels);
         self.write_claim(&claim).map(drop)
