@@ -25,6 +25,7 @@ mod sshd;
 mod state_pg;
 mod support;
 mod tensorlake;
+mod unobserved;
 mod workdir_rules;
 mod test_script;
 mod workflows;
