@@ -105,6 +105,21 @@ fn watch_interrupts(reporter: Arc<crate::apply::progress::Reporter>) {
     });
 }
 
+/// What a step's task that ended without a result says: the panic's
+/// message (a bug in crabbox or an adapter, never a reason to hang).
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return format!("the step was cancelled: {e}");
+    }
+    let payload = e.into_panic();
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    format!("internal error: the step panicked: {text}")
+}
+
 /// Runs the graph to completion.
 pub async fn execute(graph: &StepGraph, ctx: Arc<Context>, options: &ExecOptions) -> Outcome {
     watch_interrupts(ctx.reporter.clone());
@@ -119,6 +134,9 @@ pub async fn execute(graph: &StepGraph, ctx: Arc<Context>, options: &ExecOptions
         .map(|(n, _)| *n)
         .collect();
     let mut running: BTreeMap<NodeIndex, Instant> = BTreeMap::new();
+    // Which node each task runs, so that a task that panicked (and so
+    // returned nothing) still fails its own step.
+    let mut task_nodes: BTreeMap<tokio::task::Id, NodeIndex> = BTreeMap::new();
     let mut tasks: JoinSet<(NodeIndex, Result<String, steps::StepError>, Duration)> =
         JoinSet::new();
     let mut stopped = false;
@@ -139,11 +157,12 @@ pub async fn execute(graph: &StepGraph, ctx: Arc<Context>, options: &ExecOptions
             let ctx = ctx.clone();
             running.insert(n, Instant::now());
             ctx.reporter.start(&step, "");
-            tasks.spawn(async move {
+            let task = tasks.spawn(async move {
                 let started = Instant::now();
                 let result = steps::run(&ctx, &step).await;
                 (n, result, started.elapsed())
             });
+            task_nodes.insert(task.id(), n);
         }
         if running.is_empty() {
             break;
@@ -153,10 +172,9 @@ pub async fn execute(graph: &StepGraph, ctx: Arc<Context>, options: &ExecOptions
                 let (n, result, elapsed) = match joined {
                     Ok(r) => r,
                     Err(e) => {
-                        // A panicking step: find which one from the running set is impossible here; report generically.
-                        ctx.reporter.message("error", &format!("internal error in a step: {e}"));
-                        stopped = true;
-                        continue;
+                        let Some(n) = task_nodes.get(&e.id()).copied() else { continue };
+                        let elapsed = running.get(&n).map(Instant::elapsed).unwrap_or_default();
+                        (n, Err(steps::StepError { message: panic_message(e) }), elapsed)
                     }
                 };
                 running.remove(&n);

@@ -527,7 +527,10 @@ fn unknown_pond(pond: &str) -> String {
             let list = known.join(", ");
             (known, list)
         }
-        Err(e) => (Vec::new(), format!("unknown (the claim store could not be read: {e})")),
+        Err(e) => (
+            Vec::new(),
+            format!("unknown (the claim store could not be read: {e})"),
+        ),
     };
     let mut message = format!("no pond named `{pond}` found; known ponds: {list}");
     if let Some(close) = did_you_mean(pond, known.iter().map(String::as_str)) {

@@ -373,9 +373,9 @@ fn load_file(dir: &Path, lease_id: &str) -> std::io::Result<Option<Claim>> {
             ));
         }
     };
-    serde_json::from_str(&text).map(Some).map_err(|e| {
-        std::io::Error::other(format!("{} is not a claim: {e}", path.display()))
-    })
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| std::io::Error::other(format!("{} is not a claim: {e}", path.display())))
 }
 
 fn write_file(dir: &Path, claim: &Claim) -> std::io::Result<()> {
@@ -419,7 +419,11 @@ fn row_path(h: &Handle, lease_id: &str) -> PathBuf {
 
 fn load_all_rows(h: &Handle) -> std::io::Result<(Vec<Claim>, Vec<ClaimProblem>)> {
     let rows = h.claim_rows().map_err(|e| {
-        std::io::Error::other(format!("cannot read the claims in {}: {}", h.display_url(), e.0))
+        std::io::Error::other(format!(
+            "cannot read the claims in {}: {}",
+            h.display_url(),
+            e.0
+        ))
     })?;
     let mut claims = Vec::new();
     let mut problems = Vec::new();

@@ -1038,7 +1038,8 @@ impl IsloProvider {
         };
         let claim = self
             .claims
-            .load(&lease.id).map_err(ProviderError::state)?
+            .load(&lease.id)
+            .map_err(ProviderError::state)?
             .ok_or_else(|| refuse("no claim of crabbox names it"))?;
         if claim.provider != PROVIDER {
             return Err(refuse(&format!(
@@ -1467,12 +1468,16 @@ impl Provider for IsloProvider {
         let api = self.api(&base_url);
 
         // The claim names the sandbox before it exists.
-        let mut claim = self.claims.load(&request.lease_id).map_err(ProviderError::state)?.ok_or_else(|| {
-            ProviderError::Failed(format!(
-                "the pending claim of {} is missing; it is written before create",
-                request.lease_id
-            ))
-        })?;
+        let mut claim = self
+            .claims
+            .load(&request.lease_id)
+            .map_err(ProviderError::state)?
+            .ok_or_else(|| {
+                ProviderError::Failed(format!(
+                    "the pending claim of {} is missing; it is written before create",
+                    request.lease_id
+                ))
+            })?;
         if claim.provider != PROVIDER {
             return Err(ProviderError::Failed(format!(
                 "the claim of {} belongs to provider `{}`, not islo",
@@ -1525,7 +1530,10 @@ impl Provider for IsloProvider {
             sandbox.id
         };
         if !id.is_empty()
-            && let Some(mut claim) = self.claims.load(&request.lease_id).map_err(ProviderError::state)?
+            && let Some(mut claim) = self
+                .claims
+                .load(&request.lease_id)
+                .map_err(ProviderError::state)?
         {
             claim
                 .extra
@@ -1546,7 +1554,8 @@ impl Provider for IsloProvider {
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
         let mut claim = self
             .claims
-            .load(&lease.id).map_err(ProviderError::state)?
+            .load(&lease.id)
+            .map_err(ProviderError::state)?
             .filter(|c| c.provider == PROVIDER)
             .ok_or_else(|| ProviderError::NotFound(format!("claim of {}", lease.id)))?;
         claim.labels.clone_from(labels);

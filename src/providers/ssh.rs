@@ -46,7 +46,8 @@ impl SshProvider {
     fn target(&self, lease: &Lease) -> Result<SshTarget, ProviderError> {
         let claim = self
             .claims
-            .load(&lease.id).map_err(ProviderError::state)?
+            .load(&lease.id)
+            .map_err(ProviderError::state)?
             .ok_or_else(|| ProviderError::NotFound(format!("claim of {}", lease.id)))?;
         target_from_claim(&self.state_dir, &claim)
     }
@@ -153,12 +154,16 @@ impl Provider for SshProvider {
         let base = get("work_root")
             .unwrap_or(DEFAULT_WORK_ROOT)
             .trim_end_matches('/');
-        let mut claim = self.claims.load(&request.lease_id).map_err(ProviderError::state)?.ok_or_else(|| {
-            ProviderError::Failed(format!(
-                "the pending claim of {} is missing; it is written before create",
-                request.lease_id
-            ))
-        })?;
+        let mut claim = self
+            .claims
+            .load(&request.lease_id)
+            .map_err(ProviderError::state)?
+            .ok_or_else(|| {
+                ProviderError::Failed(format!(
+                    "the pending claim of {} is missing; it is written before create",
+                    request.lease_id
+                ))
+            })?;
         let port = block.get("port").and_then(Value::as_u64).unwrap_or(22);
         let set = |claim: &mut Claim, k: &str, v: String| {
             claim.extra.insert(k.to_owned(), Value::String(v));
@@ -196,7 +201,8 @@ impl Provider for SshProvider {
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
         let mut claim = self
             .claims
-            .load(&lease.id).map_err(ProviderError::state)?
+            .load(&lease.id)
+            .map_err(ProviderError::state)?
             .ok_or_else(|| ProviderError::NotFound(lease.id.clone()))?;
         claim.labels.clone_from(labels);
         self.claims

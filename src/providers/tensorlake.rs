@@ -431,7 +431,8 @@ impl TensorlakeProvider {
     fn target(&self, lease: &Lease) -> Result<Target, ProviderError> {
         let claim = self
             .claims
-            .load(&lease.id).map_err(ProviderError::state)?
+            .load(&lease.id)
+            .map_err(ProviderError::state)?
             .ok_or_else(|| ProviderError::NotFound(format!("claim of {}", lease.id)))?;
         if claim.provider != ProviderName::Tensorlake.as_str() {
             return Err(ProviderError::Failed(format!(
@@ -1079,12 +1080,16 @@ impl Provider for TensorlakeProvider {
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         self.check_key()?;
         let settings = Settings::of(&request.member, &self.defaults)?;
-        let mut claim = self.claims.load(&request.lease_id).map_err(ProviderError::state)?.ok_or_else(|| {
-            ProviderError::Failed(format!(
-                "the pending claim of {} is missing; it is written before create",
-                request.lease_id
-            ))
-        })?;
+        let mut claim = self
+            .claims
+            .load(&request.lease_id)
+            .map_err(ProviderError::state)?
+            .ok_or_else(|| {
+                ProviderError::Failed(format!(
+                    "the pending claim of {} is missing; it is written before create",
+                    request.lease_id
+                ))
+            })?;
         let name = sandbox_name(&request.pond, &request.member.slug);
         // What is about to exist is recorded first.
         claim
@@ -1153,7 +1158,8 @@ impl Provider for TensorlakeProvider {
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
         let mut claim = self
             .claims
-            .load(&lease.id).map_err(ProviderError::state)?
+            .load(&lease.id)
+            .map_err(ProviderError::state)?
             .ok_or_else(|| ProviderError::NotFound(lease.id.clone()))?;
         claim.labels.clone_from(labels);
         self.write_claim(&claim).map(drop)

@@ -335,14 +335,21 @@ impl ServiceDirs {
 /// The command must have passed [`checked_text`].
 #[must_use]
 pub fn tracked_command_script(pid_file: &str, command: &str) -> String {
+    // The step records its own pid before it runs anything, so the file
+    // exists for the whole life of the command (a stop that comes at any
+    // moment finds it).
+    let inner = format!(
+        "echo $$ >{pf}.tmp && mv -f -- {pf}.tmp {pf} && exec sh -c \"$1\"",
+        pf = quote(pid_file)
+    );
     format!(
-        "setsid sh -c {command} </dev/null &\n\
+        "setsid sh -c {inner} sh {command} </dev/null &\n\
          pid=$!\n\
-         echo \"$pid\" >{pid_file}.tmp && mv -f -- {pid_file}.tmp {pid_file}\n\
          wait \"$pid\"\n\
          status=$?\n\
          rm -f -- {pid_file}\n\
          exit \"$status\"\n",
+        inner = quote(&inner),
         command = quote(command),
         pid_file = quote(pid_file),
     )
@@ -570,10 +577,11 @@ mod tests {
     fn a_tracked_step_records_its_pid_while_it_runs_and_passes_its_status_on() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pid_file = dir.path().join("step-1.pid").display().to_string();
-        let script =
-            tracked_command_script(&pid_file, "echo out; test -f \"$1\" || exit 9; exit 7");
-        // `$1` is not set in the step: the pid file is checked through its path.
-        let script = script.replace("\"$1\"", &quote(&pid_file));
+        // The pid file exists from the step's first moment.
+        let script = tracked_command_script(
+            &pid_file,
+            &format!("echo out; test -f {} || exit 9; exit 7", quote(&pid_file)),
+        );
         let (code, out) = sh(&script);
         assert_eq!((code, out.as_str()), (7, "out\n"));
         assert!(

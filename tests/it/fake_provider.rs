@@ -23,6 +23,12 @@ pub struct MemoryProvider {
     pub touched: Mutex<BTreeSet<String>>,
     /// Commands run, in order: (lease id, command).
     pub commands: Mutex<Vec<(String, String)>>,
+    /// `list` fails with this error (an unreachable API).
+    pub list_error: Mutex<Option<String>>,
+    /// `create` of a lease with this slug panics (a bug in an adapter).
+    pub panic_on_create: Mutex<Option<String>>,
+    /// Every `create` call, by slug.
+    pub creates: Mutex<Vec<String>>,
 }
 
 impl MemoryProvider {
@@ -64,6 +70,12 @@ impl Provider for MemoryProvider {
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
+        if let Some(e) = self.list_error.lock().expect("lock").clone() {
+            return Err(ProviderError::Retryable {
+                message: e,
+                retry_after: None,
+            });
+        }
         Ok(self
             .resources
             .lock()
@@ -75,6 +87,13 @@ impl Provider for MemoryProvider {
     }
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
+        let slug = request.labels.get("slug").cloned().unwrap_or_default();
+        self.creates.lock().expect("lock").push(slug.clone());
+        let panics = self.panic_on_create.lock().expect("lock").clone();
+        assert!(
+            panics.as_deref() != Some(slug.as_str()),
+            "boom in create of {slug}"
+        );
         let mut resources = self.resources.lock().expect("lock");
         let n = resources.len();
         let lease = Lease {

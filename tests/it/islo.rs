@@ -254,7 +254,11 @@ async fn create_sends_only_explicit_keys_and_waits_for_running() {
         "the workdir exists"
     );
     // The claim named the sandbox before it existed, with its workdir.
-    let claim = fx.claims().load(&lease.id).expect("readable").expect("claim");
+    let claim = fx
+        .claims()
+        .load(&lease.id)
+        .expect("readable")
+        .expect("claim");
     assert_eq!(claim.cloud_id, name);
     assert_eq!(claim.extra["isloWorkdir"], json!("crabbox"));
     assert_eq!(claim.extra["isloBaseURL"], json!(fx.fake.base_url));
@@ -364,14 +368,22 @@ async fn list_paginates_and_joins_claims() {
     // that exists; it is adopted.
     let crashed = fx.pending(POND, member("c", json!({})));
     let crashed_name = sandbox_name(POND, "c", &crashed.lease_id);
-    let mut claim = fx.claims().load(&crashed.lease_id).expect("readable").expect("claim");
+    let mut claim = fx
+        .claims()
+        .load(&crashed.lease_id)
+        .expect("readable")
+        .expect("claim");
     claim.cloud_id.clone_from(&crashed_name);
     fx.claims().write(&claim).expect("write");
     fx.handle().plant_sandbox(&crashed_name);
 
     // A crash before the POST: the claim names a sandbox that never existed.
     let dangling = fx.pending(POND, member("d", json!({})));
-    let mut claim = fx.claims().load(&dangling.lease_id).expect("readable").expect("claim");
+    let mut claim = fx
+        .claims()
+        .load(&dangling.lease_id)
+        .expect("readable")
+        .expect("claim");
     claim.cloud_id = sandbox_name(POND, "d", &dangling.lease_id);
     fx.claims().write(&claim).expect("write");
     // A pending claim create never reached.
@@ -1001,7 +1013,14 @@ async fn relabel_writes_the_claim() {
     let mut labels = lease.labels.clone();
     labels.insert("state".into(), "ready".into());
     provider.relabel(&lease, &labels).await.expect("relabel");
-    assert_eq!(fx.claims().load(&lease.id).expect("readable").expect("claim").labels, labels);
+    assert_eq!(
+        fx.claims()
+            .load(&lease.id)
+            .expect("readable")
+            .expect("claim")
+            .labels,
+        labels
+    );
     let listed = provider.list(POND).await.expect("list");
     assert_eq!(listed[0].labels, labels);
     assert_eq!(listed[0].state(), "ready");

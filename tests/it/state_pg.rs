@@ -175,7 +175,10 @@ fn claims_round_trip_and_concurrent_writes_are_never_lost() {
     c.extra.insert("tailscaleTags".into(), json!(["a"]));
     let written = store.write(&c).expect("write");
     assert_eq!(written.revision.len(), 32);
-    let loaded = store.load("cbx_0123456789ab").expect("readable").expect("loaded");
+    let loaded = store
+        .load("cbx_0123456789ab")
+        .expect("readable")
+        .expect("loaded");
     assert_eq!(loaded, written);
     assert_eq!(loaded.extra["tailscaleTags"], json!(["a"]));
 
@@ -208,8 +211,14 @@ fn claims_round_trip_and_concurrent_writes_are_never_lost() {
     // writer's change: it is merged, not overwritten.
     let a = ClaimStore::postgres(&pg.url_named("writer_a"));
     let b = ClaimStore::postgres(&pg.url_named("writer_b"));
-    let mut seen_by_a = a.load("cbx_0123456789ab").expect("readable").expect("a reads");
-    let mut seen_by_b = b.load("cbx_0123456789ab").expect("readable").expect("b reads");
+    let mut seen_by_a = a
+        .load("cbx_0123456789ab")
+        .expect("readable")
+        .expect("a reads");
+    let mut seen_by_b = b
+        .load("cbx_0123456789ab")
+        .expect("readable")
+        .expect("b reads");
     seen_by_b.labels.insert("from_b".into(), "1".into());
     b.write(&seen_by_b).expect("b writes");
     let conflicts_before = state_pg::conflicts();
@@ -220,7 +229,10 @@ fn claims_round_trip_and_concurrent_writes_are_never_lost() {
         state_pg::conflicts() > conflicts_before,
         "a conflict was seen"
     );
-    let stored = store.load("cbx_0123456789ab").expect("readable").expect("stored");
+    let stored = store
+        .load("cbx_0123456789ab")
+        .expect("readable")
+        .expect("stored");
     assert_eq!(stored, merged);
     assert_eq!(stored.labels.get("from_b").map(String::as_str), Some("1"));
     assert_eq!(stored.extra["fromA"], json!(true));
@@ -240,7 +252,10 @@ fn claims_round_trip_and_concurrent_writes_are_never_lost() {
                 for i in 0..50 {
                     let key = format!("{name}_{i}");
                     if name == "t1" {
-                        let mut c = store.load("cbx_0123456789ab").expect("readable").expect("load");
+                        let mut c = store
+                            .load("cbx_0123456789ab")
+                            .expect("readable")
+                            .expect("load");
                         c.extra.insert(key, json!(i));
                         store.write(&c).expect("write");
                     } else {
@@ -258,7 +273,10 @@ fn claims_round_trip_and_concurrent_writes_are_never_lost() {
     for w in writers {
         w.join().expect("writer");
     }
-    let stored = store.load("cbx_0123456789ab").expect("readable").expect("stored");
+    let stored = store
+        .load("cbx_0123456789ab")
+        .expect("readable")
+        .expect("stored");
     for i in 0..50 {
         assert_eq!(stored.extra[&format!("t1_{i}")], json!(i), "t1_{i} lost");
         assert_eq!(
@@ -316,10 +334,7 @@ fn an_unreachable_database_is_reported_not_taken_for_an_empty_one() {
     let err = ClaimStore::postgres(&url)
         .load_all()
         .expect_err("an unreachable database is an error, not an empty store");
-    assert!(
-        err.to_string().contains("cannot connect"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("cannot connect"), "{err}");
     // An apply refuses to start rather than plan against nothing.
     let runner = Runner::new(Some(&url));
     runner.write_spec("version: 1\npond: p\nmembers:\n  - slug: a\n");

@@ -391,7 +391,11 @@ async fn create_passes_exactly_the_configured_options_and_parses_the_id() {
     assert!(name.len() <= 63);
 
     // The claim records the sandbox, its name and workdir.
-    let claim = fx.claims().load(&lease.id).expect("readable").expect("claim");
+    let claim = fx
+        .claims()
+        .load(&lease.id)
+        .expect("readable")
+        .expect("claim");
     assert_eq!(claim.cloud_id, lease.cloud_id);
     assert_eq!(claim.extra["tensorlakeSandboxName"], json!(name));
     assert_eq!(

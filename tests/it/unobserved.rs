@@ -51,7 +51,8 @@ impl Env {
             .current_dir(self.path("work"))
             .timeout(Duration::from_secs(120));
         if let Some(endpoint) = &self.endpoint {
-            c.env("HCLOUD_TOKEN", TOKEN).env("HCLOUD_ENDPOINT", endpoint);
+            c.env("HCLOUD_TOKEN", TOKEN)
+                .env("HCLOUD_ENDPOINT", endpoint);
         }
         if let Some(url) = &self.state_url {
             c.env("CRABBOX_STATE_URL", url);
@@ -129,14 +130,20 @@ fn a_provider_answering_503_to_every_list_stops_plan_apply_and_peers() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let before = env.outputs();
     assert!(
-        before[0].1.as_deref().is_some_and(|e| e.contains("203.0.113.")),
+        before[0]
+            .1
+            .as_deref()
+            .is_some_and(|e| e.contains("203.0.113.")),
         "env rendered with db's address: {before:?}"
     );
 
     fake.handle.set_route_down("GET", "/v1/servers", true);
     fake.handle.clear_requests();
     assert_refused(&env.run(&["plan"]), "plan");
-    assert_refused(&env.run(&["plan", "--format", "json"]), "plan --format json");
+    assert_refused(
+        &env.run(&["plan", "--format", "json"]),
+        "plan --format json",
+    );
     assert_refused(&env.run(&["apply", "--auto-approve"]), "apply");
     assert_refused(&env.run(&["peers", "--json"]), "peers");
     assert_refused(&env.run(&["render"]), "render");
@@ -226,13 +233,16 @@ fn a_stopped_state_database_stops_plan_and_apply() {
     assert!(before[0].1.is_some(), "env rendered");
 
     drop(pg);
-    for args in [&["plan"][..], &["apply", "--auto-approve"], &["peers", "--json"]] {
+    for args in [
+        &["plan"][..],
+        &["apply", "--auto-approve"],
+        &["peers", "--json"],
+    ] {
         let out = env.run(args);
         let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(
-            err.contains("claim store could not be read")
-                || err.contains("state database"),
+            err.contains("claim store could not be read") || err.contains("state database"),
             "{args:?} names the state backend: {err}"
         );
         assert!(!text(&out.stdout).contains("to add"), "{args:?}");
