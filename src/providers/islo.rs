@@ -854,52 +854,15 @@ fn apply_event(
 
 // ---- time ----
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` (a missing offset is UTC).
+/// Parses an RFC 3339 timestamp (jiff); one without an offset is read as
+/// UTC, as Islo's older answers give them. Anything else is `None`.
 fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let text = text.trim();
-    let (date, rest) = text.split_once(['T', 't', ' '])?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, mo, day) = (d.next()??, d.next()??, d.next()??);
-    let (time, offset_secs) = if let Some(t) = rest.strip_suffix(['Z', 'z']) {
-        (t, 0)
-    } else if let Some(i) = rest.rfind(['+', '-']).filter(|&i| i >= 8) {
-        let (t, off) = rest.split_at(i);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let (h, m) = off[1..].split_once(':').unwrap_or((&off[1..], "0"));
-        (
-            t,
-            sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60),
-        )
-    } else {
-        (rest, 0)
-    };
-    let mut t = time.splitn(3, ':');
-    let (h, mi) = (
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<i64>().ok()?,
-    );
-    let sec_text = t.next().unwrap_or("0");
-    let (s, frac) = sec_text.split_once('.').unwrap_or((sec_text, ""));
-    let s = s.parse::<i64>().ok()?;
-    let nanos = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<9}")[..9].parse::<u32>().ok()?
-    };
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + s - offset_secs;
-    let secs = u64::try_from(secs).ok()?;
-    Some(UNIX_EPOCH + Duration::new(secs, nanos))
+    let ts = text.parse::<jiff::Timestamp>().ok().or_else(|| {
+        let civil = text.parse::<jiff::civil::DateTime>().ok()?;
+        Some(civil.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp())
+    })?;
+    Some(SystemTime::from(ts))
 }
 
 // ---- the provider ----
@@ -1912,6 +1875,15 @@ mod tests {
         assert_eq!(t("2024-02-29T11:30:00-00:30"), Some(1_709_208_000));
         assert_eq!(t("2024-02-29T12:00:00"), Some(1_709_208_000));
         assert_eq!(t("not a time"), None);
+        // Network data: multi-byte characters anywhere never panic.
+        for text in [
+            "2024-02-29T12:00:00.1é",
+            "２０２４-02-29T12:00:00Z",
+            "2024-02-29T12:00:00+0２:00",
+            "é",
+        ] {
+            assert_eq!(t(text), None, "{text}");
+        }
     }
 
     #[test]
