@@ -134,6 +134,12 @@ impl Context {
         let mut env = peer_env(&self.pond, &peers);
         env.insert("CRABBOX_POND".into(), self.pond.clone());
         env.insert("CRABBOX_SLUG".into(), slug.to_owned());
+        // Named in the spec, so passed on; the member's own env still wins.
+        for name in &m.pass_env {
+            if let Ok(value) = std::env::var(name) {
+                env.insert(name.clone(), value);
+            }
+        }
         for (k, v) in m.env.iter().chain(extra) {
             let resolved = resolve_refs(v, &peers).map_err(|e| {
                 fail(format!("env {k} of `{slug}`: {e}; if it names a member, add it to `depends_on` so it exists first"))

@@ -334,6 +334,7 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
         expose,
         depends_on: Vec::new(),
         env: BTreeMap::new(),
+        pass_env: Vec::new(),
         setup: Vec::new(),
         ready: None,
         sync: SyncSettings {

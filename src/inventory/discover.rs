@@ -51,6 +51,8 @@ pub async fn discover(
     };
     let mut providers: BTreeSet<ProviderName> = wanted.iter().copied().collect();
     providers.extend(remembered_providers(state_dir, pond));
+    // What the pond uses: the spec, its record and (below) its claims.
+    let mut used = providers.clone();
     providers.extend(registry.configured());
 
     // Listing takes round trips to the providers: the claims are read
@@ -94,6 +96,11 @@ pub async fn discover(
         .filter_map(|c| ProviderName::from_name(&c.provider))
         .filter(|p| !providers.contains(p))
         .collect();
+    used.extend(
+        pond_claims
+            .iter()
+            .filter_map(|c| ProviderName::from_name(&c.provider)),
+    );
     for name in named_by_claims {
         spawn(name, &mut inv);
     }
@@ -116,6 +123,19 @@ pub async fn discover(
         }
     }
     inv.listed.sort();
+    // A provider only configured here (credentials in the environment) that
+    // the pond has never used holds none of the members crabbox made for it:
+    // not seeing it is a warning. One the pond uses stays unobserved.
+    let unreachable = std::mem::take(&mut inv.unreachable);
+    for (name, why) in unreachable {
+        if used.contains(&name) || inv.state_unreadable.is_some() {
+            inv.unreachable.push((name, why));
+        } else {
+            inv.warnings.push(format!(
+                "provider `{name}` could not be listed: {why}; this pond has never used it (not in the spec, its claims or its record), so it is left out"
+            ));
+        }
+    }
     inv.unreachable.sort();
     for claim in pond_claims {
         if let Some(lease) = by_id.get_mut(&claim.lease_id) {

@@ -136,9 +136,13 @@ impl SpecHashes {
     #[must_use]
     pub fn of(m: &DesiredMember) -> Self {
         let block = serde_json::json!({ "provider_block": m.provider_block });
-        let setup = serde_json::json!({
+        let mut setup = serde_json::json!({
             "setup": m.setup, "env": m.env, "sync": m.sync, "ready": m.ready, "depends_on": m.depends_on,
         });
+        // Only when used, so that hashes of members without it stay as they were.
+        if !m.pass_env.is_empty() {
+            setup["pass_env"] = serde_json::json!(m.pass_env);
+        }
         let spec = serde_json::json!({
             "provider": m.provider, "class": m.class, "type": m.server_type, "tailscale": m.tailscale,
             "expose": m.expose, "keep": m.keep, "ttl": m.ttl.as_secs(), "idle": m.idle_timeout.as_secs(),

@@ -38,7 +38,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
@@ -1771,6 +1771,7 @@ impl Provider for IsloProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn names_are_dns_labels_with_the_lease_hex() {
@@ -1928,6 +1929,7 @@ mod tests {
             expose: Vec::new(),
             depends_on: Vec::new(),
             env: BTreeMap::new(),
+            pass_env: Vec::new(),
             setup: Vec::new(),
             ready: None,
             sync: crate::spec::desired::SyncSettings {

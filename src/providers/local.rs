@@ -738,8 +738,16 @@ fn create_dir(
     result
 }
 
-/// Sets a lease command's working directory and environment: the parent's
-/// environment, then the caller's (which wins), then the lease's own
+/// Variables of crabbox's environment every local command keeps: where
+/// programs are, who and where the user is, locale and terminal. Nothing
+/// else: crabbox's environment holds provider credentials.
+const KEPT_ENV: [&str; 10] = [
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR",
+];
+
+/// Sets a lease command's working directory and environment: a clean
+/// environment with [`KEPT_ENV`] and `LC_*`, then the caller's (the
+/// member's env, peers, `pass_env`, `run --allow-env`), then the lease's own
 /// `CRABBOX_*` variables (facts about the lease, and the ownership marker).
 fn apply_env(
     cmd: &mut std::process::Command,
@@ -749,6 +757,15 @@ fn apply_env(
     request: &ExecRequest,
 ) {
     let workspace = dir.join(WORKSPACE);
+    cmd.env_clear();
+    for (name, value) in std::env::vars_os() {
+        let kept = name
+            .to_str()
+            .is_some_and(|n| KEPT_ENV.contains(&n) || n.starts_with("LC_"));
+        if kept {
+            cmd.env(name, value);
+        }
+    }
     cmd.current_dir(&workspace)
         .envs(&request.env)
         .env(ENV_BIND_ADDR, &record.bind_addr)
@@ -1161,6 +1178,7 @@ mod tests {
             expose: vec![],
             depends_on: vec![],
             env: BTreeMap::new(),
+            pass_env: Vec::new(),
             setup: vec![],
             ready: None,
             sync: SyncSettings {

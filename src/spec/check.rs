@@ -495,6 +495,15 @@ impl Checker<'_> {
                 env.extend(self.env(map, &origin.pointer("/env")));
             }
         }
+        let mut pass_env: Vec<String> = defaults
+            .pass_env
+            .iter()
+            .chain(&spec.pass_env)
+            .flatten()
+            .map(|n| n.0.clone())
+            .collect();
+        pass_env.sort();
+        pass_env.dedup();
 
         let setup_origin = if spec.setup.is_some() {
             own
@@ -560,6 +569,7 @@ impl Checker<'_> {
             expose,
             depends_on,
             env,
+            pass_env,
             setup,
             ready,
             sync,

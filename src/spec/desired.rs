@@ -92,6 +92,9 @@ pub struct DesiredMember {
     pub depends_on: Vec<(String, Condition)>,
     /// Environment for every command.
     pub env: BTreeMap<String, String>,
+    /// Names of crabbox's own environment variables passed to every command.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pass_env: Vec<String>,
     /// Setup steps in order.
     pub setup: Vec<Step>,
     /// Readiness check.

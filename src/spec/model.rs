@@ -107,6 +107,11 @@ pub struct MemberSpec {
     /// use peer references such as `{{peers.db.host}}`, resolved at run time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, EnvValue>>,
+    /// Variables of crabbox's own environment passed to the member's commands
+    /// by name (`local` members see only PATH, HOME, locale and terminal
+    /// variables otherwise, never credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_env: Option<Vec<EnvName>>,
     /// Commands run after warmup and sync, in order, once dependencies are
     /// ready. A step is a shell command or `{run, background, timeout, env}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -405,3 +410,8 @@ pub struct Template {
     /// Output file name, relative to `outputs.dir`.
     pub dest: String,
 }
+
+/// The name of an environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct EnvName(#[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))] pub String);

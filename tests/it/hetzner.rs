@@ -107,6 +107,7 @@ fn member(slug: &str, block: Value) -> DesiredMember {
         expose: vec![5432],
         depends_on: vec![],
         env: BTreeMap::new(),
+        pass_env: Vec::new(),
         setup: vec![],
         ready: None,
         sync: SyncSettings {

@@ -769,3 +769,49 @@ fn sync_never_copies_crabbox_state_outside_git() {
 fn sync_never_copies_crabbox_state_in_a_git_work_tree() {
     sync_from_a_directory_holding_the_state(true);
 }
+
+#[test]
+fn local_commands_get_a_clean_environment_with_what_the_spec_passes() {
+    let env = Env::new();
+    env.write_spec(
+        "version: 1\npond: clean\ndefaults: { sync: false }\nmembers:\n  - slug: box\n    pass_env: [PASSED_ONE]\n    setup: [ \"echo token=$${HCLOUD_TOKEN:-none} passed=$${PASSED_ONE:-none} path=$${PATH:+set}\" ]\n",
+    );
+    let out = env
+        .cmd()
+        .env("HCLOUD_TOKEN", "secret-token-4711")
+        .env("PASSED_ONE", "yes-passed")
+        .args(["apply", "--auto-approve"])
+        .output()
+        .expect("apply");
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("box | token=none passed=yes-passed path=set"),
+        "{err}"
+    );
+    let run = |allow: &[&str]| {
+        let mut args = vec!["run", "--pond", "clean", "--id", "box"];
+        args.extend_from_slice(allow);
+        args.extend_from_slice(&["--", "env"]);
+        let out = env
+            .cmd()
+            .env("HCLOUD_TOKEN", "secret-token-4711")
+            .args(&args)
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let plain = run(&[]);
+    assert!(!plain.contains("secret-token-4711"), "{plain}");
+    assert!(plain.contains("CRABBOX_SLUG=box"), "{plain}");
+    let allowed = run(&["--allow-env", "HCLOUD_TOKEN"]);
+    assert!(
+        allowed.contains("HCLOUD_TOKEN=secret-token-4711"),
+        "--allow-env forwards it: {allowed}"
+    );
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
+}

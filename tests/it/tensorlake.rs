@@ -195,6 +195,7 @@ fn member(slug: &str, block: Value) -> DesiredMember {
         expose: vec![8080],
         depends_on: vec![],
         env: BTreeMap::new(),
+        pass_env: Vec::new(),
         setup: vec![],
         ready: None,
         sync: SyncSettings {
