@@ -12,6 +12,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -184,12 +185,16 @@ fn acquire_file(
         error,
     };
     create_private_dir(path.parent().expect("lock path has a parent")).map_err(io)?;
+    // 0600: the holder record names the command that holds the lock.
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
+        .map_err(io)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(io)?;
     let deadline = Instant::now() + timeout;
     loop {

@@ -85,8 +85,31 @@ pub(super) struct DestroyArgs {
     run: RunArgs,
 }
 
+/// This process's command line for the lock's holder record, with the
+/// values of `--var` left out (they may be secrets).
 fn command_line() -> String {
-    std::env::args().collect::<Vec<_>>().join(" ")
+    redact_vars(std::env::args())
+}
+
+fn redact_vars(args: impl Iterator<Item = String>) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut value_next = false;
+    for arg in args {
+        let hide = |kv: &str| match kv.split_once('=') {
+            Some((k, _)) => format!("{k}=…"),
+            None => kv.to_owned(),
+        };
+        if value_next {
+            out.push(hide(&arg));
+            value_next = false;
+        } else if let Some(kv) = arg.strip_prefix("--var=") {
+            out.push(format!("--var={}", hide(kv)));
+        } else {
+            value_next = arg == "--var";
+            out.push(arg);
+        }
+    }
+    out.join(" ")
 }
 
 pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
@@ -537,4 +560,24 @@ fn unknown_pond(pond: &str) -> String {
         message.push_str(&format!("\n  help: did you mean `{close}`?"));
     }
     message
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn var_values_are_left_out_of_the_recorded_command_line() {
+        let args = [
+            "crabbox",
+            "apply",
+            "--var",
+            "TOKEN=s3cret",
+            "--var=PR=42",
+            "-f",
+            "p.yaml",
+        ];
+        assert_eq!(
+            super::redact_vars(args.iter().map(|s| (*s).to_owned())),
+            "crabbox apply --var TOKEN=… --var=PR=… -f p.yaml"
+        );
+    }
 }

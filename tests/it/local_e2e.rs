@@ -774,15 +774,35 @@ fn sync_never_copies_crabbox_state_in_a_git_work_tree() {
 fn local_commands_get_a_clean_environment_with_what_the_spec_passes() {
     let env = Env::new();
     env.write_spec(
-        "version: 1\npond: clean\ndefaults: { sync: false }\nmembers:\n  - slug: box\n    pass_env: [PASSED_ONE]\n    setup: [ \"echo token=$${HCLOUD_TOKEN:-none} passed=$${PASSED_ONE:-none} path=$${PATH:+set}\" ]\n",
+        "version: 1\npond: clean\ndefaults: { sync: false }\nmembers:\n  - slug: box\n    pass_env: [PASSED_ONE]\n    setup: [ \"echo token=$${HCLOUD_TOKEN:-none} passed=$${PASSED_ONE:-none} path=$${PATH:+set}; sleep 1\" ]\n",
     );
-    let out = env
-        .cmd()
+    // The apply holds the pond lock while its setup sleeps: the holder
+    // record is read meanwhile.
+    let child = env
+        .std_cmd()
         .env("HCLOUD_TOKEN", "secret-token-4711")
         .env("PASSED_ONE", "yes-passed")
-        .args(["apply", "--auto-approve"])
-        .output()
+        .args(["apply", "--auto-approve", "--var", "SECRET=hidden-value-99"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("apply");
+    let lock = env.state().join("ponds/clean/lock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        let text = std::fs::read_to_string(&lock).unwrap_or_default();
+        if !text.is_empty() || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(holder.contains("SECRET=…"), "{holder}");
+    assert!(!holder.contains("hidden-value-99"), "{holder}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&lock).expect("lock file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "lock file mode {mode:o}");
+    let out = child.wait_with_output().expect("apply ends");
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
