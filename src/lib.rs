@@ -11,6 +11,7 @@ mod closed_stdout;
 pub mod diagnostic;
 pub mod inventory;
 pub mod plan;
+pub mod process_groups;
 pub mod providers;
 pub mod reconcile;
 pub mod render;

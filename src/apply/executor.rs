@@ -94,7 +94,11 @@ fn watch_interrupts(reporter: Arc<crate::apply::progress::Reporter>) {
                 () = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
             }
             if INTERRUPTED.swap(true, Ordering::SeqCst) {
-                reporter.message("error", "Interrupted again: exiting now.");
+                reporter.message(
+                    "error",
+                    "Interrupted again: stopping running commands and exiting now.",
+                );
+                crate::process_groups::kill_all();
                 std::process::exit(130);
             }
             reporter.message(

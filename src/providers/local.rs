@@ -172,6 +172,9 @@ impl LocalProvider {
             ProviderError::Failed(format!("starting `sh -c` in {}: {e}", dir.display()))
         })?;
         let pgid = child_pid(child.id())?;
+        // Recorded among the lease's pids while it runs: if crabbox dies
+        // (SIGKILL), the next run's stop of the lease finds the group.
+        let _tracked = TrackedStep::record(&dir, pgid)?;
         // Declared after `child`, so dropped first: the group dies while its
         // leader is still unreaped and the group ID cannot have been reused.
         let mut guard = GroupGuard { pgid, armed: true };
@@ -253,6 +256,48 @@ enum RunOutcome {
 impl Provider for LocalProvider {
     fn name(&self) -> ProviderName {
         ProviderName::Local
+    }
+
+    /// Staging directories (`.creating-<lease>`) of creates that died: those
+    /// whose record names this pond (no create of it runs: the caller holds
+    /// the pond lock), and record-less ones older than a minute (a create
+    /// writes its record within moments of making the directory).
+    async fn sweep(&self, pond: &str) -> Result<Vec<String>, ProviderError> {
+        let root = self.root.clone();
+        let pond = pond.to_owned();
+        blocking(move || {
+            let entries = match std::fs::read_dir(&root) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(failed(&root, &e)),
+            };
+            let mut removed = Vec::new();
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.starts_with(STAGING_PREFIX) {
+                    continue;
+                }
+                let path = entry.path();
+                let record: Option<LeaseRecord> = std::fs::read(path.join(LEASE_FILE))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let dead = match &record {
+                    Some(r) => r.labels.get(labels::POND).is_some_and(|p| *p == pond),
+                    None => entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > Duration::from_secs(60)),
+                };
+                if dead {
+                    std::fs::remove_dir_all(&path).map_err(|e| failed(&path, &e))?;
+                    removed.push(format!("the staging directory {}", path.display()));
+                }
+            }
+            Ok(removed)
+        })
+        .await
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
@@ -502,6 +547,32 @@ impl OutputSink for NullSink {
 
 /// Kills a running command's process group when dropped while armed (the
 /// caller gave up on the command, e.g. a timeout around `exec`).
+/// A foreground command's process group: registered for a second Ctrl-C,
+/// and written to `pids/step-<pgid>.pid` (removed when the command is done).
+struct TrackedStep {
+    pid_file: PathBuf,
+    _live: crate::process_groups::Registered,
+}
+
+impl TrackedStep {
+    fn record(dir: &Path, pgid: i32) -> Result<Self, ProviderError> {
+        let pids = dir.join(PIDS);
+        std::fs::create_dir_all(&pids).map_err(|e| failed(&pids, &e))?;
+        let pid_file = pids.join(format!("step-{pgid}.pid"));
+        std::fs::write(&pid_file, format!("{pgid}\n")).map_err(|e| failed(&pid_file, &e))?;
+        Ok(Self {
+            pid_file,
+            _live: crate::process_groups::register(pgid),
+        })
+    }
+}
+
+impl Drop for TrackedStep {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
 struct GroupGuard {
     pgid: i32,
     armed: bool,
@@ -1613,6 +1684,45 @@ mod tests {
                 .expect("probe after")
         );
         assert!(provider.list("p").await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn sweep_removes_staging_directories_of_dead_creates_of_this_pond_only() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let provider = LocalProvider::new(state.path());
+        let root = state.path().join("local/leases");
+        let stage = |id: &str, pond: Option<&str>| {
+            let dir = root.join(format!("{STAGING_PREFIX}{id}"));
+            std::fs::create_dir_all(dir.join(WORKSPACE)).expect("staging");
+            if let Some(pond) = pond {
+                let mut labels = Labels::new();
+                labels.insert(labels::POND.into(), pond.into());
+                write_record(
+                    &dir,
+                    &LeaseRecord {
+                        lease_id: id.into(),
+                        labels,
+                        bind_addr: "127.77.0.9".into(),
+                        created_at: 0,
+                    },
+                )
+                .expect("record");
+            }
+            dir
+        };
+        let mine = stage("cbx_00000000000a", Some("p"));
+        let other = stage("cbx_00000000000b", Some("q"));
+        let fresh = stage("cbx_00000000000c", None);
+        let old = stage("cbx_00000000000d", None);
+        let long_ago = std::time::SystemTime::now() - Duration::from_secs(600);
+        std::fs::File::open(&old)
+            .and_then(|f| f.set_modified(long_ago))
+            .expect("age the directory");
+        let removed = provider.sweep("p").await.expect("sweep");
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(!mine.exists() && !old.exists());
+        assert!(other.exists(), "another pond's create may be running");
+        assert!(fresh.exists(), "a create may be about to write its record");
     }
 
     #[tokio::test]

@@ -464,6 +464,8 @@ impl SshTarget {
             }
         })?;
         let pid = child.id().and_then(|id| i32::try_from(id).ok());
+        // Until the client is reaped (end of this call).
+        let _live = pid.map(crate::process_groups::register);
         if let (Some(script), Some(mut stdin)) = (script, child.stdin.take()) {
             // The remote shell may fail before reading it all; that failure
             // is reported through ssh's exit status, not this write.

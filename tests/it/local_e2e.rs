@@ -835,3 +835,135 @@ fn local_commands_get_a_clean_environment_with_what_the_spec_passes() {
         .assert()
         .success();
 }
+
+/// Pids of processes whose command line contains `needle`.
+fn pids_running(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn wait_for(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(libc::pid_t::try_from(child.id()).expect("pid"), sig) };
+}
+
+#[test]
+fn a_second_interrupt_stops_the_commands_the_run_started_and_exits_130() {
+    let env = Env::new();
+    let log = env.dir.path().join("steps.log");
+    env.write_spec(&format!(
+        "version: 1\npond: twice\ndefaults: {{ sync: false }}\nmembers:\n  - slug: slow\n    setup: [ \"echo start >> {}; sleep 30 # twice-marker\" ]\n",
+        log.display()
+    ));
+    let child = env
+        .std_cmd()
+        .args(["apply", "--auto-approve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("apply");
+    assert!(
+        wait_for(Duration::from_secs(30), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("start"))),
+        "setup started"
+    );
+    assert!(!pids_running("twice-marker").is_empty(), "the step runs");
+    signal(&child, libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, libc::SIGINT);
+    let out = child.wait_with_output().expect("exits");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        wait_for(Duration::from_secs(3), || pids_running("twice-marker")
+            .is_empty()),
+        "no process of the setup remains: {:?}",
+        pids_running("twice-marker")
+    );
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
+}
+
+#[test]
+fn after_a_sigkill_mid_setup_the_next_apply_stops_the_old_step_before_running_it_once() {
+    let env = Env::new();
+    let log = env.dir.path().join("steps.log");
+    env.write_spec(&format!(
+        "version: 1\npond: killed\ndefaults: {{ sync: false }}\nmembers:\n  - slug: slow\n    setup: [ \"echo start >> {log}; : killed-marker; sleep 4; echo end >> {log}\" ]\n",
+        log = log.display()
+    ));
+    let first = env
+        .std_cmd()
+        .args(["apply", "--auto-approve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("apply");
+    assert!(
+        wait_for(Duration::from_secs(30), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("start"))),
+        "setup started"
+    );
+    signal(&first, libc::SIGKILL);
+    let _ = first.wait_with_output();
+    let leftover = pids_running("killed-marker");
+    assert!(
+        !leftover.is_empty(),
+        "the killed run's step is still running"
+    );
+
+    let second = env
+        .std_cmd()
+        .args(["apply", "--auto-approve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("apply");
+    assert!(
+        wait_for(Duration::from_secs(30), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.matches("start").count() == 2)),
+        "the step ran again"
+    );
+    let alive: Vec<i32> = leftover
+        .iter()
+        .copied()
+        .filter(|p| {
+            std::path::Path::new(&format!("/proc/{p}")).exists()
+                && std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .is_ok_and(|s| !s.contains(") Z "))
+        })
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "the old step was stopped first: {alive:?}"
+    );
+    let out = second.wait_with_output().expect("apply ends");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let steps = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(steps, "start\nstart\nend\n", "the old step never finished");
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
+}
