@@ -160,7 +160,8 @@ proptest! {
         let creates_before = provider.creates.lock().expect("lock").len();
         *provider.list_error.lock().expect("lock") = Some("503 unavailable".to_owned());
 
-        let inv = rt.block_on(discover(POND, &[], &registry, state.path()));
+        // As the commands observe: the providers the spec names are wanted.
+        let inv = rt.block_on(reconcile::observe(&desired, &registry, state.path()));
         prop_assert!(inv.leases.is_empty(), "nothing was seen");
         let planned = plan(&desired, &inv, &options());
         let refused = matches!(planned, Err(PlanError::Unobserved { .. }));
