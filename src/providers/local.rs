@@ -160,21 +160,44 @@ impl LocalProvider {
             }
             None => None,
         };
+        // The step dies with crabbox: its group watches a pipe whose only
+        // writer is this process (see `DIES_WITH_CRABBOX`).
+        let (alive_r, alive_w) = std::io::pipe().map_err(|e| {
+            ProviderError::Failed(format!("creating the step's lifeline pipe: {e}"))
+        })?;
+        let lifeline = std::os::fd::AsRawFd::as_raw_fd(&alive_r);
         let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c").arg(&request.command);
+        cmd.arg("-c")
+            .arg(DIES_WITH_CRABBOX)
+            .arg("sh")
+            .arg(&request.command);
         apply_env(cmd.as_std_mut(), &dir, &record, lease, request);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| {
+        // SAFETY: runs in the forked child before exec and only calls
+        // dup2(2), which is async-signal-safe; `lifeline` is an open fd.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(lifeline, LIFELINE_FD) == -1 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            });
+        }
+        let spawned = cmd.spawn();
+        drop(alive_r);
+        let mut child = spawned.map_err(|e| {
             ProviderError::Failed(format!("starting `sh -c` in {}: {e}", dir.display()))
         })?;
+        // Held until the step is over; closed by the kernel if crabbox dies.
+        let _lifeline = alive_w;
         let pgid = child_pid(child.id())?;
-        // Recorded among the lease's pids while it runs: if crabbox dies
-        // (SIGKILL), the next run's stop of the lease finds the group.
-        let _tracked = TrackedStep::record(&dir, pgid)?;
+        // For a second Ctrl-C, which exits without running destructors.
+        let _live = crate::process_groups::register(pgid);
         // Declared after `child`, so dropped first: the group dies while its
         // leader is still unreaped and the group ID cannot have been reused.
         let mut guard = GroupGuard { pgid, armed: true };
@@ -547,31 +570,24 @@ impl OutputSink for NullSink {
 
 /// Kills a running command's process group when dropped while armed (the
 /// caller gave up on the command, e.g. a timeout around `exec`).
-/// A foreground command's process group: registered for a second Ctrl-C,
-/// and written to `pids/step-<pgid>.pid` (removed when the command is done).
-struct TrackedStep {
-    pid_file: PathBuf,
-    _live: crate::process_groups::Registered,
-}
+/// The file descriptor on which a foreground step's group watches crabbox.
+const LIFELINE_FD: i32 = 3;
 
-impl TrackedStep {
-    fn record(dir: &Path, pgid: i32) -> Result<Self, ProviderError> {
-        let pids = dir.join(PIDS);
-        std::fs::create_dir_all(&pids).map_err(|e| failed(&pids, &e))?;
-        let pid_file = pids.join(format!("step-{pgid}.pid"));
-        std::fs::write(&pid_file, format!("{pgid}\n")).map_err(|e| failed(&pid_file, &e))?;
-        Ok(Self {
-            pid_file,
-            _live: crate::process_groups::register(pgid),
-        })
-    }
-}
-
-impl Drop for TrackedStep {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.pid_file);
-    }
-}
+/// How a foreground step runs (`sh -c` with the command as `$1`): the
+/// command in the background of its process group, and a watcher that reads
+/// the lifeline (fd 3, whose only writer is crabbox). When crabbox dies, by
+/// any signal, the kernel closes the writer, the read ends and the watcher
+/// kills the whole group. A parent-death signal would reach only the direct
+/// child, never the command's own children. When the command ends, the
+/// watcher is stopped and its status returned.
+const DIES_WITH_CRABBOX: &str = r#"(read -r _ <&3; kill -KILL 0) </dev/null >/dev/null 2>&1 &
+watcher=$!
+sh -c "$1" 3<&- &
+wait $!
+status=$?
+kill "$watcher" 2>/dev/null
+exit "$status"
+"#;
 
 struct GroupGuard {
     pgid: i32,
