@@ -64,8 +64,12 @@ fn assert_fifty_shown_and_the_rest_counted(out: &Output, elapsed: Duration, what
         "{what}: {} bytes of stderr",
         stderr.len()
     );
+    // About 0.5 s in a debug build on an idle machine (the old code needed
+    // 15 s and gigabytes, or crashed); the bound leaves room for a loaded CI
+    // machine running the suite in parallel while still catching a return
+    // to quadratic work.
     eprintln!("{what}: validate took {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(2), "{what}: took {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(10), "{what}: took {elapsed:?}");
 }
 
 #[test]
