@@ -80,6 +80,7 @@ fn main() {
             parallelism: 10,
             continue_on_error: false,
             heartbeat: Duration::from_secs(3600),
+            ..ExecOptions::default()
         };
         let (outcome, _) = rt.block_on(reconcile::apply(&p, ctx, &exec, false));
         let apply_time = t.elapsed();

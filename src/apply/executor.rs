@@ -25,6 +25,9 @@ pub struct ExecOptions {
     pub continue_on_error: bool,
     /// Interval of "Still creating..." lines.
     pub heartbeat: Duration,
+    /// Set when the pond lock was lost mid-run (see `PondLock::lost`): no new
+    /// step starts, since another crabbox may now be changing the pond.
+    pub lock_lost: Option<Arc<AtomicBool>>,
 }
 
 impl Default for ExecOptions {
@@ -33,6 +36,7 @@ impl Default for ExecOptions {
             parallelism: 10,
             continue_on_error: false,
             heartbeat: Duration::from_secs(10),
+            lock_lost: None,
         }
     }
 }
@@ -55,6 +59,8 @@ pub struct Outcome {
     pub results: BTreeMap<NodeIndex, StepResult>,
     /// The run was interrupted (Ctrl-C).
     pub interrupted: bool,
+    /// The pond lock was lost during the run.
+    pub lock_lost: bool,
     /// Per step: wall time.
     pub timings: BTreeMap<NodeIndex, Duration>,
 }
@@ -72,7 +78,9 @@ impl Outcome {
     /// Whether every step succeeded.
     #[must_use]
     pub fn success(&self) -> bool {
-        !self.interrupted && self.results.values().all(|r| *r == StepResult::Done)
+        !self.interrupted
+            && !self.lock_lost
+            && self.results.values().all(|r| *r == StepResult::Done)
     }
 }
 
@@ -151,6 +159,19 @@ pub async fn execute(graph: &StepGraph, ctx: Arc<Context>, options: &ExecOptions
         if INTERRUPTED.load(Ordering::SeqCst) && !outcome.interrupted {
             outcome.interrupted = true;
             stopped = true;
+        }
+        if !outcome.lock_lost
+            && options
+                .lock_lost
+                .as_ref()
+                .is_some_and(|l| l.load(Ordering::SeqCst))
+        {
+            outcome.lock_lost = true;
+            stopped = true;
+            ctx.reporter.message(
+                "error",
+                "error: the pond lock was lost (broken with `pond unlock --force`, or it expired): no new step starts, since another crabbox may now be changing this pond; run apply again",
+            );
         }
         // Start what can start.
         while !stopped && running.len() < options.parallelism.max(1) {

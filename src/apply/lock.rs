@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,17 @@ pub enum LockError {
 #[derive(Debug)]
 pub struct PondLock {
     held: Held,
+    /// Set once the lock is known lost (PostgreSQL: broken, or not renewed
+    /// within its TTL). A file lock cannot be lost while its holder lives.
+    lost: Arc<AtomicBool>,
+}
+
+impl PondLock {
+    /// A flag that becomes true when the lock is lost, for the executor.
+    #[must_use]
+    pub fn lost(&self) -> Arc<AtomicBool> {
+        self.lost.clone()
+    }
 }
 
 #[derive(Debug)]
@@ -220,6 +232,7 @@ fn acquire_file(
     file.sync_all().map_err(io)?;
     Ok(PondLock {
         held: Held::File(file),
+        lost: Arc::new(AtomicBool::new(false)),
     })
 }
 
@@ -261,11 +274,12 @@ fn acquire_lease(
         std::thread::sleep(Duration::from_millis(250).min(deadline - Instant::now()));
     }
     let (stop, stopped) = mpsc::channel::<()>();
+    let lost = Arc::new(AtomicBool::new(false));
     let spawned = {
-        let (h, p, t) = (handle.clone(), pond.to_owned(), token.clone());
+        let (h, p, t, l) = (handle.clone(), pond.to_owned(), token.clone(), lost.clone());
         std::thread::Builder::new()
             .name("crabbox-lock-heartbeat".to_owned())
-            .spawn(move || heartbeat(&h, &p, &t, ttl, &stopped))
+            .spawn(move || heartbeat(&h, &p, &t, ttl, &stopped, &l))
     };
     let heartbeat = match spawned {
         Ok(thread) => thread,
@@ -285,23 +299,42 @@ fn acquire_lease(
             stop: Some(stop),
             heartbeat: Some(heartbeat),
         }),
+        lost,
     })
 }
 
-/// Renews the lock every third of its TTL until told to stop (or until the
-/// lock turns out to be lost, which is reported once).
-fn heartbeat(handle: &Handle, pond: &str, token: &str, ttl: Duration, stop: &mpsc::Receiver<()>) {
+/// Renews the lock every third of its TTL until told to stop, or until the
+/// lock is lost: broken or expired (`Ok(false)`), or not renewed for a whole
+/// TTL (the database did not answer) — then `lost` is set and it is said once.
+fn heartbeat(
+    handle: &Handle,
+    pond: &str,
+    token: &str,
+    ttl: Duration,
+    stop: &mpsc::Receiver<()>,
+    lost: &AtomicBool,
+) {
     let every = ttl / 3;
+    let mut renewed = Instant::now();
     loop {
         match stop.recv_timeout(every) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
         match handle.lock_renew(pond, token, ttl) {
-            Ok(true) => {}
+            Ok(true) => renewed = Instant::now(),
             Ok(false) => {
+                lost.store(true, Ordering::SeqCst);
                 anstream::eprintln!(
-                    "warning: the lock of pond `{pond}` was broken (`pond unlock --force`) or expired; another crabbox may now change this pond"
+                    "error: the lock of pond `{pond}` was broken (`pond unlock --force`) or expired; another crabbox may now change this pond"
+                );
+                return;
+            }
+            Err(e) if renewed.elapsed() >= ttl => {
+                lost.store(true, Ordering::SeqCst);
+                anstream::eprintln!(
+                    "error: the lock of pond `{pond}` expired: it could not be renewed for {}s: {e}",
+                    ttl.as_secs()
                 );
                 return;
             }

@@ -166,7 +166,7 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
         return failure();
     }
     let state = state_dir();
-    let _lock = match lock::acquire(
+    let pond_lock = match lock::acquire(
         &state,
         &loaded.desired.name,
         &command_line(),
@@ -221,6 +221,7 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
         loaded.dir.clone(),
         "Apply",
         saved.is_some(),
+        &pond_lock,
     )
 }
 
@@ -235,6 +236,7 @@ fn run_plan(
     spec_dir: PathBuf,
     verb: &str,
     pre_approved: bool,
+    lock: &lock::PondLock,
 ) -> ExitCode {
     let mode = if run.json { Mode::Json } else { Mode::Human };
     let reporter = Arc::new(Reporter::new(mode));
@@ -289,6 +291,7 @@ fn run_plan(
     let options = ExecOptions {
         parallelism: usize::from(run.parallelism),
         continue_on_error: run.continue_on_error,
+        lock_lost: Some(lock.lost()),
         ..ExecOptions::default()
     };
     // Outputs describe the whole pond: not rendered from a partial view.
@@ -422,7 +425,7 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         anstream::eprintln!("{message}");
         return ExitCode::SUCCESS;
     }
-    let _lock = match lock::acquire(&state, &pond, &command_line(), args.run.lock_timeout) {
+    let pond_lock = match lock::acquire(&state, &pond, &command_line(), args.run.lock_timeout) {
         Ok(l) => l,
         Err(e) => {
             anstream::eprintln!(
@@ -500,7 +503,7 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         Err(e) => anstream::eprintln!("warning: could not disconnect the SSH mesh: {e}"),
     }
     let code = run_plan(
-        &rt, &plan, None, &inventory, registry, &args.run, spec_dir, "Destroy", false,
+        &rt, &plan, None, &inventory, registry, &args.run, spec_dir, "Destroy", false, &pond_lock,
     );
     if code == ExitCode::SUCCESS {
         // The rendered files describe leases that no longer exist, whichever

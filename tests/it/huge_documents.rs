@@ -69,7 +69,10 @@ fn assert_fifty_shown_and_the_rest_counted(out: &Output, elapsed: Duration, what
     // machine running the suite in parallel while still catching a return
     // to quadratic work.
     eprintln!("{what}: validate took {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(10), "{what}: took {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "{what}: took {elapsed:?}"
+    );
 }
 
 #[test]

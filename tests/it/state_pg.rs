@@ -542,11 +542,18 @@ fn pond_unlock_force_breaks_a_live_lock_and_the_holder_notices() {
     let pg = TestPostgres::start();
     let a = Runner::new(Some(&pg.url)).with_ttl(3);
     let pid_file = a.path("setup.pid");
-    a.write_spec(&slow_spec("stuck", 8, &a.path("marker"), &pid_file));
     let _leftovers = Leftovers {
         pid_files: vec![pid_file.clone()],
         needles: Vec::new(),
     };
+    // A member that waits for the slow one: it must not start once the
+    // lock is lost.
+    let mut spec = slow_spec("stuck", 8, &a.path("marker"), &pid_file);
+    spec.push_str(&format!(
+        "  - slug: after\n    depends_on: [slow]\n    setup: [ \"touch {}\" ]\n",
+        a.path("after-ran").display()
+    ));
+    a.write_spec(&spec);
     let mut holder = a.spawn(&["apply", "--auto-approve"], "holder");
     wait_for_lock(&pg, "stuck");
 
@@ -568,12 +575,17 @@ fn pond_unlock_force_breaks_a_live_lock_and_the_holder_notices() {
 
     let status = holder.wait().expect("holder");
     kill_recorded(&pid_file);
-    assert!(status.success(), "{}", a.read("holder.err"));
+    let err = a.read("holder.err");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a run that lost its lock fails: {err}"
+    );
+    assert!(err.contains("the lock of pond `stuck` was broken"), "{err}");
+    assert!(err.contains("the pond lock was lost"), "{err}");
     assert!(
-        a.read("holder.err")
-            .contains("the lock of pond `stuck` was broken"),
-        "{}",
-        a.read("holder.err")
+        !a.path("after-ran").exists(),
+        "no step started after the lock was lost: {err}"
     );
     let out = a.run(&["destroy", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
