@@ -220,6 +220,9 @@ pub fn hand_back(dir: &Path) -> Result<bool, String> {
     Ok(!files.is_empty())
 }
 
+/// How long a new tunnel gets to start listening on its local ports.
+const TUNNEL_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The `ssh -N -L …` command for one member's forwards.
 #[must_use]
 pub fn tunnel_command(target: &SshTarget, forwards: &[&Forward]) -> Command {
@@ -320,10 +323,29 @@ pub fn start_detached(
             },
         ));
     }
-    std::thread::sleep(std::time::Duration::from_millis(200));
     let mut recorded = Vec::new();
     for (mut child, mut p) in processes {
         p.pid = child.id();
+        // Up means listening: wait until the tunnel's local ports accept
+        // connections (or it exits), so that whoever reads the exported
+        // addresses can use them at once.
+        let ports: Vec<u16> = forwards
+            .iter()
+            .filter(|f| f.lease_id == p.forward.lease_id)
+            .map(|f| f.local_port)
+            .collect();
+        let deadline = std::time::Instant::now() + TUNNEL_UP_TIMEOUT;
+        while !ports.iter().all(|port| {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
+                std::time::Duration::from_millis(200),
+            )
+            .is_ok()
+        }) && std::time::Instant::now() < deadline
+            && matches!(child.try_wait(), Ok(None))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         if let Ok(Some(status)) = child.try_wait() {
             for (_, q) in &recorded {
                 kill_group(*q);

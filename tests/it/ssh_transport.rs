@@ -553,6 +553,11 @@ async fn ssh_connections_are_multiplexed() {
     println!("20 multiplexed execs: {multiplexed:?}; one fresh handshake: {handshake:?}");
 
     setup.target.close().await;
+    // The master acknowledges `-O exit` and then unlinks its socket.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sockets[0].exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(!sockets[0].exists(), "close removes the control socket");
 }
 
