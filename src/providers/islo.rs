@@ -1501,7 +1501,9 @@ impl Provider for IsloProvider {
             claim
                 .extra
                 .insert(CLAIM_SANDBOX_ID.to_owned(), Value::String(id));
-            let _ = self.claims.write(&claim);
+            // The sandbox exists: a claim that cannot say so fails the
+            // create (its pending claim names the sandbox for the next run).
+            self.claims.write(&claim).map_err(ProviderError::state)?;
         }
         Ok(Lease {
             id: request.lease_id.clone(),
