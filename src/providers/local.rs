@@ -178,13 +178,22 @@ impl LocalProvider {
             .process_group(0)
             .kill_on_drop(true);
         // SAFETY: runs in the forked child before exec and only calls
-        // dup2(2), which is async-signal-safe; `lifeline` is an open fd.
+        // dup2(2) and fcntl(2), which are async-signal-safe; `lifeline` is
+        // an open fd. When the pipe already is fd 3, dup2 would be a no-op
+        // that keeps close-on-exec: the flag is cleared instead.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(lifeline, LIFELINE_FD) == -1 {
-                    Err(std::io::Error::last_os_error())
+                let ok = if lifeline == LIFELINE_FD {
+                    let flags = libc::fcntl(lifeline, libc::F_GETFD);
+                    flags != -1
+                        && libc::fcntl(lifeline, libc::F_SETFD, flags & !libc::FD_CLOEXEC) != -1
                 } else {
+                    libc::dup2(lifeline, LIFELINE_FD) != -1
+                };
+                if ok {
                     Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
                 }
             });
         }
