@@ -50,7 +50,11 @@ pub async fn discover(
         ..Inventory::default()
     };
     let mut providers: BTreeSet<ProviderName> = wanted.iter().copied().collect();
-    providers.extend(remembered_providers(state_dir, pond));
+    match remembered_providers(state_dir, pond) {
+        Ok(remembered) => providers.extend(remembered),
+        // The record is part of the state: unread, the pond's providers are unknown.
+        Err(e) => inv.state_unreadable = Some(e.to_string()),
+    }
     // What the pond uses: the spec, its record and (below) its claims.
     let mut used = providers.clone();
     providers.extend(registry.configured());
@@ -190,16 +194,30 @@ fn record_path(state_dir: &Path, pond: &str) -> std::path::PathBuf {
     state_dir.join("ponds").join(pond).join("providers.json")
 }
 
-/// Providers this pond has used, from the per-pond record.
-#[must_use]
-pub fn remembered_providers(state_dir: &Path, pond: &str) -> Vec<ProviderName> {
-    std::fs::read_to_string(record_path(state_dir, pond))
-        .ok()
-        .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok())
-        .unwrap_or_default()
+/// Providers this pond has used, from the per-pond record (none when there
+/// is no record yet).
+///
+/// # Errors
+/// A record that exists but cannot be read or parsed: what it says is unknown.
+pub fn remembered_providers(state_dir: &Path, pond: &str) -> std::io::Result<Vec<ProviderName>> {
+    let path = record_path(state_dir, pond);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", path.display()),
+            ));
+        }
+    };
+    let names: Vec<String> = serde_json::from_str(&text).map_err(|e| {
+        std::io::Error::other(format!("{} is not a provider list: {e}", path.display()))
+    })?;
+    Ok(names
         .iter()
         .filter_map(|n| ProviderName::from_name(n))
-        .collect()
+        .collect())
 }
 
 /// Adds providers to the pond's record.
@@ -212,7 +230,7 @@ pub fn remember_providers(
     used: &[ProviderName],
 ) -> std::io::Result<()> {
     let mut all: BTreeSet<ProviderName> =
-        remembered_providers(state_dir, pond).into_iter().collect();
+        remembered_providers(state_dir, pond)?.into_iter().collect();
     let before = all.len();
     all.extend(used.iter().copied());
     if all.len() == before && record_path(state_dir, pond).exists() {

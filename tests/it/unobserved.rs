@@ -254,3 +254,18 @@ fn a_stopped_state_database_stops_plan_and_apply() {
     env.state_url = None;
     let _ = env.run(&["destroy", "--auto-approve"]);
 }
+
+#[test]
+fn an_unreadable_pond_record_stops_the_plan() {
+    let env = Env::new(&format!(
+        "version: 1\npond: {POND}\ndefaults: {{ sync: false }}\nmembers:\n  - slug: web\n"
+    ));
+    let record = env.path("state/ponds").join(POND).join("providers.json");
+    std::fs::create_dir_all(record.parent().expect("dir")).expect("dir");
+    std::fs::write(&record, "{not json").expect("corrupt record");
+    let out = env.run(&["plan"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("providers.json"), "names the record: {err}");
+    assert!(!text(&out.stdout).contains("to add"), "nothing planned");
+}
