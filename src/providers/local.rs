@@ -182,20 +182,7 @@ impl LocalProvider {
         // an open fd. When the pipe already is fd 3, dup2 would be a no-op
         // that keeps close-on-exec: the flag is cleared instead.
         unsafe {
-            cmd.pre_exec(move || {
-                let ok = if lifeline == LIFELINE_FD {
-                    let flags = libc::fcntl(lifeline, libc::F_GETFD);
-                    flags != -1
-                        && libc::fcntl(lifeline, libc::F_SETFD, flags & !libc::FD_CLOEXEC) != -1
-                } else {
-                    libc::dup2(lifeline, LIFELINE_FD) != -1
-                };
-                if ok {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
+            cmd.pre_exec(move || inherit_as_lifeline(lifeline));
         }
         let spawned = cmd.spawn();
         drop(alive_r);
@@ -581,6 +568,30 @@ impl OutputSink for NullSink {
 /// caller gave up on the command, e.g. a timeout around `exec`).
 /// The file descriptor on which a foreground step's group watches crabbox.
 const LIFELINE_FD: i32 = 3;
+
+/// In a forked child before exec: makes `fd` the child's [`LIFELINE_FD`],
+/// open across exec. When `fd` already is that number, dup2 would be a no-op
+/// that keeps close-on-exec, so the flag is cleared instead.
+///
+/// # Safety
+/// Only calls dup2(2) and fcntl(2), which are async-signal-safe; fit for
+/// `pre_exec`.
+fn inherit_as_lifeline(fd: i32) -> std::io::Result<()> {
+    // SAFETY: plain system calls on integers.
+    let ok = unsafe {
+        if fd == LIFELINE_FD {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            flags != -1 && libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) != -1
+        } else {
+            libc::dup2(fd, LIFELINE_FD) != -1
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
 
 /// How a foreground step runs (`sh -c` with the command as `$1`): the
 /// command in the background of its process group, and a watcher that reads
@@ -1709,6 +1720,47 @@ mod tests {
                 .expect("probe after")
         );
         assert!(provider.list("p").await.expect("list").is_empty());
+    }
+
+    #[test]
+    fn the_lifeline_reaches_the_step_whatever_fd_the_pipe_has() {
+        use std::io::Write as _;
+        use std::os::fd::AsRawFd as _;
+        use std::os::unix::process::CommandExt as _;
+        // Once as another fd, once as fd 3 with close-on-exec (as a fresh
+        // process's first pipe is): the child reads what is written.
+        for as_fd3 in [false, true] {
+            let (reader, mut writer) = std::io::pipe().expect("pipe");
+            let fd = reader.as_raw_fd();
+            let mut cmd = std::process::Command::new("sh");
+            cmd.args(["-c", "cat <&3"]).stdout(Stdio::piped());
+            // SAFETY: dup2/fcntl only, in the child before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = if as_fd3 {
+                        if libc::dup2(fd, LIFELINE_FD) == -1
+                            || libc::fcntl(LIFELINE_FD, libc::F_SETFD, libc::FD_CLOEXEC) == -1
+                        {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        LIFELINE_FD
+                    } else {
+                        fd
+                    };
+                    inherit_as_lifeline(fd)
+                });
+            }
+            let child = cmd.spawn().expect("spawn");
+            drop(reader);
+            writer.write_all(b"alive\n").expect("write");
+            drop(writer);
+            let out = child.wait_with_output().expect("wait");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "alive\n",
+                "as fd 3: {as_fd3}"
+            );
+        }
     }
 
     #[tokio::test]
