@@ -1431,16 +1431,7 @@ impl Provider for IsloProvider {
         let api = self.api(&base_url);
 
         // The claim names the sandbox before it exists.
-        let mut claim = self
-            .claims
-            .load(&request.lease_id)
-            .map_err(ProviderError::state)?
-            .ok_or_else(|| {
-                ProviderError::Failed(format!(
-                    "the pending claim of {} is missing; it is written before create",
-                    request.lease_id
-                ))
-            })?;
+        let mut claim = super::pending_claim(&self.claims, &request.lease_id)?;
         if claim.provider != PROVIDER {
             return Err(ProviderError::Failed(format!(
                 "the claim of {} belongs to provider `{}`, not islo",

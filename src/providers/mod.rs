@@ -146,6 +146,26 @@ impl ProviderError {
     }
 }
 
+/// The pending claim a create of a claim-backed provider starts from: the
+/// engine writes it before calling `create`, so its absence is a bug, and a
+/// store that cannot be read is an error (never "no claim").
+///
+/// # Errors
+/// The store could not be read, or the claim is missing.
+pub fn pending_claim(
+    claims: &crate::inventory::claims::ClaimStore,
+    lease_id: &str,
+) -> Result<crate::inventory::claims::Claim, ProviderError> {
+    claims
+        .load(lease_id)
+        .map_err(ProviderError::state)?
+        .ok_or_else(|| {
+            ProviderError::Failed(format!(
+                "the pending claim of {lease_id} is missing; it is written before create"
+            ))
+        })
+}
+
 /// A request to create one lease. Labels are complete: providers put them on
 /// the resource in the create call itself.
 #[derive(Debug, Clone)]

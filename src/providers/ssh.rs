@@ -154,16 +154,7 @@ impl Provider for SshProvider {
         let base = get("work_root")
             .unwrap_or(DEFAULT_WORK_ROOT)
             .trim_end_matches('/');
-        let mut claim = self
-            .claims
-            .load(&request.lease_id)
-            .map_err(ProviderError::state)?
-            .ok_or_else(|| {
-                ProviderError::Failed(format!(
-                    "the pending claim of {} is missing; it is written before create",
-                    request.lease_id
-                ))
-            })?;
+        let mut claim = super::pending_claim(&self.claims, &request.lease_id)?;
         let port = block.get("port").and_then(Value::as_u64).unwrap_or(22);
         let set = |claim: &mut Claim, k: &str, v: String| {
             claim.extra.insert(k.to_owned(), Value::String(v));

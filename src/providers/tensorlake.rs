@@ -1080,16 +1080,7 @@ impl Provider for TensorlakeProvider {
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         self.check_key()?;
         let settings = Settings::of(&request.member, &self.defaults)?;
-        let mut claim = self
-            .claims
-            .load(&request.lease_id)
-            .map_err(ProviderError::state)?
-            .ok_or_else(|| {
-                ProviderError::Failed(format!(
-                    "the pending claim of {} is missing; it is written before create",
-                    request.lease_id
-                ))
-            })?;
+        let mut claim = super::pending_claim(&self.claims, &request.lease_id)?;
         let name = sandbox_name(&request.pond, &request.member.slug);
         // What is about to exist is recorded first.
         claim

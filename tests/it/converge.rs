@@ -87,7 +87,7 @@ fn spec_text(members: &[MemberGen]) -> String {
     out
 }
 
-fn load(text: &str) -> DesiredPond {
+pub(crate) fn load(text: &str) -> DesiredPond {
     let loaded = load_str(
         "gen.yaml",
         text,

@@ -14,26 +14,12 @@ use crabbox::plan::diff::{PlanError, PlanOptions, plan};
 use crabbox::providers::Provider;
 use crabbox::providers::registry::Registry;
 use crabbox::reconcile;
-use crabbox::spec::desired::DesiredPond;
-use crabbox::spec::interpolate::Variables;
-use crabbox::spec::load::load_str;
 use proptest::prelude::*;
 
+use crate::converge::load;
 use crate::fake_provider::MemoryProvider;
 
 const POND: &str = "faults";
-
-fn load(text: &str) -> DesiredPond {
-    let loaded = load_str(
-        "faults.yaml",
-        text,
-        std::path::Path::new("."),
-        &Variables::fixed(vec![]),
-    );
-    loaded
-        .pond
-        .unwrap_or_else(|| panic!("valid spec:\n{text}\n{:?}", loaded.diagnostics))
-}
 
 fn options() -> PlanOptions {
     PlanOptions {
