@@ -9,15 +9,15 @@ mod fake_provider;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crabbox::apply::executor::ExecOptions;
-use crabbox::apply::progress::{Mode, Reporter};
-use crabbox::inventory::discover::discover;
-use crabbox::plan::diff::{PlanOptions, plan};
-use crabbox::providers::Provider;
-use crabbox::providers::registry::Registry;
-use crabbox::reconcile;
-use crabbox::spec::interpolate::Variables;
-use crabbox::spec::load::load_str;
+use crabbox_apply::discover::discover;
+use crabbox_apply::executor::ExecOptions;
+use crabbox_apply::progress::{Mode, Reporter};
+use crabbox_apply::reconcile;
+use crabbox_plan::diff::{PlanOptions, plan};
+use crabbox_providers::Provider;
+use crabbox_providers::registry::Registry;
+use crabbox_spec::interpolate::Variables;
+use crabbox_spec::load::load_str;
 
 fn spec(n: usize) -> String {
     let mut s = String::from("version: 1\npond: bench\ndefaults: { sync: false }\nmembers:\n");
@@ -55,7 +55,7 @@ fn main() {
             .build()
             .expect("runtime");
         let options = PlanOptions {
-            now: crabbox::inventory::labels::now_secs(),
+            now: crabbox_core::labels::now_secs(),
             ..PlanOptions::default()
         };
 

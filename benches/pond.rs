@@ -239,21 +239,21 @@ struct Job {
     members: usize,
 }
 
-fn hetzner(job: &Job) -> crabbox::providers::registry::Registry {
-    use crabbox::providers::Provider;
-    use crabbox::providers::hetzner::HetznerProvider;
+fn hetzner(job: &Job) -> crabbox_providers::registry::Registry {
+    use crabbox_providers::Provider;
+    use crabbox_providers::hetzner::HetznerProvider;
     // As `crabbox` builds it from HCLOUD_TOKEN/HCLOUD_ENDPOINT, but creates
     // return once the server runs (no SSH: the fake's servers have none).
     let provider = HetznerProvider::new(&job.base_url, fake_hetzner::TOKEN, &job.state_dir)
         .with_ssh_bootstrap(false);
-    crabbox::providers::registry::Registry::with(vec![Arc::new(provider) as Arc<dyn Provider>])
+    crabbox_providers::registry::Registry::with(vec![Arc::new(provider) as Arc<dyn Provider>])
 }
 
 fn worker(arg: &str) {
     let job: Job = serde_json::from_str(arg).expect("a job");
-    let loaded = crabbox::spec::load::load_path(
+    let loaded = crabbox_spec::load::load_path(
         &job.spec,
-        &crabbox::spec::interpolate::Variables::fixed(vec![]),
+        &crabbox_spec::interpolate::Variables::fixed(vec![]),
     )
     .expect("read the spec");
     let desired = loaded
@@ -274,10 +274,10 @@ fn worker(arg: &str) {
     println!("RESULT {result}");
 }
 
-fn plan_options() -> crabbox::plan::diff::PlanOptions {
-    crabbox::plan::diff::PlanOptions {
-        now: crabbox::inventory::labels::now_secs(),
-        ..crabbox::plan::diff::PlanOptions::default()
+fn plan_options() -> crabbox_plan::diff::PlanOptions {
+    crabbox_plan::diff::PlanOptions {
+        now: crabbox_core::labels::now_secs(),
+        ..crabbox_plan::diff::PlanOptions::default()
     }
 }
 
@@ -285,21 +285,25 @@ fn plan_options() -> crabbox::plan::diff::PlanOptions {
 /// outputs' diffs), render for people.
 fn run_plan(
     job: &Job,
-    desired: &crabbox::spec::desired::DesiredPond,
+    desired: &crabbox_spec::desired::DesiredPond,
     rt: &tokio::runtime::Runtime,
 ) -> Value {
     let registry = hetzner(job);
     let (t0, u0) = (Instant::now(), Usage::now());
-    let inventory = rt.block_on(crabbox::reconcile::observe(
+    let inventory = rt.block_on(crabbox_apply::reconcile::observe(
         desired,
         &registry,
         &job.state_dir,
     ));
     let (t1, u1) = (Instant::now(), Usage::now());
-    let plan =
-        crabbox::reconcile::plan_with_outputs(desired, &inventory, &plan_options(), &registry)
-            .expect("plan");
-    let shown = crabbox::plan::human::render(&plan);
+    let plan = crabbox_apply::reconcile::plan_with_outputs(
+        desired,
+        &inventory,
+        &plan_options(),
+        &registry,
+    )
+    .expect("plan");
+    let shown = crabbox_plan::human::render(&plan);
     let (t2, u2) = (Instant::now(), Usage::now());
     assert_eq!(inventory.leases.len(), job.members, "every member is live");
     assert!(
@@ -318,24 +322,24 @@ fn run_plan(
     })
 }
 
-fn outputs(desired: &crabbox::spec::desired::DesiredPond) -> crabbox::apply::steps::OutputTarget {
-    crabbox::apply::steps::OutputTarget {
-        dir: crabbox::reconcile::outputs_dir(desired),
-        templates: crabbox::reconcile::templates(desired).expect("templates"),
+fn outputs(desired: &crabbox_spec::desired::DesiredPond) -> crabbox_apply::steps::OutputTarget {
+    crabbox_apply::steps::OutputTarget {
+        dir: crabbox_apply::reconcile::outputs_dir(desired),
+        templates: crabbox_apply::reconcile::templates(desired).expect("templates"),
     }
 }
 
-fn reporter() -> Arc<crabbox::apply::progress::Reporter> {
+fn reporter() -> Arc<crabbox_apply::progress::Reporter> {
     // As on a terminal-less CI runner: one line per step on stderr.
-    Arc::new(crabbox::apply::progress::Reporter::new(
-        crabbox::apply::progress::Mode::Human,
+    Arc::new(crabbox_apply::progress::Reporter::new(
+        crabbox_apply::progress::Mode::Human,
     ))
 }
 
-fn exec_options(parallelism: usize) -> crabbox::apply::executor::ExecOptions {
-    crabbox::apply::executor::ExecOptions {
+fn exec_options(parallelism: usize) -> crabbox_apply::executor::ExecOptions {
+    crabbox_apply::executor::ExecOptions {
         parallelism,
-        ..crabbox::apply::executor::ExecOptions::default()
+        ..crabbox_apply::executor::ExecOptions::default()
     }
 }
 
@@ -343,20 +347,24 @@ fn exec_options(parallelism: usize) -> crabbox::apply::executor::ExecOptions {
 /// (discover + plan of the empty pond have their own rows).
 fn run_apply(
     job: &Job,
-    desired: &crabbox::spec::desired::DesiredPond,
+    desired: &crabbox_spec::desired::DesiredPond,
     rt: &tokio::runtime::Runtime,
 ) -> Value {
     let registry = hetzner(job);
-    let inventory = rt.block_on(crabbox::reconcile::observe(
+    let inventory = rt.block_on(crabbox_apply::reconcile::observe(
         desired,
         &registry,
         &job.state_dir,
     ));
-    let plan =
-        crabbox::reconcile::plan_with_outputs(desired, &inventory, &plan_options(), &registry)
-            .expect("plan");
+    let plan = crabbox_apply::reconcile::plan_with_outputs(
+        desired,
+        &inventory,
+        &plan_options(),
+        &registry,
+    )
+    .expect("plan");
     assert_eq!(plan.summary().add, job.members, "every member is created");
-    let ctx = Arc::new(crabbox::reconcile::context(
+    let ctx = Arc::new(crabbox_apply::reconcile::context(
         &plan,
         Some(desired),
         &inventory,
@@ -367,7 +375,7 @@ fn run_apply(
         reporter(),
     ));
     let (t0, u0) = (Instant::now(), Usage::now());
-    let (outcome, applied) = rt.block_on(crabbox::reconcile::apply(
+    let (outcome, applied) = rt.block_on(crabbox_apply::reconcile::apply(
         &plan,
         ctx,
         &exec_options(job.parallelism),
@@ -392,14 +400,14 @@ fn timed(wall: Duration, u0: Usage, u1: Usage) -> Value {
 /// releases are timed.
 fn run_destroy(
     job: &Job,
-    desired: &crabbox::spec::desired::DesiredPond,
+    desired: &crabbox_spec::desired::DesiredPond,
     rt: &tokio::runtime::Runtime,
 ) -> Value {
-    use crabbox::plan::{Action, MemberChange, Plan};
+    use crabbox_plan::{Action, MemberChange, Plan};
     let registry = hetzner(job);
-    let inventory = rt.block_on(crabbox::inventory::discover::discover(
+    let inventory = rt.block_on(crabbox_apply::discover::discover(
         &desired.name,
-        &[crabbox::spec::providers::ProviderName::Hetzner],
+        &[crabbox_core::provider::ProviderName::Hetzner],
         &registry,
         &job.state_dir,
     ));
@@ -434,7 +442,7 @@ fn run_destroy(
         outputs: Vec::new(),
         warnings: inventory.warnings.clone(),
     };
-    let ctx = Arc::new(crabbox::reconcile::context(
+    let ctx = Arc::new(crabbox_apply::reconcile::context(
         &plan,
         Some(desired),
         &inventory,
@@ -445,7 +453,7 @@ fn run_destroy(
         reporter(),
     ));
     let (t0, u0) = (Instant::now(), Usage::now());
-    let (outcome, applied) = rt.block_on(crabbox::reconcile::apply(
+    let (outcome, applied) = rt.block_on(crabbox_apply::reconcile::apply(
         &plan,
         ctx,
         &exec_options(job.parallelism),
@@ -462,31 +470,31 @@ fn run_destroy(
 /// discover the pond, plan the one member, apply that one-member plan.
 async fn warmup(
     job: &Job,
-    desired: &crabbox::spec::desired::DesiredPond,
-    member: &crabbox::spec::desired::DesiredMember,
+    desired: &crabbox_spec::desired::DesiredPond,
+    member: &crabbox_spec::desired::DesiredMember,
 ) {
-    use crabbox::plan::Action;
+    use crabbox_plan::Action;
     let registry = hetzner(job);
     let mut one = desired.clone();
     one.members = vec![member.clone()];
-    let inventory = crabbox::inventory::discover::discover(
+    let inventory = crabbox_apply::discover::discover(
         &one.name,
-        &[crabbox::spec::providers::ProviderName::Hetzner],
+        &[crabbox_core::provider::ProviderName::Hetzner],
         &registry,
         &job.state_dir,
     )
     .await;
-    let options = crabbox::plan::diff::PlanOptions {
+    let options = crabbox_plan::diff::PlanOptions {
         only: vec![member.slug.clone()],
         ..plan_options()
     };
-    let plan = crabbox::plan::diff::plan(&one, &inventory, &options).expect("plan");
+    let plan = crabbox_plan::diff::plan(&one, &inventory, &options).expect("plan");
     assert!(
         plan.changes.iter().all(|c| c.action == Action::Create),
         "{} is new",
         member.slug
     );
-    let ctx = Arc::new(crabbox::reconcile::context(
+    let ctx = Arc::new(crabbox_apply::reconcile::context(
         &plan,
         Some(&one),
         &inventory,
@@ -496,10 +504,10 @@ async fn warmup(
         None,
         reporter(),
     ));
-    let (outcome, _) = crabbox::reconcile::apply(
+    let (outcome, _) = crabbox_apply::reconcile::apply(
         &plan,
         ctx,
-        &crabbox::apply::executor::ExecOptions::default(),
+        &crabbox_apply::executor::ExecOptions::default(),
         false,
     )
     .await;
@@ -508,7 +516,7 @@ async fn warmup(
 
 fn run_warmups(
     job: &Job,
-    desired: &crabbox::spec::desired::DesiredPond,
+    desired: &crabbox_spec::desired::DesiredPond,
     rt: &tokio::runtime::Runtime,
 ) -> Value {
     let (t0, u0) = (Instant::now(), Usage::now());

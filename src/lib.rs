@@ -4,19 +4,8 @@
 //! The binary is a thin wrapper over [`run`]; everything lives here so that
 //! tests and tools use the same code paths as the command line.
 
-pub mod apply;
-pub mod atomic_file;
 pub mod cli;
 mod closed_stdout;
-pub mod diagnostic;
-pub mod inventory;
-pub mod plan;
-pub mod process_groups;
-pub mod providers;
-pub mod reconcile;
-pub mod render;
-pub mod spec;
-pub mod transport;
 
 /// Runs the command line `args` (the program name first) and returns the
 /// exit status. A closed stdout (`crabbox plan | head -c1`) ends any command

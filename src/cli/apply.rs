@@ -9,20 +9,20 @@ use clap::Args;
 
 use super::SpecArgs;
 use super::engine::{TargetArgs, approved, failure, load_spec, registry, runtime};
-use crate::apply::executor::{ExecOptions, StepResult};
-use crate::apply::lock;
-use crate::apply::progress::{Mode, Reporter};
-use crate::apply::steps::{OutputTarget, sweep_leftovers};
-use crate::inventory::state_dir::state_dir;
-use crate::plan::saved::{self, SavedPlan};
-use crate::plan::{Action, MemberChange, Plan, human, json};
-use crate::reconcile::{
+use crabbox_apply::executor::{ExecOptions, StepResult};
+use crabbox_apply::progress::{Mode, Reporter};
+use crabbox_apply::reconcile::{
     self, Applied, observe, outputs_dir, plan_with_outputs, sync_root, templates,
 };
-use crate::render::files::{ENV, HOSTS, PEERS_JSON};
-use crate::render::written;
-use crate::spec::desired::DesiredPond;
-use crate::spec::suggest::did_you_mean;
+use crabbox_apply::steps::{OutputTarget, sweep_leftovers};
+use crabbox_plan::saved::{self, SavedPlan};
+use crabbox_plan::{Action, MemberChange, Plan, human, json};
+use crabbox_render::files::{ENV, HOSTS, PEERS_JSON};
+use crabbox_render::written;
+use crabbox_spec::desired::DesiredPond;
+use crabbox_spec::suggest::did_you_mean;
+use crabbox_state::lock;
+use crabbox_state::state_dir::state_dir;
 
 /// Flags for running a plan.
 #[derive(Debug, Args, Clone)]
@@ -51,7 +51,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     if s == "0" {
         return Ok(Duration::ZERO);
     }
-    crate::spec::duration::parse(s)
+    crabbox_core::duration::parse(s)
         .ok_or_else(|| format!("`{s}` is not a duration such as 30s or 2m"))
 }
 
@@ -230,8 +230,8 @@ fn run_plan(
     rt: &tokio::runtime::Runtime,
     plan: &Plan,
     desired: Option<&DesiredPond>,
-    inventory: &crate::inventory::discover::Inventory,
-    registry: crate::providers::registry::Registry,
+    inventory: &crabbox_plan::inventory::Inventory,
+    registry: crabbox_providers::registry::Registry,
     run: &RunArgs,
     spec_dir: PathBuf,
     verb: &str,
@@ -380,7 +380,7 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         let name = loaded.desired.name.clone();
         (Some(loaded.desired), name, loaded.dir)
     } else {
-        match crate::spec::normalize::checked_name(args.pond.as_deref().unwrap_or_default()) {
+        match crabbox_core::normalize::checked_name(args.pond.as_deref().unwrap_or_default()) {
             Ok(n) => (None, n, PathBuf::from(".")),
             Err(_) => {
                 anstream::eprintln!("error: --pond is not a usable pond name");
@@ -411,7 +411,7 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
     // A pond that has nothing is said to have nothing, before the lock (or
     // anything else) is created for it; what is there is then looked at
     // again under the lock.
-    let seen = rt.block_on(crate::inventory::discover::discover(
+    let seen = rt.block_on(crabbox_apply::discover::discover(
         &pond, &wanted, &registry, &state,
     ));
     if has_nothing(&seen, &state, &pond, &outputs) {
@@ -434,7 +434,7 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
             return failure();
         }
     };
-    let inventory = rt.block_on(crate::inventory::discover::discover(
+    let inventory = rt.block_on(crabbox_apply::discover::discover(
         &pond, &wanted, &registry, &state,
     ));
     if let Some(why) = &inventory.state_unreadable {
@@ -455,7 +455,7 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
             return failure();
         }
     }
-    let members: std::collections::BTreeMap<&str, &crate::spec::desired::DesiredMember> = desired
+    let members: std::collections::BTreeMap<&str, &crabbox_spec::desired::DesiredMember> = desired
         .iter()
         .flat_map(|d| d.members.iter().map(|m| (m.slug.as_str(), m)))
         .collect();
@@ -494,7 +494,7 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         warnings: inventory.warnings.clone(),
     };
     // Tunnels into members that are about to disappear go first.
-    match crate::transport::mesh::stop(&mesh_dir) {
+    match crabbox_exec::mesh::stop(&mesh_dir) {
         Ok(n) if n > 0 => anstream::eprintln!(
             "disconnected the SSH mesh ({n} tunnel{})",
             if n == 1 { "" } else { "s" }
@@ -526,7 +526,7 @@ const MESH_AND_BUILT_IN_OUTPUTS: [&str; 4] = [PEERS_JSON, HOSTS, ENV, "ports.jso
 /// Whether there is nothing of `pond` to destroy: no lease, no claim, every
 /// provider listed, no pond record and no output file.
 fn has_nothing(
-    inv: &crate::inventory::discover::Inventory,
+    inv: &crabbox_plan::inventory::Inventory,
     state: &std::path::Path,
     pond: &str,
     outputs: &[(PathBuf, Vec<String>)],

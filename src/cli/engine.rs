@@ -8,13 +8,13 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::SpecArgs;
-use crate::diagnostic::render_human;
-use crate::inventory::state_dir::state_dir;
-use crate::plan::diff::PlanOptions;
-use crate::providers::registry::Registry;
-use crate::spec::desired::{DesiredPond, StateStore};
-use crate::spec::load::load_path;
-use crate::spec::normalize::checked_name;
+use crabbox_core::normalize::checked_name;
+use crabbox_plan::diff::PlanOptions;
+use crabbox_providers::registry::Registry;
+use crabbox_spec::desired::{DesiredPond, StateStore};
+use crabbox_spec::diagnostic::render_human;
+use crabbox_spec::load::load_path;
+use crabbox_state::state_dir::state_dir;
 
 /// Flags that choose what a plan covers.
 #[derive(Debug, Args, Clone, Default)]
@@ -37,14 +37,14 @@ impl TargetArgs {
     pub fn options(&self) -> PlanOptions {
         let norm = |v: &Vec<String>| {
             v.iter()
-                .map(|s| crate::spec::normalize::normalize_name(s))
+                .map(|s| crabbox_core::normalize::normalize_name(s))
                 .collect()
         };
         PlanOptions {
             only: norm(&self.only),
             skip: norm(&self.skip),
             replace: norm(&self.replace),
-            now: crate::inventory::labels::now_secs(),
+            now: crabbox_core::labels::now_secs(),
         }
     }
 }
@@ -91,7 +91,7 @@ pub fn load_spec(args: &SpecArgs, pond_override: Option<&str>) -> Option<Loaded>
     // setting rather than `set_var`: some commands have started threads
     // (the runtime) before the spec is read, and claim stores made before
     // now (the registry's) look the choice up at each call.
-    crate::inventory::state_pg::set_spec_url(match &desired.state {
+    crabbox_state::state_pg::set_spec_url(match &desired.state {
         StateStore::Local => None,
         StateStore::Postgres { url } => Some(url.clone()),
     });

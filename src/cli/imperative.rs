@@ -10,23 +10,25 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::engine::{failure, registry, runtime};
-use crate::apply::executor::ExecOptions;
-use crate::apply::progress::{Mode, Reporter};
-use crate::inventory::discover::{Inventory, discover};
-use crate::inventory::lease::Lease;
-use crate::inventory::state_dir::state_dir;
-use crate::plan::diff::{PlanOptions, plan};
-use crate::plan::{Action, MemberChange, Plan, human};
-use crate::providers::registry::Registry;
-use crate::providers::{ExecRequest, OutputSink, Stream};
-use crate::reconcile::{self, sync_root};
-use crate::render::peers::{peer_env, peers_from_leases};
-use crate::spec::desired::{
+use crabbox_apply::discover::discover;
+use crabbox_apply::executor::ExecOptions;
+use crabbox_apply::progress::{Mode, Reporter};
+use crabbox_apply::reconcile::{self, sync_root};
+use crabbox_core::lease::Lease;
+use crabbox_core::normalize::checked_name;
+use crabbox_core::provider::ProviderName;
+use crabbox_core::provider::{OutputSink, Stream};
+use crabbox_plan::diff::{PlanOptions, plan};
+use crabbox_plan::inventory::Inventory;
+use crabbox_plan::{Action, MemberChange, Plan, human};
+use crabbox_providers::ExecRequest;
+use crabbox_providers::registry::Registry;
+use crabbox_render::peers::{peer_env, peers_from_leases};
+use crabbox_spec::desired::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_SYNC_MAX_BYTES, DEFAULT_TTL, DesiredMember, DesiredPond,
     SyncSettings,
 };
-use crate::spec::normalize::checked_name;
-use crate::spec::providers::ProviderName;
+use crabbox_state::state_dir::state_dir;
 
 /// `--pond` and `--id` naming one member.
 #[derive(Debug, Args)]
@@ -52,7 +54,7 @@ fn norm(name: &str, what: &str) -> Option<String> {
 }
 
 fn find_lease(inv: &Inventory, id: &str) -> Result<Lease, String> {
-    let slug = crate::spec::normalize::normalize_name(id);
+    let slug = crabbox_core::normalize::normalize_name(id);
     let matches: Vec<&Lease> = inv
         .leases
         .iter()
@@ -317,7 +319,7 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
     let (Some(pond), Some(slug)) = (norm(&args.pond, "pond name"), norm(&args.slug, "slug")) else {
         return failure();
     };
-    let Some(ttl) = crate::spec::duration::parse(&args.ttl) else {
+    let Some(ttl) = crabbox_core::duration::parse(&args.ttl) else {
         anstream::eprintln!("error: --ttl `{}` is not a duration such as 90m", args.ttl);
         return failure();
     };
@@ -355,14 +357,14 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
         members: vec![member],
         outputs_dir: None,
         templates: Vec::new(),
-        state: crate::spec::desired::StateStore::default(),
+        state: crabbox_spec::desired::StateStore::default(),
     };
     let registry = registry();
     let rt = runtime();
     let inv = rt.block_on(discover(&pond, &[args.provider], &registry, &state_dir()));
     let options = PlanOptions {
         only: vec![slug.clone()],
-        now: crate::inventory::labels::now_secs(),
+        now: crabbox_core::labels::now_secs(),
         ..PlanOptions::default()
     };
     let mut p = match plan(&desired, &inv, &options) {
@@ -393,7 +395,7 @@ fn run_small_plan(
     p: &Plan,
     desired: Option<&DesiredPond>,
     inv: &Inventory,
-    registry: crate::providers::registry::Registry,
+    registry: crabbox_providers::registry::Registry,
 ) -> ExitCode {
     let reporter = Arc::new(Reporter::new(Mode::Human));
     let ctx = Arc::new(reconcile::context(
@@ -468,7 +470,7 @@ pub(super) struct ListArgs {
 /// The claim store could not be read.
 pub(super) fn known_ponds() -> std::io::Result<Vec<String>> {
     let state = state_dir();
-    let (claims, _) = crate::inventory::claims::ClaimStore::new(&state).load_all()?;
+    let (claims, _) = crabbox_state::claims::ClaimStore::new(&state).load_all()?;
     let mut ponds: std::collections::BTreeSet<String> = claims
         .into_iter()
         .map(|c| c.pond)

@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::spec::interpolate::Variables;
+use crabbox_spec::interpolate::Variables;
 
 const EXIT_CODES: &str = "\
 Exit codes:

@@ -7,14 +7,15 @@ use clap::Args;
 
 use super::SpecArgs;
 use super::engine::{failure, load_spec, registry, runtime};
-use crate::inventory::discover::{Inventory, discover};
-use crate::inventory::state_dir::state_dir;
-use crate::providers::registry::Registry;
-use crate::reconcile::{observe, outputs_dir, templates};
-use crate::render::files::{output_files, peers_json, write_outputs};
-use crate::render::peers::{Peer, peers_from_leases};
-use crate::spec::desired::DesiredPond;
-use crate::spec::normalize::checked_name;
+use crabbox_apply::discover::discover;
+use crabbox_apply::reconcile::{observe, outputs_dir, templates};
+use crabbox_core::normalize::checked_name;
+use crabbox_plan::inventory::Inventory;
+use crabbox_providers::registry::Registry;
+use crabbox_render::files::{output_files, peers_json, write_outputs};
+use crabbox_render::peers::{Peer, peers_from_leases};
+use crabbox_spec::desired::DesiredPond;
+use crabbox_state::state_dir::state_dir;
 
 #[derive(Debug, Args)]
 pub(super) struct PeersArgs {
@@ -35,7 +36,7 @@ pub(super) struct PeersArgs {
 }
 
 fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
-    crate::spec::duration::parse(s).ok_or_else(|| format!("`{s}` is not a duration such as 24h"))
+    crabbox_core::duration::parse(s).ok_or_else(|| format!("`{s}` is not a duration such as 24h"))
 }
 
 /// Finds the pond by `--pond NAME`, or by the spec.
@@ -197,13 +198,13 @@ pub(super) fn render(args: &RenderArgs) -> ExitCode {
         }
     };
     let dir = outputs_dir(&loaded.desired);
-    let files = crate::apply::steps::without_mesh_files(&dir, files);
+    let files = crabbox_apply::steps::without_mesh_files(&dir, files);
     if let Err(e) = write_outputs(&dir, &files) {
         anstream::eprintln!("error: writing {}: {e}", dir.display());
         return failure();
     }
     if let Err(e) =
-        crate::render::written::remember(&state_dir(), &loaded.desired.name, &dir, &files)
+        crabbox_render::written::remember(&state_dir(), &loaded.desired.name, &dir, &files)
     {
         anstream::eprintln!("error: recording the outputs written: {e}");
         return failure();

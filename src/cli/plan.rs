@@ -6,10 +6,10 @@ use clap::Args;
 
 use super::engine::{TargetArgs, load_spec, registry, runtime};
 use super::{PlanFormat, SpecArgs};
-use crate::inventory::state_dir::state_dir;
-use crate::plan::saved::{self, SavedPlan};
-use crate::plan::{human, json, markdown};
-use crate::reconcile::{observe, plan_with_outputs};
+use crabbox_apply::reconcile::{observe, plan_with_outputs};
+use crabbox_plan::saved::{self, SavedPlan};
+use crabbox_plan::{human, json, markdown};
+use crabbox_state::state_dir::state_dir;
 
 #[derive(Debug, Args)]
 pub(super) struct PlanArgs {
@@ -71,7 +71,7 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
             plan: json::to_value(&plan),
         };
         let text = serde_json::to_string_pretty(&saved).expect("JSON");
-        if let Err(e) = crate::atomic_file::write(path, text.as_bytes()) {
+        if let Err(e) = crabbox_fs::atomic_file::write(path, text.as_bytes()) {
             anstream::eprintln!("error: cannot save the plan: {e}");
             return ExitCode::from(1);
         }

@@ -6,10 +6,10 @@ use clap::{Args, Subcommand};
 
 use super::SpecArgs;
 use super::engine::failure;
-use crate::apply::lock;
-use crate::inventory::state_dir::state_dir;
-use crate::spec::normalize::checked_name;
-use crate::transport::mesh;
+use crabbox_core::normalize::checked_name;
+use crabbox_exec::mesh;
+use crabbox_state::lock;
+use crabbox_state::state_dir::state_dir;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum PondCommand {
@@ -75,7 +75,7 @@ pub(super) fn run(cmd: &PondCommand) -> ExitCode {
 
 /// The pond's own directory (`~/.crabbox/pond/<pond>`), where the mesh lives.
 pub(super) fn pond_dir(pond: &str) -> std::path::PathBuf {
-    crate::inventory::state_dir::expand_tilde(&format!("~/.crabbox/pond/{pond}"))
+    crabbox_state::state_dir::expand_tilde(&format!("~/.crabbox/pond/{pond}"))
 }
 
 fn connect(name: &str, export: bool, json: bool) -> ExitCode {
@@ -85,7 +85,7 @@ fn connect(name: &str, export: bool, json: bool) -> ExitCode {
     };
     let registry = super::engine::registry();
     let rt = super::engine::runtime();
-    let inv = rt.block_on(crate::inventory::discover::discover(
+    let inv = rt.block_on(crabbox_apply::discover::discover(
         &pond,
         &[],
         &registry,

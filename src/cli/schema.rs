@@ -5,6 +5,6 @@ use std::process::ExitCode;
 
 pub(super) fn run() -> ExitCode {
     // A closed stdout is handled where every command starts.
-    print!("{}", crate::spec::schema::schema_text());
+    print!("{}", crabbox_spec::schema::schema_text());
     ExitCode::SUCCESS
 }

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::engine::failure;
-use crate::inventory::claims::{ClaimStore, row_of};
-use crate::inventory::state_dir::state_dir;
-use crate::inventory::state_pg::{self, Handle};
+use crabbox_core::state_url::{is_postgres_url, redact};
+use crabbox_state::claims::ClaimStore;
+use crabbox_state::migrate::{Copied, copy_claim};
+use crabbox_state::state_dir::state_dir;
+use crabbox_state::state_pg::{self, Handle};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum StateCommand {
@@ -70,10 +72,10 @@ fn migrate(args: &MigrateArgs) -> ExitCode {
         );
         return failure();
     };
-    if !state_pg::is_postgres_url(&url) {
+    if !is_postgres_url(&url) {
         anstream::eprintln!(
             "error: `{}` is not a PostgreSQL URL\n  help: write postgres://user@host:5432/db (or postgresql://…)",
-            state_pg::redact(&url)
+            redact(&url)
         );
         return failure();
     }
@@ -97,32 +99,17 @@ fn migrate(args: &MigrateArgs) -> ExitCode {
     let (mut copied, mut present, mut differ) = (0usize, 0usize, 0usize);
     let verb = if args.dry_run { "would copy" } else { "copied" };
     for claim in &claims {
-        let result = (|| -> Result<Outcome, String> {
-            match db.claim_row(&claim.lease_id).map_err(|e| e.0)? {
-                Some((revision, _)) if revision == claim.revision => Ok(Outcome::Present),
-                Some((revision, _)) => Ok(Outcome::Differs(revision)),
-                None if args.dry_run => Ok(Outcome::Copied),
-                None => {
-                    let (row, _) = row_of(claim).map_err(|e| e.to_string())?;
-                    if db.claim_cas(None, row).map_err(|e| e.0)? {
-                        Ok(Outcome::Copied)
-                    } else {
-                        // Written by someone else meanwhile.
-                        Ok(Outcome::Differs(String::from("(just written)")))
-                    }
-                }
-            }
-        })();
+        let result = copy_claim(&db, claim, args.dry_run);
         match result {
-            Ok(Outcome::Copied) => {
+            Ok(Copied::Copied) => {
                 copied += 1;
                 println!(
                     "{verb} {} (pond {}, provider {})",
                     claim.lease_id, claim.pond, claim.provider
                 );
             }
-            Ok(Outcome::Present) => present += 1,
-            Ok(Outcome::Differs(revision)) => {
+            Ok(Copied::Present) => present += 1,
+            Ok(Copied::Differs(revision)) => {
                 differ += 1;
                 anstream::eprintln!(
                     "warning: {} is already in the database with revision {revision} (the local file has {}); left as it is",
@@ -152,10 +139,4 @@ fn migrate(args: &MigrateArgs) -> ExitCode {
         return failure();
     }
     ExitCode::SUCCESS
-}
-
-enum Outcome {
-    Copied,
-    Present,
-    Differs(String),
 }

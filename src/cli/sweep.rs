@@ -10,11 +10,11 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::engine::{failure, registry, runtime};
-use crate::inventory::claims::ClaimStore;
-use crate::inventory::discover::discover;
-use crate::inventory::labels::{self, now_secs};
-use crate::inventory::lease::Lease;
-use crate::inventory::state_dir::state_dir;
+use crabbox_apply::discover::discover;
+use crabbox_core::labels::{self, now_secs};
+use crabbox_core::lease::Lease;
+use crabbox_state::claims::ClaimStore;
+use crabbox_state::state_dir::state_dir;
 
 #[derive(Debug, Args)]
 pub(super) struct SweepArgs {
@@ -41,7 +41,7 @@ fn verdict(pond: &str, leases: &[Lease], args: &SweepArgs, now: u64) -> Option<S
         && !args
             .keep
             .iter()
-            .any(|k| crate::spec::normalize::normalize_name(k) == pond)
+            .any(|k| crabbox_core::normalize::normalize_name(k) == pond)
     {
         return Some(format!("matches --prefix {prefix} and is not kept"));
     }
@@ -67,7 +67,7 @@ fn verdict(pond: &str, leases: &[Lease], args: &SweepArgs, now: u64) -> Option<S
 /// The claim store could not be read.
 fn all_ponds(
     rt: &tokio::runtime::Runtime,
-    registry: &crate::providers::registry::Registry,
+    registry: &crabbox_providers::registry::Registry,
 ) -> std::io::Result<BTreeSet<String>> {
     let state = state_dir();
     let (claims, _) = ClaimStore::new(&state).load_all()?;

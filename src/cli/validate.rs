@@ -6,8 +6,8 @@ use clap::Args;
 use serde_json::json;
 
 use super::SpecArgs;
-use crate::diagnostic;
-use crate::spec::load::load_path;
+use crabbox_spec::diagnostic;
+use crabbox_spec::load::load_path;
 
 #[derive(Debug, Args)]
 pub(super) struct ValidateArgs {
@@ -45,14 +45,14 @@ fn escape_property(s: &str) -> String {
 
 /// One `::error …::message` line per diagnostic.
 fn github_annotations(
-    file: &crate::spec::source::SourceFile,
-    diagnostics: &[crate::diagnostic::Diagnostic],
+    file: &crabbox_spec::source::SourceFile,
+    diagnostics: &[crabbox_spec::diagnostic::Diagnostic],
 ) -> String {
     let mut out = String::new();
     for d in diagnostic::to_json(file, diagnostics) {
         let level = match d.severity {
-            crate::diagnostic::Severity::Error => "error",
-            crate::diagnostic::Severity::Warning => "warning",
+            crabbox_spec::diagnostic::Severity::Error => "error",
+            crabbox_spec::diagnostic::Severity::Warning => "warning",
         };
         let mut message = d.message.to_owned();
         if let Some(hint) = d.hint {

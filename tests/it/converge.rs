@@ -5,19 +5,20 @@
 
 use std::sync::Arc;
 
-use crabbox::apply::executor::ExecOptions;
-use crabbox::apply::progress::{Mode, Reporter};
-use crabbox::inventory::discover::discover;
-use crabbox::inventory::labels::{self, SpecHashes, for_create};
-use crabbox::inventory::lease::{Endpoint, Lease};
-use crabbox::plan::diff::{PlanOptions, plan};
-use crabbox::providers::Provider;
-use crabbox::providers::registry::Registry;
-use crabbox::reconcile;
-use crabbox::spec::desired::DesiredPond;
-use crabbox::spec::interpolate::Variables;
-use crabbox::spec::load::load_str;
-use crabbox::spec::providers::ProviderName;
+use crabbox_apply::discover::discover;
+use crabbox_apply::executor::ExecOptions;
+use crabbox_apply::progress::{Mode, Reporter};
+use crabbox_apply::reconcile;
+use crabbox_core::labels::{self};
+use crabbox_core::lease::{Endpoint, Lease};
+use crabbox_core::provider::ProviderName;
+use crabbox_plan::diff::{PlanOptions, plan};
+use crabbox_providers::Provider;
+use crabbox_providers::registry::Registry;
+use crabbox_spec::desired::DesiredPond;
+use crabbox_spec::interpolate::Variables;
+use crabbox_spec::load::load_str;
+use crabbox_spec::member_labels::{SpecHashes, for_create};
 use proptest::prelude::*;
 
 use crate::fake_provider::MemoryProvider;

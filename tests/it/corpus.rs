@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use crabbox::spec::interpolate::{Variables, interpolate};
-use crabbox::spec::source::SourceFile;
-use crabbox::spec::{schema, yaml};
+use crabbox_spec::interpolate::{Variables, interpolate};
+use crabbox_spec::source::SourceFile;
+use crabbox_spec::{schema, yaml};
 
 use crate::support::{check_snapshot, load_fixture, rendered, root, yaml_files};
 

@@ -272,11 +272,11 @@ fn a_crash_between_the_pending_claim_and_create_is_recovered_without_a_duplicate
     let adopted = "cbx_0000000000b2";
     // The labels the executor puts in a pending claim: exactly those of the create call.
     let spec = std::fs::read_to_string(env.path("work/pond.yaml")).expect("spec");
-    let desired = crabbox::spec::load::load_str(
+    let desired = crabbox_spec::load::load_str(
         "pond.yaml",
         &spec,
         &env.path("work"),
-        &crabbox::spec::interpolate::Variables::fixed(vec![]),
+        &crabbox_spec::interpolate::Variables::fixed(vec![]),
     )
     .pond
     .expect("valid spec");
@@ -289,11 +289,11 @@ fn a_crash_between_the_pending_claim_and_create_is_recovered_without_a_duplicate
     let labels = |id: &str, slug: &str| {
         let mut m = app_member.clone();
         m.slug = slug.to_owned();
-        serde_json::to_value(crabbox::inventory::labels::for_create(
+        serde_json::to_value(crabbox_spec::member_labels::for_create(
             "deleg",
             id,
             &m,
-            crabbox::inventory::labels::now_secs(),
+            crabbox_core::labels::now_secs(),
         ))
         .expect("labels")
     };
@@ -301,14 +301,14 @@ fn a_crash_between_the_pending_claim_and_create_is_recovered_without_a_duplicate
     // The provider records the sandbox's name in the claim before its POST.
     for (id, slug) in [(lost, "ghost"), (adopted, "app")] {
         let claim = serde_json::json!({"leaseID": id, "slug": slug, "provider": "islo", "pond": "deleg", "state": "pending",
-            "cloudID": crabbox::providers::islo::sandbox_name("deleg", slug, id), "labels": labels(id, slug)});
+            "cloudID": crabbox_providers::islo::sandbox_name("deleg", slug, id), "labels": labels(id, slug)});
         std::fs::write(
             env.path(&format!("state/claims/{id}.json")),
             claim.to_string(),
         )
         .expect("pending claim");
     }
-    let name = crabbox::providers::islo::sandbox_name("deleg", "app", adopted);
+    let name = crabbox_providers::islo::sandbox_name("deleg", "app", adopted);
     env.islo.handle.plant_sandbox(&name);
     env.islo.handle.clear_requests();
 

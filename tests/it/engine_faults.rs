@@ -5,15 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crabbox::apply::executor::{ExecOptions, StepResult};
-use crabbox::apply::graph;
-use crabbox::apply::progress::{Mode, Reporter};
-use crabbox::inventory::discover::discover;
-use crabbox::inventory::labels;
-use crabbox::plan::diff::{PlanError, PlanOptions, plan};
-use crabbox::providers::Provider;
-use crabbox::providers::registry::Registry;
-use crabbox::reconcile;
+use crabbox_apply::discover::discover;
+use crabbox_apply::executor::{ExecOptions, StepResult};
+use crabbox_apply::graph;
+use crabbox_apply::progress::{Mode, Reporter};
+use crabbox_apply::reconcile;
+use crabbox_core::labels;
+use crabbox_plan::diff::{PlanError, PlanOptions, plan};
+use crabbox_providers::Provider;
+use crabbox_providers::registry::Registry;
 use proptest::prelude::*;
 
 use crate::converge::load;

@@ -8,11 +8,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use crabbox::inventory::labels::Labels;
-use crabbox::inventory::lease::{Endpoint, Lease};
-use crabbox::providers::{CreateRequest, ExecRequest, OutputSink, Provider, ProviderError};
-use crabbox::spec::desired::Probe;
-use crabbox::spec::providers::ProviderName;
+use crabbox_core::labels::Labels;
+use crabbox_core::lease::{Endpoint, Lease};
+use crabbox_core::provider::ProviderName;
+use crabbox_core::provider::{OutputSink, ProviderError};
+use crabbox_providers::{CreateRequest, ExecRequest, Provider};
+use crabbox_spec::desired::Probe;
 
 /// The fake provider's state.
 #[derive(Default)]

@@ -7,14 +7,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crabbox::apply::retry::with_retries;
-use crabbox::inventory::labels::{self, Labels};
-use crabbox::inventory::lease::{Endpoint, Lease, new_lease_id};
-use crabbox::providers::hetzner::{HetznerProvider, key_name, server_name};
-use crabbox::providers::{CreateRequest, ExecRequest, OutputSink, Provider, ProviderError, Stream};
-use crabbox::spec::desired::{DesiredMember, SyncSettings};
-use crabbox::spec::model::Class;
-use crabbox::spec::providers::ProviderName;
+use crabbox_core::labels::{self, Labels};
+use crabbox_core::lease::{Endpoint, Lease, new_lease_id};
+use crabbox_core::provider::ProviderName;
+use crabbox_core::provider::{OutputSink, ProviderError, Stream};
+use crabbox_core::retry::with_retries;
+use crabbox_providers::hetzner::{HetznerProvider, key_name, server_name};
+use crabbox_providers::{CreateRequest, ExecRequest, Provider};
+use crabbox_spec::desired::{DesiredMember, SyncSettings};
+use crabbox_spec::member_labels;
+use crabbox_spec::model::Class;
 use serde_json::{Value, json};
 
 use crate::fake_hetzner::{self, FakeConfig, FakeHandle, FakeHetzner, TOKEN};
@@ -126,7 +128,7 @@ fn member(slug: &str, block: Value) -> DesiredMember {
 
 fn request(m: DesiredMember) -> CreateRequest {
     let lease_id = new_lease_id();
-    let labels = labels::for_create(POND, &lease_id, &m, labels::now_secs());
+    let labels = member_labels::for_create(POND, &lease_id, &m, labels::now_secs());
     CreateRequest {
         lease_id,
         pond: POND.to_owned(),
@@ -847,10 +849,10 @@ async fn discovery_of_500_servers_fetches_nine_pages_at_once() {
     fx.handle().set_latency(latency);
     fx.handle().clear_requests();
     let registry =
-        crabbox::providers::registry::Registry::with(vec![std::sync::Arc::new(fx.provider())]);
+        crabbox_providers::registry::Registry::with(vec![std::sync::Arc::new(fx.provider())]);
     fx.handle().set_latency(Duration::ZERO);
     let t0 = Instant::now();
-    let _ = crabbox::inventory::discover::discover(
+    let _ = crabbox_apply::discover::discover(
         POND,
         &[ProviderName::Hetzner],
         &registry,
@@ -864,7 +866,7 @@ async fn discovery_of_500_servers_fetches_nine_pages_at_once() {
     fx.handle().set_latency(latency);
     fx.handle().clear_requests();
     let started = Instant::now();
-    let inventory = crabbox::inventory::discover::discover(
+    let inventory = crabbox_apply::discover::discover(
         POND,
         &[ProviderName::Hetzner],
         &registry,
@@ -884,7 +886,7 @@ async fn discovery_of_500_servers_fetches_nine_pages_at_once() {
     );
     assert_eq!(
         fx.handle().max_in_flight(),
-        crabbox::providers::hetzner::PAGE_FETCHES,
+        crabbox_providers::hetzner::PAGE_FETCHES,
         "pages 2..10 fetched concurrently, never more than the bound at once"
     );
 }

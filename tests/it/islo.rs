@@ -6,14 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crabbox::apply::retry::with_retries;
-use crabbox::inventory::claims::{Claim, ClaimStore, claim_state, now_rfc3339};
-use crabbox::inventory::labels;
-use crabbox::inventory::lease::{Lease, new_lease_id};
-use crabbox::providers::islo::{IsloProvider, sandbox_name};
-use crabbox::providers::{CreateRequest, ExecRequest, OutputSink, Provider, ProviderError, Stream};
-use crabbox::spec::desired::{DesiredMember, Probe, SyncSettings};
-use crabbox::spec::providers::ProviderName;
+use crabbox_core::labels;
+use crabbox_core::lease::{Lease, new_lease_id};
+use crabbox_core::provider::ProviderName;
+use crabbox_core::provider::{OutputSink, ProviderError, Stream};
+use crabbox_core::retry::with_retries;
+use crabbox_providers::islo::{IsloProvider, sandbox_name};
+use crabbox_providers::{CreateRequest, ExecRequest, Provider};
+use crabbox_spec::desired::{DesiredMember, Probe, SyncSettings};
+use crabbox_spec::member_labels;
+use crabbox_state::claims::{Claim, ClaimStore, claim_state, now_rfc3339};
 use serde_json::{Value, json};
 
 use crate::fake_islo::{self, API_KEY, FakeConfig, FakeHandle, FakeIslo, LoggedRequest};
@@ -81,7 +83,7 @@ impl Fixture {
     /// the pending claim.
     fn pending(&self, pond: &str, m: DesiredMember) -> CreateRequest {
         let lease_id = new_lease_id();
-        let labels = labels::for_create(pond, &lease_id, &m, labels::now_secs());
+        let labels = member_labels::for_create(pond, &lease_id, &m, labels::now_secs());
         let claim = Claim {
             lease_id: lease_id.clone(),
             slug: m.slug.clone(),
@@ -452,16 +454,14 @@ async fn list_paginates_and_joins_claims() {
 }
 
 /// Writes `files` into a fresh directory and builds crabbox's sync archive of it.
-fn archive_of(
-    files: &[(&str, &str)],
-) -> (tempfile::TempDir, crabbox::transport::archive::SyncArchive) {
+fn archive_of(files: &[(&str, &str)]) -> (tempfile::TempDir, crabbox_exec::archive::SyncArchive) {
     let dir = tempfile::tempdir().expect("repo dir");
     for (path, content) in files {
         let full = dir.path().join(path);
         std::fs::create_dir_all(full.parent().expect("parent")).expect("mkdir");
         std::fs::write(full, content).expect("write");
     }
-    let archive = crabbox::transport::archive::build(dir.path(), &[], 1 << 20).expect("archive");
+    let archive = crabbox_exec::archive::build(dir.path(), &[], 1 << 20).expect("archive");
     (dir, archive)
 }
 

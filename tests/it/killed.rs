@@ -492,8 +492,8 @@ fn apply_and_destroy_succeed_through_a_storm_of_429_and_503_answers() {
 /// Output lines dropped (the command's output does not matter here).
 struct Discard;
 
-impl crabbox::providers::OutputSink for Discard {
-    fn line(&self, _stream: crabbox::providers::Stream, _line: &str) {}
+impl crabbox_core::provider::OutputSink for Discard {
+    fn line(&self, _stream: crabbox_core::provider::Stream, _line: &str) {}
 }
 
 #[tokio::test]

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use crabbox::spec::interpolate::Variables;
-use crabbox::spec::load::load_str;
+use crabbox_spec::interpolate::Variables;
+use crabbox_spec::load::load_str;
 use proptest::prelude::*;
 
 const SEED_DOCS: [&str; 3] = [
@@ -83,7 +83,7 @@ fn check_inside(doc: &str) -> Result<(), TestCaseError> {
         }
     }
     // Rendering must not panic either.
-    let _ = crabbox::diagnostic::render_human(&loaded.file, &loaded.diagnostics);
+    let _ = crabbox_spec::diagnostic::render_human(&loaded.file, &loaded.diagnostics);
     prop_assert_eq!(loaded.pond.is_some(), !loaded.has_errors());
     Ok(())
 }

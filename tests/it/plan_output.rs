@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use crabbox::plan::{Action, Plan, human, json, markdown};
+use crabbox_plan::{Action, Plan, human, json, markdown};
 use serde_json::Value;
 
 use crate::scenarios::{plan_for, plan_for_file};

@@ -36,7 +36,7 @@
 //! ```
 //!
 //! A `live` entry without `raw` is a lease as a successful apply of `previous`
-//! leaves it: `labels::for_create(pond, id, member, created_at)` for the
+//! leaves it: `member_labels::for_create(pond, id, member, created_at)` for the
 //! member of `previous` with that slug, then `state=ready` and
 //! `pond_setup=<SpecHashes::of(member).setup>` (what `Finalize` writes).
 //! `created_at` (default `now - 60`) is the creation time, so `expires_at` is
@@ -65,17 +65,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crabbox::inventory::claims::Claim;
-use crabbox::inventory::discover::Inventory;
-use crabbox::inventory::labels::{self, SpecHashes, state};
-use crabbox::inventory::lease::Lease;
-use crabbox::plan::diff::{PlanOptions, plan};
-use crabbox::plan::{Action, Plan};
-use crabbox::spec::desired::DesiredPond;
-use crabbox::spec::interpolate::Variables;
-use crabbox::spec::load::load_str;
-use crabbox::spec::normalize::normalize_name;
-use crabbox::spec::providers::ProviderName;
+use crabbox_core::labels::{self, state};
+use crabbox_core::lease::Lease;
+use crabbox_core::normalize::normalize_name;
+use crabbox_core::provider::ProviderName;
+use crabbox_plan::diff::{PlanOptions, plan};
+use crabbox_plan::inventory::Inventory;
+use crabbox_plan::{Action, Plan};
+use crabbox_spec::desired::DesiredPond;
+use crabbox_spec::interpolate::Variables;
+use crabbox_spec::load::load_str;
+use crabbox_spec::member_labels;
+use crabbox_spec::member_labels::SpecHashes;
+use crabbox_state::claims::Claim;
 use serde::Deserialize;
 
 use crate::support::{rendered, root, yaml_files};
@@ -317,7 +319,7 @@ fn live_lease(live: &LiveLease, previous: &DesiredPond, now: u64) -> Result<Leas
             .ok_or_else(|| {
                 format!("lease {}: `{slug}` is not a member of the previous spec; give `raw: true` labels", live.id)
             })?;
-        let mut l = labels::for_create(
+        let mut l = member_labels::for_create(
             &previous.name,
             &live.id,
             m,
@@ -614,8 +616,8 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
         .iter()
         .map(|l| (l.id.clone(), l.clone()))
         .collect();
-    let finalize = |labels: &labels::Labels, m: &crabbox::spec::desired::DesiredMember| {
-        let mut l = labels::for_update(labels, m);
+    let finalize = |labels: &labels::Labels, m: &crabbox_spec::desired::DesiredMember| {
+        let mut l = member_labels::for_update(labels, m);
         l.insert(labels::STATE.into(), state::READY.into());
         l.insert(labels::POND_SETUP.into(), SpecHashes::of(m).setup);
         l.remove(labels::FAILURE);
@@ -633,7 +635,7 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
                     .get_mut(&old.unwrap_or_default())
                     .expect("updated lease exists");
                 if c.relabel {
-                    lease.labels = labels::for_update(&lease.labels, m);
+                    lease.labels = member_labels::for_update(&lease.labels, m);
                 }
                 if c.rerun_setup {
                     lease.labels = finalize(&lease.labels, m);
@@ -644,7 +646,7 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
                     leases.remove(&old);
                 }
                 let id = format!("cbx_ffff{n:08x}");
-                let created = labels::for_create(&p.pond, &id, m, s.options.now);
+                let created = member_labels::for_create(&p.pond, &id, m, s.options.now);
                 let lease = Lease {
                     id: id.clone(),
                     provider: m.provider,

@@ -6,10 +6,10 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crabbox::providers::{OutputSink, ProviderError, Stream};
-use crabbox::spec::desired::Probe;
-use crabbox::transport::archive;
-use crabbox::transport::ssh::SshTarget;
+use crabbox_core::provider::{OutputSink, ProviderError, Stream};
+use crabbox_exec::archive;
+use crabbox_exec::ssh::SshTarget;
+use crabbox_spec::desired::Probe;
 
 use crate::sshd::{TestSshd, free_port};
 

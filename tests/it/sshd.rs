@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crabbox::transport::ssh::SshTarget;
+use crabbox_exec::ssh::SshTarget;
 
 /// The server binary.
 const SSHD: &str = "/usr/sbin/sshd";

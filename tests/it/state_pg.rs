@@ -9,8 +9,8 @@ use std::process::{Child, Command as StdCommand, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
-use crabbox::inventory::claims::{Claim, ClaimStore};
-use crabbox::inventory::state_pg;
+use crabbox_state::claims::{Claim, ClaimStore};
+use crabbox_state::state_pg;
 use serde_json::{Value, json};
 
 use crate::pg::{TestPostgres, eventually};

@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crabbox::diagnostic::render_human;
-use crabbox::spec::interpolate::Variables;
-use crabbox::spec::load::{Loaded, load_str};
+use crabbox_spec::diagnostic::render_human;
+use crabbox_spec::interpolate::Variables;
+use crabbox_spec::load::{Loaded, load_str};
 
 /// The repository root (tests run with it as the working directory).
 pub fn root() -> PathBuf {

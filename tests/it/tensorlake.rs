@@ -8,14 +8,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crabbox::inventory::claims::{Claim, ClaimStore, claim_state, now_rfc3339};
-use crabbox::inventory::labels;
-use crabbox::inventory::lease::{Lease, new_lease_id};
-use crabbox::providers::tensorlake::{TensorlakeDefaults, TensorlakeProvider, is_sandbox_id};
-use crabbox::providers::{CreateRequest, ExecRequest, OutputSink, Provider, ProviderError, Stream};
-use crabbox::spec::desired::{DesiredMember, Probe, SyncSettings};
-use crabbox::spec::providers::ProviderName;
-use crabbox::transport::archive;
+use crabbox_core::labels;
+use crabbox_core::lease::{Lease, new_lease_id};
+use crabbox_core::provider::ProviderName;
+use crabbox_core::provider::{OutputSink, ProviderError, Stream};
+use crabbox_exec::archive;
+use crabbox_providers::tensorlake::{TensorlakeDefaults, TensorlakeProvider, is_sandbox_id};
+use crabbox_providers::{CreateRequest, ExecRequest, Provider};
+use crabbox_spec::desired::{DesiredMember, Probe, SyncSettings};
+use crabbox_spec::member_labels;
+use crabbox_state::claims::{Claim, ClaimStore, claim_state, now_rfc3339};
 use serde_json::{Value, json};
 
 use crate::support;
@@ -148,7 +150,7 @@ impl Fx {
     fn pending(&self, pond: &str, slug: &str, block: Value) -> CreateRequest {
         let m = member(slug, block);
         let lease_id = new_lease_id();
-        let labels = labels::for_create(pond, &lease_id, &m, labels::now_secs());
+        let labels = member_labels::for_create(pond, &lease_id, &m, labels::now_secs());
         self.claims()
             .write(&Claim {
                 lease_id: lease_id.clone(),

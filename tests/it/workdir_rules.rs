@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use crabbox::providers::{islo, tensorlake};
-use crabbox::spec::interpolate::Variables;
-use crabbox::spec::load::load_str;
+use crabbox_providers::{islo, tensorlake};
+use crabbox_spec::interpolate::Variables;
+use crabbox_spec::load::load_str;
 use proptest::prelude::*;
 
 /// Paths built from the pieces the rules care about.

@@ -1,0 +1,208 @@
+//! Discovery: one list call per provider, concurrently, merged with the local
+//! claim files into the pond's [`Inventory`]. Only resources that carry
+//! crabbox's markers for this pond are ever returned.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use crabbox_core::lease::Lease;
+use crabbox_core::provider::ProviderError;
+use crabbox_core::provider::ProviderName;
+use crabbox_fs::atomic_file;
+use crabbox_plan::inventory::Inventory;
+use crabbox_providers::registry::Registry;
+use crabbox_state::claims::{Claim, ClaimStore};
+
+/// Lists every relevant provider for `pond` and merges claims.
+///
+/// Providers listed: those the spec names (`wanted`), those named by this
+/// pond's claims, those the pond has used before (the pond record), and every
+/// provider configured here — so members removed from the spec are still found.
+pub async fn discover(
+    pond: &str,
+    wanted: &[ProviderName],
+    registry: &Registry,
+    state_dir: &Path,
+) -> Inventory {
+    let mut inv = Inventory {
+        pond: pond.to_owned(),
+        ..Inventory::default()
+    };
+    let mut providers: BTreeSet<ProviderName> = wanted.iter().copied().collect();
+    match remembered_providers(state_dir, pond) {
+        Ok(remembered) => providers.extend(remembered),
+        // The record is part of the state: unread, the pond's providers are unknown.
+        Err(e) => inv.state_unreadable = Some(e.to_string()),
+    }
+    // What the pond uses: the spec, its record and (below) its claims.
+    let mut used = providers.clone();
+    providers.extend(registry.configured());
+
+    // Listing takes round trips to the providers: the claims are read
+    // meanwhile, and a provider only they name is listed once they are.
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut spawn = |name: ProviderName, inv: &mut Inventory| match registry.get(name) {
+        Ok(provider) => {
+            let pond = pond.to_owned();
+            tasks.spawn(async move { (name, provider.list(&pond).await) });
+        }
+        Err(e) => inv.unreachable.push((name, explain(&e))),
+    };
+    for &name in &providers {
+        spawn(name, &mut inv);
+    }
+    let loading = {
+        let store = ClaimStore::new(state_dir);
+        tokio::task::spawn_blocking(move || store.load_all())
+    };
+    let loaded = match loading.await {
+        Ok(loaded) => loaded,
+        Err(_) => ClaimStore::new(state_dir).load_all(),
+    };
+    let (claims, problems) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            inv.state_unreadable = Some(e.to_string());
+            (Vec::new(), Vec::new())
+        }
+    };
+    for p in problems {
+        inv.warnings.push(format!(
+            "skipping claim {}: {}",
+            p.path.display(),
+            p.message
+        ));
+    }
+    let pond_claims: Vec<Claim> = claims.into_iter().filter(|c| c.pond == pond).collect();
+    let named_by_claims: BTreeSet<ProviderName> = pond_claims
+        .iter()
+        .filter_map(|c| ProviderName::from_name(&c.provider))
+        .filter(|p| !providers.contains(p))
+        .collect();
+    used.extend(
+        pond_claims
+            .iter()
+            .filter_map(|c| ProviderName::from_name(&c.provider)),
+    );
+    for name in named_by_claims {
+        spawn(name, &mut inv);
+    }
+
+    let mut by_id: HashMap<String, Lease> = HashMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((name, result)) = joined else { continue };
+        match result {
+            Ok(leases) => {
+                inv.listed.push(name);
+                for lease in leases {
+                    if lease.is_ours(pond) {
+                        by_id.insert(lease.id.clone(), lease);
+                    } else {
+                        inv.warnings.push(format!("ignoring {} resource {}: it does not carry crabbox's markers for pond `{pond}`", name, lease.cloud_id));
+                    }
+                }
+            }
+            Err(e) => inv.unreachable.push((name, explain(&e))),
+        }
+    }
+    inv.listed.sort();
+    // A provider only configured here (credentials in the environment) that
+    // the pond has never used holds none of the members crabbox made for it:
+    // not seeing it is a warning. One the pond uses stays unobserved.
+    let unreachable = std::mem::take(&mut inv.unreachable);
+    for (name, why) in unreachable {
+        if used.contains(&name) || inv.state_unreadable.is_some() {
+            inv.unreachable.push((name, why));
+        } else {
+            inv.warnings.push(format!(
+                "provider `{name}` could not be listed: {why}; this pond has never used it (not in the spec, its claims or its record), so it is left out"
+            ));
+        }
+    }
+    inv.unreachable.sort();
+    for claim in pond_claims {
+        if let Some(lease) = by_id.get_mut(&claim.lease_id) {
+            lease.claimed = true;
+            // What only the claim knows: the URL bridge's shares.
+            if lease.endpoint.shares.is_empty()
+                && let Some(shares) = claim.extra.get(crabbox_state::claims::SHARES_FIELD)
+            {
+                lease.endpoint.shares = serde_json::from_value(shares.clone()).unwrap_or_default();
+            }
+            if lease.endpoint.url.is_none() && !claim.bridge_url.is_empty() {
+                lease.endpoint.url = Some(claim.bridge_url.clone());
+            }
+        } else if ProviderName::from_name(&claim.provider).is_some_and(|p| inv.listed.contains(&p))
+        {
+            inv.dangling_claims.push(claim);
+        }
+    }
+    let mut leases: Vec<Lease> = by_id.into_values().collect();
+    // Each key once: reading labels at every comparison cost more than the rest of discovery.
+    leases.sort_by_cached_key(|l| (l.slug().to_owned(), l.created_at(), l.id.clone()));
+    inv.leases = leases;
+    inv
+}
+
+/// A provider error with its hint, for a one-line reason.
+fn explain(e: &ProviderError) -> String {
+    match e {
+        ProviderError::Config { message, hint } => format!("{message} (help: {hint})"),
+        other => other.to_string(),
+    }
+}
+
+fn record_path(state_dir: &Path, pond: &str) -> std::path::PathBuf {
+    state_dir.join("ponds").join(pond).join("providers.json")
+}
+
+/// Providers this pond has used, from the per-pond record (none when there
+/// is no record yet).
+///
+/// # Errors
+/// A record that exists but cannot be read or parsed: what it says is unknown.
+pub fn remembered_providers(state_dir: &Path, pond: &str) -> std::io::Result<Vec<ProviderName>> {
+    let path = record_path(state_dir, pond);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot read {}: {e}", path.display()),
+            ));
+        }
+    };
+    let names: Vec<String> = serde_json::from_str(&text).map_err(|e| {
+        std::io::Error::other(format!("{} is not a provider list: {e}", path.display()))
+    })?;
+    Ok(names
+        .iter()
+        .filter_map(|n| ProviderName::from_name(n))
+        .collect())
+}
+
+/// Adds providers to the pond's record.
+///
+/// # Errors
+/// I/O errors writing the record.
+pub fn remember_providers(
+    state_dir: &Path,
+    pond: &str,
+    used: &[ProviderName],
+) -> std::io::Result<()> {
+    let mut all: BTreeSet<ProviderName> =
+        remembered_providers(state_dir, pond)?.into_iter().collect();
+    let before = all.len();
+    all.extend(used.iter().copied());
+    if all.len() == before && record_path(state_dir, pond).exists() {
+        return Ok(());
+    }
+    let names: Vec<&str> = all.iter().map(|p| p.as_str()).collect();
+    atomic_file::write(
+        &record_path(state_dir, pond),
+        serde_json::to_string(&names)
+            .map_err(std::io::Error::other)?
+            .as_bytes(),
+    )
+}

@@ -1,0 +1,246 @@
+//! The observe → plan → apply loop that the commands share: discover the
+//! pond, plan against the spec (with the rendered files' diffs), build the
+//! step graph and run it. Commands only parse flags and print.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::discover::discover;
+use crate::executor::{ExecOptions, Outcome, StepResult, execute};
+use crate::graph::{self, StepKind};
+use crate::progress::Reporter;
+use crate::steps::{Context, OutputTarget, without_mesh_files};
+use crabbox_core::lease::{Endpoint, Lease};
+use crabbox_core::provider::ProviderName;
+use crabbox_plan::diff::{PlanError, PlanOptions, plan};
+use crabbox_plan::inventory::Inventory;
+use crabbox_plan::{Action, OutputChange, Plan};
+use crabbox_providers::registry::Registry;
+use crabbox_render::files::{output_files, unified_diff};
+use crabbox_render::peers::peers_from_leases;
+use crabbox_spec::desired::DesiredPond;
+use crabbox_state::claims::ClaimStore;
+use crabbox_state::state_dir::expand_tilde;
+
+/// The directory a pond's outputs are written to.
+#[must_use]
+pub fn outputs_dir(desired: &DesiredPond) -> PathBuf {
+    desired.outputs_dir.as_deref().map_or_else(
+        || expand_tilde(&format!("~/.crabbox/pond/{}", desired.name)),
+        expand_tilde,
+    )
+}
+
+/// Reads the user templates of a pond.
+///
+/// # Errors
+/// A template file that cannot be read.
+pub fn templates(desired: &DesiredPond) -> Result<Vec<(String, String)>, String> {
+    desired
+        .templates
+        .iter()
+        .map(|(src, dest)| {
+            std::fs::read_to_string(src)
+                .map(|text| (dest.clone(), text))
+                .map_err(|e| format!("cannot read template {}: {e}", src.display()))
+        })
+        .collect()
+}
+
+/// Discovers the leases of the spec's pond.
+pub async fn observe(desired: &DesiredPond, registry: &Registry, state_dir: &Path) -> Inventory {
+    let wanted: Vec<ProviderName> = desired.members.iter().map(|m| m.provider).collect();
+    discover(&desired.name, &wanted, registry, state_dir).await
+}
+
+/// Plans, including the diffs of rendered output files. The files' future
+/// content uses `(known after apply)` for addresses of leases not created yet.
+///
+/// # Errors
+/// A plan that must not be applied, or a template that does not render.
+pub fn plan_with_outputs(
+    desired: &DesiredPond,
+    inventory: &Inventory,
+    options: &PlanOptions,
+    registry: &Registry,
+) -> Result<Plan, String> {
+    let mut p = plan(desired, inventory, options).map_err(|e: PlanError| e.to_string())?;
+    if !inventory.unobserved().is_empty() {
+        // Part of the pond was not seen (a targeted plan may go on): the
+        // files would describe a pond without those members, so none is
+        // rendered.
+        return Ok(p);
+    }
+    let projected: Vec<Lease> = projected_leases(&p);
+    let reg = registry.clone();
+    let peers = peers_from_leases(&desired.name, &projected, |n| {
+        reg.get(n).map(|p| p.features()).unwrap_or_default()
+    });
+    let dir = outputs_dir(desired);
+    // Exactly the files apply's render step would write.
+    let files = without_mesh_files(
+        &dir,
+        output_files(&desired.name, &peers, &templates(desired)?)?,
+    );
+    for f in files {
+        let old = std::fs::read_to_string(dir.join(&f.name)).ok();
+        if old.as_deref() != Some(f.contents.as_str()) {
+            p.outputs.push(OutputChange {
+                name: f.name.clone(),
+                action: if old.is_some() { "update" } else { "create" },
+                diff: unified_diff(&f.name, old.as_deref().unwrap_or(""), &f.contents),
+            });
+        }
+    }
+    Ok(p)
+}
+
+/// The leases that will exist after the plan, with placeholders for new ones.
+fn projected_leases(p: &Plan) -> Vec<Lease> {
+    let mut out = Vec::new();
+    for c in &p.changes {
+        match (c.action, &c.lease, &c.desired) {
+            (Action::Delete, _, _) => {}
+            (Action::NoOp | Action::Update, Some(lease), Some(m)) => {
+                let mut lease = lease.clone();
+                lease.labels = crabbox_spec::member_labels::for_update(&lease.labels, m);
+                out.push(lease);
+            }
+            (_, _, Some(m)) => {
+                let labels =
+                    crabbox_spec::member_labels::for_create(&p.pond, "cbx_000000000000", m, 0);
+                out.push(Lease {
+                    id: "(known after apply)".to_owned(),
+                    provider: m.provider,
+                    cloud_id: String::new(),
+                    labels,
+                    endpoint: Endpoint {
+                        host: Some("(known after apply)".to_owned()),
+                        ..Endpoint::default()
+                    },
+                    listed: false,
+                    claimed: false,
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Builds the shared context for running a plan.
+#[must_use]
+#[allow(clippy::too_many_arguments)] // each piece comes from a different place; a struct would only rename them
+pub fn context(
+    p: &Plan,
+    desired: Option<&DesiredPond>,
+    inventory: &Inventory,
+    registry: Registry,
+    state_dir: &Path,
+    sync_root: PathBuf,
+    outputs: Option<OutputTarget>,
+    reporter: Arc<Reporter>,
+) -> Context {
+    // Every lease that stays: unchanged, updated, and the old side of replacements.
+    let mut leases: BTreeMap<String, Lease> = BTreeMap::new();
+    for lease in &inventory.leases {
+        leases
+            .entry(lease.slug().to_owned())
+            .or_insert_with(|| lease.clone());
+    }
+    for c in &p.changes {
+        if let Some(lease) = &c.lease
+            && c.action != Action::Delete
+        {
+            leases.insert(c.slug.clone(), lease.clone());
+        }
+    }
+    Context {
+        pond: p.pond.clone(),
+        registry,
+        state_dir: state_dir.to_owned(),
+        claims: ClaimStore::new(state_dir),
+        members: desired
+            .map(|d| {
+                d.members
+                    .iter()
+                    .map(|m| (m.slug.clone(), m.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        leases: Mutex::new(leases),
+        sync_root,
+        outputs,
+        reporter,
+        wait_timeout: None,
+    }
+}
+
+/// Counts of what an apply did, in Terraform's words.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Applied {
+    /// Leases created.
+    pub added: usize,
+    /// Members updated in place.
+    pub changed: usize,
+    /// Leases released.
+    pub destroyed: usize,
+}
+
+/// Runs a plan and counts what happened.
+pub async fn apply(
+    p: &Plan,
+    ctx: Arc<Context>,
+    options: &ExecOptions,
+    render: bool,
+) -> (Outcome, Applied) {
+    let g = graph::build(p, render);
+    let outcome = execute(&g, ctx, options).await;
+    let mut applied = Applied::default();
+    let mut update_slugs: BTreeMap<String, bool> = p
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Update)
+        .map(|c| (c.slug.clone(), true))
+        .collect();
+    for n in g.node_indices() {
+        let done = outcome.results.get(&n) == Some(&StepResult::Done);
+        let step = &g[n];
+        match &step.kind {
+            StepKind::Warmup if done => applied.added += 1,
+            StepKind::Release(_) if done => applied.destroyed += 1,
+            _ => {}
+        }
+        if let Some(all_done) = step.slug.as_ref().and_then(|s| update_slugs.get_mut(s)) {
+            *all_done &= done;
+        }
+    }
+    applied.changed = update_slugs.values().filter(|d| **d).count();
+    (outcome, applied)
+}
+
+/// Crabbox's own directories, which sync never copies even when they lie
+/// inside the repository: the state directory (local leases' workspaces
+/// live there), the pond's outputs directory, and `~/.crabbox`, where every
+/// pond's outputs and SSH mesh files go by default.
+#[must_use]
+pub fn own_dirs(state_dir: &Path, outputs: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs = vec![state_dir.to_owned(), expand_tilde("~/.crabbox")];
+    dirs.extend(outputs.map(Path::to_path_buf));
+    dirs
+}
+
+/// The repository root that sync copies: the git top level of `dir`, else `dir`.
+#[must_use]
+pub fn sync_root(dir: &Path) -> PathBuf {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["rev-parse", "--show-toplevel"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        _ => dir.to_path_buf(),
+    }
+}

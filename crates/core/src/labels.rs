@@ -1,0 +1,160 @@
+//! Crabbox's provider labels: the keys every resource we create carries and
+//! the value sanitizer. The label set of a desired member is computed in
+//! the spec crate (`member_labels`), which knows what a member is.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+/// A resource's labels, sorted by key.
+pub type Labels = BTreeMap<String, String>;
+
+/// `crabbox=true`: the marker on everything crabbox creates.
+pub const CRABBOX: &str = "crabbox";
+/// `created_by=crabbox`.
+pub const CREATED_BY: &str = "created_by";
+/// Provider name.
+pub const PROVIDER: &str = "provider";
+/// Lease ID, `cbx_` + 12 hex.
+pub const LEASE: &str = "lease";
+/// Normalized slug.
+pub const SLUG: &str = "slug";
+/// Normalized pond name.
+pub const POND: &str = "pond";
+/// Exposed ports joined by `-` (`5432-8080`).
+pub const EXPOSED_PORTS: &str = "crabbox_exposed_ports";
+/// `true`/`false`.
+pub const KEEP: &str = "keep";
+/// `leased` at create, `ready` after setup, `failed` when setup failed.
+pub const STATE: &str = "state";
+/// Unix seconds.
+pub const CREATED_AT: &str = "created_at";
+/// Unix seconds: `created_at + ttl`.
+pub const EXPIRES_AT: &str = "expires_at";
+/// Integer seconds.
+pub const TTL_SECS: &str = "ttl_secs";
+/// Integer seconds.
+pub const IDLE_TIMEOUT_SECS: &str = "idle_timeout_secs";
+/// Size class.
+pub const CLASS: &str = "class";
+/// Exact machine type.
+pub const SERVER_TYPE: &str = "server_type";
+/// `true` when Tailscale was requested.
+pub const TAILSCALE: &str = "tailscale";
+/// Ours: hash of the member's whole normalized spec (drift at a glance).
+pub const POND_SPEC: &str = "pond_spec";
+/// Ours: hash of the fields that force a replacement (provider block, image…).
+pub const POND_BLOCK: &str = "pond_block";
+/// Ours: hash of setup, env, sync and ready; `pending` until setup succeeded.
+pub const POND_SETUP: &str = "pond_setup";
+/// Ours: why a lease is `failed` (e.g. `setup_step_2_exit_1`).
+pub const FAILURE: &str = "failure";
+
+/// `pond_setup` before setup has completed.
+pub const SETUP_PENDING: &str = "pending";
+
+/// Lease states as labels.
+pub mod state {
+    /// Created, not yet set up.
+    pub const LEASED: &str = "leased";
+    /// Setup and readiness done.
+    pub const READY: &str = "ready";
+    /// Setup or readiness failed: tainted, replaced by the next apply.
+    pub const FAILED: &str = "failed";
+}
+
+/// Sanitizes a label value as Crabbox does: trim; characters outside
+/// `[A-Za-z0-9_.-]` become `_`; cut at 63 bytes; trim `_.-` at both ends;
+/// empty becomes `unknown`.
+#[must_use]
+pub fn sanitize(value: &str) -> String {
+    let mapped: String = value
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cut = &mapped[..mapped.len().min(63)];
+    let trimmed = cut.trim_matches(|c| matches!(c, '_' | '.' | '-'));
+    if trimmed.is_empty() {
+        "unknown".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+/// `5432-8080` for `[5432, 8080]`; empty for none.
+#[must_use]
+pub fn encode_ports(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// Parses `crabbox_exposed_ports`, skipping bad tokens as Crabbox does.
+#[must_use]
+pub fn decode_ports(value: &str) -> Vec<u16> {
+    let mut ports: Vec<u16> = value
+        .split(['-', ','])
+        .filter_map(|t| t.trim().parse().ok())
+        .filter(|p| *p > 0)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// First 12 hex digits of the SHA-256 of `value`'s canonical JSON.
+#[must_use]
+pub fn short_hash(value: &serde_json::Value) -> String {
+    let digest = Sha256::digest(value.to_string().as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Unix seconds now.
+#[must_use]
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Seconds as a `Duration` from a label.
+#[must_use]
+pub fn secs(labels: &Labels, key: &str) -> Option<Duration> {
+    labels
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitizer_matches_crabbox() {
+        assert_eq!(sanitize("  hello world "), "hello_world");
+        assert_eq!(sanitize("tag:cbx,x"), "tag_cbx_x");
+        assert_eq!(sanitize("__a.b-"), "a.b");
+        assert_eq!(sanitize(""), "unknown");
+        assert_eq!(sanitize("///"), "unknown");
+        assert_eq!(sanitize(&"x".repeat(80)).len(), 63);
+        assert_eq!(sanitize("pr-42"), "pr-42");
+    }
+
+    #[test]
+    fn ports_round_trip() {
+        assert_eq!(encode_ports(&[5432, 8080]), "5432-8080");
+        assert_eq!(decode_ports("8080-5432-x-0"), vec![5432, 8080]);
+        assert_eq!(decode_ports(""), Vec::<u16>::new());
+    }
+}

@@ -1,0 +1,141 @@
+//! A lease as discovered: identity, labels, where it came from and how to
+//! reach it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::labels::{self, Labels};
+use crate::provider::ProviderName;
+
+/// How a lease's peers reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Endpoint {
+    /// Address peers dial (a loopback address for `local`, an IP or host name otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// SSH port, for SSH-lease providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
+    /// Provider URL, for URL-bridge providers (the first share's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Public URLs of exposed ports (URL-bridge providers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<Share>,
+}
+
+/// A public URL for one port of a lease (URL-bridge providers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// The lease's port.
+    pub port: u16,
+    /// Where it is reachable.
+    pub url: String,
+    /// RFC 3339 expiry.
+    pub expires_at: String,
+}
+
+/// One live lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// `cbx_` + 12 hex.
+    pub id: String,
+    /// The provider it lives on.
+    pub provider: ProviderName,
+    /// The provider's own ID for the resource (server ID, directory name…).
+    pub cloud_id: String,
+    /// Its labels (from the provider, or from the claim for label-less providers).
+    pub labels: Labels,
+    /// How to reach it.
+    #[serde(default)]
+    pub endpoint: Endpoint,
+    /// Whether the provider listed it (false: known only from a claim).
+    #[serde(default)]
+    pub listed: bool,
+    /// Whether a local claim file names it.
+    #[serde(default)]
+    pub claimed: bool,
+}
+
+impl Lease {
+    /// A label's value.
+    #[must_use]
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+
+    /// The slug label.
+    #[must_use]
+    pub fn slug(&self) -> &str {
+        self.label(labels::SLUG).unwrap_or_default()
+    }
+
+    /// The `state` label.
+    #[must_use]
+    pub fn state(&self) -> &str {
+        self.label(labels::STATE).unwrap_or_default()
+    }
+
+    /// `created_at`, for picking the oldest of duplicates.
+    #[must_use]
+    pub fn created_at(&self) -> u64 {
+        self.label(labels::CREATED_AT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Whether this resource carries crabbox's markers for `pond`: the only
+    /// resources crabbox may change or delete.
+    #[must_use]
+    pub fn is_ours(&self, pond: &str) -> bool {
+        self.label(labels::CRABBOX) == Some("true")
+            && self.label(labels::POND) == Some(pond)
+            && self.label(labels::LEASE) == Some(self.id.as_str())
+            && self.label(labels::PROVIDER) == Some(self.provider.as_str())
+    }
+
+    /// Exposed ports from the label.
+    #[must_use]
+    pub fn ports(&self) -> Vec<u16> {
+        self.label(labels::EXPOSED_PORTS)
+            .map(labels::decode_ports)
+            .unwrap_or_default()
+    }
+}
+
+/// Mints a lease ID: `cbx_` + 12 random lowercase hex digits.
+///
+/// # Panics
+/// When the operating system has no randomness to give (never on Linux).
+#[must_use]
+pub fn new_lease_id() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).expect("the OS provides randomness");
+    format!(
+        "cbx_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// Whether `id` has Crabbox's lease-ID shape.
+#[must_use]
+pub fn is_lease_id(id: &str) -> bool {
+    id.strip_prefix("cbx_").is_some_and(|h| {
+        h.len() == 12
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_ids_have_crabbox_shape() {
+        let id = new_lease_id();
+        assert!(is_lease_id(&id), "{id}");
+        assert_ne!(id, new_lease_id());
+        assert!(!is_lease_id("cbx_ABCDEF012345"));
+        assert!(!is_lease_id("cbx_0123"));
+    }
+}

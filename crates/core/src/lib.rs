@@ -1,0 +1,12 @@
+//! What every layer of crabbox shares, without I/O: Crabbox's name rules
+//! and durations, its label keys, leases and lease IDs, the provider names
+//! and what each provider can do, how a provider call fails, where command
+//! output goes, and the retry policy around provider calls.
+
+pub mod duration;
+pub mod labels;
+pub mod lease;
+pub mod normalize;
+pub mod provider;
+pub mod retry;
+pub mod state_url;

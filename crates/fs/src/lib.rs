@@ -1,0 +1,3 @@
+//! The files crabbox writes: atomically replaced, private to the user.
+
+pub mod atomic_file;

@@ -1,0 +1,541 @@
+//! The planner: desired pond + inventory → [`Plan`]. Pure: it reads nothing
+//! and writes nothing, so every rule here is tested with plain data
+//! (`specs/` scenarios and property tests).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::inventory::Inventory;
+use crate::{Action, AttrChange, MemberChange, Plan};
+use crabbox_core::duration;
+use crabbox_core::labels::{self, SETUP_PENDING, state};
+use crabbox_core::lease::Lease;
+use crabbox_spec::desired::{DesiredMember, DesiredPond};
+use crabbox_spec::member_labels::SpecHashes;
+
+/// Targeting and forcing options.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// Plan only these members (and the members they depend on).
+    pub only: Vec<String>,
+    /// Leave these members alone.
+    pub skip: Vec<String>,
+    /// Replace these members even if nothing changed.
+    pub replace: Vec<String>,
+    /// Unix seconds "now", for expiry.
+    pub now: u64,
+}
+
+/// A plan that must not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// `prevent_destroy` is set on a member the plan would destroy or replace.
+    #[error(
+        "member `{slug}` cannot be destroyed: it has lifecycle.prevent_destroy set, but the plan calls for it to be {verb} ({reason})"
+    )]
+    PreventDestroy {
+        /// The member.
+        slug: String,
+        /// `destroyed` or `replaced`.
+        verb: &'static str,
+        /// Why the plan wants it.
+        reason: String,
+    },
+    /// A provider or the claim store could not be read: what it holds is
+    /// unknown, and planning as if it held nothing would create duplicates
+    /// and render outputs without its members.
+    #[error(
+        "{}\n  nothing is planned while part of the pond cannot be seen: unobserved is not absent\n  help: fix the cause above and plan again, or leave that provider's members out with --skip SLUG",
+        reasons.join("\n  ")
+    )]
+    Unobserved {
+        /// One line per provider or store that could not be read.
+        reasons: Vec<String>,
+    },
+    /// `--only`/`--skip`/`--replace` names no member.
+    #[error("`--{flag} {slug}` names no member of the pond (members: {members})")]
+    UnknownTarget {
+        /// Which flag.
+        flag: &'static str,
+        /// What was given.
+        slug: String,
+        /// What exists.
+        members: String,
+    },
+    /// A targeted member depends on a skipped member that does not exist.
+    #[error("member `{slug}` depends on `{dependency}`, which is skipped and does not exist yet")]
+    SkippedDependency {
+        /// The dependent.
+        slug: String,
+        /// The skipped dependency.
+        dependency: String,
+    },
+}
+
+/// Computes the plan.
+///
+/// # Errors
+/// [`PlanError`] when the plan would violate `prevent_destroy` or a target is unknown.
+pub fn plan(
+    desired: &DesiredPond,
+    inventory: &Inventory,
+    options: &PlanOptions,
+) -> Result<Plan, PlanError> {
+    let members: BTreeMap<&str, &DesiredMember> = desired
+        .members
+        .iter()
+        .map(|m| (m.slug.as_str(), m))
+        .collect();
+    let mut live: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
+    for lease in &inventory.leases {
+        live.entry(lease.slug()).or_default().push(lease);
+    }
+    let all_slugs: BTreeSet<&str> = members
+        .keys()
+        .copied()
+        .chain(live.keys().copied())
+        .collect();
+    for (flag, list) in [
+        ("only", &options.only),
+        ("skip", &options.skip),
+        ("replace", &options.replace),
+    ] {
+        for slug in list {
+            if !all_slugs.contains(slug.as_str()) {
+                return Err(PlanError::UnknownTarget {
+                    flag,
+                    slug: slug.clone(),
+                    members: all_slugs.iter().copied().collect::<Vec<_>>().join(", "),
+                });
+            }
+        }
+    }
+    let targeted = Targets::new(desired, options);
+    let mut warnings: Vec<String> = Vec::new();
+    if !options.only.is_empty() || !options.skip.is_empty() {
+        warnings.push(
+            "Resource targeting is in effect: the plan may be incomplete. --only and --skip are for exceptional situations such as recovering from errors; a full `crabbox apply` brings the whole pond to the spec."
+                .to_owned(),
+        );
+    }
+    // Unobserved is not absent. A full plan needs every provider and the
+    // claim store; a targeted plan (already marked incomplete) may go on
+    // when no targeted member lives on a provider that could not be listed.
+    let targeting = !options.only.is_empty() || !options.skip.is_empty();
+    let blocked = inventory.state_unreadable.is_some()
+        || (!inventory.unreachable.is_empty()
+            && (!targeting
+                || desired.members.iter().any(|m| {
+                    targeted.includes(&m.slug)
+                        && inventory.unreachable.iter().any(|(p, _)| *p == m.provider)
+                })));
+    if blocked {
+        return Err(PlanError::Unobserved {
+            reasons: inventory.unobserved(),
+        });
+    }
+    for (p, why) in &inventory.unreachable {
+        warnings.push(format!(
+            "provider `{p}` could not be listed: {why}. Its leases are not in this plan, and no output file is rendered."
+        ));
+    }
+    warnings.extend(inventory.warnings.iter().cloned());
+
+    let mut changes = Vec::new();
+    // Desired members in document order.
+    for m in &desired.members {
+        if !targeted.includes(&m.slug) {
+            continue;
+        }
+        let leases = live.get(m.slug.as_str()).cloned().unwrap_or_default();
+        changes.extend(member_changes(m, &leases, options));
+    }
+    // Live leases whose slug is not in the spec.
+    for (slug, leases) in &live {
+        if members.contains_key(slug) || !targeted.includes(slug) {
+            continue;
+        }
+        for lease in leases {
+            changes.push(MemberChange {
+                slug: (*slug).to_owned(),
+                provider: lease.provider,
+                action: Action::Delete,
+                lease: Some((*lease).clone()),
+                desired: None,
+                attributes: Vec::new(),
+                reasons: vec![format!("`{slug}` is not in the spec")],
+                relabel: false,
+                rerun_setup: false,
+            });
+        }
+    }
+    rerun_after_new_dependencies(&mut changes);
+    for m in &desired.members {
+        for (dep, _) in &m.depends_on {
+            if targeted.includes(&m.slug)
+                && !targeted.includes(dep)
+                && !live.contains_key(dep.as_str())
+            {
+                return Err(PlanError::SkippedDependency {
+                    slug: m.slug.clone(),
+                    dependency: dep.clone(),
+                });
+            }
+        }
+    }
+    for c in &changes {
+        let Some(m) = &c.desired else { continue };
+        let verb = match c.action {
+            Action::Replace | Action::CreateBeforeDestroy => "replaced",
+            _ => continue,
+        };
+        if m.prevent_destroy {
+            return Err(PlanError::PreventDestroy {
+                slug: c.slug.clone(),
+                verb,
+                reason: c.reasons.join("; "),
+            });
+        }
+    }
+    Ok(Plan {
+        pond: desired.name.clone(),
+        changes,
+        forget_claims: inventory
+            .dangling_claims
+            .iter()
+            .map(|c| c.lease_id.clone())
+            .collect(),
+        unclaimed: inventory
+            .leases
+            .iter()
+            .filter(|l| !l.claimed)
+            .map(|l| l.id.clone())
+            .collect(),
+        outputs: Vec::new(),
+        warnings,
+    })
+}
+
+/// A member whose dependency gets a new lease (created or replaced) runs its
+/// setup again: its environment carried the old address. Like compose's
+/// `depends_on: { restart: true }`, but always, because addresses change.
+fn rerun_after_new_dependencies(changes: &mut [MemberChange]) {
+    let moving: BTreeSet<String> = changes
+        .iter()
+        .filter(|c| {
+            matches!(
+                c.action,
+                Action::Create | Action::Replace | Action::CreateBeforeDestroy
+            ) && c.desired.is_some()
+        })
+        .map(|c| c.slug.clone())
+        .collect();
+    for c in changes.iter_mut() {
+        let Some(m) = &c.desired else { continue };
+        if !matches!(c.action, Action::NoOp | Action::Update) || c.rerun_setup {
+            continue;
+        }
+        if let Some((dep, _)) = m.depends_on.iter().find(|(d, _)| moving.contains(d)) {
+            c.reasons.push(format!(
+                "dependency `{dep}` gets a new lease, so setup runs again with its new address"
+            ));
+            c.rerun_setup = true;
+            c.action = Action::Update;
+        }
+    }
+}
+
+/// The members a plan acts on.
+enum Targets {
+    /// Everything (desired members and stray leases) except skipped slugs.
+    All(BTreeSet<String>),
+    /// Exactly these slugs: `--only` plus their dependencies, minus `--skip`.
+    Only(BTreeSet<String>),
+}
+
+impl Targets {
+    fn new(desired: &DesiredPond, options: &PlanOptions) -> Self {
+        let skip: BTreeSet<String> = options.skip.iter().cloned().collect();
+        if options.only.is_empty() {
+            return Self::All(skip);
+        }
+        let deps: BTreeMap<&str, Vec<&str>> = desired
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.slug.as_str(),
+                    m.depends_on.iter().map(|(d, _)| d.as_str()).collect(),
+                )
+            })
+            .collect();
+        let mut set = BTreeSet::new();
+        let mut stack: Vec<&str> = options.only.iter().map(String::as_str).collect();
+        while let Some(s) = stack.pop() {
+            if set.insert(s.to_owned()) {
+                stack.extend(deps.get(s).into_iter().flatten().copied());
+            }
+        }
+        set.retain(|s| !skip.contains(s));
+        Self::Only(set)
+    }
+
+    fn includes(&self, slug: &str) -> bool {
+        match self {
+            Self::All(skip) => !skip.contains(slug),
+            Self::Only(set) => set.contains(slug),
+        }
+    }
+}
+
+/// Whether a lease counts as healthy (usable, not to be replaced for its own sake).
+fn health(lease: &Lease, now: u64) -> Result<(), String> {
+    if lease.state() == state::FAILED {
+        let why = lease
+            .label(labels::FAILURE)
+            .map_or_else(|| "a failed step".to_owned(), |f| f.replace('_', " "));
+        return Err(format!("lease is tainted by {why}"));
+    }
+    if let Some(exp) = lease
+        .label(labels::EXPIRES_AT)
+        .and_then(|v| v.parse::<u64>().ok())
+        && exp <= now
+    {
+        return Err(format!(
+            "lease expired {} ago",
+            duration::format(std::time::Duration::from_secs(now - exp))
+        ));
+    }
+    Ok(())
+}
+
+fn member_changes(
+    m: &DesiredMember,
+    leases: &[&Lease],
+    options: &PlanOptions,
+) -> Vec<MemberChange> {
+    let base = MemberChange {
+        slug: m.slug.clone(),
+        provider: m.provider,
+        action: Action::NoOp,
+        lease: None,
+        desired: Some(m.clone()),
+        attributes: Vec::new(),
+        reasons: Vec::new(),
+        relabel: false,
+        rerun_setup: false,
+    };
+    if leases.is_empty() {
+        return vec![MemberChange {
+            action: Action::Create,
+            attributes: created_attributes(m),
+            ..base
+        }];
+    }
+    // Keep the oldest healthy lease; the others are duplicates.
+    let keep = leases
+        .iter()
+        .copied()
+        .find(|l| health(l, options.now).is_ok())
+        .unwrap_or(leases[0]);
+    let mut out = Vec::new();
+    let hashes = SpecHashes::of(m);
+    let mut change = MemberChange {
+        lease: Some(keep.clone()),
+        ..base
+    };
+    let mut forced = Vec::new();
+    if options.replace.contains(&m.slug) {
+        forced.push("replacement requested with --replace".to_owned());
+    }
+    if let Err(why) = health(keep, options.now) {
+        forced.push(why);
+    } else if keep.created_at().saturating_add(m.ttl.as_secs()) <= options.now {
+        // Relabelling would set an expiry in the past; the next plan would replace it anyway.
+        forced.push(format!(
+            "the new ttl ({}) is shorter than the lease's age",
+            duration::format(m.ttl)
+        ));
+    }
+    let mut attr = |name: &str, before: Option<String>, after: Option<String>, forces: bool| {
+        if before != after {
+            change.attributes.push(AttrChange {
+                name: name.to_owned(),
+                before,
+                after,
+                forces_replacement: forces,
+            });
+        }
+    };
+    attr(
+        "provider",
+        Some(keep.provider.as_str().to_owned()),
+        Some(m.provider.as_str().to_owned()),
+        true,
+    );
+    attr(
+        "class",
+        keep.label(labels::CLASS).map(str::to_owned),
+        m.class.map(|c| c.as_str().to_owned()),
+        true,
+    );
+    // With a class, `server_type` records which of the class's types the
+    // provider picked: information, not something the spec asked for.
+    if m.server_type.is_some() {
+        attr(
+            "type",
+            keep.label(labels::SERVER_TYPE).map(str::to_owned),
+            m.server_type.as_deref().map(labels::sanitize),
+            true,
+        );
+    }
+    attr(
+        "tailscale",
+        Some(keep.label(labels::TAILSCALE) == Some("true")).map(|b| b.to_string()),
+        Some(m.tailscale.to_string()),
+        true,
+    );
+    attr(
+        "provider_settings",
+        keep.label(labels::POND_BLOCK).map(str::to_owned),
+        Some(hashes.block.clone()),
+        true,
+    );
+    attr(
+        "expose",
+        Some(format!("{:?}", keep.ports())),
+        Some(format!("{:?}", m.expose)),
+        false,
+    );
+    attr(
+        "keep",
+        keep.label(labels::KEEP).map(str::to_owned),
+        Some(m.keep.to_string()),
+        false,
+    );
+    attr(
+        "ttl",
+        labels::secs(&keep.labels, labels::TTL_SECS).map(duration::format),
+        Some(duration::format(m.ttl)),
+        false,
+    );
+    attr(
+        "idle_timeout",
+        labels::secs(&keep.labels, labels::IDLE_TIMEOUT_SECS).map(duration::format),
+        Some(duration::format(m.idle_timeout)),
+        false,
+    );
+    let setup_before = keep.label(labels::POND_SETUP).map(str::to_owned);
+    if setup_before.as_deref() != Some(hashes.setup.as_str()) {
+        let (before, reason) = if setup_before.as_deref() == Some(SETUP_PENDING) {
+            (None, "setup has not completed on this lease".to_owned())
+        } else {
+            (
+                setup_before,
+                "setup, env, sync or readiness changed".to_owned(),
+            )
+        };
+        change.attributes.push(AttrChange {
+            name: "setup".to_owned(),
+            before,
+            after: Some(format!(
+                "{} ({} step{})",
+                hashes.setup,
+                m.setup.len(),
+                if m.setup.len() == 1 { "" } else { "s" }
+            )),
+            forces_replacement: false,
+        });
+        change.rerun_setup = true;
+        change.reasons.push(reason);
+    }
+    let forcing: Vec<String> = change
+        .attributes
+        .iter()
+        .filter(|a| a.forces_replacement)
+        .map(|a| format!("{} changed (forces replacement)", a.name))
+        .collect();
+    forced.extend(forcing);
+    if !forced.is_empty() {
+        change.action = if m.create_before_destroy {
+            Action::CreateBeforeDestroy
+        } else {
+            Action::Replace
+        };
+        change.reasons = forced;
+        change.rerun_setup = false;
+    } else {
+        change.relabel = change
+            .attributes
+            .iter()
+            .any(|a| !a.forces_replacement && a.name != "setup")
+            || keep.label(labels::POND_SPEC) != Some(hashes.spec.as_str()) && !change.rerun_setup;
+        if change.relabel {
+            change
+                .reasons
+                .insert(0, "labels differ from the spec".to_owned());
+        }
+        if change.relabel || change.rerun_setup {
+            change.action = Action::Update;
+        }
+    }
+    out.push(change);
+    for dup in leases.iter().filter(|l| l.id != keep.id) {
+        out.push(MemberChange {
+            slug: m.slug.clone(),
+            provider: dup.provider,
+            action: Action::Delete,
+            lease: Some((*dup).clone()),
+            desired: None,
+            attributes: Vec::new(),
+            reasons: vec![format!(
+                "duplicate lease of `{}`: keeping the oldest healthy one, {}",
+                m.slug, keep.id
+            )],
+            relabel: false,
+            rerun_setup: false,
+        });
+    }
+    out
+}
+
+/// The attributes shown for a new member.
+fn created_attributes(m: &DesiredMember) -> Vec<AttrChange> {
+    let mut attrs = vec![("provider", Some(m.provider.as_str().to_owned()))];
+    attrs.push(("class", m.class.map(|c| c.as_str().to_owned())));
+    attrs.push(("type", m.server_type.clone()));
+    if !m.expose.is_empty() {
+        attrs.push(("expose", Some(format!("{:?}", m.expose))));
+    }
+    if !m.depends_on.is_empty() {
+        attrs.push((
+            "depends_on",
+            Some(format!(
+                "{:?}",
+                m.depends_on
+                    .iter()
+                    .map(|(d, _)| d.as_str())
+                    .collect::<Vec<_>>()
+            )),
+        ));
+    }
+    attrs.push((
+        "setup",
+        Some(format!(
+            "{} step{}",
+            m.setup.len(),
+            if m.setup.len() == 1 { "" } else { "s" }
+        )),
+    ));
+    attrs.push(("ttl", Some(duration::format(m.ttl))));
+    attrs
+        .into_iter()
+        .filter_map(|(name, after)| {
+            after.map(|a| AttrChange {
+                name: name.to_owned(),
+                before: None,
+                after: Some(a),
+                forces_replacement: false,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,44 @@
+//! What exists for one pond: the planner's input from discovery.
+
+use crabbox_core::lease::Lease;
+use crabbox_core::provider::ProviderName;
+use crabbox_state::claims::Claim;
+
+/// What exists for one pond.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// Normalized pond name.
+    pub pond: String,
+    /// The pond's leases, sorted by slug then creation time.
+    pub leases: Vec<Lease>,
+    /// Claims of this pond whose resource the provider no longer lists.
+    pub dangling_claims: Vec<Claim>,
+    /// Providers that could not be listed, with the reason. Their leases
+    /// were not observed, which is not the same as absent: nothing about
+    /// their members may be planned.
+    pub unreachable: Vec<(ProviderName, String)>,
+    /// Why the claim store (local files or PostgreSQL) could not be read,
+    /// if it could not: claims were not observed either.
+    pub state_unreadable: Option<String>,
+    /// Non-fatal problems (corrupt claims, foreign resources skipped…).
+    pub warnings: Vec<String>,
+    /// The providers that were listed.
+    pub listed: Vec<ProviderName>,
+}
+
+impl Inventory {
+    /// Why this inventory is not a complete observation of the pond, one line
+    /// per provider or store that could not be read; empty when it is.
+    #[must_use]
+    pub fn unobserved(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .unreachable
+            .iter()
+            .map(|(p, why)| format!("provider `{p}` could not be listed: {why}"))
+            .collect();
+        if let Some(why) = &self.state_unreadable {
+            out.push(format!("the claim store could not be read: {why}"));
+        }
+        out
+    }
+}

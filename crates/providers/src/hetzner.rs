@@ -1,0 +1,1764 @@
+//! The `hetzner` provider: Hetzner Cloud servers, reached over SSH.
+//!
+//! - **Discovery** is one label-selector list, `crabbox=true,pond=<pond>`,
+//!   50 servers a page; pages after the first are fetched concurrently.
+//! - **Create** uploads the lease's SSH key (the member's `ssh_key`, else a
+//!   per-lease ed25519 key generated under `<state>/ssh/keys/<lease>/`), then
+//!   creates the server carrying every label in that one request. Class
+//!   members fall back across the class's server types on capacity errors
+//!   only; an exact `type` never falls back. It then waits for `running`
+//!   with an IPv4 address — polling adaptively: after a quarter of the time
+//!   the server has been booting (a sixteenth once it is `starting`), at
+//!   most the poll interval apart, so a short boot is seen soon after it
+//!   ends and a long one is polled no more often than every interval — then
+//!   for SSH, and prepares the lease's work root
+//!   `crabbox/<lease>` (relative to the login's home). If anything after
+//!   the server exists fails, the server and key are deleted again.
+//!   Every API call is retried on its own (429, 5xx, time-outs; honouring
+//!   `Retry-After`), so one passing error does not start a create over.
+//! - **Relabel** checks that the server carries crabbox's labels for the
+//!   lease — from this provider's own sighting of it in the last minute
+//!   (its create, a listing, an earlier relabel) when there is one, else by
+//!   reading it — then replaces its labels with one `PUT`.
+//! - **Commands** run through [`SshTarget`], one per lease, rebuilt after a
+//!   restart from `<state>/ssh/keys/<lease>/endpoint.json`.
+//! - **Release** reads the server and deletes it only if it carries
+//!   `crabbox=true`, a `pond` and this lease's `lease` label (always read
+//!   afresh: a delete cannot be undone); meanwhile it deletes the lease's
+//!   key (only one labelled for this lease), then the local key directory.
+//! - **Sweep** (after every apply and destroy): a process killed between a
+//!   key's upload and its server's create, or between a server's deletion
+//!   and its key's, leaves a key and a key directory without a server.
+//!   Keys labelled `crabbox=true`, this pond and a lease that has no server
+//!   are deleted, and so are the key directories whose endpoint record
+//!   names this pond (written first of the lease's files, so every such
+//!   directory has one) — never a key or directory of another pond.
+//! - **Re-running setup** first waits for SSH (a server adopted after its
+//!   creator was killed may still boot), then stops what earlier runs
+//!   started and creates the work root if it is missing
+//!   ([`SshTarget::stop_background`]).
+
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::http::{ApiError, HttpClient};
+use crate::{CreateRequest, ExecRequest, Provider};
+use crabbox_core::labels::{self, Labels};
+use crabbox_core::lease::{Endpoint, Lease, is_lease_id};
+use crabbox_core::provider::ProviderName;
+use crabbox_core::provider::{OutputSink, ProviderError};
+use crabbox_exec::ssh::SshTarget;
+use crabbox_fs::atomic_file;
+use crabbox_spec::desired::{DesiredMember, Probe};
+use crabbox_spec::model::Class;
+use crabbox_spec::providers::HetznerBlock;
+use crabbox_state::state_dir::expand_tilde;
+
+/// Hetzner's public API.
+pub const DEFAULT_ENDPOINT: &str = "https://api.hetzner.cloud/v1";
+/// The token variable named in hints.
+const TOKEN_ENV: &str = "HCLOUD_TOKEN";
+/// Image when the block names none.
+const DEFAULT_IMAGE: &str = "ubuntu-24.04";
+/// Location when the block names none.
+const DEFAULT_LOCATION: &str = "fsn1";
+/// SSH login when the block names none.
+const DEFAULT_SSH_USER: &str = "root";
+/// SSH port when the block names none.
+const DEFAULT_SSH_PORT: u16 = 22;
+/// Class when the member names neither class nor type.
+const DEFAULT_CLASS: Class = Class::Standard;
+/// Hetzner's page-size maximum.
+const PER_PAGE: u32 = 50;
+/// Longest time between status polls while a server boots.
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// A booting server is polled again after this fraction of the time it has
+/// been booting (within `[MIN_POLL_WAIT, poll interval]`).
+const POLL_FRACTION: u32 = 4;
+/// The fraction once the server is `starting`.
+const STARTING_POLL_FRACTION: u32 = 16;
+/// Shortest time between status polls.
+const MIN_POLL_WAIT: Duration = Duration::from_millis(10);
+/// How long a sighting of a server's labels stands in for reading them again
+/// before a relabel.
+const SIGHTING_TTL: Duration = Duration::from_secs(60);
+/// How long a server may take to be `running` with an IPv4 address.
+const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// How long SSH may take to answer once the server runs.
+const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Error codes that mean "this type, here, now: no", so the next type is tried.
+const CAPACITY_CODES: [&str; 5] = [
+    "resource_unavailable",
+    "server_type_not_available",
+    "dedicated_core_limit",
+    "resource_limit_exceeded",
+    "location_not_available",
+];
+/// The per-lease endpoint record, next to a generated key.
+const ENDPOINT_FILE: &str = "endpoint.json";
+/// A key directory being removed is first renamed to this and its lease ID.
+const RELEASED_PREFIX: &str = ".released-";
+/// The generated key's file name.
+const KEY_FILE: &str = "id_ed25519";
+/// Work roots live under this directory, relative to the login's home.
+const DEFAULT_WORK_BASE: &str = "crabbox";
+
+/// Server types tried for a class, in order (Crabbox's table).
+#[must_use]
+pub fn class_types(class: Class) -> &'static [&'static str] {
+    match class {
+        Class::Tiny => &["ccx13", "cpx22", "cx23"],
+        Class::Small => &["ccx23", "cpx32", "cx33"],
+        Class::Standard => &["ccx33", "cpx62", "cx53"],
+        Class::Fast => &["ccx43", "cpx62", "cx53"],
+        Class::Large => &["ccx53", "ccx43", "cpx62", "cx53"],
+        Class::Beast => &["ccx63", "ccx53", "ccx43", "cpx62", "cx53"],
+    }
+}
+
+/// `crabbox-<slug>-<8 hex of FNV-32a of the lease ID>`, a valid host name of
+/// at most 63 characters.
+#[must_use]
+pub fn server_name(slug: &str, lease_id: &str) -> String {
+    let slug: String = slug
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63 - "crabbox--12345678".len())
+        .collect();
+    let slug = slug.trim_matches('-');
+    let slug = if slug.is_empty() { "member" } else { slug };
+    format!("crabbox-{slug}-{:08x}", fnv1a32(lease_id.as_bytes()))
+}
+
+/// The name of a lease's uploaded SSH key.
+#[must_use]
+pub fn key_name(lease_id: &str) -> String {
+    format!("crabbox-{lease_id}")
+}
+
+/// 32-bit FNV-1a.
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+// ---- API shapes (only the fields used) ----
+
+#[derive(Debug, Clone, Deserialize)]
+struct Server {
+    id: u64,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    labels: Labels,
+    #[serde(default)]
+    public_net: PublicNet,
+}
+
+impl Server {
+    fn ipv4(&self) -> Option<&str> {
+        self.public_net
+            .ipv4
+            .as_ref()
+            .map(|a| a.ip.as_str())
+            .filter(|ip| !ip.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+struct PublicNet {
+    #[serde(default)]
+    ipv4: Option<Address>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Address {
+    ip: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServerEnvelope {
+    server: Server,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServerList {
+    servers: Vec<Server>,
+    #[serde(default)]
+    meta: Meta,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct SshKey {
+    id: u64,
+    name: String,
+    #[serde(default)]
+    public_key: String,
+    #[serde(default)]
+    labels: Labels,
+}
+
+#[derive(Debug, Deserialize)]
+struct SshKeyList {
+    ssh_keys: Vec<SshKey>,
+    #[serde(default)]
+    meta: Meta,
+}
+
+#[derive(Debug, Deserialize)]
+struct SshKeyEnvelope {
+    ssh_key: SshKey,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Meta {
+    #[serde(default)]
+    pagination: Option<Pagination>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Pagination {
+    #[serde(default)]
+    next_page: Option<u32>,
+    #[serde(default)]
+    last_page: Option<u32>,
+}
+
+impl Meta {
+    fn next_page(&self) -> Option<u32> {
+        self.pagination.as_ref().and_then(|p| p.next_page)
+    }
+
+    fn last_page(&self) -> Option<u32> {
+        self.pagination.as_ref().and_then(|p| p.last_page)
+    }
+}
+
+/// How a later process reaches a lease: written before the server is
+/// created, next to the generated key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EndpointRecord {
+    lease_id: String,
+    user: String,
+    port: u16,
+    /// Private key used to log in.
+    key: PathBuf,
+    /// The lease's pond: lets a later apply of that pond remove this
+    /// directory when the lease never got a server (empty in records
+    /// written before it existed).
+    #[serde(default)]
+    pond: String,
+    /// The lease's work root on the server (empty: `crabbox/<lease>`).
+    #[serde(default)]
+    work_root: String,
+}
+
+/// The SSH settings of one member, from its block.
+#[derive(Debug, Clone)]
+struct SshSettings {
+    user: String,
+    port: u16,
+    /// The member's own private key, if it names one.
+    key: Option<PathBuf>,
+}
+
+/// The `hetzner` provider.
+#[derive(Debug)]
+pub struct HetznerProvider {
+    http: HttpClient,
+    state_dir: PathBuf,
+    poll_interval: Duration,
+    boot_timeout: Duration,
+    ssh_timeout: Duration,
+    ssh_bootstrap: bool,
+    work_base: String,
+    /// Lease ID → how to reach it.
+    targets: Mutex<HashMap<String, SshTarget>>,
+    /// Server ID → when this provider last saw the server, and the server
+    /// as it was then (name and the labels that make it ours).
+    sightings: Mutex<HashMap<u64, (Instant, Server)>>,
+}
+
+/// How many list pages are fetched at once.
+pub const PAGE_FETCHES: usize = 8;
+
+impl HetznerProvider {
+    /// Every server matching a label selector: the first page, then the
+    /// rest concurrently (at most [`PAGE_FETCHES`] at a time) once the pagination meta says how many there are,
+    /// each fetched and decoded in a task of its own (decoding a page costs
+    /// about as much as waiting for it, so they share the runtime's threads).
+    async fn servers_matching(&self, selector: &str) -> Result<Vec<Server>, ProviderError> {
+        let query = |page: u32| {
+            vec![
+                ("label_selector", selector.to_owned()),
+                ("per_page", PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ]
+        };
+        let first: ServerList = self
+            .http
+            .get_json_with_retries("/servers", &query(1))
+            .await?;
+        let mut servers = Vec::new();
+        match (first.meta.last_page(), first.meta.next_page()) {
+            (Some(last), _) if last > 1 => {
+                servers.extend(first.servers);
+                // At most PAGE_FETCHES pages at once, however large the
+                // account: concurrency without a burst the API would rate-limit.
+                let mut pages = futures_util::stream::iter(2..=last)
+                    .map(|page| {
+                        let q = query(page);
+                        let http = self.http.clone();
+                        tokio::spawn(async move {
+                            http.get_json_with_retries::<ServerList>("/servers", &q)
+                                .await
+                        })
+                    })
+                    .buffer_unordered(PAGE_FETCHES);
+                while let Some(page) = pages.next().await {
+                    match page {
+                        Ok(Ok(list)) => servers.extend(list.servers),
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => {
+                            return Err(ProviderError::Failed(format!(
+                                "hetzner: listing servers: {e}"
+                            )));
+                        }
+                    }
+                }
+            }
+            (None, Some(mut next)) => {
+                // Total unknown: follow the pages one by one.
+                servers.extend(first.servers);
+                loop {
+                    let page: ServerList = self
+                        .http
+                        .get_json_with_retries("/servers", &query(next))
+                        .await?;
+                    servers.extend(page.servers);
+                    match page.meta.next_page() {
+                        Some(n) if n > next => next = n,
+                        _ => break,
+                    }
+                }
+            }
+            _ => servers.extend(first.servers),
+        }
+        Ok(servers)
+    }
+
+    /// The provider configured from the environment: token from
+    /// `HCLOUD_TOKEN`, else `HETZNER_TOKEN` (`None` when neither is set);
+    /// API base from `HCLOUD_ENDPOINT`, default Hetzner's public API.
+    #[must_use]
+    pub fn from_env(state_dir: &Path) -> Option<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let token = var("HCLOUD_TOKEN").or_else(|| var("HETZNER_TOKEN"))?;
+        let base = var("HCLOUD_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+        Some(Self::new(&base, token.trim(), state_dir))
+    }
+
+    /// A provider talking to `base_url` (e.g. `https://api.hetzner.cloud/v1`)
+    /// with `token`, keeping keys under `<state_dir>/ssh/keys/`.
+    #[must_use]
+    pub fn new(base_url: &str, token: &str, state_dir: &Path) -> Self {
+        Self {
+            http: HttpClient::new("hetzner", base_url, token, TOKEN_ENV),
+            state_dir: state_dir.to_owned(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            ssh_timeout: DEFAULT_SSH_TIMEOUT,
+            ssh_bootstrap: true,
+            work_base: DEFAULT_WORK_BASE.to_owned(),
+            targets: Mutex::new(HashMap::new()),
+            sightings: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Polls a booting server at most every `interval` (sooner while it has
+    /// been booting for less than four intervals) for at most `timeout`.
+    #[must_use]
+    pub fn with_boot_polling(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.poll_interval = interval;
+        self.boot_timeout = timeout;
+        self
+    }
+
+    /// Waits at most `timeout` for SSH on a new server.
+    #[must_use]
+    pub fn with_ssh_timeout(mut self, timeout: Duration) -> Self {
+        self.ssh_timeout = timeout;
+        self
+    }
+
+    /// With `false`, create returns once the server runs, without waiting
+    /// for SSH or preparing the work root (tests of the API alone).
+    #[must_use]
+    pub fn with_ssh_bootstrap(mut self, on: bool) -> Self {
+        self.ssh_bootstrap = on;
+        self
+    }
+
+    /// Puts work roots at `<base>/<lease>` instead of `crabbox/<lease>`
+    /// (tests use a temporary directory rather than the login's home).
+    #[must_use]
+    pub fn with_work_base(mut self, base: &str) -> Self {
+        self.work_base = base.trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// Per-request HTTP time limit (default 30 s).
+    #[must_use]
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.http = self.http.with_timeout(timeout);
+        self
+    }
+
+    /// `<state>/ssh/keys/<lease>/`.
+    fn key_dir(&self, lease_id: &str) -> PathBuf {
+        self.state_dir.join("ssh").join("keys").join(lease_id)
+    }
+
+    // ---- SSH targets ----
+
+    fn cached_target(&self, lease_id: &str) -> Option<SshTarget> {
+        self.targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(lease_id)
+            .cloned()
+    }
+
+    fn remember_target(&self, target: SshTarget) {
+        self.targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(target.lease_id.clone(), target);
+    }
+
+    fn forget_target(&self, lease_id: &str) -> Option<SshTarget> {
+        self.targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(lease_id)
+    }
+
+    /// Remembers the labels a server was just seen with (those
+    /// [`check_owned`] reads).
+    fn saw(&self, server: &Server) {
+        let seen = Server {
+            id: server.id,
+            name: server.name.clone(),
+            status: String::new(),
+            labels: [labels::CRABBOX, labels::POND, labels::LEASE]
+                .into_iter()
+                .filter_map(|k| Some((k.to_owned(), server.labels.get(k)?.clone())))
+                .collect(),
+            public_net: PublicNet::default(),
+        };
+        self.sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(server.id, (Instant::now(), seen));
+    }
+
+    fn forget_sighting(&self, id: u64) {
+        self.sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    /// The server as seen in the last [`SIGHTING_TTL`].
+    fn recent_sighting(&self, id: u64) -> Option<Server> {
+        self.sightings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .filter(|(at, _)| at.elapsed() < SIGHTING_TTL)
+            .map(|(_, server)| server.clone())
+    }
+
+    fn new_target(&self, lease_id: &str, host: String, record: &EndpointRecord) -> SshTarget {
+        SshTarget {
+            host,
+            port: record.port,
+            user: record.user.clone(),
+            key: Some(record.key.clone()),
+            work_root: if record.work_root.is_empty() {
+                format!("{DEFAULT_WORK_BASE}/{lease_id}")
+            } else {
+                record.work_root.clone()
+            },
+            state_dir: self.state_dir.clone(),
+            lease_id: lease_id.to_owned(),
+        }
+    }
+
+    fn read_endpoint(&self, lease_id: &str) -> Option<EndpointRecord> {
+        let path = self.key_dir(lease_id).join(ENDPOINT_FILE);
+        let bytes = std::fs::read(path).ok()?;
+        serde_json::from_slice::<EndpointRecord>(&bytes)
+            .ok()
+            .filter(|r| r.lease_id == lease_id)
+    }
+
+    /// The lease's SSH target: cached, else rebuilt from its endpoint record
+    /// (or the defaults) and its address.
+    async fn target(&self, lease: &Lease) -> Result<SshTarget, ProviderError> {
+        if let Some(t) = self.cached_target(&lease.id) {
+            return Ok(t);
+        }
+        check_lease_id(&lease.id)?;
+        let record = self
+            .read_endpoint(&lease.id)
+            .unwrap_or_else(|| EndpointRecord {
+                lease_id: lease.id.clone(),
+                user: DEFAULT_SSH_USER.to_owned(),
+                port: lease.endpoint.ssh_port.unwrap_or(DEFAULT_SSH_PORT),
+                key: self.key_dir(&lease.id).join(KEY_FILE),
+                pond: String::new(),
+                work_root: String::new(),
+            });
+        let host = match lease.endpoint.host.clone().filter(|h| !h.is_empty()) {
+            Some(host) => host,
+            None => {
+                let id = server_id(lease)?;
+                let server = retried(|| self.get_server(id)).await.map_err(|e| {
+                    if e.is_not_found() {
+                        ProviderError::NotFound(format!("hetzner server {id} (lease {})", lease.id))
+                    } else {
+                        e.into()
+                    }
+                })?;
+                server.ipv4().map(str::to_owned).ok_or_else(|| {
+                    ProviderError::Failed(format!(
+                        "hetzner server {id} (lease {}) has no public IPv4 address",
+                        lease.id
+                    ))
+                })?
+            }
+        };
+        let target = self.new_target(&lease.id, host, &record);
+        self.remember_target(target.clone());
+        Ok(target)
+    }
+
+    // ---- API calls ----
+
+    async fn get_server(&self, id: u64) -> Result<Server, ApiError> {
+        let server = self
+            .http
+            .get_json::<ServerEnvelope>(&format!("/servers/{id}"), &[])
+            .await
+            .map(|e| e.server);
+        match &server {
+            Ok(s) => self.saw(s),
+            Err(e) if e.is_not_found() => self.forget_sighting(id),
+            Err(_) => {}
+        }
+        server
+    }
+
+    /// The server if it carries crabbox's labels for this lease; else why not.
+    async fn owned_server(&self, lease: &Lease, id: u64) -> Result<Server, ProviderError> {
+        let server = retried(|| self.get_server(id)).await.map_err(|e| {
+            if e.is_not_found() {
+                ProviderError::NotFound(format!("hetzner server {id} (lease {})", lease.id))
+            } else {
+                e.into()
+            }
+        })?;
+        check_owned(&server, lease)?;
+        Ok(server)
+    }
+
+    fn lease_of(&self, server: &Server) -> Option<Lease> {
+        self.lease_with_ports(server.clone(), &HashMap::new())
+    }
+
+    /// The SSH port of every lease with an endpoint record here.
+    fn recorded_ports(keys: &Path) -> HashMap<String, u16> {
+        let Ok(entries) = std::fs::read_dir(keys) else {
+            return HashMap::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let lease = e.file_name().into_string().ok()?;
+                let bytes = std::fs::read(e.path().join(ENDPOINT_FILE)).ok()?;
+                let record = serde_json::from_slice::<EndpointRecord>(&bytes).ok()?;
+                (record.lease_id == lease).then_some((lease, record.port))
+            })
+            .collect()
+    }
+
+    /// [`Self::lease_of`] consuming the server, with endpoint records' ports
+    /// read beforehand.
+    fn lease_with_ports(&self, server: Server, ports: &HashMap<String, u16>) -> Option<Lease> {
+        let id = server.labels.get(labels::LEASE)?.clone();
+        let port = self
+            .cached_target(&id)
+            .map(|t| t.port)
+            .or_else(|| ports.get(&id).copied())
+            .or_else(|| {
+                is_lease_id(&id)
+                    .then(|| self.read_endpoint(&id))
+                    .flatten()
+                    .map(|r| r.port)
+            })
+            .unwrap_or(DEFAULT_SSH_PORT);
+        let host = server.ipv4().map(str::to_owned);
+        Some(Lease {
+            id,
+            provider: ProviderName::Hetzner,
+            cloud_id: server.id.to_string(),
+            labels: server.labels,
+            endpoint: Endpoint {
+                host,
+                ssh_port: Some(port),
+                url: None,
+                shares: Vec::new(),
+            },
+            listed: true,
+            claimed: false,
+        })
+    }
+
+    /// Every key, all pages (used only to find a key by its public half).
+    async fn all_keys(&self) -> Result<Vec<SshKey>, ProviderError> {
+        let mut keys = Vec::new();
+        let mut page = 1;
+        loop {
+            let query = [
+                ("per_page", PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ];
+            let list: SshKeyList = self.http.get_json_with_retries("/ssh_keys", &query).await?;
+            keys.extend(list.ssh_keys);
+            match list.meta.next_page() {
+                Some(next) if next > page => page = next,
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    /// Every key matching a label selector, all pages.
+    async fn keys_matching(&self, selector: &str) -> Result<Vec<SshKey>, ProviderError> {
+        let mut keys = Vec::new();
+        let mut page = 1;
+        loop {
+            let query = [
+                ("label_selector", selector.to_owned()),
+                ("per_page", PER_PAGE.to_string()),
+                ("page", page.to_string()),
+            ];
+            let list: SshKeyList = self.http.get_json_with_retries("/ssh_keys", &query).await?;
+            keys.extend(list.ssh_keys);
+            match list.meta.next_page() {
+                Some(next) if next > page => page = next,
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    /// Removes `<state>/ssh/keys/<lease>/` (gone already is fine): renamed
+    /// to `.released-<lease>` first, so a removal cut short by a kill
+    /// never leaves a directory that looks like a lease's but lacks the
+    /// record naming its pond — [`Provider::sweep`] removes those.
+    fn remove_key_dir(&self, lease_id: &str) -> std::io::Result<()> {
+        let dir = self.key_dir(lease_id);
+        let released = dir.with_file_name(format!("{RELEASED_PREFIX}{lease_id}"));
+        match std::fs::rename(&dir, &released) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match std::fs::remove_dir_all(&released) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends the SSH control master a killed run left for `lease_id`, if
+    /// any (it would otherwise live on for its `ControlPersist` time).
+    async fn close_master(&self, lease_id: &str) {
+        if !self
+            .state_dir
+            .join("ssh")
+            .join("cm")
+            .join(lease_id)
+            .exists()
+        {
+            return;
+        }
+        // The control path names the lease only, so the destination is moot.
+        let record = EndpointRecord {
+            lease_id: lease_id.to_owned(),
+            user: DEFAULT_SSH_USER.to_owned(),
+            port: DEFAULT_SSH_PORT,
+            key: self.key_dir(lease_id).join(KEY_FILE),
+            pond: String::new(),
+            work_root: String::new(),
+        };
+        self.new_target(lease_id, "127.0.0.1".to_owned(), &record)
+            .close()
+            .await;
+    }
+
+    /// Key directories whose removal began (`.released-<lease>`).
+    fn released_key_dirs(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.state_dir.join("ssh").join("keys")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(RELEASED_PREFIX))
+                    .is_some_and(is_lease_id)
+            })
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// The lease directories under `<state>/ssh/keys/`, by lease ID.
+    fn key_dirs(&self) -> Vec<(String, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(self.state_dir.join("ssh").join("keys")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let lease = e.file_name().into_string().ok()?;
+                is_lease_id(&lease).then(|| (lease, e.path()))
+            })
+            .collect()
+    }
+
+    async fn keys_named(&self, name: &str) -> Result<Vec<SshKey>, ProviderError> {
+        let list: SshKeyList = self
+            .http
+            .get_json_with_retries("/ssh_keys", &[("name", name.to_owned())])
+            .await?;
+        Ok(list
+            .ssh_keys
+            .into_iter()
+            .filter(|k| k.name == name)
+            .collect())
+    }
+
+    /// Uploads the lease's public key as `crabbox-<lease>` with labels;
+    /// returns the name of the key to put on the server. An earlier attempt's
+    /// key for this lease is reused; the same public key uploaded under
+    /// another name (Hetzner keeps fingerprints unique) is referenced by that
+    /// name, never changed.
+    async fn upload_key(
+        &self,
+        request: &CreateRequest,
+        public_key: &str,
+    ) -> Result<String, ProviderError> {
+        let name = key_name(&request.lease_id);
+        let body = json!({
+            "name": name,
+            "public_key": public_key,
+            "labels": {
+                labels::CRABBOX: "true",
+                labels::LEASE: request.lease_id,
+                labels::POND: request.pond,
+            },
+        });
+        let mut replaced = false;
+        loop {
+            let err = match retried(|| self.http.post_json::<_, SshKeyEnvelope>("/ssh_keys", &body))
+                .await
+            {
+                Ok(created) => return Ok(created.ssh_key.name),
+                Err(e) if e.has_code("uniqueness_error") => e,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(existing) = self.keys_named(&name).await?.into_iter().next() {
+                if !key_is_ours(&existing, &request.lease_id) {
+                    return Err(ProviderError::Failed(format!(
+                        "hetzner: an SSH key named `{name}` exists that crabbox did not create for lease {}; delete or rename it",
+                        request.lease_id
+                    )));
+                }
+                if same_public_key(&existing.public_key, public_key) {
+                    return Ok(existing.name);
+                }
+                if replaced {
+                    return Err(err.into());
+                }
+                // Our own stale key from an earlier attempt, with another key pair.
+                self.delete_key_id(existing.id).await?;
+                replaced = true;
+                continue;
+            }
+            return match self
+                .all_keys()
+                .await?
+                .into_iter()
+                .find(|k| same_public_key(&k.public_key, public_key))
+            {
+                Some(k) => Ok(k.name),
+                None => Err(err.into()),
+            };
+        }
+    }
+
+    async fn delete_key_id(&self, id: u64) -> Result<(), ProviderError> {
+        let path = format!("/ssh_keys/{id}");
+        match retried(|| self.http.delete(&path)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes `crabbox-<lease>` if it is labelled for this lease.
+    async fn delete_lease_key(&self, lease_id: &str) -> Result<(), ProviderError> {
+        for key in self.keys_named(&key_name(lease_id)).await? {
+            if key_is_ours(&key, lease_id) {
+                self.delete_key_id(key.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the server, falling back across class types on capacity errors.
+    async fn create_server(
+        &self,
+        request: &CreateRequest,
+        block: &HetznerBlock,
+        key: &str,
+    ) -> Result<Server, ProviderError> {
+        let (types, exact) = server_types(&request.member);
+        let name = server_name(&request.member.slug, &request.lease_id);
+        let location = block.location.as_deref().unwrap_or(DEFAULT_LOCATION);
+        let image = block.image.as_deref().unwrap_or(DEFAULT_IMAGE);
+        let mut rejected: Vec<String> = Vec::new();
+        for server_type in &types {
+            let mut labels = request.labels.clone();
+            labels.insert(
+                labels::SERVER_TYPE.to_owned(),
+                labels::sanitize(server_type),
+            );
+            let body = json!({
+                "name": name,
+                "server_type": server_type,
+                "image": image,
+                "location": location,
+                "labels": labels,
+                "ssh_keys": [key],
+                "start_after_create": true,
+                "public_net": { "enable_ipv4": true, "enable_ipv6": false },
+            });
+            // A create whose answer was lost is found by its name below.
+            match retried(|| self.http.post_json::<_, ServerEnvelope>("/servers", &body)).await {
+                Ok(created) => {
+                    self.saw(&created.server);
+                    return Ok(created.server);
+                }
+                Err(e) if e.has_code("uniqueness_error") => {
+                    // An earlier attempt may have created it before its answer was lost.
+                    return match self.server_named(&name).await? {
+                        Some(s) if s.labels.get(labels::LEASE) == Some(&request.lease_id) => Ok(s),
+                        _ => Err(e.into()),
+                    };
+                }
+                Err(e) if is_capacity(&e) => {
+                    if exact {
+                        return Err(ProviderError::Failed(format!(
+                            "{} (type `{server_type}` is pinned by the member's `type` and never falls back; use a `class` to allow other types)",
+                            e.error
+                        )));
+                    }
+                    rejected.push(format!(
+                        "{server_type}: {}: {}",
+                        e.code.as_deref().unwrap_or("capacity"),
+                        e.message
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ProviderError::Failed(format!(
+            "hetzner: no server type of class `{}` could be created in {location}: {}",
+            request.member.class.unwrap_or(DEFAULT_CLASS).as_str(),
+            rejected.join("; ")
+        )))
+    }
+
+    async fn server_named(&self, name: &str) -> Result<Option<Server>, ProviderError> {
+        let list: ServerList = self
+            .http
+            .get_json_with_retries("/servers", &[("name", name.to_owned())])
+            .await?;
+        Ok(list.servers.into_iter().find(|s| s.name == name))
+    }
+
+    /// Polls until the server runs with an IPv4 address.
+    async fn wait_running(&self, id: u64) -> Result<Server, ProviderError> {
+        let started = Instant::now();
+        let deadline = started + self.boot_timeout;
+        let floor = MIN_POLL_WAIT.min(self.poll_interval);
+        loop {
+            let answer = self.get_server(id).await;
+            // A fraction of the time booting so far; a smaller one once the
+            // server is `starting` (powering on: the end is near).
+            let fraction = match &answer {
+                Ok(s) if s.status == "starting" => STARTING_POLL_FRACTION,
+                _ => POLL_FRACTION,
+            };
+            let mut wait = (started.elapsed() / fraction).clamp(floor, self.poll_interval);
+            let last = match answer {
+                Ok(s) if s.status == "running" && s.ipv4().is_some() => return Ok(s),
+                Ok(s) => format!("status `{}`", s.status),
+                Err(e) if e.is_not_found() => {
+                    return Err(ProviderError::Failed(format!(
+                        "hetzner server {id} disappeared while booting"
+                    )));
+                }
+                Err(ApiError {
+                    error:
+                        ProviderError::Retryable {
+                            message,
+                            retry_after,
+                        },
+                    ..
+                }) => {
+                    wait = wait.max(retry_after.unwrap_or_default());
+                    message
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if Instant::now() + wait > deadline {
+                return Err(ProviderError::Failed(format!(
+                    "hetzner server {id} was not running with an IPv4 address after {}s (last: {last})",
+                    self.boot_timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// After the server exists: wait for it, for SSH, prepare the work root.
+    async fn bootstrap(
+        &self,
+        request: &CreateRequest,
+        id: u64,
+        record: &EndpointRecord,
+    ) -> Result<Lease, ProviderError> {
+        let server = self.wait_running(id).await?;
+        let host = server.ipv4().unwrap_or_default().to_owned();
+        let target = self.new_target(&request.lease_id, host, record);
+        // The address is newly ours: a key recorded for it belonged to an
+        // earlier server (Hetzner reuses addresses).
+        self.forget_host_key(&target.host, target.port).await;
+        if self.ssh_bootstrap {
+            target.wait_ready(self.ssh_timeout).await?;
+            target.prepare().await?;
+        }
+        self.remember_target(target);
+        self.lease_of(&server).ok_or_else(|| {
+            ProviderError::Failed(format!(
+                "hetzner server {id} came back without its `lease` label"
+            ))
+        })
+    }
+
+    /// Best-effort undo of a create that did not finish.
+    async fn roll_back(&self, lease_id: &str, server: Option<u64>) {
+        if let Some(t) = self.forget_target(lease_id) {
+            t.close().await;
+        }
+        if let Some(id) = server {
+            // Only ever a server this create made: it carries the lease label.
+            if let Ok(s) = retried(|| self.get_server(id)).await
+                && s.labels.get(labels::LEASE).map(String::as_str) == Some(lease_id)
+                && s.labels.get(labels::CRABBOX).map(String::as_str) == Some("true")
+            {
+                let path = format!("/servers/{id}");
+                let _ = retried(|| self.http.delete(&path)).await;
+            }
+        }
+        let _ = self.delete_lease_key(lease_id).await;
+        let _ = self.remove_key_dir(lease_id);
+    }
+
+    /// Removes `host:port` from crabbox's known-hosts file (best effort).
+    async fn forget_host_key(&self, host: &str, port: u16) {
+        let file = self.state_dir.join("ssh").join("known_hosts");
+        if !file.exists() {
+            return;
+        }
+        let entry = if port == 22 {
+            host.to_owned()
+        } else {
+            format!("[{host}]:{port}")
+        };
+        let _ = tokio::process::Command::new("ssh-keygen")
+            .arg("-R")
+            .arg(entry)
+            .arg("-f")
+            .arg(&file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .await;
+        let mut old = file.into_os_string();
+        old.push(".old");
+        let _ = std::fs::remove_file(old);
+    }
+
+    /// The lease's SSH key: the member's own, the one generated for this
+    /// lease by an earlier attempt, or a new one (its files not yet written).
+    fn lease_key(&self, lease_id: &str, settings: &SshSettings) -> Result<LeaseKey, ProviderError> {
+        if let Some(private) = &settings.key {
+            let mut public = private.clone().into_os_string();
+            public.push(".pub");
+            let public = PathBuf::from(public);
+            let text = std::fs::read_to_string(&public).map_err(|e| ProviderError::Config {
+                message: format!(
+                    "hetzner.ssh_key `{}`: cannot read its public half {}: {e}",
+                    private.display(),
+                    public.display()
+                ),
+                hint: format!(
+                    "write it with `ssh-keygen -y -f {} > {}`, or leave `ssh_key` out to get a per-lease key",
+                    private.display(),
+                    public.display()
+                ),
+            })?;
+            return Ok(LeaseKey {
+                private: private.clone(),
+                public: text.trim().to_owned(),
+                new: None,
+            });
+        }
+        let dir = self.key_dir(lease_id);
+        let private = dir.join(KEY_FILE);
+        let public = dir.join(format!("{KEY_FILE}.pub"));
+        if let (true, Ok(text)) = (private.exists(), std::fs::read_to_string(&public)) {
+            return Ok(LeaseKey {
+                private,
+                public: text.trim().to_owned(),
+                new: None,
+            });
+        }
+        // In-process, as `ssh-keygen -t ed25519 -N '' -C crabbox-<lease>` would
+        // write it: starting ssh-keygen cost more CPU than the rest of a create.
+        let key = openssh_ed25519::generate(&key_name(lease_id))?;
+        Ok(LeaseKey {
+            private,
+            public: key.public.trim().to_owned(),
+            new: Some(key),
+        })
+    }
+}
+
+/// A lease's SSH key.
+struct LeaseKey {
+    /// The private key file.
+    private: PathBuf,
+    /// The public key line.
+    public: String,
+    /// A key generated now, whose files are still to be written.
+    new: Option<openssh_ed25519::Key>,
+}
+
+/// Writes the lease's endpoint record and a new lease key's files (if any)
+/// under `dir`.
+fn write_lease_files(
+    dir: &Path,
+    key: Option<&openssh_ed25519::Key>,
+    record: &[u8],
+) -> Result<(), String> {
+    atomic_file::create_private_dir(dir).map_err(|e| e.to_string())?;
+    // The record (naming the pond) first: a directory a killed create left
+    // behind is then recognisable as the pond's by a later sweep.
+    let path = dir.join(ENDPOINT_FILE);
+    atomic_file::write(&path, record).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    if let Some(key) = key {
+        let private = dir.join(KEY_FILE);
+        let public = dir.join(format!("{KEY_FILE}.pub"));
+        let _ = std::fs::remove_file(&private);
+        let _ = std::fs::remove_file(&public);
+        for (path, text) in [(&private, &key.private), (&public, &key.public)] {
+            write_new_private(path, text.as_bytes())
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates `path` (mode 0600) with `contents`; it must not exist.
+fn write_new_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(contents)
+}
+
+/// Ed25519 key pairs in OpenSSH's own formats (`PROTOCOL.key`): an
+/// unencrypted `openssh-key-v1` private key and a `ssh-ed25519 …` line.
+mod openssh_ed25519 {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+
+    use crabbox_core::provider::ProviderError;
+
+    /// A new key pair's two files.
+    pub(super) struct Key {
+        /// `-----BEGIN OPENSSH PRIVATE KEY-----` … (mode 0600 on disk).
+        pub private: String,
+        /// `ssh-ed25519 AAAA… <comment>` and a newline.
+        pub public: String,
+    }
+
+    /// A fresh key pair with `comment`.
+    pub(super) fn generate(comment: &str) -> Result<Key, ProviderError> {
+        let mut seed = [0_u8; 32];
+        let failed = |what: &str| ProviderError::Failed(format!("generating an SSH key: {what}"));
+        getrandom::fill(&mut seed).map_err(|e| failed(&e.to_string()))?;
+        let pair =
+            Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| failed(&e.to_string()))?;
+        let public: &[u8] = pair.public_key().as_ref();
+        Ok(encode(&seed, public, comment))
+    }
+
+    /// The two files for a seed and its public key.
+    pub(super) fn encode(seed: &[u8; 32], public: &[u8], comment: &str) -> Key {
+        let mut blob = Vec::new();
+        string(&mut blob, b"ssh-ed25519");
+        string(&mut blob, public);
+
+        let mut check = [0_u8; 4];
+        let _ = getrandom::fill(&mut check);
+        let mut secret = Vec::new();
+        secret.extend_from_slice(&check);
+        secret.extend_from_slice(&check);
+        string(&mut secret, b"ssh-ed25519");
+        string(&mut secret, public);
+        let mut both = seed.to_vec();
+        both.extend_from_slice(public);
+        string(&mut secret, &both);
+        string(&mut secret, comment.as_bytes());
+        // Padded with 1, 2, 3… to the cipher's block size (8 for "none").
+        let mut pad = 1_u8;
+        while secret.len() % 8 != 0 {
+            secret.push(pad);
+            pad += 1;
+        }
+
+        let mut file = b"openssh-key-v1\0".to_vec();
+        string(&mut file, b"none");
+        string(&mut file, b"none");
+        string(&mut file, b"");
+        file.extend_from_slice(&1_u32.to_be_bytes());
+        string(&mut file, &blob);
+        string(&mut file, &secret);
+
+        let body = base64(&file);
+        let mut private = String::from("-----BEGIN OPENSSH PRIVATE KEY-----\n");
+        for line in body.as_bytes().chunks(70) {
+            private.push_str(std::str::from_utf8(line).unwrap_or_default());
+            private.push('\n');
+        }
+        private.push_str("-----END OPENSSH PRIVATE KEY-----\n");
+        Key {
+            private,
+            public: format!("ssh-ed25519 {} {comment}\n", base64(&blob)),
+        }
+    }
+
+    /// SSH's `string`: a big-endian u32 length, then the bytes.
+    fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+
+    /// Standard base64 with padding.
+    pub(super) fn base64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The member's Hetzner block (flat, or under a `hetzner` key).
+fn block_of(member: &DesiredMember) -> Result<HetznerBlock, ProviderError> {
+    let Some(value) = member.provider_block.as_ref() else {
+        return Ok(HetznerBlock::default());
+    };
+    let value = value.get("hetzner").unwrap_or(value);
+    serde_json::from_value(value.clone()).map_err(|e| ProviderError::Config {
+        message: format!("member `{}`: invalid hetzner block: {e}", member.slug),
+        hint: "see `crabbox schema` for the fields of `hetzner:`".to_owned(),
+    })
+}
+
+fn ssh_settings(block: &HetznerBlock) -> SshSettings {
+    SshSettings {
+        user: block
+            .ssh_user
+            .clone()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| DEFAULT_SSH_USER.to_owned()),
+        port: block.ssh_port.unwrap_or(DEFAULT_SSH_PORT),
+        key: block
+            .ssh_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .map(expand_tilde),
+    }
+}
+
+/// The types to try and whether the member pinned one.
+fn server_types(member: &DesiredMember) -> (Vec<String>, bool) {
+    match member.server_type.as_deref().filter(|t| !t.is_empty()) {
+        Some(t) => (vec![t.to_owned()], true),
+        None => (
+            class_types(member.class.unwrap_or(DEFAULT_CLASS))
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect(),
+            false,
+        ),
+    }
+}
+
+/// `call` retried as the executor retries a step (429, 5xx, time-outs;
+/// `Retry-After` honoured), keeping the last [`ApiError`] so callers can
+/// still branch on its code. Each call is retried on its own, so a create
+/// or release made of several calls does not start over (and re-send
+/// calls that succeeded) when one of them meets a passing error.
+async fn retried<T, F, Fut>(mut call: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let last: Arc<Mutex<Option<ApiError>>> = Arc::default();
+    let result = crabbox_core::retry::with_retries(|| {
+        let attempt = call();
+        let last = last.clone();
+        async move {
+            attempt.await.map_err(|e| {
+                let error = e.error.clone();
+                *last.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                error
+            })
+        }
+    })
+    .await;
+    result.map_err(|error| {
+        last.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .unwrap_or(ApiError {
+                status: None,
+                code: None,
+                message: error.to_string(),
+                error,
+            })
+    })
+}
+
+fn is_capacity(e: &ApiError) -> bool {
+    e.code
+        .as_deref()
+        .is_some_and(|c| CAPACITY_CODES.contains(&c))
+}
+
+fn key_is_ours(key: &SshKey, lease_id: &str) -> bool {
+    key.labels.get(labels::CRABBOX).map(String::as_str) == Some("true")
+        && key.labels.get(labels::LEASE).map(String::as_str) == Some(lease_id)
+}
+
+/// Same key type and blob (comments differ freely).
+fn same_public_key(a: &str, b: &str) -> bool {
+    let fields = |s: &str| s.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    fields(a) == fields(b)
+}
+
+fn check_pond(pond: &str) -> Result<(), ProviderError> {
+    if pond.is_empty() || labels::sanitize(pond) != pond {
+        Err(ProviderError::Failed(format!(
+            "`{pond}` is not a valid pond label value"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_lease_id(id: &str) -> Result<(), ProviderError> {
+    if is_lease_id(id) {
+        Ok(())
+    } else {
+        Err(ProviderError::Failed(format!(
+            "`{id}` is not a crabbox lease ID (cbx_ + 12 hex)"
+        )))
+    }
+}
+
+fn server_id(lease: &Lease) -> Result<u64, ProviderError> {
+    lease.cloud_id.parse().map_err(|_| {
+        ProviderError::Failed(format!(
+            "lease {}: `{}` is not a Hetzner server ID",
+            lease.id, lease.cloud_id
+        ))
+    })
+}
+
+/// crabbox changes or deletes only servers carrying `crabbox=true`, a pond
+/// (the lease's, when it names one) and this lease's ID.
+fn check_owned(server: &Server, lease: &Lease) -> Result<(), ProviderError> {
+    let get = |k: &str| server.labels.get(k).map(String::as_str);
+    let pond_ok = match (get(labels::POND), lease.label(labels::POND)) {
+        (Some(p), Some(want)) => !p.is_empty() && p == want,
+        (Some(p), None) => !p.is_empty(),
+        (None, _) => false,
+    };
+    if get(labels::CRABBOX) == Some("true") && pond_ok && get(labels::LEASE) == Some(&lease.id) {
+        Ok(())
+    } else {
+        Err(ProviderError::Failed(format!(
+            "refusing to touch hetzner server {} (`{}`): it does not carry crabbox's labels for lease {} (crabbox=true, pond, lease)",
+            server.id, server.name, lease.id
+        )))
+    }
+}
+
+#[async_trait]
+impl Provider for HetznerProvider {
+    fn name(&self) -> ProviderName {
+        ProviderName::Hetzner
+    }
+
+    async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
+        check_pond(pond)?;
+        let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
+        // The endpoint records are read while the pages are on their way.
+        let keys = self.state_dir.join("ssh").join("keys");
+        let ports = tokio::task::spawn_blocking(move || Self::recorded_ports(&keys));
+        let servers = self.servers_matching(&selector).await;
+        let ports = ports.await.unwrap_or_default();
+        let servers = servers?;
+        let mut seen = HashSet::new();
+        let mut leases: Vec<Lease> = servers
+            .into_iter()
+            .filter(|s| seen.insert(s.id))
+            .filter_map(|s| {
+                self.saw(&s);
+                self.lease_with_ports(s, &ports)
+            })
+            .collect();
+        leases.sort_by(|a, b| a.id.cmp(&b.id).then(a.cloud_id.cmp(&b.cloud_id)));
+        Ok(leases)
+    }
+
+    async fn ponds(&self) -> Result<Vec<String>, ProviderError> {
+        let selector = format!("{}=true", labels::CRABBOX);
+        let ponds: std::collections::BTreeSet<String> = self
+            .servers_matching(&selector)
+            .await?
+            .into_iter()
+            .filter_map(|s| s.labels.get(labels::POND).cloned())
+            .collect();
+        Ok(ponds.into_iter().collect())
+    }
+
+    async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
+        check_lease_id(&request.lease_id)?;
+        let block = block_of(&request.member)?;
+        let settings = ssh_settings(&block);
+        let mut key = self.lease_key(&request.lease_id, &settings)?;
+        let record = EndpointRecord {
+            lease_id: request.lease_id.clone(),
+            user: settings.user.clone(),
+            port: settings.port,
+            key: key.private.clone(),
+            pond: request.pond.clone(),
+            work_root: format!("{}/{}", self.work_base, request.lease_id),
+        };
+        let bytes = serde_json::to_vec_pretty(&record)
+            .map_err(|e| ProviderError::Failed(format!("endpoint record: {e}")))?;
+        // The local files (a new key, the endpoint record) are written while
+        // the key uploads; both are done before the server is created.
+        let writing = {
+            let dir = self.key_dir(&request.lease_id);
+            let new = key.new.take();
+            tokio::task::spawn_blocking(move || write_lease_files(&dir, new.as_ref(), &bytes))
+        };
+        let uploaded = self.upload_key(request, &key.public).await;
+        let written = match writing.await {
+            Ok(written) => written,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = written {
+            self.roll_back(&request.lease_id, None).await;
+            return Err(ProviderError::Failed(e));
+        }
+        // A retryable failure keeps the key (local and uploaded): the
+        // executor calls create again with the same lease ID, which reuses
+        // it, and adopts a server whose creation answer was lost.
+        let key_name = match uploaded {
+            Ok(name) => name,
+            Err(e) => {
+                if !e.is_retryable() {
+                    self.roll_back(&request.lease_id, None).await;
+                }
+                return Err(e);
+            }
+        };
+        let server = match self.create_server(request, &block, &key_name).await {
+            Ok(s) => s,
+            Err(e) => {
+                if !e.is_retryable() {
+                    self.roll_back(&request.lease_id, None).await;
+                }
+                return Err(e);
+            }
+        };
+        match self.bootstrap(request, server.id, &record).await {
+            Ok(lease) => Ok(lease),
+            Err(e) => {
+                self.roll_back(&request.lease_id, Some(server.id)).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
+        let id = server_id(lease)?;
+        // Labels can be put back, so a recent sighting is proof enough.
+        match self.recent_sighting(id) {
+            Some(seen) => check_owned(&seen, lease)?,
+            None => {
+                self.owned_server(lease, id).await?;
+            }
+        }
+        let keeps = |k: &str, v: &str| labels.get(k).map(String::as_str) == Some(v);
+        if !(keeps(labels::CRABBOX, "true")
+            && keeps(labels::LEASE, &lease.id)
+            && labels.get(labels::POND).is_some_and(|p| !p.is_empty()))
+        {
+            return Err(ProviderError::Failed(format!(
+                "refusing to relabel hetzner server {id}: the new labels drop crabbox=true, pond or lease={}",
+                lease.id
+            )));
+        }
+        let body = json!({ "labels": labels });
+        let path = format!("/servers/{id}");
+        let updated: ServerEnvelope = retried(|| self.http.put_json(&path, &body))
+            .await
+            .inspect_err(|e| {
+                if e.is_not_found() {
+                    self.forget_sighting(id);
+                }
+            })?;
+        self.saw(&updated.server);
+        Ok(())
+    }
+
+    async fn upload(&self, lease: &Lease, archive: &Path) -> Result<(), ProviderError> {
+        self.target(lease).await?.upload(archive).await
+    }
+
+    async fn exec(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ProviderError> {
+        self.target(lease)
+            .await?
+            .exec(&request.command, &request.env, sink, request.timeout)
+            .await
+    }
+
+    async fn start_background(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        name: &str,
+    ) -> Result<(), ProviderError> {
+        self.target(lease)
+            .await?
+            .start_background(&request.command, &request.env, name)
+            .await
+    }
+
+    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
+        let target = self.target(lease).await?;
+        if self.ssh_bootstrap {
+            // A server adopted after its creator died may still be booting.
+            target.wait_ready(self.ssh_timeout).await?;
+        }
+        target.stop_background().await
+    }
+
+    async fn sweep(&self, pond: &str) -> Result<Vec<String>, ProviderError> {
+        check_pond(pond)?;
+        let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
+        // Only what was observed counts: a failed listing sweeps nothing.
+        let (servers, keys) = tokio::try_join!(
+            self.servers_matching(&selector),
+            self.keys_matching(&selector)
+        )?;
+        let live: HashSet<String> = servers
+            .into_iter()
+            .filter_map(|s| s.labels.get(labels::LEASE).cloned())
+            .collect();
+        let mut removed = Vec::new();
+        let mut left = Vec::new();
+        let mut swept_leases = HashSet::new();
+        for key in keys {
+            let Some(lease) = key.labels.get(labels::LEASE).cloned() else {
+                continue;
+            };
+            if live.contains(&lease)
+                || !is_lease_id(&lease)
+                || !key_is_ours(&key, &lease)
+                || key.labels.get(labels::POND).map(String::as_str) != Some(pond)
+            {
+                continue;
+            }
+            match self.delete_key_id(key.id).await {
+                Ok(()) => removed.push(format!(
+                    "hetzner SSH key `{}` (lease {lease} has no server)",
+                    key.name
+                )),
+                Err(e) => left.push(format!(
+                    "hetzner SSH key `{}` (id {}): {e}",
+                    key.name, key.id
+                )),
+            }
+            swept_leases.insert(lease);
+        }
+        for (lease, dir) in self.key_dirs() {
+            if live.contains(&lease) {
+                continue;
+            }
+            let of_pond = self.read_endpoint(&lease).is_some_and(|r| r.pond == pond);
+            if !(of_pond || swept_leases.contains(&lease)) {
+                continue;
+            }
+            self.close_master(&lease).await;
+            match self.remove_key_dir(&lease) {
+                Ok(()) => removed.push(format!("key directory {}", dir.display())),
+                Err(e) => left.push(format!("key directory {}: {e}", dir.display())),
+            }
+        }
+        // Directories a removal began and did not finish (already out of
+        // every lease's name, so no run uses them).
+        for dir in self.released_key_dirs() {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => removed.push(format!("key directory {}", dir.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => left.push(format!("key directory {}: {e}", dir.display())),
+            }
+        }
+        if left.is_empty() {
+            Ok(removed)
+        } else {
+            Err(ProviderError::Failed(format!(
+                "left behind by earlier runs of pond `{pond}` and not removed: {}",
+                left.join("; ")
+            )))
+        }
+    }
+
+    async fn probe(
+        &self,
+        lease: &Lease,
+        probe: &Probe,
+        env: &BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError> {
+        self.target(lease).await?.probe(probe, env).await
+    }
+
+    fn ssh_target(&self, lease: &Lease) -> Option<SshTarget> {
+        if let Some(t) = self.cached_target(&lease.id) {
+            return Some(t);
+        }
+        let record = self.read_endpoint(&lease.id)?;
+        let host = lease.endpoint.host.clone().filter(|h| !h.is_empty())?;
+        Some(self.new_target(&lease.id, host, &record))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
+        let id = server_id(lease)?;
+        let path = format!("/servers/{id}");
+        // A delete cannot be undone: ownership is always read afresh.
+        let (outcome, key_deleted) = match self.owned_server(lease, id).await {
+            Ok(_) => {
+                // The key only served the server's creation: it goes meanwhile.
+                let (deleted, key) = tokio::join!(retried(|| self.http.delete(&path)), async {
+                    if is_lease_id(&lease.id) {
+                        Some(self.delete_lease_key(&lease.id).await)
+                    } else {
+                        None
+                    }
+                });
+                match deleted {
+                    Ok(()) => (Ok(()), key),
+                    Err(e) if e.is_not_found() => (
+                        Err(ProviderError::NotFound(format!(
+                            "hetzner server {id} (lease {})",
+                            lease.id
+                        ))),
+                        key,
+                    ),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e @ ProviderError::NotFound(_)) => (Err(e), None),
+            Err(e) => return Err(e),
+        };
+        self.forget_sighting(id);
+        // The server is gone: its key, host key and local state go too.
+        if let Some(t) = self.forget_target(&lease.id) {
+            t.close().await;
+            self.forget_host_key(&t.host, t.port).await;
+        } else {
+            // The master an earlier process opened outlives it by its
+            // `ControlPersist` time.
+            if is_lease_id(&lease.id) {
+                self.close_master(&lease.id).await;
+            }
+            if let Some(host) = lease.endpoint.host.as_deref().filter(|h| !h.is_empty()) {
+                let port = self
+                    .read_endpoint(&lease.id)
+                    .map(|r| r.port)
+                    .or(lease.endpoint.ssh_port)
+                    .unwrap_or(DEFAULT_SSH_PORT);
+                self.forget_host_key(host, port).await;
+            }
+        }
+        if is_lease_id(&lease.id) {
+            let key_deleted = match key_deleted {
+                Some(done) => done,
+                None => self.delete_lease_key(&lease.id).await,
+            };
+            key_deleted.map_err(|e| {
+                ProviderError::Failed(format!(
+                    "hetzner server {id} was deleted, but its SSH key `{}` was not: {e}",
+                    key_name(&lease.id)
+                ))
+            })?;
+            self.remove_key_dir(&lease.id).map_err(|e| {
+                ProviderError::Failed(format!(
+                    "removing {}: {e}",
+                    self.key_dir(&lease.id).display()
+                ))
+            })?;
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv_and_names() {
+        // FNV-1a reference values.
+        assert_eq!(fnv1a32(b""), 0x811c_9dc5);
+        assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
+        assert_eq!(fnv1a32(b"foobar"), 0xbf9c_f968);
+        let name = server_name("db", "cbx_0123456789ab");
+        assert_eq!(
+            name,
+            format!("crabbox-db-{:08x}", fnv1a32(b"cbx_0123456789ab"))
+        );
+        let long = server_name(&"x".repeat(80), "cbx_0123456789ab");
+        assert!(long.len() <= 63, "{long}");
+        assert_eq!(key_name("cbx_0123456789ab"), "crabbox-cbx_0123456789ab");
+    }
+
+    #[test]
+    fn classes_map_to_crabbox_types() {
+        assert_eq!(class_types(Class::Standard), ["ccx33", "cpx62", "cx53"]);
+        assert_eq!(class_types(Class::Tiny), ["ccx13", "cpx22", "cx23"]);
+        assert_eq!(class_types(Class::Beast)[0], "ccx63");
+    }
+
+    #[test]
+    fn generated_keys_are_openssh_ed25519_keys() {
+        assert_eq!(openssh_ed25519::base64(b""), "");
+        assert_eq!(openssh_ed25519::base64(b"f"), "Zg==");
+        assert_eq!(openssh_ed25519::base64(b"fo"), "Zm8=");
+        assert_eq!(openssh_ed25519::base64(b"foobar"), "Zm9vYmFy");
+        let key = openssh_ed25519::generate("crabbox-cbx_0123456789ab").expect("key");
+        assert!(
+            key.public
+                .starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI")
+        );
+        assert!(key.public.ends_with(" crabbox-cbx_0123456789ab\n"));
+        // OpenSSH reads the private key and derives the same public key.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let private = dir.path().join("id_ed25519");
+        write_new_private(&private, key.private.as_bytes()).expect("write");
+        let derived = std::process::Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&private)
+            .output()
+            .expect("ssh-keygen runs (openssh-client)");
+        assert!(derived.status.success(), "{derived:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&derived.stdout).trim(),
+            key.public.trim(),
+            "ssh-keygen -y prints the same key and comment"
+        );
+    }
+
+    #[test]
+    fn public_keys_compare_without_comments() {
+        assert!(same_public_key(
+            "ssh-ed25519 AAAA me@host",
+            "ssh-ed25519 AAAA crabbox"
+        ));
+        assert!(!same_public_key("ssh-ed25519 AAAA", "ssh-ed25519 BBBB"));
+    }
+}

@@ -1,0 +1,1981 @@
+//! The `islo` provider: Islo sandboxes, a delegated-run provider. Islo owns
+//! the sandbox and the command transport; crabbox talks to its HTTP API.
+//!
+//! - **Auth**: the API key is exchanged at `POST /auth/token` for a session
+//!   token sent as `Authorization: Bearer`; the token is refreshed shortly
+//!   before it expires and once on a 401. The key itself goes nowhere else:
+//!   not into logs, errors or `Debug` output.
+//! - **Membership**: Islo has no labels, so a lease lives in its claim file
+//!   (provider `islo`). `create` records the sandbox name (`cloudID`), the
+//!   workdir and the API base URL in the pending claim the executor wrote,
+//!   *then* creates the sandbox, so a crash in between is adopted by the next
+//!   `list` (the name matches). `list` joins this pond's claims with the
+//!   sandboxes Islo lists; a sandbox no claim names is never returned or
+//!   touched, and a claim whose sandbox is gone is not a lease.
+//! - **Create** sends only the keys the member's `islo:` block sets (Islo's
+//!   tenant defaults apply otherwise), waits for `running`, and creates
+//!   `/workspace/<workdir>`. If anything after the sandbox exists fails, the
+//!   sandbox is deleted again.
+//! - **Commands** run through the SSE endpoint `POST /sandboxes/{name}/exec/stream`
+//!   as `bash -lc <command>` in `/workspace/<workdir>`; output reaches the
+//!   sink line by line as it arrives, and a command only succeeds once an
+//!   `exit` event arrived. Background services, their stop and readiness
+//!   probes are scripts run through the same endpoint (pid files and logs
+//!   under `/workspace/<workdir>/.crabbox/`). A workdir Islo reports missing
+//!   (`FILE_NOT_FOUND`, e.g. a sandbox adopted before its first command) is
+//!   created and the command sent once more; stopping services where there
+//!   is no state directory has nothing to stop.
+//! - **Sync** uploads the gzipped archive as multipart to `files-archive`.
+//! - **Shares** publish a port at an HTTPS URL; a share of the same port is
+//!   reused while more than 30 s of it remain. The executor records them in
+//!   the claim (discovery reads them back); the provider keeps no copy.
+//!
+//! JSON calls go through the shared [`HttpClient`] (its error mapping: 429 and
+//! 5xx retryable, 401 a configuration error, 404 not found); the two
+//! streaming calls (exec, upload) use the same rules.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use crate::http::{ApiError, HttpClient, user_agent};
+use crate::{CreateRequest, ExecRequest, Provider, Share};
+use crabbox_core::duration;
+use crabbox_core::labels::Labels;
+use crabbox_core::lease::{Endpoint, Lease, is_lease_id};
+use crabbox_core::provider::ProviderName;
+use crabbox_core::provider::{OutputSink, ProviderError, Stream};
+use crabbox_core::retry::with_retries;
+use crabbox_exec::remote_shell::{
+    ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, NO_PROBE_TOOL, STATE_DIR, ServiceDirs,
+    bash_tcp_probe_script, check_service_name, early_exit, http_probe_script, quote,
+    stop_functions,
+};
+use crabbox_spec::desired::{DesiredMember, Probe};
+use crabbox_spec::providers::IsloBlock;
+use crabbox_state::claims::{Claim, ClaimStore};
+
+/// Islo's public API.
+pub const DEFAULT_BASE_URL: &str = "https://api.islo.dev";
+/// Where the key is read from, for hints.
+const KEY_ENV: &str = "CRABBOX_ISLO_API_KEY (or ISLO_API_KEY)";
+/// The provider's name in claims and messages.
+const PROVIDER: &str = "islo";
+/// Workdir under `/workspace` when the block names none.
+pub const DEFAULT_WORKDIR: &str = IsloBlock::DEFAULT_WORKDIR;
+/// The sandbox directory every workdir lives under.
+const WORKSPACE: &str = "/workspace";
+/// Longest sandbox name (a DNS label: sandboxes are reached as `<name>.islo`).
+pub const NAME_MAX: usize = 63;
+/// Page size of the sandbox listing.
+const LIST_LIMIT: usize = 100;
+/// Shortest and longest share lifetime Islo accepts.
+const SHARE_TTL_MIN: u64 = 60;
+const SHARE_TTL_MAX: u64 = 7 * 24 * 3600;
+/// A share is reused only while more than this remains of it.
+const SHARE_REUSE_MARGIN: Duration = Duration::from_secs(30);
+/// Time between status polls while a sandbox starts.
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a sandbox may take to be `running`.
+const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// How long the streaming calls may wait for response headers.
+const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time limit of an archive upload.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Longest SSE line accepted.
+const SSE_LINE_LIMIT: usize = 4 * 1024 * 1024;
+/// Session lifetime when `/auth/token` does not say (the SDK's default).
+const DEFAULT_TOKEN_MAX_AGE: u64 = 600;
+/// Refresh this long before the session expires (at most a quarter of it).
+const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// How much of an error body ends up in a message.
+const BODY_EXCERPT: usize = 200;
+
+/// Claim fields of this provider.
+const CLAIM_WORKDIR: &str = "isloWorkdir";
+const CLAIM_BASE_URL: &str = "isloBaseURL";
+const CLAIM_SANDBOX_ID: &str = "isloSandboxID";
+
+/// A probe command that runs longer counts as not ready.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Statuses after which a sandbox never becomes `running`.
+const TERMINAL: [&str; 4] = ["failed", "stopped", "stopping", "deleted"];
+
+/// The sandbox name of a lease: `crabbox-<pond>-<slug>-<6 hex>`, the hex
+/// being the first six of the lease ID's. Pond and slug are reduced to
+/// `[a-z0-9-]` and shortened (the longer one first) so the name is a DNS
+/// label of at most 63 characters.
+#[must_use]
+pub fn sandbox_name(pond: &str, slug: &str, lease_id: &str) -> String {
+    let clean = |s: &str| -> String {
+        let mapped: String = s
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        mapped.trim_matches('-').to_owned()
+    };
+    let hex: String = lease_id
+        .strip_prefix("cbx_")
+        .unwrap_or(lease_id)
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(6)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let mut pond = clean(pond);
+    let mut slug = clean(slug);
+    if slug.is_empty() {
+        slug = "member".to_owned();
+    }
+    // `crabbox-` + pond + `-` + slug + `-` + hex.
+    let budget = NAME_MAX - "crabbox-".len() - 1 - hex.len();
+    let room = budget.saturating_sub(if pond.is_empty() { 0 } else { 1 });
+    if pond.len() + slug.len() > room {
+        let half = room / 2;
+        let (p, s) = if pond.len() <= half {
+            (pond.len(), room - pond.len())
+        } else if slug.len() <= room - half {
+            (room - slug.len(), slug.len())
+        } else {
+            (half, room - half)
+        };
+        pond.truncate(p);
+        slug.truncate(s);
+        pond = pond.trim_end_matches('-').to_owned();
+        slug = slug.trim_end_matches('-').to_owned();
+    }
+    let mut name = String::from("crabbox-");
+    if !pond.is_empty() {
+        name.push_str(&pond);
+        name.push('-');
+    }
+    name.push_str(&slug);
+    name.push('-');
+    name.push_str(&hex);
+    name
+}
+
+/// Whether `name` is safe to put in a path: `[a-z0-9-]`, 1–63 characters.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The workdir, checked by the block's own rule
+/// ([`IsloBlock::checked_workdir`], the one `validate` applies): relative,
+/// under `/workspace`, no `..`; `.` segments and trailing slashes dropped.
+///
+/// # Errors
+/// [`ProviderError::Config`] for an absolute path, `..`, or nothing left.
+pub fn checked_workdir(workdir: &str) -> Result<String, ProviderError> {
+    IsloBlock::checked_workdir(Some(workdir)).map_err(|p| ProviderError::Config {
+        message: p.message,
+        hint: p.hint,
+    })
+}
+
+/// A secret that never shows in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+struct ApiKey(String);
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+// ---- API shapes (only the fields used) ----
+
+#[derive(Debug, Clone, Deserialize)]
+struct Sandbox {
+    #[serde(default)]
+    id: String,
+    name: String,
+    #[serde(default)]
+    status: String,
+}
+
+impl Sandbox {
+    fn status(&self) -> String {
+        self.status.trim().to_ascii_lowercase()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SandboxPage {
+    #[serde(default)]
+    items: Vec<Sandbox>,
+    #[serde(default)]
+    total: Option<usize>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ShareRecord {
+    #[serde(default)]
+    url: String,
+    port: u32,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+impl ShareRecord {
+    /// Time left; `None` when it does not expire, `Some(0)` when the expiry
+    /// cannot be read.
+    fn remaining(&self, now: SystemTime) -> Option<Duration> {
+        let text = self.expires_at.as_deref().map(str::trim).unwrap_or("");
+        if text.is_empty() {
+            return None;
+        }
+        Some(
+            parse_rfc3339(text)
+                .and_then(|t| t.duration_since(now).ok())
+                .unwrap_or_default(),
+        )
+    }
+
+    fn to_share(&self) -> Share {
+        Share {
+            port: u16::try_from(self.port).unwrap_or(0),
+            url: self.url.clone(),
+            expires_at: self.expires_at.clone().unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    session_token: String,
+    #[serde(default)]
+    cookie_max_age: Option<u64>,
+}
+
+// ---- one API endpoint with its session ----
+
+/// A session token and the JSON client that sends it.
+struct Session {
+    token: String,
+    expires: Instant,
+    http: HttpClient,
+}
+
+/// One Islo API base URL: its session (exchanged on demand) and clients.
+struct Api {
+    base_url: String,
+    key: ApiKey,
+    raw: reqwest::Client,
+    request_timeout: Duration,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+}
+
+fn api_error(error: ProviderError) -> ApiError {
+    ApiError {
+        status: None,
+        code: None,
+        message: error.to_string(),
+        error,
+    }
+}
+
+impl Api {
+    /// The current session, exchanging the key for a new one when there is
+    /// none or it is about to expire.
+    async fn session(&self) -> Result<Arc<Session>, ProviderError> {
+        let mut current = self.session.lock().await;
+        if let Some(s) = current.as_ref()
+            && Instant::now() < s.expires
+        {
+            return Ok(s.clone());
+        }
+        let session = Arc::new(self.exchange().await?);
+        *current = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Drops the session if it is still the one that sent `token`.
+    async fn invalidate(&self, token: &str) {
+        let mut current = self.session.lock().await;
+        if current.as_ref().is_some_and(|s| s.token == token) {
+            *current = None;
+        }
+    }
+
+    /// `POST /auth/token {"access_key": K}` → a session.
+    async fn exchange(&self) -> Result<Session, ProviderError> {
+        let what = "islo: POST /auth/token";
+        let response = self
+            .raw
+            .post(format!("{}/auth/token", self.base_url))
+            .header(ACCEPT, "application/json")
+            .json(&json!({ "access_key": self.key.0 }))
+            .timeout(self.request_timeout)
+            .send()
+            .await
+            .map_err(|e| transport_error(what, &e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(what, &e))?;
+        if !status.is_success() {
+            let error = match status_error(what, "/auth/token", status, &headers, &body) {
+                ProviderError::Config { .. } | ProviderError::NotFound(_) => {
+                    ProviderError::Config {
+                        message: format!(
+                            "islo rejected the API key at {}/auth/token ({})",
+                            self.base_url,
+                            status.as_u16()
+                        ),
+                        hint: format!("set {KEY_ENV} to a valid Islo API key (ak_…)"),
+                    }
+                }
+                other => other,
+            };
+            return Err(redact(error, &self.key.0));
+        }
+        let token: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Failed(format!("{what}: unexpected response: {e}")))?;
+        if token.session_token.is_empty() {
+            return Err(ProviderError::Failed(format!(
+                "{what}: the response carries no session token"
+            )));
+        }
+        let max_age = Duration::from_secs(token.cookie_max_age.unwrap_or(DEFAULT_TOKEN_MAX_AGE));
+        let margin = TOKEN_REFRESH_MARGIN.min(max_age / 4);
+        Ok(Session {
+            http: HttpClient::new(PROVIDER, &self.base_url, &token.session_token, KEY_ENV)
+                .with_timeout(self.request_timeout),
+            expires: Instant::now() + max_age.saturating_sub(margin),
+            token: token.session_token,
+        })
+    }
+
+    /// `GET path?query` → JSON, refreshing the session once on a 401.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ApiError> {
+        let mut refreshed = false;
+        loop {
+            let s = self.session().await.map_err(api_error)?;
+            match s.http.get_json(path, query).await {
+                Err(e) if e.status == Some(401) && !refreshed => {
+                    self.invalidate(&s.token).await;
+                    refreshed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `POST path` with a JSON body → JSON, refreshing the session once on a 401.
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, ApiError> {
+        let mut refreshed = false;
+        loop {
+            let s = self.session().await.map_err(api_error)?;
+            match s.http.post_json(path, body).await {
+                Err(e) if e.status == Some(401) && !refreshed => {
+                    self.invalidate(&s.token).await;
+                    refreshed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// `DELETE path`, refreshing the session once on a 401.
+    async fn delete(&self, path: &str) -> Result<(), ApiError> {
+        let mut refreshed = false;
+        loop {
+            let s = self.session().await.map_err(api_error)?;
+            match s.http.delete(path).await {
+                Err(e) if e.status == Some(401) && !refreshed => {
+                    self.invalidate(&s.token).await;
+                    refreshed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends a request whose answer is read by the caller (streams): the
+    /// response once it is a success, else the mapped error (with the status
+    /// and Islo's error code, for callers that branch on them). `build` makes
+    /// the request for a session token (from owned parts, so it can be sent
+    /// again); a 401 refreshes the session once.
+    async fn send_raw(
+        &self,
+        what: &str,
+        path: &str,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ApiError> {
+        let mut refreshed = false;
+        loop {
+            let s = self.session().await.map_err(api_error)?;
+            let request = build(&s.token).header(reqwest::header::USER_AGENT, user_agent());
+            let response = match tokio::time::timeout(RESPONSE_HEADER_TIMEOUT, request.send()).await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(api_error(redact(transport_error(what, &e), &s.token))),
+                Err(_) => {
+                    return Err(api_error(ProviderError::Retryable {
+                        message: format!(
+                            "{what}: no response within {}s",
+                            RESPONSE_HEADER_TIMEOUT.as_secs()
+                        ),
+                        retry_after: None,
+                    }));
+                }
+            };
+            let status = response.status();
+            if status.is_success() {
+                return Ok(response);
+            }
+            if status == StatusCode::UNAUTHORIZED && !refreshed {
+                self.invalidate(&s.token).await;
+                refreshed = true;
+                continue;
+            }
+            let headers = response.headers().clone();
+            let body = response.bytes().await.unwrap_or_default();
+            let (code, message) = parse_error_body(&body);
+            return Err(ApiError {
+                status: Some(status.as_u16()),
+                code,
+                message: message.replace(&s.token, "<redacted>"),
+                error: redact(status_error(what, path, status, &headers, &body), &s.token),
+            });
+        }
+    }
+}
+
+/// The same mapping as [`HttpClient`]'s, for the streaming calls.
+fn status_error(
+    what: &str,
+    path: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ProviderError {
+    let (code, message) = parse_error_body(body);
+    let detail = match &code {
+        Some(code) => format!("{code}: {message}"),
+        None => message,
+    };
+    let full = format!("{what}: {} {detail}", status.as_u16());
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        ProviderError::Retryable {
+            message: full,
+            retry_after: headers
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+        }
+    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        ProviderError::Config {
+            message: format!("islo rejected the session ({} {detail})", status.as_u16()),
+            hint: format!("set {KEY_ENV} to a valid Islo API key"),
+        }
+    } else if status == StatusCode::NOT_FOUND {
+        ProviderError::NotFound(format!("islo {path}"))
+    } else {
+        ProviderError::Failed(format!("{what}: {detail} ({})", status.as_u16()))
+    }
+}
+
+/// `{"code", "message"}` (Islo's `ErrorResponse`), or `{"error": {…}}`,
+/// else the body itself, shortened.
+fn parse_error_body(body: &[u8]) -> (Option<String>, String) {
+    if let Ok(value) = serde_json::from_slice::<Value>(body) {
+        let error = value
+            .get("error")
+            .filter(|e| e.is_object())
+            .unwrap_or(&value);
+        let text = |k: &str| error.get(k).and_then(Value::as_str).map(str::to_owned);
+        let (code, message) = (text("code"), text("message").or_else(|| text("detail")));
+        if code.is_some() || message.is_some() {
+            return (code, message.unwrap_or_default());
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let excerpt: String = text.trim().chars().take(BODY_EXCERPT).collect();
+    if excerpt.is_empty() {
+        (None, "(no response body)".to_owned())
+    } else {
+        (None, excerpt)
+    }
+}
+
+fn transport_error(what: &str, e: &reqwest::Error) -> ProviderError {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    let message = format!("{what}: {kind}: {text}");
+    if e.is_timeout() || e.is_connect() || e.is_request() {
+        ProviderError::Retryable {
+            message,
+            retry_after: None,
+        }
+    } else {
+        ProviderError::Failed(message)
+    }
+}
+
+/// `error` with every occurrence of `secret` in its text replaced.
+fn redact(error: ProviderError, secret: &str) -> ProviderError {
+    if secret.is_empty() {
+        return error;
+    }
+    let r = |s: String| s.replace(secret, "<redacted>");
+    match error {
+        ProviderError::NotFound(m) => ProviderError::NotFound(r(m)),
+        ProviderError::Retryable {
+            message,
+            retry_after,
+        } => ProviderError::Retryable {
+            message: r(message),
+            retry_after,
+        },
+        ProviderError::Config { message, hint } => ProviderError::Config {
+            message: r(message),
+            hint: r(hint),
+        },
+        ProviderError::Unsupported(m) => ProviderError::Unsupported(r(m)),
+        ProviderError::Failed(m) => ProviderError::Failed(r(m)),
+    }
+}
+
+// ---- the member's block ----
+
+/// What the member's `islo:` block sets (only explicitly written keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Settings {
+    base_url: Option<String>,
+    workdir: String,
+    /// The `POST /sandboxes` keys besides `name`, in Islo's spelling.
+    create: Map<String, Value>,
+}
+
+/// Reads the member's block (flat, or under an `islo` key); both the
+/// camelCase keys and their snake_case aliases are accepted.
+fn settings_of(member: &DesiredMember) -> Result<Settings, ProviderError> {
+    let empty = Value::Object(Map::new());
+    let block = member.provider_block.as_ref().unwrap_or(&empty);
+    let block = block.get("islo").filter(|v| v.is_object()).unwrap_or(block);
+    let invalid = |key: &str, want: &str| ProviderError::Config {
+        message: format!("member `{}`: islo.{key} must be {want}", member.slug),
+        hint: "see `crabbox schema` for the fields of `islo:`".to_owned(),
+    };
+    // The block's own rules first, the ones `validate` reported.
+    let typed: IsloBlock =
+        serde_json::from_value(block.clone()).map_err(|e| ProviderError::Config {
+            message: format!("member `{}` has an invalid islo block: {e}", member.slug),
+            hint: "see `crabbox schema` for the fields of `islo:`".to_owned(),
+        })?;
+    if let Some(problem) = typed.problems().into_iter().next() {
+        return Err(ProviderError::Config {
+            message: format!("member `{}`: {}", member.slug, problem.message),
+            hint: problem.hint,
+        });
+    }
+    let lookup = |camel: &str, snake: &str| {
+        block
+            .get(camel)
+            .or_else(|| block.get(snake))
+            .filter(|v| !v.is_null())
+    };
+    let text = |camel: &str, snake: &str| -> Result<Option<String>, ProviderError> {
+        match lookup(camel, snake) {
+            None => Ok(None),
+            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.trim().to_owned())),
+            Some(_) => Err(invalid(camel, "a string")),
+        }
+    };
+    let number = |camel: &str, snake: &str| -> Result<Option<u64>, ProviderError> {
+        match lookup(camel, snake) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| invalid(camel, "a whole number")),
+        }
+    };
+    let mut create = Map::new();
+    if let Some(image) = text("image", "image")? {
+        create.insert("image".into(), Value::String(image));
+    }
+    if let Some(profile) = text("gatewayProfile", "gateway_profile")? {
+        create.insert("gateway_profile".into(), Value::String(profile));
+    }
+    if let Some(snapshot) = text("snapshotName", "snapshot_name")? {
+        create.insert("snapshot_name".into(), Value::String(snapshot));
+    }
+    for (camel, snake) in [
+        ("vcpus", "vcpus"),
+        ("memoryMB", "memory_mb"),
+        ("diskGB", "disk_gb"),
+    ] {
+        if let Some(n) = number(camel, snake)? {
+            create.insert(snake.into(), Value::from(n));
+        }
+    }
+    let workdir = match lookup("workdir", "workdir") {
+        None => DEFAULT_WORKDIR.to_owned(),
+        Some(Value::String(raw)) => checked_workdir(raw)?,
+        Some(_) => return Err(invalid("workdir", "a string")),
+    };
+    Ok(Settings {
+        base_url: text("baseUrl", "base_url")?.map(|u| u.trim_end_matches('/').to_owned()),
+        workdir,
+        create,
+    })
+}
+
+// ---- output sinks for scripts ----
+
+/// Keeps everything (stdout, stderr).
+#[derive(Default)]
+struct Collect {
+    lines: Mutex<(Vec<String>, Vec<String>)>,
+}
+
+impl OutputSink for Collect {
+    fn line(&self, stream: Stream, line: &str) {
+        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        match stream {
+            Stream::Stdout => lines.0.push(line.to_owned()),
+            Stream::Stderr => lines.1.push(line.to_owned()),
+        }
+    }
+}
+
+impl Collect {
+    fn take(&self) -> (Vec<String>, Vec<String>) {
+        std::mem::take(&mut *self.lines.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Drops everything (probes).
+struct NullSink;
+
+impl OutputSink for NullSink {
+    fn line(&self, _stream: Stream, _line: &str) {}
+}
+
+// ---- SSE ----
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SseEvent {
+    event: String,
+    data: String,
+}
+
+/// An incremental `text/event-stream` parser: `event:`/`data:` fields, `:`
+/// comments ignored, several `data:` lines joined with `\n`, a blank line
+/// ends an event (so does the end of the stream).
+#[derive(Debug, Default)]
+struct SseParser {
+    buf: Vec<u8>,
+    event: String,
+    data: Vec<String>,
+}
+
+impl SseParser {
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, ProviderError> {
+        self.buf.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        let mut start = 0;
+        while let Some(pos) = self.buf[start..].iter().position(|&b| b == b'\n') {
+            let end = start + pos;
+            let line = self.buf[start..end]
+                .strip_suffix(b"\r")
+                .unwrap_or(&self.buf[start..end]);
+            let line = String::from_utf8_lossy(line).into_owned();
+            if let Some(event) = self.line(&line) {
+                events.push(event);
+            }
+            start = end + 1;
+        }
+        self.buf.drain(..start);
+        if self.buf.len() > SSE_LINE_LIMIT {
+            return Err(ProviderError::Failed(format!(
+                "islo exec stream: a line is longer than {} MiB",
+                SSE_LINE_LIMIT / 1024 / 1024
+            )));
+        }
+        Ok(events)
+    }
+
+    fn finish(&mut self) -> Option<SseEvent> {
+        if !self.buf.is_empty() {
+            let rest = std::mem::take(&mut self.buf);
+            let line = rest.strip_suffix(b"\r").unwrap_or(&rest);
+            let line = String::from_utf8_lossy(line).into_owned();
+            if let Some(event) = self.line(&line) {
+                return Some(event);
+            }
+        }
+        self.dispatch()
+    }
+
+    fn line(&mut self, line: &str) -> Option<SseEvent> {
+        if line.is_empty() {
+            return self.dispatch();
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => value.clone_into(&mut self.event),
+            "data" => self.data.push(value.to_owned()),
+            _ => {}
+        }
+        None
+    }
+
+    fn dispatch(&mut self) -> Option<SseEvent> {
+        if self.event.is_empty() && self.data.is_empty() {
+            return None;
+        }
+        Some(SseEvent {
+            event: std::mem::take(&mut self.event),
+            data: std::mem::take(&mut self.data).join("\n"),
+        })
+    }
+}
+
+/// Turns the chunks of one output stream into lines.
+struct LineBuffer {
+    stream: Stream,
+    pending: String,
+}
+
+impl LineBuffer {
+    fn new(stream: Stream) -> Self {
+        Self {
+            stream,
+            pending: String::new(),
+        }
+    }
+
+    fn push(&mut self, chunk: &str, sink: &dyn OutputSink) {
+        self.pending.push_str(chunk);
+        while let Some(i) = self.pending.find('\n') {
+            let line: String = self.pending.drain(..=i).collect();
+            let line = line.strip_suffix('\n').unwrap_or(&line);
+            sink.line(self.stream, line.strip_suffix('\r').unwrap_or(line));
+        }
+    }
+
+    fn flush(&mut self, sink: &dyn OutputSink) {
+        if !self.pending.is_empty() {
+            let rest = std::mem::take(&mut self.pending);
+            sink.line(self.stream, rest.strip_suffix('\r').unwrap_or(&rest));
+        }
+    }
+}
+
+/// What an exec stream's events amount to.
+#[derive(Default)]
+struct StreamOutcome {
+    exit: Option<i32>,
+    error: Option<String>,
+}
+
+/// Applies one event; `Ok(true)` once the `exit` event arrived.
+fn apply_event(
+    event: &SseEvent,
+    outcome: &mut StreamOutcome,
+    out: &mut LineBuffer,
+    err: &mut LineBuffer,
+    sink: &dyn OutputSink,
+) -> Result<bool, ProviderError> {
+    match event.event.as_str() {
+        "stdout" => out.push(&event.data, sink),
+        "stderr" => err.push(&event.data, sink),
+        "exit" => {
+            let code = event.data.trim().parse::<i32>().map_err(|_| {
+                ProviderError::Failed(format!(
+                    "islo exec stream: invalid exit event `{}`",
+                    event.data.trim()
+                ))
+            })?;
+            outcome.exit = Some(code);
+            return Ok(true);
+        }
+        "error" => outcome.error = Some(event.data.trim().to_owned()),
+        _ => {}
+    }
+    Ok(false)
+}
+
+// ---- time ----
+
+/// Parses an RFC 3339 timestamp (jiff); one without an offset is read as
+/// UTC, as Islo's older answers give them. Anything else is `None`.
+fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let text = text.trim();
+    let ts = text.parse::<jiff::Timestamp>().ok().or_else(|| {
+        let civil = text.parse::<jiff::civil::DateTime>().ok()?;
+        Some(civil.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp())
+    })?;
+    Some(SystemTime::from(ts))
+}
+
+// ---- the provider ----
+
+/// Where one lease's sandbox lives, from its claim.
+struct Target {
+    api: Arc<Api>,
+    name: String,
+    workdir: String,
+    lease_id: String,
+}
+
+impl Target {
+    fn workspace(&self) -> String {
+        format!("{WORKSPACE}/{}", self.workdir)
+    }
+}
+
+/// The `islo` provider.
+pub struct IsloProvider {
+    default_base_url: String,
+    key: ApiKey,
+    claims: ClaimStore,
+    raw: reqwest::Client,
+    request_timeout: Duration,
+    poll_interval: Duration,
+    boot_timeout: Duration,
+    /// Base URL → its API and session.
+    apis: Mutex<HashMap<String, Arc<Api>>>,
+}
+
+impl fmt::Debug for IsloProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IsloProvider")
+            .field("base_url", &self.default_base_url)
+            .field("api_key", &self.key)
+            .field("poll_interval", &self.poll_interval)
+            .field("boot_timeout", &self.boot_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IsloProvider {
+    /// The provider configured from the environment: API key from
+    /// `CRABBOX_ISLO_API_KEY`, else `ISLO_API_KEY` (`None` when neither is
+    /// set); base URL from `CRABBOX_ISLO_BASE_URL`, else `ISLO_BASE_URL`,
+    /// else Islo's public API. A member's `islo.baseUrl` overrides it for
+    /// that member.
+    #[must_use]
+    pub fn from_env(state_dir: &Path) -> Option<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let key = var("CRABBOX_ISLO_API_KEY").or_else(|| var("ISLO_API_KEY"))?;
+        let base = var("CRABBOX_ISLO_BASE_URL")
+            .or_else(|| var("ISLO_BASE_URL"))
+            .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
+        Some(Self::new(base.trim(), key.trim(), state_dir))
+    }
+
+    /// A provider talking to `base_url` with `api_key`, keeping its leases
+    /// in the claims under `state_dir`.
+    #[must_use]
+    pub fn new(base_url: &str, api_key: &str, state_dir: &Path) -> Self {
+        let raw = reqwest::Client::builder()
+            .user_agent(user_agent())
+            .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Self {
+            default_base_url: base_url.trim_end_matches('/').to_owned(),
+            key: ApiKey(api_key.to_owned()),
+            claims: ClaimStore::new(state_dir),
+            raw,
+            request_timeout: crate::http::DEFAULT_TIMEOUT,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            apis: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Polls a starting sandbox every `interval` for at most `timeout`.
+    #[must_use]
+    pub fn with_boot_polling(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.poll_interval = interval;
+        self.boot_timeout = timeout;
+        self
+    }
+
+    /// Per-request time limit of the JSON calls (default 30 s).
+    #[must_use]
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The default API base URL.
+    #[must_use]
+    pub fn base_url(&self) -> &str {
+        &self.default_base_url
+    }
+
+    fn api(&self, base_url: &str) -> Arc<Api> {
+        let base_url = base_url.trim_end_matches('/');
+        self.apis
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(base_url.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Api {
+                    base_url: base_url.to_owned(),
+                    key: self.key.clone(),
+                    raw: self.raw.clone(),
+                    request_timeout: self.request_timeout,
+                    session: tokio::sync::Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    fn claim_base_url(&self, claim: &Claim) -> String {
+        claim
+            .extra
+            .get(CLAIM_BASE_URL)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map_or_else(|| self.default_base_url.clone(), str::to_owned)
+    }
+
+    /// The lease's sandbox, only when a claim of ours names it.
+    fn target(&self, lease: &Lease) -> Result<Target, ProviderError> {
+        let refuse = |why: &str| {
+            ProviderError::Failed(format!(
+                "refusing to touch islo sandbox `{}` of lease {}: {why}",
+                lease.cloud_id, lease.id
+            ))
+        };
+        let claim = self
+            .claims
+            .load(&lease.id)
+            .map_err(ProviderError::state)?
+            .ok_or_else(|| refuse("no claim of crabbox names it"))?;
+        if claim.provider != PROVIDER {
+            return Err(refuse(&format!(
+                "its claim belongs to provider `{}`",
+                claim.provider
+            )));
+        }
+        if claim.cloud_id.is_empty() || claim.cloud_id != lease.cloud_id {
+            return Err(refuse(&format!(
+                "its claim names sandbox `{}`",
+                claim.cloud_id
+            )));
+        }
+        if !valid_name(&claim.cloud_id) {
+            return Err(refuse("the name is not an Islo sandbox name crabbox made"));
+        }
+        let workdir = checked_workdir(
+            claim
+                .extra
+                .get(CLAIM_WORKDIR)
+                .and_then(Value::as_str)
+                .unwrap_or(DEFAULT_WORKDIR),
+        )?;
+        Ok(Target {
+            api: self.api(&self.claim_base_url(&claim)),
+            name: claim.cloud_id,
+            workdir,
+            lease_id: lease.id.clone(),
+        })
+    }
+
+    async fn get_sandbox(&self, api: &Api, name: &str) -> Result<Sandbox, ApiError> {
+        api.get(&format!("/sandboxes/{name}"), &[]).await
+    }
+
+    /// Every sandbox at one API, all pages (the pages after the first are
+    /// fetched concurrently once the total is known), by name.
+    async fn all_sandboxes(&self, api: &Api) -> Result<HashMap<String, Sandbox>, ProviderError> {
+        let page = |offset: usize| async move {
+            let query = [
+                ("limit", LIST_LIMIT.to_string()),
+                ("offset", offset.to_string()),
+            ];
+            with_retries(|| async {
+                api.get::<SandboxPage>("/sandboxes", &query)
+                    .await
+                    .map_err(ProviderError::from)
+            })
+            .await
+        };
+        let first = page(0).await?;
+        let step = first
+            .limit
+            .filter(|l| *l > 0)
+            .unwrap_or(LIST_LIMIT)
+            .min(first.items.len().max(1));
+        let mut all: Vec<Sandbox> = Vec::new();
+        let full = first.items.len() >= step && !first.items.is_empty();
+        let total = first.total;
+        all.extend(first.items);
+        match total {
+            Some(total) if full && total > all.len() => {
+                let offsets: Vec<usize> = (step..total).step_by(step).collect();
+                let pages =
+                    futures_util::future::try_join_all(offsets.into_iter().map(page)).await?;
+                for p in pages {
+                    all.extend(p.items);
+                }
+            }
+            None if full => {
+                let mut offset = step;
+                loop {
+                    let p = page(offset).await?;
+                    let n = p.items.len();
+                    all.extend(p.items);
+                    if n < step || n == 0 {
+                        break;
+                    }
+                    offset += n;
+                }
+            }
+            _ => {}
+        }
+        Ok(all.into_iter().map(|s| (s.name.clone(), s)).collect())
+    }
+
+    /// Polls until the sandbox runs.
+    async fn wait_running(&self, api: &Api, name: &str) -> Result<Sandbox, ProviderError> {
+        let deadline = Instant::now() + self.boot_timeout;
+        loop {
+            let mut wait = self.poll_interval;
+            let last = match self.get_sandbox(api, name).await {
+                Ok(s) if s.status() == "running" => return Ok(s),
+                Ok(s) if TERMINAL.contains(&s.status().as_str()) => {
+                    return Err(ProviderError::Failed(format!(
+                        "islo sandbox `{name}` is `{}`; it will not start",
+                        s.status()
+                    )));
+                }
+                Ok(s) => format!("status `{}`", s.status()),
+                Err(e) if e.is_not_found() => {
+                    return Err(ProviderError::Failed(format!(
+                        "islo sandbox `{name}` disappeared while starting"
+                    )));
+                }
+                Err(ApiError {
+                    error:
+                        ProviderError::Retryable {
+                            message,
+                            retry_after,
+                        },
+                    ..
+                }) => {
+                    wait = wait.max(retry_after.unwrap_or_default());
+                    message
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if Instant::now() + wait > deadline {
+                return Err(ProviderError::Failed(format!(
+                    "islo sandbox `{name}` was not running after {} (last: {last})",
+                    duration::format(self.boot_timeout)
+                )));
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// After the sandbox exists: wait for it, create the workdir.
+    async fn bootstrap(
+        &self,
+        api: &Arc<Api>,
+        name: &str,
+        request: &CreateRequest,
+        workdir: &str,
+    ) -> Result<Sandbox, ProviderError> {
+        let sandbox = self.wait_running(api, name).await?;
+        let target = Target {
+            api: api.clone(),
+            name: name.to_owned(),
+            workdir: workdir.to_owned(),
+            lease_id: request.lease_id.clone(),
+        };
+        self.make_workdir(&target).await?;
+        Ok(sandbox)
+    }
+
+    /// Creates `/workspace/<workdir>`: `mkdir -p` of the relative workdir,
+    /// run in `/workspace` (paths in commands stay inside the sandbox).
+    async fn make_workdir(&self, target: &Target) -> Result<(), ProviderError> {
+        let sink = Arc::new(Collect::default());
+        let code = self
+            .stream_once(
+                target,
+                &format!("mkdir -p -- {}", quote(&target.workdir)),
+                &BTreeMap::new(),
+                WORKSPACE,
+                sink.clone(),
+            )
+            .await
+            .map_err(ProviderError::from)?;
+        if code == 0 {
+            return Ok(());
+        }
+        let (_, stderr) = sink.take();
+        Err(ProviderError::Failed(format!(
+            "creating {} in islo sandbox `{}` failed with exit status {code}: {}",
+            target.workspace(),
+            target.name,
+            stderr.join("\n")
+        )))
+    }
+
+    /// Runs `bash -lc <command>` in the sandbox through the SSE exec stream,
+    /// in `workdir`. When that is the lease's workdir and Islo says it does
+    /// not exist (a sandbox adopted before its first command), it is
+    /// created and the command sent once more.
+    async fn stream(
+        &self,
+        target: &Target,
+        command: &str,
+        env: &BTreeMap<String, String>,
+        workdir: &str,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ProviderError> {
+        match self
+            .stream_once(target, command, env, workdir, sink.clone())
+            .await
+        {
+            Err(e)
+                if e.status == Some(400)
+                    && e.has_code("FILE_NOT_FOUND")
+                    && workdir != WORKSPACE
+                    && workdir == target.workspace() =>
+            {
+                self.make_workdir(target).await?;
+                self.stream_once(target, command, env, workdir, sink)
+                    .await
+                    .map_err(ProviderError::from)
+            }
+            other => other.map_err(ProviderError::from),
+        }
+    }
+
+    /// One exec stream: output reaches `sink` line by line as it arrives;
+    /// the exit code once the `exit` event arrived.
+    async fn stream_once(
+        &self,
+        target: &Target,
+        command: &str,
+        env: &BTreeMap<String, String>,
+        workdir: &str,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ApiError> {
+        if command.contains('\0') {
+            return Err(api_error(ProviderError::Failed(
+                "the command contains a NUL byte".to_owned(),
+            )));
+        }
+        let mut env = env.clone();
+        env.insert(ENV_LEASE_ID.to_owned(), target.lease_id.clone());
+        env.insert(ENV_WORKSPACE.to_owned(), target.workspace());
+        let body = serde_json::to_vec(&json!({
+            "command": ["bash", "-lc", command],
+            "env": env,
+            "workdir": workdir,
+        }))
+        .map_err(|e| {
+            api_error(ProviderError::Failed(format!(
+                "encoding the exec request: {e}"
+            )))
+        })?;
+        let path = format!("/sandboxes/{}/exec/stream", target.name);
+        let url = format!("{}{path}", target.api.base_url);
+        let what = format!("islo: POST {path}");
+        let mut response = target
+            .api
+            .send_raw(&what, &path, |token| {
+                self.raw
+                    .post(&url)
+                    .bearer_auth(token)
+                    .header(ACCEPT, "text/event-stream")
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            })
+            .await?;
+        let mut parser = SseParser::default();
+        let mut outcome = StreamOutcome::default();
+        let mut out = LineBuffer::new(Stream::Stdout);
+        let mut err = LineBuffer::new(Stream::Stderr);
+        let sink = sink.as_ref();
+        let fail = |e: ProviderError| api_error(e);
+        'read: loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    out.flush(sink);
+                    err.flush(sink);
+                    return Err(fail(ProviderError::Failed(format!(
+                        "islo exec stream of `{}` broke off: {e}",
+                        target.name
+                    ))));
+                }
+            };
+            for event in parser.feed(&chunk).map_err(fail)? {
+                if apply_event(&event, &mut outcome, &mut out, &mut err, sink).map_err(fail)? {
+                    break 'read;
+                }
+            }
+        }
+        if outcome.exit.is_none()
+            && let Some(event) = parser.finish()
+        {
+            apply_event(&event, &mut outcome, &mut out, &mut err, sink).map_err(fail)?;
+        }
+        out.flush(sink);
+        err.flush(sink);
+        match (outcome.exit, outcome.error) {
+            (Some(code), _) => Ok(code),
+            (None, Some(message)) => Err(fail(ProviderError::Failed(format!(
+                "islo exec stream error: {message}"
+            )))),
+            (None, None) => Err(fail(ProviderError::Failed(
+                "islo exec stream ended without exit event".to_owned(),
+            ))),
+        }
+    }
+
+    /// Runs a script in `workdir` and collects its output.
+    async fn script_in(
+        &self,
+        target: &Target,
+        script: &str,
+        env: &BTreeMap<String, String>,
+        workdir: &str,
+    ) -> Result<(i32, Vec<String>, Vec<String>), ProviderError> {
+        let sink = Arc::new(Collect::default());
+        let code = self
+            .stream(target, script, env, workdir, sink.clone())
+            .await?;
+        let (stdout, stderr) = sink.take();
+        Ok((code, stdout, stderr))
+    }
+
+    /// Runs a script in the lease's workdir and collects its output.
+    async fn script(
+        &self,
+        target: &Target,
+        script: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(i32, Vec<String>, Vec<String>), ProviderError> {
+        self.script_in(target, script, env, &target.workspace())
+            .await
+    }
+
+    async fn list_shares(&self, target: &Target) -> Result<Vec<ShareRecord>, ProviderError> {
+        match target
+            .api
+            .get::<Option<Vec<ShareRecord>>>(&format!("/sandboxes/{}/shares", target.name), &[])
+            .await
+        {
+            Ok(shares) => Ok(shares.unwrap_or_default()),
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn lease_of(claim: &Claim) -> Lease {
+        Lease {
+            id: claim.lease_id.clone(),
+            provider: ProviderName::Islo,
+            cloud_id: claim.cloud_id.clone(),
+            labels: claim.labels.clone(),
+            endpoint: Endpoint {
+                host: None,
+                ssh_port: None,
+                url: Some(claim.bridge_url.clone()).filter(|u| !u.is_empty()),
+                // Discovery adds the shares the executor recorded in the
+                // claim.
+                shares: Vec::new(),
+            },
+            listed: true,
+            claimed: true,
+        }
+    }
+
+    /// This API's leases among `claims`: those whose sandbox it lists (or,
+    /// for one the listing missed, answers for by name).
+    async fn leases_at(
+        &self,
+        api: Arc<Api>,
+        claims: Vec<Claim>,
+    ) -> Result<Vec<Lease>, ProviderError> {
+        let sandboxes = self.all_sandboxes(&api).await?;
+        let mut leases = Vec::new();
+        for claim in claims {
+            let exists = match sandboxes.get(&claim.cloud_id) {
+                Some(s) => s.status() != "deleted",
+                // Offset pages shift when sandboxes come and go while they
+                // are read: confirm absence by name before a claim is
+                // reported as dangling (and later forgotten).
+                None => match with_retries(|| async {
+                    self.get_sandbox(&api, &claim.cloud_id)
+                        .await
+                        .map_err(ProviderError::from)
+                })
+                .await
+                {
+                    Ok(s) => s.status() != "deleted",
+                    Err(ProviderError::NotFound(_)) => false,
+                    Err(e) => return Err(e),
+                },
+            };
+            if exists {
+                leases.push(Self::lease_of(&claim));
+            }
+        }
+        Ok(leases)
+    }
+}
+
+#[async_trait]
+impl Provider for IsloProvider {
+    fn name(&self) -> ProviderName {
+        ProviderName::Islo
+    }
+
+    async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
+        let (claims, _) = self.claims.load_all().map_err(ProviderError::state)?;
+        let mut by_api: BTreeMap<String, Vec<Claim>> = BTreeMap::new();
+        for claim in claims {
+            if claim.provider == PROVIDER && claim.pond == pond && valid_name(&claim.cloud_id) {
+                by_api
+                    .entry(self.claim_base_url(&claim))
+                    .or_default()
+                    .push(claim);
+            }
+        }
+        // No claim, no lease: nothing Islo lists can be ours.
+        let groups = by_api
+            .into_iter()
+            .map(|(base, claims)| self.leases_at(self.api(&base), claims));
+        let mut leases: Vec<Lease> = futures_util::future::try_join_all(groups)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        leases.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(leases)
+    }
+
+    async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
+        if !is_lease_id(&request.lease_id) {
+            return Err(ProviderError::Failed(format!(
+                "`{}` is not a crabbox lease ID (cbx_ + 12 hex)",
+                request.lease_id
+            )));
+        }
+        let settings = settings_of(&request.member)?;
+        let name = sandbox_name(&request.pond, &request.member.slug, &request.lease_id);
+        let base_url = settings
+            .base_url
+            .clone()
+            .unwrap_or_else(|| self.default_base_url.clone());
+        let api = self.api(&base_url);
+
+        // The claim names the sandbox before it exists.
+        let mut claim = super::pending_claim(&self.claims, &request.lease_id)?;
+        if claim.provider != PROVIDER {
+            return Err(ProviderError::Failed(format!(
+                "the claim of {} belongs to provider `{}`, not islo",
+                request.lease_id, claim.provider
+            )));
+        }
+        claim.cloud_id.clone_from(&name);
+        claim.extra.insert(
+            CLAIM_WORKDIR.to_owned(),
+            Value::String(settings.workdir.clone()),
+        );
+        claim.extra.insert(
+            CLAIM_BASE_URL.to_owned(),
+            Value::String(api.base_url.clone()),
+        );
+        claim.labels.clone_from(&request.labels);
+        self.claims.write(&claim).map_err(|e| {
+            ProviderError::Failed(format!("writing claim {}: {e}", request.lease_id))
+        })?;
+
+        let mut body = Map::new();
+        body.insert("name".to_owned(), Value::String(name.clone()));
+        body.extend(settings.create.clone());
+        let created = match api
+            .post::<Sandbox>("/sandboxes", &Value::Object(body))
+            .await
+        {
+            Ok(s) => s,
+            // An earlier attempt created it before its answer was lost: the
+            // name carries this lease's ID and its claim names it.
+            Err(e) if e.status == Some(409) => match self.get_sandbox(&api, &name).await {
+                Ok(s) => s,
+                Err(_) => return Err(e.into()),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        let sandbox = match self
+            .bootstrap(&api, &name, request, &settings.workdir)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = api.delete(&format!("/sandboxes/{name}")).await;
+                return Err(e);
+            }
+        };
+        let id = if sandbox.id.is_empty() {
+            created.id
+        } else {
+            sandbox.id
+        };
+        if !id.is_empty()
+            && let Some(mut claim) = self
+                .claims
+                .load(&request.lease_id)
+                .map_err(ProviderError::state)?
+        {
+            claim
+                .extra
+                .insert(CLAIM_SANDBOX_ID.to_owned(), Value::String(id));
+            // The sandbox exists: a claim that cannot say so fails the
+            // create (its pending claim names the sandbox for the next run).
+            self.claims.write(&claim).map_err(ProviderError::state)?;
+        }
+        Ok(Lease {
+            id: request.lease_id.clone(),
+            provider: ProviderName::Islo,
+            cloud_id: name,
+            labels: request.labels.clone(),
+            endpoint: Endpoint::default(),
+            listed: true,
+            claimed: true,
+        })
+    }
+
+    async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
+        let mut claim = self
+            .claims
+            .load(&lease.id)
+            .map_err(ProviderError::state)?
+            .filter(|c| c.provider == PROVIDER)
+            .ok_or_else(|| ProviderError::NotFound(format!("claim of {}", lease.id)))?;
+        claim.labels.clone_from(labels);
+        self.claims
+            .write(&claim)
+            .map_err(|e| ProviderError::Failed(format!("writing claim {}: {e}", lease.id)))?;
+        Ok(())
+    }
+
+    async fn upload(&self, lease: &Lease, archive: &Path) -> Result<(), ProviderError> {
+        let target = self.target(lease)?;
+        let bytes = tokio::fs::read(archive)
+            .await
+            .map_err(|e| ProviderError::Failed(format!("reading {}: {e}", archive.display())))?;
+        let mut boundary = [0u8; 12];
+        getrandom::fill(&mut boundary).map_err(|e| ProviderError::Failed(e.to_string()))?;
+        let boundary: String = boundary.iter().map(|b| format!("{b:02x}")).collect();
+        let boundary = format!("crabbox-{boundary}");
+        let mut body = Vec::with_capacity(bytes.len() + 256);
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"archive.tar.gz\"\r\nContent-Type: application/gzip\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&bytes);
+        drop(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let path = format!("/sandboxes/{}/files-archive", target.name);
+        let url = format!("{}{path}", target.api.base_url);
+        let what = format!("islo: POST {path}");
+        let workspace = target.workspace();
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        // Built from the owned bytes for every attempt (a 401 sends it again).
+        let response = target
+            .api
+            .send_raw(&what, &path, |token| {
+                self.raw
+                    .post(&url)
+                    .query(&[("path", workspace.as_str())])
+                    .bearer_auth(token)
+                    .header(ACCEPT, "application/json")
+                    .header(CONTENT_TYPE, content_type.as_str())
+                    .timeout(UPLOAD_TIMEOUT)
+                    .body(body.clone())
+            })
+            .await?;
+        response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&what, &e))?;
+        Ok(())
+    }
+
+    async fn exec(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ProviderError> {
+        let target = self.target(lease)?;
+        let workdir = target.workspace();
+        let run = self.stream(&target, &request.command, &request.env, &workdir, sink);
+        match request.timeout {
+            Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                Err(ProviderError::Failed(format!(
+                    "command timed out after {}",
+                    duration::format(limit)
+                )))
+            }),
+            None => run.await,
+        }
+    }
+
+    async fn start_background(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        name: &str,
+    ) -> Result<(), ProviderError> {
+        check_service_name(name)?;
+        let target = self.target(lease)?;
+        // Pid files and logs relative to the workdir the script runs in.
+        let script = format!(
+            "{}{}",
+            stop_functions(&target.lease_id),
+            ServiceDirs::under(STATE_DIR).start_script(name, "bash -lc", &request.command)
+        );
+        let (code, stdout, stderr) = self.script(&target, &script, &request.env).await?;
+        match code {
+            0 => Ok(()),
+            EXITED_AT_ONCE => {
+                let (status, tail) = early_exit(&stdout);
+                Err(ProviderError::Failed(format!(
+                    "background service `{name}` exited with status {status} right after starting; last lines of {}/{STATE_DIR}/logs/{name}.log in islo sandbox `{}`:\n{tail}",
+                    target.workspace(),
+                    target.name
+                )))
+            }
+            code => Err(ProviderError::Failed(format!(
+                "starting background service `{name}` failed with exit status {code}: {}",
+                stderr.join("\n")
+            ))),
+        }
+    }
+
+    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
+        let target = self.target(lease)?;
+        // Run from `/workspace`: a workdir (or state directory) that does
+        // not exist yet has nothing to stop, and is not created for it.
+        let services = ServiceDirs::under(STATE_DIR);
+        let script = format!(
+            "{}cd -- {} 2>/dev/null || exit 0\n[ -d {} ] || exit 0\n{}exit 0\n",
+            stop_functions(&target.lease_id),
+            quote(&target.workdir),
+            quote(&services.pids),
+            services.stop_all()
+        );
+        let (code, _, stderr) = self
+            .script_in(&target, &script, &BTreeMap::new(), WORKSPACE)
+            .await?;
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(ProviderError::Failed(format!(
+                "stopping background services failed with exit status {code}: {}",
+                stderr.join("\n")
+            )))
+        }
+    }
+
+    async fn probe(
+        &self,
+        lease: &Lease,
+        probe: &Probe,
+        env: &BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError> {
+        let target = self.target(lease)?;
+        let (script, env) = match probe {
+            Probe::Command(command) => (command.clone(), env.clone()),
+            Probe::Tcp { host, port } => {
+                let host = match host.as_deref() {
+                    None | Some("localhost") => "127.0.0.1",
+                    Some(other) => other,
+                };
+                (bash_tcp_probe_script(host, *port), BTreeMap::new())
+            }
+            Probe::Http(url) => (http_probe_script(url, "sandbox"), BTreeMap::new()),
+        };
+        let sink: Arc<dyn OutputSink> = match probe {
+            Probe::Command(_) => Arc::new(NullSink),
+            _ => Arc::new(Collect::default()),
+        };
+        let workdir = target.workspace();
+        let run = self.stream(&target, &script, &env, &workdir, sink);
+        match tokio::time::timeout(PROBE_TIMEOUT, run).await {
+            Err(_) => Ok(false),
+            Ok(Ok(0)) => Ok(true),
+            Ok(Ok(NO_PROBE_TOOL)) if !matches!(probe, Probe::Command(_)) => {
+                Err(ProviderError::Failed(format!(
+                    "cannot probe in islo sandbox `{}`: it has none of curl, wget or python3",
+                    target.name
+                )))
+            }
+            Ok(Ok(_)) => Ok(false),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
+        let target = self.target(lease)?;
+        match target
+            .api
+            .delete(&format!("/sandboxes/{}", target.name))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Err(ProviderError::NotFound(format!(
+                "islo sandbox `{}` (lease {})",
+                target.name, lease.id
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn share(&self, lease: &Lease, port: u16, ttl: Duration) -> Result<Share, ProviderError> {
+        if port == 0 {
+            return Err(ProviderError::Failed("cannot share port 0".to_owned()));
+        }
+        let target = self.target(lease)?;
+        let now = SystemTime::now();
+        let reusable = self
+            .list_shares(&target)
+            .await?
+            .into_iter()
+            .filter(|s| s.port == u32::from(port) && !s.url.is_empty())
+            .filter(|s| {
+                s.remaining(now)
+                    .is_none_or(|left| left > SHARE_REUSE_MARGIN)
+            })
+            .max_by_key(|s| s.remaining(now).unwrap_or(Duration::MAX));
+        let record = match reusable {
+            Some(s) => s,
+            None => {
+                let ttl = ttl.as_secs().clamp(SHARE_TTL_MIN, SHARE_TTL_MAX);
+                target
+                    .api
+                    .post::<ShareRecord>(
+                        &format!("/sandboxes/{}/shares", target.name),
+                        &json!({ "port": port, "ttl_seconds": ttl }),
+                    )
+                    .await?
+            }
+        };
+        Ok(record.to_share())
+    }
+
+    async fn shares(&self, lease: &Lease) -> Result<Vec<Share>, ProviderError> {
+        let target = self.target(lease)?;
+        let mut shares: Vec<Share> = self
+            .list_shares(&target)
+            .await?
+            .iter()
+            .map(ShareRecord::to_share)
+            .collect();
+        shares.sort_by(|a, b| a.port.cmp(&b.port).then(a.expires_at.cmp(&b.expires_at)));
+        Ok(shares)
+    }
+
+    async fn pause(&self, lease: &Lease) -> Result<(), ProviderError> {
+        let target = self.target(lease)?;
+        let _: Value = target
+            .api
+            .post(&format!("/sandboxes/{}/pause", target.name), &json!({}))
+            .await?;
+        Ok(())
+    }
+
+    async fn resume(&self, lease: &Lease) -> Result<(), ProviderError> {
+        let target = self.target(lease)?;
+        let _: Value = target
+            .api
+            .post(&format!("/sandboxes/{}/resume", target.name), &json!({}))
+            .await?;
+        self.wait_running(&target.api, &target.name).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn names_are_dns_labels_with_the_lease_hex() {
+        assert_eq!(
+            sandbox_name("pr-42", "db", "cbx_0123456789ab"),
+            "crabbox-pr-42-db-012345"
+        );
+        let long = sandbox_name(&"p".repeat(41), &"s".repeat(60), "cbx_abcdef012345");
+        assert!(long.len() <= NAME_MAX, "{long}");
+        assert!(long.ends_with("-abcdef"), "{long}");
+        assert!(long.starts_with("crabbox-pppp"), "{long}");
+        assert!(valid_name(&long));
+        let short_pond = sandbox_name("a", &"s".repeat(80), "cbx_abcdef012345");
+        assert!(short_pond.starts_with("crabbox-a-sss"), "{short_pond}");
+        assert_eq!(short_pond.len(), NAME_MAX);
+        assert_eq!(
+            sandbox_name("P_R", "Web.App", "cbx_ffffff000000"),
+            "crabbox-p-r-web-app-ffffff"
+        );
+        assert_eq!(
+            sandbox_name("", "x", "cbx_000000000000"),
+            "crabbox-x-000000"
+        );
+    }
+
+    #[test]
+    fn workdirs_stay_under_workspace() {
+        assert_eq!(checked_workdir("crabbox").unwrap(), "crabbox");
+        assert_eq!(checked_workdir("team/repo/").unwrap(), "team/repo");
+        assert_eq!(checked_workdir("./a/./b").unwrap(), "a/b");
+        for bad in [
+            "/work/repo",
+            "/etc",
+            "../etc",
+            "repo/../../etc",
+            ".",
+            "./..",
+            "",
+        ] {
+            assert!(checked_workdir(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn parse_all(body: &str, chunk: usize) -> Vec<SseEvent> {
+        let mut p = SseParser::default();
+        let mut events = Vec::new();
+        for piece in body.as_bytes().chunks(chunk) {
+            events.extend(p.feed(piece).expect("feed"));
+        }
+        events.extend(p.finish());
+        events
+    }
+
+    #[test]
+    fn sse_framing() {
+        let body = ": keep-alive\nevent: stdout\ndata: hello\ndata: world\n\nevent: stderr\r\ndata:warn\r\n\r\nevent: exit\ndata: 7";
+        for chunk in [1, 3, 7, body.len()] {
+            let events = parse_all(body, chunk);
+            assert_eq!(
+                events,
+                vec![
+                    SseEvent {
+                        event: "stdout".into(),
+                        data: "hello\nworld".into()
+                    },
+                    SseEvent {
+                        event: "stderr".into(),
+                        data: "warn".into()
+                    },
+                    SseEvent {
+                        event: "exit".into(),
+                        data: "7".into()
+                    },
+                ],
+                "chunk size {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn output_chunks_become_lines() {
+        let sink = Collect::default();
+        let mut out = LineBuffer::new(Stream::Stdout);
+        out.push("a\nb", &sink);
+        out.push("c\n\nd\r\n", &sink);
+        out.push("tail", &sink);
+        out.flush(&sink);
+        assert_eq!(sink.take().0, vec!["a", "bc", "", "d", "tail"]);
+    }
+
+    #[test]
+    fn rfc3339_timestamps() {
+        let t = |s: &str| {
+            parse_rfc3339(s)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+        };
+        assert_eq!(t("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(t("2024-02-29T12:00:00Z"), Some(1_709_208_000));
+        assert_eq!(t("2024-02-29T12:00:00.123456Z"), Some(1_709_208_000));
+        assert_eq!(t("2024-02-29T14:00:00+02:00"), Some(1_709_208_000));
+        assert_eq!(t("2024-02-29T11:30:00-00:30"), Some(1_709_208_000));
+        assert_eq!(t("2024-02-29T12:00:00"), Some(1_709_208_000));
+        assert_eq!(t("not a time"), None);
+        // Network data: multi-byte characters anywhere never panic.
+        for text in [
+            "2024-02-29T12:00:00.1é",
+            "２０２４-02-29T12:00:00Z",
+            "2024-02-29T12:00:00+0２:00",
+            "é",
+        ] {
+            assert_eq!(t(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn blocks_send_only_explicit_keys() {
+        let member = |block: Value| DesiredMember {
+            provider_block: Some(block),
+            ..member()
+        };
+        let s = settings_of(&member(json!({}))).expect("empty");
+        assert!(s.create.is_empty());
+        assert_eq!(s.workdir, "crabbox");
+        let s = settings_of(&member(json!({
+            "image": "docker.io/library/ubuntu:26.04",
+            "vcpus": 2,
+            "memory_mb": 4096,
+            "diskGB": 20,
+            "gatewayProfile": "",
+            "snapshot_name": "snap",
+            "workdir": "app/",
+            "baseUrl": "http://x/"
+        })))
+        .expect("block");
+        assert_eq!(
+            Value::Object(s.create),
+            json!({"image": "docker.io/library/ubuntu:26.04", "snapshot_name": "snap",
+                   "vcpus": 2, "memory_mb": 4096, "disk_gb": 20})
+        );
+        assert_eq!(s.workdir, "app");
+        assert_eq!(s.base_url.as_deref(), Some("http://x"));
+        assert!(settings_of(&member(json!({"workdir": "../x"}))).is_err());
+        assert!(settings_of(&member(json!({"vcpus": "two"}))).is_err());
+    }
+
+    pub(super) fn member() -> DesiredMember {
+        DesiredMember {
+            slug: "web".into(),
+            written_slug: None,
+            provider: ProviderName::Islo,
+            class: None,
+            server_type: None,
+            tailscale: false,
+            expose: Vec::new(),
+            depends_on: Vec::new(),
+            env: BTreeMap::new(),
+            pass_env: Vec::new(),
+            setup: Vec::new(),
+            ready: None,
+            sync: crabbox_spec::desired::SyncSettings {
+                enabled: false,
+                exclude: Vec::new(),
+                max_bytes: 1,
+            },
+            ttl: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            keep: false,
+            prevent_destroy: false,
+            create_before_destroy: false,
+            provider_block: None,
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        let p = IsloProvider::new("http://x", "ak_supersecret", Path::new("/tmp/none"));
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("supersecret"), "{shown}");
+    }
+
+    #[test]
+    fn errors_are_redacted_and_mapped() {
+        let e = redact(ProviderError::Failed("bad ak_x key".into()), "ak_x");
+        assert_eq!(e, ProviderError::Failed("bad <redacted> key".into()));
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "3".parse().expect("header"));
+        let e = status_error(
+            "islo: POST /x",
+            "/x",
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            br#"{"code":"RATE_LIMITED","message":"slow down"}"#,
+        );
+        assert_eq!(
+            e,
+            ProviderError::Retryable {
+                message: "islo: POST /x: 429 RATE_LIMITED: slow down".into(),
+                retry_after: Some(Duration::from_secs(3)),
+            }
+        );
+        let e = status_error(
+            "islo: POST /x",
+            "/x",
+            StatusCode::CONFLICT,
+            &HeaderMap::new(),
+            br#"{"code":"SANDBOX_INVALID_STATE","message":"paused"}"#,
+        );
+        assert_eq!(
+            e,
+            ProviderError::Failed("islo: POST /x: SANDBOX_INVALID_STATE: paused (409)".into())
+        );
+    }
+}

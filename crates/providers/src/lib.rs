@@ -1,0 +1,185 @@
+//! The provider adapters: one trait, one module per provider. Only code in
+//! this module talks to providers (processes, HTTP, SSH); everything above it
+//! works with [`Lease`]s and [`ProviderError`]s.
+
+pub mod hetzner;
+pub mod http;
+pub mod islo;
+pub mod local;
+pub mod registry;
+pub mod ssh;
+pub mod tensorlake;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crabbox_core::provider::{Features, OutputSink, ProviderError, features_of};
+
+use crabbox_core::labels::Labels;
+use crabbox_core::lease::Lease;
+use crabbox_core::provider::ProviderName;
+use crabbox_spec::desired::{DesiredMember, Probe};
+
+pub use crabbox_core::lease::Share;
+
+/// The pending claim a create of a claim-backed provider starts from: the
+/// engine writes it before calling `create`, so its absence is a bug, and a
+/// store that cannot be read is an error (never "no claim").
+///
+/// # Errors
+/// The store could not be read, or the claim is missing.
+pub fn pending_claim(
+    claims: &crabbox_state::claims::ClaimStore,
+    lease_id: &str,
+) -> Result<crabbox_state::claims::Claim, ProviderError> {
+    claims
+        .load(lease_id)
+        .map_err(ProviderError::state)?
+        .ok_or_else(|| {
+            ProviderError::Failed(format!(
+                "the pending claim of {lease_id} is missing; it is written before create"
+            ))
+        })
+}
+
+/// A request to create one lease. Labels are complete: providers put them on
+/// the resource in the create call itself.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    /// Minted lease ID.
+    pub lease_id: String,
+    /// Normalized pond name.
+    pub pond: String,
+    /// The member being created.
+    pub member: DesiredMember,
+    /// Every label the resource must carry from its first moment.
+    pub labels: Labels,
+}
+
+/// One command to run on a lease.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    /// Shell command, run with `sh -c` in the lease's workspace.
+    pub command: String,
+    /// Environment (member env, peer variables, step env).
+    pub env: BTreeMap<String, String>,
+    /// Time limit.
+    pub timeout: Option<Duration>,
+}
+
+/// One provider.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// Its name.
+    fn name(&self) -> ProviderName;
+
+    /// What it can do (the [`features_of`] table).
+    fn features(&self) -> Features {
+        features_of(self.name())
+    }
+
+    /// Every lease of `pond` (one list call, filtered by label).
+    async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError>;
+
+    /// The ponds that have crabbox resources on this provider, from its labels
+    /// (one list call; `crabbox sweep` uses it). Claim-backed providers have no
+    /// labels to list: their ponds come from the claims.
+    async fn ponds(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
+
+    /// Deletes what creates and releases of `pond` left behind when their
+    /// process died halfway — resources that belong to no existing lease,
+    /// such as an SSH key uploaded before its server's create call — only
+    /// when they carry crabbox's markers for this pond. Returns a description
+    /// of each thing removed; an error names what is still left. Called by
+    /// `apply` and `destroy` (which hold the pond lock), never by `plan`.
+    async fn sweep(&self, pond: &str) -> Result<Vec<String>, ProviderError> {
+        let _ = pond;
+        Ok(Vec::new())
+    }
+
+    /// Creates a lease carrying `request.labels`.
+    async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError>;
+
+    /// Replaces a lease's labels.
+    async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError>;
+
+    /// Unpacks a gzipped tar archive into the lease's workspace.
+    async fn upload(&self, lease: &Lease, archive: &Path) -> Result<(), ProviderError>;
+
+    /// Runs a command to completion, streaming its output; returns its exit code.
+    async fn exec(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ProviderError>;
+
+    /// Starts a long-running service detached; its output goes to the lease's logs.
+    async fn start_background(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        name: &str,
+    ) -> Result<(), ProviderError>;
+
+    /// Stops every background service crabbox started on the lease.
+    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError>;
+
+    /// One readiness attempt: `Ok(true)` when the probe passes.
+    async fn probe(
+        &self,
+        lease: &Lease,
+        probe: &Probe,
+        env: &BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError>;
+
+    /// Releases the lease and everything crabbox started on it. A lease
+    /// that is already gone is [`ProviderError::NotFound`].
+    async fn release(&self, lease: &Lease) -> Result<(), ProviderError>;
+
+    /// Publishes `port` of the lease at a public URL for `ttl` (URL-bridge
+    /// providers), reusing a live share of the same port.
+    async fn share(&self, lease: &Lease, port: u16, ttl: Duration) -> Result<Share, ProviderError> {
+        let _ = (lease, port, ttl);
+        Err(ProviderError::Unsupported(format!(
+            "provider `{}` has no URL bridge",
+            self.name()
+        )))
+    }
+
+    /// The lease's current shares (empty for providers without a URL bridge).
+    async fn shares(&self, lease: &Lease) -> Result<Vec<Share>, ProviderError> {
+        let _ = lease;
+        Ok(Vec::new())
+    }
+
+    /// Pauses the lease, releasing its compute but keeping it and its claim.
+    async fn pause(&self, lease: &Lease) -> Result<(), ProviderError> {
+        let _ = lease;
+        Err(ProviderError::Unsupported(format!(
+            "provider `{}` cannot pause leases",
+            self.name()
+        )))
+    }
+
+    /// Resumes a paused lease.
+    async fn resume(&self, lease: &Lease) -> Result<(), ProviderError> {
+        let _ = lease;
+        Err(ProviderError::Unsupported(format!(
+            "provider `{}` cannot resume leases",
+            self.name()
+        )))
+    }
+
+    /// How to reach the lease over SSH, for SSH-lease providers (the SSH mesh
+    /// of `pond connect` uses it); `None` for providers without SSH.
+    fn ssh_target(&self, lease: &Lease) -> Option<crabbox_exec::ssh::SshTarget> {
+        let _ = lease;
+        None
+    }
+}

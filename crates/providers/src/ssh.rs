@@ -1,0 +1,255 @@
+//! The static `ssh` provider: an existing host named in the member's `ssh:`
+//! block. Nothing is created on a cloud, so there are no labels: the lease
+//! lives in its claim file (Crabbox's `static*` fields carry the endpoint).
+//! Create prepares a work root of the lease's own on the host; release stops
+//! what crabbox started there, removes that directory and nothing else.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::{CreateRequest, ExecRequest, Provider};
+use crabbox_core::labels::Labels;
+use crabbox_core::lease::{Endpoint, Lease};
+use crabbox_core::provider::ProviderName;
+use crabbox_core::provider::{OutputSink, ProviderError};
+use crabbox_exec::ssh::SshTarget;
+use crabbox_spec::desired::Probe;
+use crabbox_state::claims::{Claim, ClaimStore};
+use crabbox_state::state_dir::expand_tilde;
+
+/// How long to wait for a static host's SSH at create.
+const SSH_WAIT: Duration = Duration::from_secs(60);
+/// Default base of work roots on the host (relative to the login's home).
+const DEFAULT_WORK_ROOT: &str = "crabbox";
+
+/// The static SSH provider.
+pub struct SshProvider {
+    state_dir: PathBuf,
+    claims: ClaimStore,
+}
+
+impl SshProvider {
+    /// A provider keeping its leases in the claims under `state_dir`.
+    #[must_use]
+    pub fn new(state_dir: &Path) -> Self {
+        Self {
+            state_dir: state_dir.to_owned(),
+            claims: ClaimStore::new(state_dir),
+        }
+    }
+
+    /// The SSH target recorded in a lease's claim.
+    fn target(&self, lease: &Lease) -> Result<SshTarget, ProviderError> {
+        let claim = self
+            .claims
+            .load(&lease.id)
+            .map_err(ProviderError::state)?
+            .ok_or_else(|| ProviderError::NotFound(format!("claim of {}", lease.id)))?;
+        target_from_claim(&self.state_dir, &claim)
+    }
+}
+
+fn extra_str<'a>(claim: &'a Claim, key: &str) -> Option<&'a str> {
+    claim
+        .extra
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn target_from_claim(state_dir: &Path, claim: &Claim) -> Result<SshTarget, ProviderError> {
+    let missing = |what: &str| {
+        ProviderError::Failed(format!(
+            "claim {} has no {what}; it was not written by a complete create",
+            claim.lease_id
+        ))
+    };
+    let host = extra_str(claim, "staticHost")
+        .ok_or_else(|| missing("staticHost"))?
+        .to_owned();
+    let port = extra_str(claim, "staticPort")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(22);
+    let user = extra_str(claim, "staticUser")
+        .ok_or_else(|| missing("staticUser"))?
+        .to_owned();
+    let work_root = extra_str(claim, "staticWorkRoot")
+        .ok_or_else(|| missing("staticWorkRoot"))?
+        .to_owned();
+    Ok(SshTarget {
+        host,
+        port,
+        user,
+        key: extra_str(claim, "staticKey").map(PathBuf::from),
+        work_root,
+        state_dir: state_dir.to_owned(),
+        lease_id: claim.lease_id.clone(),
+    })
+}
+
+fn lease_from_claim(claim: &Claim) -> Lease {
+    Lease {
+        id: claim.lease_id.clone(),
+        provider: ProviderName::Ssh,
+        cloud_id: if claim.cloud_id.is_empty() {
+            claim.lease_id.clone()
+        } else {
+            claim.cloud_id.clone()
+        },
+        labels: claim.labels.clone(),
+        endpoint: Endpoint {
+            host: extra_str(claim, "staticHost").map(str::to_owned),
+            ssh_port: extra_str(claim, "staticPort").and_then(|p| p.parse().ok()),
+            url: None,
+            shares: Vec::new(),
+        },
+        listed: true,
+        claimed: true,
+    }
+}
+
+/// The current user's name, for an `ssh:` block without `user`.
+fn current_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "root".to_owned())
+}
+
+#[async_trait]
+impl Provider for SshProvider {
+    fn name(&self) -> ProviderName {
+        ProviderName::Ssh
+    }
+
+    async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
+        let (claims, _) = self.claims.load_all().map_err(ProviderError::state)?;
+        // A pending claim that create never completed has no host: it is not a
+        // lease, and discovery reports it as dangling so the next apply forgets it.
+        Ok(claims
+            .iter()
+            .filter(|c| {
+                c.provider == "ssh" && c.pond == pond && extra_str(c, "staticHost").is_some()
+            })
+            .map(lease_from_claim)
+            .collect())
+    }
+
+    async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
+        let block = request.member.provider_block.clone().unwrap_or(Value::Null);
+        let get = |k: &str| {
+            block
+                .get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        let host = get("host").ok_or_else(|| ProviderError::Config {
+            message: format!("member `{}` has no ssh.host", request.member.slug),
+            hint: "set `ssh: { host: … }` on the member".to_owned(),
+        })?;
+        let base = get("work_root")
+            .unwrap_or(DEFAULT_WORK_ROOT)
+            .trim_end_matches('/');
+        let mut claim = super::pending_claim(&self.claims, &request.lease_id)?;
+        let port = block.get("port").and_then(Value::as_u64).unwrap_or(22);
+        let set = |claim: &mut Claim, k: &str, v: String| {
+            claim.extra.insert(k.to_owned(), Value::String(v));
+        };
+        set(&mut claim, "staticHost", host.to_owned());
+        set(&mut claim, "staticPort", port.to_string());
+        set(
+            &mut claim,
+            "staticUser",
+            get("user").map_or_else(current_user, str::to_owned),
+        );
+        set(
+            &mut claim,
+            "staticWorkRoot",
+            format!("{base}/{}", request.lease_id),
+        );
+        if let Some(key) = get("key") {
+            set(
+                &mut claim,
+                "staticKey",
+                expand_tilde(key).display().to_string(),
+            );
+        }
+        claim.cloud_id = format!("static_{}", crabbox_core::labels::sanitize(host));
+        claim.labels.clone_from(&request.labels);
+        let claim = self.claims.write(&claim).map_err(|e| {
+            ProviderError::Failed(format!("writing claim {}: {e}", request.lease_id))
+        })?;
+        let target = target_from_claim(&self.state_dir, &claim)?;
+        target.wait_ready(SSH_WAIT).await?;
+        target.prepare().await?;
+        Ok(lease_from_claim(&claim))
+    }
+
+    async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
+        let mut claim = self
+            .claims
+            .load(&lease.id)
+            .map_err(ProviderError::state)?
+            .ok_or_else(|| ProviderError::NotFound(lease.id.clone()))?;
+        claim.labels.clone_from(labels);
+        self.claims
+            .write(&claim)
+            .map_err(|e| ProviderError::Failed(format!("writing claim {}: {e}", lease.id)))?;
+        Ok(())
+    }
+
+    async fn upload(&self, lease: &Lease, archive: &Path) -> Result<(), ProviderError> {
+        self.target(lease)?.upload(archive).await
+    }
+
+    async fn exec(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ProviderError> {
+        self.target(lease)?
+            .exec(&request.command, &request.env, sink, request.timeout)
+            .await
+    }
+
+    async fn start_background(
+        &self,
+        lease: &Lease,
+        request: &ExecRequest,
+        name: &str,
+    ) -> Result<(), ProviderError> {
+        self.target(lease)?
+            .start_background(&request.command, &request.env, name)
+            .await
+    }
+
+    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
+        self.target(lease)?.stop_background().await
+    }
+
+    async fn probe(
+        &self,
+        lease: &Lease,
+        probe: &Probe,
+        env: &BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError> {
+        self.target(lease)?.probe(probe, env).await
+    }
+
+    fn ssh_target(&self, lease: &Lease) -> Option<SshTarget> {
+        self.target(lease).ok()
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
+        let target = self.target(lease)?;
+        target.remove_work_root().await?;
+        target.close().await;
+        Ok(())
+    }
+}

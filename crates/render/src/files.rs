@@ -1,0 +1,453 @@
+//! The files rendered from a pond's peers into `outputs.dir` (DESIGN §8):
+//! `peers.json`, `hosts`, `env` and user handlebars templates; writing them
+//! atomically (0600, directory 0700) and the unified diffs `plan` shows.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::{Component, Path};
+
+use handlebars::{
+    Context, Handlebars, Helper, HelperResult, JsonRender as _, Output, RenderContext,
+    RenderErrorReason,
+};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::peers::{Peer, peer_env};
+
+/// Name of the Crabbox-shaped peer list.
+pub const PEERS_JSON: &str = "peers.json";
+/// Name of the hosts-format file.
+pub const HOSTS: &str = "hosts";
+/// Name of the shell file of `export` lines.
+pub const ENV: &str = "env";
+
+/// One rendered file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputFile {
+    /// Path relative to the output directory.
+    pub name: String,
+    /// Its contents.
+    pub contents: String,
+}
+
+/// `{"members":[…]}`, Crabbox's `pond peers --json` shape, pretty-printed
+/// with a trailing newline.
+///
+/// # Panics
+/// Never: peers always serialize.
+#[must_use]
+pub fn peers_json(peers: &[Peer]) -> String {
+    #[derive(Serialize)]
+    struct Doc<'a> {
+        members: &'a [Peer],
+    }
+    let mut text = serde_json::to_string_pretty(&Doc { members: peers }).expect("peers serialize");
+    text.push('\n');
+    text
+}
+
+/// A hosts file: two `#` header lines, then `<address>  <slug>.cbx` for each
+/// peer with an address. Host names (not IP addresses) cannot appear in a
+/// hosts file; they are listed as comments.
+#[must_use]
+pub fn hosts(peers: &[Peer]) -> String {
+    let mut text = String::from(
+        "# crabbox pond members: <address>  <slug>.cbx — generated, rewritten on every apply\n\
+         # append to /etc/hosts (or merge) to reach members by name\n",
+    );
+    for peer in peers {
+        let Some(host) = &peer.host else { continue };
+        if host.parse::<IpAddr>().is_ok() {
+            let _ = writeln!(text, "{host}  {}.cbx", peer.slug);
+        } else {
+            let _ = writeln!(
+                text,
+                "# {}.cbx is {host} (a host name, not an address)",
+                peer.slug
+            );
+        }
+    }
+    text
+}
+
+/// A shell file: the header `# crabbox pond <pond> — source this file`, then
+/// `export K=V` for each of [`peer_env`], values single-quoted when they hold
+/// anything outside `[A-Za-z0-9_.:/-]`.
+#[must_use]
+pub fn env_file(pond: &str, peers: &[Peer]) -> String {
+    let mut text = format!("# crabbox pond {pond} — source this file\n");
+    for (key, value) in peer_env(pond, peers) {
+        let _ = writeln!(text, "export {key}={}", shell_quote(&value));
+    }
+    text
+}
+
+/// `value` as one shell word: as is when made only of `[A-Za-z0-9_.:/-]`,
+/// else in single quotes.
+fn shell_quote(value: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-');
+    if !value.is_empty() && value.chars().all(plain) {
+        value.to_owned()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
+/// One peer as templates see it.
+fn peer_value(peer: &Peer) -> Value {
+    json!({
+        "slug": peer.slug,
+        "leaseID": peer.lease_id,
+        "provider": peer.provider.as_str(),
+        "transport": peer.transport,
+        "transports": peer.transports,
+        "endpoint": peer.endpoint,
+        "host": peer.host,
+        "ports": peer.ports,
+    })
+}
+
+/// The data templates are rendered with: `pond`, `members` (a list of
+/// `{slug, leaseID, provider, transport, transports, endpoint, host, ports}`,
+/// `host` null when unknown) and `peers` (the same objects by slug; the first
+/// peer wins when two share a slug).
+#[must_use]
+pub fn template_data(pond: &str, peers: &[Peer]) -> Value {
+    let members: Vec<Value> = peers.iter().map(peer_value).collect();
+    let mut by_slug = Map::new();
+    for (peer, value) in peers.iter().zip(&members) {
+        by_slug
+            .entry(peer.slug.clone())
+            .or_insert_with(|| value.clone());
+    }
+    json!({ "pond": pond, "members": members, "peers": by_slug })
+}
+
+/// The `upper` helper: its argument, uppercased.
+fn upper(
+    h: &Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &Context,
+    _: &mut RenderContext<'_, '_>,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let param = h
+        .param(0)
+        .ok_or(RenderErrorReason::ParamNotFoundForIndex("upper", 0))?;
+    if param.is_value_missing() {
+        let path = param
+            .relative_path()
+            .map_or_else(String::new, |p| format!(" `{p}`"));
+        return Err(RenderErrorReason::Other(format!("upper: no value{path}")).into());
+    }
+    out.write(&param.value().render().to_uppercase())?;
+    Ok(())
+}
+
+/// Renders a handlebars `template` named `name` with [`template_data`]:
+/// strict mode (a missing value is an error), no HTML escaping, and the
+/// helper `upper`.
+///
+/// # Errors
+/// A syntax error or a render error, naming the template; handlebars' text
+/// gives the line and column.
+pub fn render_template(
+    name: &str,
+    template: &str,
+    pond: &str,
+    peers: &[Peer],
+) -> Result<String, String> {
+    let mut registry = Handlebars::new();
+    registry.set_strict_mode(true);
+    registry.register_escape_fn(handlebars::no_escape);
+    registry.register_helper("upper", Box::new(upper));
+    registry
+        .register_template_string(name, template)
+        .map_err(|e| template_error(name, e.pos(), &e.reason().to_string()))?;
+    registry
+        .render(name, &template_data(pond, peers))
+        .map_err(|e| template_error(name, e.line_no.zip(e.column_no), &e.reason().to_string()))
+}
+
+/// `template `name`, line L, col C: reason`.
+fn template_error(name: &str, pos: Option<(usize, usize)>, reason: &str) -> String {
+    match pos {
+        Some((line, col)) => format!("template `{name}`, line {line}, col {col}: {reason}"),
+        None => format!("template `{name}`: {reason}"),
+    }
+}
+
+/// Checks that a template destination stays inside the output directory.
+fn check_name(name: &str) -> Result<(), String> {
+    let path = Path::new(name);
+    if name.is_empty() || !path.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(format!(
+            "output `{name}`: must be a relative path inside the output directory (no `/` at the start, no `.` or `..`)"
+        ));
+    }
+    Ok(())
+}
+
+/// Every output file: `peers.json`, `hosts`, `env`, then each template
+/// `(destination, text)` rendered to its destination.
+///
+/// # Errors
+/// Every template that fails to render, and every destination that leaves
+/// the output directory or repeats another file's name, one per line.
+pub fn output_files(
+    pond: &str,
+    peers: &[Peer],
+    templates: &[(String, String)],
+) -> Result<Vec<OutputFile>, String> {
+    let mut files = vec![
+        OutputFile {
+            name: PEERS_JSON.to_owned(),
+            contents: peers_json(peers),
+        },
+        OutputFile {
+            name: HOSTS.to_owned(),
+            contents: hosts(peers),
+        },
+        OutputFile {
+            name: ENV.to_owned(),
+            contents: env_file(pond, peers),
+        },
+    ];
+    let mut errors = Vec::new();
+    for (dest, text) in templates {
+        if let Err(e) = check_name(dest) {
+            errors.push(e);
+        } else if files.iter().any(|f| f.name == *dest) {
+            errors.push(format!(
+                "output `{dest}`: written twice (built-in outputs: {PEERS_JSON}, {HOSTS}, {ENV})"
+            ));
+        } else {
+            match render_template(dest, text, pond, peers) {
+                Ok(contents) => files.push(OutputFile {
+                    name: dest.clone(),
+                    contents,
+                }),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(files)
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+/// Writes each file atomically (mode 0600) under `dir`, creating `dir` and
+/// any subdirectories with mode 0700 when they do not exist.
+///
+/// # Errors
+/// A name that would leave `dir` (`InvalidInput`), or any I/O error, with
+/// the path in the message.
+pub fn write_outputs(dir: &Path, files: &[OutputFile]) -> std::io::Result<()> {
+    for file in files {
+        check_name(&file.name)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    }
+    crabbox_fs::atomic_file::create_private_dir(dir)?;
+    for file in files {
+        crabbox_fs::atomic_file::write(&dir.join(&file.name), file.contents.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A unified diff (3 lines of context) from `old` to `new`, with headers
+/// `a/<name>` and `b/<name>`; empty when they are equal.
+#[must_use]
+pub fn unified_diff(name: &str, old: &str, new: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("a/{name}"), &format!("b/{name}"))
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+    use crate::peers::tests::sample;
+
+    #[test]
+    fn peers_json_has_crabbox_shape() {
+        let text = peers_json(&sample());
+        assert!(text.ends_with("}\n"));
+        let doc: Value = serde_json::from_str(&text).expect("json");
+        let members = doc["members"].as_array().expect("members");
+        assert_eq!(members.len(), 3);
+        assert_eq!(members[0]["slug"], "api");
+        assert_eq!(members[0]["leaseID"], "cbx_00000000000b");
+        assert_eq!(members[0]["transports"], json!(["local"]));
+        let keys: Vec<&str> = members[2]
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "slug",
+                "leaseID",
+                "provider",
+                "pond",
+                "transport",
+                "transports",
+                "endpoint"
+            ]
+        );
+        assert_eq!(peers_json(&[]), "{\n  \"members\": []\n}\n");
+    }
+
+    #[test]
+    fn hosts_lists_addresses() {
+        let mut peers = sample();
+        peers[2].host = Some("box.example.com".to_owned());
+        assert_eq!(
+            hosts(&peers).lines().collect::<Vec<_>>()[2..],
+            [
+                "127.77.3.10  api.cbx",
+                "127.77.3.9  db.cbx",
+                "# web.cbx is box.example.com (a host name, not an address)"
+            ]
+        );
+        assert_eq!(hosts(&[]).lines().filter(|l| l.starts_with('#')).count(), 2);
+    }
+
+    #[test]
+    fn env_file_exports_quoted_values() {
+        let text = env_file("demo", &sample());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "# crabbox pond demo — source this file");
+        assert_eq!(lines[1], "export CRABBOX_POND=demo");
+        assert!(
+            lines.contains(&"export CRABBOX_POND_DB_5432=127.77.3.9:5432"),
+            "{text}"
+        );
+        assert!(
+            lines.contains(&"export CRABBOX_POND_WEB_HOST=203.0.113.7"),
+            "{text}"
+        );
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(
+            shell_quote("https://x.example/a-b_c"),
+            "https://x.example/a-b_c"
+        );
+    }
+
+    #[test]
+    fn templates_render_members_and_peers() {
+        let peers = sample();
+        let out = render_template(
+            "t",
+            "{{#each members}}{{upper slug}}={{endpoint}}\n{{/each}}",
+            "demo",
+            &peers,
+        )
+        .expect("renders");
+        assert_eq!(
+            out,
+            "API=127.77.3.10\nDB=127.77.3.9\nWEB=ssh://203.0.113.7:2222\n"
+        );
+        let out = render_template(
+            "t",
+            "{{pond}} <{{peers.db.host}}:{{peers.db.ports.[0]}}>",
+            "demo",
+            &peers,
+        )
+        .expect("renders");
+        assert_eq!(out, "demo <127.77.3.9:5432>", "no HTML escaping");
+    }
+
+    #[test]
+    fn strict_mode_errors_name_the_template() {
+        let err = render_template("app.conf", "line one\n{{nope}}", "demo", &sample())
+            .expect_err("strict");
+        assert!(
+            err.starts_with("template `app.conf`, line 2, col 1: "),
+            "{err}"
+        );
+        assert!(err.contains("nope"), "{err}");
+        let err =
+            render_template("bad", "{{#each members}}", "demo", &sample()).expect_err("syntax");
+        assert!(
+            err.starts_with("template `bad`, line 1, col 18: invalid handlebars syntax"),
+            "{err}"
+        );
+        let err = render_template("u", "{{upper peers.zz.slug}}", "demo", &sample())
+            .expect_err("missing");
+        assert!(err.contains("upper"), "{err}");
+    }
+
+    #[test]
+    fn output_files_collects_builtins_and_templates() {
+        let peers = sample();
+        let templates = vec![(
+            "conf/app.env".to_owned(),
+            "DB={{peers.db.host}}\n".to_owned(),
+        )];
+        let files = output_files("demo", &peers, &templates).expect("renders");
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["peers.json", "hosts", "env", "conf/app.env"]);
+        assert_eq!(files[3].contents, "DB=127.77.3.9\n");
+
+        let bad = vec![
+            ("../x".to_owned(), String::new()),
+            ("/etc/x".to_owned(), String::new()),
+            ("env".to_owned(), String::new()),
+            ("y".to_owned(), "{{nope}}".to_owned()),
+        ];
+        let err = output_files("demo", &peers, &bad).expect_err("bad");
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(lines[0].starts_with("output `../x`"), "{err}");
+        assert!(lines[1].starts_with("output `/etc/x`"), "{err}");
+        assert!(lines[2].starts_with("output `env`: written twice"), "{err}");
+        assert!(lines[3].starts_with("template `y`"), "{err}");
+    }
+
+    #[test]
+    fn write_outputs_creates_private_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("pond/demo");
+        let files = output_files("demo", &sample(), &[("sub/t".to_owned(), "x".to_owned())])
+            .expect("renders");
+        write_outputs(&dir, &files).expect("writes");
+        write_outputs(&dir, &files).expect("rewrites");
+        let dir_mode = std::fs::metadata(&dir).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        for f in &files {
+            let path = dir.join(&f.name);
+            assert_eq!(std::fs::read_to_string(&path).expect("read"), f.contents);
+            assert_eq!(
+                std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+                0o600,
+                "{}",
+                f.name
+            );
+        }
+        let escape = [OutputFile {
+            name: "../out".to_owned(),
+            contents: String::new(),
+        }];
+        let err = write_outputs(&dir, &escape).expect_err("escape");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn unified_diff_shows_changes() {
+        let diff = unified_diff("hosts", "a\nb\nc\n", "a\nB\nc\n");
+        assert!(diff.starts_with("--- a/hosts\n+++ b/hosts\n"), "{diff}");
+        assert!(diff.contains("\n-b\n"), "{diff}");
+        assert!(diff.contains("\n+B\n"), "{diff}");
+        assert_eq!(unified_diff("hosts", "same\n", "same\n"), "");
+    }
+}

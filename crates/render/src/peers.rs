@@ -1,0 +1,668 @@
+//! Peers: each live lease as the other members see it, in the shape of
+//! Crabbox's `pond peers --json` (transports, endpoint, note, targets), the
+//! `CRABBOX_POND_<PEER>_<PORT>` environment given to run steps, and the
+//! resolution of `{{peers.<slug>.<field>}}` references in member settings.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crabbox_core::lease::Lease;
+use crabbox_core::provider::Features;
+use crabbox_core::provider::ProviderName;
+
+/// The endpoint of a peer that cannot be reached (yet).
+pub const PENDING: &str = "pending";
+
+/// Transport names, in Crabbox's order of preference.
+pub mod transport {
+    /// Reached over the tailnet (a `tailscale_ipv4` label).
+    pub const TAILNET: &str = "tailnet";
+    /// Reached through a provider URL.
+    pub const URL: &str = "url";
+    /// Reached over SSH.
+    pub const SSH: &str = "ssh";
+    /// A loopback address on this machine (the `local` provider).
+    pub const LOCAL: &str = "local";
+    /// No way to reach it.
+    pub const NONE: &str = "none";
+}
+
+/// The label carrying a lease's tailnet address, once enrolled.
+const TAILSCALE_IPV4: &str = "tailscale_ipv4";
+
+/// Fields a `{{peers.<slug>.<field>}}` reference may name.
+const REF_FIELDS: &str = "host, endpoint, lease_id, port";
+
+/// A published URL for one port of a URL-bridge peer (Crabbox's `targets[]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    /// The member's port the URL leads to.
+    pub port: u16,
+    /// The URL peers use.
+    pub url: String,
+    /// When the share expires (RFC 3339; Crabbox emits `0001-01-01T00:00:00Z` when unset).
+    #[serde(rename = "expiresAt")]
+    pub expires_at: String,
+}
+
+/// One member as its peers see it; serializes as a member of Crabbox's
+/// `pond peers --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Peer {
+    /// The member's slug (the lease ID when the lease has no slug label).
+    pub slug: String,
+    /// Its lease ID.
+    #[serde(rename = "leaseID")]
+    pub lease_id: String,
+    /// The provider it lives on.
+    pub provider: ProviderName,
+    /// The pond.
+    pub pond: String,
+    /// The primary transport: the first of `transports`, or `none`.
+    pub transport: String,
+    /// Every transport, in the order `tailnet`, `url`, `ssh`, `local`.
+    pub transports: Vec<String>,
+    /// Where the primary transport reaches it: the loopback host for `local`,
+    /// `ssh://host:port` for `ssh`, the URL for `url`, the tailnet address
+    /// for `tailnet`; `pending` when it cannot be reached (yet).
+    pub endpoint: String,
+    /// The address peers dial (the local bind address, or the SSH host).
+    #[serde(skip)]
+    pub host: Option<String>,
+    /// Exposed ports, from the `crabbox_exposed_ports` label.
+    #[serde(skip)]
+    pub ports: Vec<u16>,
+    /// Why the endpoint is `pending`, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Published URLs, for URL-bridge peers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<Target>,
+}
+
+/// The peers of `pond` from its live leases, sorted by slug, then lease ID.
+/// `features` tells what each provider can do, which decides the transports.
+#[must_use]
+pub fn peers_from_leases(
+    pond: &str,
+    leases: &[Lease],
+    features: impl Fn(ProviderName) -> Features,
+) -> Vec<Peer> {
+    let mut peers: Vec<Peer> = leases
+        .iter()
+        .map(|l| peer_from_lease(pond, l, features(l.provider)))
+        .collect();
+    peers.sort_by(|a, b| {
+        a.slug
+            .cmp(&b.slug)
+            .then_with(|| a.lease_id.cmp(&b.lease_id))
+    });
+    peers
+}
+
+fn peer_from_lease(pond: &str, lease: &Lease, features: Features) -> Peer {
+    let slug = if lease.slug().is_empty() {
+        lease.id.clone()
+    } else {
+        lease.slug().to_owned()
+    };
+    let host = lease.endpoint.host.clone().filter(|h| !h.is_empty());
+    let url = lease
+        .endpoint
+        .url
+        .as_deref()
+        .or_else(|| lease.endpoint.shares.first().map(|s| s.url.as_str()))
+        .filter(|u| !u.is_empty());
+    let tailnet = lease.label(TAILSCALE_IPV4).filter(|v| !v.is_empty());
+
+    let mut transports = Vec::new();
+    if tailnet.is_some() {
+        transports.push(transport::TAILNET.to_owned());
+    }
+    if features.url_bridge && url.is_some() {
+        transports.push(transport::URL.to_owned());
+    }
+    if features.ssh {
+        transports.push(transport::SSH.to_owned());
+    }
+    if features.local {
+        transports.push(transport::LOCAL.to_owned());
+    }
+    let primary = transports.first().map_or(transport::NONE, String::as_str);
+
+    let pending = |note: String| (PENDING.to_owned(), Some(note));
+    let (endpoint, note) = match (primary, &host) {
+        (transport::TAILNET, _) => (tailnet.unwrap_or_default().to_owned(), None),
+        (transport::URL, _) => (url.unwrap_or_default().to_owned(), None),
+        (transport::SSH, Some(h)) => (
+            format!(
+                "ssh://{}:{}",
+                bracket_v6(h),
+                lease.endpoint.ssh_port.unwrap_or(22)
+            ),
+            None,
+        ),
+        (transport::SSH, None) => pending("no SSH address yet".to_owned()),
+        (transport::LOCAL, Some(h)) => (h.clone(), None),
+        (transport::LOCAL, None) => pending("no local address yet".to_owned()),
+        _ => pending(format!(
+            "no advertised pond transport for provider {}",
+            lease.provider.as_str()
+        )),
+    };
+
+    Peer {
+        slug,
+        lease_id: lease.id.clone(),
+        provider: lease.provider,
+        pond: pond.to_owned(),
+        transport: primary.to_owned(),
+        transports,
+        endpoint,
+        host,
+        ports: lease.ports(),
+        note,
+        targets: lease
+            .endpoint
+            .shares
+            .iter()
+            .map(|s| Target {
+                port: s.port,
+                url: s.url.clone(),
+                expires_at: s.expires_at.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// `[h]` for an IPv6 address, so that a port can follow; `h` otherwise.
+fn bracket_v6(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// `host:port`, bracketing IPv6 addresses.
+fn host_port(host: &str, port: u16) -> String {
+    format!("{}:{port}", bracket_v6(host))
+}
+
+/// The `<PEER>` part of the variable names: the slug uppercased, each
+/// character outside `[A-Z0-9]` replaced by `_` (runs are not collapsed),
+/// leading and trailing `_` trimmed.
+fn env_peer(slug: &str) -> String {
+    let mapped: String = slug
+        .chars()
+        .map(|c| {
+            let u = c.to_ascii_uppercase();
+            if u.is_ascii_uppercase() || u.is_ascii_digit() {
+                u
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    mapped.trim_matches('_').to_owned()
+}
+
+/// `CRABBOX_POND_<PEER>_<PORT>`, named as Crabbox's `pond connect` names it:
+/// `<PEER>` is the slug uppercased, each character outside `[A-Z0-9]`
+/// replaced by `_` (runs not collapsed), leading and trailing `_` trimmed.
+#[must_use]
+pub fn env_name(slug: &str, port: u16) -> String {
+    format!("CRABBOX_POND_{}_{port}", env_peer(slug))
+}
+
+/// The variables that let members reach each other: `CRABBOX_POND=<pond>`,
+/// `CRABBOX_POND_<PEER>_HOST=<host>` for every peer with an address, and
+/// `CRABBOX_POND_<PEER>_<PORT>=<host>:<port>` for each of its exposed ports
+/// (a URL-primary peer's published targets give their URL instead). When
+/// two peers map to the same name, the first (by slug, then lease ID) wins.
+#[must_use]
+pub fn peer_env(pond: &str, peers: &[Peer]) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    env.insert("CRABBOX_POND".to_owned(), pond.to_owned());
+    for peer in peers {
+        let mut covered = BTreeSet::new();
+        if peer.transport == transport::URL {
+            for target in &peer.targets {
+                env.entry(env_name(&peer.slug, target.port))
+                    .or_insert_with(|| target.url.clone());
+                covered.insert(target.port);
+            }
+        }
+        if let Some(host) = &peer.host {
+            env.entry(format!("CRABBOX_POND_{}_HOST", env_peer(&peer.slug)))
+                .or_insert_with(|| host.clone());
+            for &port in peer.ports.iter().filter(|p| !covered.contains(*p)) {
+                env.entry(env_name(&peer.slug, port))
+                    .or_insert_with(|| host_port(host, port));
+            }
+        }
+    }
+    env
+}
+
+/// Replaces each `{{peers.<slug>.<field>}}` in `text` (whitespace inside the
+/// braces allowed) with the peer's `host`, `endpoint`, `lease_id` or `port`
+/// (its first exposed port). Other `{{…}}` are left as they are.
+///
+/// # Errors
+/// A reference to a member that does not exist, a field that does not
+/// exist, or a value the member does not have (yet): the message names the
+/// reference and what exists.
+pub fn resolve_refs(text: &str, peers: &[Peer]) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start + 2..].find("}}") else {
+            break;
+        };
+        let end = start + 2 + len + 2;
+        let whole = &rest[start..end];
+        out.push_str(&rest[..start]);
+        match rest[start + 2..end - 2].trim().strip_prefix("peers.") {
+            Some(path) => out.push_str(&resolve_one(whole, path, peers)?),
+            None => out.push_str(whole),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The value of one reference; `whole` is the reference as written.
+fn resolve_one(whole: &str, path: &str, peers: &[Peer]) -> Result<String, String> {
+    let Some((slug, field)) = path.rsplit_once('.') else {
+        return Err(format!(
+            "`{whole}`: expected `{{{{peers.<member>.<field>}}}}` with field one of {REF_FIELDS}"
+        ));
+    };
+    let Some(peer) = peers.iter().find(|p| p.slug == slug) else {
+        return Err(format!(
+            "`{whole}`: no member `{slug}` in the pond ({})",
+            members_list(peers)
+        ));
+    };
+    let why = || {
+        peer.note
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    };
+    match field {
+        "host" => peer
+            .host
+            .clone()
+            .ok_or_else(|| format!("`{whole}`: member `{slug}` has no address yet{}", why())),
+        "endpoint" if peer.endpoint == PENDING => Err(format!(
+            "`{whole}`: member `{slug}` has no endpoint yet{}",
+            why()
+        )),
+        "endpoint" => Ok(peer.endpoint.clone()),
+        "lease_id" => Ok(peer.lease_id.clone()),
+        "port" => peer
+            .ports
+            .first()
+            .map(u16::to_string)
+            .ok_or_else(|| format!("`{whole}`: member `{slug}` exposes no ports")),
+        _ => Err(format!(
+            "`{whole}`: unknown field `{field}` (fields: {REF_FIELDS})"
+        )),
+    }
+}
+
+/// `members: a, b` or `the pond has no members`.
+fn members_list(peers: &[Peer]) -> String {
+    let slugs: BTreeSet<&str> = peers.iter().map(|p| p.slug.as_str()).collect();
+    if slugs.is_empty() {
+        "the pond has no members".to_owned()
+    } else {
+        format!(
+            "members: {}",
+            slugs.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crabbox_core::labels::{self, Labels};
+    use crabbox_core::lease::Endpoint;
+
+    /// A lease of `provider` with a slug, exposed ports and an endpoint.
+    pub(crate) fn lease(
+        id: &str,
+        slug: &str,
+        provider: ProviderName,
+        ports: &str,
+        endpoint: Endpoint,
+    ) -> Lease {
+        let mut l = Labels::new();
+        l.insert(labels::LEASE.to_owned(), id.to_owned());
+        l.insert(labels::PROVIDER.to_owned(), provider.as_str().to_owned());
+        l.insert(labels::POND.to_owned(), "demo".to_owned());
+        if !slug.is_empty() {
+            l.insert(labels::SLUG.to_owned(), slug.to_owned());
+        }
+        if !ports.is_empty() {
+            l.insert(labels::EXPOSED_PORTS.to_owned(), ports.to_owned());
+        }
+        Lease {
+            id: id.to_owned(),
+            provider,
+            cloud_id: id.to_owned(),
+            labels: l,
+            endpoint,
+            listed: true,
+            claimed: false,
+        }
+    }
+
+    /// Features as the real providers declare them.
+    pub(crate) fn features(p: ProviderName) -> Features {
+        crabbox_core::provider::features_of(p)
+    }
+
+    fn local(host: &str) -> Endpoint {
+        Endpoint {
+            host: Some(host.to_owned()),
+            ..Endpoint::default()
+        }
+    }
+
+    /// api (local, 8080), db (local, 5432), web (hetzner over ssh, 443-80).
+    pub(crate) fn sample() -> Vec<Peer> {
+        let leases = vec![
+            lease(
+                "cbx_00000000000c",
+                "web",
+                ProviderName::Hetzner,
+                "443-80",
+                Endpoint {
+                    host: Some("203.0.113.7".to_owned()),
+                    ssh_port: Some(2222),
+                    url: None,
+                    shares: Vec::new(),
+                },
+            ),
+            lease(
+                "cbx_00000000000a",
+                "db",
+                ProviderName::Local,
+                "5432",
+                local("127.77.3.9"),
+            ),
+            lease(
+                "cbx_00000000000b",
+                "api",
+                ProviderName::Local,
+                "8080",
+                local("127.77.3.10"),
+            ),
+        ];
+        peers_from_leases("demo", &leases, features)
+    }
+
+    #[test]
+    fn env_names_follow_crabbox() {
+        assert_eq!(env_name("api-v2", 8080), "CRABBOX_POND_API_V2_8080");
+        assert_eq!(env_name("a..b", 1), "CRABBOX_POND_A__B_1");
+        assert_eq!(env_name("-web-", 80), "CRABBOX_POND_WEB_80");
+        assert_eq!(env_name("db", 5432), "CRABBOX_POND_DB_5432");
+    }
+
+    #[test]
+    fn peers_are_sorted_and_serialize_as_crabbox() {
+        let peers = sample();
+        let order: Vec<&str> = peers.iter().map(|p| p.slug.as_str()).collect();
+        assert_eq!(order, ["api", "db", "web"]);
+        let json = serde_json::to_value(&peers[1]).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "slug": "db", "leaseID": "cbx_00000000000a", "provider": "local", "pond": "demo",
+                "transport": "local", "transports": ["local"], "endpoint": "127.77.3.9",
+            })
+        );
+        assert_eq!(peers[1].host.as_deref(), Some("127.77.3.9"));
+        assert_eq!(peers[1].ports, vec![5432]);
+        let web = serde_json::to_value(&peers[2]).expect("json");
+        assert_eq!(web["transports"], serde_json::json!(["ssh"]));
+        assert_eq!(web["endpoint"], "ssh://203.0.113.7:2222");
+        assert_eq!(peers[2].ports, vec![80, 443]);
+    }
+
+    #[test]
+    fn same_slug_sorts_by_lease_id_and_empty_slug_uses_lease_id() {
+        let leases = vec![
+            lease(
+                "cbx_000000000002",
+                "db",
+                ProviderName::Local,
+                "",
+                local("127.0.0.2"),
+            ),
+            lease(
+                "cbx_000000000001",
+                "db",
+                ProviderName::Local,
+                "",
+                local("127.0.0.1"),
+            ),
+            lease(
+                "cbx_000000000003",
+                "",
+                ProviderName::Local,
+                "",
+                local("127.0.0.3"),
+            ),
+        ];
+        let peers = peers_from_leases("demo", &leases, features);
+        let ids: Vec<(&str, &str)> = peers
+            .iter()
+            .map(|p| (p.slug.as_str(), p.lease_id.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("cbx_000000000003", "cbx_000000000003"),
+                ("db", "cbx_000000000001"),
+                ("db", "cbx_000000000002")
+            ]
+        );
+    }
+
+    #[test]
+    fn transports_and_pending_endpoints() {
+        let mut tail = lease(
+            "cbx_000000000001",
+            "a",
+            ProviderName::Hetzner,
+            "",
+            Endpoint::default(),
+        );
+        tail.labels
+            .insert(TAILSCALE_IPV4.to_owned(), "100.64.0.1".to_owned());
+        let leases = vec![
+            tail,
+            lease(
+                "cbx_000000000002",
+                "b",
+                ProviderName::Hetzner,
+                "",
+                Endpoint::default(),
+            ),
+            lease(
+                "cbx_000000000003",
+                "c",
+                ProviderName::E2b,
+                "",
+                Endpoint {
+                    url: Some("https://c.example".to_owned()),
+                    ..Endpoint::default()
+                },
+            ),
+            lease(
+                "cbx_000000000004",
+                "d",
+                ProviderName::E2b,
+                "",
+                Endpoint::default(),
+            ),
+            lease(
+                "cbx_000000000005",
+                "e",
+                ProviderName::BlacksmithTestbox,
+                "",
+                Endpoint::default(),
+            ),
+            lease(
+                "cbx_000000000006",
+                "f",
+                ProviderName::Aws,
+                "",
+                local("2001:db8::1"),
+            ),
+        ];
+        let peers = peers_from_leases("demo", &leases, features);
+        let view: Vec<(&str, Vec<&str>, &str, Option<&str>)> = peers
+            .iter()
+            .map(|p| {
+                (
+                    p.transport.as_str(),
+                    p.transports.iter().map(String::as_str).collect(),
+                    p.endpoint.as_str(),
+                    p.note.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            view,
+            [
+                ("tailnet", vec!["tailnet", "ssh"], "100.64.0.1", None),
+                ("ssh", vec!["ssh"], "pending", Some("no SSH address yet")),
+                ("url", vec!["url"], "https://c.example", None),
+                (
+                    "none",
+                    vec![],
+                    "pending",
+                    Some("no advertised pond transport for provider e2b")
+                ),
+                (
+                    "none",
+                    vec![],
+                    "pending",
+                    Some("no advertised pond transport for provider blacksmith-testbox")
+                ),
+                ("ssh", vec!["ssh"], "ssh://[2001:db8::1]:22", None),
+            ]
+        );
+        let json = serde_json::to_value(&peers[1]).expect("json");
+        assert_eq!(json["note"], "no SSH address yet");
+        assert!(json.get("targets").is_none());
+    }
+
+    #[test]
+    fn peer_env_has_pond_hosts_ports_and_urls() {
+        let mut peers = sample();
+        let url_lease = lease(
+            "cbx_00000000000d",
+            "x",
+            ProviderName::E2b,
+            "3000",
+            Endpoint {
+                url: Some("https://x.example".to_owned()),
+                ..Endpoint::default()
+            },
+        );
+        let mut url_peer = peers_from_leases("demo", &[url_lease], features).remove(0);
+        url_peer.targets.push(Target {
+            port: 3000,
+            url: "https://3000-x.example".to_owned(),
+            expires_at: "0001-01-01T00:00:00Z".to_owned(),
+        });
+        peers.push(url_peer);
+        let env = peer_env("demo", &peers);
+        let expected: BTreeMap<String, String> = [
+            ("CRABBOX_POND", "demo"),
+            ("CRABBOX_POND_API_8080", "127.77.3.10:8080"),
+            ("CRABBOX_POND_API_HOST", "127.77.3.10"),
+            ("CRABBOX_POND_DB_5432", "127.77.3.9:5432"),
+            ("CRABBOX_POND_DB_HOST", "127.77.3.9"),
+            ("CRABBOX_POND_WEB_443", "203.0.113.7:443"),
+            ("CRABBOX_POND_WEB_80", "203.0.113.7:80"),
+            ("CRABBOX_POND_WEB_HOST", "203.0.113.7"),
+            ("CRABBOX_POND_X_3000", "https://3000-x.example"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(env, expected);
+    }
+
+    #[test]
+    fn resolve_refs_replaces_peer_fields() {
+        let peers = sample();
+        let text = "postgres://{{ peers.db.host }}:{{peers.db.port}}/app {{peers.web.endpoint}} {{peers.api.lease_id}}";
+        assert_eq!(
+            resolve_refs(text, &peers).expect("resolves"),
+            "postgres://127.77.3.9:5432/app ssh://203.0.113.7:2222 cbx_00000000000b"
+        );
+        let untouched = "echo {{ other }} {{{x}}} {{ unterminated";
+        assert_eq!(
+            resolve_refs(untouched, &peers).expect("unchanged"),
+            untouched
+        );
+        assert_eq!(resolve_refs("plain", &[]).expect("unchanged"), "plain");
+    }
+
+    #[test]
+    fn resolve_refs_errors_name_the_reference() {
+        let mut peers = sample();
+        peers.truncate(2);
+        let err = |t: &str| resolve_refs(t, &peers).expect_err(t);
+        assert_eq!(
+            err("{{peers.dbb.host}}"),
+            "`{{peers.dbb.host}}`: no member `dbb` in the pond (members: api, db)"
+        );
+        assert_eq!(
+            err("{{ peers.db.hots }}"),
+            "`{{ peers.db.hots }}`: unknown field `hots` (fields: host, endpoint, lease_id, port)"
+        );
+        assert!(
+            err("{{peers.db}}").contains("expected `{{peers.<member>.<field>}}`"),
+            "{}",
+            err("{{peers.db}}")
+        );
+        assert_eq!(
+            resolve_refs("{{peers.x.host}}", &[]).expect_err("empty"),
+            "`{{peers.x.host}}`: no member `x` in the pond (the pond has no members)"
+        );
+
+        let pending = lease(
+            "cbx_000000000009",
+            "box",
+            ProviderName::Hetzner,
+            "",
+            Endpoint::default(),
+        );
+        let peers = peers_from_leases("demo", &[pending], features);
+        assert_eq!(
+            resolve_refs("{{peers.box.host}}", &peers).expect_err("no host"),
+            "`{{peers.box.host}}`: member `box` has no address yet (no SSH address yet)"
+        );
+        assert_eq!(
+            resolve_refs("{{peers.box.endpoint}}", &peers).expect_err("pending"),
+            "`{{peers.box.endpoint}}`: member `box` has no endpoint yet (no SSH address yet)"
+        );
+        assert_eq!(
+            resolve_refs("{{peers.box.port}}", &peers).expect_err("no ports"),
+            "`{{peers.box.port}}`: member `box` exposes no ports"
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! The normalized, fully resolved pond the rest of crabbox works with:
+//! defaults merged, names normalized, ports parsed, durations read. Nothing
+//! downstream looks at pond.yaml's raw shape.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::model::{Class, Condition};
+use crabbox_core::provider::ProviderName;
+
+/// Default lease lifetime (Crabbox's).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(90 * 60);
+/// Default idle timeout (Crabbox's).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Default time between readiness attempts (compose's).
+pub const DEFAULT_READY_INTERVAL: Duration = Duration::from_millis(500);
+/// Default time a readiness check may take in all.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default sync archive guardrail.
+pub const DEFAULT_SYNC_MAX_BYTES: u64 = 512 * 1024 * 1024;
+
+/// A validated pond.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DesiredPond {
+    /// Normalized pond name.
+    pub name: String,
+    /// The name as written (after interpolation), when it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written_name: Option<String>,
+    /// Members in document order.
+    pub members: Vec<DesiredMember>,
+    /// Output directory as written (`~` not yet expanded), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs_dir: Option<String>,
+    /// User templates: source path (resolved against the spec's directory) and destination.
+    pub templates: Vec<(PathBuf, String)>,
+    /// Where claims and the pond lock are kept (`state:`). Not part of the
+    /// spec's hash: it changes where the pond is recorded, not the pond.
+    #[serde(skip)]
+    pub state: StateStore,
+}
+
+/// Where claims and the pond lock are kept.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum StateStore {
+    /// Files in the state directory.
+    #[default]
+    Local,
+    /// A PostgreSQL database.
+    Postgres {
+        /// Its URL (may hold a password: never printed as is).
+        url: String,
+    },
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local => f.write_str("Local"),
+            Self::Postgres { url } => f
+                .debug_struct("Postgres")
+                .field("url", &crabbox_core::state_url::redact(url))
+                .finish(),
+        }
+    }
+}
+
+/// One member, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DesiredMember {
+    /// Normalized slug.
+    pub slug: String,
+    /// The slug as written, when it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub written_slug: Option<String>,
+    /// Provider.
+    pub provider: ProviderName,
+    /// Size class, when no exact type is given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<Class>,
+    /// Exact machine type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_type: Option<String>,
+    /// Tailscale enrollment requested.
+    pub tailscale: bool,
+    /// Exposed ports, sorted and unique.
+    pub expose: Vec<u16>,
+    /// Dependencies (normalized slugs) and what to wait for.
+    pub depends_on: Vec<(String, Condition)>,
+    /// Environment for every command.
+    pub env: BTreeMap<String, String>,
+    /// Names of crabbox's own environment variables passed to every command.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pass_env: Vec<String>,
+    /// Setup steps in order.
+    pub setup: Vec<Step>,
+    /// Readiness check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ReadyCheck>,
+    /// Sync settings.
+    pub sync: SyncSettings,
+    /// Lease lifetime.
+    #[serde(with = "secs")]
+    pub ttl: Duration,
+    /// Idle timeout.
+    #[serde(with = "secs")]
+    pub idle_timeout: Duration,
+    /// `keep` label.
+    pub keep: bool,
+    /// Refuse plans that destroy or replace this member.
+    pub prevent_destroy: bool,
+    /// Replace by creating first.
+    pub create_before_destroy: bool,
+    /// The member's own provider block (defaults merged in), as JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_block: Option<serde_json::Value>,
+}
+
+/// One setup step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// Shell command.
+    pub run: String,
+    /// Started detached as a service.
+    pub background: bool,
+    /// Step time limit.
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_secs")]
+    pub timeout: Option<Duration>,
+    /// Step-only environment.
+    pub env: BTreeMap<String, String>,
+}
+
+/// How readiness is probed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Probe {
+    /// TCP connect to a port on the member, or to `host:port`.
+    Tcp {
+        /// Host; `None` means the member's own address.
+        host: Option<String>,
+        /// Port.
+        port: u16,
+    },
+    /// HTTP GET must answer 2xx/3xx.
+    Http(String),
+    /// Command on the member must exit 0.
+    Command(String),
+}
+
+/// A readiness check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadyCheck {
+    /// What is probed.
+    pub probe: Probe,
+    /// Between attempts.
+    #[serde(with = "secs")]
+    pub interval: Duration,
+    /// Overall limit.
+    #[serde(with = "secs")]
+    pub timeout: Duration,
+}
+
+/// Sync settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncSettings {
+    /// Whether the repository is synced at all.
+    pub enabled: bool,
+    /// Extra exclude globs.
+    pub exclude: Vec<String>,
+    /// Archive size guardrail in bytes.
+    pub max_bytes: u64,
+}
+
+mod secs {
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crabbox_core::duration::format(*d))
+    }
+}
+
+mod opt_secs {
+    use std::time::Duration;
+
+    #[allow(clippy::ref_option)] // serde's `with` hands us `&Option<T>`
+    pub(super) fn serialize<S: serde::Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::secs::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! The PostgreSQL state backend: claims of label-less providers and pond
+//! locks in a database that every runner reaches, so a pond applied on one
+//! machine can be destroyed from another.
+//!
+//! Chosen by `CRABBOX_STATE_URL` (a `postgres://` or `postgresql://` URL), or
+//! by the spec's `state:` block when that variable is not set.
+//!
+//! The `postgres` client is synchronous and runs a runtime of its own, which
+//! must never start on a tokio worker thread. So each URL gets one dedicated
+//! thread owning the connection (an actor); callers send it jobs over a
+//! channel and wait for the answer. The connection is made on first use,
+//! remade once when it breaks, and the schema is created or migrated then,
+//! under an advisory lock so concurrent first runs do not race.
+
+use crabbox_core::state_url::{is_postgres_url, redact};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, mpsc};
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+
+/// The environment variable naming the state database.
+pub const URL_ENV: &str = "CRABBOX_STATE_URL";
+
+/// Schema migrations, applied in order; the version is the count applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: claims and pond locks.
+    "CREATE TABLE IF NOT EXISTS crabbox_claims (
+         lease_id   text PRIMARY KEY,
+         pond       text NOT NULL DEFAULT '',
+         provider   text NOT NULL DEFAULT '',
+         revision   text NOT NULL,
+         body       jsonb NOT NULL,
+         updated_at timestamptz NOT NULL DEFAULT now()
+     );
+     CREATE INDEX IF NOT EXISTS crabbox_claims_pond ON crabbox_claims (pond);
+     CREATE TABLE IF NOT EXISTS crabbox_locks (
+         pond       text PRIMARY KEY,
+         holder     jsonb NOT NULL,
+         token      text NOT NULL,
+         expires_at timestamptz NOT NULL
+     );",
+];
+
+/// Key of the advisory lock held while the schema is created or migrated
+/// (`crabbox` in ASCII).
+const MIGRATION_LOCK: i64 = 0x0063_7261_6262_6f78;
+
+/// Longest a caller waits for the database thread to answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Connect timeout unless the URL sets one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A state-database failure, already phrased for people (no password).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StateError(pub String);
+
+impl From<StateError> for std::io::Error {
+    fn from(e: StateError) -> Self {
+        std::io::Error::other(e.0)
+    }
+}
+
+fn spec_url_slot() -> &'static RwLock<Option<String>> {
+    static SLOT: OnceLock<RwLock<Option<String>>> = OnceLock::new();
+    SLOT.get_or_init(|| RwLock::new(None))
+}
+
+/// Records the spec's `state:` choice for this process (`None`: local). The
+/// environment variable still wins; see [`configured_url`].
+pub fn set_spec_url(url: Option<String>) {
+    *spec_url_slot()
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = url;
+}
+
+/// The state URL in force: `CRABBOX_STATE_URL` when set and not empty, else
+/// the spec's (when a loaded spec chose postgres), else none (local files).
+#[must_use]
+pub fn configured_url() -> Option<String> {
+    if let Some(url) = std::env::var(URL_ENV).ok().filter(|u| !u.is_empty()) {
+        return Some(url);
+    }
+    spec_url_slot()
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+/// The shared backend in force: `Ok(None)` for local files, the database's
+/// handle for a postgres URL, an error for a URL of another kind (refused
+/// rather than silently falling back to local files, which would hide the
+/// pond's claims and lock).
+///
+/// # Errors
+/// When the configured URL is not a PostgreSQL URL.
+pub fn selected() -> Result<Option<Arc<Handle>>, StateError> {
+    match configured_url() {
+        None => Ok(None),
+        Some(url) if is_postgres_url(&url) => Ok(Some(Handle::for_url(&url))),
+        Some(url) => Err(StateError(format!(
+            "{URL_ENV} is `{}`, which is not a postgres:// or postgresql:// URL",
+            redact(&url)
+        ))),
+    }
+}
+
+/// Claim-write compare-and-swap conflicts seen by this process (for tests
+/// and diagnostics).
+static CONFLICTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many claim writes found the claim changed under them (and retried).
+#[must_use]
+pub fn conflicts() -> u64 {
+    CONFLICTS.load(Ordering::Relaxed)
+}
+
+pub(crate) fn count_conflict() {
+    CONFLICTS.fetch_add(1, Ordering::Relaxed);
+}
+
+type Job = Box<dyn FnOnce(&mut Conn) + Send>;
+
+/// One database (URL): the channel to the thread that owns its connection,
+/// and the claim bodies read through it, by revision (the base of a merge
+/// when a write finds the claim changed).
+pub struct Handle {
+    url: String,
+    jobs: mpsc::Sender<Job>,
+    seen: Mutex<HashMap<String, Vec<(String, serde_json::Value)>>>,
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("url", &redact(&self.url))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Revisions remembered per claim.
+const SEEN_PER_CLAIM: usize = 8;
+
+impl Handle {
+    /// The process-wide handle of `url` (one connection thread per URL).
+    #[must_use]
+    pub fn for_url(url: &str) -> Arc<Self> {
+        static ALL: OnceLock<Mutex<HashMap<String, Arc<Handle>>>> = OnceLock::new();
+        let mut all = ALL
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.entry(url.to_owned())
+            .or_insert_with(|| Arc::new(Self::spawn(url)))
+            .clone()
+    }
+
+    fn spawn(url: &str) -> Self {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let mut conn = Conn {
+            url: url.to_owned(),
+            client: None,
+        };
+        // The thread lives as long as the process (the handle is global).
+        let _ = std::thread::Builder::new()
+            .name("crabbox-state-db".to_owned())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut conn);
+                }
+            });
+        Self {
+            url: url.to_owned(),
+            jobs,
+            seen: Mutex::default(),
+        }
+    }
+
+    /// The URL without its password.
+    #[must_use]
+    pub fn display_url(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// Runs `f` on the connection thread; a broken connection is remade and
+    /// `f` run once more.
+    ///
+    /// # Errors
+    /// Connection, migration and query errors.
+    pub fn call<T: Send + 'static>(
+        &self,
+        mut f: impl FnMut(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let (tx, rx) = mpsc::channel();
+        let job: Job = Box::new(move |conn: &mut Conn| {
+            let _ = tx.send(conn.run(&mut f));
+        });
+        self.jobs.send(job).map_err(|_| {
+            StateError(format!(
+                "the state database thread for {} has stopped",
+                self.display_url()
+            ))
+        })?;
+        match rx.recv_timeout(CALL_TIMEOUT) {
+            Ok(result) => result,
+            Err(_) => Err(StateError(format!(
+                "the state database {} did not answer within {}s",
+                self.display_url(),
+                CALL_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    pub(crate) fn remember(&self, lease_id: &str, revision: &str, body: &serde_json::Value) {
+        if revision.is_empty() {
+            return;
+        }
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let versions = seen.entry(lease_id.to_owned()).or_default();
+        if versions.iter().any(|(r, _)| r == revision) {
+            return;
+        }
+        if versions.len() >= SEEN_PER_CLAIM {
+            versions.remove(0);
+        }
+        versions.push((revision.to_owned(), body.clone()));
+    }
+
+    pub(crate) fn remembered(&self, lease_id: &str, revision: &str) -> Option<serde_json::Value> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(lease_id)?
+            .iter()
+            .find(|(r, _)| r == revision)
+            .map(|(_, v)| v.clone())
+    }
+
+    // ---- claims ----
+
+    /// Every claim row: (lease ID, revision, body as text), by lease ID.
+    pub(crate) fn claim_rows(&self) -> Result<Vec<(String, String, String)>, StateError> {
+        self.call(|c| {
+            Ok(c.query(
+                "SELECT lease_id, revision, body::text FROM crabbox_claims ORDER BY lease_id",
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+        })
+    }
+
+    /// One claim row: (revision, body as text).
+    pub(crate) fn claim_row(&self, lease_id: &str) -> Result<Option<(String, String)>, StateError> {
+        let id = lease_id.to_owned();
+        self.call(move |c| {
+            Ok(c.query_opt(
+                "SELECT revision, body::text FROM crabbox_claims WHERE lease_id = $1",
+                &[&id],
+            )?
+            .map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    /// Writes a claim row if its revision is still `expected` (`None`: if no
+    /// row exists). Returns whether it was written.
+    pub(crate) fn claim_cas(
+        &self,
+        expected: Option<&str>,
+        row: ClaimRow,
+    ) -> Result<bool, StateError> {
+        let expected = expected.map(str::to_owned);
+        self.call(move |c| {
+            let n = match &expected {
+                Some(rev) => c.execute(
+                    "UPDATE crabbox_claims
+                        SET pond = $3, provider = $4, revision = $5, body = $6::text::jsonb,
+                            updated_at = now()
+                      WHERE lease_id = $1 AND revision = $2",
+                    &[
+                        &row.lease_id,
+                        rev,
+                        &row.pond,
+                        &row.provider,
+                        &row.revision,
+                        &row.body,
+                    ],
+                )?,
+                None => c.execute(
+                    "INSERT INTO crabbox_claims (lease_id, pond, provider, revision, body, updated_at)
+                     VALUES ($1, $2, $3, $4, $5::text::jsonb, now())
+                     ON CONFLICT (lease_id) DO NOTHING",
+                    &[
+                        &row.lease_id,
+                        &row.pond,
+                        &row.provider,
+                        &row.revision,
+                        &row.body,
+                    ],
+                )?,
+            };
+            Ok(n == 1)
+        })
+    }
+
+    /// Deletes a claim row (absent is fine).
+    pub(crate) fn claim_delete(&self, lease_id: &str) -> Result<(), StateError> {
+        let id = lease_id.to_owned();
+        self.call(move |c| {
+            c.execute("DELETE FROM crabbox_claims WHERE lease_id = $1", &[&id])
+                .map(|_| ())
+        })
+    }
+
+    // ---- pond locks ----
+
+    /// Takes the pond's lock when it is free or expired (or already ours:
+    /// a retried call after a lost answer). Returns whether it is ours now.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn lock_try(
+        &self,
+        pond: &str,
+        holder_json: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
+        let (pond, holder, token) = (pond.to_owned(), holder_json.to_owned(), token.to_owned());
+        let secs = ttl.as_secs_f64();
+        self.call(move |c| {
+            Ok(c.query_opt(
+                "INSERT INTO crabbox_locks (pond, holder, token, expires_at)
+                 VALUES ($1, $2::text::jsonb, $3, now() + make_interval(secs => $4))
+                 ON CONFLICT (pond) DO UPDATE
+                    SET holder = excluded.holder, token = excluded.token,
+                        expires_at = excluded.expires_at
+                  WHERE crabbox_locks.expires_at < now() OR crabbox_locks.token = excluded.token
+                 RETURNING token",
+                &[&pond, &holder, &token, &secs],
+            )?
+            .is_some())
+        })
+    }
+
+    /// Extends the lock while `token` still holds it; `false` when it no
+    /// longer does (broken with `--force`, or expired and taken).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn lock_renew(&self, pond: &str, token: &str, ttl: Duration) -> Result<bool, StateError> {
+        let (pond, token) = (pond.to_owned(), token.to_owned());
+        let secs = ttl.as_secs_f64();
+        self.call(move |c| {
+            Ok(c.execute(
+                "UPDATE crabbox_locks SET expires_at = now() + make_interval(secs => $3)
+                  WHERE pond = $1 AND token = $2",
+                &[&pond, &token, &secs],
+            )? == 1)
+        })
+    }
+
+    /// Releases the lock if `token` holds it.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn lock_release(&self, pond: &str, token: &str) -> Result<(), StateError> {
+        let (pond, token) = (pond.to_owned(), token.to_owned());
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM crabbox_locks WHERE pond = $1 AND token = $2",
+                &[&pond, &token],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The live (unexpired) lock of a pond: the holder as JSON text and the
+    /// seconds left before it expires.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn lock_holder(&self, pond: &str) -> Result<Option<(String, f64)>, StateError> {
+        let pond = pond.to_owned();
+        self.call(move |c| {
+            Ok(c.query_opt(
+                "SELECT holder::text, EXTRACT(EPOCH FROM (expires_at - now()))::float8
+                   FROM crabbox_locks WHERE pond = $1 AND expires_at >= now()",
+                &[&pond],
+            )?
+            .map(|r| (r.get(0), r.get(1))))
+        })
+    }
+
+    /// Deletes the pond's lock whoever holds it; returns the holder (JSON
+    /// text) of a lock that had not expired.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn lock_break(&self, pond: &str) -> Result<Option<String>, StateError> {
+        let pond = pond.to_owned();
+        self.call(move |c| {
+            let rows = c.query(
+                "DELETE FROM crabbox_locks WHERE pond = $1
+                 RETURNING holder::text, expires_at >= now()",
+                &[&pond],
+            )?;
+            Ok(rows.iter().find(|r| r.get::<_, bool>(1)).map(|r| r.get(0)))
+        })
+    }
+}
+
+/// A claim as stored: the row's columns.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaimRow {
+    pub lease_id: String,
+    pub pond: String,
+    pub provider: String,
+    pub revision: String,
+    pub body: String,
+}
+
+/// The connection owned by a handle's thread.
+struct Conn {
+    url: String,
+    client: Option<Client>,
+}
+
+impl Conn {
+    fn client(&mut self) -> Result<&mut Client, StateError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let shown = redact(&self.url);
+            let mut config: postgres::Config = self
+                .url
+                .parse()
+                .map_err(|e| StateError(format!("the state URL {shown} cannot be used: {e}")))?;
+            if config.get_connect_timeout().is_none() {
+                config.connect_timeout(CONNECT_TIMEOUT);
+            }
+            config.keepalives_idle(Duration::from_secs(30));
+            let mut client = config.connect(NoTls).map_err(|e| {
+                StateError(format!(
+                    "cannot connect to the state database {shown}: {}",
+                    describe(&e)
+                ))
+            })?;
+            migrate(&mut client).map_err(|e| {
+                StateError(format!(
+                    "cannot prepare the schema of the state database {shown}: {e}"
+                ))
+            })?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    fn run<T>(
+        &mut self,
+        f: &mut dyn FnMut(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StateError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let client = self.client()?;
+            match f(client) {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt == 1 && (e.is_closed() || client.is_closed()) => {
+                    self.client = None;
+                }
+                Err(e) => {
+                    return Err(StateError(format!(
+                        "state database {}: {}",
+                        redact(&self.url),
+                        describe(&e)
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// An error with the server's message when there is one.
+fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// Creates or migrates the schema; safe to run from many processes at once.
+fn migrate(client: &mut Client) -> Result<(), String> {
+    let known = i32::try_from(MIGRATIONS.len()).expect("few migrations");
+    let mut tx = client.transaction().map_err(|e| describe(&e))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(|e| describe(&e))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS crabbox_schema_version (version integer NOT NULL)",
+    )
+    .map_err(|e| describe(&e))?;
+    let current: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM crabbox_schema_version",
+            &[],
+        )
+        .map_err(|e| describe(&e))?
+        .get(0);
+    if current > known {
+        return Err(format!(
+            "its schema is version {current}, newer than this crabbox knows ({known}); upgrade crabbox"
+        ));
+    }
+    if current < known {
+        for sql in &MIGRATIONS[usize::try_from(current).unwrap_or(0)..] {
+            tx.batch_execute(sql).map_err(|e| describe(&e))?;
+        }
+        tx.execute("DELETE FROM crabbox_schema_version", &[])
+            .map_err(|e| describe(&e))?;
+        tx.execute(
+            "INSERT INTO crabbox_schema_version (version) VALUES ($1)",
+            &[&known],
+        )
+        .map_err(|e| describe(&e))?;
+    }
+    tx.commit().map_err(|e| describe(&e))
+}
+
+/// Three-way merge of a claim's JSON: `mine` is `base` with the caller's
+/// changes; they are applied to `current` (what is stored now), key by key
+/// and into nested maps, so a concurrent writer's other changes are kept.
+/// Where both changed the same value, the caller's wins.
+#[must_use]
+pub fn merge(
+    base: &serde_json::Value,
+    mine: &serde_json::Value,
+    current: &serde_json::Value,
+) -> serde_json::Value {
+    use serde_json::Value;
+    match (base, mine, current) {
+        (Value::Object(b), Value::Object(m), Value::Object(c)) => {
+            let mut out = c.clone();
+            let keys: Vec<&String> = b
+                .keys()
+                .chain(m.keys().filter(|k| !b.contains_key(*k)))
+                .collect();
+            for k in keys {
+                match (b.get(k), m.get(k)) {
+                    (bv, mv) if bv == mv => {}
+                    (_, None) => {
+                        out.remove(k);
+                    }
+                    (Some(bv), Some(mv)) => {
+                        let merged = match c.get(k) {
+                            Some(cv) => merge(bv, mv, cv),
+                            None => mv.clone(),
+                        };
+                        out.insert(k.clone(), merged);
+                    }
+                    (None, Some(mv)) => {
+                        out.insert(k.clone(), mv.clone());
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        _ => mine.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_keeps_both_writers_changes() {
+        let base = json!({"a": 1, "labels": {"x": "1"}, "gone": true});
+        let mine = json!({"a": 2, "labels": {"x": "1", "m": "1"}});
+        let current = json!({"a": 1, "labels": {"x": "1", "c": "1"}, "gone": true, "new": 3});
+        assert_eq!(
+            merge(&base, &mine, &current),
+            json!({"a": 2, "labels": {"x": "1", "c": "1", "m": "1"}, "new": 3})
+        );
+    }
+}

@@ -1,8 +1,0 @@
-//! Reaching leases: the sync archive (repository files as a gzipped tar),
-//! the SSH transport, the shell scripts every remote shell runs, and the SSH
-//! mesh of `pond connect`.
-
-pub mod archive;
-pub mod mesh;
-pub mod remote_shell;
-pub mod ssh;
