@@ -13,6 +13,7 @@ mod hetzner;
 mod huge_documents;
 mod islo;
 mod killed;
+mod layers;
 mod loader_fuzz;
 mod local_e2e;
 mod outputs_owner;
