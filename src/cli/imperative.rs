@@ -22,7 +22,7 @@ use crabbox_plan::diff::{PlanOptions, plan};
 use crabbox_plan::inventory::Inventory;
 use crabbox_plan::{Action, MemberChange, Plan, human};
 use crabbox_providers::ExecRequest;
-use crabbox_providers::registry::Registry;
+use crabbox_providers::registry::{Registry, descriptor};
 use crabbox_render::peers::{peer_env, peers_from_leases};
 use crabbox_spec::desired::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_SYNC_MAX_BYTES, DEFAULT_TTL, DesiredMember, DesiredPond,
@@ -166,16 +166,12 @@ impl CrabboxRunOptions {
     }
 }
 
-/// Why `flag` is refused for a lease on `provider`.
+/// Why `flag` is refused for a lease on `provider`: its descriptor's
+/// reason when the provider owns the command transport.
 fn refusal(flag: &str, provider: ProviderName) -> String {
-    match provider {
-        ProviderName::Islo => format!(
-            "`{flag}` is rejected on provider islo: Islo owns the command transport and there is no Crabbox-managed SSH/rsync target to drive"
-        ),
-        ProviderName::Tensorlake => format!(
-            "`{flag}` is rejected on provider tensorlake: Tensorlake owns the command transport and does not expose Crabbox's rsync semantics"
-        ),
-        _ => format!(
+    match descriptor(provider).and_then(|d| d.transport_refusal) {
+        Some(why) => format!("`{flag}` is rejected on provider {provider}: {why}"),
+        None => format!(
             "`{flag}` is not supported by crabbox run: the repository is synced by `crabbox apply` (the member's `sync:` in pond.yaml, whose size guardrail cannot be forced)"
         ),
     }
@@ -230,9 +226,7 @@ pub(super) fn run(args: &RunArgs) -> ExitCode {
         }
     };
     let reg = registry.clone();
-    let peers = peers_from_leases(&pond, &inv.leases, move |p| {
-        reg.get(p).map(|p| p.features()).unwrap_or_default()
-    });
+    let peers = peers_from_leases(&pond, &inv.leases, move |p| reg.features(p));
     let mut env = peer_env(&pond, &peers);
     env.insert("CRABBOX_POND".into(), pond.clone());
     env.insert("CRABBOX_SLUG".into(), lease.slug().to_owned());

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crabbox_providers::registry::ADAPTERS;
 use crabbox_spec::interpolate::Variables;
 
 const EXIT_CODES: &str = "\
@@ -31,23 +32,28 @@ Environment:
   CRABBOX_STATE_DIR           state directory (claims, local leases, locks); default
                               $XDG_STATE_HOME/crabbox, else ~/.config/crabbox/state
   CRABBOX_STATE_URL           postgres://… keeps claims and pond locks in PostgreSQL, shared
-                              by every CI runner (wins over the spec's `state:`)
-  HCLOUD_TOKEN, HETZNER_TOKEN Hetzner Cloud API token (enables the `hetzner` provider)
-  HCLOUD_ENDPOINT             Hetzner API base URL (default https://api.hetzner.cloud/v1)
-  CRABBOX_ISLO_API_KEY, ISLO_API_KEY
-                              Islo API key (enables `islo`); CRABBOX_ISLO_BASE_URL or
-                              ISLO_BASE_URL override https://api.islo.dev
-  CRABBOX_TENSORLAKE_API_KEY, TENSORLAKE_API_KEY
-                              Tensorlake API key (enables `tensorlake`; given to the CLI in its
-                              environment only); TENSORLAKE_API_URL, TENSORLAKE_ORGANIZATION_ID,
-                              TENSORLAKE_PROJECT_ID, INDEXIFY_NAMESPACE pass through
-  NO_COLOR                    never colour output
+                              by every CI runner (wins over the spec's `state:`)";
+
+const ENVIRONMENT_TAIL: &str = "  NO_COLOR                    never colour output
   CI                          plain progress lines instead of live spinners";
+
+/// The text after `--help`'s options: exit codes, then the environment,
+/// each provider's variables taken from its descriptor.
+fn after_help() -> String {
+    let mut text = String::from(EXIT_CODES);
+    for d in ADAPTERS.iter().filter(|d| !d.help.is_empty()) {
+        text.push('\n');
+        text.push_str(d.help);
+    }
+    text.push('\n');
+    text.push_str(ENVIRONMENT_TAIL);
+    text
+}
 
 /// Declarative Crabbox ponds: plan and apply a checked-in pond.yaml against
 /// the leases that really exist.
 #[derive(Debug, Parser)]
-#[command(name = "crabbox", version, about, after_help = EXIT_CODES, max_term_width = 100)]
+#[command(name = "crabbox", version, about, after_help = after_help(), max_term_width = 100)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

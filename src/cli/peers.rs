@@ -77,9 +77,7 @@ fn fully_observed(inv: &Inventory) -> bool {
 
 fn peers_of(pond: &str, inv: &Inventory, registry: &Registry) -> Vec<Peer> {
     let reg = registry.clone();
-    peers_from_leases(pond, &inv.leases, move |p| {
-        reg.get(p).map(|p| p.features()).unwrap_or_default()
-    })
+    peers_from_leases(pond, &inv.leases, move |p| reg.features(p))
 }
 
 /// Prints peers as JSON or a table.
@@ -145,7 +143,7 @@ pub(super) fn peers(args: &PeersArgs) -> ExitCode {
             let Ok(provider) = registry.get(lease.provider) else {
                 continue;
             };
-            if !provider.features().url_bridge {
+            if !crabbox_core::provider::features_of(provider.name()).url_bridge {
                 continue;
             }
             match rt.block_on(provider.share(lease, port, args.share_ttl)) {

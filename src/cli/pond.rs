@@ -97,7 +97,7 @@ fn connect(name: &str, export: bool, json: bool) -> ExitCode {
         let Ok(provider) = registry.get(lease.provider) else {
             continue;
         };
-        if !provider.features().ssh {
+        if !crabbox_core::provider::features_of(provider.name()).ssh {
             if skipped.insert(lease.provider) {
                 anstream::eprintln!(
                     "skipping provider \"{}\" (no SSH-mesh capability)",

@@ -1142,7 +1142,7 @@ async fn the_api_key_stays_in_the_token_exchange() {
 #[test]
 fn features_are_the_url_bridge_kind() {
     let provider = IsloProvider::new("http://127.0.0.1:1", API_KEY, Path::new("/nonexistent"));
-    let f = provider.features();
+    let f = crabbox_core::provider::features_of(provider.name());
     assert!(f.url_bridge && f.background && f.pause_resume);
     assert!(!f.labels && !f.ssh && !f.local);
     assert_eq!(provider.name(), ProviderName::Islo);

@@ -74,9 +74,7 @@ pub fn plan_with_outputs(
     }
     let projected: Vec<Lease> = projected_leases(&p);
     let reg = registry.clone();
-    let peers = peers_from_leases(&desired.name, &projected, |n| {
-        reg.get(n).map(|p| p.features()).unwrap_or_default()
-    });
+    let peers = peers_from_leases(&desired.name, &projected, |n| reg.features(n));
     let dir = outputs_dir(desired);
     // Exactly the files apply's render step would write.
     let files = without_mesh_files(

@@ -119,9 +119,7 @@ impl Context {
             .cloned()
             .collect();
         let registry = self.registry.clone();
-        peers_from_leases(&self.pond, &leases, |p| {
-            registry.get(p).map(|p| p.features()).unwrap_or_default()
-        })
+        peers_from_leases(&self.pond, &leases, |p| registry.features(p))
     }
 
     /// The environment every command on `slug` sees: peers, pond, member env

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use crabbox_core::provider::{Features, OutputSink, ProviderError, features_of};
+use crabbox_core::provider::{OutputSink, ProviderError};
 
 use crabbox_core::labels::Labels;
 use crabbox_core::lease::Lease;
@@ -75,11 +75,6 @@ pub struct ExecRequest {
 pub trait Provider: Send + Sync {
     /// Its name.
     fn name(&self) -> ProviderName;
-
-    /// What it can do (the [`features_of`] table).
-    fn features(&self) -> Features {
-        features_of(self.name())
-    }
 
     /// Every lease of `pond` (one list call, filtered by label).
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError>;

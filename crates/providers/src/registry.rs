@@ -5,54 +5,55 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::Provider;
-use crate::hetzner::HetznerProvider;
-use crate::islo::IsloProvider;
-use crate::local::LocalProvider;
-use crate::ssh::SshProvider;
-use crate::tensorlake::TensorlakeProvider;
-use crabbox_core::provider::ProviderError;
 use crabbox_core::provider::ProviderName;
+use crabbox_core::provider::{Features, ProviderError, features_of};
 
-/// Builds a provider's adapter from the environment (`None` without its
-/// credentials).
-type Build = fn(&Path) -> Option<Arc<dyn Provider>>;
+/// Everything this build knows about one provider's adapter: how it is
+/// made from the environment, which variables enable it, what `--help`
+/// says about them, and what `crabbox run` refuses on its leases. Each
+/// provider's folder defines its `DESCRIPTOR`; [`ADAPTERS`] lists them, and
+/// the registry, the help text, the "not configured" errors and the
+/// refusals are all read from that list.
+pub struct Descriptor {
+    /// The provider.
+    pub name: ProviderName,
+    /// Builds the adapter from the environment (`None` without its credentials).
+    pub build: fn(&Path) -> Option<Arc<dyn Provider>>,
+    /// The environment variables that enable it, as the error shows them
+    /// (`None` for providers that need none).
+    pub credentials: Option<&'static str>,
+    /// Its lines under "Environment:" in `crabbox --help`, aligned there
+    /// (empty for providers without settings).
+    pub help: &'static str,
+    /// Why `crabbox run` rejects the SSH/rsync flags (`--sync-only`…) on its
+    /// leases, when the provider owns the command transport; `None`: the
+    /// general reason (apply syncs the repository).
+    pub transport_refusal: Option<&'static str>,
+}
 
-/// The adapter of each provider, `None` for the providers this crabbox has no
-/// adapter for yet. The one list of implemented providers: the registry is
-/// built from it and `validate` refuses members on the others.
-fn adapter(name: ProviderName) -> Option<Build> {
-    match name {
-        ProviderName::Local => Some(|dir| Some(Arc::new(LocalProvider::new(dir)))),
-        ProviderName::Ssh => Some(|dir| Some(Arc::new(SshProvider::new(dir)))),
-        ProviderName::Hetzner => {
-            Some(|dir| HetznerProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>))
-        }
-        ProviderName::Islo => {
-            Some(|dir| IsloProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>))
-        }
-        ProviderName::Tensorlake => {
-            Some(|dir| TensorlakeProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>))
-        }
-        ProviderName::Aws
-        | ProviderName::Azure
-        | ProviderName::Gcp
-        | ProviderName::Daytona
-        | ProviderName::E2b
-        | ProviderName::Modal
-        | ProviderName::BlacksmithTestbox => None,
-    }
+/// The adapters of this build, in [`ProviderName::ALL`] order. Adding a
+/// provider's adapter is its folder plus one line here (and `adapter: true`
+/// in core's row for it, which `validate` reads; a unit test keeps the two
+/// equal).
+pub static ADAPTERS: &[&Descriptor] = &[
+    &crate::local::DESCRIPTOR,
+    &crate::ssh::DESCRIPTOR,
+    &crate::hetzner::DESCRIPTOR,
+    &crate::islo::DESCRIPTOR,
+    &crate::tensorlake::DESCRIPTOR,
+];
+
+/// The descriptor of `name`'s adapter, if this build has one.
+#[must_use]
+pub fn descriptor(name: ProviderName) -> Option<&'static Descriptor> {
+    ADAPTERS.iter().copied().find(|d| d.name == name)
 }
 
 /// The environment variables that enable a provider whose adapter needs
-/// credentials (`None` for providers that need none).
+/// credentials (`None` for providers that need none or have no adapter).
 #[must_use]
 pub fn credentials(name: ProviderName) -> Option<&'static str> {
-    match name {
-        ProviderName::Hetzner => Some("HCLOUD_TOKEN (or HETZNER_TOKEN)"),
-        ProviderName::Islo => Some("CRABBOX_ISLO_API_KEY (or ISLO_API_KEY)"),
-        ProviderName::Tensorlake => Some("CRABBOX_TENSORLAKE_API_KEY (or TENSORLAKE_API_KEY)"),
-        _ => None,
-    }
+    descriptor(name).and_then(|d| d.credentials)
 }
 
 /// The providers available to a command.
@@ -66,9 +67,9 @@ impl Registry {
     /// when their credentials are in the environment (`HCLOUD_TOKEN`…).
     #[must_use]
     pub fn from_environment(state_dir: &Path) -> Self {
-        let providers = ProviderName::ALL
-            .into_iter()
-            .filter_map(|name| Some((name, adapter(name)?(state_dir)?)))
+        let providers = ADAPTERS
+            .iter()
+            .filter_map(|d| Some((d.name, (d.build)(state_dir)?)))
             .collect();
         Self { providers }
     }
@@ -110,6 +111,18 @@ impl Registry {
         })
     }
 
+    /// What `name` can do here: its features when this process can reach it,
+    /// none when it is not available (its leases cannot be reached, so no
+    /// transport may be rendered for them).
+    #[must_use]
+    pub fn features(&self, name: ProviderName) -> Features {
+        if self.providers.contains_key(&name) {
+            features_of(name)
+        } else {
+            Features::default()
+        }
+    }
+
     /// Providers that are always worth listing (no credentials needed, or credentials present).
     #[must_use]
     pub fn configured(&self) -> Vec<ProviderName> {
@@ -122,12 +135,18 @@ mod tests {
     use super::*;
 
     /// `validate` decides from [`ProviderName::has_adapter`], the registry
-    /// from [`adapter`]: a provider added to one list only would be refused
+    /// from [`ADAPTERS`]: a provider added to one list only would be refused
     /// by `validate` yet usable, or accepted and then never created.
     #[test]
     fn validate_and_the_registry_agree_on_the_adapters() {
         for name in ProviderName::ALL {
-            assert_eq!(adapter(name).is_some(), name.has_adapter(), "{name}");
+            assert_eq!(descriptor(name).is_some(), name.has_adapter(), "{name}");
         }
+        let order: Vec<ProviderName> = ADAPTERS.iter().map(|d| d.name).collect();
+        assert_eq!(
+            order,
+            ProviderName::with_adapter(),
+            "one line each, in ALL order"
+        );
     }
 }

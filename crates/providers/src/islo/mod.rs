@@ -41,6 +41,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
+
+use crate::registry::Descriptor;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use serde::Deserialize;
@@ -880,6 +882,18 @@ impl Target {
         format!("{WORKSPACE}/{}", self.workdir)
     }
 }
+/// The `islo` adapter in the registry's table.
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    name: ProviderName::Islo,
+    build: |dir| IsloProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>),
+    credentials: Some("CRABBOX_ISLO_API_KEY (or ISLO_API_KEY)"),
+    help: "  CRABBOX_ISLO_API_KEY, ISLO_API_KEY
+                              Islo API key (enables `islo`); CRABBOX_ISLO_BASE_URL or
+                              ISLO_BASE_URL override https://api.islo.dev",
+    transport_refusal: Some(
+        "Islo owns the command transport and there is no Crabbox-managed SSH/rsync target to drive",
+    ),
+};
 
 /// The `islo` provider.
 pub struct IsloProvider {

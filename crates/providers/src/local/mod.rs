@@ -38,6 +38,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+
+use crate::registry::Descriptor;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{
@@ -110,6 +112,14 @@ struct LeaseRecord {
     /// Unix seconds when the directory was created.
     created_at: u64,
 }
+/// The `local` adapter in the registry's table.
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    name: ProviderName::Local,
+    build: |dir| Some(Arc::new(LocalProvider::new(dir))),
+    credentials: None,
+    help: "",
+    transport_refusal: None,
+};
 
 /// The `local` provider, rooted at `<state_dir>/local/leases`.
 #[derive(Debug)]
@@ -1357,7 +1367,7 @@ mod tests {
         let state = tempfile::tempdir().expect("tempdir");
         let provider = LocalProvider::new(state.path());
         assert_eq!(provider.name(), ProviderName::Local);
-        let features = provider.features();
+        let features = crabbox_core::provider::features_of(provider.name());
         assert!(features.labels && features.local && features.background && !features.ssh);
         assert!(
             provider.list("a").await.expect("empty list").is_empty(),

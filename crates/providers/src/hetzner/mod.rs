@@ -45,6 +45,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+
+use crate::registry::Descriptor;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -277,6 +279,15 @@ struct SshSettings {
     /// The member's own private key, if it names one.
     key: Option<PathBuf>,
 }
+/// The `hetzner` adapter in the registry's table.
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    name: ProviderName::Hetzner,
+    build: |dir| HetznerProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>),
+    credentials: Some("HCLOUD_TOKEN (or HETZNER_TOKEN)"),
+    help: "  HCLOUD_TOKEN, HETZNER_TOKEN Hetzner Cloud API token (enables the `hetzner` provider)
+  HCLOUD_ENDPOINT             Hetzner API base URL (default https://api.hetzner.cloud/v1)",
+    transport_refusal: None,
+};
 
 /// The `hetzner` provider.
 #[derive(Debug)]

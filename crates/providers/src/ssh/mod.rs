@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use crate::registry::Descriptor;
 use serde_json::Value;
 
 use crate::{CreateRequest, ExecRequest, Provider};
@@ -26,6 +28,14 @@ use crabbox_state::state_dir::expand_tilde;
 const SSH_WAIT: Duration = Duration::from_secs(60);
 /// Default base of work roots on the host (relative to the login's home).
 const DEFAULT_WORK_ROOT: &str = "crabbox";
+/// The `ssh` adapter in the registry's table.
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    name: ProviderName::Ssh,
+    build: |dir| Some(Arc::new(SshProvider::new(dir))),
+    credentials: None,
+    help: "",
+    transport_refusal: None,
+};
 
 /// The static SSH provider.
 pub struct SshProvider {

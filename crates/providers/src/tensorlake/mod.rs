@@ -45,6 +45,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use crate::registry::Descriptor;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::time::Instant;
@@ -54,7 +56,7 @@ use crabbox_core::duration;
 use crabbox_core::labels::Labels;
 use crabbox_core::lease::{Endpoint, Lease};
 use crabbox_core::provider::ProviderName;
-use crabbox_core::provider::{Features, OutputSink, ProviderError, Stream};
+use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_exec::remote_shell::{
     ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, NO_PROBE_TOOL, STATE_DIR, ServiceDirs,
     bash_tcp_probe_script, check_service_name, checked_text, early_exit, export_lines,
@@ -328,6 +330,19 @@ impl Target {
         )
     }
 }
+/// The `tensorlake` adapter in the registry's table.
+pub const DESCRIPTOR: Descriptor = Descriptor {
+    name: ProviderName::Tensorlake,
+    build: |dir| TensorlakeProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>),
+    credentials: Some("CRABBOX_TENSORLAKE_API_KEY (or TENSORLAKE_API_KEY)"),
+    help: "  CRABBOX_TENSORLAKE_API_KEY, TENSORLAKE_API_KEY
+                              Tensorlake API key (enables `tensorlake`; given to the CLI in its
+                              environment only); TENSORLAKE_API_URL, TENSORLAKE_ORGANIZATION_ID,
+                              TENSORLAKE_PROJECT_ID, INDEXIFY_NAMESPACE pass through",
+    transport_refusal: Some(
+        "Tensorlake owns the command transport and does not expose Crabbox's rsync semantics",
+    ),
+};
 
 /// The `tensorlake` provider.
 pub struct TensorlakeProvider {
@@ -1030,13 +1045,6 @@ impl OutputSink for NullSink {
 impl Provider for TensorlakeProvider {
     fn name(&self) -> ProviderName {
         ProviderName::Tensorlake
-    }
-
-    fn features(&self) -> Features {
-        Features {
-            background: true,
-            ..Features::default()
-        }
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
