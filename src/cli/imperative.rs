@@ -18,10 +18,10 @@ use crabbox_core::lease::Lease;
 use crabbox_core::normalize::checked_name;
 use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{OutputSink, Stream};
+use crabbox_exec::session::ExecRequest;
 use crabbox_plan::diff::{PlanOptions, plan};
 use crabbox_plan::inventory::Inventory;
 use crabbox_plan::{Action, MemberChange, Plan, human};
-use crabbox_providers::ExecRequest;
 use crabbox_providers::registry::{Registry, descriptor};
 use crabbox_render::peers::{peer_env, peers_from_leases};
 use crabbox_spec::desired::{
@@ -253,7 +253,11 @@ pub(super) fn run(args: &RunArgs) -> ExitCode {
         env,
         timeout: None,
     };
-    match rt.block_on(provider.exec(&lease, &request, Arc::new(Passthrough))) {
+    match rt.block_on(
+        provider
+            .session(&lease)
+            .exec(&request, Arc::new(Passthrough)),
+    ) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
         Err(e) => {
             anstream::eprintln!("error: {e}");

@@ -12,7 +12,8 @@ use crabbox_core::labels::Labels;
 use crabbox_core::lease::{Endpoint, Lease};
 use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{OutputSink, ProviderError};
-use crabbox_providers::{CreateRequest, ExecRequest, Provider};
+use crabbox_exec::session::{ExecRequest, Session};
+use crabbox_providers::{CreateRequest, Provider};
 use crabbox_spec::desired::Probe;
 
 /// The fake provider's state.
@@ -66,6 +67,13 @@ impl MemoryProvider {
 
 #[async_trait]
 impl Provider for MemoryProvider {
+    fn session<'a>(&'a self, lease: &'a Lease) -> Box<dyn Session + 'a> {
+        Box::new(MemorySession {
+            provider: self,
+            lease,
+        })
+    }
+
     fn name(&self) -> ProviderName {
         ProviderName::Local
     }
@@ -126,54 +134,62 @@ impl Provider for MemoryProvider {
         Ok(())
     }
 
-    async fn upload(&self, lease: &Lease, _archive: &Path) -> Result<(), ProviderError> {
-        self.touch(lease)
+    async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
+        self.touch(lease)?;
+        self.resources.lock().expect("lock").remove(&lease.cloud_id);
+        Ok(())
+    }
+}
+
+/// A lease of the in-memory provider: commands are recorded, not run.
+struct MemorySession<'a> {
+    provider: &'a MemoryProvider,
+    lease: &'a Lease,
+}
+
+#[async_trait]
+impl Session for MemorySession<'_> {
+    async fn upload(&self, _archive: &Path) -> Result<(), ProviderError> {
+        self.provider.touch(self.lease)
     }
 
     async fn exec(
         &self,
-        lease: &Lease,
         request: &ExecRequest,
         _sink: Arc<dyn OutputSink>,
     ) -> Result<i32, ProviderError> {
-        self.touch(lease)?;
-        self.commands
+        self.provider.touch(self.lease)?;
+        self.provider
+            .commands
             .lock()
             .expect("lock")
-            .push((lease.id.clone(), request.command.clone()));
+            .push((self.lease.id.clone(), request.command.clone()));
         Ok(i32::from(request.command.contains("exit 1")))
     }
 
     async fn start_background(
         &self,
-        lease: &Lease,
         request: &ExecRequest,
         _name: &str,
     ) -> Result<(), ProviderError> {
-        self.touch(lease)?;
-        self.commands
+        self.provider.touch(self.lease)?;
+        self.provider
+            .commands
             .lock()
             .expect("lock")
-            .push((lease.id.clone(), format!("& {}", request.command)));
+            .push((self.lease.id.clone(), format!("& {}", request.command)));
         Ok(())
     }
 
-    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
-        self.touch(lease)
+    async fn stop_background(&self) -> Result<(), ProviderError> {
+        self.provider.touch(self.lease)
     }
 
     async fn probe(
         &self,
-        lease: &Lease,
         _probe: &Probe,
         _env: &BTreeMap<String, String>,
     ) -> Result<bool, ProviderError> {
-        self.touch(lease).map(|()| true)
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
-        self.touch(lease)?;
-        self.resources.lock().expect("lock").remove(&lease.cloud_id);
-        Ok(())
+        self.provider.touch(self.lease).map(|()| true)
     }
 }

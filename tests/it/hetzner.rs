@@ -12,8 +12,9 @@ use crabbox_core::lease::{Endpoint, Lease, new_lease_id};
 use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_core::retry::with_retries;
+use crabbox_exec::session::ExecRequest;
 use crabbox_providers::hetzner::{HetznerProvider, key_name, server_name};
-use crabbox_providers::{CreateRequest, ExecRequest, Provider};
+use crabbox_providers::{CreateRequest, Provider};
 use crabbox_spec::desired::{DesiredMember, SyncSettings};
 use crabbox_spec::member_labels;
 use crabbox_spec::model::Class;
@@ -753,7 +754,8 @@ async fn the_lease_is_reachable_over_ssh_with_its_generated_key() {
     );
     let sink = Arc::new(Collect::default());
     let code = provider
-        .exec(&lease, &exec_request("echo hi"), sink.clone())
+        .session(&lease)
+        .exec(&exec_request("echo hi"), sink.clone())
         .await
         .expect("exec");
     assert_eq!(code, 0);
@@ -766,11 +768,8 @@ async fn the_lease_is_reachable_over_ssh_with_its_generated_key() {
     assert_eq!(listed.len(), 1);
     let sink = Arc::new(Collect::default());
     let code = later
-        .exec(
-            &listed[0],
-            &exec_request("echo \"$CRABBOX_LEASE_ID\""),
-            sink.clone(),
-        )
+        .session(&listed[0])
+        .exec(&exec_request("echo \"$CRABBOX_LEASE_ID\""), sink.clone())
         .await
         .expect("exec after restart");
     assert_eq!(code, 0);
@@ -821,7 +820,8 @@ async fn a_members_own_key_is_uploaded_once_and_shared() {
     for lease in [&a, &b] {
         let sink = Arc::new(Collect::default());
         let code = provider
-            .exec(lease, &exec_request("echo hi"), sink.clone())
+            .session(lease)
+            .exec(&exec_request("echo hi"), sink.clone())
             .await
             .expect("exec");
         assert_eq!((code, sink.stdout()), (0, vec!["hi".to_owned()]));
@@ -1033,10 +1033,15 @@ async fn setup_on_a_lease_whose_work_root_was_never_prepared_runs_after_stop_bac
     let later = ssh_provider(&fx, remote.path());
     let listed = later.list(POND).await.expect("list");
     // What a re-run setup does first.
-    later.stop_background(&listed[0]).await.expect("stop");
+    later
+        .session(&listed[0])
+        .stop_background()
+        .await
+        .expect("stop");
     let sink = Arc::new(Collect::default());
     let code = later
-        .exec(&listed[0], &exec_request("pwd"), sink.clone())
+        .session(&listed[0])
+        .exec(&exec_request("pwd"), sink.clone())
         .await
         .expect("exec");
     assert_eq!(code, 0, "not 127: the work root exists again");

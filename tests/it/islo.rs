@@ -11,8 +11,9 @@ use crabbox_core::lease::{Lease, new_lease_id};
 use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_core::retry::with_retries;
+use crabbox_exec::session::ExecRequest;
 use crabbox_providers::islo::{IsloProvider, sandbox_name};
-use crabbox_providers::{CreateRequest, ExecRequest, Provider};
+use crabbox_providers::{CreateRequest, Provider};
 use crabbox_spec::desired::{DesiredMember, Probe, SyncSettings};
 use crabbox_spec::member_labels;
 use crabbox_state::claims::{Claim, ClaimStore, claim_state, now_rfc3339};
@@ -207,7 +208,8 @@ fn exec_request(command: &str) -> ExecRequest {
 async fn run(provider: &IsloProvider, lease: &Lease, command: &str) -> (i32, Arc<Collect>) {
     let sink = Arc::new(Collect::default());
     let code = provider
-        .exec(lease, &exec_request(command), sink.clone())
+        .session(lease)
+        .exec(&exec_request(command), sink.clone())
         .await
         .expect("exec");
     (code, sink)
@@ -477,7 +479,8 @@ async fn upload_and_exec_round_trip() {
         ("sub/data.txt", "42\n"),
     ]);
     provider
-        .upload(&lease, &archive.path)
+        .session(&lease)
+        .upload(&archive.path)
         .await
         .expect("upload");
 
@@ -523,7 +526,10 @@ async fn upload_and_exec_round_trip() {
     let mut request = exec_request("echo \"$GREETING $CRABBOX_WORKSPACE\"");
     request.env.insert("GREETING".into(), "hi there".into());
     let sink = Arc::new(Collect::default());
-    assert_eq!(provider.exec(&lease, &request, sink.clone()).await, Ok(0));
+    assert_eq!(
+        provider.session(&lease).exec(&request, sink.clone()).await,
+        Ok(0)
+    );
     assert_eq!(sink.stdout(), ["hi there /workspace/app/backend"]);
     fx.check_foreign_untouched();
 }
@@ -558,7 +564,8 @@ async fn upload_of_escaping_entries_is_refused() {
     for name in ["../evil.txt", "/tmp/evil.txt"] {
         let archive = raw_archive(dir.path(), name);
         let err = provider
-            .upload(&lease, &archive)
+            .session(&lease)
+            .upload(&archive)
             .await
             .expect_err("refused");
         assert!(
@@ -617,8 +624,7 @@ async fn exec_streams_stdout_and_stderr_in_order_with_exit_codes() {
         lines: Mutex::default(),
     });
     let code = provider
-        .exec(
-            &lease,
+        .session(&lease).exec(
             &exec_request(
                 "echo first; for i in $(seq 1 200); do [ -f go ] && break; sleep 0.05; done; [ -f go ] && echo second || echo no-go",
             ),
@@ -633,7 +639,8 @@ async fn exec_streams_stdout_and_stderr_in_order_with_exit_codes() {
     let mut request = exec_request("sleep 30");
     request.timeout = Some(Duration::from_millis(300));
     let err = provider
-        .exec(&lease, &request, Arc::new(Collect::default()))
+        .session(&lease)
+        .exec(&request, Arc::new(Collect::default()))
         .await
         .expect_err("timed out");
     assert_eq!(
@@ -651,7 +658,8 @@ async fn a_stream_without_exit_fails_and_error_events_surface() {
     fx.handle().drop_next_exit_events(1);
     let sink = Arc::new(Collect::default());
     let err = provider
-        .exec(&lease, &exec_request("echo partial"), sink.clone())
+        .session(&lease)
+        .exec(&exec_request("echo partial"), sink.clone())
         .await
         .expect_err("no exit event");
     assert_eq!(
@@ -664,7 +672,8 @@ async fn a_stream_without_exit_fails_and_error_events_surface() {
         .error_instead_of_next_exit("vm exec failed: out of memory");
     let sink = Arc::new(Collect::default());
     let err = provider
-        .exec(&lease, &exec_request("echo starting"), sink.clone())
+        .session(&lease)
+        .exec(&exec_request("echo starting"), sink.clone())
         .await
         .expect_err("error event");
     assert_eq!(
@@ -687,7 +696,8 @@ async fn rate_limits_and_unavailability_are_retried() {
     // One call alone reports a retryable error with the server's delay.
     fx.handle().fail_next_with_429(1, 1);
     let err = provider
-        .exec(&lease, &exec_request("true"), Arc::new(Collect::default()))
+        .session(&lease)
+        .exec(&exec_request("true"), Arc::new(Collect::default()))
         .await
         .expect_err("429");
     assert!(
@@ -707,7 +717,8 @@ async fn rate_limits_and_unavailability_are_retried() {
     fx.handle().fail_next_with_429(2, 0);
     let sink = Arc::new(Collect::default());
     let echo = exec_request("echo ok");
-    let code = with_retries(|| provider.exec(&lease, &echo, sink.clone()))
+    let session = provider.session(&lease);
+    let code = with_retries(|| session.exec(&echo, sink.clone()))
         .await
         .expect("retried");
     assert_eq!(code, 0);
@@ -728,7 +739,7 @@ async fn rate_limits_and_unavailability_are_retried() {
 
     let (_repo, archive) = archive_of(&[("a.txt", "a\n")]);
     fx.handle().fail_next_with_503(1);
-    with_retries(|| provider.upload(&lease, &archive.path))
+    with_retries(|| session.upload(&archive.path))
         .await
         .expect("upload retried");
     assert!(fx.workspace(&lease, "crabbox/a.txt").is_file());
@@ -749,27 +760,33 @@ async fn background_service_tcp_probe_and_stop() {
     let port = free_port();
     let env = BTreeMap::new();
     let tcp = Probe::Tcp { host: None, port };
-    assert_eq!(provider.probe(&lease, &tcp, &env).await, Ok(false));
+    assert_eq!(provider.session(&lease).probe(&tcp, &env).await, Ok(false));
 
     let mut request = exec_request(&format!(
         "echo \"serving $MODE\"; exec python3 -m http.server {port} --bind 127.0.0.1"
     ));
     request.env.insert("MODE".into(), "test".into());
     provider
-        .start_background(&lease, &request, "setup-1")
+        .session(&lease)
+        .start_background(&request, "setup-1")
         .await
         .expect("started");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !provider.probe(&lease, &tcp, &env).await.expect("probe") {
+    while !provider
+        .session(&lease)
+        .probe(&tcp, &env)
+        .await
+        .expect("probe")
+    {
         assert!(Instant::now() < deadline, "the service never listened");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let http = Probe::Http(format!("http://127.0.0.1:{port}/"));
-    assert_eq!(provider.probe(&lease, &http, &env).await, Ok(true));
+    assert_eq!(provider.session(&lease).probe(&http, &env).await, Ok(true));
     assert_eq!(
         provider
+            .session(&lease)
             .probe(
-                &lease,
                 &Probe::Command("test -f .crabbox/pids/setup-1.pid".into()),
                 &env
             )
@@ -778,7 +795,8 @@ async fn background_service_tcp_probe_and_stop() {
     );
     assert_eq!(
         provider
-            .probe(&lease, &Probe::Command("exit 1".into()), &env)
+            .session(&lease)
+            .probe(&Probe::Command("exit 1".into()), &env)
             .await,
         Ok(false)
     );
@@ -791,7 +809,11 @@ async fn background_service_tcp_probe_and_stop() {
     let log = std::fs::read_to_string(workspace.join(".crabbox/logs/setup-1.log")).expect("log");
     assert!(log.contains("serving test"), "{log}");
 
-    provider.stop_background(&lease).await.expect("stopped");
+    provider
+        .session(&lease)
+        .stop_background()
+        .await
+        .expect("stopped");
     assert!(!workspace.join(".crabbox/pids/setup-1.pid").exists());
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists()
@@ -799,11 +821,12 @@ async fn background_service_tcp_probe_and_stop() {
                 .is_ok_and(|s| s.contains(") Z ")),
         "the service is gone"
     );
-    assert_eq!(provider.probe(&lease, &tcp, &env).await, Ok(false));
+    assert_eq!(provider.session(&lease).probe(&tcp, &env).await, Ok(false));
 
     // A service that exits at once is a failure that shows its output.
     let err = provider
-        .start_background(&lease, &exec_request("echo boom >&2; exit 4"), "setup-2")
+        .session(&lease)
+        .start_background(&exec_request("echo boom >&2; exit 4"), "setup-2")
         .await
         .expect_err("exits at once");
     let message = err.to_string();
@@ -906,7 +929,8 @@ async fn pause_and_resume() {
         "paused"
     );
     let err = provider
-        .exec(&lease, &exec_request("true"), Arc::new(Collect::default()))
+        .session(&lease)
+        .exec(&exec_request("true"), Arc::new(Collect::default()))
         .await
         .expect_err("paused sandboxes run nothing");
     assert!(err.to_string().contains("SANDBOX_INVALID_STATE"), "{err}");
@@ -951,7 +975,8 @@ async fn release_deletes_and_a_second_release_is_not_found() {
     let provider = fx.provider();
     let lease = fx.lease(&provider, "web", json!({})).await;
     provider
-        .start_background(&lease, &exec_request("exec sleep 1000"), "svc")
+        .session(&lease)
+        .start_background(&exec_request("exec sleep 1000"), "svc")
         .await
         .expect("started");
     let pid: i32 = std::fs::read_to_string(fx.workspace(&lease, "crabbox/.crabbox/pids/svc.pid"))
@@ -995,11 +1020,8 @@ async fn release_deletes_and_a_second_release_is_not_found() {
     assert!(err.to_string().contains("no claim"), "{err}");
     assert!(
         provider
-            .exec(
-                &stranger,
-                &exec_request("true"),
-                Arc::new(Collect::default())
-            )
+            .session(&stranger)
+            .exec(&exec_request("true"), Arc::new(Collect::default()))
             .await
             .is_err()
     );
@@ -1062,7 +1084,8 @@ async fn sessions_are_refreshed_when_they_expire() {
     fx.handle().expire_all_tokens();
     let (_repo, archive) = archive_of(&[("f.txt", "f\n")]);
     provider
-        .upload(&lease, &archive.path)
+        .session(&lease)
+        .upload(&archive.path)
         .await
         .expect("upload");
     assert_eq!(fx.handle().tokens_issued(), 4);
@@ -1090,7 +1113,8 @@ async fn the_api_key_stays_in_the_token_exchange() {
     let lease = fx.lease(&provider, "web", json!({})).await;
     let (_repo, archive) = archive_of(&[("a.txt", "a\n")]);
     provider
-        .upload(&lease, &archive.path)
+        .session(&lease)
+        .upload(&archive.path)
         .await
         .expect("upload");
     run(&provider, &lease, "env").await;

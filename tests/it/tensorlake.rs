@@ -13,8 +13,9 @@ use crabbox_core::lease::{Lease, new_lease_id};
 use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_exec::archive;
+use crabbox_exec::session::ExecRequest;
 use crabbox_providers::tensorlake::{TensorlakeDefaults, TensorlakeProvider, is_sandbox_id};
-use crabbox_providers::{CreateRequest, ExecRequest, Provider};
+use crabbox_providers::{CreateRequest, Provider};
 use crabbox_spec::desired::{DesiredMember, Probe, SyncSettings};
 use crabbox_spec::member_labels;
 use crabbox_state::claims::{Claim, ClaimStore, claim_state, now_rfc3339};
@@ -298,7 +299,8 @@ fn exec_request(command: &str) -> ExecRequest {
 async fn run(p: &TensorlakeProvider, lease: &Lease, command: &str) -> (i32, Arc<Lines>) {
     let sink = Arc::new(Lines::default());
     let code = p
-        .exec(lease, &exec_request(command), sink.clone())
+        .session(lease)
+        .exec(&exec_request(command), sink.clone())
         .await
         .expect("exec");
     (code, sink)
@@ -547,7 +549,7 @@ async fn upload_and_exec_round_trip() {
     std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o755))
         .expect("chmod");
     let built = archive::build(&src, &[], 1 << 20).expect("archive");
-    p.upload(&lease, &built.path).await.expect("upload");
+    p.session(&lease).upload(&built.path).await.expect("upload");
 
     let root = fx.sandbox(&lease.cloud_id);
     assert_eq!(
@@ -633,8 +635,8 @@ async fn exec_streams_output_and_passes_exit_codes() {
     // A time limit kills the command.
     let started = Instant::now();
     let err = p
+        .session(&lease)
         .exec(
-            &lease,
             &ExecRequest {
                 command: "sleep 30".into(),
                 env: BTreeMap::new(),
@@ -675,8 +677,7 @@ async fn env_values_reach_the_command_but_never_a_command_line() {
     .collect();
     let sink = Arc::new(Lines::default());
     let code = p
-        .exec(
-            &lease,
+        .session(&lease).exec(
             &ExecRequest {
                 command: r#"printf '%s|' "$PLAIN" "$API_TOKEN"; printf '\n'; printf '%s\n' "$MULTI"; ls /tmp | grep -c crabbox-env || true"#.into(),
                 env: env.clone(),
@@ -705,20 +706,18 @@ async fn env_values_reach_the_command_but_never_a_command_line() {
         timeout: Some(Duration::from_secs(60)),
     };
     assert_eq!(
-        p.exec(&lease, &failing, Arc::new(Lines::default()))
+        p.session(&lease)
+            .exec(&failing, Arc::new(Lines::default()))
             .await
             .expect("exec"),
         5
     );
     // Probes with env too.
     assert!(
-        p.probe(
-            &lease,
-            &Probe::Command("test \"${#PLAIN}\" -eq 11".into()),
-            &env
-        )
-        .await
-        .expect("probe")
+        p.session(&lease)
+            .probe(&Probe::Command("test \"${#PLAIN}\" -eq 11".into()), &env)
+            .await
+            .expect("probe")
     );
 
     let log = fx.log();
@@ -803,13 +802,15 @@ async fn background_service_tcp_probe_and_stop() {
         env: env.clone(),
         timeout: None,
     };
-    p.start_background(&lease, &request, "web")
+    p.session(&lease)
+        .start_background(&request, "web")
         .await
         .expect("start");
     let tcp = Probe::Tcp { host: None, port };
     assert!(
         eventually(Duration::from_secs(20), || async {
-            p.probe(&lease, &tcp, &BTreeMap::new())
+            p.session(&lease)
+                .probe(&tcp, &BTreeMap::new())
                 .await
                 .expect("probe")
         })
@@ -824,38 +825,36 @@ async fn background_service_tcp_probe_and_stop() {
     assert!(wd.join(".crabbox/pids/web.pid").is_file());
     assert!(wd.join(".crabbox/logs/web.log").is_file());
     assert!(
-        p.probe(
-            &lease,
-            &Probe::Http(format!("http://127.0.0.1:{port}/greeting.txt")),
-            &BTreeMap::new()
-        )
-        .await
-        .expect("http probe")
+        p.session(&lease)
+            .probe(
+                &Probe::Http(format!("http://127.0.0.1:{port}/greeting.txt")),
+                &BTreeMap::new()
+            )
+            .await
+            .expect("http probe")
     );
     assert!(
-        p.probe(
-            &lease,
-            &Probe::Command("test -f greeting.txt".into()),
-            &BTreeMap::new()
-        )
-        .await
-        .expect("probe")
+        p.session(&lease)
+            .probe(
+                &Probe::Command("test -f greeting.txt".into()),
+                &BTreeMap::new()
+            )
+            .await
+            .expect("probe")
     );
     assert!(
-        !p.probe(
-            &lease,
-            &Probe::Command("test -f nope".into()),
-            &BTreeMap::new()
-        )
-        .await
-        .expect("probe")
+        !p.session(&lease)
+            .probe(&Probe::Command("test -f nope".into()), &BTreeMap::new())
+            .await
+            .expect("probe")
     );
     assert!(!marked_processes(&lease.id).is_empty());
 
-    p.stop_background(&lease).await.expect("stop");
+    p.session(&lease).stop_background().await.expect("stop");
     assert!(!wd.join(".crabbox/pids/web.pid").exists());
     assert!(
-        !p.probe(&lease, &tcp, &BTreeMap::new())
+        !p.session(&lease)
+            .probe(&tcp, &BTreeMap::new())
             .await
             .expect("probe"),
         "stopped"
@@ -870,7 +869,8 @@ async fn background_service_tcp_probe_and_stop() {
 
     // A service that dies at once is an error with its output.
     let err = p
-        .start_background(&lease, &exec_request("echo broken >&2; exit 3"), "bad")
+        .session(&lease)
+        .start_background(&exec_request("echo broken >&2; exit 3"), "bad")
         .await
         .expect_err("fails");
     let text = err.to_string();
@@ -879,7 +879,8 @@ async fn background_service_tcp_probe_and_stop() {
         "{text}"
     );
     assert!(
-        p.start_background(&lease, &exec_request("true"), "../x")
+        p.session(&lease)
+            .start_background(&exec_request("true"), "../x")
             .await
             .is_err()
     );
@@ -971,7 +972,8 @@ async fn release_terminates_and_second_release_is_not_found() {
     let fx = Fx::new();
     let p = fx.provider();
     let lease = fx.create(&p, "db", block(json!({}))).await.expect("create");
-    p.start_background(&lease, &exec_request("exec sleep 300"), "sleeper")
+    p.session(&lease)
+        .start_background(&exec_request("exec sleep 300"), "sleeper")
         .await
         .expect("start");
     assert!(!marked_processes(&lease.id).is_empty());

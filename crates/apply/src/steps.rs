@@ -15,8 +15,9 @@ use crabbox_core::lease::{Lease, new_lease_id};
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_core::retry::with_retries;
 use crabbox_exec::archive;
+use crabbox_exec::session::ExecRequest;
 use crabbox_providers::registry::Registry;
-use crabbox_providers::{CreateRequest, ExecRequest, Provider};
+use crabbox_providers::{CreateRequest, Provider};
 use crabbox_render::files::{OutputFile, output_files, write_outputs};
 use crabbox_render::peers::{Peer, peer_env, peers_from_leases, resolve_refs};
 use crabbox_spec::desired::{DesiredMember, Probe};
@@ -207,7 +208,8 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
             let lease = ctx.lease(&slug)?;
             guard(ctx, &lease)?;
             ctx.provider(lease.provider)?
-                .stop_background(&lease)
+                .session(&lease)
+                .stop_background()
                 .await?;
             Ok(String::new())
         }
@@ -348,7 +350,8 @@ async fn sync(ctx: &Context, slug: &str) -> Result<String, StepError> {
             .map_err(|e| fail(format!("sync task: {e}")))?
             .map_err(|e| fail(e.to_string()))?;
     ctx.provider(lease.provider)?
-        .upload(&lease, &built.path)
+        .session(&lease)
+        .upload(&built.path)
         .await?;
     Ok(format!(
         "{} files, {} KiB",
@@ -381,7 +384,8 @@ async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
         };
         if step.background {
             if let Err(e) = provider
-                .start_background(&lease, &request, &format!("setup-{n}"))
+                .session(&lease)
+                .start_background(&request, &format!("setup-{n}"))
                 .await
             {
                 ctx.taint(slug, &format!("setup_step_{n}_background")).await;
@@ -391,7 +395,7 @@ async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
                 )));
             }
         } else {
-            match provider.exec(&lease, &request, sink.clone()).await {
+            match provider.session(&lease).exec(&request, sink.clone()).await {
                 Ok(0) => {}
                 Ok(code) => {
                     ctx.taint(slug, &format!("setup_step_{n}_exit_{code}"))
@@ -429,7 +433,7 @@ async fn ready(ctx: &Context, slug: &str) -> Result<String, StepError> {
         .map_or(check.timeout, |w| w.min(check.timeout));
     let mut last_error = String::new();
     loop {
-        match provider.probe(&lease, &check.probe, &env).await {
+        match provider.session(&lease).probe(&check.probe, &env).await {
             Ok(true) => return Ok(describe_probe(&check.probe)),
             Ok(false) => {}
             Err(e) => last_error = format!(": {e}"),

@@ -6,4 +6,5 @@ pub mod archive;
 pub mod mesh;
 pub mod process_groups;
 pub mod remote_shell;
+pub mod session;
 pub mod ssh;

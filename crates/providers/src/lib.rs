@@ -10,18 +10,14 @@ pub mod registry;
 pub mod ssh;
 pub mod tensorlake;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use crabbox_core::provider::{OutputSink, ProviderError};
-
 use crabbox_core::labels::Labels;
 use crabbox_core::lease::Lease;
-use crabbox_core::provider::ProviderName;
-use crabbox_spec::desired::{DesiredMember, Probe};
+use crabbox_core::provider::{ProviderError, ProviderName};
+use crabbox_exec::session::Session;
+use crabbox_spec::desired::DesiredMember;
 
 pub use crabbox_core::lease::Share;
 
@@ -59,17 +55,6 @@ pub struct CreateRequest {
     pub labels: Labels,
 }
 
-/// One command to run on a lease.
-#[derive(Debug, Clone, Default)]
-pub struct ExecRequest {
-    /// Shell command, run with `sh -c` in the lease's workspace.
-    pub command: String,
-    /// Environment (member env, peer variables, step env).
-    pub env: BTreeMap<String, String>,
-    /// Time limit.
-    pub timeout: Option<Duration>,
-}
-
 /// One provider.
 #[async_trait]
 pub trait Provider: Send + Sync {
@@ -103,35 +88,9 @@ pub trait Provider: Send + Sync {
     /// Replaces a lease's labels.
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError>;
 
-    /// Unpacks a gzipped tar archive into the lease's workspace.
-    async fn upload(&self, lease: &Lease, archive: &Path) -> Result<(), ProviderError>;
-
-    /// Runs a command to completion, streaming its output; returns its exit code.
-    async fn exec(
-        &self,
-        lease: &Lease,
-        request: &ExecRequest,
-        sink: Arc<dyn OutputSink>,
-    ) -> Result<i32, ProviderError>;
-
-    /// Starts a long-running service detached; its output goes to the lease's logs.
-    async fn start_background(
-        &self,
-        lease: &Lease,
-        request: &ExecRequest,
-        name: &str,
-    ) -> Result<(), ProviderError>;
-
-    /// Stops every background service crabbox started on the lease.
-    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError>;
-
-    /// One readiness attempt: `Ok(true)` when the probe passes.
-    async fn probe(
-        &self,
-        lease: &Lease,
-        probe: &Probe,
-        env: &BTreeMap<String, String>,
-    ) -> Result<bool, ProviderError>;
+    /// How to reach the lease: run commands, upload the repository, run
+    /// services, probe readiness. Building it does no I/O; each call does.
+    fn session<'a>(&'a self, lease: &'a Lease) -> Box<dyn Session + 'a>;
 
     /// Releases the lease and everything crabbox started on it. A lease
     /// that is already gone is [`ProviderError::NotFound`].

@@ -39,7 +39,7 @@
 //!   ([`SshTarget::stop_background`]).
 
 use futures_util::StreamExt;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -47,18 +47,19 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::registry::Descriptor;
+use crabbox_exec::session::{Session, SshSession, SshTargets};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::http::{ApiError, HttpClient};
-use crate::{CreateRequest, ExecRequest, Provider};
+use crate::{CreateRequest, Provider};
 use crabbox_core::labels::{self, Labels};
 use crabbox_core::lease::{Endpoint, Lease, is_lease_id};
+use crabbox_core::provider::ProviderError;
 use crabbox_core::provider::ProviderName;
-use crabbox_core::provider::{OutputSink, ProviderError};
 use crabbox_exec::ssh::SshTarget;
 use crabbox_fs::atomic_file;
-use crabbox_spec::desired::{DesiredMember, Probe};
+use crabbox_spec::desired::DesiredMember;
 use crabbox_spec::model::Class;
 use crabbox_spec::providers::HetznerBlock;
 use crabbox_state::state_dir::expand_tilde;
@@ -1380,6 +1381,10 @@ fn check_owned(server: &Server, lease: &Lease) -> Result<(), ProviderError> {
 
 #[async_trait]
 impl Provider for HetznerProvider {
+    fn session<'a>(&'a self, lease: &'a Lease) -> Box<dyn Session + 'a> {
+        Box::new(SshSession::new(self, lease))
+    }
+
     fn name(&self) -> ProviderName {
         ProviderName::Hetzner
     }
@@ -1510,43 +1515,6 @@ impl Provider for HetznerProvider {
         Ok(())
     }
 
-    async fn upload(&self, lease: &Lease, archive: &Path) -> Result<(), ProviderError> {
-        self.target(lease).await?.upload(archive).await
-    }
-
-    async fn exec(
-        &self,
-        lease: &Lease,
-        request: &ExecRequest,
-        sink: Arc<dyn OutputSink>,
-    ) -> Result<i32, ProviderError> {
-        self.target(lease)
-            .await?
-            .exec(&request.command, &request.env, sink, request.timeout)
-            .await
-    }
-
-    async fn start_background(
-        &self,
-        lease: &Lease,
-        request: &ExecRequest,
-        name: &str,
-    ) -> Result<(), ProviderError> {
-        self.target(lease)
-            .await?
-            .start_background(&request.command, &request.env, name)
-            .await
-    }
-
-    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
-        let target = self.target(lease).await?;
-        if self.ssh_bootstrap {
-            // A server adopted after its creator died may still be booting.
-            target.wait_ready(self.ssh_timeout).await?;
-        }
-        target.stop_background().await
-    }
-
     async fn sweep(&self, pond: &str) -> Result<Vec<String>, ProviderError> {
         check_pond(pond)?;
         let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
@@ -1616,15 +1584,6 @@ impl Provider for HetznerProvider {
                 left.join("; ")
             )))
         }
-    }
-
-    async fn probe(
-        &self,
-        lease: &Lease,
-        probe: &Probe,
-        env: &BTreeMap<String, String>,
-    ) -> Result<bool, ProviderError> {
-        self.target(lease).await?.probe(probe, env).await
     }
 
     fn ssh_target(&self, lease: &Lease) -> Option<SshTarget> {
@@ -1704,6 +1663,21 @@ impl Provider for HetznerProvider {
             })?;
         }
         outcome
+    }
+}
+
+#[async_trait]
+impl SshTargets for HetznerProvider {
+    async fn ssh_target_of(&self, lease: &Lease) -> Result<SshTarget, ProviderError> {
+        self.target(lease).await
+    }
+
+    async fn before_stop(&self, target: &SshTarget) -> Result<(), ProviderError> {
+        if self.ssh_bootstrap {
+            // A server adopted after its creator died may still be booting.
+            target.wait_ready(self.ssh_timeout).await?;
+        }
+        Ok(())
     }
 }
 

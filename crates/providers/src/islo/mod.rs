@@ -43,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 
 use crate::registry::Descriptor;
+use crabbox_exec::session;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use serde::Deserialize;
@@ -50,7 +51,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::http::{ApiError, HttpClient, user_agent};
-use crate::{CreateRequest, ExecRequest, Provider, Share};
+use crate::{CreateRequest, Provider, Share};
 use crabbox_core::duration;
 use crabbox_core::labels::Labels;
 use crabbox_core::lease::{Endpoint, Lease, is_lease_id};
@@ -62,6 +63,7 @@ use crabbox_exec::remote_shell::{
     bash_tcp_probe_script, check_service_name, early_exit, http_probe_script, quote,
     stop_functions,
 };
+use crabbox_exec::session::ExecRequest;
 use crabbox_spec::desired::{DesiredMember, Probe};
 use crabbox_spec::providers::IsloBlock;
 use crabbox_state::claims::{Claim, ClaimStore};
@@ -1401,6 +1403,13 @@ impl IsloProvider {
 
 #[async_trait]
 impl Provider for IsloProvider {
+    fn session<'a>(&'a self, lease: &'a Lease) -> Box<dyn session::Session + 'a> {
+        Box::new(IsloSession {
+            provider: self,
+            lease,
+        })
+    }
+
     fn name(&self) -> ProviderName {
         ProviderName::Islo
     }
@@ -1535,166 +1544,6 @@ impl Provider for IsloProvider {
         Ok(())
     }
 
-    async fn upload(&self, lease: &Lease, archive: &Path) -> Result<(), ProviderError> {
-        let target = self.target(lease)?;
-        let bytes = tokio::fs::read(archive)
-            .await
-            .map_err(|e| ProviderError::Failed(format!("reading {}: {e}", archive.display())))?;
-        let mut boundary = [0u8; 12];
-        getrandom::fill(&mut boundary).map_err(|e| ProviderError::Failed(e.to_string()))?;
-        let boundary: String = boundary.iter().map(|b| format!("{b:02x}")).collect();
-        let boundary = format!("crabbox-{boundary}");
-        let mut body = Vec::with_capacity(bytes.len() + 256);
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"archive.tar.gz\"\r\nContent-Type: application/gzip\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(&bytes);
-        drop(bytes);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        let path = format!("/sandboxes/{}/files-archive", target.name);
-        let url = format!("{}{path}", target.api.base_url);
-        let what = format!("islo: POST {path}");
-        let workspace = target.workspace();
-        let content_type = format!("multipart/form-data; boundary={boundary}");
-        // Built from the owned bytes for every attempt (a 401 sends it again).
-        let response = target
-            .api
-            .send_raw(&what, &path, |token| {
-                self.raw
-                    .post(&url)
-                    .query(&[("path", workspace.as_str())])
-                    .bearer_auth(token)
-                    .header(ACCEPT, "application/json")
-                    .header(CONTENT_TYPE, content_type.as_str())
-                    .timeout(UPLOAD_TIMEOUT)
-                    .body(body.clone())
-            })
-            .await?;
-        response
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&what, &e))?;
-        Ok(())
-    }
-
-    async fn exec(
-        &self,
-        lease: &Lease,
-        request: &ExecRequest,
-        sink: Arc<dyn OutputSink>,
-    ) -> Result<i32, ProviderError> {
-        let target = self.target(lease)?;
-        let workdir = target.workspace();
-        let run = self.stream(&target, &request.command, &request.env, &workdir, sink);
-        match request.timeout {
-            Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
-                Err(ProviderError::Failed(format!(
-                    "command timed out after {}",
-                    duration::format(limit)
-                )))
-            }),
-            None => run.await,
-        }
-    }
-
-    async fn start_background(
-        &self,
-        lease: &Lease,
-        request: &ExecRequest,
-        name: &str,
-    ) -> Result<(), ProviderError> {
-        check_service_name(name)?;
-        let target = self.target(lease)?;
-        // Pid files and logs relative to the workdir the script runs in.
-        let script = format!(
-            "{}{}",
-            stop_functions(&target.lease_id),
-            ServiceDirs::under(STATE_DIR).start_script(name, "bash -lc", &request.command)
-        );
-        let (code, stdout, stderr) = self.script(&target, &script, &request.env).await?;
-        match code {
-            0 => Ok(()),
-            EXITED_AT_ONCE => {
-                let (status, tail) = early_exit(&stdout);
-                Err(ProviderError::Failed(format!(
-                    "background service `{name}` exited with status {status} right after starting; last lines of {}/{STATE_DIR}/logs/{name}.log in islo sandbox `{}`:\n{tail}",
-                    target.workspace(),
-                    target.name
-                )))
-            }
-            code => Err(ProviderError::Failed(format!(
-                "starting background service `{name}` failed with exit status {code}: {}",
-                stderr.join("\n")
-            ))),
-        }
-    }
-
-    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
-        let target = self.target(lease)?;
-        // Run from `/workspace`: a workdir (or state directory) that does
-        // not exist yet has nothing to stop, and is not created for it.
-        let services = ServiceDirs::under(STATE_DIR);
-        let script = format!(
-            "{}cd -- {} 2>/dev/null || exit 0\n[ -d {} ] || exit 0\n{}exit 0\n",
-            stop_functions(&target.lease_id),
-            quote(&target.workdir),
-            quote(&services.pids),
-            services.stop_all()
-        );
-        let (code, _, stderr) = self
-            .script_in(&target, &script, &BTreeMap::new(), WORKSPACE)
-            .await?;
-        if code == 0 {
-            Ok(())
-        } else {
-            Err(ProviderError::Failed(format!(
-                "stopping background services failed with exit status {code}: {}",
-                stderr.join("\n")
-            )))
-        }
-    }
-
-    async fn probe(
-        &self,
-        lease: &Lease,
-        probe: &Probe,
-        env: &BTreeMap<String, String>,
-    ) -> Result<bool, ProviderError> {
-        let target = self.target(lease)?;
-        let (script, env) = match probe {
-            Probe::Command(command) => (command.clone(), env.clone()),
-            Probe::Tcp { host, port } => {
-                let host = match host.as_deref() {
-                    None | Some("localhost") => "127.0.0.1",
-                    Some(other) => other,
-                };
-                (bash_tcp_probe_script(host, *port), BTreeMap::new())
-            }
-            Probe::Http(url) => (http_probe_script(url, "sandbox"), BTreeMap::new()),
-        };
-        let sink: Arc<dyn OutputSink> = match probe {
-            Probe::Command(_) => Arc::new(NullSink),
-            _ => Arc::new(Collect::default()),
-        };
-        let workdir = target.workspace();
-        let run = self.stream(&target, &script, &env, &workdir, sink);
-        match tokio::time::timeout(PROBE_TIMEOUT, run).await {
-            Err(_) => Ok(false),
-            Ok(Ok(0)) => Ok(true),
-            Ok(Ok(NO_PROBE_TOOL)) if !matches!(probe, Probe::Command(_)) => {
-                Err(ProviderError::Failed(format!(
-                    "cannot probe in islo sandbox `{}`: it has none of curl, wget or python3",
-                    target.name
-                )))
-            }
-            Ok(Ok(_)) => Ok(false),
-            Ok(Err(e)) => Err(e),
-        }
-    }
-
     async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
         let target = self.target(lease)?;
         match target
@@ -1772,6 +1621,176 @@ impl Provider for IsloProvider {
             .await?;
         self.wait_running(&target.api, &target.name).await?;
         Ok(())
+    }
+}
+
+/// A lease of this provider, reached through its own command API.
+struct IsloSession<'a> {
+    provider: &'a IsloProvider,
+    lease: &'a Lease,
+}
+
+#[async_trait]
+impl session::Session for IsloSession<'_> {
+    async fn upload(&self, archive: &Path) -> Result<(), ProviderError> {
+        let target = self.provider.target(self.lease)?;
+        let bytes = tokio::fs::read(archive)
+            .await
+            .map_err(|e| ProviderError::Failed(format!("reading {}: {e}", archive.display())))?;
+        let mut boundary = [0u8; 12];
+        getrandom::fill(&mut boundary).map_err(|e| ProviderError::Failed(e.to_string()))?;
+        let boundary: String = boundary.iter().map(|b| format!("{b:02x}")).collect();
+        let boundary = format!("crabbox-{boundary}");
+        let mut body = Vec::with_capacity(bytes.len() + 256);
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"archive.tar.gz\"\r\nContent-Type: application/gzip\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&bytes);
+        drop(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let path = format!("/sandboxes/{}/files-archive", target.name);
+        let url = format!("{}{path}", target.api.base_url);
+        let what = format!("islo: POST {path}");
+        let workspace = target.workspace();
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        // Built from the owned bytes for every attempt (a 401 sends it again).
+        let response = target
+            .api
+            .send_raw(&what, &path, |token| {
+                self.provider
+                    .raw
+                    .post(&url)
+                    .query(&[("path", workspace.as_str())])
+                    .bearer_auth(token)
+                    .header(ACCEPT, "application/json")
+                    .header(CONTENT_TYPE, content_type.as_str())
+                    .timeout(UPLOAD_TIMEOUT)
+                    .body(body.clone())
+            })
+            .await?;
+        response
+            .bytes()
+            .await
+            .map_err(|e| transport_error(&what, &e))?;
+        Ok(())
+    }
+
+    async fn exec(
+        &self,
+        request: &ExecRequest,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ProviderError> {
+        let target = self.provider.target(self.lease)?;
+        let workdir = target.workspace();
+        let run = self
+            .provider
+            .stream(&target, &request.command, &request.env, &workdir, sink);
+        match request.timeout {
+            Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+                Err(ProviderError::Failed(format!(
+                    "command timed out after {}",
+                    duration::format(limit)
+                )))
+            }),
+            None => run.await,
+        }
+    }
+
+    async fn start_background(
+        &self,
+        request: &ExecRequest,
+        name: &str,
+    ) -> Result<(), ProviderError> {
+        check_service_name(name)?;
+        let target = self.provider.target(self.lease)?;
+        // Pid files and logs relative to the workdir the script runs in.
+        let script = format!(
+            "{}{}",
+            stop_functions(&target.lease_id),
+            ServiceDirs::under(STATE_DIR).start_script(name, "bash -lc", &request.command)
+        );
+        let (code, stdout, stderr) = self.provider.script(&target, &script, &request.env).await?;
+        match code {
+            0 => Ok(()),
+            EXITED_AT_ONCE => {
+                let (status, tail) = early_exit(&stdout);
+                Err(ProviderError::Failed(format!(
+                    "background service `{name}` exited with status {status} right after starting; last lines of {}/{STATE_DIR}/logs/{name}.log in islo sandbox `{}`:\n{tail}",
+                    target.workspace(),
+                    target.name
+                )))
+            }
+            code => Err(ProviderError::Failed(format!(
+                "starting background service `{name}` failed with exit status {code}: {}",
+                stderr.join("\n")
+            ))),
+        }
+    }
+
+    async fn stop_background(&self) -> Result<(), ProviderError> {
+        let target = self.provider.target(self.lease)?;
+        // Run from `/workspace`: a workdir (or state directory) that does
+        // not exist yet has nothing to stop, and is not created for it.
+        let services = ServiceDirs::under(STATE_DIR);
+        let script = format!(
+            "{}cd -- {} 2>/dev/null || exit 0\n[ -d {} ] || exit 0\n{}exit 0\n",
+            stop_functions(&target.lease_id),
+            quote(&target.workdir),
+            quote(&services.pids),
+            services.stop_all()
+        );
+        let (code, _, stderr) = self
+            .provider
+            .script_in(&target, &script, &BTreeMap::new(), WORKSPACE)
+            .await?;
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(ProviderError::Failed(format!(
+                "stopping background services failed with exit status {code}: {}",
+                stderr.join("\n")
+            )))
+        }
+    }
+
+    async fn probe(
+        &self,
+        probe: &Probe,
+        env: &BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError> {
+        let target = self.provider.target(self.lease)?;
+        let (script, env) = match probe {
+            Probe::Command(command) => (command.clone(), env.clone()),
+            Probe::Tcp { host, port } => {
+                let host = match host.as_deref() {
+                    None | Some("localhost") => "127.0.0.1",
+                    Some(other) => other,
+                };
+                (bash_tcp_probe_script(host, *port), BTreeMap::new())
+            }
+            Probe::Http(url) => (http_probe_script(url, "sandbox"), BTreeMap::new()),
+        };
+        let sink: Arc<dyn OutputSink> = match probe {
+            Probe::Command(_) => Arc::new(NullSink),
+            _ => Arc::new(Collect::default()),
+        };
+        let workdir = target.workspace();
+        let run = self.provider.stream(&target, &script, &env, &workdir, sink);
+        match tokio::time::timeout(PROBE_TIMEOUT, run).await {
+            Err(_) => Ok(false),
+            Ok(Ok(0)) => Ok(true),
+            Ok(Ok(NO_PROBE_TOOL)) if !matches!(probe, Probe::Command(_)) => {
+                Err(ProviderError::Failed(format!(
+                    "cannot probe in islo sandbox `{}`: it has none of curl, wget or python3",
+                    target.name
+                )))
+            }
+            Ok(Ok(_)) => Ok(false),
+            Ok(Err(e)) => Err(e),
+        }
     }
 }
 

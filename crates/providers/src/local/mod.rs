@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::registry::Descriptor;
+use crabbox_exec::session::Session;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{
@@ -47,12 +48,13 @@ use tokio::io::{
 };
 use tokio::net::TcpStream;
 
-use crate::{CreateRequest, ExecRequest, Provider};
+use crate::{CreateRequest, Provider};
 use crabbox_core::duration;
 use crabbox_core::labels::{self, Labels};
 use crabbox_core::lease::{Endpoint, Lease};
 use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
+use crabbox_exec::session::ExecRequest;
 use crabbox_fs::atomic_file;
 use crabbox_spec::desired::Probe;
 
@@ -284,6 +286,13 @@ enum RunOutcome {
 
 #[async_trait]
 impl Provider for LocalProvider {
+    fn session<'a>(&'a self, lease: &'a Lease) -> Box<dyn Session + 'a> {
+        Box::new(LocalSession {
+            provider: self,
+            lease,
+        })
+    }
+
     fn name(&self) -> ProviderName {
         ProviderName::Local
     }
@@ -376,10 +385,52 @@ impl Provider for LocalProvider {
         blocking(move || write_record(&dir, &record)).await
     }
 
-    async fn upload(&self, lease: &Lease, archive: &Path) -> Result<(), ProviderError> {
+    async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
         let dir = self.lease_dir(lease)?;
         if !exists(&dir)? {
             return Err(not_found(lease, &dir));
+        }
+        let record = load_record(&dir, &lease.id).await.map_err(|e| {
+            ProviderError::Failed(format!(
+                "refusing to release {} ({}): cannot tell that it is a crabbox lease: {e}",
+                lease.id,
+                dir.display()
+            ))
+        })?;
+        let ours = record.labels.get(labels::CRABBOX).map(String::as_str) == Some("true")
+            && record.labels.get(labels::LEASE) == Some(&lease.id);
+        if !ours {
+            return Err(ProviderError::Failed(format!(
+                "refusing to release {} ({}): not a crabbox lease",
+                lease.id,
+                dir.display()
+            )));
+        }
+        self.stop_all(&dir, &lease.id).await?;
+        // Anything else still carrying the lease's marker: processes a
+        // service double-forked away, or commands still running.
+        kill_marked(&lease.id).await;
+        blocking(move || match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(failed(&dir, &e)),
+        })
+        .await
+    }
+}
+
+/// A lease of this provider, reached through its own command API.
+struct LocalSession<'a> {
+    provider: &'a LocalProvider,
+    lease: &'a Lease,
+}
+
+#[async_trait]
+impl Session for LocalSession<'_> {
+    async fn upload(&self, archive: &Path) -> Result<(), ProviderError> {
+        let dir = self.provider.lease_dir(self.lease)?;
+        if !exists(&dir)? {
+            return Err(not_found(self.lease, &dir));
         }
         let archive = archive.to_path_buf();
         let workspace = dir.join(WORKSPACE);
@@ -392,11 +443,14 @@ impl Provider for LocalProvider {
 
     async fn exec(
         &self,
-        lease: &Lease,
         request: &ExecRequest,
         sink: Arc<dyn OutputSink>,
     ) -> Result<i32, ProviderError> {
-        match self.run(lease, request, sink, Some("exec.log")).await? {
+        match self
+            .provider
+            .run(self.lease, request, sink, Some("exec.log"))
+            .await?
+        {
             RunOutcome::Exited(code) => Ok(code),
             RunOutcome::TimedOut(limit) => Err(ProviderError::Failed(format!(
                 "command timed out after {}",
@@ -407,16 +461,15 @@ impl Provider for LocalProvider {
 
     async fn start_background(
         &self,
-        lease: &Lease,
         request: &ExecRequest,
         name: &str,
     ) -> Result<(), ProviderError> {
         check_name("background service name", name)?;
-        let dir = self.lease_dir(lease)?;
-        let record = load_record(&dir, &lease.id).await?;
+        let dir = self.provider.lease_dir(self.lease)?;
+        let record = load_record(&dir, &self.lease.id).await?;
         let pid_file = dir.join(PIDS).join(format!("{name}.pid"));
         // Starting a service again replaces the running instance.
-        stop_pid_file(&pid_file, &lease.id).await?;
+        stop_pid_file(&pid_file, &self.lease.id).await?;
 
         let log_path = dir.join(LOGS).join(format!("{name}.log"));
         let mut log = open_log(&log_path)?;
@@ -432,7 +485,7 @@ impl Provider for LocalProvider {
 
         let mut cmd = std::process::Command::new("sh");
         cmd.arg("-c").arg(&request.command);
-        apply_env(&mut cmd, &dir, &record, lease, request);
+        apply_env(&mut cmd, &dir, &record, self.lease, request);
         cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
         // SAFETY: the closure runs in the forked child before exec and only
         // calls setsid(2), which is async-signal-safe; it touches no memory of
@@ -490,17 +543,16 @@ impl Provider for LocalProvider {
         }
     }
 
-    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
-        let dir = self.lease_dir(lease)?;
+    async fn stop_background(&self) -> Result<(), ProviderError> {
+        let dir = self.provider.lease_dir(self.lease)?;
         if !exists(&dir)? {
-            return Err(not_found(lease, &dir));
+            return Err(not_found(self.lease, &dir));
         }
-        self.stop_all(&dir, &lease.id).await
+        self.provider.stop_all(&dir, &self.lease.id).await
     }
 
     async fn probe(
         &self,
-        lease: &Lease,
         probe: &Probe,
         env: &std::collections::BTreeMap<String, String>,
     ) -> Result<bool, ProviderError> {
@@ -510,14 +562,14 @@ impl Provider for LocalProvider {
                 port,
             } if !is_loopback_name(host) => Ok(tcp_connects(host, *port).await),
             Probe::Tcp { port, .. } => {
-                let dir = self.lease_dir(lease)?;
-                let record = load_record(&dir, &lease.id).await?;
+                let dir = self.provider.lease_dir(self.lease)?;
+                let record = load_record(&dir, &self.lease.id).await?;
                 Ok(tcp_connects(&record.bind_addr, *port).await)
             }
             Probe::Http(url) => {
                 // On a member, "localhost" is the member's own loopback address.
-                let dir = self.lease_dir(lease)?;
-                let record = load_record(&dir, &lease.id).await?;
+                let dir = self.provider.lease_dir(self.lease)?;
+                let record = load_record(&dir, &self.lease.id).await?;
                 http_ok(url, &record.bind_addr).await
             }
             Probe::Command(command) => {
@@ -526,45 +578,16 @@ impl Provider for LocalProvider {
                     env: env.clone(),
                     timeout: Some(PROBE_COMMAND_TIMEOUT),
                 };
-                match self.run(lease, &request, Arc::new(NullSink), None).await? {
+                match self
+                    .provider
+                    .run(self.lease, &request, Arc::new(NullSink), None)
+                    .await?
+                {
                     RunOutcome::Exited(code) => Ok(code == 0),
                     RunOutcome::TimedOut(_) => Ok(false),
                 }
             }
         }
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
-        let dir = self.lease_dir(lease)?;
-        if !exists(&dir)? {
-            return Err(not_found(lease, &dir));
-        }
-        let record = load_record(&dir, &lease.id).await.map_err(|e| {
-            ProviderError::Failed(format!(
-                "refusing to release {} ({}): cannot tell that it is a crabbox lease: {e}",
-                lease.id,
-                dir.display()
-            ))
-        })?;
-        let ours = record.labels.get(labels::CRABBOX).map(String::as_str) == Some("true")
-            && record.labels.get(labels::LEASE) == Some(&lease.id);
-        if !ours {
-            return Err(ProviderError::Failed(format!(
-                "refusing to release {} ({}): not a crabbox lease",
-                lease.id,
-                dir.display()
-            )));
-        }
-        self.stop_all(&dir, &lease.id).await?;
-        // Anything else still carrying the lease's marker: processes a
-        // service double-forked away, or commands still running.
-        kill_marked(&lease.id).await;
-        blocking(move || match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(failed(&dir, &e)),
-        })
-        .await
     }
 }
 
@@ -1536,7 +1559,8 @@ mod tests {
         req.env.insert("FOO".into(), "bar".into());
         req.env.insert("HOME".into(), "/caller/home".into());
         let code = provider
-            .exec(&lease, &req, sink.clone())
+            .session(&lease)
+            .exec(&req, sink.clone())
             .await
             .expect("exec");
         assert_eq!(code, 0);
@@ -1564,14 +1588,16 @@ mod tests {
 
         let sink = Arc::new(Collect::default());
         let code = provider
-            .exec(&lease, &exec_request("echo before; exit 3"), sink.clone())
+            .session(&lease)
+            .exec(&exec_request("echo before; exit 3"), sink.clone())
             .await
             .expect("exec");
         assert_eq!(code, 3);
         assert_eq!(sink.of(Stream::Stdout), ["before"]);
 
         let code = provider
-            .exec(&lease, &exec_request("kill -9 $$"), Arc::new(NullSink))
+            .session(&lease)
+            .exec(&exec_request("kill -9 $$"), Arc::new(NullSink))
             .await
             .expect("exec");
         assert_eq!(code, 128 + 9);
@@ -1596,7 +1622,8 @@ mod tests {
             ..lease
         };
         let err = provider
-            .exec(&gone, &exec_request("true"), Arc::new(NullSink))
+            .session(&gone)
+            .exec(&exec_request("true"), Arc::new(NullSink))
             .await
             .expect_err("missing");
         assert!(matches!(err, ProviderError::NotFound(_)), "{err:?}");
@@ -1615,7 +1642,8 @@ mod tests {
         let sink = Arc::new(Collect::default());
         let started = Instant::now();
         let err = provider
-            .exec(&lease, &req, sink.clone())
+            .session(&lease)
+            .exec(&req, sink.clone())
             .await
             .expect_err("times out");
         assert_eq!(
@@ -1645,14 +1673,16 @@ mod tests {
         let env = BTreeMap::new();
         assert!(
             !provider
-                .probe(&lease, &tcp, &env)
+                .session(&lease)
+                .probe(&tcp, &env)
                 .await
                 .expect("probe before"),
             "nothing listens yet"
         );
         assert!(
             !provider
-                .probe(&lease, &http, &env)
+                .session(&lease)
+                .probe(&http, &env)
                 .await
                 .expect("http before")
         );
@@ -1661,7 +1691,8 @@ mod tests {
             "sleep 300 & exec python3 -m http.server --bind \"$CRABBOX_BIND_ADDR\" {port}"
         ));
         provider
-            .start_background(&lease, &req, "web")
+            .session(&lease)
+            .start_background(&req, "web")
             .await
             .expect("start");
         let pid = read_pid(&provider, &lease, "web");
@@ -1669,7 +1700,12 @@ mod tests {
 
         let mut up = false;
         for _ in 0..100 {
-            if provider.probe(&lease, &tcp, &env).await.expect("probe") {
+            if provider
+                .session(&lease)
+                .probe(&tcp, &env)
+                .await
+                .expect("probe")
+            {
                 up = true;
                 break;
             }
@@ -1677,7 +1713,11 @@ mod tests {
         }
         assert!(up, "http.server accepts connections on {host}:{port}");
         assert!(
-            provider.probe(&lease, &http, &env).await.expect("http"),
+            provider
+                .session(&lease)
+                .probe(&http, &env)
+                .await
+                .expect("http"),
             "GET / answers 200"
         );
         let explicit = Probe::Tcp {
@@ -1686,18 +1726,27 @@ mod tests {
         };
         assert!(
             provider
-                .probe(&lease, &explicit, &env)
+                .session(&lease)
+                .probe(&explicit, &env)
                 .await
                 .expect("explicit host")
         );
         let own = Probe::Http(format!("http://localhost:{port}/"));
         assert!(
-            provider.probe(&lease, &own, &env).await.expect("localhost"),
+            provider
+                .session(&lease)
+                .probe(&own, &env)
+                .await
+                .expect("localhost"),
             "localhost in a ready URL is the member's own address"
         );
         let missing = Probe::Http(format!("http://{host}:{port}/no-such-file"));
         assert!(
-            !provider.probe(&lease, &missing, &env).await.expect("404"),
+            !provider
+                .session(&lease)
+                .probe(&missing, &env)
+                .await
+                .expect("404"),
             "404 is not ready"
         );
         let members = group_members(pid);
@@ -1727,7 +1776,8 @@ mod tests {
         );
         assert!(
             !provider
-                .probe(&lease, &explicit, &env)
+                .session(&lease)
+                .probe(&explicit, &env)
                 .await
                 .expect("probe after")
         );
@@ -1823,7 +1873,8 @@ mod tests {
             .await
             .expect("create");
         provider
-            .start_background(&lease, &exec_request("sleep 300"), "sleeper")
+            .session(&lease)
+            .start_background(&exec_request("sleep 300"), "sleeper")
             .await
             .expect("start");
         let pid = read_pid(&provider, &lease, "sleeper");
@@ -1842,7 +1893,11 @@ mod tests {
             .join("pids");
         std::fs::write(pids.join("stranger.pid"), format!("{stranger_pid}\n")).expect("write");
 
-        provider.stop_background(&lease).await.expect("stop");
+        provider
+            .session(&lease)
+            .stop_background()
+            .await
+            .expect("stop");
         assert!(process_gone(pid), "service stopped");
         assert!(
             std::fs::read_dir(&pids).expect("pids").next().is_none(),
@@ -1865,8 +1920,8 @@ mod tests {
             .await
             .expect("create");
         let err = provider
+            .session(&lease)
             .start_background(
-                &lease,
                 &exec_request("echo starting; echo 'boom: no config' >&2; exit 3"),
                 "broken",
             )
@@ -1964,14 +2019,16 @@ mod tests {
         std::fs::write(src.path().join("hello.txt"), b"synced\n").expect("write");
         let archive = crabbox_exec::archive::build(src.path(), &[], 1 << 20).expect("archive");
         provider
-            .upload(&lease, &archive.path)
+            .session(&lease)
+            .upload(&archive.path)
             .await
             .expect("upload");
 
         let sink = Arc::new(Collect::default());
         assert_eq!(
             provider
-                .exec(&lease, &exec_request("cat hello.txt"), sink.clone())
+                .session(&lease)
+                .exec(&exec_request("cat hello.txt"), sink.clone())
                 .await
                 .expect("exec"),
             0
@@ -1982,18 +2039,21 @@ mod tests {
         env.insert("WANT".to_owned(), "hello.txt".to_owned());
         assert!(
             provider
-                .probe(&lease, &Probe::Command("test -f \"$WANT\"".into()), &env)
+                .session(&lease)
+                .probe(&Probe::Command("test -f \"$WANT\"".into()), &env)
                 .await
                 .expect("probe")
         );
         assert!(
             !provider
-                .probe(&lease, &Probe::Command("test -f nope.txt".into()), &env)
+                .session(&lease)
+                .probe(&Probe::Command("test -f nope.txt".into()), &env)
                 .await
                 .expect("probe")
         );
         let err = provider
-            .probe(&lease, &Probe::Http("https://example.com/".into()), &env)
+            .session(&lease)
+            .probe(&Probe::Http("https://example.com/".into()), &env)
             .await
             .expect_err("https");
         assert_eq!(

@@ -4,7 +4,6 @@
 //! Create prepares a work root of the lease's own on the host; release stops
 //! what crabbox started there, removes that directory and nothing else.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,15 +11,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::registry::Descriptor;
+use crabbox_exec::session::{Session, SshSession, SshTargets};
 use serde_json::Value;
 
-use crate::{CreateRequest, ExecRequest, Provider};
+use crate::{CreateRequest, Provider};
 use crabbox_core::labels::Labels;
 use crabbox_core::lease::{Endpoint, Lease};
+use crabbox_core::provider::ProviderError;
 use crabbox_core::provider::ProviderName;
-use crabbox_core::provider::{OutputSink, ProviderError};
 use crabbox_exec::ssh::SshTarget;
-use crabbox_spec::desired::Probe;
 use crabbox_state::claims::{Claim, ClaimStore};
 use crabbox_state::state_dir::expand_tilde;
 
@@ -133,6 +132,10 @@ fn current_user() -> String {
 
 #[async_trait]
 impl Provider for SshProvider {
+    fn session<'a>(&'a self, lease: &'a Lease) -> Box<dyn Session + 'a> {
+        Box::new(SshSession::new(self, lease))
+    }
+
     fn name(&self) -> ProviderName {
         ProviderName::Ssh
     }
@@ -213,45 +216,6 @@ impl Provider for SshProvider {
         Ok(())
     }
 
-    async fn upload(&self, lease: &Lease, archive: &Path) -> Result<(), ProviderError> {
-        self.target(lease)?.upload(archive).await
-    }
-
-    async fn exec(
-        &self,
-        lease: &Lease,
-        request: &ExecRequest,
-        sink: Arc<dyn OutputSink>,
-    ) -> Result<i32, ProviderError> {
-        self.target(lease)?
-            .exec(&request.command, &request.env, sink, request.timeout)
-            .await
-    }
-
-    async fn start_background(
-        &self,
-        lease: &Lease,
-        request: &ExecRequest,
-        name: &str,
-    ) -> Result<(), ProviderError> {
-        self.target(lease)?
-            .start_background(&request.command, &request.env, name)
-            .await
-    }
-
-    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
-        self.target(lease)?.stop_background().await
-    }
-
-    async fn probe(
-        &self,
-        lease: &Lease,
-        probe: &Probe,
-        env: &BTreeMap<String, String>,
-    ) -> Result<bool, ProviderError> {
-        self.target(lease)?.probe(probe, env).await
-    }
-
     fn ssh_target(&self, lease: &Lease) -> Option<SshTarget> {
         self.target(lease).ok()
     }
@@ -261,5 +225,12 @@ impl Provider for SshProvider {
         target.remove_work_root().await?;
         target.close().await;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SshTargets for SshProvider {
+    async fn ssh_target_of(&self, lease: &Lease) -> Result<SshTarget, ProviderError> {
+        self.target(lease)
     }
 }

@@ -47,11 +47,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::registry::Descriptor;
+use crabbox_exec::session::Session;
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::time::Instant;
 
-use crate::{CreateRequest, ExecRequest, Provider};
+use crate::{CreateRequest, Provider};
 use crabbox_core::duration;
 use crabbox_core::labels::Labels;
 use crabbox_core::lease::{Endpoint, Lease};
@@ -62,6 +63,7 @@ use crabbox_exec::remote_shell::{
     bash_tcp_probe_script, check_service_name, checked_text, early_exit, export_lines,
     http_probe_script, probe_command_line, probe_host, quote, stop_functions,
 };
+use crabbox_exec::session::ExecRequest;
 use crabbox_fs::atomic_file;
 use crabbox_spec::desired::{DesiredMember, Probe};
 use crabbox_spec::providers::TensorlakeBlock;
@@ -1043,6 +1045,13 @@ impl OutputSink for NullSink {
 
 #[async_trait]
 impl Provider for TensorlakeProvider {
+    fn session<'a>(&'a self, lease: &'a Lease) -> Box<dyn Session + 'a> {
+        Box::new(TensorlakeSession {
+            provider: self,
+            lease,
+        })
+    }
+
     fn name(&self) -> ProviderName {
         ProviderName::Tensorlake
     }
@@ -1164,27 +1173,57 @@ impl Provider for TensorlakeProvider {
         self.write_claim(&claim).map(drop)
     }
 
-    async fn upload(&self, lease: &Lease, archive: &Path) -> Result<(), ProviderError> {
+    async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
         let target = self.target(lease)?;
+        let gone = || {
+            ProviderError::NotFound(format!(
+                "tensorlake sandbox {} (lease {})",
+                target.id, lease.id
+            ))
+        };
+        match self.status(&target.scope, &target.id).await? {
+            None => return Err(gone()),
+            Some(status) if status == "terminated" || status == "deleted" => return Err(gone()),
+            Some(_) => {}
+        }
+        if self.terminate(&target.scope, &target.id).await? {
+            Ok(())
+        } else {
+            Err(gone())
+        }
+    }
+}
+
+/// A lease of this provider, reached through its own command API.
+struct TensorlakeSession<'a> {
+    provider: &'a TensorlakeProvider,
+    lease: &'a Lease,
+}
+
+#[async_trait]
+impl Session for TensorlakeSession<'_> {
+    async fn upload(&self, archive: &Path) -> Result<(), ProviderError> {
+        let target = self.provider.target(self.lease)?;
         let remote = format!("/tmp/crabbox-sync-{}.tgz", random_hex(8));
-        self.copy_in(&target, archive, &remote).await?;
+        self.provider.copy_in(&target, archive, &remote).await?;
         let (wd, remote_q) = (quote(&target.workdir), quote(&remote));
         let script = format!(
             "mkdir -p -- {wd} && tar -xzf {remote_q} -C {wd}\nstatus=$?\nrm -f -- {remote_q}\nexit $status\n"
         );
-        self.script_ok(&target, "unpacking the sync archive", &script)
+        self.provider
+            .script_ok(&target, "unpacking the sync archive", &script)
             .await
     }
 
     async fn exec(
         &self,
-        lease: &Lease,
         request: &ExecRequest,
         sink: Arc<dyn OutputSink>,
     ) -> Result<i32, ProviderError> {
-        let target = self.target(lease)?;
+        let target = self.provider.target(self.lease)?;
         let command = checked_text("command", &request.command)?;
         let outcome = self
+            .provider
             .run_with_env(
                 &target,
                 Some(&target.workdir),
@@ -1205,12 +1244,11 @@ impl Provider for TensorlakeProvider {
 
     async fn start_background(
         &self,
-        lease: &Lease,
         request: &ExecRequest,
         name: &str,
     ) -> Result<(), ProviderError> {
         check_service_name(name)?;
-        let target = self.target(lease)?;
+        let target = self.provider.target(self.lease)?;
         let command = checked_text("command", &request.command)?;
         let services = target.services();
         let log = services.log(name);
@@ -1222,6 +1260,7 @@ impl Provider for TensorlakeProvider {
         );
         let sink = Arc::new(Collect::default());
         let outcome = self
+            .provider
             .run_with_env(
                 &target,
                 None,
@@ -1247,7 +1286,7 @@ impl Provider for TensorlakeProvider {
                     target.id
                 )))
             }
-            _ => Err(self.cli_error(
+            _ => Err(self.provider.cli_error(
                 &format!("exec (starting background service `{name}`)"),
                 &captured,
                 Retry::Never,
@@ -1255,28 +1294,29 @@ impl Provider for TensorlakeProvider {
         }
     }
 
-    async fn stop_background(&self, lease: &Lease) -> Result<(), ProviderError> {
-        let target = self.target(lease)?;
+    async fn stop_background(&self) -> Result<(), ProviderError> {
+        let target = self.provider.target(self.lease)?;
         let script = format!(
             "{}{}",
             stop_functions(&target.lease_id),
             target.services().stop_all()
         );
-        self.script_ok(&target, "stopping background services", &script)
+        self.provider
+            .script_ok(&target, "stopping background services", &script)
             .await
     }
 
     async fn probe(
         &self,
-        lease: &Lease,
         probe: &Probe,
         env: &BTreeMap<String, String>,
     ) -> Result<bool, ProviderError> {
-        let target = self.target(lease)?;
+        let target = self.provider.target(self.lease)?;
         let script = match probe {
             Probe::Command(command) => {
                 let body = probe_command_line(command)?;
                 let outcome = self
+                    .provider
                     .run_with_env(
                         &target,
                         Some(&target.workdir),
@@ -1291,7 +1331,10 @@ impl Provider for TensorlakeProvider {
             Probe::Tcp { host, port } => bash_tcp_probe_script(probe_host(host.as_deref())?, *port),
             Probe::Http(url) => http_probe_script(checked_text("probe URL", url)?, "sandbox"),
         };
-        let captured = self.script(&target, &script, PROBE_COMMAND_TIMEOUT).await?;
+        let captured = self
+            .provider
+            .script(&target, &script, PROBE_COMMAND_TIMEOUT)
+            .await?;
         match captured.outcome {
             Outcome::Exited(0) => Ok(true),
             Outcome::Exited(NO_PROBE_TOOL) => Err(ProviderError::Failed(format!(
@@ -1300,26 +1343,6 @@ impl Provider for TensorlakeProvider {
                 captured.error_text()
             ))),
             Outcome::Exited(_) | Outcome::TimedOut(_) => Ok(false),
-        }
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
-        let target = self.target(lease)?;
-        let gone = || {
-            ProviderError::NotFound(format!(
-                "tensorlake sandbox {} (lease {})",
-                target.id, lease.id
-            ))
-        };
-        match self.status(&target.scope, &target.id).await? {
-            None => return Err(gone()),
-            Some(status) if status == "terminated" || status == "deleted" => return Err(gone()),
-            Some(_) => {}
-        }
-        if self.terminate(&target.scope, &target.id).await? {
-            Ok(())
-        } else {
-            Err(gone())
         }
     }
 }
