@@ -10,7 +10,7 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::engine::{failure, registry, runtime};
-use crabbox_apply::discover::discover;
+use crabbox_apply::discover::{discover, recorded_ponds};
 use crabbox_apply::executor::ExecOptions;
 use crabbox_apply::progress::{Mode, Reporter};
 use crabbox_apply::reconcile::{self, sync_root};
@@ -467,22 +467,7 @@ pub(super) struct ListArgs {
 /// # Errors
 /// The claim store could not be read.
 pub(super) fn known_ponds() -> std::io::Result<Vec<String>> {
-    let state = state_dir();
-    let (claims, _) = crabbox_state::claims::ClaimStore::new(&state).load_all()?;
-    let mut ponds: std::collections::BTreeSet<String> = claims
-        .into_iter()
-        .map(|c| c.pond)
-        .filter(|p| !p.is_empty())
-        .collect();
-    if let Ok(entries) = std::fs::read_dir(state.join("ponds")) {
-        ponds.extend(
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| e.path().join("providers.json").exists())
-                .map(|e| e.file_name().to_string_lossy().into_owned()),
-        );
-    }
-    Ok(ponds.into_iter().collect())
+    Ok(recorded_ponds(&state_dir())?.into_iter().collect())
 }
 
 pub(super) fn list(args: &ListArgs) -> ExitCode {

@@ -10,10 +10,9 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::engine::{failure, registry, runtime};
-use crabbox_apply::discover::discover;
+use crabbox_apply::discover::{discover, recorded_ponds};
 use crabbox_core::labels::{self, now_secs};
 use crabbox_core::lease::Lease;
-use crabbox_state::claims::ClaimStore;
 use crabbox_state::state_dir::state_dir;
 
 #[derive(Debug, Args)]
@@ -69,21 +68,7 @@ fn all_ponds(
     rt: &tokio::runtime::Runtime,
     registry: &crabbox_providers::registry::Registry,
 ) -> std::io::Result<BTreeSet<String>> {
-    let state = state_dir();
-    let (claims, _) = ClaimStore::new(&state).load_all()?;
-    let mut ponds: BTreeSet<String> = claims
-        .into_iter()
-        .map(|c| c.pond)
-        .filter(|p| !p.is_empty())
-        .collect();
-    if let Ok(entries) = std::fs::read_dir(state.join("ponds")) {
-        ponds.extend(
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| e.path().join("providers.json").exists())
-                .map(|e| e.file_name().to_string_lossy().into_owned()),
-        );
-    }
+    let mut ponds = recorded_ponds(&state_dir())?;
     for name in registry.configured() {
         let Ok(provider) = registry.get(name) else {
             continue;

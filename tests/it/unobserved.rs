@@ -269,3 +269,22 @@ fn an_unreadable_pond_record_stops_the_plan() {
     assert!(err.contains("providers.json"), "names the record: {err}");
     assert!(!text(&out.stdout).contains("to add"), "nothing planned");
 }
+
+#[test]
+fn an_unreadable_list_of_pond_records_stops_list_and_sweep() {
+    let env = Env::new(&format!(
+        "version: 1\npond: {POND}\ndefaults: {{ sync: false }}\nmembers:\n  - slug: web\n"
+    ));
+    // `ponds` is where each pond's record lives; a file there cannot be listed.
+    std::fs::create_dir_all(env.path("state")).expect("state dir");
+    std::fs::write(env.path("state/ponds"), "not a directory").expect("file");
+    for args in [&["list"][..], &["sweep"][..]] {
+        let out = env.run(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("state/ponds"),
+            "{args:?} names the place: {err}"
+        );
+    }
+}

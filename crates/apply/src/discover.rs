@@ -152,6 +152,40 @@ fn explain(e: &ProviderError) -> String {
     }
 }
 
+/// Every pond this machine's state knows: those with a claim, and those
+/// with a provider record (a pond whose leases are all on labelled
+/// providers has no claims). A state that cannot be read is an error, not
+/// "no ponds": callers would otherwise miss leases they must see.
+///
+/// # Errors
+/// The claim store or the pond records could not be read.
+pub fn recorded_ponds(state_dir: &Path) -> std::io::Result<BTreeSet<String>> {
+    let (claims, _) = ClaimStore::new(state_dir).load_all()?;
+    let mut ponds: BTreeSet<String> = claims
+        .into_iter()
+        .map(|c| c.pond)
+        .filter(|p| !p.is_empty())
+        .collect();
+    let records = state_dir.join("ponds");
+    let entries = match std::fs::read_dir(&records) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ponds),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("reading {}: {e}", records.display()),
+            ));
+        }
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.path().join("providers.json").exists() {
+            ponds.insert(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(ponds)
+}
+
 fn record_path(state_dir: &Path, pond: &str) -> std::path::PathBuf {
     state_dir.join("ponds").join(pond).join("providers.json")
 }

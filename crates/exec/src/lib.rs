@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod mesh;
+pub mod output;
 pub mod process_groups;
 pub mod remote_shell;
 pub mod session;

@@ -23,15 +23,15 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::fs::DirBuilderExt as _;
-use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncRead, AsyncWriteExt as _};
 use tokio::time::Instant;
 
+use crate::output::{Collect, NullSink, Outcome, exit_code, finish_pumps, pump_lines};
 use crate::remote_shell::{
     ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, LOGS, NO_PROBE_TOOL, PIDS, PROBE_SECS,
     ServiceDirs, check_service_name, checked_text, early_exit, export_lines, http_probe_script,
@@ -505,7 +505,7 @@ impl SshTarget {
             return Ok(Outcome::TimedOut(timeout.unwrap_or_default()));
         };
         let status = status.map_err(|e| ProviderError::Failed(format!("waiting for ssh: {e}")))?;
-        finish_pumps(pumps).await;
+        finish_pumps(pumps, OUTPUT_GRACE).await;
         let code = exit_code(status);
         if code == SSH_FAILED {
             let stderr: Vec<String> = stderr_tail
@@ -530,8 +530,7 @@ impl SshTarget {
     ) -> Result<Captured, ProviderError> {
         let sink = Arc::new(Collect::default());
         let outcome = self.run(remote, input, sink.clone(), timeout).await?;
-        let (stdout, stderr) =
-            std::mem::take(&mut *sink.lines.lock().unwrap_or_else(PoisonError::into_inner));
+        let (stdout, stderr) = sink.take();
         Ok(Captured {
             outcome,
             stdout,
@@ -653,15 +652,6 @@ enum Input {
     Script(String),
 }
 
-/// How a remote command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    /// With this exit code (128 + signal for a signal death).
-    Exited(i32),
-    /// Killed at the time limit.
-    TimedOut(Duration),
-}
-
 /// A finished remote command and its output.
 struct Captured {
     /// How it ended.
@@ -698,30 +688,6 @@ impl Captured {
             )))
         }
     }
-}
-
-/// An output sink that keeps everything (stdout, stderr).
-#[derive(Default)]
-struct Collect {
-    /// The lines of each stream.
-    lines: Mutex<(Vec<String>, Vec<String>)>,
-}
-
-impl OutputSink for Collect {
-    fn line(&self, stream: Stream, line: &str) {
-        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        match stream {
-            Stream::Stdout => lines.0.push(line.to_owned()),
-            Stream::Stderr => lines.1.push(line.to_owned()),
-        }
-    }
-}
-
-/// An output sink that drops everything (probe commands).
-struct NullSink;
-
-impl OutputSink for NullSink {
-    fn line(&self, _stream: Stream, _line: &str) {}
 }
 
 /// Refuses a work root whose removal could delete something broad: empty,
@@ -766,53 +732,25 @@ exit {NO_PROBE_TOOL}
     )
 }
 
-/// The exit code, 128 + the signal for a signal death.
-fn exit_code(status: ExitStatus) -> i32 {
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-}
-
 /// Copies one pipe to the sink line by line; with `tail`, also keeps the
-/// last lines there.
+/// last lines there (ssh's own errors are read from them).
 async fn pump(
     reader: impl AsyncRead + Unpin,
     stream: Stream,
     sink: Arc<dyn OutputSink>,
     tail: Option<Arc<Mutex<VecDeque<String>>>>,
 ) {
-    let mut reader = BufReader::new(reader);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let line = String::from_utf8_lossy(line);
+    pump_lines(reader, |_, line| {
         if let Some(tail) = &tail {
             let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
             if tail.len() == STDERR_KEPT {
                 tail.pop_front();
             }
-            tail.push_back(line.clone().into_owned());
+            tail.push_back(line.to_owned());
         }
-        sink.line(stream, &line);
-    }
-}
-
-/// Waits for the output pumps to reach the end of their pipes; gives up
-/// after [`OUTPUT_GRACE`] when something else keeps them open.
-async fn finish_pumps(pumps: [Option<tokio::task::JoinHandle<()>>; 2]) {
-    let deadline = Instant::now() + OUTPUT_GRACE;
-    for pump in pumps.into_iter().flatten() {
-        let abort = pump.abort_handle();
-        if tokio::time::timeout_at(deadline, pump).await.is_err() {
-            abort.abort();
-        }
-    }
+        sink.line(stream, line);
+    })
+    .await;
 }
 
 #[cfg(test)]

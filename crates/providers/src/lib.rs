@@ -2,6 +2,7 @@
 //! this module talks to providers (processes, HTTP, SSH); everything above it
 //! works with [`Lease`]s and [`ProviderError`]s.
 
+pub mod claim_backed;
 pub mod hetzner;
 pub mod http;
 pub mod islo;
@@ -20,26 +21,6 @@ use crabbox_exec::session::Session;
 use crabbox_spec::desired::DesiredMember;
 
 pub use crabbox_core::lease::Share;
-
-/// The pending claim a create of a claim-backed provider starts from: the
-/// engine writes it before calling `create`, so its absence is a bug, and a
-/// store that cannot be read is an error (never "no claim").
-///
-/// # Errors
-/// The store could not be read, or the claim is missing.
-pub fn pending_claim(
-    claims: &crabbox_state::claims::ClaimStore,
-    lease_id: &str,
-) -> Result<crabbox_state::claims::Claim, ProviderError> {
-    claims
-        .load(lease_id)
-        .map_err(ProviderError::state)?
-        .ok_or_else(|| {
-            ProviderError::Failed(format!(
-                "the pending claim of {lease_id} is missing; it is written before create"
-            ))
-        })
-}
 
 /// A request to create one lease. Labels are complete: providers put them on
 /// the resource in the create call itself.

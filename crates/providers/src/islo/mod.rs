@@ -42,7 +42,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
+use crate::claim_backed::{self, pending_claim, pond_claims};
 use crate::registry::Descriptor;
+use crabbox_exec::output::{Collect, NullSink};
 use crabbox_exec::session;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
@@ -671,37 +673,6 @@ fn settings_of(member: &DesiredMember) -> Result<Settings, ProviderError> {
         workdir,
         create,
     })
-}
-
-// ---- output sinks for scripts ----
-
-/// Keeps everything (stdout, stderr).
-#[derive(Default)]
-struct Collect {
-    lines: Mutex<(Vec<String>, Vec<String>)>,
-}
-
-impl OutputSink for Collect {
-    fn line(&self, stream: Stream, line: &str) {
-        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        match stream {
-            Stream::Stdout => lines.0.push(line.to_owned()),
-            Stream::Stderr => lines.1.push(line.to_owned()),
-        }
-    }
-}
-
-impl Collect {
-    fn take(&self) -> (Vec<String>, Vec<String>) {
-        std::mem::take(&mut *self.lines.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-}
-
-/// Drops everything (probes).
-struct NullSink;
-
-impl OutputSink for NullSink {
-    fn line(&self, _stream: Stream, _line: &str) {}
 }
 
 // ---- SSE ----
@@ -1348,22 +1319,14 @@ impl IsloProvider {
     }
 
     fn lease_of(claim: &Claim) -> Lease {
-        Lease {
-            id: claim.lease_id.clone(),
-            provider: ProviderName::Islo,
-            cloud_id: claim.cloud_id.clone(),
-            labels: claim.labels.clone(),
-            endpoint: Endpoint {
-                host: None,
-                ssh_port: None,
-                url: Some(claim.bridge_url.clone()).filter(|u| !u.is_empty()),
-                // Discovery adds the shares the executor recorded in the
-                // claim.
-                shares: Vec::new(),
-            },
-            listed: true,
-            claimed: true,
-        }
+        let endpoint = Endpoint {
+            host: None,
+            ssh_port: None,
+            url: Some(claim.bridge_url.clone()).filter(|u| !u.is_empty()),
+            // Discovery adds the shares the executor recorded in the claim.
+            shares: Vec::new(),
+        };
+        claim_backed::lease_from_claim(claim, ProviderName::Islo, endpoint)
     }
 
     /// This API's leases among `claims`: those whose sandbox it lists (or,
@@ -1415,15 +1378,14 @@ impl Provider for IsloProvider {
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
-        let (claims, _) = self.claims.load_all().map_err(ProviderError::state)?;
         let mut by_api: BTreeMap<String, Vec<Claim>> = BTreeMap::new();
-        for claim in claims {
-            if claim.provider == PROVIDER && claim.pond == pond && valid_name(&claim.cloud_id) {
-                by_api
-                    .entry(self.claim_base_url(&claim))
-                    .or_default()
-                    .push(claim);
-            }
+        for claim in pond_claims(&self.claims, ProviderName::Islo, pond, |c| {
+            valid_name(&c.cloud_id)
+        })? {
+            by_api
+                .entry(self.claim_base_url(&claim))
+                .or_default()
+                .push(claim);
         }
         // No claim, no lease: nothing Islo lists can be ours.
         let groups = by_api
@@ -1454,7 +1416,7 @@ impl Provider for IsloProvider {
         let api = self.api(&base_url);
 
         // The claim names the sandbox before it exists.
-        let mut claim = super::pending_claim(&self.claims, &request.lease_id)?;
+        let mut claim = pending_claim(&self.claims, &request.lease_id)?;
         if claim.provider != PROVIDER {
             return Err(ProviderError::Failed(format!(
                 "the claim of {} belongs to provider `{}`, not islo",

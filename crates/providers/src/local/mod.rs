@@ -31,21 +31,20 @@ use std::collections::BTreeSet;
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use crate::registry::Descriptor;
+use crabbox_exec::output::{NullSink, Outcome, exit_code, finish_pumps, pump_lines};
 use crabbox_exec::session::Session;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{
-    AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, BufReader,
-};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::{CreateRequest, Provider};
@@ -160,7 +159,7 @@ impl LocalProvider {
         request: &ExecRequest,
         sink: Arc<dyn OutputSink>,
         log: Option<&str>,
-    ) -> Result<RunOutcome, ProviderError> {
+    ) -> Result<Outcome, ProviderError> {
         let dir = self.lease_dir(lease)?;
         let record = load_record(&dir, &lease.id).await?;
         let log = match log {
@@ -230,19 +229,19 @@ impl LocalProvider {
             })?;
             // The leader is reaped: its group ID may be reused from here on.
             guard.armed = false;
-            RunOutcome::Exited(exit_code(status))
+            Outcome::Exited(exit_code(status))
         } else {
             kill_group(pgid, libc::SIGKILL);
             guard.armed = false;
             let _ = child.wait().await;
-            RunOutcome::TimedOut(request.timeout.unwrap_or_default())
+            Outcome::TimedOut(request.timeout.unwrap_or_default())
         };
-        finish_pumps(pumps).await;
+        finish_pumps(pumps, OUTPUT_GRACE).await;
         if let Some(log) = &log {
             let mut file = log.lock().unwrap_or_else(PoisonError::into_inner);
             let _ = match outcome {
-                RunOutcome::Exited(code) => writeln!(file, "--- exit {code}"),
-                RunOutcome::TimedOut(limit) => writeln!(
+                Outcome::Exited(code) => writeln!(file, "--- exit {code}"),
+                Outcome::TimedOut(limit) => writeln!(
                     file,
                     "--- killed: timed out after {}",
                     duration::format(limit)
@@ -273,15 +272,6 @@ impl LocalProvider {
         }
         Ok(())
     }
-}
-
-/// How a command ended.
-#[derive(Debug, Clone, Copy)]
-enum RunOutcome {
-    /// With this exit code (128 + signal for a signal death).
-    Exited(i32),
-    /// Killed at the time limit.
-    TimedOut(Duration),
 }
 
 #[async_trait]
@@ -451,8 +441,8 @@ impl Session for LocalSession<'_> {
             .run(self.lease, request, sink, Some("exec.log"))
             .await?
         {
-            RunOutcome::Exited(code) => Ok(code),
-            RunOutcome::TimedOut(limit) => Err(ProviderError::Failed(format!(
+            Outcome::Exited(code) => Ok(code),
+            Outcome::TimedOut(limit) => Err(ProviderError::Failed(format!(
                 "command timed out after {}",
                 duration::format(limit)
             ))),
@@ -583,19 +573,12 @@ impl Session for LocalSession<'_> {
                     .run(self.lease, &request, Arc::new(NullSink), None)
                     .await?
                 {
-                    RunOutcome::Exited(code) => Ok(code == 0),
-                    RunOutcome::TimedOut(_) => Ok(false),
+                    Outcome::Exited(code) => Ok(code == 0),
+                    Outcome::TimedOut(_) => Ok(false),
                 }
             }
         }
     }
-}
-
-/// An output sink that drops everything (probe commands).
-struct NullSink;
-
-impl OutputSink for NullSink {
-    fn line(&self, _stream: Stream, _line: &str) {}
 }
 
 /// Kills a running command's process group when dropped while armed (the
@@ -928,50 +911,24 @@ fn child_pid(id: Option<u32>) -> Result<i32, ProviderError> {
         .ok_or_else(|| ProviderError::Failed("the started process has no pid".to_owned()))
 }
 
-fn exit_code(status: ExitStatus) -> i32 {
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-}
-
-/// Copies one pipe to the sink line by line, and to the log.
+/// Copies one pipe to the sink line by line, and to the log as it came.
 async fn pump(
     reader: impl AsyncRead + Unpin,
     stream: Stream,
     sink: Arc<dyn OutputSink>,
     log: Option<Arc<Mutex<std::fs::File>>>,
 ) {
-    let mut reader = BufReader::new(reader);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
+    pump_lines(reader, |raw, line| {
         if let Some(log) = &log {
             let mut file = log.lock().unwrap_or_else(PoisonError::into_inner);
-            let _ = file.write_all(&buf);
-            if !buf.ends_with(b"\n") {
+            let _ = file.write_all(raw);
+            if !raw.ends_with(b"\n") {
                 let _ = file.write_all(b"\n");
             }
         }
-        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        sink.line(stream, &String::from_utf8_lossy(line));
-    }
-}
-
-/// Waits for the output pumps to reach the end of their pipes; gives up
-/// after [`OUTPUT_GRACE`] when leftover children keep them open.
-async fn finish_pumps(pumps: [Option<tokio::task::JoinHandle<()>>; 2]) {
-    let deadline = tokio::time::Instant::now() + OUTPUT_GRACE;
-    for pump in pumps.into_iter().flatten() {
-        let abort = pump.abort_handle();
-        if tokio::time::timeout_at(deadline, pump).await.is_err() {
-            abort.abort();
-        }
-    }
+        sink.line(stream, line);
+    })
+    .await;
 }
 
 /// The last `lines` lines of a log from byte `offset` on.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::claim_backed::{self, extra_str, pending_claim, pond_claims};
 use crate::registry::Descriptor;
 use crabbox_exec::session::{Session, SshSession, SshTargets};
 use serde_json::Value;
@@ -63,14 +64,6 @@ impl SshProvider {
     }
 }
 
-fn extra_str<'a>(claim: &'a Claim, key: &str) -> Option<&'a str> {
-    claim
-        .extra
-        .get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-}
-
 fn target_from_claim(state_dir: &Path, claim: &Claim) -> Result<SshTarget, ProviderError> {
     let missing = |what: &str| {
         ProviderError::Failed(format!(
@@ -101,25 +94,20 @@ fn target_from_claim(state_dir: &Path, claim: &Claim) -> Result<SshTarget, Provi
     })
 }
 
+/// A static host's lease: its address from the claim, its cloud ID the
+/// lease ID when the claim has none (a host is not a cloud resource).
 fn lease_from_claim(claim: &Claim) -> Lease {
-    Lease {
-        id: claim.lease_id.clone(),
-        provider: ProviderName::Ssh,
-        cloud_id: if claim.cloud_id.is_empty() {
-            claim.lease_id.clone()
-        } else {
-            claim.cloud_id.clone()
-        },
-        labels: claim.labels.clone(),
-        endpoint: Endpoint {
-            host: extra_str(claim, "staticHost").map(str::to_owned),
-            ssh_port: extra_str(claim, "staticPort").and_then(|p| p.parse().ok()),
-            url: None,
-            shares: Vec::new(),
-        },
-        listed: true,
-        claimed: true,
+    let endpoint = Endpoint {
+        host: extra_str(claim, "staticHost").map(str::to_owned),
+        ssh_port: extra_str(claim, "staticPort").and_then(|p| p.parse().ok()),
+        url: None,
+        shares: Vec::new(),
+    };
+    let mut lease = claim_backed::lease_from_claim(claim, ProviderName::Ssh, endpoint);
+    if lease.cloud_id.is_empty() {
+        lease.cloud_id.clone_from(&lease.id);
     }
+    lease
 }
 
 /// The current user's name, for an `ssh:` block without `user`.
@@ -141,16 +129,11 @@ impl Provider for SshProvider {
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
-        let (claims, _) = self.claims.load_all().map_err(ProviderError::state)?;
-        // A pending claim that create never completed has no host: it is not a
-        // lease, and discovery reports it as dangling so the next apply forgets it.
-        Ok(claims
-            .iter()
-            .filter(|c| {
-                c.provider == "ssh" && c.pond == pond && extra_str(c, "staticHost").is_some()
-            })
-            .map(lease_from_claim)
-            .collect())
+        // A pending claim that create never completed has no host.
+        let claims = pond_claims(&self.claims, ProviderName::Ssh, pond, |c| {
+            extra_str(c, "staticHost").is_some()
+        })?;
+        Ok(claims.iter().map(lease_from_claim).collect())
     }
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
@@ -168,7 +151,7 @@ impl Provider for SshProvider {
         let base = get("work_root")
             .unwrap_or(DEFAULT_WORK_ROOT)
             .trim_end_matches('/');
-        let mut claim = super::pending_claim(&self.claims, &request.lease_id)?;
+        let mut claim = pending_claim(&self.claims, &request.lease_id)?;
         let port = block.get("port").and_then(Value::as_u64).unwrap_or(22);
         let set = |claim: &mut Claim, k: &str, v: String| {
             claim.extra.insert(k.to_owned(), Value::String(v));

@@ -38,18 +38,19 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::claim_backed::{self, extra_str, pending_claim, pond_claims};
 use crate::registry::Descriptor;
+use crabbox_exec::output::{Collect, NullSink, Outcome, exit_code, finish_pumps, pump_lines};
 use crabbox_exec::session::Session;
 use serde_json::{Map, Value};
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::time::Instant;
 
 use crate::{CreateRequest, Provider};
@@ -633,7 +634,7 @@ impl TensorlakeProvider {
         };
         let status = status
             .map_err(|e| ProviderError::Failed(format!("waiting for `{}`: {e}", scope.cli)))?;
-        finish_pumps(pumps).await;
+        finish_pumps(pumps, OUTPUT_GRACE).await;
         Ok(Outcome::Exited(exit_code(status)))
     }
 
@@ -646,8 +647,7 @@ impl TensorlakeProvider {
     ) -> Result<Captured, ProviderError> {
         let sink = Arc::new(Collect::default());
         let outcome = self.run(scope, args, sink.clone(), Some(timeout)).await?;
-        let (stdout, stderr) =
-            std::mem::take(&mut *sink.lines.lock().unwrap_or_else(PoisonError::into_inner));
+        let (stdout, stderr) = sink.take();
         Ok(Captured {
             outcome,
             stdout,
@@ -762,8 +762,7 @@ impl TensorlakeProvider {
         let outcome = self
             .shell(target, None, script, sink.clone(), Some(timeout))
             .await?;
-        let (stdout, stderr) =
-            std::mem::take(&mut *sink.lines.lock().unwrap_or_else(PoisonError::into_inner));
+        let (stdout, stderr) = sink.take();
         Ok(Captured {
             outcome,
             stdout,
@@ -985,15 +984,6 @@ struct RemoteProfile {
     remote: String,
 }
 
-/// How an invocation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    /// With this exit code (128 + signal for a signal death).
-    Exited(i32),
-    /// Killed at the time limit.
-    TimedOut(Duration),
-}
-
 /// A finished invocation and its (redacted) output.
 struct Captured {
     outcome: Outcome,
@@ -1020,29 +1010,6 @@ impl Captured {
     }
 }
 
-/// An output sink that keeps everything (stdout, stderr).
-#[derive(Default)]
-struct Collect {
-    lines: Mutex<(Vec<String>, Vec<String>)>,
-}
-
-impl OutputSink for Collect {
-    fn line(&self, stream: Stream, line: &str) {
-        let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        match stream {
-            Stream::Stdout => lines.0.push(line.to_owned()),
-            Stream::Stderr => lines.1.push(line.to_owned()),
-        }
-    }
-}
-
-/// An output sink that drops everything (probe commands).
-struct NullSink;
-
-impl OutputSink for NullSink {
-    fn line(&self, _stream: Stream, _line: &str) {}
-}
-
 #[async_trait]
 impl Provider for TensorlakeProvider {
     fn session<'a>(&'a self, lease: &'a Lease) -> Box<dyn Session + 'a> {
@@ -1058,20 +1025,16 @@ impl Provider for TensorlakeProvider {
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
         self.check_key()?;
-        let (claims, _) = self.claims.load_all().map_err(ProviderError::state)?;
         // Claims with a sandbox ID, by the scope their sandbox lives in: one
         // `ls -q` per scope (normally exactly one).
         let mut by_scope: BTreeMap<Scope, Vec<Claim>> = BTreeMap::new();
-        for claim in claims {
-            if claim.provider == ProviderName::Tensorlake.as_str()
-                && claim.pond == pond
-                && is_sandbox_id(&claim.cloud_id)
-            {
-                by_scope
-                    .entry(self.scope_of(&claim))
-                    .or_default()
-                    .push(claim);
-            }
+        for claim in pond_claims(&self.claims, ProviderName::Tensorlake, pond, |c| {
+            is_sandbox_id(&c.cloud_id)
+        })? {
+            by_scope
+                .entry(self.scope_of(&claim))
+                .or_default()
+                .push(claim);
         }
         let mut leases = Vec::new();
         for (scope, claims) in by_scope {
@@ -1097,7 +1060,7 @@ impl Provider for TensorlakeProvider {
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         self.check_key()?;
         let settings = Settings::of(&request.member, &self.defaults)?;
-        let mut claim = super::pending_claim(&self.claims, &request.lease_id)?;
+        let mut claim = pending_claim(&self.claims, &request.lease_id)?;
         let name = sandbox_name(&request.pond, &request.member.slug);
         // What is about to exist is recorded first.
         claim
@@ -1270,8 +1233,7 @@ impl Session for TensorlakeSession<'_> {
                 Some(TRANSFER_TIMEOUT),
             )
             .await?;
-        let (stdout, stderr) =
-            std::mem::take(&mut *sink.lines.lock().unwrap_or_else(PoisonError::into_inner));
+        let (stdout, stderr) = sink.take();
         let captured = Captured {
             outcome,
             stdout,
@@ -1350,23 +1312,7 @@ impl Session for TensorlakeSession<'_> {
 // ---- helpers ----------------------------------------------------------------
 
 fn lease_from_claim(claim: &Claim) -> Lease {
-    Lease {
-        id: claim.lease_id.clone(),
-        provider: ProviderName::Tensorlake,
-        cloud_id: claim.cloud_id.clone(),
-        labels: claim.labels.clone(),
-        endpoint: Endpoint::default(),
-        listed: true,
-        claimed: true,
-    }
-}
-
-fn extra_str<'a>(claim: &'a Claim, key: &str) -> Option<&'a str> {
-    claim
-        .extra
-        .get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
+    claim_backed::lease_from_claim(claim, ProviderName::Tensorlake, Endpoint::default())
 }
 
 /// Whether `s` has the shape of a Tensorlake sandbox ID.
@@ -1474,13 +1420,6 @@ fn kill_group(pgid: i32, signal: i32) {
     }
 }
 
-/// The exit code, 128 + the signal for a signal death.
-fn exit_code(status: ExitStatus) -> i32 {
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-}
-
 /// Copies one pipe to the sink line by line, with the key redacted.
 async fn pump(
     reader: impl AsyncRead + Unpin,
@@ -1488,36 +1427,11 @@ async fn pump(
     sink: Arc<dyn OutputSink>,
     key: Option<Arc<str>>,
 ) {
-    let mut reader = BufReader::new(reader);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let line = String::from_utf8_lossy(line);
-        match &key {
-            Some(key) if line.contains(&**key) => {
-                sink.line(stream, &line.replace(&**key, REDACTED));
-            }
-            _ => sink.line(stream, &line),
-        }
-    }
-}
-
-/// Waits for the output pumps to reach the end of their pipes; gives up
-/// after [`OUTPUT_GRACE`] when something else keeps them open.
-async fn finish_pumps(pumps: [Option<tokio::task::JoinHandle<()>>; 2]) {
-    let deadline = Instant::now() + OUTPUT_GRACE;
-    for pump in pumps.into_iter().flatten() {
-        let abort = pump.abort_handle();
-        if tokio::time::timeout_at(deadline, pump).await.is_err() {
-            abort.abort();
-        }
-    }
+    pump_lines(reader, |_, line| match &key {
+        Some(key) if line.contains(&**key) => sink.line(stream, &line.replace(&**key, REDACTED)),
+        _ => sink.line(stream, line),
+    })
+    .await;
 }
 
 #[cfg(test)]
