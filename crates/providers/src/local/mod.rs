@@ -44,7 +44,7 @@ use crabbox_exec::output::{NullSink, Outcome, exit_code, finish_pumps, pump_line
 use crabbox_exec::session::Session;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncRead;
 use tokio::net::TcpStream;
 
 use crate::{CreateRequest, Provider};
@@ -1187,12 +1187,15 @@ fn parse_http_url(url: &str) -> Result<(String, u16, String, String), ProviderEr
     Ok((host.to_owned(), port, target, authority.to_owned()))
 }
 
-/// One HTTP GET: true on a 2xx or 3xx status; unreachable or slow is false.
 /// Whether a ready check's host means "this member" (`localhost`, `127.0.0.1`).
 fn is_loopback_name(host: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "::1" | "[::1]")
 }
 
+/// One HTTP GET: true on a 2xx or 3xx status (redirects are not
+/// followed: answering at all is ready); unreachable or slow is false. A
+/// `localhost` URL reaches the member's own loopback address, with the
+/// `Host` header the URL names.
 async fn http_ok(url: &str, own_addr: &str) -> Result<bool, ProviderError> {
     let (host, port, target, host_header) = parse_http_url(url)?;
     let host = if is_loopback_name(&host) {
@@ -1200,38 +1203,25 @@ async fn http_ok(url: &str, own_addr: &str) -> Result<bool, ProviderError> {
     } else {
         host
     };
-    let exchange = async {
-        let mut stream =
-            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
-                .await
-                .ok()?
-                .ok()?;
-        let request = format!(
-            "GET {target} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: crabbox\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 512];
-        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 8192 {
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&chunk[..n]);
-        }
-        let line = head.split(|b| *b == b'\n').next()?;
-        let line = String::from_utf8_lossy(line);
-        let mut parts = line.split_whitespace();
-        if !parts.next()?.starts_with("HTTP/") {
-            return None;
-        }
-        parts.next()?.parse::<u16>().ok()
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     };
-    let status = tokio::time::timeout(HTTP_TIMEOUT, exchange)
-        .await
-        .ok()
-        .flatten();
-    Ok(status.is_some_and(|s| (200..400).contains(&s)))
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(HTTP_TIMEOUT)
+        .user_agent("crabbox")
+        .build()
+        .map_err(|e| ProviderError::Failed(format!("building the HTTP client: {e}")))?;
+    let response = client
+        .get(format!("http://{authority}{target}"))
+        .header(reqwest::header::HOST, host_header)
+        .send()
+        .await;
+    Ok(response.is_ok_and(|r| r.status().is_success() || r.status().is_redirection()))
 }
 
 #[cfg(test)]
