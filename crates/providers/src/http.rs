@@ -292,28 +292,7 @@ impl HttpClient {
     }
 
     fn transport_error(&self, what: &str, e: &reqwest::Error) -> ApiError {
-        let retryable = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
-        let kind = if e.is_timeout() {
-            format!("timed out after {}s", self.timeout.as_secs_f32())
-        } else if e.is_connect() {
-            "could not connect".to_owned()
-        } else {
-            "request failed".to_owned()
-        };
-        let message = format!("{what}: {kind}: {}", error_chain(e));
-        ApiError {
-            status: None,
-            code: None,
-            message: message.clone(),
-            error: if retryable {
-                ProviderError::Retryable {
-                    message,
-                    retry_after: None,
-                }
-            } else {
-                ProviderError::Failed(message)
-            },
-        }
+        transport_error(what, e, self.timeout)
     }
 
     fn status_error(
@@ -324,73 +303,132 @@ impl HttpClient {
         headers: &HeaderMap,
         body: &[u8],
     ) -> ApiError {
-        let (code, message) = parse_error_body(body);
-        let detail = match &code {
-            Some(code) => format!("{code}: {message}"),
-            None => message.clone(),
-        };
-        let full = format!("{what}: {} {detail}", status.as_u16());
-        let error = if status == StatusCode::TOO_MANY_REQUESTS {
-            ProviderError::Retryable {
-                message: full,
-                retry_after: retry_after(headers).or_else(|| rate_limit_reset(headers)),
-            }
-        } else if status.is_server_error() {
-            ProviderError::Retryable {
-                message: full,
-                retry_after: retry_after(headers),
-            }
-        } else if status == StatusCode::UNAUTHORIZED
-            || (status == StatusCode::FORBIDDEN
-                && code
-                    .as_deref()
-                    .is_none_or(|c| matches!(c, "forbidden" | "unauthorized" | "token_readonly")))
-        {
-            ProviderError::Config {
-                message: format!(
-                    "{} rejected the API token ({} {detail})",
-                    self.provider,
-                    status.as_u16()
-                ),
-                hint: format!(
-                    "set {} to a valid read/write API token for the project",
-                    self.token_env
-                ),
-            }
-        } else if status == StatusCode::NOT_FOUND {
-            ProviderError::NotFound(format!("{} {path}", self.provider))
-        } else {
-            ProviderError::Failed(format!("{what}: {detail} ({})", status.as_u16()))
-        };
-        ApiError {
-            status: Some(status.as_u16()),
-            code,
-            message,
-            error,
-        }
+        status_error(
+            self.provider,
+            self.token_env,
+            what,
+            path,
+            status,
+            headers,
+            body,
+        )
     }
 }
 
-/// `{"error": {"code", "message"}}` (Hetzner's shape, also common
-/// elsewhere), else the body itself, shortened.
-fn parse_error_body(body: &[u8]) -> (Option<String>, String) {
+/// A request that got no answer. Timeouts, refused connections and broken
+/// bodies are worth retrying; the caller decides whether the call may be
+/// repeated (the executor retries only retryable errors of idempotent steps).
+pub(crate) fn transport_error(what: &str, e: &reqwest::Error, timeout: Duration) -> ApiError {
+    let retryable = e.is_timeout() || e.is_connect() || e.is_request() || e.is_body();
+    let kind = if e.is_timeout() {
+        format!("timed out after {}s", timeout.as_secs_f32())
+    } else if e.is_connect() {
+        "could not connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let message = format!("{what}: {kind}: {}", error_chain(e));
+    ApiError {
+        status: None,
+        code: None,
+        message: message.clone(),
+        error: if retryable {
+            ProviderError::Retryable {
+                message,
+                retry_after: None,
+            }
+        } else {
+            ProviderError::Failed(message)
+        },
+    }
+}
+
+/// A provider's error answer mapped to what the engine does with it: 429
+/// and 5xx are retried (after `Retry-After` or `RateLimit-Reset`), 401 and
+/// an authorization 403 name the variable to fix, 404 is "not found"
+/// (release treats it as done), anything else fails with the provider's
+/// code and message.
+pub(crate) fn status_error(
+    provider: &str,
+    token_env: &str,
+    what: &str,
+    path: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiError {
+    let (code, message) = parse_error_body(body);
+    let detail = match &code {
+        Some(code) => format!("{code}: {message}"),
+        None => message.clone(),
+    };
+    let full = format!("{what}: {} {detail}", status.as_u16());
+    let error = if status == StatusCode::TOO_MANY_REQUESTS {
+        ProviderError::Retryable {
+            message: full,
+            retry_after: retry_after(headers).or_else(|| rate_limit_reset(headers)),
+        }
+    } else if status.is_server_error() {
+        ProviderError::Retryable {
+            message: full,
+            retry_after: retry_after(headers),
+        }
+    } else if status == StatusCode::UNAUTHORIZED
+        || (status == StatusCode::FORBIDDEN
+            && code.as_deref().is_none_or(|c| {
+                matches!(
+                    c.to_ascii_lowercase().as_str(),
+                    "forbidden" | "unauthorized" | "token_readonly" | "auth_required"
+                )
+            }))
+    {
+        ProviderError::Config {
+            message: format!(
+                "{} rejected the API token ({} {detail})",
+                provider,
+                status.as_u16()
+            ),
+            hint: format!(
+                "set {} to a valid read/write API token for the project",
+                token_env
+            ),
+        }
+    } else if status == StatusCode::NOT_FOUND {
+        ProviderError::NotFound(format!("{} {path}", provider))
+    } else {
+        ProviderError::Failed(format!("{what}: {detail} ({})", status.as_u16()))
+    };
+    ApiError {
+        status: Some(status.as_u16()),
+        code,
+        message,
+        error,
+    }
+}
+
+/// The provider's code and message from an error body: `{"error": {"code",
+/// "message"}}` (Hetzner's shape, also common elsewhere), `{"code",
+/// "message"}` (Islo's `ErrorResponse`) or `{"detail"}`, else the body
+/// itself, shortened.
+pub(crate) fn parse_error_body(body: &[u8]) -> (Option<String>, String) {
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
-        let error = value.get("error").unwrap_or(&value);
-        let code = error
-            .get("code")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned);
-        let message = error
-            .get("message")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned);
+        let error = value
+            .get("error")
+            .filter(|e| e.is_object())
+            .unwrap_or(&value);
+        let text = |k: &str| {
+            error
+                .get(k)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        let (code, message) = (text("code"), text("message").or_else(|| text("detail")));
         if code.is_some() || message.is_some() {
             return (code, message.unwrap_or_default());
         }
     }
     let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    let excerpt: String = text.chars().take(BODY_EXCERPT).collect();
+    let excerpt: String = text.trim().chars().take(BODY_EXCERPT).collect();
     if excerpt.is_empty() {
         (None, "(no response body)".to_owned())
     } else {

@@ -47,12 +47,12 @@ use crate::registry::Descriptor;
 use crabbox_exec::output::{Collect, NullSink};
 use crabbox_exec::session;
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use crate::http::{ApiError, HttpClient, user_agent};
+use crate::http::{ApiError, HttpClient, status_error, transport_error, user_agent};
 use crate::{CreateRequest, Provider, Share};
 use crabbox_core::duration;
 use crabbox_core::labels::Labels;
@@ -103,8 +103,6 @@ const SSE_LINE_LIMIT: usize = 4 * 1024 * 1024;
 const DEFAULT_TOKEN_MAX_AGE: u64 = 600;
 /// Refresh this long before the session expires (at most a quarter of it).
 const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(60);
-/// How much of an error body ends up in a message.
-const BODY_EXCERPT: usize = 200;
 
 /// Claim fields of this provider.
 const CLAIM_WORKDIR: &str = "isloWorkdir";
@@ -337,15 +335,24 @@ impl Api {
             .timeout(self.request_timeout)
             .send()
             .await
-            .map_err(|e| transport_error(what, &e))?;
+            .map_err(|e| transport_error(what, &e, self.request_timeout).error)?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response
             .bytes()
             .await
-            .map_err(|e| transport_error(what, &e))?;
+            .map_err(|e| transport_error(what, &e, self.request_timeout).error)?;
         if !status.is_success() {
-            let error = match status_error(what, "/auth/token", status, &headers, &body) {
+            let mapped = status_error(
+                PROVIDER,
+                KEY_ENV,
+                what,
+                "/auth/token",
+                status,
+                &headers,
+                &body,
+            );
+            let error = match mapped.error {
                 ProviderError::Config { .. } | ProviderError::NotFound(_) => {
                     ProviderError::Config {
                         message: format!(
@@ -444,7 +451,10 @@ impl Api {
             let response = match tokio::time::timeout(RESPONSE_HEADER_TIMEOUT, request.send()).await
             {
                 Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(api_error(redact(transport_error(what, &e), &s.token))),
+                Ok(Err(e)) => {
+                    let e = transport_error(what, &e, RESPONSE_HEADER_TIMEOUT).error;
+                    return Err(api_error(redact(e, &s.token)));
+                }
                 Err(_) => {
                     return Err(api_error(ProviderError::Retryable {
                         message: format!(
@@ -466,101 +476,13 @@ impl Api {
             }
             let headers = response.headers().clone();
             let body = response.bytes().await.unwrap_or_default();
-            let (code, message) = parse_error_body(&body);
+            let mapped = status_error(PROVIDER, KEY_ENV, what, path, status, &headers, &body);
             return Err(ApiError {
-                status: Some(status.as_u16()),
-                code,
-                message: message.replace(&s.token, "<redacted>"),
-                error: redact(status_error(what, path, status, &headers, &body), &s.token),
+                message: mapped.message.replace(&s.token, "<redacted>"),
+                error: redact(mapped.error, &s.token),
+                ..mapped
             });
         }
-    }
-}
-
-/// The same mapping as [`HttpClient`]'s, for the streaming calls.
-fn status_error(
-    what: &str,
-    path: &str,
-    status: StatusCode,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> ProviderError {
-    let (code, message) = parse_error_body(body);
-    let detail = match &code {
-        Some(code) => format!("{code}: {message}"),
-        None => message,
-    };
-    let full = format!("{what}: {} {detail}", status.as_u16());
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        ProviderError::Retryable {
-            message: full,
-            retry_after: headers
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs),
-        }
-    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-        ProviderError::Config {
-            message: format!("islo rejected the session ({} {detail})", status.as_u16()),
-            hint: format!("set {KEY_ENV} to a valid Islo API key"),
-        }
-    } else if status == StatusCode::NOT_FOUND {
-        ProviderError::NotFound(format!("islo {path}"))
-    } else {
-        ProviderError::Failed(format!("{what}: {detail} ({})", status.as_u16()))
-    }
-}
-
-/// `{"code", "message"}` (Islo's `ErrorResponse`), or `{"error": {…}}`,
-/// else the body itself, shortened.
-fn parse_error_body(body: &[u8]) -> (Option<String>, String) {
-    if let Ok(value) = serde_json::from_slice::<Value>(body) {
-        let error = value
-            .get("error")
-            .filter(|e| e.is_object())
-            .unwrap_or(&value);
-        let text = |k: &str| error.get(k).and_then(Value::as_str).map(str::to_owned);
-        let (code, message) = (text("code"), text("message").or_else(|| text("detail")));
-        if code.is_some() || message.is_some() {
-            return (code, message.unwrap_or_default());
-        }
-    }
-    let text = String::from_utf8_lossy(body);
-    let excerpt: String = text.trim().chars().take(BODY_EXCERPT).collect();
-    if excerpt.is_empty() {
-        (None, "(no response body)".to_owned())
-    } else {
-        (None, excerpt)
-    }
-}
-
-fn transport_error(what: &str, e: &reqwest::Error) -> ProviderError {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "could not connect"
-    } else {
-        "request failed"
-    };
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    let message = format!("{what}: {kind}: {text}");
-    if e.is_timeout() || e.is_connect() || e.is_request() {
-        ProviderError::Retryable {
-            message,
-            retry_after: None,
-        }
-    } else {
-        ProviderError::Failed(message)
     }
 }
 
@@ -1636,7 +1558,7 @@ impl session::Session for IsloSession<'_> {
         response
             .bytes()
             .await
-            .map_err(|e| transport_error(&what, &e))?;
+            .map_err(|e| transport_error(&what, &e, UPLOAD_TIMEOUT).error)?;
         Ok(())
     }
 
@@ -1943,17 +1865,21 @@ mod tests {
 
     #[test]
     fn errors_are_redacted_and_mapped() {
+        use reqwest::header::{HeaderMap, RETRY_AFTER};
         let e = redact(ProviderError::Failed("bad ak_x key".into()), "ak_x");
         assert_eq!(e, ProviderError::Failed("bad <redacted> key".into()));
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, "3".parse().expect("header"));
         let e = status_error(
+            PROVIDER,
+            KEY_ENV,
             "islo: POST /x",
             "/x",
             StatusCode::TOO_MANY_REQUESTS,
             &headers,
             br#"{"code":"RATE_LIMITED","message":"slow down"}"#,
-        );
+        )
+        .error;
         assert_eq!(
             e,
             ProviderError::Retryable {
@@ -1962,12 +1888,15 @@ mod tests {
             }
         );
         let e = status_error(
+            PROVIDER,
+            KEY_ENV,
             "islo: POST /x",
             "/x",
             StatusCode::CONFLICT,
             &HeaderMap::new(),
             br#"{"code":"SANDBOX_INVALID_STATE","message":"paused"}"#,
-        );
+        )
+        .error;
         assert_eq!(
             e,
             ProviderError::Failed("islo: POST /x: SANDBOX_INVALID_STATE: paused (409)".into())
