@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::model::{Class, Condition};
 use crabbox_core::provider::ProviderName;
@@ -133,6 +134,31 @@ pub struct Step {
     pub env: BTreeMap<String, String>,
 }
 
+impl DesiredMember {
+    /// The member's provider block as the provider's typed settings
+    /// (`HetznerBlock`, `IsloBlock`…): nothing written is the default. Every
+    /// adapter reads its block through this one call, so a key means the same
+    /// to `validate`, to the drift hash and to the adapter (camelCase and
+    /// snake_case alike, through the block's serde aliases). A block nested
+    /// under the provider's name (`{"islo": {…}}`) is read as well.
+    ///
+    /// # Errors
+    /// The block does not fit `T`. Validated members always fit; only a
+    /// member built by hand can fail.
+    pub fn block<T: DeserializeOwned + Default>(&self) -> Result<T, serde_json::Error> {
+        match &self.provider_block {
+            None | Some(serde_json::Value::Null) => Ok(T::default()),
+            Some(value) => {
+                let inner = value
+                    .get(self.provider.as_str())
+                    .filter(|b| b.is_object())
+                    .unwrap_or(value);
+                serde_json::from_value(inner.clone())
+            }
+        }
+    }
+}
+
 /// How readiness is probed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -194,5 +220,56 @@ mod opt_secs {
             Some(d) => super::secs::serialize(d, s),
             None => s.serialize_none(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::interpolate::Variables;
+    use crate::load::load_str;
+    use crate::providers::{HetznerBlock, IsloBlock};
+
+    use super::*;
+
+    fn first_member(yaml: &str) -> DesiredMember {
+        let loaded = load_str(
+            "pond.yaml",
+            yaml,
+            Path::new("."),
+            &Variables::fixed(Vec::new()),
+        );
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        loaded.pond.expect("pond").members.remove(0)
+    }
+
+    #[test]
+    fn a_member_reads_its_block_typed_in_either_spelling_and_merged_over_defaults() {
+        let m = first_member(
+            "version: 1\npond: p\ndefaults:\n  islo: { gatewayProfile: ci }\nmembers:\n  - slug: a\n    provider: islo\n    islo: { memory_mb: 2048, image: alpine }\n",
+        );
+        let block: IsloBlock = m.block().expect("typed");
+        assert_eq!(block.memory_mb, Some(2048));
+        assert_eq!(block.image.as_deref(), Some("alpine"));
+        assert_eq!(block.gateway_profile.as_deref(), Some("ci"));
+    }
+
+    #[test]
+    fn no_block_is_the_default_and_a_nested_block_is_read_too() {
+        let mut m =
+            first_member("version: 1\npond: p\nmembers:\n  - slug: a\n    provider: hetzner\n");
+        assert_eq!(
+            m.block::<HetznerBlock>().expect("default"),
+            HetznerBlock::default()
+        );
+        m.provider_block = Some(serde_json::json!({ "hetzner": { "location": "fsn1" } }));
+        let block: HetznerBlock = m.block().expect("nested");
+        assert_eq!(block.location.as_deref(), Some("fsn1"));
+        m.provider_block = Some(serde_json::json!({ "location": 7 }));
+        assert!(
+            m.block::<HetznerBlock>().is_err(),
+            "a wrong type is an error"
+        );
     }
 }

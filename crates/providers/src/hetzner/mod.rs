@@ -1236,13 +1236,9 @@ mod openssh_ed25519 {
     }
 }
 
-/// The member's Hetzner block (flat, or under a `hetzner` key).
+/// The member's Hetzner block.
 fn block_of(member: &DesiredMember) -> Result<HetznerBlock, ProviderError> {
-    let Some(value) = member.provider_block.as_ref() else {
-        return Ok(HetznerBlock::default());
-    };
-    let value = value.get("hetzner").unwrap_or(value);
-    serde_json::from_value(value.clone()).map_err(|e| ProviderError::Config {
+    member.block().map_err(|e| ProviderError::Config {
         message: format!("member `{}`: invalid hetzner block: {e}", member.slug),
         hint: "see `crabbox schema` for the fields of `hetzner:`".to_owned(),
     })

@@ -521,77 +521,51 @@ struct Settings {
     create: Map<String, Value>,
 }
 
-/// Reads the member's block (flat, or under an `islo` key); both the
-/// camelCase keys and their snake_case aliases are accepted.
+/// Reads the member's block; both the camelCase keys and their snake_case
+/// aliases are accepted (the block's serde aliases). Empty strings mean unset.
 fn settings_of(member: &DesiredMember) -> Result<Settings, ProviderError> {
-    let empty = Value::Object(Map::new());
-    let block = member.provider_block.as_ref().unwrap_or(&empty);
-    let block = block.get("islo").filter(|v| v.is_object()).unwrap_or(block);
-    let invalid = |key: &str, want: &str| ProviderError::Config {
-        message: format!("member `{}`: islo.{key} must be {want}", member.slug),
+    let typed: IsloBlock = member.block().map_err(|e| ProviderError::Config {
+        message: format!("member `{}` has an invalid islo block: {e}", member.slug),
         hint: "see `crabbox schema` for the fields of `islo:`".to_owned(),
-    };
+    })?;
     // The block's own rules first, the ones `validate` reported.
-    let typed: IsloBlock =
-        serde_json::from_value(block.clone()).map_err(|e| ProviderError::Config {
-            message: format!("member `{}` has an invalid islo block: {e}", member.slug),
-            hint: "see `crabbox schema` for the fields of `islo:`".to_owned(),
-        })?;
     if let Some(problem) = typed.problems().into_iter().next() {
         return Err(ProviderError::Config {
             message: format!("member `{}`: {}", member.slug, problem.message),
             hint: problem.hint,
         });
     }
-    let lookup = |camel: &str, snake: &str| {
-        block
-            .get(camel)
-            .or_else(|| block.get(snake))
-            .filter(|v| !v.is_null())
-    };
-    let text = |camel: &str, snake: &str| -> Result<Option<String>, ProviderError> {
-        match lookup(camel, snake) {
-            None => Ok(None),
-            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.trim().to_owned())),
-            Some(_) => Err(invalid(camel, "a string")),
-        }
-    };
-    let number = |camel: &str, snake: &str| -> Result<Option<u64>, ProviderError> {
-        match lookup(camel, snake) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| invalid(camel, "a whole number")),
-        }
+    let text = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
     };
     let mut create = Map::new();
-    if let Some(image) = text("image", "image")? {
-        create.insert("image".into(), Value::String(image));
-    }
-    if let Some(profile) = text("gatewayProfile", "gateway_profile")? {
-        create.insert("gateway_profile".into(), Value::String(profile));
-    }
-    if let Some(snapshot) = text("snapshotName", "snapshot_name")? {
-        create.insert("snapshot_name".into(), Value::String(snapshot));
-    }
-    for (camel, snake) in [
-        ("vcpus", "vcpus"),
-        ("memoryMB", "memory_mb"),
-        ("diskGB", "disk_gb"),
+    for (key, value) in [
+        ("image", &typed.image),
+        ("gateway_profile", &typed.gateway_profile),
+        ("snapshot_name", &typed.snapshot_name),
     ] {
-        if let Some(n) = number(camel, snake)? {
-            create.insert(snake.into(), Value::from(n));
+        if let Some(value) = text(value) {
+            create.insert(key.into(), Value::String(value));
         }
     }
-    let workdir = match lookup("workdir", "workdir") {
+    for (key, value) in [
+        ("vcpus", typed.vcpus),
+        ("memory_mb", typed.memory_mb),
+        ("disk_gb", typed.disk_gb),
+    ] {
+        if let Some(n) = value {
+            create.insert(key.into(), Value::from(n));
+        }
+    }
+    let workdir = match &typed.workdir {
         None => DEFAULT_WORKDIR.to_owned(),
-        Some(Value::String(raw)) => checked_workdir(raw)?,
-        Some(_) => return Err(invalid("workdir", "a string")),
+        Some(raw) => checked_workdir(raw)?,
     };
     Ok(Settings {
-        base_url: text("baseUrl", "base_url")?.map(|u| u.trim_end_matches('/').to_owned()),
+        base_url: text(&typed.base_url).map(|u| u.trim_end_matches('/').to_owned()),
         workdir,
         create,
     })

@@ -42,6 +42,8 @@ use async_trait::async_trait;
 use crate::registry::Descriptor;
 use crabbox_exec::output::{NullSink, Outcome, exit_code, finish_pumps, pump_lines};
 use crabbox_exec::session::Session;
+use crabbox_spec::desired::DesiredMember;
+use crabbox_spec::providers::LocalBlock;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncRead;
@@ -359,7 +361,7 @@ impl Provider for LocalProvider {
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         check_name("lease ID", &request.lease_id)?;
-        let pinned = pinned_bind_addr(request.member.provider_block.as_ref())?;
+        let pinned = pinned_bind_addr(&request.member)?;
         let root = self.root.clone();
         let id = request.lease_id.clone();
         let labels = request.labels.clone();
@@ -745,26 +747,22 @@ fn read_leases(root: &Path) -> Result<Vec<(String, LeaseRecord)>, ProviderError>
     Ok(out)
 }
 
-/// The member's pinned `bind_addr` (`{"bind_addr": …}` or `{"local": {"bind_addr": …}}`).
-fn pinned_bind_addr(block: Option<&serde_json::Value>) -> Result<Option<Ipv4Addr>, ProviderError> {
-    let Some(block) = block else { return Ok(None) };
-    let value = block
-        .get("bind_addr")
-        .or_else(|| block.get("local").and_then(|l| l.get("bind_addr")));
+/// The member's pinned `local.bind_addr`, which must be a loopback IPv4 address.
+fn pinned_bind_addr(member: &DesiredMember) -> Result<Option<Ipv4Addr>, ProviderError> {
     let hint = "use an address in 127.0.0.0/8 such as 127.77.0.10, or leave `local.bind_addr` out to get one derived from the lease ID";
-    match value {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => match s.parse::<Ipv4Addr>() {
+    let block: LocalBlock = member.block().map_err(|e| ProviderError::Config {
+        message: format!("member `{}` has an invalid local block: {e}", member.slug),
+        hint: hint.to_owned(),
+    })?;
+    match block.bind_addr {
+        None => Ok(None),
+        Some(s) => match s.parse::<Ipv4Addr>() {
             Ok(addr) if addr.is_loopback() => Ok(Some(addr)),
             _ => Err(ProviderError::Config {
                 message: format!("local.bind_addr `{s}` is not a loopback IPv4 address"),
                 hint: hint.to_owned(),
             }),
         },
-        Some(other) => Err(ProviderError::Config {
-            message: format!("local.bind_addr must be a string, not {other}"),
-            hint: hint.to_owned(),
-        }),
     }
 }
 

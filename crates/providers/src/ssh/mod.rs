@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use crate::claim_backed::{self, extra_str, pending_claim, pond_claims};
 use crate::registry::Descriptor;
 use crabbox_exec::session::{Session, SshSession, SshTargets};
+use crabbox_spec::providers::SshBlock;
 use serde_json::Value;
 
 use crate::{CreateRequest, Provider};
@@ -137,45 +138,45 @@ impl Provider for SshProvider {
     }
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
-        let block = request.member.provider_block.clone().unwrap_or(Value::Null);
-        let get = |k: &str| {
-            block
-                .get(k)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-        };
-        let host = get("host").ok_or_else(|| ProviderError::Config {
+        let block: SshBlock = request.member.block().map_err(|e| ProviderError::Config {
+            message: format!(
+                "member `{}` has an invalid ssh block: {e}",
+                request.member.slug
+            ),
+            hint: "see `crabbox schema` for the fields of `ssh:`".to_owned(),
+        })?;
+        let get = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
+        let host = get(&block.host).ok_or_else(|| ProviderError::Config {
             message: format!("member `{}` has no ssh.host", request.member.slug),
             hint: "set `ssh: { host: … }` on the member".to_owned(),
         })?;
-        let base = get("work_root")
-            .unwrap_or(DEFAULT_WORK_ROOT)
-            .trim_end_matches('/');
+        let base = get(&block.work_root).unwrap_or_else(|| DEFAULT_WORK_ROOT.to_owned());
+        let base = base.trim_end_matches('/');
         let mut claim = pending_claim(&self.claims, &request.lease_id)?;
-        let port = block.get("port").and_then(Value::as_u64).unwrap_or(22);
+        let port = block.port.unwrap_or(22);
         let set = |claim: &mut Claim, k: &str, v: String| {
             claim.extra.insert(k.to_owned(), Value::String(v));
         };
-        set(&mut claim, "staticHost", host.to_owned());
+        set(&mut claim, "staticHost", host.clone());
         set(&mut claim, "staticPort", port.to_string());
         set(
             &mut claim,
             "staticUser",
-            get("user").map_or_else(current_user, str::to_owned),
+            get(&block.user).unwrap_or_else(current_user),
         );
         set(
             &mut claim,
             "staticWorkRoot",
             format!("{base}/{}", request.lease_id),
         );
-        if let Some(key) = get("key") {
+        if let Some(key) = get(&block.key) {
             set(
                 &mut claim,
                 "staticKey",
-                expand_tilde(key).display().to_string(),
+                expand_tilde(&key).display().to_string(),
             );
         }
-        claim.cloud_id = format!("static_{}", crabbox_core::labels::sanitize(host));
+        claim.cloud_id = format!("static_{}", crabbox_core::labels::sanitize(&host));
         claim.labels.clone_from(&request.labels);
         let claim = self.claims.write(&claim).map_err(|e| {
             ProviderError::Failed(format!("writing claim {}: {e}", request.lease_id))

@@ -241,18 +241,13 @@ struct Settings {
 
 impl Settings {
     fn of(member: &DesiredMember, defaults: &TensorlakeDefaults) -> Result<Self, ProviderError> {
-        let block: TensorlakeBlock = match &member.provider_block {
-            None | Some(Value::Null) => TensorlakeBlock::default(),
-            Some(value) => {
-                serde_json::from_value(value.clone()).map_err(|e| ProviderError::Config {
-                    message: format!(
-                        "member `{}` has an invalid tensorlake block: {e}",
-                        member.slug
-                    ),
-                    hint: "see the `tensorlake:` keys in pond.schema.json".to_owned(),
-                })?
-            }
-        };
+        let block: TensorlakeBlock = member.block().map_err(|e| ProviderError::Config {
+            message: format!(
+                "member `{}` has an invalid tensorlake block: {e}",
+                member.slug
+            ),
+            hint: "see the `tensorlake:` keys in pond.schema.json".to_owned(),
+        })?;
         let set = |v: &Option<String>| {
             v.as_deref()
                 .map(str::trim)
