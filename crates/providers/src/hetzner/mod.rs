@@ -46,8 +46,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+mod api;
+mod keys;
+
 use crate::registry::Descriptor;
+use api::{PublicNet, Server, ServerEnvelope, ServerList, SshKey, SshKeyEnvelope, SshKeyList};
 use crabbox_exec::session::{Session, SshSession, SshTargets};
+use keys::{LeaseKey, openssh_ed25519, write_lease_files};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -58,7 +63,6 @@ use crabbox_core::lease::{Endpoint, Lease, is_lease_id};
 use crabbox_core::provider::ProviderError;
 use crabbox_core::provider::ProviderName;
 use crabbox_exec::ssh::SshTarget;
-use crabbox_fs::atomic_file;
 use crabbox_spec::desired::DesiredMember;
 use crabbox_spec::model::Class;
 use crabbox_spec::providers::HetznerBlock;
@@ -157,100 +161,6 @@ fn fnv1a32(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
     })
-}
-
-// ---- API shapes (only the fields used) ----
-
-#[derive(Debug, Clone, Deserialize)]
-struct Server {
-    id: u64,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    status: String,
-    #[serde(default)]
-    labels: Labels,
-    #[serde(default)]
-    public_net: PublicNet,
-}
-
-impl Server {
-    fn ipv4(&self) -> Option<&str> {
-        self.public_net
-            .ipv4
-            .as_ref()
-            .map(|a| a.ip.as_str())
-            .filter(|ip| !ip.is_empty())
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-struct PublicNet {
-    #[serde(default)]
-    ipv4: Option<Address>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Address {
-    ip: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct ServerEnvelope {
-    server: Server,
-}
-
-#[derive(Debug, Deserialize)]
-struct ServerList {
-    servers: Vec<Server>,
-    #[serde(default)]
-    meta: Meta,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct SshKey {
-    id: u64,
-    name: String,
-    #[serde(default)]
-    public_key: String,
-    #[serde(default)]
-    labels: Labels,
-}
-
-#[derive(Debug, Deserialize)]
-struct SshKeyList {
-    ssh_keys: Vec<SshKey>,
-    #[serde(default)]
-    meta: Meta,
-}
-
-#[derive(Debug, Deserialize)]
-struct SshKeyEnvelope {
-    ssh_key: SshKey,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Meta {
-    #[serde(default)]
-    pagination: Option<Pagination>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Pagination {
-    #[serde(default)]
-    next_page: Option<u32>,
-    #[serde(default)]
-    last_page: Option<u32>,
-}
-
-impl Meta {
-    fn next_page(&self) -> Option<u32> {
-        self.pagination.as_ref().and_then(|p| p.next_page)
-    }
-
-    fn last_page(&self) -> Option<u32> {
-        self.pagination.as_ref().and_then(|p| p.last_page)
-    }
 }
 
 /// How a later process reaches a lease: written before the server is
@@ -1088,154 +998,6 @@ impl HetznerProvider {
     }
 }
 
-/// A lease's SSH key.
-struct LeaseKey {
-    /// The private key file.
-    private: PathBuf,
-    /// The public key line.
-    public: String,
-    /// A key generated now, whose files are still to be written.
-    new: Option<openssh_ed25519::Key>,
-}
-
-/// Writes the lease's endpoint record and a new lease key's files (if any)
-/// under `dir`.
-fn write_lease_files(
-    dir: &Path,
-    key: Option<&openssh_ed25519::Key>,
-    record: &[u8],
-) -> Result<(), String> {
-    atomic_file::create_private_dir(dir).map_err(|e| e.to_string())?;
-    // The record (naming the pond) first: a directory a killed create left
-    // behind is then recognisable as the pond's by a later sweep.
-    let path = dir.join(ENDPOINT_FILE);
-    atomic_file::write(&path, record).map_err(|e| format!("writing {}: {e}", path.display()))?;
-    if let Some(key) = key {
-        let private = dir.join(KEY_FILE);
-        let public = dir.join(format!("{KEY_FILE}.pub"));
-        let _ = std::fs::remove_file(&private);
-        let _ = std::fs::remove_file(&public);
-        for (path, text) in [(&private, &key.private), (&public, &key.public)] {
-            write_new_private(path, text.as_bytes())
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Creates `path` (mode 0600) with `contents`; it must not exist.
-fn write_new_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?
-        .write_all(contents)
-}
-
-/// Ed25519 key pairs in OpenSSH's own formats (`PROTOCOL.key`): an
-/// unencrypted `openssh-key-v1` private key and a `ssh-ed25519 …` line.
-mod openssh_ed25519 {
-    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
-
-    use crabbox_core::provider::ProviderError;
-
-    /// A new key pair's two files.
-    pub(super) struct Key {
-        /// `-----BEGIN OPENSSH PRIVATE KEY-----` … (mode 0600 on disk).
-        pub private: String,
-        /// `ssh-ed25519 AAAA… <comment>` and a newline.
-        pub public: String,
-    }
-
-    /// A fresh key pair with `comment`.
-    pub(super) fn generate(comment: &str) -> Result<Key, ProviderError> {
-        let mut seed = [0_u8; 32];
-        let failed = |what: &str| ProviderError::Failed(format!("generating an SSH key: {what}"));
-        getrandom::fill(&mut seed).map_err(|e| failed(&e.to_string()))?;
-        let pair =
-            Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|e| failed(&e.to_string()))?;
-        let public: &[u8] = pair.public_key().as_ref();
-        Ok(encode(&seed, public, comment))
-    }
-
-    /// The two files for a seed and its public key.
-    pub(super) fn encode(seed: &[u8; 32], public: &[u8], comment: &str) -> Key {
-        let mut blob = Vec::new();
-        string(&mut blob, b"ssh-ed25519");
-        string(&mut blob, public);
-
-        let mut check = [0_u8; 4];
-        let _ = getrandom::fill(&mut check);
-        let mut secret = Vec::new();
-        secret.extend_from_slice(&check);
-        secret.extend_from_slice(&check);
-        string(&mut secret, b"ssh-ed25519");
-        string(&mut secret, public);
-        let mut both = seed.to_vec();
-        both.extend_from_slice(public);
-        string(&mut secret, &both);
-        string(&mut secret, comment.as_bytes());
-        // Padded with 1, 2, 3… to the cipher's block size (8 for "none").
-        let mut pad = 1_u8;
-        while secret.len() % 8 != 0 {
-            secret.push(pad);
-            pad += 1;
-        }
-
-        let mut file = b"openssh-key-v1\0".to_vec();
-        string(&mut file, b"none");
-        string(&mut file, b"none");
-        string(&mut file, b"");
-        file.extend_from_slice(&1_u32.to_be_bytes());
-        string(&mut file, &blob);
-        string(&mut file, &secret);
-
-        let body = base64(&file);
-        let mut private = String::from("-----BEGIN OPENSSH PRIVATE KEY-----\n");
-        for line in body.as_bytes().chunks(70) {
-            private.push_str(std::str::from_utf8(line).unwrap_or_default());
-            private.push('\n');
-        }
-        private.push_str("-----END OPENSSH PRIVATE KEY-----\n");
-        Key {
-            private,
-            public: format!("ssh-ed25519 {} {comment}\n", base64(&blob)),
-        }
-    }
-
-    /// SSH's `string`: a big-endian u32 length, then the bytes.
-    fn string(out: &mut Vec<u8>, bytes: &[u8]) {
-        out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
-        out.extend_from_slice(bytes);
-    }
-
-    /// Standard base64 with padding.
-    pub(super) fn base64(bytes: &[u8]) -> String {
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for chunk in bytes.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-}
-
 /// The member's Hetzner block.
 fn block_of(member: &DesiredMember) -> Result<HetznerBlock, ProviderError> {
     member.block().map_err(|e| ProviderError::Config {
@@ -1679,6 +1441,7 @@ impl SshTargets for HetznerProvider {
 
 #[cfg(test)]
 mod tests {
+    use super::keys::write_new_private;
     use super::*;
 
     #[test]
