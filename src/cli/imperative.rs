@@ -582,9 +582,9 @@ pub(super) fn pause_or_resume(args: &PauseArgs, pause: bool) -> ExitCode {
     };
     let result = rt.block_on(async {
         if pause {
-            provider.pause(&lease).await
+            provider.pauser("pause")?.pause(&lease).await
         } else {
-            provider.resume(&lease).await
+            provider.pauser("resume")?.resume(&lease).await
         }
     });
     match result {

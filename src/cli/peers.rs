@@ -146,7 +146,8 @@ pub(super) fn peers(args: &PeersArgs) -> ExitCode {
             if !crabbox_core::provider::features_of(provider.name()).url_bridge {
                 continue;
             }
-            match rt.block_on(provider.share(lease, port, args.share_ttl)) {
+            match rt.block_on(async { provider.bridge()?.share(lease, port, args.share_ttl).await })
+            {
                 Ok(share) => {
                     lease.endpoint.shares.retain(|s| s.port != port);
                     lease.endpoint.url.get_or_insert_with(|| share.url.clone());

@@ -13,7 +13,7 @@ use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_core::retry::with_retries;
 use crabbox_exec::session::ExecRequest;
 use crabbox_providers::islo::{IsloProvider, sandbox_name};
-use crabbox_providers::{CreateRequest, Provider};
+use crabbox_providers::{CreateRequest, Pausing, Provider, UrlBridge};
 use crabbox_spec::desired::{DesiredMember, Probe, SyncSettings};
 use crabbox_spec::member_labels;
 use crabbox_state::claims::{Claim, ClaimStore, claim_state, now_rfc3339};

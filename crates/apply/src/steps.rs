@@ -463,7 +463,9 @@ async fn share(ctx: &Context, slug: &str) -> Result<String, StepError> {
     let provider = ctx.provider(lease.provider)?;
     let mut shares = Vec::new();
     for &port in &m.expose {
-        shares.push(with_retries(|| provider.share(&lease, port, m.ttl)).await?);
+        shares.push(
+            with_retries(|| async { provider.bridge()?.share(&lease, port, m.ttl).await }).await?,
+        );
     }
     lease.endpoint.url = shares.first().map(|s| s.url.clone());
     lease.endpoint.shares = shares;

@@ -77,38 +77,15 @@ pub trait Provider: Send + Sync {
     /// that is already gone is [`ProviderError::NotFound`].
     async fn release(&self, lease: &Lease) -> Result<(), ProviderError>;
 
-    /// Publishes `port` of the lease at a public URL for `ttl` (URL-bridge
-    /// providers), reusing a live share of the same port.
-    async fn share(&self, lease: &Lease, port: u16, ttl: Duration) -> Result<Share, ProviderError> {
-        let _ = (lease, port, ttl);
-        Err(ProviderError::Unsupported(format!(
-            "provider `{}` has no URL bridge",
-            self.name()
-        )))
+    /// The provider's URL bridge (publishing ports at public URLs), if it
+    /// has one.
+    fn url_bridge(&self) -> Option<&dyn UrlBridge> {
+        None
     }
 
-    /// The lease's current shares (empty for providers without a URL bridge).
-    async fn shares(&self, lease: &Lease) -> Result<Vec<Share>, ProviderError> {
-        let _ = lease;
-        Ok(Vec::new())
-    }
-
-    /// Pauses the lease, releasing its compute but keeping it and its claim.
-    async fn pause(&self, lease: &Lease) -> Result<(), ProviderError> {
-        let _ = lease;
-        Err(ProviderError::Unsupported(format!(
-            "provider `{}` cannot pause leases",
-            self.name()
-        )))
-    }
-
-    /// Resumes a paused lease.
-    async fn resume(&self, lease: &Lease) -> Result<(), ProviderError> {
-        let _ = lease;
-        Err(ProviderError::Unsupported(format!(
-            "provider `{}` cannot resume leases",
-            self.name()
-        )))
+    /// Pausing and resuming leases, if the provider can.
+    fn pausing(&self) -> Option<&dyn Pausing> {
+        None
     }
 
     /// How to reach the lease over SSH, for SSH-lease providers (the SSH mesh
@@ -116,5 +93,50 @@ pub trait Provider: Send + Sync {
     fn ssh_target(&self, lease: &Lease) -> Option<crabbox_exec::ssh::SshTarget> {
         let _ = lease;
         None
+    }
+}
+
+/// A provider's URL bridge: ports of a lease published at public URLs, so
+/// peers reach a member that has no SSH.
+#[async_trait]
+pub trait UrlBridge: Send + Sync {
+    /// Publishes `port` of the lease at a public URL for `ttl`, reusing a
+    /// live share of the same port.
+    async fn share(&self, lease: &Lease, port: u16, ttl: Duration) -> Result<Share, ProviderError>;
+
+    /// The lease's current shares.
+    async fn shares(&self, lease: &Lease) -> Result<Vec<Share>, ProviderError>;
+}
+
+/// Leases that can be paused, releasing their compute but keeping the lease
+/// and its claim, and resumed later.
+#[async_trait]
+pub trait Pausing: Send + Sync {
+    /// Pauses the lease.
+    async fn pause(&self, lease: &Lease) -> Result<(), ProviderError>;
+
+    /// Resumes a paused lease.
+    async fn resume(&self, lease: &Lease) -> Result<(), ProviderError>;
+}
+
+impl dyn Provider {
+    /// The URL bridge, or the error that says the provider has none.
+    ///
+    /// # Errors
+    /// [`ProviderError::Unsupported`] for providers without one.
+    pub fn bridge(&self) -> Result<&dyn UrlBridge, ProviderError> {
+        self.url_bridge().ok_or_else(|| {
+            ProviderError::Unsupported(format!("provider `{}` has no URL bridge", self.name()))
+        })
+    }
+
+    /// Pausing, or the error that says the provider cannot `verb` leases.
+    ///
+    /// # Errors
+    /// [`ProviderError::Unsupported`] for providers that cannot pause.
+    pub fn pauser(&self, verb: &str) -> Result<&dyn Pausing, ProviderError> {
+        self.pausing().ok_or_else(|| {
+            ProviderError::Unsupported(format!("provider `{}` cannot {verb} leases", self.name()))
+        })
     }
 }

@@ -59,7 +59,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::http::{ApiError, HttpClient, status_error, transport_error, user_agent};
-use crate::{CreateRequest, Provider, Share};
+use crate::{CreateRequest, Pausing, Provider, Share, UrlBridge};
 use crabbox_core::duration;
 use crabbox_core::labels::Labels;
 use crabbox_core::lease::{Endpoint, Lease, is_lease_id};
@@ -813,6 +813,14 @@ impl IsloProvider {
 
 #[async_trait]
 impl Provider for IsloProvider {
+    fn url_bridge(&self) -> Option<&dyn UrlBridge> {
+        Some(self)
+    }
+
+    fn pausing(&self) -> Option<&dyn Pausing> {
+        Some(self)
+    }
+
     fn session<'a>(&'a self, lease: &'a Lease) -> Box<dyn session::Session + 'a> {
         Box::new(IsloSession {
             provider: self,
@@ -968,7 +976,10 @@ impl Provider for IsloProvider {
             Err(e) => Err(e.into()),
         }
     }
+}
 
+#[async_trait]
+impl UrlBridge for IsloProvider {
     async fn share(&self, lease: &Lease, port: u16, ttl: Duration) -> Result<Share, ProviderError> {
         if port == 0 {
             return Err(ProviderError::Failed("cannot share port 0".to_owned()));
@@ -1012,7 +1023,10 @@ impl Provider for IsloProvider {
         shares.sort_by(|a, b| a.port.cmp(&b.port).then(a.expires_at.cmp(&b.expires_at)));
         Ok(shares)
     }
+}
 
+#[async_trait]
+impl Pausing for IsloProvider {
     async fn pause(&self, lease: &Lease) -> Result<(), ProviderError> {
         let target = self.target(lease)?;
         let _: Value = target
