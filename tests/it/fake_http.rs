@@ -575,3 +575,294 @@ async fn serve_one(State(layer): State<Layer>, request: Request, next: Next) -> 
     });
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// An error shape unlike any provider's, so the tests see it is the
+    /// fake's that is used.
+    fn shape(code: &str, message: &str) -> Value {
+        json!({ "failure": { "kind": code, "text": message } })
+    }
+
+    /// A fake whose `/things` echoes the JSON it is sent, and whose other
+    /// paths need `Authorization: Bearer ok` (`/login` needs nothing).
+    async fn echo() -> (Harness, FakeServer) {
+        let routes = Router::new()
+            .route(
+                "/things",
+                axum::routing::post(|body: axum::Json<Value>| async move {
+                    (StatusCode::CREATED, body)
+                })
+                .get(|| async { axum::Json(json!({ "things": [] })) }),
+            )
+            .route("/login", axum::routing::post(|| async { "welcome" }));
+        let auth: Auth = Arc::new(|parts: &Parts| {
+            let bearer = parts.headers.get("authorization");
+            if parts.uri.path() == "/login" {
+                Access::Open
+            } else if bearer.is_some_and(|v| v == "Bearer ok") {
+                Access::Granted
+            } else {
+                Access::Denied(json_error(
+                    shape,
+                    StatusCode::UNAUTHORIZED,
+                    "who",
+                    "unknown token",
+                ))
+            }
+        });
+        let harness = Harness::default();
+        let server = FakeServer::start("echo", harness.wrap(routes, auth)).await;
+        (harness, server)
+    }
+
+    async fn get(server: &FakeServer, path: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .get(format!("{}{path}", server.url))
+            .bearer_auth("ok")
+            .send()
+            .await
+            .expect("the fake answers")
+    }
+
+    #[tokio::test]
+    async fn requests_are_routed_and_logged_with_what_they_carried() {
+        let (harness, server) = echo().await;
+        let answer = reqwest::Client::new()
+            .post(format!("{}/things?name=a%20b&tag=x&tag=y", server.url))
+            .bearer_auth("ok")
+            .header("x-trace", "t-1")
+            .json(&json!({ "size": 3 }))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(answer.status(), 201);
+        assert_eq!(
+            answer.json::<Value>().await.expect("JSON"),
+            json!({ "size": 3 }),
+            "the routes got the body the log read"
+        );
+        assert_eq!(get(&server, "/things").await.status(), 200);
+
+        let log = harness.log.requests();
+        assert_eq!(log.len(), 2);
+        let post = &log[0];
+        assert_eq!(
+            (post.method.as_str(), post.path.as_str()),
+            ("POST", "/things")
+        );
+        assert_eq!(post.param("name"), Some("a b"));
+        assert_eq!(
+            post.query,
+            [("name", "a b"), ("tag", "x"), ("tag", "y")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        assert_eq!(post.header("x-trace"), Some("t-1"));
+        assert_eq!(post.header("authorization"), Some("Bearer ok"));
+        assert_eq!(post.body, json!({ "size": 3 }));
+        assert_eq!(post.raw_body, r#"{"size":3}"#);
+        assert_eq!(post.status, 201);
+        assert!(post.everything().contains("x-trace: t-1"));
+        assert_eq!(harness.log.count("POST", "/thi"), 1);
+        assert_eq!(harness.log.count("GET", "/things"), 1);
+        assert_eq!(harness.log.count("DELETE", "/"), 0);
+        harness.log.clear();
+        assert!(harness.log.requests().is_empty());
+    }
+
+    #[tokio::test]
+    async fn injected_replies_come_in_order_then_service_resumes() {
+        let (harness, server) = echo().await;
+        let faults = &harness.faults;
+        faults.queue(
+            Route::any(),
+            2,
+            Reply::error(shape, StatusCode::SERVICE_UNAVAILABLE, "down", "later"),
+        );
+        faults.queue(
+            Route::new("GET", "/things"),
+            1,
+            Reply::error(shape, StatusCode::TOO_MANY_REQUESTS, "slow", "easy")
+                .with_header("retry-after", "7"),
+        );
+        faults.queue(
+            Route::new("DELETE", "/things"),
+            1,
+            Reply::error(shape, StatusCode::IM_A_TEAPOT, "never", "not a DELETE"),
+        );
+
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let answer = get(&server, "/things").await;
+            statuses.push(answer.status().as_u16());
+            if answer.status() == 429 {
+                assert_eq!(answer.headers()["retry-after"], "7");
+            }
+        }
+        assert_eq!(statuses, [503, 503, 429, 200]);
+
+        // Refused requests use up no fault; open ones meet none.
+        faults.queue(
+            Route::any(),
+            1,
+            Reply::error(shape, StatusCode::SERVICE_UNAVAILABLE, "down", "later"),
+        );
+        let stranger = reqwest::Client::new()
+            .get(format!("{}/things", server.url))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(stranger.status(), 401);
+        let login = reqwest::Client::new()
+            .post(format!("{}/login", server.url))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(login.status(), 200);
+        assert_eq!(get(&server, "/things").await.status(), 503);
+        assert_eq!(get(&server, "/things").await.status(), 200);
+
+        // A route that is down stays down until it is lifted.
+        let down = Route::new("GET", "/things");
+        let reply = Reply::error(shape, StatusCode::BAD_GATEWAY, "gone", "away");
+        faults.set_down(down.clone(), Some(reply));
+        assert_eq!(get(&server, "/things").await.status(), 502);
+        assert_eq!(get(&server, "/things").await.status(), 502);
+        faults.set_down(down, None);
+        assert_eq!(get(&server, "/things").await.status(), 200);
+
+        let logged: Vec<u16> = harness.log.requests().iter().map(|r| r.status).collect();
+        assert_eq!(
+            logged,
+            [503, 503, 429, 200, 401, 200, 503, 200, 502, 502, 200]
+        );
+    }
+
+    #[tokio::test]
+    async fn latency_delays_requests_and_the_in_flight_limit_queues_them() {
+        let (harness, server) = echo().await;
+        let faults = &harness.faults;
+        faults.set_latency(Duration::from_millis(40));
+        faults.add_route_latency(Route::new("GET", "/things"), Duration::from_millis(60));
+        let started = Instant::now();
+        assert_eq!(get(&server, "/things").await.status(), 200);
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "both delays"
+        );
+        let started = Instant::now();
+        let login = reqwest::Client::new()
+            .post(format!("{}/login", server.url))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(login.status(), 200);
+        let took = started.elapsed();
+        assert!(
+            (Duration::from_millis(40)..Duration::from_millis(100)).contains(&took),
+            "only the fixed latency: {took:?}"
+        );
+
+        faults.set_latency(Duration::from_millis(30));
+        faults.set_max_in_flight(Some(2));
+        harness.log.clear();
+        let started = Instant::now();
+        let answers =
+            futures_util::future::join_all((0..4).map(|_| get(&server, "/nowhere"))).await;
+        assert!(answers.iter().all(|a| a.status() == 404));
+        assert!(
+            started.elapsed() >= Duration::from_millis(60),
+            "four requests, two at a time, 30 ms each: two rounds"
+        );
+        assert_eq!(harness.log.max_concurrent(|_| true), 2);
+        assert_eq!(harness.log.max_concurrent(|r| r.path == "/elsewhere"), 0);
+    }
+
+    #[tokio::test]
+    async fn errors_have_the_fakes_shape_and_rate_limits_say_when_to_retry() {
+        let (harness, server) = echo().await;
+        let refused = reqwest::Client::new()
+            .get(format!("{}/things", server.url))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(refused.status(), 401);
+        assert_eq!(refused.headers()["content-type"], "application/json");
+        assert_eq!(
+            refused.json::<Value>().await.expect("JSON"),
+            json!({ "failure": { "kind": "who", "text": "unknown token" } })
+        );
+
+        let limited: RateLimited = Arc::new(|secs| {
+            let mut r = json_error(shape, StatusCode::TOO_MANY_REQUESTS, "slow", "easy");
+            set_header(&mut r, "retry-after", &secs.to_string());
+            r
+        });
+        harness.faults.set_rate_limit(Some((0.5, 2, limited)));
+        assert_eq!(get(&server, "/things").await.status(), 200);
+        assert_eq!(get(&server, "/things").await.status(), 200);
+        let third = get(&server, "/things").await;
+        assert_eq!(third.status(), 429, "the burst of two is spent");
+        assert_eq!(third.headers()["retry-after"], "2", "half a token a second");
+        assert_eq!(
+            third.json::<Value>().await.expect("JSON"),
+            json!({ "failure": { "kind": "slow", "text": "easy" } })
+        );
+        harness.faults.set_rate_limit(None);
+        assert_eq!(get(&server, "/things").await.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_storm_strikes_a_fraction_of_requests_and_replays_from_its_seed() {
+        let (harness, server) = echo().await;
+        let storm = |seed| Storm {
+            fraction: 0.5,
+            seed,
+            replies: vec![
+                Reply::error(shape, StatusCode::TOO_MANY_REQUESTS, "slow", "easy"),
+                Reply::error(shape, StatusCode::SERVICE_UNAVAILABLE, "down", "later"),
+            ],
+        };
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            harness.faults.set_storm(Some(storm(42)));
+            let mut statuses = Vec::new();
+            for _ in 0..40 {
+                statuses.push(get(&server, "/things").await.status().as_u16());
+            }
+            runs.push(statuses);
+        }
+        harness.faults.set_storm(None);
+        assert_eq!(runs[0], runs[1], "the same seed, the same failures");
+        let struck = runs[0].iter().filter(|s| **s != 200).count();
+        assert!((8..=32).contains(&struck), "about half of 40: {struck}");
+        assert!(runs[0].contains(&429) && runs[0].contains(&503));
+        assert_eq!(get(&server, "/things").await.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_server_stops_it() {
+        let (_harness, server) = echo().await;
+        let url = server.url.clone();
+        assert_eq!(get(&server, "/things").await.status(), 200);
+        drop(server);
+        let mut refused = false;
+        for _ in 0..50 {
+            let answer = reqwest::Client::new()
+                .get(format!("{url}/things"))
+                .bearer_auth("ok")
+                .send()
+                .await;
+            if answer.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "{url} still answers");
+    }
+}
