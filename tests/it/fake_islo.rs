@@ -48,11 +48,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
+use tokio::sync::mpsc;
 
 pub use super::fake_http::LoggedRequest;
 use super::fake_http::{Access, FakeServer, Harness, Reply, Route, json_error, query_pairs};
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
-use tokio::sync::mpsc;
 
 /// The API key the fake accepts unless configured otherwise.
 pub const API_KEY: &str = "ak_fake_islo_0123456789abcdef";
@@ -203,26 +203,24 @@ pub struct FakeIslo {
 /// Starts a fake on a free port of 127.0.0.1 (served by a task of the
 /// current runtime).
 pub async fn start(config: FakeConfig) -> FakeIslo {
-    let inner = Arc::new(Mutex::new(Inner {
-        config,
-        instance: random_hex(4),
-        next: 1,
-        sandboxes: BTreeMap::new(),
-        tokens: HashMap::new(),
-        tokens_issued: 0,
-        faults: Faults::default(),
-        deleted: Vec::new(),
-    }));
     let handle = FakeHandle {
-        inner: Arc::clone(&inner),
+        inner: Arc::new(Mutex::new(Inner {
+            config,
+            instance: random_hex(4),
+            next: 1,
+            sandboxes: BTreeMap::new(),
+            tokens: HashMap::new(),
+            tokens_issued: 0,
+            faults: Faults::default(),
+            deleted: Vec::new(),
+        })),
         http: Harness::default(),
     };
-    // The auth check holds the state, not the handle: the handle keeps the
-    // harness, which keeps the check.
+    let sessions = handle.clone();
     let auth = Arc::new(move |parts: &axum::http::request::Parts| {
         if parts.method == Method::POST && parts.uri.path() == "/auth/token" {
             Access::Open
-        } else if authorized(&lock(&inner), &parts.headers) {
+        } else if authorized(&sessions.lock(), &parts.headers) {
             Access::Granted
         } else {
             Access::Denied(json_error(
@@ -244,10 +242,6 @@ pub async fn start(config: FakeConfig) -> FakeIslo {
     }
 }
 
-fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
-    inner.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// A sandbox as a test sees it.
 #[derive(Debug, Clone)]
 pub struct SandboxView {
@@ -264,7 +258,7 @@ pub struct SandboxView {
 
 impl FakeHandle {
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        lock(&self.inner)
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Delays every request by `latency`.
