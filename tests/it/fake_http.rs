@@ -365,7 +365,7 @@ struct FaultState {
 }
 
 /// The faults a test injects into one fake. Those that answer for the API
-/// (queued replies, routes down, the rate limit, storms) apply only to
+/// (queued replies, the rate limit, routes down, storms) apply only to
 /// requests the fake's [`Auth`] granted, in that order.
 #[derive(Clone, Default)]
 pub struct Faults(Arc<Mutex<FaultState>>);
