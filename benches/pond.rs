@@ -30,6 +30,9 @@
 #[path = "../tests/it/fake_hetzner.rs"]
 #[allow(dead_code)] // the bench drives the fake; the test helpers stay unused
 mod fake_hetzner;
+#[path = "../tests/it/fake_http.rs"]
+#[allow(dead_code)] // the fake uses part of the harness; its tests are not built here
+mod fake_http;
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Write as _};

@@ -13,8 +13,9 @@
 //! Faults are injected through [`FakeHandle`]: latency, 429s, 503s, capacity
 //! errors per server type, and two rate limits — at most N requests served
 //! at once (the rest queue) and a token bucket of requests per second
-//! (answered 429 with `Retry-After` when empty). Every request is logged
-//! (method, path, query, body, status) for assertions.
+//! (answered 429 with `Retry-After` when empty). Serving, the request log,
+//! latency and the faults that are not about resources are the shared
+//! harness's (`fake_http`); this file says what is Hetzner's.
 //!
 //! Status codes for errors follow Hetzner's documentation and observed
 //! responses: 400 `invalid_input`/`json_error`, 401 `unauthorized`, 403
@@ -31,9 +32,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+
+pub use super::fake_http::LoggedRequest;
+use super::fake_http::{
+    Access, FakeServer, Harness, Reply, Route, Storm, json_error, query_pairs, set_header,
+};
 
 /// The token the fake accepts unless configured otherwise.
 pub const TOKEN: &str = "fake-hcloud-token";
@@ -70,31 +76,6 @@ impl Default for FakeConfig {
     }
 }
 
-/// One request as the fake saw it.
-#[derive(Debug, Clone)]
-pub struct LoggedRequest {
-    /// `GET`, `POST`…
-    pub method: String,
-    /// Path, `/v1/servers/42`.
-    pub path: String,
-    /// Decoded query parameters, in order.
-    pub query: Vec<(String, String)>,
-    /// JSON body (`Null` when there was none or it was not JSON).
-    pub body: Value,
-    /// The status answered.
-    pub status: u16,
-}
-
-impl LoggedRequest {
-    /// The first value of a query parameter.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 #[derive(Debug, Clone)]
 struct ServerRec {
     id: u64,
@@ -122,76 +103,12 @@ struct KeyRec {
     created: String,
 }
 
-/// A token bucket: `per_second` requests a second, bursts of `burst`.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    per_second: f64,
-    burst: f64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl Bucket {
-    /// Takes a token, or says how long until one is there.
-    fn take(&mut self) -> Result<(), Duration> {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - self.tokens) / self.per_second,
-            ))
-        }
-    }
-}
-
+/// The faults only Hetzner's resources know of; the rest are the harness's.
 #[derive(Debug, Default)]
 struct Faults {
-    latency: Duration,
-    /// Extra latency of requests by method and path prefix.
-    route_latency: Vec<(String, String, Duration)>,
-    /// Requests by method and path prefix that always answer 503.
-    route_down: Vec<(String, String)>,
-    /// At most this many requests are served at once; the rest wait in turn.
-    gate: Option<Arc<tokio::sync::Semaphore>>,
-    /// Requests per second beyond which the fake answers 429.
-    bucket: Option<Bucket>,
-    fail_429: u32,
-    retry_after_429: Option<u64>,
-    fail_503: u32,
     lose_create_answers: u32,
     /// Server type → capacity error code.
     capacity: HashMap<String, String>,
-    /// This fraction of requests answers 429 (`Retry-After: 0`) or 503, at
-    /// random from the state of a seeded xorshift generator.
-    storm: Option<(f64, u64)>,
-}
-
-impl Faults {
-    /// The status a storm answers this request with, if any.
-    fn storm_status(&mut self) -> Option<StatusCode> {
-        let (fraction, state) = self.storm.as_mut()?;
-        let mut next = || {
-            *state ^= *state << 13;
-            *state ^= *state >> 7;
-            *state ^= *state << 17;
-            *state
-        };
-        #[allow(clippy::cast_precision_loss)] // a probability needs no more
-        let hit = (next() >> 11) as f64 / (1_u64 << 53) as f64;
-        if hit >= *fraction {
-            return None;
-        }
-        Some(if next() % 2 == 0 {
-            StatusCode::TOO_MANY_REQUESTS
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        })
-    }
 }
 
 #[derive(Debug)]
@@ -201,9 +118,6 @@ struct Inner {
     servers: BTreeMap<u64, ServerRec>,
     keys: BTreeMap<u64, KeyRec>,
     faults: Faults,
-    log: Vec<LoggedRequest>,
-    in_flight: usize,
-    max_in_flight: usize,
     remaining: u64,
 }
 
@@ -212,6 +126,7 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct FakeHandle {
     inner: Arc<Mutex<Inner>>,
+    http: Harness,
 }
 
 /// A running fake.
@@ -221,11 +136,14 @@ pub struct FakeHetzner {
     pub base_url: String,
     /// Control of the fake.
     pub handle: FakeHandle,
+    /// Serving stops when the fake is dropped.
+    _server: FakeServer,
 }
 
 /// Starts a fake on a free port of 127.0.0.1 (served by a task of the
 /// current runtime).
 pub async fn start(config: FakeConfig) -> FakeHetzner {
+    let bearer = format!("Bearer {}", config.token);
     let handle = FakeHandle {
         inner: Arc::new(Mutex::new(Inner {
             config,
@@ -233,26 +151,68 @@ pub async fn start(config: FakeConfig) -> FakeHetzner {
             servers: BTreeMap::new(),
             keys: BTreeMap::new(),
             faults: Faults::default(),
-            log: Vec::new(),
-            in_flight: 0,
-            max_in_flight: 0,
             remaining: RATE_LIMIT,
         })),
+        http: Harness::default(),
     };
-    let app = Router::new()
+    let auth = Arc::new(move |parts: &axum::http::request::Parts| {
+        let header = parts.headers.get("authorization");
+        if header.is_some_and(|v| v.as_bytes() == bearer.as_bytes()) {
+            Access::Granted
+        } else {
+            Access::Denied(json_error(
+                error_body,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unable to authenticate",
+            ))
+        }
+    });
+    let routes = Router::new()
         .fallback(handle_request)
         .with_state(handle.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the fake Hetzner API");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let app = handle
+        .http
+        .wrap(routes, auth)
+        .layer(axum::middleware::map_response_with_state(
+            handle.clone(),
+            rate_limit_headers,
+        ));
+    let server = FakeServer::start("Hetzner", app).await;
     FakeHetzner {
-        base_url: format!("http://{addr}/v1"),
+        base_url: format!("{}/v1", server.url),
         handle,
+        _server: server,
     }
+}
+
+/// 429 `rate_limit_exceeded`, as the hourly budget being spent looks.
+fn rate_limited(retry_after: Option<u64>, reset_in: u64, message: &str) -> Response {
+    let mut response = json_error(
+        error_body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_exceeded",
+        message,
+    );
+    if let Some(secs) = retry_after {
+        set_header(&mut response, "retry-after", &secs.to_string());
+    }
+    set_header(&mut response, "ratelimit-remaining", "0");
+    set_header(
+        &mut response,
+        "ratelimit-reset",
+        &(unix_now() + reset_in).to_string(),
+    );
+    response
+}
+
+fn unavailable() -> Reply {
+    Reply::error(
+        error_body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "service temporarily unavailable",
+    )
 }
 
 impl FakeHandle {
@@ -262,27 +222,23 @@ impl FakeHandle {
 
     /// Delays every request by `latency`.
     pub fn set_latency(&self, latency: Duration) {
-        self.lock().faults.latency = latency;
+        self.http.faults.set_latency(latency);
     }
 
     /// Delays requests of `method` whose path starts with `path_prefix`
     /// (`/v1/ssh_keys`) by `latency` more than the others.
     pub fn set_route_latency(&self, method: &str, path_prefix: &str, latency: Duration) {
-        self.lock()
+        self.http
             .faults
-            .route_latency
-            .push((method.to_owned(), path_prefix.to_owned(), latency));
+            .add_route_latency(Route::new(method, path_prefix), latency);
     }
 
     /// Requests of `method` whose path starts with `path_prefix` answer
     /// 503 `unavailable` from now on (`false`: they are served again).
     pub fn set_route_down(&self, method: &str, path_prefix: &str, down: bool) {
-        let route = (method.to_owned(), path_prefix.to_owned());
-        let mut inner = self.lock();
-        inner.faults.route_down.retain(|r| *r != route);
-        if down {
-            inner.faults.route_down.push(route);
-        }
+        self.http
+            .faults
+            .set_down(Route::new(method, path_prefix), down.then(unavailable));
     }
 
     /// How long servers created from now on take to be `running`.
@@ -297,27 +253,34 @@ impl FakeHandle {
     /// Serves at most `n` requests at once (each for its whole latency);
     /// later ones wait in arrival order. `None` lifts the limit.
     pub fn set_max_in_flight(&self, n: Option<usize>) {
-        self.lock().faults.gate = n.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+        self.http.faults.set_max_in_flight(n);
     }
 
     /// Answers 429 `rate_limit_exceeded` (with `Retry-After`) once more than
     /// `burst` requests arrive faster than `per_second`. `None` lifts it.
     pub fn set_rate_limit(&self, limit: Option<(f64, u32)>) {
-        self.lock().faults.bucket = limit.map(|(per_second, burst)| Bucket {
-            per_second: per_second.max(f64::MIN_POSITIVE),
-            burst: f64::from(burst.max(1)),
-            tokens: f64::from(burst.max(1)),
-            refilled: Instant::now(),
-        });
+        self.http
+            .faults
+            .set_rate_limit(limit.map(|(per_second, burst)| {
+                let reply =
+                    Arc::new(|secs| rate_limited(Some(secs), secs, "request rate limit reached"));
+                (per_second, burst, reply as _)
+            }));
     }
 
     /// The next `n` (authenticated) requests answer 429
     /// `rate_limit_exceeded`, with `RateLimit-Reset` `retry_after` seconds
-    /// ahead (default 1) and, when given, a `Retry-After` header too.
+    /// ahead (default 1) and, when given, a `Retry-After` header too. They
+    /// come after the failures injected before.
     pub fn fail_next_with_429(&self, n: u32, retry_after: Option<u64>) {
-        let mut inner = self.lock();
-        inner.faults.fail_429 = n;
-        inner.faults.retry_after_429 = retry_after;
+        let reply = Reply::new(move || {
+            rate_limited(
+                retry_after,
+                retry_after.unwrap_or(1),
+                "limit of 3600 requests per hour reached",
+            )
+        });
+        self.http.faults.queue(Route::any(), n, reply);
     }
 
     /// From now on, a `fraction` of (authenticated) requests to every
@@ -325,12 +288,28 @@ impl FakeHandle {
     /// 503 `unavailable`, half each, chosen by a generator seeded with
     /// `seed`. `None` ends the storm.
     pub fn set_storm(&self, storm: Option<(f64, u64)>) {
-        self.lock().faults.storm = storm.map(|(fraction, seed)| (fraction, seed.max(1)));
+        self.http
+            .faults
+            .set_storm(storm.map(|(fraction, seed)| Storm {
+                fraction,
+                seed,
+                replies: vec![
+                Reply::error(
+                    error_body,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_exceeded",
+                    "limit of 3600 requests per hour reached",
+                )
+                .with_header("retry-after", "0"),
+                unavailable(),
+            ],
+            }));
     }
 
-    /// The next `n` (authenticated) requests answer 503 `unavailable`.
+    /// The next `n` (authenticated) requests answer 503 `unavailable`,
+    /// after the failures injected before.
     pub fn fail_next_with_503(&self, n: u32) {
-        self.lock().faults.fail_503 = n;
+        self.http.faults.queue(Route::any(), n, unavailable());
     }
 
     /// The next `n` server creations succeed but answer 503, as when a
@@ -417,128 +396,60 @@ impl FakeHandle {
 
     /// Every request so far.
     pub fn requests(&self) -> Vec<LoggedRequest> {
-        self.lock().log.clone()
+        self.http.log.requests()
     }
 
-    /// Forgets the request log and the in-flight maximum.
+    /// Forgets the request log, and with it the in-flight maximum.
     pub fn clear_requests(&self) {
-        let mut inner = self.lock();
-        inner.log.clear();
-        inner.max_in_flight = inner.in_flight;
+        self.http.log.clear();
     }
 
-    /// The most requests that were in flight at once.
+    /// The most requests that were served at once (past the in-flight
+    /// limit, for their whole latency).
     pub fn max_in_flight(&self) -> usize {
-        self.lock().max_in_flight
+        self.http.log.max_concurrent(|_| true)
     }
 }
 
 // ---- the server ----
 
-/// One request: log, latency, auth, injected faults, then the API.
+/// Stamps the rate limit budget on every answer, as Hetzner does; injected
+/// 429s keep the `RateLimit-*` values they carry.
+async fn rate_limit_headers(State(handle): State<FakeHandle>, mut response: Response) -> Response {
+    let remaining = {
+        let mut inner = handle.lock();
+        inner.remaining = inner.remaining.saturating_sub(1);
+        inner.remaining
+    };
+    set_header(&mut response, "ratelimit-limit", &RATE_LIMIT.to_string());
+    let reset = unix_now() + (RATE_LIMIT - remaining);
+    for (name, value) in [
+        ("ratelimit-remaining", remaining.to_string()),
+        ("ratelimit-reset", reset.to_string()),
+    ] {
+        if !response.headers().contains_key(name) {
+            set_header(&mut response, name, &value);
+        }
+    }
+    response
+}
+
+/// One request that got past authentication and injected faults.
 async fn handle_request(
     State(handle): State<FakeHandle>,
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let gate = handle.lock().faults.gate.clone();
-    let _permit = match gate {
-        Some(g) => g.acquire_owned().await.ok(),
-        None => None,
-    };
-    let latency = {
-        let mut inner = handle.lock();
-        inner.in_flight += 1;
-        inner.max_in_flight = inner.max_in_flight.max(inner.in_flight);
-        inner.faults.latency
-            + inner
-                .faults
-                .route_latency
-                .iter()
-                .filter(|(m, p, _)| *m == method.as_str() && uri.path().starts_with(p.as_str()))
-                .map(|(_, _, d)| *d)
-                .sum::<Duration>()
-    };
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    let path = uri.path().to_owned();
-    let query = parse_query(uri.query().unwrap_or_default());
+    let path = uri.path();
+    let query = query_pairs(&uri);
     let body_json: Value = if body.is_empty() {
         Value::Null
     } else {
         serde_json::from_slice(&body).unwrap_or(Value::Null)
     };
-
     let mut inner = handle.lock();
-    inner.in_flight -= 1;
-    let mut extra_headers: Vec<(&'static str, String)> = Vec::new();
-    let mut page_text: Option<String> = None;
-    let authorized = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {}", inner.config.token));
-    let (status, payload) = if !authorized {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "unable to authenticate",
-        )
-    } else if inner.faults.fail_429 > 0 {
-        inner.faults.fail_429 -= 1;
-        let wait = inner.faults.retry_after_429.unwrap_or(1);
-        if let Some(secs) = inner.faults.retry_after_429 {
-            extra_headers.push(("retry-after", secs.to_string()));
-        }
-        extra_headers.push(("ratelimit-remaining", "0".to_owned()));
-        extra_headers.push(("ratelimit-reset", (unix_now() + wait).to_string()));
-        error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_exceeded",
-            "limit of 3600 requests per hour reached",
-        )
-    } else if let Some(Err(wait)) = inner.faults.bucket.as_mut().map(Bucket::take) {
-        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
-        extra_headers.push(("retry-after", secs.to_string()));
-        extra_headers.push(("ratelimit-remaining", "0".to_owned()));
-        extra_headers.push(("ratelimit-reset", (unix_now() + secs).to_string()));
-        error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limit_exceeded",
-            "request rate limit reached",
-        )
-    } else if inner
-        .faults
-        .route_down
-        .iter()
-        .any(|(m, p)| *m == method.as_str() && path.starts_with(p.as_str()))
-    {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "service temporarily unavailable",
-        )
-    } else if let Some(status) = inner.faults.storm_status() {
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            extra_headers.push(("retry-after", "0".to_owned()));
-            error(
-                status,
-                "rate_limit_exceeded",
-                "limit of 3600 requests per hour reached",
-            )
-        } else {
-            error(status, "unavailable", "service temporarily unavailable")
-        }
-    } else if inner.faults.fail_503 > 0 {
-        inner.faults.fail_503 -= 1;
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "service temporarily unavailable",
-        )
-    } else if !body.is_empty() && body_json.is_null() {
+    let (status, payload) = if !body.is_empty() && body_json.is_null() {
         error(
             StatusCode::BAD_REQUEST,
             "json_error",
@@ -548,62 +459,34 @@ async fn handle_request(
         // Listings are answered as text, built from each server's kept text.
         match list_servers_text(&mut inner, &query) {
             Ok(text) => {
-                page_text = Some(text);
-                (StatusCode::OK, Value::Null)
+                return (
+                    StatusCode::OK,
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    text,
+                )
+                    .into_response();
             }
             Err(answer) => answer,
         }
     } else {
-        route(&mut inner, &method, &path, &query, &body_json)
+        route(&mut inner, &method, path, &query, &body_json)
     };
-    inner.remaining = inner.remaining.saturating_sub(1);
-    let remaining = inner.remaining;
-    inner.log.push(LoggedRequest {
-        method: method.to_string(),
-        path,
-        query,
-        body: body_json,
-        status: status.as_u16(),
-    });
-    drop(inner);
-
-    let mut response = if status == StatusCode::NO_CONTENT {
+    if status == StatusCode::NO_CONTENT {
         status.into_response()
-    } else if let Some(text) = page_text {
-        (
-            status,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            text,
-        )
-            .into_response()
     } else {
         (status, axum::Json(payload)).into_response()
-    };
-    let h = response.headers_mut();
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
-        }
-    };
-    set("ratelimit-limit", RATE_LIMIT.to_string());
-    set("ratelimit-remaining", remaining.to_string());
-    set(
-        "ratelimit-reset",
-        (unix_now() + (RATE_LIMIT - remaining)).to_string(),
-    );
-    for (name, value) in extra_headers {
-        set(name, value);
     }
-    response
 }
 
 type Answer = (StatusCode, Value);
 
+/// Hetzner's error body.
+fn error_body(code: &str, message: &str) -> Value {
+    json!({ "error": { "code": code, "message": message, "details": {} } })
+}
+
 fn error(status: StatusCode, code: &str, message: &str) -> Answer {
-    (
-        status,
-        json!({ "error": { "code": code, "message": message, "details": {} } }),
-    )
+    (status, error_body(code, message))
 }
 
 fn invalid_field(field: &str, message: &str) -> Answer {
@@ -1416,16 +1299,6 @@ fn valid_hostname(name: &str) -> bool {
 }
 
 // ---- helpers ----
-
-fn parse_query(raw: &str) -> Vec<(String, String)> {
-    reqwest::Url::parse(&format!("http://fake/?{raw}"))
-        .map(|u| {
-            u.query_pairs()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 fn unix_now() -> u64 {
     SystemTime::now()

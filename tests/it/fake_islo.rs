@@ -30,7 +30,9 @@
 //! Errors are Islo's `ErrorResponse` `{code, message, request_id}`. Faults are
 //! injected through [`FakeHandle`]: latency, 429s (with `Retry-After`), 503s,
 //! dropped `exit` events, `error` events instead of `exit`, sandboxes that
-//! fail to boot. Every request is logged with its headers and body.
+//! fail to boot. Serving, the request log (headers and body included),
+//! latency and the 429s and 503s are the shared harness's (`fake_http`);
+//! this file says what is Islo's.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -48,6 +50,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncRead, BufReader};
 use tokio::sync::mpsc;
+
+pub use super::fake_http::LoggedRequest;
+use super::fake_http::{Access, FakeServer, Harness, Reply, Route, json_error, query_pairs};
 
 /// The API key the fake accepts unless configured otherwise.
 pub const API_KEY: &str = "ak_fake_islo_0123456789abcdef";
@@ -86,54 +91,6 @@ impl Default for FakeConfig {
             advertised_max_age: None,
             boot_delay: Duration::from_millis(100),
         }
-    }
-}
-
-/// One request as the fake saw it.
-#[derive(Debug, Clone)]
-pub struct LoggedRequest {
-    /// `GET`, `POST`…
-    pub method: String,
-    /// Path, `/sandboxes/x/exec/stream`.
-    pub path: String,
-    /// Decoded query parameters, in order.
-    pub query: Vec<(String, String)>,
-    /// Every header, lowercase names.
-    pub headers: Vec<(String, String)>,
-    /// JSON body (`Null` when there was none or it was not JSON).
-    pub body: Value,
-    /// The body as text (lossy), at most 64 KiB of it.
-    pub raw_body: String,
-    /// The status answered.
-    pub status: u16,
-}
-
-impl LoggedRequest {
-    /// The first value of a query parameter.
-    pub fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// A header's value.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Everything the request carried, as text (for leak checks).
-    pub fn everything(&self) -> String {
-        let mut out = format!("{} {}", self.method, self.path);
-        for (k, v) in self.query.iter().chain(&self.headers) {
-            out.push_str(&format!("\n{k}: {v}"));
-        }
-        out.push('\n');
-        out.push_str(&self.raw_body);
-        out
     }
 }
 
@@ -193,12 +150,10 @@ impl SandboxRec {
     }
 }
 
+/// The faults only Islo's exec streams and sandboxes know of; the rest are
+/// the harness's.
 #[derive(Debug, Default)]
 struct Faults {
-    latency: Duration,
-    fail_429: u32,
-    retry_after_429: u64,
-    fail_503: u32,
     drop_exit: u32,
     error_instead_of_exit: VecDeque<String>,
     fail_boot: u32,
@@ -215,10 +170,7 @@ struct Inner {
     tokens: HashMap<String, Instant>,
     tokens_issued: usize,
     faults: Faults,
-    log: Vec<LoggedRequest>,
     deleted: Vec<String>,
-    in_flight_lists: usize,
-    max_in_flight_lists: usize,
 }
 
 impl Drop for Inner {
@@ -234,6 +186,7 @@ impl Drop for Inner {
 #[derive(Debug, Clone)]
 pub struct FakeHandle {
     inner: Arc<Mutex<Inner>>,
+    http: Harness,
 }
 
 /// A running fake.
@@ -243,6 +196,8 @@ pub struct FakeIslo {
     pub base_url: String,
     /// Control of the fake.
     pub handle: FakeHandle,
+    /// Serving stops when the fake is dropped.
+    _server: FakeServer,
 }
 
 /// Starts a fake on a free port of 127.0.0.1 (served by a task of the
@@ -257,25 +212,33 @@ pub async fn start(config: FakeConfig) -> FakeIslo {
             tokens: HashMap::new(),
             tokens_issued: 0,
             faults: Faults::default(),
-            log: Vec::new(),
             deleted: Vec::new(),
-            in_flight_lists: 0,
-            max_in_flight_lists: 0,
         })),
+        http: Harness::default(),
     };
-    let app = Router::new()
+    let sessions = handle.clone();
+    let auth = Arc::new(move |parts: &axum::http::request::Parts| {
+        if parts.method == Method::POST && parts.uri.path() == "/auth/token" {
+            Access::Open
+        } else if authorized(&sessions.lock(), &parts.headers) {
+            Access::Granted
+        } else {
+            Access::Denied(json_error(
+                error_body,
+                StatusCode::UNAUTHORIZED,
+                "AUTH_REQUIRED",
+                "missing or expired session token",
+            ))
+        }
+    });
+    let routes = Router::new()
         .fallback(handle_request)
         .with_state(handle.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the fake Islo API");
-    let addr = listener.local_addr().expect("local addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let server = FakeServer::start("Islo", handle.http.wrap(routes, auth)).await;
     FakeIslo {
-        base_url: format!("http://{addr}"),
+        base_url: server.url.clone(),
         handle,
+        _server: server,
     }
 }
 
@@ -300,20 +263,32 @@ impl FakeHandle {
 
     /// Delays every request by `latency`.
     pub fn set_latency(&self, latency: Duration) {
-        self.lock().faults.latency = latency;
+        self.http.faults.set_latency(latency);
     }
 
     /// The next `n` authenticated requests answer 429 `RATE_LIMITED` with
-    /// `Retry-After: <retry_after>`.
+    /// `Retry-After: <retry_after>`, after the failures injected before.
     pub fn fail_next_with_429(&self, n: u32, retry_after: u64) {
-        let mut inner = self.lock();
-        inner.faults.fail_429 = n;
-        inner.faults.retry_after_429 = retry_after;
+        let reply = Reply::error(
+            error_body,
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            "too many requests",
+        )
+        .with_header("retry-after", &retry_after.to_string());
+        self.http.faults.queue(Route::any(), n, reply);
     }
 
-    /// The next `n` authenticated requests answer 503.
+    /// The next `n` authenticated requests answer 503, after the failures
+    /// injected before.
     pub fn fail_next_with_503(&self, n: u32) {
-        self.lock().faults.fail_503 = n;
+        let reply = Reply::error(
+            error_body,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "RESOURCE_UNAVAILABLE",
+            "service temporarily unavailable",
+        );
+        self.http.faults.queue(Route::any(), n, reply);
     }
 
     /// The next `n` exec streams end without their `exit` event.
@@ -401,19 +376,19 @@ impl FakeHandle {
 
     /// Every request so far.
     pub fn requests(&self) -> Vec<LoggedRequest> {
-        self.lock().log.clone()
+        self.http.log.requests()
     }
 
-    /// Forgets the request log and the in-flight maximum.
+    /// Forgets the request log, and with it the in-flight maximum.
     pub fn clear_requests(&self) {
-        let mut inner = self.lock();
-        inner.log.clear();
-        inner.max_in_flight_lists = inner.in_flight_lists;
+        self.http.log.clear();
     }
 
     /// The most `GET /sandboxes` requests that were in flight at once.
     pub fn max_in_flight_lists(&self) -> usize {
-        self.lock().max_in_flight_lists
+        self.http
+            .log
+            .max_concurrent(|r| r.method == "GET" && r.path == "/sandboxes")
     }
 }
 
@@ -468,14 +443,16 @@ struct ExecStart {
     error_instead: Option<String>,
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Answer {
-    Answer::Json(
-        status,
-        json!({ "code": code, "message": message, "request_id": format!("req_{}", random_hex(6)) }),
-    )
+/// Islo's `ErrorResponse`.
+fn error_body(code: &str, message: &str) -> Value {
+    json!({ "code": code, "message": message, "request_id": format!("req_{}", random_hex(6)) })
 }
 
-/// One request: latency, auth, injected faults, then the API.
+fn error(status: StatusCode, code: &str, message: &str) -> Answer {
+    Answer::Json(status, error_body(code, message))
+}
+
+/// One request that got past authentication and injected faults.
 async fn handle_request(
     State(handle): State<FakeHandle>,
     method: Method,
@@ -483,74 +460,32 @@ async fn handle_request(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = uri.path().to_owned();
-    let is_list = method == Method::GET && path == "/sandboxes";
-    let latency = {
-        let mut inner = handle.lock();
-        if is_list {
-            inner.in_flight_lists += 1;
-            inner.max_in_flight_lists = inner.max_in_flight_lists.max(inner.in_flight_lists);
-        }
-        inner.faults.latency
-    };
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    let query = parse_query(uri.query().unwrap_or_default());
+    let path = uri.path();
+    let query = query_pairs(&uri);
     let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-
-    let mut extra_headers: Vec<(&'static str, String)> = Vec::new();
     let answer = {
         let mut inner = handle.lock();
-        if is_list {
-            inner.in_flight_lists -= 1;
-        }
         if method == Method::POST && path == "/auth/token" {
             auth_token(&mut inner, &body_json)
-        } else if !authorized(&inner, &headers) {
-            error(
-                StatusCode::UNAUTHORIZED,
-                "AUTH_REQUIRED",
-                "missing or expired session token",
-            )
-        } else if inner.faults.fail_429 > 0 {
-            inner.faults.fail_429 -= 1;
-            extra_headers.push(("retry-after", inner.faults.retry_after_429.to_string()));
-            error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "RATE_LIMITED",
-                "too many requests",
-            )
-        } else if inner.faults.fail_503 > 0 {
-            inner.faults.fail_503 -= 1;
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "RESOURCE_UNAVAILABLE",
-                "service temporarily unavailable",
-            )
         } else {
             route(
-                &mut inner, &method, &path, &query, &headers, &body, &body_json,
+                &mut inner, &method, path, &query, &headers, &body, &body_json,
             )
         }
     };
 
-    let (status, response) = match answer {
-        Answer::Json(status, value) => (status, (status, axum::Json(value)).into_response()),
-        Answer::Empty(status) => (status, status.into_response()),
+    match answer {
+        Answer::Json(status, value) => (status, axum::Json(value)).into_response(),
+        Answer::Empty(status) => status.into_response(),
         Answer::Archive { dest, archive } => {
             let unpacked = tokio::task::spawn_blocking(move || unpack(&archive, &dest))
                 .await
                 .unwrap_or_else(|e| Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())));
-            let answer = match unpacked {
-                Ok(()) => Answer::Json(StatusCode::OK, json!({ "status": "extracted" })),
-                Err((status, message)) => error(status, "FILE_OPERATION_ERROR", &message),
-            };
-            match answer {
-                Answer::Json(status, value) => {
-                    (status, (status, axum::Json(value)).into_response())
+            match unpacked {
+                Ok(()) => axum::Json(json!({ "status": "extracted" })).into_response(),
+                Err((status, message)) => {
+                    json_error(error_body, status, "FILE_OPERATION_ERROR", &message)
                 }
-                _ => unreachable!("archive answers are JSON"),
             }
         }
         Answer::Exec(start) => match spawn_exec(&handle, start) {
@@ -563,43 +498,13 @@ async fn handle_request(
                 response
                     .headers_mut()
                     .insert("cache-control", HeaderValue::from_static("no-cache"));
-                (StatusCode::OK, response)
+                response
             }
             Err(message) => {
-                let Answer::Json(status, value) =
-                    error(StatusCode::BAD_REQUEST, "EXEC_FAILED", &message)
-                else {
-                    unreachable!()
-                };
-                (status, (status, axum::Json(value)).into_response())
+                json_error(error_body, StatusCode::BAD_REQUEST, "EXEC_FAILED", &message)
             }
         },
-    };
-    let mut response = response;
-    for (name, value) in extra_headers {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            response.headers_mut().insert(name, v);
-        }
     }
-    let raw: Vec<u8> = body.iter().copied().take(64 * 1024).collect();
-    handle.lock().log.push(LoggedRequest {
-        method: method.to_string(),
-        path,
-        query,
-        headers: headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
-        body: body_json,
-        raw_body: String::from_utf8_lossy(&raw).into_owned(),
-        status: status.as_u16(),
-    });
-    response
 }
 
 fn authorized(inner: &Inner, headers: &HeaderMap) -> bool {
@@ -1330,43 +1235,6 @@ fn kill_sandbox_processes(marker: &str, pgids: &[i32], signal: i32) {
 }
 
 // ---- helpers ----
-
-fn parse_query(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()

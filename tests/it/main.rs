@@ -7,6 +7,7 @@ mod corpus;
 mod delegated_e2e;
 mod engine_faults;
 mod fake_hetzner;
+mod fake_http;
 mod fake_islo;
 mod fake_provider;
 mod hetzner;
