@@ -1,4 +1,4 @@
-//! The files rendered from a pond's peers into `outputs.dir` (DESIGN §8):
+//! The files rendered from a pond's peers into `outputs.dir` (docs/design.md#outputs):
 //! `peers.json`, `hosts`, `env` and user handlebars templates; writing them
 //! atomically (0600, directory 0700) and the unified diffs `plan` shows.
 

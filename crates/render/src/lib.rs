@@ -1,4 +1,4 @@
-//! Rendered outputs (DESIGN §8): what each pond member is to the others
+//! Rendered outputs (docs/design.md#outputs): what each pond member is to the others
 //! ([`peers`]: transports, endpoints, `CRABBOX_POND_*` variables and
 //! `{{peers.<slug>.<field>}}` references) and the files written from that
 //! ([`files`]: `peers.json`, `hosts`, `env`, user templates, diffs), and

@@ -3,7 +3,7 @@
 //! twelve optional blocks together with the merge of a member's blocks over `defaults`.
 //!
 //! Key names are the ones Crabbox users already know (camelCase, as in Crabbox's own config
-//! and the provider docs), except the SSH settings fixed by DESIGN §7: SSH-lease cloud
+//! and the provider docs), except the SSH settings fixed by the design (docs/design.md#provider-blocks): SSH-lease cloud
 //! providers take `ssh_user`, `ssh_port` and `ssh_key` in their own block, and the static `ssh`
 //! provider's block is `{host, user, port, key, work_root}`. Every field is optional here;
 //! defaults are applied, and provider rules checked, by the validator and the adapters. The
