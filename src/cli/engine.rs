@@ -10,7 +10,7 @@ use clap::Args;
 use super::SpecArgs;
 use crabbox_core::normalize::checked_name;
 use crabbox_plan::diff::PlanOptions;
-use crabbox_providers::registry::Registry;
+use crabbox_providers::registry::{Registry, adapter_names};
 use crabbox_spec::desired::{DesiredPond, StateStore};
 use crabbox_spec::diagnostic::render_human;
 use crabbox_spec::load::load_path;
@@ -61,7 +61,7 @@ pub struct Loaded {
 
 /// Loads the spec, printing diagnostics on stderr; `None` when it is unusable.
 pub fn load_spec(args: &SpecArgs, pond_override: Option<&str>) -> Option<Loaded> {
-    let loaded = match load_path(&args.file, &args.variables()) {
+    let loaded = match load_path(&args.file, &args.variables(), &adapter_names()) {
         Ok(l) => l,
         Err(e) => {
             anstream::eprintln!(

@@ -6,6 +6,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::SpecArgs;
+use crabbox_providers::registry::adapter_names;
 use crabbox_spec::diagnostic;
 use crabbox_spec::load::load_path;
 
@@ -75,7 +76,7 @@ fn github_annotations(
 
 pub(super) fn run(args: &ValidateArgs) -> ExitCode {
     let name = args.spec.file.display().to_string();
-    let loaded = match load_path(&args.spec.file, &args.spec.variables()) {
+    let loaded = match load_path(&args.spec.file, &args.spec.variables(), &adapter_names()) {
         Ok(loaded) => loaded,
         Err(e) => {
             let hint = if e.kind() == std::io::ErrorKind::NotFound {

@@ -191,7 +191,13 @@ pub(crate) fn parse(scenario_yaml: &str) -> Result<Scenario, String> {
 }
 
 fn load_spec(label: &str, text: &str) -> Result<DesiredPond, String> {
-    let loaded = load_str(label, text, &root(), &Variables::fixed(vec![]));
+    let loaded = load_str(
+        label,
+        text,
+        &root(),
+        &Variables::fixed(vec![]),
+        &crabbox_providers::registry::adapter_names(),
+    );
     match loaded.pond {
         Some(pond) if !loaded.has_errors() => Ok(pond),
         _ => Err(format!("`{label}` does not load:\n{}", rendered(&loaded))),

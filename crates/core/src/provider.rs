@@ -91,31 +91,6 @@ impl ProviderName {
     }
 }
 
-/// The providers this crabbox has an adapter for. `validate` refuses members
-/// on the others (the registry's unit test keeps the two lists equal).
-const WITH_ADAPTER: [ProviderName; 5] = [
-    ProviderName::Local,
-    ProviderName::Ssh,
-    ProviderName::Hetzner,
-    ProviderName::Islo,
-    ProviderName::Tensorlake,
-];
-
-impl ProviderName {
-    /// Whether this crabbox has an adapter for the provider (whether or not
-    /// its credentials are set).
-    #[must_use]
-    pub fn has_adapter(self) -> bool {
-        WITH_ADAPTER.contains(&self)
-    }
-
-    /// The providers this crabbox has an adapter for, in [`ProviderName::ALL`] order.
-    #[must_use]
-    pub fn with_adapter() -> Vec<ProviderName> {
-        Self::ALL.into_iter().filter(|p| p.has_adapter()).collect()
-    }
-}
-
 impl std::fmt::Display for ProviderName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -55,10 +55,12 @@ pub fn check(
     index: &PointerIndex,
     file: &SourceFile,
     base_dir: &Path,
+    adapters: &[ProviderName],
     out: &mut Vec<Diagnostic>,
 ) -> Option<DesiredPond> {
     let mut c = Checker {
         index,
+        adapters,
         out,
         errors: 0,
         scanned: 0,
@@ -182,6 +184,8 @@ pub fn check(
 
 struct Checker<'a> {
     index: &'a PointerIndex,
+    /// The providers this build has an adapter for.
+    adapters: &'a [ProviderName],
     out: &'a mut Vec<Diagnostic>,
     /// Errors among `out[..scanned]`: counted as `out` grows, never again.
     errors: usize,
@@ -351,14 +355,15 @@ impl Checker<'_> {
         }
         let picked_provider = pick!(provider);
         let provider = picked_provider.map_or(ProviderName::Local, |(p, _)| p);
-        if let Some((_, origin)) = picked_provider.filter(|_| !provider.has_adapter()) {
+        if let Some((_, origin)) = picked_provider.filter(|_| !self.adapters.contains(&provider)) {
             // Said once for a default, not once per member inheriting it.
             let whose = match origin {
                 Origin::Member(_) => format!("member `{slug}`: "),
                 Origin::Defaults => String::new(),
             };
-            let usable: Vec<&str> = ProviderName::with_adapter()
+            let usable: Vec<&str> = ProviderName::ALL
                 .iter()
+                .filter(|p| self.adapters.contains(p))
                 .map(|p| p.as_str())
                 .collect();
             self.out.push(

@@ -12,6 +12,8 @@ use crate::check::{Parts, check};
 use crate::desired::DesiredPond;
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::interpolate::{Variables, interpolate};
+use crabbox_core::provider::ProviderName;
+
 use crate::model::MemberSpec;
 use crate::source::SourceFile;
 use crate::{schema, yaml};
@@ -39,7 +41,11 @@ impl Loaded {
 ///
 /// # Errors
 /// When the file cannot be read.
-pub fn load_path(path: &Path, vars: &Variables) -> std::io::Result<Loaded> {
+pub fn load_path(
+    path: &Path,
+    vars: &Variables,
+    adapters: &[ProviderName],
+) -> std::io::Result<Loaded> {
     let bytes = std::fs::read(path)?;
     let name = path.display().to_string();
     let text = match decode(&name, bytes) {
@@ -50,7 +56,7 @@ pub fn load_path(path: &Path, vars: &Variables) -> std::io::Result<Loaded> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    Ok(load_str(&name, &text, base, vars))
+    Ok(load_str(&name, &text, base, vars, adapters))
 }
 
 /// The file's text, or, when it is not UTF-8, a [`Loaded`] with one error
@@ -104,9 +110,18 @@ fn not_loaded(file: SourceFile, diagnostic: Diagnostic) -> Box<Loaded> {
     })
 }
 
-/// Loads a document from text.
+/// Loads a document from text. `adapters` are the providers this build can
+/// run (the binary's adapter table): a member on any other provider is an
+/// error, found here rather than by a create that can only fail. The spec
+/// sits below the adapters, so the caller says which exist.
 #[must_use]
-pub fn load_str(name: &str, text: &str, base_dir: &Path, vars: &Variables) -> Loaded {
+pub fn load_str(
+    name: &str,
+    text: &str,
+    base_dir: &Path,
+    vars: &Variables,
+    adapters: &[ProviderName],
+) -> Loaded {
     let file = SourceFile::new(name, text);
     let mut diagnostics = Vec::new();
     let pond = match yaml::parse(&file) {
@@ -121,7 +136,7 @@ pub fn load_str(name: &str, text: &str, base_dir: &Path, vars: &Variables) -> Lo
             let schema_problems = schema::check(&document, &index);
             let parts = parts(&document);
             let mut semantic = Vec::new();
-            let pond = check(&parts, &index, &file, base_dir, &mut semantic);
+            let pond = check(&parts, &index, &file, base_dir, adapters, &mut semantic);
             // A specific check says more than the schema about the same value.
             let specific: std::collections::HashSet<usize> = semantic
                 .iter()
