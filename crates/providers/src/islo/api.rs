@@ -111,7 +111,7 @@ impl Api {
     }
 
     /// Drops the session if it is still the one that sent `token`.
-    pub(super) async fn invalidate(&self, token: &str) {
+    async fn invalidate(&self, token: &str) {
         let mut current = self.session.lock().await;
         if current.as_ref().is_some_and(|s| s.token == token) {
             *current = None;
@@ -119,7 +119,7 @@ impl Api {
     }
 
     /// `POST /auth/token {"access_key": K}` → a session.
-    pub(super) async fn exchange(&self) -> Result<Session, ProviderError> {
+    async fn exchange(&self) -> Result<Session, ProviderError> {
         let what = "islo: POST /auth/token";
         let response = self
             .raw

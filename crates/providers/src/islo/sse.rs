@@ -77,7 +77,7 @@ impl SseParser {
         None
     }
 
-    pub(super) fn dispatch(&mut self) -> Option<SseEvent> {
+    fn dispatch(&mut self) -> Option<SseEvent> {
         if self.event.is_empty() && self.data.is_empty() {
             return None;
         }

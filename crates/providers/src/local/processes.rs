@@ -13,7 +13,7 @@ pub(super) fn kill_group(pgid: i32, signal: i32) -> bool {
 }
 
 /// Sends `signal` to one process.
-pub(super) fn kill_pid(pid: i32, signal: i32) -> bool {
+fn kill_pid(pid: i32, signal: i32) -> bool {
     if pid <= 1 {
         return false;
     }
@@ -22,7 +22,7 @@ pub(super) fn kill_pid(pid: i32, signal: i32) -> bool {
 }
 
 /// Whether `/proc` can be used to inspect processes.
-pub(super) fn have_proc() -> bool {
+fn have_proc() -> bool {
     Path::new("/proc/self/stat").exists()
 }
 
@@ -45,7 +45,7 @@ pub(super) fn proc_stat(process: i32) -> Option<ProcStat> {
     Some(ProcStat { state, ppid, pgrp })
 }
 
-pub(super) fn all_pids() -> Vec<i32> {
+fn all_pids() -> Vec<i32> {
     std::fs::read_dir("/proc")
         .map(|entries| {
             entries
@@ -76,7 +76,7 @@ pub(super) fn carries_marker(pid: i32, lease_id: &str) -> bool {
 
 /// Whether group `pgid` still exists and belongs to `lease_id`. Without
 /// `/proc` the pid file is trusted.
-pub(super) fn group_is_ours(pgid: i32, lease_id: &str) -> bool {
+fn group_is_ours(pgid: i32, lease_id: &str) -> bool {
     if !have_proc() {
         return kill_group(pgid, 0);
     }
@@ -87,7 +87,7 @@ pub(super) fn group_is_ours(pgid: i32, lease_id: &str) -> bool {
 }
 
 /// Whether group `pgid` has a live (not zombie) member.
-pub(super) fn group_alive(pgid: i32) -> bool {
+fn group_alive(pgid: i32) -> bool {
     if have_proc() {
         group_members(pgid)
             .into_iter()
@@ -98,7 +98,7 @@ pub(super) fn group_alive(pgid: i32) -> bool {
 }
 
 /// Polls `alive` until it turns false or `limit` passes; true when it did.
-pub(super) async fn wait_until_gone(limit: Duration, mut alive: impl FnMut() -> bool) -> bool {
+async fn wait_until_gone(limit: Duration, mut alive: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         if !alive() {
@@ -140,7 +140,7 @@ pub(super) async fn stop_pid_file(pid_file: &Path, lease_id: &str) -> Result<(),
 
 /// This process and its ancestors: never killed, even if crabbox itself
 /// runs inside a lease's command.
-pub(super) fn self_and_ancestors() -> BTreeSet<i32> {
+fn self_and_ancestors() -> BTreeSet<i32> {
     let mut out = BTreeSet::new();
     let mut pid = i32::try_from(std::process::id()).unwrap_or(0);
     while pid > 1 && out.insert(pid) {
