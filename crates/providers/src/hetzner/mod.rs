@@ -150,10 +150,12 @@ pub fn server_name(slug: &str, lease_id: &str) -> String {
     format!("crabbox-{slug}-{:08x}", fnv1a32(lease_id.as_bytes()))
 }
 
-/// The name of a lease's uploaded SSH key.
+/// The name of a lease's uploaded SSH key: Crabbox's, `crabbox-` and the
+/// lease ID with `_` as `-` (`crabbox-cbx-0123456789ab`), the only shape
+/// Crabbox's release deletes — so either tool cleans up the other's key.
 #[must_use]
 pub fn key_name(lease_id: &str) -> String {
-    format!("crabbox-{lease_id}")
+    format!("crabbox-{}", lease_id.replace('_', "-"))
 }
 
 /// 32-bit FNV-1a.
@@ -755,9 +757,12 @@ impl HetznerProvider {
         }
     }
 
-    /// Deletes `crabbox-<lease>` if it is labelled for this lease.
+    /// Deletes the keys labelled for this lease: one listing by label finds
+    /// the key whatever its name (today's Crabbox-shaped name, or the one
+    /// earlier versions gave it).
     async fn delete_lease_key(&self, lease_id: &str) -> Result<(), ProviderError> {
-        for key in self.keys_named(&key_name(lease_id)).await? {
+        let selector = format!("{}=true,{}={lease_id}", labels::CRABBOX, labels::LEASE);
+        for key in self.keys_matching(&selector).await? {
             if key_is_ours(&key, lease_id) {
                 self.delete_key_id(key.id).await?;
             }
@@ -1457,7 +1462,8 @@ mod tests {
         );
         let long = server_name(&"x".repeat(80), "cbx_0123456789ab");
         assert!(long.len() <= 63, "{long}");
-        assert_eq!(key_name("cbx_0123456789ab"), "crabbox-cbx_0123456789ab");
+        // Crabbox's shape (its `validCrabboxProviderKey` deletes no other).
+        assert_eq!(key_name("cbx_0123456789ab"), "crabbox-cbx-0123456789ab");
     }
 
     #[test]
