@@ -44,6 +44,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crabbox_state::claims::ClaimStore;
+
 /// Hetzner's page size, which crabbox asks for.
 const PER_PAGE: usize = 50;
 
@@ -297,6 +299,7 @@ fn run_plan(
         desired,
         &registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
     ));
     let (t1, u1) = (Instant::now(), Usage::now());
     let plan = crabbox_apply::reconcile::plan_with_outputs(
@@ -358,6 +361,7 @@ fn run_apply(
         desired,
         &registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
     ));
     let plan = crabbox_apply::reconcile::plan_with_outputs(
         desired,
@@ -373,6 +377,7 @@ fn run_apply(
         &inventory,
         registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
         job.state_dir.clone(),
         Some(outputs(desired)),
         reporter(),
@@ -413,6 +418,7 @@ fn run_destroy(
         &[crabbox_core::provider::ProviderName::Hetzner],
         &registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
     ));
     assert_eq!(inventory.leases.len(), job.members, "every member is live");
     let plan = Plan {
@@ -451,6 +457,7 @@ fn run_destroy(
         &inventory,
         registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
         job.state_dir.clone(),
         Some(outputs(desired)),
         reporter(),
@@ -485,6 +492,7 @@ async fn warmup(
         &[crabbox_core::provider::ProviderName::Hetzner],
         &registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
     )
     .await;
     let options = crabbox_plan::diff::PlanOptions {
@@ -503,6 +511,7 @@ async fn warmup(
         &inventory,
         registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
         job.state_dir.clone(),
         None,
         reporter(),

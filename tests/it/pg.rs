@@ -93,13 +93,22 @@ impl TestPostgres {
         client.batch_execute(sql).expect("admin SQL");
     }
 
+    /// The URL of another database on this server, created empty.
+    pub fn other_database(&self, name: &str, application: &str) -> String {
+        self.admin(&format!("CREATE DATABASE {name}"));
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{name}?application_name={application}",
+            self.port
+        )
+    }
+
     /// A client of the test database.
     pub fn client(&self) -> postgres::Client {
         postgres::Client::connect(&self.url, postgres::NoTls).expect("connect to the test database")
     }
 
-    /// The test database's URL with a distinct application name: crabbox
-    /// keeps one connection per URL, so this gives an independent one.
+    /// The test database's URL with a distinct application name, so that a
+    /// store's connections can be told apart (`pg_stat_activity`).
     pub fn url_named(&self, application: &str) -> String {
         format!("{}?application_name={application}", self.url)
     }

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::Provider;
-use crabbox_state::claims::ClaimStore;
 use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{Features, ProviderError, features_of};
+use crabbox_state::claims::ClaimStore;
 
 /// Everything this build knows about one provider's adapter: how it is
 /// made from the environment, which variables enable it, what `--help`

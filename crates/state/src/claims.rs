@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::state_pg::{self, ClaimRow, Database, StateError};
 use crabbox_core::labels::Labels;
-use crabbox_core::state_url::{is_postgres_url, redact};
 use crabbox_core::lease::is_lease_id;
+use crabbox_core::state_url::{is_postgres_url, redact};
 use crabbox_fs::atomic_file;
 
 /// A claim's `state` field (ours): written before the create call so a crash
@@ -710,7 +710,10 @@ mod tests {
             ticks.load(Ordering::SeqCst) >= 10,
             "the timer kept ticking while the claim was locked"
         );
-        assert!(!writing.is_finished() && !updating.is_finished(), "they wait for the lock");
+        assert!(
+            !writing.is_finished() && !updating.is_finished(),
+            "they wait for the lock"
+        );
         other.unlock().expect("the other holder lets go");
         writing.await.expect("task").expect("written");
         let updated = updating.await.expect("task").expect("updated");
@@ -725,7 +728,10 @@ mod tests {
     /// never seen by the other (there is no process-wide choice).
     #[tokio::test]
     async fn stores_built_for_different_places_do_not_share_anything() {
-        let (a, b) = (tempfile::tempdir().expect("a"), tempfile::tempdir().expect("b"));
+        let (a, b) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
         let db = ClaimStore::configured(a.path(), None, Some("postgres://u:secret@db/x"))
             .expect("the spec's database");
         let env = ClaimStore::configured(

@@ -19,8 +19,8 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -331,7 +331,11 @@ async fn acquire_lease(
     let ttl = ttl();
     let deadline = Instant::now() + timeout;
     loop {
-        if db.lock_try(pond, &holder, &token, ttl).await.map_err(state)? {
+        if db
+            .lock_try(pond, &holder, &token, ttl)
+            .await
+            .map_err(state)?
+        {
             break;
         }
         if Instant::now() >= deadline {
@@ -452,10 +456,7 @@ impl Drop for PondLock {
 ///
 /// # Errors
 /// Database errors, or local state (nothing to break).
-pub async fn break_lock(
-    store: &ClaimStore,
-    pond: &str,
-) -> std::io::Result<Option<Option<Holder>>> {
+pub async fn break_lock(store: &ClaimStore, pond: &str) -> std::io::Result<Option<Option<Holder>>> {
     let Some(db) = store.database() else {
         return Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,

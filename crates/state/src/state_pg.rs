@@ -326,9 +326,12 @@ impl Database {
     /// Deletes a claim row (absent is fine).
     pub(crate) async fn claim_delete(&self, lease_id: &str) -> Result<(), StateError> {
         self.call(|c| async move {
-            c.execute("DELETE FROM crabbox_claims WHERE lease_id = $1", &[&lease_id])
-                .await
-                .map(drop)
+            c.execute(
+                "DELETE FROM crabbox_claims WHERE lease_id = $1",
+                &[&lease_id],
+            )
+            .await
+            .map(drop)
         })
         .await
     }

@@ -306,7 +306,8 @@ impl Target {
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: ProviderName::Islo,
     build: |dir, claims| {
-        IsloProvider::from_env(dir).map(|p| Arc::new(p.with_claims(claims.clone())) as Arc<dyn Provider>)
+        IsloProvider::from_env(dir)
+            .map(|p| Arc::new(p.with_claims(claims.clone())) as Arc<dyn Provider>)
     },
     credentials: Some("CRABBOX_ISLO_API_KEY (or ISLO_API_KEY)"),
     help: "  CRABBOX_ISLO_API_KEY, ISLO_API_KEY
@@ -847,7 +848,8 @@ impl Provider for IsloProvider {
         for claim in pond_claims(&self.claims, ProviderName::Islo, pond, |c| {
             valid_name(&c.cloud_id)
         })
-        .await? {
+        .await?
+        {
             by_api
                 .entry(self.claim_base_url(&claim))
                 .or_default()
@@ -946,7 +948,10 @@ impl Provider for IsloProvider {
                 .insert(CLAIM_SANDBOX_ID.to_owned(), Value::String(id));
             // The sandbox exists: a claim that cannot say so fails the
             // create (its pending claim names the sandbox for the next run).
-            self.claims.write(&claim).await.map_err(ProviderError::state)?;
+            self.claims
+                .write(&claim)
+                .await
+                .map_err(ProviderError::state)?;
         }
         Ok(Lease {
             id: request.lease_id.clone(),

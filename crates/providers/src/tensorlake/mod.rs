@@ -1038,7 +1038,8 @@ impl Provider for TensorlakeProvider {
         for claim in pond_claims(&self.claims, ProviderName::Tensorlake, pond, |c| {
             is_sandbox_id(&c.cloud_id)
         })
-        .await? {
+        .await?
+        {
             by_scope
                 .entry(self.scope_of(&claim))
                 .or_default()
