@@ -164,7 +164,7 @@ impl ClaimStore {
     ) -> Result<Self, StateError> {
         let env_url = env_url.filter(|u| !u.is_empty());
         let (url, from) = match (env_url, spec_url) {
-            (Some(url), _) => (url, format!("{}", state_pg::URL_ENV)),
+            (Some(url), _) => (url, state_pg::URL_ENV.to_owned()),
             (None, Some(url)) => (url, "the spec's `state.url`".to_owned()),
             (None, None) => return Ok(Self::local(state_dir)),
         };
