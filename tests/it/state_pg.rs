@@ -19,7 +19,7 @@ use crate::sshd::{TestSshd, free_port};
 
 /// Runs a claim-store call to its end from these synchronous tests, on a
 /// runtime of this thread (the store's connection lives there between
-/// calls; the tests' own `postgres` client must not run inside a runtime).
+/// calls; the tests' own client, `pg::SyncClient`, runs a runtime of its own).
 trait Wait: std::future::Future + Sized {
     fn wait(self) -> Self::Output {
         thread_local! {
