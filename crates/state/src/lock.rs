@@ -32,6 +32,9 @@ use crabbox_fs::atomic_file::create_private_dir;
 /// Lifetime of a PostgreSQL pond lock between renewals, unless
 /// `CRABBOX_LOCK_TTL` (seconds) says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// Longest a dropped (not released) database lock waits for its row to be
+/// deleted when no runtime is at hand.
+const DROP_RELEASE: Duration = Duration::from_secs(5);
 /// The environment variable overriding [`DEFAULT_TTL`] (whole seconds, at least 1).
 pub const TTL_ENV: &str = "CRABBOX_LOCK_TTL";
 
@@ -105,10 +108,10 @@ pub enum LockError {
 }
 
 /// A held pond lock. Release it with [`PondLock::release`] where the command
-/// ends; a lock that is only dropped is released as well as can be without
-/// waiting (a file lock at once, a database lock by a task on the current
-/// runtime, which may not run if the runtime ends first: then its TTL frees
-/// it).
+/// ends; a lock that is only dropped is released as well as can be (a file
+/// lock at once; a database lock by a task when dropped on a runtime, which
+/// may not run if the runtime ends first, or by waiting up to 5 s when
+/// dropped outside one); whatever is left, its TTL frees.
 #[derive(Debug)]
 pub struct PondLock {
     held: Held,
@@ -433,16 +436,27 @@ impl Drop for PondLock {
             Held::File(file) => release_file(&file),
             Held::Lease(mut lease) => {
                 // Not released explicitly (an early return, a panic): stop
-                // renewing at once, and delete the row if a runtime is here
-                // to do it; otherwise the TTL frees the pond.
+                // renewing at once and delete the row as well as can be
+                // done without blocking a runtime; the TTL covers the rest.
                 drop(lease.stop.take());
                 if let Some(task) = lease.heartbeat.take() {
                     task.abort();
                 }
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move {
-                        let _ = lease.db.lock_release(&lease.pond, &lease.token).await;
-                    });
+                let release = async move {
+                    let _ = lease.db.lock_release(&lease.pond, &lease.token).await;
+                };
+                match tokio::runtime::Handle::try_current() {
+                    // On a runtime: a task, which runs unless the runtime ends first.
+                    Ok(runtime) => drop(runtime.spawn(release)),
+                    // Outside any (a command unwinding): wait here, briefly.
+                    Err(_) => {
+                        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            let _ = runtime.block_on(tokio::time::timeout(DROP_RELEASE, release));
+                        }
+                    }
                 }
             }
             Held::Released => {}
