@@ -18,6 +18,7 @@ use crabbox_providers::Provider;
 use crabbox_providers::registry::Registry;
 use crabbox_spec::interpolate::Variables;
 use crabbox_spec::load::load_str;
+use crabbox_state::claims::ClaimStore;
 
 fn spec(n: usize) -> String {
     let mut s = String::from("version: 1\npond: bench\ndefaults: { sync: false }\nmembers:\n");
@@ -61,7 +62,13 @@ fn main() {
         };
 
         let t = Instant::now();
-        let inventory = rt.block_on(discover("bench", &[], &registry, state.path()));
+        let inventory = rt.block_on(discover(
+            "bench",
+            &[],
+            &registry,
+            state.path(),
+            &ClaimStore::local(state.path()),
+        ));
         let p = plan(&desired, &inventory, &options).expect("plan");
         let plan_time = t.elapsed();
 
@@ -72,6 +79,7 @@ fn main() {
             &inventory,
             registry.clone(),
             state.path(),
+            &ClaimStore::local(state.path()),
             state.path().to_path_buf(),
             None,
             reporter,

@@ -44,6 +44,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crabbox_state::claims::ClaimStore;
+
 /// Hetzner's page size, which crabbox asks for.
 const PER_PAGE: usize = 50;
 
@@ -298,6 +300,7 @@ fn run_plan(
         desired,
         &registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
     ));
     let (t1, u1) = (Instant::now(), Usage::now());
     let plan = crabbox_apply::reconcile::plan_with_outputs(
@@ -359,6 +362,7 @@ fn run_apply(
         desired,
         &registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
     ));
     let plan = crabbox_apply::reconcile::plan_with_outputs(
         desired,
@@ -374,6 +378,7 @@ fn run_apply(
         &inventory,
         registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
         job.state_dir.clone(),
         Some(outputs(desired)),
         reporter(),
@@ -414,6 +419,7 @@ fn run_destroy(
         &[crabbox_core::provider::ProviderName::Hetzner],
         &registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
     ));
     assert_eq!(inventory.leases.len(), job.members, "every member is live");
     let plan = Plan {
@@ -452,6 +458,7 @@ fn run_destroy(
         &inventory,
         registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
         job.state_dir.clone(),
         Some(outputs(desired)),
         reporter(),
@@ -486,6 +493,7 @@ async fn warmup(
         &[crabbox_core::provider::ProviderName::Hetzner],
         &registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
     )
     .await;
     let options = crabbox_plan::diff::PlanOptions {
@@ -504,6 +512,7 @@ async fn warmup(
         &inventory,
         registry,
         &job.state_dir,
+        &ClaimStore::local(&job.state_dir),
         job.state_dir.clone(),
         None,
         reporter(),

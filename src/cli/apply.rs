@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::SpecArgs;
-use super::engine::{TargetArgs, approved, failure, load_spec, registry, runtime};
+use super::engine::{Loaded, TargetArgs, approved, failure, load_spec, registry, runtime, store};
 use crabbox_apply::executor::{ExecOptions, StepResult};
 use crabbox_apply::progress::{Mode, Reporter};
 use crabbox_apply::reconcile::{
@@ -21,6 +21,7 @@ use crabbox_render::files::{ENV, HOSTS, PEERS_JSON};
 use crabbox_render::written;
 use crabbox_spec::desired::DesiredPond;
 use crabbox_spec::suggest::did_you_mean;
+use crabbox_state::claims::ClaimStore;
 use crabbox_state::lock;
 use crabbox_state::state_dir::state_dir;
 
@@ -165,13 +166,16 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
         );
         return failure();
     }
-    let state = state_dir();
-    let pond_lock = match lock::acquire(
-        &state,
+    let Some(store) = store(Some(&loaded.desired)) else {
+        return failure();
+    };
+    let rt = runtime();
+    let pond_lock = match rt.block_on(lock::acquire(
+        &store,
         &loaded.desired.name,
         &command_line(),
         args.run.lock_timeout,
-    ) {
+    )) {
         Ok(l) => l,
         Err(e) => {
             anstream::eprintln!(
@@ -181,9 +185,32 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
             return failure();
         }
     };
-    let registry = registry();
-    let rt = runtime();
-    let inventory = rt.block_on(observe(&loaded.desired, &registry, &state));
+    let code = apply_locked(
+        &rt,
+        &store,
+        &loaded,
+        &targets,
+        saved.as_ref(),
+        &args.run,
+        &pond_lock,
+    );
+    rt.block_on(pond_lock.release());
+    code
+}
+
+/// The part of `apply` that runs under the pond lock.
+fn apply_locked(
+    rt: &tokio::runtime::Runtime,
+    store: &ClaimStore,
+    loaded: &Loaded,
+    targets: &TargetArgs,
+    saved: Option<&SavedPlan>,
+    run: &RunArgs,
+    pond_lock: &lock::PondLock,
+) -> ExitCode {
+    let state = state_dir();
+    let registry = registry(store);
+    let inventory = rt.block_on(observe(&loaded.desired, &registry, &state, store));
     let plan = match plan_with_outputs(&loaded.desired, &inventory, &targets.options(), &registry) {
         Ok(p) => p,
         Err(e) => {
@@ -191,7 +218,7 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
             return failure();
         }
     };
-    if let Some(saved) = &saved {
+    if let Some(saved) = saved {
         let changed = saved::differences(&saved.fingerprint, &saved::fingerprint(&inventory));
         let same_plan =
             saved.plan.get("member_changes") == json::to_value(&plan).get("member_changes");
@@ -212,16 +239,17 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
         }
     }
     run_plan(
-        &rt,
+        rt,
         &plan,
         Some(&loaded.desired),
         &inventory,
         registry,
-        &args.run,
+        store,
+        run,
         loaded.dir.clone(),
         "Apply",
         saved.is_some(),
-        &pond_lock,
+        pond_lock,
     )
 }
 
@@ -232,6 +260,7 @@ fn run_plan(
     desired: Option<&DesiredPond>,
     inventory: &crabbox_plan::inventory::Inventory,
     registry: crabbox_providers::registry::Registry,
+    store: &ClaimStore,
     run: &RunArgs,
     spec_dir: PathBuf,
     verb: &str,
@@ -282,6 +311,7 @@ fn run_plan(
         inventory,
         registry.clone(),
         &state_dir(),
+        store,
         sync_root(&spec_dir),
         outputs,
         reporter.clone(),
@@ -371,7 +401,6 @@ impl DestroyArgs {
 
 pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
     let state = state_dir();
-    let registry = registry();
     let rt = runtime();
     let (desired, pond, spec_dir) = if args.spec.file.exists() || args.pond.is_none() {
         let Some(loaded) = load_spec(&args.spec, args.pond.as_deref()) else {
@@ -388,6 +417,10 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
             }
         }
     };
+    let Some(store) = store(desired.as_ref()) else {
+        return failure();
+    };
+    let registry = registry(&store);
     let wanted: Vec<_> = desired
         .iter()
         .flat_map(|d| d.members.iter().map(|m| m.provider))
@@ -412,10 +445,10 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
     // anything else) is created for it; what is there is then looked at
     // again under the lock.
     let seen = rt.block_on(crabbox_apply::discover::discover(
-        &pond, &wanted, &registry, &state,
+        &pond, &wanted, &registry, &state, &store,
     ));
     if has_nothing(&seen, &state, &pond, &outputs) {
-        let message = unknown_pond(&pond);
+        let message = unknown_pond(&rt, &store, &pond);
         if args.run.json {
             println!(
                 "{}",
@@ -425,7 +458,12 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         anstream::eprintln!("{message}");
         return ExitCode::SUCCESS;
     }
-    let pond_lock = match lock::acquire(&state, &pond, &command_line(), args.run.lock_timeout) {
+    let pond_lock = match rt.block_on(lock::acquire(
+        &store,
+        &pond,
+        &command_line(),
+        args.run.lock_timeout,
+    )) {
         Ok(l) => l,
         Err(e) => {
             anstream::eprintln!(
@@ -434,8 +472,40 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
             return failure();
         }
     };
+    let code = destroy_locked(
+        &rt,
+        args,
+        &store,
+        registry,
+        &pond,
+        desired.as_ref(),
+        spec_dir,
+        &wanted,
+        &outputs,
+        &pond_lock,
+    );
+    rt.block_on(pond_lock.release());
+    code
+}
+
+/// The part of `destroy` that runs under the pond lock.
+#[allow(clippy::too_many_arguments)] // what destroy found before taking the lock
+fn destroy_locked(
+    rt: &tokio::runtime::Runtime,
+    args: &DestroyArgs,
+    store: &ClaimStore,
+    registry: crabbox_providers::registry::Registry,
+    pond: &str,
+    desired: Option<&DesiredPond>,
+    spec_dir: PathBuf,
+    wanted: &[crabbox_core::provider::ProviderName],
+    outputs: &[(PathBuf, Vec<String>)],
+    pond_lock: &lock::PondLock,
+) -> ExitCode {
+    let state = state_dir();
+    let mesh_dir = super::pond::pond_dir(pond);
     let inventory = rt.block_on(crabbox_apply::discover::discover(
-        &pond, &wanted, &registry, &state,
+        pond, wanted, &registry, &state, store,
     ));
     if let Some(why) = &inventory.state_unreadable {
         anstream::eprintln!(
@@ -456,7 +526,7 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         }
     }
     let members: std::collections::BTreeMap<&str, &crabbox_spec::desired::DesiredMember> = desired
-        .iter()
+        .into_iter()
         .flat_map(|d| d.members.iter().map(|m| (m.slug.as_str(), m)))
         .collect();
     let mut changes = Vec::new();
@@ -482,7 +552,7 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         });
     }
     let plan = Plan {
-        pond: pond.clone(),
+        pond: pond.to_owned(),
         changes,
         forget_claims: inventory
             .dangling_claims
@@ -503,16 +573,17 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         Err(e) => anstream::eprintln!("warning: could not disconnect the SSH mesh: {e}"),
     }
     let code = run_plan(
-        &rt, &plan, None, &inventory, registry, &args.run, spec_dir, "Destroy", false, &pond_lock,
+        rt, &plan, None, &inventory, registry, store, &args.run, spec_dir, "Destroy", false,
+        pond_lock,
     );
     if code == ExitCode::SUCCESS {
         // The rendered files describe leases that no longer exist, whichever
         // form of destroy this is: the spec's outputs, the default directory
         // (the mesh's and `--pond NAME`'s) and everything recorded as written.
-        for problem in written::remove_all(&state, &pond, &outputs) {
+        for problem in written::remove_all(&state, pond, outputs) {
             anstream::eprintln!("warning: could not remove an output file: {problem}");
         }
-        let _ = std::fs::remove_file(state.join("ponds").join(&pond).join("providers.json"));
+        let _ = std::fs::remove_file(state.join("ponds").join(pond).join("providers.json"));
     }
     code
 }
@@ -546,8 +617,8 @@ fn has_nothing(
 }
 
 /// `no pond named … found; known ponds: …`, with a did-you-mean.
-fn unknown_pond(pond: &str) -> String {
-    let (known, list) = match super::imperative::known_ponds() {
+fn unknown_pond(rt: &tokio::runtime::Runtime, store: &ClaimStore, pond: &str) -> String {
+    let (known, list) = match rt.block_on(super::imperative::known_ponds(store)) {
         Ok(known) if known.is_empty() => (known, "none".to_owned()),
         Ok(known) => {
             let list = known.join(", ");

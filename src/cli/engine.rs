@@ -14,7 +14,9 @@ use crabbox_providers::registry::{Registry, adapter_names};
 use crabbox_spec::desired::{DesiredPond, StateStore};
 use crabbox_spec::diagnostic::render_human;
 use crabbox_spec::load::load_path;
+use crabbox_state::claims::ClaimStore;
 use crabbox_state::state_dir::state_dir;
+use crabbox_state::state_pg::URL_ENV;
 
 /// Flags that choose what a plan covers.
 #[derive(Debug, Args, Clone, Default)]
@@ -86,15 +88,6 @@ pub fn load_spec(args: &SpecArgs, pond_override: Option<&str>) -> Option<Loaded>
             }
         }
     }
-    // The spec's `state:` chooses where claims and the pond lock live for the
-    // rest of this process (`CRABBOX_STATE_URL` still wins). A process-wide
-    // setting rather than `set_var`: some commands have started threads
-    // (the runtime) before the spec is read, and claim stores made before
-    // now (the registry's) look the choice up at each call.
-    crabbox_state::state_pg::set_spec_url(match &desired.state {
-        StateStore::Local => None,
-        StateStore::Postgres { url } => Some(url.clone()),
-    });
     let file = std::fs::canonicalize(&args.file).unwrap_or_else(|_| args.file.clone());
     let dir = file
         .parent()
@@ -110,10 +103,29 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime starts")
 }
 
-/// The providers usable here.
+/// The claim store (and pond lock place) of this command, decided once:
+/// the database of `CRABBOX_STATE_URL` when set, else of the spec's
+/// `state:`, else the claim files in the state directory. `None` after
+/// printing why the configured URL cannot be used.
+pub fn store(desired: Option<&DesiredPond>) -> Option<ClaimStore> {
+    let env_url = std::env::var(URL_ENV).ok();
+    let spec_url = match desired.map(|d| &d.state) {
+        Some(StateStore::Postgres { url }) => Some(url.as_str()),
+        Some(StateStore::Local) | None => None,
+    };
+    match ClaimStore::configured(&state_dir(), env_url.as_deref(), spec_url) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            anstream::eprintln!("error: {e}");
+            None
+        }
+    }
+}
+
+/// The providers usable here, keeping claims in `claims`.
 #[must_use]
-pub fn registry() -> Registry {
-    Registry::from_environment(&state_dir())
+pub fn registry(claims: &ClaimStore) -> Registry {
+    Registry::from_environment(&state_dir(), claims)
 }
 
 /// Asks for approval on a terminal; refuses without one.

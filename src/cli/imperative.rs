@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::engine::{failure, registry, runtime};
+use super::engine::{failure, registry, runtime, store};
 use crabbox_apply::discover::{discover, recorded_ponds};
 use crabbox_apply::executor::ExecOptions;
 use crabbox_apply::progress::{Mode, Reporter};
@@ -28,6 +28,7 @@ use crabbox_spec::desired::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_SYNC_MAX_BYTES, DEFAULT_TTL, DesiredMember, DesiredPond,
     SyncSettings,
 };
+use crabbox_state::claims::ClaimStore;
 use crabbox_state::state_dir::state_dir;
 
 /// `--pond` and `--id` naming one member.
@@ -189,17 +190,33 @@ impl OutputSink for Passthrough {
     }
 }
 
+/// What a `--pond/--id` pair names, and what was used to find it.
+struct Resolved {
+    pond: String,
+    registry: Registry,
+    store: ClaimStore,
+    rt: tokio::runtime::Runtime,
+    inv: Inventory,
+    lease: Lease,
+}
+
 /// The pond, its inventory and the lease a `--pond/--id` pair names;
 /// prints the error and returns `None` when there is no such member.
-fn resolve(
-    member: &MemberRef,
-) -> Option<(String, Registry, tokio::runtime::Runtime, Inventory, Lease)> {
+fn resolve(member: &MemberRef) -> Option<Resolved> {
     let pond = norm(&member.pond, "pond name")?;
-    let registry = registry();
+    let store = store(None)?;
+    let registry = registry(&store);
     let rt = runtime();
-    let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir()));
+    let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir(), &store));
     match find_lease(&inv, &member.id) {
-        Ok(lease) => Some((pond, registry, rt, inv, lease)),
+        Ok(lease) => Some(Resolved {
+            pond,
+            registry,
+            store,
+            rt,
+            inv,
+            lease,
+        }),
         Err(e) => {
             anstream::eprintln!("error: {e}");
             None
@@ -208,7 +225,15 @@ fn resolve(
 }
 
 pub(super) fn run(args: &RunArgs) -> ExitCode {
-    let Some((pond, registry, rt, inv, lease)) = resolve(&args.member) else {
+    let Some(Resolved {
+        pond,
+        registry,
+        rt,
+        inv,
+        lease,
+        ..
+    }) = resolve(&args.member)
+    else {
         return failure();
     };
     if let Some(flag) = args.crabbox_only.first_given() {
@@ -357,9 +382,18 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
         templates: Vec::new(),
         state: crabbox_spec::desired::StateStore::default(),
     };
-    let registry = registry();
+    let Some(store) = store(None) else {
+        return failure();
+    };
+    let registry = registry(&store);
     let rt = runtime();
-    let inv = rt.block_on(discover(&pond, &[args.provider], &registry, &state_dir()));
+    let inv = rt.block_on(discover(
+        &pond,
+        &[args.provider],
+        &registry,
+        &state_dir(),
+        &store,
+    ));
     let options = PlanOptions {
         only: vec![slug.clone()],
         now: crabbox_core::labels::now_secs(),
@@ -385,7 +419,7 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    run_small_plan(&rt, &p, Some(&desired), &inv, registry)
+    run_small_plan(&rt, &p, Some(&desired), &inv, registry, &store)
 }
 
 fn run_small_plan(
@@ -394,6 +428,7 @@ fn run_small_plan(
     desired: Option<&DesiredPond>,
     inv: &Inventory,
     registry: crabbox_providers::registry::Registry,
+    store: &ClaimStore,
 ) -> ExitCode {
     let reporter = Arc::new(Reporter::new(Mode::Human));
     let ctx = Arc::new(reconcile::context(
@@ -402,6 +437,7 @@ fn run_small_plan(
         inv,
         registry,
         &state_dir(),
+        store,
         sync_root(&PathBuf::from(".")),
         None,
         reporter.clone(),
@@ -427,7 +463,15 @@ pub(super) struct ReleaseArgs {
 }
 
 pub(super) fn release(args: &ReleaseArgs) -> ExitCode {
-    let Some((pond, registry, rt, inv, lease)) = resolve(&args.member) else {
+    let Some(Resolved {
+        pond,
+        registry,
+        store,
+        rt,
+        inv,
+        lease,
+    }) = resolve(&args.member)
+    else {
         return failure();
     };
     let p = Plan {
@@ -449,7 +493,7 @@ pub(super) fn release(args: &ReleaseArgs) -> ExitCode {
         warnings: Vec::new(),
     };
     anstream::print!("{}", human::render(&p));
-    run_small_plan(&rt, &p, None, &inv, registry)
+    run_small_plan(&rt, &p, None, &inv, registry, &store)
 }
 
 #[derive(Debug, Args)]
@@ -462,21 +506,29 @@ pub(super) struct ListArgs {
     json: bool,
 }
 
-/// Ponds this machine knows: from claims and the per-pond records.
+/// Ponds this machine knows: from the claims in `store` and the per-pond
+/// records.
 ///
 /// # Errors
 /// The claim store could not be read.
-pub(super) fn known_ponds() -> std::io::Result<Vec<String>> {
-    Ok(recorded_ponds(&state_dir())?.into_iter().collect())
+pub(super) async fn known_ponds(store: &ClaimStore) -> std::io::Result<Vec<String>> {
+    Ok(recorded_ponds(&state_dir(), store)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 pub(super) fn list(args: &ListArgs) -> ExitCode {
+    let Some(store) = store(None) else {
+        return failure();
+    };
+    let rt = runtime();
     let ponds = match &args.pond {
         Some(p) => match norm(p, "pond name") {
             Some(p) => vec![p],
             None => return failure(),
         },
-        None => match known_ponds() {
+        None => match rt.block_on(known_ponds(&store)) {
             Ok(ponds) => ponds,
             Err(e) => {
                 anstream::eprintln!(
@@ -486,14 +538,13 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
             }
         },
     };
-    let registry = registry();
-    let rt = runtime();
+    let registry = registry(&store);
     let mut leases = Vec::new();
     // What could be seen is listed; what could not is an error, so the exit
     // status never says "complete" of a partial list.
     let mut complete = true;
     for pond in &ponds {
-        let inv = rt.block_on(discover(pond, &[], &registry, &state_dir()));
+        let inv = rt.block_on(discover(pond, &[], &registry, &state_dir(), &store));
         for why in inv.unobserved() {
             anstream::eprintln!("error: pond {pond}: {why}");
             complete = false;
@@ -541,7 +592,7 @@ pub(super) struct StatusArgs {
 }
 
 pub(super) fn status(args: &StatusArgs) -> ExitCode {
-    let Some((_, _, _, _, l)) = resolve(&args.member) else {
+    let Some(Resolved { lease: l, .. }) = resolve(&args.member) else {
         return failure();
     };
     if args.json {
@@ -570,7 +621,13 @@ pub(super) struct PauseArgs {
 
 /// `pause` and `resume`: release or restore a lease's compute, keeping the lease and its claim.
 pub(super) fn pause_or_resume(args: &PauseArgs, pause: bool) -> ExitCode {
-    let Some((_, registry, rt, _, lease)) = resolve(&args.member) else {
+    let Some(Resolved {
+        registry,
+        rt,
+        lease,
+        ..
+    }) = resolve(&args.member)
+    else {
         return failure();
     };
     let provider = match registry.get(lease.provider) {

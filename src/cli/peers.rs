@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::SpecArgs;
-use super::engine::{failure, load_spec, registry, runtime};
+use super::engine::{failure, load_spec, registry, runtime, store};
 use crabbox_apply::discover::discover;
 use crabbox_apply::reconcile::{observe, outputs_dir, templates};
 use crabbox_core::normalize::checked_name;
@@ -14,7 +14,6 @@ use crabbox_plan::inventory::Inventory;
 use crabbox_providers::registry::Registry;
 use crabbox_render::files::{output_files, peers_json, write_outputs};
 use crabbox_render::peers::{Peer, peers_from_leases};
-use crabbox_spec::desired::DesiredPond;
 use crabbox_state::state_dir::state_dir;
 
 #[derive(Debug, Args)]
@@ -39,24 +38,28 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
     crabbox_core::duration::parse(s).ok_or_else(|| format!("`{s}` is not a duration such as 24h"))
 }
 
-/// Finds the pond by `--pond NAME`, or by the spec.
+/// Finds the pond by `--pond NAME`, or by the spec; with the registry
+/// built for the state the spec (or the environment) chose.
 fn pond_inventory(
+    rt: &tokio::runtime::Runtime,
     spec: &SpecArgs,
     pond: Option<&str>,
-    registry: &Registry,
-) -> Option<(String, Inventory, Option<DesiredPond>)> {
-    let rt = runtime();
+) -> Option<(String, Inventory, Registry)> {
     if let Some(name) = pond.filter(|_| !spec.file.exists()) {
         let Ok(name) = checked_name(name) else {
             anstream::eprintln!("error: `{name}` is not a usable pond name");
             return None;
         };
-        let inv = rt.block_on(discover(&name, &[], registry, &state_dir()));
-        return fully_observed(&inv).then_some((name, inv, None));
+        let store = store(None)?;
+        let registry = registry(&store);
+        let inv = rt.block_on(discover(&name, &[], &registry, &state_dir(), &store));
+        return fully_observed(&inv).then_some((name, inv, registry));
     }
     let loaded = load_spec(spec, pond)?;
-    let inv = rt.block_on(observe(&loaded.desired, registry, &state_dir()));
-    fully_observed(&inv).then(|| (loaded.desired.name.clone(), inv, Some(loaded.desired)))
+    let store = store(Some(&loaded.desired))?;
+    let registry = registry(&store);
+    let inv = rt.block_on(observe(&loaded.desired, &registry, &state_dir(), &store));
+    fully_observed(&inv).then(|| (loaded.desired.name.clone(), inv, registry))
 }
 
 /// Whether every provider and the claim store could be read; says what
@@ -132,13 +135,12 @@ impl PeersArgs {
 }
 
 pub(super) fn peers(args: &PeersArgs) -> ExitCode {
-    let registry = registry();
-    let Some((pond, mut inv, _)) = pond_inventory(&args.spec, args.pond.as_deref(), &registry)
+    let rt = runtime();
+    let Some((pond, mut inv, registry)) = pond_inventory(&rt, &args.spec, args.pond.as_deref())
     else {
         return failure();
     };
     if let Some(port) = args.share_port {
-        let rt = runtime();
         for lease in &mut inv.leases {
             let Ok(provider) = registry.get(lease.provider) else {
                 continue;
@@ -177,12 +179,15 @@ pub(super) struct RenderArgs {
 }
 
 pub(super) fn render(args: &RenderArgs) -> ExitCode {
-    let registry = registry();
     let Some(loaded) = load_spec(&args.spec, args.pond.as_deref()) else {
         return failure();
     };
+    let Some(store) = store(Some(&loaded.desired)) else {
+        return failure();
+    };
+    let registry = registry(&store);
     let rt = runtime();
-    let inv = rt.block_on(observe(&loaded.desired, &registry, &state_dir()));
+    let inv = rt.block_on(observe(&loaded.desired, &registry, &state_dir(), &store));
     if !fully_observed(&inv) {
         return failure();
     }

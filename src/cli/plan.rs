@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::engine::{TargetArgs, load_spec, registry, runtime};
+use super::engine::{TargetArgs, load_spec, registry, runtime, store};
 use super::{PlanFormat, SpecArgs};
 use crabbox_apply::reconcile::{observe, plan_with_outputs};
 use crabbox_plan::saved::{self, SavedPlan};
@@ -35,11 +35,14 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
     let Some(loaded) = load_spec(&args.spec, args.pond.as_deref()) else {
         return ExitCode::from(1);
     };
-    let registry = registry();
+    let Some(store) = store(Some(&loaded.desired)) else {
+        return ExitCode::from(1);
+    };
+    let registry = registry(&store);
     let state = state_dir();
     let options = args.targets.options();
     let rt = runtime();
-    let inventory = rt.block_on(observe(&loaded.desired, &registry, &state));
+    let inventory = rt.block_on(observe(&loaded.desired, &registry, &state, &store));
     let plan = match plan_with_outputs(&loaded.desired, &inventory, &options, &registry) {
         Ok(p) => p,
         Err(e) => {

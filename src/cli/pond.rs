@@ -8,6 +8,7 @@ use super::SpecArgs;
 use super::engine::failure;
 use crabbox_core::normalize::checked_name;
 use crabbox_exec::mesh;
+use crabbox_state::claims::ClaimStore;
 use crabbox_state::lock;
 use crabbox_state::state_dir::state_dir;
 
@@ -83,13 +84,17 @@ fn connect(name: &str, export: bool, json: bool) -> ExitCode {
         anstream::eprintln!("error: `{name}` is not a usable pond name");
         return failure();
     };
-    let registry = super::engine::registry();
+    let Some(store) = super::engine::store(None) else {
+        return failure();
+    };
+    let registry = super::engine::registry(&store);
     let rt = super::engine::runtime();
     let inv = rt.block_on(crabbox_apply::discover::discover(
         &pond,
         &[],
         &registry,
         &state_dir(),
+        &store,
     ));
     let mut members = Vec::new();
     let mut skipped = std::collections::BTreeSet::new();
@@ -110,7 +115,7 @@ fn connect(name: &str, export: bool, json: bool) -> ExitCode {
         if ports.is_empty() {
             continue;
         }
-        match provider.ssh_target(lease) {
+        match rt.block_on(provider.ssh_target(lease)) {
             Some(target) => members.push(mesh::MeshMember {
                 slug: lease.slug().to_owned(),
                 lease_id: lease.id.clone(),
@@ -277,10 +282,14 @@ fn unlock(name: &str, force: bool) -> ExitCode {
         anstream::eprintln!("error: `{name}` is not a usable pond name");
         return failure();
     };
-    if lock::is_shared() {
-        return unlock_shared(&pond, force);
+    let Some(store) = super::engine::store(None) else {
+        return failure();
+    };
+    let rt = super::engine::runtime();
+    if store.database().is_some() {
+        return unlock_shared(&rt, &store, &pond, force);
     }
-    match lock::status(&state_dir(), &pond) {
+    match rt.block_on(lock::status(&store, &pond)) {
         Ok(None) => {
             println!("pond `{pond}` is not locked");
             ExitCode::SUCCESS
@@ -335,7 +344,12 @@ fn unlock(name: &str, force: bool) -> ExitCode {
 
 /// `pond unlock` with the PostgreSQL state backend: the lock is a row with a
 /// TTL, broken by deleting it.
-fn unlock_shared(pond: &str, force: bool) -> ExitCode {
+fn unlock_shared(
+    rt: &tokio::runtime::Runtime,
+    store: &ClaimStore,
+    pond: &str,
+    force: bool,
+) -> ExitCode {
     let describe = |h: Option<lock::Holder>| {
         h.map_or_else(
             || "a holder that recorded no details".to_owned(),
@@ -343,7 +357,7 @@ fn unlock_shared(pond: &str, force: bool) -> ExitCode {
         )
     };
     if force {
-        return match lock::break_lock(pond) {
+        return match rt.block_on(lock::break_lock(store, pond)) {
             Ok(None) => {
                 println!("pond `{pond}` is not locked");
                 ExitCode::SUCCESS
@@ -364,7 +378,7 @@ fn unlock_shared(pond: &str, force: bool) -> ExitCode {
             }
         };
     }
-    match lock::lease_status(pond) {
+    match rt.block_on(lock::lease_status(store, pond)) {
         Ok(None) => {
             println!("pond `{pond}` is not locked");
             ExitCode::SUCCESS

@@ -10,7 +10,7 @@ use crabbox_core::state_url::{is_postgres_url, redact};
 use crabbox_state::claims::ClaimStore;
 use crabbox_state::migrate::{Copied, copy_claim};
 use crabbox_state::state_dir::state_dir;
-use crabbox_state::state_pg::{self, Handle};
+use crabbox_state::state_pg::{self, Database};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum StateCommand {
@@ -79,8 +79,9 @@ fn migrate(args: &MigrateArgs) -> ExitCode {
         );
         return failure();
     }
+    let rt = super::engine::runtime();
     let local = ClaimStore::local(&state_dir());
-    let (claims, problems) = match local.load_all() {
+    let (claims, problems) = match rt.block_on(local.load_all()) {
         Ok(loaded) => loaded,
         Err(e) => {
             anstream::eprintln!("error: {e}\n  help: check the state directory's permissions");
@@ -94,12 +95,12 @@ fn migrate(args: &MigrateArgs) -> ExitCode {
             p.message
         );
     }
-    let db = Handle::for_url(&url);
+    let db = Database::new(&url);
     let shown = db.display_url();
     let (mut copied, mut present, mut differ) = (0usize, 0usize, 0usize);
     let verb = if args.dry_run { "would copy" } else { "copied" };
     for claim in &claims {
-        let result = copy_claim(&db, claim, args.dry_run);
+        let result = rt.block_on(copy_claim(&db, claim, args.dry_run));
         match result {
             Ok(Copied::Copied) => {
                 copied += 1;

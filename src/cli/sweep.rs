@@ -9,10 +9,11 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::engine::{failure, registry, runtime};
+use super::engine::{failure, registry, runtime, store};
 use crabbox_apply::discover::{discover, recorded_ponds};
 use crabbox_core::labels::{self, now_secs};
 use crabbox_core::lease::Lease;
+use crabbox_state::claims::ClaimStore;
 use crabbox_state::state_dir::state_dir;
 
 #[derive(Debug, Args)]
@@ -67,8 +68,9 @@ fn verdict(pond: &str, leases: &[Lease], args: &SweepArgs, now: u64) -> Option<S
 fn all_ponds(
     rt: &tokio::runtime::Runtime,
     registry: &crabbox_providers::registry::Registry,
+    store: &ClaimStore,
 ) -> std::io::Result<BTreeSet<String>> {
-    let mut ponds = recorded_ponds(&state_dir())?;
+    let mut ponds = rt.block_on(recorded_ponds(&state_dir(), store))?;
     for name in registry.configured() {
         let Ok(provider) = registry.get(name) else {
             continue;
@@ -82,11 +84,14 @@ fn all_ponds(
 }
 
 pub(super) fn run(args: &SweepArgs) -> ExitCode {
-    let registry = registry();
+    let Some(store) = store(None) else {
+        return ExitCode::from(1);
+    };
+    let registry = registry(&store);
     let rt = runtime();
     let now = now_secs();
     let mut doomed = Vec::new();
-    let ponds = match all_ponds(&rt, &registry) {
+    let ponds = match all_ponds(&rt, &registry, &store) {
         Ok(ponds) => ponds,
         Err(e) => {
             anstream::eprintln!(
@@ -97,7 +102,7 @@ pub(super) fn run(args: &SweepArgs) -> ExitCode {
     };
     let mut unobserved = 0;
     for pond in ponds {
-        let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir()));
+        let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir(), &store));
         let missing = inv.unobserved();
         if !missing.is_empty() {
             // Expiry cannot be judged from part of a pond.

@@ -19,6 +19,7 @@ use crabbox_spec::desired::DesiredPond;
 use crabbox_spec::interpolate::Variables;
 use crabbox_spec::load::load_str;
 use crabbox_spec::member_labels::{SpecHashes, for_create};
+use crabbox_state::claims::ClaimStore;
 use proptest::prelude::*;
 
 use crate::fake_provider::MemoryProvider;
@@ -220,7 +221,13 @@ fn converge(
         ..PlanOptions::default()
     };
 
-    let inventory = rt.block_on(discover(POND, &[], &registry, state.path()));
+    let inventory = rt.block_on(discover(
+        POND,
+        &[],
+        &registry,
+        state.path(),
+        &ClaimStore::local(state.path()),
+    ));
     let first =
         plan(&current, &inventory, &options).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let ctx = Arc::new(reconcile::context(
@@ -229,6 +236,7 @@ fn converge(
         &inventory,
         registry.clone(),
         state.path(),
+        &ClaimStore::local(state.path()),
         state.path().to_path_buf(),
         None,
         Arc::new(Reporter::new(Mode::Json)),
@@ -244,7 +252,13 @@ fn converge(
     ));
     prop_assert!(outcome.success(), "apply failed: {:?}", outcome.results);
 
-    let after = rt.block_on(discover(POND, &[], &registry, state.path()));
+    let after = rt.block_on(discover(
+        POND,
+        &[],
+        &registry,
+        state.path(),
+        &ClaimStore::local(state.path()),
+    ));
     let second =
         plan(&current, &after, &options).map_err(|e| TestCaseError::fail(e.to_string()))?;
     let left: Vec<String> = second

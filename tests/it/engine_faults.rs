@@ -14,6 +14,7 @@ use crabbox_core::labels;
 use crabbox_plan::diff::{PlanError, PlanOptions, plan};
 use crabbox_providers::Provider;
 use crabbox_providers::registry::Registry;
+use crabbox_state::claims::ClaimStore;
 use proptest::prelude::*;
 
 use crate::converge::load;
@@ -42,7 +43,13 @@ fn a_step_that_panics_fails_its_member_skips_its_dependents_and_the_run_ends() {
         .enable_all()
         .build()
         .expect("runtime");
-    let inventory = rt.block_on(discover(POND, &[], &registry, state.path()));
+    let inventory = rt.block_on(discover(
+        POND,
+        &[],
+        &registry,
+        state.path(),
+        &ClaimStore::local(state.path()),
+    ));
     let p = plan(&desired, &inventory, &options()).expect("plan");
     let ctx = Arc::new(reconcile::context(
         &p,
@@ -50,6 +57,7 @@ fn a_step_that_panics_fails_its_member_skips_its_dependents_and_the_run_ends() {
         &inventory,
         registry.clone(),
         state.path(),
+        &ClaimStore::local(state.path()),
         state.path().to_path_buf(),
         None,
         Arc::new(Reporter::new(Mode::Json)),
@@ -131,11 +139,11 @@ proptest! {
                 "version: 1\npond: {POND}\ndefaults: {{ sync: false }}\nmembers:\n{}",
                 existing.iter().map(|m| format!("  - slug: {}\n", SLUGS[*m])).collect::<String>()
             ));
-            let inv = rt.block_on(discover(POND, &[], &registry, state.path()));
+            let inv = rt.block_on(discover(POND, &[], &registry, state.path(), &ClaimStore::local(state.path())));
             let p = plan(&all, &inv, &options()).expect("plan");
             let ctx = Arc::new(reconcile::context(
                 &p, Some(&all), &inv, registry.clone(), state.path(),
-                state.path().to_path_buf(), None, Arc::new(Reporter::new(Mode::Json)),
+                &ClaimStore::local(state.path()), state.path().to_path_buf(), None, Arc::new(Reporter::new(Mode::Json)),
             ));
             let (outcome, _) = rt.block_on(reconcile::apply(&p, ctx, &ExecOptions {
                 heartbeat: Duration::from_secs(3600),
@@ -147,7 +155,7 @@ proptest! {
         *provider.list_error.lock().expect("lock") = Some("503 unavailable".to_owned());
 
         // As the commands observe: the providers the spec names are wanted.
-        let inv = rt.block_on(reconcile::observe(&desired, &registry, state.path()));
+        let inv = rt.block_on(reconcile::observe(&desired, &registry, state.path(), &ClaimStore::local(state.path())));
         prop_assert!(inv.leases.is_empty(), "nothing was seen");
         let planned = plan(&desired, &inv, &options());
         let refused = matches!(planned, Err(PlanError::Unobserved { .. }));

@@ -18,6 +18,7 @@ use crabbox_providers::{CreateRequest, Provider};
 use crabbox_spec::desired::{DesiredMember, SyncSettings};
 use crabbox_spec::member_labels;
 use crabbox_spec::model::Class;
+use crabbox_state::claims::ClaimStore;
 use serde_json::{Value, json};
 
 use crate::fake_hetzner::{self, FakeConfig, FakeHandle, FakeHetzner, TOKEN};
@@ -857,6 +858,7 @@ async fn discovery_of_500_servers_fetches_nine_pages_at_once() {
         &[ProviderName::Hetzner],
         &registry,
         fx.state.path(),
+        &ClaimStore::local(fx.state.path()),
     )
     .await;
     eprintln!(
@@ -871,6 +873,7 @@ async fn discovery_of_500_servers_fetches_nine_pages_at_once() {
         &[ProviderName::Hetzner],
         &registry,
         fx.state.path(),
+        &ClaimStore::local(fx.state.path()),
     )
     .await;
     let took = started.elapsed();

@@ -68,7 +68,7 @@ impl Fixture {
     }
 
     fn claims(&self) -> ClaimStore {
-        ClaimStore::new(self.state.path())
+        ClaimStore::local(self.state.path())
     }
 
     /// Requests with this method whose path starts with `prefix`.
@@ -82,7 +82,7 @@ impl Fixture {
 
     /// What the executor does before `create`: mint a lease ID and write
     /// the pending claim.
-    fn pending(&self, pond: &str, m: DesiredMember) -> CreateRequest {
+    async fn pending(&self, pond: &str, m: DesiredMember) -> CreateRequest {
         let lease_id = new_lease_id();
         let labels = member_labels::for_create(pond, &lease_id, &m, labels::now_secs());
         let claim = Claim {
@@ -97,7 +97,7 @@ impl Fixture {
             state: claim_state::PENDING.to_owned(),
             ..Claim::default()
         };
-        self.claims().write(&claim).expect("pending claim");
+        self.claims().write(&claim).await.expect("pending claim");
         CreateRequest {
             lease_id,
             pond: pond.to_owned(),
@@ -108,7 +108,7 @@ impl Fixture {
 
     /// A lease of `slug` with `block`, created through `provider`.
     async fn lease(&self, provider: &IsloProvider, slug: &str, block: Value) -> Lease {
-        let request = self.pending(POND, member(slug, block));
+        let request = self.pending(POND, member(slug, block)).await;
         provider.create(&request).await.expect("create")
     }
 
@@ -229,7 +229,7 @@ async fn create_sends_only_explicit_keys_and_waits_for_running() {
     let fx = Fixture::new().await;
     let provider = fx.provider();
 
-    let request = fx.pending(POND, member("web", json!({})));
+    let request = fx.pending(POND, member("web", json!({}))).await;
     let lease = provider.create(&request).await.expect("create");
     let name = sandbox_name(POND, "web", &request.lease_id);
     assert_eq!(lease.cloud_id, name);
@@ -262,6 +262,7 @@ async fn create_sends_only_explicit_keys_and_waits_for_running() {
     let claim = fx
         .claims()
         .load(&lease.id)
+        .await
         .expect("readable")
         .expect("claim");
     assert_eq!(claim.cloud_id, name);
@@ -274,21 +275,23 @@ async fn create_sends_only_explicit_keys_and_waits_for_running() {
 
     // Explicit values are sent even when they equal the defaults; the
     // schema's snake_case aliases are read too; empty strings are unset.
-    let request = fx.pending(
-        POND,
-        member(
-            "db",
-            json!({
-                "image": "docker.io/library/ubuntu:26.04",
-                "vcpus": 2,
-                "memory_mb": 4096,
-                "diskGB": 20,
-                "gateway_profile": "prod-apis",
-                "snapshotName": "",
-                "workdir": "app/backend"
-            }),
-        ),
-    );
+    let request = fx
+        .pending(
+            POND,
+            member(
+                "db",
+                json!({
+                    "image": "docker.io/library/ubuntu:26.04",
+                    "vcpus": 2,
+                    "memory_mb": 4096,
+                    "diskGB": 20,
+                    "gateway_profile": "prod-apis",
+                    "snapshotName": "",
+                    "workdir": "app/backend"
+                }),
+            ),
+        )
+        .await;
     let lease = provider.create(&request).await.expect("create");
     let body = &fx
         .requests("POST", "/sandboxes")
@@ -319,7 +322,7 @@ async fn create_sends_only_explicit_keys_and_waits_for_running() {
 async fn create_deletes_a_sandbox_that_does_not_start() {
     let fx = Fixture::new().await;
     fx.handle().fail_next_boots(1);
-    let request = fx.pending(POND, member("web", json!({})));
+    let request = fx.pending(POND, member("web", json!({}))).await;
     let err = fx
         .provider()
         .create(&request)
@@ -350,7 +353,7 @@ async fn create_deletes_a_sandbox_that_does_not_start() {
 #[tokio::test]
 async fn create_adopts_a_sandbox_whose_answer_was_lost() {
     let fx = Fixture::new().await;
-    let request = fx.pending(POND, member("web", json!({})));
+    let request = fx.pending(POND, member("web", json!({}))).await;
     let name = sandbox_name(POND, "web", &request.lease_id);
     // An earlier attempt's POST went through; its answer did not.
     fx.handle().plant_sandbox(&name);
@@ -371,31 +374,33 @@ async fn list_paginates_and_joins_claims() {
 
     // A crash after the POST: the claim is still pending, but names a sandbox
     // that exists; it is adopted.
-    let crashed = fx.pending(POND, member("c", json!({})));
+    let crashed = fx.pending(POND, member("c", json!({}))).await;
     let crashed_name = sandbox_name(POND, "c", &crashed.lease_id);
     let mut claim = fx
         .claims()
         .load(&crashed.lease_id)
+        .await
         .expect("readable")
         .expect("claim");
     claim.cloud_id.clone_from(&crashed_name);
-    fx.claims().write(&claim).expect("write");
+    fx.claims().write(&claim).await.expect("write");
     fx.handle().plant_sandbox(&crashed_name);
 
     // A crash before the POST: the claim names a sandbox that never existed.
-    let dangling = fx.pending(POND, member("d", json!({})));
+    let dangling = fx.pending(POND, member("d", json!({}))).await;
     let mut claim = fx
         .claims()
         .load(&dangling.lease_id)
+        .await
         .expect("readable")
         .expect("claim");
     claim.cloud_id = sandbox_name(POND, "d", &dangling.lease_id);
-    fx.claims().write(&claim).expect("write");
+    fx.claims().write(&claim).await.expect("write");
     // A pending claim create never reached.
-    let _unnamed = fx.pending(POND, member("e", json!({})));
+    let _unnamed = fx.pending(POND, member("e", json!({}))).await;
 
     // Another pond's lease.
-    let other_request = fx.pending("pr-7", member("a", json!({})));
+    let other_request = fx.pending("pr-7", member("a", json!({}))).await;
     let other = provider.create(&other_request).await.expect("create");
 
     // 245 sandboxes nobody here claims (some with crabbox-like names).
@@ -731,7 +736,7 @@ async fn rate_limits_and_unavailability_are_retried() {
     assert_eq!(statuses, [429, 429, 200]);
 
     fx.handle().fail_next_with_503(2);
-    let request = fx.pending(POND, member("db", json!({})));
+    let request = fx.pending(POND, member("db", json!({}))).await;
     let created = with_retries(|| provider.create(&request))
         .await
         .expect("create retried");
@@ -966,7 +971,13 @@ async fn pause_and_resume() {
         ]
     );
     // The claim is kept.
-    assert!(fx.claims().load(&lease.id).expect("readable").is_some());
+    assert!(
+        fx.claims()
+            .load(&lease.id)
+            .await
+            .expect("readable")
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -1039,6 +1050,7 @@ async fn relabel_writes_the_claim() {
     assert_eq!(
         fx.claims()
             .load(&lease.id)
+            .await
             .expect("readable")
             .expect("claim")
             .labels,
@@ -1127,7 +1139,7 @@ async fn the_api_key_stays_in_the_token_exchange() {
 
     // A wrong key is a configuration error that does not repeat the key.
     let wrong = "ak_wrong_key_do_not_print";
-    let request = fx.pending(POND, member("db", json!({})));
+    let request = fx.pending(POND, member("db", json!({}))).await;
     let err = fx
         .provider_with_key(wrong)
         .create(&request)

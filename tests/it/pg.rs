@@ -85,23 +85,84 @@ impl TestPostgres {
 
     /// Runs SQL in the `postgres` database.
     fn admin(&self, sql: &str) {
-        let mut client = postgres::Client::connect(
-            &format!("postgres://postgres@127.0.0.1:{}/postgres", self.port),
-            postgres::NoTls,
-        )
-        .expect("connect to the test server");
+        let mut client = SyncClient::connect(&format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            self.port
+        ));
         client.batch_execute(sql).expect("admin SQL");
     }
 
-    /// A client of the test database.
-    pub fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url, postgres::NoTls).expect("connect to the test database")
+    /// The URL of another database on this server, created empty.
+    pub fn other_database(&self, name: &str, application: &str) -> String {
+        self.admin(&format!("CREATE DATABASE {name}"));
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{name}?application_name={application}",
+            self.port
+        )
     }
 
-    /// The test database's URL with a distinct application name: crabbox
-    /// keeps one connection per URL, so this gives an independent one.
+    /// A client of the test database.
+    pub fn client(&self) -> SyncClient {
+        SyncClient::connect(&self.url)
+    }
+
+    /// The test database's URL with a distinct application name, so that a
+    /// store's connections can be told apart (`pg_stat_activity`).
     pub fn url_named(&self, application: &str) -> String {
         format!("{}?application_name={application}", self.url)
+    }
+}
+
+/// A client for the tests' own queries, which are synchronous: tokio-postgres
+/// on a runtime of its own (its connection task advances while a query runs).
+pub struct SyncClient {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
+
+impl SyncClient {
+    fn connect(url: &str) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (client, connection) = runtime
+            .block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))
+            .expect("connect to the test server");
+        runtime.spawn(async move {
+            let _ = connection.await;
+        });
+        Self { runtime, client }
+    }
+
+    /// Rows of a query.
+    pub fn query(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        self.runtime.block_on(self.client.query(sql, params))
+    }
+
+    /// The one row of a query.
+    pub fn query_one(
+        &mut self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
+        self.runtime.block_on(self.client.query_one(sql, params))
+    }
+
+    /// Rows changed by a statement.
+    pub fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, tokio_postgres::Error> {
+        self.runtime.block_on(self.client.execute(sql, params))
+    }
+
+    /// Runs statements without parameters.
+    pub fn batch_execute(&mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.runtime.block_on(self.client.batch_execute(sql))
     }
 }
 

@@ -14,7 +14,25 @@ use crabbox_state::state_pg;
 use serde_json::{Value, json};
 
 use crate::pg::{TestPostgres, eventually};
+
 use crate::sshd::{TestSshd, free_port};
+
+/// Runs a claim-store call to its end from these synchronous tests, on a
+/// runtime of this thread (the store's connection lives there between
+/// calls; the tests' own client, `pg::SyncClient`, runs a runtime of its own).
+trait Wait: std::future::Future + Sized {
+    fn wait(self) -> Self::Output {
+        thread_local! {
+            static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+        }
+        RUNTIME.with(|rt| rt.block_on(self))
+    }
+}
+
+impl<F: std::future::Future> Wait for F {}
 
 /// One runner: its own state dir, home and working directory.
 struct Runner {
@@ -170,13 +188,14 @@ fn claim(lease_id: &str, pond: &str) -> Claim {
 fn claims_round_trip_and_concurrent_writes_are_never_lost() {
     let pg = TestPostgres::start();
     let store = ClaimStore::postgres(&pg.url);
-    assert!(store.load_all().expect("readable").0.is_empty());
+    assert!(store.load_all().wait().expect("readable").0.is_empty());
     let mut c = claim("cbx_0123456789ab", "p");
     c.extra.insert("tailscaleTags".into(), json!(["a"]));
-    let written = store.write(&c).expect("write");
+    let written = store.write(&c).wait().expect("write");
     assert_eq!(written.revision.len(), 32);
     let loaded = store
         .load("cbx_0123456789ab")
+        .wait()
         .expect("readable")
         .expect("loaded");
     assert_eq!(loaded, written);
@@ -199,7 +218,7 @@ fn claims_round_trip_and_concurrent_writes_are_never_lost() {
             &[],
         )
         .expect("plant");
-    let (claims, problems) = store.load_all().expect("readable");
+    let (claims, problems) = store.load_all().wait().expect("readable");
     assert_eq!(claims.len(), 1);
     assert_eq!(problems.len(), 1);
     assert!(
@@ -213,24 +232,27 @@ fn claims_round_trip_and_concurrent_writes_are_never_lost() {
     let b = ClaimStore::postgres(&pg.url_named("writer_b"));
     let mut seen_by_a = a
         .load("cbx_0123456789ab")
+        .wait()
         .expect("readable")
         .expect("a reads");
     let mut seen_by_b = b
         .load("cbx_0123456789ab")
+        .wait()
         .expect("readable")
         .expect("b reads");
     seen_by_b.labels.insert("from_b".into(), "1".into());
-    b.write(&seen_by_b).expect("b writes");
+    b.write(&seen_by_b).wait().expect("b writes");
     let conflicts_before = state_pg::conflicts();
     seen_by_a.extra.insert("fromA".into(), json!(true));
     seen_by_a.cloud_id = "static_a".into();
-    let merged = a.write(&seen_by_a).expect("a writes");
+    let merged = a.write(&seen_by_a).wait().expect("a writes");
     assert!(
         state_pg::conflicts() > conflicts_before,
         "a conflict was seen"
     );
     let stored = store
         .load("cbx_0123456789ab")
+        .wait()
         .expect("readable")
         .expect("stored");
     assert_eq!(stored, merged);
@@ -254,15 +276,17 @@ fn claims_round_trip_and_concurrent_writes_are_never_lost() {
                     if name == "t1" {
                         let mut c = store
                             .load("cbx_0123456789ab")
+                            .wait()
                             .expect("readable")
                             .expect("load");
                         c.extra.insert(key, json!(i));
-                        store.write(&c).expect("write");
+                        store.write(&c).wait().expect("write");
                     } else {
                         store
                             .update("cbx_0123456789ab", |c| {
                                 c.labels.insert(key.clone(), i.to_string());
                             })
+                            .wait()
                             .expect("update")
                             .expect("exists");
                     }
@@ -275,6 +299,7 @@ fn claims_round_trip_and_concurrent_writes_are_never_lost() {
     }
     let stored = store
         .load("cbx_0123456789ab")
+        .wait()
         .expect("readable")
         .expect("stored");
     for i in 0..50 {
@@ -295,15 +320,55 @@ fn claims_round_trip_and_concurrent_writes_are_never_lost() {
     assert!(
         store
             .update("cbx_aaaaaaaaaaaa", |_| panic!("not called"))
+            .wait()
             .expect("update")
             .is_none()
     );
-    store.remove("cbx_0123456789ab").expect("remove");
+    store.remove("cbx_0123456789ab").wait().expect("remove");
     store
         .remove("cbx_0123456789ab")
+        .wait()
         .expect("removing twice is fine");
-    assert!(store.load("cbx_0123456789ab").expect("readable").is_none());
-    assert!(store.write(&claim("../evil", "p")).is_err());
+    assert!(
+        store
+            .load("cbx_0123456789ab")
+            .wait()
+            .expect("readable")
+            .is_none()
+    );
+    assert!(store.write(&claim("../evil", "p")).wait().is_err());
+}
+
+/// Stores are built per command and share nothing: two stores of one
+/// process for two databases see only their own claims, and even two stores
+/// for one URL each have their own connection (no process-wide handle).
+#[test]
+fn stores_of_one_process_share_no_connection_or_setting() {
+    let pg = TestPostgres::start();
+    let first = ClaimStore::postgres(&pg.url_named("store_one"));
+    let same_url = ClaimStore::postgres(&pg.url_named("store_one"));
+    let other = ClaimStore::postgres(&pg.other_database("elsewhere", "store_other"));
+    first
+        .write(&claim("cbx_0123456789ab", "p"))
+        .wait()
+        .expect("write");
+    assert_eq!(first.load_all().wait().expect("readable").0.len(), 1);
+    assert_eq!(same_url.load_all().wait().expect("readable").0.len(), 1);
+    assert!(
+        other.load_all().wait().expect("readable").0.is_empty(),
+        "the other database's store does not see the first one's claims"
+    );
+    let connections = |application: &str| -> i64 {
+        pg.client()
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&application],
+            )
+            .expect("query")
+            .get(0)
+    };
+    assert_eq!(connections("store_one"), 2, "one connection per store");
+    assert_eq!(connections("store_other"), 1);
 }
 
 #[test]
@@ -312,7 +377,7 @@ fn concurrent_first_connections_create_the_schema_once() {
     let threads: Vec<_> = (0..6)
         .map(|i| {
             let url = pg.url_named(&format!("first_{i}"));
-            std::thread::spawn(move || ClaimStore::postgres(&url).load_all())
+            std::thread::spawn(move || ClaimStore::postgres(&url).load_all().wait())
         })
         .collect();
     for t in threads {
@@ -333,6 +398,7 @@ fn an_unreachable_database_is_reported_not_taken_for_an_empty_one() {
     let url = format!("postgres://postgres@127.0.0.1:{}/none", free_port());
     let err = ClaimStore::postgres(&url)
         .load_all()
+        .wait()
         .expect_err("an unreachable database is an error, not an empty store");
     assert!(err.to_string().contains("cannot connect"), "{err}");
     // An apply refuses to start rather than plan against nothing.
@@ -598,9 +664,11 @@ fn state_migrate_copies_local_claims_once() {
     let local = ClaimStore::local(&runner.path("state"));
     let first = local
         .write(&claim("cbx_000000000001", "m"))
+        .wait()
         .expect("local claim");
     local
         .write(&claim("cbx_000000000002", "m"))
+        .wait()
         .expect("local claim");
 
     let migrate = |extra: &[&str]| {
@@ -630,6 +698,7 @@ fn state_migrate_copies_local_claims_once() {
     assert_eq!(claim_rows(&pg, "m"), 2);
     let stored = ClaimStore::postgres(&pg.url)
         .load("cbx_000000000001")
+        .wait()
         .expect("readable")
         .expect("migrated");
     assert_eq!(stored, first, "the same claim, revision and all");
@@ -659,6 +728,7 @@ fn state_migrate_copies_local_claims_once() {
     // A claim that changed on both sides is left alone and reported.
     local
         .write(&claim("cbx_000000000002", "m"))
+        .wait()
         .expect("local rewrite");
     let out = migrate(&["--url", &pg.url]);
     assert!(!out.status.success());

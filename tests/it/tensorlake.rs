@@ -54,7 +54,7 @@ impl Fx {
     }
 
     fn claims(&self) -> ClaimStore {
-        ClaimStore::new(&self.state())
+        ClaimStore::local(&self.state())
     }
 
     /// A provider with `KEY`, no defaults from this process's environment,
@@ -145,10 +145,12 @@ impl Fx {
         slug: &str,
         block: Value,
     ) -> Result<Lease, ProviderError> {
-        provider.create(&self.pending(POND, slug, block)).await
+        provider
+            .create(&self.pending(POND, slug, block).await)
+            .await
     }
 
-    fn pending(&self, pond: &str, slug: &str, block: Value) -> CreateRequest {
+    async fn pending(&self, pond: &str, slug: &str, block: Value) -> CreateRequest {
         let m = member(slug, block);
         let lease_id = new_lease_id();
         let labels = member_labels::for_create(pond, &lease_id, &m, labels::now_secs());
@@ -165,6 +167,7 @@ impl Fx {
                 state: claim_state::PENDING.to_owned(),
                 ..Claim::default()
             })
+            .await
             .expect("pending claim");
         CreateRequest {
             lease_id,
@@ -399,6 +402,7 @@ async fn create_passes_exactly_the_configured_options_and_parses_the_id() {
     let claim = fx
         .claims()
         .load(&lease.id)
+        .await
         .expect("readable")
         .expect("claim");
     assert_eq!(claim.cloud_id, lease.cloud_id);
@@ -907,11 +911,11 @@ async fn list_joins_claims_and_never_touches_unclaimed_sandboxes() {
         .await
         .expect("create");
     let elsewhere = p
-        .create(&fx.pending("other-pond", "api", block(json!({}))))
+        .create(&fx.pending("other-pond", "api", block(json!({}))).await)
         .await
         .expect("create in another pond");
     // A pending claim whose create never finished, and one whose sandbox is gone.
-    let ghost = fx.pending(POND, "ghost", block(json!({})));
+    let ghost = fx.pending(POND, "ghost", block(json!({}))).await;
     let gone = fx
         .create(&p, "gone", block(json!({})))
         .await
@@ -996,7 +1000,7 @@ async fn release_terminates_and_second_release_is_not_found() {
     assert!(matches!(err, ProviderError::NotFound(_)), "{err:?}");
     assert!(p.list(POND).await.expect("list").is_empty());
     // Without its claim, nothing is addressed at all.
-    fx.claims().remove(&lease.id).expect("forget");
+    fx.claims().remove(&lease.id).await.expect("forget");
     let calls = fx.log().len();
     let err = p.release(&lease).await.expect_err("no claim");
     assert!(matches!(err, ProviderError::NotFound(_)), "{err:?}");

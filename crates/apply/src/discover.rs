@@ -13,7 +13,8 @@ use crabbox_plan::inventory::Inventory;
 use crabbox_providers::registry::Registry;
 use crabbox_state::claims::{Claim, ClaimStore};
 
-/// Lists every relevant provider for `pond` and merges claims.
+/// Lists every relevant provider for `pond` and merges the claims of
+/// `claims` (the command's store).
 ///
 /// Providers listed: those the spec names (`wanted`), those named by this
 /// pond's claims, those the pond has used before (the pond record), and every
@@ -23,6 +24,7 @@ pub async fn discover(
     wanted: &[ProviderName],
     registry: &Registry,
     state_dir: &Path,
+    claims: &ClaimStore,
 ) -> Inventory {
     let mut inv = Inventory {
         pond: pond.to_owned(),
@@ -51,15 +53,7 @@ pub async fn discover(
     for &name in &providers {
         spawn(name, &mut inv);
     }
-    let loading = {
-        let store = ClaimStore::new(state_dir);
-        tokio::task::spawn_blocking(move || store.load_all())
-    };
-    let loaded = match loading.await {
-        Ok(loaded) => loaded,
-        Err(_) => ClaimStore::new(state_dir).load_all(),
-    };
-    let (claims, problems) = match loaded {
+    let (claims, problems) = match claims.load_all().await {
         Ok(loaded) => loaded,
         Err(e) => {
             inv.state_unreadable = Some(e.to_string());
@@ -152,15 +146,18 @@ fn explain(e: &ProviderError) -> String {
     }
 }
 
-/// Every pond this machine's state knows: those with a claim, and those
-/// with a provider record (a pond whose leases are all on labelled
+/// Every pond this machine's state knows: those with a claim in `claims`,
+/// and those with a provider record (a pond whose leases are all on labelled
 /// providers has no claims). A state that cannot be read is an error, not
 /// "no ponds": callers would otherwise miss leases they must see.
 ///
 /// # Errors
 /// The claim store or the pond records could not be read.
-pub fn recorded_ponds(state_dir: &Path) -> std::io::Result<BTreeSet<String>> {
-    let (claims, _) = ClaimStore::new(state_dir).load_all()?;
+pub async fn recorded_ponds(
+    state_dir: &Path,
+    claims: &ClaimStore,
+) -> std::io::Result<BTreeSet<String>> {
+    let (claims, _) = claims.load_all().await?;
     let mut ponds: BTreeSet<String> = claims
         .into_iter()
         .map(|c| c.pond)

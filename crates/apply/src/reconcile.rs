@@ -49,9 +49,14 @@ pub fn templates(desired: &DesiredPond) -> Result<Vec<(String, String)>, String>
 }
 
 /// Discovers the leases of the spec's pond.
-pub async fn observe(desired: &DesiredPond, registry: &Registry, state_dir: &Path) -> Inventory {
+pub async fn observe(
+    desired: &DesiredPond,
+    registry: &Registry,
+    state_dir: &Path,
+    claims: &ClaimStore,
+) -> Inventory {
     let wanted: Vec<ProviderName> = desired.members.iter().map(|m| m.provider).collect();
-    discover(&desired.name, &wanted, registry, state_dir).await
+    discover(&desired.name, &wanted, registry, state_dir, claims).await
 }
 
 /// Plans, including the diffs of rendered output files. The files' future
@@ -136,6 +141,7 @@ pub fn context(
     inventory: &Inventory,
     registry: Registry,
     state_dir: &Path,
+    claims: &ClaimStore,
     sync_root: PathBuf,
     outputs: Option<OutputTarget>,
     reporter: Arc<Reporter>,
@@ -158,7 +164,7 @@ pub fn context(
         pond: p.pond.clone(),
         registry,
         state_dir: state_dir.to_owned(),
-        claims: ClaimStore::new(state_dir),
+        claims: claims.clone(),
         members: desired
             .map(|d| {
                 d.members

@@ -41,7 +41,7 @@ pub struct Context {
     pub registry: Registry,
     /// Local state directory.
     pub state_dir: PathBuf,
-    /// Claim files.
+    /// The command's claim store.
     pub claims: ClaimStore,
     /// Desired members by slug.
     pub members: BTreeMap<String, DesiredMember>,
@@ -197,7 +197,8 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
                     labels: labels.clone(),
                     ..lease.clone()
                 },
-            )?;
+            )
+            .await?;
             ctx.set_lease(Lease {
                 labels,
                 ..lease.clone()
@@ -227,7 +228,7 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
             let provider = ctx.provider(lease.provider)?;
             with_retries(|| provider.relabel(&lease, &labels)).await?;
             let lease = Lease { labels, ..lease };
-            update_claim(ctx, &lease)?;
+            update_claim(ctx, &lease).await?;
             ctx.set_lease(lease);
             Ok(String::new())
         }
@@ -235,6 +236,7 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
         StepKind::ForgetClaim(id) => {
             ctx.claims
                 .remove(id)
+                .await
                 .map_err(|e| fail(format!("removing claim {id}: {e}")))?;
             Ok(id.clone())
         }
@@ -275,6 +277,7 @@ async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
     };
     ctx.claims
         .write(&pending)
+        .await
         .map_err(|e| fail(format!("writing claim: {e}")))?;
     remember_providers(&ctx.state_dir, &ctx.pond, &[m.provider])
         .map_err(|e| fail(format!("writing the pond record: {e}")))?;
@@ -287,11 +290,11 @@ async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
     let lease = match with_retries(|| provider.create(&request)).await {
         Ok(lease) => lease,
         Err(e) => {
-            let _ = ctx.claims.remove(&lease_id);
+            let _ = ctx.claims.remove(&lease_id).await;
             return Err(e.into());
         }
     };
-    update_claim(ctx, &lease)?;
+    update_claim(ctx, &lease).await?;
     ctx.set_lease(lease);
     Ok(format!("id={lease_id}"))
 }
@@ -299,10 +302,11 @@ async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
 /// Records what is now true of a lease in its claim. A claim that cannot be
 /// read or written fails the step: the lease exists, and a claim left
 /// `pending` or stale would misdescribe it to the next run.
-fn update_claim(ctx: &Context, lease: &Lease) -> Result<(), StepError> {
+async fn update_claim(ctx: &Context, lease: &Lease) -> Result<(), StepError> {
     let stored = ctx
         .claims
         .load(&lease.id)
+        .await
         .map_err(|e| fail(format!("reading the claim of {}: {e}", lease.id)))?;
     let mut claim = stored.unwrap_or_else(|| Claim {
         lease_id: lease.id.clone(),
@@ -330,6 +334,7 @@ fn update_claim(ctx: &Context, lease: &Lease) -> Result<(), StepError> {
     }
     ctx.claims
         .write(&claim)
+        .await
         .map_err(|e| fail(format!("writing the claim of {}: {e}", lease.id)))?;
     Ok(())
 }
@@ -469,7 +474,7 @@ async fn share(ctx: &Context, slug: &str) -> Result<String, StepError> {
     }
     lease.endpoint.url = shares.first().map(|s| s.url.clone());
     lease.endpoint.shares = shares;
-    update_claim(ctx, &lease)?;
+    update_claim(ctx, &lease).await?;
     let urls = lease
         .endpoint
         .shares
@@ -502,6 +507,7 @@ async fn release(ctx: &Context, lease: &Lease) -> Result<String, StepError> {
     }
     ctx.claims
         .remove(&lease.id)
+        .await
         .map_err(|e| fail(format!("removing claim {}: {e}", lease.id)))?;
     let mut map = ctx.leases.lock().expect("lease map lock");
     if map.get(lease.slug()).is_some_and(|l| l.id == lease.id) {

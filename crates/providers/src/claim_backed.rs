@@ -13,13 +13,13 @@ use serde_json::Value;
 ///
 /// # Errors
 /// The claim store could not be read.
-pub fn pond_claims(
+pub async fn pond_claims(
     store: &ClaimStore,
     provider: ProviderName,
     pond: &str,
     exists: impl Fn(&Claim) -> bool,
 ) -> Result<Vec<Claim>, ProviderError> {
-    let (claims, _) = store.load_all().map_err(ProviderError::state)?;
+    let (claims, _) = store.load_all().await.map_err(ProviderError::state)?;
     Ok(claims
         .into_iter()
         .filter(|c| c.provider == provider.as_str() && c.pond == pond && exists(c))
@@ -57,9 +57,10 @@ pub fn extra_str<'a>(claim: &'a Claim, key: &str) -> Option<&'a str> {
 ///
 /// # Errors
 /// The store could not be read, or the claim is missing.
-pub fn pending_claim(claims: &ClaimStore, lease_id: &str) -> Result<Claim, ProviderError> {
+pub async fn pending_claim(claims: &ClaimStore, lease_id: &str) -> Result<Claim, ProviderError> {
     claims
         .load(lease_id)
+        .await
         .map_err(ProviderError::state)?
         .ok_or_else(|| {
             ProviderError::Failed(format!(

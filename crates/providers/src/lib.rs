@@ -90,7 +90,7 @@ pub trait Provider: Send + Sync {
 
     /// How to reach the lease over SSH, for SSH-lease providers (the SSH mesh
     /// of `pond connect` uses it); `None` for providers without SSH.
-    fn ssh_target(&self, lease: &Lease) -> Option<crabbox_exec::ssh::SshTarget> {
+    async fn ssh_target(&self, lease: &Lease) -> Option<crabbox_exec::ssh::SshTarget> {
         let _ = lease;
         None
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::Provider;
 use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{Features, ProviderError, features_of};
+use crabbox_state::claims::ClaimStore;
 
 /// Everything this build knows about one provider's adapter: how it is
 /// made from the environment, which variables enable it, what `--help`
@@ -17,8 +18,9 @@ use crabbox_core::provider::{Features, ProviderError, features_of};
 pub struct Descriptor {
     /// The provider.
     pub name: ProviderName,
-    /// Builds the adapter from the environment (`None` without its credentials).
-    pub build: fn(&Path) -> Option<Arc<dyn Provider>>,
+    /// Builds the adapter from the environment (`None` without its
+    /// credentials), with the state directory and the command's claim store.
+    pub build: fn(&Path, &ClaimStore) -> Option<Arc<dyn Provider>>,
     /// The environment variables that enable it, as the error shows them
     /// (`None` for providers that need none).
     pub credentials: Option<&'static str>,
@@ -72,11 +74,13 @@ pub struct Registry {
 impl Registry {
     /// Every provider usable here: `local` and `ssh` always; cloud providers
     /// when their credentials are in the environment (`HCLOUD_TOKEN`…).
+    /// Providers that keep leases in claims all use `claims`, the store the
+    /// command chose.
     #[must_use]
-    pub fn from_environment(state_dir: &Path) -> Self {
+    pub fn from_environment(state_dir: &Path, claims: &ClaimStore) -> Self {
         let providers = ADAPTERS
             .iter()
-            .filter_map(|d| Some((d.name, (d.build)(state_dir)?)))
+            .filter_map(|d| Some((d.name, (d.build)(state_dir, claims)?)))
             .collect();
         Self { providers }
     }

@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state_pg::{self, ClaimRow, Handle};
+use crate::state_pg::{self, ClaimRow, Database, StateError};
 use crabbox_core::labels::Labels;
 use crabbox_core::lease::is_lease_id;
+use crabbox_core::state_url::{is_postgres_url, redact};
 use crabbox_fs::atomic_file;
 
 /// A claim's `state` field (ours): written before the create call so a crash
@@ -97,88 +98,110 @@ pub struct ClaimProblem {
     pub message: String,
 }
 
-/// Where claims are kept: Crabbox's claim files under the state directory, or
-/// the PostgreSQL state database (see [`crate::state_pg`]).
+/// Where claims (and the pond lock, see [`crate::lock`]) are kept: Crabbox's
+/// claim files under a state directory, or a PostgreSQL state database (see
+/// [`crate::state_pg`]).
 ///
-/// Every claim read and write in crabbox goes through this type. A store made
-/// with [`ClaimStore::new`] follows the configuration at each call
-/// (`CRABBOX_STATE_URL`, else the loaded spec's `state:`), so stores built
-/// before the spec was read still use the backend it chose.
+/// Every claim read and write in crabbox goes through this type. The command
+/// line builds one per command ([`ClaimStore::configured`]) and passes it
+/// down to the providers, discovery and the steps, so every part of a
+/// command uses the same backend and, for PostgreSQL, the same connection;
+/// nothing is looked up process-wide at each call. Cloning shares it.
+///
+/// Its calls are `async`: file locks and file I/O run on tokio's blocking
+/// pool, database calls on the caller's runtime, so waiting for another
+/// holder of a claim never stops the other tasks.
 #[derive(Debug, Clone)]
 pub struct ClaimStore {
-    state_dir: PathBuf,
-    pinned: Option<Pinned>,
+    backend: Backend,
 }
 
 #[derive(Debug, Clone)]
-enum Pinned {
-    Local,
-    Postgres(Arc<Handle>),
+enum Backend {
+    Local(PathBuf),
+    Postgres(Arc<Database>),
 }
 
-/// The backend one call uses.
-enum Backend {
-    Local { dir: PathBuf, locks: PathBuf },
-    Postgres(Arc<Handle>),
-    Unusable(String),
+/// Where a store keeps things: the state directory, or the database.
+pub(crate) enum Place<'a> {
+    Files(&'a Path),
+    Database(&'a Arc<Database>),
 }
 
 /// Most compare-and-swap attempts of one claim write.
 const MAX_CAS_ATTEMPTS: u32 = 100;
 
 impl ClaimStore {
-    /// The store of this process: PostgreSQL when `CRABBOX_STATE_URL` (or the
-    /// loaded spec's `state:`) names a database, else the claim files under
-    /// `state_dir`, exactly as Crabbox keeps them.
-    #[must_use]
-    pub fn new(state_dir: &Path) -> Self {
-        Self {
-            state_dir: state_dir.to_owned(),
-            pinned: None,
-        }
-    }
-
-    /// The claim files under `state_dir`, whatever is configured.
+    /// The claim files under `state_dir`, exactly as Crabbox keeps them.
     #[must_use]
     pub fn local(state_dir: &Path) -> Self {
         Self {
-            state_dir: state_dir.to_owned(),
-            pinned: Some(Pinned::Local),
+            backend: Backend::Local(state_dir.to_owned()),
         }
     }
 
-    /// The PostgreSQL database at `url`, whatever is configured.
+    /// The PostgreSQL database at `url`, connected on first use (on the
+    /// runtime of that call). Each store has its own connection.
     #[must_use]
     pub fn postgres(url: &str) -> Self {
         Self {
-            state_dir: PathBuf::new(),
-            pinned: Some(Pinned::Postgres(Handle::for_url(url))),
+            backend: Backend::Postgres(Arc::new(Database::new(url))),
         }
     }
 
-    fn backend(&self) -> Backend {
-        let local = || Backend::Local {
-            dir: self.state_dir.join("claims"),
-            locks: self.state_dir.join("claim-locks"),
+    /// The store a command uses: the database of `env_url`
+    /// (`CRABBOX_STATE_URL`, which wins) or else of `spec_url` (the spec's
+    /// `state:`), else the claim files under `state_dir`. A URL that is not
+    /// a PostgreSQL URL is refused rather than silently replaced by local
+    /// files, which would hide the pond's claims and lock.
+    ///
+    /// # Errors
+    /// The chosen URL is not a `postgres://` or `postgresql://` URL.
+    pub fn configured(
+        state_dir: &Path,
+        env_url: Option<&str>,
+        spec_url: Option<&str>,
+    ) -> Result<Self, StateError> {
+        let env_url = env_url.filter(|u| !u.is_empty());
+        let (url, from) = match (env_url, spec_url) {
+            (Some(url), _) => (url, state_pg::URL_ENV.to_owned()),
+            (None, Some(url)) => (url, "the spec's `state.url`".to_owned()),
+            (None, None) => return Ok(Self::local(state_dir)),
         };
-        match &self.pinned {
-            Some(Pinned::Local) => local(),
-            Some(Pinned::Postgres(h)) => Backend::Postgres(h.clone()),
-            None => match state_pg::selected() {
-                Ok(None) => local(),
-                Ok(Some(h)) => Backend::Postgres(h),
-                Err(e) => Backend::Unusable(e.0),
-            },
+        if is_postgres_url(url) {
+            Ok(Self::postgres(url))
+        } else {
+            Err(StateError(format!(
+                "{from} is `{}`, which is not a postgres:// or postgresql:// URL; set a PostgreSQL URL, or unset it to keep the state in local files",
+                redact(url)
+            )))
+        }
+    }
+
+    /// The state database, when the store is one (the pond lock and
+    /// `state migrate` use it directly).
+    #[must_use]
+    pub fn database(&self) -> Option<&Arc<Database>> {
+        match &self.backend {
+            Backend::Local(_) => None,
+            Backend::Postgres(db) => Some(db),
+        }
+    }
+
+    /// The backend itself, for the pond lock.
+    pub(crate) fn place(&self) -> Place<'_> {
+        match &self.backend {
+            Backend::Local(state_dir) => Place::Files(state_dir),
+            Backend::Postgres(db) => Place::Database(db),
         }
     }
 
     /// Where the claims live, for messages (no password).
     #[must_use]
     pub fn describe(&self) -> String {
-        match self.backend() {
-            Backend::Local { dir, .. } => dir.display().to_string(),
-            Backend::Postgres(h) => h.display_url(),
-            Backend::Unusable(e) => e,
+        match &self.backend {
+            Backend::Local(state_dir) => state_dir.join("claims").display().to_string(),
+            Backend::Postgres(db) => db.display_url(),
         }
     }
 
@@ -189,11 +212,13 @@ impl ClaimStore {
     ///
     /// # Errors
     /// The backend could not be read.
-    pub fn load_all(&self) -> std::io::Result<(Vec<Claim>, Vec<ClaimProblem>)> {
-        match self.backend() {
-            Backend::Local { dir, .. } => load_all_files(&dir),
-            Backend::Postgres(h) => load_all_rows(&h),
-            Backend::Unusable(message) => Err(std::io::Error::other(message)),
+    pub async fn load_all(&self) -> std::io::Result<(Vec<Claim>, Vec<ClaimProblem>)> {
+        match &self.backend {
+            Backend::Local(state_dir) => {
+                let dir = state_dir.join("claims");
+                blocking(move || load_all_files(&dir)).await
+            }
+            Backend::Postgres(db) => load_all_rows(db).await,
         }
     }
 
@@ -203,14 +228,16 @@ impl ClaimStore {
     /// # Errors
     /// The claim exists but cannot be read or parsed, or the backend could
     /// not be read.
-    pub fn load(&self, lease_id: &str) -> std::io::Result<Option<Claim>> {
+    pub async fn load(&self, lease_id: &str) -> std::io::Result<Option<Claim>> {
         if !is_lease_id(lease_id) {
             return Ok(None);
         }
-        match self.backend() {
-            Backend::Local { dir, .. } => load_file(&dir, lease_id),
-            Backend::Postgres(h) => load_row(&h, lease_id),
-            Backend::Unusable(e) => Err(std::io::Error::other(e)),
+        match &self.backend {
+            Backend::Local(state_dir) => {
+                let (dir, id) = (state_dir.join("claims"), lease_id.to_owned());
+                blocking(move || load_file(&dir, &id)).await
+            }
+            Backend::Postgres(db) => load_row(db, lease_id).await,
         }
     }
 
@@ -222,17 +249,23 @@ impl ClaimStore {
     ///
     /// # Errors
     /// I/O or database errors, or a lease ID of the wrong shape.
-    pub fn write(&self, claim: &Claim) -> std::io::Result<Claim> {
+    pub async fn write(&self, claim: &Claim) -> std::io::Result<Claim> {
         check_lease_id(&claim.lease_id)?;
-        match self.backend() {
-            Backend::Local { dir, locks } => locked(&locks, &claim.lease_id, || {
+        match &self.backend {
+            Backend::Local(state_dir) => {
+                let state_dir = state_dir.clone();
                 let mut claim = claim.clone();
-                claim.revision = new_revision();
-                write_file(&dir, &claim)?;
-                Ok(claim)
-            }),
-            Backend::Postgres(h) => write_row(&h, claim),
-            Backend::Unusable(e) => Err(std::io::Error::other(e)),
+                blocking(move || {
+                    let id = claim.lease_id.clone();
+                    locked(&state_dir, &id, || {
+                        claim.revision = new_revision();
+                        write_file(&state_dir.join("claims"), &claim)?;
+                        Ok(claim)
+                    })
+                })
+                .await
+            }
+            Backend::Postgres(db) => write_row(db, claim).await,
         }
     }
 
@@ -243,43 +276,58 @@ impl ClaimStore {
     ///
     /// # Errors
     /// I/O or database errors, or a lease ID of the wrong shape.
-    pub fn update(
+    pub async fn update(
         &self,
         lease_id: &str,
-        mut change: impl FnMut(&mut Claim),
+        mut change: impl FnMut(&mut Claim) + Send,
     ) -> std::io::Result<Option<Claim>> {
         check_lease_id(lease_id)?;
-        match self.backend() {
-            Backend::Local { dir, locks } => locked(&locks, lease_id, || {
-                let Some(mut claim) = load_file(&dir, lease_id)? else {
+        match &self.backend {
+            Backend::Local(state_dir) => {
+                // The lock is held across the three steps; `change` runs
+                // here, not on the blocking pool, so it may borrow.
+                let (dir, id) = (state_dir.join("claims"), lease_id.to_owned());
+                let lock = {
+                    let (state_dir, id) = (state_dir.clone(), id.clone());
+                    blocking(move || lock_claim(&state_dir, &id)).await?
+                };
+                let loaded = {
+                    let (dir, id) = (dir.clone(), id.clone());
+                    blocking(move || load_file(&dir, &id)).await?
+                };
+                let Some(mut claim) = loaded else {
                     return Ok(None);
                 };
                 change(&mut claim);
-                claim.lease_id = lease_id.to_owned();
+                claim.lease_id = id;
                 claim.revision = new_revision();
-                write_file(&dir, &claim)?;
-                Ok(Some(claim))
-            }),
-            Backend::Postgres(h) => {
+                blocking(move || {
+                    let written = write_file(&dir, &claim).map(|()| claim);
+                    let _ = lock.unlock();
+                    written
+                })
+                .await
+                .map(Some)
+            }
+            Backend::Postgres(db) => {
                 for attempt in 0..MAX_CAS_ATTEMPTS {
-                    let Some(mut claim) = load_row(&h, lease_id)? else {
+                    let Some(mut claim) = load_row(db, lease_id).await? else {
                         return Ok(None);
                     };
                     let expected = claim.revision.clone();
                     change(&mut claim);
-                    claim.lease_id = lease_id.to_owned();
+                    lease_id.clone_into(&mut claim.lease_id);
                     claim.revision = new_revision();
                     let (row, body) = row_of(&claim)?;
-                    if h.claim_cas(Some(&expected), row)? {
-                        h.remember(lease_id, &claim.revision, &body);
+                    if db.claim_cas(Some(&expected), &row).await? {
+                        db.remember(lease_id, &claim.revision, &body);
                         return Ok(Some(claim));
                     }
                     state_pg::count_conflict();
-                    backoff(attempt);
+                    backoff(attempt).await;
                 }
                 Err(gave_up(lease_id))
             }
-            Backend::Unusable(e) => Err(std::io::Error::other(e)),
         }
     }
 
@@ -287,24 +335,37 @@ impl ClaimStore {
     ///
     /// # Errors
     /// I/O errors other than "not found", database errors.
-    pub fn remove(&self, lease_id: &str) -> std::io::Result<()> {
+    pub async fn remove(&self, lease_id: &str) -> std::io::Result<()> {
         check_lease_id(lease_id)?;
-        match self.backend() {
-            Backend::Local { dir, locks } => {
-                locked(&locks, lease_id, || {
-                    match std::fs::remove_file(file_path(&dir, lease_id)) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-                        _ => Ok(()),
-                    }
-                })?;
-                // The lock file is only needed while the claim exists.
-                let _ = std::fs::remove_file(locks.join(format!("{lease_id}.json.lock")));
-                Ok(())
+        match &self.backend {
+            Backend::Local(state_dir) => {
+                let (state_dir, id) = (state_dir.clone(), lease_id.to_owned());
+                blocking(move || {
+                    locked(&state_dir, &id, || {
+                        match std::fs::remove_file(file_path(&state_dir.join("claims"), &id)) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                            _ => Ok(()),
+                        }
+                    })?;
+                    // The lock file is only needed while the claim exists.
+                    let _ = std::fs::remove_file(lock_file(&state_dir, &id));
+                    Ok(())
+                })
+                .await
             }
-            Backend::Postgres(h) => Ok(h.claim_delete(lease_id)?),
-            Backend::Unusable(e) => Err(std::io::Error::other(e)),
+            Backend::Postgres(db) => Ok(db.claim_delete(lease_id).await?),
         }
     }
+}
+
+/// Runs file work (flock waits included) on tokio's blocking pool, so that
+/// it never holds a runtime worker.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| std::io::Error::other(format!("a claim file operation failed: {e}")))?
 }
 
 fn check_lease_id(lease_id: &str) -> std::io::Result<()> {
@@ -383,23 +444,38 @@ fn write_file(dir: &Path, claim: &Claim) -> std::io::Result<()> {
     atomic_file::write(&file_path(dir, &claim.lease_id), text.as_bytes())
 }
 
-/// Holds the per-lease lock file for the duration of `f`.
+/// The per-lease lock file, as Crabbox names it.
+fn lock_file(state_dir: &Path, lease_id: &str) -> PathBuf {
+    state_dir
+        .join("claim-locks")
+        .join(format!("{lease_id}.json.lock"))
+}
+
+/// Takes the per-lease lock file, waiting for another holder (blocking: run
+/// it through [`blocking`]); closing the file releases it.
+fn lock_claim(state_dir: &Path, lease_id: &str) -> std::io::Result<File> {
+    check_lease_id(lease_id)?;
+    atomic_file::create_private_dir(&state_dir.join("claim-locks"))?;
+    let lock = File::create(lock_file(state_dir, lease_id))?;
+    lock.lock()?;
+    Ok(lock)
+}
+
+/// Holds the per-lease lock file for the duration of `f` (blocking: run it
+/// through [`blocking`]).
 fn locked<T>(
-    locks: &Path,
+    state_dir: &Path,
     lease_id: &str,
     f: impl FnOnce() -> std::io::Result<T>,
 ) -> std::io::Result<T> {
-    check_lease_id(lease_id)?;
-    atomic_file::create_private_dir(locks)?;
-    let lock = File::create(locks.join(format!("{lease_id}.json.lock")))?;
-    lock.lock()?;
+    let lock = lock_claim(state_dir, lease_id)?;
     let result = f();
     let _ = lock.unlock();
     result
 }
 
 /// A stored claim: its body with the row's revision.
-fn parse_row(h: &Handle, lease_id: &str, revision: String, text: &str) -> Result<Claim, String> {
+fn parse_row(h: &Database, lease_id: &str, revision: String, text: &str) -> Result<Claim, String> {
     let body: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let mut claim: Claim = serde_json::from_value(body.clone()).map_err(|e| e.to_string())?;
     if claim.lease_id != lease_id {
@@ -413,12 +489,12 @@ fn parse_row(h: &Handle, lease_id: &str, revision: String, text: &str) -> Result
     Ok(claim)
 }
 
-fn row_path(h: &Handle, lease_id: &str) -> PathBuf {
+fn row_path(h: &Database, lease_id: &str) -> PathBuf {
     PathBuf::from(format!("{}/crabbox_claims/{lease_id}", h.display_url()))
 }
 
-fn load_all_rows(h: &Handle) -> std::io::Result<(Vec<Claim>, Vec<ClaimProblem>)> {
-    let rows = h.claim_rows().map_err(|e| {
+async fn load_all_rows(h: &Database) -> std::io::Result<(Vec<Claim>, Vec<ClaimProblem>)> {
+    let rows = h.claim_rows().await.map_err(|e| {
         std::io::Error::other(format!(
             "cannot read the claims in {}: {}",
             h.display_url(),
@@ -439,8 +515,8 @@ fn load_all_rows(h: &Handle) -> std::io::Result<(Vec<Claim>, Vec<ClaimProblem>)>
     Ok((claims, problems))
 }
 
-fn load_row(h: &Handle, lease_id: &str) -> std::io::Result<Option<Claim>> {
-    match h.claim_row(lease_id)? {
+async fn load_row(h: &Database, lease_id: &str) -> std::io::Result<Option<Claim>> {
+    match h.claim_row(lease_id).await? {
         None => Ok(None),
         Some((revision, text)) => parse_row(h, lease_id, revision, &text)
             .map(Some)
@@ -463,7 +539,7 @@ pub(crate) fn row_of(claim: &Claim) -> std::io::Result<(ClaimRow, serde_json::Va
     ))
 }
 
-fn write_row(h: &Handle, claim: &Claim) -> std::io::Result<Claim> {
+async fn write_row(h: &Database, claim: &Claim) -> std::io::Result<Claim> {
     let lease_id = claim.lease_id.as_str();
     let mine = serde_json::to_value(claim).map_err(std::io::Error::other)?;
     // What the caller read, when it read through this process: the base of
@@ -475,11 +551,11 @@ fn write_row(h: &Handle, claim: &Claim) -> std::io::Result<Claim> {
         let mut next = desired.clone();
         next.revision = new_revision();
         let (row, body) = row_of(&next)?;
-        if h.claim_cas(expected.as_deref(), row)? {
+        if h.claim_cas(expected.as_deref(), &row).await? {
             h.remember(lease_id, &next.revision, &body);
             return Ok(next);
         }
-        match h.claim_row(lease_id)? {
+        match h.claim_row(lease_id).await? {
             // Removed meanwhile (or never there): written anew, as a file would be.
             None => expected = None,
             Some((revision, text)) => {
@@ -495,7 +571,7 @@ fn write_row(h: &Handle, claim: &Claim) -> std::io::Result<Claim> {
                 };
                 desired.lease_id = lease_id.to_owned();
                 expected = Some(revision);
-                backoff(attempt);
+                backoff(attempt).await;
             }
         }
     }
@@ -510,13 +586,14 @@ fn gave_up(lease_id: &str) -> std::io::Error {
 
 /// A short random pause before retrying a compare-and-swap, growing a little
 /// with the attempts so that writers racing on one claim spread out.
-fn backoff(attempt: u32) {
+async fn backoff(attempt: u32) {
     let mut byte = [0u8; 1];
     let _ = getrandom::fill(&mut byte);
     let ceiling = 2 + attempt.min(20);
-    std::thread::sleep(std::time::Duration::from_millis(
+    tokio::time::sleep(std::time::Duration::from_millis(
         u64::from(byte[0]) % u64::from(ceiling) + 1,
-    ));
+    ))
+    .await;
 }
 
 fn new_revision() -> String {
@@ -534,11 +611,13 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
 
-    #[test]
-    fn round_trip_keeps_unknown_fields_and_skips_corrupt_files() {
+    #[tokio::test]
+    async fn round_trip_keeps_unknown_fields_and_skips_corrupt_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ClaimStore::new(dir.path());
+        let store = ClaimStore::local(dir.path());
         let mut claim = Claim {
             lease_id: "cbx_0123456789ab".into(),
             slug: "api".into(),
@@ -549,7 +628,7 @@ mod tests {
         claim
             .extra
             .insert("tailscaleTags".into(), serde_json::json!(["a"]));
-        let written = store.write(&claim).expect("write");
+        let written = store.write(&claim).await.expect("write");
         assert_eq!(written.revision.len(), 32);
         std::fs::write(dir.path().join("claims/cbx_ffffffffffff.json"), "{not json")
             .expect("plant");
@@ -558,7 +637,7 @@ mod tests {
             r#"{"leaseID":"cbx_000000000000"}"#,
         )
         .expect("plant");
-        let (claims, problems) = store.load_all().expect("readable");
+        let (claims, problems) = store.load_all().await.expect("readable");
         assert_eq!(claims.len(), 1);
         assert_eq!(claims[0].extra["tailscaleTags"], serde_json::json!(["a"]));
         assert_eq!(problems.len(), 2);
@@ -567,18 +646,120 @@ mod tests {
                 .iter()
                 .any(|p| p.message.contains("lease_id_mismatch"))
         );
-        store.remove("cbx_0123456789ab").expect("remove");
+        store.remove("cbx_0123456789ab").await.expect("remove");
         store
             .remove("cbx_0123456789ab")
+            .await
             .expect("removing twice is fine");
-        assert_eq!(store.load_all().expect("readable").0.len(), 0);
+        assert_eq!(store.load_all().await.expect("readable").0.len(), 0);
         assert!(
             store
                 .write(&Claim {
                     lease_id: "../evil".into(),
                     ..Claim::default()
                 })
+                .await
                 .is_err()
         );
+    }
+
+    /// A claim whose lock another holder keeps (Crabbox's Go CLI, another
+    /// crabbox) makes its writer wait, never the runtime: on a
+    /// single-threaded runtime a timer task keeps ticking meanwhile.
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiting_for_a_claim_lock_does_not_block_other_tasks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ClaimStore::local(dir.path());
+        let id = "cbx_0123456789ab";
+        let claim = Claim {
+            lease_id: id.into(),
+            pond: "p".into(),
+            ..Claim::default()
+        };
+        store.write(&claim).await.expect("first write");
+        // Another open file description: its flock excludes ours.
+        let other = File::create(lock_file(dir.path(), id)).expect("lock file");
+        other.lock().expect("the other holder locks");
+
+        let ticks = Arc::new(AtomicU32::new(0));
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        let writing = {
+            let (store, claim) = (store.clone(), claim.clone());
+            tokio::spawn(async move { store.write(&claim).await })
+        };
+        let updating = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .update(id, |c| {
+                        c.labels.insert("k".into(), "v".into());
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            ticks.load(Ordering::SeqCst) >= 10,
+            "the timer kept ticking while the claim was locked"
+        );
+        assert!(
+            !writing.is_finished() && !updating.is_finished(),
+            "they wait for the lock"
+        );
+        other.unlock().expect("the other holder lets go");
+        writing.await.expect("task").expect("written");
+        let updated = updating.await.expect("task").expect("updated");
+        assert_eq!(
+            updated.and_then(|c| c.labels.get("k").cloned()).as_deref(),
+            Some("v")
+        );
+        ticker.abort();
+    }
+
+    /// Two stores of one process are independent: what one is built with is
+    /// never seen by the other (there is no process-wide choice).
+    #[tokio::test]
+    async fn stores_built_for_different_places_do_not_share_anything() {
+        let (a, b) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
+        let db = ClaimStore::configured(a.path(), None, Some("postgres://u:secret@db/x"))
+            .expect("the spec's database");
+        let env = ClaimStore::configured(
+            a.path(),
+            Some("postgresql://u:secret@other/y"),
+            Some("postgres://u:secret@db/x"),
+        )
+        .expect("the environment wins");
+        let local_a = ClaimStore::configured(a.path(), Some(""), None).expect("local");
+        let local_b = ClaimStore::local(b.path());
+        assert!(db.database().is_some() && env.database().is_some());
+        assert!(!Arc::ptr_eq(
+            db.database().expect("db"),
+            env.database().expect("env")
+        ));
+        assert!(db.describe().contains("db/x") && !db.describe().contains("secret"));
+        assert!(env.describe().contains("other/y"));
+        assert!(local_a.database().is_none() && local_b.database().is_none());
+        let claim = Claim {
+            lease_id: "cbx_0123456789ab".into(),
+            ..Claim::default()
+        };
+        local_a.write(&claim).await.expect("write in a");
+        assert_eq!(local_a.load_all().await.expect("a").0.len(), 1);
+        assert!(local_b.load_all().await.expect("b").0.is_empty());
+        let refused = ClaimStore::configured(a.path(), Some("mysql://u:secret@db/x"), None)
+            .expect_err("not postgres");
+        assert!(refused.0.contains("not a postgres://"), "{refused}");
+        assert!(!refused.0.contains("secret"), "{refused}");
     }
 }

@@ -5,27 +5,36 @@
 //!
 //! With the PostgreSQL state backend: a row of `crabbox_locks` naming the
 //! same holder, taken when absent or expired. It is a lease: it expires
-//! [`ttl`] after it was last renewed, and a thread renews it every third of
-//! that while the [`PondLock`] lives, so a holder that dies (even by SIGKILL)
-//! frees the pond within the TTL. `crabbox pond unlock NAME --force` deletes
-//! it.
+//! [`ttl`] after it was last renewed, and a tokio task renews it every third
+//! of that while the [`PondLock`] lives, so a holder that dies (even by
+//! SIGKILL) frees the pond within the TTL. `crabbox pond unlock NAME --force`
+//! deletes it.
+//!
+//! Taking a lock waits with `tokio::time::sleep` and does its file work on
+//! the blocking pool, so a command waiting for a pond (`--lock-timeout`)
+//! never holds a runtime worker. A command ends by [`PondLock::release`];
+//! dropping the lock is the fallback.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::state_pg::{self, Handle};
+use crate::claims::{ClaimStore, Place};
+use crate::state_pg::{self, Database};
 use crabbox_fs::atomic_file::create_private_dir;
 
 /// Lifetime of a PostgreSQL pond lock between renewals, unless
 /// `CRABBOX_LOCK_TTL` (seconds) says otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// Longest a dropped (not released) database lock waits for its row to be
+/// deleted when no runtime is at hand.
+const DROP_RELEASE: Duration = Duration::from_secs(5);
 /// The environment variable overriding [`DEFAULT_TTL`] (whole seconds, at least 1).
 pub const TTL_ENV: &str = "CRABBOX_LOCK_TTL";
 
@@ -98,7 +107,11 @@ pub enum LockError {
     },
 }
 
-/// A held pond lock; released on drop.
+/// A held pond lock. Release it with [`PondLock::release`] where the command
+/// ends; a lock that is only dropped is released as well as can be (a file
+/// lock at once; a database lock by a task when dropped on a runtime, which
+/// may not run if the runtime ends first, or by waiting up to 5 s when
+/// dropped outside one); whatever is left, its TTL frees.
 #[derive(Debug)]
 pub struct PondLock {
     held: Held,
@@ -113,22 +126,59 @@ impl PondLock {
     pub fn lost(&self) -> Arc<AtomicBool> {
         self.lost.clone()
     }
+
+    /// Releases the lock: a database lock's heartbeat is stopped and its row
+    /// deleted (a failure is said: the lock then expires within its TTL).
+    pub async fn release(mut self) {
+        let held = std::mem::replace(&mut self.held, Held::Released);
+        match held {
+            Held::File(file) => release_file(&file),
+            Held::Lease(mut lease) => {
+                lease.stop_heartbeat().await;
+                if let Err(e) = lease.db.lock_release(&lease.pond, &lease.token).await {
+                    anstream::eprintln!(
+                        "warning: cannot release the lock of pond `{}`: {e}; it expires within {}s",
+                        lease.pond,
+                        ttl().as_secs()
+                    );
+                }
+            }
+            Held::Released => {}
+        }
+    }
 }
 
 #[derive(Debug)]
 enum Held {
     File(File),
     Lease(LeaseLock),
+    Released,
 }
 
-/// A held PostgreSQL lock and the thread renewing it.
+/// A held PostgreSQL lock and the task renewing it.
 #[derive(Debug)]
 struct LeaseLock {
-    handle: Arc<Handle>,
+    db: Arc<Database>,
     pond: String,
     token: String,
-    stop: Option<mpsc::Sender<()>>,
-    heartbeat: Option<std::thread::JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LeaseLock {
+    /// Stops the heartbeat and waits for it, so no renewal follows the
+    /// release.
+    async fn stop_heartbeat(&mut self) {
+        drop(self.stop.take());
+        if let Some(task) = self.heartbeat.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+fn release_file(file: &File) {
+    let _ = file.set_len(0);
+    let _ = file.unlock();
 }
 
 /// The lock file of a pond.
@@ -165,27 +215,55 @@ pub fn read_holder(path: &Path) -> Option<Holder> {
     serde_json::from_str(&text).ok()
 }
 
-/// Takes the pond's lock, waiting up to `timeout` (zero: fail at once).
+/// Takes the pond's lock in `store`'s backend (the file next to a local
+/// store's claims, or the database's lock row), waiting up to `timeout`
+/// (zero: fail at once).
 ///
 /// # Errors
 /// [`LockError::Held`] naming the holder, or an I/O or database error.
-pub fn acquire(
-    state_dir: &Path,
+pub async fn acquire(
+    store: &ClaimStore,
     pond: &str,
     command: &str,
     timeout: Duration,
 ) -> Result<PondLock, LockError> {
-    match state_pg::selected() {
-        Ok(None) => acquire_file(state_dir, pond, command, timeout),
-        Ok(Some(handle)) => acquire_lease(handle, pond, command, timeout),
-        Err(e) => Err(LockError::State {
-            pond: pond.to_owned(),
-            message: e.0,
-        }),
+    match store.place() {
+        Place::Files(state_dir) => acquire_file(state_dir, pond, command, timeout).await,
+        Place::Database(db) => acquire_lease(db.clone(), pond, command, timeout).await,
     }
 }
 
-fn acquire_file(
+/// Opens the lock file and tries its lock once: `Ok(None)` while another
+/// holds it.
+fn try_lock_file(path: &Path) -> std::io::Result<Option<File>> {
+    create_private_dir(path.parent().expect("lock path has a parent"))?;
+    // 0600: the holder record names the command that holds the lock.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Writes this process as the holder into a lock file it holds.
+fn write_holder(mut file: &File, command: &str) -> std::io::Result<()> {
+    let text =
+        serde_json::to_string_pretty(&this_holder(command)).map_err(std::io::Error::other)?;
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+async fn acquire_file(
     state_dir: &Path,
     pond: &str,
     command: &str,
@@ -196,40 +274,39 @@ fn acquire_file(
         path: path.clone(),
         error,
     };
-    create_private_dir(path.parent().expect("lock path has a parent")).map_err(io)?;
-    // 0600: the holder record names the command that holds the lock.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(io)?;
+    let on_pool = |e: tokio::task::JoinError| std::io::Error::other(e.to_string());
     let deadline = Instant::now() + timeout;
-    loop {
-        match file.try_lock() {
-            Ok(()) => break,
-            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(100))
-            }
-            Err(TryLockError::WouldBlock) => {
-                return Err(LockError::Held {
-                    pond: pond.to_owned(),
-                    holder: read_holder(&path).map(Box::new),
-                });
-            }
-            Err(TryLockError::Error(e)) => return Err(io(e)),
+    let file = loop {
+        let attempt = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || try_lock_file(&path))
+                .await
+                .map_err(on_pool)
+                .and_then(|r| r)
+                .map_err(io)?
+        };
+        if let Some(file) = attempt {
+            break file;
         }
-    }
-    let text = serde_json::to_string_pretty(&this_holder(command))
-        .map_err(|e| io(std::io::Error::other(e)))?;
-    file.set_len(0).map_err(io)?;
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
+        if Instant::now() >= deadline {
+            let path = path.clone();
+            let holder = tokio::task::spawn_blocking(move || read_holder(&path))
+                .await
+                .ok()
+                .flatten();
+            return Err(LockError::Held {
+                pond: pond.to_owned(),
+                holder: holder.map(Box::new),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100).min(deadline - Instant::now())).await;
+    };
+    let command = command.to_owned();
+    let file = tokio::task::spawn_blocking(move || write_holder(&file, &command).map(|()| file))
+        .await
+        .map_err(on_pool)
+        .and_then(|r| r)
+        .map_err(io)?;
     Ok(PondLock {
         held: Held::File(file),
         lost: Arc::new(AtomicBool::new(false)),
@@ -242,8 +319,8 @@ fn new_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn acquire_lease(
-    handle: Arc<Handle>,
+async fn acquire_lease(
+    db: Arc<Database>,
     pond: &str,
     command: &str,
     timeout: Duration,
@@ -257,12 +334,17 @@ fn acquire_lease(
     let ttl = ttl();
     let deadline = Instant::now() + timeout;
     loop {
-        if handle.lock_try(pond, &holder, &token, ttl).map_err(state)? {
+        if db
+            .lock_try(pond, &holder, &token, ttl)
+            .await
+            .map_err(state)?
+        {
             break;
         }
         if Instant::now() >= deadline {
-            let holder = handle
+            let holder = db
                 .lock_holder(pond)
+                .await
                 .map_err(state)?
                 .and_then(|(json, _)| serde_json::from_str(&json).ok())
                 .map(Box::new);
@@ -271,29 +353,21 @@ fn acquire_lease(
                 holder,
             });
         }
-        std::thread::sleep(Duration::from_millis(250).min(deadline - Instant::now()));
+        tokio::time::sleep(Duration::from_millis(250).min(deadline - Instant::now())).await;
     }
-    let (stop, stopped) = mpsc::channel::<()>();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let lost = Arc::new(AtomicBool::new(false));
-    let spawned = {
-        let (h, p, t, l) = (handle.clone(), pond.to_owned(), token.clone(), lost.clone());
-        std::thread::Builder::new()
-            .name("crabbox-lock-heartbeat".to_owned())
-            .spawn(move || heartbeat(&h, &p, &t, ttl, &stopped, &l))
-    };
-    let heartbeat = match spawned {
-        Ok(thread) => thread,
-        Err(e) => {
-            let _ = handle.lock_release(pond, &token);
-            return Err(LockError::State {
-                pond: pond.to_owned(),
-                message: format!("cannot start the lock heartbeat: {e}"),
-            });
-        }
-    };
+    let heartbeat = tokio::spawn(heartbeat(
+        db.clone(),
+        pond.to_owned(),
+        token.clone(),
+        ttl,
+        stopped,
+        lost.clone(),
+    ));
     Ok(PondLock {
         held: Held::Lease(LeaseLock {
-            handle,
+            db,
             pond: pond.to_owned(),
             token,
             stop: Some(stop),
@@ -306,22 +380,32 @@ fn acquire_lease(
 /// Renews the lock every third of its TTL until told to stop, or until the
 /// lock is lost: broken or expired (`Ok(false)`), or not renewed for a whole
 /// TTL (the database did not answer) — then `lost` is set and it is said once.
-fn heartbeat(
-    handle: &Handle,
-    pond: &str,
-    token: &str,
+/// One renewal may take at most a third of the TTL, so a database that hangs
+/// is noticed within the TTL rather than after the call's own timeout.
+async fn heartbeat(
+    db: Arc<Database>,
+    pond: String,
+    token: String,
     ttl: Duration,
-    stop: &mpsc::Receiver<()>,
-    lost: &AtomicBool,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    lost: Arc<AtomicBool>,
 ) {
     let every = ttl / 3;
     let mut renewed = Instant::now();
     loop {
-        match stop.recv_timeout(every) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return,
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(every) => {}
         }
-        match handle.lock_renew(pond, token, ttl) {
+        let renewal = tokio::time::timeout(every, db.lock_renew(&pond, &token, ttl))
+            .await
+            .unwrap_or_else(|_| {
+                Err(state_pg::StateError(format!(
+                    "the state database did not answer within {}s",
+                    every.as_secs_f64()
+                )))
+            });
+        match renewal {
             Ok(true) => renewed = Instant::now(),
             Ok(false) => {
                 lost.store(true, Ordering::SeqCst);
@@ -348,27 +432,36 @@ fn heartbeat(
 
 impl Drop for PondLock {
     fn drop(&mut self) {
-        match &mut self.held {
-            Held::File(file) => {
-                let _ = file.set_len(0);
-                let _ = file.unlock();
-            }
-            Held::Lease(lease) => {
+        match std::mem::replace(&mut self.held, Held::Released) {
+            Held::File(file) => release_file(&file),
+            Held::Lease(mut lease) => {
+                // Not released explicitly (an early return, a panic): stop
+                // renewing at once and delete the row as well as can be
+                // done without blocking a runtime; the TTL covers the rest.
                 drop(lease.stop.take());
-                if let Some(thread) = lease.heartbeat.take() {
-                    let _ = thread.join();
+                if let Some(task) = lease.heartbeat.take() {
+                    task.abort();
                 }
-                let _ = lease.handle.lock_release(&lease.pond, &lease.token);
+                let release = async move {
+                    let _ = lease.db.lock_release(&lease.pond, &lease.token).await;
+                };
+                match tokio::runtime::Handle::try_current() {
+                    // On a runtime: a task, which runs unless the runtime ends first.
+                    Ok(runtime) => drop(runtime.spawn(release)),
+                    // Outside any (a command unwinding): wait here, briefly.
+                    Err(_) => {
+                        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            let _ = runtime.block_on(tokio::time::timeout(DROP_RELEASE, release));
+                        }
+                    }
+                }
             }
+            Held::Released => {}
         }
     }
-}
-
-/// Whether the pond lock lives in the shared state database (rather than in
-/// a local file).
-#[must_use]
-pub fn is_shared() -> bool {
-    matches!(state_pg::selected(), Ok(Some(_)))
 }
 
 /// Deletes the pond's lock in the state database, whoever holds it; returns
@@ -377,15 +470,16 @@ pub fn is_shared() -> bool {
 ///
 /// # Errors
 /// Database errors, or local state (nothing to break).
-pub fn break_lock(pond: &str) -> std::io::Result<Option<Option<Holder>>> {
-    let Some(handle) = state_pg::selected()? else {
+pub async fn break_lock(store: &ClaimStore, pond: &str) -> std::io::Result<Option<Option<Holder>>> {
+    let Some(db) = store.database() else {
         return Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
             "a local lock file is released only by its holder",
         ));
     };
-    Ok(handle
-        .lock_break(pond)?
+    Ok(db
+        .lock_break(pond)
+        .await?
         .map(|json| serde_json::from_str(&json).ok()))
 }
 
@@ -395,11 +489,14 @@ pub fn break_lock(pond: &str) -> std::io::Result<Option<Option<Holder>>> {
 ///
 /// # Errors
 /// Database errors.
-pub fn lease_status(pond: &str) -> std::io::Result<Option<(Option<Holder>, Duration)>> {
-    let Some(handle) = state_pg::selected()? else {
+pub async fn lease_status(
+    store: &ClaimStore,
+    pond: &str,
+) -> std::io::Result<Option<(Option<Holder>, Duration)>> {
+    let Some(db) = store.database() else {
         return Ok(None);
     };
-    Ok(handle.lock_holder(pond)?.map(|(json, left)| {
+    Ok(db.lock_holder(pond).await?.map(|(json, left)| {
         (
             serde_json::from_str(&json).ok(),
             Duration::from_secs_f64(left.max(0.0)),
@@ -411,50 +508,85 @@ pub fn lease_status(pond: &str) -> std::io::Result<Option<(Option<Holder>, Durat
 ///
 /// # Errors
 /// I/O errors opening the lock file, database errors.
-pub fn status(state_dir: &Path, pond: &str) -> std::io::Result<Option<Option<Holder>>> {
-    if let Some(handle) = state_pg::selected()? {
-        return Ok(handle
-            .lock_holder(pond)?
-            .map(|(json, _)| serde_json::from_str(&json).ok()));
-    }
-    let path = lock_path(state_dir, pond);
-    let Ok(file) = File::open(&path) else {
-        return Ok(None);
-    };
-    match file.try_lock_shared() {
-        Ok(()) => {
-            let _ = file.unlock();
-            Ok(None)
+pub async fn status(store: &ClaimStore, pond: &str) -> std::io::Result<Option<Option<Holder>>> {
+    let state_dir = match store.place() {
+        Place::Database(db) => {
+            return Ok(db
+                .lock_holder(pond)
+                .await?
+                .map(|(json, _)| serde_json::from_str(&json).ok()));
         }
-        Err(TryLockError::WouldBlock) => Ok(Some(read_holder(&path))),
-        Err(TryLockError::Error(e)) => Err(e),
-    }
+        Place::Files(state_dir) => state_dir,
+    };
+    let path = lock_path(state_dir, pond);
+    tokio::task::spawn_blocking(move || {
+        let Ok(file) = File::open(&path) else {
+            return Ok(None);
+        };
+        match file.try_lock_shared() {
+            Ok(()) => {
+                let _ = file.unlock();
+                Ok(None)
+            }
+            Err(TryLockError::WouldBlock) => Ok(Some(read_holder(&path))),
+            Err(TryLockError::Error(e)) => Err(e),
+        }
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn second_holder_fails_fast_naming_the_first() {
+    #[tokio::test]
+    async fn second_holder_fails_fast_naming_the_first() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = acquire(dir.path(), "p", "crabbox apply", Duration::ZERO).expect("first");
-        let err = acquire(dir.path(), "p", "crabbox apply", Duration::ZERO).expect_err("second");
+        let store = ClaimStore::local(dir.path());
+        let first = acquire(&store, "p", "crabbox apply", Duration::ZERO)
+            .await
+            .expect("first");
+        let err = acquire(&store, "p", "crabbox apply", Duration::ZERO)
+            .await
+            .expect_err("second");
         let text = err.to_string();
         assert!(
             text.contains(&format!("pid {}", std::process::id())),
             "{text}"
         );
         assert!(text.contains("crabbox apply"), "{text}");
-        assert!(status(dir.path(), "p").expect("status").is_some());
-        drop(first);
-        assert!(status(dir.path(), "p").expect("status").is_none());
-        let again = acquire(
-            dir.path(),
-            "p",
-            "crabbox destroy",
-            Duration::from_millis(50),
-        );
+        assert!(status(&store, "p").await.expect("status").is_some());
+        first.release().await;
+        assert!(status(&store, "p").await.expect("status").is_none());
+        let again = acquire(&store, "p", "crabbox destroy", Duration::from_millis(50)).await;
         assert!(again.is_ok());
+    }
+
+    /// Waiting for a held pond lock (`--lock-timeout`) leaves the runtime
+    /// free: on a single-threaded runtime a timer keeps ticking, and the
+    /// waiter gets the lock once the holder lets go.
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiting_for_the_pond_lock_does_not_block_other_tasks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ClaimStore::local(dir.path());
+        let first = acquire(&store, "p", "crabbox apply", Duration::ZERO)
+            .await
+            .expect("first");
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                acquire(&store, "p", "crabbox destroy", Duration::from_secs(30)).await
+            })
+        };
+        let mut ticks = 0;
+        while ticks < 20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            ticks += 1;
+        }
+        assert!(!waiter.is_finished(), "it waits for the holder");
+        first.release().await;
+        let second = waiter.await.expect("task").expect("taken once free");
+        second.release().await;
     }
 }

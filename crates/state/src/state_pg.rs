@@ -3,22 +3,26 @@
 //! machine can be destroyed from another.
 //!
 //! Chosen by `CRABBOX_STATE_URL` (a `postgres://` or `postgresql://` URL), or
-//! by the spec's `state:` block when that variable is not set.
+//! by the spec's `state:` block when that variable is not set; the command
+//! line decides once per command and builds one [`Database`] (inside a
+//! [`crate::claims::ClaimStore`]) that it passes down.
 //!
-//! The `postgres` client is synchronous and runs a runtime of its own, which
-//! must never start on a tokio worker thread. So each URL gets one dedicated
-//! thread owning the connection (an actor); callers send it jobs over a
-//! channel and wait for the answer. The connection is made on first use,
-//! remade once when it breaks, and the schema is created or migrated then,
-//! under an advisory lock so concurrent first runs do not race.
+//! The client is `tokio-postgres`: every call is a future on the caller's
+//! runtime, so a slow database never holds a tokio worker. The connection is
+//! made on first use (its connection task spawned on that runtime), remade
+//! once when it breaks, and the schema is created or migrated then, under an
+//! advisory lock so concurrent first runs do not race. A connection belongs
+//! to the runtime that spawned it, which is why a `Database` is built per
+//! command and never cached for the whole process.
 
-use crabbox_core::state_url::{is_postgres_url, redact};
+use crabbox_core::state_url::redact;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls};
 
 /// The environment variable naming the state database.
 pub const URL_ENV: &str = "CRABBOX_STATE_URL";
@@ -47,7 +51,7 @@ const MIGRATIONS: &[&str] = &[
 /// (`crabbox` in ASCII).
 const MIGRATION_LOCK: i64 = 0x0063_7261_6262_6f78;
 
-/// Longest a caller waits for the database thread to answer.
+/// Longest one call (connecting included) may take before it is an error.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Connect timeout unless the URL sets one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,50 +64,6 @@ pub struct StateError(pub String);
 impl From<StateError> for std::io::Error {
     fn from(e: StateError) -> Self {
         std::io::Error::other(e.0)
-    }
-}
-
-fn spec_url_slot() -> &'static RwLock<Option<String>> {
-    static SLOT: OnceLock<RwLock<Option<String>>> = OnceLock::new();
-    SLOT.get_or_init(|| RwLock::new(None))
-}
-
-/// Records the spec's `state:` choice for this process (`None`: local). The
-/// environment variable still wins; see [`configured_url`].
-pub fn set_spec_url(url: Option<String>) {
-    *spec_url_slot()
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = url;
-}
-
-/// The state URL in force: `CRABBOX_STATE_URL` when set and not empty, else
-/// the spec's (when a loaded spec chose postgres), else none (local files).
-#[must_use]
-pub fn configured_url() -> Option<String> {
-    if let Some(url) = std::env::var(URL_ENV).ok().filter(|u| !u.is_empty()) {
-        return Some(url);
-    }
-    spec_url_slot()
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone()
-}
-
-/// The shared backend in force: `Ok(None)` for local files, the database's
-/// handle for a postgres URL, an error for a URL of another kind (refused
-/// rather than silently falling back to local files, which would hide the
-/// pond's claims and lock).
-///
-/// # Errors
-/// When the configured URL is not a PostgreSQL URL.
-pub fn selected() -> Result<Option<Arc<Handle>>, StateError> {
-    match configured_url() {
-        None => Ok(None),
-        Some(url) if is_postgres_url(&url) => Ok(Some(Handle::for_url(&url))),
-        Some(url) => Err(StateError(format!(
-            "{URL_ENV} is `{}`, which is not a postgres:// or postgresql:// URL",
-            redact(&url)
-        ))),
     }
 }
 
@@ -121,20 +81,20 @@ pub(crate) fn count_conflict() {
     CONFLICTS.fetch_add(1, Ordering::Relaxed);
 }
 
-type Job = Box<dyn FnOnce(&mut Conn) + Send>;
-
-/// One database (URL): the channel to the thread that owns its connection,
-/// and the claim bodies read through it, by revision (the base of a merge
-/// when a write finds the claim changed).
-pub struct Handle {
+/// One state database as one command uses it: its URL, its connection
+/// (made on first use), and the claim bodies read through it, by revision
+/// (the base of a merge when a write finds the claim changed).
+pub struct Database {
     url: String,
-    jobs: mpsc::Sender<Job>,
+    /// The connected client, shared by concurrent calls (tokio-postgres
+    /// pipelines them); `None` until the first call or after it broke.
+    client: tokio::sync::Mutex<Option<Arc<Client>>>,
     seen: Mutex<HashMap<String, Vec<(String, serde_json::Value)>>>,
 }
 
-impl std::fmt::Debug for Handle {
+impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Handle")
+        f.debug_struct("Database")
             .field("url", &redact(&self.url))
             .finish_non_exhaustive()
     }
@@ -143,37 +103,13 @@ impl std::fmt::Debug for Handle {
 /// Revisions remembered per claim.
 const SEEN_PER_CLAIM: usize = 8;
 
-impl Handle {
-    /// The process-wide handle of `url` (one connection thread per URL).
+impl Database {
+    /// The database at `url`; nothing is connected until the first call.
     #[must_use]
-    pub fn for_url(url: &str) -> Arc<Self> {
-        static ALL: OnceLock<Mutex<HashMap<String, Arc<Handle>>>> = OnceLock::new();
-        let mut all = ALL
-            .get_or_init(Mutex::default)
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        all.entry(url.to_owned())
-            .or_insert_with(|| Arc::new(Self::spawn(url)))
-            .clone()
-    }
-
-    fn spawn(url: &str) -> Self {
-        let (jobs, rx) = mpsc::channel::<Job>();
-        let mut conn = Conn {
-            url: url.to_owned(),
-            client: None,
-        };
-        // The thread lives as long as the process (the handle is global).
-        let _ = std::thread::Builder::new()
-            .name("crabbox-state-db".to_owned())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job(&mut conn);
-                }
-            });
+    pub fn new(url: &str) -> Self {
         Self {
             url: url.to_owned(),
-            jobs,
+            client: tokio::sync::Mutex::new(None),
             seen: Mutex::default(),
         }
     }
@@ -184,33 +120,99 @@ impl Handle {
         redact(&self.url)
     }
 
-    /// Runs `f` on the connection thread; a broken connection is remade and
-    /// `f` run once more.
-    ///
-    /// # Errors
-    /// Connection, migration and query errors.
-    pub fn call<T: Send + 'static>(
-        &self,
-        mut f: impl FnMut(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
-    ) -> Result<T, StateError> {
-        let (tx, rx) = mpsc::channel();
-        let job: Job = Box::new(move |conn: &mut Conn| {
-            let _ = tx.send(conn.run(&mut f));
-        });
-        self.jobs.send(job).map_err(|_| {
+    /// The connected client: the one made earlier while it is open, else a
+    /// new connection with the schema ready. Concurrent first calls wait
+    /// for one connection rather than each making its own.
+    async fn client(&self) -> Result<Arc<Client>, StateError> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        *slot = None;
+        let client = Arc::new(self.connect().await?);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Forgets `broken` so that the next call connects again (unless another
+    /// call already replaced it).
+    async fn forget(&self, broken: &Arc<Client>) {
+        let mut slot = self.client.lock().await;
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, broken)) {
+            *slot = None;
+        }
+    }
+
+    async fn connect(&self) -> Result<Client, StateError> {
+        let shown = redact(&self.url);
+        let mut config: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e| StateError(format!("the state URL {shown} cannot be used: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.keepalives_idle(Duration::from_secs(30));
+        let (mut client, connection) = config.connect(NoTls).await.map_err(|e| {
             StateError(format!(
-                "the state database thread for {} has stopped",
-                self.display_url()
+                "cannot connect to the state database {shown}: {}; check that it is running and reachable, and the URL",
+                describe(&e)
             ))
         })?;
-        match rx.recv_timeout(CALL_TIMEOUT) {
-            Ok(result) => result,
-            Err(_) => Err(StateError(format!(
-                "the state database {} did not answer within {}s",
-                self.display_url(),
-                CALL_TIMEOUT.as_secs()
-            ))),
-        }
+        // The connection ends with its client (or its runtime); an error
+        // there surfaces as a closed client at the next call.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        // Migrating needs a transaction, which needs the client to itself:
+        // done before the client is shared.
+        migrate(&mut client).await.map_err(|e| {
+            StateError(format!(
+                "cannot prepare the schema of the state database {shown}: {e}"
+            ))
+        })?;
+        Ok(client)
+    }
+
+    /// Runs `f` with the connection, at most [`CALL_TIMEOUT`] in all; a
+    /// broken connection is remade and `f` run once more.
+    ///
+    /// # Errors
+    /// Connection, migration and query errors, and the timeout.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, StateError>
+    where
+        F: Fn(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let attempts = async {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let client = self.client().await?;
+                match f(client.clone()).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) if attempt == 1 && (e.is_closed() || client.is_closed()) => {
+                        self.forget(&client).await;
+                    }
+                    Err(e) => {
+                        return Err(StateError(format!(
+                            "state database {}: {}",
+                            self.display_url(),
+                            describe(&e)
+                        )));
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(CALL_TIMEOUT, attempts)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StateError(format!(
+                    "the state database {} did not answer within {}s; check that it is reachable and not overloaded",
+                    self.display_url(),
+                    CALL_TIMEOUT.as_secs()
+                )))
+            })
     }
 
     pub(crate) fn remember(&self, lease_id: &str, revision: &str, body: &serde_json::Value) {
@@ -244,78 +246,94 @@ impl Handle {
     // ---- claims ----
 
     /// Every claim row: (lease ID, revision, body as text), by lease ID.
-    pub(crate) fn claim_rows(&self) -> Result<Vec<(String, String, String)>, StateError> {
-        self.call(|c| {
+    pub(crate) async fn claim_rows(&self) -> Result<Vec<(String, String, String)>, StateError> {
+        self.call(|c| async move {
             Ok(c.query(
                 "SELECT lease_id, revision, body::text FROM crabbox_claims ORDER BY lease_id",
                 &[],
-            )?
+            )
+            .await?
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect())
         })
+        .await
     }
 
     /// One claim row: (revision, body as text).
-    pub(crate) fn claim_row(&self, lease_id: &str) -> Result<Option<(String, String)>, StateError> {
-        let id = lease_id.to_owned();
-        self.call(move |c| {
+    pub(crate) async fn claim_row(
+        &self,
+        lease_id: &str,
+    ) -> Result<Option<(String, String)>, StateError> {
+        self.call(|c| async move {
             Ok(c.query_opt(
                 "SELECT revision, body::text FROM crabbox_claims WHERE lease_id = $1",
-                &[&id],
-            )?
+                &[&lease_id],
+            )
+            .await?
             .map(|r| (r.get(0), r.get(1))))
         })
+        .await
     }
 
     /// Writes a claim row if its revision is still `expected` (`None`: if no
     /// row exists). Returns whether it was written.
-    pub(crate) fn claim_cas(
+    pub(crate) async fn claim_cas(
         &self,
         expected: Option<&str>,
-        row: ClaimRow,
+        row: &ClaimRow,
     ) -> Result<bool, StateError> {
-        let expected = expected.map(str::to_owned);
-        self.call(move |c| {
-            let n = match &expected {
-                Some(rev) => c.execute(
-                    "UPDATE crabbox_claims
-                        SET pond = $3, provider = $4, revision = $5, body = $6::text::jsonb,
-                            updated_at = now()
-                      WHERE lease_id = $1 AND revision = $2",
-                    &[
-                        &row.lease_id,
-                        rev,
-                        &row.pond,
-                        &row.provider,
-                        &row.revision,
-                        &row.body,
-                    ],
-                )?,
-                None => c.execute(
-                    "INSERT INTO crabbox_claims (lease_id, pond, provider, revision, body, updated_at)
-                     VALUES ($1, $2, $3, $4, $5::text::jsonb, now())
-                     ON CONFLICT (lease_id) DO NOTHING",
-                    &[
-                        &row.lease_id,
-                        &row.pond,
-                        &row.provider,
-                        &row.revision,
-                        &row.body,
-                    ],
-                )?,
+        self.call(|c| async move {
+            let n = match expected {
+                Some(rev) => {
+                    c.execute(
+                        "UPDATE crabbox_claims
+                            SET pond = $3, provider = $4, revision = $5, body = $6::text::jsonb,
+                                updated_at = now()
+                          WHERE lease_id = $1 AND revision = $2",
+                        &[
+                            &row.lease_id,
+                            &rev,
+                            &row.pond,
+                            &row.provider,
+                            &row.revision,
+                            &row.body,
+                        ],
+                    )
+                    .await?
+                }
+                None => {
+                    c.execute(
+                        "INSERT INTO crabbox_claims (lease_id, pond, provider, revision, body, updated_at)
+                         VALUES ($1, $2, $3, $4, $5::text::jsonb, now())
+                         ON CONFLICT (lease_id) DO NOTHING",
+                        &[
+                            &row.lease_id,
+                            &row.pond,
+                            &row.provider,
+                            &row.revision,
+                            &row.body,
+                        ],
+                    )
+                    .await?
+                }
             };
             Ok(n == 1)
         })
+        .await
     }
 
     /// Deletes a claim row (absent is fine).
-    pub(crate) fn claim_delete(&self, lease_id: &str) -> Result<(), StateError> {
-        let id = lease_id.to_owned();
-        self.call(move |c| {
-            c.execute("DELETE FROM crabbox_claims WHERE lease_id = $1", &[&id])
-                .map(|_| ())
+    pub(crate) async fn claim_delete(&self, lease_id: &str) -> Result<(), StateError> {
+        self.call(|c| async move {
+            c.execute(
+                "DELETE FROM crabbox_claims WHERE lease_id = $1",
+                &[&lease_id],
+            )
+            .await
+            .map(drop)
         })
+        .await
     }
 
     // ---- pond locks ----
@@ -325,16 +343,15 @@ impl Handle {
     ///
     /// # Errors
     /// Database errors.
-    pub fn lock_try(
+    pub async fn lock_try(
         &self,
         pond: &str,
         holder_json: &str,
         token: &str,
         ttl: Duration,
     ) -> Result<bool, StateError> {
-        let (pond, holder, token) = (pond.to_owned(), holder_json.to_owned(), token.to_owned());
         let secs = ttl.as_secs_f64();
-        self.call(move |c| {
+        self.call(|c| async move {
             Ok(c.query_opt(
                 "INSERT INTO crabbox_locks (pond, holder, token, expires_at)
                  VALUES ($1, $2::text::jsonb, $3, now() + make_interval(secs => $4))
@@ -343,10 +360,12 @@ impl Handle {
                         expires_at = excluded.expires_at
                   WHERE crabbox_locks.expires_at < now() OR crabbox_locks.token = excluded.token
                  RETURNING token",
-                &[&pond, &holder, &token, &secs],
-            )?
+                &[&pond, &holder_json, &token, &secs],
+            )
+            .await?
             .is_some())
         })
+        .await
     }
 
     /// Extends the lock while `token` still holds it; `false` when it no
@@ -354,31 +373,39 @@ impl Handle {
     ///
     /// # Errors
     /// Database errors.
-    pub fn lock_renew(&self, pond: &str, token: &str, ttl: Duration) -> Result<bool, StateError> {
-        let (pond, token) = (pond.to_owned(), token.to_owned());
+    pub async fn lock_renew(
+        &self,
+        pond: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
         let secs = ttl.as_secs_f64();
-        self.call(move |c| {
+        self.call(|c| async move {
             Ok(c.execute(
                 "UPDATE crabbox_locks SET expires_at = now() + make_interval(secs => $3)
                   WHERE pond = $1 AND token = $2",
                 &[&pond, &token, &secs],
-            )? == 1)
+            )
+            .await?
+                == 1)
         })
+        .await
     }
 
     /// Releases the lock if `token` holds it.
     ///
     /// # Errors
     /// Database errors.
-    pub fn lock_release(&self, pond: &str, token: &str) -> Result<(), StateError> {
-        let (pond, token) = (pond.to_owned(), token.to_owned());
-        self.call(move |c| {
+    pub async fn lock_release(&self, pond: &str, token: &str) -> Result<(), StateError> {
+        self.call(|c| async move {
             c.execute(
                 "DELETE FROM crabbox_locks WHERE pond = $1 AND token = $2",
                 &[&pond, &token],
             )
-            .map(|_| ())
+            .await
+            .map(drop)
         })
+        .await
     }
 
     /// The live (unexpired) lock of a pond: the holder as JSON text and the
@@ -386,16 +413,17 @@ impl Handle {
     ///
     /// # Errors
     /// Database errors.
-    pub fn lock_holder(&self, pond: &str) -> Result<Option<(String, f64)>, StateError> {
-        let pond = pond.to_owned();
-        self.call(move |c| {
+    pub async fn lock_holder(&self, pond: &str) -> Result<Option<(String, f64)>, StateError> {
+        self.call(|c| async move {
             Ok(c.query_opt(
                 "SELECT holder::text, EXTRACT(EPOCH FROM (expires_at - now()))::float8
                    FROM crabbox_locks WHERE pond = $1 AND expires_at >= now()",
                 &[&pond],
-            )?
+            )
+            .await?
             .map(|r| (r.get(0), r.get(1))))
         })
+        .await
     }
 
     /// Deletes the pond's lock whoever holds it; returns the holder (JSON
@@ -403,16 +431,18 @@ impl Handle {
     ///
     /// # Errors
     /// Database errors.
-    pub fn lock_break(&self, pond: &str) -> Result<Option<String>, StateError> {
-        let pond = pond.to_owned();
-        self.call(move |c| {
-            let rows = c.query(
-                "DELETE FROM crabbox_locks WHERE pond = $1
-                 RETURNING holder::text, expires_at >= now()",
-                &[&pond],
-            )?;
+    pub async fn lock_break(&self, pond: &str) -> Result<Option<String>, StateError> {
+        self.call(|c| async move {
+            let rows = c
+                .query(
+                    "DELETE FROM crabbox_locks WHERE pond = $1
+                     RETURNING holder::text, expires_at >= now()",
+                    &[&pond],
+                )
+                .await?;
             Ok(rows.iter().find(|r| r.get::<_, bool>(1)).map(|r| r.get(0)))
         })
+        .await
     }
 }
 
@@ -426,70 +456,8 @@ pub(crate) struct ClaimRow {
     pub body: String,
 }
 
-/// The connection owned by a handle's thread.
-struct Conn {
-    url: String,
-    client: Option<Client>,
-}
-
-impl Conn {
-    fn client(&mut self) -> Result<&mut Client, StateError> {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
-            self.client = None;
-        }
-        if self.client.is_none() {
-            let shown = redact(&self.url);
-            let mut config: postgres::Config = self
-                .url
-                .parse()
-                .map_err(|e| StateError(format!("the state URL {shown} cannot be used: {e}")))?;
-            if config.get_connect_timeout().is_none() {
-                config.connect_timeout(CONNECT_TIMEOUT);
-            }
-            config.keepalives_idle(Duration::from_secs(30));
-            let mut client = config.connect(NoTls).map_err(|e| {
-                StateError(format!(
-                    "cannot connect to the state database {shown}: {}",
-                    describe(&e)
-                ))
-            })?;
-            migrate(&mut client).map_err(|e| {
-                StateError(format!(
-                    "cannot prepare the schema of the state database {shown}: {e}"
-                ))
-            })?;
-            self.client = Some(client);
-        }
-        Ok(self.client.as_mut().expect("connected above"))
-    }
-
-    fn run<T>(
-        &mut self,
-        f: &mut dyn FnMut(&mut Client) -> Result<T, postgres::Error>,
-    ) -> Result<T, StateError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let client = self.client()?;
-            match f(client) {
-                Ok(v) => return Ok(v),
-                Err(e) if attempt == 1 && (e.is_closed() || client.is_closed()) => {
-                    self.client = None;
-                }
-                Err(e) => {
-                    return Err(StateError(format!(
-                        "state database {}: {}",
-                        redact(&self.url),
-                        describe(&e)
-                    )));
-                }
-            }
-        }
-    }
-}
-
 /// An error with the server's message when there is one.
-fn describe(e: &postgres::Error) -> String {
+fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{}: {}", db.severity(), db.message());
     }
@@ -503,20 +471,23 @@ fn describe(e: &postgres::Error) -> String {
 }
 
 /// Creates or migrates the schema; safe to run from many processes at once.
-fn migrate(client: &mut Client) -> Result<(), String> {
+async fn migrate(client: &mut Client) -> Result<(), String> {
     let known = i32::try_from(MIGRATIONS.len()).expect("few migrations");
-    let mut tx = client.transaction().map_err(|e| describe(&e))?;
+    let tx = client.transaction().await.map_err(|e| describe(&e))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
         .map_err(|e| describe(&e))?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS crabbox_schema_version (version integer NOT NULL)",
     )
+    .await
     .map_err(|e| describe(&e))?;
     let current: i32 = tx
         .query_one(
             "SELECT coalesce(max(version), 0) FROM crabbox_schema_version",
             &[],
         )
+        .await
         .map_err(|e| describe(&e))?
         .get(0);
     if current > known {
@@ -526,17 +497,19 @@ fn migrate(client: &mut Client) -> Result<(), String> {
     }
     if current < known {
         for sql in &MIGRATIONS[usize::try_from(current).unwrap_or(0)..] {
-            tx.batch_execute(sql).map_err(|e| describe(&e))?;
+            tx.batch_execute(sql).await.map_err(|e| describe(&e))?;
         }
         tx.execute("DELETE FROM crabbox_schema_version", &[])
+            .await
             .map_err(|e| describe(&e))?;
         tx.execute(
             "INSERT INTO crabbox_schema_version (version) VALUES ($1)",
             &[&known],
         )
+        .await
         .map_err(|e| describe(&e))?;
     }
-    tx.commit().map_err(|e| describe(&e))
+    tx.commit().await.map_err(|e| describe(&e))
 }
 
 /// Three-way merge of a claim's JSON: `mine` is `base` with the caller's

@@ -195,7 +195,7 @@ struct SshSettings {
 /// The `hetzner` adapter in the registry's table.
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: ProviderName::Hetzner,
-    build: |dir| HetznerProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>),
+    build: |dir, _| HetznerProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>),
     credentials: Some("HCLOUD_TOKEN (or HETZNER_TOKEN)"),
     help: "  HCLOUD_TOKEN, HETZNER_TOKEN Hetzner Cloud API token (enables the `hetzner` provider)
   HCLOUD_ENDPOINT             Hetzner API base URL (default https://api.hetzner.cloud/v1)",
@@ -1349,7 +1349,7 @@ impl Provider for HetznerProvider {
         }
     }
 
-    fn ssh_target(&self, lease: &Lease) -> Option<SshTarget> {
+    async fn ssh_target(&self, lease: &Lease) -> Option<SshTarget> {
         if let Some(t) = self.cached_target(&lease.id) {
             return Some(t);
         }

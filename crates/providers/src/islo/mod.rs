@@ -305,7 +305,10 @@ impl Target {
 /// The `islo` adapter in the registry's table.
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: ProviderName::Islo,
-    build: |dir| IsloProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>),
+    build: |dir, claims| {
+        IsloProvider::from_env(dir)
+            .map(|p| Arc::new(p.with_claims(claims.clone())) as Arc<dyn Provider>)
+    },
     credentials: Some("CRABBOX_ISLO_API_KEY (or ISLO_API_KEY)"),
     help: "  CRABBOX_ISLO_API_KEY, ISLO_API_KEY
                               Islo API key (enables `islo`); CRABBOX_ISLO_BASE_URL or
@@ -356,7 +359,7 @@ impl IsloProvider {
     }
 
     /// A provider talking to `base_url` with `api_key`, keeping its leases
-    /// in the claims under `state_dir`.
+    /// in the claim files under `state_dir`.
     #[must_use]
     pub fn new(base_url: &str, api_key: &str, state_dir: &Path) -> Self {
         let raw = reqwest::Client::builder()
@@ -368,13 +371,20 @@ impl IsloProvider {
         Self {
             default_base_url: base_url.trim_end_matches('/').to_owned(),
             key: ApiKey(api_key.to_owned()),
-            claims: ClaimStore::new(state_dir),
+            claims: ClaimStore::local(state_dir),
             raw,
             request_timeout: crate::http::DEFAULT_TIMEOUT,
             poll_interval: DEFAULT_POLL_INTERVAL,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             apis: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same provider keeping its leases in `claims` (the command's store)
+    /// instead of the claim files under its state directory.
+    #[must_use]
+    pub fn with_claims(self, claims: ClaimStore) -> Self {
+        Self { claims, ..self }
     }
 
     /// Polls a starting sandbox every `interval` for at most `timeout`.
@@ -426,7 +436,7 @@ impl IsloProvider {
     }
 
     /// The lease's sandbox, only when a claim of ours names it.
-    fn target(&self, lease: &Lease) -> Result<Target, ProviderError> {
+    async fn target(&self, lease: &Lease) -> Result<Target, ProviderError> {
         let refuse = |why: &str| {
             ProviderError::Failed(format!(
                 "refusing to touch islo sandbox `{}` of lease {}: {why}",
@@ -436,6 +446,7 @@ impl IsloProvider {
         let claim = self
             .claims
             .load(&lease.id)
+            .await
             .map_err(ProviderError::state)?
             .ok_or_else(|| refuse("no claim of crabbox names it"))?;
         if claim.provider != PROVIDER {
@@ -836,7 +847,9 @@ impl Provider for IsloProvider {
         let mut by_api: BTreeMap<String, Vec<Claim>> = BTreeMap::new();
         for claim in pond_claims(&self.claims, ProviderName::Islo, pond, |c| {
             valid_name(&c.cloud_id)
-        })? {
+        })
+        .await?
+        {
             by_api
                 .entry(self.claim_base_url(&claim))
                 .or_default()
@@ -871,7 +884,7 @@ impl Provider for IsloProvider {
         let api = self.api(&base_url);
 
         // The claim names the sandbox before it exists.
-        let mut claim = pending_claim(&self.claims, &request.lease_id)?;
+        let mut claim = pending_claim(&self.claims, &request.lease_id).await?;
         if claim.provider != PROVIDER {
             return Err(ProviderError::Failed(format!(
                 "the claim of {} belongs to provider `{}`, not islo",
@@ -888,7 +901,7 @@ impl Provider for IsloProvider {
             Value::String(api.base_url.clone()),
         );
         claim.labels.clone_from(&request.labels);
-        self.claims.write(&claim).map_err(|e| {
+        self.claims.write(&claim).await.map_err(|e| {
             ProviderError::Failed(format!("writing claim {}: {e}", request.lease_id))
         })?;
 
@@ -927,6 +940,7 @@ impl Provider for IsloProvider {
             && let Some(mut claim) = self
                 .claims
                 .load(&request.lease_id)
+                .await
                 .map_err(ProviderError::state)?
         {
             claim
@@ -934,7 +948,10 @@ impl Provider for IsloProvider {
                 .insert(CLAIM_SANDBOX_ID.to_owned(), Value::String(id));
             // The sandbox exists: a claim that cannot say so fails the
             // create (its pending claim names the sandbox for the next run).
-            self.claims.write(&claim).map_err(ProviderError::state)?;
+            self.claims
+                .write(&claim)
+                .await
+                .map_err(ProviderError::state)?;
         }
         Ok(Lease {
             id: request.lease_id.clone(),
@@ -951,18 +968,20 @@ impl Provider for IsloProvider {
         let mut claim = self
             .claims
             .load(&lease.id)
+            .await
             .map_err(ProviderError::state)?
             .filter(|c| c.provider == PROVIDER)
             .ok_or_else(|| ProviderError::NotFound(format!("claim of {}", lease.id)))?;
         claim.labels.clone_from(labels);
         self.claims
             .write(&claim)
+            .await
             .map_err(|e| ProviderError::Failed(format!("writing claim {}: {e}", lease.id)))?;
         Ok(())
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
-        let target = self.target(lease)?;
+        let target = self.target(lease).await?;
         match target
             .api
             .delete(&format!("/sandboxes/{}", target.name))
@@ -984,7 +1003,7 @@ impl UrlBridge for IsloProvider {
         if port == 0 {
             return Err(ProviderError::Failed("cannot share port 0".to_owned()));
         }
-        let target = self.target(lease)?;
+        let target = self.target(lease).await?;
         let now = SystemTime::now();
         let reusable = self
             .list_shares(&target)
@@ -1013,7 +1032,7 @@ impl UrlBridge for IsloProvider {
     }
 
     async fn shares(&self, lease: &Lease) -> Result<Vec<Share>, ProviderError> {
-        let target = self.target(lease)?;
+        let target = self.target(lease).await?;
         let mut shares: Vec<Share> = self
             .list_shares(&target)
             .await?
@@ -1028,7 +1047,7 @@ impl UrlBridge for IsloProvider {
 #[async_trait]
 impl Pausing for IsloProvider {
     async fn pause(&self, lease: &Lease) -> Result<(), ProviderError> {
-        let target = self.target(lease)?;
+        let target = self.target(lease).await?;
         let _: Value = target
             .api
             .post(&format!("/sandboxes/{}/pause", target.name), &json!({}))
@@ -1037,7 +1056,7 @@ impl Pausing for IsloProvider {
     }
 
     async fn resume(&self, lease: &Lease) -> Result<(), ProviderError> {
-        let target = self.target(lease)?;
+        let target = self.target(lease).await?;
         let _: Value = target
             .api
             .post(&format!("/sandboxes/{}/resume", target.name), &json!({}))
@@ -1056,7 +1075,7 @@ struct IsloSession<'a> {
 #[async_trait]
 impl session::Session for IsloSession<'_> {
     async fn upload(&self, archive: &Path) -> Result<(), ProviderError> {
-        let target = self.provider.target(self.lease)?;
+        let target = self.provider.target(self.lease).await?;
         let bytes = tokio::fs::read(archive)
             .await
             .map_err(|e| ProviderError::Failed(format!("reading {}: {e}", archive.display())))?;
@@ -1106,7 +1125,7 @@ impl session::Session for IsloSession<'_> {
         request: &ExecRequest,
         sink: Arc<dyn OutputSink>,
     ) -> Result<i32, ProviderError> {
-        let target = self.provider.target(self.lease)?;
+        let target = self.provider.target(self.lease).await?;
         let workdir = target.workspace();
         let run = self
             .provider
@@ -1128,7 +1147,7 @@ impl session::Session for IsloSession<'_> {
         name: &str,
     ) -> Result<(), ProviderError> {
         check_service_name(name)?;
-        let target = self.provider.target(self.lease)?;
+        let target = self.provider.target(self.lease).await?;
         // Pid files and logs relative to the workdir the script runs in.
         let script = format!(
             "{}{}",
@@ -1154,7 +1173,7 @@ impl session::Session for IsloSession<'_> {
     }
 
     async fn stop_background(&self) -> Result<(), ProviderError> {
-        let target = self.provider.target(self.lease)?;
+        let target = self.provider.target(self.lease).await?;
         // Run from `/workspace`: a workdir (or state directory) that does
         // not exist yet has nothing to stop, and is not created for it.
         let services = ServiceDirs::under(STATE_DIR);
@@ -1184,7 +1203,7 @@ impl session::Session for IsloSession<'_> {
         probe: &Probe,
         env: &BTreeMap<String, String>,
     ) -> Result<bool, ProviderError> {
-        let target = self.provider.target(self.lease)?;
+        let target = self.provider.target(self.lease).await?;
         let (script, env) = match probe {
             Probe::Command(command) => (command.clone(), env.clone()),
             Probe::Tcp { host, port } => {

@@ -124,7 +124,7 @@ struct LeaseRecord {
 /// The `local` adapter in the registry's table.
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: ProviderName::Local,
-    build: |dir| Some(Arc::new(LocalProvider::new(dir))),
+    build: |dir, _| Some(Arc::new(LocalProvider::new(dir))),
     credentials: None,
     help: "",
     transport_refusal: None,

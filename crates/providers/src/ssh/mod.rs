@@ -32,7 +32,7 @@ const DEFAULT_WORK_ROOT: &str = "crabbox";
 /// The `ssh` adapter in the registry's table.
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: ProviderName::Ssh,
-    build: |dir| Some(Arc::new(SshProvider::new(dir))),
+    build: |dir, claims| Some(Arc::new(SshProvider::new(dir).with_claims(claims.clone()))),
     credentials: None,
     help: "",
     transport_refusal: None,
@@ -45,20 +45,27 @@ pub struct SshProvider {
 }
 
 impl SshProvider {
-    /// A provider keeping its leases in the claims under `state_dir`.
+    /// A provider keeping its leases in the claim files under `state_dir`.
     #[must_use]
     pub fn new(state_dir: &Path) -> Self {
         Self {
             state_dir: state_dir.to_owned(),
-            claims: ClaimStore::new(state_dir),
+            claims: ClaimStore::local(state_dir),
         }
     }
 
+    /// The same provider keeping its leases in `claims` (the command's store).
+    #[must_use]
+    pub fn with_claims(self, claims: ClaimStore) -> Self {
+        Self { claims, ..self }
+    }
+
     /// The SSH target recorded in a lease's claim.
-    fn target(&self, lease: &Lease) -> Result<SshTarget, ProviderError> {
+    async fn target(&self, lease: &Lease) -> Result<SshTarget, ProviderError> {
         let claim = self
             .claims
             .load(&lease.id)
+            .await
             .map_err(ProviderError::state)?
             .ok_or_else(|| ProviderError::NotFound(format!("claim of {}", lease.id)))?;
         target_from_claim(&self.state_dir, &claim)
@@ -133,7 +140,8 @@ impl Provider for SshProvider {
         // A pending claim that create never completed has no host.
         let claims = pond_claims(&self.claims, ProviderName::Ssh, pond, |c| {
             extra_str(c, "staticHost").is_some()
-        })?;
+        })
+        .await?;
         Ok(claims.iter().map(lease_from_claim).collect())
     }
 
@@ -152,7 +160,7 @@ impl Provider for SshProvider {
         })?;
         let base = get(&block.work_root).unwrap_or_else(|| DEFAULT_WORK_ROOT.to_owned());
         let base = base.trim_end_matches('/');
-        let mut claim = pending_claim(&self.claims, &request.lease_id)?;
+        let mut claim = pending_claim(&self.claims, &request.lease_id).await?;
         let port = block.port.unwrap_or(22);
         let set = |claim: &mut Claim, k: &str, v: String| {
             claim.extra.insert(k.to_owned(), Value::String(v));
@@ -178,7 +186,7 @@ impl Provider for SshProvider {
         }
         claim.cloud_id = format!("static_{}", crabbox_core::labels::sanitize(&host));
         claim.labels.clone_from(&request.labels);
-        let claim = self.claims.write(&claim).map_err(|e| {
+        let claim = self.claims.write(&claim).await.map_err(|e| {
             ProviderError::Failed(format!("writing claim {}: {e}", request.lease_id))
         })?;
         let target = target_from_claim(&self.state_dir, &claim)?;
@@ -191,21 +199,23 @@ impl Provider for SshProvider {
         let mut claim = self
             .claims
             .load(&lease.id)
+            .await
             .map_err(ProviderError::state)?
             .ok_or_else(|| ProviderError::NotFound(lease.id.clone()))?;
         claim.labels.clone_from(labels);
         self.claims
             .write(&claim)
+            .await
             .map_err(|e| ProviderError::Failed(format!("writing claim {}: {e}", lease.id)))?;
         Ok(())
     }
 
-    fn ssh_target(&self, lease: &Lease) -> Option<SshTarget> {
-        self.target(lease).ok()
+    async fn ssh_target(&self, lease: &Lease) -> Option<SshTarget> {
+        self.target(lease).await.ok()
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
-        let target = self.target(lease)?;
+        let target = self.target(lease).await?;
         target.remove_work_root().await?;
         target.close().await;
         Ok(())
@@ -215,6 +225,6 @@ impl Provider for SshProvider {
 #[async_trait]
 impl SshTargets for SshProvider {
     async fn ssh_target_of(&self, lease: &Lease) -> Result<SshTarget, ProviderError> {
-        self.target(lease)
+        self.target(lease).await
     }
 }

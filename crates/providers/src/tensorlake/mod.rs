@@ -167,7 +167,10 @@ impl Target {
 /// The `tensorlake` adapter in the registry's table.
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: ProviderName::Tensorlake,
-    build: |dir| TensorlakeProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>),
+    build: |dir, claims| {
+        TensorlakeProvider::from_env(dir)
+            .map(|p| Arc::new(p.with_claims(claims.clone())) as Arc<dyn Provider>)
+    },
     credentials: Some("CRABBOX_TENSORLAKE_API_KEY (or TENSORLAKE_API_KEY)"),
     help: "  CRABBOX_TENSORLAKE_API_KEY, TENSORLAKE_API_KEY
                               Tensorlake API key (enables `tensorlake`; given to the CLI in its
@@ -242,12 +245,19 @@ impl TensorlakeProvider {
         Self {
             api_key: api_key.trim().to_owned(),
             state_dir: state_dir.to_owned(),
-            claims: ClaimStore::new(state_dir),
+            claims: ClaimStore::local(state_dir),
             defaults: TensorlakeDefaults::from_env(),
             cli_env: Vec::new(),
             ready_poll: DEFAULT_READY_POLL,
             ready_timeout: DEFAULT_READY_TIMEOUT,
         }
+    }
+
+    /// The same provider keeping its leases in `claims` (the command's store)
+    /// instead of the claim files under its state directory.
+    #[must_use]
+    pub fn with_claims(self, claims: ClaimStore) -> Self {
+        Self { claims, ..self }
     }
 
     /// Replaces the defaults used when a member's block leaves a setting out.
@@ -277,10 +287,11 @@ impl TensorlakeProvider {
 
     /// The sandbox a lease names, from its claim: only sandboxes crabbox
     /// recorded are ever addressed.
-    fn target(&self, lease: &Lease) -> Result<Target, ProviderError> {
+    async fn target(&self, lease: &Lease) -> Result<Target, ProviderError> {
         let claim = self
             .claims
             .load(&lease.id)
+            .await
             .map_err(ProviderError::state)?
             .ok_or_else(|| ProviderError::NotFound(format!("claim of {}", lease.id)))?;
         if claim.provider != ProviderName::Tensorlake.as_str() {
@@ -357,9 +368,10 @@ impl TensorlakeProvider {
             .unwrap_or_else(|| DEFAULT_CLI.to_owned())
     }
 
-    fn write_claim(&self, claim: &Claim) -> Result<Claim, ProviderError> {
+    async fn write_claim(&self, claim: &Claim) -> Result<Claim, ProviderError> {
         self.claims
             .write(claim)
+            .await
             .map_err(|e| ProviderError::Failed(format!("writing claim {}: {e}", claim.lease_id)))
     }
 
@@ -861,7 +873,9 @@ impl Provider for TensorlakeProvider {
         let mut by_scope: BTreeMap<Scope, Vec<Claim>> = BTreeMap::new();
         for claim in pond_claims(&self.claims, ProviderName::Tensorlake, pond, |c| {
             is_sandbox_id(&c.cloud_id)
-        })? {
+        })
+        .await?
+        {
             by_scope
                 .entry(self.scope_of(&claim))
                 .or_default()
@@ -891,7 +905,7 @@ impl Provider for TensorlakeProvider {
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         self.check_key()?;
         let settings = Settings::of(&request.member, &self.defaults)?;
-        let mut claim = pending_claim(&self.claims, &request.lease_id)?;
+        let mut claim = pending_claim(&self.claims, &request.lease_id).await?;
         let name = sandbox_name(&request.pond, &request.member.slug);
         // What is about to exist is recorded first.
         claim
@@ -905,7 +919,7 @@ impl Provider for TensorlakeProvider {
             .extra
             .insert(CLAIM_SCOPE.to_owned(), settings.scope.to_claim());
         claim.labels.clone_from(&request.labels);
-        let mut claim = self.write_claim(&claim)?;
+        let mut claim = self.write_claim(&claim).await?;
 
         let mut args = vec!["create".to_owned()];
         args.extend(settings.create_args.iter().cloned());
@@ -934,7 +948,7 @@ impl Provider for TensorlakeProvider {
             scope: settings.scope.clone(),
         };
         claim.cloud_id.clone_from(&id);
-        let result = match self.write_claim(&claim) {
+        let result = match self.write_claim(&claim).await {
             Ok(written) => {
                 claim = written;
                 self.finish_create(&target).await
@@ -961,14 +975,15 @@ impl Provider for TensorlakeProvider {
         let mut claim = self
             .claims
             .load(&lease.id)
+            .await
             .map_err(ProviderError::state)?
             .ok_or_else(|| ProviderError::NotFound(lease.id.clone()))?;
         claim.labels.clone_from(labels);
-        self.write_claim(&claim).map(drop)
+        self.write_claim(&claim).await.map(drop)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
-        let target = self.target(lease)?;
+        let target = self.target(lease).await?;
         let gone = || {
             ProviderError::NotFound(format!(
                 "tensorlake sandbox {} (lease {})",
@@ -997,7 +1012,7 @@ struct TensorlakeSession<'a> {
 #[async_trait]
 impl Session for TensorlakeSession<'_> {
     async fn upload(&self, archive: &Path) -> Result<(), ProviderError> {
-        let target = self.provider.target(self.lease)?;
+        let target = self.provider.target(self.lease).await?;
         let remote = format!("/tmp/crabbox-sync-{}.tgz", random_hex(8));
         self.provider.copy_in(&target, archive, &remote).await?;
         let (wd, remote_q) = (quote(&target.workdir), quote(&remote));
@@ -1014,7 +1029,7 @@ impl Session for TensorlakeSession<'_> {
         request: &ExecRequest,
         sink: Arc<dyn OutputSink>,
     ) -> Result<i32, ProviderError> {
-        let target = self.provider.target(self.lease)?;
+        let target = self.provider.target(self.lease).await?;
         let command = checked_text("command", &request.command)?;
         let outcome = self
             .provider
@@ -1042,7 +1057,7 @@ impl Session for TensorlakeSession<'_> {
         name: &str,
     ) -> Result<(), ProviderError> {
         check_service_name(name)?;
-        let target = self.provider.target(self.lease)?;
+        let target = self.provider.target(self.lease).await?;
         let command = checked_text("command", &request.command)?;
         let services = target.services();
         let log = services.log(name);
@@ -1088,7 +1103,7 @@ impl Session for TensorlakeSession<'_> {
     }
 
     async fn stop_background(&self) -> Result<(), ProviderError> {
-        let target = self.provider.target(self.lease)?;
+        let target = self.provider.target(self.lease).await?;
         let script = format!(
             "{}{}",
             stop_functions(&target.lease_id),
@@ -1104,7 +1119,7 @@ impl Session for TensorlakeSession<'_> {
         probe: &Probe,
         env: &BTreeMap<String, String>,
     ) -> Result<bool, ProviderError> {
-        let target = self.provider.target(self.lease)?;
+        let target = self.provider.target(self.lease).await?;
         let script = match probe {
             Probe::Command(command) => {
                 let body = probe_command_line(command)?;
