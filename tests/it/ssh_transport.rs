@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crabbox_core::lease::new_lease_id;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_exec::archive;
 use crabbox_exec::ssh::SshTarget;
@@ -13,7 +14,6 @@ use crabbox_spec::desired::Probe;
 
 use crate::sshd::{TestSshd, free_port};
 
-const LEASE: &str = "cbx_0123456789ab";
 const READY: Duration = Duration::from_secs(20);
 
 /// Collects output lines per stream.
@@ -52,8 +52,11 @@ impl Setup {
         let sshd = TestSshd::start();
         let state = tempfile::tempdir().expect("state");
         let remote = tempfile::tempdir().expect("remote");
-        let work_root = remote.path().join("work").join(LEASE);
-        let target = sshd.target(state.path(), work_root.to_str().expect("utf-8"), LEASE);
+        // A lease of its own: stopping a lease's processes finds them by
+        // lease ID, and the tests run side by side as one user.
+        let lease = new_lease_id();
+        let work_root = remote.path().join("work").join(&lease);
+        let target = sshd.target(state.path(), work_root.to_str().expect("utf-8"), &lease);
         target.wait_ready(READY).await.unwrap_or_else(|e| {
             panic!(
                 "ssh ready: {e:?}; sshd log: {}",
@@ -153,6 +156,7 @@ async fn ssh_records_the_host_key_and_rejects_a_changed_one() {
     // The host is "reinstalled": a new server with a new host key on the same port.
     setup.target.close().await;
     let port = setup.sshd.port;
+    let lease = setup.target.lease_id.clone();
     let Setup {
         sshd,
         state,
@@ -166,10 +170,10 @@ async fn ssh_records_the_host_key_and_rejects_a_changed_one() {
         remote
             .path()
             .join("work")
-            .join(LEASE)
+            .join(&lease)
             .to_str()
             .expect("utf-8"),
-        LEASE,
+        &lease,
     );
     let err = target
         .wait_ready(READY)
@@ -217,7 +221,7 @@ async fn ssh_refused_logins_and_closed_ports_are_explained() {
         .status()
         .expect("ssh-keygen");
     assert!(generated.success());
-    let mut target = sshd.target(state.path(), "/tmp/unused/x", LEASE);
+    let mut target = sshd.target(state.path(), "/tmp/unused/x", &new_lease_id());
     target.key = Some(key.clone());
     let err = target.wait_ready(READY).await.expect_err("not authorized");
     let ProviderError::Config { message, hint } = &err else {
@@ -326,7 +330,11 @@ async fn ssh_exec_streams_output_and_keeps_env_off_argv() {
     assert_eq!(code, 0);
     assert_eq!(
         out.join("\n"),
-        format!("{nasty}|{LEASE}|{}||", workspace.display())
+        format!(
+            "{nasty}|{}|{}||",
+            setup.target.lease_id,
+            workspace.display()
+        )
     );
 
     // The secret is on no process's command line (the host is this
@@ -421,7 +429,10 @@ async fn ssh_background_services_start_probe_and_stop() {
         .trim()
         .parse()
         .expect("pid");
-    assert!(carries_marker(pid, LEASE), "the service carries the marker");
+    assert!(
+        carries_marker(pid, &setup.target.lease_id),
+        "the service carries the marker"
+    );
 
     let tcp = Probe::Tcp { host: None, port };
     let http = Probe::Http(format!("http://127.0.0.1:{port}/"));
@@ -589,7 +600,7 @@ async fn ssh_remove_work_root_deletes_only_the_work_root() {
         .trim()
         .parse()
         .expect("pid");
-    assert!(carries_marker(leftover, LEASE));
+    assert!(carries_marker(leftover, &setup.target.lease_id));
 
     setup.target.remove_work_root().await.expect("remove");
     assert!(!setup.work_root().exists(), "work root removed");
