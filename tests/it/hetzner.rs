@@ -1022,6 +1022,33 @@ async fn sweep_deletes_keys_and_key_dirs_of_leases_without_a_server_and_nothing_
 }
 
 #[tokio::test]
+async fn a_create_killed_before_its_record_leaves_nothing_the_sweep_cannot_place() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+    let keys_dir = fx.state.path().join("ssh/keys");
+    // A created lease's directory appears whole: no staging directory stays.
+    let live = request(member("db", json!({})));
+    provider.create(&live).await.expect("create");
+    // Creates killed before their record was written: empty staging
+    // directories, named after their pond.
+    let ours = format!(".creating-cbx_00000000beef.{POND}");
+    let theirs = ".creating-cbx_00000000cafe.other-pond";
+    for dir in [ours.as_str(), theirs] {
+        std::fs::create_dir_all(keys_dir.join(dir)).expect("dir");
+    }
+
+    let removed = provider.sweep(POND).await.expect("sweep");
+    assert_eq!(removed.len(), 1, "{removed:#?}");
+    assert!(removed[0].contains(&ours), "{removed:?}");
+    let mut dirs: Vec<String> = std::fs::read_dir(&keys_dir)
+        .expect("keys dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, [theirs.to_owned(), live.lease_id.clone()]);
+}
+
+#[tokio::test]
 async fn setup_on_a_lease_whose_work_root_was_never_prepared_runs_after_stop_background() {
     let (fx, sshd, remote) = ssh_fixture().await;
     let provider = ssh_provider(&fx, remote.path());

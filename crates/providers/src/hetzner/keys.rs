@@ -18,27 +18,61 @@ pub(super) struct LeaseKey {
     pub(super) new: Option<openssh_ed25519::Key>,
 }
 
+/// Prefix of a lease directory still being written: `.creating-<lease>.<pond>`.
+pub(super) const CREATING_PREFIX: &str = ".creating-";
+
+/// The staging directory a lease's files are written in before the lease
+/// directory exists: named after the pond, so a create killed before even
+/// its record was written leaves a directory the pond's sweep (which holds
+/// the pond lock, so no create of the pond runs) knows is its own.
+pub(super) fn staging_name(lease_id: &str, pond: &str) -> String {
+    format!("{CREATING_PREFIX}{lease_id}.{pond}")
+}
+
+/// The pond of a staging directory's name, if it is one.
+pub(super) fn staging_pond(name: &str) -> Option<&str> {
+    let (lease, pond) = name.strip_prefix(CREATING_PREFIX)?.split_once('.')?;
+    crabbox_core::lease::is_lease_id(lease).then_some(pond)
+}
+
 /// Writes the lease's endpoint record and a new lease key's files (if any)
-/// under `dir`.
+/// as `dir`. A first create writes them into a staging directory beside it
+/// and renames that into place, so `dir` appears whole, record included; a
+/// retried create (the directory exists) rewrites the record in place.
 pub(super) fn write_lease_files(
     dir: &Path,
+    pond: &str,
     key: Option<&openssh_ed25519::Key>,
     record: &[u8],
 ) -> Result<(), String> {
-    atomic_file::create_private_dir(dir).map_err(|e| e.to_string())?;
-    // The record (naming the pond) first: a directory a killed create left
-    // behind is then recognisable as the pond's by a later sweep.
-    let path = dir.join(ENDPOINT_FILE);
+    let lease = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| format!("{} names no lease", dir.display()))?;
+    let fresh = !dir.exists();
+    let target = if fresh {
+        let staging = dir.with_file_name(staging_name(lease, pond));
+        let _ = std::fs::remove_dir_all(&staging);
+        staging
+    } else {
+        dir.to_owned()
+    };
+    atomic_file::create_private_dir(&target).map_err(|e| e.to_string())?;
+    let path = target.join(ENDPOINT_FILE);
     atomic_file::write(&path, record).map_err(|e| format!("writing {}: {e}", path.display()))?;
     if let Some(key) = key {
-        let private = dir.join(KEY_FILE);
-        let public = dir.join(format!("{KEY_FILE}.pub"));
+        let private = target.join(KEY_FILE);
+        let public = target.join(format!("{KEY_FILE}.pub"));
         let _ = std::fs::remove_file(&private);
         let _ = std::fs::remove_file(&public);
         for (path, text) in [(&private, &key.private), (&public, &key.public)] {
             write_new_private(path, text.as_bytes())
                 .map_err(|e| format!("writing {}: {e}", path.display()))?;
         }
+    }
+    if fresh {
+        std::fs::rename(&target, dir)
+            .map_err(|e| format!("moving {} into place: {e}", target.display()))?;
     }
     Ok(())
 }

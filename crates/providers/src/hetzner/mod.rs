@@ -52,7 +52,7 @@ mod keys;
 use crate::registry::Descriptor;
 use api::{PublicNet, Server, ServerEnvelope, ServerList, SshKey, SshKeyEnvelope, SshKeyList};
 use crabbox_exec::session::{Session, SshSession, SshTargets};
-use keys::{LeaseKey, openssh_ed25519, write_lease_files};
+use keys::{LeaseKey, openssh_ed25519, staging_pond, write_lease_files};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -663,6 +663,18 @@ impl HetznerProvider {
             .collect()
     }
 
+    /// `pond`'s staging directories (`.creating-<lease>.<pond>`).
+    fn staging_dirs(&self, pond: &str) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.state_dir.join("ssh").join("keys")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_str().and_then(staging_pond) == Some(pond))
+            .map(|e| e.path())
+            .collect()
+    }
+
     /// The lease directories under `<state>/ssh/keys/`, by lease ID.
     fn key_dirs(&self) -> Vec<(String, PathBuf)> {
         let Ok(entries) = std::fs::read_dir(self.state_dir.join("ssh").join("keys")) else {
@@ -1205,7 +1217,10 @@ impl Provider for HetznerProvider {
         let writing = {
             let dir = self.key_dir(&request.lease_id);
             let new = key.new.take();
-            tokio::task::spawn_blocking(move || write_lease_files(&dir, new.as_ref(), &bytes))
+            let pond = request.pond.clone();
+            tokio::task::spawn_blocking(move || {
+                write_lease_files(&dir, &pond, new.as_ref(), &bytes)
+            })
         };
         let uploaded = self.upload_key(request, &key.public).await;
         let written = match writing.await {
@@ -1331,8 +1346,13 @@ impl Provider for HetznerProvider {
             }
         }
         // Directories a removal began and did not finish (already out of
-        // every lease's name, so no run uses them).
-        for dir in self.released_key_dirs() {
+        // every lease's name, so no run uses them), and this pond's staging
+        // directories of creates that died (none runs: we hold the lock).
+        for dir in self
+            .released_key_dirs()
+            .into_iter()
+            .chain(self.staging_dirs(pond))
+        {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => removed.push(format!("key directory {}", dir.display())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
