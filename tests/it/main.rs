@@ -2,6 +2,7 @@
 
 mod cli;
 mod closed_stdout;
+mod compat;
 mod converge;
 mod corpus;
 mod delegated_e2e;

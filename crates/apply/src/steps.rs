@@ -321,11 +321,7 @@ async fn update_claim(ctx: &Context, lease: &Lease) -> Result<(), StepError> {
     claim.state = claim_state::ACTIVE.to_owned();
     claim.last_used_at = now_rfc3339();
     claim.ssh_host = lease.endpoint.host.clone().unwrap_or_default();
-    claim.ssh_port = lease
-        .endpoint
-        .ssh_port
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    claim.ssh_port = lease.endpoint.ssh_port.unwrap_or(0);
     claim.bridge_url = lease.endpoint.url.clone().unwrap_or_default();
     if lease.endpoint.shares.is_empty() {
         claim.extra.remove(SHARES_FIELD);

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,13 +40,13 @@ pub struct Claim {
     #[serde(rename = "leaseID")]
     pub lease_id: String,
     /// Random 16-byte hex, new on every write.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub revision: String,
     /// Slug.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub slug: String,
     /// Provider name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub provider: String,
     /// Provider resource ID.
     #[serde(rename = "cloudID", default, skip_serializing_if = "String::is_empty")]
@@ -53,17 +54,17 @@ pub struct Claim {
     /// Pond name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pond: String,
-    /// Repository the lease was claimed for.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub repo_root: String,
-    /// RFC 3339.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub claimed_at: String,
-    /// RFC 3339.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub last_used_at: String,
-    /// Idle timeout in seconds.
+    /// Repository the lease was claimed for (always written, as Crabbox does).
     #[serde(default)]
+    pub repo_root: String,
+    /// RFC 3339 (always written).
+    #[serde(default)]
+    pub claimed_at: String,
+    /// RFC 3339 (always written).
+    #[serde(default)]
+    pub last_used_at: String,
+    /// Idle timeout in seconds (left out when 0, as Crabbox does).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub idle_timeout_seconds: u64,
     /// Copy of the provider labels (for label-less providers: the labels).
     #[serde(default)]
@@ -71,9 +72,16 @@ pub struct Claim {
     /// SSH host.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ssh_host: String,
-    /// SSH port (as Crabbox writes it: a string).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub ssh_port: String,
+    /// SSH port: a JSON number, left out when 0, as Crabbox writes it (its
+    /// Go type is `int`; a string there makes Crabbox refuse every claim on
+    /// the machine). Claims written by earlier crabbox versions hold a
+    /// string, which is still read.
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero",
+        deserialize_with = "port_number_or_text"
+    )]
+    pub ssh_port: u16,
     /// URL-bridge endpoint.
     #[serde(
         rename = "bridgeURL",
@@ -87,6 +95,29 @@ pub struct Claim {
     /// Everything else Crabbox writes, kept verbatim.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// A port as Crabbox writes it (a number), or as earlier crabbox versions
+/// wrote it (a decimal string, possibly empty for none).
+fn port_number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    use serde::de::Error as _;
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(0),
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| D::Error::custom(format!("sshPort {n} is not a port"))),
+        serde_json::Value::String(s) if s.trim().is_empty() => Ok(0),
+        serde_json::Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| D::Error::custom(format!("sshPort `{s}` is not a port"))),
+        other => Err(D::Error::custom(format!("sshPort {other} is not a port"))),
+    }
 }
 
 /// A claim file that could not be used.
@@ -347,8 +378,8 @@ impl ClaimStore {
                             _ => Ok(()),
                         }
                     })?;
-                    // The lock file is only needed while the claim exists.
-                    let _ = std::fs::remove_file(lock_file(&state_dir, &id));
+                    // The lock file is kept, as Crabbox keeps it: removing it
+                    // while another process waits on it would split the lock.
                     Ok(())
                 })
                 .await
@@ -456,7 +487,13 @@ fn lock_file(state_dir: &Path, lease_id: &str) -> PathBuf {
 fn lock_claim(state_dir: &Path, lease_id: &str) -> std::io::Result<File> {
     check_lease_id(lease_id)?;
     atomic_file::create_private_dir(&state_dir.join("claim-locks"))?;
-    let lock = File::create(lock_file(state_dir, lease_id))?;
+    // Mode 0600, as Crabbox creates it.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(lock_file(state_dir, lease_id))?;
     lock.lock()?;
     Ok(lock)
 }
