@@ -30,7 +30,9 @@ Exit codes:
 
 Environment:
   CRABBOX_STATE_DIR           state directory (claims, local leases, locks); default
-                              $XDG_STATE_HOME/crabbox, else ~/.config/crabbox/state
+                              Crabbox's: $XDG_STATE_HOME/crabbox, else
+                              ${XDG_CONFIG_HOME:-~/.config}/crabbox/state (macOS:
+                              ~/Library/Application Support/crabbox/state)
   CRABBOX_STATE_URL           postgres://… keeps claims and pond locks in PostgreSQL, shared
                               by every CI runner (wins over the spec's `state:`)";
 

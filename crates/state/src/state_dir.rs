@@ -1,19 +1,40 @@
 //! Where crabbox keeps local state: Crabbox's own state directory, so claims
 //! are shared with the Go CLI. `CRABBOX_STATE_DIR` overrides it (tests, CI).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-/// The state directory: `$CRABBOX_STATE_DIR`, else `$XDG_STATE_HOME/crabbox`,
-/// else `~/.config/crabbox/state` (Crabbox's `UserConfigDir()/crabbox/state`).
+/// The state directory, where Crabbox keeps it (its `crabboxStateDir`):
+/// `$XDG_STATE_HOME/crabbox`, else the user's config directory +
+/// `crabbox/state` — `$XDG_CONFIG_HOME` (absolute) or `~/.config` on Linux,
+/// `~/Library/Application Support` on macOS (Go's `os.UserConfigDir`, which
+/// ignores `XDG_CONFIG_HOME` there). `$CRABBOX_STATE_DIR` (ours) wins.
 #[must_use]
 pub fn state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("CRABBOX_STATE_DIR").filter(|d| !d.is_empty()) {
+    state_dir_from(|name| std::env::var_os(name), cfg!(target_os = "macos"))
+}
+
+/// [`state_dir`] with the environment read through `var`.
+fn state_dir_from(var: impl Fn(&str) -> Option<OsString>, macos: bool) -> PathBuf {
+    let var = |name: &str| var(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("CRABBOX_STATE_DIR") {
         return PathBuf::from(dir);
     }
-    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+    if let Some(dir) = var("XDG_STATE_HOME") {
         return PathBuf::from(dir).join("crabbox");
     }
-    home().join(".config").join("crabbox").join("state")
+    let home = var("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
+    let config = if macos {
+        home.join("Library").join("Application Support")
+    } else {
+        // Go refuses a relative XDG_CONFIG_HOME (Crabbox then stops); the
+        // default is the one place both tools can still agree on.
+        var("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .filter(|d| d.is_absolute())
+            .unwrap_or_else(|| home.join(".config"))
+    };
+    config.join("crabbox").join("state")
 }
 
 /// The user's home directory (`/` when unknown).
@@ -31,5 +52,60 @@ pub fn expand_tilde(path: &str) -> PathBuf {
         Some(rest) => home().join(rest),
         None if path == "~" => home(),
         None => PathBuf::from(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(vars: &[(&str, &str)], macos: bool) -> PathBuf {
+        state_dir_from(
+            |name| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            },
+            macos,
+        )
+    }
+
+    #[test]
+    fn the_state_dir_is_where_crabbox_keeps_it() {
+        let home = ("HOME", "/home/u");
+        assert_eq!(
+            dir(&[home], false),
+            PathBuf::from("/home/u/.config/crabbox/state")
+        );
+        assert_eq!(
+            dir(&[home, ("XDG_CONFIG_HOME", "/cfg")], false),
+            PathBuf::from("/cfg/crabbox/state")
+        );
+        assert_eq!(
+            dir(&[home, ("XDG_CONFIG_HOME", "relative")], false),
+            PathBuf::from("/home/u/.config/crabbox/state")
+        );
+        assert_eq!(
+            dir(&[home, ("XDG_CONFIG_HOME", "/cfg")], true),
+            PathBuf::from("/home/u/Library/Application Support/crabbox/state")
+        );
+        assert_eq!(
+            dir(
+                &[home, ("XDG_STATE_HOME", "/st"), ("XDG_CONFIG_HOME", "/cfg")],
+                false
+            ),
+            PathBuf::from("/st/crabbox")
+        );
+        assert_eq!(
+            dir(
+                &[
+                    home,
+                    ("CRABBOX_STATE_DIR", "/mine"),
+                    ("XDG_STATE_HOME", "/st")
+                ],
+                true
+            ),
+            PathBuf::from("/mine")
+        );
     }
 }
