@@ -103,7 +103,13 @@ fn our_claims_have_crabboxs_field_types_and_its_omitempty_rules() {
     let text = std::fs::read_to_string(state.path().join("claims/cbx_0123456789ac.json"))
         .expect("claim file");
     let json: serde_json::Value = serde_json::from_str(&text).expect("json");
-    for key in ["sshPort", "idleTimeoutSeconds", "slug", "provider"] {
+    for key in [
+        "sshPort",
+        "idleTimeoutSeconds",
+        "slug",
+        "provider",
+        "labels",
+    ] {
         assert!(json.get(key).is_none(), "{key} left out: {text}");
     }
 }

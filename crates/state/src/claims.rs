@@ -66,8 +66,9 @@ pub struct Claim {
     /// Idle timeout in seconds (left out when 0, as Crabbox does).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub idle_timeout_seconds: u64,
-    /// Copy of the provider labels (for label-less providers: the labels).
-    #[serde(default)]
+    /// Copy of the provider labels (for label-less providers: the labels);
+    /// left out when empty, as Crabbox does.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
     /// SSH host.
     #[serde(default, skip_serializing_if = "String::is_empty")]

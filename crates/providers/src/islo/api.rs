@@ -250,8 +250,13 @@ impl Api {
             {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
-                    let e = transport_error(what, &e, RESPONSE_HEADER_TIMEOUT).error;
-                    return Err(api_error(redact(e, &s.token)));
+                    // A body that broke while being sent may have reached
+                    // Islo: an exec must not run twice, so that is no retry.
+                    let mut error = transport_error(what, &e, RESPONSE_HEADER_TIMEOUT).error;
+                    if e.is_body() {
+                        error = ProviderError::Failed(error.to_string());
+                    }
+                    return Err(api_error(redact(error, &s.token)));
                 }
                 Err(_) => {
                     return Err(api_error(ProviderError::Retryable {

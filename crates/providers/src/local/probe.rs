@@ -74,14 +74,21 @@ pub(super) async fn http_ok(url: &str, own_addr: &str) -> Result<bool, ProviderE
     } else {
         format!("{host}:{port}")
     };
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(HTTP_TIMEOUT)
-        .user_agent("crabbox")
-        .build()
-        .map_err(|e| ProviderError::Failed(format!("building the HTTP client: {e}")))?;
+    // One client for every check (a ready check repeats every half second),
+    // keeping no idle connections: a connection belongs to the runtime that
+    // made it, and tests run many.
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(HTTP_TIMEOUT)
+            .user_agent("crabbox")
+            .build()
+            .unwrap_or_default()
+    });
     let response = client
         .get(format!("http://{authority}{target}"))
         .header(reqwest::header::HOST, host_header)
