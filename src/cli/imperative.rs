@@ -2,7 +2,6 @@
 //! `list`, `status` — each a small plan (or a single provider call) on the
 //! same machinery as `apply`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -25,8 +24,7 @@ use crabbox_plan::{Action, MemberChange, Plan, human};
 use crabbox_providers::registry::{Registry, descriptor};
 use crabbox_render::peers::{peer_env, peers_from_leases};
 use crabbox_spec::desired::{
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_SYNC_MAX_BYTES, DEFAULT_TTL, DesiredMember, DesiredPond,
-    SyncSettings,
+    DEFAULT_SYNC_MAX_BYTES, DEFAULT_TTL, DesiredMember, DesiredPond, SyncSettings,
 };
 use crabbox_state::claims::ClaimStore;
 use crabbox_state::state_dir::state_dir;
@@ -350,29 +348,15 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
     expose.sort_unstable();
     expose.dedup();
     let member = DesiredMember {
-        slug: slug.clone(),
-        written_slug: None,
-        provider: args.provider,
-        class: None,
-        server_type: None,
-        tailscale: false,
         expose,
-        depends_on: Vec::new(),
-        env: BTreeMap::new(),
-        pass_env: Vec::new(),
-        setup: Vec::new(),
-        ready: None,
         sync: SyncSettings {
             enabled: false,
             exclude: Vec::new(),
             max_bytes: DEFAULT_SYNC_MAX_BYTES,
         },
         ttl: if ttl.is_zero() { DEFAULT_TTL } else { ttl },
-        idle_timeout: DEFAULT_IDLE_TIMEOUT,
         keep: args.keep,
-        prevent_destroy: false,
-        create_before_destroy: false,
-        provider_block: None,
+        ..DesiredMember::new(&slug, args.provider)
     };
     let desired = DesiredPond {
         name: pond.clone(),

@@ -147,18 +147,7 @@ impl Fixture {
 
 fn member(slug: &str, block: Value) -> DesiredMember {
     DesiredMember {
-        slug: slug.to_owned(),
-        written_slug: None,
-        provider: ProviderName::Islo,
-        class: None,
-        server_type: None,
-        tailscale: false,
         expose: vec![8080],
-        depends_on: vec![],
-        env: BTreeMap::new(),
-        pass_env: Vec::new(),
-        setup: vec![],
-        ready: None,
         sync: SyncSettings {
             enabled: true,
             exclude: vec![],
@@ -166,10 +155,8 @@ fn member(slug: &str, block: Value) -> DesiredMember {
         },
         ttl: Duration::from_secs(3600),
         idle_timeout: Duration::from_secs(600),
-        keep: false,
-        prevent_destroy: false,
-        create_before_destroy: false,
         provider_block: Some(block),
+        ..DesiredMember::new(slug, ProviderName::Islo)
     }
 }
 

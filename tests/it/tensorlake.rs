@@ -192,18 +192,7 @@ fn block(extra: Value) -> Value {
 
 fn member(slug: &str, block: Value) -> DesiredMember {
     DesiredMember {
-        slug: slug.to_owned(),
-        written_slug: None,
-        provider: ProviderName::Tensorlake,
-        class: None,
-        server_type: None,
-        tailscale: false,
         expose: vec![8080],
-        depends_on: vec![],
-        env: BTreeMap::new(),
-        pass_env: Vec::new(),
-        setup: vec![],
-        ready: None,
         sync: SyncSettings {
             enabled: true,
             exclude: vec![],
@@ -211,10 +200,8 @@ fn member(slug: &str, block: Value) -> DesiredMember {
         },
         ttl: Duration::from_secs(3600),
         idle_timeout: Duration::from_secs(600),
-        keep: false,
-        prevent_destroy: false,
-        create_before_destroy: false,
         provider_block: Some(block),
+        ..DesiredMember::new(slug, ProviderName::Tensorlake)
     }
 }
 

@@ -135,6 +135,39 @@ pub struct Step {
 }
 
 impl DesiredMember {
+    /// A member as `pond.yaml` makes it when it says nothing but its slug
+    /// and provider: no setup, readiness or dependencies, the whole
+    /// repository synced within the default guardrail, Crabbox's ttl and idle
+    /// timeout. Imperative commands and tests start from it.
+    #[must_use]
+    pub fn new(slug: &str, provider: ProviderName) -> Self {
+        Self {
+            slug: slug.to_owned(),
+            written_slug: None,
+            provider,
+            class: None,
+            server_type: None,
+            tailscale: false,
+            expose: Vec::new(),
+            depends_on: Vec::new(),
+            env: BTreeMap::new(),
+            pass_env: Vec::new(),
+            setup: Vec::new(),
+            ready: None,
+            sync: SyncSettings {
+                enabled: true,
+                exclude: Vec::new(),
+                max_bytes: DEFAULT_SYNC_MAX_BYTES,
+            },
+            ttl: DEFAULT_TTL,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            keep: false,
+            prevent_destroy: false,
+            create_before_destroy: false,
+            provider_block: None,
+        }
+    }
+
     /// The member's provider block as the provider's typed settings
     /// (`HetznerBlock`, `IsloBlock`…): nothing written is the default. Every
     /// adapter reads its block through this one call, so a key means the same

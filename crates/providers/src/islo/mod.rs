@@ -1390,18 +1390,6 @@ mod tests {
 
     pub(super) fn member() -> DesiredMember {
         DesiredMember {
-            slug: "web".into(),
-            written_slug: None,
-            provider: ProviderName::Islo,
-            class: None,
-            server_type: None,
-            tailscale: false,
-            expose: Vec::new(),
-            depends_on: Vec::new(),
-            env: BTreeMap::new(),
-            pass_env: Vec::new(),
-            setup: Vec::new(),
-            ready: None,
             sync: crabbox_spec::desired::SyncSettings {
                 enabled: false,
                 exclude: Vec::new(),
@@ -1409,10 +1397,7 @@ mod tests {
             },
             ttl: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
-            keep: false,
-            prevent_destroy: false,
-            create_before_destroy: false,
-            provider_block: None,
+            ..DesiredMember::new("web", ProviderName::Islo)
         }
     }
 

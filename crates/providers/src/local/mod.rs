@@ -992,18 +992,6 @@ mod tests {
 
     fn member(slug: &str, block: Option<serde_json::Value>) -> DesiredMember {
         DesiredMember {
-            slug: slug.to_owned(),
-            written_slug: None,
-            provider: ProviderName::Local,
-            class: None,
-            server_type: None,
-            tailscale: false,
-            expose: vec![],
-            depends_on: vec![],
-            env: BTreeMap::new(),
-            pass_env: Vec::new(),
-            setup: vec![],
-            ready: None,
             sync: SyncSettings {
                 enabled: true,
                 exclude: vec![],
@@ -1011,10 +999,8 @@ mod tests {
             },
             ttl: Duration::from_secs(3600),
             idle_timeout: Duration::from_secs(600),
-            keep: false,
-            prevent_destroy: false,
-            create_before_destroy: false,
             provider_block: block,
+            ..DesiredMember::new(slug, ProviderName::Local)
         }
     }
 
