@@ -74,6 +74,22 @@ impl ApiError {
         self.code.as_deref() == Some(code)
     }
 
+    /// For a loop polling a resource until it is ready: a retryable answer
+    /// is one more poll (its message, and the delay the provider asked for);
+    /// anything else ends the loop.
+    ///
+    /// # Errors
+    /// The error itself when it is not worth polling again.
+    pub fn poll_again(self) -> Result<(String, Duration), ProviderError> {
+        match self.error {
+            ProviderError::Retryable {
+                message,
+                retry_after,
+            } => Ok((message, retry_after.unwrap_or_default())),
+            other => Err(other),
+        }
+    }
+
     /// Whether the call failed with a 404.
     #[must_use]
     pub fn is_not_found(&self) -> bool {

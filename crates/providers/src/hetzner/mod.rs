@@ -876,18 +876,11 @@ impl HetznerProvider {
                         "hetzner server {id} disappeared while booting"
                     )));
                 }
-                Err(ApiError {
-                    error:
-                        ProviderError::Retryable {
-                            message,
-                            retry_after,
-                        },
-                    ..
-                }) => {
-                    wait = wait.max(retry_after.unwrap_or_default());
+                Err(e) => {
+                    let (message, after) = e.poll_again()?;
+                    wait = wait.max(after);
                     message
                 }
-                Err(e) => return Err(e.into()),
             };
             if Instant::now() + wait > deadline {
                 return Err(ProviderError::Failed(format!(

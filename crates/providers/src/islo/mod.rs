@@ -553,18 +553,11 @@ impl IsloProvider {
                         "islo sandbox `{name}` disappeared while starting"
                     )));
                 }
-                Err(ApiError {
-                    error:
-                        ProviderError::Retryable {
-                            message,
-                            retry_after,
-                        },
-                    ..
-                }) => {
-                    wait = wait.max(retry_after.unwrap_or_default());
+                Err(e) => {
+                    let (message, after) = e.poll_again()?;
+                    wait = wait.max(after);
                     message
                 }
-                Err(e) => return Err(e.into()),
             };
             if Instant::now() + wait > deadline {
                 return Err(ProviderError::Failed(format!(
