@@ -560,7 +560,7 @@ async fn a_server_whose_create_answer_was_lost_is_adopted_not_duplicated() {
 }
 
 #[tokio::test]
-async fn a_bad_token_is_a_config_error_naming_hcloud_token() {
+async fn a_bad_token_is_a_credentials_error_naming_hcloud_token() {
     let fx = Fixture::new().await;
     let provider = fx.provider_with_token("wrong").with_ssh_bootstrap(false);
     for err in [
@@ -571,7 +571,7 @@ async fn a_bad_token_is_a_config_error_naming_hcloud_token() {
             .expect_err("401"),
     ] {
         match err {
-            ProviderError::Config { message, hint } => {
+            ProviderError::Credentials { message, hint } => {
                 assert!(hint.contains("HCLOUD_TOKEN"), "{hint}");
                 assert!(!message.contains("wrong") && !hint.contains("wrong"));
             }

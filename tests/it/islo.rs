@@ -1124,7 +1124,7 @@ async fn the_api_key_stays_in_the_token_exchange() {
     provider.list(POND).await.expect("list");
     provider.release(&lease).await.expect("release");
 
-    // A wrong key is a configuration error that does not repeat the key.
+    // A wrong key is a credentials error (exit 3) that does not repeat the key.
     let wrong = "ak_wrong_key_do_not_print";
     let request = fx.pending(POND, member("db", json!({}))).await;
     let err = fx
@@ -1132,7 +1132,7 @@ async fn the_api_key_stays_in_the_token_exchange() {
         .create(&request)
         .await
         .expect_err("rejected");
-    assert!(matches!(err, ProviderError::Config { .. }), "{err:?}");
+    assert!(matches!(err, ProviderError::Credentials { .. }), "{err:?}");
     assert!(!format!("{err:?}").contains(wrong), "{err:?}");
     assert!(!format!("{:?}", fx.provider_with_key(wrong)).contains(wrong));
     assert!(!format!("{provider:?}").contains(API_KEY));

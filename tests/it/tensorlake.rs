@@ -1010,7 +1010,7 @@ async fn missing_or_rejected_key_is_a_clear_config_error() {
             .expect_err("no key"),
         p.list(POND).await.expect_err("no key"),
     ] {
-        let ProviderError::Config { message, hint } = &err else {
+        let ProviderError::Credentials { message, hint } = &err else {
             panic!("{err:?}")
         };
         assert!(message.contains("API key"), "{message}");

@@ -67,7 +67,8 @@ pub struct StepError {
 impl From<ProviderError> for StepError {
     fn from(e: ProviderError) -> Self {
         let message = match e {
-            ProviderError::Config { message, hint } => format!("{message} (hint: {hint})"),
+            ProviderError::Config { message, hint }
+            | ProviderError::Credentials { message, hint } => format!("{message} (hint: {hint})"),
             other => other.to_string(),
         };
         Self { message }

@@ -188,7 +188,18 @@ pub enum ProviderError {
         /// The provider's requested delay.
         retry_after: Option<Duration>,
     },
-    /// Credentials or configuration are missing or wrong; says what to set.
+    /// Credentials are missing, or the provider rejected them (an unset
+    /// token variable, a 401). Its own variant because Crabbox gives it its
+    /// own exit code (3) and scripts branch on it: the fix is a secret, not
+    /// the spec.
+    #[error("{message}")]
+    Credentials {
+        /// What is missing or was rejected.
+        message: String,
+        /// What to set.
+        hint: String,
+    },
+    /// Configuration is missing or wrong (not the credentials); says what to set.
     #[error("{message}")]
     Config {
         /// What is wrong.

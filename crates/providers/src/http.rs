@@ -6,7 +6,7 @@
 //!   [`ProviderError::Retryable`], carrying the delay the server asked for
 //!   (`Retry-After` seconds, or for a 429 `RateLimit-Reset`, a Unix timestamp,
 //!   waited for at most 60 s);
-//! - 401 (and a 403 about the token) is [`ProviderError::Config`], naming the
+//! - 401 (and a 403 about the token) is [`ProviderError::Credentials`], naming the
 //!   environment variable to set;
 //! - 404 is [`ProviderError::NotFound`];
 //! - any other failure is [`ProviderError::Failed`] with the provider's own
@@ -398,7 +398,7 @@ pub(crate) fn status_error(
                 )
             }))
     {
-        ProviderError::Config {
+        ProviderError::Credentials {
             message: format!(
                 "{} rejected the API token ({} {detail})",
                 provider,
@@ -540,7 +540,7 @@ mod tests {
             r#"{"error":{"code":"unauthorized","message":"unable to authenticate"}}"#,
         );
         match &e.error {
-            ProviderError::Config { hint, .. } => assert!(hint.contains("HCLOUD_TOKEN"), "{hint}"),
+            ProviderError::Credentials { hint, .. } => assert!(hint.contains("HCLOUD_TOKEN"), "{hint}"),
             other => panic!("{other:?}"),
         }
         let e = err(

@@ -96,8 +96,8 @@ impl Registry {
     /// The adapter for `name`.
     ///
     /// # Errors
-    /// [`ProviderError::Config`] when the provider is not available here:
-    /// its credentials are not set (naming the variables), or this crabbox
+    /// [`ProviderError::Credentials`] when its credentials are not set
+    /// (naming the variables); [`ProviderError::Config`] when this crabbox
     /// has no adapter for it.
     pub fn get(&self, name: ProviderName) -> Result<Arc<dyn Provider>, ProviderError> {
         if let Some(p) = self.providers.get(&name) {
@@ -105,7 +105,7 @@ impl Registry {
         }
         Err(
             match credentials(name).filter(|_| descriptor(name).is_some()) {
-                Some(vars) => ProviderError::Config {
+                Some(vars) => ProviderError::Credentials {
                     message: format!("provider `{name}` is not configured: {vars} is not set"),
                     hint: format!("set {vars} in the environment (a CI secret), then run again"),
                 },

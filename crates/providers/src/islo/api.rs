@@ -147,8 +147,8 @@ impl Api {
                 &body,
             );
             let error = match mapped.error {
-                ProviderError::Config { .. } | ProviderError::NotFound(_) => {
-                    ProviderError::Config {
+                ProviderError::Credentials { .. } | ProviderError::NotFound(_) => {
+                    ProviderError::Credentials {
                         message: format!(
                             "islo rejected the API key at {}/auth/token ({})",
                             self.base_url,
@@ -305,6 +305,10 @@ pub(super) fn redact(error: ProviderError, secret: &str) -> ProviderError {
             retry_after,
         },
         ProviderError::Config { message, hint } => ProviderError::Config {
+            message: r(message),
+            hint: r(hint),
+        },
+        ProviderError::Credentials { message, hint } => ProviderError::Credentials {
             message: r(message),
             hint: r(hint),
         },

@@ -379,7 +379,7 @@ impl TensorlakeProvider {
 
     fn check_key(&self) -> Result<(), ProviderError> {
         if self.api_key.is_empty() {
-            Err(ProviderError::Config {
+            Err(ProviderError::Credentials {
                 message: "no Tensorlake API key: the tensorlake provider needs one".to_owned(),
                 hint: format!("set {KEY_ENV} or {CLI_KEY_ENV} (a key from the Tensorlake console)"),
             })
@@ -536,7 +536,7 @@ impl TensorlakeProvider {
             "401",
             "403",
         ]) {
-            return ProviderError::Config {
+            return ProviderError::Credentials {
                 message,
                 hint: format!(
                     "check the API key in {KEY_ENV} or {CLI_KEY_ENV}, and the organization/project it belongs to"
@@ -965,6 +965,10 @@ impl Provider for TensorlakeProvider {
                     message: format!("{message} ({cleanup})"),
                     hint,
                 },
+                ProviderError::Credentials { message, hint } => ProviderError::Credentials {
+                    message: format!("{message} ({cleanup})"),
+                    hint,
+                },
                 other => ProviderError::Failed(format!("{other} ({cleanup})")),
             });
         }
@@ -1384,7 +1388,7 @@ mod tests {
             &captured(1, "Error: unauthorized"),
             Retry::IfTransient,
         );
-        assert!(matches!(err, ProviderError::Config { .. }), "{err:?}");
+        assert!(matches!(err, ProviderError::Credentials { .. }), "{err:?}");
         let err = p.cli_error("sbx ls", &captured(1, "HTTP 503"), Retry::IfTransient);
         assert!(err.is_retryable(), "{err:?}");
         let err = p.cli_error("sbx create", &captured(1, "HTTP 503"), Retry::IfRefused);
