@@ -1,89 +1,32 @@
-//! The imperative verbs Crabbox users know — `warmup`, `run`, `release`,
-//! `list`, `status` — each a small plan (or a single provider call) on the
-//! same machinery as `apply`.
+//! The imperative verbs Crabbox users know — `run`, `release`/`stop`,
+//! `status`, `pause`/`resume` — each a small plan (or a single provider
+//! call) on the same machinery as `apply`, naming the lease with `--id` as
+//! Crabbox does (see `lookup`), and exiting with Crabbox's codes (`exit`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::engine::{failure, registry, runtime, store};
-use crabbox_apply::discover::{discover, recorded_ponds};
+use super::engine::failure;
+use super::exit::{self, REMOTE, TIMEOUT, USAGE};
+use super::lookup::{Found, MemberRef, find};
+use super::views::StatusView;
+use crabbox_apply::discover::recorded_ponds;
 use crabbox_apply::executor::ExecOptions;
 use crabbox_apply::progress::{Mode, Reporter};
 use crabbox_apply::reconcile::{self, sync_root};
-use crabbox_core::lease::Lease;
-use crabbox_core::normalize::checked_name;
-use crabbox_core::provider::ProviderName;
-use crabbox_core::provider::{OutputSink, Stream};
+use crabbox_core::provider::{OutputSink, ProviderError, ProviderName, Stream};
 use crabbox_exec::session::ExecRequest;
-use crabbox_plan::diff::{PlanOptions, plan};
 use crabbox_plan::inventory::Inventory;
 use crabbox_plan::{Action, MemberChange, Plan, human};
-use crabbox_providers::registry::{Registry, descriptor};
+use crabbox_providers::registry::descriptor;
 use crabbox_render::peers::{peer_env, peers_from_leases};
-use crabbox_spec::desired::{
-    DEFAULT_SYNC_MAX_BYTES, DEFAULT_TTL, DesiredMember, DesiredPond, SyncSettings,
-};
+use crabbox_spec::desired::DesiredPond;
 use crabbox_state::claims::ClaimStore;
 use crabbox_state::state_dir::state_dir;
-
-/// `--pond` and `--id` naming one member.
-#[derive(Debug, Args)]
-pub(super) struct MemberRef {
-    /// The pond.
-    #[arg(long)]
-    pond: String,
-    /// The member: its slug or lease ID.
-    #[arg(long = "id", alias = "slug", value_name = "SLUG")]
-    id: String,
-}
-
-fn norm(name: &str, what: &str) -> Option<String> {
-    match checked_name(name) {
-        Ok(n) => Some(n),
-        Err(_) => {
-            anstream::eprintln!(
-                "error: `{name}` is not a usable {what}\n  help: use letters, digits and `-`, at most 41 characters"
-            );
-            None
-        }
-    }
-}
-
-fn find_lease(inv: &Inventory, id: &str) -> Result<Lease, String> {
-    let slug = crabbox_core::normalize::normalize_name(id);
-    let matches: Vec<&Lease> = inv
-        .leases
-        .iter()
-        .filter(|l| l.id == id || l.slug() == slug)
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] => Err(format!(
-            "pond `{}` has no member `{id}` (members: {})",
-            inv.pond,
-            if inv.leases.is_empty() {
-                "none".to_owned()
-            } else {
-                inv.leases
-                    .iter()
-                    .map(Lease::slug)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        )),
-        many => Err(format!(
-            "`{id}` matches {} leases: {}; name one by its lease ID",
-            many.len(),
-            many.iter()
-                .map(|l| l.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
-}
 
 #[derive(Debug, Args)]
 pub(super) struct RunArgs {
@@ -188,65 +131,43 @@ impl OutputSink for Passthrough {
     }
 }
 
-/// What a `--pond/--id` pair names, and what was used to find it.
-struct Resolved {
-    pond: String,
-    registry: Registry,
-    store: ClaimStore,
-    rt: tokio::runtime::Runtime,
-    inv: Inventory,
-    lease: Lease,
-}
-
-/// The pond, its inventory and the lease a `--pond/--id` pair names;
-/// prints the error and returns `None` when there is no such member.
-fn resolve(member: &MemberRef) -> Option<Resolved> {
-    let pond = norm(&member.pond, "pond name")?;
-    let store = store(None)?;
-    let registry = registry(&store);
-    let rt = runtime();
-    let inv = rt.block_on(discover(&pond, &[], &registry, &state_dir(), &store));
-    match find_lease(&inv, &member.id) {
-        Ok(lease) => Some(Resolved {
-            pond,
-            registry,
-            store,
-            rt,
-            inv,
-            lease,
-        }),
-        Err(e) => {
-            anstream::eprintln!("error: {e}");
-            None
-        }
-    }
+/// The lease `member` names (with `positional` as Crabbox's positional
+/// ID), or the exit code after saying why not.
+pub(super) fn found(
+    member: &MemberRef,
+    positional: Option<&str>,
+    usage: &str,
+) -> Result<Found, ExitCode> {
+    let id = member.id_or(positional, usage)?;
+    find(member, &id)
 }
 
 pub(super) fn run(args: &RunArgs) -> ExitCode {
-    let Some(Resolved {
+    let Found {
         pond,
         registry,
         rt,
         inv,
         lease,
         ..
-    }) = resolve(&args.member)
-    else {
-        return failure();
+    } = match found(
+        &args.member,
+        None,
+        "crabbox run --id <lease-id-or-slug> -- <command...>",
+    ) {
+        Ok(f) => f,
+        Err(code) => return code,
     };
     if let Some(flag) = args.crabbox_only.first_given() {
         anstream::eprintln!(
-            "error: {}\n  help: drop the option; run commands with `crabbox run --pond P --id SLUG -- CMD`",
+            "error: {}\n  help: drop the option; run commands with `crabbox run --id SLUG -- CMD`",
             refusal(flag, lease.provider)
         );
-        return failure();
+        return exit::code(USAGE);
     }
     let provider = match registry.get(lease.provider) {
         Ok(p) => p,
-        Err(e) => {
-            anstream::eprintln!("error: {e}");
-            return failure();
-        }
+        Err(e) => return exit::provider_error("", &e),
     };
     let reg = registry.clone();
     let peers = peers_from_leases(&pond, &inv.leases, move |p| reg.features(p));
@@ -267,7 +188,7 @@ pub(super) fn run(args: &RunArgs) -> ExitCode {
         [line] => line.clone(),
         words => words
             .iter()
-            .map(|a| shell_word(a))
+            .map(|a| super::views::shell_word(a))
             .collect::<Vec<_>>()
             .join(" "),
     };
@@ -282,131 +203,17 @@ pub(super) fn run(args: &RunArgs) -> ExitCode {
             .exec(&request, Arc::new(Passthrough)),
     ) {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
+        // The command never ran to an exit status: the remote side failed
+        // (Crabbox's 7), unless the provider refused the credentials (3).
+        Err(e @ ProviderError::Credentials { .. }) => exit::provider_error("", &e),
         Err(e) => {
-            anstream::eprintln!("error: {e}");
-            failure()
+            anstream::eprintln!("error: running on {} ({}): {e}", lease.slug(), lease.id);
+            exit::code(REMOTE)
         }
     }
 }
 
-/// Quotes one argument for `sh -c` unless it is plainly safe.
-fn shell_word(a: &str) -> String {
-    if !a.is_empty()
-        && a.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
-    {
-        a.to_owned()
-    } else {
-        format!("'{}'", a.replace('\'', "'\\''"))
-    }
-}
-
-#[derive(Debug, Args)]
-pub(super) struct WarmupArgs {
-    /// The pond.
-    #[arg(long)]
-    pond: String,
-    /// The member's slug.
-    #[arg(long)]
-    slug: String,
-    /// The provider.
-    #[arg(long, default_value = "local", value_parser = parse_provider)]
-    provider: ProviderName,
-    /// Ports peers reach (repeatable).
-    #[arg(long = "expose", value_name = "PORT")]
-    expose: Vec<u16>,
-    /// Lease lifetime.
-    #[arg(long, default_value = "90m")]
-    ttl: String,
-    /// Keep the lease out of Crabbox's automatic cleanup.
-    #[arg(long)]
-    keep: bool,
-}
-
-fn parse_provider(s: &str) -> Result<ProviderName, String> {
-    ProviderName::from_name(s).ok_or_else(|| {
-        format!(
-            "unknown provider `{s}` (one of: {})",
-            ProviderName::ALL
-                .iter()
-                .map(|p| p.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })
-}
-
-pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
-    let (Some(pond), Some(slug)) = (norm(&args.pond, "pond name"), norm(&args.slug, "slug")) else {
-        return failure();
-    };
-    let Some(ttl) = crabbox_core::duration::parse(&args.ttl) else {
-        anstream::eprintln!("error: --ttl `{}` is not a duration such as 90m", args.ttl);
-        return failure();
-    };
-    let mut expose = args.expose.clone();
-    expose.sort_unstable();
-    expose.dedup();
-    let member = DesiredMember {
-        expose,
-        sync: SyncSettings {
-            enabled: false,
-            exclude: Vec::new(),
-            max_bytes: DEFAULT_SYNC_MAX_BYTES,
-        },
-        ttl: if ttl.is_zero() { DEFAULT_TTL } else { ttl },
-        keep: args.keep,
-        ..DesiredMember::new(&slug, args.provider)
-    };
-    let desired = DesiredPond {
-        name: pond.clone(),
-        written_name: None,
-        members: vec![member],
-        outputs_dir: None,
-        templates: Vec::new(),
-        state: crabbox_spec::desired::StateStore::default(),
-    };
-    let Some(store) = store(None) else {
-        return failure();
-    };
-    let registry = registry(&store);
-    let rt = runtime();
-    let inv = rt.block_on(discover(
-        &pond,
-        &[args.provider],
-        &registry,
-        &state_dir(),
-        &store,
-    ));
-    let options = PlanOptions {
-        only: vec![slug.clone()],
-        now: crabbox_core::labels::now_secs(),
-        ..PlanOptions::default()
-    };
-    let mut p = match plan(&desired, &inv, &options) {
-        Ok(p) => p,
-        Err(e) => {
-            anstream::eprintln!("error: {e}");
-            return failure();
-        }
-    };
-    p.warnings.clear();
-    if let Some(existing) = p
-        .changes
-        .iter()
-        .find(|c| c.action != Action::Create)
-        .and_then(|c| c.lease.clone())
-    {
-        anstream::eprintln!(
-            "pond `{pond}` already has `{slug}` ({}); warmup is idempotent here and changes nothing",
-            existing.id
-        );
-        return ExitCode::SUCCESS;
-    }
-    run_small_plan(&rt, &p, Some(&desired), &inv, registry, &store)
-}
-
-fn run_small_plan(
+pub(super) fn run_small_plan(
     rt: &tokio::runtime::Runtime,
     p: &Plan,
     desired: Option<&DesiredPond>,
@@ -444,19 +251,26 @@ fn run_small_plan(
 pub(super) struct ReleaseArgs {
     #[command(flatten)]
     member: MemberRef,
+    /// The lease ID or slug (instead of --id).
+    #[arg(value_name = "ID|SLUG")]
+    lease: Option<String>,
 }
 
 pub(super) fn release(args: &ReleaseArgs) -> ExitCode {
-    let Some(Resolved {
+    let Found {
         pond,
         registry,
         store,
         rt,
         inv,
         lease,
-    }) = resolve(&args.member)
-    else {
-        return failure();
+    } = match found(
+        &args.member,
+        args.lease.as_deref(),
+        "crabbox stop --id <lease-or-server-id>",
+    ) {
+        Ok(f) => f,
+        Err(code) => return code,
     };
     let p = Plan {
         pond: pond.clone(),
@@ -480,16 +294,6 @@ pub(super) fn release(args: &ReleaseArgs) -> ExitCode {
     run_small_plan(&rt, &p, None, &inv, registry, &store)
 }
 
-#[derive(Debug, Args)]
-pub(super) struct ListArgs {
-    /// The pond (default: every pond this machine knows from claims and pond records).
-    #[arg(long)]
-    pond: Option<String>,
-    /// JSON: an array of leases.
-    #[arg(long)]
-    json: bool,
-}
-
 /// Ponds this machine knows: from the claims in `store` and the per-pond
 /// records.
 ///
@@ -502,124 +306,107 @@ pub(super) async fn known_ponds(store: &ClaimStore) -> std::io::Result<Vec<Strin
         .collect())
 }
 
-pub(super) fn list(args: &ListArgs) -> ExitCode {
-    let Some(store) = store(None) else {
-        return failure();
-    };
-    let rt = runtime();
-    let ponds = match &args.pond {
-        Some(p) => match norm(p, "pond name") {
-            Some(p) => vec![p],
-            None => return failure(),
-        },
-        None => match rt.block_on(known_ponds(&store)) {
-            Ok(ponds) => ponds,
-            Err(e) => {
-                anstream::eprintln!(
-                    "error: the claim store could not be read: {e}\n  help: check CRABBOX_STATE_URL / the state directory and try again"
-                );
-                return failure();
-            }
-        },
-    };
-    let registry = registry(&store);
-    let mut leases = Vec::new();
-    // What could be seen is listed; what could not is an error, so the exit
-    // status never says "complete" of a partial list.
-    let mut complete = true;
-    for pond in &ponds {
-        let inv = rt.block_on(discover(pond, &[], &registry, &state_dir(), &store));
-        for why in inv.unobserved() {
-            anstream::eprintln!("error: pond {pond}: {why}");
-            complete = false;
-        }
-        leases.extend(inv.leases);
-    }
-    let status = if complete {
-        ExitCode::SUCCESS
-    } else {
-        failure()
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&leases).expect("JSON"));
-        return status;
-    }
-    if leases.is_empty() {
-        println!("no leases");
-        return status;
-    }
-    println!(
-        "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  ADDRESS",
-        "LEASE", "POND", "SLUG", "PROVIDER", "STATE"
-    );
-    for l in &leases {
-        println!(
-            "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  {}",
-            l.id,
-            l.label("pond").unwrap_or_default(),
-            l.slug(),
-            l.provider.as_str(),
-            l.state(),
-            l.endpoint.host.as_deref().unwrap_or("-")
-        );
-    }
-    status
-}
-
 #[derive(Debug, Args)]
 pub(super) struct StatusArgs {
     #[command(flatten)]
     member: MemberRef,
-    /// JSON.
+    /// The lease ID or slug (instead of --id).
+    #[arg(value_name = "ID|SLUG")]
+    lease: Option<String>,
+    /// Wait until the lease is ready (or reaches a terminal state), checking every 5s.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits before giving up with exit 5.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    wait_timeout: Duration,
+    /// Crabbox's status view as JSON.
     #[arg(long)]
     json: bool,
 }
 
+/// A duration flag such as `5m` or `90s`.
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
+    crabbox_core::duration::parse(s).ok_or_else(|| format!("`{s}` is not a duration such as 5m"))
+}
+
+/// How often `status --wait` looks again (Crabbox: status.go:131).
+const WAIT_POLL: Duration = Duration::from_secs(5);
+
+/// The SSH target of an SSH-lease member, for the view's `ssh*` fields.
+pub(super) fn ssh_of(found: &Found) -> Option<crabbox_exec::ssh::SshTarget> {
+    let provider = found.registry.get(found.lease.provider).ok()?;
+    found.rt.block_on(provider.ssh_target(&found.lease))
+}
+
+/// `status`: Crabbox's status line (or `--json` view); with `--wait`,
+/// again every 5 seconds until ready, a terminal state (exit 5) or
+/// `--wait-timeout` (exit 5), as Crabbox's status.go:13-133.
 pub(super) fn status(args: &StatusArgs) -> ExitCode {
-    let Some(Resolved { lease: l, .. }) = resolve(&args.member) else {
-        return failure();
+    let usage = "crabbox status --id <lease-id-or-slug>";
+    let id = match args.member.id_or(args.lease.as_deref(), usage) {
+        Ok(id) => id,
+        Err(code) => return code,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&l).expect("JSON"));
-        return ExitCode::SUCCESS;
+    let deadline = Instant::now() + args.wait_timeout;
+    loop {
+        let found = match find(&args.member, &id) {
+            Ok(f) => f,
+            Err(code) => return code,
+        };
+        let view = StatusView::of(&found.lease, ssh_of(&found).as_ref());
+        let done = !args.wait || view.wait_done();
+        if !args.json {
+            println!("{}", view.line());
+        } else if done {
+            println!("{}", serde_json::to_string(&view).expect("JSON"));
+        }
+        if done {
+            if args.wait && !view.ready {
+                anstream::eprintln!(
+                    "error: lease {id} reached terminal state {} before ready",
+                    view.state
+                );
+                return exit::code(TIMEOUT);
+            }
+            return ExitCode::SUCCESS;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            anstream::eprintln!("error: timed out waiting for {id} to become ready");
+            return exit::code(TIMEOUT);
+        }
+        std::thread::sleep(WAIT_POLL.min(left));
     }
-    println!(
-        "lease     {}\nslug      {}\nprovider  {}\nstate     {}\naddress   {}",
-        l.id,
-        l.slug(),
-        l.provider,
-        l.state(),
-        l.endpoint.host.as_deref().unwrap_or("-")
-    );
-    for (k, v) in &l.labels {
-        println!("label     {k}={v}");
-    }
-    ExitCode::SUCCESS
 }
 
 #[derive(Debug, Args)]
 pub(super) struct PauseArgs {
     #[command(flatten)]
     member: MemberRef,
+    /// The lease ID or slug (instead of --id).
+    #[arg(value_name = "ID|SLUG")]
+    lease: Option<String>,
 }
 
 /// `pause` and `resume`: release or restore a lease's compute, keeping the lease and its claim.
 pub(super) fn pause_or_resume(args: &PauseArgs, pause: bool) -> ExitCode {
-    let Some(Resolved {
+    let verb = if pause { "pause" } else { "resume" };
+    let Found {
         registry,
         rt,
         lease,
         ..
-    }) = resolve(&args.member)
-    else {
-        return failure();
+    } = match found(
+        &args.member,
+        args.lease.as_deref(),
+        &format!("crabbox {verb} --id <lease-id-or-slug>"),
+    ) {
+        Ok(f) => f,
+        Err(code) => return code,
     };
     let provider = match registry.get(lease.provider) {
         Ok(p) => p,
-        Err(e) => {
-            anstream::eprintln!("error: {e}");
-            return failure();
-        }
+        Err(e) => return exit::provider_error("", &e),
     };
     let result = rt.block_on(async {
         if pause {
@@ -638,9 +425,6 @@ pub(super) fn pause_or_resume(args: &PauseArgs, pause: bool) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            anstream::eprintln!("error: {e}");
-            failure()
-        }
+        Err(e) => exit::provider_error("", &e),
     }
 }

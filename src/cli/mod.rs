@@ -4,7 +4,10 @@
 
 mod apply;
 mod engine;
+mod exit;
 mod imperative;
+mod listing;
+mod lookup;
 mod peers;
 mod plan;
 mod pond;
@@ -12,6 +15,8 @@ mod schema;
 mod state;
 mod sweep;
 mod validate;
+mod views;
+mod warmup;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -23,10 +28,20 @@ use crabbox_providers::registry::ADAPTERS;
 use crabbox_spec::interpolate::Variables;
 
 const EXIT_CODES: &str = "\
-Exit codes:
+Exit codes of plan, apply and destroy (Terraform's):
   0  success (with --detailed-exitcode: success and no changes)
-  1  error of any kind: invalid spec, unreadable file, failed provider call, stale saved plan
+  1  error of any kind, usage errors included: invalid spec, unreadable file, failed
+     provider call, stale saved plan
   2  plan succeeded and has changes (only with --detailed-exitcode)
+Exit codes of the other commands (Crabbox's):
+  0  success (run: the remote command's own exit code)
+  1  other errors (a failed provider call, unreadable state)
+  2  usage: unknown flag, missing --id, bad value; a refused option; malformed claim files
+  3  missing or rejected provider credentials (HCLOUD_TOKEN unset, a 401)
+  4  lease not found, or a slug that matches several leases
+  5  status --wait timed out, or the lease reached a terminal state first
+  7  the remote side failed (SSH could not connect, the command could not start), or
+     pond connect found no free local port
 
 Environment:
   CRABBOX_STATE_DIR           state directory (claims, local leases, locks); default
@@ -78,15 +93,17 @@ enum Command {
     Peers(peers::PeersArgs),
     /// Write peers.json, hosts, env and user templates from the live pond.
     Render(peers::RenderArgs),
-    /// Create one lease in a pond (idempotent: an existing slug is left alone).
-    Warmup(imperative::WarmupArgs),
+    /// Create one lease in a pond (idempotent: an existing slug is left alone);
+    /// prints Crabbox's `leased <id> slug=… provider=…` line.
+    Warmup(warmup::WarmupArgs),
     /// Run a command on a member, streaming its output; exits with the command's exit code.
     Run(imperative::RunArgs),
-    /// Release one member's lease.
+    /// Release one lease (by lease ID or slug, in any pond).
+    #[command(alias = "stop")]
     Release(imperative::ReleaseArgs),
-    /// List leases (of one pond, or of every pond this machine knows).
-    List(imperative::ListArgs),
-    /// Show one member's lease.
+    /// List leases (of every pond this machine or its providers know, or of one).
+    List(listing::ListArgs),
+    /// Show one lease (by lease ID or slug); --wait waits until it is ready.
     Status(imperative::StatusArgs),
     /// Pause a member (providers that can: islo), releasing its compute but keeping the lease and its claim.
     Pause(imperative::PauseArgs),
@@ -149,12 +166,13 @@ pub enum PlanFormat {
 
 /// Parses arguments and runs the command; returns the process exit code.
 pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitCode {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
-                ExitCode::from(1)
+                ExitCode::from(exit::for_usage_error(&args))
             } else {
                 ExitCode::SUCCESS
             };
@@ -168,10 +186,10 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Destroy(args) => apply::destroy(&args),
         Command::Peers(args) => peers::peers(&args),
         Command::Render(args) => peers::render(&args),
-        Command::Warmup(args) => imperative::warmup(&args),
+        Command::Warmup(args) => warmup::warmup(&args),
         Command::Run(args) => imperative::run(&args),
         Command::Release(args) => imperative::release(&args),
-        Command::List(args) => imperative::list(&args),
+        Command::List(args) => listing::list(&args),
         Command::Status(args) => imperative::status(&args),
         Command::Pause(args) => imperative::pause_or_resume(&args, true),
         Command::Resume(args) => imperative::pause_or_resume(&args, false),

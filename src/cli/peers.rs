@@ -10,6 +10,7 @@ use super::engine::{failure, load_spec, registry, runtime, store};
 use crabbox_apply::discover::discover;
 use crabbox_apply::reconcile::{observe, outputs_dir, templates};
 use crabbox_core::normalize::checked_name;
+use crabbox_core::provider::ProviderName;
 use crabbox_plan::inventory::Inventory;
 use crabbox_providers::registry::Registry;
 use crabbox_render::files::{output_files, peers_json, write_outputs};
@@ -23,6 +24,9 @@ pub(super) struct PeersArgs {
     /// The pond to show, by name (no spec needed).
     #[arg(long)]
     pond: Option<String>,
+    /// Only this provider's members.
+    #[arg(long, value_parser = super::lookup::parse_provider)]
+    provider: Option<ProviderName>,
     /// Crabbox's `pond peers --json` shape: {"members": [...]}.
     #[arg(long)]
     json: bool,
@@ -122,14 +126,21 @@ pub(super) fn print_peers(peers: &[Peer], json: bool) {
 }
 
 impl PeersArgs {
-    /// `pond peers NAME`.
-    pub(super) fn for_pond(name: &str, json: bool) -> Self {
+    /// `pond peers --pond NAME [--provider P] [--share-port N --share-ttl D]`.
+    pub(super) fn for_pond(
+        name: &str,
+        json: bool,
+        provider: Option<ProviderName>,
+        share_port: Option<u16>,
+        share_ttl: std::time::Duration,
+    ) -> Self {
         Self {
             spec: SpecArgs::none(),
             pond: Some(name.to_owned()),
+            provider,
             json,
-            share_port: None,
-            share_ttl: std::time::Duration::from_secs(24 * 3600),
+            share_port,
+            share_ttl,
         }
     }
 }
@@ -140,12 +151,25 @@ pub(super) fn peers(args: &PeersArgs) -> ExitCode {
     else {
         return failure();
     };
+    if let Some(only) = args.provider {
+        inv.leases.retain(|l| l.provider == only);
+    }
     if let Some(port) = args.share_port {
         for lease in &mut inv.leases {
             let Ok(provider) = registry.get(lease.provider) else {
                 continue;
             };
             if !crabbox_core::provider::features_of(provider.name()).url_bridge {
+                anstream::eprintln!(
+                    "note: {} ({}) has no URL bridge: port {port} is not published; peers reach it {}",
+                    lease.slug(),
+                    lease.provider,
+                    if crabbox_core::provider::features_of(provider.name()).local {
+                        "on its loopback address"
+                    } else {
+                        "over SSH (`crabbox pond connect`)"
+                    }
+                );
                 continue;
             }
             match rt.block_on(async { provider.bridge()?.share(lease, port, args.share_ttl).await })

@@ -6,7 +6,11 @@ use clap::{Args, Subcommand};
 
 use super::SpecArgs;
 use super::engine::failure;
+use super::exit::USAGE;
+use super::lookup::parse_provider;
 use crabbox_core::normalize::checked_name;
+use crabbox_core::provider::ProviderName;
+use crabbox_plan::{Action, MemberChange, Plan};
 use crabbox_exec::mesh;
 use crabbox_state::claims::ClaimStore;
 use crabbox_state::lock;
@@ -15,28 +19,13 @@ use crabbox_state::state_dir::state_dir;
 #[derive(Debug, Subcommand)]
 pub(super) enum PondCommand {
     /// The pond's members and how to reach them (`--json`: Crabbox's shape).
-    Peers {
-        /// The pond.
-        name: String,
-        /// JSON output.
-        #[arg(long)]
-        json: bool,
-    },
+    Peers(PeersArgs),
     /// Release every lease of the pond, dependents first ("not found" counts as released).
     Release(ReleaseArgs),
     /// Build the SSH mesh: one `ssh -N -L` per member with exposed ports, local
     /// ports 51820..52819 stable per (peer, port), `hosts` and `env` in the
     /// pond's directory. Blocks until interrupted, unless --export or --json.
-    Connect {
-        /// The pond.
-        name: String,
-        /// Start the tunnels detached (recorded in daemon.json) and print `export` lines for `eval`.
-        #[arg(long, conflicts_with = "json")]
-        export: bool,
-        /// Print {hostsPath, envPath, exports, forwards} and start no tunnels.
-        #[arg(long)]
-        json: bool,
-    },
+    Connect(ConnectArgs),
     /// Stop the tunnels `pond connect --export` started (each pid is checked first).
     Disconnect {
         /// The pond.
@@ -54,24 +43,173 @@ pub(super) enum PondCommand {
     },
 }
 
+/// The pond, as `--pond NAME` (Crabbox's `pond peers`) or positionally
+/// (Crabbox's `pond connect`/`release`); and `--provider`.
+#[derive(Debug, Args)]
+pub(super) struct PondRef {
+    /// The pond (instead of the positional name).
+    #[arg(long = "pond", value_name = "NAME")]
+    flag: Option<String>,
+    /// Only this provider's members.
+    #[arg(long, value_parser = parse_provider)]
+    provider: Option<ProviderName>,
+}
+
+impl PondRef {
+    /// The pond name: the flag or the positional words joined with a
+    /// space (Crabbox joins `pond release`'s words, pond_bridge.go:167),
+    /// normalized; a usage error (exit 2) when there is none, both, or it
+    /// normalizes to nothing.
+    fn name(&self, words: &[String], verb: &str) -> Result<String, ExitCode> {
+        let joined = words.join(" ");
+        let given = match (self.flag.as_deref(), joined.trim()) {
+            (Some(flag), "") => flag.to_owned(),
+            (None, words) if !words.is_empty() => words.to_owned(),
+            (Some(_), _) => {
+                anstream::eprintln!(
+                    "error: the pond is named twice (--pond and a positional name)\n  usage: crabbox pond {verb} --pond <name>"
+                );
+                return Err(super::exit::code(USAGE));
+            }
+            (None, _) => {
+                anstream::eprintln!("usage: crabbox pond {verb} --pond <name>");
+                return Err(super::exit::code(USAGE));
+            }
+        };
+        checked_name(&given).map_err(|_| {
+            anstream::eprintln!(
+                "error: `{given}` is not a usable pond name\n  help: at least one letter or digit, at most 41 characters after normalization"
+            );
+            super::exit::code(USAGE)
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct PeersArgs {
+    /// The pond (Crabbox requires --pond; a positional name is accepted too).
+    #[arg(value_name = "NAME")]
+    name: Option<String>,
+    #[command(flatten)]
+    pond: PondRef,
+    /// JSON output.
+    #[arg(long)]
+    json: bool,
+    /// Publish this port of every URL-bridge member (reusing a live share) and show
+    /// its URL; 0 publishes nothing. Members without a URL bridge (SSH leases, local)
+    /// are reached as before and say so.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16), value_name = "PORT")]
+    share_port: u16,
+    /// Lifetime of a share made by --share-port (60s to 7 days).
+    #[arg(long, default_value = "24h", value_parser = super::imperative::parse_duration)]
+    share_ttl: std::time::Duration,
+}
+
 #[derive(Debug, Args)]
 pub(super) struct ReleaseArgs {
+    /// The pond; several words are joined with a space, as Crabbox does.
+    #[arg(value_name = "NAME")]
+    words: Vec<String>,
+    #[command(flatten)]
+    pond: PondRef,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ConnectArgs {
     /// The pond.
-    name: String,
+    #[arg(value_name = "NAME")]
+    name: Option<String>,
+    #[command(flatten)]
+    pond: PondRef,
+    /// Start the tunnels detached (recorded in daemon.json) and print `export` lines for `eval`.
+    #[arg(long, conflicts_with = "json")]
+    export: bool,
+    /// Print {hostsPath, envPath, exports, forwards} and start no tunnels.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(super) fn run(cmd: &PondCommand) -> ExitCode {
-    match cmd {
-        PondCommand::Peers { name, json } => {
-            super::peers::peers(&super::peers::PeersArgs::for_pond(name, *json))
-        }
-        PondCommand::Release(args) => {
-            super::apply::destroy(&super::apply::DestroyArgs::for_pond(&args.name))
-        }
-        PondCommand::Unlock { name, force } => unlock(name, *force),
-        PondCommand::Connect { name, export, json } => connect(name, *export, *json),
-        PondCommand::Disconnect { name } => disconnect(name),
+    let result = match cmd {
+        PondCommand::Peers(args) => args
+            .pond
+            .name(args.name.as_slice(), "peers")
+            .map(|name| {
+                super::peers::peers(&super::peers::PeersArgs::for_pond(
+                    &name,
+                    args.json,
+                    args.pond.provider,
+                    (args.share_port != 0).then_some(args.share_port),
+                    args.share_ttl,
+                ))
+            }),
+        PondCommand::Release(args) => args.pond.name(&args.words, "release").map(|name| {
+            match args.pond.provider {
+                None => super::apply::destroy(&super::apply::DestroyArgs::for_pond(&name)),
+                Some(provider) => release_provider(&name, provider),
+            }
+        }),
+        PondCommand::Connect(args) => args
+            .pond
+            .name(args.name.as_slice(), "connect")
+            .map(|name| connect(&name, args.pond.provider, args.export, args.json)),
+        PondCommand::Unlock { name, force } => Ok(unlock(name, *force)),
+        PondCommand::Disconnect { name } => Ok(disconnect(name)),
+    };
+    result.unwrap_or_else(|code| code)
+}
+
+/// `pond release --provider P`: releases only that provider's leases of
+/// the pond (each "not found" counts as released).
+fn release_provider(pond: &str, provider: ProviderName) -> ExitCode {
+    let Some(store) = super::engine::store(None) else {
+        return failure();
+    };
+    let registry = super::engine::registry(&store);
+    if let Err(e) = registry.get(provider) {
+        return super::exit::provider_error("", &e);
     }
+    let rt = super::engine::runtime();
+    let inv = rt.block_on(crabbox_apply::discover::discover(
+        pond,
+        &[provider],
+        &registry,
+        &state_dir(),
+        &store,
+    ));
+    let changes: Vec<MemberChange> = inv
+        .leases
+        .iter()
+        .filter(|l| l.provider == provider)
+        .map(|l| MemberChange {
+            slug: l.slug().to_owned(),
+            provider,
+            action: Action::Delete,
+            lease: Some(l.clone()),
+            desired: None,
+            attributes: Vec::new(),
+            reasons: vec![format!("pond release --provider {provider}")],
+            relabel: false,
+            rerun_setup: false,
+        })
+        .collect();
+    if changes.is_empty() {
+        println!("pond {pond:?} has no active {provider} leases");
+        return ExitCode::SUCCESS;
+    }
+    anstream::eprintln!(
+        "releasing pond {pond:?} ({} {provider} lease(s))",
+        changes.len()
+    );
+    let p = Plan {
+        pond: pond.to_owned(),
+        changes,
+        forget_claims: Vec::new(),
+        unclaimed: Vec::new(),
+        outputs: Vec::new(),
+        warnings: Vec::new(),
+    };
+    super::imperative::run_small_plan(&rt, &p, None, &inv, registry, &store)
 }
 
 /// The pond's own directory (`~/.crabbox/pond/<pond>`), where the mesh lives.
@@ -79,11 +217,8 @@ pub(super) fn pond_dir(pond: &str) -> std::path::PathBuf {
     crabbox_state::state_dir::expand_tilde(&format!("~/.crabbox/pond/{pond}"))
 }
 
-fn connect(name: &str, export: bool, json: bool) -> ExitCode {
-    let Ok(pond) = checked_name(name) else {
-        anstream::eprintln!("error: `{name}` is not a usable pond name");
-        return failure();
-    };
+fn connect(pond: &str, only: Option<ProviderName>, export: bool, json: bool) -> ExitCode {
+    let pond = pond.to_owned();
     let Some(store) = super::engine::store(None) else {
         return failure();
     };
@@ -98,7 +233,11 @@ fn connect(name: &str, export: bool, json: bool) -> ExitCode {
     ));
     let mut members = Vec::new();
     let mut skipped = std::collections::BTreeSet::new();
-    for lease in &inv.leases {
+    for lease in inv
+        .leases
+        .iter()
+        .filter(|l| only.is_none_or(|p| p == l.provider))
+    {
         let Ok(provider) = registry.get(lease.provider) else {
             continue;
         };
@@ -136,7 +275,7 @@ fn connect(name: &str, export: bool, json: bool) -> ExitCode {
             anstream::eprintln!(
                 "error: {e}\n  help: free some local ports or disconnect other ponds"
             );
-            return ExitCode::from(7);
+            return super::exit::code(super::exit::REMOTE);
         }
     };
     if let Err(e) = mesh::write_files(&dir, &pond, &forwards) {

@@ -1,0 +1,68 @@
+//! Crabbox's exit codes for the verbs Crabbox users type (`warmup`, `run`,
+//! `status`, `release`, `list`, `ssh`, `pond …`, …), so scripts written for
+//! Crabbox can branch on them (Crabbox's internal/cli/errors.go and the
+//! sites listed in docs/crabbox-compat.md §8.3). `plan`/`apply`/`destroy`
+//! keep Terraform's 0/1/2 instead (see [`for_usage_error`]).
+
+use std::process::ExitCode;
+
+use crabbox_core::provider::ProviderError;
+
+/// Usage and validation errors (Crabbox: flag parse errors, `usage: …`).
+pub const USAGE: u8 = 2;
+/// Missing or rejected credentials (Crabbox: `HCLOUD_TOKEN or HETZNER_TOKEN is required`).
+pub const CREDENTIALS: u8 = 3;
+/// Lease not found, ambiguous slug, not claimed (Crabbox: `lease/server not found`).
+pub const NOT_FOUND: u8 = 4;
+/// Timed out waiting (Crabbox: `status --wait`).
+pub const TIMEOUT: u8 = 5;
+/// The remote side failed: SSH could not connect or a command could not be
+/// started there, or no free local port for the SSH mesh (Crabbox:
+/// pond_mesh.go:802, 1080; actions.go:270, 440).
+pub const REMOTE: u8 = 7;
+
+/// An exit code.
+#[must_use]
+pub fn code(code: u8) -> ExitCode {
+    ExitCode::from(code)
+}
+
+/// The exit code for a failed provider call: 3 for credentials, 4 for a
+/// resource that does not exist, 1 for anything else.
+#[must_use]
+pub fn provider_code(e: &ProviderError) -> u8 {
+    match e {
+        ProviderError::Credentials { .. } => CREDENTIALS,
+        ProviderError::NotFound(_) => NOT_FOUND,
+        _ => 1,
+    }
+}
+
+/// Prints a provider error (with its hint) and returns its exit code.
+pub fn provider_error(context: &str, e: &ProviderError) -> ExitCode {
+    match e {
+        ProviderError::Credentials { message, hint } | ProviderError::Config { message, hint } => {
+            anstream::eprintln!("error: {context}{message}\n  help: {hint}");
+        }
+        other => anstream::eprintln!("error: {context}{other}"),
+    }
+    code(provider_code(e))
+}
+
+/// The exit code of a command-line parse error (clap). Crabbox's verbs
+/// exit 2, as Go's `flag` package does. `plan`, `apply` and `destroy` keep
+/// Terraform's convention, where a usage error is 1: with
+/// `--detailed-exitcode` a 2 means "the plan has changes", and a mistyped
+/// flag must never read as that.
+#[must_use]
+pub fn for_usage_error(args: &[std::ffi::OsString]) -> u8 {
+    let verb = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy())
+        .find(|a| !a.starts_with('-'));
+    match verb.as_deref() {
+        Some("plan" | "apply" | "destroy") => 1,
+        _ => USAGE,
+    }
+}
