@@ -80,7 +80,9 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
     for inv in invs {
         for (name, why) in &inv.unreachable {
             if args.provider.is_none_or(|p| p == *name) {
-                let e = rt.block_on(super::lookup::listing_error(&registry, *name, &inv.pond, why));
+                let e = rt.block_on(super::lookup::listing_error(
+                    &registry, *name, &inv.pond, why,
+                ));
                 code.get_or_insert(exit::provider_error(
                     &format!("pond {}: provider `{name}`: ", inv.pond),
                     &e,
@@ -88,7 +90,10 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
             }
         }
         if let Some(why) = &inv.state_unreadable {
-            anstream::eprintln!("error: pond {}: the claim store could not be read: {why}", inv.pond);
+            anstream::eprintln!(
+                "error: pond {}: the claim store could not be read: {why}",
+                inv.pond
+            );
             code.get_or_insert(exit::code(1));
         }
         leases.extend(

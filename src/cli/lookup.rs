@@ -86,7 +86,10 @@ pub(super) struct Found {
 /// hex, slug.go:13): such an ID is an identity, never a slug.
 pub(super) fn is_canonical(id: &str) -> bool {
     id.strip_prefix("cbx_").is_some_and(|hex| {
-        hex.len() == 12 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        hex.len() == 12
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -212,7 +215,11 @@ pub(super) fn find(member: &MemberRef, id: &str) -> Result<Found, ExitCode> {
                     "\n  lease={} slug={} server={} host={} pond={}",
                     l.id,
                     l.slug(),
-                    if l.cloud_id.is_empty() { "-" } else { &l.cloud_id },
+                    if l.cloud_id.is_empty() {
+                        "-"
+                    } else {
+                        &l.cloud_id
+                    },
                     l.endpoint.host.as_deref().unwrap_or(""),
                     inv.pond
                 ));

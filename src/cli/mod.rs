@@ -3,9 +3,12 @@
 //! stderr, colour only on a terminal and never with `NO_COLOR`.
 
 mod apply;
+mod claims;
+mod cleanup;
 mod engine;
 mod exit;
 mod imperative;
+mod lease_cmds;
 mod listing;
 mod lookup;
 mod peers;
@@ -105,6 +108,16 @@ enum Command {
     List(listing::ListArgs),
     /// Show one lease (by lease ID or slug); --wait waits until it is ready.
     Status(imperative::StatusArgs),
+    /// Print the ssh command line that logs in to a lease (by lease ID or slug).
+    Ssh(lease_cmds::SshArgs),
+    /// One lease's details as key=value lines (--json: the status view).
+    Inspect(lease_cmds::InspectArgs),
+    /// Touch a lease: last_touched_at now, expiry recomputed (--idle-timeout replaces it).
+    Heartbeat(lease_cmds::HeartbeatArgs),
+    /// The local claim files (exit 2 when one is malformed); --verify marks dangling ones.
+    Claims(claims::ClaimsArgs),
+    /// Release this machine's expired leases by Crabbox's rules (never keep=true).
+    Cleanup(cleanup::CleanupArgs),
     /// Pause a member (providers that can: islo), releasing its compute but keeping the lease and its claim.
     Pause(imperative::PauseArgs),
     /// Resume a paused member.
@@ -193,6 +206,11 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Status(args) => imperative::status(&args),
         Command::Pause(args) => imperative::pause_or_resume(&args, true),
         Command::Resume(args) => imperative::pause_or_resume(&args, false),
+        Command::Ssh(args) => lease_cmds::ssh(&args),
+        Command::Inspect(args) => lease_cmds::inspect(&args),
+        Command::Heartbeat(args) => lease_cmds::heartbeat(&args),
+        Command::Claims(args) => claims::claims(&args),
+        Command::Cleanup(args) => cleanup::cleanup(&args),
         Command::Sweep(args) => sweep::run(&args),
         Command::Pond(cmd) => pond::run(&cmd),
         Command::State(cmd) => state::run(&cmd),

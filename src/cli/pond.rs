@@ -10,8 +10,8 @@ use super::exit::USAGE;
 use super::lookup::parse_provider;
 use crabbox_core::normalize::checked_name;
 use crabbox_core::provider::ProviderName;
-use crabbox_plan::{Action, MemberChange, Plan};
 use crabbox_exec::mesh;
+use crabbox_plan::{Action, MemberChange, Plan};
 use crabbox_state::claims::ClaimStore;
 use crabbox_state::lock;
 use crabbox_state::state_dir::state_dir;
@@ -131,23 +131,21 @@ pub(super) struct ConnectArgs {
 
 pub(super) fn run(cmd: &PondCommand) -> ExitCode {
     let result = match cmd {
-        PondCommand::Peers(args) => args
+        PondCommand::Peers(args) => args.pond.name(args.name.as_slice(), "peers").map(|name| {
+            super::peers::peers(&super::peers::PeersArgs::for_pond(
+                &name,
+                args.json,
+                args.pond.provider,
+                (args.share_port != 0).then_some(args.share_port),
+                args.share_ttl,
+            ))
+        }),
+        PondCommand::Release(args) => args.pond.name(&args.words, "release").map(|name| match args
             .pond
-            .name(args.name.as_slice(), "peers")
-            .map(|name| {
-                super::peers::peers(&super::peers::PeersArgs::for_pond(
-                    &name,
-                    args.json,
-                    args.pond.provider,
-                    (args.share_port != 0).then_some(args.share_port),
-                    args.share_ttl,
-                ))
-            }),
-        PondCommand::Release(args) => args.pond.name(&args.words, "release").map(|name| {
-            match args.pond.provider {
-                None => super::apply::destroy(&super::apply::DestroyArgs::for_pond(&name)),
-                Some(provider) => release_provider(&name, provider),
-            }
+            .provider
+        {
+            None => super::apply::destroy(&super::apply::DestroyArgs::for_pond(&name)),
+            Some(provider) => release_provider(&name, provider),
         }),
         PondCommand::Connect(args) => args
             .pond

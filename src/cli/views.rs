@@ -35,8 +35,9 @@ pub fn go_duration(d: Duration) -> String {
 pub fn label_time(lease: &Lease, key: &str) -> String {
     let raw = lease.label(key).unwrap_or_default();
     match raw.parse::<u64>() {
-        Ok(secs) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs))
-            .to_string(),
+        Ok(secs) => {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+        }
         Err(_) => raw.to_owned(),
     }
 }
@@ -46,9 +47,12 @@ pub fn label_time(lease: &Lease, key: &str) -> String {
 #[must_use]
 pub fn idle_timeout(lease: &Lease) -> Option<Duration> {
     labels::secs(&lease.labels, labels::IDLE_TIMEOUT_SECS).or_else(|| {
-        lease
-            .label("idle_timeout")
-            .and_then(|v| v.parse().ok().map(Duration::from_secs).or_else(|| crabbox_core::duration::parse(v)))
+        lease.label("idle_timeout").and_then(|v| {
+            v.parse()
+                .ok()
+                .map(Duration::from_secs)
+                .or_else(|| crabbox_core::duration::parse(v))
+        })
     })
 }
 
@@ -77,6 +81,16 @@ pub fn display_id(lease: &Lease) -> &str {
 #[must_use]
 pub fn server_type(lease: &Lease) -> &str {
     lease.label(labels::SERVER_TYPE).unwrap_or_default()
+}
+
+/// The resource's name: the Hetzner server's, else the cloud ID (the
+/// sandbox name or ID of delegated providers).
+#[must_use]
+pub fn server_name(lease: &Lease) -> String {
+    match lease.provider {
+        ProviderName::Hetzner => crabbox_providers::hetzner::server_name(lease.slug(), &lease.id),
+        _ => lease.cloud_id.clone(),
+    }
 }
 
 /// `{"ip": …}` (hcloud.go:112-116).
@@ -126,18 +140,12 @@ impl Server {
     /// `status` is the lease's state label.
     #[must_use]
     pub fn of(lease: &Lease) -> Self {
-        let name = match lease.provider {
-            ProviderName::Hetzner => {
-                crabbox_providers::hetzner::server_name(lease.slug(), &lease.id)
-            }
-            _ => lease.cloud_id.clone(),
-        };
         Self {
             cloud_id: lease.cloud_id.clone(),
             provider: lease.provider.as_str().to_owned(),
             host_id: String::new(),
             id: lease.cloud_id.parse().unwrap_or(0),
-            name,
+            name: server_name(lease),
             status: lease.state().to_owned(),
             labels: lease.labels.clone(),
             public_net: Net {

@@ -87,7 +87,10 @@ fn usage(message: &str, help: &str) -> ExitCode {
 pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
     let (Ok(pond), Ok(slug)) = (checked_name(&args.pond), checked_name(&args.slug)) else {
         return usage(
-            &format!("`{}`/`{}` is not a usable pond name/slug", args.pond, args.slug),
+            &format!(
+                "`{}`/`{}` is not a usable pond name/slug",
+                args.pond, args.slug
+            ),
             "use letters, digits and `-`, at most 41 characters",
         );
     };
@@ -147,7 +150,13 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
         return exit::provider_error("", &e);
     }
     let rt = runtime();
-    let inv = rt.block_on(discover(&pond, &[provider], &registry, &state_dir(), &store));
+    let inv = rt.block_on(discover(
+        &pond,
+        &[provider],
+        &registry,
+        &state_dir(),
+        &store,
+    ));
     let options = PlanOptions {
         only: vec![slug.clone()],
         now: crabbox_core::labels::now_secs(),
@@ -178,9 +187,17 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
         }
     }
     // Crabbox's two stdout lines, from the lease as it is now.
-    let inv = rt.block_on(discover(&pond, &[provider], &registry, &state_dir(), &store));
+    let inv = rt.block_on(discover(
+        &pond,
+        &[provider],
+        &registry,
+        &state_dir(),
+        &store,
+    ));
     let Some(lease) = inv.leases.iter().find(|l| l.slug() == slug) else {
-        anstream::eprintln!("error: `{slug}` was created but is not listed by provider `{provider}`");
+        anstream::eprintln!(
+            "error: `{slug}` was created but is not listed by provider `{provider}`"
+        );
         return exit::code(1);
     };
     println!(

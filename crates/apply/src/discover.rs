@@ -141,8 +141,9 @@ pub async fn discover(
 /// A provider error with its hint, for a one-line reason.
 fn explain(e: &ProviderError) -> String {
     match e {
-        ProviderError::Config { message, hint }
-        | ProviderError::Credentials { message, hint } => format!("{message} (help: {hint})"),
+        ProviderError::Config { message, hint } | ProviderError::Credentials { message, hint } => {
+            format!("{message} (help: {hint})")
+        }
         other => other.to_string(),
     }
 }

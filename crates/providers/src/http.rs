@@ -540,7 +540,9 @@ mod tests {
             r#"{"error":{"code":"unauthorized","message":"unable to authenticate"}}"#,
         );
         match &e.error {
-            ProviderError::Credentials { hint, .. } => assert!(hint.contains("HCLOUD_TOKEN"), "{hint}"),
+            ProviderError::Credentials { hint, .. } => {
+                assert!(hint.contains("HCLOUD_TOKEN"), "{hint}")
+            }
             other => panic!("{other:?}"),
         }
         let e = err(
