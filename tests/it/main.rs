@@ -5,6 +5,7 @@ mod closed_stdout;
 mod compat;
 mod converge;
 mod corpus;
+mod crabbox_cli;
 mod delegated_e2e;
 mod engine_faults;
 mod fake_hetzner;
