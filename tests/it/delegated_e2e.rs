@@ -184,7 +184,8 @@ fn local_tensorlake_and_islo_members_apply_share_and_destroy() {
         .assert()
         .code(0);
 
-    // Crabbox's transport-driving run options are refused with the provider's reason.
+    // Crabbox's transport-driving run options are refused with the provider's
+    // reason, a usage error (exit 2) as in Crabbox.
     let out = env.run(&[
         "run",
         "--pond",
@@ -195,7 +196,7 @@ fn local_tensorlake_and_islo_members_apply_share_and_destroy() {
         "--",
         "true",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("`--force-sync-large` is rejected on provider islo"),
         "{}",

@@ -996,7 +996,7 @@ async fn release_terminates_and_second_release_is_not_found() {
 }
 
 #[tokio::test]
-async fn missing_or_rejected_key_is_a_clear_config_error() {
+async fn missing_or_rejected_key_is_a_clear_credentials_error() {
     let fx = Fx::new();
     // No key anywhere: not configured.
     assert!(TensorlakeProvider::from_vars(&fx.state(), |_| None).is_none());
@@ -1035,7 +1035,7 @@ async fn missing_or_rejected_key_is_a_clear_config_error() {
         "Error: unauthorized"
     );
 
-    // A rejected key: a Config error, the key redacted from the CLI's echo.
+    // A rejected key: a Credentials error (exit 3), the key redacted from the CLI's echo.
     let p = fx.provider_with(
         KEY,
         &[
@@ -1047,7 +1047,7 @@ async fn missing_or_rejected_key_is_a_clear_config_error() {
         .create(&p, "api", block(json!({})))
         .await
         .expect_err("rejected");
-    let ProviderError::Config { message, .. } = &err else {
+    let ProviderError::Credentials { message, .. } = &err else {
         panic!("{err:?}")
     };
     assert!(message.contains("unauthorized"), "{message}");
