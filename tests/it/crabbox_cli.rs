@@ -798,3 +798,84 @@ fn ssh_prints_the_login_command_and_a_dead_host_is_exit_7() {
     // The claim goes with the pond (the dead host's work root cannot be removed: not asserted).
     let _ = env.run(&["pond", "release", "remote"]);
 }
+
+#[test]
+fn hetzner_leases_resolve_from_the_account_and_a_rejected_token_is_exit_3() {
+    use crate::fake_hetzner::{FakeConfig, TOKEN, start};
+    let env = Env::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let fake = rt.block_on(start(FakeConfig::default()));
+    // Servers made on another machine: no local claim, only the account knows them.
+    let ours = |pond: &'static str, lease: &'static str| {
+        [
+            ("crabbox", "true"),
+            ("created_by", "crabbox"),
+            ("provider", "hetzner"),
+            ("pond", pond),
+            ("lease", lease),
+            ("slug", "api"),
+            ("state", "ready"),
+        ]
+    };
+    let a = fake
+        .handle
+        .plant_server("crabbox-api-a", &ours("alpha", "cbx_00000000000a"));
+    fake.handle
+        .plant_server("crabbox-api-b", &ours("beta", "cbx_00000000000b"));
+    let with = |token: &str, args: &[&str]| {
+        env.cmd()
+            .env("HCLOUD_TOKEN", token)
+            .env("HCLOUD_ENDPOINT", &fake.base_url)
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    // run.go:3766-3773 over the account's servers: ambiguous across ponds → 4.
+    let out = with(TOKEN, &["status", "--id", "api"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("lease=cbx_00000000000a slug=api server="));
+    let out = with(TOKEN, &["status", "--id", "cbx_00000000000b"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(" pond=beta "));
+    // pool.go:84-86: Hetzner's `id` is the numeric server ID, CloudID its decimal string.
+    let out = with(
+        TOKEN,
+        &["list", "--json", "--provider", "hetzner", "--pond", "alpha"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(listed[0]["id"], serde_json::json!(a));
+    assert_eq!(listed[0]["CloudID"], a.to_string());
+    assert_eq!(listed[0]["Provider"], "hetzner");
+    // A 401 is a credentials error: exit 3 (hcloud.go:165; auth.go:87), for every verb.
+    for args in [
+        &["list", "--provider", "hetzner"][..],
+        &["status", "--id", "api"][..],
+        &[
+            "warmup",
+            "--pond",
+            "alpha",
+            "--slug",
+            "new",
+            "--provider",
+            "hetzner",
+        ][..],
+    ] {
+        let out = with("wrong-token", args);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("HCLOUD_TOKEN"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
