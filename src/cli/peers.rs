@@ -43,27 +43,43 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Finds the pond by `--pond NAME`, or by the spec; with the registry
-/// built for the state the spec (or the environment) chose.
+/// built for the state the spec (or the environment) chose. The error is
+/// the exit code, after saying why (3 when a provider rejected or lacks
+/// its credentials).
 fn pond_inventory(
     rt: &tokio::runtime::Runtime,
     spec: &SpecArgs,
     pond: Option<&str>,
-) -> Option<(String, Inventory, Registry)> {
-    if let Some(name) = pond.filter(|_| !spec.file.exists()) {
+) -> Result<(String, Inventory, Registry), ExitCode> {
+    let (name, inv, registry) = if let Some(name) = pond.filter(|_| !spec.file.exists()) {
         let Ok(name) = checked_name(name) else {
             anstream::eprintln!("error: `{name}` is not a usable pond name");
-            return None;
+            return Err(super::exit::code(super::exit::USAGE));
         };
-        let store = store(None)?;
+        let store = store(None).ok_or_else(failure)?;
         let registry = registry(&store);
         let inv = rt.block_on(discover(&name, &[], &registry, &state_dir(), &store));
-        return fully_observed(&inv).then_some((name, inv, registry));
+        (name, inv, registry)
+    } else {
+        let loaded = load_spec(spec, pond).ok_or_else(failure)?;
+        let store = store(Some(&loaded.desired)).ok_or_else(failure)?;
+        let registry = registry(&store);
+        let inv = rt.block_on(observe(&loaded.desired, &registry, &state_dir(), &store));
+        (loaded.desired.name.clone(), inv, registry)
+    };
+    if fully_observed(&inv) {
+        return Ok((name, inv, registry));
     }
-    let loaded = load_spec(spec, pond)?;
-    let store = store(Some(&loaded.desired))?;
-    let registry = registry(&store);
-    let inv = rt.block_on(observe(&loaded.desired, &registry, &state_dir(), &store));
-    fully_observed(&inv).then(|| (loaded.desired.name.clone(), inv, registry))
+    // Credentials missing or rejected: Crabbox's 3; anything else 1.
+    for (provider, why) in &inv.unreachable {
+        let e = rt.block_on(super::lookup::listing_error(
+            &registry, *provider, &name, why,
+        ));
+        if matches!(e, crabbox_core::provider::ProviderError::Credentials { .. }) {
+            return Err(super::exit::code(super::exit::CREDENTIALS));
+        }
+    }
+    Err(failure())
 }
 
 /// Whether every provider and the claim store could be read; says what
@@ -147,9 +163,9 @@ impl PeersArgs {
 
 pub(super) fn peers(args: &PeersArgs) -> ExitCode {
     let rt = runtime();
-    let Some((pond, mut inv, registry)) = pond_inventory(&rt, &args.spec, args.pond.as_deref())
-    else {
-        return failure();
+    let (pond, mut inv, registry) = match pond_inventory(&rt, &args.spec, args.pond.as_deref()) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
     if let Some(only) = args.provider {
         inv.leases.retain(|l| l.provider == only);

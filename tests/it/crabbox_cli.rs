@@ -224,6 +224,8 @@ fn missing_credentials_are_exit_3() {
     let (_, err) = env.code(&["status", "--id", "web"], 3);
     assert!(err.contains("HCLOUD_TOKEN"), "{err}");
     env.code(&["release", "cbx_0123456789ab"], 3);
+    env.code(&["pond", "peers", "--pond", "alpha", "--json"], 3);
+    env.code(&["list"], 3);
 }
 
 #[test]
