@@ -12,7 +12,7 @@ use clap::Args;
 
 use super::engine::failure;
 use super::exit::{self, REMOTE, TIMEOUT, USAGE};
-use super::lookup::{Found, MemberRef, find};
+use super::lookup::{Found, Hit, MemberRef, find, search};
 use super::views::StatusView;
 use crabbox_apply::discover::recorded_ponds;
 use crabbox_apply::executor::ExecOptions;
@@ -256,7 +256,22 @@ pub(super) struct ReleaseArgs {
     lease: Option<String>,
 }
 
+/// `release`/`stop`: deletes the lease. A claim whose lease its provider
+/// no longer has is forgotten, as Crabbox counts a 404 on release as
+/// released and removes the claim (hetzner/backend.go:341-369).
 pub(super) fn release(args: &ReleaseArgs) -> ExitCode {
+    let id = match args.member.id_or(
+        args.lease.as_deref(),
+        "crabbox stop --id <lease-or-server-id>",
+    ) {
+        Ok(id) => id,
+        Err(code) => return code,
+    };
+    let (found, dangling) = match search(&args.member, &id) {
+        Ok(Hit::Lease(f)) => (f, None),
+        Ok(Hit::Dangling(f, lease_id)) => (f, Some(lease_id)),
+        Err(code) => return code,
+    };
     let Found {
         pond,
         registry,
@@ -264,14 +279,23 @@ pub(super) fn release(args: &ReleaseArgs) -> ExitCode {
         rt,
         inv,
         lease,
-    } = match found(
-        &args.member,
-        args.lease.as_deref(),
-        "crabbox stop --id <lease-or-server-id>",
-    ) {
-        Ok(f) => f,
-        Err(code) => return code,
-    };
+    } = found;
+    if let Some(lease_id) = dangling {
+        let p = Plan {
+            pond: pond.clone(),
+            changes: Vec::new(),
+            forget_claims: vec![lease_id.clone()],
+            unclaimed: Vec::new(),
+            outputs: Vec::new(),
+            warnings: Vec::new(),
+        };
+        anstream::eprintln!(
+            "{lease_id} ({}) is gone from provider {}; forgetting its claim",
+            lease.slug(),
+            lease.provider
+        );
+        return run_small_plan(&rt, &p, None, &inv, registry, &store);
+    }
     let p = Plan {
         pond: pond.clone(),
         changes: vec![MemberChange {

@@ -151,10 +151,32 @@ pub(super) async fn listing_error(
     }
 }
 
+/// What an identifier names: a live lease, or a claim whose provider was
+/// listed and no longer has its lease (dangling).
+pub(super) enum Hit {
+    /// A live lease.
+    Lease(Found),
+    /// A dangling claim: its lease ID, and its pond's inventory and tools.
+    Dangling(Found, String),
+}
+
 /// Finds the lease `id` names; prints why and returns the exit code when
 /// there is none (4), several (4), or the providers that might hold it
 /// could not be asked (3 for credentials, else 1).
 pub(super) fn find(member: &MemberRef, id: &str) -> Result<Found, ExitCode> {
+    match search(member, id)? {
+        Hit::Lease(found) => Ok(found),
+        Hit::Dangling(_, lease_id) => {
+            anstream::eprintln!(
+                "error: lease/server not found: {id}\n  help: the claim {lease_id} names a lease its provider no longer has; `crabbox release {lease_id}` forgets it"
+            );
+            Err(exit::code(NOT_FOUND))
+        }
+    }
+}
+
+/// [`find`], also returning a dangling claim `id` names.
+pub(super) fn search(member: &MemberRef, id: &str) -> Result<Hit, ExitCode> {
     let store = store(None).ok_or_else(|| exit::code(1))?;
     let registry = registry(&store);
     let rt = runtime();
@@ -197,14 +219,14 @@ pub(super) fn find(member: &MemberRef, id: &str) -> Result<Found, ExitCode> {
     match matches.as_slice() {
         [(inv, lease)] => {
             let (inv, lease) = ((*inv).clone(), (*lease).clone());
-            return Ok(Found {
+            return Ok(Hit::Lease(Found {
                 pond: inv.pond.clone(),
                 registry,
                 store,
                 rt,
                 inv,
                 lease,
-            });
+            }));
         }
         [] => {}
         many => {
@@ -229,6 +251,34 @@ pub(super) fn find(member: &MemberRef, id: &str) -> Result<Found, ExitCode> {
             );
             return Err(exit::code(NOT_FOUND));
         }
+    }
+    // Not live, but claimed here: the claim outlived its lease.
+    let slug = normalize_name(id);
+    let dangling: Vec<(&Inventory, &crabbox_state::claims::Claim)> = invs
+        .iter()
+        .flat_map(|inv| inv.dangling_claims.iter().map(move |c| (inv, c)))
+        .filter(|(_, c)| member.provider.is_none_or(|p| p.as_str() == c.provider))
+        .filter(|(_, c)| c.lease_id == id || (!is_canonical(id) && normalize_name(&c.slug) == slug))
+        .collect();
+    if let [(inv, claim)] = dangling.as_slice() {
+        let lease = crabbox_providers::claim_backed::lease_from_claim(
+            claim,
+            ProviderName::from_name(&claim.provider).unwrap_or(ProviderName::Local),
+            crabbox_core::lease::Endpoint::default(),
+        );
+        let lease_id = claim.lease_id.clone();
+        let inv = (*inv).clone();
+        return Ok(Hit::Dangling(
+            Found {
+                pond: inv.pond.clone(),
+                registry,
+                store,
+                rt,
+                inv,
+                lease,
+            },
+            lease_id,
+        ));
     }
     // Not seen: a provider that could not be listed may hold it.
     for inv in &invs {
