@@ -202,8 +202,11 @@ pub struct StatusView {
 }
 
 impl StatusView {
-    /// The view of a lease, with its SSH target when it has one. `ready`
-    /// is our `state=ready` label: setup and readiness checks passed.
+    /// The view of a lease, with its SSH target when it has one. `ready`:
+    /// for our leases (they carry `pond_setup`), the `state=ready` label —
+    /// setup and readiness checks passed; for a lease Crabbox made,
+    /// Crabbox's rule without its SSH probe: an address, and a state that
+    /// is neither `provisioning` nor terminal (status.go:200-256).
     #[must_use]
     pub fn of(lease: &Lease, ssh: Option<&SshTarget>) -> Self {
         let host = lease.endpoint.host.clone().unwrap_or_default();
@@ -230,7 +233,7 @@ impl StatusView {
             expires_at: label_time(lease, labels::EXPIRES_AT),
             labels: lease.labels.clone(),
             has_host: !host.is_empty(),
-            ready: lease.state() == labels::state::READY,
+            ready: ready(lease, !host.is_empty()),
             host,
         }
     }
@@ -262,6 +265,15 @@ impl StatusView {
     #[must_use]
     pub fn wait_done(&self) -> bool {
         self.ready || terminal(&self.state)
+    }
+}
+
+fn ready(lease: &Lease, has_host: bool) -> bool {
+    let state = lease.state();
+    if lease.label(labels::POND_SETUP).is_some() {
+        state == labels::state::READY
+    } else {
+        has_host && state != "provisioning" && !terminal(state)
     }
 }
 
@@ -349,6 +361,36 @@ pub fn shell_word(a: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lease(labels: &[(&str, &str)], host: Option<&str>) -> Lease {
+        let mut l: Lease = serde_json::from_value(serde_json::json!({
+            "id": "cbx_000000000001", "provider": "hetzner", "cloud_id": "7", "labels": {},
+        }))
+        .expect("a lease");
+        l.labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        l.endpoint.host = host.map(str::to_owned);
+        l
+    }
+
+    #[test]
+    fn ready_is_setup_done_for_ours_and_crabboxs_rule_for_its_leases() {
+        let ours = |state| {
+            StatusView::of(
+                &lease(&[("pond_setup", "x"), ("state", state)], Some("h")),
+                None,
+            )
+        };
+        assert!(ours("ready").ready);
+        assert!(!ours("leased").ready, "still being set up");
+        let theirs = |state, host| StatusView::of(&lease(&[("state", state)], host), None);
+        assert!(theirs("leased", Some("h")).ready);
+        assert!(!theirs("provisioning", Some("h")).ready);
+        assert!(!theirs("failed", Some("h")).ready);
+        assert!(!theirs("leased", None).ready, "no address");
+    }
 
     #[test]
     fn go_durations_print_as_go_does() {
