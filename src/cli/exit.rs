@@ -28,12 +28,15 @@ pub fn code(code: u8) -> ExitCode {
 }
 
 /// The exit code for a failed provider call: 3 for credentials, 4 for a
-/// resource that does not exist, 1 for anything else.
+/// resource that does not exist, 2 for what the provider cannot do at all
+/// (Crabbox: `provider=… does not support …`, heartbeat.go:83), 1 for
+/// anything else.
 #[must_use]
 pub fn provider_code(e: &ProviderError) -> u8 {
     match e {
         ProviderError::Credentials { .. } => CREDENTIALS,
         ProviderError::NotFound(_) => NOT_FOUND,
+        ProviderError::Unsupported(_) => USAGE,
         _ => 1,
     }
 }

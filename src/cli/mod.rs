@@ -39,7 +39,8 @@ Exit codes of plan, apply and destroy (Terraform's):
 Exit codes of the other commands (Crabbox's):
   0  success (run: the remote command's own exit code)
   1  other errors (a failed provider call, unreadable state)
-  2  usage: unknown flag, missing --id, bad value; a refused option; malformed claim files
+  2  usage: unknown flag, missing --id, bad value; a refused or unsupported option or
+     operation; malformed claim files
   3  missing or rejected provider credentials (HCLOUD_TOKEN unset, a 401)
   4  lease not found, or a slug that matches several leases
   5  status --wait timed out, or the lease reached a terminal state first

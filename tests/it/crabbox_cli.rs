@@ -191,6 +191,20 @@ fn warmup_prints_crabboxs_leased_line_keeps_by_default_and_refuses_tailscale() {
         2,
     );
     assert!(err.contains("unknown class"), "{err}");
+    let (_, err) = env.code(
+        &[
+            "warmup", "--pond", "alpha", "--slug", "sized", "--class", "beast", "--type", "cx22",
+        ],
+        0,
+    );
+    assert!(
+        err.contains("--class/--type have no effect on provider `local`"),
+        "{err}"
+    );
+    // pause by slug across ponds: the local provider cannot, exit 2 as
+    // Crabbox's "does not support" (heartbeat.go:83).
+    let (_, err) = env.code(&["pause", "sized"], 2);
+    assert!(err.contains("cannot pause"), "{err}");
     env.code(&["pond", "release", "alpha"], 0);
 }
 
