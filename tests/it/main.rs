@@ -12,6 +12,7 @@ mod fake_http;
 mod fake_islo;
 mod fake_provider;
 mod hetzner;
+mod hetzner_bootstrap;
 mod huge_documents;
 mod islo;
 mod killed;
