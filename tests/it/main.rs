@@ -20,6 +20,7 @@ mod layers;
 mod loader_fuzz;
 mod local_e2e;
 mod outputs_owner;
+mod peers_compat;
 mod pg;
 mod plan_output;
 mod scenarios;
