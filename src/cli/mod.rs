@@ -3,6 +3,7 @@
 //! stderr, colour only on a terminal and never with `NO_COLOR`.
 
 mod apply;
+mod config;
 mod engine;
 mod imperative;
 mod peers;
@@ -102,6 +103,10 @@ enum Command {
     /// when CRABBOX_STATE_URL or the spec's `state:` names a database).
     #[command(subcommand)]
     State(state::StateCommand),
+    /// Crabbox's user config (CRABBOX_CONFIG, else <user config dir>/crabbox/config.yaml,
+    /// then ./crabbox.yaml and ./.crabbox.yaml) as crabbox reads it.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// The spec file and the variables it is read with; shared by every command
@@ -178,5 +183,6 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Sweep(args) => sweep::run(&args),
         Command::Pond(cmd) => pond::run(&cmd),
         Command::State(cmd) => state::run(&cmd),
+        Command::Config(cmd) => config::run(&cmd),
     }
 }

@@ -33,5 +33,6 @@ mod support;
 mod tensorlake;
 mod test_script;
 mod unobserved;
+mod user_config;
 mod workdir_rules;
 mod workflows;

@@ -74,6 +74,7 @@ use crabbox_exec::ssh::SshTarget;
 use crabbox_spec::desired::DesiredMember;
 use crabbox_spec::model::Class;
 use crabbox_spec::providers::HetznerBlock;
+use crabbox_spec::user_config::{Source, UserConfig};
 use crabbox_state::state_dir::expand_tilde;
 
 /// Hetzner's public API.
@@ -208,6 +209,33 @@ struct EndpointRecord {
     work_root: String,
 }
 
+/// Location, image and class when a member leaves them open: crabbox's
+/// (Crabbox's location and image, class `standard`), or the user config's.
+#[derive(Debug, Clone)]
+struct Defaults {
+    location: String,
+    image: String,
+    class: ClassChoice,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            location: DEFAULT_LOCATION.to_owned(),
+            image: DEFAULT_IMAGE.to_owned(),
+            class: ClassChoice::Class(DEFAULT_CLASS),
+        }
+    }
+}
+
+/// A default class: one of the table's, or (as in Crabbox, provider.go:174-191)
+/// an unknown name used as a literal server type.
+#[derive(Debug, Clone)]
+enum ClassChoice {
+    Class(Class),
+    Literal(String),
+}
+
 /// The SSH settings of one member, from its block.
 #[derive(Debug, Clone)]
 struct SshSettings {
@@ -240,6 +268,8 @@ pub struct HetznerProvider {
     testboxes: PathBuf,
     /// SSH port candidates after the primary one.
     fallback_ports: Vec<u16>,
+    /// Location, image and class for members that leave them open.
+    defaults: Defaults,
     /// Lease ID → how to reach it.
     targets: Mutex<HashMap<String, SshTarget>>,
     /// Server ID → when this provider last saw the server, and the server
@@ -323,7 +353,38 @@ impl HetznerProvider {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let token = var("HCLOUD_TOKEN").or_else(|| var("HETZNER_TOKEN"))?;
         let base = var("HCLOUD_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
-        Some(Self::new(&base, token.trim(), state_dir))
+        let provider = Self::new(&base, token.trim(), state_dir);
+        // A malformed config is reported by `crabbox config show`; here it
+        // only leaves crabbox's own defaults in place.
+        Some(match UserConfig::load() {
+            Ok(config) => provider.with_user_config(&config),
+            Err(_) => provider,
+        })
+    }
+
+    /// Takes the location, image and class a member leaves open from
+    /// Crabbox's user config (`hetzner.location`, `hetzner.image`, `class`,
+    /// or their environment variables) when it sets them.
+    #[must_use]
+    pub fn with_user_config(mut self, config: &UserConfig) -> Self {
+        let set = |key: &str| {
+            config
+                .get(key)
+                .filter(|_| !matches!(config.source(key), Some(Source::Default) | None))
+                .map(str::to_owned)
+        };
+        if let Some(location) = set("hetzner.location") {
+            self.defaults.location = location;
+        }
+        if let Some(image) = set("hetzner.image") {
+            self.defaults.image = image;
+        }
+        if let Some(class) = set("class") {
+            self.defaults.class =
+                serde_json::from_value(serde_json::Value::String(class.to_ascii_lowercase()))
+                    .map_or(ClassChoice::Literal(class), ClassChoice::Class);
+        }
+        self
     }
 
     /// A provider talking to `base_url` (e.g. `https://api.hetzner.cloud/v1`)
@@ -345,6 +406,7 @@ impl HetznerProvider {
                 |dir| dir.join("crabbox").join("testboxes"),
             ),
             fallback_ports: DEFAULT_FALLBACK_PORTS.to_vec(),
+            defaults: Defaults::default(),
             targets: Mutex::new(HashMap::new()),
             sightings: Mutex::new(HashMap::new()),
         }
@@ -868,10 +930,10 @@ impl HetznerProvider {
         key: &str,
         user_data: &str,
     ) -> Result<Server, ProviderError> {
-        let (types, exact) = server_types(&request.member);
+        let (types, exact) = server_types(&request.member, &self.defaults.class);
         let name = server_name(&request.member.slug, &request.lease_id);
-        let location = block.location.as_deref().unwrap_or(DEFAULT_LOCATION);
-        let image = block.image.as_deref().unwrap_or(DEFAULT_IMAGE);
+        let location = block.location.as_deref().unwrap_or(&self.defaults.location);
+        let image = block.image.as_deref().unwrap_or(&self.defaults.image);
         let mut rejected: Vec<String> = Vec::new();
         for server_type in &types {
             let mut labels = request.labels.clone();
@@ -921,7 +983,10 @@ impl HetznerProvider {
         }
         Err(ProviderError::Failed(format!(
             "hetzner: no server type of class `{}` could be created in {location}: {}",
-            request.member.class.unwrap_or(DEFAULT_CLASS).as_str(),
+            match (request.member.class, &self.defaults.class) {
+                (Some(c), _) | (None, &ClassChoice::Class(c)) => c.as_str(),
+                (None, ClassChoice::Literal(t)) => t.as_str(),
+            },
             rejected.join("; ")
         )))
     }
@@ -1180,16 +1245,16 @@ fn ssh_settings(block: &HetznerBlock) -> SshSettings {
 }
 
 /// The types to try and whether the member pinned one.
-fn server_types(member: &DesiredMember) -> (Vec<String>, bool) {
-    match member.server_type.as_deref().filter(|t| !t.is_empty()) {
-        Some(t) => (vec![t.to_owned()], true),
-        None => (
-            class_types(member.class.unwrap_or(DEFAULT_CLASS))
-                .iter()
-                .map(|t| (*t).to_owned())
-                .collect(),
+fn server_types(member: &DesiredMember, default: &ClassChoice) -> (Vec<String>, bool) {
+    if let Some(t) = member.server_type.as_deref().filter(|t| !t.is_empty()) {
+        return (vec![t.to_owned()], true);
+    }
+    match (member.class, default) {
+        (Some(c), _) | (None, &ClassChoice::Class(c)) => (
+            class_types(c).iter().map(|t| (*t).to_owned()).collect(),
             false,
         ),
+        (None, ClassChoice::Literal(t)) => (vec![t.clone()], false),
     }
 }
 
