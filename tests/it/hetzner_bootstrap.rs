@@ -252,8 +252,7 @@ async fn echo(provider: &HetznerProvider, lease: &crabbox_core::lease::Lease) ->
         .await
         .expect("exec");
     assert_eq!(code, 0);
-    let lines = sink.0.lock().expect("lock").clone();
-    lines
+    sink.0.lock().expect("lock").clone()
 }
 
 #[tokio::test]
