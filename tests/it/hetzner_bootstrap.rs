@@ -311,3 +311,39 @@ async fn the_primary_port_wins_when_it_answers() {
             .is_ok_and(|mut d| d.next().is_none())
     );
 }
+
+#[tokio::test]
+async fn a_server_crabbox_made_is_reached_as_crabbox_reaches_it() {
+    use crabbox_exec::session::SshTargets as _;
+    let fx = Fixture::new(None).await;
+    let open = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let fallback = open.local_addr().expect("addr").port();
+    let provider = fx.provider().with_fallback_ports(&[fallback]);
+    // A lease listed from a server Crabbox made: no endpoint record here.
+    let id = new_lease_id();
+    let lease = crabbox_core::lease::Lease {
+        id: id.clone(),
+        provider: ProviderName::Hetzner,
+        cloud_id: "7".to_owned(),
+        labels: crabbox_core::labels::Labels::new(),
+        endpoint: crabbox_core::lease::Endpoint {
+            host: Some("127.0.0.1".to_owned()),
+            ssh_port: Some(closed_port()),
+            url: None,
+            shares: Vec::new(),
+        },
+        listed: true,
+        claimed: false,
+    };
+    let target = provider.ssh_target_of(&lease).await.expect("target");
+    // Crabbox's login, its key path, its work root; the primary port is
+    // closed, so the first open fallback (ssh.go:363-372).
+    assert_eq!(target.user, "crabbox");
+    assert_eq!(target.port, fallback);
+    assert_eq!(
+        target.key.as_deref(),
+        Some(fx.testboxes().join(&id).join("id_ed25519").as_path())
+    );
+    assert_eq!(target.work_root, format!("/work/crabbox/{id}"));
+    drop(open);
+}

@@ -581,17 +581,7 @@ impl HetznerProvider {
             return Ok(t);
         }
         check_lease_id(&lease.id)?;
-        // No record: a server Crabbox made, reached as Crabbox reaches it.
-        let record = self
-            .read_endpoint(&lease.id)
-            .unwrap_or_else(|| EndpointRecord {
-                lease_id: lease.id.clone(),
-                user: DEFAULT_SSH_USER.to_owned(),
-                port: lease.endpoint.ssh_port.unwrap_or(DEFAULT_SSH_PORT),
-                key: self.stored_key(&lease.id),
-                pond: String::new(),
-                work_root: format!("{DEFAULT_WORK_BASE}/{}", lease.id),
-            });
+        let recorded = self.read_endpoint(&lease.id);
         let host = match lease.endpoint.host.clone().filter(|h| !h.is_empty()) {
             Some(host) => host,
             None => {
@@ -609,6 +599,29 @@ impl HetznerProvider {
                         lease.id
                     ))
                 })?
+            }
+        };
+        // No record: a server Crabbox made, reached as Crabbox reaches it —
+        // the first open port of 2222, then the fallbacks.
+        let record = match recorded {
+            Some(record) => record,
+            None => {
+                let primary = lease.endpoint.ssh_port.unwrap_or(DEFAULT_SSH_PORT);
+                let mut port = primary;
+                for candidate in cloud_init::port_candidates(primary, &self.fallback_ports) {
+                    if port_open(&host, candidate).await {
+                        port = candidate;
+                        break;
+                    }
+                }
+                EndpointRecord {
+                    lease_id: lease.id.clone(),
+                    user: DEFAULT_SSH_USER.to_owned(),
+                    port,
+                    key: self.stored_key(&lease.id),
+                    pond: String::new(),
+                    work_root: format!("{DEFAULT_WORK_BASE}/{}", lease.id),
+                }
             }
         };
         let target = self.new_target(&lease.id, host, &record);
@@ -1078,13 +1091,7 @@ impl HetznerProvider {
         loop {
             let mut seen = Vec::new();
             for &port in ports {
-                let open = tokio::time::timeout(
-                    PORT_PROBE_TIMEOUT,
-                    tokio::net::TcpStream::connect((target.host.as_str(), port)),
-                )
-                .await
-                .is_ok_and(|c| c.is_ok());
-                if !open {
+                if !port_open(&target.host, port).await {
                     seen.push(format!("{port}: closed"));
                     continue;
                 }
@@ -1242,6 +1249,16 @@ fn ssh_settings(block: &HetznerBlock) -> SshSettings {
             .filter(|k| !k.is_empty())
             .map(expand_tilde),
     }
+}
+
+/// Whether `host:port` accepts a TCP connection within [`PORT_PROBE_TIMEOUT`].
+async fn port_open(host: &str, port: u16) -> bool {
+    tokio::time::timeout(
+        PORT_PROBE_TIMEOUT,
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok())
 }
 
 /// The types to try and whether the member pinned one.
