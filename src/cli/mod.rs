@@ -5,6 +5,7 @@
 mod apply;
 mod claims;
 mod cleanup;
+mod config;
 mod engine;
 mod exit;
 mod imperative;
@@ -133,6 +134,10 @@ enum Command {
     /// when CRABBOX_STATE_URL or the spec's `state:` names a database).
     #[command(subcommand)]
     State(state::StateCommand),
+    /// Crabbox's user config (CRABBOX_CONFIG, else <user config dir>/crabbox/config.yaml,
+    /// then ./crabbox.yaml and ./.crabbox.yaml) as crabbox reads it.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 /// The spec file and the variables it is read with; shared by every command
@@ -215,5 +220,6 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Sweep(args) => sweep::run(&args),
         Command::Pond(cmd) => pond::run(&cmd),
         Command::State(cmd) => state::run(&cmd),
+        Command::Config(cmd) => config::run(&cmd),
     }
 }

@@ -14,6 +14,7 @@ use super::views::leased_line;
 use crabbox_apply::discover::discover;
 use crabbox_core::normalize::checked_name;
 use crabbox_core::provider::ProviderName;
+use crabbox_spec::user_config::UserConfig;
 use crabbox_plan::Action;
 use crabbox_plan::diff::{PlanOptions, plan};
 use crabbox_spec::desired::{
@@ -71,11 +72,15 @@ fn parse_class(s: &str) -> Result<Class, String> {
     })
 }
 
-/// The provider `warmup` uses without `--provider`. The single place where
-/// a configured default (Crabbox's user config `provider:` /
-/// `CRABBOX_PROVIDER`) plugs in; until then, `local`.
-fn default_provider() -> ProviderName {
-    ProviderName::Local
+/// The provider `warmup` uses without `--provider`: the one Crabbox's user
+/// config names (`provider:` in its files, `CRABBOX_PROVIDER`), else `local`.
+/// Crabbox itself falls back to `hetzner`; a bare `warmup` here never rents a
+/// server nobody configured.
+fn default_provider() -> Result<ProviderName, String> {
+    let config = UserConfig::load().map_err(|e| e.to_string())?;
+    config
+        .configured_provider()
+        .map_or(Ok(ProviderName::Local), parse_provider)
 }
 
 /// A usage error (exit 2) with what to do.
@@ -100,7 +105,15 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
             "drop --tailscale; peers reach each other through the peer variables (CRABBOX_POND_<PEER>_<PORT>) and `crabbox pond connect`",
         );
     }
-    let provider = args.provider.unwrap_or_else(default_provider);
+    let provider = match args.provider.map_or_else(default_provider, Ok) {
+        Ok(provider) => provider,
+        Err(e) => {
+            return usage(
+                &e,
+                "fix Crabbox's user config (`crabbox config path` shows it) or pass --provider",
+            )
+        }
+    };
     if matches!(provider, ProviderName::Local | ProviderName::Ssh)
         && (args.class.is_some() || args.server_type.is_some())
     {

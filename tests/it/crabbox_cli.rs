@@ -39,6 +39,9 @@ impl Env {
             .env("NO_COLOR", "1")
             .env("TZ", "UTC")
             .env_remove("CRABBOX_STATE_URL")
+            .env_remove("CRABBOX_CONFIG")
+            .env_remove("CRABBOX_PROVIDER")
+            .env_remove("XDG_CONFIG_HOME")
             .env_remove("HCLOUD_TOKEN")
             .env_remove("HETZNER_TOKEN")
             .env_remove("ISLO_API_KEY")
@@ -240,6 +243,33 @@ fn missing_credentials_are_exit_3() {
     env.code(&["release", "cbx_0123456789ab"], 3);
     env.code(&["pond", "peers", "--pond", "alpha", "--json"], 3);
     env.code(&["list"], 3);
+}
+
+#[test]
+fn warmup_without_provider_uses_the_one_crabboxs_user_config_names() {
+    let env = Env::new();
+    let config = env.path("home/.config/crabbox/config.yaml");
+    std::fs::create_dir_all(config.parent().expect("dir")).expect("config dir");
+    // Nothing configured: `local`, which needs no credentials.
+    env.warmup("alpha", "first", &[]);
+    // Crabbox's `provider:` key (config.go) picks the provider: Hetzner
+    // without a token is exit 3, so the file was read.
+    std::fs::write(&config, "provider: hetzner\n").expect("config");
+    let (_, err) = env.code(&["warmup", "--pond", "alpha", "--slug", "api"], 3);
+    assert!(err.contains("HCLOUD_TOKEN"), "{err}");
+    // The environment wins over the file.
+    let out = env
+        .cmd()
+        .env("CRABBOX_PROVIDER", "local")
+        .args(["warmup", "--pond", "alpha", "--slug", "api"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("provider=local"));
+    // A provider nobody knows is a usage error naming the way out.
+    std::fs::write(&config, "provider: nimbus\n").expect("config");
+    let (_, err) = env.code(&["warmup", "--pond", "alpha", "--slug", "web"], 2);
+    assert!(err.contains("nimbus") && err.contains("--provider"), "{err}");
 }
 
 #[test]

@@ -162,8 +162,9 @@ fn local_tensorlake_and_islo_members_apply_share_and_destroy() {
     assert_eq!(app["provider"], "islo");
     let url = app["endpoint"].as_str().expect("endpoint");
     assert!(url.starts_with("https://"), "{url}");
-    assert_eq!(app["targets"][0]["port"], port);
-    assert_eq!(app["targets"][0]["url"], url);
+    // Crabbox lists a URL member's targets only while its endpoint is
+    // unknown (or for --share-port): pond_bridge.go:435.
+    assert!(app.get("targets").is_none(), "{app}");
     let loader = peers["members"]
         .as_array()
         .expect("members")

@@ -55,6 +55,12 @@ impl Fixture {
         }
     }
 
+    /// Stands for `<user config dir>/crabbox/testboxes`, where Crabbox
+    /// keeps a lease's key.
+    fn testboxes(&self) -> std::path::PathBuf {
+        self.state.path().join("config/crabbox/testboxes")
+    }
+
     fn handle(&self) -> &FakeHandle {
         &self.fake.handle
     }
@@ -66,6 +72,7 @@ impl Fixture {
 
     fn provider_with_token(&self, token: &str) -> HetznerProvider {
         HetznerProvider::new(&self.fake.base_url, token, self.state.path())
+            .with_testboxes_dir(&self.testboxes())
             .with_boot_polling(Duration::from_millis(50), Duration::from_secs(10))
             .with_request_timeout(Duration::from_secs(10))
     }
@@ -234,7 +241,8 @@ async fn list_reads_every_page_and_fetches_the_rest_concurrently() {
             .as_deref()
             .is_some_and(|h| h.starts_with("203.0.113."))
     );
-    assert_eq!(first.endpoint.ssh_port, Some(22));
+    // Crabbox's default SSH port (config.go:2977) for a server without a record.
+    assert_eq!(first.endpoint.ssh_port, Some(2222));
     assert!(first.listed);
 
     let pages = fx.requests("GET", "/v1/servers");
@@ -260,7 +268,7 @@ async fn create_puts_every_label_in_the_create_call_and_labels_the_key() {
 
     let keys = fx.requests("POST", "/v1/ssh_keys");
     assert_eq!(keys.len(), 1);
-    let key_dir = fx.state.path().join("ssh/keys").join(&req.lease_id);
+    let key_dir = fx.testboxes().join(&req.lease_id);
     let public = std::fs::read_to_string(key_dir.join("id_ed25519.pub")).expect("generated key");
     assert_eq!(keys[0].body["name"], json!(key_name(&req.lease_id)));
     assert_eq!(keys[0].body["public_key"], json!(public.trim()));
@@ -275,7 +283,8 @@ async fn create_puts_every_label_in_the_create_call_and_labels_the_key() {
         & 0o777;
     assert_eq!(mode, 0o700);
     assert!(key_dir.join("id_ed25519").exists());
-    assert!(key_dir.join("endpoint.json").exists());
+    let record_dir = fx.state.path().join("ssh/keys").join(&req.lease_id);
+    assert!(record_dir.join("endpoint.json").exists());
 
     let creates = fx.requests("POST", "/v1/servers");
     assert_eq!(creates.len(), 1);
@@ -331,7 +340,8 @@ async fn create_puts_every_label_in_the_create_call_and_labels_the_key() {
         lease.endpoint,
         Endpoint {
             host: Some("127.0.0.1".into()),
-            ssh_port: Some(22),
+            // Crabbox's SSHPort (config.go:2977), which the bootstrap serves.
+            ssh_port: Some(2222),
             url: None,
             shares: Vec::new(),
         }
@@ -796,12 +806,7 @@ async fn a_members_own_key_is_uploaded_once_and_shared() {
         json!([key_name(&first.lease_id)])
     );
     assert!(
-        !fx.state
-            .path()
-            .join("ssh/keys")
-            .join(&first.lease_id)
-            .join("id_ed25519")
-            .exists(),
+        !fx.testboxes().join(&first.lease_id).exists(),
         "no key is generated when the member has one"
     );
 

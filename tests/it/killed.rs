@@ -213,13 +213,12 @@ impl World {
     }
 
     /// Destroys what is left and removes the work roots the fake's servers
-    /// made in the login's home.
+    /// made under Crabbox's work root on this machine.
     fn clean_up(&self) {
         self.fake.handle.set_storm(None);
         let _ = self.run(&["destroy", "--auto-approve"]);
-        let home = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
         for id in self.leases_ever_created() {
-            let _ = std::fs::remove_dir_all(home.join("crabbox").join(id));
+            let _ = std::fs::remove_dir_all(std::path::Path::new("/work/crabbox").join(id));
         }
     }
 }

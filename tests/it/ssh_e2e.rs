@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use assert_cmd::Command;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::sshd::{TestSshd, free_port};
 
@@ -366,9 +366,16 @@ members:
     for m in members {
         match m["provider"].as_str().expect("provider") {
             "local" => assert_eq!(m["transport"], "local"),
-            "ssh" | "hetzner" => {
+            "ssh" => {
                 assert_eq!(m["transport"], "ssh");
                 assert_eq!(m["endpoint"], format!("ssh://127.0.0.1:{}", sshd.port));
+            }
+            // Crabbox's document: Hetzner is tailnet-primary, pending
+            // without Tailscale (pond_bridge.go:541-560).
+            "hetzner" => {
+                assert_eq!(m["transport"], "pending");
+                assert_eq!(m["endpoint"], "");
+                assert_eq!(m["transports"], json!(["tailnet", "ssh"]));
             }
             other => panic!("unexpected provider {other}"),
         }
@@ -417,9 +424,8 @@ members:
         0,
         "no claim is left"
     );
-    // The fake's servers are this machine: remove the work roots their leases made in the login's home.
-    let home = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
+    // The fake's servers are this machine: remove the work roots their leases made there.
     for id in lease_ids {
-        let _ = std::fs::remove_dir_all(home.join("crabbox").join(id));
+        let _ = std::fs::remove_dir_all(Path::new("/work/crabbox").join(id));
     }
 }

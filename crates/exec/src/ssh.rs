@@ -94,10 +94,20 @@ impl SshTarget {
     /// # Errors
     /// Timeout or authentication failure.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ProviderError> {
+        self.wait_until("true", timeout).await
+    }
+
+    /// [`Self::wait_ready`] until the login also runs `check` (in the
+    /// login's home, before any work root exists) with exit status 0 — a
+    /// host's own readiness check, such as the bootstrap's `crabbox-ready`.
+    ///
+    /// # Errors
+    /// Timeout or authentication failure.
+    pub async fn wait_until(&self, check: &str, timeout: Duration) -> Result<(), ProviderError> {
         let deadline = Instant::now() + timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let last = match self.capture("true", Input::Nothing, Some(remaining)).await {
+            let last = match self.capture(check, Input::Nothing, Some(remaining)).await {
                 Ok(Captured {
                     outcome: Outcome::Exited(0),
                     ..

@@ -13,6 +13,7 @@ use handlebars::{
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use crate::bridge::BridgePeer;
 use crate::peers::{Peer, peer_env};
 
 /// Name of the Crabbox-shaped peer list.
@@ -40,9 +41,16 @@ pub struct OutputFile {
 pub fn peers_json(peers: &[Peer]) -> String {
     #[derive(Serialize)]
     struct Doc<'a> {
-        members: &'a [Peer],
+        members: Vec<&'a BridgePeer>,
     }
-    let mut text = serde_json::to_string_pretty(&Doc { members: peers }).expect("peers serialize");
+    let mut members: Vec<&BridgePeer> = peers.iter().map(|p| &p.crabbox).collect();
+    // Crabbox's order, by its (possibly empty) slug, then lease ID.
+    members.sort_by(|a, b| {
+        a.slug
+            .cmp(&b.slug)
+            .then_with(|| a.lease_id.cmp(&b.lease_id))
+    });
+    let mut text = serde_json::to_string_pretty(&Doc { members }).expect("peers serialize");
     text.push('\n');
     text
 }
@@ -284,7 +292,10 @@ mod tests {
         assert_eq!(members.len(), 3);
         assert_eq!(members[0]["slug"], "api");
         assert_eq!(members[0]["leaseID"], "cbx_00000000000b");
-        assert_eq!(members[0]["transports"], json!(["local"]));
+        // `local` is no Crabbox provider: our own transport.
+        assert_eq!(members[0]["transport"], "local");
+        assert_eq!(members[0]["endpoint"], "127.77.3.10");
+        // Keys in BridgePeer's order (pond_bridge.go:31-52).
         let keys: Vec<&str> = members[2]
             .as_object()
             .expect("object")
@@ -300,7 +311,9 @@ mod tests {
                 "pond",
                 "transport",
                 "transports",
-                "endpoint"
+                "endpoint",
+                "labels",
+                "note"
             ]
         );
         assert_eq!(peers_json(&[]), "{\n  \"members\": []\n}\n");

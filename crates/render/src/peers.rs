@@ -1,15 +1,18 @@
-//! Peers: each live lease as the other members see it, in the shape of
-//! Crabbox's `pond peers --json` (transports, endpoint, note, targets), the
+//! Peers: each live lease as the other members see it — how crabbox
+//! reaches it (transports from what is known of the lease, the SSH address
+//! even where Crabbox's document says `pending`), the
 //! `CRABBOX_POND_<PEER>_<PORT>` environment given to run steps, and the
 //! resolution of `{{peers.<slug>.<field>}}` references in member settings.
+//! Each peer also carries the member Crabbox's `pond peers --json` prints
+//! for it ([`crate::bridge`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use serde::Serialize;
 
 use crabbox_core::lease::Lease;
 use crabbox_core::provider::Features;
 use crabbox_core::provider::ProviderName;
+
+use crate::bridge::{BridgePeer, bridge_peer};
 
 /// The endpoint of a peer that cannot be reached (yet).
 pub const PENDING: &str = "pending";
@@ -34,26 +37,23 @@ const TAILSCALE_IPV4: &str = "tailscale_ipv4";
 /// Fields a `{{peers.<slug>.<field>}}` reference may name.
 const REF_FIELDS: &str = "host, endpoint, lease_id, port";
 
-/// A published URL for one port of a URL-bridge peer (Crabbox's `targets[]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A published URL for one port of a URL-bridge peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// The member's port the URL leads to.
     pub port: u16,
     /// The URL peers use.
     pub url: String,
-    /// When the share expires (RFC 3339; Crabbox emits `0001-01-01T00:00:00Z` when unset).
-    #[serde(rename = "expiresAt")]
+    /// When the share expires (RFC 3339).
     pub expires_at: String,
 }
 
-/// One member as its peers see it; serializes as a member of Crabbox's
-/// `pond peers --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One member as its peers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     /// The member's slug (the lease ID when the lease has no slug label).
     pub slug: String,
     /// Its lease ID.
-    #[serde(rename = "leaseID")]
     pub lease_id: String,
     /// The provider it lives on.
     pub provider: ProviderName,
@@ -68,17 +68,15 @@ pub struct Peer {
     /// for `tailnet`; `pending` when it cannot be reached (yet).
     pub endpoint: String,
     /// The address peers dial (the local bind address, or the SSH host).
-    #[serde(skip)]
     pub host: Option<String>,
     /// Exposed ports, from the `crabbox_exposed_ports` label.
-    #[serde(skip)]
     pub ports: Vec<u16>,
     /// Why the endpoint is `pending`, when it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     /// Published URLs, for URL-bridge peers.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<Target>,
+    /// The member as Crabbox's `pond peers --json` shows it.
+    pub crabbox: BridgePeer,
 }
 
 /// The peers of `pond` from its live leases, sorted by slug, then lease ID.
@@ -153,6 +151,7 @@ fn peer_from_lease(pond: &str, lease: &Lease, features: Features) -> Peer {
     };
 
     Peer {
+        crabbox: bridge_peer(pond, lease, features),
         slug,
         lease_id: lease.id.clone(),
         provider: lease.provider,
@@ -417,24 +416,28 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn peers_are_sorted_and_serialize_as_crabbox() {
+    fn peers_are_sorted_and_keep_what_crabbox_uses() {
         let peers = sample();
         let order: Vec<&str> = peers.iter().map(|p| p.slug.as_str()).collect();
         assert_eq!(order, ["api", "db", "web"]);
-        let json = serde_json::to_value(&peers[1]).expect("json");
+        let db = &peers[1];
         assert_eq!(
-            json,
-            serde_json::json!({
-                "slug": "db", "leaseID": "cbx_00000000000a", "provider": "local", "pond": "demo",
-                "transport": "local", "transports": ["local"], "endpoint": "127.77.3.9",
-            })
+            (db.transport.as_str(), db.endpoint.as_str()),
+            ("local", "127.77.3.9")
         );
-        assert_eq!(peers[1].host.as_deref(), Some("127.77.3.9"));
-        assert_eq!(peers[1].ports, vec![5432]);
-        let web = serde_json::to_value(&peers[2]).expect("json");
-        assert_eq!(web["transports"], serde_json::json!(["ssh"]));
-        assert_eq!(web["endpoint"], "ssh://203.0.113.7:2222");
-        assert_eq!(peers[2].ports, vec![80, 443]);
+        assert_eq!(db.transports, ["local"]);
+        assert_eq!(db.host.as_deref(), Some("127.77.3.9"));
+        assert_eq!(db.ports, vec![5432]);
+        // What crabbox uses for env and references: the SSH address…
+        let web = &peers[2];
+        assert_eq!(web.transports, ["ssh"]);
+        assert_eq!(web.endpoint, "ssh://203.0.113.7:2222");
+        assert_eq!(web.ports, vec![80, 443]);
+        // …while Crabbox's document says what Crabbox says: Hetzner is
+        // tailnet-primary and pending without one (pond_bridge.go:541-560).
+        assert_eq!(web.crabbox.transport, "pending");
+        assert_eq!(web.crabbox.endpoint, "");
+        assert_eq!(web.crabbox.transports, ["tailnet", "ssh"]);
     }
 
     #[test]
@@ -562,9 +565,8 @@ pub(crate) mod tests {
                 ("ssh", vec!["ssh"], "ssh://[2001:db8::1]:22", None),
             ]
         );
-        let json = serde_json::to_value(&peers[1]).expect("json");
-        assert_eq!(json["note"], "no SSH address yet");
-        assert!(json.get("targets").is_none());
+        assert_eq!(peers[1].note.as_deref(), Some("no SSH address yet"));
+        assert!(peers[1].targets.is_empty());
     }
 
     #[test]

@@ -13,4 +13,5 @@ pub mod providers;
 pub mod schema;
 pub mod source;
 pub mod suggest;
+pub mod user_config;
 pub mod yaml;

@@ -16,6 +16,7 @@ use crate::source::{SourceFile, Span};
 use crate::suggest::Names;
 use crate::yaml::PointerIndex;
 use crabbox_core::provider::ProviderName;
+use crabbox_render::bridge::BridgePeer;
 use crabbox_render::files::render_template;
 use crabbox_render::peers::{Peer, resolve_refs};
 
@@ -60,6 +61,8 @@ impl<'a> Targets<'a> {
                 ports: m.ports.map_or_else(|| vec![1], <[u16]>::to_vec),
                 note: None,
                 targets: Vec::new(),
+                // Checking references never prints Crabbox's document.
+                crabbox: BridgePeer::default(),
             })
             .collect();
         Self {

@@ -106,15 +106,17 @@ pub struct HetznerBlock {
     /// Env `CRABBOX_HETZNER_IMAGE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// SSH login user on the server. Default `root` (the image's user; crabbox
-    /// sends no bootstrap).
+    /// SSH login user on the server, created by the cloud-init bootstrap with
+    /// the lease's key (as Crabbox does). Default `crabbox`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_user: Option<String>,
-    /// SSH port on the server. Default 22.
+    /// SSH port sshd serves on the server (the bootstrap also serves 22, tried
+    /// when this one does not answer). Default 2222.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
     /// Path to a private key whose public half is uploaded as the server's key.
-    /// Default: a per-lease key generated in the state dir.
+    /// Default: a per-lease key generated where Crabbox keeps one,
+    /// `<user config dir>/crabbox/testboxes/<lease>/id_ed25519`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_key: Option<String>,
 }

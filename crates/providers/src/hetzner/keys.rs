@@ -1,12 +1,15 @@
 //! A lease's SSH key on this machine: the key pair (generated in-process in
-//! OpenSSH's formats, or the member's own) and the endpoint record a later
-//! process reaches the server with, written under `<state>/ssh/keys/<lease>/`.
+//! OpenSSH's formats, or the member's own), kept where Crabbox keeps a
+//! lease's key (`<user config>/crabbox/testboxes/<lease>/id_ed25519`, its
+//! `testboxKeyPath`, lease.go:72-81) so either tool reaches the other's
+//! servers, and the endpoint record a later process reaches the server
+//! with, written under `<state>/ssh/keys/<lease>/`.
 
 use std::path::{Path, PathBuf};
 
 use crabbox_fs::atomic_file;
 
-use super::{ENDPOINT_FILE, KEY_FILE};
+use super::ENDPOINT_FILE;
 
 /// A lease's SSH key.
 pub(super) struct LeaseKey {
@@ -35,16 +38,11 @@ pub(super) fn staging_pond(name: &str) -> Option<&str> {
     crabbox_core::lease::is_lease_id(lease).then_some(pond)
 }
 
-/// Writes the lease's endpoint record and a new lease key's files (if any)
-/// as `dir`. A first create writes them into a staging directory beside it
-/// and renames that into place, so `dir` appears whole, record included; a
-/// retried create (the directory exists) rewrites the record in place.
-pub(super) fn write_lease_files(
-    dir: &Path,
-    pond: &str,
-    key: Option<&openssh_ed25519::Key>,
-    record: &[u8],
-) -> Result<(), String> {
+/// Writes the lease's endpoint record as `dir/endpoint.json`. A first
+/// create writes it into a staging directory beside it and renames that
+/// into place, so `dir` appears whole; a retried create (the directory
+/// exists) rewrites the record in place.
+pub(super) fn write_lease_files(dir: &Path, pond: &str, record: &[u8]) -> Result<(), String> {
     let lease = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -60,19 +58,29 @@ pub(super) fn write_lease_files(
     atomic_file::create_private_dir(&target).map_err(|e| e.to_string())?;
     let path = target.join(ENDPOINT_FILE);
     atomic_file::write(&path, record).map_err(|e| format!("writing {}: {e}", path.display()))?;
-    if let Some(key) = key {
-        let private = target.join(KEY_FILE);
-        let public = target.join(format!("{KEY_FILE}.pub"));
-        let _ = std::fs::remove_file(&private);
-        let _ = std::fs::remove_file(&public);
-        for (path, text) in [(&private, &key.private), (&public, &key.public)] {
-            write_new_private(path, text.as_bytes())
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        }
-    }
     if fresh {
         std::fs::rename(&target, dir)
             .map_err(|e| format!("moving {} into place: {e}", target.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes a new lease key as `private` and `private.pub` (mode 0600, in a
+/// directory of mode 0700), replacing what an earlier attempt left. Called
+/// after the endpoint record exists, so a sweep that finds the record
+/// also removes the key.
+pub(super) fn write_lease_key(private: &Path, key: &openssh_ed25519::Key) -> Result<(), String> {
+    if let Some(dir) = private.parent() {
+        atomic_file::create_private_dir(dir).map_err(|e| e.to_string())?;
+    }
+    let mut public = private.as_os_str().to_owned();
+    public.push(".pub");
+    let public = Path::new(&public);
+    let _ = std::fs::remove_file(private);
+    let _ = std::fs::remove_file(public);
+    for (path, text) in [(private, &key.private), (public, &key.public)] {
+        write_new_private(path, text.as_bytes())
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
     Ok(())
 }

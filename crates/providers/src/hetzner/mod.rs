@@ -3,16 +3,20 @@
 //! - **Discovery** is one label-selector list, `crabbox=true,pond=<pond>`,
 //!   50 servers a page; pages after the first are fetched concurrently.
 //! - **Create** uploads the lease's SSH key (the member's `ssh_key`, else a
-//!   per-lease ed25519 key generated under `<state>/ssh/keys/<lease>/`), then
-//!   creates the server carrying every label in that one request. Class
+//!   per-lease ed25519 key generated where Crabbox keeps one,
+//!   `<user config>/crabbox/testboxes/<lease>/id_ed25519`), then creates the
+//!   server carrying every label and Crabbox's cloud-init bootstrap
+//!   ([`cloud_init`]: login `crabbox`, sshd on 2222 and 22, work root
+//!   `/work/crabbox`) in that one request. Class
 //!   members fall back across the class's server types on capacity errors
 //!   only; an exact `type` never falls back. It then waits for `running`
 //!   with an IPv4 address — polling adaptively: after a quarter of the time
 //!   the server has been booting (a sixteenth once it is `starting`), at
 //!   most the poll interval apart, so a short boot is seen soon after it
 //!   ends and a long one is polled no more often than every interval — then
-//!   for SSH, and prepares the lease's work root
-//!   `crabbox/<lease>` (relative to the login's home). If anything after
+//!   for SSH on the first port candidate that is open and passes Crabbox's
+//!   ready check (2222, falling back to 22, as Crabbox connects), and
+//!   prepares the lease's work root `/work/crabbox/<lease>`. If anything after
 //!   the server exists fails, the server and key are deleted again.
 //!   Every API call is retried on its own (429, 5xx, time-outs; honouring
 //!   `Retry-After`), so one passing error does not start a create over.
@@ -21,11 +25,14 @@
 //!   (its create, a listing, an earlier relabel) when there is one, else by
 //!   reading it — then replaces its labels with one `PUT`.
 //! - **Commands** run through [`SshTarget`], one per lease, rebuilt after a
-//!   restart from `<state>/ssh/keys/<lease>/endpoint.json`.
+//!   restart from `<state>/ssh/keys/<lease>/endpoint.json`; a server
+//!   without one (made by Crabbox) is reached as Crabbox reaches it:
+//!   `crabbox` on 2222 with the key in `testboxes/<lease>/`.
 //! - **Release** reads the server and deletes it only if it carries
 //!   `crabbox=true`, a `pond` and this lease's `lease` label (always read
 //!   afresh: a delete cannot be undone); meanwhile it deletes the lease's
-//!   key (only one labelled for this lease), then the local key directory.
+//!   key (only one labelled for this lease), then the local key directory
+//!   and the lease's `testboxes/<lease>/` directory.
 //! - **Sweep** (after every apply and destroy): a process killed between a
 //!   key's upload and its server's create, or between a server's deletion
 //!   and its key's, leaves a key and a key directory without a server.
@@ -47,12 +54,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 mod api;
+mod cloud_init;
 mod keys;
 
 use crate::registry::Descriptor;
 use api::{PublicNet, Server, ServerEnvelope, ServerList, SshKey, SshKeyEnvelope, SshKeyList};
 use crabbox_exec::session::{Session, SshSession, SshTargets};
-use keys::{LeaseKey, openssh_ed25519, staging_pond, write_lease_files};
+use keys::{LeaseKey, openssh_ed25519, staging_pond, write_lease_files, write_lease_key};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -66,6 +74,7 @@ use crabbox_exec::ssh::SshTarget;
 use crabbox_spec::desired::DesiredMember;
 use crabbox_spec::model::Class;
 use crabbox_spec::providers::HetznerBlock;
+use crabbox_spec::user_config::{Source, UserConfig};
 use crabbox_state::state_dir::expand_tilde;
 
 /// Hetzner's public API.
@@ -76,10 +85,22 @@ const TOKEN_ENV: &str = "HCLOUD_TOKEN";
 const DEFAULT_IMAGE: &str = "ubuntu-24.04";
 /// Location when the block names none.
 const DEFAULT_LOCATION: &str = "fsn1";
-/// SSH login when the block names none.
-const DEFAULT_SSH_USER: &str = "root";
-/// SSH port when the block names none.
-const DEFAULT_SSH_PORT: u16 = 22;
+/// SSH login when the block names none: the user Crabbox's bootstrap
+/// creates (its default `SSHUser`, config.go:2975).
+const DEFAULT_SSH_USER: &str = "crabbox";
+/// SSH port when the block names none (Crabbox's `SSHPort`, config.go:2977).
+const DEFAULT_SSH_PORT: u16 = 2222;
+/// Ports tried after the primary one (Crabbox's `SSHFallbackPorts`,
+/// config.go:2978): sshd serves them too, and an image whose sshd ignores
+/// the bootstrap's port is still reached.
+const DEFAULT_FALLBACK_PORTS: [u16; 1] = [22];
+/// How long a port candidate may take to accept a TCP connection.
+const PORT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long SSH on an open port may take to answer before the next
+/// candidate is tried.
+const PORT_SSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between rounds over the port candidates.
+const PORT_ROUND_PAUSE: Duration = Duration::from_millis(500);
 /// Class when the member names neither class nor type.
 const DEFAULT_CLASS: Class = Class::Standard;
 /// Hetzner's page-size maximum.
@@ -114,8 +135,12 @@ const ENDPOINT_FILE: &str = "endpoint.json";
 const RELEASED_PREFIX: &str = ".released-";
 /// The generated key's file name.
 const KEY_FILE: &str = "id_ed25519";
-/// Work roots live under this directory, relative to the login's home.
-const DEFAULT_WORK_BASE: &str = "crabbox";
+/// Work roots live under this directory: Crabbox's POSIX work root
+/// (target.go:19), which the bootstrap creates for the login user.
+const DEFAULT_WORK_BASE: &str = "/work/crabbox";
+/// Where records written before `work_root` existed put work roots
+/// (relative to the login's home).
+const LEGACY_WORK_BASE: &str = "crabbox";
 
 /// Server types tried for a class, in order (Crabbox's table).
 #[must_use]
@@ -184,6 +209,33 @@ struct EndpointRecord {
     work_root: String,
 }
 
+/// Location, image and class when a member leaves them open: crabbox's
+/// (Crabbox's location and image, class `standard`), or the user config's.
+#[derive(Debug, Clone)]
+struct Defaults {
+    location: String,
+    image: String,
+    class: ClassChoice,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            location: DEFAULT_LOCATION.to_owned(),
+            image: DEFAULT_IMAGE.to_owned(),
+            class: ClassChoice::Class(DEFAULT_CLASS),
+        }
+    }
+}
+
+/// A default class: one of the table's, or (as in Crabbox, provider.go:174-191)
+/// an unknown name used as a literal server type.
+#[derive(Debug, Clone)]
+enum ClassChoice {
+    Class(Class),
+    Literal(String),
+}
+
 /// The SSH settings of one member, from its block.
 #[derive(Debug, Clone)]
 struct SshSettings {
@@ -212,6 +264,12 @@ pub struct HetznerProvider {
     ssh_timeout: Duration,
     ssh_bootstrap: bool,
     work_base: String,
+    /// Crabbox's per-lease key directories, `<user config>/crabbox/testboxes`.
+    testboxes: PathBuf,
+    /// SSH port candidates after the primary one.
+    fallback_ports: Vec<u16>,
+    /// Location, image and class for members that leave them open.
+    defaults: Defaults,
     /// Lease ID → how to reach it.
     targets: Mutex<HashMap<String, SshTarget>>,
     /// Server ID → when this provider last saw the server, and the server
@@ -295,7 +353,38 @@ impl HetznerProvider {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let token = var("HCLOUD_TOKEN").or_else(|| var("HETZNER_TOKEN"))?;
         let base = var("HCLOUD_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
-        Some(Self::new(&base, token.trim(), state_dir))
+        let provider = Self::new(&base, token.trim(), state_dir);
+        // A malformed config is reported by `crabbox config show`; here it
+        // only leaves crabbox's own defaults in place.
+        Some(match UserConfig::load() {
+            Ok(config) => provider.with_user_config(&config),
+            Err(_) => provider,
+        })
+    }
+
+    /// Takes the location, image and class a member leaves open from
+    /// Crabbox's user config (`hetzner.location`, `hetzner.image`, `class`,
+    /// or their environment variables) when it sets them.
+    #[must_use]
+    pub fn with_user_config(mut self, config: &UserConfig) -> Self {
+        let set = |key: &str| {
+            config
+                .get(key)
+                .filter(|_| !matches!(config.source(key), Some(Source::Default) | None))
+                .map(str::to_owned)
+        };
+        if let Some(location) = set("hetzner.location") {
+            self.defaults.location = location;
+        }
+        if let Some(image) = set("hetzner.image") {
+            self.defaults.image = image;
+        }
+        if let Some(class) = set("class") {
+            self.defaults.class =
+                serde_json::from_value(serde_json::Value::String(class.to_ascii_lowercase()))
+                    .map_or(ClassChoice::Literal(class), ClassChoice::Class);
+        }
+        self
     }
 
     /// A provider talking to `base_url` (e.g. `https://api.hetzner.cloud/v1`)
@@ -310,6 +399,14 @@ impl HetznerProvider {
             ssh_timeout: DEFAULT_SSH_TIMEOUT,
             ssh_bootstrap: true,
             work_base: DEFAULT_WORK_BASE.to_owned(),
+            // Without a user config directory (Crabbox then refuses to
+            // make leases) keys stay beside the endpoint records.
+            testboxes: crabbox_spec::user_config::user_config_dir().map_or_else(
+                || state_dir.join("ssh").join("keys"),
+                |dir| dir.join("crabbox").join("testboxes"),
+            ),
+            fallback_ports: DEFAULT_FALLBACK_PORTS.to_vec(),
+            defaults: Defaults::default(),
             targets: Mutex::new(HashMap::new()),
             sightings: Mutex::new(HashMap::new()),
         }
@@ -347,6 +444,22 @@ impl HetznerProvider {
         self
     }
 
+    /// Keeps generated lease keys under `<dir>/<lease>/` instead of
+    /// `<user config>/crabbox/testboxes/` (tests).
+    #[must_use]
+    pub fn with_testboxes_dir(mut self, dir: &Path) -> Self {
+        self.testboxes = dir.to_owned();
+        self
+    }
+
+    /// SSH ports tried after the member's primary one (default `[22]`);
+    /// the bootstrap makes sshd serve them all.
+    #[must_use]
+    pub fn with_fallback_ports(mut self, ports: &[u16]) -> Self {
+        self.fallback_ports = ports.to_vec();
+        self
+    }
+
     /// Per-request HTTP time limit (default 30 s).
     #[must_use]
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
@@ -354,9 +467,27 @@ impl HetznerProvider {
         self
     }
 
-    /// `<state>/ssh/keys/<lease>/`.
+    /// `<state>/ssh/keys/<lease>/`: the endpoint record (and the keys of
+    /// earlier versions).
     fn key_dir(&self, lease_id: &str) -> PathBuf {
         self.state_dir.join("ssh").join("keys").join(lease_id)
+    }
+
+    /// Crabbox's `testboxes/<lease>/`, where a generated lease key lives.
+    fn testbox_dir(&self, lease_id: &str) -> PathBuf {
+        self.testboxes.join(lease_id)
+    }
+
+    /// The lease's generated private key: where Crabbox keeps it, else
+    /// where earlier versions of crabbox wrote it.
+    fn stored_key(&self, lease_id: &str) -> PathBuf {
+        let current = self.testbox_dir(lease_id).join(KEY_FILE);
+        let legacy = self.key_dir(lease_id).join(KEY_FILE);
+        if !current.exists() && legacy.exists() {
+            legacy
+        } else {
+            current
+        }
     }
 
     // ---- SSH targets ----
@@ -426,7 +557,7 @@ impl HetznerProvider {
             user: record.user.clone(),
             key: Some(record.key.clone()),
             work_root: if record.work_root.is_empty() {
-                format!("{DEFAULT_WORK_BASE}/{lease_id}")
+                format!("{LEGACY_WORK_BASE}/{lease_id}")
             } else {
                 record.work_root.clone()
             },
@@ -450,16 +581,7 @@ impl HetznerProvider {
             return Ok(t);
         }
         check_lease_id(&lease.id)?;
-        let record = self
-            .read_endpoint(&lease.id)
-            .unwrap_or_else(|| EndpointRecord {
-                lease_id: lease.id.clone(),
-                user: DEFAULT_SSH_USER.to_owned(),
-                port: lease.endpoint.ssh_port.unwrap_or(DEFAULT_SSH_PORT),
-                key: self.key_dir(&lease.id).join(KEY_FILE),
-                pond: String::new(),
-                work_root: String::new(),
-            });
+        let recorded = self.read_endpoint(&lease.id);
         let host = match lease.endpoint.host.clone().filter(|h| !h.is_empty()) {
             Some(host) => host,
             None => {
@@ -477,6 +599,29 @@ impl HetznerProvider {
                         lease.id
                     ))
                 })?
+            }
+        };
+        // No record: a server Crabbox made, reached as Crabbox reaches it —
+        // the first open port of 2222, then the fallbacks.
+        let record = match recorded {
+            Some(record) => record,
+            None => {
+                let primary = lease.endpoint.ssh_port.unwrap_or(DEFAULT_SSH_PORT);
+                let mut port = primary;
+                for candidate in cloud_init::port_candidates(primary, &self.fallback_ports) {
+                    if port_open(&host, candidate).await {
+                        port = candidate;
+                        break;
+                    }
+                }
+                EndpointRecord {
+                    lease_id: lease.id.clone(),
+                    user: DEFAULT_SSH_USER.to_owned(),
+                    port,
+                    key: self.stored_key(&lease.id),
+                    pond: String::new(),
+                    work_root: format!("{DEFAULT_WORK_BASE}/{}", lease.id),
+                }
             }
         };
         let target = self.new_target(&lease.id, host, &record);
@@ -602,11 +747,19 @@ impl HetznerProvider {
         }
     }
 
-    /// Removes `<state>/ssh/keys/<lease>/` (gone already is fine): renamed
+    /// Removes the lease's `testboxes/<lease>/` and `<state>/ssh/keys/<lease>/`
+    /// (gone already is fine). The record's directory goes last, renamed
     /// to `.released-<lease>` first, so a removal cut short by a kill
     /// never leaves a directory that looks like a lease's but lacks the
     /// record naming its pond — [`Provider::sweep`] removes those.
     fn remove_key_dir(&self, lease_id: &str) -> std::io::Result<()> {
+        let testbox = self.testbox_dir(lease_id);
+        if testbox != self.key_dir(lease_id) {
+            match std::fs::remove_dir_all(&testbox) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         let dir = self.key_dir(lease_id);
         let released = dir.with_file_name(format!("{RELEASED_PREFIX}{lease_id}"));
         match std::fs::rename(&dir, &released) {
@@ -637,7 +790,7 @@ impl HetznerProvider {
             lease_id: lease_id.to_owned(),
             user: DEFAULT_SSH_USER.to_owned(),
             port: DEFAULT_SSH_PORT,
-            key: self.key_dir(lease_id).join(KEY_FILE),
+            key: self.stored_key(lease_id),
             pond: String::new(),
             work_root: String::new(),
         };
@@ -788,11 +941,12 @@ impl HetznerProvider {
         request: &CreateRequest,
         block: &HetznerBlock,
         key: &str,
+        user_data: &str,
     ) -> Result<Server, ProviderError> {
-        let (types, exact) = server_types(&request.member);
+        let (types, exact) = server_types(&request.member, &self.defaults.class);
         let name = server_name(&request.member.slug, &request.lease_id);
-        let location = block.location.as_deref().unwrap_or(DEFAULT_LOCATION);
-        let image = block.image.as_deref().unwrap_or(DEFAULT_IMAGE);
+        let location = block.location.as_deref().unwrap_or(&self.defaults.location);
+        let image = block.image.as_deref().unwrap_or(&self.defaults.image);
         let mut rejected: Vec<String> = Vec::new();
         for server_type in &types {
             let mut labels = request.labels.clone();
@@ -807,6 +961,7 @@ impl HetznerProvider {
                 "location": location,
                 "labels": labels,
                 "ssh_keys": [key],
+                "user_data": user_data,
                 "start_after_create": true,
                 "public_net": { "enable_ipv4": true, "enable_ipv6": false },
             });
@@ -841,7 +996,10 @@ impl HetznerProvider {
         }
         Err(ProviderError::Failed(format!(
             "hetzner: no server type of class `{}` could be created in {location}: {}",
-            request.member.class.unwrap_or(DEFAULT_CLASS).as_str(),
+            match (request.member.class, &self.defaults.class) {
+                (Some(c), _) | (None, &ClassChoice::Class(c)) => c.as_str(),
+                (None, ClassChoice::Literal(t)) => t.as_str(),
+            },
             rejected.join("; ")
         )))
     }
@@ -901,12 +1059,19 @@ impl HetznerProvider {
     ) -> Result<Lease, ProviderError> {
         let server = self.wait_running(id).await?;
         let host = server.ipv4().unwrap_or_default().to_owned();
-        let target = self.new_target(&request.lease_id, host, record);
+        let mut target = self.new_target(&request.lease_id, host, record);
+        let ports = cloud_init::port_candidates(record.port, &self.fallback_ports);
         // The address is newly ours: a key recorded for it belonged to an
         // earlier server (Hetzner reuses addresses).
-        self.forget_host_key(&target.host, target.port).await;
+        for port in &ports {
+            self.forget_host_key(&target.host, *port).await;
+        }
         if self.ssh_bootstrap {
-            target.wait_ready(self.ssh_timeout).await?;
+            target.port = self.wait_for_ssh(&target, &ports).await?;
+            if target.port != record.port {
+                // Later processes go straight to the port that answered.
+                self.rewrite_port(record, target.port)?;
+            }
             target.prepare().await?;
         }
         self.remember_target(target);
@@ -915,6 +1080,59 @@ impl HetznerProvider {
                 "hetzner server {id} came back without its `lease` label"
             ))
         })
+    }
+
+    /// Waits until SSH on one of `ports` (in order; each round tries the
+    /// open ones) logs in and passes Crabbox's ready check, as Crabbox's
+    /// `waitForSSHReady` does (ssh.go:265-315); returns that port. A
+    /// refused login or changed host key fails at once.
+    async fn wait_for_ssh(&self, target: &SshTarget, ports: &[u16]) -> Result<u16, ProviderError> {
+        let deadline = Instant::now() + self.ssh_timeout;
+        loop {
+            let mut seen = Vec::new();
+            for &port in ports {
+                if !port_open(&target.host, port).await {
+                    seen.push(format!("{port}: closed"));
+                    continue;
+                }
+                let probe = SshTarget {
+                    port,
+                    ..target.clone()
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                match probe
+                    .wait_until(cloud_init::READY_CHECK, PORT_SSH_TIMEOUT.min(left))
+                    .await
+                {
+                    Ok(()) => return Ok(port),
+                    Err(e @ ProviderError::Config { .. }) => return Err(e),
+                    Err(e) => seen.push(format!("{port}: {e}")),
+                }
+            }
+            if Instant::now() + PORT_ROUND_PAUSE >= deadline {
+                return Err(ProviderError::Failed(format!(
+                    "SSH to {}@{} was not ready on any port within {}s ({}); check the server's console in Hetzner's panel",
+                    target.user,
+                    target.host,
+                    self.ssh_timeout.as_secs(),
+                    seen.join("; ")
+                )));
+            }
+            tokio::time::sleep(PORT_ROUND_PAUSE).await;
+        }
+    }
+
+    /// Rewrites the lease's endpoint record with the port SSH answered on.
+    fn rewrite_port(&self, record: &EndpointRecord, port: u16) -> Result<(), ProviderError> {
+        let record = EndpointRecord {
+            port,
+            ..record.clone()
+        };
+        let path = self.key_dir(&record.lease_id).join(ENDPOINT_FILE);
+        let bytes = serde_json::to_vec_pretty(&record)
+            .map_err(|e| ProviderError::Failed(format!("endpoint record: {e}")))?;
+        crabbox_fs::atomic_file::write(&path, &bytes)
+            .map_err(|e| ProviderError::Failed(format!("writing {}: {e}", path.display())))
     }
 
     /// Best-effort undo of a create that did not finish.
@@ -987,9 +1205,9 @@ impl HetznerProvider {
                 new: None,
             });
         }
-        let dir = self.key_dir(lease_id);
-        let private = dir.join(KEY_FILE);
-        let public = dir.join(format!("{KEY_FILE}.pub"));
+        let private = self.stored_key(lease_id);
+        let mut public = private.clone().into_os_string();
+        public.push(".pub");
         if let (true, Ok(text)) = (private.exists(), std::fs::read_to_string(&public)) {
             return Ok(LeaseKey {
                 private,
@@ -997,11 +1215,12 @@ impl HetznerProvider {
                 new: None,
             });
         }
-        // In-process, as `ssh-keygen -t ed25519 -N '' -C crabbox-<lease>` would
-        // write it: starting ssh-keygen cost more CPU than the rest of a create.
-        let key = openssh_ed25519::generate(&key_name(lease_id))?;
+        // In-process, as Crabbox's `ssh-keygen -t ed25519 -N '' -C 'crabbox
+        // <lease>'` (lease.go:220-242) would write it: starting ssh-keygen
+        // cost more CPU than the rest of a create.
+        let key = openssh_ed25519::generate(&format!("crabbox {lease_id}"))?;
         Ok(LeaseKey {
-            private,
+            private: self.testbox_dir(lease_id).join(KEY_FILE),
             public: key.public.trim().to_owned(),
             new: Some(key),
         })
@@ -1032,17 +1251,27 @@ fn ssh_settings(block: &HetznerBlock) -> SshSettings {
     }
 }
 
+/// Whether `host:port` accepts a TCP connection within [`PORT_PROBE_TIMEOUT`].
+async fn port_open(host: &str, port: u16) -> bool {
+    tokio::time::timeout(
+        PORT_PROBE_TIMEOUT,
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok())
+}
+
 /// The types to try and whether the member pinned one.
-fn server_types(member: &DesiredMember) -> (Vec<String>, bool) {
-    match member.server_type.as_deref().filter(|t| !t.is_empty()) {
-        Some(t) => (vec![t.to_owned()], true),
-        None => (
-            class_types(member.class.unwrap_or(DEFAULT_CLASS))
-                .iter()
-                .map(|t| (*t).to_owned())
-                .collect(),
+fn server_types(member: &DesiredMember, default: &ClassChoice) -> (Vec<String>, bool) {
+    if let Some(t) = member.server_type.as_deref().filter(|t| !t.is_empty()) {
+        return (vec![t.to_owned()], true);
+    }
+    match (member.class, default) {
+        (Some(c), _) | (None, &ClassChoice::Class(c)) => (
+            class_types(c).iter().map(|t| (*t).to_owned()).collect(),
             false,
         ),
+        (None, ClassChoice::Literal(t)) => (vec![t.clone()], false),
     }
 }
 
@@ -1210,9 +1439,11 @@ impl Provider for HetznerProvider {
         let writing = {
             let dir = self.key_dir(&request.lease_id);
             let new = key.new.take();
+            let private = key.private.clone();
             let pond = request.pond.clone();
             tokio::task::spawn_blocking(move || {
-                write_lease_files(&dir, &pond, new.as_ref(), &bytes)
+                write_lease_files(&dir, &pond, &bytes)?;
+                new.map_or(Ok(()), |new| write_lease_key(&private, &new))
             })
         };
         let uploaded = self.upload_key(request, &key.public).await;
@@ -1236,7 +1467,16 @@ impl Provider for HetznerProvider {
                 return Err(e);
             }
         };
-        let server = match self.create_server(request, &block, &key_name).await {
+        let user_data = cloud_init::user_data(
+            &settings.user,
+            &key.public,
+            &cloud_init::port_candidates(settings.port, &self.fallback_ports),
+            DEFAULT_WORK_BASE,
+        );
+        let server = match self
+            .create_server(request, &block, &key_name, &user_data)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 if !e.is_retryable() {
