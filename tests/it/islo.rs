@@ -83,7 +83,7 @@ impl Fixture {
     /// What the executor does before `create`: mint a lease ID and write
     /// the pending claim.
     async fn pending(&self, pond: &str, m: DesiredMember) -> CreateRequest {
-        let lease_id = new_lease_id();
+        let lease_id = self.provider().lease_id(pond, &m).await.expect("mint");
         let labels = member_labels::for_create(pond, &lease_id, &m, labels::now_secs());
         let claim = Claim {
             lease_id: lease_id.clone(),
@@ -322,11 +322,22 @@ async fn create_deletes_a_sandbox_that_does_not_start() {
 
     // Without the pending claim the executor writes first, nothing is created.
     let request = CreateRequest {
-        lease_id: new_lease_id(),
+        lease_id: fx
+            .provider()
+            .lease_id(POND, &request.member)
+            .await
+            .expect("mint"),
         ..request
     };
     let err = fx.provider().create(&request).await.expect_err("no claim");
     assert!(err.to_string().contains("pending claim"), "{err}");
+    // A lease ID that is not Islo's shape names no sandbox to create.
+    let request = CreateRequest {
+        lease_id: new_lease_id(),
+        ..request
+    };
+    let err = fx.provider().create(&request).await.expect_err("cbx_ ID");
+    assert!(err.to_string().contains("not an Islo lease ID"), "{err}");
     assert_eq!(
         fx.requests("POST", "/sandboxes")
             .iter()

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state_pg::{self, ClaimRow, Database, StateError};
 use crabbox_core::labels::Labels;
-use crabbox_core::lease::is_lease_id;
+use crabbox_core::lease::is_claim_id;
 use crabbox_core::state_url::{is_postgres_url, redact};
 use crabbox_fs::atomic_file;
 
@@ -261,7 +261,7 @@ impl ClaimStore {
     /// The claim exists but cannot be read or parsed, or the backend could
     /// not be read.
     pub async fn load(&self, lease_id: &str) -> std::io::Result<Option<Claim>> {
-        if !is_lease_id(lease_id) {
+        if !is_claim_id(lease_id) {
             return Ok(None);
         }
         match &self.backend {
@@ -401,7 +401,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn check_lease_id(lease_id: &str) -> std::io::Result<()> {
-    if is_lease_id(lease_id) {
+    if is_claim_id(lease_id) {
         Ok(())
     } else {
         Err(std::io::Error::new(

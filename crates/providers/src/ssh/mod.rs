@@ -5,7 +5,8 @@
 //! what crabbox started there, removes that directory and nothing else.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +19,8 @@ use serde_json::Value;
 
 use crate::{CreateRequest, Provider};
 use crabbox_core::labels::Labels;
-use crabbox_core::lease::{Endpoint, Lease};
+use crabbox_core::lease::{Endpoint, Lease, mint};
+use crabbox_spec::desired::DesiredMember;
 use crabbox_core::provider::ProviderError;
 use crabbox_core::provider::ProviderName;
 use crabbox_exec::ssh::SshTarget;
@@ -42,6 +44,10 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
 pub struct SshProvider {
     state_dir: PathBuf,
     claims: ClaimStore,
+    /// The lease IDs this process minted, with the pond and slug of the
+    /// member each is for: two members of one apply on the same host would
+    /// otherwise both write the claim `static_<host>`.
+    minted: Mutex<HashMap<String, (String, String)>>,
 }
 
 impl SshProvider {
@@ -51,6 +57,7 @@ impl SshProvider {
         Self {
             state_dir: state_dir.to_owned(),
             claims: ClaimStore::local(state_dir),
+            minted: Mutex::new(HashMap::new()),
         }
     }
 
@@ -118,6 +125,34 @@ fn lease_from_claim(claim: &Claim) -> Lease {
     lease
 }
 
+/// A member's `ssh:` block and its host.
+fn block_and_host(member: &DesiredMember) -> Result<(SshBlock, String), ProviderError> {
+    let block: SshBlock = member.block().map_err(|e| ProviderError::Config {
+        message: format!("member `{}` has an invalid ssh block: {e}", member.slug),
+        hint: "see `crabbox schema` for the fields of `ssh:`".to_owned(),
+    })?;
+    let host = block
+        .host
+        .clone()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ProviderError::Config {
+            message: format!("member `{}` has no ssh.host", member.slug),
+            hint: "set `ssh: { host: … }` on the member".to_owned(),
+        })?;
+    Ok((block, host))
+}
+
+/// The error for a host that already serves another member.
+fn host_taken(id: &str, host: &str, member: &DesiredMember, pond: &str, slug: &str) -> ProviderError {
+    ProviderError::Config {
+        message: format!(
+            "member `{}` cannot use ssh host `{host}`: its lease ID `{id}` is already member `{slug}` of pond `{pond}`",
+            member.slug
+        ),
+        hint: "Crabbox names a static lease after its host (static_<host>), so one host serves one member: give each member its own host, or release the other member first".to_owned(),
+    }
+}
+
 /// The current user's name, for an `ssh:` block without `user`.
 fn current_user() -> String {
     std::env::var("USER")
@@ -145,19 +180,32 @@ impl Provider for SshProvider {
         Ok(claims.iter().map(lease_from_claim).collect())
     }
 
+    /// `static_<normalized host>`, as Crabbox names a static lease
+    /// (static.go:66-73). A host already holding a claim of another member
+    /// (or minted for one by this process) is refused.
+    async fn lease_id(&self, pond: &str, member: &DesiredMember) -> Result<String, ProviderError> {
+        let (_, host) = block_and_host(member)?;
+        let id = mint::static_host(&host);
+        if let Some(claim) = self.claims.load(&id).await.map_err(ProviderError::state)?
+            && (claim.pond != pond || claim.slug != member.slug || extra_str(&claim, "staticHost").is_some())
+        {
+            return Err(host_taken(&id, &host, member, &claim.pond, &claim.slug));
+        }
+        let mut minted = self.minted.lock().unwrap_or_else(PoisonError::into_inner);
+        match minted.get(&id) {
+            Some((p, s)) if (p.as_str(), s.as_str()) != (pond, member.slug.as_str()) => {
+                Err(host_taken(&id, &host, member, p, s))
+            }
+            _ => {
+                minted.insert(id.clone(), (pond.to_owned(), member.slug.clone()));
+                Ok(id)
+            }
+        }
+    }
+
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
-        let block: SshBlock = request.member.block().map_err(|e| ProviderError::Config {
-            message: format!(
-                "member `{}` has an invalid ssh block: {e}",
-                request.member.slug
-            ),
-            hint: "see `crabbox schema` for the fields of `ssh:`".to_owned(),
-        })?;
+        let (block, host) = block_and_host(&request.member)?;
         let get = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
-        let host = get(&block.host).ok_or_else(|| ProviderError::Config {
-            message: format!("member `{}` has no ssh.host", request.member.slug),
-            hint: "set `ssh: { host: … }` on the member".to_owned(),
-        })?;
         let base = get(&block.work_root).unwrap_or_else(|| DEFAULT_WORK_ROOT.to_owned());
         let base = base.trim_end_matches('/');
         let mut claim = pending_claim(&self.claims, &request.lease_id).await?;
@@ -184,7 +232,7 @@ impl Provider for SshProvider {
                 expand_tilde(&key).display().to_string(),
             );
         }
-        claim.cloud_id = format!("static_{}", crabbox_core::labels::sanitize(&host));
+        claim.cloud_id = mint::static_host(&host);
         claim.labels.clone_from(&request.labels);
         let claim = self.claims.write(&claim).await.map_err(|e| {
             ProviderError::Failed(format!("writing claim {}: {e}", request.lease_id))
