@@ -20,6 +20,7 @@ use serde_json::Value;
 use crate::{CreateRequest, Provider};
 use crabbox_core::labels::Labels;
 use crabbox_core::lease::{Endpoint, Lease, mint};
+use crabbox_core::normalize::normalize_name;
 use crabbox_spec::desired::DesiredMember;
 use crabbox_core::provider::ProviderError;
 use crabbox_core::provider::ProviderName;
@@ -142,15 +143,11 @@ fn block_and_host(member: &DesiredMember) -> Result<(SshBlock, String), Provider
     Ok((block, host))
 }
 
-/// The error for a host that already serves another member.
-fn host_taken(id: &str, host: &str, member: &DesiredMember, pond: &str, slug: &str) -> ProviderError {
-    ProviderError::Config {
-        message: format!(
-            "member `{}` cannot use ssh host `{host}`: its lease ID `{id}` is already member `{slug}` of pond `{pond}`",
-            member.slug
-        ),
-        hint: "Crabbox names a static lease after its host (static_<host>), so one host serves one member: give each member its own host, or release the other member first".to_owned(),
-    }
+/// Four random hex digits.
+fn random_hex4() -> String {
+    let mut bytes = [0u8; 2];
+    getrandom::fill(&mut bytes).expect("the OS provides randomness");
+    format!("{:02x}{:02x}", bytes[0], bytes[1])
 }
 
 /// The current user's name, for an `ssh:` block without `user`.
@@ -181,26 +178,38 @@ impl Provider for SshProvider {
     }
 
     /// `static_<normalized host>`, as Crabbox names a static lease
-    /// (static.go:66-73). A host already holding a claim of another member
-    /// (or minted for one by this process) is refused.
+    /// (static.go:66-73). When that ID already belongs to another member
+    /// (its claim, or minted for it by this process), the member gets
+    /// `static_<host>-<pond>-<slug>` instead, as if Crabbox's `static.id`
+    /// had been set for it (Crabbox takes that ID verbatim and finds the
+    /// host through the claim's `staticHost`), and a random suffix after
+    /// that when even this one is taken (a replacement made before its
+    /// predecessor is released).
     async fn lease_id(&self, pond: &str, member: &DesiredMember) -> Result<String, ProviderError> {
         let (_, host) = block_and_host(member)?;
-        let id = mint::static_host(&host);
-        if let Some(claim) = self.claims.load(&id).await.map_err(ProviderError::state)?
-            && (claim.pond != pond || claim.slug != member.slug || extra_str(&claim, "staticHost").is_some())
-        {
-            return Err(host_taken(&id, &host, member, &claim.pond, &claim.slug));
-        }
-        let mut minted = self.minted.lock().unwrap_or_else(PoisonError::into_inner);
-        match minted.get(&id) {
-            Some((p, s)) if (p.as_str(), s.as_str()) != (pond, member.slug.as_str()) => {
-                Err(host_taken(&id, &host, member, p, s))
-            }
-            _ => {
+        let base = mint::static_host(&host);
+        let own = format!("{base}-{}", normalize_name(&format!("{pond}-{}", member.slug)));
+        let candidates = [base, own.clone(), format!("{own}-{}", random_hex4())];
+        for id in candidates {
+            let claim = self.claims.load(&id).await.map_err(ProviderError::state)?;
+            // Free: no claim, or the pending claim of a create of this very
+            // member that never got as far as recording the host.
+            let free = claim.is_none_or(|c| {
+                c.pond == pond && c.slug == member.slug && extra_str(&c, "staticHost").is_none()
+            });
+            let mut minted = self.minted.lock().unwrap_or_else(PoisonError::into_inner);
+            let mine = minted
+                .get(&id)
+                .is_none_or(|(p, s)| (p.as_str(), s.as_str()) == (pond, member.slug.as_str()));
+            if free && mine {
                 minted.insert(id.clone(), (pond.to_owned(), member.slug.clone()));
-                Ok(id)
+                return Ok(id);
             }
         }
+        Err(ProviderError::Failed(format!(
+            "member `{}`: no free lease ID for ssh host `{host}`",
+            member.slug
+        )))
     }
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
