@@ -172,3 +172,156 @@ fn the_claim_lock_file_is_private_and_kept_as_crabbox_keeps_it() {
         "the lock file stays (Crabbox never removes it)"
     );
 }
+
+/// Runs the crabbox binary in `dir` (state under `dir/state`, pond files
+/// under `dir/home`) with `env`.
+fn crabbox(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    for d in ["home", "work"] {
+        std::fs::create_dir_all(dir.join(d)).expect("dirs");
+    }
+    let mut c = assert_cmd::Command::cargo_bin("crabbox").expect("binary");
+    c.env("CRABBOX_STATE_DIR", dir.join("state"))
+        .env("HOME", dir.join("home"))
+        .env("NO_COLOR", "1")
+        .current_dir(dir.join("work"))
+        .timeout(std::time::Duration::from_secs(120));
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.args(args).output().expect("runs")
+}
+
+/// The claims in `dir/state/claims`, by file stem.
+fn claim_files(dir: &std::path::Path) -> BTreeMap<String, serde_json::Value> {
+    std::fs::read_dir(dir.join("state/claims"))
+        .expect("claims dir")
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".json")?.to_owned();
+            let text = std::fs::read_to_string(e.path()).expect("claim");
+            Some((stem, serde_json::from_str(&text).expect("json")))
+        })
+        .collect()
+}
+
+/// Crabbox releases an Islo lease by the sandbox name in its ID:
+/// `TrimPrefix(leaseID, "isb_")` (islo/backend.go:718-754), then
+/// `DELETE /sandboxes/<name>`, a 404 counting as released
+/// (islo/client.go:242-267). A member applied by us must be the sandbox that
+/// DELETE hits, or Crabbox "releases" a name that never existed while our
+/// sandbox runs on.
+#[test]
+fn crabbox_style_release_of_an_islo_member_deletes_our_sandbox() {
+    use crate::fake_islo::{API_KEY, FakeConfig, start};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let islo = rt.block_on(start(FakeConfig::default()));
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir_all(dir.path().join("work")).expect("work");
+    std::fs::write(
+        dir.path().join("work/pond.yaml"),
+        "version: 1\npond: mixed\nmembers:\n  - slug: api\n    provider: islo\n    sync: false\n    setup: [ \"echo hi\" ]\n",
+    )
+    .expect("spec");
+    let env = [
+        ("CRABBOX_ISLO_API_KEY", API_KEY),
+        ("ISLO_BASE_URL", islo.base_url.as_str()),
+    ];
+    let out = crabbox(dir.path(), &env, &["apply", "--auto-approve"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let claims = claim_files(dir.path());
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    let (stem, claim) = claims.iter().next().expect("one claim");
+    let lease_id = claim["leaseID"].as_str().expect("leaseID");
+    assert_eq!(stem, lease_id);
+    // islo/backend.go:643: `isloLeasePrefix + sandbox.GetName()`.
+    let name = lease_id.strip_prefix("isb_").expect("an isb_ lease ID");
+    // islo/backend.go:982-984: the name Crabbox agrees to touch.
+    assert_eq!(name, crabbox_core::normalize::normalize_name(name));
+    assert!(name.starts_with("crabbox-"), "{name}");
+    assert_eq!(claim["cloudID"], serde_json::json!(name));
+    assert_eq!(claim["labels"]["lease"], serde_json::json!(lease_id));
+    assert_eq!(islo.handle.sandbox_names(), vec![name.to_owned()]);
+
+    // What Crabbox's release sends, straight to the API.
+    let status = rt.block_on(async {
+        let http = reqwest::Client::new();
+        let token: serde_json::Value = http
+            .post(format!("{}/auth/token", islo.base_url))
+            .json(&serde_json::json!({ "access_key": API_KEY }))
+            .send()
+            .await
+            .expect("token")
+            .json()
+            .await
+            .expect("token json");
+        http.delete(format!("{}/sandboxes/{name}", islo.base_url))
+            .bearer_auth(token["session_token"].as_str().expect("token"))
+            .send()
+            .await
+            .expect("delete")
+            .status()
+    });
+    assert!(status.is_success(), "{status}");
+    assert!(
+        islo.handle.sandbox_names().is_empty(),
+        "our sandbox is the one Crabbox deleted: {:?}",
+        islo.handle.sandbox_names()
+    );
+}
+
+/// Static SSH leases are named after their host as Crabbox names them
+/// (`static_` + `normalizeLeaseSlug(host)`, static.go:66-73); a second
+/// member on the same host gets `static_<host>-<pond>-<slug>`, the kind of
+/// ID Crabbox's `static.id` sets, never the first member's claim.
+#[test]
+fn static_ssh_lease_ids_are_named_after_the_host() {
+    use crabbox_providers::Provider as _;
+    use crabbox_providers::ssh::SshProvider;
+    use crabbox_spec::desired::DesiredMember;
+    let state = tempfile::tempdir().expect("state");
+    let member = |slug: &str, host: &str| DesiredMember {
+        provider_block: Some(serde_json::json!({ "host": host, "user": "u" })),
+        ..DesiredMember::new(slug, crabbox_core::provider::ProviderName::Ssh)
+    };
+    let rt = runtime();
+    let provider = SshProvider::new(state.path());
+    let first = rt
+        .block_on(provider.lease_id("pr-1", &member("db", "Build.Example.COM")))
+        .expect("id");
+    assert_eq!(first, "static_build-example-com");
+    // The same member asking again (a retried warmup) gets the same ID.
+    let again = rt
+        .block_on(provider.lease_id("pr-1", &member("db", "Build.Example.COM")))
+        .expect("id");
+    assert_eq!(again, first);
+    let second = rt
+        .block_on(provider.lease_id("pr-1", &member("api", "build.example.com")))
+        .expect("id");
+    assert_eq!(second, "static_build-example-com-pr-1-api");
+
+    // Another process sees the first member's claim.
+    let claim = Claim {
+        lease_id: "static_10-0-0-5".into(),
+        slug: "db".into(),
+        provider: "ssh".into(),
+        pond: "pr-1".into(),
+        extra: [("staticHost".to_owned(), serde_json::json!("10.0.0.5"))].into(),
+        ..Claim::default()
+    };
+    rt.block_on(ClaimStore::local(state.path()).write(&claim))
+        .expect("write");
+    let fresh = SshProvider::new(state.path());
+    let id = rt
+        .block_on(fresh.lease_id("pr-2", &member("db", "10.0.0.5")))
+        .expect("id");
+    assert_eq!(id, "static_10-0-0-5-pr-2-db");
+}
