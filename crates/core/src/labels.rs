@@ -16,7 +16,7 @@ pub const CRABBOX: &str = "crabbox";
 pub const CREATED_BY: &str = "created_by";
 /// Provider name.
 pub const PROVIDER: &str = "provider";
-/// Lease ID, `cbx_` + 12 hex.
+/// Lease ID, in its provider's shape.
 pub const LEASE: &str = "lease";
 /// Normalized slug.
 pub const SLUG: &str = "slug";
@@ -30,8 +30,19 @@ pub const KEEP: &str = "keep";
 pub const STATE: &str = "state";
 /// Unix seconds.
 pub const CREATED_AT: &str = "created_at";
-/// Unix seconds: `created_at + ttl`.
+/// Unix seconds: `min(last_touched_at + idle, created_at + ttl)` (see
+/// [`crate::expiry`]).
 pub const EXPIRES_AT: &str = "expires_at";
+/// Unix seconds of the last touch (`created_at` at create).
+pub const LAST_TOUCHED_AT: &str = "last_touched_at";
+/// Integer seconds (the same value as `idle_timeout_secs`).
+pub const IDLE_TIMEOUT: &str = "idle_timeout";
+/// Crabbox's config profile (`default` unless configured).
+pub const PROFILE: &str = "profile";
+/// Name of the provider SSH key (Hetzner: the key the server was created with).
+pub const PROVIDER_KEY: &str = "provider_key";
+/// Target OS: `linux`.
+pub const TARGET: &str = "target";
 /// Integer seconds.
 pub const TTL_SECS: &str = "ttl_secs";
 /// Integer seconds.
