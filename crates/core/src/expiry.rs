@@ -39,8 +39,67 @@ pub fn parse_time(value: &str) -> Option<u64> {
     if let Ok(secs) = value.parse::<i64>() {
         return u64::try_from(secs).ok().filter(|s| *s > 0);
     }
-    let ts = value.parse::<jiff::Timestamp>().ok()?;
-    u64::try_from(ts.as_second()).ok()
+    rfc3339_secs(value)
+}
+
+/// Unix seconds of an RFC 3339 time (`2026-12-01T10:00:00Z`, fractions and
+/// `±hh:mm` offsets accepted), as Go's `time.RFC3339`/`RFC3339Nano` read it.
+fn rfc3339_secs(value: &str) -> Option<u64> {
+    let b = value.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = value.get(r)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = &value[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let (h, m) = (num_of(&rest[1..3])?, num_of(&rest[4..6])?);
+            sign * (h * 3600 + m * 60)
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    u64::try_from(secs).ok().filter(|s| *s > 0)
+}
+
+fn num_of(text: &str) -> Option<i64> {
+    text.bytes()
+        .all(|c| c.is_ascii_digit())
+        .then(|| text.parse().ok())?
 }
 
 /// A label duration as Crabbox reads it (`parseDurationSecondsLabel`,
@@ -172,6 +231,11 @@ mod tests {
             Some(2000)
         );
         assert_eq!(expires_at(&labels(&[("expires_at", "soon")])), None);
+        assert_eq!(parse_time("2026-12-01T10:00:00Z"), Some(1_796_119_200));
+        assert_eq!(parse_time("2026-12-01T12:00:00.5+02:00"), Some(1_796_119_200));
+        assert_eq!(parse_time("2000-02-29T00:00:00Z"), Some(951_782_400));
+        assert_eq!(parse_time("2026-12-01 10:00:00Z"), None);
+        assert_eq!(parse_time("-5"), None);
         assert!(is_expired(&labels(&[("expires_at", "2000")]), 2000));
         assert!(!is_expired(&labels(&[("expires_at", "2000")]), 1999));
         assert!(!is_expired(&labels(&[]), u64::MAX));

@@ -62,6 +62,9 @@ pub const POND_SETUP: &str = "pond_setup";
 /// Ours: why a lease is `failed` (e.g. `setup_step_2_exit_1`).
 pub const FAILURE: &str = "failure";
 
+/// What the sanitizer writes for an empty value.
+pub const UNKNOWN: &str = "unknown";
+
 /// `pond_setup` before setup has completed.
 pub const SETUP_PENDING: &str = "pending";
 
@@ -94,7 +97,7 @@ pub fn sanitize(value: &str) -> String {
     let cut = &mapped[..mapped.len().min(63)];
     let trimmed = cut.trim_matches(|c| matches!(c, '_' | '.' | '-'));
     if trimmed.is_empty() {
-        "unknown".to_owned()
+        UNKNOWN.to_owned()
     } else {
         trimmed.to_owned()
     }

@@ -66,6 +66,14 @@ impl Lease {
         self.labels.get(key).map(String::as_str)
     }
 
+    /// A label's value unless it is `unknown`, what Crabbox's sanitizer
+    /// writes for an empty value (provider_labels.go:194-215): a `class` or
+    /// `server_type` nobody chose.
+    #[must_use]
+    pub fn known_label(&self, key: &str) -> Option<&str> {
+        self.label(key).filter(|v| *v != labels::UNKNOWN)
+    }
+
     /// The slug label.
     #[must_use]
     pub fn slug(&self) -> &str {

@@ -372,10 +372,7 @@ fn member_changes(
     );
     attr(
         "class",
-        // `unknown` is what Crabbox's labels say for no class.
-        keep.label(labels::CLASS)
-            .filter(|c| *c != "unknown")
-            .map(str::to_owned),
+        keep.known_label(labels::CLASS).map(str::to_owned),
         m.class.map(|c| c.as_str().to_owned()),
         true,
     );
