@@ -325,3 +325,180 @@ fn static_ssh_lease_ids_are_named_after_the_host() {
         .expect("id");
     assert_eq!(id, "static_10-0-0-5-pr-2-db");
 }
+
+/// Crabbox's `leaseClaim` (internal/cli/claim.go:23-61) field for field,
+/// Go types and `omitempty` included, in declaration order: what Crabbox
+/// writes when it rewrites a claim (claim.go:1199, `json.MarshalIndent` of
+/// this struct), dropping every key it does not know (claim.go:2177-2178).
+#[derive(Debug, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CrabboxLeaseClaim {
+    #[serde(rename = "leaseID")]
+    lease_id: String, // claim.go:24
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    revision: String, // :25
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    slug: String, // :26
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    provider: String, // :27
+    #[serde(rename = "cloudID", default, skip_serializing_if = "String::is_empty")]
+    cloud_id: String, // :28
+    #[serde(rename = "cloudNumericID", default, skip_serializing_if = "is_zero")]
+    cloud_numeric_id: i64, // :30
+    #[serde(rename = "cloudImmutableID", default, skip_serializing_if = "String::is_empty")]
+    cloud_immutable_id: String, // :32
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    provider_scope: String, // :33
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    static_host: String, // :34
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    static_user: String, // :35
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    static_port: String, // :36
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    static_work_root: String, // :37
+    #[serde(rename = "targetOS", default, skip_serializing_if = "String::is_empty")]
+    target_os: String, // :38
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    windows_mode: String, // :39
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pond: String, // :40
+    #[serde(default)]
+    repo_root: String, // :41
+    #[serde(default)]
+    claimed_at: String, // :42
+    #[serde(default)]
+    last_used_at: String, // :43
+    #[serde(default, skip_serializing_if = "is_zero")]
+    idle_timeout_seconds: i64, // :44
+    #[serde(rename = "tailscaleIPv4", default, skip_serializing_if = "String::is_empty")]
+    tailscale_ipv4: String, // :45
+    #[serde(rename = "tailscaleFQDN", default, skip_serializing_if = "String::is_empty")]
+    tailscale_fqdn: String, // :46
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    tailscale_hostname: String, // :47
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tailscale_tags: Vec<String>, // :48
+    #[serde(rename = "tailscaleLoginURL", default, skip_serializing_if = "String::is_empty")]
+    tailscale_login_url: String, // :49
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    tailscale_exit_node: String, // :50
+    #[serde(rename = "tailscaleExitLAN", default, skip_serializing_if = "is_false")]
+    tailscale_exit_lan: bool, // :51
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    ssh_host: String, // :52
+    #[serde(default, skip_serializing_if = "is_zero")]
+    ssh_port: i64, // :53
+    #[serde(rename = "bridgeURL", default, skip_serializing_if = "String::is_empty")]
+    bridge_url: String, // :54
+    #[serde(rename = "coordinatorRegistrationURL", default, skip_serializing_if = "String::is_empty")]
+    coordinator_registration_url: String, // :55
+    #[serde(rename = "runtimeAdapterRegistrationID", default, skip_serializing_if = "String::is_empty")]
+    runtime_adapter_registration_id: String, // :56
+    #[serde(rename = "runtimeAdapterPendingRegistrationID", default, skip_serializing_if = "String::is_empty")]
+    runtime_adapter_pending_registration_id: String, // :57
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cache_volumes: Vec<String>, // :58
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>, // :59
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fixed_create_intent: Option<serde_json::Value>, // :60
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Rewrites every claim under `dir/state/claims` as Crabbox's read-modify-write
+/// does (claim.go:1082-1107): decode into its struct, set a new revision,
+/// encode with two-space indent and a trailing newline (claim.go:1199-1203).
+fn rewrite_claims_as_crabbox_does(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(dir.join("state/claims")).expect("claims") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("claim");
+        let mut claim: CrabboxLeaseClaim =
+            serde_json::from_str(&text).expect("Crabbox reads our claim");
+        claim.revision = "00000000000000000000000000c0ffee".to_owned();
+        let out = serde_json::to_string_pretty(&claim).expect("encode") + "\n";
+        std::fs::write(&path, out).expect("rewrite");
+    }
+}
+
+/// Our data survives Crabbox's rewrite of our claims: an applied pond with
+/// label-less members (Islo, whose claim holds its labels, workdir, base
+/// URL and sandbox ID; ssh, whose claim holds the host and key) plans no
+/// change after every claim went through Crabbox's struct.
+#[test]
+fn claims_rewritten_by_crabbox_keep_everything_we_need() {
+    use crate::fake_islo::{API_KEY, FakeConfig, start};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let islo = rt.block_on(start(FakeConfig::default()));
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::create_dir_all(dir.path().join("work")).expect("work");
+    std::fs::write(
+        dir.path().join("work/pond.yaml"),
+        "version: 1\npond: mixed\nmembers:\n  - slug: api\n    provider: islo\n    sync: false\n    expose: [8080]\n    islo: { workdir: app }\n    setup: [ \"echo hi > made.txt\" ]\n",
+    )
+    .expect("spec");
+    let env = [
+        ("CRABBOX_ISLO_API_KEY", API_KEY),
+        ("ISLO_BASE_URL", islo.base_url.as_str()),
+    ];
+    let out = crabbox(dir.path(), &env, &["apply", "--auto-approve"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = claim_files(dir.path());
+    let ours = |c: &serde_json::Value| {
+        let mut labels = c["labels"].as_object().expect("labels").clone();
+        labels.retain(|k, _| k.starts_with("crabbox_claim"));
+        labels
+    };
+    let (_, claim) = before.iter().next().expect("a claim");
+    // What only we use is in the labels, not beside Crabbox's fields.
+    for key in ["isloWorkdir", "isloBaseURL", "state", "crabboxShares"] {
+        assert!(claim.get(key).is_none(), "{key} at the top level: {claim}");
+    }
+    assert_eq!(
+        claim["labels"]["crabbox_claim.isloWorkdir"],
+        serde_json::json!("app"),
+        "{claim}"
+    );
+    assert!(!ours(claim).is_empty());
+
+    rewrite_claims_as_crabbox_does(dir.path());
+    let after = claim_files(dir.path());
+    for (id, claim) in &after {
+        assert_eq!(ours(claim), ours(&before[id]), "{id}: our fields survive");
+        assert_eq!(claim["labels"], before[id]["labels"], "{id}: labels survive");
+    }
+    let store = ClaimStore::local(&dir.path().join("state"));
+    let (read, problems) = runtime().block_on(store.load_all()).expect("readable");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(read[0].state, "active");
+    assert_eq!(read[0].extra["isloWorkdir"], serde_json::json!("app"));
+    assert!(read[0].labels.keys().all(|k| !k.starts_with("crabbox_claim")));
+
+    let out = crabbox(dir.path(), &env, &["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "no change after Crabbox's rewrite:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The peers file still has the share our claim recorded.
+    let out = crabbox(dir.path(), &env, &["peers", "--json"]);
+    let peers = String::from_utf8_lossy(&out.stdout);
+    assert!(peers.contains("8080"), "{peers}");
+}
