@@ -502,3 +502,180 @@ fn claims_rewritten_by_crabbox_keep_everything_we_need() {
     let peers = String::from_utf8_lossy(&out.stdout);
     assert!(peers.contains("8080"), "{peers}");
 }
+
+/// A corpus document (`tests/compat/…`, see its README for the Crabbox
+/// source each follows).
+fn corpus(relative: &str) -> serde_json::Value {
+    let path = crate::support::root().join("tests/compat").join(relative);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        serde_json::Value::Number(_) => "float",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "array",
+        serde_json::Value::Object(_) => "object",
+    }
+}
+
+/// Crabbox's claims (every lease-ID shape: `cbx_`, `isb_`, `tlsbx_`,
+/// `static_`) are read by us, and what we write back has every one of
+/// their fields with the same value and the same JSON type.
+#[test]
+fn crabbox_claims_of_every_provider_shape_are_read_and_written_back_alike() {
+    let state = tempfile::tempdir().expect("state");
+    let claims_dir = state.path().join("claims");
+    std::fs::create_dir_all(&claims_dir).expect("claims dir");
+    let src = crate::support::root().join("tests/compat/claims");
+    let mut names: Vec<String> = std::fs::read_dir(&src)
+        .expect("corpus")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 4, "{names:?}");
+    for name in &names {
+        std::fs::copy(src.join(name), claims_dir.join(name)).expect("copy");
+    }
+    let store = ClaimStore::local(state.path());
+    let rt = runtime();
+    let (read, problems) = rt.block_on(store.load_all()).expect("readable");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(read.len(), 4);
+    let by_id = |id: &str| read.iter().find(|c| c.lease_id == id).expect(id).clone();
+    assert_eq!(by_id("cbx_0a1b2c3d4e5f").ssh_port, 2222);
+    assert_eq!(by_id("cbx_0a1b2c3d4e5f").labels["provider_key"], "crabbox-cbx-0a1b2c3d4e5f");
+    assert_eq!(by_id("isb_crabbox-app-1a2b3c").provider, "islo");
+    assert_eq!(by_id("tlsbx_k3j4h5g6f7d8s9a0").provider, "tensorlake");
+    assert_eq!(
+        by_id("static_10-0-0-5").extra["staticPort"],
+        serde_json::json!("22")
+    );
+    for claim in &read {
+        let theirs = corpus(&format!("claims/{}.json", claim.lease_id));
+        rt.block_on(store.update(&claim.lease_id, |_| {})).expect("our write");
+        let ours: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(claims_dir.join(format!("{}.json", claim.lease_id)))
+                .expect("written"),
+        )
+        .expect("json");
+        for (key, value) in theirs.as_object().expect("object") {
+            assert_eq!(
+                json_type(&ours[key]),
+                json_type(value),
+                "{}: {key} keeps its type",
+                claim.lease_id
+            );
+            if key != "revision" {
+                assert_eq!(&ours[key], value, "{}: {key}", claim.lease_id);
+            }
+        }
+        // Nothing beside Crabbox's fields: its decoder would drop it.
+        let _: CrabboxLeaseClaim = serde_json::from_value(ours.clone()).expect("Crabbox reads it");
+        let known: Vec<String> = serde_json::to_value(
+            serde_json::from_value::<CrabboxLeaseClaim>(ours.clone()).expect("mirror"),
+        )
+        .expect("json")
+        .as_object()
+        .expect("object")
+        .keys()
+        .cloned()
+        .collect();
+        for key in ours.as_object().expect("object").keys() {
+            assert!(known.contains(key), "{}: `{key}` is not Crabbox's", claim.lease_id);
+        }
+    }
+}
+
+/// The labels of a Hetzner lease we create are Crabbox's `directLeaseLabels`
+/// (internal/cli/provider_labels.go:10-65) key for key and value for value,
+/// plus our `pond_*` hashes: `class` :13, `crabbox` :14, `created_by` :15,
+/// `keep` :16, `lease` :17, `slug` :18, `profile` :19, `provider_key` :20,
+/// `provider` :21, `target` :22, `server_type` :23, `state` :24,
+/// `created_at` :25, `last_touched_at` :26, `idle_timeout` :27,
+/// `idle_timeout_secs` :28, `ttl_secs` :29, `expires_at` :30, `pond` :35-37,
+/// `crabbox_exposed_ports` :38-40. Hetzner's create adds the two it knows
+/// (`server_type`, `provider_key`; tests/it/hetzner.rs checks it sends them).
+#[test]
+fn labels_we_create_are_crabboxs_direct_lease_labels_plus_our_hashes() {
+    use crabbox_core::provider::ProviderName;
+    use crabbox_spec::desired::DesiredMember;
+    use crabbox_spec::member_labels;
+    let member = DesiredMember {
+        class: Some(crabbox_spec::model::Class::Beast),
+        expose: vec![5432, 8080],
+        ..DesiredMember::new("api", ProviderName::Hetzner)
+    };
+    let mut ours = member_labels::for_create("pr-42", "cbx_0a1b2c3d4e5f", &member, 1_796_119_200);
+    for key in ["pond_spec", "pond_block", "pond_setup"] {
+        assert!(ours.remove(key).is_some(), "{key} written");
+    }
+    assert_eq!(ours["server_type"], "unknown", "until the provider picks one");
+    assert_eq!(ours["provider_key"], "unknown", "until the provider names it");
+    ours.insert("server_type".into(), "ccx33".into());
+    ours.insert(
+        "provider_key".into(),
+        crabbox_providers::hetzner::key_name("cbx_0a1b2c3d4e5f"),
+    );
+    let theirs: BTreeMap<String, String> =
+        serde_json::from_value(corpus("labels/hetzner-create.json")).expect("labels");
+    assert_eq!(ours, theirs);
+
+    // Without a class or type, Crabbox's sanitizer writes `unknown`
+    // (provider_labels.go:194-215); the keys are always there.
+    let bare = member_labels::for_create(
+        "pr-42",
+        "cbx_0a1b2c3d4e5f",
+        &DesiredMember::new("db", ProviderName::Local),
+        1,
+    );
+    assert_eq!(bare["class"], "unknown");
+    assert_eq!(bare["server_type"], "unknown");
+}
+
+/// Crabbox's touch (provider_labels.go:71-110) of one of our leases keeps
+/// our hashes and moves `expires_at` by its rule; ours gives the same
+/// labels, and our expiry judgment (planner, sweep) reads the result as
+/// Crabbox's cleanup does (pool.go:575-586).
+#[test]
+fn a_touch_by_either_tool_gives_the_same_labels_and_expiry() {
+    use crabbox_core::expiry;
+    let touched: BTreeMap<String, String> =
+        serde_json::from_value(corpus("labels/hetzner-touched.json")).expect("labels");
+    let mut created: BTreeMap<String, String> =
+        serde_json::from_value(corpus("labels/hetzner-create.json")).expect("labels");
+    for key in ["pond_spec", "pond_block", "pond_setup"] {
+        created.insert(key.into(), touched[key].clone());
+    }
+    created.insert("state".into(), "ready".into());
+    assert_eq!(expiry::touch(&created, 1_796_120_000, None, None), touched);
+    assert_eq!(expiry::expires_at(&touched), Some(1_796_121_800));
+    assert!(!expiry::is_expired(&touched, 1_796_121_799));
+    assert!(expiry::is_expired(&touched, 1_796_121_800));
+
+    // Our relabel of the same lease is a touch too: with the spec's ttl
+    // and idle timeout, the same expiry rule.
+    let member = crabbox_spec::desired::DesiredMember {
+        class: Some(crabbox_spec::model::Class::Beast),
+        expose: vec![5432, 8080],
+        ..crabbox_spec::desired::DesiredMember::new(
+            "api",
+            crabbox_core::provider::ProviderName::Hetzner,
+        )
+    };
+    let relabelled = crabbox_spec::member_labels::for_update(&touched, &member);
+    let now: u64 = relabelled["last_touched_at"].parse().expect("touched now");
+    assert_eq!(
+        relabelled["expires_at"],
+        expiry::rule(1_796_119_200, now, member.ttl, member.idle_timeout).to_string()
+    );
+    for (key, value) in &touched {
+        if !["last_touched_at", "expires_at", "pond_spec"].contains(&key.as_str()) {
+            assert_eq!(&relabelled[key], value, "{key} kept");
+        }
+    }
+}
