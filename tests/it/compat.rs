@@ -345,7 +345,11 @@ struct CrabboxLeaseClaim {
     cloud_id: String, // :28
     #[serde(rename = "cloudNumericID", default, skip_serializing_if = "is_zero")]
     cloud_numeric_id: i64, // :30
-    #[serde(rename = "cloudImmutableID", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "cloudImmutableID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     cloud_immutable_id: String, // :32
     #[serde(default, skip_serializing_if = "String::is_empty")]
     provider_scope: String, // :33
@@ -371,15 +375,27 @@ struct CrabboxLeaseClaim {
     last_used_at: String, // :43
     #[serde(default, skip_serializing_if = "is_zero")]
     idle_timeout_seconds: i64, // :44
-    #[serde(rename = "tailscaleIPv4", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "tailscaleIPv4",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     tailscale_ipv4: String, // :45
-    #[serde(rename = "tailscaleFQDN", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "tailscaleFQDN",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     tailscale_fqdn: String, // :46
     #[serde(default, skip_serializing_if = "String::is_empty")]
     tailscale_hostname: String, // :47
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     tailscale_tags: Vec<String>, // :48
-    #[serde(rename = "tailscaleLoginURL", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "tailscaleLoginURL",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     tailscale_login_url: String, // :49
     #[serde(default, skip_serializing_if = "String::is_empty")]
     tailscale_exit_node: String, // :50
@@ -389,13 +405,29 @@ struct CrabboxLeaseClaim {
     ssh_host: String, // :52
     #[serde(default, skip_serializing_if = "is_zero")]
     ssh_port: i64, // :53
-    #[serde(rename = "bridgeURL", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "bridgeURL",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     bridge_url: String, // :54
-    #[serde(rename = "coordinatorRegistrationURL", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "coordinatorRegistrationURL",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     coordinator_registration_url: String, // :55
-    #[serde(rename = "runtimeAdapterRegistrationID", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "runtimeAdapterRegistrationID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     runtime_adapter_registration_id: String, // :56
-    #[serde(rename = "runtimeAdapterPendingRegistrationID", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "runtimeAdapterPendingRegistrationID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     runtime_adapter_pending_registration_id: String, // :57
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     cache_volumes: Vec<String>, // :58
@@ -480,14 +512,22 @@ fn claims_rewritten_by_crabbox_keep_everything_we_need() {
     let after = claim_files(dir.path());
     for (id, claim) in &after {
         assert_eq!(ours(claim), ours(&before[id]), "{id}: our fields survive");
-        assert_eq!(claim["labels"], before[id]["labels"], "{id}: labels survive");
+        assert_eq!(
+            claim["labels"], before[id]["labels"],
+            "{id}: labels survive"
+        );
     }
     let store = ClaimStore::local(&dir.path().join("state"));
     let (read, problems) = runtime().block_on(store.load_all()).expect("readable");
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(read[0].state, "active");
     assert_eq!(read[0].extra["isloWorkdir"], serde_json::json!("app"));
-    assert!(read[0].labels.keys().all(|k| !k.starts_with("crabbox_claim")));
+    assert!(
+        read[0]
+            .labels
+            .keys()
+            .all(|k| !k.starts_with("crabbox_claim"))
+    );
 
     let out = crabbox(dir.path(), &env, &["plan", "--detailed-exitcode"]);
     assert_eq!(
@@ -548,7 +588,10 @@ fn crabbox_claims_of_every_provider_shape_are_read_and_written_back_alike() {
     assert_eq!(read.len(), 4);
     let by_id = |id: &str| read.iter().find(|c| c.lease_id == id).expect(id).clone();
     assert_eq!(by_id("cbx_0a1b2c3d4e5f").ssh_port, 2222);
-    assert_eq!(by_id("cbx_0a1b2c3d4e5f").labels["provider_key"], "crabbox-cbx-0a1b2c3d4e5f");
+    assert_eq!(
+        by_id("cbx_0a1b2c3d4e5f").labels["provider_key"],
+        "crabbox-cbx-0a1b2c3d4e5f"
+    );
     assert_eq!(by_id("isb_crabbox-app-1a2b3c").provider, "islo");
     assert_eq!(by_id("tlsbx_k3j4h5g6f7d8s9a0").provider, "tensorlake");
     assert_eq!(
@@ -557,7 +600,8 @@ fn crabbox_claims_of_every_provider_shape_are_read_and_written_back_alike() {
     );
     for claim in &read {
         let theirs = corpus(&format!("claims/{}.json", claim.lease_id));
-        rt.block_on(store.update(&claim.lease_id, |_| {})).expect("our write");
+        rt.block_on(store.update(&claim.lease_id, |_| {}))
+            .expect("our write");
         let ours: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(claims_dir.join(format!("{}.json", claim.lease_id)))
                 .expect("written"),
@@ -586,7 +630,11 @@ fn crabbox_claims_of_every_provider_shape_are_read_and_written_back_alike() {
         .cloned()
         .collect();
         for key in ours.as_object().expect("object").keys() {
-            assert!(known.contains(key), "{}: `{key}` is not Crabbox's", claim.lease_id);
+            assert!(
+                known.contains(key),
+                "{}: `{key}` is not Crabbox's",
+                claim.lease_id
+            );
         }
     }
 }
@@ -614,8 +662,14 @@ fn labels_we_create_are_crabboxs_direct_lease_labels_plus_our_hashes() {
     for key in ["pond_spec", "pond_block", "pond_setup"] {
         assert!(ours.remove(key).is_some(), "{key} written");
     }
-    assert_eq!(ours["server_type"], "unknown", "until the provider picks one");
-    assert_eq!(ours["provider_key"], "unknown", "until the provider names it");
+    assert_eq!(
+        ours["server_type"], "unknown",
+        "until the provider picks one"
+    );
+    assert_eq!(
+        ours["provider_key"], "unknown",
+        "until the provider names it"
+    );
     ours.insert("server_type".into(), "ccx33".into());
     ours.insert(
         "provider_key".into(),

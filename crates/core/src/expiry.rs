@@ -60,7 +60,12 @@ fn rfc3339_secs(value: &str) -> Option<u64> {
     }
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let mut rest = &value[19..];
@@ -218,7 +223,12 @@ mod tests {
         assert_eq!(bare["idle_timeout_secs"], "1800");
         assert_eq!(bare["expires_at"], "1900");
         // A Go duration label is read (provider_labels.go:151-170).
-        let go = touch(&labels(&[("created_at", "1"), ("idle_timeout", "10m")]), 1, None, None);
+        let go = touch(
+            &labels(&[("created_at", "1"), ("idle_timeout", "10m")]),
+            1,
+            None,
+            None,
+        );
         assert_eq!(go["idle_timeout_secs"], "600");
     }
 
@@ -227,12 +237,18 @@ mod tests {
     fn expiry_is_read_as_crabboxs_cleanup_reads_it() {
         assert_eq!(expires_at(&labels(&[("expires_at", "2000")])), Some(2000));
         assert_eq!(
-            expires_at(&labels(&[("expires_at", ""), ("ttl", "1970-01-01T00:33:20Z")])),
+            expires_at(&labels(&[
+                ("expires_at", ""),
+                ("ttl", "1970-01-01T00:33:20Z")
+            ])),
             Some(2000)
         );
         assert_eq!(expires_at(&labels(&[("expires_at", "soon")])), None);
         assert_eq!(parse_time("2026-12-01T10:00:00Z"), Some(1_796_119_200));
-        assert_eq!(parse_time("2026-12-01T12:00:00.5+02:00"), Some(1_796_119_200));
+        assert_eq!(
+            parse_time("2026-12-01T12:00:00.5+02:00"),
+            Some(1_796_119_200)
+        );
         assert_eq!(parse_time("2000-02-29T00:00:00Z"), Some(951_782_400));
         assert_eq!(parse_time("2026-12-01 10:00:00Z"), None);
         assert_eq!(parse_time("-5"), None);

@@ -234,7 +234,10 @@ mod tests {
             assert!(!is_claim_id(bad), "{bad:?}");
         }
         assert_eq!(mint::static_host("10.0.0.5"), "static_10-0-0-5");
-        assert_eq!(mint::static_host("Build.Example.COM"), "static_build-example-com");
+        assert_eq!(
+            mint::static_host("Build.Example.COM"),
+            "static_build-example-com"
+        );
         assert_eq!(mint::islo("crabbox-a-b-012abc"), "isb_crabbox-a-b-012abc");
         assert_eq!(mint::tensorlake("abc"), "tlsbx_abc");
     }

@@ -150,7 +150,6 @@ struct ClaimWire {
     extra: BTreeMap<String, serde_json::Value>,
 }
 
-
 /// Crabbox's claim fields (claim.go:23-61) that [`Claim`] has no field for:
 /// an extra field with one of these names stays at the top level.
 const CRABBOX_EXTRA_FIELDS: [&str; 21] = [
@@ -242,7 +241,8 @@ impl<'de> Deserialize<'de> for Claim {
                     extra.insert(field.to_owned(), serde_json::Value::String(value));
                 }
             } else if let Some(field) = key.strip_prefix(FOLDED_JSON) {
-                let parsed = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+                let parsed =
+                    serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
                 extra.insert(field.to_owned(), parsed);
             } else {
                 labels.insert(key, value);

@@ -4,8 +4,8 @@
 //! Create prepares a work root of the lease's own on the host; release stops
 //! what crabbox started there, removes that directory and nothing else.
 
-use std::path::{Path, PathBuf};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -21,10 +21,10 @@ use crate::{CreateRequest, Provider};
 use crabbox_core::labels::Labels;
 use crabbox_core::lease::{Endpoint, Lease, mint};
 use crabbox_core::normalize::normalize_name;
-use crabbox_spec::desired::DesiredMember;
 use crabbox_core::provider::ProviderError;
 use crabbox_core::provider::ProviderName;
 use crabbox_exec::ssh::SshTarget;
+use crabbox_spec::desired::DesiredMember;
 use crabbox_state::claims::{Claim, ClaimStore};
 use crabbox_state::state_dir::expand_tilde;
 
@@ -188,7 +188,10 @@ impl Provider for SshProvider {
     async fn lease_id(&self, pond: &str, member: &DesiredMember) -> Result<String, ProviderError> {
         let (_, host) = block_and_host(member)?;
         let base = mint::static_host(&host);
-        let own = format!("{base}-{}", normalize_name(&format!("{pond}-{}", member.slug)));
+        let own = format!(
+            "{base}-{}",
+            normalize_name(&format!("{pond}-{}", member.slug))
+        );
         let candidates = [base, own.clone(), format!("{own}-{}", random_hex4())];
         for id in candidates {
             let claim = self.claims.load(&id).await.map_err(ProviderError::state)?;
