@@ -733,3 +733,37 @@ fn a_touch_by_either_tool_gives_the_same_labels_and_expiry() {
         }
     }
 }
+
+/// A static SSH lease of an earlier crabbox version (a `cbx_` ID, our
+/// `staticKey` beside Crabbox's `static*` fields) is still a lease of its
+/// pond, reached at the recorded host and key.
+#[test]
+fn static_leases_of_earlier_versions_are_still_listed() {
+    use crabbox_core::provider::ProviderName;
+    use crabbox_providers::Provider as _;
+    use crabbox_providers::ssh::SshProvider;
+    let state = tempfile::tempdir().expect("state");
+    let claims = state.path().join("claims");
+    std::fs::create_dir_all(&claims).expect("claims dir");
+    std::fs::write(
+        claims.join("cbx_00000000beef.json"),
+        r#"{"leaseID":"cbx_00000000beef","slug":"db","provider":"ssh","pond":"pr-1","cloudID":"static_10.0.0.5","repoRoot":"","claimedAt":"","lastUsedAt":"","state":"active","staticHost":"10.0.0.5","staticPort":"2200","staticUser":"u","staticWorkRoot":"crabbox/cbx_00000000beef","staticKey":"/keys/id","sshPort":"22","labels":{"crabbox":"true","pond":"pr-1","lease":"cbx_00000000beef","provider":"ssh","slug":"db"}}"#,
+    )
+    .expect("old claim");
+    let rt = runtime();
+    let provider = SshProvider::new(state.path());
+    let leases = rt.block_on(provider.list("pr-1")).expect("list");
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    let lease = &leases[0];
+    assert_eq!(lease.id, "cbx_00000000beef");
+    assert_eq!(lease.provider, ProviderName::Ssh);
+    assert!(lease.is_ours("pr-1"));
+    assert_eq!(lease.endpoint.host.as_deref(), Some("10.0.0.5"));
+    assert_eq!(lease.endpoint.ssh_port, Some(2200));
+    let target = rt.block_on(provider.ssh_target(lease)).expect("a target");
+    assert_eq!(
+        target.key.as_deref(),
+        Some(std::path::Path::new("/keys/id"))
+    );
+    assert_eq!(target.work_root, "crabbox/cbx_00000000beef");
+}

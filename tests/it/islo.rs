@@ -1212,7 +1212,10 @@ async fn leases_of_earlier_versions_keep_working() {
     let (code, out) = run(&provider, lease, "pwd").await;
     assert_eq!(code, 0);
     let pwd = out.stdout();
-    assert!(pwd[0].ends_with("/workspace/legacy"), "the claim's workdir: {pwd:?}");
+    assert!(
+        pwd[0].ends_with("/workspace/legacy"),
+        "the claim's workdir: {pwd:?}"
+    );
 
     let mut relabelled = lease.labels.clone();
     relabelled.insert("state".into(), "ready".into());
@@ -1220,7 +1223,10 @@ async fn leases_of_earlier_versions_keep_working() {
     let text = std::fs::read_to_string(dir.join(format!("{id}.json"))).expect("claim");
     let stored: Value = serde_json::from_str(&text).expect("json");
     assert!(stored.get("isloWorkdir").is_none(), "folded: {text}");
-    assert_eq!(stored["labels"]["crabbox_claim.isloWorkdir"], json!("legacy"));
+    assert_eq!(
+        stored["labels"]["crabbox_claim.isloWorkdir"],
+        json!("legacy")
+    );
 
     provider.release(lease).await.expect("release");
     assert!(fx.handle().sandbox(&name).is_none(), "released");
