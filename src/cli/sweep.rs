@@ -47,10 +47,7 @@ fn verdict(pond: &str, leases: &[Lease], args: &SweepArgs, now: u64) -> Option<S
     }
     // `keep=true` leases are never swept for age, as in Crabbox's own cleanup.
     let expired = |l: &Lease| {
-        l.label(labels::KEEP) != Some("true")
-            && l.label(labels::EXPIRES_AT)
-                .and_then(|v| v.parse::<u64>().ok())
-                .is_some_and(|e| e <= now)
+        l.label(labels::KEEP) != Some("true") && crabbox_core::expiry::is_expired(&l.labels, now)
     };
     leases.iter().all(expired).then(|| {
         format!(

@@ -291,6 +291,11 @@ async fn create_puts_every_label_in_the_create_call_and_labels_the_key() {
     let body = &creates[0].body;
     let mut expected: Labels = req.labels.clone();
     expected.insert("server_type".into(), "ccx33".into());
+    // The key the server is created with (hetzner/backend.go:107).
+    expected.insert(
+        "provider_key".into(),
+        crabbox_providers::hetzner::key_name(&req.lease_id),
+    );
     assert_eq!(
         body["labels"],
         json!(expected),

@@ -83,7 +83,7 @@ impl Fixture {
     /// What the executor does before `create`: mint a lease ID and write
     /// the pending claim.
     async fn pending(&self, pond: &str, m: DesiredMember) -> CreateRequest {
-        let lease_id = new_lease_id();
+        let lease_id = self.provider().lease_id(pond, &m).await.expect("mint");
         let labels = member_labels::for_create(pond, &lease_id, &m, labels::now_secs());
         let claim = Claim {
             lease_id: lease_id.clone(),
@@ -322,11 +322,22 @@ async fn create_deletes_a_sandbox_that_does_not_start() {
 
     // Without the pending claim the executor writes first, nothing is created.
     let request = CreateRequest {
-        lease_id: new_lease_id(),
+        lease_id: fx
+            .provider()
+            .lease_id(POND, &request.member)
+            .await
+            .expect("mint"),
         ..request
     };
     let err = fx.provider().create(&request).await.expect_err("no claim");
     assert!(err.to_string().contains("pending claim"), "{err}");
+    // A lease ID that is not Islo's shape names no sandbox to create.
+    let request = CreateRequest {
+        lease_id: new_lease_id(),
+        ..request
+    };
+    let err = fx.provider().create(&request).await.expect_err("cbx_ ID");
+    assert!(err.to_string().contains("not an Islo lease ID"), "{err}");
     assert_eq!(
         fx.requests("POST", "/sandboxes")
             .iter()
@@ -1169,4 +1180,54 @@ fn features_are_the_url_bridge_kind() {
     assert!(f.url_bridge && f.background && f.pause_resume);
     assert!(!f.labels && !f.ssh && !f.local);
     assert_eq!(provider.name(), ProviderName::Islo);
+}
+
+/// A lease of an earlier crabbox version: a `cbx_` ID, its sandbox named
+/// from that ID's hex, our fields beside Crabbox's at the top level. It is
+/// still listed, reached and released; the next write folds our fields into
+/// its labels.
+#[tokio::test]
+async fn leases_of_earlier_versions_keep_working() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+    let id = "cbx_00c0ffee0001";
+    let name = sandbox_name(POND, "old", id);
+    assert_eq!(name, "crabbox-pr-42-old-00c0ff");
+    fx.handle().plant_sandbox(&name);
+    let m = member("old", json!({}));
+    let labels = member_labels::for_create(POND, id, &m, labels::now_secs());
+    let claim = json!({
+        "leaseID": id, "slug": "old", "provider": "islo", "pond": POND, "cloudID": name,
+        "repoRoot": "", "claimedAt": "", "lastUsedAt": "", "labels": labels,
+        "state": "active", "isloWorkdir": "legacy", "isloBaseURL": fx.fake.base_url,
+    });
+    let dir = fx.state.path().join("claims");
+    std::fs::create_dir_all(&dir).expect("claims dir");
+    std::fs::write(dir.join(format!("{id}.json")), claim.to_string()).expect("old claim");
+
+    let leases = provider.list(POND).await.expect("list");
+    let lease = leases.iter().find(|l| l.id == id).expect("listed");
+    assert_eq!(lease.cloud_id, name);
+    assert!(lease.is_ours(POND));
+    let (code, out) = run(&provider, lease, "pwd").await;
+    assert_eq!(code, 0);
+    let pwd = out.stdout();
+    assert!(
+        pwd[0].ends_with("/workspace/legacy"),
+        "the claim's workdir: {pwd:?}"
+    );
+
+    let mut relabelled = lease.labels.clone();
+    relabelled.insert("state".into(), "ready".into());
+    provider.relabel(lease, &relabelled).await.expect("relabel");
+    let text = std::fs::read_to_string(dir.join(format!("{id}.json"))).expect("claim");
+    let stored: Value = serde_json::from_str(&text).expect("json");
+    assert!(stored.get("isloWorkdir").is_none(), "folded: {text}");
+    assert_eq!(
+        stored["labels"]["crabbox_claim.isloWorkdir"],
+        json!("legacy")
+    );
+
+    provider.release(lease).await.expect("release");
+    assert!(fx.handle().sandbox(&name).is_none(), "released");
 }

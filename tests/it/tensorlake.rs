@@ -1152,3 +1152,65 @@ async fn failures_after_create_terminate_the_sandbox() {
     assert!(err.to_string().contains("pending claim"), "{err}");
     assert!(fx.log().is_empty());
 }
+
+/// Crabbox names a Tensorlake lease `tlsbx_<sandbox id>`
+/// (tensorlake/core.go:38, tensorlake/backend.go:335-341) and maps it back
+/// by trimming the prefix (backend.go:358-388). The ID is only known after
+/// `sbx create`, so the lease starts under a provisional ID and is re-keyed;
+/// a crash on either side of the re-key leaves the sandbox reachable and
+/// listed once.
+#[tokio::test]
+async fn leases_are_rekeyed_to_crabboxs_id_and_a_crash_around_it_recovers() {
+    let fx = Fx::new();
+    let p = fx.provider();
+    let request = fx.pending(POND, "api", block(json!({}))).await;
+    let lease = p.create(&request).await.expect("create");
+    assert_eq!(lease.id, format!("tlsbx_{}", lease.cloud_id));
+    assert_eq!(lease.label("lease"), Some(lease.id.as_str()));
+    assert!(lease.is_ours(POND), "{lease:?}");
+    let claim = fx
+        .claims()
+        .load(&lease.id)
+        .await
+        .expect("readable")
+        .expect("the claim is named as Crabbox names it");
+    assert_eq!(claim.cloud_id, lease.cloud_id);
+    assert!(
+        fx.claims()
+            .load(&request.lease_id)
+            .await
+            .expect("readable")
+            .is_none(),
+        "the provisional claim is gone"
+    );
+    let listed = p.list(POND).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|l| &l.id).collect::<Vec<_>>(),
+        [&lease.id]
+    );
+
+    // A crash after the re-keyed claim was written, before the provisional
+    // one was removed: one lease, the provisional claim left dangling.
+    let mut leftover = claim.clone();
+    leftover.lease_id.clone_from(&request.lease_id);
+    leftover
+        .labels
+        .insert("lease".into(), request.lease_id.clone());
+    fx.claims().write(&leftover).await.expect("write");
+    let listed = p.list(POND).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|l| &l.id).collect::<Vec<_>>(),
+        [&lease.id]
+    );
+
+    // A crash before the re-key: only the provisional claim, recording the
+    // sandbox ID; it is a lease (as claims of earlier versions are) and
+    // release reaches the sandbox through it.
+    fx.claims().remove(&lease.id).await.expect("remove");
+    let listed = p.list(POND).await.expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].id, request.lease_id);
+    assert!(listed[0].is_ours(POND));
+    p.release(&listed[0]).await.expect("release");
+    assert!(!fx.listed().contains(&lease.cloud_id));
+}

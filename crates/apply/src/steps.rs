@@ -11,7 +11,7 @@ use crate::discover::remember_providers;
 use crate::graph::{Step, StepKind};
 use crate::progress::Reporter;
 use crabbox_core::labels::{self, now_secs, state};
-use crabbox_core::lease::{Lease, new_lease_id};
+use crabbox_core::lease::Lease;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_core::retry::with_retries;
 use crabbox_exec::archive;
@@ -260,7 +260,7 @@ fn guard(ctx: &Context, lease: &Lease) -> Result<(), StepError> {
 async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
     let m = ctx.member(slug)?;
     let provider = ctx.provider(m.provider)?;
-    let lease_id = new_lease_id();
+    let lease_id = provider.lease_id(&ctx.pond, m).await?;
     let labels = crabbox_spec::member_labels::for_create(&ctx.pond, &lease_id, m, now_secs());
     // The claim comes first: a crash between it and the create is found next time.
     let pending = Claim {
@@ -296,8 +296,9 @@ async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
         }
     };
     update_claim(ctx, &lease).await?;
+    let id = lease.id.clone();
     ctx.set_lease(lease);
-    Ok(format!("id={lease_id}"))
+    Ok(format!("id={id}"))
 }
 
 /// Records what is now true of a lease in its claim. A claim that cannot be

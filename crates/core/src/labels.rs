@@ -16,7 +16,7 @@ pub const CRABBOX: &str = "crabbox";
 pub const CREATED_BY: &str = "created_by";
 /// Provider name.
 pub const PROVIDER: &str = "provider";
-/// Lease ID, `cbx_` + 12 hex.
+/// Lease ID, in its provider's shape.
 pub const LEASE: &str = "lease";
 /// Normalized slug.
 pub const SLUG: &str = "slug";
@@ -30,8 +30,19 @@ pub const KEEP: &str = "keep";
 pub const STATE: &str = "state";
 /// Unix seconds.
 pub const CREATED_AT: &str = "created_at";
-/// Unix seconds: `created_at + ttl`.
+/// Unix seconds: `min(last_touched_at + idle, created_at + ttl)` (see
+/// [`crate::expiry`]).
 pub const EXPIRES_AT: &str = "expires_at";
+/// Unix seconds of the last touch (`created_at` at create).
+pub const LAST_TOUCHED_AT: &str = "last_touched_at";
+/// Integer seconds (the same value as `idle_timeout_secs`).
+pub const IDLE_TIMEOUT: &str = "idle_timeout";
+/// Crabbox's config profile (`default` unless configured).
+pub const PROFILE: &str = "profile";
+/// Name of the provider SSH key (Hetzner: the key the server was created with).
+pub const PROVIDER_KEY: &str = "provider_key";
+/// Target OS: `linux`.
+pub const TARGET: &str = "target";
 /// Integer seconds.
 pub const TTL_SECS: &str = "ttl_secs";
 /// Integer seconds.
@@ -50,6 +61,9 @@ pub const POND_BLOCK: &str = "pond_block";
 pub const POND_SETUP: &str = "pond_setup";
 /// Ours: why a lease is `failed` (e.g. `setup_step_2_exit_1`).
 pub const FAILURE: &str = "failure";
+
+/// What the sanitizer writes for an empty value.
+pub const UNKNOWN: &str = "unknown";
 
 /// `pond_setup` before setup has completed.
 pub const SETUP_PENDING: &str = "pending";
@@ -83,7 +97,7 @@ pub fn sanitize(value: &str) -> String {
     let cut = &mapped[..mapped.len().min(63)];
     let trimmed = cut.trim_matches(|c| matches!(c, '_' | '.' | '-'));
     if trimmed.is_empty() {
-        "unknown".to_owned()
+        UNKNOWN.to_owned()
     } else {
         trimmed.to_owned()
     }

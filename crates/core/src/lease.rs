@@ -37,7 +37,10 @@ pub struct Share {
 /// One live lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    /// `cbx_` + 12 hex.
+    /// The lease ID in its provider's shape (see [`mint`]): `cbx_` + 12
+    /// hex for cloud and local leases, `isb_<sandbox name>` (Islo),
+    /// `tlsbx_<sandbox id>` (Tensorlake), `static_<host>` (ssh). Leases made
+    /// by earlier crabbox versions carry `cbx_` IDs on every provider.
     pub id: String,
     /// The provider it lives on.
     pub provider: ProviderName,
@@ -61,6 +64,14 @@ impl Lease {
     #[must_use]
     pub fn label(&self, key: &str) -> Option<&str> {
         self.labels.get(key).map(String::as_str)
+    }
+
+    /// A label's value unless it is `unknown`, what Crabbox's sanitizer
+    /// writes for an empty value (provider_labels.go:194-215): a `class` or
+    /// `server_type` nobody chose.
+    #[must_use]
+    pub fn known_label(&self, key: &str) -> Option<&str> {
+        self.label(key).filter(|v| *v != labels::UNKNOWN)
     }
 
     /// The slug label.
@@ -102,6 +113,42 @@ impl Lease {
     }
 }
 
+/// Prefix of an Islo lease ID: `isb_` + the sandbox name
+/// (Crabbox islo/backend.go:47, 643).
+pub const ISLO_PREFIX: &str = "isb_";
+/// Prefix of a Tensorlake lease ID: `tlsbx_` + the sandbox ID
+/// (Crabbox tensorlake/core.go:38, tensorlake/backend.go:335-341).
+pub const TENSORLAKE_PREFIX: &str = "tlsbx_";
+/// Prefix of a static SSH lease ID: `static_` + the normalized host
+/// (Crabbox static.go:66-73).
+pub const STATIC_PREFIX: &str = "static_";
+
+/// Lease-ID shapes per provider, as Crabbox mints them.
+pub mod mint {
+    use super::{ISLO_PREFIX, STATIC_PREFIX, TENSORLAKE_PREFIX};
+    use crate::normalize::normalize_name;
+
+    /// The Islo lease ID of sandbox `name`.
+    #[must_use]
+    pub fn islo(name: &str) -> String {
+        format!("{ISLO_PREFIX}{name}")
+    }
+
+    /// The Tensorlake lease ID of sandbox `id`.
+    #[must_use]
+    pub fn tensorlake(id: &str) -> String {
+        format!("{TENSORLAKE_PREFIX}{id}")
+    }
+
+    /// The static SSH lease ID of `host`: `static_` + Crabbox's
+    /// `normalizeLeaseSlug(host)` (`static.go:66-73`), so `10.0.0.5` gives
+    /// `static_10-0-0-5`.
+    #[must_use]
+    pub fn static_host(host: &str) -> String {
+        format!("{STATIC_PREFIX}{}", normalize_name(host))
+    }
+}
+
 /// Mints a lease ID: `cbx_` + 12 random lowercase hex digits.
 ///
 /// # Panics
@@ -116,7 +163,34 @@ pub fn new_lease_id() -> String {
     )
 }
 
-/// Whether `id` has Crabbox's lease-ID shape.
+/// Whether `id` may name a claim file, by Crabbox's rule
+/// (`validLeaseClaimPathID`, claim.go:2198-2226): any safe file name, so
+/// every provider's lease-ID shape (`cbx_…`, `isb_…`, `tlsbx_…`,
+/// `static_…`). Refused: empty, `.`/`..`, surrounding spaces, any of
+/// `<>:"/\|?*`, control characters, a trailing `.`, Windows device names.
+#[must_use]
+pub fn is_claim_id(id: &str) -> bool {
+    if id.is_empty() || id == "." || id == ".." || id != id.trim() || id.ends_with('.') {
+        return false;
+    }
+    if id
+        .chars()
+        .any(|c| (c as u32) < 32 || "<>:\"/\\|?*".contains(c))
+    {
+        return false;
+    }
+    let upper = id.to_ascii_uppercase();
+    let stem = upper.split('.').next().unwrap_or_default();
+    let device = matches!(stem, "CON" | "PRN" | "AUX" | "NUL")
+        || (stem.len() == 4
+            && (stem.starts_with("COM") || stem.starts_with("LPT"))
+            && matches!(stem.as_bytes()[3], b'1'..=b'9'));
+    !device
+}
+
+/// Whether `id` has Crabbox's canonical lease-ID shape, `cbx_` + 12 hex
+/// (`canonicalLeaseIDPattern`, slug.go:13): the shape of cloud and local
+/// leases (Hetzner refuses any other, hetzner/backend.go:349-351).
 #[must_use]
 pub fn is_lease_id(id: &str) -> bool {
     id.strip_prefix("cbx_").is_some_and(|h| {
@@ -137,5 +211,34 @@ mod tests {
         assert_ne!(id, new_lease_id());
         assert!(!is_lease_id("cbx_ABCDEF012345"));
         assert!(!is_lease_id("cbx_0123"));
+    }
+
+    /// Crabbox `validLeaseClaimID` (claim.go:2202-2226).
+    #[test]
+    fn claim_ids_accept_every_provider_shape() {
+        for ok in [
+            "cbx_0123456789ab",
+            "isb_crabbox-demo-api-1a2b3c",
+            "tlsbx_abcdefghijkl0123",
+            "static_10-0-0-5",
+            "e2b_x",
+            "con1",
+            "COM0",
+        ] {
+            assert!(is_claim_id(ok), "{ok}");
+        }
+        for bad in [
+            "", ".", "..", " x", "x ", "a/b", "a\\b", "a:b", "a*b", "x.", "a\u{1}b", "CON",
+            "nul.txt", "com1", "LPT9",
+        ] {
+            assert!(!is_claim_id(bad), "{bad:?}");
+        }
+        assert_eq!(mint::static_host("10.0.0.5"), "static_10-0-0-5");
+        assert_eq!(
+            mint::static_host("Build.Example.COM"),
+            "static_build-example-com"
+        );
+        assert_eq!(mint::islo("crabbox-a-b-012abc"), "isb_crabbox-a-b-012abc");
+        assert_eq!(mint::tensorlake("abc"), "tlsbx_abc");
     }
 }

@@ -4,6 +4,7 @@
 //! output goes, and the retry policy around provider calls.
 
 pub mod duration;
+pub mod expiry;
 pub mod labels;
 pub mod lease;
 pub mod normalize;

@@ -408,13 +408,19 @@ impl SshTarget {
         // One master per lease: closing a lease's master when it is released
         // must not cut the session of another lease on the same host.
         let mut control_path = std::ffi::OsString::from("ControlPath=");
-        control_path.push(
-            control_dir.join(if crabbox_core::lease::is_lease_id(&self.lease_id) {
-                self.lease_id.as_str()
-            } else {
-                "%C"
-            }),
-        );
+        // Other lease-ID shapes (`static_<host>`…) may be long: a socket
+        // path has about 100 bytes, so they are named by a short hash.
+        let socket = if crabbox_core::lease::is_lease_id(&self.lease_id) {
+            self.lease_id.clone()
+        } else if crabbox_core::lease::is_claim_id(&self.lease_id) {
+            format!(
+                "l-{}",
+                crabbox_core::labels::short_hash(&serde_json::json!(self.lease_id))
+            )
+        } else {
+            "%C".to_owned()
+        };
+        control_path.push(control_dir.join(socket));
         for option in [
             "BatchMode=yes".into(),
             "StrictHostKeyChecking=accept-new".into(),

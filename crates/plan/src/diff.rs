@@ -295,9 +295,7 @@ fn health(lease: &Lease, now: u64) -> Result<(), String> {
             .map_or_else(|| "a failed step".to_owned(), |f| f.replace('_', " "));
         return Err(format!("lease is tainted by {why}"));
     }
-    if let Some(exp) = lease
-        .label(labels::EXPIRES_AT)
-        .and_then(|v| v.parse::<u64>().ok())
+    if let Some(exp) = crabbox_core::expiry::expires_at(&lease.labels)
         && exp <= now
     {
         return Err(format!(
@@ -374,7 +372,7 @@ fn member_changes(
     );
     attr(
         "class",
-        keep.label(labels::CLASS).map(str::to_owned),
+        keep.known_label(labels::CLASS).map(str::to_owned),
         m.class.map(|c| c.as_str().to_owned()),
         true,
     );

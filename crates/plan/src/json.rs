@@ -23,12 +23,14 @@ pub fn lease_view(lease: &Lease) -> Value {
     m.insert("provider".into(), lease.provider.as_str().into());
     m.insert(
         "class".into(),
-        lease.label(labels::CLASS).map_or(Value::Null, Into::into),
+        lease
+            .known_label(labels::CLASS)
+            .map_or(Value::Null, Into::into),
     );
     m.insert(
         "type".into(),
         lease
-            .label(labels::SERVER_TYPE)
+            .known_label(labels::SERVER_TYPE)
             .map_or(Value::Null, Into::into),
     );
     m.insert(

@@ -63,6 +63,22 @@ pub trait Provider: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// The ID for a new lease of `member`, in this provider's shape as
+    /// Crabbox mints it (`cbx_` + 12 hex unless the provider says
+    /// otherwise), so Crabbox maps it back to the resource. The executor
+    /// writes the pending claim under it before `create`. A provider whose
+    /// ID is only known after its create call (Tensorlake) returns a
+    /// provisional `cbx_` ID here and re-keys the claim in `create`; the
+    /// lease `create` returns carries the final ID.
+    ///
+    /// # Errors
+    /// The member cannot get an ID (e.g. its static host already holds a
+    /// lease of another member).
+    async fn lease_id(&self, pond: &str, member: &DesiredMember) -> Result<String, ProviderError> {
+        let _ = (pond, member);
+        Ok(crabbox_core::lease::new_lease_id())
+    }
+
     /// Creates a lease carrying `request.labels`.
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError>;
 

@@ -3,10 +3,12 @@
 //! (`pond_spec`, `pond_block`, `pond_setup`) that make a changed spec
 //! visible on a lease whose labels cannot hold the spec itself.
 
+use crabbox_core::expiry;
 use crabbox_core::labels::{
-    CLASS, CRABBOX, CREATED_AT, CREATED_BY, EXPIRES_AT, EXPOSED_PORTS, IDLE_TIMEOUT_SECS, KEEP,
-    LEASE, Labels, POND, POND_BLOCK, POND_SETUP, POND_SPEC, PROVIDER, SERVER_TYPE, SETUP_PENDING,
-    SLUG, STATE, TAILSCALE, TTL_SECS, encode_ports, now_secs, sanitize, short_hash, state,
+    CLASS, CRABBOX, CREATED_AT, CREATED_BY, EXPIRES_AT, EXPOSED_PORTS, IDLE_TIMEOUT,
+    IDLE_TIMEOUT_SECS, KEEP, LAST_TOUCHED_AT, LEASE, Labels, POND, POND_BLOCK, POND_SETUP,
+    POND_SPEC, PROFILE, PROVIDER, PROVIDER_KEY, SERVER_TYPE, SETUP_PENDING, SLUG, STATE, TAILSCALE,
+    TARGET, TTL_SECS, encode_ports, now_secs, sanitize, short_hash, state,
 };
 
 use crate::desired::DesiredMember;
@@ -47,7 +49,28 @@ impl SpecHashes {
     }
 }
 
-/// The full label set for creating `member`'s lease (state `leased`, setup pending).
+/// Crabbox's profile when none is configured (config.go:2894); crabbox has
+/// no profiles.
+const PROFILE_DEFAULT: &str = "default";
+/// The only target crabbox creates.
+const TARGET_LINUX: &str = "linux";
+
+/// Integer seconds as Crabbox writes a duration label
+/// (`durationSecondsLabel`, provider_labels.go:144-149): empty for zero,
+/// which the sanitizer turns into `unknown`.
+fn secs_label(d: std::time::Duration) -> String {
+    if d.is_zero() {
+        String::new()
+    } else {
+        d.as_secs().to_string()
+    }
+}
+
+/// The full label set for creating `member`'s lease (state `leased`, setup
+/// pending): every key of Crabbox's `directLeaseLabels`
+/// (provider_labels.go:10-65), every value through its sanitizer, plus our
+/// `pond_*` hashes. `provider_key` and `server_type` are `unknown` until the
+/// provider knows them (Hetzner sets both in its create call).
 #[must_use]
 pub fn for_create(pond: &str, lease_id: &str, m: &DesiredMember, now: u64) -> Labels {
     let hashes = SpecHashes::of(m);
@@ -66,16 +89,20 @@ pub fn for_create(pond: &str, lease_id: &str, m: &DesiredMember, now: u64) -> La
     }
     put(KEEP, if m.keep { "true" } else { "false" });
     put(STATE, state::LEASED);
+    put(CLASS, m.class.map(|c| c.as_str()).unwrap_or_default());
+    put(PROFILE, PROFILE_DEFAULT);
+    put(PROVIDER_KEY, "");
+    put(TARGET, TARGET_LINUX);
+    put(SERVER_TYPE, m.server_type.as_deref().unwrap_or_default());
     put(CREATED_AT, &now.to_string());
-    put(EXPIRES_AT, &(now + m.ttl.as_secs()).to_string());
-    put(TTL_SECS, &m.ttl.as_secs().to_string());
-    put(IDLE_TIMEOUT_SECS, &m.idle_timeout.as_secs().to_string());
-    if let Some(class) = m.class {
-        put(CLASS, class.as_str());
-    }
-    if let Some(t) = &m.server_type {
-        put(SERVER_TYPE, t);
-    }
+    put(LAST_TOUCHED_AT, &now.to_string());
+    put(IDLE_TIMEOUT, &secs_label(m.idle_timeout));
+    put(IDLE_TIMEOUT_SECS, &secs_label(m.idle_timeout));
+    put(TTL_SECS, &secs_label(m.ttl));
+    put(
+        EXPIRES_AT,
+        &expiry::rule(now, now, m.ttl, m.idle_timeout).to_string(),
+    );
     if m.tailscale {
         put(TAILSCALE, "true");
     }
@@ -86,29 +113,32 @@ pub fn for_create(pond: &str, lease_id: &str, m: &DesiredMember, now: u64) -> La
 }
 
 /// The labels an in-place update changes on an existing lease: exposed
-/// ports, keep, ttl/expiry and the spec hash. `created_at` is kept.
+/// ports, keep and the spec hash, then a touch as Crabbox's
+/// (`expiry::touch`: `last_touched_at` now, ttl and idle timeout from the
+/// spec, `expires_at` recomputed, `created_at` and every other key kept).
+/// Crabbox's keys a lease of an earlier crabbox version lacks are added as
+/// its create would have written them.
 #[must_use]
 pub fn for_update(current: &Labels, m: &DesiredMember) -> Labels {
     let mut l = current.clone();
-    let created: u64 = current
-        .get(CREATED_AT)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(now_secs);
     if m.expose.is_empty() {
         l.remove(EXPOSED_PORTS);
     } else {
         l.insert(EXPOSED_PORTS.to_owned(), encode_ports(&m.expose));
     }
     l.insert(KEEP.to_owned(), m.keep.to_string());
-    l.insert(TTL_SECS.to_owned(), m.ttl.as_secs().to_string());
-    l.insert(
-        IDLE_TIMEOUT_SECS.to_owned(),
-        m.idle_timeout.as_secs().to_string(),
-    );
-    l.insert(
-        EXPIRES_AT.to_owned(),
-        (created + m.ttl.as_secs()).to_string(),
-    );
     l.insert(POND_SPEC.to_owned(), SpecHashes::of(m).spec);
-    l
+    for (k, v) in [
+        (CREATED_BY, "crabbox"),
+        (CLASS, m.class.map(|c| c.as_str()).unwrap_or_default()),
+        (PROFILE, PROFILE_DEFAULT),
+        (PROVIDER_KEY, ""),
+        (TARGET, TARGET_LINUX),
+        (SERVER_TYPE, m.server_type.as_deref().unwrap_or_default()),
+    ] {
+        l.entry(k.to_owned()).or_insert_with(|| sanitize(v));
+    }
+    let ttl = (!m.ttl.is_zero()).then_some(m.ttl);
+    let idle = (!m.idle_timeout.is_zero()).then_some(m.idle_timeout);
+    expiry::touch(&l, now_secs(), ttl, idle)
 }

@@ -3,7 +3,8 @@
 //! per-lease lock (`<state>/claim-locks/<leaseID>.json.lock`); with the
 //! PostgreSQL state backend, rows of `crabbox_claims` written by
 //! compare-and-swap on their revision. Fields we do not know are kept as they
-//! are, so the Go CLI's data survives our writes.
+//! are, so the Go CLI's data survives our writes; our own fields live in the
+//! claim's labels, so they survive Crabbox's (see [`Claim`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state_pg::{self, ClaimRow, Database, StateError};
 use crabbox_core::labels::Labels;
-use crabbox_core::lease::is_lease_id;
+use crabbox_core::lease::is_claim_id;
 use crabbox_core::state_url::{is_postgres_url, redact};
 use crabbox_fs::atomic_file;
 
@@ -33,46 +34,100 @@ pub mod claim_state {
 pub const SHARES_FIELD: &str = "crabboxShares";
 
 /// One claim file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+///
+/// Crabbox rewrites a claim through a fixed struct (claim.go:23-61) and
+/// drops every key it does not know (§1.4 of docs/crabbox-compat.md). So a
+/// claim is stored with Crabbox's fields at the top level and everything of
+/// ours folded into its `labels` map (a `map[string]string` Crabbox keeps):
+/// `state` and any extra field that is not one of Crabbox's become the
+/// label `crabbox_claim.<field>` (strings as they are) or
+/// `crabbox_claim_json.<field>` (other JSON values, as JSON text). Reading
+/// unfolds them again, so in memory `labels` holds only the lease's labels;
+/// claims of earlier versions, with these fields at the top level, are
+/// read as before and folded on their next write.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Claim {
     /// The lease ID; must equal the file name.
-    #[serde(rename = "leaseID")]
     pub lease_id: String,
     /// Random 16-byte hex, new on every write.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub revision: String,
     /// Slug.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub slug: String,
     /// Provider name.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub provider: String,
     /// Provider resource ID.
-    #[serde(rename = "cloudID", default, skip_serializing_if = "String::is_empty")]
     pub cloud_id: String,
     /// Pond name.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pond: String,
     /// Repository the lease was claimed for (always written, as Crabbox does).
-    #[serde(default)]
     pub repo_root: String,
     /// RFC 3339 (always written).
-    #[serde(default)]
     pub claimed_at: String,
     /// RFC 3339 (always written).
-    #[serde(default)]
     pub last_used_at: String,
     /// Idle timeout in seconds (left out when 0, as Crabbox does).
-    #[serde(default, skip_serializing_if = "is_zero")]
     pub idle_timeout_seconds: u64,
     /// Copy of the provider labels (for label-less providers: the labels);
     /// left out when empty, as Crabbox does.
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
     /// SSH host.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ssh_host: String,
+    /// SSH port: a JSON number, left out when 0, as Crabbox writes it (its
+    /// Go type is `int`; a string there makes Crabbox refuse every claim on
+    /// the machine). Claims written by earlier crabbox versions hold a
+    /// string, which is still read.
+    pub ssh_port: u16,
+    /// URL-bridge endpoint.
+    pub bridge_url: String,
+    /// Ours: `pending` or `active` (stored as the label `crabbox_claim.state`).
+    pub state: String,
+    /// Every other field: Crabbox's (kept at the top level, verbatim) and
+    /// ours (folded into the labels when stored).
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// A claim as it is stored: Crabbox's fields at the top level, ours
+/// folded into `labels` (see [`Claim`]).
+#[derive(Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ClaimWire {
+    /// The lease ID; must equal the file name.
+    #[serde(rename = "leaseID")]
+    lease_id: String,
+    /// Random 16-byte hex, new on every write.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    revision: String,
+    /// Slug.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    slug: String,
+    /// Provider name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    provider: String,
+    /// Provider resource ID.
+    #[serde(rename = "cloudID", default, skip_serializing_if = "String::is_empty")]
+    cloud_id: String,
+    /// Pond name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pond: String,
+    /// Repository the lease was claimed for (always written, as Crabbox does).
+    #[serde(default)]
+    repo_root: String,
+    /// RFC 3339 (always written).
+    #[serde(default)]
+    claimed_at: String,
+    /// RFC 3339 (always written).
+    #[serde(default)]
+    last_used_at: String,
+    /// Idle timeout in seconds (left out when 0, as Crabbox does).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    idle_timeout_seconds: u64,
+    /// Copy of the provider labels (for label-less providers: the labels);
+    /// left out when empty, as Crabbox does.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    labels: Labels,
+    /// SSH host.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    ssh_host: String,
     /// SSH port: a JSON number, left out when 0, as Crabbox writes it (its
     /// Go type is `int`; a string there makes Crabbox refuse every claim on
     /// the machine). Claims written by earlier crabbox versions hold a
@@ -82,20 +137,136 @@ pub struct Claim {
         skip_serializing_if = "is_zero",
         deserialize_with = "port_number_or_text"
     )]
-    pub ssh_port: u16,
+    ssh_port: u16,
     /// URL-bridge endpoint.
     #[serde(
         rename = "bridgeURL",
         default,
         skip_serializing_if = "String::is_empty"
     )]
-    pub bridge_url: String,
-    /// Ours: `pending` or `active`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub state: String,
+    bridge_url: String,
     /// Everything else Crabbox writes, kept verbatim.
     #[serde(flatten)]
-    pub extra: BTreeMap<String, serde_json::Value>,
+    extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// Crabbox's claim fields (claim.go:23-61) that [`Claim`] has no field for:
+/// an extra field with one of these names stays at the top level.
+const CRABBOX_EXTRA_FIELDS: [&str; 21] = [
+    "cloudNumericID",
+    "cloudImmutableID",
+    "providerScope",
+    "staticHost",
+    "staticUser",
+    "staticPort",
+    "staticWorkRoot",
+    "targetOS",
+    "windowsMode",
+    "tailscaleIPv4",
+    "tailscaleFQDN",
+    "tailscaleHostname",
+    "tailscaleTags",
+    "tailscaleLoginURL",
+    "tailscaleExitNode",
+    "tailscaleExitLAN",
+    "coordinatorRegistrationURL",
+    "runtimeAdapterRegistrationID",
+    "runtimeAdapterPendingRegistrationID",
+    "cacheVolumes",
+    "fixedCreateIntent",
+];
+/// Label prefix of our string fields folded into a claim's labels.
+const FOLDED: &str = "crabbox_claim.";
+/// Label prefix of our other JSON fields, stored as JSON text.
+const FOLDED_JSON: &str = "crabbox_claim_json.";
+/// Our `state` field's name.
+const STATE_FIELD: &str = "state";
+
+impl Serialize for Claim {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut labels = self.labels.clone();
+        let mut extra = BTreeMap::new();
+        if !self.state.is_empty() {
+            labels.insert(format!("{FOLDED}{STATE_FIELD}"), self.state.clone());
+        }
+        for (key, value) in &self.extra {
+            if CRABBOX_EXTRA_FIELDS.contains(&key.as_str()) {
+                extra.insert(key.clone(), value.clone());
+            } else if let serde_json::Value::String(text) = value {
+                labels.insert(format!("{FOLDED}{key}"), text.clone());
+            } else {
+                labels.insert(format!("{FOLDED_JSON}{key}"), value.to_string());
+            }
+        }
+        ClaimWire {
+            lease_id: self.lease_id.clone(),
+            revision: self.revision.clone(),
+            slug: self.slug.clone(),
+            provider: self.provider.clone(),
+            cloud_id: self.cloud_id.clone(),
+            pond: self.pond.clone(),
+            repo_root: self.repo_root.clone(),
+            claimed_at: self.claimed_at.clone(),
+            last_used_at: self.last_used_at.clone(),
+            idle_timeout_seconds: self.idle_timeout_seconds,
+            labels,
+            ssh_host: self.ssh_host.clone(),
+            ssh_port: self.ssh_port,
+            bridge_url: self.bridge_url.clone(),
+            extra,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Claim {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = ClaimWire::deserialize(deserializer)?;
+        let mut labels = Labels::new();
+        let mut extra = wire.extra;
+        // Earlier versions wrote `state` at the top level.
+        let mut state = match extra.remove(STATE_FIELD) {
+            Some(serde_json::Value::String(state)) => state,
+            Some(other) => {
+                extra.insert(STATE_FIELD.to_owned(), other);
+                String::new()
+            }
+            None => String::new(),
+        };
+        for (key, value) in wire.labels {
+            if let Some(field) = key.strip_prefix(FOLDED) {
+                if field == STATE_FIELD {
+                    state = value;
+                } else {
+                    extra.insert(field.to_owned(), serde_json::Value::String(value));
+                }
+            } else if let Some(field) = key.strip_prefix(FOLDED_JSON) {
+                let parsed =
+                    serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+                extra.insert(field.to_owned(), parsed);
+            } else {
+                labels.insert(key, value);
+            }
+        }
+        Ok(Self {
+            lease_id: wire.lease_id,
+            revision: wire.revision,
+            slug: wire.slug,
+            provider: wire.provider,
+            cloud_id: wire.cloud_id,
+            pond: wire.pond,
+            repo_root: wire.repo_root,
+            claimed_at: wire.claimed_at,
+            last_used_at: wire.last_used_at,
+            idle_timeout_seconds: wire.idle_timeout_seconds,
+            labels,
+            ssh_host: wire.ssh_host,
+            ssh_port: wire.ssh_port,
+            bridge_url: wire.bridge_url,
+            state,
+            extra,
+        })
+    }
 }
 
 fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
@@ -261,7 +432,7 @@ impl ClaimStore {
     /// The claim exists but cannot be read or parsed, or the backend could
     /// not be read.
     pub async fn load(&self, lease_id: &str) -> std::io::Result<Option<Claim>> {
-        if !is_lease_id(lease_id) {
+        if !is_claim_id(lease_id) {
             return Ok(None);
         }
         match &self.backend {
@@ -401,7 +572,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn check_lease_id(lease_id: &str) -> std::io::Result<()> {
-    if is_lease_id(lease_id) {
+    if is_claim_id(lease_id) {
         Ok(())
     } else {
         Err(std::io::Error::new(

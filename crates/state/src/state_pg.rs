@@ -543,8 +543,16 @@ pub fn merge(
                         };
                         out.insert(k.clone(), merged);
                     }
+                    // An object both writers created (a claim's `labels`,
+                    // where our own fields are folded): merged key by key.
                     (None, Some(mv)) => {
-                        out.insert(k.clone(), mv.clone());
+                        let merged = match c.get(k) {
+                            Some(cv) if mv.is_object() && cv.is_object() => {
+                                merge(&Value::Object(serde_json::Map::new()), mv, cv)
+                            }
+                            _ => mv.clone(),
+                        };
+                        out.insert(k.clone(), merged);
                     }
                 }
             }

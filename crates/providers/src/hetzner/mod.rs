@@ -954,6 +954,8 @@ impl HetznerProvider {
                 labels::SERVER_TYPE.to_owned(),
                 labels::sanitize(server_type),
             );
+            // The key actually used, as Crabbox labels it (hetzner/backend.go:107).
+            labels.insert(labels::PROVIDER_KEY.to_owned(), labels::sanitize(key));
             let body = json!({
                 "name": name,
                 "server_type": server_type,

@@ -62,7 +62,8 @@ use crate::http::{ApiError, HttpClient, status_error, transport_error, user_agen
 use crate::{CreateRequest, Pausing, Provider, Share, UrlBridge};
 use crabbox_core::duration;
 use crabbox_core::labels::Labels;
-use crabbox_core::lease::{Endpoint, Lease, is_lease_id};
+use crabbox_core::lease::{Endpoint, ISLO_PREFIX, Lease, mint};
+use crabbox_core::normalize::normalize_name;
 use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_core::retry::with_retries;
@@ -110,6 +111,9 @@ const DEFAULT_TOKEN_MAX_AGE: u64 = 600;
 /// Refresh this long before the session expires (at most a quarter of it).
 const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
+/// Prefix of every sandbox name crabbox and Crabbox make.
+const NAME_PREFIX: &str = "crabbox-";
+
 /// Claim fields of this provider.
 const CLAIM_WORKDIR: &str = "isloWorkdir";
 const CLAIM_BASE_URL: &str = "isloBaseURL";
@@ -121,25 +125,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Statuses after which a sandbox never becomes `running`.
 const TERMINAL: [&str; 4] = ["failed", "stopped", "stopping", "deleted"];
 
-/// The sandbox name of a lease: `crabbox-<pond>-<slug>-<6 hex>`, the hex
-/// being the first six of the lease ID's. Pond and slug are reduced to
-/// `[a-z0-9-]` and shortened (the longer one first) so the name is a DNS
-/// label of at most 63 characters.
+/// The sandbox name a lease ID stands for. An `isb_<name>` ID (what
+/// crabbox mints, as Crabbox does: islo/backend.go:643) names it directly,
+/// and Crabbox maps it back the same way (`TrimPrefix(leaseID, "isb_")`,
+/// islo/backend.go:718-754). A `cbx_` ID of an earlier crabbox version
+/// gives the name that version derived: `crabbox-<pond>-<slug>-<the ID's
+/// first 6 hex>`.
 #[must_use]
 pub fn sandbox_name(pond: &str, slug: &str, lease_id: &str) -> String {
-    let clean = |s: &str| -> String {
-        let mapped: String = s
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        mapped.trim_matches('-').to_owned()
-    };
+    if let Some(name) = lease_id.strip_prefix(ISLO_PREFIX) {
+        return name.to_owned();
+    }
     let hex: String = lease_id
         .strip_prefix("cbx_")
         .unwrap_or(lease_id)
@@ -148,13 +144,39 @@ pub fn sandbox_name(pond: &str, slug: &str, lease_id: &str) -> String {
         .take(6)
         .collect::<String>()
         .to_ascii_lowercase();
-    let mut pond = clean(pond);
-    let mut slug = clean(slug);
+    compose_name(pond, slug, &hex)
+}
+
+/// A new sandbox name for `slug` of `pond`: `crabbox-<pond>-<slug>-<6
+/// random hex>`, normalized so it passes Crabbox's check of a sandbox name
+/// it may touch (`isCrabboxIsloSandboxName`, islo/backend.go:982-984:
+/// equal to its own `normalizeLeaseSlug`, prefix `crabbox-`).
+#[must_use]
+pub fn new_sandbox_name(pond: &str, slug: &str) -> String {
+    let mut bytes = [0u8; 3];
+    getrandom::fill(&mut bytes).expect("the OS provides randomness");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    compose_name(pond, slug, &hex)
+}
+
+/// Whether Crabbox would touch sandbox `name` (islo/backend.go:982-984).
+#[must_use]
+pub fn is_crabbox_sandbox_name(name: &str) -> bool {
+    name == normalize_name(name) && name.starts_with(NAME_PREFIX)
+}
+
+/// `crabbox-<pond>-<slug>-<hex>`: pond and slug normalized as Crabbox
+/// normalizes names (runs of other characters become one `-`) and
+/// shortened (the longer one first) so the name is a DNS label of at most
+/// 63 characters.
+fn compose_name(pond: &str, slug: &str, hex: &str) -> String {
+    let mut pond = normalize_name(pond);
+    let mut slug = normalize_name(slug);
     if slug.is_empty() {
         slug = "member".to_owned();
     }
     // `crabbox-` + pond + `-` + slug + `-` + hex.
-    let budget = NAME_MAX - "crabbox-".len() - 1 - hex.len();
+    let budget = NAME_MAX - NAME_PREFIX.len() - 1 - hex.len();
     let room = budget.saturating_sub(if pond.is_empty() { 0 } else { 1 });
     if pond.len() + slug.len() > room {
         let half = room / 2;
@@ -170,14 +192,14 @@ pub fn sandbox_name(pond: &str, slug: &str, lease_id: &str) -> String {
         pond = pond.trim_end_matches('-').to_owned();
         slug = slug.trim_end_matches('-').to_owned();
     }
-    let mut name = String::from("crabbox-");
+    let mut name = String::from(NAME_PREFIX);
     if !pond.is_empty() {
         name.push_str(&pond);
         name.push('-');
     }
     name.push_str(&slug);
     name.push('-');
-    name.push_str(&hex);
+    name.push_str(hex);
     name
 }
 
@@ -463,6 +485,13 @@ impl IsloProvider {
         }
         if !valid_name(&claim.cloud_id) {
             return Err(refuse("the name is not an Islo sandbox name crabbox made"));
+        }
+        // Crabbox addresses an `isb_` lease by the name in its ID: a claim
+        // naming another sandbox would make the two tools touch different ones.
+        if let Some(named) = lease.id.strip_prefix(ISLO_PREFIX)
+            && named != claim.cloud_id
+        {
+            return Err(refuse(&format!("its ID names sandbox `{named}`")));
         }
         let workdir = checked_workdir(
             claim
@@ -861,15 +890,23 @@ impl Provider for IsloProvider {
         Ok(leases)
     }
 
+    async fn lease_id(&self, pond: &str, member: &DesiredMember) -> Result<String, ProviderError> {
+        Ok(mint::islo(&new_sandbox_name(pond, &member.slug)))
+    }
+
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
-        if !is_lease_id(&request.lease_id) {
-            return Err(ProviderError::Failed(format!(
-                "`{}` is not a crabbox lease ID (cbx_ + 12 hex)",
-                request.lease_id
-            )));
-        }
+        let name = request
+            .lease_id
+            .strip_prefix(ISLO_PREFIX)
+            .filter(|name| is_crabbox_sandbox_name(name) && valid_name(name))
+            .ok_or_else(|| {
+                ProviderError::Failed(format!(
+                    "`{}` is not an Islo lease ID (isb_ + a crabbox- sandbox name)",
+                    request.lease_id
+                ))
+            })?
+            .to_owned();
         let settings = settings_of(&request.member)?;
-        let name = sandbox_name(&request.pond, &request.member.slug, &request.lease_id);
         let base_url = settings
             .base_url
             .clone()
@@ -1258,6 +1295,26 @@ mod tests {
             sandbox_name("", "x", "cbx_000000000000"),
             "crabbox-x-000000"
         );
+    }
+
+    /// New names pass Crabbox's check of a sandbox it may touch
+    /// (islo/backend.go:982-984), and an `isb_` ID names its sandbox.
+    #[test]
+    fn new_names_are_crabbox_sandbox_names() {
+        for (pond, slug) in [
+            ("pr-42", "db"),
+            (&*"p".repeat(41), &*"s-".repeat(40)),
+            ("", "x"),
+            ("a", "b--c"),
+        ] {
+            let name = new_sandbox_name(pond, slug);
+            assert!(is_crabbox_sandbox_name(&name), "{name}");
+            assert!(valid_name(&name), "{name}");
+            assert_eq!(sandbox_name(pond, slug, &format!("isb_{name}")), name);
+        }
+        assert!(!is_crabbox_sandbox_name("crabbox-a--b"));
+        assert!(!is_crabbox_sandbox_name("other-a"));
+        assert_ne!(new_sandbox_name("p", "s"), new_sandbox_name("p", "s"));
     }
 
     #[test]

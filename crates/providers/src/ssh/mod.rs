@@ -4,8 +4,9 @@
 //! Create prepares a work root of the lease's own on the host; release stops
 //! what crabbox started there, removes that directory and nothing else.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,10 +19,12 @@ use serde_json::Value;
 
 use crate::{CreateRequest, Provider};
 use crabbox_core::labels::Labels;
-use crabbox_core::lease::{Endpoint, Lease};
+use crabbox_core::lease::{Endpoint, Lease, mint};
+use crabbox_core::normalize::normalize_name;
 use crabbox_core::provider::ProviderError;
 use crabbox_core::provider::ProviderName;
 use crabbox_exec::ssh::SshTarget;
+use crabbox_spec::desired::DesiredMember;
 use crabbox_state::claims::{Claim, ClaimStore};
 use crabbox_state::state_dir::expand_tilde;
 
@@ -42,6 +45,10 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
 pub struct SshProvider {
     state_dir: PathBuf,
     claims: ClaimStore,
+    /// The lease IDs this process minted, with the pond and slug of the
+    /// member each is for: two members of one apply on the same host would
+    /// otherwise both write the claim `static_<host>`.
+    minted: Mutex<HashMap<String, (String, String)>>,
 }
 
 impl SshProvider {
@@ -51,6 +58,7 @@ impl SshProvider {
         Self {
             state_dir: state_dir.to_owned(),
             claims: ClaimStore::local(state_dir),
+            minted: Mutex::new(HashMap::new()),
         }
     }
 
@@ -118,6 +126,30 @@ fn lease_from_claim(claim: &Claim) -> Lease {
     lease
 }
 
+/// A member's `ssh:` block and its host.
+fn block_and_host(member: &DesiredMember) -> Result<(SshBlock, String), ProviderError> {
+    let block: SshBlock = member.block().map_err(|e| ProviderError::Config {
+        message: format!("member `{}` has an invalid ssh block: {e}", member.slug),
+        hint: "see `crabbox schema` for the fields of `ssh:`".to_owned(),
+    })?;
+    let host = block
+        .host
+        .clone()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ProviderError::Config {
+            message: format!("member `{}` has no ssh.host", member.slug),
+            hint: "set `ssh: { host: … }` on the member".to_owned(),
+        })?;
+    Ok((block, host))
+}
+
+/// Four random hex digits.
+fn random_hex4() -> String {
+    let mut bytes = [0u8; 2];
+    getrandom::fill(&mut bytes).expect("the OS provides randomness");
+    format!("{:02x}{:02x}", bytes[0], bytes[1])
+}
+
 /// The current user's name, for an `ssh:` block without `user`.
 fn current_user() -> String {
     std::env::var("USER")
@@ -145,19 +177,47 @@ impl Provider for SshProvider {
         Ok(claims.iter().map(lease_from_claim).collect())
     }
 
+    /// `static_<normalized host>`, as Crabbox names a static lease
+    /// (static.go:66-73). When that ID already belongs to another member
+    /// (its claim, or minted for it by this process), the member gets
+    /// `static_<host>-<pond>-<slug>` instead, as if Crabbox's `static.id`
+    /// had been set for it (Crabbox takes that ID verbatim and finds the
+    /// host through the claim's `staticHost`), and a random suffix after
+    /// that when even this one is taken (a replacement made before its
+    /// predecessor is released).
+    async fn lease_id(&self, pond: &str, member: &DesiredMember) -> Result<String, ProviderError> {
+        let (_, host) = block_and_host(member)?;
+        let base = mint::static_host(&host);
+        let own = format!(
+            "{base}-{}",
+            normalize_name(&format!("{pond}-{}", member.slug))
+        );
+        let candidates = [base, own.clone(), format!("{own}-{}", random_hex4())];
+        for id in candidates {
+            let claim = self.claims.load(&id).await.map_err(ProviderError::state)?;
+            // Free: no claim, or the pending claim of a create of this very
+            // member that never got as far as recording the host.
+            let free = claim.is_none_or(|c| {
+                c.pond == pond && c.slug == member.slug && extra_str(&c, "staticHost").is_none()
+            });
+            let mut minted = self.minted.lock().unwrap_or_else(PoisonError::into_inner);
+            let mine = minted
+                .get(&id)
+                .is_none_or(|(p, s)| (p.as_str(), s.as_str()) == (pond, member.slug.as_str()));
+            if free && mine {
+                minted.insert(id.clone(), (pond.to_owned(), member.slug.clone()));
+                return Ok(id);
+            }
+        }
+        Err(ProviderError::Failed(format!(
+            "member `{}`: no free lease ID for ssh host `{host}`",
+            member.slug
+        )))
+    }
+
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
-        let block: SshBlock = request.member.block().map_err(|e| ProviderError::Config {
-            message: format!(
-                "member `{}` has an invalid ssh block: {e}",
-                request.member.slug
-            ),
-            hint: "see `crabbox schema` for the fields of `ssh:`".to_owned(),
-        })?;
+        let (block, host) = block_and_host(&request.member)?;
         let get = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
-        let host = get(&block.host).ok_or_else(|| ProviderError::Config {
-            message: format!("member `{}` has no ssh.host", request.member.slug),
-            hint: "set `ssh: { host: … }` on the member".to_owned(),
-        })?;
         let base = get(&block.work_root).unwrap_or_else(|| DEFAULT_WORK_ROOT.to_owned());
         let base = base.trim_end_matches('/');
         let mut claim = pending_claim(&self.claims, &request.lease_id).await?;
@@ -184,7 +244,7 @@ impl Provider for SshProvider {
                 expand_tilde(&key).display().to_string(),
             );
         }
-        claim.cloud_id = format!("static_{}", crabbox_core::labels::sanitize(&host));
+        claim.cloud_id = mint::static_host(&host);
         claim.labels.clone_from(&request.labels);
         let claim = self.claims.write(&claim).await.map_err(|e| {
             ProviderError::Failed(format!("writing claim {}: {e}", request.lease_id))

@@ -59,8 +59,8 @@ use tokio::time::Instant;
 
 use crate::{CreateRequest, Provider};
 use crabbox_core::duration;
-use crabbox_core::labels::Labels;
-use crabbox_core::lease::{Endpoint, Lease};
+use crabbox_core::labels::{self, Labels};
+use crabbox_core::lease::{Endpoint, Lease, TENSORLAKE_PREFIX, mint};
 use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_exec::remote_shell::{
@@ -306,6 +306,16 @@ impl TensorlakeProvider {
                 lease.id
             )));
         }
+        // Crabbox addresses a `tlsbx_` lease by the ID in its name
+        // (tensorlake/backend.go:358-388).
+        if let Some(named) = lease.id.strip_prefix(TENSORLAKE_PREFIX)
+            && named != claim.cloud_id
+        {
+            return Err(ProviderError::Failed(format!(
+                "lease {} names sandbox {named} but its claim records {}; refusing to touch it",
+                lease.id, claim.cloud_id
+            )));
+        }
         if !lease.cloud_id.is_empty() && lease.cloud_id != claim.cloud_id {
             return Err(ProviderError::Failed(format!(
                 "lease {} names sandbox {} but its claim records {}; refusing to touch it",
@@ -373,6 +383,26 @@ impl TensorlakeProvider {
             .write(claim)
             .await
             .map_err(|e| ProviderError::Failed(format!("writing claim {}: {e}", claim.lease_id)))
+    }
+
+    /// Moves a created lease from its provisional claim to the claim named
+    /// as Crabbox names it, `tlsbx_<sandbox id>`: the new claim is written
+    /// first, then the provisional one removed. A crash before the write
+    /// leaves the provisional claim recording the sandbox ID, which `list`
+    /// reports as a lease as it does claims of earlier crabbox versions; a
+    /// crash after it leaves a provisional claim that `list` hides behind
+    /// the `tlsbx_` one, so discovery reports it as dangling and the next
+    /// apply forgets it.
+    async fn rekey(&self, provisional: &Claim) -> Result<(), ProviderError> {
+        let claim = rekeyed(provisional);
+        if claim.lease_id == provisional.lease_id {
+            return Ok(());
+        }
+        self.write_claim(&claim).await?;
+        self.claims
+            .remove(&provisional.lease_id)
+            .await
+            .map_err(ProviderError::state)
     }
 
     // ---- running the CLI ---------------------------------------------------
@@ -871,11 +901,20 @@ impl Provider for TensorlakeProvider {
         // Claims with a sandbox ID, by the scope their sandbox lives in: one
         // `ls -q` per scope (normally exactly one).
         let mut by_scope: BTreeMap<Scope, Vec<Claim>> = BTreeMap::new();
-        for claim in pond_claims(&self.claims, ProviderName::Tensorlake, pond, |c| {
+        let claims = pond_claims(&self.claims, ProviderName::Tensorlake, pond, |c| {
             is_sandbox_id(&c.cloud_id)
         })
-        .await?
-        {
+        .await?;
+        // A provisional claim left by a create that crashed after re-keying
+        // (see `rekey`) is not a second lease of the same sandbox.
+        let rekeyed: BTreeSet<String> = claims
+            .iter()
+            .filter(|c| c.lease_id == mint::tensorlake(&c.cloud_id))
+            .map(|c| c.cloud_id.clone())
+            .collect();
+        for claim in claims.into_iter().filter(|c| {
+            c.lease_id == mint::tensorlake(&c.cloud_id) || !rekeyed.contains(&c.cloud_id)
+        }) {
             by_scope
                 .entry(self.scope_of(&claim))
                 .or_default()
@@ -955,6 +994,10 @@ impl Provider for TensorlakeProvider {
             }
             Err(e) => Err(e),
         };
+        let result = match result {
+            Ok(()) => self.rekey(&claim).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = result {
             let cleanup = match self.terminate(&target.scope, &id).await {
                 Ok(_) => format!("sandbox {id} terminated"),
@@ -972,7 +1015,8 @@ impl Provider for TensorlakeProvider {
                 other => ProviderError::Failed(format!("{other} ({cleanup})")),
             });
         }
-        Ok(lease_from_claim(&claim))
+        let rekeyed = rekeyed(&claim);
+        Ok(lease_from_claim(&rekeyed))
     }
 
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
@@ -1160,6 +1204,18 @@ impl Session for TensorlakeSession<'_> {
 }
 
 // ---- helpers ----------------------------------------------------------------
+
+/// A claim under its Crabbox-shaped ID, `tlsbx_<sandbox id>`, its `lease`
+/// label following (a claim already so named is returned as it is).
+fn rekeyed(claim: &Claim) -> Claim {
+    let id = mint::tensorlake(&claim.cloud_id);
+    let mut claim = claim.clone();
+    if claim.lease_id != id {
+        claim.labels.insert(labels::LEASE.to_owned(), id.clone());
+        claim.lease_id = id;
+    }
+    claim
+}
 
 fn lease_from_claim(claim: &Claim) -> Lease {
     claim_backed::lease_from_claim(claim, ProviderName::Tensorlake, Endpoint::default())
