@@ -205,6 +205,21 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
             });
             Ok(format!("id={}", lease.id))
         }
+        StepKind::Adopt(rerun) => {
+            let m = ctx.member(&slug)?;
+            let lease = ctx.lease(&slug)?;
+            guard(ctx, &lease)?;
+            let labels = crabbox_plan::adopt::labels(&lease.labels, m, *rerun);
+            let provider = ctx.provider(lease.provider)?;
+            with_retries(|| provider.relabel(&lease, &labels)).await?;
+            let lease = Lease { labels, ..lease };
+            // Crabbox's claim (or, for a lease made on another machine, a
+            // new one) now records the lease as this pond's member.
+            update_claim(ctx, &lease).await?;
+            let id = lease.id.clone();
+            ctx.set_lease(lease);
+            Ok(format!("id={id}"))
+        }
         StepKind::StopServices => {
             let lease = ctx.lease(&slug)?;
             guard(ctx, &lease)?;
