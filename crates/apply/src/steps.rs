@@ -214,8 +214,25 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
             with_retries(|| provider.relabel(&lease, &labels)).await?;
             let lease = Lease { labels, ..lease };
             // Crabbox's claim (or, for a lease made on another machine, a
-            // new one) now records the lease as this pond's member.
-            update_claim(ctx, &lease).await?;
+            // new one) now records the lease as this pond's member. The
+            // claim knows how Crabbox reaches the lease (its bootstrap port,
+            // e.g. 2222), which our listing only guesses for a lease we did
+            // not make: that endpoint stays in the claim.
+            let mut recorded = lease.clone();
+            let stored = ctx
+                .claims
+                .load(&lease.id)
+                .await
+                .map_err(|e| fail(format!("reading the claim of {}: {e}", lease.id)))?;
+            if let Some(claim) = stored {
+                if claim.ssh_port != 0 {
+                    recorded.endpoint.ssh_port = Some(claim.ssh_port);
+                }
+                if !claim.ssh_host.is_empty() {
+                    recorded.endpoint.host = Some(claim.ssh_host);
+                }
+            }
+            update_claim(ctx, &recorded).await?;
             let id = lease.id.clone();
             ctx.set_lease(lease);
             Ok(format!("id={id}"))

@@ -60,17 +60,19 @@ pub fn misfits(lease: &Lease, m: &DesiredMember) -> Vec<String> {
         Some(lease.provider.as_str()),
         Some(m.provider.as_str()),
     );
-    differ(
-        "class",
-        known(lease.label(labels::CLASS)),
-        m.class.map(|c| c.as_str()),
-    );
-    if let Some(t) = &m.server_type {
-        differ(
+    // A spec names a class or an exact type, never both; Crabbox labels
+    // both, so the one the spec names is compared.
+    match &m.server_type {
+        Some(t) => differ(
             "type",
             known(lease.label(labels::SERVER_TYPE)),
             Some(&labels::sanitize(t)),
-        );
+        ),
+        None => differ(
+            "class",
+            known(lease.label(labels::CLASS)),
+            m.class.map(|c| c.as_str()),
+        ),
     }
     differ(
         "tailscale",

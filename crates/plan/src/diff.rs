@@ -411,15 +411,19 @@ fn member_changes(
         Some(m.provider.as_str().to_owned()),
         true,
     );
-    attr(
-        "class",
-        // Crabbox labels an empty class `unknown` (its sanitizer): no class.
-        keep.label(labels::CLASS)
-            .filter(|c| *c != "unknown")
-            .map(str::to_owned),
-        m.class.map(|c| c.as_str().to_owned()),
-        true,
-    );
+    // With an exact type, a `class` label records nothing the spec asks
+    // for: Crabbox labels every lease with its configured class, even one
+    // made with `--type`. Crabbox labels an empty class `unknown`.
+    if m.server_type.is_none() {
+        attr(
+            "class",
+            keep.label(labels::CLASS)
+                .filter(|c| *c != "unknown")
+                .map(str::to_owned),
+            m.class.map(|c| c.as_str().to_owned()),
+            true,
+        );
+    }
     // With a class, `server_type` records which of the class's types the
     // provider picked: information, not something the spec asked for.
     if m.server_type.is_some() {
