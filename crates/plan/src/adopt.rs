@@ -18,6 +18,17 @@ use crabbox_spec::member_labels::{self, SpecHashes};
 pub fn labels(current: &Labels, m: &DesiredMember, rerun_setup: bool) -> Labels {
     let hashes = SpecHashes::of(m);
     let mut l = member_labels::for_update(current, m);
+    // What the lease does not show (see `misfits`) is recorded as the spec says.
+    if let Some(class) = m.class
+        && known(current.get(labels::CLASS).map(String::as_str)).is_none()
+    {
+        l.insert(labels::CLASS.to_owned(), class.as_str().to_owned());
+    }
+    if let Some(t) = &m.server_type
+        && known(current.get(labels::SERVER_TYPE).map(String::as_str)).is_none()
+    {
+        l.insert(labels::SERVER_TYPE.to_owned(), labels::sanitize(t));
+    }
     l.insert(labels::POND_BLOCK.to_owned(), hashes.block);
     l.insert(
         labels::POND_SETUP.to_owned(),
@@ -61,18 +72,20 @@ pub fn misfits(lease: &Lease, m: &DesiredMember) -> Vec<String> {
         Some(m.provider.as_str()),
     );
     // A spec names a class or an exact type, never both; Crabbox labels
-    // both, so the one the spec names is compared.
+    // both on direct providers, so the one the spec names is compared. A
+    // lease without the label (a label-less provider) shows nothing to
+    // compare: adoption records the spec's value.
     match &m.server_type {
-        Some(t) => differ(
-            "type",
-            known(lease.label(labels::SERVER_TYPE)),
-            Some(&labels::sanitize(t)),
-        ),
-        None => differ(
-            "class",
-            known(lease.label(labels::CLASS)),
-            m.class.map(|c| c.as_str()),
-        ),
+        Some(t) => {
+            if let Some(live) = known(lease.label(labels::SERVER_TYPE)) {
+                differ("type", Some(live), Some(&labels::sanitize(t)));
+            }
+        }
+        None => {
+            if let Some(live) = known(lease.label(labels::CLASS)) {
+                differ("class", Some(live), m.class.map(|c| c.as_str()));
+            }
+        }
     }
     differ(
         "tailscale",
