@@ -209,7 +209,10 @@ fn a_pond_made_by_crabbox_is_adopted_without_creating_or_deleting_anything() {
     let api = w.plant_crabbox_lease(API, "api", "beast", true);
     let db = w.plant_crabbox_lease(DB, "db", "beast", false);
     let old = w.plant_crabbox_lease(OLD, "old", "beast", true);
-    let foreign = w.fake.handle.plant_server("prod-db", &[("team", "payments")]);
+    let foreign = w
+        .fake
+        .handle
+        .plant_server("prod-db", &[("team", "payments")]);
     w.write_spec(
         "  - slug: api\n    provider: hetzner\n    class: beast\n    setup: [ \"echo api\" ]\n  - slug: db\n    provider: hetzner\n    type: cx23\n    setup: [ \"echo db\" ]\n",
     );
@@ -218,11 +221,17 @@ fn a_pond_made_by_crabbox_is_adopted_without_creating_or_deleting_anything() {
     let out = w.run(&["plan", "--detailed-exitcode"]);
     let plan = text(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{plan}{}", text(&out.stderr));
-    assert!(plan.contains("  ~ adopt: write crabbox's labels on a lease made by Crabbox"), "{plan}");
+    assert!(
+        plan.contains("  ~ adopt: write crabbox's labels on a lease made by Crabbox"),
+        "{plan}"
+    );
     assert!(plan.contains("# api will be adopted"), "{plan}");
     assert!(plan.contains("# db will be adopted"), "{plan}");
     assert!(plan.contains("~ member \"api\" {"), "{plan}");
-    assert!(plan.contains("+ pond_block"), "the labels to write are listed: {plan}");
+    assert!(
+        plan.contains("+ pond_block"),
+        "the labels to write are listed: {plan}"
+    );
     assert!(plan.contains("+ pond_setup"), "{plan}");
     assert!(
         plan.contains("~ keep       = true -> false"),
@@ -270,7 +279,10 @@ fn a_pond_made_by_crabbox_is_adopted_without_creating_or_deleting_anything() {
         "setup does not run without --rerun-setup: {err}"
     );
     assert!(w.requests("POST", "/v1/servers").is_empty(), "no create");
-    assert!(w.requests("POST", "/v1/ssh_keys").is_empty(), "no key upload");
+    assert!(
+        w.requests("POST", "/v1/ssh_keys").is_empty(),
+        "no key upload"
+    );
     assert!(
         w.requests("DELETE", "/v1/").is_empty(),
         "no delete: {:?}",
@@ -289,11 +301,35 @@ fn a_pond_made_by_crabbox_is_adopted_without_creating_or_deleting_anything() {
         for key in ["pond_spec", "pond_block", "pond_setup"] {
             assert!(labels.get(key).is_some(), "{slug}: {key} written: {labels}");
         }
-        assert_ne!(labels["pond_setup"], json!("pending"), "setup counts as done");
+        assert_ne!(
+            labels["pond_setup"],
+            json!("pending"),
+            "setup counts as done"
+        );
         // Crabbox's own labels stay as they were.
-        for key in ["crabbox", "created_by", "provider", "lease", "slug", "pond", "class", "profile", "provider_key", "target", "server_type", "created_at", "last_touched_at", "idle_timeout"] {
+        for key in [
+            "crabbox",
+            "created_by",
+            "provider",
+            "lease",
+            "slug",
+            "pond",
+            "class",
+            "profile",
+            "provider_key",
+            "target",
+            "server_type",
+            "created_at",
+            "last_touched_at",
+            "idle_timeout",
+        ] {
             let planted: Vec<(String, String)> = crabbox_labels(lease, slug, "beast", true);
-            let want = planted.iter().find(|(k, _)| k == key).expect("planted").1.clone();
+            let want = planted
+                .iter()
+                .find(|(k, _)| k == key)
+                .expect("planted")
+                .1
+                .clone();
             if key != "created_at" && key != "last_touched_at" {
                 assert_eq!(labels[key], json!(want), "{slug}: {key} kept: {labels}");
             }
@@ -302,7 +338,11 @@ fn a_pond_made_by_crabbox_is_adopted_without_creating_or_deleting_anything() {
         assert_eq!(claim["pond"], json!(POND));
         assert_eq!(claim["slug"], json!(slug));
         assert_eq!(claim["cloudID"], json!(id.to_string()));
-        assert_eq!(claim["sshPort"], json!(2222), "Crabbox's endpoint stays: {claim}");
+        assert_eq!(
+            claim["sshPort"],
+            json!(2222),
+            "Crabbox's endpoint stays: {claim}"
+        );
         assert_eq!(claim["labels"]["pond_block"], labels["pond_block"]);
     }
     assert_eq!(
@@ -336,14 +376,20 @@ fn a_pond_made_by_crabbox_is_adopted_without_creating_or_deleting_anything() {
         .into_iter()
         .filter(|r| r.method != "GET")
         .collect();
-    assert!(writes.is_empty(), "a second apply writes nothing: {writes:?}");
+    assert!(
+        writes.is_empty(),
+        "a second apply writes nothing: {writes:?}"
+    );
 
     // --destroy-kept destroys the kept lease, and only it.
     let out = w.run(&["apply", "--auto-approve", "--destroy-kept"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(w.server(old).is_none(), "destroyed with --destroy-kept");
     assert!(w.server(api).is_some() && w.server(db).is_some());
-    assert!(w.requests("POST", "/v1/servers").is_empty(), "still no create");
+    assert!(
+        w.requests("POST", "/v1/servers").is_empty(),
+        "still no create"
+    );
 }
 
 #[test]
@@ -373,11 +419,17 @@ fn a_crabbox_lease_that_does_not_fit_is_replaced_only_with_replace() {
     let out = w.run(&["plan", "--replace", "cache"]);
     let plan = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(plan.contains("# cache will be replaced, as requested"), "{plan}");
+    assert!(
+        plan.contains("# cache will be replaced, as requested"),
+        "{plan}"
+    );
     let out = w.run(&["apply", "--auto-approve", "--replace", "cache"]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("cache | cache set up"), "setup ran on the new lease: {err}");
+    assert!(
+        err.contains("cache | cache set up"),
+        "setup ran on the new lease: {err}"
+    );
     assert!(w.server(cache).is_none(), "Crabbox's lease was destroyed");
     assert_eq!(w.requests("POST", "/v1/servers").len(), 1, "one create");
     let ours: Vec<Value> = w

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use crabbox_core::labels;
 use crabbox_core::lease::Lease;
-use crabbox_core::provider::features_of;
 use crabbox_core::provider::ProviderError;
 use crabbox_core::provider::ProviderName;
+use crabbox_core::provider::features_of;
 use crabbox_fs::atomic_file;
 use crabbox_plan::inventory::Inventory;
 use crabbox_providers::registry::Registry;

@@ -109,7 +109,8 @@ impl Lease {
     /// labels from the Crabbox claim that places the lease in the pond.
     #[must_use]
     pub fn is_crabbox_member(&self, pond: &str) -> bool {
-        let canonical = !crate::provider::features_of(self.provider).labels || is_lease_id(&self.id);
+        let canonical =
+            !crate::provider::features_of(self.provider).labels || is_lease_id(&self.id);
         self.label(labels::CRABBOX) == Some("true")
             && self.label(labels::CREATED_BY) == Some("crabbox")
             && self.label(labels::PROVIDER) == Some(self.provider.as_str())
