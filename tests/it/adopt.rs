@@ -444,3 +444,27 @@ fn a_crabbox_lease_that_does_not_fit_is_replaced_only_with_replace() {
     let out = w.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }
+
+#[test]
+fn destroy_leaves_kept_leases_outside_the_spec_unless_destroy_kept() {
+    let w = World::new();
+    let api = w.plant_crabbox_lease(API, "api", "beast", true);
+    let old = w.plant_crabbox_lease(OLD, "old", "beast", true);
+    w.write_spec("  - slug: api\n    provider: hetzner\n    class: beast\n");
+
+    let out = w.run(&["destroy", "--auto-approve"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "keeping `old` (lease {OLD}): it is not in the spec and is labelled keep=true; pass --destroy-kept to destroy it"
+        )),
+        "{err}"
+    );
+    assert!(w.server(api).is_none(), "the spec's member is destroyed");
+    assert!(w.server(old).is_some(), "the kept lease is not");
+
+    let out = w.run(&["destroy", "--auto-approve", "--destroy-kept"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(w.server(old).is_none(), "destroyed with --destroy-kept");
+}
