@@ -468,3 +468,49 @@ fn destroy_leaves_kept_leases_outside_the_spec_unless_destroy_kept() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(w.server(old).is_none(), "destroyed with --destroy-kept");
 }
+
+#[test]
+fn a_saved_plan_carries_the_adoption_and_the_flags_it_was_made_with() {
+    let w = World::new();
+    let api = w.plant_crabbox_lease(API, "api", "beast", true);
+    let old = w.plant_crabbox_lease(OLD, "old", "beast", true);
+    w.write_spec("  - slug: api\n    provider: hetzner\n    class: beast\n");
+    let planfile = w.path("work/adopt.plan");
+
+    let out = w.run(&[
+        "plan",
+        "--destroy-kept",
+        "-o",
+        planfile.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(&planfile).expect("saved")).expect("JSON");
+    assert_eq!(saved["destroy_kept"], json!(true));
+    assert_eq!(saved["rerun_setup"], json!(false));
+    let changes = saved["plan"]["member_changes"].as_array().expect("changes");
+    let adopting: Vec<&Value> = changes
+        .iter()
+        .filter(|c| c["change"].get("adopting").is_some())
+        .collect();
+    assert_eq!(adopting.len(), 1, "{changes:?}");
+    assert_eq!(adopting[0]["lease_id"], json!(API));
+
+    let out = w.run(&["apply", planfile.to_str().expect("utf-8")]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Apply complete! Members: 1 adopted, 0 added, 0 changed, 1 destroyed."),
+        "{err}"
+    );
+    assert!(
+        w.server(old).is_none(),
+        "--destroy-kept came from the saved plan"
+    );
+    assert!(
+        w.server(api).expect("adopted")["labels"]
+            .get("pond_block")
+            .is_some()
+    );
+    assert!(w.requests("POST", "/v1/servers").is_empty(), "no create");
+}
