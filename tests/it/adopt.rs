@@ -9,6 +9,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use assert_cmd::Command;
+use crabbox_core::labels;
 use serde_json::{Value, json};
 
 use crate::fake_hetzner::{FakeConfig, FakeHetzner, LoggedRequest, TOKEN, start};
@@ -513,4 +514,110 @@ fn a_saved_plan_carries_the_adoption_and_the_flags_it_was_made_with() {
             .is_some()
     );
     assert!(w.requests("POST", "/v1/servers").is_empty(), "no create");
+}
+
+/// Adopts a lease planted in the in-memory provider with Crabbox's labels,
+/// with or without `--rerun-setup`; returns the commands run on it and the
+/// lease's labels afterwards.
+fn adopt_in_memory(rerun_setup: bool) -> (Vec<(String, String)>, Vec<String>, labels::Labels) {
+    use std::sync::Arc;
+
+    use crabbox_apply::discover::discover;
+    use crabbox_apply::executor::ExecOptions;
+    use crabbox_apply::progress::{Mode, Reporter};
+    use crabbox_apply::reconcile;
+    use crabbox_core::lease::{Endpoint, Lease};
+    use crabbox_core::provider::ProviderName;
+    use crabbox_plan::Action;
+    use crabbox_plan::diff::{PlanOptions, plan};
+    use crabbox_providers::Provider;
+    use crabbox_providers::registry::Registry;
+    use crabbox_state::claims::ClaimStore;
+
+    let desired = crate::converge::load(&format!(
+        "version: 1\npond: {POND}\ndefaults: {{ sync: false }}\nmembers:\n  - slug: api\n    class: beast\n    setup: [ \"echo set up again\" ]\n"
+    ));
+    let provider = crate::fake_provider::MemoryProvider::new();
+    let mut planted: labels::Labels = crabbox_labels(API, "api", "beast", true)
+        .into_iter()
+        .collect();
+    planted.insert("provider".into(), "local".into());
+    provider.plant(Lease {
+        id: API.to_owned(),
+        provider: ProviderName::Local,
+        cloud_id: "crabbox-api".to_owned(),
+        labels: planted,
+        endpoint: Endpoint::default(),
+        listed: true,
+        claimed: false,
+    });
+    let state = tempfile::tempdir().expect("tempdir");
+    let store = ClaimStore::local(state.path());
+    let registry = Registry::with(vec![provider.clone() as Arc<dyn Provider>]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let options = PlanOptions {
+        now: now(),
+        rerun_setup,
+        ..PlanOptions::default()
+    };
+    let inventory = rt.block_on(discover(POND, &[], &registry, state.path(), &store));
+    let p = plan(&desired, &inventory, &options).expect("plans");
+    assert_eq!(p.changes.len(), 1);
+    assert_eq!(p.changes[0].action, Action::Adopt);
+    assert_eq!(p.changes[0].rerun_setup, rerun_setup);
+    let ctx = Arc::new(reconcile::context(
+        &p,
+        Some(&desired),
+        &inventory,
+        registry.clone(),
+        state.path(),
+        &store,
+        state.path().to_path_buf(),
+        None,
+        Arc::new(Reporter::new(Mode::Json)),
+    ));
+    let (outcome, applied) = rt.block_on(reconcile::apply(&p, ctx, &ExecOptions::default(), false));
+    assert!(outcome.success(), "{:?}", outcome.results);
+    assert_eq!(
+        (applied.adopted, applied.added, applied.destroyed),
+        (1, 0, 0)
+    );
+    let after = rt.block_on(discover(POND, &[], &registry, state.path(), &store));
+    assert!(
+        !plan(&desired, &after, &options)
+            .expect("plans")
+            .has_changes(),
+        "adopted: nothing left to do"
+    );
+    let commands = provider.commands.lock().expect("lock").clone();
+    let creates = provider.creates.lock().expect("lock").clone();
+    let labels = after.leases[0].labels.clone();
+    (commands, creates, labels)
+}
+
+#[test]
+fn adoption_runs_setup_only_with_rerun_setup() {
+    let (commands, creates, labels) = adopt_in_memory(false);
+    assert!(
+        commands.is_empty(),
+        "no setup without --rerun-setup: {commands:?}"
+    );
+    assert!(creates.is_empty());
+    assert_eq!(labels.get("state").map(String::as_str), Some("ready"));
+
+    let (commands, creates, labels) = adopt_in_memory(true);
+    assert_eq!(
+        commands,
+        vec![(API.to_owned(), "echo set up again".to_owned())],
+        "setup ran on the adopted lease"
+    );
+    assert!(creates.is_empty(), "no create");
+    assert_ne!(
+        labels.get("pond_setup").map(String::as_str),
+        Some("pending")
+    );
+    assert_eq!(labels.get("state").map(String::as_str), Some("ready"));
 }
