@@ -432,6 +432,14 @@ fn a_crabbox_lease_that_does_not_fit_is_replaced_only_with_replace() {
         "setup ran on the new lease: {err}"
     );
     assert!(w.server(cache).is_none(), "Crabbox's lease was destroyed");
+    assert!(
+        !w.fake
+            .handle
+            .ssh_keys()
+            .iter()
+            .any(|k| k["name"] == format!("crabbox-cbx-{}", CACHE.trim_start_matches("cbx_"))),
+        "and so was the key Crabbox made for it (named by its provider_key label)"
+    );
     assert_eq!(w.requests("POST", "/v1/servers").len(), 1, "one create");
     let ours: Vec<Value> = w
         .fake
