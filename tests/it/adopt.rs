@@ -629,3 +629,82 @@ fn adoption_runs_setup_only_with_rerun_setup() {
     );
     assert_eq!(labels.get("state").map(String::as_str), Some("ready"));
 }
+
+/// Another pond's lease `api` known from a Crabbox claim on this machine,
+/// another pond's server `db` known only from its labels (a teammate's):
+/// both slugs are taken, so this pond's `api` and `db` get Crabbox's
+/// collision suffix (internal/cli/slug.go:103-145), and stay members `api`
+/// and `db` through `pond_member`.
+#[test]
+fn a_slug_taken_elsewhere_gets_crabboxs_suffix_and_the_member_keeps_its_name() {
+    let w = World::new();
+    let other_api = "cbx_0a0b0c0d0e09";
+    let mut claim_labels = crabbox_labels(other_api, "api", "beast", true);
+    for (k, v) in &mut claim_labels {
+        if k == "pond" {
+            *v = "other".to_owned();
+        }
+    }
+    let mut claim = crabbox_claim(other_api, "api", 4242, &claim_labels);
+    claim["pond"] = json!("other");
+    std::fs::write(
+        w.path(&format!("state/claims/{other_api}.json")),
+        serde_json::to_string_pretty(&claim).expect("JSON"),
+    )
+    .expect("claim");
+    let teammate: Vec<(String, String)> = crabbox_labels("cbx_0a0b0c0d0e0a", "db", "beast", true)
+        .into_iter()
+        .map(|(k, v)| {
+            if k == "pond" {
+                (k, "team".to_owned())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = teammate
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    w.fake.handle.plant_server("crabbox-db-teammate", &refs);
+    w.write_spec(
+        "  - slug: api\n    provider: hetzner\n    class: standard\n    setup: [ \"echo api up\" ]\n  - slug: db\n    provider: hetzner\n    type: cx23\n    setup: [ \"echo db up\" ]\n",
+    );
+
+    let out = w.run(&["apply", "--auto-approve"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Members: 2 added"), "{err}");
+    for member in ["api", "db"] {
+        let server = w
+            .fake
+            .handle
+            .servers()
+            .into_iter()
+            .find(|s| s["labels"]["pond"] == POND && s["labels"]["pond_member"] == member)
+            .unwrap_or_else(|| panic!("{member} carries pond_member"));
+        let lease = server["labels"]["lease"]
+            .as_str()
+            .expect("lease")
+            .to_owned();
+        // Attempt 0 is taken: the first suffix is seeded with "<lease>-0".
+        let want = crabbox_core::slug::with_collision_suffix(member, &format!("{lease}-0"));
+        assert_eq!(server["labels"]["slug"], json!(want), "{server}");
+        assert_eq!(
+            w.claim(&lease)["slug"],
+            json!(want),
+            "the claim's slug is the label's, as Crabbox's release requires"
+        );
+    }
+    let env = std::fs::read_to_string(w.path("home/.crabbox/pond/crab/env")).expect("env");
+    assert!(env.contains("CRABBOX_POND_API_HOST="), "{env}");
+    assert!(env.contains("CRABBOX_POND_DB_HOST="), "{env}");
+    let out = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the suffixed leases are the members api and db: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}

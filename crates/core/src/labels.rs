@@ -48,6 +48,9 @@ pub const POND_SPEC: &str = "pond_spec";
 pub const POND_BLOCK: &str = "pond_block";
 /// Ours: hash of setup, env, sync and ready; `pending` until setup succeeded.
 pub const POND_SETUP: &str = "pond_setup";
+/// Ours: the pond member a lease belongs to, when its `slug` label is not
+/// the member's slug (Crabbox's collision suffix made it `api-1a2b`).
+pub const POND_MEMBER: &str = "pond_member";
 /// Ours: why a lease is `failed` (e.g. `setup_step_2_exit_1`).
 pub const FAILURE: &str = "failure";
 

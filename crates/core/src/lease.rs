@@ -63,9 +63,21 @@ impl Lease {
         self.labels.get(key).map(String::as_str)
     }
 
-    /// The slug label.
+    /// The pond member this lease belongs to: `pond_member` when the
+    /// `slug` label carries Crabbox's collision suffix (`api-1a2b`, see
+    /// `crate::slug`), else the `slug` label. Everything that matches
+    /// leases to members, renders peers or names a member uses this.
     #[must_use]
     pub fn slug(&self) -> &str {
+        self.label(labels::POND_MEMBER)
+            .or_else(|| self.label(labels::SLUG))
+            .unwrap_or_default()
+    }
+
+    /// The `slug` label itself: the account-unique name Crabbox's CLI knows
+    /// the lease by (`crabbox run --id api-1a2b`).
+    #[must_use]
+    pub fn crabbox_slug(&self) -> &str {
         self.label(labels::SLUG).unwrap_or_default()
     }
 
@@ -116,7 +128,7 @@ impl Lease {
             && self.label(labels::PROVIDER) == Some(self.provider.as_str())
             && self.label(labels::LEASE) == Some(self.id.as_str())
             && canonical
-            && !self.slug().is_empty()
+            && !self.crabbox_slug().is_empty()
             && self.label(labels::POND) == Some(pond)
     }
 

@@ -1214,6 +1214,17 @@ impl Provider for HetznerProvider {
         Ok(ponds.into_iter().collect())
     }
 
+    async fn slugs_in_use(&self) -> Result<Vec<String>, ProviderError> {
+        // The whole account, as Crabbox lists it (hcloud.go:213-222).
+        let selector = format!("{}=true", labels::CRABBOX);
+        Ok(self
+            .servers_matching(&selector)
+            .await?
+            .into_iter()
+            .filter_map(|s| s.labels.get(labels::SLUG).cloned())
+            .collect())
+    }
+
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         check_lease_id(&request.lease_id)?;
         let block = block_of(&request.member)?;
