@@ -82,6 +82,10 @@ pub(super) struct DestroyArgs {
     /// Destroy what can be seen even when a provider cannot be listed.
     #[arg(long)]
     skip_unreachable: bool,
+    /// Also destroy leases that are not in the spec but labelled keep=true
+    /// (with a spec, those are left alone; `--pond NAME` destroys every lease).
+    #[arg(long)]
+    destroy_kept: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -144,6 +148,8 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
                 only: saved.only.clone(),
                 skip: saved.skip.clone(),
                 replace: saved.replace.clone(),
+                rerun_setup: saved.rerun_setup,
+                destroy_kept: saved.destroy_kept,
             };
             (spec, targets, saved.pond_override.clone(), Some(saved))
         }
@@ -356,6 +362,12 @@ fn run_plan(
 }
 
 fn summary(reporter: &Reporter, verb: &str, a: Applied, ok: bool) {
+    // As Terraform's "N imported", only when there are any.
+    let adopted = if a.adopted > 0 {
+        format!("{} adopted, ", a.adopted)
+    } else {
+        String::new()
+    };
     let text = if verb == "Destroy" {
         format!(
             "{verb} {}! Members: {} destroyed.",
@@ -364,7 +376,7 @@ fn summary(reporter: &Reporter, verb: &str, a: Applied, ok: bool) {
         )
     } else {
         format!(
-            "{verb} {}! Members: {} added, {} changed, {} destroyed.",
+            "{verb} {}! Members: {adopted}{} added, {} changed, {} destroyed.",
             if ok { "complete" } else { "incomplete" },
             a.added,
             a.changed,
@@ -373,10 +385,13 @@ fn summary(reporter: &Reporter, verb: &str, a: Applied, ok: bool) {
     };
     match reporter.mode() {
         Mode::Human => anstream::eprintln!("\n{text}"),
-        Mode::Json => println!(
-            "{}",
-            serde_json::json!({"type": "change_summary", "ok": ok, "added": a.added, "changed": a.changed, "destroyed": a.destroyed, "message": text})
-        ),
+        Mode::Json => {
+            let mut event = serde_json::json!({"type": "change_summary", "ok": ok, "added": a.added, "changed": a.changed, "destroyed": a.destroyed, "message": text});
+            if a.adopted > 0 {
+                event["adopted"] = a.adopted.into();
+            }
+            println!("{event}");
+        }
     }
 }
 
@@ -387,6 +402,7 @@ impl DestroyArgs {
             spec: SpecArgs::none(),
             pond: Some(name.to_owned()),
             skip_unreachable: false,
+            destroy_kept: false,
             run: RunArgs {
                 auto_approve: true,
                 parallelism: 10,
@@ -532,6 +548,14 @@ fn destroy_locked(
     let mut changes = Vec::new();
     for lease in &inventory.leases {
         let m = members.get(lease.slug()).copied();
+        if desired.is_some() && m.is_none() && lease.is_kept() && !args.destroy_kept {
+            anstream::eprintln!(
+                "keeping `{}` (lease {}): it is not in the spec and is labelled keep=true; pass --destroy-kept to destroy it",
+                lease.slug(),
+                lease.id
+            );
+            continue;
+        }
         if let Some(m) = m.filter(|m| m.prevent_destroy) {
             anstream::eprintln!(
                 "error: member `{}` cannot be destroyed: it has lifecycle.prevent_destroy set\n  help: remove prevent_destroy from the spec first",

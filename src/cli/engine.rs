@@ -31,6 +31,12 @@ pub struct TargetArgs {
     /// Replace this member even if nothing changed. Repeatable.
     #[arg(long = "replace", value_name = "SLUG")]
     pub replace: Vec<String>,
+    /// Run setup on the members adopted from Crabbox (by default adoption only writes labels).
+    #[arg(long)]
+    pub rerun_setup: bool,
+    /// Destroy leases that are not in the spec even when labelled keep=true.
+    #[arg(long)]
+    pub destroy_kept: bool,
 }
 
 impl TargetArgs {
@@ -47,6 +53,8 @@ impl TargetArgs {
             skip: norm(&self.skip),
             replace: norm(&self.replace),
             now: crabbox_core::labels::now_secs(),
+            rerun_setup: self.rerun_setup,
+            destroy_kept: self.destroy_kept,
         }
     }
 }

@@ -70,6 +70,8 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
             only: args.targets.only.clone(),
             skip: args.targets.skip.clone(),
             replace: args.targets.replace.clone(),
+            rerun_setup: args.targets.rerun_setup,
+            destroy_kept: args.targets.destroy_kept,
             fingerprint: saved::fingerprint(&inventory),
             plan: json::to_value(&plan),
         };

@@ -271,10 +271,23 @@ fn converge(
         left.is_empty() && second.forget_claims.is_empty(),
         "second plan not empty: {left:?}"
     );
+    // Leases not in the spec stay only when labelled keep=true (they are
+    // never destroyed without --destroy-kept).
+    let members: Vec<&str> = current.members.iter().map(|m| m.slug.as_str()).collect();
+    let strays: Vec<&Lease> = after
+        .leases
+        .iter()
+        .filter(|l| !members.contains(&l.slug()))
+        .collect();
+    prop_assert!(
+        strays.iter().all(|l| l.is_kept()),
+        "a lease not in the spec and not kept survived: {strays:?}"
+    );
+    let kept = strays.len();
     prop_assert_eq!(
         after.leases.len(),
-        current.members.len(),
-        "one lease per member"
+        current.members.len() + kept,
+        "one lease per member, plus the kept ones"
     );
 
     let touched = provider.touched.lock().expect("lock").clone();

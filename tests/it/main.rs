@@ -1,5 +1,6 @@
 //! The integration tests: one binary, one module per area.
 
+mod adopt;
 mod cli;
 mod closed_stdout;
 mod compat;

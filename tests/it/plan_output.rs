@@ -1,7 +1,8 @@
 //! Snapshot tests of the three plan renderings (human without colour, JSON,
 //! markdown) for representative plans built with the scenario machinery:
 //! `specs/mixed-pond.yaml` (every kind of change), `specs/no-op-applied-pond.yaml`
-//! (nothing to do) and a generated pond of 300 new members (markdown
+//! (nothing to do), `specs/adopt-pond-with-kept-lease.yaml` (adoption and a
+//! kept lease) and a generated pond of 300 new members (markdown
 //! truncation). Lease IDs and "now" are fixed, so the plans are deterministic.
 //! `UPDATE_SNAPSHOTS=1 cargo test --test it plan_output` rewrites the files
 //! under `tests/snapshots/`; read every rewritten file before committing it.
@@ -69,6 +70,16 @@ fn large() -> Plan {
 #[test]
 fn mixed_plan_renderings_match_snapshots() {
     check_all("plan-mixed", &mixed());
+}
+
+#[test]
+fn adoption_plan_renderings_match_snapshots() {
+    let p = plan_for_file("adopt-pond-with-kept-lease.yaml").expect("the Crabbox pond plans");
+    let human = human_text(&p);
+    assert!(human.contains("  ~ adopt: write crabbox's labels on a lease made by Crabbox"));
+    assert!(human.contains("Plan: 1 to adopt, 0 to add, 0 to change, 0 to destroy."));
+    assert!(human.contains("  = old (hetzner, lease \"cbx_0123456789cd\")"));
+    check_all("plan-adopt", &p);
 }
 
 #[test]

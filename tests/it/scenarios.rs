@@ -20,7 +20,8 @@
 //!     - slug: db
 //!       setup: [ "echo one" ]
 //! now: 1000000       # optional: `PlanOptions::now` (default 1_000_000)
-//! options: { only: [], skip: [], replace: [] }   # optional; slugs normalized as the CLI does
+//! options: { only: [], skip: [], replace: [], rerun_setup: false, destroy_kept: false }
+//!                    # optional; slugs normalized as the CLI does
 //! live:              # the leases the providers list
 //!   - { slug: db, id: cbx_000000000001 }
 //!   - { slug: db, id: cbx_000000000002, created_at: 999000, state: failed,
@@ -51,7 +52,7 @@
 //! and the rest are sorted by slug, creation time and ID.
 //!
 //! In `expect`, `slug` and `action` (`no-op`, `create`, `update`, `replace`,
-//! `create-before-destroy`, `delete`) are required. `lease` (the acted-on
+//! `create-before-destroy`, `delete`, `adopt`) are required. `lease` (the acted-on
 //! lease's ID, or `null` for none), `provider`, `relabel`, `rerun_setup` and
 //! `attributes` (the changed attribute names, in order) are compared when
 //! given; `reasons` are substrings each of which some reason must contain.
@@ -125,6 +126,10 @@ struct Targeting {
     skip: Vec<String>,
     #[serde(default)]
     replace: Vec<String>,
+    #[serde(default)]
+    rerun_setup: bool,
+    #[serde(default)]
+    destroy_kept: bool,
 }
 
 /// One live lease.
@@ -236,6 +241,8 @@ pub(crate) fn setup(scenario: &Scenario) -> Result<Setup, String> {
             .map(|s| normalize_name(s))
             .collect(),
         now,
+        rerun_setup: scenario.options.rerun_setup,
+        destroy_kept: scenario.options.destroy_kept,
     };
     let mut inventory = discovered(&desired.name, listed);
     inventory.dangling_claims = scenario
@@ -402,13 +409,14 @@ fn action_name(action: Action) -> String {
         .unwrap_or_default()
 }
 
-const ACTIONS: [&str; 6] = [
+const ACTIONS: [&str; 7] = [
     "no-op",
     "create",
     "update",
     "replace",
     "create-before-destroy",
     "delete",
+    "adopt",
 ];
 
 /// Runs one scenario; returns its problems.
@@ -635,6 +643,15 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
             (Action::NoOp, _) => {}
             (Action::Delete, _) => {
                 leases.remove(&old.unwrap_or_default());
+            }
+            (Action::Adopt, Some(m)) => {
+                let lease = leases
+                    .get_mut(&old.unwrap_or_default())
+                    .expect("adopted lease exists");
+                lease.labels = crabbox_plan::adopt::labels(&lease.labels, m, c.rerun_setup);
+                if c.rerun_setup {
+                    lease.labels = finalize(&lease.labels, m);
+                }
             }
             (Action::Update, Some(m)) => {
                 let lease = leases

@@ -5,9 +5,11 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
+use crabbox_core::labels;
 use crabbox_core::lease::Lease;
 use crabbox_core::provider::ProviderError;
 use crabbox_core::provider::ProviderName;
+use crabbox_core::provider::features_of;
 use crabbox_fs::atomic_file;
 use crabbox_plan::inventory::Inventory;
 use crabbox_providers::registry::Registry;
@@ -88,7 +90,10 @@ pub async fn discover(
         match result {
             Ok(leases) => {
                 inv.listed.push(name);
-                for lease in leases {
+                for mut lease in leases {
+                    if let Some(claim) = pond_claims.iter().find(|c| c.lease_id == lease.id) {
+                        adopt_claim_labels(&mut lease, claim, pond);
+                    }
                     if lease.is_ours(pond) {
                         by_id.insert(lease.id.clone(), lease);
                     } else {
@@ -136,6 +141,33 @@ pub async fn discover(
     leases.sort_by_cached_key(|l| (l.slug().to_owned(), l.created_at(), l.id.clone()));
     inv.leases = leases;
     inv
+}
+
+/// A lease of a label-less provider (Islo, Tensorlake, static SSH) made by
+/// Crabbox's CLI has no labels: Crabbox writes its claims without them
+/// (islo/backend.go:651) and places the lease in the pond by the claim's
+/// `pond` alone. Such a lease gets the labels of Crabbox's ownership test
+/// from that claim, so that the planner recognises it as a Crabbox-made
+/// member to adopt (`Lease::is_crabbox_member`). Leases with labels keep
+/// theirs.
+fn adopt_claim_labels(lease: &mut Lease, claim: &Claim, pond: &str) {
+    if features_of(lease.provider).labels
+        || lease.label(labels::CRABBOX).is_some()
+        || claim.pond != pond
+        || claim.slug.is_empty()
+    {
+        return;
+    }
+    for (key, value) in [
+        (labels::CRABBOX, "true"),
+        (labels::CREATED_BY, "crabbox"),
+        (labels::PROVIDER, lease.provider.as_str()),
+        (labels::LEASE, lease.id.as_str()),
+        (labels::SLUG, claim.slug.as_str()),
+        (labels::POND, pond),
+    ] {
+        lease.labels.insert(key.to_owned(), value.to_owned());
+    }
 }
 
 /// A provider error with its hint, for a one-line reason.
@@ -238,4 +270,59 @@ pub fn remember_providers(
             .map_err(std::io::Error::other)?
             .as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crabbox_core::provider::ProviderName;
+
+    fn islo_lease(labels: labels::Labels) -> Lease {
+        Lease {
+            id: "isb_crabbox-repo-0a1b2c".to_owned(),
+            provider: ProviderName::Islo,
+            cloud_id: "crabbox-repo-0a1b2c".to_owned(),
+            labels,
+            endpoint: crabbox_core::lease::Endpoint::default(),
+            listed: true,
+            claimed: true,
+        }
+    }
+
+    /// A claim as Crabbox writes it for an Islo lease: no `labels`
+    /// (internal/providers/islo/backend.go:651), the pond in `pond`.
+    fn crabbox_claim(pond: &str) -> Claim {
+        Claim {
+            lease_id: "isb_crabbox-repo-0a1b2c".to_owned(),
+            slug: "api".to_owned(),
+            provider: "islo".to_owned(),
+            cloud_id: "crabbox-repo-0a1b2c".to_owned(),
+            pond: pond.to_owned(),
+            ..Claim::default()
+        }
+    }
+
+    #[test]
+    fn a_label_less_lease_of_a_crabbox_claim_is_a_crabbox_member_to_adopt() {
+        let mut lease = islo_lease(labels::Labels::new());
+        assert!(!lease.is_ours("crab"), "no labels: not recognised before");
+        adopt_claim_labels(&mut lease, &crabbox_claim("crab"), "crab");
+        assert!(lease.is_ours("crab"));
+        assert!(lease.is_unadopted_crabbox_member("crab"));
+        assert_eq!(lease.slug(), "api");
+    }
+
+    #[test]
+    fn claim_labels_are_left_alone_and_other_ponds_get_none() {
+        let mut other = islo_lease(labels::Labels::new());
+        adopt_claim_labels(&mut other, &crabbox_claim("elsewhere"), "crab");
+        assert!(other.labels.is_empty());
+        let mut ours = islo_lease(
+            [("crabbox".to_owned(), "true".to_owned())]
+                .into_iter()
+                .collect(),
+        );
+        adopt_claim_labels(&mut ours, &crabbox_claim("crab"), "crab");
+        assert_eq!(ours.labels.len(), 1, "a lease with labels keeps its own");
+    }
 }

@@ -20,6 +20,9 @@ pub enum StepKind {
     Warmup,
     /// Rewrite an existing lease's labels (in-place update).
     Relabel,
+    /// Write our labels and claim on a lease Crabbox's CLI made; `true`
+    /// when setup runs after it (`--rerun-setup`).
+    Adopt(bool),
     /// Stop the services a previous setup started (before re-running it).
     StopServices,
     /// Copy the repository into the workspace.
@@ -56,6 +59,7 @@ impl Step {
         match self.kind {
             StepKind::Warmup => "warmup",
             StepKind::Relabel => "relabel",
+            StepKind::Adopt(_) => "adopt",
             StepKind::StopServices => "stop-services",
             StepKind::Sync => "sync",
             StepKind::Setup => "setup",
@@ -144,6 +148,13 @@ pub fn build(plan: &Plan, render: bool) -> StepGraph {
                 }
                 chain(&mut g, &c.slug, kinds)
             }
+            Action::Adopt => {
+                let mut kinds = vec![StepKind::Adopt(c.rerun_setup)];
+                if c.rerun_setup {
+                    kinds.extend(provision.into_iter().skip(1));
+                }
+                chain(&mut g, &c.slug, kinds)
+            }
             Action::Replace => {
                 let old = c.lease.clone().map(|l| StepKind::Release(Box::new(l)));
                 let nodes = chain(&mut g, &c.slug, old.into_iter().chain(provision).collect());
@@ -166,7 +177,9 @@ pub fn build(plan: &Plan, render: bool) -> StepGraph {
             Marks {
                 ready: find(&StepKind::Finalize),
                 setup: find(&StepKind::Setup),
-                first_setup: find(&StepKind::Setup).or_else(|| find(&StepKind::Relabel)),
+                first_setup: find(&StepKind::Setup)
+                    .or_else(|| find(&StepKind::Relabel))
+                    .or_else(|| find(&StepKind::Adopt(false))),
             },
         );
     }

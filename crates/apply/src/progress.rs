@@ -56,6 +56,7 @@ fn verbs(step: &Step) -> (&'static str, &'static str, &'static str) {
             "Still modifying...",
             "Modifications complete",
         ),
+        StepKind::Adopt(_) => ("Adopting...", "Still adopting...", "Adoption complete"),
         StepKind::StopServices => (
             "Stopping services...",
             "Still stopping services...",

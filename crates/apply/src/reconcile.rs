@@ -110,6 +110,13 @@ fn projected_leases(p: &Plan) -> Vec<Lease> {
                 lease.labels = crabbox_spec::member_labels::for_update(&lease.labels, m);
                 out.push(lease);
             }
+            (Action::Adopt, Some(lease), Some(m)) => {
+                let mut lease = lease.clone();
+                lease.labels = crabbox_plan::adopt::labels(&lease.labels, m, c.rerun_setup);
+                out.push(lease);
+            }
+            // A lease not in the spec that stays (`keep=true`) is still a peer.
+            (Action::NoOp, Some(lease), None) => out.push(lease.clone()),
             (_, _, Some(m)) => {
                 let labels =
                     crabbox_spec::member_labels::for_create(&p.pond, "cbx_000000000000", m, 0);
@@ -188,6 +195,8 @@ pub struct Applied {
     pub added: usize,
     /// Members updated in place.
     pub changed: usize,
+    /// Leases made by Crabbox that were adopted.
+    pub adopted: usize,
     /// Leases released.
     pub destroyed: usize,
 }
@@ -208,6 +217,12 @@ pub async fn apply(
         .filter(|c| c.action == Action::Update)
         .map(|c| (c.slug.clone(), true))
         .collect();
+    let mut adopt_slugs: BTreeMap<String, bool> = p
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Adopt)
+        .map(|c| (c.slug.clone(), true))
+        .collect();
     for n in g.node_indices() {
         let done = outcome.results.get(&n) == Some(&StepResult::Done);
         let step = &g[n];
@@ -216,11 +231,14 @@ pub async fn apply(
             StepKind::Release(_) if done => applied.destroyed += 1,
             _ => {}
         }
-        if let Some(all_done) = step.slug.as_ref().and_then(|s| update_slugs.get_mut(s)) {
-            *all_done &= done;
+        for slugs in [&mut update_slugs, &mut adopt_slugs] {
+            if let Some(all_done) = step.slug.as_ref().and_then(|s| slugs.get_mut(s)) {
+                *all_done &= done;
+            }
         }
     }
     applied.changed = update_slugs.values().filter(|d| **d).count();
+    applied.adopted = adopt_slugs.values().filter(|d| **d).count();
     (outcome, applied)
 }
 

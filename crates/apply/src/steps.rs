@@ -12,6 +12,7 @@ use crate::graph::{Step, StepKind};
 use crate::progress::Reporter;
 use crabbox_core::labels::{self, now_secs, state};
 use crabbox_core::lease::Lease;
+use crabbox_core::normalize::normalize_name;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_core::retry::with_retries;
 use crabbox_exec::archive;
@@ -206,6 +207,38 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
             });
             Ok(format!("id={}", lease.id))
         }
+        StepKind::Adopt(rerun) => {
+            let m = ctx.member(&slug)?;
+            let lease = ctx.lease(&slug)?;
+            guard(ctx, &lease)?;
+            let labels = crabbox_plan::adopt::labels(&lease.labels, m, *rerun);
+            let provider = ctx.provider(lease.provider)?;
+            with_retries(|| provider.relabel(&lease, &labels)).await?;
+            let lease = Lease { labels, ..lease };
+            // Crabbox's claim (or, for a lease made on another machine, a
+            // new one) now records the lease as this pond's member. The
+            // claim knows how Crabbox reaches the lease (its bootstrap port,
+            // e.g. 2222), which our listing only guesses for a lease we did
+            // not make: that endpoint stays in the claim.
+            let mut recorded = lease.clone();
+            let stored = ctx
+                .claims
+                .load(&lease.id)
+                .await
+                .map_err(|e| fail(format!("reading the claim of {}: {e}", lease.id)))?;
+            if let Some(claim) = stored {
+                if claim.ssh_port != 0 {
+                    recorded.endpoint.ssh_port = Some(claim.ssh_port);
+                }
+                if !claim.ssh_host.is_empty() {
+                    recorded.endpoint.host = Some(claim.ssh_host);
+                }
+            }
+            update_claim(ctx, &recorded).await?;
+            let id = lease.id.clone();
+            ctx.set_lease(lease);
+            Ok(format!("id={id}"))
+        }
         StepKind::StopServices => {
             let lease = ctx.lease(&slug)?;
             guard(ctx, &lease)?;
@@ -261,11 +294,16 @@ async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
     let m = ctx.member(slug)?;
     let provider = ctx.provider(m.provider)?;
     let lease_id = provider.lease_id(&ctx.pond, m).await?;
-    let labels = crabbox_spec::member_labels::for_create(&ctx.pond, &lease_id, m, now_secs());
+    let mut labels = crabbox_spec::member_labels::for_create(&ctx.pond, &lease_id, m, now_secs());
+    let unique = unique_slug(ctx, provider.as_ref(), slug, &lease_id).await?;
+    if unique != slug {
+        labels.insert(labels::SLUG.into(), unique.clone());
+        labels.insert(labels::POND_MEMBER.into(), slug.to_owned());
+    }
     // The claim comes first: a crash between it and the create is found next time.
     let pending = Claim {
         lease_id: lease_id.clone(),
-        slug: slug.to_owned(),
+        slug: unique,
         provider: m.provider.as_str().to_owned(),
         pond: ctx.pond.clone(),
         repo_root: ctx.sync_root.display().to_string(),
@@ -301,6 +339,41 @@ async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
     Ok(format!("id={id}"))
 }
 
+/// The `slug` label of a new lease of member `slug`: the member's slug when
+/// no other lease has it, else Crabbox's suffixed form (`api-1a2b`). Taken
+/// are the slugs of every local claim of another lease (any pond, any
+/// provider) and of every crabbox resource the provider lists, as in
+/// Crabbox's `allocateDirectLeaseSlug` (internal/cli/slug.go:103-145): with
+/// two ponds both holding `api`, Crabbox's `run --id api` would be ambiguous.
+async fn unique_slug(
+    ctx: &Context,
+    provider: &dyn Provider,
+    slug: &str,
+    lease_id: &str,
+) -> Result<String, StepError> {
+    let (claims, _) = ctx
+        .claims
+        .load_all()
+        .await
+        .map_err(|e| fail(format!("reading the claims to keep slugs unique: {e}")))?;
+    let mut taken: std::collections::BTreeSet<String> = claims
+        .iter()
+        .filter(|c| c.lease_id != lease_id)
+        .map(|c| normalize_name(&c.slug))
+        .collect();
+    taken.extend(
+        with_retries(|| provider.slugs_in_use())
+            .await?
+            .iter()
+            .map(|s| normalize_name(s)),
+    );
+    crabbox_core::slug::allocate(slug, lease_id, |s| taken.contains(s)).ok_or_else(|| {
+        fail(format!(
+            "could not allocate a unique lease slug for {lease_id}: `{slug}` and its 21 suffixed forms are taken by other leases"
+        ))
+    })
+}
+
 /// Records what is now true of a lease in its claim. A claim that cannot be
 /// read or written fails the step: the lease exists, and a claim left
 /// `pending` or stale would misdescribe it to the next run.
@@ -312,7 +385,9 @@ async fn update_claim(ctx: &Context, lease: &Lease) -> Result<(), StepError> {
         .map_err(|e| fail(format!("reading the claim of {}: {e}", lease.id)))?;
     let mut claim = stored.unwrap_or_else(|| Claim {
         lease_id: lease.id.clone(),
-        slug: lease.slug().to_owned(),
+        // Crabbox's release wants the claim's slug to be the label's
+        // (hetzner/backend.go:422-449).
+        slug: lease.crabbox_slug().to_owned(),
         provider: lease.provider.as_str().to_owned(),
         pond: ctx.pond.clone(),
         claimed_at: now_rfc3339(),

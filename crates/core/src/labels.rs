@@ -59,11 +59,22 @@ pub const POND_SPEC: &str = "pond_spec";
 pub const POND_BLOCK: &str = "pond_block";
 /// Ours: hash of setup, env, sync and ready; `pending` until setup succeeded.
 pub const POND_SETUP: &str = "pond_setup";
+/// Ours: the pond member a lease belongs to, when its `slug` label is not
+/// the member's slug (Crabbox's collision suffix made it `api-1a2b`).
+pub const POND_MEMBER: &str = "pond_member";
 /// Ours: why a lease is `failed` (e.g. `setup_step_2_exit_1`).
 pub const FAILURE: &str = "failure";
 
 /// What the sanitizer writes for an empty value.
 pub const UNKNOWN: &str = "unknown";
+
+/// A label's value unless it is [`UNKNOWN`], what Crabbox's sanitizer writes
+/// for an empty value (provider_labels.go:194-215): a `class` or
+/// `server_type` nobody chose.
+#[must_use]
+pub fn known(value: Option<&str>) -> Option<&str> {
+    value.filter(|v| *v != UNKNOWN)
+}
 
 /// `pond_setup` before setup has completed.
 pub const SETUP_PENDING: &str = "pending";

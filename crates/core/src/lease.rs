@@ -71,12 +71,24 @@ impl Lease {
     /// `server_type` nobody chose.
     #[must_use]
     pub fn known_label(&self, key: &str) -> Option<&str> {
-        self.label(key).filter(|v| *v != labels::UNKNOWN)
+        labels::known(self.label(key))
     }
 
-    /// The slug label.
+    /// The pond member this lease belongs to: `pond_member` when the
+    /// `slug` label carries Crabbox's collision suffix (`api-1a2b`, see
+    /// `crate::slug`), else the `slug` label. Everything that matches
+    /// leases to members, renders peers or names a member uses this.
     #[must_use]
     pub fn slug(&self) -> &str {
+        self.label(labels::POND_MEMBER)
+            .or_else(|| self.label(labels::SLUG))
+            .unwrap_or_default()
+    }
+
+    /// The `slug` label itself: the account-unique name Crabbox's CLI knows
+    /// the lease by (`crabbox run --id api-1a2b`).
+    #[must_use]
+    pub fn crabbox_slug(&self) -> &str {
         self.label(labels::SLUG).unwrap_or_default()
     }
 
@@ -102,6 +114,49 @@ impl Lease {
             && self.label(labels::POND) == Some(pond)
             && self.label(labels::LEASE) == Some(self.id.as_str())
             && self.label(labels::PROVIDER) == Some(self.provider.as_str())
+    }
+
+    /// Whether the lease carries our drift hashes (`pond_block`): made, or
+    /// adopted, by this tool. A lease of the pond without them was made by
+    /// Crabbox's own CLI (`warmup --pond`), and is adopted, not replaced.
+    #[must_use]
+    pub fn has_our_hashes(&self) -> bool {
+        self.label(labels::POND_BLOCK).is_some()
+    }
+
+    /// Crabbox's own ownership test for a lease of `pond`
+    /// (internal/providers/hetzner/backend.go:370-381): `crabbox=true`,
+    /// `created_by=crabbox`, its provider, a `lease` label naming it (in
+    /// Crabbox's canonical `cbx_` shape on providers with labels), a
+    /// non-empty `slug`, and `pond=<pond>`. Label-less providers get these
+    /// labels from the Crabbox claim that places the lease in the pond.
+    #[must_use]
+    pub fn is_crabbox_member(&self, pond: &str) -> bool {
+        let canonical =
+            !crate::provider::features_of(self.provider).labels || is_lease_id(&self.id);
+        self.label(labels::CRABBOX) == Some("true")
+            && self.label(labels::CREATED_BY) == Some("crabbox")
+            && self.label(labels::PROVIDER) == Some(self.provider.as_str())
+            && self.label(labels::LEASE) == Some(self.id.as_str())
+            && canonical
+            && !self.crabbox_slug().is_empty()
+            && self.label(labels::POND) == Some(pond)
+    }
+
+    /// Whether this is a lease of `pond` made by Crabbox's CLI that this
+    /// tool has not adopted yet: Crabbox's ownership test holds and our
+    /// hashes are missing.
+    #[must_use]
+    pub fn is_unadopted_crabbox_member(&self, pond: &str) -> bool {
+        self.is_crabbox_member(pond) && !self.has_our_hashes()
+    }
+
+    /// Whether the `keep` label is `true` (case-insensitive, as Crabbox's
+    /// cleanup reads it, pool.go:540).
+    #[must_use]
+    pub fn is_kept(&self) -> bool {
+        self.label(labels::KEEP)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
     }
 
     /// Exposed ports from the label.

@@ -10,4 +10,5 @@ pub mod lease;
 pub mod normalize;
 pub mod provider;
 pub mod retry;
+pub mod slug;
 pub mod state_url;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::inventory::Inventory;
-use crate::{Action, AttrChange, MemberChange, Plan};
+use crate::{Action, AttrChange, MemberChange, Plan, adopt};
 use crabbox_core::duration;
 use crabbox_core::labels::{self, SETUP_PENDING, state};
 use crabbox_core::lease::Lease;
@@ -23,6 +23,12 @@ pub struct PlanOptions {
     pub replace: Vec<String>,
     /// Unix seconds "now", for expiry.
     pub now: u64,
+    /// Run setup on members adopted from Crabbox (`--rerun-setup`); without
+    /// it adoption only writes labels.
+    pub rerun_setup: bool,
+    /// Destroy leases that are not in the spec even when labelled
+    /// `keep=true` (`--destroy-kept`).
+    pub destroy_kept: bool,
 }
 
 /// A plan that must not be applied.
@@ -50,6 +56,21 @@ pub enum PlanError {
     Unobserved {
         /// One line per provider or store that could not be read.
         reasons: Vec<String>,
+    },
+    /// A lease Crabbox made for a member does not fit the member's spec, and
+    /// `--replace SLUG` was not given: it is neither adopted (it would stay
+    /// unlike the spec) nor destroyed without being asked.
+    #[error(
+        "member `{slug}` has a lease made by Crabbox ({lease}) that does not fit the spec: {}\n  it is neither adopted (it would stay unlike the spec) nor destroyed unless you ask\n  help: change the spec to match the lease to adopt it, or pass `--replace {slug}` to destroy it and create a new one",
+        misfits.join("; ")
+    )]
+    AdoptionMisfit {
+        /// The member.
+        slug: String,
+        /// The lease Crabbox made.
+        lease: String,
+        /// What differs, one phrase each.
+        misfits: Vec<String>,
     },
     /// `--only`/`--skip`/`--replace` names no member.
     #[error("`--{flag} {slug}` names no member of the pond (members: {members})")]
@@ -147,7 +168,7 @@ pub fn plan(
             continue;
         }
         let leases = live.get(m.slug.as_str()).cloned().unwrap_or_default();
-        changes.extend(member_changes(m, &leases, options));
+        changes.extend(member_changes(&desired.name, m, &leases, options)?);
     }
     // Live leases whose slug is not in the spec.
     for (slug, leases) in &live {
@@ -155,14 +176,26 @@ pub fn plan(
             continue;
         }
         for lease in leases {
+            // `keep=true` says "leave this alone" to Crabbox's cleanup
+            // (pool.go:540); a pond adopted from Crabbox is full of it.
+            let kept = lease.is_kept() && !options.destroy_kept;
+            let mut reasons = vec![format!("`{slug}` is not in the spec")];
+            if kept {
+                reasons.push(
+                    "it is labelled keep=true, so it is kept; `--destroy-kept` destroys it"
+                        .to_owned(),
+                );
+            } else if lease.is_kept() {
+                reasons.push("it is labelled keep=true, and --destroy-kept was given".to_owned());
+            }
             changes.push(MemberChange {
                 slug: (*slug).to_owned(),
                 provider: lease.provider,
-                action: Action::Delete,
+                action: if kept { Action::NoOp } else { Action::Delete },
                 lease: Some((*lease).clone()),
                 desired: None,
                 attributes: Vec::new(),
-                reasons: vec![format!("`{slug}` is not in the spec")],
+                reasons,
                 relabel: false,
                 rerun_setup: false,
             });
@@ -307,10 +340,11 @@ fn health(lease: &Lease, now: u64) -> Result<(), String> {
 }
 
 fn member_changes(
+    pond: &str,
     m: &DesiredMember,
     leases: &[&Lease],
     options: &PlanOptions,
-) -> Vec<MemberChange> {
+) -> Result<Vec<MemberChange>, PlanError> {
     let base = MemberChange {
         slug: m.slug.clone(),
         provider: m.provider,
@@ -323,11 +357,11 @@ fn member_changes(
         rerun_setup: false,
     };
     if leases.is_empty() {
-        return vec![MemberChange {
+        return Ok(vec![MemberChange {
             action: Action::Create,
             attributes: created_attributes(m),
             ..base
-        }];
+        }]);
     }
     // Keep the oldest healthy lease; the others are duplicates.
     let keep = leases
@@ -336,6 +370,11 @@ fn member_changes(
         .find(|l| health(l, options.now).is_ok())
         .unwrap_or(leases[0]);
     let mut out = Vec::new();
+    if keep.is_unadopted_crabbox_member(pond) {
+        out.push(adoption(m, keep, base, options)?);
+        out.extend(duplicates(m, leases, keep));
+        return Ok(out);
+    }
     let hashes = SpecHashes::of(m);
     let mut change = MemberChange {
         lease: Some(keep.clone()),
@@ -370,12 +409,17 @@ fn member_changes(
         Some(m.provider.as_str().to_owned()),
         true,
     );
-    attr(
-        "class",
-        keep.known_label(labels::CLASS).map(str::to_owned),
-        m.class.map(|c| c.as_str().to_owned()),
-        true,
-    );
+    // With an exact type, a `class` label records nothing the spec asks
+    // for: Crabbox labels every lease with its configured class, even one
+    // made with `--type`, and an empty class `unknown`.
+    if m.server_type.is_none() {
+        attr(
+            "class",
+            keep.known_label(labels::CLASS).map(str::to_owned),
+            m.class.map(|c| c.as_str().to_owned()),
+            true,
+        );
+    }
     // With a class, `server_type` records which of the class's types the
     // provider picked: information, not something the spec asked for.
     if m.server_type.is_some() {
@@ -477,6 +521,13 @@ fn member_changes(
         }
     }
     out.push(change);
+    out.extend(duplicates(m, leases, keep));
+    Ok(out)
+}
+
+/// The deletions of `m`'s leases other than `keep`.
+fn duplicates(m: &DesiredMember, leases: &[&Lease], keep: &Lease) -> Vec<MemberChange> {
+    let mut out = Vec::new();
     for dup in leases.iter().filter(|l| l.id != keep.id) {
         out.push(MemberChange {
             slug: m.slug.clone(),
@@ -494,6 +545,95 @@ fn member_changes(
         });
     }
     out
+}
+
+/// The change for a member whose lease Crabbox's CLI made: adopted when
+/// what can be seen of it fits the spec, replaced only with `--replace`.
+///
+/// # Errors
+/// [`PlanError::AdoptionMisfit`] when it does not fit and `--replace` does
+/// not name it.
+fn adoption(
+    m: &DesiredMember,
+    lease: &Lease,
+    base: MemberChange,
+    options: &PlanOptions,
+) -> Result<MemberChange, PlanError> {
+    let mut misfits = adopt::misfits(lease, m);
+    if lease.state() == state::FAILED {
+        misfits.push("the lease is in state `failed`".to_owned());
+    }
+    if lease.created_at().saturating_add(m.ttl.as_secs()) <= options.now {
+        misfits.push(format!(
+            "the lease is older than the spec's ttl ({})",
+            duration::format(m.ttl)
+        ));
+    }
+    let change = MemberChange {
+        lease: Some(lease.clone()),
+        ..base
+    };
+    if options.replace.contains(&m.slug) {
+        let mut reasons = vec![
+            "replacement requested with --replace".to_owned(),
+            format!("lease {} was made by Crabbox", lease.id),
+        ];
+        reasons.extend(misfits);
+        return Ok(MemberChange {
+            action: if m.create_before_destroy {
+                Action::CreateBeforeDestroy
+            } else {
+                Action::Replace
+            },
+            reasons,
+            ..change
+        });
+    }
+    if !misfits.is_empty() {
+        return Err(PlanError::AdoptionMisfit {
+            slug: m.slug.clone(),
+            lease: lease.id.clone(),
+            misfits,
+        });
+    }
+    let after = adopt::labels(&lease.labels, m, options.rerun_setup);
+    let attributes = after
+        .iter()
+        .filter(|(k, v)| lease.labels.get(*k) != Some(*v))
+        .map(|(k, v)| AttrChange {
+            name: k.clone(),
+            before: lease.labels.get(k).cloned(),
+            after: Some(v.clone()),
+            forces_replacement: false,
+        })
+        .chain(
+            lease
+                .labels
+                .keys()
+                .filter(|k| !after.contains_key(*k))
+                .map(|k| AttrChange {
+                    name: k.clone(),
+                    before: lease.labels.get(k).cloned(),
+                    after: None,
+                    forces_replacement: false,
+                }),
+        )
+        .collect();
+    let mut reasons = vec![format!(
+        "lease {} was made by Crabbox and fits the spec; its labels are rewritten as ours",
+        lease.id
+    )];
+    if options.rerun_setup {
+        reasons.push("setup runs on it (--rerun-setup)".to_owned());
+    }
+    Ok(MemberChange {
+        action: Action::Adopt,
+        attributes,
+        reasons,
+        relabel: true,
+        rerun_setup: options.rerun_setup,
+        ..change
+    })
 }
 
 /// The attributes shown for a new member.

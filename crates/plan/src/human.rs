@@ -17,7 +17,7 @@ const BOLD: Style = Style::new().bold();
 fn style(action: Action) -> Style {
     match action {
         Action::Create => GREEN,
-        Action::Update => YELLOW,
+        Action::Update | Action::Adopt => YELLOW,
         Action::Replace | Action::CreateBeforeDestroy | Action::Delete => RED,
         Action::NoOp => Style::new(),
     }
@@ -29,6 +29,7 @@ pub fn render(plan: &Plan) -> String {
     let mut out = String::new();
     if !plan.has_changes() {
         out.push_str("No changes. The pond matches the spec.\n");
+        kept_note(&mut out, plan);
         return out;
     }
     let _ = writeln!(
@@ -43,6 +44,10 @@ pub fn render(plan: &Plan) -> String {
     for (action, text) in [
         (Action::Create, "create"),
         (Action::Update, "update in-place"),
+        (
+            Action::Adopt,
+            "adopt: write crabbox's labels on a lease made by Crabbox",
+        ),
         (Action::Delete, "destroy"),
         (Action::Replace, "destroy and then create replacement"),
         (
@@ -60,6 +65,7 @@ pub fn render(plan: &Plan) -> String {
         out.push('\n');
         block(&mut out, change);
     }
+    kept_note(&mut out, plan);
     if !plan.forget_claims.is_empty() {
         let _ = writeln!(
             out,
@@ -99,7 +105,13 @@ pub fn render(plan: &Plan) -> String {
     let s = plan.summary();
     let _ = writeln!(
         out,
-        "\n{BOLD}Plan:{BOLD:#} {} to add, {} to change, {} to destroy.{}",
+        "\n{BOLD}Plan:{BOLD:#} {}{} to add, {} to change, {} to destroy.{}",
+        // As Terraform puts "N to import" first, only when there are any.
+        if s.adopt > 0 {
+            format!("{} to adopt, ", s.adopt)
+        } else {
+            String::new()
+        },
         s.add,
         s.change,
         s.destroy,
@@ -114,9 +126,31 @@ pub fn render(plan: &Plan) -> String {
     out
 }
 
+/// Leases not in the spec that stay because they are labelled `keep=true`.
+fn kept_note(out: &mut String, plan: &Plan) {
+    let kept: Vec<&MemberChange> = plan.changes.iter().filter(|c| is_kept(c)).collect();
+    if kept.is_empty() {
+        return;
+    }
+    out.push_str(
+        "\nLeases not in the spec that are kept because they are labelled keep=true\n(pass --destroy-kept to destroy them):\n",
+    );
+    for c in kept {
+        let id = c.lease.as_ref().map_or("", |l| l.id.as_str());
+        let _ = writeln!(out, "  = {} ({}, lease \"{id}\")", c.slug, c.provider);
+    }
+}
+
+/// A lease not in the spec that the plan keeps (`keep=true`).
+#[must_use]
+pub fn is_kept(c: &MemberChange) -> bool {
+    c.action == Action::NoOp && c.desired.is_none() && c.lease.is_some()
+}
+
 fn header(change: &MemberChange) -> &'static str {
     match change.action {
         Action::Create => "will be created",
+        Action::Adopt => "will be adopted",
         Action::Update => "will be updated in-place",
         Action::Replace | Action::CreateBeforeDestroy
             if change.reasons.iter().any(|r| r.contains("--replace")) =>
@@ -181,6 +215,12 @@ fn block(out: &mut String, c: &MemberChange) {
     }
     for a in &c.attributes {
         match (&a.before, &a.after) {
+            (None, Some(after)) if c.action == Action::Adopt => {
+                rows.push(("+".to_owned(), a.name.clone(), quoted(after)));
+            }
+            (Some(before), None) if c.action == Action::Adopt => {
+                rows.push(("-".to_owned(), a.name.clone(), quoted(before)));
+            }
             (None, Some(after)) if c.action == Action::Create => {
                 rows.push(("+".to_owned(), a.name.clone(), quoted(after)))
             }

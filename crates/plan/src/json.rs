@@ -103,7 +103,7 @@ pub fn to_value(plan: &Plan) -> Value {
                 (_, Action::Delete) | (None, _) => Value::Null,
                 (Some(m), _) => desired_view(m),
             };
-            json!({
+            let mut entry = json!({
                 "slug": c.slug,
                 "provider": c.provider.as_str(),
                 "lease_id": c.lease.as_ref().map(|l| l.id.clone()),
@@ -116,7 +116,19 @@ pub fn to_value(plan: &Plan) -> Value {
                     "relabel": c.relabel,
                     "rerun_setup": c.rerun_setup,
                 },
-            })
+            });
+            // Like Terraform's `change.importing`: the lease is taken over,
+            // its labels (`attributes`) rewritten.
+            if c.action == Action::Adopt {
+                entry["change"]["adopting"] = json!({
+                    "lease_id": c.lease.as_ref().map(|l| l.id.clone()),
+                    "made_by": "crabbox",
+                });
+            }
+            if crate::human::is_kept(c) {
+                entry["change"]["kept"] = json!(true);
+            }
+            entry
         })
         .collect();
     json!({

@@ -2,6 +2,7 @@
 //! reasons, and its renderings (human, JSON, markdown). Computing a plan is a
 //! pure function of the desired pond and the inventory: no I/O here.
 
+pub mod adopt;
 pub mod diff;
 pub mod human;
 pub mod inventory;
@@ -31,6 +32,9 @@ pub enum Action {
     CreateBeforeDestroy,
     /// `-` release.
     Delete,
+    /// `~` write our labels (and claim) on a lease Crabbox's CLI made for
+    /// the member, like Terraform's import: the lease is kept.
+    Adopt,
 }
 
 impl Action {
@@ -40,7 +44,7 @@ impl Action {
         match self {
             Self::NoOp => " ",
             Self::Create => "+",
-            Self::Update => "~",
+            Self::Update | Self::Adopt => "~",
             Self::Replace => "-/+",
             Self::CreateBeforeDestroy => "+/-",
             Self::Delete => "-",
@@ -53,7 +57,9 @@ impl Action {
         match self {
             Self::NoOp => &["no-op"],
             Self::Create => &["create"],
-            Self::Update => &["update"],
+            // Terraform marks an import beside its actions (`importing`);
+            // the JSON rendering adds `adopting` the same way.
+            Self::Update | Self::Adopt => &["update"],
             Self::Replace => &["delete", "create"],
             Self::CreateBeforeDestroy => &["create", "delete"],
             Self::Delete => &["delete"],
@@ -139,6 +145,10 @@ pub struct OutputChange {
 /// Counts in Terraform's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct Summary {
+    /// Leases made by Crabbox that are adopted (left out of JSON when 0,
+    /// as Terraform leaves out `import` when nothing is imported).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub adopt: usize,
     /// Leases created (replacements count here too).
     pub add: usize,
     /// Leases updated in place.
@@ -162,6 +172,7 @@ impl Plan {
                     s.destroy += 1;
                 }
                 Action::Delete => s.destroy += 1,
+                Action::Adopt => s.adopt += 1,
             }
         }
         s
@@ -174,4 +185,9 @@ impl Plan {
             || !self.forget_claims.is_empty()
             || !self.outputs.is_empty()
     }
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }

@@ -21,12 +21,20 @@ pub fn render(plan: &Plan) -> String {
     let _ = writeln!(out, "### crabbox plan for pond `{}`\n", plan.pond);
     if !plan.has_changes() {
         out.push_str("**No changes.** The pond matches the spec.\n");
+        kept_note(&mut out, plan);
         return out;
     }
     let _ = writeln!(
         out,
-        "**Plan: {} to add, {} to change, {} to destroy.**\n",
-        s.add, s.change, s.destroy
+        "**Plan: {}{} to add, {} to change, {} to destroy.**\n",
+        if s.adopt > 0 {
+            format!("{} to adopt, ", s.adopt)
+        } else {
+            String::new()
+        },
+        s.add,
+        s.change,
+        s.destroy
     );
     for w in &plan.warnings {
         let _ = writeln!(out, "> [!WARNING]\n> {}\n", cell(w));
@@ -56,6 +64,7 @@ pub fn render(plan: &Plan) -> String {
         );
     }
     out.push('\n');
+    kept_note(&mut out, plan);
 
     let mut sections: Vec<String> = changed
         .iter()
@@ -98,6 +107,23 @@ pub fn render(plan: &Plan) -> String {
         out.push_str(&section);
     }
     out
+}
+
+/// One line naming the leases kept although not in the spec (`keep=true`).
+fn kept_note(out: &mut String, plan: &Plan) {
+    let kept: Vec<String> = plan
+        .changes
+        .iter()
+        .filter(|c| human::is_kept(c))
+        .map(|c| format!("`{}`", c.slug))
+        .collect();
+    if !kept.is_empty() {
+        let _ = writeln!(
+            out,
+            "Kept although not in the spec (labelled `keep=true`; `--destroy-kept` destroys them): {}\n",
+            kept.join(", ")
+        );
+    }
 }
 
 /// Makes text safe inside a table cell.

@@ -33,6 +33,12 @@ pub struct SavedPlan {
     pub skip: Vec<String>,
     /// `--replace` used.
     pub replace: Vec<String>,
+    /// `--rerun-setup` used (absent in plans saved before it existed).
+    #[serde(default)]
+    pub rerun_setup: bool,
+    /// `--destroy-kept` used (absent in plans saved before it existed).
+    #[serde(default)]
+    pub destroy_kept: bool,
     /// Lease ID → hash of its labels and state, for every lease read.
     pub fingerprint: BTreeMap<String, String>,
     /// The plan as JSON (for showing and for checking the recomputed plan).

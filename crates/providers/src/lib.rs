@@ -52,6 +52,15 @@ pub trait Provider: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// The `slug` labels of every crabbox resource this provider lists,
+    /// whatever its pond: a new lease's slug must be unique across them (and
+    /// the local claims), as Crabbox's allocation requires
+    /// (internal/cli/slug.go:103-145). Label-less providers check claims
+    /// only, as Crabbox does (slug.go:147-185).
+    async fn slugs_in_use(&self) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
+
     /// Deletes what creates and releases of `pond` left behind when their
     /// process died halfway — resources that belong to no existing lease,
     /// such as an SSH key uploaded before its server's create call — only

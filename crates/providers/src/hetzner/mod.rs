@@ -935,6 +935,30 @@ impl HetznerProvider {
         Ok(())
     }
 
+    /// Deletes the key Crabbox's CLI made for a lease (adopted, or replaced
+    /// with `--replace`): named by the server's `provider_key` label, as
+    /// Crabbox's own release finds it (hetzner/backend.go:353-357), and
+    /// labelled only `crabbox=true,created_by=crabbox`
+    /// (internal/cli/hcloud.go:252-259) — never a key that names another lease.
+    async fn delete_crabbox_made_key(&self, lease: &Lease) -> Result<(), ProviderError> {
+        let Some(name) = lease
+            .label("provider_key")
+            .filter(|n| *n == key_name(&lease.id))
+        else {
+            return Ok(());
+        };
+        for key in self.keys_named(name).await? {
+            let label = |k: &str| key.labels.get(k).map(String::as_str);
+            if label(labels::CRABBOX) == Some("true")
+                && label(labels::CREATED_BY) == Some("crabbox")
+                && label(labels::LEASE).is_none_or(|l| l == lease.id)
+            {
+                self.delete_key_id(key.id).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Creates the server, falling back across class types on capacity errors.
     async fn create_server(
         &self,
@@ -1421,6 +1445,17 @@ impl Provider for HetznerProvider {
         Ok(ponds.into_iter().collect())
     }
 
+    async fn slugs_in_use(&self) -> Result<Vec<String>, ProviderError> {
+        // The whole account, as Crabbox lists it (hcloud.go:213-222).
+        let selector = format!("{}=true", labels::CRABBOX);
+        Ok(self
+            .servers_matching(&selector)
+            .await?
+            .into_iter()
+            .filter_map(|s| s.labels.get(labels::SLUG).cloned())
+            .collect())
+    }
+
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         check_lease_id(&request.lease_id)?;
         let block = block_of(&request.member)?;
@@ -1622,7 +1657,10 @@ impl Provider for HetznerProvider {
                 // The key only served the server's creation: it goes meanwhile.
                 let (deleted, key) = tokio::join!(retried(|| self.http.delete(&path)), async {
                     if is_lease_id(&lease.id) {
-                        Some(self.delete_lease_key(&lease.id).await)
+                        Some(match self.delete_lease_key(&lease.id).await {
+                            Ok(()) => self.delete_crabbox_made_key(lease).await,
+                            Err(e) => Err(e),
+                        })
                     } else {
                         None
                     }
