@@ -216,7 +216,7 @@ pub(super) fn heartbeat(args: &HeartbeatArgs) -> ExitCode {
     if args.json {
         let v = HeartbeatView {
             id: &lease.id,
-            slug: lease.slug(),
+            slug: lease.crabbox_slug(),
             provider: lease.provider.as_str(),
             state: lease.state(),
             last_touched_at: &last,
@@ -228,7 +228,7 @@ pub(super) fn heartbeat(args: &HeartbeatArgs) -> ExitCode {
         println!(
             "heartbeat lease={} slug={} provider={} state={} idle_timeout={} last_touched={} expires={}",
             lease.id,
-            blank(lease.slug(), "-"),
+            blank(lease.crabbox_slug(), "-"),
             lease.provider,
             lease.state(),
             blank(&idle, "-"),

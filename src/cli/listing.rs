@@ -121,7 +121,7 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
             "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  {}",
             l.id,
             l.label("pond").unwrap_or_default(),
-            l.slug(),
+            l.crabbox_slug(),
             l.provider.as_str(),
             l.state(),
             l.endpoint.host.as_deref().unwrap_or("-")

@@ -214,7 +214,13 @@ pub(super) fn search(member: &MemberRef, id: &str) -> Result<Hit, ExitCode> {
     let mut matches: Vec<(&Inventory, &Lease)> = all().filter(|(_, l)| l.id == id).collect();
     if matches.is_empty() && !is_canonical(id) {
         let slug = normalize_name(id);
-        matches = all().filter(|(_, l)| l.slug() == slug).collect();
+        // Crabbox's name of the lease first (its `slug` label, unique in the
+        // account: `api-1a2b` when another pond had `api`), then the pond
+        // member's name, which `--pond` makes unique.
+        matches = all().filter(|(_, l)| l.crabbox_slug() == slug).collect();
+        if matches.is_empty() {
+            matches = all().filter(|(_, l)| l.slug() == slug).collect();
+        }
     }
     match matches.as_slice() {
         [(inv, lease)] => {
@@ -236,7 +242,7 @@ pub(super) fn search(member: &MemberRef, id: &str) -> Result<Hit, ExitCode> {
                 text.push_str(&format!(
                     "\n  lease={} slug={} server={} host={} pond={}",
                     l.id,
-                    l.slug(),
+                    l.crabbox_slug(),
                     if l.cloud_id.is_empty() {
                         "-"
                     } else {

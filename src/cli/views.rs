@@ -212,7 +212,7 @@ impl StatusView {
         let host = lease.endpoint.host.clone().unwrap_or_default();
         Self {
             id: lease.id.clone(),
-            slug: lease.slug().to_owned(),
+            slug: lease.crabbox_slug().to_owned(),
             provider: lease.provider.as_str().to_owned(),
             target_os: lease.label("target").unwrap_or("linux").to_owned(),
             state: lease.state().to_owned(),
@@ -300,7 +300,7 @@ pub fn leased_line(lease: &Lease, idle: Duration) -> String {
     format!(
         "leased {} slug={} provider={} server={} type={} ip={}{} idle_timeout={} expires={}",
         lease.id,
-        blank(lease.slug(), "-"),
+        blank(lease.crabbox_slug(), "-"),
         lease.provider,
         display_id(lease),
         server_type(lease),

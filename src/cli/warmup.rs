@@ -14,13 +14,13 @@ use super::views::leased_line;
 use crabbox_apply::discover::discover;
 use crabbox_core::normalize::checked_name;
 use crabbox_core::provider::ProviderName;
-use crabbox_spec::user_config::UserConfig;
 use crabbox_plan::Action;
 use crabbox_plan::diff::{PlanOptions, plan};
 use crabbox_spec::desired::{
     DEFAULT_SYNC_MAX_BYTES, DEFAULT_TTL, DesiredMember, DesiredPond, SyncSettings,
 };
 use crabbox_spec::model::Class;
+use crabbox_spec::user_config::UserConfig;
 use crabbox_state::state_dir::state_dir;
 
 #[derive(Debug, Args)]
@@ -111,7 +111,7 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
             return usage(
                 &e,
                 "fix Crabbox's user config (`crabbox config path` shows it) or pass --provider",
-            )
+            );
         }
     };
     if matches!(provider, ProviderName::Local | ProviderName::Ssh)

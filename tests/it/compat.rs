@@ -537,10 +537,18 @@ fn claims_rewritten_by_crabbox_keep_everything_we_need() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // The peers file still has the share our claim recorded.
+    // The peers document still reaches the member through the share our
+    // claim recorded (without it the member would be `pending`).
     let out = crabbox(dir.path(), &env, &["peers", "--json"]);
-    let peers = String::from_utf8_lossy(&out.stdout);
-    assert!(peers.contains("8080"), "{peers}");
+    let peers: serde_json::Value = serde_json::from_slice(&out.stdout).expect("peers json");
+    let api = &peers["members"][0];
+    assert_eq!(api["transport"], "url", "{peers}");
+    assert!(
+        api["endpoint"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("https://shr_")),
+        "{peers}"
+    );
 }
 
 /// A corpus document (`tests/compat/…`, see its README for the Crabbox
@@ -721,8 +729,9 @@ fn a_touch_by_either_tool_gives_the_same_labels_and_expiry() {
             crabbox_core::provider::ProviderName::Hetzner,
         )
     };
-    let relabelled = crabbox_spec::member_labels::for_update(&touched, &member);
-    let now: u64 = relabelled["last_touched_at"].parse().expect("touched now");
+    let now = crabbox_core::labels::now_secs();
+    let relabelled = crabbox_spec::member_labels::for_update(&touched, &member, now);
+    assert_eq!(relabelled["last_touched_at"], now.to_string());
     assert_eq!(
         relabelled["expires_at"],
         expiry::rule(1_796_119_200, now, member.ttl, member.idle_timeout).to_string()

@@ -269,7 +269,10 @@ fn warmup_without_provider_uses_the_one_crabboxs_user_config_names() {
     // A provider nobody knows is a usage error naming the way out.
     std::fs::write(&config, "provider: nimbus\n").expect("config");
     let (_, err) = env.code(&["warmup", "--pond", "alpha", "--slug", "web"], 2);
-    assert!(err.contains("nimbus") && err.contains("--provider"), "{err}");
+    assert!(
+        err.contains("nimbus") && err.contains("--provider"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -277,7 +280,23 @@ fn id_is_a_lease_id_or_a_slug_across_ponds_and_an_ambiguous_slug_is_exit_4() {
     let env = Env::new();
     let alpha_api = env.warmup("alpha", "api", &[]);
     let beta_api = env.warmup("beta", "api", &[]);
+    let gamma_api = env.warmup("gamma", "api", &[]);
     let beta_db = env.warmup("beta", "db", &["--expose", "8080"]);
+    // slug.go:52-61, 103-145: the slug label is unique across the account,
+    // so beta's and gamma's `api` carry Crabbox's `-%04x` suffix.
+    let crabbox_slug = |id: &str| {
+        let (out, _) = env.code(&["status", id], 0);
+        field(out.lines().next().expect("a line"), "slug").to_owned()
+    };
+    assert_eq!(crabbox_slug(&alpha_api), "api");
+    let (beta_slug, gamma_slug) = (crabbox_slug(&beta_api), crabbox_slug(&gamma_api));
+    for s in [&beta_slug, &gamma_slug] {
+        assert!(
+            s.len() == 8 && s.starts_with("api-") && s[4..].chars().all(|c| c.is_ascii_hexdigit()),
+            "{s}"
+        );
+    }
+    assert_ne!(beta_slug, gamma_slug);
 
     // A slug unique across ponds needs no --pond; positional as in Crabbox.
     for args in [
@@ -291,21 +310,28 @@ fn id_is_a_lease_id_or_a_slug_across_ponds_and_an_ambiguous_slug_is_exit_4() {
             "{out}"
         );
     }
+    // Crabbox's slug names one lease: `api` is alpha's, the suffixed one beta's.
+    let (out, _) = env.code(&["status", "--id", "api"], 0);
+    assert!(out.starts_with(&alpha_api), "{out}");
+    let (out, _) = env.code(&["status", &beta_slug], 0);
+    assert!(out.starts_with(&beta_api), "{out}");
+    // The member name, narrowed by --pond.
+    let (out, _) = env.code(&["status", "api", "--pond", "gamma"], 0);
+    assert!(out.starts_with(&gamma_api), "{out}");
+    // With alpha's `api` gone, `api` names the member of two ponds:
     // run.go:3766-3773: exit 4, one `lease=… slug=… server=… host=…` line per match.
+    env.code(&["release", &alpha_api], 0);
     let (_, err) = env.code(&["status", "--id", "api"], 4);
     assert!(
         err.contains("slug \"api\" matches multiple active leases:"),
         "{err}"
     );
-    for id in [&alpha_api, &beta_api] {
+    for (id, slug) in [(&beta_api, &beta_slug), (&gamma_api, &gamma_slug)] {
         assert!(
-            err.contains(&format!("  lease={id} slug=api server=")),
+            err.contains(&format!("  lease={id} slug={slug} server=")),
             "{err}"
         );
     }
-    // Narrowed by --pond, or named by its lease ID.
-    let (out, _) = env.code(&["status", "api", "--pond", "alpha"], 0);
-    assert!(out.starts_with(&alpha_api), "{out}");
     let (out, _) = env.code(&["status", &beta_api], 0);
     assert!(out.contains(" pond=beta "), "{out}");
     // A canonical ID is an identity, never a slug (run.go:3750-3758); unknown → 4.

@@ -631,7 +631,7 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
         .map(|l| (l.id.clone(), l.clone()))
         .collect();
     let finalize = |labels: &labels::Labels, m: &crabbox_spec::desired::DesiredMember| {
-        let mut l = member_labels::for_update(labels, m);
+        let mut l = member_labels::for_update(labels, m, s.options.now);
         l.insert(labels::STATE.into(), state::READY.into());
         l.insert(labels::POND_SETUP.into(), SpecHashes::of(m).setup);
         l.remove(labels::FAILURE);
@@ -648,7 +648,8 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
                 let lease = leases
                     .get_mut(&old.unwrap_or_default())
                     .expect("adopted lease exists");
-                lease.labels = crabbox_plan::adopt::labels(&lease.labels, m, c.rerun_setup);
+                lease.labels =
+                    crabbox_plan::adopt::labels(&lease.labels, m, c.rerun_setup, s.options.now);
                 if c.rerun_setup {
                     lease.labels = finalize(&lease.labels, m);
                 }
@@ -658,7 +659,7 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
                     .get_mut(&old.unwrap_or_default())
                     .expect("updated lease exists");
                 if c.relabel {
-                    lease.labels = member_labels::for_update(&lease.labels, m);
+                    lease.labels = member_labels::for_update(&lease.labels, m, s.options.now);
                 }
                 if c.rerun_setup {
                     lease.labels = finalize(&lease.labels, m);

@@ -77,7 +77,7 @@ pub fn plan_with_outputs(
         // rendered.
         return Ok(p);
     }
-    let projected: Vec<Lease> = projected_leases(&p);
+    let projected: Vec<Lease> = projected_leases(&p, crabbox_core::labels::now_secs());
     let reg = registry.clone();
     let peers = peers_from_leases(&desired.name, &projected, |n| reg.features(n));
     let dir = outputs_dir(desired);
@@ -100,19 +100,19 @@ pub fn plan_with_outputs(
 }
 
 /// The leases that will exist after the plan, with placeholders for new ones.
-fn projected_leases(p: &Plan) -> Vec<Lease> {
+fn projected_leases(p: &Plan, now: u64) -> Vec<Lease> {
     let mut out = Vec::new();
     for c in &p.changes {
         match (c.action, &c.lease, &c.desired) {
             (Action::Delete, _, _) => {}
             (Action::NoOp | Action::Update, Some(lease), Some(m)) => {
                 let mut lease = lease.clone();
-                lease.labels = crabbox_spec::member_labels::for_update(&lease.labels, m);
+                lease.labels = crabbox_spec::member_labels::for_update(&lease.labels, m, now);
                 out.push(lease);
             }
             (Action::Adopt, Some(lease), Some(m)) => {
                 let mut lease = lease.clone();
-                lease.labels = crabbox_plan::adopt::labels(&lease.labels, m, c.rerun_setup);
+                lease.labels = crabbox_plan::adopt::labels(&lease.labels, m, c.rerun_setup, now);
                 out.push(lease);
             }
             // A lease not in the spec that stays (`keep=true`) is still a peer.

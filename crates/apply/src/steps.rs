@@ -190,7 +190,7 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
             let m = ctx.member(&slug)?;
             let lease = ctx.lease(&slug)?;
             guard(ctx, &lease)?;
-            let labels = crabbox_spec::member_labels::for_update(&lease.labels, m);
+            let labels = crabbox_spec::member_labels::for_update(&lease.labels, m, now_secs());
             let provider = ctx.provider(lease.provider)?;
             with_retries(|| provider.relabel(&lease, &labels)).await?;
             update_claim(
@@ -211,7 +211,7 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
             let m = ctx.member(&slug)?;
             let lease = ctx.lease(&slug)?;
             guard(ctx, &lease)?;
-            let labels = crabbox_plan::adopt::labels(&lease.labels, m, *rerun);
+            let labels = crabbox_plan::adopt::labels(&lease.labels, m, *rerun, now_secs());
             let provider = ctx.provider(lease.provider)?;
             with_retries(|| provider.relabel(&lease, &labels)).await?;
             let lease = Lease { labels, ..lease };
@@ -255,7 +255,7 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
         StepKind::Finalize => {
             let m = ctx.member(&slug)?;
             let lease = ctx.lease(&slug)?;
-            let mut labels = crabbox_spec::member_labels::for_update(&lease.labels, m);
+            let mut labels = crabbox_spec::member_labels::for_update(&lease.labels, m, now_secs());
             labels.insert(labels::STATE.into(), state::READY.into());
             labels.insert(labels::POND_SETUP.into(), SpecHashes::of(m).setup);
             labels.remove(labels::FAILURE);

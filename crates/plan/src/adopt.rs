@@ -15,9 +15,9 @@ use crabbox_spec::member_labels::{self, SpecHashes};
 /// whoever made it), or `pending` when setup runs again (`--rerun-setup`),
 /// so that a failed re-run is seen by the next plan.
 #[must_use]
-pub fn labels(current: &Labels, m: &DesiredMember, rerun_setup: bool) -> Labels {
+pub fn labels(current: &Labels, m: &DesiredMember, rerun_setup: bool, now: u64) -> Labels {
     let hashes = SpecHashes::of(m);
-    let mut l = member_labels::for_update(current, m);
+    let mut l = member_labels::for_update(current, m, now);
     // What the lease does not show (see `misfits`) is recorded as the spec says.
     if let Some(class) = m.class
         && labels::known(current.get(labels::CLASS).map(String::as_str)).is_none()

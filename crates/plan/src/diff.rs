@@ -596,7 +596,7 @@ fn adoption(
             misfits,
         });
     }
-    let after = adopt::labels(&lease.labels, m, options.rerun_setup);
+    let after = adopt::labels(&lease.labels, m, options.rerun_setup, options.now);
     let attributes = after
         .iter()
         .filter(|(k, v)| lease.labels.get(*k) != Some(*v))

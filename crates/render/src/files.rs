@@ -13,6 +13,8 @@ use handlebars::{
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use crabbox_core::labels;
+
 use crate::bridge::BridgePeer;
 use crate::peers::{Peer, peer_env};
 
@@ -39,11 +41,35 @@ pub struct OutputFile {
 /// Never: peers always serialize.
 #[must_use]
 pub fn peers_json(peers: &[Peer]) -> String {
+    document(peers.iter().map(|p| p.crabbox.clone()).collect())
+}
+
+/// The `peers.json` output file: [`peers_json`] without the labels every
+/// touch rewrites (`last_touched_at`, `expires_at`). The file describes who
+/// the members are and how to reach them; with those two labels in it,
+/// every apply would rewrite it (and `plan` would never be clean) although
+/// nothing a member reads had changed. `pond peers --json` shows them.
+#[must_use]
+pub fn peers_file(peers: &[Peer]) -> String {
+    document(
+        peers
+            .iter()
+            .map(|p| {
+                let mut member = p.crabbox.clone();
+                for key in [labels::LAST_TOUCHED_AT, labels::EXPIRES_AT] {
+                    member.labels.remove(key);
+                }
+                member
+            })
+            .collect(),
+    )
+}
+
+fn document(mut members: Vec<BridgePeer>) -> String {
     #[derive(Serialize)]
-    struct Doc<'a> {
-        members: Vec<&'a BridgePeer>,
+    struct Doc {
+        members: Vec<BridgePeer>,
     }
-    let mut members: Vec<&BridgePeer> = peers.iter().map(|p| &p.crabbox).collect();
     // Crabbox's order, by its (possibly empty) slug, then lease ID.
     members.sort_by(|a, b| {
         a.slug
@@ -211,7 +237,7 @@ pub fn output_files(
     let mut files = vec![
         OutputFile {
             name: PEERS_JSON.to_owned(),
-            contents: peers_json(peers),
+            contents: peers_file(peers),
         },
         OutputFile {
             name: HOSTS.to_owned(),
@@ -282,6 +308,29 @@ mod tests {
 
     use super::*;
     use crate::peers::tests::sample;
+
+    #[test]
+    fn the_peers_file_leaves_out_the_labels_every_touch_rewrites() {
+        let mut peers = sample();
+        for (i, p) in peers.iter_mut().enumerate() {
+            p.crabbox
+                .labels
+                .insert("last_touched_at".into(), format!("17000{i}"));
+            p.crabbox
+                .labels
+                .insert("expires_at".into(), format!("18000{i}"));
+            p.crabbox.labels.insert("pond".into(), "demo".into());
+        }
+        let shown: Value = serde_json::from_str(&peers_json(&peers)).expect("json");
+        let file: Value = serde_json::from_str(&peers_file(&peers)).expect("json");
+        assert_eq!(shown["members"][0]["labels"]["expires_at"], "180001");
+        assert_eq!(shown["members"][0]["labels"]["last_touched_at"], "170001");
+        for m in file["members"].as_array().expect("members") {
+            let labels = m["labels"].as_object().expect("labels");
+            assert!(!labels.contains_key("expires_at") && !labels.contains_key("last_touched_at"));
+            assert_eq!(labels["pond"], "demo");
+        }
+    }
 
     #[test]
     fn peers_json_has_crabbox_shape() {

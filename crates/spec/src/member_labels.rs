@@ -8,7 +8,7 @@ use crabbox_core::labels::{
     CLASS, CRABBOX, CREATED_AT, CREATED_BY, EXPIRES_AT, EXPOSED_PORTS, IDLE_TIMEOUT,
     IDLE_TIMEOUT_SECS, KEEP, LAST_TOUCHED_AT, LEASE, Labels, POND, POND_BLOCK, POND_SETUP,
     POND_SPEC, PROFILE, PROVIDER, PROVIDER_KEY, SERVER_TYPE, SETUP_PENDING, SLUG, STATE, TAILSCALE,
-    TARGET, TTL_SECS, encode_ports, now_secs, sanitize, short_hash, state,
+    TARGET, TTL_SECS, encode_ports, sanitize, short_hash, state,
 };
 
 use crate::desired::DesiredMember;
@@ -114,12 +114,12 @@ pub fn for_create(pond: &str, lease_id: &str, m: &DesiredMember, now: u64) -> La
 
 /// The labels an in-place update changes on an existing lease: exposed
 /// ports, keep and the spec hash, then a touch as Crabbox's
-/// (`expiry::touch`: `last_touched_at` now, ttl and idle timeout from the
+/// (`expiry::touch`: `last_touched_at` = `now`, ttl and idle timeout from the
 /// spec, `expires_at` recomputed, `created_at` and every other key kept).
 /// Crabbox's keys a lease of an earlier crabbox version lacks are added as
 /// its create would have written them.
 #[must_use]
-pub fn for_update(current: &Labels, m: &DesiredMember) -> Labels {
+pub fn for_update(current: &Labels, m: &DesiredMember, now: u64) -> Labels {
     let mut l = current.clone();
     if m.expose.is_empty() {
         l.remove(EXPOSED_PORTS);
@@ -140,5 +140,5 @@ pub fn for_update(current: &Labels, m: &DesiredMember) -> Labels {
     }
     let ttl = (!m.ttl.is_zero()).then_some(m.ttl);
     let idle = (!m.idle_timeout.is_zero()).then_some(m.idle_timeout);
-    expiry::touch(&l, now_secs(), ttl, idle)
+    expiry::touch(&l, now, ttl, idle)
 }
