@@ -170,6 +170,7 @@ pub(super) fn peers(args: &PeersArgs) -> ExitCode {
     if let Some(only) = args.provider {
         inv.leases.retain(|l| l.provider == only);
     }
+    let mut published = Vec::new();
     if let Some(port) = args.share_port {
         for lease in &mut inv.leases {
             let Ok(provider) = registry.get(lease.provider) else {
@@ -193,6 +194,7 @@ pub(super) fn peers(args: &PeersArgs) -> ExitCode {
                 Ok(share) => {
                     lease.endpoint.shares.retain(|s| s.port != port);
                     lease.endpoint.url.get_or_insert_with(|| share.url.clone());
+                    published.push((lease.id.clone(), share.clone()));
                     lease.endpoint.shares.push(share);
                 }
                 Err(e) => {
@@ -205,7 +207,13 @@ pub(super) fn peers(args: &PeersArgs) -> ExitCode {
     for w in &inv.warnings {
         anstream::eprintln!("warning: {w}");
     }
-    print_peers(&peers_of(&pond, &inv, &registry), args.json);
+    let mut peers = peers_of(&pond, &inv, &registry);
+    for (lease_id, share) in &published {
+        if let Some(peer) = peers.iter_mut().find(|p| &p.crabbox.lease_id == lease_id) {
+            crabbox_render::bridge::add_published(&mut peer.crabbox, share);
+        }
+    }
+    print_peers(&peers, args.json);
     ExitCode::SUCCESS
 }
 

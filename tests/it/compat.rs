@@ -549,6 +549,30 @@ fn claims_rewritten_by_crabbox_keep_everything_we_need() {
             .is_some_and(|e| e.starts_with("https://shr_")),
         "{peers}"
     );
+    // With --share-port, Crabbox lists the share as a target with Islo's
+    // share ID (pond_bridge.go:75-80, islo/bridge.go:85).
+    let out = crabbox(
+        dir.path(),
+        &env,
+        &[
+            "pond",
+            "peers",
+            "--pond",
+            "mixed",
+            "--share-port",
+            "8080",
+            "--json",
+        ],
+    );
+    let peers: serde_json::Value = serde_json::from_slice(&out.stdout).expect("peers json");
+    let target = &peers["members"][0]["targets"][0];
+    assert_eq!(target["port"], 8080, "{peers}");
+    let share_id = target["shareID"].as_str().expect("a shareID");
+    assert!(share_id.starts_with("shr_"), "{peers}");
+    assert!(
+        target["url"].as_str().is_some_and(|u| u.contains(share_id)),
+        "{peers}"
+    );
 }
 
 /// A corpus document (`tests/compat/…`, see its README for the Crabbox

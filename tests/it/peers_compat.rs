@@ -217,6 +217,7 @@ fn mixed_providers_print_crabboxs_document() {
                     port: 8080,
                     url: "https://app-8080.share.example".to_owned(),
                     expires_at: "2026-12-06T10:00:00Z".to_owned(),
+                    id: "shr_app".to_owned(),
                 }],
             },
         ),

@@ -32,6 +32,11 @@ pub struct Share {
     pub url: String,
     /// RFC 3339 expiry.
     pub expires_at: String,
+    /// The provider's ID of the share (Islo's `share_id`), empty when the
+    /// provider has none or an earlier version did not record it; Crabbox's
+    /// peers document shows it as `shareID`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
 }
 
 /// One live lease.

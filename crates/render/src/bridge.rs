@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crabbox_core::labels::Labels;
-use crabbox_core::lease::Lease;
+use crabbox_core::lease::{Lease, Share};
 use crabbox_core::provider::{Features, ProviderName};
 
 /// Crabbox's transport names (pond_bridge.go:58-64).
@@ -49,6 +49,35 @@ pub struct BridgeTarget {
     /// RFC 3339; [`ZERO_TIME`] when unset.
     #[serde(rename = "expiresAt")]
     pub expires_at: String,
+}
+
+impl BridgeTarget {
+    /// The target a share is published as.
+    #[must_use]
+    pub fn of(share: &Share) -> Self {
+        Self {
+            port: share.port,
+            url: share.url.clone(),
+            share_id: share.id.clone(),
+            expires_at: if share.expires_at.is_empty() {
+                ZERO_TIME.to_owned()
+            } else {
+                share.expires_at.clone()
+            },
+        }
+    }
+}
+
+/// A share `pond peers --share-port` just published: Crabbox appends it to
+/// the member's targets whatever the transport, and makes it the endpoint
+/// when there was none (pond_bridge.go:435-460).
+pub fn add_published(peer: &mut BridgePeer, share: &Share) {
+    if !peer.targets.iter().any(|t| t.url == share.url) {
+        peer.targets.push(BridgeTarget::of(share));
+    }
+    if peer.endpoint.is_empty() {
+        peer.endpoint.clone_from(&share.url);
+    }
 }
 
 /// One member of Crabbox's `{"members": [...]}`; keys, order and
@@ -271,21 +300,7 @@ pub fn bridge_peer(pond: &str, lease: &Lease, ours: Features) -> BridgePeer {
     // primary has no endpoint yet, or as a secondary plane.
     if caps.url_bridge && (!url_primary || peer.endpoint.is_empty()) {
         if ours.url_bridge {
-            peer.targets = lease
-                .endpoint
-                .shares
-                .iter()
-                .map(|s| BridgeTarget {
-                    port: s.port,
-                    url: s.url.clone(),
-                    share_id: String::new(),
-                    expires_at: if s.expires_at.is_empty() {
-                        ZERO_TIME.to_owned()
-                    } else {
-                        s.expires_at.clone()
-                    },
-                })
-                .collect();
+            peer.targets = lease.endpoint.shares.iter().map(BridgeTarget::of).collect();
             if peer.endpoint.is_empty()
                 && let Some(first) = peer.targets.first()
             {
@@ -304,7 +319,7 @@ pub fn bridge_peer(pond: &str, lease: &Lease, ours: Features) -> BridgePeer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crabbox_core::lease::{Endpoint, Share};
+    use crabbox_core::lease::Endpoint;
     use crabbox_core::provider::features_of;
 
     fn lease(provider: ProviderName, endpoint: Endpoint) -> Lease {
@@ -382,6 +397,7 @@ mod tests {
                     port: 80,
                     url: "https://x".to_owned(),
                     expires_at: String::new(),
+                    id: "shr_x".to_owned(),
                 }],
                 ..Endpoint::default()
             },

@@ -33,6 +33,8 @@ pub(super) struct SandboxPage {
 #[derive(Debug, Clone, Deserialize)]
 pub(super) struct ShareRecord {
     #[serde(default)]
+    pub(super) share_id: String,
+    #[serde(default)]
     pub(super) url: String,
     pub(super) port: u32,
     #[serde(default)]
@@ -59,6 +61,7 @@ impl ShareRecord {
             port: u16::try_from(self.port).unwrap_or(0),
             url: self.url.clone(),
             expires_at: self.expires_at.clone().unwrap_or_default(),
+            id: self.share_id.clone(),
         }
     }
 }
