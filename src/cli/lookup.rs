@@ -37,7 +37,7 @@ pub(super) struct MemberRef {
 
 /// A provider name as `--provider` takes it.
 pub(super) fn parse_provider(s: &str) -> Result<ProviderName, String> {
-    ProviderName::from_name(s).ok_or_else(|| {
+    ProviderName::from_cli_name(s).ok_or_else(|| {
         format!(
             "unknown provider `{s}` (one of: {})",
             ProviderName::ALL

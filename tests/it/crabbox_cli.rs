@@ -957,3 +957,15 @@ fn hetzner_leases_resolve_from_the_account_and_a_rejected_token_is_exit_3() {
         );
     }
 }
+
+#[test]
+fn provider_flags_take_crabboxs_aliases() {
+    let env = Env::new();
+    // target.go:300-306: `static` and `static-ssh` are the ssh provider.
+    for alias in ["static", "static-ssh", "ssh"] {
+        let (out, _) = env.code(&["list", "--provider", alias, "--json"], 0);
+        assert_eq!(out.trim(), "[]", "{alias}: {out}");
+    }
+    let (_, err) = env.code(&["list", "--provider", "statik"], 2);
+    assert!(err.contains("unknown provider `statik`"), "{err}");
+}

@@ -89,6 +89,19 @@ impl ProviderName {
     pub fn from_name(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
+
+    /// The provider a command-line `--provider` names: a canonical name or
+    /// one of Crabbox's aliases, `static`/`static-ssh` for `ssh`
+    /// (target.go:300-306) and `blacksmith` for `blacksmith-testbox`
+    /// (provider_backend.go:1233). pond.yaml and claims keep canonical names.
+    #[must_use]
+    pub fn from_cli_name(s: &str) -> Option<Self> {
+        match s {
+            "static" | "static-ssh" => Some(Self::Ssh),
+            "blacksmith" => Some(Self::BlacksmithTestbox),
+            other => Self::from_name(other),
+        }
+    }
 }
 
 impl std::fmt::Display for ProviderName {

@@ -643,7 +643,11 @@ fn load_file(dir: &Path, lease_id: &str) -> std::io::Result<Option<Claim>> {
 }
 
 fn write_file(dir: &Path, claim: &Claim) -> std::io::Result<()> {
-    let text = serde_json::to_string_pretty(claim).map_err(std::io::Error::other)?;
+    // Go's `MarshalIndent(…, "", "  ")` plus the newline Crabbox appends
+    // (claim.go:1199-1203), so a claim written by either tool has the same
+    // layout.
+    let mut text = serde_json::to_string_pretty(claim).map_err(std::io::Error::other)?;
+    text.push('\n');
     atomic_file::write(&file_path(dir, &claim.lease_id), text.as_bytes())
 }
 
@@ -839,6 +843,13 @@ mod tests {
             .insert("tailscaleTags".into(), serde_json::json!(["a"]));
         let written = store.write(&claim).await.expect("write");
         assert_eq!(written.revision.len(), 32);
+        // Crabbox's layout: two-space indent and a final newline (claim.go:1199-1203).
+        let bytes = std::fs::read_to_string(dir.path().join("claims/cbx_0123456789ab.json"))
+            .expect("claim file");
+        assert!(
+            bytes.starts_with("{\n  \"leaseID\": ") && bytes.ends_with("}\n"),
+            "{bytes}"
+        );
         std::fs::write(dir.path().join("claims/cbx_ffffffffffff.json"), "{not json")
             .expect("plant");
         std::fs::write(
