@@ -403,7 +403,7 @@ fn config_paths(var: &impl Fn(&str) -> Option<OsString>, cwd: &Path, macos: bool
             cwd.join(explicit)
         }];
     }
-    let mut paths: Vec<PathBuf> = user_config_dir_from(var, macos)
+    let mut paths: Vec<PathBuf> = crabbox_core::dirs::user_config_dir_from(var, macos)
         .map(|d| d.join("crabbox").join("config.yaml"))
         .into_iter()
         .collect();
@@ -430,53 +430,8 @@ fn lookup<'a>(root: &'a Node, dotted: &str) -> Option<&'a Node> {
 /// `$XDG_CONFIG_HOME`.
 #[must_use]
 pub fn user_config_dir() -> Option<PathBuf> {
-    user_config_dir_from(|name| std::env::var_os(name), cfg!(target_os = "macos"))
-}
-
-/// [`user_config_dir`] with the environment read through `var`.
-fn user_config_dir_from(var: impl Fn(&str) -> Option<OsString>, macos: bool) -> Option<PathBuf> {
-    let var = |name: &str| var(name).filter(|v| !v.is_empty());
-    if !macos && let Some(dir) = var("XDG_CONFIG_HOME") {
-        let dir = PathBuf::from(dir);
-        return dir.is_absolute().then_some(dir);
-    }
-    let home = PathBuf::from(var("HOME")?);
-    Some(if macos {
-        home.join("Library").join("Application Support")
-    } else {
-        home.join(".config")
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dir(vars: &[(&str, &str)], macos: bool) -> Option<PathBuf> {
-        user_config_dir_from(
-            |name| {
-                vars.iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| OsString::from(v))
-            },
-            macos,
-        )
-    }
-
-    #[test]
-    fn the_user_config_dir_is_gos() {
-        let home = ("HOME", "/home/u");
-        assert_eq!(dir(&[home], false), Some(PathBuf::from("/home/u/.config")));
-        assert_eq!(
-            dir(&[home, ("XDG_CONFIG_HOME", "/x")], false),
-            Some(PathBuf::from("/x"))
-        );
-        // Go: "path in $XDG_CONFIG_HOME is relative" is an error.
-        assert_eq!(dir(&[home, ("XDG_CONFIG_HOME", "rel")], false), None);
-        assert_eq!(
-            dir(&[home, ("XDG_CONFIG_HOME", "/x")], true),
-            Some(PathBuf::from("/home/u/Library/Application Support"))
-        );
-        assert_eq!(dir(&[], false), None);
-    }
+    crabbox_core::dirs::user_config_dir_from(
+        |name| std::env::var_os(name),
+        cfg!(target_os = "macos"),
+    )
 }

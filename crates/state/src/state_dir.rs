@@ -23,17 +23,14 @@ fn state_dir_from(var: impl Fn(&str) -> Option<OsString>, macos: bool) -> PathBu
     if let Some(dir) = var("XDG_STATE_HOME") {
         return PathBuf::from(dir).join("crabbox");
     }
-    let home = var("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
-    let config = if macos {
-        home.join("Library").join("Application Support")
-    } else {
-        // Go refuses a relative XDG_CONFIG_HOME (Crabbox then stops); the
-        // default is the one place both tools can still agree on.
-        var("XDG_CONFIG_HOME")
-            .map(PathBuf::from)
-            .filter(|d| d.is_absolute())
-            .unwrap_or_else(|| home.join(".config"))
-    };
+    // Where Go's `os.UserConfigDir` fails (a relative XDG_CONFIG_HOME, no
+    // HOME) Crabbox stops; `~/.config` is the one place both tools can still
+    // agree on.
+    let config = crabbox_core::dirs::user_config_dir_from(var, macos).unwrap_or_else(|| {
+        var("HOME")
+            .map_or_else(|| PathBuf::from("/"), PathBuf::from)
+            .join(".config")
+    });
     config.join("crabbox").join("state")
 }
 
