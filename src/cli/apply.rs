@@ -226,8 +226,7 @@ fn apply_locked(
     };
     if let Some(saved) = saved {
         let changed = saved::differences(&saved.fingerprint, &saved::fingerprint(&inventory));
-        let same_plan =
-            saved.plan.get("member_changes") == json::to_value(&plan).get("member_changes");
+        let same_plan = saved::same_member_changes(&saved.plan, &json::to_value(&plan));
         if !changed.is_empty() || !same_plan {
             anstream::eprintln!(
                 "error: Saved plan is stale\n  The pond was changed by another operation after the plan was created:\n{}\n  help: run `crabbox plan -o FILE` again",

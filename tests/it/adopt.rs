@@ -506,6 +506,9 @@ fn a_saved_plan_carries_the_adoption_and_the_flags_it_was_made_with() {
     assert_eq!(adopting.len(), 1, "{changes:?}");
     assert_eq!(adopting[0]["lease_id"], json!(API));
 
+    // Applied in a later second: the touch times the plan shows differ from
+    // the ones computed now, which must not make the saved plan stale.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let out = w.run(&["apply", planfile.to_str().expect("utf-8")]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");

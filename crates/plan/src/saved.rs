@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::inventory::Inventory;
-use crabbox_core::labels::short_hash;
+use crabbox_core::labels::{self, short_hash};
 use crabbox_spec::desired::DesiredPond;
 
 /// Version of the saved-plan format.
@@ -88,4 +89,68 @@ pub fn differences(
         out.push(format!("lease {id} appeared"));
     }
     out
+}
+
+/// Labels whose planned values follow the clock: a touch sets
+/// `last_touched_at` to "now" and recomputes `expires_at` from it. A saved
+/// plan applied a second later computes other values for them although
+/// nothing changed; the settings they derive from (`ttl`, `idle_timeout`)
+/// are compared as attributes of their own.
+const CLOCK_LABELS: [&str; 2] = [labels::EXPIRES_AT, labels::LAST_TOUCHED_AT];
+
+/// Whether a saved plan's member changes are the ones computed now (both as
+/// `json::to_value` renders them), apart from values that follow the clock.
+#[must_use]
+pub fn same_member_changes(saved: &Value, now: &Value) -> bool {
+    let changes = |plan: &Value| {
+        let mut changes = plan.get("member_changes").cloned();
+        if let Some(c) = &mut changes {
+            drop_clock_attributes(c);
+        }
+        changes
+    };
+    changes(saved) == changes(now)
+}
+
+fn drop_clock_attributes(v: &mut Value) {
+    match v {
+        Value::Array(items) => {
+            items.retain(|item| {
+                !item
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| CLOCK_LABELS.contains(&n))
+            });
+            items.iter_mut().for_each(drop_clock_attributes);
+        }
+        Value::Object(fields) => fields.values_mut().for_each(drop_clock_attributes),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn plan(touched: &str, keep: &str) -> Value {
+        json!({"member_changes": [{"slug": "api", "change": {"attributes": [
+            {"name": "expires_at", "before": "1", "after": touched},
+            {"name": "keep", "before": "true", "after": keep},
+            {"name": "last_touched_at", "before": "1", "after": touched},
+        ]}}]})
+    }
+
+    #[test]
+    fn clock_values_do_not_make_a_saved_plan_stale_other_changes_do() {
+        assert!(same_member_changes(
+            &plan("100", "false"),
+            &plan("101", "false")
+        ));
+        assert!(!same_member_changes(
+            &plan("100", "false"),
+            &plan("100", "true")
+        ));
+        assert!(!same_member_changes(&plan("100", "false"), &json!({})));
+    }
 }
