@@ -9,6 +9,7 @@ mod corpus;
 mod crabbox_cli;
 mod delegated_e2e;
 mod engine_faults;
+mod fake_coordinator;
 mod fake_hetzner;
 mod fake_http;
 mod fake_islo;
