@@ -80,13 +80,28 @@ impl Registry {
     /// command chose.
     #[must_use]
     pub fn from_environment(state_dir: &Path, claims: &ClaimStore) -> Self {
+        Self::with_coordinator(
+            state_dir,
+            claims,
+            crate::coordinator::Settings::from_env().as_ref(),
+        )
+    }
+
+    /// [`Self::from_environment`] with the coordinator's settings given
+    /// (the environment's, or a spec's `broker:`; `None`: direct mode).
+    #[must_use]
+    pub fn with_coordinator(
+        state_dir: &Path,
+        claims: &ClaimStore,
+        coordinator: Option<&crate::coordinator::Settings>,
+    ) -> Self {
         let mut providers = ADAPTERS
             .iter()
             .filter_map(|d| Some((d.name, (d.build)(state_dir, claims)?)))
             .collect();
         // Brokered mode: the coordinator's providers go through it.
-        if let Some(settings) = crate::coordinator::Settings::from_env() {
-            crate::coordinator::brokered(&settings, &mut providers, state_dir, claims);
+        if let Some(settings) = coordinator {
+            crate::coordinator::brokered(settings, &mut providers, state_dir, claims);
         }
         Self { providers }
     }

@@ -47,6 +47,8 @@ use crabbox_core::provider::{ProviderError, ProviderName};
 use crabbox_core::retry::{with_retries, with_retries_within};
 use crabbox_exec::session::{Session, SshSession, SshTargets};
 use crabbox_exec::ssh::SshTarget;
+use crabbox_spec::broker::BrokerChoice;
+use crabbox_spec::desired::DesiredMember;
 use crabbox_spec::providers::HetznerBlock;
 use crabbox_state::claims::{Claim, ClaimStore, claim_state};
 use tokio::task::JoinHandle;
@@ -166,13 +168,47 @@ fn missing_token(url: &str) -> ProviderError {
     }
 }
 
-/// What `pond plan` shows about a member's mode: `brokered (<url>)` when
-/// its provider is served through the coordinator, else `direct`.
+impl Settings {
+    /// The settings a command uses: the environment's, else the first
+    /// coordinator a member of `members` names in `broker:` (its token, else
+    /// `CRABBOX_COORDINATOR_TOKEN`).
+    #[must_use]
+    pub fn for_members<'a>(members: impl IntoIterator<Item = &'a DesiredMember>) -> Option<Self> {
+        if let Some(env) = Self::from_env() {
+            return Some(env);
+        }
+        let (url, token) = members.into_iter().find_map(|m| match &m.broker {
+            BrokerChoice::Coordinator { url, token } => Some((url.clone(), token.clone())),
+            _ => None,
+        })?;
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        Some(Self {
+            url,
+            token: token.or_else(|| var(TOKEN_ENV)),
+            owner: var("CRABBOX_OWNER"),
+            org: var("CRABBOX_ORG"),
+        })
+    }
+}
+
+/// How `member`'s leases are made under `settings` (the command's
+/// coordinator): `brokered (<url>)` or `direct` — what plans show. Never
+/// the token.
 #[must_use]
-pub fn mode_of(provider: ProviderName, settings: Option<&Settings>) -> String {
-    match settings {
-        Some(s) if BROKERED.contains(&provider) => format!("brokered ({})", s.url),
-        _ => "direct".to_owned(),
+pub fn mode_of(member: &DesiredMember, settings: Option<&Settings>) -> String {
+    if !BROKERED.contains(&member.provider) {
+        return "direct".to_owned();
+    }
+    match (&member.broker, settings) {
+        (BrokerChoice::Direct, _) => "direct".to_owned(),
+        (BrokerChoice::Coordinator { url, .. }, _) => format!("brokered ({url})"),
+        (BrokerChoice::Environment, Some(s)) => format!("brokered ({})", s.url),
+        (BrokerChoice::Environment, None) => "direct".to_owned(),
     }
 }
 
@@ -776,6 +812,31 @@ impl Provider for CoordinatorProvider {
                 "`{}` is not a crabbox lease ID (cbx_ + 12 hex)",
                 request.lease_id
             )));
+        }
+        match (&request.member.broker, &self.direct) {
+            (BrokerChoice::Direct, Some(direct)) => return direct.create(request).await,
+            (BrokerChoice::Direct, None) => {
+                return Err(ProviderError::Credentials {
+                    message: format!(
+                        "member `{}` says `broker: false`, but `{}` has no direct credentials here",
+                        request.member.slug, self.name
+                    ),
+                    hint: format!(
+                        "set the direct credentials of `{}` (e.g. HCLOUD_TOKEN), or remove `broker: false` to lease through the coordinator",
+                        self.name
+                    ),
+                });
+            }
+            (BrokerChoice::Coordinator { url, .. }, _) if *url != self.settings.url => {
+                return Err(ProviderError::Config {
+                    message: format!(
+                        "member `{}` names the coordinator {url}, but this run leases through {}",
+                        request.member.slug, self.settings.url
+                    ),
+                    hint: "one coordinator per run: name the same `broker.url` on every member (or put it in `defaults`), and unset CRABBOX_COORDINATOR if it names another".to_owned(),
+                });
+            }
+            _ => {}
         }
         let client = self.client()?;
         let attempt = self.record_attempt(&request.lease_id).await?;
