@@ -57,7 +57,8 @@ Environment:
   CRABBOX_STATE_URL           postgres://… keeps claims and pond locks in PostgreSQL, shared
                               by every CI runner (wins over the spec's `state:`)";
 
-const ENVIRONMENT_TAIL: &str = "  CRABBOX_COORDINATOR         a Crabbox coordinator's URL: hetzner (aws, azure, gcp, daytona)
+const ENVIRONMENT_TAIL: &str =
+    "  CRABBOX_COORDINATOR         a Crabbox coordinator's URL: hetzner (aws, azure, gcp, daytona)
                               leases go through it (brokered mode)
   CRABBOX_COORDINATOR_TOKEN   its bearer token (a CI secret; never on the command line)
   CRABBOX_OWNER, CRABBOX_ORG  sent to the coordinator as X-Crabbox-Owner / X-Crabbox-Org
