@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area.
 
 mod adopt;
+mod brokered;
 mod cli;
 mod closed_stdout;
 mod compat;

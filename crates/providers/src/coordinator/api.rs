@@ -118,7 +118,8 @@ pub struct Whoami {
 }
 
 /// The create request (`POST /v1/leases`), as Crabbox's `createLease`
-/// sends it (coordinator.go:938-980): ports as strings.
+/// sends it (coordinator.go:938-980): ports as strings; a setting left
+/// open is left out, so the coordinator's own default applies.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateBody {
@@ -137,14 +138,18 @@ pub struct CreateBody {
     /// `hetzner`, …
     pub provider: String,
     /// Size class (empty: the coordinator's default).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub class: String,
     /// Exact type (empty: from the class).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub server_type: String,
     /// Whether `server_type` was chosen.
     pub server_type_explicit: bool,
     /// Location.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub location: String,
     /// Image.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub image: String,
     /// `linux`.
     pub target: String,
@@ -156,7 +161,8 @@ pub struct CreateBody {
     pub ssh_fallback_ports: Vec<String>,
     /// The lease key's public half (its private half never leaves here).
     pub ssh_public_key: String,
-    /// Work root.
+    /// Work root (empty: the coordinator's).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub work_root: String,
     /// Lifetime.
     pub ttl_seconds: u64,

@@ -631,7 +631,8 @@ impl CoordinatorProvider {
             ssh_port: block.ssh_port.unwrap_or(DEFAULT_SSH_PORT).to_string(),
             ssh_fallback_ports: DEFAULT_FALLBACK_PORTS.iter().map(u16::to_string).collect(),
             ssh_public_key: public_key,
-            work_root: DEFAULT_WORK_ROOT.to_owned(),
+            // The coordinator's: it knows the machines it makes.
+            work_root: String::new(),
             ttl_seconds: m.ttl.as_secs(),
             idle_timeout_seconds: m.idle_timeout.as_secs(),
             keep: m.keep,

@@ -1,0 +1,372 @@
+//! Brokered mode end to end: a pond whose `hetzner` members are leased
+//! through a Crabbox coordinator (the coordinator fake, with the Hetzner
+//! fake behind it and the test sshd as the machines) beside a direct
+//! `local` member — apply, a clean re-plan, `run`, peers, destroy — and the
+//! token nowhere but in the environment.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+use crate::fake_coordinator::{self, CoordinatorConfig, FakeCoordinator};
+use crate::fake_hetzner::{self, FakeConfig, FakeHetzner};
+use crate::sshd::{TestSshd, free_port};
+
+/// A token no output may contain.
+const TOKEN: &str = "brokered-test-token-7f3a9c";
+
+struct World {
+    dir: tempfile::TempDir,
+    sshd: TestSshd,
+    hetzner: FakeHetzner,
+    coordinator: FakeCoordinator,
+    /// Serves both fakes while the test runs.
+    _rt: tokio::runtime::Runtime,
+}
+
+impl World {
+    /// The fakes: the coordinator reports the test sshd as every lease's
+    /// machine, on a closed port first and the sshd's as the fallback.
+    fn start() -> Self {
+        let sshd = TestSshd::start();
+        let dir = tempfile::tempdir().expect("tempdir");
+        for d in ["home", "work", "remote", "state"] {
+            std::fs::create_dir_all(dir.path().join(d)).expect("dirs");
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let hetzner = rt.block_on(fake_hetzner::start(FakeConfig {
+            authorized_keys: Some(sshd.authorized_keys.clone()),
+            ..FakeConfig::default()
+        }));
+        let host_key = std::fs::read_to_string(sshd.dir().join("host_key.pub")).expect("host key");
+        let coordinator = rt.block_on(fake_coordinator::start(CoordinatorConfig {
+            token: TOKEN.to_owned(),
+            hetzner_url: hetzner.base_url.clone(),
+            ssh_user: sshd.user.clone(),
+            ssh_port: free_port(),
+            ssh_fallback_ports: vec![sshd.port],
+            ssh_host_key: host_key.trim().to_owned(),
+            work_root: dir.path().join("remote").display().to_string(),
+            ..CoordinatorConfig::default()
+        }));
+        Self {
+            dir,
+            sshd,
+            hetzner,
+            coordinator,
+            _rt: rt,
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("crabbox").expect("binary");
+        c.env("CRABBOX_STATE_DIR", self.path("state"))
+            .env("HOME", self.path("home"))
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("XDG_STATE_HOME")
+            .env("NO_COLOR", "1")
+            .env_remove("HCLOUD_TOKEN")
+            .env_remove("HETZNER_TOKEN")
+            .env_remove("CRABBOX_COORDINATOR_HEARTBEATS")
+            .env("CRABBOX_COORDINATOR", &self.coordinator.base_url)
+            .env("CRABBOX_COORDINATOR_TOKEN", TOKEN)
+            .current_dir(self.path("work"))
+            .timeout(Duration::from_secs(180));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("runs")
+    }
+
+    /// Live leases of pond `pond` on the coordinator.
+    fn live_leases(&self, pond: &str) -> Vec<Value> {
+        self.coordinator
+            .handle
+            .leases()
+            .into_iter()
+            .filter(|l| {
+                l["pond"] == pond && (l["state"] == "active" || l["state"] == "provisioning")
+            })
+            .collect()
+    }
+
+    fn servers_of(&self, pond: &str) -> Vec<Value> {
+        self.hetzner
+            .handle
+            .servers()
+            .into_iter()
+            .filter(|s| s["labels"]["pond"] == pond)
+            .collect()
+    }
+
+    fn claims(&self) -> Vec<Value> {
+        let Ok(entries) = std::fs::read_dir(self.path("state/claims")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| {
+                serde_json::from_str(&std::fs::read_to_string(e.path()).expect("claim"))
+                    .expect("claim JSON")
+            })
+            .collect()
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Every file under `dir`, read as text where it is text.
+fn texts_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(texts_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, String::from_utf8_lossy(&bytes).into_owned()));
+        }
+    }
+    out
+}
+
+const SPEC: &str = r#"version: 1
+pond: brokered
+defaults:
+  sync: false
+members:
+  - slug: web
+    setup: [ "echo local web up" ]
+  - slug: db
+    provider: hetzner
+    class: standard
+    expose: [5432]
+    setup: [ "echo db on $(hostname) in $PWD" ]
+  - slug: worker
+    provider: hetzner
+    type: cx23
+    depends_on: [db]
+    setup: [ "echo worker sees db at $CRABBOX_POND_DB_HOST" ]
+"#;
+
+#[test]
+fn a_brokered_pond_applies_replans_clean_runs_and_destroys_without_leftovers() {
+    let w = World::start();
+    std::fs::write(w.path("work/pond.yaml"), SPEC).expect("spec");
+    let mut seen = Vec::new();
+
+    // The plan says how each member is leased.
+    let out = w.run(&["plan"]);
+    let plan = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let url = &w.coordinator.base_url;
+    assert!(plan.contains("Lease modes:"), "{plan}");
+    assert!(
+        plan.contains(&format!("db     = brokered ({url})")),
+        "{plan}"
+    );
+    assert!(plan.contains("web    = direct"), "{plan}");
+    seen.push(plan);
+    let out = w.run(&["plan", "--format", "json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(json["lease_modes"]["worker"], format!("brokered ({url})"));
+    assert_eq!(json["lease_modes"]["web"], "direct");
+    seen.push(text(&out.stdout));
+
+    let out = w.run(&["apply", "--auto-approve"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("db | db on"), "setup ran over SSH: {err}");
+    assert!(
+        err.contains("worker | worker sees db at 127.0.0.1"),
+        "{err}"
+    );
+    seen.push(err);
+    seen.push(text(&out.stdout));
+
+    // Two coordinator leases, each a real fake-Hetzner server, provider hetzner.
+    let leases = w.live_leases("brokered");
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    for l in &leases {
+        assert_eq!(l["provider"], "hetzner");
+        assert_eq!(l["state"], "active");
+        assert!(l["id"].as_str().is_some_and(|id| id.starts_with("cbx_")));
+    }
+    assert_eq!(w.servers_of("brokered").len(), 2);
+    // The coordinator got the lease's public key only, and a crash-safe attempt ID.
+    let posts: Vec<_> = w
+        .coordinator
+        .handle
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/leases")
+        .collect();
+    assert_eq!(posts.len(), 2);
+    for p in &posts {
+        let body = &p.body;
+        let key = body["sshPublicKey"].as_str().expect("public key");
+        assert!(key.starts_with("ssh-ed25519 "), "{key}");
+        assert!(!p.raw_body.contains("PRIVATE KEY"), "{}", p.raw_body);
+        let attempt = body["createAttemptID"].as_str().expect("attempt");
+        assert!(
+            attempt.starts_with("cat_") && attempt.len() == 36,
+            "{attempt}"
+        );
+        assert_eq!(body["pond"], "brokered");
+        assert_eq!(body["provider"], "hetzner");
+    }
+    // Our labels live in the claims (the coordinator takes none).
+    let claims = w.claims();
+    let db_claim = claims.iter().find(|c| c["slug"] == "db").expect("db claim");
+    assert_eq!(db_claim["provider"], "hetzner");
+    assert!(
+        db_claim["labels"]["pond_setup"]
+            .as_str()
+            .is_some_and(|s| s != "pending"),
+        "{db_claim}"
+    );
+    // The host key was pinned for the address the leases report.
+    let known = std::fs::read_to_string(w.path("state/ssh/known_hosts")).expect("known_hosts");
+    let host_key = std::fs::read_to_string(w.sshd.dir().join("host_key.pub")).expect("key");
+    let blob = host_key.split_whitespace().nth(1).expect("blob");
+    assert!(
+        known.contains(&format!("[127.0.0.1]:{} ", w.sshd.port)) && known.contains(blob),
+        "{known}"
+    );
+
+    // A clean re-plan.
+    let out = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    seen.push(text(&out.stdout));
+
+    // `run` on a brokered member.
+    let out = w.run(&["run", "--id", "db", "--", "echo hello from $CRABBOX_SLUG"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("hello from"),
+        "{}",
+        text(&out.stdout)
+    );
+    seen.push(text(&out.stdout));
+    seen.push(text(&out.stderr));
+
+    // Peers.
+    let out = w.run(&["peers", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let peers: Value = serde_json::from_slice(&out.stdout).expect("peers JSON");
+    let db = peers["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["slug"] == "db")
+        .expect("db")
+        .clone();
+    assert_eq!(db["provider"], "hetzner");
+    // Crabbox's peers document, as for a direct Hetzner lease: SSH among
+    // the transports, and our labels (from the claim) on the member.
+    assert!(
+        db["transports"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t == "ssh")),
+        "{db}"
+    );
+    assert_eq!(db["labels"]["state"], "ready", "{db}");
+    seen.push(text(&out.stdout));
+
+    // Destroy: no lease, no server, no claim.
+    let out = w.run(&["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    seen.push(text(&out.stderr));
+    assert!(
+        w.live_leases("brokered").is_empty(),
+        "{:?}",
+        w.coordinator.handle.leases()
+    );
+    assert!(
+        w.coordinator
+            .handle
+            .leases()
+            .iter()
+            .all(|l| l.get("cleanupStartedAt").is_none_or(Value::is_null)),
+        "release waited for the cleanup: {:?}",
+        w.coordinator.handle.leases()
+    );
+    assert!(w.servers_of("brokered").is_empty());
+    assert!(w.claims().is_empty(), "{:?}", w.claims());
+
+    // The token is in none of the outputs, plans, claims or files written.
+    for s in &seen {
+        assert!(!s.contains(TOKEN), "the token leaked: {s}");
+    }
+    for (path, content) in texts_under(w.dir.path()) {
+        assert!(
+            !content.contains(TOKEN),
+            "the token is in {}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn whoami_prints_the_identity_and_a_missing_token_is_exit_3() {
+    let w = World::start();
+    let out = w.run(&["whoami"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Crabbox's format (internal/cli/auth.go:484).
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "user=ci@example.test org=crabbox-ci auth=bearer broker={}\n",
+            w.coordinator.base_url
+        )
+    );
+    let out = w.run(&["whoami", "--json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["owner"], "ci@example.test");
+    let out = w
+        .cmd()
+        .env_remove("CRABBOX_COORDINATOR_TOKEN")
+        .arg("whoami")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("CRABBOX_COORDINATOR_TOKEN"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = w
+        .cmd()
+        .env("CRABBOX_COORDINATOR_TOKEN", "wrong")
+        .arg("whoami")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("CRABBOX_COORDINATOR_TOKEN"),
+        "{}",
+        text(&out.stderr)
+    );
+}
