@@ -344,7 +344,8 @@ pub struct CoordinatorHandle {
     /// Matches requests against the after-processing faults: its harness's
     /// queued replies are those faults (see [`Self::hang_after_processing`]).
     probe: Arc<Probe>,
-    hetzner: reqwest::Client,
+    /// Calls the fake Hetzner and the probe.
+    client: reqwest::Client,
 }
 
 #[derive(Debug)]
@@ -407,7 +408,7 @@ pub async fn start(config: CoordinatorConfig) -> FakeCoordinator {
             harness: probe_harness,
             server: probe_server,
         }),
-        hetzner: reqwest::Client::new(),
+        client: reqwest::Client::new(),
     };
     let auth_handle = handle.clone();
     let auth = Arc::new(move |parts: &axum::http::request::Parts| {
@@ -622,7 +623,7 @@ impl CoordinatorHandle {
             return None;
         }
         let answer = self
-            .hetzner
+            .client
             .request(method.clone(), format!("{}{path}", self.probe.server.url))
             .send()
             .await
@@ -777,7 +778,7 @@ impl CoordinatorHandle {
     ) -> Result<Value, String> {
         let (base, token) = self.hetzner_base();
         let mut request = self
-            .hetzner
+            .client
             .request(method.clone(), format!("{base}{path}"))
             .bearer_auth(token);
         if let Some(body) = body {
@@ -2963,5 +2964,105 @@ mod tests {
         assert_eq!(status, 200);
         assert_eq!(handle.leases().len(), 2);
         assert_eq!(w.hetzner.handle.servers().len(), 2, "no duplicate servers");
+    }
+
+    /// `ssh` into the test sshd as `user` with `key`, trusting only
+    /// `host_key`; says whether `echo` ran.
+    fn ssh_in(dir: &std::path::Path, key: &std::path::Path, lease: &Value, host_key: &str) -> bool {
+        let known = dir.join("known_hosts");
+        let host = lease["host"].as_str().expect("host");
+        let port = lease["sshPort"].as_str().expect("sshPort");
+        std::fs::write(&known, format!("[{host}]:{port} {host_key}\n")).expect("known_hosts");
+        let out = std::process::Command::new("ssh")
+            .arg("-i")
+            .arg(key)
+            .args([
+                "-p",
+                port,
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .arg(format!(
+                "{}@{host}",
+                lease["sshUser"].as_str().expect("sshUser")
+            ))
+            .arg("echo in")
+            .output()
+            .expect("ssh runs (openssh-client)");
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "in"
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_reached_through_the_test_sshd_with_its_key_and_pinned_host_key() {
+        let sshd = super::super::sshd::TestSshd::start();
+        let hetzner = fake_hetzner::start(FakeConfig {
+            boot_delay: Duration::from_millis(60),
+            authorized_keys: Some(sshd.authorized_keys.clone()),
+            ..FakeConfig::default()
+        })
+        .await;
+        let host_key =
+            std::fs::read_to_string(sshd.dir().join("host_key.pub")).expect("sshd host key");
+        let coordinator = start(CoordinatorConfig {
+            hetzner_url: hetzner.base_url.clone(),
+            ssh_user: sshd.user.clone(),
+            ssh_port: sshd.port,
+            ssh_fallback_ports: Vec::new(),
+            ssh_host_key: host_key.trim().to_owned(),
+            ..CoordinatorConfig::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("lease_key");
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "lease", "-f"])
+            .arg(&key)
+            .output()
+            .expect("ssh-keygen");
+        assert!(out.status.success());
+        let public = std::fs::read_to_string(key.with_extension("pub")).expect("pub");
+        let (lease_id, attempt) = ids();
+        let planned = json!({
+            "host": "127.0.0.1",
+            "sshPort": sshd.port.to_string(),
+            "sshUser": sshd.user,
+        });
+        assert!(
+            !ssh_in(dir.path(), &key, &planned, host_key.trim()),
+            "the key is not authorized before its lease exists"
+        );
+        let answer = reqwest::Client::new()
+            .post(format!("{}/v1/leases", coordinator.base_url))
+            .bearer_auth(TOKEN)
+            .json(&create_body(&lease_id, &attempt, public.trim()))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(answer.status(), 201);
+        let lease = answer.json::<Value>().await.expect("JSON")["lease"].clone();
+        assert_eq!(lease["sshFallbackPorts"], json!([]));
+        let pinned = lease["sshHostKey"].as_str().expect("sshHostKey");
+        assert!(
+            ssh_in(dir.path(), &key, &lease, pinned),
+            "the lease's key gets in, the host key is the one the lease names"
+        );
+        let other = dir.path().join("other_host_key");
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "other", "-f"])
+            .arg(&other)
+            .output()
+            .expect("ssh-keygen");
+        assert!(out.status.success());
+        let wrong = std::fs::read_to_string(other.with_extension("pub")).expect("pub");
+        let wrong = wrong.trim();
+        assert!(
+            !ssh_in(dir.path(), &key, &lease, wrong),
+            "another host key is refused: nothing is trusted on first use"
+        );
     }
 }
