@@ -3065,4 +3065,101 @@ mod tests {
             "another host key is refused: nothing is trusted on first use"
         );
     }
+
+    #[tokio::test]
+    async fn a_provider_failure_is_a_500_with_its_message_and_a_failed_lease() {
+        let w = world(|_| {}).await;
+        w.hetzner
+            .handle
+            .fail_server_type("ccx13", "resource_unavailable");
+        let (lease_id, attempt) = ids();
+        let body = create_body(&lease_id, &attempt, &w.key("lease"));
+        let (status, answer) = w.call(Method::POST, "/v1/leases", Some(&body)).await;
+        assert_eq!(status, 500, "{answer:#}");
+        let message = answer["error"].as_str().expect("a message");
+        assert!(message.contains("resource_unavailable"), "{message}");
+        let lease = w.coordinator.handle.lease(&lease_id).expect("the lease");
+        assert_eq!(lease["state"], "failed");
+        assert_eq!(lease["failureError"], message);
+        assert!(
+            w.hetzner.handle.ssh_keys().is_empty(),
+            "the key made for it is gone"
+        );
+        // The same attempt again: the create is terminal.
+        let (status, again) = w.call(Method::POST, "/v1/leases", Some(&body)).await;
+        assert_eq!(
+            (status, again["error"].as_str()),
+            (409, Some("lease_state_changed"))
+        );
+        // fleet.ts createLease reads the body with `readJson`, whatever the
+        // Content-Type says (only heartbeat and release use `optionalJson`).
+        let (plain_id, plain_attempt) = ids();
+        let plain = w
+            .client
+            .post(format!("{}/v1/leases", w.coordinator.base_url))
+            .bearer_auth(TOKEN)
+            .header("content-type", "text/plain")
+            .body(create_body(&plain_id, &plain_attempt, &w.key("plain")).to_string())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(plain.status(), 500, "the body was read: the same failure");
+        assert_eq!(
+            w.coordinator.handle.lease(&plain_id).expect("lease")["state"],
+            "failed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lease_released_while_it_provisions_loses_the_server_made_for_it() {
+        let w = world(|_| {}).await;
+        w.coordinator
+            .handle
+            .set_provision_delay(Duration::from_millis(500));
+        let (lease_id, attempt) = ids();
+        let body = create_body(&lease_id, &attempt, &w.key("lease"));
+        let post = {
+            let (client, url) = (
+                w.client.clone(),
+                format!("{}/v1/leases", w.coordinator.base_url),
+            );
+            tokio::spawn(async move {
+                let answer = client
+                    .post(url)
+                    .bearer_auth(TOKEN)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("post");
+                (
+                    answer.status().as_u16(),
+                    answer.json::<Value>().await.expect("JSON"),
+                )
+            })
+        };
+        w.wait_for(&lease_id, "created", |l| l["state"] == "provisioning")
+            .await;
+        let (status, released) = w
+            .call(
+                Method::POST,
+                &format!("/v1/leases/{lease_id}/release"),
+                Some(&json!({ "delete": true })),
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(released["lease"]["state"], "released");
+        assert_eq!(released["lease"]["releaseDeletesServer"], true);
+        assert!(
+            released["lease"].get("cleanupStartedAt").is_none(),
+            "no machine yet"
+        );
+        let (status, answer) = post.await.expect("the create ends");
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (409, Some("lease_state_changed"))
+        );
+        assert_eq!(answer["lease"]["state"], "released");
+        assert!(w.hetzner.handle.servers().is_empty());
+        assert!(w.hetzner.handle.ssh_keys().is_empty());
+    }
 }
