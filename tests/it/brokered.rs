@@ -370,3 +370,219 @@ fn whoami_prints_the_identity_and_a_missing_token_is_exit_3() {
         text(&out.stderr)
     );
 }
+
+impl World {
+    /// The binary started in the background with the test's environment.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("crabbox"))
+            .args(args)
+            .env("CRABBOX_STATE_DIR", self.path("state"))
+            .env("HOME", self.path("home"))
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("XDG_STATE_HOME")
+            .env("NO_COLOR", "1")
+            .env_remove("HCLOUD_TOKEN")
+            .env_remove("HETZNER_TOKEN")
+            .env_remove("CRABBOX_COORDINATOR_HEARTBEATS")
+            .env("CRABBOX_COORDINATOR", &self.coordinator.base_url)
+            .env("CRABBOX_COORDINATOR_TOKEN", TOKEN)
+            .current_dir(self.path("work"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn crabbox")
+    }
+
+    /// Waits (at most 60 s) until `done` holds.
+    fn wait_for(&self, what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn posts(&self) -> usize {
+        self.coordinator
+            .handle
+            .requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == "/v1/leases")
+            .count()
+    }
+}
+
+const ONE_MEMBER: &str = r#"version: 1
+pond: crash
+defaults:
+  sync: false
+members:
+  - slug: db
+    provider: hetzner
+    setup: [ "echo db set up" ]
+"#;
+
+#[test]
+fn a_create_killed_before_its_answer_is_adopted_by_the_next_apply() {
+    let w = World::start();
+    std::fs::write(w.path("work/pond.yaml"), ONE_MEMBER).expect("spec");
+    // The coordinator makes the lease, then the answer never comes.
+    w.coordinator
+        .handle
+        .hang_after_processing(crate::fake_http::Route::new("POST", "/v1/leases"), 1);
+    let mut child = w.spawn(&["apply", "--auto-approve"]);
+    w.wait_for("the lease to exist", || w.live_leases("crash").len() == 1);
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let lease_id = w.live_leases("crash")[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // The pending claim was written before the POST, with its attempt ID.
+    let claims = w.claims();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!(claims[0]["leaseID"], lease_id.as_str());
+    assert!(
+        claims[0]["labels"]["crabbox_claim.createAttemptID"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("cat_")),
+        "{:?}",
+        claims[0]
+    );
+    assert_eq!(w.posts(), 1);
+
+    let out = w.run(&["apply", "--auto-approve"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("db | db set up"),
+        "setup ran on the adopted lease: {err}"
+    );
+    assert_eq!(w.posts(), 1, "no second create: {err}");
+    let live = w.live_leases("crash");
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["id"], lease_id.as_str());
+    assert_eq!(w.servers_of("crash").len(), 1);
+    let out = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let out = w.run(&["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(w.live_leases("crash").is_empty());
+}
+
+#[test]
+fn a_create_that_never_reached_the_coordinator_is_cancelled_and_forgotten() {
+    let w = World::start();
+    std::fs::write(w.path("work/pond.yaml"), ONE_MEMBER).expect("spec");
+    w.coordinator
+        .handle
+        .set_route_down("POST", "/v1/leases", true);
+    let mut child = w.spawn(&["apply", "--auto-approve"]);
+    w.wait_for("a refused create", || w.posts() >= 2);
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let claims = w.claims();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    let old = claims[0]["leaseID"].as_str().expect("id").to_owned();
+    let attempt = claims[0]["labels"]["crabbox_claim.createAttemptID"]
+        .as_str()
+        .expect("attempt recorded before the POST")
+        .to_owned();
+    assert!(w.coordinator.handle.lease(&old).is_none());
+    w.coordinator
+        .handle
+        .set_route_down("POST", "/v1/leases", false);
+
+    let out = w.run(&["apply", "--auto-approve"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // The attempt was cancelled (a late arrival would be refused) and its
+    // claim forgotten; the member got a new lease.
+    let cancels: Vec<_> = w
+        .coordinator
+        .handle
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == format!("/v1/leases/{old}/cancel-create"))
+        .collect();
+    assert_eq!(cancels.len(), 1, "{err}");
+    assert_eq!(cancels[0].body["createAttemptID"], attempt.as_str());
+    let claims = w.claims();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_ne!(claims[0]["leaseID"], old.as_str());
+    let live = w.live_leases("crash");
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["id"], claims[0]["leaseID"]);
+    let out = w.run(&["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A member whose setup outlasts its idle timeout.
+const LONG_SETUP: &str = r#"version: 1
+pond: beat
+defaults:
+  sync: false
+members:
+  - slug: db
+    provider: hetzner
+    idle_timeout: 9s
+    setup: [ "sleep 20", "echo still here" ]
+"#;
+
+fn long_setup(heartbeats: bool) -> (World, Output) {
+    let w = World::start();
+    std::fs::write(w.path("work/pond.yaml"), LONG_SETUP).expect("spec");
+    let mut cmd = w.cmd();
+    if !heartbeats {
+        cmd.env(crabbox_providers::coordinator::HEARTBEATS_ENV, "off");
+    }
+    let out = cmd
+        .args(["apply", "--auto-approve"])
+        .output()
+        .expect("apply");
+    (w, out)
+}
+
+#[test]
+fn heartbeats_keep_a_lease_alive_through_a_setup_longer_than_its_idle_timeout() {
+    let (w, out) = long_setup(true);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let live = w.live_leases("beat");
+    assert_eq!(live.len(), 1, "{:?}", w.coordinator.handle.leases());
+    let beats = w
+        .coordinator
+        .handle
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/heartbeat"))
+        .count();
+    assert!(
+        beats >= 4,
+        "a heartbeat every 5 s during 20 s of setup: {beats}"
+    );
+    // Never the websocket.
+    assert!(
+        w.coordinator
+            .handle
+            .requests()
+            .iter()
+            .all(|r| !r.path.starts_with("/v1/control"))
+    );
+    let out = w.run(&["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn without_heartbeats_the_coordinator_expires_the_lease_during_setup() {
+    let (w, _) = long_setup(false);
+    let leases = w.coordinator.handle.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0]["state"], "expired", "{leases:?}");
+    assert!(w.servers_of("beat").is_empty());
+}
