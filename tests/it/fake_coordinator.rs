@@ -1311,6 +1311,8 @@ fn wanted(input: &Value, requested_slug: &str) -> Result<Wanted, String> {
             name
         }
     };
+    // `config.ts` `normalizeExposedPorts`: comma lists allowed, sorted,
+    // distinct, at most 10.
     let mut ports: Vec<u32> = Vec::new();
     for raw in input
         .get("exposedPorts")
@@ -1319,9 +1321,18 @@ fn wanted(input: &Value, requested_slug: &str) -> Result<Wanted, String> {
         .unwrap_or_default()
     {
         let raw = raw.as_str().map_or_else(|| raw.to_string(), str::to_owned);
-        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let parts: Vec<&str> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        if parts.is_empty() {
+            return Err("exposedPorts values must not be empty".to_owned());
+        }
+        for part in parts {
+            let digits = part.bytes().all(|b| b.is_ascii_digit()) && !part.starts_with('0');
             match part.parse::<u32>() {
-                Ok(p) if (1..=65_535).contains(&p) && !part.starts_with('0') => ports.push(p),
+                Ok(p) if digits && (1..=65_535).contains(&p) => ports.push(p),
                 _ => {
                     return Err(format!(
                         "exposedPorts value {part} must be a TCP port in 1..65535"
@@ -1332,6 +1343,9 @@ fn wanted(input: &Value, requested_slug: &str) -> Result<Wanted, String> {
     }
     ports.sort_unstable();
     ports.dedup();
+    if ports.len() > 10 {
+        return Err("exposedPorts accepts at most 10 distinct ports".to_owned());
+    }
     Ok(Wanted {
         provider,
         class,
@@ -2377,6 +2391,16 @@ mod tests {
                 json!({ "provider": "nope" }),
                 500,
                 json!({ "error": "unsupported provider: nope" }),
+            ),
+            (
+                json!({ "exposedPorts": ["8080,+22"] }),
+                500,
+                json!({ "error": "exposedPorts value +22 must be a TCP port in 1..65535" }),
+            ),
+            (
+                json!({ "exposedPorts": [" "] }),
+                500,
+                json!({ "error": "exposedPorts values must not be empty" }),
             ),
         ];
         for (patch, status, expected) in cases {
