@@ -586,3 +586,30 @@ fn without_heartbeats_the_coordinator_expires_the_lease_during_setup() {
     assert_eq!(leases[0]["state"], "expired", "{leases:?}");
     assert!(w.servers_of("beat").is_empty());
 }
+
+#[test]
+fn a_lease_of_another_owner_is_named_not_taken_for_gone() {
+    let w = World::start();
+    std::fs::write(w.path("work/pond.yaml"), ONE_MEMBER).expect("spec");
+    let out = w.run(&["apply", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    w.coordinator
+        .handle
+        .add_token("other-token", "someone@else.test", "crabbox-ci");
+    // With another owner's token the lease is invisible: the plan refuses
+    // and says whose it is, instead of forgetting the claim and creating a
+    // second lease.
+    let out = w
+        .cmd()
+        .env("CRABBOX_COORDINATOR_TOKEN", "other-token")
+        .args(["plan"])
+        .output()
+        .expect("plan");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("owner `ci@example.test`"), "{err}");
+    assert!(err.contains("`someone@else.test`"), "{err}");
+    assert_eq!(w.claims().len(), 1);
+    let out = w.run(&["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

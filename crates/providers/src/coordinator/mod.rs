@@ -70,6 +70,10 @@ pub const BROKERED: [ProviderName; 5] = [
 pub const ATTEMPT_FIELD: &str = "createAttemptID";
 /// Claim field (ours) naming the coordinator that holds the lease.
 pub const COORDINATOR_FIELD: &str = "coordinator";
+/// Claim field (ours): the owner the coordinator recorded for the lease.
+/// A coordinator shows a lease only to its owner, so a claim naming
+/// another owner explains why its lease is not listed.
+pub const OWNER_FIELD: &str = "coordinatorOwner";
 /// Test switch: `off` stops this process from sending heartbeats, so a
 /// test can show that the coordinator expires a lease without them. For
 /// tests only; never set it in real use.
@@ -389,6 +393,26 @@ impl CoordinatorProvider {
             Err(ProviderError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// A claimed lease the coordinator does not list is gone — unless the
+    /// claim names another owner: a coordinator shows each token only its
+    /// owner's leases, so it may well exist. That pond cannot be planned
+    /// with this token (unobserved is not absent); say whose it is.
+    async fn check_same_owner(
+        &self,
+        client: &Client,
+        claim: &Claim,
+        owner: &str,
+    ) -> Result<(), ProviderError> {
+        let me = with_retries(|| async { client.whoami().await.map_err(pe) }).await?;
+        if me.owner.is_empty() || me.owner == owner {
+            return Ok(());
+        }
+        Err(ProviderError::Failed(format!(
+            "lease {} (`{}`) of pond `{}` was made on the coordinator by owner `{owner}`; this token acts as `{}` and cannot see it; run with that owner's CRABBOX_COORDINATOR_TOKEN (or, if the lease is gone, remove its claim)",
+            claim.lease_id, claim.slug, claim.pond, me.owner
+        )))
     }
 
     /// Polls until the lease is `active`.
@@ -726,6 +750,9 @@ impl Provider for CoordinatorProvider {
                 continue;
             };
             if claim.state != claim_state::PENDING {
+                if let Some(owner) = crate::claim_backed::extra_str(claim, OWNER_FIELD) {
+                    self.check_same_owner(&client, claim, owner).await?;
+                }
                 continue;
             }
             // A create whose answer never came: did it land?
@@ -863,6 +890,15 @@ impl Provider for CoordinatorProvider {
             }
         };
         self.remember(&created);
+        if !created.owner.is_empty() {
+            let owner = created.owner.clone();
+            self.claims
+                .update(&request.lease_id, |c| {
+                    c.extra.insert(OWNER_FIELD.to_owned(), owner.clone().into());
+                })
+                .await
+                .map_err(ProviderError::state)?;
+        }
         let finish = async {
             let active = self.wait_active(&client, &request.lease_id).await?;
             self.remember(&active);
