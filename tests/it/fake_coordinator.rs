@@ -27,7 +27,9 @@
 //! Expiry runs on a ticker (the worker's alarm): a live lease whose
 //! `expiresAt` passed gets `cleanupStartedAt`, its server is deleted, then it
 //! is `expired`. Release cleanup waits [`CoordinatorConfig::cleanup_delay`]
-//! before deleting, so a client sees `cleanupStartedAt` for a while.
+//! before deleting, so a client sees `cleanupStartedAt` for a while. A
+//! deletion that fails clears `cleanupStartedAt`, sets `cleanupError` and is
+//! tried again by the ticker after [`CoordinatorConfig::cleanup_retry_delay`].
 //!
 //! Faults are the shared harness's (`fake_http`), plus what only a
 //! coordinator needs: answering nothing (or an error) after a request was
@@ -91,6 +93,9 @@ pub struct CoordinatorConfig {
     pub cleanup_delay: Duration,
     /// Whether leases past `expiresAt` expire (and lose their server).
     pub expire_idle: bool,
+    /// How long after a failed machine deletion it is tried again
+    /// (`fleet.ts` `leaseCleanupRetryDelayMs`: 5 minutes).
+    pub cleanup_retry_delay: Duration,
     /// How long a create stays `provisioning` before its first Hetzner call
     /// (to cancel a create "during" it, or kill a client mid-create).
     pub provision_delay: Duration,
@@ -111,6 +116,7 @@ impl Default for CoordinatorConfig {
             work_root: "/work/crabbox".to_owned(),
             cleanup_delay: Duration::from_millis(300),
             expire_idle: true,
+            cleanup_retry_delay: Duration::from_secs(5 * 60),
             provision_delay: Duration::ZERO,
         }
     }
@@ -188,8 +194,12 @@ struct Lease {
     last_touched_at: SystemTime,
     expires_at: SystemTime,
     cleanup_started_at: Option<SystemTime>,
-    /// Why deleting the machine failed (`cleanupError`).
+    /// Why deleting the machine failed (`cleanupError`), how often it did,
+    /// when last, and when the next try is due.
     cleanup_error: Option<String>,
+    cleanup_attempts: u32,
+    cleanup_failed_at: Option<SystemTime>,
+    cleanup_retry_at: Option<SystemTime>,
     failure_error: Option<String>,
     release_deletes_server: Option<bool>,
     released_at: Option<SystemTime>,
@@ -266,8 +276,17 @@ impl Lease {
                 json!(iso(at + CLEANUP_CLAIM_STALE)),
             );
         }
+        if self.cleanup_attempts > 0 {
+            put("cleanupAttempts", json!(self.cleanup_attempts));
+        }
         if let Some(e) = &self.cleanup_error {
             put("cleanupError", json!(e));
+        }
+        if let Some(at) = self.cleanup_failed_at {
+            put("cleanupFailedAt", json!(iso(at)));
+        }
+        if let Some(at) = self.cleanup_retry_at {
+            put("cleanupRetryAt", json!(iso(at)));
         }
         if let Some(e) = &self.failure_error {
             put("failureError", json!(e));
@@ -579,6 +598,11 @@ impl CoordinatorHandle {
     /// How long a release waits before deleting the server.
     pub fn set_cleanup_delay(&self, delay: Duration) {
         self.lock().config.cleanup_delay = delay;
+    }
+
+    /// How long after a failed machine deletion it is tried again.
+    pub fn set_cleanup_retry_delay(&self, delay: Duration) {
+        self.lock().config.cleanup_retry_delay = delay;
     }
 
     /// How long creates from now on stay `provisioning` before calling
@@ -950,15 +974,16 @@ impl CoordinatorHandle {
         tokio::spawn(async move {
             let delay = handle.lock().config.cleanup_delay;
             tokio::time::sleep(delay).await;
-            handle.finish_cleanup(&id, claim, false).await;
+            handle.finish_cleanup(&id, claim).await;
         });
     }
 
     /// Deletes the machine of a lease whose cleanup was claimed at `claim`,
     /// then records the outcome (`fleet.ts` `expireLeases` /
-    /// `finishLeaseCleanupClaim`): on failure `cleanupError` and the claim
-    /// cleared; else the claim cleared, and an expiring lease `expired`.
-    async fn finish_cleanup(&self, id: &str, claim: SystemTime, expiring: bool) {
+    /// `finishLeaseCleanupClaim`): on failure the claim is cleared and
+    /// `cleanupError` set with a retry due after the retry delay; else the
+    /// claim and any error are cleared, and a lease still live is `expired`.
+    async fn finish_cleanup(&self, id: &str, claim: SystemTime) {
         let Some((server_id, key)) = self.lock().leases.get(id).map(|l| {
             let key = l.key_owned.then(|| l.provider_key.clone());
             (l.server_id, key)
@@ -967,6 +992,7 @@ impl CoordinatorHandle {
         };
         let outcome = self.delete_machine(server_id, key.as_deref()).await;
         let mut inner = self.lock();
+        let retry_delay = inner.config.cleanup_retry_delay;
         let Some(lease) = inner.leases.get_mut(id) else {
             return;
         };
@@ -977,13 +1003,19 @@ impl CoordinatorHandle {
         lease.cleanup_started_at = None;
         lease.updated_at = now;
         match outcome {
-            Err(e) => lease.cleanup_error = Some(e),
+            Err(e) => {
+                lease.cleanup_attempts += 1;
+                lease.cleanup_error = Some(e);
+                lease.cleanup_failed_at = Some(now);
+                lease.cleanup_retry_at = Some(now + retry_delay);
+            }
             Ok(()) => {
+                lease.cleanup_attempts = 0;
                 lease.cleanup_error = None;
-                if expiring && lease.state.live() {
+                lease.cleanup_failed_at = None;
+                lease.cleanup_retry_at = None;
+                if lease.state.live() {
                     lease.state = LeaseState::Expired;
-                }
-                if expiring {
                     lease.ended_at = Some(now);
                 }
                 lease.release_deletes_server = None;
@@ -1597,6 +1629,9 @@ fn new_lease(
         expires_at: now,
         cleanup_started_at: None,
         cleanup_error: None,
+        cleanup_attempts: 0,
+        cleanup_failed_at: None,
+        cleanup_retry_at: None,
         failure_error: None,
         release_deletes_server: None,
         released_at: None,
@@ -1812,7 +1847,7 @@ async fn cancel_create(
     };
     let lease = match cleanup {
         Some(claim) => {
-            handle.finish_cleanup(&lease.id, claim, false).await;
+            handle.finish_cleanup(&lease.id, claim).await;
             handle.lock().leases.get(lease_id).cloned().unwrap_or(lease)
         }
         None => lease,
@@ -1952,19 +1987,21 @@ async fn expiry_ticker(handle: CoordinatorHandle) {
         tokio::time::sleep(EXPIRY_TICK).await;
         let claims: Vec<(String, SystemTime)> = {
             let mut inner = handle.lock();
-            if !inner.config.expire_idle {
-                continue;
-            }
+            let expire = inner.config.expire_idle;
             let now = SystemTime::now();
             let mut claims = Vec::new();
             for lease in inner.leases.values_mut() {
-                if !lease.state.live()
-                    || lease.expires_at > now
-                    || lease.cleanup_started_at.is_some()
+                if lease.cleanup_started_at.is_some()
+                    || lease.cleanup_retry_at.is_some_and(|at| at > now)
                 {
                     continue;
                 }
-                if lease.state == LeaseState::Provisioning && lease.cloud_id.is_empty() {
+                let retry = lease.cleanup_error.is_some();
+                let expired = expire && lease.state.live() && lease.expires_at <= now;
+                if !retry && !expired {
+                    continue;
+                }
+                if expired && lease.state == LeaseState::Provisioning && lease.cloud_id.is_empty() {
                     lease.state = LeaseState::Failed;
                     lease.updated_at = now;
                     lease.ended_at = Some(now);
@@ -1980,7 +2017,7 @@ async fn expiry_ticker(handle: CoordinatorHandle) {
         };
         for (id, claim) in claims {
             let handle = handle.clone();
-            tokio::spawn(async move { handle.finish_cleanup(&id, claim, true).await });
+            tokio::spawn(async move { handle.finish_cleanup(&id, claim).await });
         }
     }
 }
@@ -3185,5 +3222,52 @@ mod tests {
         assert_eq!(answer["lease"]["state"], "released");
         assert!(w.hetzner.handle.servers().is_empty());
         assert!(w.hetzner.handle.ssh_keys().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_cleanup_is_reported_and_tried_again() {
+        let w = world(|_| {}).await;
+        let handle = &w.coordinator.handle;
+        handle.set_cleanup_delay(Duration::ZERO);
+        handle.set_cleanup_retry_delay(Duration::from_millis(300));
+        let (lease_id, attempt) = ids();
+        let (_, created) = w
+            .call(
+                Method::POST,
+                "/v1/leases",
+                Some(&create_body(&lease_id, &attempt, &w.key("lease"))),
+            )
+            .await;
+        let server_id = created["lease"]["serverID"].as_u64().expect("server");
+        w.hetzner
+            .handle
+            .set_route_down("DELETE", "/v1/servers", true);
+        let (status, _) = w
+            .call(
+                Method::POST,
+                &format!("/v1/leases/{lease_id}/release"),
+                Some(&json!({ "delete": true })),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let failed = w
+            .wait_for(&lease_id, "cleanup failed", |l| {
+                l["cleanupError"].is_string()
+            })
+            .await;
+        assert!(failed.get("cleanupStartedAt").is_none());
+        assert!(failed["cleanupAttempts"].as_u64() >= Some(1));
+        assert!(failed["cleanupRetryAt"].is_string());
+        assert!(w.hetzner.handle.server(server_id).is_some());
+        w.hetzner
+            .handle
+            .set_route_down("DELETE", "/v1/servers", false);
+        let done = w
+            .wait_for(&lease_id, "cleaned up on retry", |l| {
+                l.get("cleanupError").is_none() && l.get("cleanupStartedAt").is_none()
+            })
+            .await;
+        assert_eq!(done["state"], "released");
+        assert!(w.hetzner.handle.server(server_id).is_none());
     }
 }
