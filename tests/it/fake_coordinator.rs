@@ -367,6 +367,10 @@ pub struct CoordinatorHandle {
     client: reqwest::Client,
 }
 
+/// A fake of nothing: a server whose harness holds the after-processing
+/// faults as queued replies, so that the harness's own route matching and
+/// counting decide which processed request hangs or fails. It answers 204
+/// when no fault matches.
 #[derive(Debug)]
 struct Probe {
     harness: Harness,
