@@ -613,3 +613,53 @@ fn a_lease_of_another_owner_is_named_not_taken_for_gone() {
     let out = w.run(&["destroy", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_create_is_repeated_identically_on_passing_errors_and_a_500_is_the_coordinators_message() {
+    let w = World::start();
+    std::fs::write(w.path("work/pond.yaml"), ONE_MEMBER).expect("spec");
+    let post = || crate::fake_http::Route::new("POST", "/v1/leases");
+    w.coordinator
+        .handle
+        .fail_next_on(post(), 1, 503, "unavailable");
+    w.coordinator
+        .handle
+        .fail_next_on(post(), 1, 502, "bad_gateway");
+    w.coordinator
+        .handle
+        .fail_next_on(post(), 1, 429, "rate_limited");
+    let out = w.run(&["apply", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let bodies: Vec<Value> = w
+        .coordinator
+        .handle
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/leases")
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(bodies.len(), 4, "{bodies:?}");
+    assert!(
+        bodies.iter().all(|b| *b == bodies[0]),
+        "identical: {bodies:?}"
+    );
+    assert_eq!(w.live_leases("crash").len(), 1);
+    let out = w.run(&["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Bad input: the coordinator's own words, asked once.
+    w.coordinator.handle.clear_requests();
+    w.coordinator
+        .handle
+        .fail_next_on(post(), 1, 500, "invalid serverType: ccx99");
+    let out = w.run(&["apply", "--auto-approve"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("coordinator: invalid serverType: ccx99"),
+        "{err}"
+    );
+    assert_eq!(w.posts(), 1, "{err}");
+    assert!(w.live_leases("crash").is_empty());
+    assert!(w.claims().is_empty(), "{:?}", w.claims());
+}
