@@ -314,13 +314,6 @@ impl CoordinatorProvider {
         }
     }
 
-    /// Polls every `interval` instead of 2 s (tests).
-    #[must_use]
-    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
-        self.poll = interval;
-        self
-    }
-
     fn client(&self) -> Result<Client, ProviderError> {
         self.settings.client()
     }
