@@ -663,3 +663,101 @@ fn a_create_is_repeated_identically_on_passing_errors_and_a_500_is_the_coordinat
     assert!(w.live_leases("crash").is_empty());
     assert!(w.claims().is_empty(), "{:?}", w.claims());
 }
+
+#[test]
+fn the_spec_names_the_coordinator_and_broker_false_leases_directly() {
+    let w = World::start();
+    let spec = format!(
+        r#"version: 1
+pond: mixed
+defaults:
+  sync: false
+  broker: {{ url: "{url}", token: "${{MY_COORDINATOR_TOKEN}}" }}
+  hetzner: {{ ssh_port: {port}, ssh_user: {user} }}
+members:
+  - slug: brokered
+    provider: hetzner
+    setup: [ "echo brokered up" ]
+  - slug: direct
+    provider: hetzner
+    broker: false
+    setup: [ "echo direct up" ]
+"#,
+        url = w.coordinator.base_url,
+        port = w.sshd.port,
+        user = w.sshd.user,
+    );
+    std::fs::write(w.path("work/pond.yaml"), spec).expect("spec");
+    let cmd = || {
+        let mut c = w.cmd();
+        c.env_remove("CRABBOX_COORDINATOR")
+            .env_remove("CRABBOX_COORDINATOR_TOKEN")
+            .env("MY_COORDINATOR_TOKEN", TOKEN)
+            .env("HCLOUD_TOKEN", fake_hetzner::TOKEN)
+            .env("HCLOUD_ENDPOINT", &w.hetzner.base_url);
+        c
+    };
+    let out = cmd().arg("plan").output().expect("plan");
+    let plan = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        plan.contains(&format!("brokered = brokered ({})", w.coordinator.base_url)),
+        "{plan}"
+    );
+    assert!(plan.contains("direct   = direct"), "{plan}");
+    let out = cmd()
+        .args(["apply", "--auto-approve"])
+        .output()
+        .expect("apply");
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("brokered | brokered up") && err.contains("direct | direct up"),
+        "{err}"
+    );
+    // One lease through the coordinator, one server made directly.
+    let live = w.live_leases("mixed");
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["slug"], "brokered");
+    let servers = w.servers_of("mixed");
+    assert_eq!(servers.len(), 2, "{servers:?}");
+    assert!(
+        servers
+            .iter()
+            .any(|s| s["labels"]["slug"] == "direct" && s["labels"]["pond_spec"].is_string()),
+        "the direct member's server carries our labels: {servers:?}"
+    );
+    let out = cmd()
+        .args(["plan", "--detailed-exitcode"])
+        .output()
+        .expect("plan");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = cmd()
+        .args(["destroy", "--auto-approve"])
+        .output()
+        .expect("destroy");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(w.live_leases("mixed").is_empty());
+    assert!(
+        w.servers_of("mixed").is_empty(),
+        "{:?}",
+        w.servers_of("mixed")
+    );
+    assert!(w.claims().is_empty(), "{:?}", w.claims());
+
+    // A token written in the file is refused before anything runs.
+    let literal = std::fs::read_to_string(w.path("work/pond.yaml"))
+        .expect("spec")
+        .replace("${MY_COORDINATOR_TOKEN}", "written-in-the-file");
+    std::fs::write(w.path("work/pond.yaml"), literal).expect("spec");
+    let out = cmd().arg("validate").output().expect("validate");
+    assert!(!out.status.success());
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(all.contains("[literal-secret]"), "{all}");
+}

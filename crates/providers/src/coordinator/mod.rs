@@ -758,7 +758,18 @@ impl Provider for CoordinatorProvider {
             }
         }
         match &self.direct {
-            Some(direct) => leases.extend(direct.list(pond).await?),
+            // The coordinator's machines may live in the same cloud
+            // project: a lease it holds is its, whatever the cloud lists.
+            Some(direct) => {
+                let brokered: BTreeSet<String> = leases.iter().map(|l| l.id.clone()).collect();
+                leases.extend(
+                    direct
+                        .list(pond)
+                        .await?
+                        .into_iter()
+                        .filter(|l| !brokered.contains(&l.id)),
+                );
+            }
             None if !direct_claims.is_empty() => {
                 return Err(ProviderError::Credentials {
                     message: format!(
