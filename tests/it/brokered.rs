@@ -761,3 +761,30 @@ members:
     let all = text(&out.stdout) + &text(&out.stderr);
     assert!(all.contains("[literal-secret]"), "{all}");
 }
+
+#[test]
+fn a_changed_idle_timeout_reaches_the_coordinator_in_place() {
+    let w = World::start();
+    std::fs::write(w.path("work/pond.yaml"), ONE_MEMBER).expect("spec");
+    let out = w.run(&["apply", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = w.live_leases("crash")[0]["id"].clone();
+    std::fs::write(
+        w.path("work/pond.yaml"),
+        ONE_MEMBER.replace(
+            "    provider: hetzner\n",
+            "    provider: hetzner\n    idle_timeout: 45m\n",
+        ),
+    )
+    .expect("spec");
+    let out = w.run(&["apply", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let live = w.live_leases("crash");
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0]["id"], id, "updated in place");
+    assert_eq!(live[0]["idleTimeoutSeconds"], 2700);
+    let out = w.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let out = w.run(&["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -935,11 +935,15 @@ impl Provider for CoordinatorProvider {
             return direct.relabel(lease, labels).await;
         }
         // Our labels live in the claim (the engine writes it); the
-        // coordinator only learns that the lease is in use.
+        // coordinator learns that the lease is in use, and its idle
+        // timeout when the spec changed it (a relabel in place).
         let client = self.client()?;
+        let idle = labels
+            .get(labels::IDLE_TIMEOUT_SECS)
+            .and_then(|v| v.parse::<u64>().ok());
         let touched = with_retries(|| async {
             client
-                .heartbeat(&lease.id, self.name.as_str(), None)
+                .heartbeat(&lease.id, self.name.as_str(), idle)
                 .await
                 .map_err(pe)
         })
