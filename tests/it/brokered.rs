@@ -566,6 +566,15 @@ fn heartbeats_keep_a_lease_alive_through_a_setup_longer_than_its_idle_timeout() 
         beats >= 4,
         "a heartbeat every 5 s during 20 s of setup: {beats}"
     );
+    // A `run` longer than the idle timeout keeps the lease alive too.
+    let out = w.run(&["run", "--id", "db", "--", "sleep 14; echo done"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        w.live_leases("beat").len(),
+        1,
+        "{:?}",
+        w.coordinator.handle.leases()
+    );
     // Never the websocket.
     assert!(
         w.coordinator
