@@ -215,7 +215,7 @@ fn apply_locked(
     pond_lock: &lock::PondLock,
 ) -> ExitCode {
     let state = state_dir();
-    let registry = registry(store);
+    let registry = super::engine::registry_for(store, &loaded.desired);
     let inventory = rt.block_on(observe(&loaded.desired, &registry, &state, store));
     let plan = match plan_with_outputs(&loaded.desired, &inventory, &targets.options(), &registry) {
         Ok(p) => p,
@@ -435,7 +435,10 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
     let Some(store) = store(desired.as_ref()) else {
         return failure();
     };
-    let registry = registry(&store);
+    let registry = match &desired {
+        Some(d) => super::engine::registry_for(&store, d),
+        None => registry(&store),
+    };
     let wanted: Vec<_> = desired
         .iter()
         .flat_map(|d| d.members.iter().map(|m| m.provider))

@@ -136,6 +136,15 @@ pub fn registry(claims: &ClaimStore) -> Registry {
     Registry::from_environment(&state_dir(), claims)
 }
 
+/// [`registry`] for a command that read a spec: a coordinator named in its
+/// `broker:` counts as if `CRABBOX_COORDINATOR` named it (the environment
+/// wins).
+#[must_use]
+pub fn registry_for(claims: &ClaimStore, desired: &DesiredPond) -> Registry {
+    let coordinator = crabbox_providers::coordinator::Settings::for_members(&desired.members);
+    Registry::with_coordinator(&state_dir(), claims, coordinator.as_ref())
+}
+
 /// Asks for approval on a terminal; refuses without one.
 pub fn approved(auto_approve: bool, what: &str) -> bool {
     if auto_approve {

@@ -21,6 +21,7 @@ mod sweep;
 mod validate;
 mod views;
 mod warmup;
+mod whoami;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -56,7 +57,12 @@ Environment:
   CRABBOX_STATE_URL           postgres://… keeps claims and pond locks in PostgreSQL, shared
                               by every CI runner (wins over the spec's `state:`)";
 
-const ENVIRONMENT_TAIL: &str = "  NO_COLOR                    never colour output
+const ENVIRONMENT_TAIL: &str =
+    "  CRABBOX_COORDINATOR         a Crabbox coordinator's URL: hetzner (aws, azure, gcp, daytona)
+                              leases go through it (brokered mode)
+  CRABBOX_COORDINATOR_TOKEN   its bearer token (a CI secret; never on the command line)
+  CRABBOX_OWNER, CRABBOX_ORG  sent to the coordinator as X-Crabbox-Owner / X-Crabbox-Org
+  NO_COLOR                    never colour output
   CI                          plain progress lines instead of live spinners";
 
 /// The text after `--help`'s options: exit codes, then the environment,
@@ -138,6 +144,8 @@ enum Command {
     /// then ./crabbox.yaml and ./.crabbox.yaml) as crabbox reads it.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Who the Crabbox coordinator (CRABBOX_COORDINATOR) takes this process for.
+    Whoami(whoami::WhoamiArgs),
 }
 
 /// The spec file and the variables it is read with; shared by every command
@@ -221,5 +229,6 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Pond(cmd) => pond::run(&cmd),
         Command::State(cmd) => state::run(&cmd),
         Command::Config(cmd) => config::run(&cmd),
+        Command::Whoami(args) => whoami::whoami(&args),
     }
 }

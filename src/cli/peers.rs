@@ -63,7 +63,7 @@ fn pond_inventory(
     } else {
         let loaded = load_spec(spec, pond).ok_or_else(failure)?;
         let store = store(Some(&loaded.desired)).ok_or_else(failure)?;
-        let registry = registry(&store);
+        let registry = super::engine::registry_for(&store, &loaded.desired);
         let inv = rt.block_on(observe(&loaded.desired, &registry, &state_dir(), &store));
         (loaded.desired.name.clone(), inv, registry)
     };
@@ -233,7 +233,7 @@ pub(super) fn render(args: &RenderArgs) -> ExitCode {
     let Some(store) = store(Some(&loaded.desired)) else {
         return failure();
     };
-    let registry = registry(&store);
+    let registry = super::engine::registry_for(&store, &loaded.desired);
     let rt = runtime();
     let inv = rt.block_on(observe(&loaded.desired, &registry, &state_dir(), &store));
     if !fully_observed(&inv) {

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area.
 
 mod adopt;
+mod brokered;
 mod cli;
 mod closed_stdout;
 mod compat;
@@ -9,6 +10,7 @@ mod corpus;
 mod crabbox_cli;
 mod delegated_e2e;
 mod engine_faults;
+mod fake_coordinator;
 mod fake_hetzner;
 mod fake_http;
 mod fake_islo;

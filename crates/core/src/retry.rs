@@ -42,6 +42,41 @@ where
     }
 }
 
+/// [`with_retries`] bounded by time rather than attempts: retryable errors
+/// are retried with the same backoff (`Retry-After` honoured) until `limit`
+/// has passed since the first call. For calls that are safe to repeat
+/// identically and worth waiting for, such as a Crabbox coordinator's
+/// idempotent create, which Crabbox repeats for up to 90 s.
+///
+/// # Errors
+/// The last error.
+pub async fn with_retries_within<T, F, Fut>(limit: Duration, mut f: F) -> Result<T, ProviderError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ProviderError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut attempt: u32 = 0;
+    loop {
+        attempt = attempt.saturating_add(1);
+        match f().await {
+            Err(ProviderError::Retryable {
+                retry_after,
+                message,
+            }) if started.elapsed() < limit => {
+                let backoff = BASE.saturating_mul(1 << (attempt - 1).min(16)).min(CAP);
+                let wait = retry_after
+                    .unwrap_or_else(|| backoff + jitter(backoff))
+                    .min(CAP)
+                    .min(limit.saturating_sub(started.elapsed()));
+                tracing_note(&message, attempt, wait);
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Up to half of `d`, random.
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];

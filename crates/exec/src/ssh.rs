@@ -346,6 +346,72 @@ impl SshTarget {
             .expect_success("removing the work root")
     }
 
+    /// Pins `host_key` (`ssh-ed25519 AAAA…`, as a Crabbox coordinator
+    /// reports a lease's `sshHostKey`) for this target's host and port in
+    /// crabbox's known-hosts file, replacing any key recorded for that
+    /// entry. Called before the first connection: `accept-new` accepts a
+    /// key only for an entry with none recorded, so a pinned host is
+    /// checked strictly from the start (no trust on first use).
+    ///
+    /// # Errors
+    /// A key that is not `<type> <base64>`, or the file cannot be written.
+    pub fn pin_host_key(&self, host_key: &str) -> Result<(), ProviderError> {
+        let mut fields = host_key.split_whitespace();
+        let (Some(kind), Some(blob)) = (fields.next(), fields.next()) else {
+            return Err(ProviderError::Failed(format!(
+                "the host key reported for {} is not `<type> <base64>`: `{host_key}`",
+                self.describe()
+            )));
+        };
+        let valid_blob = blob
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
+        if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-")) || !valid_blob {
+            return Err(ProviderError::Failed(format!(
+                "the host key reported for {} is not an SSH public key: `{host_key}`",
+                self.describe()
+            )));
+        }
+        let entry = if self.port == 22 {
+            self.host.clone()
+        } else {
+            format!("[{}]:{}", self.host, self.port)
+        };
+        let file = self.known_hosts();
+        // Pins of concurrent creates in this process must not lose each other.
+        static PINNING: Mutex<()> = Mutex::new(());
+        let _pinning = PINNING.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(ProviderError::Failed(format!(
+                    "reading {}: {e}",
+                    file.display()
+                )));
+            }
+        };
+        let mut text: String = old
+            .lines()
+            .filter(|line| {
+                line.split_whitespace()
+                    .next()
+                    .is_none_or(|hosts| !hosts.split(',').any(|h| h == entry))
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        text.push_str(&format!("{entry} {kind} {blob}\n"));
+        if let Some(dir) = file.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| ProviderError::Failed(format!("creating {}: {e}", dir.display())))?;
+        }
+        crabbox_fs::atomic_file::write(&file, text.as_bytes())
+            .map_err(|e| ProviderError::Failed(format!("writing {}: {e}", file.display())))
+    }
+
     /// Closes the multiplexed connection.
     pub async fn close(&self) {
         let Ok(mut cmd) = self.ssh() else { return };
@@ -801,6 +867,38 @@ mod tests {
             state_dir: PathBuf::from("/state"),
             lease_id: "cbx_0123456789ab".into(),
         }
+    }
+
+    #[test]
+    fn a_pinned_host_key_replaces_only_its_own_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let t = SshTarget {
+            state_dir: dir.path().to_owned(),
+            ..target()
+        };
+        let file = dir.path().join("ssh/known_hosts");
+        std::fs::create_dir_all(file.parent().expect("dir")).expect("dir");
+        std::fs::write(
+            &file,
+            "[example.test]:2222 ssh-ed25519 OLDKEY\n[example.test]:22 ssh-ed25519 OTHER\nelse.test ssh-rsa AAAA\n",
+        )
+        .expect("seed");
+        t.pin_host_key("ssh-ed25519 NEWKEY root@host").expect("pin");
+        let text = std::fs::read_to_string(&file).expect("read");
+        assert_eq!(
+            text,
+            "[example.test]:22 ssh-ed25519 OTHER\nelse.test ssh-rsa AAAA\n[example.test]:2222 ssh-ed25519 NEWKEY\n"
+        );
+        SshTarget {
+            port: 22,
+            ..t.clone()
+        }
+        .pin_host_key("ssh-ed25519 K22")
+        .expect("pin 22");
+        let text = std::fs::read_to_string(&file).expect("read");
+        assert!(text.ends_with("example.test ssh-ed25519 K22\n"), "{text}");
+        assert!(t.pin_host_key("not a key;rm").is_err());
+        assert!(t.pin_host_key("").is_err());
     }
 
     #[test]

@@ -123,6 +123,9 @@ pub struct HttpClient {
     /// Environment variable holding the token, for hints (`HCLOUD_TOKEN`).
     token_env: &'static str,
     timeout: Duration,
+    /// Headers sent with every request besides auth and `User-Agent`
+    /// (the coordinator's `X-Crabbox-Owner`/`X-Crabbox-Org`).
+    headers: HeaderMap,
 }
 
 impl fmt::Debug for HttpClient {
@@ -162,7 +165,18 @@ impl HttpClient {
             provider,
             token_env,
             timeout: DEFAULT_TIMEOUT,
+            headers: HeaderMap::new(),
         }
+    }
+
+    /// The same client sending `name: value` with every request (a value
+    /// that is not a valid header value is left out).
+    #[must_use]
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
+        if let Ok(value) = reqwest::header::HeaderValue::from_str(value) {
+            self.headers.insert(name, value);
+        }
+        self
     }
 
     /// The same client with another per-request time limit.
@@ -253,6 +267,7 @@ impl HttpClient {
         self.client
             .request(method, format!("{}{path}", self.base_url))
             .bearer_auth(&self.token.0)
+            .headers(self.headers.clone())
             .header(USER_AGENT, user_agent())
             .timeout(self.timeout)
     }
@@ -424,10 +439,33 @@ pub(crate) fn status_error(
 
 /// The provider's code and message from an error body: `{"error": {"code",
 /// "message"}}` (Hetzner's shape, also common elsewhere), `{"code",
-/// "message"}` (Islo's `ErrorResponse`) or `{"detail"}`, else the body
-/// itself, shortened.
+/// "message"}` (Islo's `ErrorResponse`), `{"detail"}`, or the Crabbox
+/// coordinator's `{"error": "text"}` (a code such as `cleanup_in_progress`
+/// when the text is one word, else the message), else the body itself,
+/// shortened.
 pub(crate) fn parse_error_body(body: &[u8]) -> (Option<String>, String) {
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+        if let Some(text) = value.get("error").and_then(serde_json::Value::as_str) {
+            let message = value
+                .get("message")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned);
+            let is_code = !text.is_empty()
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            return if is_code {
+                (
+                    Some(text.to_owned()),
+                    message.unwrap_or_else(|| text.to_owned()),
+                )
+            } else {
+                (
+                    None,
+                    message.map_or_else(|| text.to_owned(), |m| format!("{text}: {m}")),
+                )
+            };
+        }
         let error = value
             .get("error")
             .filter(|e| e.is_object())
@@ -516,6 +554,13 @@ mod tests {
         );
         assert_eq!(code.as_deref(), Some("resource_unavailable"));
         assert_eq!(message, "no capacity");
+        // The Crabbox coordinator's `{"error": "…"}`: a code, or a message.
+        let (code, message) = parse_error_body(br#"{"error":"cleanup_in_progress"}"#);
+        assert_eq!(code.as_deref(), Some("cleanup_in_progress"));
+        assert_eq!(message, "cleanup_in_progress");
+        let (code, message) = parse_error_body(br#"{"error":"invalid serverType: ccx99"}"#);
+        assert_eq!(code, None);
+        assert_eq!(message, "invalid serverType: ccx99");
         let (code, message) = parse_error_body(b"<html>bad gateway</html>");
         assert_eq!(code, None);
         assert_eq!(message, "<html>bad gateway</html>");

@@ -3,6 +3,7 @@
 //! works with [`Lease`]s and [`ProviderError`]s.
 
 pub mod claim_backed;
+pub mod coordinator;
 pub mod hetzner;
 pub mod http;
 pub mod islo;

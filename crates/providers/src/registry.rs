@@ -73,15 +73,36 @@ pub struct Registry {
 
 impl Registry {
     /// Every provider usable here: `local` and `ssh` always; cloud providers
-    /// when their credentials are in the environment (`HCLOUD_TOKEN`…).
+    /// when their credentials are in the environment (`HCLOUD_TOKEN`…);
+    /// with `CRABBOX_COORDINATOR` set, the providers a coordinator serves
+    /// are its brokered adapters (see [`crate::coordinator`]).
     /// Providers that keep leases in claims all use `claims`, the store the
     /// command chose.
     #[must_use]
     pub fn from_environment(state_dir: &Path, claims: &ClaimStore) -> Self {
-        let providers = ADAPTERS
+        Self::with_coordinator(
+            state_dir,
+            claims,
+            crate::coordinator::Settings::from_env().as_ref(),
+        )
+    }
+
+    /// [`Self::from_environment`] with the coordinator's settings given
+    /// (the environment's, or a spec's `broker:`; `None`: direct mode).
+    #[must_use]
+    pub fn with_coordinator(
+        state_dir: &Path,
+        claims: &ClaimStore,
+        coordinator: Option<&crate::coordinator::Settings>,
+    ) -> Self {
+        let mut providers = ADAPTERS
             .iter()
             .filter_map(|d| Some((d.name, (d.build)(state_dir, claims)?)))
             .collect();
+        // Brokered mode: the coordinator's providers go through it.
+        if let Some(settings) = coordinator {
+            crate::coordinator::brokered(settings, &mut providers, state_dir, claims);
+        }
         Self { providers }
     }
 

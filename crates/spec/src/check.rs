@@ -588,6 +588,20 @@ impl Checker<'_> {
             prevent_destroy: lifecycle.prevent_destroy.unwrap_or(false),
             create_before_destroy: lifecycle.create_before_destroy.unwrap_or(false),
             provider_block,
+            broker: match pick!(broker) {
+                None | Some((crate::model::Broker::Enabled(true), _)) => {
+                    crate::broker::BrokerChoice::Environment
+                }
+                Some((crate::model::Broker::Enabled(false), _)) => {
+                    crate::broker::BrokerChoice::Direct
+                }
+                Some((crate::model::Broker::Coordinator(b), _)) => {
+                    crate::broker::BrokerChoice::Coordinator {
+                        url: b.url,
+                        token: b.token.filter(|t| !t.is_empty()),
+                    }
+                }
+            },
         })
     }
 

@@ -118,6 +118,11 @@ pub struct DesiredMember {
     /// The member's own provider block (defaults merged in), as JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_block: Option<serde_json::Value>,
+    /// Brokered or direct (`broker:`). Never serialized: it holds a token,
+    /// and it is not part of the member's hashes (switching modes is not
+    /// drift of an existing lease).
+    #[serde(skip)]
+    pub broker: crate::broker::BrokerChoice,
 }
 
 /// One setup step.
@@ -165,6 +170,7 @@ impl DesiredMember {
             prevent_destroy: false,
             create_before_destroy: false,
             provider_block: None,
+            broker: crate::broker::BrokerChoice::Environment,
         }
     }
 

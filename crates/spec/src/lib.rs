@@ -1,6 +1,7 @@
 //! pond.yaml: the model, loading with positions, interpolation,
 //! normalization, validation and the JSON Schema.
 
+pub mod broker;
 pub mod check;
 pub mod desired;
 pub mod diagnostic;

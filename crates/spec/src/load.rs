@@ -131,6 +131,7 @@ pub fn load_str(
         }
         Ok((mut node, problems)) => {
             diagnostics.extend(problems);
+            crate::broker::literal_tokens(&file, &node, &mut diagnostics);
             interpolate(&file, &mut node, vars, &mut diagnostics);
             let (document, index) = yaml::to_json(&node);
             let schema_problems = schema::check(&document, &index);

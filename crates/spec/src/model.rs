@@ -139,6 +139,13 @@ pub struct MemberSpec {
     /// Guards on how the member may be replaced or destroyed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Lifecycle>,
+    /// Brokered mode: lease through a Crabbox coordinator, `{ url, token }`
+    /// (the token only as `${VAR}`, e.g. `${CRABBOX_COORDINATOR_TOKEN}`), or
+    /// `false` to lease directly even when `CRABBOX_COORDINATOR` is set.
+    /// Applies to the providers a coordinator serves (hetzner, aws, azure,
+    /// gcp, daytona).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<Broker>,
     /// Provider-specific settings; only the block of the member's own
     /// provider may be written on a member.
     #[serde(flatten)]
@@ -416,3 +423,35 @@ pub struct Template {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct EnvName(#[schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))] pub String);
+
+/// `broker:`: `false`, or a coordinator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Broker {
+    /// `false` leases directly; `true` means the coordinator the
+    /// environment names (`CRABBOX_COORDINATOR`).
+    Enabled(bool),
+    /// A coordinator.
+    Coordinator(BrokerSpec),
+}
+
+/// A coordinator to lease through.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSpec {
+    /// Its base URL (`https://…`).
+    pub url: String,
+    /// Its bearer token, only as a `${VAR}` reference (default: the
+    /// `CRABBOX_COORDINATOR_TOKEN` variable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for BrokerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerSpec")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}

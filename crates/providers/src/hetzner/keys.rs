@@ -69,7 +69,7 @@ pub(super) fn write_lease_files(dir: &Path, pond: &str, record: &[u8]) -> Result
 /// directory of mode 0700), replacing what an earlier attempt left. Called
 /// after the endpoint record exists, so a sweep that finds the record
 /// also removes the key.
-pub(super) fn write_lease_key(private: &Path, key: &openssh_ed25519::Key) -> Result<(), String> {
+pub(crate) fn write_lease_key(private: &Path, key: &openssh_ed25519::Key) -> Result<(), String> {
     if let Some(dir) = private.parent() {
         atomic_file::create_private_dir(dir).map_err(|e| e.to_string())?;
     }
@@ -99,13 +99,13 @@ pub(super) fn write_new_private(path: &Path, contents: &[u8]) -> std::io::Result
 
 /// Ed25519 key pairs in OpenSSH's own formats (`PROTOCOL.key`): an
 /// unencrypted `openssh-key-v1` private key and a `ssh-ed25519 …` line.
-pub(super) mod openssh_ed25519 {
+pub(crate) mod openssh_ed25519 {
     use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 
     use crabbox_core::provider::ProviderError;
 
     /// A new key pair's two files.
-    pub(in crate::hetzner) struct Key {
+    pub(crate) struct Key {
         /// `-----BEGIN OPENSSH PRIVATE KEY-----` … (mode 0600 on disk).
         pub private: String,
         /// `ssh-ed25519 AAAA… <comment>` and a newline.
@@ -113,7 +113,7 @@ pub(super) mod openssh_ed25519 {
     }
 
     /// A fresh key pair with `comment`.
-    pub(in crate::hetzner) fn generate(comment: &str) -> Result<Key, ProviderError> {
+    pub(crate) fn generate(comment: &str) -> Result<Key, ProviderError> {
         let mut seed = [0_u8; 32];
         let failed = |what: &str| ProviderError::Failed(format!("generating an SSH key: {what}"));
         getrandom::fill(&mut seed).map_err(|e| failed(&e.to_string()))?;

@@ -55,7 +55,7 @@ use async_trait::async_trait;
 
 mod api;
 mod cloud_init;
-mod keys;
+pub(crate) mod keys;
 
 use crate::registry::Descriptor;
 use api::{PublicNet, Server, ServerEnvelope, ServerList, SshKey, SshKeyEnvelope, SshKeyList};
