@@ -769,6 +769,9 @@ members:
     assert!(!out.status.success());
     let all = text(&out.stdout) + &text(&out.stderr);
     assert!(all.contains("[literal-secret]"), "{all}");
+    // The diagnostic points at the token without copying it into the log.
+    assert!(!all.contains("written-in-the-file"), "{all}");
+    assert!(all.contains("*******************"), "{all}");
 }
 
 #[test]

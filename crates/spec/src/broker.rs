@@ -85,7 +85,8 @@ pub fn literal_tokens(file: &SourceFile, root: &Node, out: &mut Vec<Diagnostic>)
                 token.span,
                 "the coordinator token is written in the file; it must come from the environment",
             )
-            .with_hint("write `token: ${CRABBOX_COORDINATOR_TOKEN}` and set that variable (a CI secret); revoke the token that was written here"),
+            .with_hint("write `token: ${CRABBOX_COORDINATOR_TOKEN}` and set that variable (a CI secret); revoke the token that was written here")
+            .masking_secret(),
         );
     }
 }

@@ -43,6 +43,9 @@ pub struct Diagnostic {
     pub notes: Vec<Note>,
     /// What to do about it.
     pub hint: Option<String>,
+    /// The text at `span` is a secret: the snippet shows `*` in its place,
+    /// so the diagnostic does not copy it into a CI log.
+    pub secret: bool,
 }
 
 impl Diagnostic {
@@ -56,6 +59,7 @@ impl Diagnostic {
             span: Some(span),
             notes: Vec::new(),
             hint: None,
+            secret: false,
         }
     }
 
@@ -66,6 +70,13 @@ impl Diagnostic {
             severity: Severity::Warning,
             ..Self::error(code, span, message)
         }
+    }
+
+    /// Marks the text at the span as a secret, masked in the snippet.
+    #[must_use]
+    pub fn masking_secret(mut self) -> Self {
+        self.secret = true;
+        self
     }
 
     /// Adds a hint line.
@@ -132,7 +143,7 @@ pub fn render_human(file: &SourceFile, diagnostics: &[Diagnostic]) -> String {
             d.message, d.code
         );
         if let Some(span) = d.span {
-            snippet(&mut out, file, span);
+            snippet(&mut out, file, span, d.secret);
         }
         for note in &d.notes {
             let lc = file.line_col(note.span.start);
@@ -141,7 +152,7 @@ pub fn render_human(file: &SourceFile, diagnostics: &[Diagnostic]) -> String {
                 "{BOLD}{}:{}:{}:{BOLD:#} {NOTE}note:{NOTE:#} {}",
                 file.name, lc.line, lc.column, note.message
             );
-            snippet(&mut out, file, note.span);
+            snippet(&mut out, file, note.span, false);
         }
         if let Some(hint) = &d.hint {
             let _ = writeln!(out, "  {NOTE}help:{NOTE:#} {hint}");
@@ -164,10 +175,29 @@ pub fn render_human(file: &SourceFile, diagnostics: &[Diagnostic]) -> String {
 
 /// The line of `span` with carets under it (clipped to that line). A long
 /// line is cut to [`SNIPPET_WIDTH`] characters around the span, marked `…`.
-fn snippet(out: &mut String, file: &SourceFile, span: Span) {
+fn snippet(out: &mut String, file: &SourceFile, span: Span, mask: bool) {
     let start = file.line_col(span.start);
-    let full = file.line_text(start.line);
     let end = file.line_col(span.end.max(span.start));
+    let line = file.line_text(start.line);
+    let full: String = if mask {
+        let last = if end.line == start.line {
+            end.column
+        } else {
+            usize::MAX
+        };
+        line.chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if (start.column - 1..last - 1).contains(&i) {
+                    '*'
+                } else {
+                    c
+                }
+            })
+            .collect()
+    } else {
+        line.to_owned()
+    };
     let line_chars = full.chars().count();
     let width = if end.line == start.line {
         end.column.saturating_sub(start.column).max(1)
