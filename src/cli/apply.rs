@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::SpecArgs;
 use super::engine::{Loaded, TargetArgs, approved, failure, load_spec, registry, runtime, store};
+use super::lease_modes;
 use crabbox_apply::executor::{ExecOptions, StepResult};
 use crabbox_apply::progress::{Mode, Reporter};
 use crabbox_apply::reconcile::{
@@ -277,12 +278,24 @@ fn run_plan(
     for w in &plan.warnings {
         reporter.message("warning", &format!("warning: {w}"));
     }
+    let modes = desired.and_then(lease_modes::of);
     match mode {
-        Mode::Human => anstream::print!("{}", human::render(plan)),
-        Mode::Json => println!(
-            "{}",
-            serde_json::json!({"type": "planned_changes", "plan": json::to_value(plan)})
-        ),
+        Mode::Human => {
+            anstream::print!("{}", human::render(plan));
+            if let Some(modes) = &modes {
+                print!("{}", lease_modes::human(modes));
+            }
+        }
+        Mode::Json => {
+            let mut value = json::to_value(plan);
+            if let Some(modes) = &modes {
+                lease_modes::add_to_json(&mut value, modes);
+            }
+            println!(
+                "{}",
+                serde_json::json!({"type": "planned_changes", "plan": value})
+            );
+        }
     }
     if !plan.has_changes() {
         rt.block_on(sweep_leftovers(

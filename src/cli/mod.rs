@@ -10,6 +10,7 @@ mod engine;
 mod exit;
 mod imperative;
 mod lease_cmds;
+mod lease_modes;
 mod listing;
 mod lookup;
 mod peers;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::engine::{TargetArgs, load_spec, registry_for, runtime, store};
+use super::lease_modes;
 use super::{PlanFormat, SpecArgs};
 use crabbox_apply::reconcile::{observe, plan_with_outputs};
 use crabbox_plan::saved::{self, SavedPlan};
@@ -53,33 +54,27 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
     for w in &plan.warnings {
         anstream::eprintln!("warning: {w}");
     }
-    let modes = lease_modes(&loaded.desired);
+    let modes = lease_modes::of(&loaded.desired);
     match args.format {
         PlanFormat::Human => {
             anstream::print!("{}", human::render(&plan));
             if let Some(modes) = &modes {
-                println!("\nLease modes:");
-                let width = modes.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
-                for (slug, mode) in modes {
-                    println!("  {slug:<width$} = {mode}");
-                }
+                print!("{}", lease_modes::human(modes));
             }
         }
         PlanFormat::Json => {
             let mut value = json::to_value(&plan);
-            if let (Some(modes), Some(object)) = (&modes, value.as_object_mut()) {
-                object.insert(
-                    "lease_modes".to_owned(),
-                    modes
-                        .iter()
-                        .map(|(s, m)| (s.clone(), serde_json::Value::from(m.as_str())))
-                        .collect::<serde_json::Map<_, _>>()
-                        .into(),
-                );
+            if let Some(modes) = &modes {
+                lease_modes::add_to_json(&mut value, modes);
             }
             println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
         }
-        PlanFormat::Markdown => print!("{}", markdown::render(&plan)),
+        PlanFormat::Markdown => {
+            print!("{}", markdown::render(&plan));
+            if let Some(modes) = &modes {
+                print!("{}", lease_modes::markdown(modes));
+            }
+        }
     }
     if let Some(path) = &args.out {
         let saved = SavedPlan {
@@ -111,21 +106,4 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// How each member's leases are made (`brokered (<url>)` or `direct`), when
-/// any member goes through a Crabbox coordinator; `None` otherwise, so plans
-/// of ponds that use none read as before. Never shows the token.
-fn lease_modes(desired: &crabbox_spec::desired::DesiredPond) -> Option<Vec<(String, String)>> {
-    use crabbox_providers::coordinator::{Settings, mode_of};
-    let settings = Settings::for_members(&desired.members);
-    let modes: Vec<(String, String)> = desired
-        .members
-        .iter()
-        .map(|m| (m.slug.clone(), mode_of(m, settings.as_ref())))
-        .collect();
-    modes
-        .iter()
-        .any(|(_, m)| m.starts_with("brokered"))
-        .then_some(modes)
 }

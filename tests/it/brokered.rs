@@ -188,10 +188,22 @@ fn a_brokered_pond_applies_replans_clean_runs_and_destroys_without_leftovers() {
     assert_eq!(json["lease_modes"]["worker"], format!("brokered ({url})"));
     assert_eq!(json["lease_modes"]["web"], "direct");
     seen.push(text(&out.stdout));
+    // The pull-request comment says it too.
+    let out = w.run(&["plan", "--format", "markdown"]);
+    let md = text(&out.stdout);
+    assert!(md.contains("**Lease modes**"), "{md}");
+    assert!(md.contains(&format!("| `db` | brokered ({url}) |")), "{md}");
+    seen.push(md);
 
     let out = w.run(&["apply", "--auto-approve"]);
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
+    // apply shows the modes with the plan it carries out.
+    assert!(
+        text(&out.stdout).contains(&format!("db     = brokered ({url})")),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(err.contains("db | db on"), "setup ran over SSH: {err}");
     assert!(
         err.contains("worker | worker sees db at 127.0.0.1"),
