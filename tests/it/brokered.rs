@@ -357,6 +357,42 @@ fn whoami_prints_the_identity_and_a_missing_token_is_exit_3() {
     let out = w.run(&["whoami", "--json"]);
     let json: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(json["owner"], "ci@example.test");
+    // X-Crabbox-Owner as Crabbox finds it (coordinator.go:2386-2402):
+    // CRABBOX_OWNER, else the git author's e-mail.
+    let owner_sent = |envs: &[(&str, &str)]| {
+        w.coordinator.handle.clear_requests();
+        let mut cmd = w.cmd();
+        cmd.env_remove("CRABBOX_OWNER")
+            .env_remove("GIT_AUTHOR_EMAIL")
+            .env_remove("GIT_COMMITTER_EMAIL");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.arg("whoami").output().expect("runs");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let requests = w.coordinator.handle.requests();
+        let asked = requests
+            .iter()
+            .find(|r| r.path == "/v1/whoami")
+            .expect("asked");
+        asked
+            .headers
+            .iter()
+            .find(|(k, _)| k == "x-crabbox-owner")
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        owner_sent(&[("GIT_AUTHOR_EMAIL", "dev@example.test")]).as_deref(),
+        Some("dev@example.test")
+    );
+    assert_eq!(
+        owner_sent(&[
+            ("GIT_AUTHOR_EMAIL", "dev@example.test"),
+            ("CRABBOX_OWNER", "lead@example.test")
+        ])
+        .as_deref(),
+        Some("lead@example.test")
+    );
     let out = w
         .cmd()
         .env_remove("CRABBOX_COORDINATOR_TOKEN")

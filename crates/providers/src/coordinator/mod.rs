@@ -131,17 +131,11 @@ impl Settings {
     /// `CRABBOX_OWNER`, `CRABBOX_ORG`); `None` without a URL.
     #[must_use]
     pub fn from_env() -> Option<Self> {
-        let var = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
         Some(Self {
-            url: var(URL_ENV)?,
-            token: var(TOKEN_ENV),
-            owner: var("CRABBOX_OWNER"),
-            org: var("CRABBOX_ORG"),
+            url: env_value(URL_ENV)?,
+            token: env_value(TOKEN_ENV),
+            owner: owner(),
+            org: env_value("CRABBOX_ORG"),
         })
     }
 
@@ -161,6 +155,34 @@ impl Settings {
             self.org.as_deref(),
         ))
     }
+}
+
+/// A variable's trimmed value; empty counts as unset.
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Who this process says it is (`X-Crabbox-Owner`), as Crabbox finds it:
+/// `CRABBOX_OWNER`, `GIT_AUTHOR_EMAIL`, `GIT_COMMITTER_EMAIL`, else git's
+/// `user.email` (coordinator.go:2386-2402). A coordinator on a shared token
+/// ignores it; an admin token trusts it.
+fn owner() -> Option<String> {
+    ["CRABBOX_OWNER", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"]
+        .into_iter()
+        .find_map(env_value)
+        .or_else(|| {
+            let out = std::process::Command::new("git")
+                .args(["config", "--get", "user.email"])
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()?;
+            let email = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+            (out.status.success() && !email.is_empty()).then_some(email)
+        })
 }
 
 fn missing_token(url: &str) -> ProviderError {
@@ -185,17 +207,11 @@ impl Settings {
             BrokerChoice::Coordinator { url, token } => Some((url.clone(), token.clone())),
             _ => None,
         })?;
-        let var = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
         Some(Self {
             url,
-            token: token.or_else(|| var(TOKEN_ENV)),
-            owner: var("CRABBOX_OWNER"),
-            org: var("CRABBOX_ORG"),
+            token: token.or_else(|| env_value(TOKEN_ENV)),
+            owner: owner(),
+            org: env_value("CRABBOX_ORG"),
         })
     }
 }
