@@ -70,7 +70,15 @@ impl World {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("crabbox").expect("binary");
+        let mut c = Command::from_std(self.std_cmd());
+        c.timeout(Duration::from_secs(180));
+        c
+    }
+
+    /// The binary with this world's environment, to spawn (a foreground
+    /// `pond connect`).
+    fn std_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_crabbox"));
         c.env("CRABBOX_STATE_DIR", self.path("state"))
             .env("HOME", self.path("home"))
             .env_remove("XDG_CONFIG_HOME")
@@ -81,8 +89,7 @@ impl World {
             .env_remove("CRABBOX_COORDINATOR_HEARTBEATS")
             .env("CRABBOX_COORDINATOR", &self.coordinator.base_url)
             .env("CRABBOX_COORDINATOR_TOKEN", TOKEN)
-            .current_dir(self.path("work"))
-            .timeout(Duration::from_secs(180));
+            .current_dir(self.path("work"));
         c
     }
 
@@ -631,6 +638,54 @@ fn heartbeats_keep_a_lease_alive_through_a_setup_longer_than_its_idle_timeout() 
             .iter()
             .all(|r| !r.path.starts_with("/v1/control"))
     );
+    let out = w.run(&["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+const CONNECT: &str = r#"version: 1
+pond: link
+defaults:
+  sync: false
+members:
+  - slug: db
+    provider: hetzner
+    idle_timeout: 9s
+    expose: [5432]
+"#;
+
+#[test]
+fn a_foreground_pond_connect_keeps_its_leases_alive() {
+    let w = World::start();
+    std::fs::write(w.path("work/pond.yaml"), CONNECT).expect("spec");
+    let out = w.run(&["apply", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    w.coordinator.handle.clear_requests();
+    let mut connect = w
+        .std_cmd()
+        .args(["pond", "connect", "link"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pond connect");
+    // Longer than the idle timeout: only the connection's heartbeats keep
+    // the lease (without them the coordinator expires it, as the test
+    // below shows for a setup step).
+    std::thread::sleep(Duration::from_secs(15));
+    let alive = w.live_leases("link").len();
+    let beats = w
+        .coordinator
+        .handle
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/heartbeat"))
+        .count();
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &connect.id().to_string()])
+        .status();
+    let _ = connect.wait();
+    assert!(beats >= 2, "heartbeats while connected: {beats}");
+    assert_eq!(alive, 1, "{:?}", w.coordinator.handle.leases());
     let out = w.run(&["destroy", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
