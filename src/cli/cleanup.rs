@@ -12,10 +12,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::engine::{registry, runtime, store};
+use super::engine::runtime;
 use super::exit;
 use super::imperative::run_small_plan;
-use super::lookup::{inventories, parse_provider, ponds};
+use super::lookup::{inventories, parse_provider, ponds, store_and_registry};
 use super::views::{display_id, server_name};
 use crabbox_core::labels;
 use crabbox_core::lease::Lease;
@@ -70,15 +70,10 @@ fn should_clean(lease: &Lease, now: u64) -> bool {
 }
 
 pub(super) fn cleanup(args: &CleanupArgs) -> ExitCode {
-    let Some(store) = store(None) else {
-        return exit::code(1);
+    let (store, registry) = match store_and_registry(args.provider) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
-    let registry = registry(&store);
-    if let Some(p) = args.provider
-        && let Err(e) = registry.get(p)
-    {
-        return exit::provider_error("", &e);
-    }
     let rt = runtime();
     let (ponds, errors) = match rt.block_on(ponds(&store, &registry, args.provider)) {
         Ok(found) => found,

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::engine::{registry, runtime, store};
+use super::engine::runtime;
 use super::exit::{self, USAGE};
-use super::lookup::{inventories, parse_provider, ponds};
+use super::lookup::{inventories, parse_provider, ponds, store_and_registry};
 use super::views::Server;
 use crabbox_core::normalize::checked_name;
 use crabbox_core::provider::ProviderName;
@@ -34,15 +34,10 @@ pub(super) struct ListArgs {
 }
 
 pub(super) fn list(args: &ListArgs) -> ExitCode {
-    let Some(store) = store(None) else {
-        return exit::code(1);
+    let (store, registry) = match store_and_registry(args.provider) {
+        Ok(found) => found,
+        Err(code) => return code,
     };
-    let registry = registry(&store);
-    if let Some(p) = args.provider
-        && let Err(e) = registry.get(p)
-    {
-        return exit::provider_error("", &e);
-    }
     if args.all {
         anstream::eprintln!(
             "note: --all: no provider here lists resources crabbox did not make; listing crabbox's leases"

@@ -35,6 +35,24 @@ pub(super) struct MemberRef {
     pub provider: Option<ProviderName>,
 }
 
+/// The claim store and the registry of a command that `--provider` may
+/// narrow to one provider, or its exit code: a named provider that cannot be
+/// used here says why (3 for missing credentials).
+pub(super) fn store_and_registry(
+    only: Option<ProviderName>,
+) -> Result<(ClaimStore, Registry), ExitCode> {
+    let Some(store) = store(None) else {
+        return Err(exit::code(1));
+    };
+    let registry = registry(&store);
+    if let Some(p) = only
+        && let Err(e) = registry.get(p)
+    {
+        return Err(exit::provider_error("", &e));
+    }
+    Ok((store, registry))
+}
+
 /// A provider name as `--provider` takes it.
 pub(super) fn parse_provider(s: &str) -> Result<ProviderName, String> {
     ProviderName::from_cli_name(s).ok_or_else(|| {
