@@ -18,6 +18,7 @@ mod fake_provider;
 mod hetzner;
 mod hetzner_bootstrap;
 mod huge_documents;
+mod install;
 mod islo;
 mod killed;
 mod layers;
