@@ -21,7 +21,8 @@ const LAYERS: &[&str] = &[
     "crabbox-exec",
     "crabbox-providers",
     "crabbox-apply",
-    "crabbox",
+    // The root package (binary and library `crabbox`).
+    "crabbox-pond",
 ];
 
 /// Everything `crabbox-core` may use: data, hashing, randomness, timers.
