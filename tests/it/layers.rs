@@ -115,7 +115,7 @@ fn only_the_providers_crate_and_the_binary_name_concrete_providers() {
     let adapters = ["hetzner", "islo", "local", "ssh", "tensorlake"];
     for krate in LAYERS
         .iter()
-        .filter(|c| !["crabbox", "crabbox-providers"].contains(c))
+        .filter(|c| !["crabbox-pond", "crabbox-providers"].contains(c))
     {
         let src = root()
             .join("crates")
