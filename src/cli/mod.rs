@@ -8,6 +8,7 @@ mod cleanup;
 mod config;
 mod engine;
 mod exit;
+mod graph;
 mod imperative;
 mod lease_cmds;
 mod lease_modes;
@@ -147,6 +148,8 @@ enum Command {
     Config(config::ConfigCommand),
     /// Who the Crabbox coordinator (CRABBOX_COORDINATOR) takes this process for.
     Whoami(whoami::WhoamiArgs),
+    /// The pond's members and dependencies from the spec, as Graphviz dot or Mermaid.
+    Graph(graph::GraphArgs),
 }
 
 /// The spec file and the variables it is read with; shared by every command
@@ -231,5 +234,6 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::State(cmd) => state::run(&cmd),
         Command::Config(cmd) => config::run(&cmd),
         Command::Whoami(args) => whoami::whoami(&args),
+        Command::Graph(args) => graph::run(&args),
     }
 }

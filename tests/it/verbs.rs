@@ -1,0 +1,163 @@
+//! The everyday verbs: `graph`, `completions`, `man`, and reading the spec
+//! from stdin.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::process::{Command as StdCommand, Stdio};
+
+use assert_cmd::Command;
+
+use crate::support::root;
+
+fn crabbox() -> Command {
+    let mut cmd = Command::cargo_bin("crabbox").expect("binary built");
+    cmd.current_dir(root()).env_remove("PR_NUMBER");
+    cmd
+}
+
+/// `crabbox graph` of the pr-e2e example in `format`.
+fn graph(format: &str) -> String {
+    let out = crabbox()
+        .args([
+            "graph",
+            "-f",
+            "examples/pr-e2e/pond.yaml",
+            "--var",
+            "PR_NUMBER=7",
+            "--format",
+            format,
+        ])
+        .output()
+        .expect("crabbox runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn graph_dot_is_drawn_by_graphviz() {
+    let dot = graph("dot");
+    assert!(
+        dot.contains(r#""db" [label="db (hetzner)\nports 5432"];"#),
+        "{dot}"
+    );
+    assert!(
+        dot.contains(r#""api" -> "seed" [label="completed"];"#),
+        "{dot}"
+    );
+    // Never skipped: scripts/test installs graphviz.
+    let mut child = StdCommand::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("Graphviz's `dot` is installed (apt-get install graphviz, or run scripts/test)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(dot.as_bytes())
+        .expect("write dot");
+    let out = child.wait_with_output().expect("dot finishes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.is_empty(),
+        "dot rejected:\n{dot}\n{stderr}"
+    );
+    let svg = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        svg.contains("<svg") && svg.contains("db (hetzner)"),
+        "{svg}"
+    );
+}
+
+fn is_mermaid_id(s: &str) -> bool {
+    s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Mermaid flowchart grammar, the subset the graph uses: a `flowchart LR`
+/// header, node lines `ID["label"]` (no `"` inside) and edge lines
+/// `ID -->|label| ID` or `ID -.->|label| ID` between declared nodes.
+fn check_mermaid(text: &str) -> Result<(usize, usize), String> {
+    let mut lines = text.lines();
+    if lines.next() != Some("flowchart LR") {
+        return Err("first line is not `flowchart LR`".into());
+    }
+    let mut nodes = BTreeSet::new();
+    let mut edges = 0;
+    for line in lines {
+        let l = line
+            .strip_prefix("  ")
+            .ok_or_else(|| format!("not indented: {line}"))?;
+        if let Some((id, rest)) = l.split_once("[\"") {
+            let label = rest
+                .strip_suffix("\"]")
+                .ok_or_else(|| format!("node not closed: {line}"))?;
+            if !is_mermaid_id(id) || label.contains('"') || label.is_empty() {
+                return Err(format!("bad node: {line}"));
+            }
+            nodes.insert(id.to_owned());
+            continue;
+        }
+        let (Some((from, rest)), Some((_, to))) = (l.split_once(' '), l.rsplit_once(' ')) else {
+            return Err(format!("neither node nor edge: {line}"));
+        };
+        let arrow_label = rest
+            .strip_suffix(to)
+            .and_then(|s| s.strip_suffix(' '))
+            .ok_or_else(|| format!("bad edge: {line}"))?;
+        let label = arrow_label
+            .strip_prefix("-->|")
+            .or_else(|| arrow_label.strip_prefix("-.->|"))
+            .and_then(|s| s.strip_suffix('|'))
+            .ok_or_else(|| format!("bad arrow: {line}"))?;
+        if label.is_empty() || label.contains('|') || !nodes.contains(from) || !nodes.contains(to) {
+            return Err(format!("bad edge: {line}"));
+        }
+        edges += 1;
+    }
+    Ok((nodes.len(), edges))
+}
+
+#[test]
+fn graph_mermaid_is_a_well_formed_flowchart() {
+    let mermaid = graph("mermaid");
+    assert_eq!(check_mermaid(&mermaid), Ok((4, 4)), "{mermaid}");
+    assert!(
+        mermaid.contains("m_db[\"db (hetzner)<br/>ports 5432\"]"),
+        "{mermaid}"
+    );
+    assert!(mermaid.contains("m_seed -->|ready| m_db"), "{mermaid}");
+    // The checker itself rejects what Mermaid would.
+    assert!(check_mermaid("graph TD\n").is_err());
+    assert!(check_mermaid("flowchart LR\n  a[\"x\"]\n  a --> b\n").is_err());
+}
+
+#[test]
+fn graph_draws_a_peer_reference_without_depends_on_dashed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("pond.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npond: g\nmembers:\n  - slug: db\n    provider: local\n    expose: [5432]\n  - slug: app\n    provider: local\n    env: { DB: \"{{peers.db.host}}\" }\n",
+    )
+    .expect("write spec");
+    let out = crabbox()
+        .args(["graph", "--format", "mermaid", "-f"])
+        .arg(&spec)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("m_app -.->|peers ref| m_db"), "{text}");
+    assert_eq!(check_mermaid(&text), Ok((2, 1)), "{text}");
+}
