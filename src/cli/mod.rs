@@ -5,6 +5,7 @@
 mod apply;
 mod claims;
 mod cleanup;
+mod completions;
 mod config;
 mod engine;
 mod exit;
@@ -150,6 +151,10 @@ enum Command {
     Whoami(whoami::WhoamiArgs),
     /// The pond's members and dependencies from the spec, as Graphviz dot or Mermaid.
     Graph(graph::GraphArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff): `crabbox man > crabbox.1`.
+    Man,
 }
 
 /// The spec file and the variables it is read with; shared by every command
@@ -235,5 +240,7 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Config(cmd) => config::run(&cmd),
         Command::Whoami(args) => whoami::whoami(&args),
         Command::Graph(args) => graph::run(&args),
+        Command::Completions(args) => completions::completions(&args),
+        Command::Man => completions::man(),
     }
 }

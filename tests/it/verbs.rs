@@ -161,3 +161,46 @@ fn graph_draws_a_peer_reference_without_depends_on_dashed() {
     assert!(text.contains("m_app -.->|peers ref| m_db"), "{text}");
     assert_eq!(check_mermaid(&text), Ok((2, 1)), "{text}");
 }
+
+#[test]
+fn bash_completions_know_the_commands_and_their_flags() {
+    let out = crabbox()
+        .args(["completions", "bash"])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("complete -F"), "{script}");
+    assert!(
+        script.contains("apply") && script.contains("--detailed-exitcode"),
+        "{script}"
+    );
+    let out = crabbox()
+        .args(["completions", "zsh"])
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("#compdef crabbox"));
+}
+
+#[test]
+fn man_prints_a_roff_page() {
+    let out = crabbox().arg("man").output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = String::from_utf8_lossy(&out.stdout);
+    // clap_mangen writes two lines defining the apostrophe string, then the
+    // title: `.TH` comes before any section.
+    let title = page.find("\n.TH crabbox 1 ").expect("a .TH title line");
+    assert!(
+        title < page.find(".SH NAME").expect("a NAME section"),
+        "{page}"
+    );
+    assert!(page.contains("apply"), "{page}");
+}
