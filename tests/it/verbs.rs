@@ -204,3 +204,70 @@ fn man_prints_a_roff_page() {
     );
     assert!(page.contains("apply"), "{page}");
 }
+
+/// `crabbox ARGS -f -` with `spec` on stdin.
+fn with_stdin_spec(args: &[&str], spec: &str) -> std::process::Output {
+    let state = tempfile::tempdir().expect("state dir");
+    crabbox()
+        .args(args)
+        .args(["-f", "-"])
+        .env("CRABBOX_STATE_DIR", state.path())
+        .env_remove("CRABBOX_STATE_URL")
+        .write_stdin(spec)
+        .output()
+        .expect("runs")
+}
+
+#[test]
+fn dash_reads_the_spec_from_stdin_and_names_it_stdin() {
+    let good = "version: 1\npond: piped\nmembers:\n  - slug: one\n    provider: local\n";
+    let out = with_stdin_spec(&["validate"], good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("<stdin>: valid — pond \"piped\""),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = with_stdin_spec(&["graph", "--format", "mermaid"], good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("m_one[\"one (local)\"]"));
+    let out = with_stdin_spec(&["plan", "--format", "json"], good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"one\""));
+
+    let bad = "version: 1\npond: piped\nmembers:\n  - slug: one\n    provider: nowhere\n";
+    for verb in ["validate", "plan"] {
+        let out = with_stdin_spec(&[verb], bad);
+        assert_eq!(out.status.code(), Some(1), "{verb}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("<stdin>:5:"), "{verb}: {err}");
+    }
+}
+
+#[test]
+fn apply_with_a_spec_where_the_plan_goes_suggests_dash_f() {
+    let out = crabbox()
+        .args(["apply", "examples/local/pond.yaml"])
+        .output()
+        .expect("runs");
+    // Terraform's convention for plan/apply usage errors: 1 (src/cli/exit.rs).
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("examples/local/pond.yaml is a pond spec, not a saved plan")
+            && err.contains("`crabbox apply -f examples/local/pond.yaml`"),
+        "{err}"
+    );
+}
