@@ -200,3 +200,27 @@ pub fn spec_given_as_plan(verb: &str, path: &Path) -> bool {
     }
     is_yaml
 }
+
+/// Adds a tip to clap's "unexpected argument" error when that argument is a
+/// YAML file (`crabbox plan pond.yaml`): the spec goes after `-f`.
+pub fn hint_spec_positional(e: &mut clap::Error) {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return;
+    };
+    let path = Path::new(arg);
+    let is_yaml = !arg.starts_with('-')
+        && path
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("yaml") || x.eq_ignore_ascii_case("yml"));
+    if is_yaml {
+        let tip = format!("pass the spec with -f: `-f {arg}`");
+        e.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
+}

@@ -205,7 +205,8 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(mut e) => {
+            engine::hint_spec_positional(&mut e);
             let _ = e.print();
             return if e.use_stderr() {
                 ExitCode::from(exit::for_usage_error(&args))

@@ -271,3 +271,23 @@ fn apply_with_a_spec_where_the_plan_goes_suggests_dash_f() {
         "{err}"
     );
 }
+
+#[test]
+fn a_spec_given_without_dash_f_gets_a_tip_and_the_usual_usage_code() {
+    // plan: Terraform's usage code 1; validate: Crabbox's 2 (src/cli/exit.rs).
+    for (verb, code) in [("plan", 1), ("validate", 2)] {
+        let out = crabbox()
+            .args([verb, "examples/local/pond.yaml"])
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(code), "{verb}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("tip: pass the spec with -f: `-f examples/local/pond.yaml`"),
+            "{verb}: {err}"
+        );
+    }
+    // Any other stray argument gets no such tip.
+    let out = crabbox().args(["plan", "extra"]).output().expect("runs");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("-f extra"));
+}
