@@ -19,6 +19,7 @@ mod peers;
 mod plan;
 mod pond;
 mod schema;
+mod show;
 mod state;
 mod sweep;
 mod validate;
@@ -155,6 +156,8 @@ enum Command {
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff): `crabbox man > crabbox.1`.
     Man,
+    /// Print a plan saved with `crabbox plan -o FILE` (--json: its JSON document).
+    Show(show::ShowArgs),
 }
 
 /// The spec file and the variables it is read with; shared by every command
@@ -243,5 +246,6 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Graph(args) => graph::run(&args),
         Command::Completions(args) => completions::completions(&args),
         Command::Man => completions::man(),
+        Command::Show(args) => show::run(&args),
     }
 }

@@ -291,3 +291,68 @@ fn a_spec_given_without_dash_f_gets_a_tip_and_the_usual_usage_code() {
     let out = crabbox().args(["plan", "extra"]).output().expect("runs");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("-f extra"));
 }
+
+#[test]
+fn show_prints_a_saved_plan_as_text_and_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("pond.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npond: shown\nmembers:\n  - slug: db\n    provider: local\n  - slug: app\n    provider: local\n    depends_on: [db]\n",
+    )
+    .expect("spec");
+    let planfile = dir.path().join("plan.json");
+    let out = crabbox()
+        .arg("plan")
+        .arg("-f")
+        .arg(&spec)
+        .arg("-o")
+        .arg(&planfile)
+        .env("CRABBOX_STATE_DIR", dir.path().join("state"))
+        .env_remove("CRABBOX_STATE_URL")
+        .output()
+        .expect("plan runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = crabbox()
+        .arg("show")
+        .arg(&planfile)
+        .output()
+        .expect("show runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("for pond shown"), "{text}");
+    assert!(text.contains("  +   db (local): create\n"), "{text}");
+    assert!(text.contains("  +   app (local): create\n"), "{text}");
+    assert!(
+        text.ends_with("Plan: 2 to add, 0 to change, 0 to destroy.\n"),
+        "{text}"
+    );
+
+    let out = crabbox()
+        .arg("show")
+        .arg(&planfile)
+        .arg("--json")
+        .output()
+        .expect("show runs");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&planfile).expect("plan")).expect("JSON");
+    assert_eq!(json, saved["plan"]);
+    assert_eq!(json["summary"]["add"], 2);
+
+    let out = crabbox()
+        .args(["show", "examples/local/pond.yaml"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a crabbox saved plan"));
+}
