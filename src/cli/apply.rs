@@ -121,6 +121,9 @@ fn redact_vars(args: impl Iterator<Item = String>) -> String {
 pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
     let (spec, targets, pond_override, saved) = match &args.planfile {
         Some(path) => {
+            if super::engine::spec_given_as_plan("apply", path) {
+                return failure();
+            }
             let text = match std::fs::read_to_string(path) {
                 Ok(t) => t,
                 Err(e) => {

@@ -13,7 +13,7 @@ use crabbox_plan::diff::PlanOptions;
 use crabbox_providers::registry::{Registry, adapter_names};
 use crabbox_spec::desired::{DesiredPond, StateStore};
 use crabbox_spec::diagnostic::render_human;
-use crabbox_spec::load::load_path;
+use crabbox_spec::load::{STDIN_PATH, load_path};
 use crabbox_state::claims::ClaimStore;
 use crabbox_state::state_dir::state_dir;
 use crabbox_state::state_pg::URL_ENV;
@@ -96,6 +96,15 @@ pub fn load_spec(args: &SpecArgs, pond_override: Option<&str>) -> Option<Loaded>
             }
         }
     }
+    if args.file == Path::new(STDIN_PATH) {
+        // `-f -`: relative paths (templates, outputs) from the current directory.
+        let dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        return Some(Loaded {
+            desired,
+            dir,
+            file: args.file.clone(),
+        });
+    }
     let file = std::fs::canonicalize(&args.file).unwrap_or_else(|_| args.file.clone());
     let dir = file
         .parent()
@@ -173,4 +182,45 @@ pub fn approved(auto_approve: bool, what: &str) -> bool {
 #[must_use]
 pub fn failure() -> ExitCode {
     ExitCode::from(1)
+}
+
+/// Refuses a spec given where a saved plan goes (`crabbox apply pond.yaml`):
+/// reading it as a plan would only say it is not JSON. `true` after
+/// printing the command that was meant.
+pub fn spec_given_as_plan(verb: &str, path: &Path) -> bool {
+    let is_yaml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+    if is_yaml {
+        anstream::eprintln!(
+            "error: {} is a pond spec, not a saved plan\n  help: pass the spec with -f: `crabbox {verb} -f {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    is_yaml
+}
+
+/// Adds a tip to clap's "unexpected argument" error when that argument is a
+/// YAML file (`crabbox plan pond.yaml`): the spec goes after `-f`.
+pub fn hint_spec_positional(e: &mut clap::Error) {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return;
+    };
+    let path = Path::new(arg);
+    let is_yaml = !arg.starts_with('-')
+        && path
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("yaml") || x.eq_ignore_ascii_case("yml"));
+    if is_yaml {
+        let tip = format!("pass the spec with -f: `-f {arg}`");
+        e.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![tip.into()]),
+        );
+    }
 }

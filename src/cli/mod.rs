@@ -5,9 +5,11 @@
 mod apply;
 mod claims;
 mod cleanup;
+mod completions;
 mod config;
 mod engine;
 mod exit;
+mod graph;
 mod imperative;
 mod lease_cmds;
 mod lease_modes;
@@ -17,6 +19,7 @@ mod peers;
 mod plan;
 mod pond;
 mod schema;
+mod show;
 mod state;
 mod sweep;
 mod validate;
@@ -147,6 +150,14 @@ enum Command {
     Config(config::ConfigCommand),
     /// Who the Crabbox coordinator (CRABBOX_COORDINATOR) takes this process for.
     Whoami(whoami::WhoamiArgs),
+    /// The pond's members and dependencies from the spec, as Graphviz dot or Mermaid.
+    Graph(graph::GraphArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff): `crabbox man > crabbox.1`.
+    Man,
+    /// Print a plan saved with `crabbox plan -o FILE` (--json: its JSON document).
+    Show(show::ShowArgs),
 }
 
 /// The spec file and the variables it is read with; shared by every command
@@ -197,7 +208,8 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
     let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(mut e) => {
+            engine::hint_spec_positional(&mut e);
             let _ = e.print();
             return if e.use_stderr() {
                 ExitCode::from(exit::for_usage_error(&args))
@@ -231,5 +243,9 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::State(cmd) => state::run(&cmd),
         Command::Config(cmd) => config::run(&cmd),
         Command::Whoami(args) => whoami::whoami(&args),
+        Command::Graph(args) => graph::run(&args),
+        Command::Completions(args) => completions::completions(&args),
+        Command::Man => completions::man(),
+        Command::Show(args) => show::run(&args),
     }
 }

@@ -8,7 +8,7 @@ use serde_json::json;
 use super::SpecArgs;
 use crabbox_providers::registry::adapter_names;
 use crabbox_spec::diagnostic;
-use crabbox_spec::load::load_path;
+use crabbox_spec::load::{STDIN_NAME, STDIN_PATH, load_path};
 
 #[derive(Debug, Args)]
 pub(super) struct ValidateArgs {
@@ -75,7 +75,11 @@ fn github_annotations(
 }
 
 pub(super) fn run(args: &ValidateArgs) -> ExitCode {
-    let name = args.spec.file.display().to_string();
+    let name = if args.spec.file == std::path::Path::new(STDIN_PATH) {
+        STDIN_NAME.to_owned()
+    } else {
+        args.spec.file.display().to_string()
+    };
     let loaded = match load_path(&args.spec.file, &args.spec.variables(), &adapter_names()) {
         Ok(loaded) => loaded,
         Err(e) => {

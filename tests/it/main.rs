@@ -39,5 +39,6 @@ mod tensorlake;
 mod test_script;
 mod unobserved;
 mod user_config;
+mod verbs;
 mod workdir_rules;
 mod workflows;

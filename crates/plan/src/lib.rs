@@ -4,6 +4,7 @@
 
 pub mod adopt;
 pub mod diff;
+pub mod graph;
 pub mod human;
 pub mod inventory;
 pub mod json;

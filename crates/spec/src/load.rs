@@ -37,7 +37,15 @@ impl Loaded {
     }
 }
 
-/// Reads and loads a file. `base_dir` for relative paths is the file's directory.
+/// The file name that means standard input (`-f -`).
+pub const STDIN_PATH: &str = "-";
+
+/// How diagnostics name a spec read from standard input.
+pub const STDIN_NAME: &str = "<stdin>";
+
+/// Reads and loads a file; `-` ([`STDIN_PATH`]) reads standard input, named
+/// `<stdin>` in diagnostics, with relative paths taken from the current
+/// directory. Otherwise `base_dir` for relative paths is the file's directory.
 ///
 /// # Errors
 /// When the file cannot be read.
@@ -46,6 +54,15 @@ pub fn load_path(
     vars: &Variables,
     adapters: &[ProviderName],
 ) -> std::io::Result<Loaded> {
+    if path == Path::new(STDIN_PATH) {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)?;
+        let text = match decode(STDIN_NAME, bytes) {
+            Ok(text) => text,
+            Err(not_utf8) => return Ok(*not_utf8),
+        };
+        return Ok(load_str(STDIN_NAME, &text, Path::new("."), vars, adapters));
+    }
     let bytes = std::fs::read(path)?;
     let name = path.display().to_string();
     let text = match decode(&name, bytes) {
