@@ -140,6 +140,15 @@ pub struct Step {
 }
 
 impl DesiredMember {
+    /// Whether `class` and `type` mean anything on this member's provider:
+    /// `local` and `ssh` use a machine that already exists, so there the
+    /// settings are warned about and otherwise ignored (no drift, no
+    /// replacement).
+    #[must_use]
+    pub fn sizes_machine(&self) -> bool {
+        !matches!(self.provider, ProviderName::Local | ProviderName::Ssh)
+    }
+
     /// A member as `pond.yaml` makes it when it says nothing but its slug
     /// and provider: no setup, readiness or dependencies, the whole
     /// repository synced within the default guardrail, Crabbox's ttl and idle
