@@ -2,7 +2,7 @@
 //! defaults merged, names normalized, ports parsed, durations read. Nothing
 //! downstream looks at pond.yaml's raw shape.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -93,6 +93,12 @@ pub struct DesiredMember {
     pub depends_on: Vec<(String, Condition)>,
     /// Environment for every command.
     pub env: BTreeMap<String, String>,
+    /// Names of the `env` entries whose value came from `--var` or the
+    /// environment (`${VAR}`): shown as `(sensitive)` in plans unless
+    /// `--show-env`. Not serialized, not hashed: it is where a value came
+    /// from, not the value.
+    #[serde(skip)]
+    pub sensitive_env: BTreeSet<String>,
     /// Names of crabbox's own environment variables passed to every command.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pass_env: Vec<String>,
@@ -165,6 +171,7 @@ impl DesiredMember {
             expose: Vec::new(),
             depends_on: Vec::new(),
             env: BTreeMap::new(),
+            sensitive_env: BTreeSet::new(),
             pass_env: Vec::new(),
             setup: Vec::new(),
             ready: None,
