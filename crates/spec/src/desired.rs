@@ -301,6 +301,23 @@ mod tests {
     }
 
     #[test]
+    fn env_values_from_variables_are_sensitive() {
+        let m = first_member(
+            "version: 1\npond: p\ndefaults:\n  env: { A: \"${X:-a}\", B: \"${X:-b}\", C: plain }\nmembers:\n  - slug: db\n    env: { B: literal, D: \"pre-${X:-d}\", E: \"$$HOME\" }\n",
+        );
+        assert_eq!(m.env["D"], "pre-d");
+        // A from a default's `${X}`, D partly interpolated; B overridden by
+        // a literal, C and E (an escaped `$`) never came from a variable.
+        assert_eq!(
+            m.sensitive_env
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["A", "D"]
+        );
+    }
+
+    #[test]
     fn a_member_reads_its_block_typed_in_either_spelling_and_merged_over_defaults() {
         let m = first_member(
             "version: 1\npond: p\ndefaults:\n  islo: { gatewayProfile: ci }\nmembers:\n  - slug: a\n    provider: islo\n    islo: { memory_mb: 2048, image: alpine }\n",

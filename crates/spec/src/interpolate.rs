@@ -75,7 +75,10 @@ pub fn interpolate_recording(
             match substitute(value, vars) {
                 Ok(new) => {
                     if new != *value {
-                        interpolated.insert(node.span);
+                        // `$$` alone is an escaped `$`, not a variable.
+                        if new != value.replace("$$", "$") {
+                            interpolated.insert(node.span);
+                        }
                         let retyped = if *quoted { None } else { retype(&new) };
                         match retyped {
                             Some(kind) => node.kind = kind,
