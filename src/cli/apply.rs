@@ -47,6 +47,10 @@ pub(super) struct RunArgs {
     /// Longest any member may take to become ready (caps each `ready.timeout`), e.g. `5m`.
     #[arg(long, value_parser = parse_duration)]
     wait_timeout: Option<Duration>,
+    /// Print env values that came from `--var` or the environment
+    /// (`${VAR}`) in the plan; without it they read `(sensitive)`.
+    #[arg(long)]
+    show_env: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -284,7 +288,10 @@ fn run_plan(
     let modes = desired.and_then(lease_modes::of);
     match mode {
         Mode::Human => {
-            anstream::print!("{}", human::render(plan));
+            anstream::print!(
+                "{}",
+                human::render_with(plan, crabbox_plan::commands::Show { env: run.show_env })
+            );
             if let Some(modes) = &modes {
                 print!("{}", lease_modes::human(modes));
             }
@@ -425,6 +432,7 @@ impl DestroyArgs {
                 lock_timeout: Duration::ZERO,
                 wait_timeout: None,
                 json: false,
+                show_env: false,
             },
         }
     }

@@ -8,6 +8,7 @@ use super::engine::{TargetArgs, load_spec, registry_for, runtime, store};
 use super::lease_modes;
 use super::{PlanFormat, SpecArgs};
 use crabbox_apply::reconcile::{observe, plan_with_outputs};
+use crabbox_plan::commands::Show;
 use crabbox_plan::saved::{self, SavedPlan};
 use crabbox_plan::{human, json, markdown};
 use crabbox_state::state_dir::state_dir;
@@ -27,6 +28,10 @@ pub(super) struct PlanArgs {
     /// Exit 0 when there are no changes, 2 when there are, 1 on error.
     #[arg(long)]
     detailed_exitcode: bool,
+    /// Print env values that came from `--var` or the environment
+    /// (`${VAR}`); without it they read `(sensitive)`.
+    #[arg(long)]
+    show_env: bool,
     /// Save the plan to FILE for `crabbox apply FILE`.
     #[arg(short = 'o', long = "out", value_name = "FILE")]
     out: Option<std::path::PathBuf>,
@@ -55,9 +60,10 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
         anstream::eprintln!("warning: {w}");
     }
     let modes = lease_modes::of(&loaded.desired);
+    let show = Show { env: args.show_env };
     match args.format {
         PlanFormat::Human => {
-            anstream::print!("{}", human::render(&plan));
+            anstream::print!("{}", human::render_with(&plan, show));
             if let Some(modes) = &modes {
                 print!("{}", lease_modes::human(modes));
             }
@@ -70,7 +76,7 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
         }
         PlanFormat::Markdown => {
-            print!("{}", markdown::render(&plan));
+            print!("{}", markdown::render_with(&plan, show));
             if let Some(modes) = &modes {
                 print!("{}", lease_modes::markdown(modes));
             }

@@ -3,12 +3,14 @@
 //! `specs/mixed-pond.yaml` (every kind of change), `specs/no-op-applied-pond.yaml`
 //! (nothing to do), `specs/adopt-pond-with-kept-lease.yaml` (adoption and a
 //! kept lease) and a generated pond of 300 new members (markdown
-//! truncation). Lease IDs and "now" are fixed, so the plans are deterministic.
+//! truncation), and `specs/plan-shows-commands.yaml` (setup, env and new
+//! member commands, an interpolated env value hidden). Lease IDs and "now" are fixed, so the plans are deterministic.
 //! `UPDATE_SNAPSHOTS=1 cargo test --test it plan_output` rewrites the files
 //! under `tests/snapshots/`; read every rewritten file before committing it.
 
 use std::fmt::Write as _;
 
+use crabbox_plan::commands::Show;
 use crabbox_plan::{Action, Plan, human, json, markdown};
 use serde_json::Value;
 
@@ -70,6 +72,57 @@ fn large() -> Plan {
 #[test]
 fn mixed_plan_renderings_match_snapshots() {
     check_all("plan-mixed", &mixed());
+}
+
+/// The value of `${API_TOKEN:-…}` in `specs/plan-shows-commands.yaml`.
+const TOKEN: &str = "s3cret-token";
+
+#[test]
+fn commands_plan_renderings_match_snapshots() {
+    let p = plan_for_file("plan-shows-commands.yaml").expect("the commands pond plans");
+    let human = human_text(&p);
+    let md = markdown::render(&p);
+    let json = json_text(&p);
+    for text in [&human, &md, &json] {
+        assert!(text.contains("run ./migrate --all"), "{text}");
+        assert!(
+            text.contains("run ./scripts/start-db.sh  (background)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("run npm ci"),
+            "new members list their setup: {text}"
+        );
+        assert!(
+            text.contains("env MODE=\\\"fast\\\"") || text.contains("env MODE=\"fast\""),
+            "{text}"
+        );
+        assert!(text.contains("env API_TOKEN=(sensitive)"), "{text}");
+        assert!(!text.contains(TOKEN), "an interpolated value leaks: {text}");
+    }
+    assert!(human.contains(crabbox_plan::commands::OLD_NOT_RECORDED));
+    // Each member's section of the PR comment carries its commands.
+    let api_section = md
+        .split("<details>")
+        .find(|s| s.contains("api will be updated in-place"))
+        .expect("an api section");
+    assert!(
+        api_section.contains("+ run ./api --mode $MODE"),
+        "{api_section}"
+    );
+    check_all("plan-commands", &p);
+}
+
+#[test]
+fn show_env_prints_interpolated_values() {
+    let p = plan_for_file("plan-shows-commands.yaml").expect("the commands pond plans");
+    let show = Show { env: true };
+    let human = anstream::adapter::strip_str(&human::render_with(&p, show)).to_string();
+    assert!(
+        human.contains(&format!("env API_TOKEN=\"{TOKEN}\"")),
+        "{human}"
+    );
+    assert!(markdown::render_with(&p, show).contains(TOKEN));
 }
 
 #[test]

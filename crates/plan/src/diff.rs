@@ -412,7 +412,9 @@ fn member_changes(
     // With an exact type, a `class` label records nothing the spec asks
     // for: Crabbox labels every lease with its configured class, even one
     // made with `--type`, and an empty class `unknown`.
-    if m.server_type.is_none() {
+    // On `local` and `ssh` a size means nothing (the spec warns): ignored,
+    // never a replacement.
+    if m.sizes_machine() && m.server_type.is_none() {
         attr(
             "class",
             keep.known_label(labels::CLASS).map(str::to_owned),
@@ -422,7 +424,7 @@ fn member_changes(
     }
     // With a class, `server_type` records which of the class's types the
     // provider picked: information, not something the spec asked for.
-    if m.server_type.is_some() {
+    if m.sizes_machine() && m.server_type.is_some() {
         attr(
             "type",
             keep.label(labels::SERVER_TYPE).map(str::to_owned),
@@ -639,8 +641,10 @@ fn adoption(
 /// The attributes shown for a new member.
 fn created_attributes(m: &DesiredMember) -> Vec<AttrChange> {
     let mut attrs = vec![("provider", Some(m.provider.as_str().to_owned()))];
-    attrs.push(("class", m.class.map(|c| c.as_str().to_owned())));
-    attrs.push(("type", m.server_type.clone()));
+    if m.sizes_machine() {
+        attrs.push(("class", m.class.map(|c| c.as_str().to_owned())));
+        attrs.push(("type", m.server_type.clone()));
+    }
     if !m.expose.is_empty() {
         attrs.push(("expose", Some(format!("{:?}", m.expose))));
     }

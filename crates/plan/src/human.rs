@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style};
 
+use crate::commands::{self, Show};
 use crate::{Action, MemberChange, Plan};
 
 const GREEN: Style = AnsiColor::Green.on_default();
@@ -23,9 +24,15 @@ fn style(action: Action) -> Style {
     }
 }
 
-/// The whole plan as text.
+/// The whole plan as text, interpolated env values hidden.
 #[must_use]
 pub fn render(plan: &Plan) -> String {
+    render_with(plan, Show::default())
+}
+
+/// The whole plan as text.
+#[must_use]
+pub fn render_with(plan: &Plan, show: Show) -> String {
     let mut out = String::new();
     if !plan.has_changes() {
         out.push_str("No changes. The pond matches the spec.\n");
@@ -63,7 +70,7 @@ pub fn render(plan: &Plan) -> String {
     out.push_str("\ncrabbox will perform the following actions:\n");
     for change in plan.changes.iter().filter(|c| c.is_change()) {
         out.push('\n');
-        block(&mut out, change);
+        block(&mut out, change, show);
     }
     kept_note(&mut out, plan);
     if !plan.forget_claims.is_empty() {
@@ -170,9 +177,9 @@ fn header(change: &MemberChange) -> &'static str {
 
 /// One member's block, as it appears in the full plan.
 #[must_use]
-pub fn member_block(c: &MemberChange) -> String {
+pub fn member_block(c: &MemberChange, show: Show) -> String {
     let mut out = String::new();
-    block(&mut out, c);
+    block(&mut out, c, show);
     out
 }
 
@@ -182,7 +189,7 @@ pub fn member_header(c: &MemberChange) -> String {
     format!("{} {}", c.slug, header(c))
 }
 
-fn block(out: &mut String, c: &MemberChange) {
+fn block(out: &mut String, c: &MemberChange, show: Show) {
     let st = style(c.action);
     let _ = writeln!(out, "  {BOLD}# {}{BOLD:#} {}", c.slug, header(c));
     for r in &c.reasons {
@@ -251,7 +258,29 @@ fn block(out: &mut String, c: &MemberChange) {
         };
         let _ = writeln!(out, "      {st}{sym}{st:#} {name:<width$} = {value}");
     }
+    commands_rows(out, c, show);
     out.push_str("    }\n");
+}
+
+/// What the member will run, when the change runs its setup: the lines a
+/// reviewer needs instead of the `pond_setup` hash.
+fn commands_rows(out: &mut String, c: &MemberChange, show: Show) {
+    let Some(m) = &c.desired else { return };
+    let runs_setup = match c.action {
+        Action::Create | Action::Replace | Action::CreateBeforeDestroy => true,
+        Action::Update | Action::Adopt => c.rerun_setup,
+        Action::Delete | Action::NoOp => false,
+    };
+    let lines = commands::lines(m, show);
+    if !runs_setup || lines.is_empty() {
+        return;
+    }
+    if matches!(c.action, Action::Update | Action::Adopt) {
+        let _ = writeln!(out, "        # {}", commands::OLD_NOT_RECORDED);
+    }
+    for line in lines {
+        let _ = writeln!(out, "        {GREEN}+{GREEN:#} {line}");
+    }
 }
 
 /// Strings are quoted; lists and numbers are shown as they are.

@@ -115,6 +115,8 @@ pub fn to_value(plan: &Plan) -> Value {
                     "attributes": c.attributes,
                     "relabel": c.relabel,
                     "rerun_setup": c.rerun_setup,
+                    // What the member runs, interpolated env values hidden.
+                    "commands": c.desired.as_ref().map(|m| crate::commands::lines(m, crate::commands::Show::default())),
                 },
             });
             // Like Terraform's `change.importing`: the lease is taken over,

@@ -3,6 +3,7 @@
 //! pure function of the desired pond and the inventory: no I/O here.
 
 pub mod adopt;
+pub mod commands;
 pub mod diff;
 pub mod graph;
 pub mod human;

@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use crate::commands::Show;
 use crate::{Plan, human};
 
 /// Longest comment body we produce (GitHub rejects more than 65,536).
@@ -13,9 +14,15 @@ pub const MAX_LEN: usize = 65_000;
 /// Room kept for the closing note.
 const NOTE_ROOM: usize = 300;
 
-/// The plan as GitHub-flavoured markdown.
+/// The plan as GitHub-flavoured markdown, interpolated env values hidden.
 #[must_use]
 pub fn render(plan: &Plan) -> String {
+    render_with(plan, Show::default())
+}
+
+/// The plan as GitHub-flavoured markdown.
+#[must_use]
+pub fn render_with(plan: &Plan, show: Show) -> String {
     let s = plan.summary();
     let mut out = String::new();
     let _ = writeln!(out, "### crabbox plan for pond `{}`\n", plan.pond);
@@ -69,7 +76,7 @@ pub fn render(plan: &Plan) -> String {
     let mut sections: Vec<String> = changed
         .iter()
         .map(|c| {
-            let body = anstream::adapter::strip_str(&human::member_block(c)).to_string();
+            let body = anstream::adapter::strip_str(&human::member_block(c, show)).to_string();
             format!(
                 "<details><summary><code>{}</code> {}</summary>\n\n```diff\n{}```\n\n</details>\n",
                 c.action.symbol().trim(),

@@ -53,6 +53,7 @@ pub struct Parts {
 pub fn check(
     parts: &Parts,
     index: &PointerIndex,
+    interpolated: &HashSet<Span>,
     file: &SourceFile,
     base_dir: &Path,
     adapters: &[ProviderName],
@@ -60,6 +61,7 @@ pub fn check(
 ) -> Option<DesiredPond> {
     let mut c = Checker {
         index,
+        interpolated,
         adapters,
         out,
         errors: 0,
@@ -184,6 +186,8 @@ pub fn check(
 
 struct Checker<'a> {
     index: &'a PointerIndex,
+    /// Spans of the strings a `${VAR}` changed.
+    interpolated: &'a HashSet<Span>,
     /// The providers this build has an adapter for.
     adapters: &'a [ProviderName],
     out: &'a mut Vec<Diagnostic>,
@@ -499,9 +503,23 @@ impl Checker<'_> {
         }
 
         let mut env = BTreeMap::new();
+        let mut sensitive_env = std::collections::BTreeSet::new();
         for (origin, map) in [(Origin::Defaults, &defaults.env), (own, &spec.env)] {
             if let Some(map) = map {
-                env.extend(self.env(map, &origin.pointer("/env")));
+                let pointer = origin.pointer("/env");
+                for name in map.keys() {
+                    let at = format!("{pointer}/{}", crate::yaml::escape_token(name));
+                    if self
+                        .index
+                        .get(&at)
+                        .is_some_and(|p| self.interpolated.contains(&p.value))
+                    {
+                        sensitive_env.insert(name.clone());
+                    } else {
+                        sensitive_env.remove(name);
+                    }
+                }
+                env.extend(self.env(map, &pointer));
             }
         }
         let mut pass_env: Vec<String> = defaults
@@ -578,6 +596,7 @@ impl Checker<'_> {
             expose,
             depends_on,
             env,
+            sensitive_env,
             pass_env,
             setup,
             ready,

@@ -2,7 +2,7 @@
 //! defaults merged, names normalized, ports parsed, durations read. Nothing
 //! downstream looks at pond.yaml's raw shape.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -93,6 +93,12 @@ pub struct DesiredMember {
     pub depends_on: Vec<(String, Condition)>,
     /// Environment for every command.
     pub env: BTreeMap<String, String>,
+    /// Names of the `env` entries whose value came from `--var` or the
+    /// environment (`${VAR}`): shown as `(sensitive)` in plans unless
+    /// `--show-env`. Not serialized, not hashed: it is where a value came
+    /// from, not the value.
+    #[serde(skip)]
+    pub sensitive_env: BTreeSet<String>,
     /// Names of crabbox's own environment variables passed to every command.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pass_env: Vec<String>,
@@ -140,6 +146,15 @@ pub struct Step {
 }
 
 impl DesiredMember {
+    /// Whether `class` and `type` mean anything on this member's provider:
+    /// `local` and `ssh` use a machine that already exists, so there the
+    /// settings are warned about and otherwise ignored (no drift, no
+    /// replacement).
+    #[must_use]
+    pub fn sizes_machine(&self) -> bool {
+        !matches!(self.provider, ProviderName::Local | ProviderName::Ssh)
+    }
+
     /// A member as `pond.yaml` makes it when it says nothing but its slug
     /// and provider: no setup, readiness or dependencies, the whole
     /// repository synced within the default guardrail, Crabbox's ttl and idle
@@ -156,6 +171,7 @@ impl DesiredMember {
             expose: Vec::new(),
             depends_on: Vec::new(),
             env: BTreeMap::new(),
+            sensitive_env: BTreeSet::new(),
             pass_env: Vec::new(),
             setup: Vec::new(),
             ready: None,
@@ -282,6 +298,23 @@ mod tests {
         );
         assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
         loaded.pond.expect("pond").members.remove(0)
+    }
+
+    #[test]
+    fn env_values_from_variables_are_sensitive() {
+        let m = first_member(
+            "version: 1\npond: p\ndefaults:\n  env: { A: \"${X:-a}\", B: \"${X:-b}\", C: plain }\nmembers:\n  - slug: db\n    env: { B: literal, D: \"pre-${X:-d}\", E: \"$$HOME\" }\n",
+        );
+        assert_eq!(m.env["D"], "pre-d");
+        // A from a default's `${X}`, D partly interpolated; B overridden by
+        // a literal, C and E (an escaped `$`) never came from a variable.
+        assert_eq!(
+            m.sensitive_env
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["A", "D"]
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! and `$$` for a literal `$`. Peer references (`{{peers.db.host}}`) are not
 //! ours and pass through untouched; they are resolved at run time.
 
+use std::collections::HashSet;
+
 use crate::diagnostic::Diagnostic;
 use crate::source::{SourceFile, Span};
 use crate::yaml::{Node, NodeKind};
@@ -54,12 +56,29 @@ pub fn interpolate(
     vars: &Variables,
     problems: &mut Vec<Diagnostic>,
 ) {
+    interpolate_recording(file, node, vars, problems, &mut HashSet::new());
+}
+
+/// [`interpolate`], also recording the span of every string whose value a
+/// variable changed: those values came from `--var` or the environment
+/// (tokens, passwords…), and the plan hides them unless asked to show them.
+pub fn interpolate_recording(
+    file: &SourceFile,
+    node: &mut Node,
+    vars: &Variables,
+    problems: &mut Vec<Diagnostic>,
+    interpolated: &mut HashSet<Span>,
+) {
     match &mut node.kind {
         NodeKind::Str { value, quoted } if value.contains('$') => {
             let raw = file.slice(node.span);
             match substitute(value, vars) {
                 Ok(new) => {
                     if new != *value {
+                        // `$$` alone is an escaped `$`, not a variable.
+                        if new != value.replace("$$", "$") {
+                            interpolated.insert(node.span);
+                        }
                         let retyped = if *quoted { None } else { retype(&new) };
                         match retyped {
                             Some(kind) => node.kind = kind,
@@ -81,12 +100,12 @@ pub fn interpolate(
         }
         NodeKind::Seq(items) => {
             for item in items {
-                interpolate(file, item, vars, problems);
+                interpolate_recording(file, item, vars, problems, interpolated);
             }
         }
         NodeKind::Map(entries) => {
             for e in entries {
-                interpolate(file, &mut e.value, vars, problems);
+                interpolate_recording(file, &mut e.value, vars, problems, interpolated);
             }
         }
         _ => {}

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::check::{Parts, check};
 use crate::desired::DesiredPond;
 use crate::diagnostic::{Diagnostic, Severity};
-use crate::interpolate::{Variables, interpolate};
+use crate::interpolate::{Variables, interpolate_recording};
 use crabbox_core::provider::ProviderName;
 
 use crate::model::MemberSpec;
@@ -149,12 +149,21 @@ pub fn load_str(
         Ok((mut node, problems)) => {
             diagnostics.extend(problems);
             crate::broker::literal_tokens(&file, &node, &mut diagnostics);
-            interpolate(&file, &mut node, vars, &mut diagnostics);
+            let mut interpolated = std::collections::HashSet::new();
+            interpolate_recording(&file, &mut node, vars, &mut diagnostics, &mut interpolated);
             let (document, index) = yaml::to_json(&node);
             let schema_problems = schema::check(&document, &index);
             let parts = parts(&document);
             let mut semantic = Vec::new();
-            let pond = check(&parts, &index, &file, base_dir, adapters, &mut semantic);
+            let pond = check(
+                &parts,
+                &index,
+                &interpolated,
+                &file,
+                base_dir,
+                adapters,
+                &mut semantic,
+            );
             // A specific check says more than the schema about the same value.
             let specific: std::collections::HashSet<usize> = semantic
                 .iter()

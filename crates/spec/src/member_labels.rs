@@ -36,8 +36,14 @@ impl SpecHashes {
         if !m.pass_env.is_empty() {
             setup["pass_env"] = serde_json::json!(m.pass_env);
         }
+        // A size that does not apply to the provider is no part of the member.
+        let (class, server_type) = if m.sizes_machine() {
+            (m.class, m.server_type.clone())
+        } else {
+            (None, None)
+        };
         let spec = serde_json::json!({
-            "provider": m.provider, "class": m.class, "type": m.server_type, "tailscale": m.tailscale,
+            "provider": m.provider, "class": class, "type": server_type, "tailscale": m.tailscale,
             "expose": m.expose, "keep": m.keep, "ttl": m.ttl.as_secs(), "idle": m.idle_timeout.as_secs(),
             "block": block, "setup": setup,
         });
