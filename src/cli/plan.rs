@@ -76,7 +76,15 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
         }
         PlanFormat::Markdown => {
-            print!("{}", markdown::render_with(&plan, show));
+            let mermaid = crabbox_plan::graph::to_mermaid_for_plan(&loaded.desired, &plan);
+            print!(
+                "{}",
+                markdown::with_diagram(
+                    &markdown::render_with(&plan, show),
+                    &mermaid,
+                    loaded.desired.members.len()
+                )
+            );
             if let Some(modes) = &modes {
                 print!("{}", lease_modes::markdown(modes));
             }

@@ -124,6 +124,87 @@ fn check_mermaid(text: &str) -> Result<(usize, usize), String> {
     Ok((nodes.len(), edges))
 }
 
+/// [`check_mermaid`] plus the styling lines a plan's diagram ends with:
+/// `classDef NAME STYLE` (`key:value` pairs), then `class ID,ID NAME` naming
+/// declared nodes and a defined class.
+fn check_plan_mermaid(text: &str) -> Result<(usize, usize), String> {
+    let (graph, styling): (Vec<&str>, Vec<&str>) = text
+        .lines()
+        .partition(|l| !l.starts_with("  classDef ") && !l.starts_with("  class "));
+    let mut graph = graph.join("\n");
+    graph.push('\n');
+    let counts = check_mermaid(&graph)?;
+    let nodes: BTreeSet<&str> = graph
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.split_once("[\"").map(|(id, _)| id))
+        .collect();
+    let mut classes = BTreeSet::new();
+    for line in styling {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["classDef", name, style]
+                if is_mermaid_id(name)
+                    && style.split(',').all(|kv| {
+                        kv.split_once(':')
+                            .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty())
+                    }) =>
+            {
+                classes.insert(*name);
+            }
+            ["class", ids, name]
+                if classes.contains(name) && ids.split(',').all(|id| nodes.contains(id)) => {}
+            _ => return Err(format!("bad styling line: {line}")),
+        }
+    }
+    Ok(counts)
+}
+
+#[test]
+fn the_markdown_plan_opens_with_the_pond_coloured_by_action() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = crabbox()
+        .env("CRABBOX_STATE_DIR", dir.path().join("state"))
+        .env("HOME", dir.path())
+        .env("USER", "diagram")
+        .args([
+            "plan",
+            "-f",
+            "examples/local/pond.yaml",
+            "--format",
+            "markdown",
+        ])
+        .output()
+        .expect("crabbox runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = String::from_utf8(out.stdout).expect("utf-8");
+    let (heading, rest) = md.split_once("\n\n").expect("a heading");
+    assert!(heading.starts_with("### crabbox plan for pond"), "{md}");
+    let block = rest
+        .strip_prefix("```mermaid\n")
+        .expect("the diagram comes first");
+    let (mermaid, after) = block.split_once("```\n").expect("a closed block");
+    assert_eq!(
+        check_plan_mermaid(mermaid).map(|(n, _)| n),
+        Ok(3),
+        "{mermaid}"
+    );
+    assert!(mermaid.contains("  classDef create "), "{mermaid}");
+    assert!(
+        mermaid
+            .lines()
+            .any(|l| l.starts_with("  class ") && l.contains("m_api") && l.ends_with(" create")),
+        "every member is new: {mermaid}"
+    );
+    assert!(after.contains("**Plan: 3 to add"), "{after}");
+    // The checker refuses styling Mermaid would not draw.
+    assert!(check_plan_mermaid("flowchart LR\n  a[\"x\"]\n  class a create\n").is_err());
+    assert!(check_plan_mermaid("flowchart LR\n  a[\"x\"]\n  classDef create fill\n").is_err());
+}
+
 #[test]
 fn graph_mermaid_is_a_well_formed_flowchart() {
     let mermaid = graph("mermaid");

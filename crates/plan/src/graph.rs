@@ -6,10 +6,12 @@
 //! graph` and as a Mermaid flowchart, which Markdown (pull-request comments,
 //! the markdown plan) shows as a picture.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crabbox_spec::desired::{DesiredMember, DesiredPond};
+
+use crate::{Action, Plan};
 use crabbox_spec::model::Condition;
 
 /// Why one member points at another.
@@ -201,6 +203,56 @@ pub fn to_mermaid(pond: &DesiredPond) -> String {
             edge_label(edge.kind),
             mermaid_id(&edge.to)
         );
+    }
+    out
+}
+
+/// The class (and its colours) Mermaid draws a member in, by what the plan
+/// does to it; `None` for members the plan leaves alone.
+fn action_class(action: Action) -> Option<(&'static str, &'static str)> {
+    match action {
+        Action::NoOp => None,
+        Action::Create => Some(("create", "fill:#dafbe1,stroke:#1a7f37")),
+        Action::Update | Action::Adopt => Some(("update", "fill:#fff8c5,stroke:#9a6700")),
+        Action::Replace | Action::CreateBeforeDestroy => {
+            Some(("replace", "fill:#ffebe9,stroke:#cf222e,stroke-dasharray:4"))
+        }
+        Action::Delete => Some(("destroy", "fill:#ffebe9,stroke:#cf222e")),
+    }
+}
+
+/// [`to_mermaid`] for a plan: members coloured by what the plan does to
+/// them (green new, yellow changed or adopted, red replaced or destroyed),
+/// and members the plan destroys drawn too, though the spec no longer has
+/// them — what the pull-request comment opens with.
+#[must_use]
+pub fn to_mermaid_for_plan(pond: &DesiredPond, plan: &Plan) -> String {
+    let mut out = to_mermaid(pond);
+    let mut classes: BTreeMap<&str, (&str, Vec<String>)> = BTreeMap::new();
+    for c in &plan.changes {
+        if c.action == Action::Delete {
+            // A spare lease of a member the spec keeps: the member stays.
+            if pond.members.iter().any(|m| m.slug == c.slug) {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "  {}[\"{}\"]",
+                mermaid_id(&c.slug),
+                mermaid_text(&format!("{} ({})", c.slug, c.provider))
+            );
+        }
+        if let Some((class, style)) = action_class(c.action) {
+            classes
+                .entry(class)
+                .or_insert((style, Vec::new()))
+                .1
+                .push(mermaid_id(&c.slug));
+        }
+    }
+    for (class, (style, ids)) in &classes {
+        let _ = writeln!(out, "  classDef {class} {style}");
+        let _ = writeln!(out, "  class {} {class}", ids.join(","));
     }
     out
 }

@@ -20,6 +20,25 @@ pub fn render(plan: &Plan) -> String {
     render_with(plan, Show::default())
 }
 
+/// Most members a diagram is drawn for: beyond that it is unreadable, and
+/// its text would take the room the members' sections need.
+pub const DIAGRAM_MAX_MEMBERS: usize = 60;
+
+/// `markdown` (a rendered plan) opening with `mermaid` (a flowchart, see
+/// `graph::to_mermaid_for_plan`) right under its heading, which GitHub
+/// draws; a pond of more than [`DIAGRAM_MAX_MEMBERS`] members gets a line
+/// pointing at `crabbox graph` instead.
+#[must_use]
+pub fn with_diagram(markdown: &str, mermaid: &str, members: usize) -> String {
+    let (heading, rest) = markdown.split_once("\n\n").unwrap_or((markdown, ""));
+    let diagram = if members > DIAGRAM_MAX_MEMBERS {
+        format!("_{members} members: `crabbox graph --format mermaid` draws the pond._\n")
+    } else {
+        format!("```mermaid\n{mermaid}```\n")
+    };
+    format!("{heading}\n\n{diagram}\n{rest}")
+}
+
 /// The plan as GitHub-flavoured markdown.
 #[must_use]
 pub fn render_with(plan: &Plan, show: Show) -> String {
