@@ -205,6 +205,48 @@ fn claim_files(dir: &std::path::Path) -> BTreeMap<String, serde_json::Value> {
         .collect()
 }
 
+/// A pond applied by us on the fake Islo, in a directory of its own (the
+/// spec at `work/pond.yaml`).
+struct IsloPond {
+    dir: tempfile::TempDir,
+    islo: crate::fake_islo::FakeIslo,
+    /// Serves the fake; dropped last.
+    rt: tokio::runtime::Runtime,
+}
+
+impl IsloPond {
+    /// Starts the fake, writes `spec` and applies it.
+    fn applied(spec: &str) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let islo = rt.block_on(crate::fake_islo::start(
+            crate::fake_islo::FakeConfig::default(),
+        ));
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir_all(dir.path().join("work")).expect("work");
+        std::fs::write(dir.path().join("work/pond.yaml"), spec).expect("spec");
+        let pond = Self { dir, islo, rt };
+        let out = crabbox(pond.dir.path(), &pond.env(), &["apply", "--auto-approve"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pond
+    }
+
+    /// The environment that reaches the fake.
+    fn env(&self) -> [(&'static str, &str); 2] {
+        [
+            ("CRABBOX_ISLO_API_KEY", crate::fake_islo::API_KEY),
+            ("ISLO_BASE_URL", self.islo.base_url.as_str()),
+        ]
+    }
+}
+
 /// Crabbox releases an Islo lease by the sandbox name in its ID:
 /// `TrimPrefix(leaseID, "isb_")` (islo/backend.go:718-754), then
 /// `DELETE /sandboxes/<name>`, a 404 counting as released
@@ -213,30 +255,10 @@ fn claim_files(dir: &std::path::Path) -> BTreeMap<String, serde_json::Value> {
 /// sandbox runs on.
 #[test]
 fn crabbox_style_release_of_an_islo_member_deletes_our_sandbox() {
-    use crate::fake_islo::{API_KEY, FakeConfig, start};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let islo = rt.block_on(start(FakeConfig::default()));
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::create_dir_all(dir.path().join("work")).expect("work");
-    std::fs::write(
-        dir.path().join("work/pond.yaml"),
+    let pond = IsloPond::applied(
         "version: 1\npond: mixed\nmembers:\n  - slug: api\n    provider: islo\n    sync: false\n    setup: [ \"echo hi\" ]\n",
-    )
-    .expect("spec");
-    let env = [
-        ("CRABBOX_ISLO_API_KEY", API_KEY),
-        ("ISLO_BASE_URL", islo.base_url.as_str()),
-    ];
-    let out = crabbox(dir.path(), &env, &["apply", "--auto-approve"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
+    let (rt, islo, dir) = (&pond.rt, &pond.islo, &pond.dir);
     let claims = claim_files(dir.path());
     assert_eq!(claims.len(), 1, "{claims:?}");
     let (stem, claim) = claims.iter().next().expect("one claim");
@@ -256,7 +278,7 @@ fn crabbox_style_release_of_an_islo_member_deletes_our_sandbox() {
         let http = reqwest::Client::new();
         let token: serde_json::Value = http
             .post(format!("{}/auth/token", islo.base_url))
-            .json(&serde_json::json!({ "access_key": API_KEY }))
+            .json(&serde_json::json!({ "access_key": crate::fake_islo::API_KEY }))
             .send()
             .await
             .expect("token")
@@ -466,30 +488,11 @@ fn rewrite_claims_as_crabbox_does(dir: &std::path::Path) {
 /// change after every claim went through Crabbox's struct.
 #[test]
 fn claims_rewritten_by_crabbox_keep_everything_we_need() {
-    use crate::fake_islo::{API_KEY, FakeConfig, start};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let islo = rt.block_on(start(FakeConfig::default()));
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::create_dir_all(dir.path().join("work")).expect("work");
-    std::fs::write(
-        dir.path().join("work/pond.yaml"),
+    let pond = IsloPond::applied(
         "version: 1\npond: mixed\nmembers:\n  - slug: api\n    provider: islo\n    sync: false\n    expose: [8080]\n    islo: { workdir: app }\n    setup: [ \"echo hi > made.txt\" ]\n",
-    )
-    .expect("spec");
-    let env = [
-        ("CRABBOX_ISLO_API_KEY", API_KEY),
-        ("ISLO_BASE_URL", islo.base_url.as_str()),
-    ];
-    let out = crabbox(dir.path(), &env, &["apply", "--auto-approve"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
+    let dir = &pond.dir;
+    let env = pond.env();
     let before = claim_files(dir.path());
     let ours = |c: &serde_json::Value| {
         let mut labels = c["labels"].as_object().expect("labels").clone();
