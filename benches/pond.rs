@@ -441,6 +441,7 @@ fn run_destroy(
                 reasons: vec!["destroy requested".to_owned()],
                 relabel: false,
                 rerun_setup: false,
+                commands_before: None,
             })
             .collect(),
         forget_claims: inventory

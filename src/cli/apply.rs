@@ -599,6 +599,7 @@ fn destroy_locked(
             reasons: vec!["destroy requested".to_owned()],
             relabel: false,
             rerun_setup: false,
+            commands_before: None,
         });
     }
     let plan = Plan {

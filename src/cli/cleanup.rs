@@ -147,6 +147,7 @@ pub(super) fn cleanup(args: &CleanupArgs) -> ExitCode {
                     reasons: vec!["expired (crabbox cleanup)".to_owned()],
                     relabel: false,
                     rerun_setup: false,
+                    commands_before: None,
                 })
                 .collect(),
             forget_claims: Vec::new(),

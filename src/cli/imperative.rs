@@ -308,6 +308,7 @@ pub(super) fn release(args: &ReleaseArgs) -> ExitCode {
             reasons: vec!["release requested".to_owned()],
             relabel: false,
             rerun_setup: false,
+            commands_before: None,
         }],
         forget_claims: Vec::new(),
         unclaimed: Vec::new(),

@@ -189,6 +189,7 @@ fn release_provider(pond: &str, provider: ProviderName) -> ExitCode {
             reasons: vec![format!("pond release --provider {provider}")],
             relabel: false,
             rerun_setup: false,
+            commands_before: None,
         })
         .collect();
     if changes.is_empty() {

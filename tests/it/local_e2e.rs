@@ -313,6 +313,91 @@ fn expose_change_updates_in_place_and_setup_change_reruns_setup() {
         .success();
 }
 
+/// A pond whose setup reads a secret from the environment.
+const WITH_SECRET: &str = "version: 1\npond: rec\ndefaults: { sync: false }\nmembers:\n  - slug: svc\n    env: { TOKEN: \"${SETUP_SECRET}\", MODE: one }\n    setup: [ \"echo version-one\" ]\n";
+
+/// Apply records what a member ran in its claim (secrets hidden), and the
+/// next plan shows a setup change as a diff against that record.
+#[test]
+fn a_setup_change_plans_as_a_diff_against_what_ran() {
+    let env = Env::new();
+    let secret = "hunter2-do-not-print";
+    env.write_spec(WITH_SECRET);
+    env.cmd()
+        .env("SETUP_SECRET", secret)
+        .args(["apply", "--auto-approve"])
+        .assert()
+        .success();
+    let claims: Vec<String> = std::fs::read_dir(env.state().join("claims"))
+        .expect("claims dir")
+        .filter_map(Result::ok)
+        .map(|e| std::fs::read_to_string(e.path()).expect("claim"))
+        .collect();
+    assert_eq!(claims.len(), 1);
+    assert!(claims[0].contains("crabboxCommands"), "{}", claims[0]);
+    assert!(claims[0].contains("run echo version-one"), "{}", claims[0]);
+    assert!(
+        !claims[0].contains(secret),
+        "the claim holds the secret: {}",
+        claims[0]
+    );
+
+    env.write_spec(
+        &WITH_SECRET
+            .replace("version-one", "version-two")
+            .replace("MODE: one", "MODE: two"),
+    );
+    let out = env
+        .cmd()
+        .env("SETUP_SECRET", secret)
+        .args(["plan"])
+        .output()
+        .expect("plan");
+    let plan = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for line in [
+        "          env TOKEN=(sensitive)\n",
+        "        - run echo version-one\n",
+        "        + run echo version-two\n",
+    ] {
+        assert!(plan.contains(line), "missing {line:?} in:\n{plan}");
+    }
+    assert!(
+        plan.contains("- env MODE=\"one\"") && plan.contains("+ env MODE=\"two\""),
+        "{plan}"
+    );
+    assert!(plan.contains("  env TOKEN=(sensitive)"), "{plan}");
+    assert!(!plan.contains(secret), "{plan}");
+
+    env.cmd()
+        .env("SETUP_SECRET", secret)
+        .args(["apply", "--auto-approve"])
+        .assert()
+        .success();
+    // The record follows the apply: the next change diffs against version-two.
+    let out = env
+        .cmd()
+        .env("SETUP_SECRET", secret)
+        .args(["plan", "--format", "json"])
+        .output()
+        .expect("plan");
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(
+        plan["member_changes"][0]["change"]["commands_before"],
+        serde_json::json!([
+            "env MODE=\"two\"",
+            "env TOKEN=(sensitive)",
+            "run echo version-two",
+            "sync off"
+        ])
+    );
+    env.cmd()
+        .env("SETUP_SECRET", secret)
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
+}
+
 #[test]
 fn failing_setup_fails_the_apply_skips_dependents_and_taints_the_member() {
     let env = Env::new();

@@ -100,16 +100,63 @@ fn commands_plan_renderings_match_snapshots() {
         assert!(text.contains("env API_TOKEN=(sensitive)"), "{text}");
         assert!(!text.contains(TOKEN), "an interpolated value leaks: {text}");
     }
-    assert!(human.contains(crabbox_plan::commands::OLD_NOT_RECORDED));
-    // Each member's section of the PR comment carries its commands.
-    let api_section = md
-        .split("<details>")
-        .find(|s| s.contains("api will be updated in-place"))
-        .expect("an api section");
+    // Updates of leases whose claim recorded what ran show a unified diff:
+    // the setup change of db, the env change of api (its command unchanged).
+    for (slug, lines) in [
+        (
+            "db",
+            &[
+                "- run ./migrate\n",
+                "+ run ./migrate --all\n",
+                "+ run ./scripts/start-db.sh  (background)\n",
+                "  ready tcp :5432\n",
+            ][..],
+        ),
+        (
+            "api",
+            &[
+                "- env MODE=\"slow\"\n",
+                "+ env API_TOKEN=(sensitive)\n",
+                "+ env MODE=\"fast\"\n",
+                "  run ./api --mode $MODE\n",
+            ][..],
+        ),
+    ] {
+        // Each member's section of the PR comment carries its diff, as
+        // the human plan's block does.
+        let section = md
+            .split("<details>")
+            .find(|s| s.contains(&format!("{slug} will be updated in-place")))
+            .unwrap_or_else(|| panic!("a {slug} section: {md}"));
+        let block = human
+            .split("\n\n")
+            .find(|s| s.contains(&format!("# {slug} will be updated in-place")))
+            .unwrap_or_else(|| panic!("a {slug} block: {human}"));
+        for text in [section, block] {
+            let at: Vec<Option<usize>> = lines.iter().map(|l| text.find(l)).collect();
+            assert!(
+                at.iter().all(Option::is_some) && at.windows(2).all(|w| w[0] < w[1]),
+                "{slug}: expected the lines {lines:?} in order in:\n{text}"
+            );
+        }
+        assert!(!block.contains(crabbox_plan::commands::OLD_NOT_RECORDED));
+    }
+    // A lease whose claim holds no record: the new lines, with a note.
+    let worker = human
+        .split("\n\n")
+        .find(|s| s.contains("# worker will be updated in-place"))
+        .expect("a worker block");
     assert!(
-        api_section.contains("+ run ./api --mode $MODE"),
-        "{api_section}"
+        worker.contains(crabbox_plan::commands::OLD_NOT_RECORDED),
+        "{worker}"
     );
+    assert!(worker.contains("+ run ./worker --queue jobs"), "{worker}");
+    // The JSON carries both sides.
+    let doc: Value = serde_json::from_str(&json).expect("plan JSON");
+    let db = &doc["member_changes"][0]["change"];
+    assert_eq!(db["commands_before"][0], "run ./migrate");
+    assert_eq!(db["commands"][0], "run ./migrate --all");
+    assert!(doc["member_changes"][3]["change"]["commands_before"].is_null());
     check_all("plan-commands", &p);
 }
 
@@ -272,4 +319,40 @@ fn human_summary_counts_a_replacement_in_add_and_destroy() {
         markdown::render(&p).contains(&format!("**{line}**")),
         "the markdown summary agrees"
     );
+}
+
+/// A change only in a value the plan hides reads the same on both sides:
+/// the plan says so instead of printing an empty diff.
+#[test]
+fn a_hidden_value_change_is_named_not_shown() {
+    let p = plan_for(
+        r#"
+name: hidden change
+why: only an interpolated value changed
+spec: |
+  version: 1
+  pond: p
+  members:
+    - slug: api
+      env: { TOKEN: "${TOKEN:-new-secret}" }
+      setup: [ "./api" ]
+previous: |
+  version: 1
+  pond: p
+  members:
+    - slug: api
+      env: { TOKEN: "${TOKEN:-old-secret}" }
+      setup: [ "./api" ]
+live:
+  - { slug: api, id: cbx_000000000001 }
+"#,
+    )
+    .expect("plans");
+    let human = human_text(&p);
+    assert!(
+        human.contains(crabbox_plan::commands::SAME_LINES),
+        "{human}"
+    );
+    assert!(human.contains("  env TOKEN=(sensitive)\n"), "{human}");
+    assert!(!human.contains("secret"), "{human}");
 }

@@ -153,6 +153,15 @@ struct LiveLease {
     remove_labels: Vec<String>,
     #[serde(default)]
     raw: bool,
+    /// Whether its claim records the commands it ran (default: yes, as
+    /// `Finalize` records them; `false` models a lease made by Crabbox or
+    /// an older crabbox). Raw leases record nothing.
+    #[serde(default = "yes")]
+    recorded: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One expected plan entry.
@@ -218,8 +227,13 @@ pub(crate) fn setup(scenario: &Scenario) -> Result<Setup, String> {
     };
     let now = scenario.now.unwrap_or(DEFAULT_NOW);
     let mut listed = Vec::new();
+    let mut recorded = BTreeMap::new();
     for live in &scenario.live {
-        listed.push(live_lease(live, &previous, now)?);
+        let (lease, ran) = live_lease(live, &previous, now)?;
+        if let Some(ran) = ran {
+            recorded.insert(lease.id.clone(), ran);
+        }
+        listed.push(lease);
     }
     let options = PlanOptions {
         only: scenario
@@ -245,6 +259,7 @@ pub(crate) fn setup(scenario: &Scenario) -> Result<Setup, String> {
         destroy_kept: scenario.options.destroy_kept,
     };
     let mut inventory = discovered(&desired.name, listed);
+    inventory.applied_commands = recorded;
     inventory.dangling_claims = scenario
         .dangling_claims
         .iter()
@@ -299,7 +314,13 @@ fn provider_named(name: &str) -> Result<ProviderName, String> {
 }
 
 /// A lease as the providers list it.
-fn live_lease(live: &LiveLease, previous: &DesiredPond, now: u64) -> Result<Lease, String> {
+/// The lease of a `live` entry and the commands its claim records.
+fn live_lease(
+    live: &LiveLease,
+    previous: &DesiredPond,
+    now: u64,
+) -> Result<(Lease, Option<Vec<String>>), String> {
+    let mut ran = None;
     let mut provider = match &live.provider {
         Some(p) => Some(provider_named(p)?),
         None => None,
@@ -340,6 +361,9 @@ fn live_lease(live: &LiveLease, previous: &DesiredPond, now: u64) -> Result<Leas
         );
         l.insert(labels::STATE.into(), state::READY.into());
         l.insert(labels::POND_SETUP.into(), SpecHashes::of(m).setup);
+        if live.recorded {
+            ran = Some(ran_by(m));
+        }
         if let Some(s) = &live.state {
             l.insert(labels::STATE.into(), s.clone());
         }
@@ -370,15 +394,23 @@ fn live_lease(live: &LiveLease, previous: &DesiredPond, now: u64) -> Result<Leas
             live.created_at.unwrap_or_default().to_string(),
         );
     }
-    Ok(Lease {
-        id: live.id.clone(),
-        provider: provider.unwrap_or(ProviderName::Local),
-        cloud_id: format!("cloud-{}", live.id),
-        labels,
-        endpoint: Default::default(),
-        listed: true,
-        claimed: false,
-    })
+    Ok((
+        Lease {
+            id: live.id.clone(),
+            provider: provider.unwrap_or(ProviderName::Local),
+            cloud_id: format!("cloud-{}", live.id),
+            labels,
+            endpoint: Default::default(),
+            listed: true,
+            claimed: false,
+        },
+        ran,
+    ))
+}
+
+/// What `Finalize` records in the claim of a lease that ran `m`'s setup.
+fn ran_by(m: &crabbox_spec::desired::DesiredMember) -> Vec<String> {
+    crabbox_plan::commands::lines(m, crabbox_plan::commands::Show::default())
 }
 
 /// Plans a set-up scenario.
@@ -630,6 +662,7 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
         .iter()
         .map(|l| (l.id.clone(), l.clone()))
         .collect();
+    let mut recorded = s.inventory.applied_commands.clone();
     let finalize = |labels: &labels::Labels, m: &crabbox_spec::desired::DesiredMember| {
         let mut l = member_labels::for_update(labels, m, s.options.now);
         l.insert(labels::STATE.into(), state::READY.into());
@@ -652,6 +685,7 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
                     crabbox_plan::adopt::labels(&lease.labels, m, c.rerun_setup, s.options.now);
                 if c.rerun_setup {
                     lease.labels = finalize(&lease.labels, m);
+                    recorded.insert(lease.id.clone(), ran_by(m));
                 }
             }
             (Action::Update, Some(m)) => {
@@ -663,6 +697,7 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
                 }
                 if c.rerun_setup {
                     lease.labels = finalize(&lease.labels, m);
+                    recorded.insert(lease.id.clone(), ran_by(m));
                 }
             }
             (Action::Create | Action::Replace | Action::CreateBeforeDestroy, Some(m)) => {
@@ -671,6 +706,7 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
                 }
                 let id = format!("cbx_ffff{n:08x}");
                 let created = member_labels::for_create(&p.pond, &id, m, s.options.now);
+                recorded.insert(id.clone(), ran_by(m));
                 let lease = Lease {
                     id: id.clone(),
                     provider: m.provider,
@@ -685,7 +721,10 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
             (_, None) => {}
         }
     }
-    discovered(&p.pond, leases.into_values().collect())
+    let mut inv = discovered(&p.pond, leases.into_values().collect());
+    recorded.retain(|id, _| inv.leases.iter().any(|l| &l.id == id));
+    inv.applied_commands = recorded;
+    inv
 }
 
 /// A plan in one line per entry, for failure messages.

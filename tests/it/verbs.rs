@@ -437,3 +437,43 @@ fn show_prints_a_saved_plan_as_text_and_json() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a crabbox saved plan"));
 }
+
+/// The diagram of a plan with every kind of change: each member drawn once,
+/// in its action's class — a dropped member (`docs`) drawn though the spec
+/// no longer has it, a spare lease of a kept member (`queue`) leaving the
+/// member uncoloured.
+#[test]
+fn the_plan_diagram_colours_updates_replacements_and_destroys() {
+    let text = std::fs::read_to_string(root().join("specs/mixed-pond.yaml")).expect("scenario");
+    let s = crate::scenarios::setup(&crate::scenarios::parse(&text).expect("a scenario"))
+        .expect("sets up");
+    let plan = crate::scenarios::plan_setup(&s).expect("plans");
+    let mermaid = crabbox_plan::graph::to_mermaid_for_plan(&s.desired, &plan);
+    let (nodes, _) = check_plan_mermaid(&mermaid).unwrap_or_else(|e| panic!("{e}:\n{mermaid}"));
+    assert_eq!(nodes, 7, "six members and the dropped one: {mermaid}");
+    let class_of = |id: &str| -> Vec<&str> {
+        mermaid
+            .lines()
+            .filter_map(|l| l.strip_prefix("  class "))
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(ids, _)| ids.split(',').any(|i| i == id))
+            .map(|(_, class)| class)
+            .collect()
+    };
+    for (id, class) in [
+        ("m_db", vec!["replace"]),
+        ("m_worker", vec!["replace"]),
+        ("m_api", vec!["update"]),
+        ("m_web", vec!["create"]),
+        ("m_docs", vec!["destroy"]),
+        ("m_cache", vec![]),
+        ("m_queue", vec![]),
+    ] {
+        assert_eq!(class_of(id), class, "{id}: {mermaid}");
+    }
+    assert!(mermaid.contains("m_docs[\"docs (hetzner)\"]"), "{mermaid}");
+    assert!(
+        mermaid.contains("classDef destroy fill:#ffebe9,stroke:#cf222e\n"),
+        "{mermaid}"
+    );
+}

@@ -128,6 +128,13 @@ pub async fn discover(
             {
                 lease.endpoint.shares = serde_json::from_value(shares.clone()).unwrap_or_default();
             }
+            if let Some(ran) = claim
+                .extra
+                .get(crabbox_plan::commands::CLAIM_FIELD)
+                .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+            {
+                inv.applied_commands.insert(lease.id.clone(), ran);
+            }
             if lease.endpoint.url.is_none() && !claim.bridge_url.is_empty() {
                 lease.endpoint.url = Some(claim.bridge_url.clone());
             }

@@ -262,7 +262,9 @@ pub async fn run(ctx: &Context, step: &Step) -> Result<String, StepError> {
             let provider = ctx.provider(lease.provider)?;
             with_retries(|| provider.relabel(&lease, &labels)).await?;
             let lease = Lease { labels, ..lease };
-            update_claim(ctx, &lease).await?;
+            // What ran, for the next plan's setup diff.
+            let ran = crabbox_plan::commands::lines(m, crabbox_plan::commands::Show::default());
+            update_claim_recording(ctx, &lease, Some(ran)).await?;
             ctx.set_lease(lease);
             Ok(String::new())
         }
@@ -378,6 +380,17 @@ async fn unique_slug(
 /// read or written fails the step: the lease exists, and a claim left
 /// `pending` or stale would misdescribe it to the next run.
 async fn update_claim(ctx: &Context, lease: &Lease) -> Result<(), StepError> {
+    update_claim_recording(ctx, lease, None).await
+}
+
+/// [`update_claim`], recording `ran` (the lines of
+/// `crabbox_plan::commands::lines`, env values from the environment hidden)
+/// as what the lease last ran when given.
+async fn update_claim_recording(
+    ctx: &Context,
+    lease: &Lease,
+    ran: Option<Vec<String>>,
+) -> Result<(), StepError> {
     let stored = ctx
         .claims
         .load(&lease.id)
@@ -404,6 +417,11 @@ async fn update_claim(ctx: &Context, lease: &Lease) -> Result<(), StepError> {
         claim.extra.remove(SHARES_FIELD);
     } else if let Ok(shares) = serde_json::to_value(&lease.endpoint.shares) {
         claim.extra.insert(SHARES_FIELD.to_owned(), shares);
+    }
+    if let Some(ran) = ran {
+        claim
+            .extra
+            .insert(crabbox_plan::commands::CLAIM_FIELD.to_owned(), ran.into());
     }
     ctx.claims
         .write(&claim)

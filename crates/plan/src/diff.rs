@@ -198,10 +198,17 @@ pub fn plan(
                 reasons,
                 relabel: false,
                 rerun_setup: false,
+                commands_before: None,
             });
         }
     }
     rerun_after_new_dependencies(&mut changes);
+    for c in &mut changes {
+        c.commands_before = c
+            .lease
+            .as_ref()
+            .and_then(|l| inventory.applied_commands.get(&l.id).cloned());
+    }
     for m in &desired.members {
         for (dep, _) in &m.depends_on {
             if targeted.includes(&m.slug)
@@ -355,6 +362,7 @@ fn member_changes(
         reasons: Vec::new(),
         relabel: false,
         rerun_setup: false,
+        commands_before: None,
     };
     if leases.is_empty() {
         return Ok(vec![MemberChange {
@@ -544,6 +552,7 @@ fn duplicates(m: &DesiredMember, leases: &[&Lease], keep: &Lease) -> Vec<MemberC
             )],
             relabel: false,
             rerun_setup: false,
+            commands_before: None,
         });
     }
     out
@@ -634,6 +643,7 @@ fn adoption(
         reasons,
         relabel: true,
         rerun_setup: options.rerun_setup,
+        commands_before: None,
         ..change
     })
 }

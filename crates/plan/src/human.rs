@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style};
 
-use crate::commands::{self, Show};
+use crate::commands::{self, DiffLine, Show};
 use crate::{Action, MemberChange, Plan};
 
 const GREEN: Style = AnsiColor::Green.on_default();
@@ -272,14 +272,34 @@ fn commands_rows(out: &mut String, c: &MemberChange, show: Show) {
         Action::Delete | Action::NoOp => false,
     };
     let lines = commands::lines(m, show);
-    if !runs_setup || lines.is_empty() {
+    if !runs_setup {
         return;
     }
-    if matches!(c.action, Action::Update | Action::Adopt) {
-        let _ = writeln!(out, "        # {}", commands::OLD_NOT_RECORDED);
-    }
-    for line in lines {
-        let _ = writeln!(out, "        {GREEN}+{GREEN:#} {line}");
+    let updating = matches!(c.action, Action::Update | Action::Adopt);
+    match &c.commands_before {
+        Some(before) if updating => {
+            let diff = commands::diff(before, m, show);
+            if diff.iter().all(|l| matches!(l, DiffLine::Same(_))) {
+                let _ = writeln!(out, "        # {}", commands::SAME_LINES);
+            }
+            for line in diff {
+                let (st, sym, text) = match line {
+                    DiffLine::Same(t) => (Style::new(), " ", t),
+                    DiffLine::Removed(t) => (RED, "-", t),
+                    DiffLine::Added(t) => (GREEN, "+", t),
+                };
+                let _ = writeln!(out, "        {st}{sym}{st:#} {text}");
+            }
+        }
+        _ if lines.is_empty() => {}
+        _ => {
+            if updating {
+                let _ = writeln!(out, "        # {}", commands::OLD_NOT_RECORDED);
+            }
+            for line in lines {
+                let _ = writeln!(out, "        {GREEN}+{GREEN:#} {line}");
+            }
+        }
     }
 }
 

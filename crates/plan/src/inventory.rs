@@ -1,5 +1,7 @@
 //! What exists for one pond: the planner's input from discovery.
 
+use std::collections::BTreeMap;
+
 use crabbox_core::lease::Lease;
 use crabbox_core::provider::ProviderName;
 use crabbox_state::claims::Claim;
@@ -24,6 +26,10 @@ pub struct Inventory {
     pub warnings: Vec<String>,
     /// The providers that were listed.
     pub listed: Vec<ProviderName>,
+    /// By lease ID: the commands each lease last ran, as its claim recorded
+    /// them after setup (see `commands::lines`), so that a plan can show
+    /// what changes instead of two hashes.
+    pub applied_commands: BTreeMap<String, Vec<String>>,
 }
 
 impl Inventory {

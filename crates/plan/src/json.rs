@@ -117,6 +117,8 @@ pub fn to_value(plan: &Plan) -> Value {
                     "rerun_setup": c.rerun_setup,
                     // What the member runs, interpolated env values hidden.
                     "commands": c.desired.as_ref().map(|m| crate::commands::lines(m, crate::commands::Show::default())),
+                    // What the lease last ran, as its claim recorded it (null: not recorded).
+                    "commands_before": c.commands_before,
                 },
             });
             // Like Terraform's `change.importing`: the lease is taken over,

@@ -105,6 +105,12 @@ pub struct MemberChange {
     pub relabel: bool,
     /// For updates: setup must run again.
     pub rerun_setup: bool,
+    /// What the live lease last ran ([`commands::lines`], env values from
+    /// the environment hidden), when its claim recorded it: the left side
+    /// of the setup diff. `None` for leases made before it was recorded, by
+    /// Crabbox, or on another machine without a shared state backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commands_before: Option<Vec<String>>,
 }
 
 impl MemberChange {
