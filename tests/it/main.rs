@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area.
 
 mod adopt;
+mod aws_api;
 mod brokered;
 mod cli;
 mod closed_stdout;
@@ -24,6 +25,7 @@ mod killed;
 mod layers;
 mod loader_fuzz;
 mod local_e2e;
+mod moto;
 mod outputs_owner;
 mod peers_compat;
 mod pg;

@@ -2,6 +2,7 @@
 //! this module talks to providers (processes, HTTP, SSH); everything above it
 //! works with [`Lease`]s and [`ProviderError`]s.
 
+pub mod aws;
 pub mod claim_backed;
 pub mod coordinator;
 pub mod hetzner;

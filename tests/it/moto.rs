@@ -1,0 +1,70 @@
+//! moto's EC2 server (an independent AWS emulator from PyPI) for the AWS
+//! tests: one per test, on a free port, serving Canonical-owned Ubuntu
+//! images from `tests/fixtures/moto/amis.json` (moto ships none newer than
+//! 16.04). `./scripts/test` installs moto into `target/test-tools/venv`,
+//! which it puts first on PATH; without it the tests fail saying so.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use crate::support::root;
+
+/// A running moto server.
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Moto {
+    /// Starts a server on a free port and waits until it listens.
+    pub fn start() -> Self {
+        let mut child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .env(
+                "MOTO_AMIS_PATH",
+                root().join("tests/fixtures/moto/amis.json"),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("moto_server is not installed ({e}); ./scripts/test installs moto from PyPI")
+            });
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let url = loop {
+            let line = match lines.next() {
+                Some(Ok(line)) => line,
+                _ => panic!("moto_server exited before it listened"),
+            };
+            if let Some(at) = line.find("Running on http://") {
+                break line[at + "Running on ".len()..].trim().to_owned();
+            }
+        };
+        // Keep reading, so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url }
+    }
+
+    /// An SDK configuration for this server, built in the test process
+    /// (no environment variables, so tests can run side by side).
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.url)
+            .region(aws_config::Region::new("eu-west-1"))
+            .credentials_provider(aws_credential_types::Credentials::new(
+                "testing", "testing", None, None, "moto",
+            ))
+            .load()
+            .await
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
