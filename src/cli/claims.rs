@@ -22,7 +22,7 @@ pub(super) struct ClaimsArgs {
     verb: Option<String>,
     /// Crabbox's JSON document: {version, source, claims, problems}.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Ask the providers which claims still have a lease; marks the others
     /// `dangling` (text: a `dangling: true` line; JSON: a `dangling` key
     /// per claim, beyond Crabbox's shape).
@@ -214,6 +214,7 @@ pub(super) fn claims(args: &ClaimsArgs) -> ExitCode {
         problems: problem_views(&problems),
     };
     if args.json {
+        super::report::printed_document();
         println!("{}", serde_json::to_string(&doc).expect("JSON"));
     } else {
         print_text(&doc);

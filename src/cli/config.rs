@@ -32,7 +32,7 @@ pub(super) struct ShowArgs {
     file: std::path::PathBuf,
     /// JSON: {"files": [...], "settings": [{"key", "value", "source"}]}.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// Spec places that fill a Crabbox config key (`defaults:` only: members'
@@ -82,6 +82,7 @@ fn show(args: &ShowArgs) -> ExitCode {
     }
     let settings = config.shown();
     if args.json {
+        super::report::printed_document();
         let doc = serde_json::json!({ "files": config.files, "settings": settings });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return ExitCode::SUCCESS;

@@ -345,7 +345,7 @@ pub(super) struct StatusArgs {
     wait_timeout: Duration,
     /// Crabbox's status view as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// A duration flag such as `5m` or `90s`.
@@ -382,6 +382,7 @@ pub(super) fn status(args: &StatusArgs) -> ExitCode {
         if !args.json {
             println!("{}", view.line());
         } else if done {
+            super::report::printed_document();
             println!("{}", serde_json::to_string(&view).expect("JSON"));
         }
         if done {

@@ -30,7 +30,7 @@ pub(super) struct ListArgs {
     all: bool,
     /// JSON: an array of Crabbox's `Server` objects.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 pub(super) fn list(args: &ListArgs) -> ExitCode {
@@ -48,8 +48,10 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
         Some(p) => match checked_name(p) {
             Ok(p) => (BTreeSet::from([p]), Vec::new()),
             Err(_) => {
-                anstream::eprintln!(
-                    "error: `{p}` is not a usable pond name\n  help: use letters, digits and `-`, at most 41 characters"
+                super::report::error(
+                    "usage",
+                    &format!("`{p}` is not a usable pond name"),
+                    Some("use letters, digits and `-`, at most 41 characters"),
                 );
                 return exit::code(USAGE);
             }
@@ -57,8 +59,10 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
         None => match rt.block_on(ponds(&store, &registry, args.provider)) {
             Ok(found) => found,
             Err(e) => {
-                anstream::eprintln!(
-                    "error: {e}\n  help: check CRABBOX_STATE_URL / the state directory and try again"
+                super::report::error(
+                    "state-unreadable",
+                    &e.to_string(),
+                    Some("check CRABBOX_STATE_URL / the state directory and try again"),
                 );
                 return exit::code(1);
             }
@@ -85,9 +89,13 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
             }
         }
         if let Some(why) = &inv.state_unreadable {
-            anstream::eprintln!(
-                "error: pond {}: the claim store could not be read: {why}",
-                inv.pond
+            super::report::error(
+                "state-unreadable",
+                &format!(
+                    "pond {}: the claim store could not be read: {why}",
+                    inv.pond
+                ),
+                None,
             );
             code.get_or_insert(exit::code(1));
         }
@@ -99,6 +107,7 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
     }
     let status = code.unwrap_or(ExitCode::SUCCESS);
     if args.json {
+        super::report::printed_document();
         let servers: Vec<Server> = leases.iter().map(Server::of).collect();
         println!("{}", serde_json::to_string(&servers).expect("JSON"));
         return status;

@@ -18,6 +18,7 @@ mod lookup;
 mod peers;
 mod plan;
 mod pond;
+mod report;
 mod schema;
 mod show;
 mod state;
@@ -211,6 +212,9 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Err(mut e) => {
             engine::hint_spec_positional(&mut e);
             let _ = e.print();
+            if e.use_stderr() {
+                report::usage_error(&args, &e);
+            }
             return if e.use_stderr() {
                 ExitCode::from(exit::for_usage_error(&args))
             } else {
@@ -218,7 +222,8 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
             };
         }
     };
-    match cli.command {
+    report::set_output(report::output_of(&cli.command));
+    let code = match cli.command {
         Command::Validate(args) => validate::run(&args),
         Command::Schema => schema::run(),
         Command::Plan(args) => plan::run(&args),
@@ -247,5 +252,6 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Completions(args) => completions::completions(&args),
         Command::Man => completions::man(),
         Command::Show(args) => show::run(&args),
-    }
+    };
+    report::finish(&report::verb(&args), code)
 }

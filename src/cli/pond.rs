@@ -94,7 +94,7 @@ pub(super) struct PeersArgs {
     pond: PondRef,
     /// JSON output.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Publish this port of every URL-bridge member (reusing a live share) and show
     /// its URL; 0 publishes nothing. Members without a URL bridge (SSH leases, local)
     /// are reached as before and say so.
@@ -126,7 +126,7 @@ pub(super) struct ConnectArgs {
     export: bool,
     /// Print {hostsPath, envPath, exports, forwards} and start no tunnels.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 pub(super) fn run(cmd: &PondCommand) -> ExitCode {
@@ -282,6 +282,7 @@ fn connect(pond: &str, only: Option<ProviderName>, export: bool, json: bool) -> 
     }
     let exports = mesh::exports(&forwards);
     if json {
+        super::report::printed_document();
         let v = serde_json::json!({
             "hostsPath": dir.join("hosts"), "envPath": dir.join("env"), "exports": exports, "forwards": forwards,
         });

@@ -15,7 +15,7 @@ use crabbox_providers::coordinator::api::URL_ENV;
 pub(super) struct WhoamiArgs {
     /// Print the coordinator's answer as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// The coordinator URL without credentials or query, as Crabbox's
@@ -46,7 +46,10 @@ pub(super) fn whoami(args: &WhoamiArgs) -> ExitCode {
     };
     if args.json {
         match serde_json::to_string(&who) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => {
+                super::report::printed_document();
+                println!("{text}");
+            }
             Err(e) => {
                 anstream::eprintln!("error: {e}");
                 return ExitCode::FAILURE;
