@@ -97,8 +97,9 @@ enum Command {
     /// Check a pond.yaml: YAML syntax, variables, schema and semantic rules.
     /// Every problem is reported at once as FILE:LINE:COL with a hint.
     Validate(validate::ValidateArgs),
-    /// Print the JSON Schema of pond.yaml (the same bytes as schema/pond.schema.json).
-    Schema,
+    /// Print the JSON Schema of pond.yaml (the same bytes as schema/pond.schema.json), or
+    /// with --document of crabbox's JSON output (plan, events, diagnostics).
+    Schema(schema::SchemaArgs),
     /// Discover the live pond, diff it against the spec and print the plan.
     Plan(plan::PlanArgs),
     /// Plan (or load a saved plan, refusing a stale one) and carry it out.
@@ -225,7 +226,7 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
     report::set_output(report::output_of(&cli.command));
     let code = match cli.command {
         Command::Validate(args) => validate::run(&args),
-        Command::Schema => schema::run(),
+        Command::Schema(args) => schema::run(&args),
         Command::Plan(args) => plan::run(&args),
         Command::Apply(args) => apply::apply(&args),
         Command::Destroy(args) => apply::destroy(&args),
