@@ -381,6 +381,12 @@ pub(super) fn status(args: &StatusArgs) -> ExitCode {
         let done = !args.wait || view.wait_done();
         if !args.json {
             println!("{}", view.line());
+            // Crabbox's line is for scripts; people get the times in words.
+            if let Some(note) =
+                super::views::times_note(&found.lease, crabbox_core::labels::now_secs())
+            {
+                anstream::eprintln!("{}: {note}", found.lease.crabbox_slug());
+            }
         } else if done {
             super::report::printed_document();
             println!("{}", serde_json::to_string(&view).expect("JSON"));

@@ -12,6 +12,7 @@ use super::engine::runtime;
 use super::exit::{self, USAGE};
 use super::lookup::{inventories, parse_provider, ponds, store_and_registry};
 use super::views::Server;
+use crabbox_core::human_time;
 use crabbox_core::normalize::checked_name;
 use crabbox_core::provider::ProviderName;
 
@@ -117,18 +118,21 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
         return status;
     }
     println!(
-        "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  ADDRESS",
-        "LEASE", "POND", "SLUG", "PROVIDER", "STATE"
+        "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  {:<15}  EXPIRY",
+        "LEASE", "POND", "SLUG", "PROVIDER", "STATE", "ADDRESS"
     );
+    let now = crabbox_core::labels::now_secs();
     for l in &leases {
         println!(
-            "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  {}",
+            "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  {:<15}  {}",
             l.id,
             l.label("pond").unwrap_or_default(),
             l.crabbox_slug(),
             l.provider.as_str(),
             l.state(),
-            l.endpoint.host.as_deref().unwrap_or("-")
+            l.endpoint.host.as_deref().unwrap_or("-"),
+            crabbox_core::expiry::expires_at(&l.labels)
+                .map_or_else(|| "-".to_owned(), |at| human_time::expiry(at, now))
         );
     }
     status
