@@ -168,7 +168,11 @@ pub(super) fn claims(args: &ClaimsArgs) -> ExitCode {
     let (claims, problems) = match rt.block_on(store.load_all()) {
         Ok(loaded) => loaded,
         Err(e) => {
-            anstream::eprintln!("error: the claim store could not be read: {e}");
+            super::report::error(
+                "state-unreadable",
+                &format!("the claim store could not be read: {e}"),
+                Some("check CRABBOX_STATE_URL / the state directory and try again"),
+            );
             return exit::code(1);
         }
     };

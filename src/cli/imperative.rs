@@ -393,9 +393,13 @@ pub(super) fn status(args: &StatusArgs) -> ExitCode {
         }
         if done {
             if args.wait && !view.ready {
-                anstream::eprintln!(
-                    "error: lease {id} reached terminal state {} before ready",
-                    view.state
+                super::report::error(
+                    "terminal-state",
+                    &format!(
+                        "lease {id} reached terminal state {} before ready",
+                        view.state
+                    ),
+                    None,
                 );
                 return exit::code(TIMEOUT);
             }
@@ -403,7 +407,11 @@ pub(super) fn status(args: &StatusArgs) -> ExitCode {
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            anstream::eprintln!("error: timed out waiting for {id} to become ready");
+            super::report::error(
+                "timeout",
+                &format!("timed out waiting for {id} to become ready"),
+                Some("wait longer with --wait-timeout, or see why with `crabbox inspect`"),
+            );
             return exit::code(TIMEOUT);
         }
         std::thread::sleep(WAIT_POLL.min(left));

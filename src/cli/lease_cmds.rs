@@ -182,7 +182,7 @@ fn touched(lease: &Lease, now: u64, idle_override: Option<Duration>) -> Labels {
 /// state is exit 5, as in Crabbox.
 pub(super) fn heartbeat(args: &HeartbeatArgs) -> ExitCode {
     if args.idle_timeout.is_some_and(|d| d.is_zero()) {
-        anstream::eprintln!("error: idle timeout must be positive");
+        super::report::error("usage", "idle timeout must be positive", None);
         return exit::code(USAGE);
     }
     let found = match found(
@@ -195,10 +195,10 @@ pub(super) fn heartbeat(args: &HeartbeatArgs) -> ExitCode {
     };
     let mut lease = found.lease.clone();
     if terminal(lease.state()) {
-        anstream::eprintln!(
-            "error: lease {} is in terminal state {}",
-            lease.id,
-            lease.state()
+        super::report::error(
+            "terminal-state",
+            &format!("lease {} is in terminal state {}", lease.id, lease.state()),
+            None,
         );
         return exit::code(TIMEOUT);
     }

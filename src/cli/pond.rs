@@ -73,12 +73,19 @@ impl PondRef {
             }
             (None, _) => {
                 anstream::eprintln!("usage: crabbox pond {verb} --pond <name>");
+                super::report::record(
+                    "usage",
+                    &format!("usage: crabbox pond {verb} --pond <name>"),
+                    None,
+                );
                 return Err(super::exit::code(USAGE));
             }
         };
         checked_name(&given).map_err(|_| {
-            anstream::eprintln!(
-                "error: `{given}` is not a usable pond name\n  help: at least one letter or digit, at most 41 characters after normalization"
+            super::report::error(
+                "usage",
+                &format!("`{given}` is not a usable pond name"),
+                Some("at least one letter or digit, at most 41 characters after normalization"),
             );
             super::exit::code(USAGE)
         })

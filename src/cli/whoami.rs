@@ -31,8 +31,12 @@ fn redacted(url: &str) -> String {
 
 pub(super) fn whoami(args: &WhoamiArgs) -> ExitCode {
     let Some(settings) = Settings::from_env() else {
-        anstream::eprintln!(
-            "error: whoami requires a configured coordinator\n  help: set {URL_ENV} (and CRABBOX_COORDINATOR_TOKEN) to the coordinator's URL"
+        super::report::error(
+            "usage",
+            "whoami requires a configured coordinator",
+            Some(&format!(
+                "set {URL_ENV} (and CRABBOX_COORDINATOR_TOKEN) to the coordinator's URL"
+            )),
         );
         return exit::code(USAGE);
     };

@@ -307,7 +307,7 @@ fn apply_and_destroy_events_carry_version_timestamp_and_type_and_pass_the_schema
     assert_valid(
         Document::Plan,
         "apply's planned_changes plan",
-        &[plan.clone()],
+        std::slice::from_ref(&plan),
     );
     // The schemas are strict: a line without its timestamp, an unknown
     // key, a wrong type are refused.
