@@ -366,3 +366,60 @@ fn validate_json_reports_pass_the_diagnostics_schema() {
     assert!(docs.iter().any(|d| d["valid"] == true));
     assert_valid(Document::Diagnostics, "validate --format json", &docs);
 }
+
+#[test]
+fn human_views_say_times_in_words_and_machine_views_keep_their_values() {
+    let s = Scratch::new();
+    s.spec("version: 1\npond: machine-times\ndefaults: { provider: local, sync: false }\nmembers:\n  - slug: web\n    ttl: 2h\n");
+    let out = s.run(&["apply", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // `list`'s table: an EXPIRY column in words (idle timeout 30m wins).
+    let list = text(&s.run(&["list"]).stdout);
+    let header = list.lines().next().expect("a header");
+    assert!(header.ends_with("ADDRESS          EXPIRY"), "{list}");
+    let row = list.lines().nth(1).expect("a row");
+    assert!(
+        (row.contains("expires in 29m (") || row.contains("expires in 30m ("))
+            && row.ends_with(" UTC)"),
+        "{list}"
+    );
+    // `status`: Crabbox's line on stdout as before, the words on stderr.
+    let status = s.run(&["status", "web"]);
+    assert!(status.status.success());
+    let line = text(&status.stdout);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    let expires = line
+        .trim_end()
+        .rsplit_once(" expires=")
+        .map(|(_, v)| v.to_owned())
+        .expect("Crabbox's expires=");
+    humantime::parse_rfc3339(&expires).expect("RFC 3339, as Crabbox prints it");
+    let note = text(&status.stderr);
+    assert!(
+        note.starts_with("web: expires in ")
+            && note.contains("; created ")
+            && note.trim_end().ends_with(" ago"),
+        "{note}"
+    );
+    // JSON keeps machine values.
+    let view = document(&s.run(&["status", "web", "--json"]));
+    assert_eq!(view["expiresAt"].as_str(), Some(expires.as_str()));
+}
+
+#[test]
+fn a_failed_apply_ends_with_its_summary_then_the_diagnostics() {
+    let s = Scratch::new();
+    s.spec("version: 1\npond: machine-fails\ndefaults: { provider: local, sync: false }\nmembers:\n  - slug: web\n    setup:\n      - run: exit 3\n");
+    let out = s.run(&["apply", "--json", "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let events = ndjson(&out);
+    let n = events.len();
+    assert_eq!(events[n - 2]["type"], "change_summary");
+    assert_eq!(events[n - 2]["ok"], false);
+    let last = &events[n - 1];
+    assert_eq!(last["type"], "diagnostics");
+    assert_eq!(last["diagnostics"][0]["code"], "step-failed", "{last}");
+    assert!(events.iter().any(|e| e["type"] == "apply_errored"));
+    assert_valid(Document::Events, "a failed apply", &events);
+    let _ = s.run(&["destroy", "--auto-approve"]);
+}
