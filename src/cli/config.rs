@@ -73,11 +73,15 @@ fn show(args: &ShowArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             anstream::eprint!("{}", e.rendered);
+            let text = anstream::adapter::strip_str(&e.rendered).to_string();
+            super::report::record("invalid-config", text.trim_end(), None);
             return ExitCode::from(2);
         }
     };
     if let Err(message) = apply_spec(&mut config, &args.file) {
         anstream::eprintln!("{message}");
+        let text = anstream::adapter::strip_str(&message).to_string();
+        super::report::record("invalid-spec", text.trim_end(), None);
         return ExitCode::from(2);
     }
     let settings = config.shown();

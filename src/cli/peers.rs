@@ -203,7 +203,11 @@ pub(super) fn peers(args: &PeersArgs) -> ExitCode {
                     lease.endpoint.shares.push(share);
                 }
                 Err(e) => {
-                    anstream::eprintln!("error: sharing port {port} of {}: {e}", lease.slug());
+                    super::report::error(
+                        super::exit::provider_diagnostic_code(&e),
+                        &format!("sharing port {port} of {}: {e}", lease.slug()),
+                        None,
+                    );
                     return failure();
                 }
             }

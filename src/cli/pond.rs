@@ -277,14 +277,20 @@ fn connect(pond: &str, only: Option<ProviderName>, export: bool, json: bool) -> 
     let forwards = match mesh::assign_ports(&dir, &members) {
         Ok(f) => f,
         Err(e) => {
-            anstream::eprintln!(
-                "error: {e}\n  help: free some local ports or disconnect other ponds"
+            super::report::error(
+                "no-free-port",
+                &e.to_string(),
+                Some("free some local ports or disconnect other ponds"),
             );
             return super::exit::code(super::exit::REMOTE);
         }
     };
     if let Err(e) = mesh::write_files(&dir, &pond, &forwards) {
-        anstream::eprintln!("error: writing {}: {e}", dir.display());
+        super::report::error(
+            "unwritable",
+            &format!("writing {}: {e}", dir.display()),
+            None,
+        );
         return failure();
     }
     let exports = mesh::exports(&forwards);
