@@ -24,6 +24,7 @@ mod killed;
 mod layers;
 mod loader_fuzz;
 mod local_e2e;
+mod machine_output;
 mod outputs_owner;
 mod peers_compat;
 mod pg;
