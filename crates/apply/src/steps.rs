@@ -15,7 +15,7 @@ use crabbox_core::lease::Lease;
 use crabbox_core::normalize::normalize_name;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_core::retry::with_retries;
-use crabbox_exec::archive;
+use crabbox_exec::{archive, logs};
 use crabbox_exec::session::ExecRequest;
 use crabbox_providers::registry::Registry;
 use crabbox_providers::{CreateRequest, Provider};
@@ -455,14 +455,28 @@ async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
                 return Err(e);
             }
         };
+        let session = provider.session(&lease);
+        // A foreground step's output is also kept on the lease, for `crabbox logs`.
+        let command = match session.logs_dir() {
+            Some(dir) if !step.background => logs::setup_logged_script(
+                &dir,
+                &format!(
+                    "--- {} setup step {n}/{}: $ {}",
+                    now_rfc3339(),
+                    m.setup.len(),
+                    step.run
+                ),
+                &step.run,
+            ),
+            _ => step.run.clone(),
+        };
         let request = ExecRequest {
-            command: step.run.clone(),
+            command,
             env,
             timeout: step.timeout,
         };
         if step.background {
-            if let Err(e) = provider
-                .session(&lease)
+            if let Err(e) = session
                 .start_background(&request, &format!("setup-{n}"))
                 .await
             {
@@ -473,7 +487,7 @@ async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
                 )));
             }
         } else {
-            match provider.session(&lease).exec(&request, sink.clone()).await {
+            match session.exec(&request, sink.clone()).await {
                 Ok(0) => {}
                 Ok(code) => {
                     ctx.taint(slug, &format!("setup_step_{n}_exit_{code}"))

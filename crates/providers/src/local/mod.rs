@@ -457,6 +457,27 @@ impl Session for LocalSession<'_> {
         }
     }
 
+    /// Reading logs is not recorded in `exec.log`: a follow would copy
+    /// every log into it.
+    async fn exec_unrecorded(
+        &self,
+        request: &ExecRequest,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ProviderError> {
+        match self.provider.run(self.lease, request, sink, None).await? {
+            Outcome::Exited(code) => Ok(code),
+            Outcome::TimedOut(limit) => Err(ProviderError::Failed(format!(
+                "command timed out after {}",
+                duration::format(limit)
+            ))),
+        }
+    }
+
+    /// `logs/` beside `workspace/` in the lease directory.
+    fn logs_dir(&self) -> Option<String> {
+        Some(format!("../{LOGS}"))
+    }
+
     async fn start_background(
         &self,
         request: &ExecRequest,
