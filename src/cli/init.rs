@@ -233,7 +233,10 @@ fn ask(default_pond: &str) -> Option<Answers> {
         }
     })?;
     let provider = question(
-        &format!("Provider ({providers}) [{}]: ", ProviderName::Local.as_str()),
+        &format!(
+            "Provider ({providers}) [{}]: ",
+            ProviderName::Local.as_str()
+        ),
         |s| {
             if s.is_empty() {
                 Ok(ProviderName::Local)
@@ -283,10 +286,14 @@ fn provider_note(p: ProviderName) -> String {
         ProviderName::Local => {
             "processes on this machine, each member on its own loopback address ($CRABBOX_BIND_ADDR); no account needed"
         }
-        ProviderName::Ssh => "an existing machine reached with OpenSSH; crabbox never creates or deletes it",
+        ProviderName::Ssh => {
+            "an existing machine reached with OpenSSH; crabbox never creates or deletes it"
+        }
         ProviderName::Hetzner => "Hetzner Cloud servers, reached over SSH",
         ProviderName::Islo => "Islo sandboxes",
-        ProviderName::Tensorlake => "Tensorlake sandboxes (through the tensorlake CLI); no `expose`",
+        ProviderName::Tensorlake => {
+            "Tensorlake sandboxes (through the tensorlake CLI); no `expose`"
+        }
         _ => "",
     };
     let mut note = format!("# {}: {what}", p.as_str());
@@ -351,7 +358,9 @@ fn render(a: &Answers, schema: &str) -> String {
                 let _ = writeln!(out, "    provider: {}", p.as_str());
             }
             None if i == 0 => {
-                out.push_str("    # provider: hetzner   # a member's own provider wins over the default\n");
+                out.push_str(
+                    "    # provider: hetzner   # a member's own provider wins over the default\n",
+                );
             }
             None => {}
         }
@@ -406,8 +415,8 @@ fn member_comments(out: &mut String, provider: ProviderName) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crabbox_spec::interpolate::Variables;
     use crabbox_providers::registry::ADAPTERS;
+    use crabbox_spec::interpolate::Variables;
     use crabbox_spec::load::load_str;
 
     /// The spec for every provider this build runs, alone and mixed, loads

@@ -83,7 +83,14 @@ fn flags_write_a_commented_spec_that_validates_with_the_members() {
     ] {
         assert!(spec.contains(line), "{line:?} in:\n{spec}");
     }
-    for key in ["# expose:", "# depends_on:", "# ready:", "ttl:", "setup:", "# env:"] {
+    for key in [
+        "# expose:",
+        "# depends_on:",
+        "# ready:",
+        "ttl:",
+        "setup:",
+        "# env:",
+    ] {
         assert!(spec.contains(key), "{key} explained in:\n{spec}");
     }
     assert!(
@@ -103,7 +110,10 @@ fn every_provider_gets_a_spec_that_validates() {
         let out = run(&dir, &["init", "--provider", provider, "--member", "one"]);
         assert!(out.status.success(), "{provider}: {}", text(&out.stderr));
         let spec = std::fs::read_to_string(dir.join("pond.yaml")).expect("written");
-        assert!(spec.contains(&format!("  provider: {provider}\n")), "{spec}");
+        assert!(
+            spec.contains(&format!("  provider: {provider}\n")),
+            "{spec}"
+        );
         validate(&dir, "pond.yaml");
     }
 }
@@ -134,7 +144,18 @@ fn an_existing_file_is_refused_without_force() {
 #[test]
 fn dash_prints_the_spec_and_writes_nothing() {
     let (_tmp, dir) = project("printed");
-    let out = run(&dir, &["init", "-f", "-", "--member", "db=hetzner", "--schema", "https://example.com/pond.schema.json"]);
+    let out = run(
+        &dir,
+        &[
+            "init",
+            "-f",
+            "-",
+            "--member",
+            "db=hetzner",
+            "--schema",
+            "https://example.com/pond.schema.json",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let spec = text(&out.stdout);
     assert!(
@@ -142,7 +163,10 @@ fn dash_prints_the_spec_and_writes_nothing() {
         "{spec}"
     );
     assert!(spec.contains("pond: printed\n"), "{spec}");
-    assert!(spec.contains("  - slug: db\n    provider: hetzner\n"), "{spec}");
+    assert!(
+        spec.contains("  - slug: db\n    provider: hetzner\n"),
+        "{spec}"
+    );
     assert!(!dir.join("pond.yaml").exists());
     // What it printed validates (read from stdin).
     let out = crabbox(&dir)
@@ -178,7 +202,9 @@ fn unusable_flags_are_usage_errors() {
     let out = run(&dir, &["init", "--member", "db=aws"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("not a provider this build runs (one of: local, ssh, hetzner, islo, tensorlake)"),
+        text(&out.stderr).contains(
+            "not a provider this build runs (one of: local, ssh, hetzner, islo, tensorlake)"
+        ),
         "{}",
         text(&out.stderr)
     );

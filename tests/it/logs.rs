@@ -111,7 +111,11 @@ fn logs_shows_the_setup_output_and_names_the_services() {
         "{stdout}"
     );
     assert_eq!(lines[first + 4], "to stderr", "{stdout}");
-    assert_eq!(lines.len(), first + 6, "the background step logs apart: {stdout}");
+    assert_eq!(
+        lines.len(),
+        first + 6,
+        "the background step logs apart: {stdout}"
+    );
     assert!(
         stderr.contains("background services: setup-3 (crabbox logs --service NAME)"),
         "{stderr}"
@@ -136,7 +140,11 @@ fn logs_shows_the_setup_output_and_names_the_services() {
     // The service's own log.
     let out = env.run(&["logs", "--id", "web", "--service", "setup-3"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("\ntick "), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("\ntick "),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -147,7 +155,8 @@ fn an_unknown_service_is_refused_listing_the_services() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty());
     assert!(
-        text(&out.stderr).contains("error: web has no background service `db` (its services: setup-3)"),
+        text(&out.stderr)
+            .contains("error: web has no background service `db` (its services: setup-3)"),
         "{}",
         text(&out.stderr)
     );
@@ -201,7 +210,10 @@ fn follow_shows_a_service_s_new_lines_within_a_second() {
     let (_, first) = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the log so far");
-    assert!(first.starts_with("--- ") || stamp(&first).is_some(), "{first}");
+    assert!(
+        first.starts_with("--- ") || stamp(&first).is_some(),
+        "{first}"
+    );
     let running = Instant::now();
     let running_ns = now_ns();
     let (arrived, line) = loop {
@@ -285,7 +297,11 @@ fn logs_over_ssh_show_setup_output_and_a_service_log() {
 
     let out = env.run(&["logs", "--id", "box", "--service", "setup-2"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("\nserved\n"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("\nserved\n"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let out = env.run(&["logs", "--id", "box", "--service", "web"]);
     assert_eq!(out.status.code(), Some(2));
@@ -294,4 +310,80 @@ fn logs_over_ssh_show_setup_output_and_a_service_log() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// The delegated providers keep the same logs in `.crabbox/logs` of their
+/// workdir: Islo (against the fake API) and Tensorlake (through the fake CLI).
+#[test]
+fn logs_on_islo_and_tensorlake_members() {
+    use crate::fake_islo::{API_KEY, FakeConfig, start};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let islo = rt.block_on(start(FakeConfig::default()));
+    let cli = crate::support::root().join("tests/fixtures/fake-tensorlake");
+    let env = Env::new(&format!(
+        r#"version: 1
+pond: logs-deleg
+defaults: {{ sync: false }}
+members:
+  - slug: loader
+    provider: tensorlake
+    tensorlake: {{ cliPath: "{cli}", workdir: /workspace/crabbox }}
+    setup:
+      - echo "loaded on tensorlake"
+      - run: while :; do echo "tl-service"; sleep 1; done
+        background: true
+  - slug: app
+    provider: islo
+    islo: {{ workdir: app }}
+    setup:
+      - echo "set up on islo"
+      - run: while :; do echo "islo-service"; sleep 1; done
+        background: true
+"#,
+        cli = cli.display()
+    ));
+    std::fs::create_dir_all(env.path("tl-state")).expect("tl state");
+    let with_fakes = |args: &[&str]| {
+        let mut c = Command::from_std(env.std_cmd());
+        c.env("CRABBOX_ISLO_API_KEY", API_KEY)
+            .env("ISLO_BASE_URL", &islo.base_url)
+            .env("TENSORLAKE_API_KEY", "tl_apiKey_logs")
+            .env("FAKE_TENSORLAKE_STATE", env.path("tl-state"))
+            .env("FAKE_TENSORLAKE_LOG", env.path("tl.log"))
+            .args(args)
+            .timeout(Duration::from_secs(120));
+        c.output().expect("runs")
+    };
+    let out = with_fakes(&["apply", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (slug, setup, service) in [
+        ("loader", "loaded on tensorlake", "tl-service"),
+        ("app", "set up on islo", "islo-service"),
+    ] {
+        let out = with_fakes(&["logs", "--pond", "logs-deleg", "--id", slug]);
+        assert!(out.status.success(), "{slug}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains(&format!("\n{setup}\n--- exit 0\n")),
+            "{slug}: {}",
+            text(&out.stdout)
+        );
+        assert!(
+            text(&out.stderr).contains("background services: setup-2"),
+            "{slug}: {}",
+            text(&out.stderr)
+        );
+        let out = with_fakes(&["logs", "--id", slug, "--service", "setup-2"]);
+        assert!(out.status.success(), "{slug}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains(&format!("\n{service}\n")),
+            "{slug}: {}",
+            text(&out.stdout)
+        );
+    }
+    let out = with_fakes(&["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

@@ -130,7 +130,10 @@ mod tests {
         assert!(log.ends_with("--- exit 3\n"), "{log}");
 
         // A second step appends.
-        let out = sh(&setup_logged_script("../logs", "--- step 2", "echo two"), &work);
+        let out = sh(
+            &setup_logged_script("../logs", "--- step 2", "echo two"),
+            &work,
+        );
         assert_eq!(out.status.code(), Some(0));
         let log = std::fs::read_to_string(dir.path().join("logs/setup.log")).expect("log");
         assert!(log.starts_with("--- step 1\n"), "{log}");
