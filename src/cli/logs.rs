@@ -26,6 +26,9 @@ pub(super) struct LogsArgs {
     /// until interrupted or stdout is closed.
     #[arg(long)]
     follow: bool,
+    /// Print only the last N lines (with --follow: then follow).
+    #[arg(long, value_name = "N")]
+    tail: Option<u64>,
     /// Print this background service's log instead of the setup output
     /// (`setup-2` is the service of the second setup step, `background: true`).
     #[arg(long, value_name = "NAME")]
@@ -70,7 +73,15 @@ pub(super) fn logs(args: &LogsArgs) -> ExitCode {
         ..
     } = match found(&args.member, args.lease.as_deref(), usage) {
         Ok(f) => f,
-        Err(code) => return code,
+        Err(code) => {
+            let id = args.member.id.as_deref().or(args.lease.as_deref());
+            if id.is_some_and(|id| id.starts_with("run_")) {
+                anstream::eprintln!(
+                    "  help: `run_…` is a Crabbox run ID: Crabbox's own `crabbox logs` reads a coordinator's recorded runs; this one reads a pond member's setup and service logs"
+                );
+            }
+            return code;
+        }
     };
     let provider = match registry.get(lease.provider) {
         Ok(p) => p,
@@ -133,7 +144,7 @@ pub(super) fn logs(args: &LogsArgs) -> ExitCode {
         }
     };
     let request = ExecRequest {
-        command: read_script(&dir, name, args.follow),
+        command: read_script(&dir, name, args.tail, args.follow),
         ..ExecRequest::default()
     };
     match rt.block_on(session.exec_unrecorded(&request, Arc::new(Passthrough))) {

@@ -121,6 +121,11 @@ fn logs_shows_the_setup_output_and_names_the_services() {
         "{stderr}"
     );
 
+    // --tail keeps the last lines.
+    let out = env.run(&["logs", "--id", "web", "--tail", "2"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "to stderr\n--- exit 0\n");
+
     // A changed setup runs again on the same lease, appending to the log.
     std::fs::write(
         env.path("work/pond.yaml"),
@@ -163,6 +168,14 @@ fn an_unknown_service_is_refused_listing_the_services() {
     // An unknown member is Crabbox's "not found" (4).
     let out = env.run(&["logs", "--id", "nope"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    // A Crabbox run ID is not a member: the error says which `logs` reads those.
+    let out = env.run(&["logs", "run_abcdef123456"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is a Crabbox run ID"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// Reads `child`'s stdout on a thread, each line with when it arrived.
@@ -232,6 +245,13 @@ fn follow_shows_a_service_s_new_lines_within_a_second() {
         arrived.duration_since(running)
     );
 
+    let state = env.path("state");
+    assert_eq!(
+        following_tails(&state).len(),
+        1,
+        "tail -F runs on the member"
+    );
+
     // Closing our end of its stdout ends it cleanly.
     drop(rx);
     let closed = Instant::now();
@@ -246,6 +266,33 @@ fn follow_shows_a_service_s_new_lines_within_a_second() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0));
+    // …and the `tail` it ran on the member ends with it.
+    let gone = Instant::now();
+    while !following_tails(&state).is_empty() {
+        assert!(
+            gone.elapsed() < Duration::from_secs(5),
+            "tail left running: {:?}",
+            following_tails(&state)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `tail -F` processes following `setup-3` of a lease under `state`
+/// (their working directory is the lease's workspace).
+fn following_tails(state: &Path) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c).replace('\0', " ")
+                    == "tail -n +1 -F -- ../logs/setup-3.log "
+            }) && std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(state))
+        })
+        .collect()
 }
 
 fn ssh_spec(sshd: &TestSshd, remote: &Path) -> String {

@@ -15,8 +15,8 @@ use crabbox_core::lease::Lease;
 use crabbox_core::normalize::normalize_name;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_core::retry::with_retries;
+use crabbox_exec::archive;
 use crabbox_exec::session::ExecRequest;
-use crabbox_exec::{archive, logs};
 use crabbox_providers::registry::Registry;
 use crabbox_providers::{CreateRequest, Provider};
 use crabbox_render::files::{OutputFile, output_files, write_outputs};
@@ -456,22 +456,8 @@ async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
             }
         };
         let session = provider.session(&lease);
-        // A foreground step's output is also kept on the lease, for `crabbox logs`.
-        let command = match session.logs_dir() {
-            Some(dir) if !step.background => logs::setup_logged_script(
-                &dir,
-                &format!(
-                    "--- {} setup step {n}/{}: $ {}",
-                    now_rfc3339(),
-                    m.setup.len(),
-                    step.run
-                ),
-                &step.run,
-            ),
-            _ => step.run.clone(),
-        };
         let request = ExecRequest {
-            command,
+            command: step.run.clone(),
             env,
             timeout: step.timeout,
         };
@@ -487,7 +473,14 @@ async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
                 )));
             }
         } else {
-            match session.exec(&request, sink.clone()).await {
+            // The output is also kept on the lease, for `crabbox logs`.
+            let header = format!(
+                "--- {} setup step {n}/{}: $ {}",
+                now_rfc3339(),
+                m.setup.len(),
+                step.run
+            );
+            match session.exec_logged(&request, sink.clone(), &header).await {
                 Ok(0) => {}
                 Ok(code) => {
                     ctx.taint(slug, &format!("setup_step_{n}_exit_{code}"))

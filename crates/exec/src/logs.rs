@@ -83,16 +83,17 @@ pub fn list_script(logs_dir: &str) -> String {
     )
 }
 
-/// Script that prints log `name` of `logs_dir`; with `follow`, keeps
-/// printing what is appended (across rotation, and once the file appears)
-/// until it is stopped.
+/// Script that prints log `name` of `logs_dir` (only its last `tail`
+/// lines when given); with `follow`, keeps printing what is appended
+/// (across rotation, and once the file appears) until it is stopped.
 #[must_use]
-pub fn read_script(logs_dir: &str, name: &str, follow: bool) -> String {
+pub fn read_script(logs_dir: &str, name: &str, tail: Option<u64>, follow: bool) -> String {
     let file = quote(&format!("{}/{name}.log", logs_dir.trim_end_matches('/')));
-    if follow {
-        format!("exec tail -n +1 -F -- {file}\n")
-    } else {
-        format!("exec cat -- {file}\n")
+    let from = tail.map_or_else(|| "+1".to_owned(), |n| n.to_string());
+    match (tail, follow) {
+        (None, false) => format!("exec cat -- {file}\n"),
+        (Some(_), false) => format!("exec tail -n {from} -- {file}\n"),
+        (_, true) => format!("exec tail -n {from} -F -- {file}\n"),
     }
 }
 
@@ -183,14 +184,22 @@ mod tests {
     }
 
     #[test]
-    fn reading_quotes_the_file() {
+    fn reading_quotes_the_file_and_keeps_the_tail() {
         assert_eq!(
-            read_script("../logs/", "web", false),
+            read_script("../logs/", "web", None, false),
             "exec cat -- '../logs/web.log'\n"
         );
         assert_eq!(
-            read_script(".crabbox/logs", "setup-1", true),
+            read_script("logs", "web", Some(80), false),
+            "exec tail -n 80 -- 'logs/web.log'\n"
+        );
+        assert_eq!(
+            read_script(".crabbox/logs", "setup-1", None, true),
             "exec tail -n +1 -F -- '.crabbox/logs/setup-1.log'\n"
+        );
+        assert_eq!(
+            read_script("logs", "setup", Some(0), true),
+            "exec tail -n 0 -F -- 'logs/setup.log'\n"
         );
     }
 }

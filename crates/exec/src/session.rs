@@ -54,6 +54,29 @@ pub trait Session: Send + Sync {
         self.exec(request, sink).await
     }
 
+    /// Runs a setup step like [`Session::exec`], its output also appended to
+    /// the lease's setup log after `header` (for `crabbox logs`). By
+    /// default a shell script around the command does it (see
+    /// [`crate::logs::setup_logged_script`]); without a logs directory the
+    /// step just runs.
+    async fn exec_logged(
+        &self,
+        request: &ExecRequest,
+        sink: Arc<dyn OutputSink>,
+        header: &str,
+    ) -> Result<i32, ProviderError> {
+        match self.logs_dir() {
+            Some(dir) => {
+                let logged = ExecRequest {
+                    command: crate::logs::setup_logged_script(&dir, header, &request.command),
+                    ..request.clone()
+                };
+                self.exec(&logged, sink).await
+            }
+            None => self.exec(request, sink).await,
+        }
+    }
+
     /// The directory of the lease's logs (the setup log and one per
     /// background service, see [`crate::logs`]), as a shell started by
     /// [`Session::exec`] sees it (relative to the workspace, so it holds
