@@ -213,3 +213,37 @@ fn unusable_flags_are_usage_errors() {
     assert!(text(&out.stderr).contains("member `db` is named twice"));
     assert!(!dir.join("pond.yaml").exists());
 }
+
+/// On a terminal without flags it asks; an unusable answer is asked again.
+/// (`script`, from util-linux, gives it a terminal.)
+#[test]
+fn on_a_terminal_it_asks_for_the_pond_provider_and_members() {
+    let (_tmp, dir) = project("asked");
+    let bin = assert_cmd::cargo::cargo_bin("crabbox");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "(printf '\\naws\\nislo\\ndb, api=local\\n'; sleep 3) | script -qec '{} init' /dev/null",
+            bin.display()
+        ))
+        .current_dir(&dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("script runs");
+    let shown = text(&out.stdout);
+    assert!(out.status.success(), "{shown}{}", text(&out.stderr));
+    assert!(shown.contains("Pond name [asked]: "), "{shown}");
+    assert!(
+        shown.contains("`aws` is not a provider this build runs"),
+        "asked again: {shown}"
+    );
+    let spec = std::fs::read_to_string(dir.join("pond.yaml")).expect("written");
+    assert!(spec.contains("pond: asked\n"), "the default: {spec}");
+    assert!(spec.contains("  provider: islo\n"), "{spec}");
+    assert!(spec.contains("  - slug: db\n"), "{spec}");
+    assert!(
+        spec.contains("  - slug: api\n    provider: local\n"),
+        "{spec}"
+    );
+    validate(&dir, "pond.yaml");
+}
