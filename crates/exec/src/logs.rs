@@ -5,11 +5,11 @@
 //! [`crate::remote_shell::ServiceDirs`]).
 //!
 //! Everything here is a POSIX shell script run through a lease's
-//! [`crate::session::Session::exec`], so every provider that keeps the
-//! layout gets setup logs and `crabbox logs` without code of its own; the
-//! directory is the session's
-//! [`logs_dir`](crate::session::Session::logs_dir), relative to where
-//! `exec` starts.
+//! [`crate::session::Session::exec`], so a provider that keeps the layout
+//! gets setup logs and `crabbox logs` by naming its directory
+//! ([`logs_dir`](crate::session::Session::logs_dir), relative to where
+//! `exec` starts); the local provider writes `setup.log` itself, as it
+//! reads the step's output.
 
 use crate::remote_shell::quote;
 
