@@ -11,9 +11,11 @@ mod engine;
 mod exit;
 mod graph;
 mod imperative;
+mod init;
 mod lease_cmds;
 mod lease_modes;
 mod listing;
+mod logs;
 mod lookup;
 mod peers;
 mod plan;
@@ -160,6 +162,11 @@ enum Command {
     Man,
     /// Print a plan saved with `crabbox plan -o FILE` (--json: its JSON document).
     Show(show::ShowArgs),
+    /// A member's setup output, or one of its background services' logs
+    /// (by lease ID or slug); --follow streams new lines.
+    Logs(logs::LogsArgs),
+    /// Write a commented pond.yaml to start from (flags, or questions on a terminal).
+    Init(init::InitArgs),
 }
 
 /// The spec file and the variables it is read with; shared by every command
@@ -253,6 +260,8 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Completions(args) => completions::completions(&args),
         Command::Man => completions::man(),
         Command::Show(args) => show::run(&args),
+        Command::Logs(args) => logs::logs(&args),
+        Command::Init(args) => init::init(&args),
     };
     report::finish(&report::verb(&args), code)
 }

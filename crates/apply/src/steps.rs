@@ -473,14 +473,14 @@ async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
                 return Err(e);
             }
         };
+        let session = provider.session(&lease);
         let request = ExecRequest {
             command: step.run.clone(),
             env,
             timeout: step.timeout,
         };
         if step.background {
-            if let Err(e) = provider
-                .session(&lease)
+            if let Err(e) = session
                 .start_background(&request, &format!("setup-{n}"))
                 .await
             {
@@ -491,7 +491,14 @@ async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
                 )));
             }
         } else {
-            match provider.session(&lease).exec(&request, sink.clone()).await {
+            // The output is also kept on the lease, for `crabbox logs`.
+            let header = format!(
+                "--- {} setup step {n}/{}: $ {}",
+                now_rfc3339(),
+                m.setup.len(),
+                step.run
+            );
+            match session.exec_logged(&request, sink.clone(), &header).await {
                 Ok(0) => {}
                 Ok(code) => {
                     ctx.taint(slug, &format!("setup_step_{n}_exit_{code}"))

@@ -68,7 +68,7 @@ use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_core::retry::with_retries;
 use crabbox_exec::remote_shell::{
-    ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, NO_PROBE_TOOL, STATE_DIR, ServiceDirs,
+    ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, LOGS, NO_PROBE_TOOL, STATE_DIR, ServiceDirs,
     bash_tcp_probe_script, check_service_name, early_exit, http_probe_script, quote,
     stop_functions,
 };
@@ -1169,6 +1169,11 @@ impl session::Session for IsloSession<'_> {
             }),
             None => run.await,
         }
+    }
+
+    /// `.crabbox/logs` in the workdir, where services log.
+    fn logs_dir(&self) -> Option<String> {
+        Some(format!("{STATE_DIR}/{LOGS}"))
     }
 
     async fn start_background(
