@@ -275,6 +275,19 @@ pub struct HetznerProvider {
     /// Server ID → when this provider last saw the server, and the server
     /// as it was then (name and the labels that make it ours).
     sightings: Mutex<HashMap<u64, (Instant, Server)>>,
+    /// The users' own keys (a member's `ssh_key`) as Hetzner knows them, by
+    /// fingerprint: looked up once per process, the lookup shared by every
+    /// create that wants the key at the same time (50 parallel creates make
+    /// one request). Dropped when this provider deletes the key.
+    user_keys: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<UploadedKey>>>>,
+}
+
+/// A key uploaded to Hetzner: what a server create names it by, and the ID
+/// its deletion is recognised by.
+#[derive(Debug, Clone)]
+struct UploadedKey {
+    id: u64,
+    name: String,
 }
 
 /// How many list pages are fetched at once.
@@ -409,6 +422,7 @@ impl HetznerProvider {
             defaults: Defaults::default(),
             targets: Mutex::new(HashMap::new()),
             sightings: Mutex::new(HashMap::new()),
+            user_keys: Mutex::new(HashMap::new()),
         }
     }
 
@@ -710,22 +724,61 @@ impl HetznerProvider {
         })
     }
 
-    /// Every key, all pages (used only to find a key by its public half).
-    async fn all_keys(&self) -> Result<Vec<SshKey>, ProviderError> {
-        let mut keys = Vec::new();
-        let mut page = 1;
-        loop {
-            let query = [
-                ("per_page", PER_PAGE.to_string()),
-                ("page", page.to_string()),
-            ];
-            let list: SshKeyList = self.http.get_json_with_retries("/ssh_keys", &query).await?;
-            keys.extend(list.ssh_keys);
-            match list.meta.next_page() {
-                Some(next) if next > page => page = next,
-                _ => return Ok(keys),
-            }
-        }
+    /// The key with this fingerprint (Hetzner keeps fingerprints unique):
+    /// one filtered request, however many keys the account holds.
+    async fn key_with_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<UploadedKey>, ProviderError> {
+        let list: SshKeyList = self
+            .http
+            .get_json_with_retries("/ssh_keys", &[("fingerprint", fingerprint.to_owned())])
+            .await?;
+        Ok(list
+            .ssh_keys
+            .into_iter()
+            .find(|k| {
+                k.fingerprint == fingerprint
+                    || keys::fingerprint(&k.public_key).as_deref() == Some(fingerprint)
+            })
+            .map(|k| UploadedKey {
+                id: k.id,
+                name: k.name,
+            }))
+    }
+
+    /// The name of the user's own key on Hetzner, uploading it (for this
+    /// lease, as a generated key is) only when the account lacks it. The
+    /// answer is kept for the rest of the process: a pond of members that
+    /// share the key looks it up once, not once per member.
+    async fn user_key(
+        &self,
+        request: &CreateRequest,
+        public_key: &str,
+    ) -> Result<String, ProviderError> {
+        let fingerprint = keys::fingerprint(public_key).ok_or_else(|| ProviderError::Config {
+            message: format!(
+                "member `{}`: hetzner.ssh_key's public half is not an OpenSSH public key",
+                request.member.slug
+            ),
+            hint: "write it with `ssh-keygen -y -f <key> > <key>.pub`".to_owned(),
+        })?;
+        let cell = self
+            .user_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(fingerprint.clone())
+            .or_default()
+            .clone();
+        let key = cell
+            .get_or_try_init(|| async {
+                match self.key_with_fingerprint(&fingerprint).await? {
+                    Some(key) => Ok(key),
+                    None => self.upload_key(request, public_key, &fingerprint).await,
+                }
+            })
+            .await?;
+        Ok(key.name.clone())
     }
 
     /// Every key matching a label selector, all pages.
@@ -855,15 +908,17 @@ impl HetznerProvider {
     }
 
     /// Uploads the lease's public key as `crabbox-<lease>` with labels;
-    /// returns the name of the key to put on the server. An earlier attempt's
+    /// returns the key to put on the server. An earlier attempt's
     /// key for this lease is reused; the same public key uploaded under
-    /// another name (Hetzner keeps fingerprints unique) is referenced by that
+    /// another name (Hetzner keeps fingerprints unique: a `409` from a
+    /// concurrent upload) is found by its fingerprint and referenced by that
     /// name, never changed.
     async fn upload_key(
         &self,
         request: &CreateRequest,
         public_key: &str,
-    ) -> Result<String, ProviderError> {
+        fingerprint: &str,
+    ) -> Result<UploadedKey, ProviderError> {
         let name = key_name(&request.lease_id);
         let body = json!({
             "name": name,
@@ -879,7 +934,12 @@ impl HetznerProvider {
             let err = match retried(|| self.http.post_json::<_, SshKeyEnvelope>("/ssh_keys", &body))
                 .await
             {
-                Ok(created) => return Ok(created.ssh_key.name),
+                Ok(created) => {
+                    return Ok(UploadedKey {
+                        id: created.ssh_key.id,
+                        name: created.ssh_key.name,
+                    });
+                }
                 Err(e) if e.has_code("uniqueness_error") => e,
                 Err(e) => return Err(e.into()),
             };
@@ -891,7 +951,10 @@ impl HetznerProvider {
                     )));
                 }
                 if same_public_key(&existing.public_key, public_key) {
-                    return Ok(existing.name);
+                    return Ok(UploadedKey {
+                        id: existing.id,
+                        name: existing.name,
+                    });
                 }
                 if replaced {
                     return Err(err.into());
@@ -901,13 +964,8 @@ impl HetznerProvider {
                 replaced = true;
                 continue;
             }
-            return match self
-                .all_keys()
-                .await?
-                .into_iter()
-                .find(|k| same_public_key(&k.public_key, public_key))
-            {
-                Some(k) => Ok(k.name),
+            return match self.key_with_fingerprint(fingerprint).await? {
+                Some(k) => Ok(k),
                 None => Err(err.into()),
             };
         }
@@ -916,10 +974,17 @@ impl HetznerProvider {
     async fn delete_key_id(&self, id: u64) -> Result<(), ProviderError> {
         let path = format!("/ssh_keys/{id}");
         match retried(|| self.http.delete(&path)).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
         }
+        // A user's key released with the lease it was uploaded for is looked
+        // up (and uploaded) afresh by the next create that wants it.
+        self.user_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, cell| cell.get().is_none_or(|k| k.id != id));
+        Ok(())
     }
 
     /// Deletes the keys labelled for this lease: one listing by label finds
@@ -1483,7 +1548,21 @@ impl Provider for HetznerProvider {
                 new.map_or(Ok(()), |new| write_lease_key(&private, &new))
             })
         };
-        let uploaded = self.upload_key(request, &key.public).await;
+        let uploaded = if settings.key.is_some() {
+            self.user_key(request, &key.public).await
+        } else {
+            match keys::fingerprint(&key.public) {
+                Some(fp) => self
+                    .upload_key(request, &key.public, &fp)
+                    .await
+                    .map(|k| k.name),
+                None => Err(ProviderError::Failed(format!(
+                    "lease {}: its key {} is not an OpenSSH public key; delete it to have a new one made",
+                    request.lease_id,
+                    key.private.display()
+                ))),
+            }
+        };
         let written = match writing.await {
             Ok(written) => written,
             Err(e) => Err(e.to_string()),
@@ -1794,6 +1873,30 @@ mod tests {
             key.public.trim(),
             "ssh-keygen -y prints the same key and comment"
         );
+    }
+
+    #[test]
+    fn fingerprints_are_hetzners_md5_as_ssh_keygen_prints_it() {
+        let key = openssh_ed25519::generate("crabbox-fp").expect("key");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let public = dir.path().join("id_ed25519.pub");
+        std::fs::write(&public, &key.public).expect("write");
+        let listed = std::process::Command::new("ssh-keygen")
+            .args(["-l", "-E", "md5", "-f"])
+            .arg(&public)
+            .output()
+            .expect("ssh-keygen runs (openssh-client)");
+        assert!(listed.status.success(), "{listed:?}");
+        // `256 MD5:aa:bb:… comment (ED25519)`
+        let text = String::from_utf8_lossy(&listed.stdout);
+        let expected = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.strip_prefix("MD5:"))
+            .expect("an MD5 fingerprint");
+        assert_eq!(keys::fingerprint(&key.public).as_deref(), Some(expected));
+        assert_eq!(keys::fingerprint("ssh-ed25519"), None, "no blob");
+        assert_eq!(keys::fingerprint("ssh-ed25519 not*base64"), None);
     }
 
     #[test]
