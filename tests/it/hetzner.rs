@@ -784,6 +784,50 @@ async fn the_lease_is_reachable_over_ssh_with_its_generated_key() {
     drop(sshd);
 }
 
+/// Issue 15: a new server costs one SSH round trip before its setup — the
+/// readiness check *is* the creation of the work root — on one login that
+/// stays open: the first command after the create reuses it.
+#[tokio::test]
+async fn a_new_server_is_ready_and_prepared_in_one_ssh_round_trip() {
+    let sshd = TestSshd::start_logging_sessions();
+    let fx = Fixture::with(FakeConfig {
+        authorized_keys: Some(sshd.authorized_keys.clone()),
+        boot_delay: Duration::from_millis(100),
+        ..FakeConfig::default()
+    })
+    .await;
+    let remote = tempfile::tempdir().expect("remote dir");
+    let provider = ssh_provider(&fx, remote.path());
+    let req = request(member(
+        "db",
+        json!({"ssh_user": sshd.user, "ssh_port": sshd.port}),
+    ));
+    let lease = provider.create(&req).await.expect("create over ssh");
+    let root = remote.path().join("work").join(&req.lease_id);
+    for dir in ["workspace", "logs", "pids"] {
+        assert!(root.join(dir).is_dir(), "create made {dir}/");
+    }
+    assert_eq!(
+        (sshd.logins(), sshd.sessions()),
+        (1, 1),
+        "one login, one command before setup"
+    );
+
+    let sink = Arc::new(Collect::default());
+    let code = provider
+        .session(&lease)
+        .exec(&exec_request("echo hi"), sink.clone())
+        .await
+        .expect("exec");
+    assert_eq!((code, sink.stdout()), (0, vec!["hi".to_owned()]));
+    assert_eq!(
+        (sshd.logins(), sshd.sessions()),
+        (1, 2),
+        "setup's command rides the same login"
+    );
+    provider.release(&lease).await.expect("release");
+}
+
 #[tokio::test]
 async fn a_members_own_key_is_uploaded_once_and_shared() {
     let (fx, sshd, remote) = ssh_fixture().await;

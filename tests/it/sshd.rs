@@ -49,6 +49,19 @@ impl TestSshd {
     /// # Panics
     /// When openssh-server is not installed or the server does not start.
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, "ERROR")
+    }
+
+    /// Starts a server that logs every login and every session (command)
+    /// it serves: [`Self::logins`] and [`Self::sessions`] count them.
+    ///
+    /// # Panics
+    /// When openssh-server is not installed or the server does not start.
+    pub fn start_logging_sessions() -> Self {
+        Self::start_with(free_port(), "VERBOSE")
+    }
+
+    fn start_with(port: u16, log_level: &str) -> Self {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: openssh-server is not installed; ./scripts/test installs it"
@@ -81,7 +94,7 @@ impl TestSshd {
                  AllowTcpForwarding yes\n\
                  PrintMotd no\n\
                  SetEnv SHLVL=1\n\
-                 LogLevel ERROR\n",
+                 LogLevel {log_level}\n",
                 host_key.display(),
                 dir.path().join("sshd.pid").display(),
                 authorized_keys.display(),
@@ -136,6 +149,27 @@ impl TestSshd {
     /// The directory holding the server's files (keys, config, `sshd.log`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// How many logins (SSH connections authenticated) the server's log
+    /// shows; needs [`Self::start_logging_sessions`].
+    pub fn logins(&self) -> usize {
+        self.log_lines("Accepted publickey for ")
+    }
+
+    /// How many sessions (remote commands, each a round trip — several
+    /// may share one multiplexed login) the server's log shows; needs
+    /// [`Self::start_logging_sessions`].
+    pub fn sessions(&self) -> usize {
+        self.log_lines("Starting session: ")
+    }
+
+    fn log_lines(&self, marker: &str) -> usize {
+        std::fs::read_to_string(self.dir.path().join("sshd.log"))
+            .expect("sshd.log")
+            .lines()
+            .filter(|l| l.contains(marker))
+            .count()
     }
 
     /// Authorizes one more public key (an OpenSSH `.pub` line).

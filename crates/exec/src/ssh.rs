@@ -62,6 +62,9 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 const STDERR_KEPT: usize = 50;
 /// A probe command that runs longer counts as not ready.
 const PROBE_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// What [`SshTarget::wait_prepared`]'s command exits with when the work
+/// root cannot be made (the readiness check failing exits 1).
+const PREPARE_FAILED: i32 = 97;
 /// What ssh exits with when it fails itself (rather than the remote command).
 const SSH_FAILED: i32 = 255;
 
@@ -76,7 +79,7 @@ pub struct SshTarget {
     pub user: String,
     /// Private key file (`-i`); `None` uses the user's agent/config.
     pub key: Option<PathBuf>,
-    /// Remote directory that belongs to this lease (created by `prepare`,
+    /// Remote directory that belongs to this lease (created by `wait_prepared`,
     /// removed by `remove_work_root`); holds `workspace/`, `logs/`, `pids/`.
     pub work_root: String,
     /// Local state directory: `ssh/known_hosts` and control sockets live under it.
@@ -94,24 +97,52 @@ impl SshTarget {
     /// # Errors
     /// Timeout or authentication failure.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ProviderError> {
-        self.wait_until("true", timeout).await
+        self.poll("true", timeout).await
     }
 
-    /// [`Self::wait_ready`] until the login also runs `check` (in the
+    /// Waits until SSH answers and the login also runs `check` (in the
     /// login's home, before any work root exists) with exit status 0 — a
-    /// host's own readiness check, such as the bootstrap's `crabbox-ready`.
+    /// host's own readiness check, such as the bootstrap's `crabbox-ready`;
+    /// `true` for none — and creates the work root (`workspace/`, `logs/`, `pids/`) in that same
+    /// command: a new lease costs one SSH round trip before its setup, and
+    /// the connection that answered stays open (the control master) for
+    /// what follows.
     ///
     /// # Errors
-    /// Timeout or authentication failure.
-    pub async fn wait_until(&self, check: &str, timeout: Duration) -> Result<(), ProviderError> {
+    /// Timeout, authentication failure, or a work root that cannot be made
+    /// (at once, with the host's message).
+    pub async fn wait_prepared(&self, check: &str, timeout: Duration) -> Result<(), ProviderError> {
+        let command = format!(
+            "( {check} ) || exit 1; mkdir -p -- {} {} {} || exit {PREPARE_FAILED}",
+            quote(&self.path(WORKSPACE)),
+            quote(&self.path(LOGS)),
+            quote(&self.path(PIDS))
+        );
+        self.poll(&command, timeout).await
+    }
+
+    /// Runs `command` until it exits 0, every [`READY_POLL`] until `timeout`;
+    /// a refused login, a changed host key or [`PREPARE_FAILED`] end it at once.
+    async fn poll(&self, command: &str, timeout: Duration) -> Result<(), ProviderError> {
         let deadline = Instant::now() + timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let last = match self.capture(check, Input::Nothing, Some(remaining)).await {
+            let last = match self.capture(command, Input::Nothing, Some(remaining)).await {
                 Ok(Captured {
                     outcome: Outcome::Exited(0),
                     ..
                 }) => return Ok(()),
+                Ok(captured) if captured.outcome == Outcome::Exited(PREPARE_FAILED) => {
+                    return Err(ProviderError::Config {
+                        message: format!(
+                            "creating the work root {} on {} failed: {}",
+                            self.work_root,
+                            self.describe(),
+                            captured.describe()
+                        ),
+                        hint: format!("check that {} may write there", self.user),
+                    });
+                }
                 Ok(captured) => captured.describe(),
                 Err(e @ ProviderError::Config { .. }) => return Err(e),
                 Err(e) => e.to_string(),
@@ -125,22 +156,6 @@ impl SshTarget {
             }
             tokio::time::sleep(READY_POLL).await;
         }
-    }
-
-    /// Creates the work root (`workspace/`, `logs/`, `pids/`).
-    ///
-    /// # Errors
-    /// SSH failures.
-    pub async fn prepare(&self) -> Result<(), ProviderError> {
-        let script = format!(
-            "mkdir -p -- {} {} {}\n",
-            quote(&self.path(WORKSPACE)),
-            quote(&self.path(LOGS)),
-            quote(&self.path(PIDS))
-        );
-        self.script(script)
-            .await?
-            .expect_success("creating the work root")
     }
 
     /// Runs a command in `workspace/` with `env` (sent over stdin, never argv), streaming output.

@@ -1163,7 +1163,6 @@ impl HetznerProvider {
                 // Later processes go straight to the port that answered.
                 self.rewrite_port(record, target.port)?;
             }
-            target.prepare().await?;
         }
         self.remember_target(target);
         self.lease_of(&server).ok_or_else(|| {
@@ -1175,8 +1174,10 @@ impl HetznerProvider {
 
     /// Waits until SSH on one of `ports` (in order; each round tries the
     /// open ones) logs in and passes Crabbox's ready check, as Crabbox's
-    /// `waitForSSHReady` does (ssh.go:265-315); returns that port. A
-    /// refused login or changed host key fails at once.
+    /// `waitForSSHReady` does (ssh.go:265-315), and creates the lease's work
+    /// root in that same command (one round trip, over the connection setup
+    /// then reuses); returns that port. A refused login, a changed host key
+    /// or a work root that cannot be made fails at once.
     async fn wait_for_ssh(&self, target: &SshTarget, ports: &[u16]) -> Result<u16, ProviderError> {
         let deadline = Instant::now() + self.ssh_timeout;
         loop {
@@ -1192,7 +1193,7 @@ impl HetznerProvider {
                 };
                 let left = deadline.saturating_duration_since(Instant::now());
                 match probe
-                    .wait_until(cloud_init::READY_CHECK, PORT_SSH_TIMEOUT.min(left))
+                    .wait_prepared(cloud_init::READY_CHECK, PORT_SSH_TIMEOUT.min(left))
                     .await
                 {
                     Ok(()) => return Ok(port),
