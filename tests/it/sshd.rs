@@ -77,6 +77,9 @@ impl TestSshd {
         // `SetEnv SHLVL=1`: bash reads ~/.bashrc in an sshd session only at
         // shell level 1, so sessions do not depend on (or wait for) the
         // machine user's startup files, such as a slow `pyenv init`.
+        // `MaxStartups`: one server stands for many hosts (the pond bench
+        // logs 50 members in at once); sshd's default drops logins beyond
+        // 10 unauthenticated ones, which no single real host would see.
         std::fs::write(
             &config,
             format!(
@@ -93,6 +96,7 @@ impl TestSshd {
                  PubkeyAuthentication yes\n\
                  AllowTcpForwarding yes\n\
                  PrintMotd no\n\
+                 MaxStartups 200:30:400\n\
                  SetEnv SHLVL=1\n\
                  LogLevel {log_level}\n",
                 host_key.display(),
