@@ -387,44 +387,11 @@ impl SshTarget {
                 self.describe()
             )));
         }
-        let entry = if self.port == 22 {
-            self.host.clone()
-        } else {
-            format!("[{}]:{}", self.host, self.port)
-        };
-        let file = self.known_hosts();
-        // Pins of concurrent creates in this process must not lose each other.
-        static PINNING: Mutex<()> = Mutex::new(());
-        let _pinning = PINNING.lock().unwrap_or_else(PoisonError::into_inner);
-        let old = match std::fs::read_to_string(&file) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => {
-                return Err(ProviderError::Failed(format!(
-                    "reading {}: {e}",
-                    file.display()
-                )));
-            }
-        };
-        let mut text: String = old
-            .lines()
-            .filter(|line| {
-                line.split_whitespace()
-                    .next()
-                    .is_none_or(|hosts| !hosts.split(',').any(|h| h == entry))
-            })
-            .map(|line| format!("{line}\n"))
-            .collect();
-        text.push_str(&format!("{entry} {kind} {blob}\n"));
-        if let Some(dir) = file.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| ProviderError::Failed(format!("creating {}: {e}", dir.display())))?;
-        }
-        crabbox_fs::atomic_file::write(&file, text.as_bytes())
-            .map_err(|e| ProviderError::Failed(format!("writing {}: {e}", file.display())))
+        rewrite_known_hosts(
+            &self.known_hosts(),
+            &known_hosts_entry(&self.host, self.port),
+            Some(&format!("{kind} {blob}")),
+        )
     }
 
     /// Closes the multiplexed connection.
@@ -787,6 +754,72 @@ impl Captured {
     }
 }
 
+/// Removes `host:port` from crabbox's known-hosts file under `state_dir`
+/// (an address reused by a new server has a new host key), as `ssh-keygen
+/// -R` would, in-process: a create forgets each port it may log in on, and
+/// two processes per create cost more than the rest of its local work.
+///
+/// # Errors
+/// The file cannot be read or written.
+pub fn forget_host_key(state_dir: &Path, host: &str, port: u16) -> Result<(), ProviderError> {
+    let file = state_dir.join("ssh").join("known_hosts");
+    if !file.exists() {
+        return Ok(());
+    }
+    rewrite_known_hosts(&file, &known_hosts_entry(host, port), None)
+}
+
+/// How `host:port` is written in a known-hosts file.
+fn known_hosts_entry(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_owned()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// Drops the lines naming `entry` from `file` and, with `key`, adds
+/// `entry key`; the file is replaced atomically, and only when it changes.
+fn rewrite_known_hosts(file: &Path, entry: &str, key: Option<&str>) -> Result<(), ProviderError> {
+    // Rewrites by concurrent creates in this process must not lose each other.
+    static REWRITING: Mutex<()> = Mutex::new(());
+    let _rewriting = REWRITING.lock().unwrap_or_else(PoisonError::into_inner);
+    let old = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(ProviderError::Failed(format!(
+                "reading {}: {e}",
+                file.display()
+            )));
+        }
+    };
+    let mut text: String = old
+        .lines()
+        .filter(|line| {
+            line.split_whitespace()
+                .next()
+                .is_none_or(|hosts| !hosts.split(',').any(|h| h == entry))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    if let Some(key) = key {
+        text.push_str(&format!("{entry} {key}\n"));
+    }
+    if text == old {
+        return Ok(());
+    }
+    if let Some(dir) = file.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| ProviderError::Failed(format!("creating {}: {e}", dir.display())))?;
+    }
+    crabbox_fs::atomic_file::write(file, text.as_bytes())
+        .map_err(|e| ProviderError::Failed(format!("writing {}: {e}", file.display())))
+}
+
 /// Refuses a work root whose removal could delete something broad: empty,
 /// `/`, anything with `..`, or fewer than two path components.
 fn check_removable(work_root: &str) -> Result<(), ProviderError> {
@@ -853,6 +886,27 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forgetting_a_host_key_drops_only_that_host_and_port() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let file = state.path().join("ssh").join("known_hosts");
+        std::fs::create_dir_all(file.parent().expect("dir")).expect("mkdir");
+        std::fs::write(
+            &file,
+            "[10.0.0.7]:2222 ssh-ed25519 AAAA1\n10.0.0.7 ssh-ed25519 AAAA2\n10.0.0.70,[10.0.0.7]:2223 ssh-ed25519 AAAA3\n",
+        )
+        .expect("write");
+        forget_host_key(state.path(), "10.0.0.7", 2222).expect("forget 2222");
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("read"),
+            "10.0.0.7 ssh-ed25519 AAAA2\n10.0.0.70,[10.0.0.7]:2223 ssh-ed25519 AAAA3\n"
+        );
+        forget_host_key(state.path(), "10.0.0.7", 22).expect("forget 22");
+        forget_host_key(state.path(), "10.0.0.7", 2223).expect("forget 2223");
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "");
+        forget_host_key(state.path(), "10.0.0.9", 22).expect("an unknown host is fine");
+    }
 
     #[test]
     fn only_narrow_work_roots_are_removable() {

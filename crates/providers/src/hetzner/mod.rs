@@ -1155,7 +1155,7 @@ impl HetznerProvider {
         // The address is newly ours: a key recorded for it belonged to an
         // earlier server (Hetzner reuses addresses).
         for port in &ports {
-            self.forget_host_key(&target.host, *port).await;
+            self.forget_host_key(&target.host, *port);
         }
         if self.ssh_bootstrap {
             target.port = self.wait_for_ssh(&target, &ports).await?;
@@ -1247,29 +1247,8 @@ impl HetznerProvider {
     }
 
     /// Removes `host:port` from crabbox's known-hosts file (best effort).
-    async fn forget_host_key(&self, host: &str, port: u16) {
-        let file = self.state_dir.join("ssh").join("known_hosts");
-        if !file.exists() {
-            return;
-        }
-        let entry = if port == 22 {
-            host.to_owned()
-        } else {
-            format!("[{host}]:{port}")
-        };
-        let _ = tokio::process::Command::new("ssh-keygen")
-            .arg("-R")
-            .arg(entry)
-            .arg("-f")
-            .arg(&file)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await;
-        let mut old = file.into_os_string();
-        old.push(".old");
-        let _ = std::fs::remove_file(old);
+    fn forget_host_key(&self, host: &str, port: u16) {
+        let _ = crabbox_exec::ssh::forget_host_key(&self.state_dir, host, port);
     }
 
     /// The lease's SSH key: the member's own, the one generated for this
@@ -1764,7 +1743,7 @@ impl Provider for HetznerProvider {
         // The server is gone: its key, host key and local state go too.
         if let Some(t) = self.forget_target(&lease.id) {
             t.close().await;
-            self.forget_host_key(&t.host, t.port).await;
+            self.forget_host_key(&t.host, t.port);
         } else {
             // The master an earlier process opened outlives it by its
             // `ControlPersist` time.
@@ -1777,7 +1756,7 @@ impl Provider for HetznerProvider {
                     .map(|r| r.port)
                     .or(lease.endpoint.ssh_port)
                     .unwrap_or(DEFAULT_SSH_PORT);
-                self.forget_host_key(host, port).await;
+                self.forget_host_key(host, port);
             }
         }
         if is_lease_id(&lease.id) {
