@@ -614,7 +614,32 @@ async fn release_deletes_server_and_key_and_is_not_found_the_second_time() {
     );
     assert_eq!(fx.handle().ssh_keys().len(), 2);
 
+    fx.handle().clear_requests();
+    fx.handle().set_latency(Duration::from_millis(100));
     provider.release(&lease).await.expect("release");
+    fx.handle().set_latency(Duration::ZERO);
+    // Issue 15: the ownership read and the key listing go together, then
+    // the server's and the key's deletions: two round trips — no lookup
+    // of the key by name after the listing found it.
+    let key_reads = fx.requests("GET", "/v1/ssh_keys");
+    assert_eq!(key_reads.len(), 1, "one listing by label: {key_reads:?}");
+    assert!(key_reads[0].param("label_selector").is_some());
+    let order: Vec<(String, String)> = fx
+        .handle()
+        .requests()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect();
+    let at = |method: &str, prefix: &str| {
+        order
+            .iter()
+            .position(|(m, p)| m == method && p.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{method} {prefix} in {order:?}"))
+    };
+    assert!(
+        at("GET", "/v1/ssh_keys") < at("DELETE", "/v1/servers/"),
+        "the keys are listed before the server's deletion: {order:?}"
+    );
     assert_eq!(
         fx.handle().servers().len(),
         1,

@@ -112,13 +112,62 @@ impl SshTarget {
     /// Timeout, authentication failure, or a work root that cannot be made
     /// (at once, with the host's message).
     pub async fn wait_prepared(&self, check: &str, timeout: Duration) -> Result<(), ProviderError> {
-        let command = format!(
+        self.poll(&self.prepared_command(check), timeout).await
+    }
+
+    /// One attempt of [`Self::wait_prepared`], its login given `timeout`:
+    /// `Ok(false)` when SSH or `check` does not answer yet.
+    ///
+    /// # Errors
+    /// Authentication failure, or a work root that cannot be made.
+    pub async fn try_prepared(
+        &self,
+        check: &str,
+        timeout: Duration,
+    ) -> Result<bool, ProviderError> {
+        Ok(self
+            .attempt(&self.prepared_command(check), timeout)
+            .await?
+            .is_ok())
+    }
+
+    /// `check`, then the work root's `mkdir -p`, as one remote command.
+    fn prepared_command(&self, check: &str) -> String {
+        format!(
             "( {check} ) || exit 1; mkdir -p -- {} {} {} || exit {PREPARE_FAILED}",
             quote(&self.path(WORKSPACE)),
             quote(&self.path(LOGS)),
             quote(&self.path(PIDS))
-        );
-        self.poll(&command, timeout).await
+        )
+    }
+
+    /// Runs `command` once: `Ok(Err(why))` when it did not (yet) succeed;
+    /// a refused login, a changed host key or [`PREPARE_FAILED`] are errors.
+    async fn attempt(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<Result<(), String>, ProviderError> {
+        match self.capture(command, Input::Nothing, Some(timeout)).await {
+            Ok(Captured {
+                outcome: Outcome::Exited(0),
+                ..
+            }) => Ok(Ok(())),
+            Ok(captured) if captured.outcome == Outcome::Exited(PREPARE_FAILED) => {
+                Err(ProviderError::Config {
+                    message: format!(
+                        "creating the work root {} on {} failed: {}",
+                        self.work_root,
+                        self.describe(),
+                        captured.describe()
+                    ),
+                    hint: format!("check that {} may write there", self.user),
+                })
+            }
+            Ok(captured) => Ok(Err(captured.describe())),
+            Err(e @ ProviderError::Config { .. }) => Err(e),
+            Err(e) => Ok(Err(e.to_string())),
+        }
     }
 
     /// Runs `command` until it exits 0, every [`READY_POLL`] until `timeout`;
@@ -127,25 +176,9 @@ impl SshTarget {
         let deadline = Instant::now() + timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let last = match self.capture(command, Input::Nothing, Some(remaining)).await {
-                Ok(Captured {
-                    outcome: Outcome::Exited(0),
-                    ..
-                }) => return Ok(()),
-                Ok(captured) if captured.outcome == Outcome::Exited(PREPARE_FAILED) => {
-                    return Err(ProviderError::Config {
-                        message: format!(
-                            "creating the work root {} on {} failed: {}",
-                            self.work_root,
-                            self.describe(),
-                            captured.describe()
-                        ),
-                        hint: format!("check that {} may write there", self.user),
-                    });
-                }
-                Ok(captured) => captured.describe(),
-                Err(e @ ProviderError::Config { .. }) => return Err(e),
-                Err(e) => e.to_string(),
+            let last = match self.attempt(command, remaining).await? {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
             };
             if Instant::now() + READY_POLL >= deadline {
                 return Err(ProviderError::Failed(format!(

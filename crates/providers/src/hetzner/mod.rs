@@ -991,13 +991,46 @@ impl HetznerProvider {
     /// the key whatever its name (today's Crabbox-shaped name, or the one
     /// earlier versions gave it).
     async fn delete_lease_key(&self, lease_id: &str) -> Result<(), ProviderError> {
+        let keys = self.lease_keys(lease_id).await?;
+        self.delete_listed_keys(lease_id, &keys).await
+    }
+
+    /// The keys labelled for this lease (one listing by label).
+    async fn lease_keys(&self, lease_id: &str) -> Result<Vec<SshKey>, ProviderError> {
         let selector = format!("{}=true,{}={lease_id}", labels::CRABBOX, labels::LEASE);
-        for key in self.keys_matching(&selector).await? {
-            if key_is_ours(&key, lease_id) {
-                self.delete_key_id(key.id).await?;
-            }
+        self.keys_matching(&selector).await
+    }
+
+    /// Deletes those of `keys` that are this lease's, all at once.
+    async fn delete_listed_keys(
+        &self,
+        lease_id: &str,
+        keys: &[SshKey],
+    ) -> Result<(), ProviderError> {
+        futures_util::future::try_join_all(
+            keys.iter()
+                .filter(|k| key_is_ours(k, lease_id))
+                .map(|k| self.delete_key_id(k.id)),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A release's key work once the server is known to be the lease's:
+    /// the keys listed for it, then the one Crabbox's CLI made for it —
+    /// looked up by name only when the listing did not already hold a key
+    /// of that name (Hetzner's names are unique).
+    async fn delete_release_keys(
+        &self,
+        lease: &Lease,
+        listed: Result<Vec<SshKey>, ProviderError>,
+    ) -> Result<(), ProviderError> {
+        let listed = listed?;
+        self.delete_listed_keys(&lease.id, &listed).await?;
+        if listed.iter().any(|k| k.name == key_name(&lease.id)) {
+            return Ok(());
         }
-        Ok(())
+        self.delete_crabbox_made_key(lease).await
     }
 
     /// Deletes the key Crabbox's CLI made for a lease (adopted, or replaced
@@ -1180,6 +1213,24 @@ impl HetznerProvider {
     /// or a work root that cannot be made fails at once.
     async fn wait_for_ssh(&self, target: &SshTarget, ports: &[u16]) -> Result<u16, ProviderError> {
         let deadline = Instant::now() + self.ssh_timeout;
+        // A server that runs often answers on its primary port already: one
+        // login then, without the TCP probe first, which costs the host a
+        // connection (an sshd process) of its own.
+        if let Some(&first) = ports.first() {
+            let probe = SshTarget {
+                port: first,
+                ..target.clone()
+            };
+            if probe
+                .try_prepared(
+                    cloud_init::READY_CHECK,
+                    PORT_SSH_TIMEOUT.min(self.ssh_timeout),
+                )
+                .await?
+            {
+                return Ok(first);
+            }
+        }
         loop {
             let mut seen = Vec::new();
             for &port in ports {
@@ -1710,18 +1761,31 @@ impl Provider for HetznerProvider {
     async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
         let id = server_id(lease)?;
         let path = format!("/servers/{id}");
-        // A delete cannot be undone: ownership is always read afresh.
-        let (outcome, key_deleted) = match self.owned_server(lease, id).await {
+        let ours = is_lease_id(&lease.id);
+        // A delete cannot be undone: ownership is always read afresh —
+        // while the lease's keys are listed (reading them commits nothing).
+        let listing = async {
+            if ours {
+                Some(self.lease_keys(&lease.id).await)
+            } else {
+                None
+            }
+        };
+        // The master an earlier process opened outlives it by its
+        // `ControlPersist` time; it closes meanwhile too (local only).
+        let closing = async {
+            if ours && self.cached_target(&lease.id).is_none() {
+                self.close_master(&lease.id).await;
+            }
+        };
+        let (owned, listed, ()) = tokio::join!(self.owned_server(lease, id), listing, closing);
+        let (outcome, key_deleted) = match owned {
             Ok(_) => {
                 // The key only served the server's creation: it goes meanwhile.
                 let (deleted, key) = tokio::join!(retried(|| self.http.delete(&path)), async {
-                    if is_lease_id(&lease.id) {
-                        Some(match self.delete_lease_key(&lease.id).await {
-                            Ok(()) => self.delete_crabbox_made_key(lease).await,
-                            Err(e) => Err(e),
-                        })
-                    } else {
-                        None
+                    match listed {
+                        Some(listed) => Some(self.delete_release_keys(lease, listed).await),
+                        None => None,
                     }
                 });
                 match deleted {
@@ -1736,7 +1800,14 @@ impl Provider for HetznerProvider {
                     Err(e) => return Err(e.into()),
                 }
             }
-            Err(e @ ProviderError::NotFound(_)) => (Err(e), None),
+            Err(e @ ProviderError::NotFound(_)) => (
+                Err(e),
+                match listed {
+                    Some(Ok(keys)) => Some(self.delete_listed_keys(&lease.id, &keys).await),
+                    Some(Err(e)) => Some(Err(e)),
+                    None => None,
+                },
+            ),
             Err(e) => return Err(e),
         };
         self.forget_sighting(id);
@@ -1744,26 +1815,16 @@ impl Provider for HetznerProvider {
         if let Some(t) = self.forget_target(&lease.id) {
             t.close().await;
             self.forget_host_key(&t.host, t.port);
-        } else {
-            // The master an earlier process opened outlives it by its
-            // `ControlPersist` time.
-            if is_lease_id(&lease.id) {
-                self.close_master(&lease.id).await;
-            }
-            if let Some(host) = lease.endpoint.host.as_deref().filter(|h| !h.is_empty()) {
-                let port = self
-                    .read_endpoint(&lease.id)
-                    .map(|r| r.port)
-                    .or(lease.endpoint.ssh_port)
-                    .unwrap_or(DEFAULT_SSH_PORT);
-                self.forget_host_key(host, port);
-            }
+        } else if let Some(host) = lease.endpoint.host.as_deref().filter(|h| !h.is_empty()) {
+            let port = self
+                .read_endpoint(&lease.id)
+                .map(|r| r.port)
+                .or(lease.endpoint.ssh_port)
+                .unwrap_or(DEFAULT_SSH_PORT);
+            self.forget_host_key(host, port);
         }
         if is_lease_id(&lease.id) {
-            let key_deleted = match key_deleted {
-                Some(done) => done,
-                None => self.delete_lease_key(&lease.id).await,
-            };
+            let key_deleted = key_deleted.unwrap_or(Ok(()));
             key_deleted.map_err(|e| {
                 ProviderError::Failed(format!(
                     "hetzner server {id} was deleted, but its SSH key `{}` was not: {e}",
