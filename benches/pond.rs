@@ -710,6 +710,20 @@ impl Fx {
         }
     }
 
+    /// Releases of leases whose SSH masters (left by the apply) are closed:
+    /// [`Self::destroy`] plus closing `n` masters at the same parallelism.
+    fn destroy_ssh(&self, n: usize, parallelism: usize, close_floor: Duration) -> Ideal {
+        let api = self.destroy(n, parallelism);
+        Ideal {
+            time: api.time + close_floor,
+            formula: format!(
+                "{} + SSH floor {} (closing {n} masters)",
+                api.formula,
+                show(close_floor)
+            ),
+        }
+    }
+
     /// One release: delete the server, and meanwhile find the lease's key
     /// by name and delete it.
     fn destroy(&self, n: usize, parallelism: usize) -> Ideal {
@@ -1009,9 +1023,10 @@ impl Bench {
     /// `n` fresh multiplexed logins to the bench sshd running `true`, `p` at
     /// a time, with crabbox's own options (batch mode, a known-hosts file,
     /// a control master per login kept after it): the least SSH can cost an
-    /// apply of `n` members at parallelism `p` on this machine. The masters
-    /// are closed afterwards, untimed.
-    fn ssh_floor(&self, n: usize, p: usize) -> Duration {
+    /// apply of `n` members at parallelism `p` on this machine. Then the
+    /// masters are closed (`ssh -O exit`), `p` at a time: the least closing
+    /// them costs a destroy. Returns both times.
+    fn ssh_floor(&self, n: usize, p: usize) -> (Duration, Duration) {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let dir = tempfile::tempdir_in(self.root.path()).expect("floor dir");
         std::fs::create_dir_all(dir.path().join("cm")).expect("cm dir");
@@ -1073,8 +1088,9 @@ impl Bench {
         let t = Instant::now();
         run_all(&["true"]);
         let floor = t.elapsed();
+        let t = Instant::now();
         run_all(&["-O", "exit"]);
-        floor
+        (floor, t.elapsed())
     }
 
     /// Runs one job and records its row.
@@ -1211,7 +1227,7 @@ fn orchestrate(o: &Options) {
             ..Bench::job(kind, &base, &spec, &state, 50, n)
         };
         eprintln!("  SSH floor, {n} logins, 50 at a time…");
-        let floor = bench.ssh_floor(n, 50);
+        let (floor, close_floor) = bench.ssh_floor(n, 50);
         let apply = bench.measure(
             "apply (create all), SSH",
             "50",
@@ -1219,7 +1235,13 @@ fn orchestrate(o: &Options) {
             ssh_fx.apply_ssh(n, 50, floor),
         );
         bench.rows[apply].floor = Some(floor);
-        let destroy = bench.measure("destroy, SSH", "50", &job("destroy"), ssh_fx.destroy(n, 50));
+        let destroy = bench.measure(
+            "destroy, SSH",
+            "50",
+            &job("destroy"),
+            ssh_fx.destroy_ssh(n, 50, close_floor),
+        );
+        bench.rows[destroy].floor = Some(close_floor);
         ssh_rows.push((apply, destroy));
     }
 
@@ -1476,7 +1498,7 @@ fn print_report(o: &Options, rows: &[Row], marks: &Marks, validate: Duration, ma
     if rows.iter().any(|r| r.section == Section::Ssh) {
         let _ = writeln!(
             out,
-            "\nWith SSH (fake: 100 ms a request, servers `running` 300 ms after their create; every server is one sshd on 127.0.0.1, logged in to with the user's own key, `hetzner.ssh_key`). SSH floor: as many fresh multiplexed `ssh … true` logins, 50 at a time, measured just before the apply:\n"
+            "\nWith SSH (fake: 100 ms a request, servers `running` 300 ms after their create; every server is one sshd on 127.0.0.1, logged in to with the user's own key, `hetzner.ssh_key`). SSH floor: as many fresh multiplexed `ssh … true` logins, 50 at a time, measured just before the apply; for the destroy, closing those logins' masters (`ssh -O exit`), 50 at a time:\n"
         );
         table(&mut out, Section::Ssh);
     }
@@ -1570,8 +1592,9 @@ fn print_report(o: &Options, rows: &[Row], marks: &Marks, validate: Duration, ma
         );
         let _ = writeln!(
             out,
-            "| destroy of {} members with SSH, parallelism 50 (no login) | {} = {:.2} × {} | ≤ 1.3 × ideal | {} |",
+            "| destroy of {} members with SSH, parallelism 50 (SSH floor {}: closing the masters) | {} = {:.2} × {} | ≤ 1.3 × (API ideal + floor) | {} |",
             d.members,
+            show(d.floor.unwrap_or_default()),
             show(d.wall),
             d.ratio(),
             show(d.ideal.time),
