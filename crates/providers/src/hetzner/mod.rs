@@ -2,9 +2,11 @@
 //!
 //! - **Discovery** is one label-selector list, `crabbox=true,pond=<pond>`,
 //!   50 servers a page; pages after the first are fetched concurrently.
-//! - **Create** uploads the lease's SSH key (the member's `ssh_key`, else a
-//!   per-lease ed25519 key generated where Crabbox keeps one,
-//!   `<user config>/crabbox/testboxes/<lease>/id_ed25519`), then creates the
+//! - **Create** uploads the lease's SSH key (a per-lease ed25519 key
+//!   generated where Crabbox keeps one,
+//!   `<user config>/crabbox/testboxes/<lease>/id_ed25519`; the member's own
+//!   `ssh_key` is looked up once per process by its fingerprint, shared by
+//!   concurrent creates, and uploaded only when the account lacks it), then creates the
 //!   server carrying every label and Crabbox's cloud-init bootstrap
 //!   ([`cloud_init`]: login `crabbox`, sshd on 2222 and 22, work root
 //!   `/work/crabbox`) in that one request. Class
@@ -14,9 +16,10 @@
 //!   the server has been booting (a sixteenth once it is `starting`), at
 //!   most the poll interval apart, so a short boot is seen soon after it
 //!   ends and a long one is polled no more often than every interval — then
-//!   for SSH on the first port candidate that is open and passes Crabbox's
-//!   ready check (2222, falling back to 22, as Crabbox connects), and
-//!   prepares the lease's work root `/work/crabbox/<lease>`. If anything after
+//!   for SSH on the first port candidate that logs in and passes Crabbox's
+//!   ready check (2222, falling back to 22, as Crabbox connects), preparing
+//!   the lease's work root `/work/crabbox/<lease>` in that same command (one
+//!   round trip, on the login setup then reuses). If anything after
 //!   the server exists fails, the server and key are deleted again.
 //!   Every API call is retried on its own (429, 5xx, time-outs; honouring
 //!   `Retry-After`), so one passing error does not start a create over.
