@@ -502,7 +502,10 @@ async fn a_step_that_times_out_over_ssh_is_stopped_on_the_host() {
     let lease = "cbx_0000000071e0";
     let work_root = dir.path().join("work").display().to_string();
     let target = sshd.target(&dir.path().join("state"), &work_root, lease);
-    target.prepare().await.expect("prepare");
+    target
+        .wait_prepared("true", std::time::Duration::from_secs(20))
+        .await
+        .expect("prepare");
     let err = target
         .exec(
             "sleep 37.5",

@@ -185,6 +185,7 @@ pub fn context(
         outputs,
         reporter,
         wait_timeout: None,
+        taken_slugs: tokio::sync::Mutex::default(),
     }
 }
 
