@@ -273,6 +273,10 @@ pub struct HetznerProvider {
     fallback_ports: Vec<u16>,
     /// Location, image and class for members that leave them open.
     defaults: Defaults,
+    /// Why Crabbox's user config could not be read, if it could not: its
+    /// location, image and class would be guessed, so creates are refused
+    /// (reading and releasing are not).
+    config_problem: Option<String>,
     /// Lease ID → how to reach it.
     targets: Mutex<HashMap<String, SshTarget>>,
     /// Server ID → when this provider last saw the server, and the server
@@ -370,12 +374,19 @@ impl HetznerProvider {
         let token = var("HCLOUD_TOKEN").or_else(|| var("HETZNER_TOKEN"))?;
         let base = var("HCLOUD_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
         let provider = Self::new(&base, token.trim(), state_dir);
-        // A malformed config is reported by `crabbox config show`; here it
-        // only leaves crabbox's own defaults in place.
         Some(match UserConfig::load() {
             Ok(config) => provider.with_user_config(&config),
-            Err(_) => provider,
+            Err(e) => provider.refusing_creates(e.to_string()),
         })
+    }
+
+    /// A provider that refuses to create, saying `why`: Crabbox's user
+    /// config is malformed, and a server made with guessed defaults
+    /// (location, image, class) would be one the user did not ask for.
+    #[must_use]
+    pub fn refusing_creates(mut self, why: String) -> Self {
+        self.config_problem = Some(why);
+        self
     }
 
     /// Takes the location, image and class a member leaves open from
@@ -423,6 +434,7 @@ impl HetznerProvider {
             ),
             fallback_ports: DEFAULT_FALLBACK_PORTS.to_vec(),
             defaults: Defaults::default(),
+            config_problem: None,
             targets: Mutex::new(HashMap::new()),
             sightings: Mutex::new(HashMap::new()),
             user_keys: Mutex::new(HashMap::new()),
@@ -1556,6 +1568,12 @@ impl Provider for HetznerProvider {
     }
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
+        if let Some(why) = &self.config_problem {
+            return Err(ProviderError::Config {
+                message: format!("Crabbox's user config cannot be read: {why}"),
+                hint: "fix the file (`crabbox config show` points at the problem), or set CRABBOX_CONFIG to a good one".to_owned(),
+            });
+        }
         check_lease_id(&request.lease_id)?;
         let block = block_of(&request.member)?;
         let settings = ssh_settings(&block);
