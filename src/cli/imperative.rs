@@ -120,7 +120,7 @@ fn refusal(flag: &str, provider: ProviderName) -> String {
 }
 
 /// Writes a member's output straight to our stdout/stderr.
-struct Passthrough;
+pub(super) struct Passthrough;
 
 impl OutputSink for Passthrough {
     fn line(&self, stream: Stream, line: &str) {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use clap::Args;
 
 use super::exit::{self, REMOTE, USAGE};
-use super::imperative::found;
+use super::imperative::{Passthrough, found};
 use super::lookup::{Found, MemberRef};
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_exec::logs::{NOT_SERVICES, SETUP_LOG, list_script, read_script};
@@ -33,18 +33,6 @@ pub(super) struct LogsArgs {
     /// (`setup-2` is the service of the second setup step, `background: true`).
     #[arg(long, value_name = "NAME")]
     service: Option<String>,
-}
-
-/// Lines of the lease's output straight to ours.
-struct Passthrough;
-
-impl OutputSink for Passthrough {
-    fn line(&self, stream: Stream, line: &str) {
-        match stream {
-            Stream::Stdout => println!("{line}"),
-            Stream::Stderr => eprintln!("{line}"),
-        }
-    }
 }
 
 /// The standard output of a small script, kept.

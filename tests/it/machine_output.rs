@@ -78,18 +78,7 @@ for instance in json.load(sys.stdin):
             .expect("instances written");
     }
     let out = child.wait_with_output().expect("python3 finishes");
-    assert!(
-        out.status.success(),
-        "the independent validator failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let verdicts: Vec<Result<(), String>> = text
-        .lines()
-        .map(|l| if l == "ok" { Ok(()) } else { Err(l.to_owned()) })
-        .collect();
-    assert_eq!(verdicts.len(), instances.len(), "{text}");
-    verdicts
+    crate::support::validator_verdicts(&out, instances.len())
 }
 
 /// Asserts that every instance passes `document`'s schema.
