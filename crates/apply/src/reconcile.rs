@@ -11,6 +11,7 @@ use crate::executor::{ExecOptions, Outcome, StepResult, execute};
 use crate::graph::{self, StepKind};
 use crate::progress::Reporter;
 use crate::steps::{Context, OutputTarget, without_mesh_files};
+use crabbox_core::labels::POND_SPEC;
 use crabbox_core::lease::{Endpoint, Lease};
 use crabbox_core::provider::ProviderName;
 use crabbox_plan::diff::{PlanError, PlanOptions, plan};
@@ -80,6 +81,9 @@ pub fn plan_with_outputs(
     let projected: Vec<Lease> = projected_leases(&p, crabbox_core::labels::now_secs());
     let reg = registry.clone();
     let peers = peers_from_leases(&desired.name, &projected, |n| reg.features(n));
+    // The peers hold what the files need: with 10,000 members another copy
+    // of every lease's labels is tens of MiB at the command's peak.
+    drop(projected);
     let dir = outputs_dir(desired);
     // Exactly the files apply's render step would write.
     let files = without_mesh_files(
@@ -107,7 +111,18 @@ fn projected_leases(p: &Plan, now: u64) -> Vec<Lease> {
             (Action::Delete, _, _) => {}
             (Action::NoOp | Action::Update, Some(lease), Some(m)) => {
                 let mut lease = lease.clone();
-                lease.labels = crabbox_spec::member_labels::for_update(&lease.labels, m, now);
+                lease.labels = match (c.action, lease.label(POND_SPEC)) {
+                    // The planner leaves a lease alone only when it carries
+                    // the member's spec hash: the hash need not be computed
+                    // again (it is a JSON tree per member).
+                    (Action::NoOp, Some(spec)) => crabbox_spec::member_labels::for_update_hashed(
+                        &lease.labels,
+                        m,
+                        spec.to_owned(),
+                        now,
+                    ),
+                    _ => crabbox_spec::member_labels::for_update(&lease.labels, m, now),
+                };
                 out.push(lease);
             }
             (Action::Adopt, Some(lease), Some(m)) => {

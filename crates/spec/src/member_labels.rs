@@ -126,6 +126,19 @@ pub fn for_create(pond: &str, lease_id: &str, m: &DesiredMember, now: u64) -> La
 /// its create would have written them.
 #[must_use]
 pub fn for_update(current: &Labels, m: &DesiredMember, now: u64) -> Labels {
+    for_update_hashed(current, m, SpecHashes::of(m).spec, now)
+}
+
+/// [`for_update`] with the member's spec hash already known
+/// (`SpecHashes::of(m).spec`): hashing builds a JSON tree of the member,
+/// and a plan of 10,000 members should not pay for it twice.
+#[must_use]
+pub fn for_update_hashed(
+    current: &Labels,
+    m: &DesiredMember,
+    spec_hash: String,
+    now: u64,
+) -> Labels {
     let mut l = current.clone();
     if m.expose.is_empty() {
         l.remove(EXPOSED_PORTS);
@@ -133,7 +146,7 @@ pub fn for_update(current: &Labels, m: &DesiredMember, now: u64) -> Labels {
         l.insert(EXPOSED_PORTS.to_owned(), encode_ports(&m.expose));
     }
     l.insert(KEEP.to_owned(), m.keep.to_string());
-    l.insert(POND_SPEC.to_owned(), SpecHashes::of(m).spec);
+    l.insert(POND_SPEC.to_owned(), spec_hash);
     for (k, v) in [
         (CREATED_BY, "crabbox"),
         (CLASS, m.class.map(|c| c.as_str()).unwrap_or_default()),
