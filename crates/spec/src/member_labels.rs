@@ -214,7 +214,8 @@ pub fn for_update_hashed(
     }
     let ttl = (!m.ttl.is_zero()).then_some(m.ttl);
     let idle = (!m.idle_timeout.is_zero()).then_some(m.idle_timeout);
-    expiry::touch(&l, now, ttl, idle)
+    expiry::touch_in_place(&mut l, now, ttl, idle);
+    l
 }
 
 #[cfg(test)]
