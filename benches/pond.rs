@@ -354,6 +354,8 @@ fn run_plan(
         "max_rss_kib": u2.max_rss_kib,
         "discover_ms": ms(t1 - t0),
         "discover_cpu_ms": ms(u1.process - u0.process),
+        // The peak up to the end of discovery (the spec's loading included).
+        "discover_max_rss_kib": u1.max_rss_kib,
         "plan_ms": ms(t2 - t1),
         "plan_cpu_ms": ms(u2.thread - u1.thread),
     })

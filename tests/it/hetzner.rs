@@ -1135,7 +1135,7 @@ async fn discovery_of_500_servers_fetches_nine_pages_at_once() {
     );
     assert_eq!(
         fx.handle().max_in_flight(),
-        crabbox_providers::hetzner::PAGE_FETCHES,
+        9.min(crabbox_providers::hetzner::PAGE_FETCHES),
         "pages 2..10 fetched concurrently, never more than the bound at once"
     );
 }
