@@ -1488,6 +1488,58 @@ fn the_fake_fingerprints_keys_with_md5() {
     assert_eq!(base64_decode("aGVsbG8="), Some(b"hello".to_vec()));
 }
 
+/// The match a listing keeps for its other pages follows every change of
+/// the servers: a relabelled, a new and a deleted server show on the next
+/// page read.
+#[tokio::test]
+async fn a_listing_sees_servers_change_between_its_pages() {
+    let fake = start(FakeConfig::default()).await;
+    let client = reqwest::Client::new();
+    let ids: Vec<u64> = (0..3)
+        .map(|i| fake.handle.plant_server(&format!("s{i}"), &[("pond", "a")]))
+        .collect();
+    let page = |page: u32| {
+        let request = client
+            .get(format!("{}/servers", fake.base_url))
+            .bearer_auth(TOKEN)
+            .query(&[("label_selector", "pond=a"), ("per_page", "1")])
+            .query(&[("page", page)])
+            .send();
+        async move {
+            let body: Value = request.await.expect("listed").json().await.expect("JSON");
+            (
+                body["servers"]
+                    .as_array()
+                    .expect("servers")
+                    .iter()
+                    .map(|s| s["id"].as_u64().expect("id"))
+                    .collect::<Vec<u64>>(),
+                body["meta"]["pagination"]["total_entries"].as_u64(),
+            )
+        }
+    };
+    assert_eq!(page(1).await, (vec![ids[0]], Some(3)));
+    let relabel = client
+        .put(format!("{}/servers/{}", fake.base_url, ids[1]))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "labels": { "pond": "b" } }))
+        .send()
+        .await
+        .expect("relabelled");
+    assert_eq!(relabel.status(), 200);
+    assert_eq!(page(2).await, (vec![ids[2]], Some(2)), "relabelled away");
+    let planted = fake.handle.plant_server("s3", &[("pond", "a")]);
+    assert_eq!(page(3).await, (vec![planted], Some(3)), "a new server");
+    let deleted = client
+        .delete(format!("{}/servers/{}", fake.base_url, ids[0]))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("deleted");
+    assert!(deleted.status().is_success());
+    assert_eq!(page(1).await, (vec![ids[2]], Some(2)), "a deleted server");
+}
+
 #[tokio::test]
 async fn the_fake_limits_concurrency_and_request_rate_and_sets_boot_time() {
     let fake = start(FakeConfig::default()).await;
