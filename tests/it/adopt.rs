@@ -28,11 +28,7 @@ struct World {
 impl World {
     fn new() -> Self {
         let sshd = TestSshd::start();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = crate::support::runtime();
         let fake = rt.block_on(start(FakeConfig {
             authorized_keys: Some(sshd.authorized_keys.clone()),
             ..FakeConfig::default()

@@ -35,11 +35,7 @@ impl World {
             std::fs::create_dir_all(dir.path().join(d)).expect("dirs");
         }
         let sshd = TestSshd::start();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = crate::support::runtime();
         let fake = rt.block_on(start(FakeConfig {
             authorized_keys: Some(sshd.authorized_keys.clone()),
             boot_delay: Duration::from_millis(50),

@@ -364,11 +364,7 @@ fn logs_over_ssh_show_setup_output_and_a_service_log() {
 #[test]
 fn logs_on_islo_and_tensorlake_members() {
     use crate::fake_islo::{API_KEY, FakeConfig, start};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = crate::support::runtime();
     let islo = rt.block_on(start(FakeConfig::default()));
     let cli = crate::support::root().join("tests/fixtures/fake-tensorlake");
     let env = Env::new(&format!(

@@ -72,3 +72,13 @@ pub fn validator_verdicts(out: &std::process::Output, expected: usize) -> Vec<Re
     assert_eq!(verdicts.len(), expected, "{text}");
     verdicts
 }
+
+/// A multi-threaded runtime of its own, which serves a test's fakes while
+/// the test itself blocks (running the binary, waiting on children).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}

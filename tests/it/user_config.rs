@@ -291,11 +291,7 @@ async fn hetzner_takes_location_image_and_class_a_member_leaves_open_from_the_co
 fn a_malformed_config_refuses_hetzner_creates_before_any_server_is_made() {
     let d = Dirs::new();
     std::fs::write(d.user_file(), "hetzner:\n  location: [a, b]\n").expect("file");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = crate::support::runtime();
     let fake = rt.block_on(fake_hetzner::start(FakeConfig::default()));
     std::fs::write(
         d.work().join("pond.yaml"),
