@@ -135,12 +135,18 @@ pub async fn discover(
             {
                 lease.endpoint.shares = serde_json::from_value(shares.clone()).unwrap_or_default();
             }
-            if let Some(ran) = claim
-                .extra
-                .get(crabbox_plan::commands::CLAIM_FIELD)
-                .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
-            {
-                inv.applied_commands.insert(lease.id.clone(), ran);
+            // What ran, for the setup diff; a record that does not read is
+            // said, not taken for "never recorded".
+            if let Some(record) = claim.extra.get(crabbox_plan::commands::CLAIM_FIELD) {
+                match serde_json::from_value::<Vec<String>>(record.clone()) {
+                    Ok(ran) => {
+                        inv.applied_commands.insert(lease.id.clone(), ran);
+                    }
+                    Err(e) => inv.warnings.push(format!(
+                        "the claim of {} records what ran in a form this crabbox cannot read ({e}); its setup changes show without the old commands",
+                        lease.id
+                    )),
+                }
             }
             if lease.endpoint.url.is_none() && !claim.bridge_url.is_empty() {
                 lease.endpoint.url = Some(claim.bridge_url.clone());
