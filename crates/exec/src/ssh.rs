@@ -227,7 +227,7 @@ impl SshTarget {
                 // The ssh client is gone; the command may still run there.
                 let stop = format!(
                     "{}crabbox_stop {}\n",
-                    stop_functions(&self.lease_id),
+                    stop_functions(&self.lease_id, &self.path(WORKSPACE)),
                     quote(&pid_file)
                 );
                 let stopped = match self.script(stop).await {
@@ -283,7 +283,7 @@ impl SshTarget {
         let script = format!(
             "{}{}{}",
             self.env_prelude(env)?,
-            stop_functions(&self.lease_id),
+            stop_functions(&self.lease_id, &self.path(WORKSPACE)),
             services.start_script(name, "sh -c", command)
         );
         let captured = self.script(script).await?;
@@ -313,7 +313,7 @@ impl SshTarget {
     pub async fn stop_background(&self) -> Result<(), ProviderError> {
         let script = format!(
             "{}{}mkdir -p -- {} {} {}\n",
-            stop_functions(&self.lease_id),
+            stop_functions(&self.lease_id, &self.path(WORKSPACE)),
             stop_leftovers(&self.services(), &self.lease_id),
             quote(&self.path(WORKSPACE)),
             quote(&self.path(LOGS)),
@@ -384,7 +384,7 @@ impl SshTarget {
         check_removable(&self.work_root)?;
         let script = format!(
             "{}{}{}rm -rf -- {}\n",
-            stop_functions(&self.lease_id),
+            stop_functions(&self.lease_id, &self.path(WORKSPACE)),
             self.services().stop_all(),
             kill_marked(&self.lease_id),
             quote(&self.work_root)

@@ -1186,7 +1186,7 @@ impl session::Session for IsloSession<'_> {
         // Pid files and logs relative to the workdir the script runs in.
         let script = format!(
             "{}{}",
-            stop_functions(&target.lease_id),
+            stop_functions(&target.lease_id, &target.workspace()),
             ServiceDirs::under(STATE_DIR).start_script(name, "bash -lc", &request.command)
         );
         let (code, stdout, stderr) = self.provider.script(&target, &script, &request.env).await?;
@@ -1214,7 +1214,7 @@ impl session::Session for IsloSession<'_> {
         let services = ServiceDirs::under(STATE_DIR);
         let script = format!(
             "{}cd -- {} 2>/dev/null || exit 0\n[ -d {} ] || exit 0\n{}exit 0\n",
-            stop_functions(&target.lease_id),
+            stop_functions(&target.lease_id, &target.workspace()),
             quote(&target.workdir),
             quote(&services.pids),
             services.stop_all()

@@ -1116,7 +1116,7 @@ impl Session for TensorlakeSession<'_> {
         let log = services.log(name);
         let body = format!(
             "{}cd {} || exit 127\n{}",
-            stop_functions(&target.lease_id),
+            stop_functions(&target.lease_id, &target.workdir),
             quote(&target.workdir),
             services.start_script(name, "sh -c", command)
         );
@@ -1159,7 +1159,7 @@ impl Session for TensorlakeSession<'_> {
         let target = self.provider.target(self.lease).await?;
         let script = format!(
             "{}{}",
-            stop_functions(&target.lease_id),
+            stop_functions(&target.lease_id, &target.workdir),
             target.services().stop_all()
         );
         self.provider
