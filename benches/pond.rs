@@ -33,6 +33,9 @@ mod fake_hetzner;
 #[path = "../tests/it/fake_http.rs"]
 #[allow(dead_code)] // the fake uses part of the harness; its tests are not built here
 mod fake_http;
+#[path = "../tests/it/sshd.rs"]
+#[allow(dead_code)] // the bench needs the server, not its test helpers
+mod sshd;
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -52,7 +55,7 @@ const PER_PAGE: usize = 50;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("--serve-fake") => serve_fake(),
+        Some("--serve-fake") => serve_fake(args.get(1).map(PathBuf::from)),
         Some("--worker") => worker(args.get(1).expect("--worker JOB")),
         _ => orchestrate(&Options::parse(&args)),
     }
@@ -110,14 +113,19 @@ fn ms(d: Duration) -> f64 {
 
 // ---- the fake, in its own process ----
 
-/// `--serve-fake`: starts the fake, prints `READY <base url>`, then answers
-/// one line per command line on stdin.
-fn serve_fake() {
+/// `--serve-fake [AUTHORIZED_KEYS]`: starts the fake (its servers are
+/// 127.0.0.1; the keys they are created with are appended to the bench
+/// sshd's `authorized_keys`), prints `READY <base url>`, then answers one
+/// line per command line on stdin.
+fn serve_fake(authorized_keys: Option<PathBuf>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("the fake's runtime");
-    let fake = rt.block_on(fake_hetzner::start(fake_hetzner::FakeConfig::default()));
+    let fake = rt.block_on(fake_hetzner::start(fake_hetzner::FakeConfig {
+        authorized_keys,
+        ..fake_hetzner::FakeConfig::default()
+    }));
     let mut out = std::io::stdout();
     writeln!(out, "READY {}", fake.base_url).expect("stdout");
     out.flush().expect("stdout");
@@ -147,10 +155,22 @@ fn fake_command(h: &fake_hetzner::FakeHandle, line: &str) -> String {
         ))),
         ["clear"] => h.clear_requests(),
         ["stats"] => {
+            let requests = h.requests();
+            // Lookups of a key (by name or fingerprint), not the sweep's
+            // listing of the pond's keys by label.
+            let key_lookups = requests
+                .iter()
+                .filter(|r| {
+                    r.method == "GET"
+                        && r.path.trim_end_matches('/') == "/v1/ssh_keys"
+                        && r.param("label_selector").is_none()
+                })
+                .count();
             return json!({
                 "servers": h.servers().len(),
                 "keys": h.ssh_keys().len(),
-                "requests": h.requests().len(),
+                "requests": requests.len(),
+                "key_lookups": key_lookups,
                 "max_in_flight": h.max_in_flight(),
             })
             .to_string();
@@ -170,9 +190,10 @@ struct Fake {
 }
 
 impl Fake {
-    fn start() -> Self {
+    fn start(authorized_keys: &Path) -> Self {
         let mut child = Command::new(std::env::current_exe().expect("own path"))
             .arg("--serve-fake")
+            .arg(authorized_keys)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -242,15 +263,24 @@ struct Job {
     parallelism: usize,
     /// Leases the pond has before (`plan`, `destroy`) or after (`apply`, `warmup-*`).
     members: usize,
+    /// Where work roots go on the bench sshd, when creates log in over SSH
+    /// (the spec names the login); `None`: creates return once the server runs.
+    #[serde(default)]
+    ssh_work_base: Option<String>,
 }
 
 fn hetzner(job: &Job) -> crabbox_providers::registry::Registry {
     use crabbox_providers::Provider;
     use crabbox_providers::hetzner::HetznerProvider;
-    // As `crabbox` builds it from HCLOUD_TOKEN/HCLOUD_ENDPOINT, but creates
-    // return once the server runs (no SSH: the fake's servers have none).
+    // As `crabbox` builds it from HCLOUD_TOKEN/HCLOUD_ENDPOINT.
     let provider = HetznerProvider::new(&job.base_url, fake_hetzner::TOKEN, &job.state_dir)
-        .with_ssh_bootstrap(false);
+        .with_testboxes_dir(&job.state_dir.join("testboxes"));
+    let provider = match &job.ssh_work_base {
+        // Every server is the bench's sshd, reached as a real one is.
+        Some(base) => provider.with_work_base(base),
+        // Creates return once the server runs.
+        None => provider.with_ssh_bootstrap(false),
+    };
     crabbox_providers::registry::Registry::with(vec![Arc::new(provider) as Arc<dyn Provider>])
 }
 
@@ -324,6 +354,8 @@ fn run_plan(
         "max_rss_kib": u2.max_rss_kib,
         "discover_ms": ms(t1 - t0),
         "discover_cpu_ms": ms(u1.process - u0.process),
+        // The peak up to the end of discovery (the spec's loading included).
+        "discover_max_rss_kib": u1.max_rss_kib,
         "plan_ms": ms(t2 - t1),
         "plan_cpu_ms": ms(u2.thread - u1.thread),
     })
@@ -660,6 +692,41 @@ impl Fx {
         )
     }
 
+    /// Creates that log in over SSH with the user's own key (uploaded once
+    /// for the pond: one lookup, then for each create the server, its
+    /// `running`, its label), plus the SSH floor: `n` fresh logins at the
+    /// same parallelism, measured in the same run.
+    fn apply_ssh(&self, n: usize, parallelism: usize, floor: Duration) -> Ideal {
+        let p = self.effective(parallelism);
+        let waves = n.div_ceil(p);
+        let chain = n_times(2, self.latency) + self.boot.max(self.latency);
+        Ideal {
+            time: self.latency + n_times(waves, chain) + floor,
+            formula: format!(
+                "{} + ⌈{n}/{p}⌉ × (2×{} + max({}, {})) + SSH floor {}",
+                self.l(),
+                self.l(),
+                show(self.boot),
+                self.l(),
+                show(floor)
+            ),
+        }
+    }
+
+    /// Releases of leases whose SSH masters (left by the apply) are closed:
+    /// [`Self::destroy`] plus closing `n` masters at the same parallelism.
+    fn destroy_ssh(&self, n: usize, parallelism: usize, close_floor: Duration) -> Ideal {
+        let api = self.destroy(n, parallelism);
+        Ideal {
+            time: api.time + close_floor,
+            formula: format!(
+                "{} + SSH floor {} (closing {n} masters)",
+                api.formula,
+                show(close_floor)
+            ),
+        }
+    }
+
     /// One release: delete the server, and meanwhile find the lease's key
     /// by name and delete it.
     fn destroy(&self, n: usize, parallelism: usize) -> Ideal {
@@ -723,6 +790,10 @@ struct Options {
     /// Where the ponds' state directories go (`--work-dir`; default: the
     /// system's temporary directory).
     work_dir: Option<PathBuf>,
+    /// Ponds applied and destroyed over SSH (`--ssh-members`).
+    ssh_sizes: Vec<usize>,
+    /// Live ponds discovered and planned (`--large-members`).
+    large_sizes: Vec<usize>,
 }
 
 impl Options {
@@ -740,6 +811,8 @@ impl Options {
             repeats: 5,
             targets_only: false,
             work_dir: None,
+            ssh_sizes: vec![100, 500],
+            large_sizes: vec![1000, 10_000],
         };
         let mut sizes_given = false;
         let mut it = args.iter();
@@ -749,10 +822,7 @@ impl Options {
                 "--quick" => o.quick = true,
                 "--full" => o.full = true,
                 "--members" => {
-                    o.sizes = value()
-                        .split(',')
-                        .map(|s| s.trim().parse().expect("member counts"))
-                        .collect();
+                    o.sizes = sizes(value());
                     sizes_given = true;
                 }
                 "--latency-ms" => {
@@ -771,6 +841,8 @@ impl Options {
                 "--repeats" => o.repeats = value().parse().expect("count"),
                 "--targets-only" => o.targets_only = true,
                 "--work-dir" => o.work_dir = Some(PathBuf::from(value())),
+                "--ssh-members" => o.ssh_sizes = sizes(value()),
+                "--large-members" => o.large_sizes = sizes(value()),
                 // `cargo bench` passes `--bench`; anything else is a filter we ignore.
                 _ => {}
             }
@@ -778,11 +850,31 @@ impl Options {
         if o.quick {
             if !sizes_given {
                 o.sizes = vec![10, 100];
+                o.ssh_sizes = vec![100];
+                o.large_sizes = Vec::new();
             }
             o.repeats = o.repeats.min(3);
         }
         o
     }
+}
+
+/// `10,100` → `[10, 100]` (empty: none).
+fn sizes(list: &str) -> Vec<usize> {
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().expect("member counts"))
+        .collect()
+}
+
+/// Rows the targets table reads.
+struct Marks {
+    target_plan: Option<usize>,
+    target_apply: usize,
+    /// (apply, destroy) over SSH, per size.
+    ssh: Vec<(usize, usize)>,
+    /// Discover + plan of each large pond.
+    large: Vec<usize>,
 }
 
 /// One measured line of the table.
@@ -799,6 +891,10 @@ struct Row {
     plan_cpu: Option<Duration>,
     max_rss_kib: i64,
     requests: usize,
+    /// `GET /ssh_keys` by name or fingerprint during the operation.
+    key_lookups: usize,
+    /// The SSH floor in the ideal, for rows that log in.
+    floor: Option<Duration>,
     /// Which table it goes in.
     section: Section,
 }
@@ -810,6 +906,10 @@ enum Section {
     Target,
     /// Ponds of 10, 100 and 1,000 members at the run's settings.
     Scaling,
+    /// Applies and destroys that log in over SSH (the issue's setting).
+    Ssh,
+    /// Discover + plan of 1,000 and 10,000 live members.
+    Large,
 }
 
 impl Row {
@@ -820,6 +920,10 @@ impl Row {
 
 struct Bench {
     fake: Fake,
+    /// The one sshd every SSH member's server is.
+    sshd: sshd::TestSshd,
+    /// The fake's statistics after the last worker.
+    stats: Value,
     root: tempfile::TempDir,
     rows: Vec<Row>,
     log: PathBuf,
@@ -839,11 +943,27 @@ impl Bench {
     /// Writes `pond.yaml` for `n` members: Hetzner, no sync, no setup, no
     /// ready check (ready = the server runs), one exposed port.
     fn spec(&self, pond: &str, n: usize) -> (PathBuf, PathBuf) {
+        self.spec_with(pond, n, false)
+    }
+
+    /// [`Self::spec`]; with `ssh`, every member logs in to the bench sshd
+    /// with the user's own key (`hetzner.ssh_key`), as the issue measured.
+    fn spec_with(&self, pond: &str, n: usize, ssh: bool) -> (PathBuf, PathBuf) {
         let dir = self.root.path().join(pond);
         let state = dir.join("state");
         std::fs::create_dir_all(&state).expect("bench dir");
+        let login = if ssh {
+            format!(
+                ", hetzner: {{ ssh_user: \"{}\", ssh_port: {}, ssh_key: \"{}\" }}",
+                self.sshd.user,
+                self.sshd.port,
+                self.sshd.key.display()
+            )
+        } else {
+            String::new()
+        };
         let mut text = format!(
-            "version: 1\npond: {pond}\ndefaults: {{ provider: hetzner, sync: false }}\noutputs: {{ dir: \"{}\" }}\nmembers:\n",
+            "version: 1\npond: {pond}\ndefaults: {{ provider: hetzner, sync: false{login} }}\noutputs: {{ dir: \"{}\" }}\nmembers:\n",
             dir.join("outputs").display()
         );
         for i in 0..n {
@@ -883,7 +1003,8 @@ impl Bench {
                     tail.join("\n")
                 )
             });
-        let requests = self.fake.stats()["requests"].as_u64().unwrap_or(0);
+        self.stats = self.fake.stats();
+        let requests = self.stats["requests"].as_u64().unwrap_or(0);
         (
             serde_json::from_str(result).expect("result JSON"),
             usize::try_from(requests).unwrap_or(usize::MAX),
@@ -898,7 +1019,81 @@ impl Bench {
             spec: spec.to_owned(),
             parallelism: p,
             members: n,
+            ssh_work_base: None,
         }
+    }
+
+    /// `n` fresh multiplexed logins to the bench sshd running `true`, `p` at
+    /// a time, with crabbox's own options (batch mode, a known-hosts file,
+    /// a control master per login kept after it): the least SSH can cost an
+    /// apply of `n` members at parallelism `p` on this machine. Then the
+    /// masters are closed (`ssh -O exit`), `p` at a time: the least closing
+    /// them costs a destroy. Returns both times.
+    fn ssh_floor(&self, n: usize, p: usize) -> (Duration, Duration) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir_in(self.root.path()).expect("floor dir");
+        std::fs::create_dir_all(dir.path().join("cm")).expect("cm dir");
+        let ssh = |i: usize| {
+            let mut cmd = Command::new("ssh");
+            cmd.arg("-T")
+                .arg("-p")
+                .arg(self.sshd.port.to_string())
+                .arg("-i")
+                .arg(&self.sshd.key);
+            for option in [
+                "IdentitiesOnly=yes".to_owned(),
+                "BatchMode=yes".to_owned(),
+                "StrictHostKeyChecking=accept-new".to_owned(),
+                format!(
+                    "UserKnownHostsFile={}",
+                    dir.path().join("known_hosts").display()
+                ),
+                "ControlMaster=auto".to_owned(),
+                format!(
+                    "ControlPath={}",
+                    dir.path().join("cm").join(i.to_string()).display()
+                ),
+                "ControlPersist=120".to_owned(),
+                "LogLevel=ERROR".to_owned(),
+            ] {
+                cmd.arg("-o").arg(option);
+            }
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            cmd
+        };
+        let destination = format!("{}@127.0.0.1", self.sshd.user);
+        let run_all = |last: &[&str]| {
+            let next = AtomicUsize::new(0);
+            std::thread::scope(|scope| {
+                for _ in 0..p.min(n) {
+                    scope.spawn(|| {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= n {
+                                break;
+                            }
+                            let mut cmd = ssh(i);
+                            if last == ["-O", "exit"] {
+                                cmd.args(last).arg(&destination);
+                                let _ = cmd.status();
+                            } else {
+                                cmd.arg(&destination).args(last);
+                                let status = cmd.status().expect("run ssh");
+                                assert!(status.success(), "ssh … true: {status}");
+                            }
+                        }
+                    });
+                }
+            });
+        };
+        let t = Instant::now();
+        run_all(&["true"]);
+        let floor = t.elapsed();
+        let t = Instant::now();
+        run_all(&["-O", "exit"]);
+        (floor, t.elapsed())
     }
 
     /// Runs one job and records its row.
@@ -916,6 +1111,8 @@ impl Bench {
             plan_cpu: None,
             max_rss_kib: v["max_rss_kib"].as_i64().unwrap_or(0),
             requests,
+            key_lookups: self.key_lookups(),
+            floor: None,
             section: self.section,
         });
         self.rows.len() - 1
@@ -941,9 +1138,15 @@ impl Bench {
                 .max()
                 .unwrap_or(0),
             requests: runs[0].1,
+            key_lookups: self.key_lookups(),
+            floor: Some(Duration::ZERO),
             section: self.section,
         });
         self.rows.len() - 1
+    }
+
+    fn key_lookups(&self) -> usize {
+        usize::try_from(self.stats["key_lookups"].as_u64().unwrap_or(0)).unwrap_or(usize::MAX)
     }
 
     /// Releases a pond without measuring it, quickly.
@@ -958,8 +1161,11 @@ impl Bench {
 
 fn orchestrate(o: &Options) {
     let started = Instant::now();
+    let sshd = sshd::TestSshd::start();
     let mut bench = Bench {
-        fake: Fake::start(),
+        fake: Fake::start(&sshd.authorized_keys),
+        sshd,
+        stats: Value::Null,
         root: match &o.work_dir {
             Some(dir) => tempfile::tempdir_in(dir),
             None => tempfile::tempdir(),
@@ -1004,6 +1210,73 @@ fn orchestrate(o: &Options) {
         &job200("destroy"),
         target_fx.destroy(200, 50),
     );
+
+    // The issue's setting: 100 ms a request, 300 ms boot, parallelism 50,
+    // every server the bench sshd, logged in to with the user's own key.
+    bench.section = Section::Ssh;
+    let ssh_fx = Fx {
+        latency: Duration::from_millis(100),
+        boot: Duration::from_millis(300),
+        max_in_flight: None,
+        rate: None,
+    };
+    bench.fake.configure(&ssh_fx);
+    let mut ssh_rows = Vec::new();
+    for &n in &o.ssh_sizes {
+        let (spec, state) = bench.spec_with(&format!("bench-ssh-{n}"), n, true);
+        let remote = bench.root.path().join(format!("remote-{n}"));
+        let job = |kind: &str| Job {
+            ssh_work_base: Some(remote.display().to_string()),
+            ..Bench::job(kind, &base, &spec, &state, 50, n)
+        };
+        eprintln!("  SSH floor, {n} logins, 50 at a time…");
+        let (floor, close_floor) = bench.ssh_floor(n, 50);
+        let apply = bench.measure(
+            "apply (create all), SSH",
+            "50",
+            &job("apply"),
+            ssh_fx.apply_ssh(n, 50, floor),
+        );
+        bench.rows[apply].floor = Some(floor);
+        let destroy = bench.measure(
+            "destroy, SSH",
+            "50",
+            &job("destroy"),
+            ssh_fx.destroy_ssh(n, 50, close_floor),
+        );
+        bench.rows[destroy].floor = Some(close_floor);
+        ssh_rows.push((apply, destroy));
+    }
+
+    // 1,000 and 10,000 live members (made at no latency, untimed), then
+    // discover + plan at 50 ms a request, the API serving 10 at once.
+    bench.section = Section::Large;
+    let large_fx = Fx {
+        latency: Duration::from_millis(50),
+        boot: Duration::from_millis(300),
+        max_in_flight: Some(10),
+        rate: None,
+    };
+    let mut large_rows = Vec::new();
+    for &n in &o.large_sizes {
+        let (spec, state) = bench.spec(&format!("bench-large-{n}"), n);
+        bench.fake.send("latency 0");
+        bench.fake.send("boot 0");
+        bench.fake.send("limit none");
+        eprintln!("  making {n} live members…");
+        bench.worker(&Bench::job("apply", &base, &spec, &state, 50, n));
+        bench.fake.configure(&large_fx);
+        let row = bench.measure_plan(
+            "discover + plan, API serves 10 at once",
+            &Bench::job("plan", &base, &spec, &state, 10, n),
+            large_fx.list(n),
+            o.repeats.min(3),
+        );
+        large_rows.push(row);
+        bench.fake.send("boot 0");
+        bench.clean_up(&large_fx, &spec, &state, n);
+    }
+
     bench.fake.configure(&fx);
     bench.section = Section::Scaling;
 
@@ -1072,8 +1345,12 @@ fn orchestrate(o: &Options) {
     print_report(
         o,
         &bench.rows,
-        target_plan,
-        target_apply,
+        &Marks {
+            target_plan,
+            target_apply,
+            ssh: ssh_rows,
+            large: large_rows,
+        },
         validate,
         &machine,
     );
@@ -1149,23 +1426,24 @@ fn exponent(x100: Duration, x1000: Duration) -> f64 {
     (x1000.as_secs_f64() / x100.as_secs_f64()).log10()
 }
 
-fn print_report(
-    o: &Options,
-    rows: &[Row],
-    target_plan: Option<usize>,
-    target_apply: usize,
-    validate: Duration,
-    machine: &str,
-) {
+fn print_report(o: &Options, rows: &[Row], marks: &Marks, validate: Duration, machine: &str) {
+    let Marks {
+        target_plan,
+        target_apply,
+        ..
+    } = *marks;
     let fx = o.fx;
     let mut out = String::new();
     let _ = writeln!(out, "Machine: {machine}\n");
     let table = |out: &mut String, section: Section| {
         let _ = writeln!(
             out,
-            "| scenario | members | parallelism | wall | ideal | ratio | ideal = | crabbox CPU | peak RSS | requests |"
+            "| scenario | members | parallelism | wall | ideal | ratio | SSH floor | ideal = | crabbox CPU | peak RSS | requests | key lookups |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+        let _ = writeln!(
+            out,
+            "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+        );
         for r in rows.iter().filter(|r| r.section == section) {
             let mut cpu = show(r.cpu);
             if let Some(p) = r.plan_cpu {
@@ -1174,19 +1452,27 @@ fn print_report(
             if !r.child_cpu.is_zero() {
                 let _ = write!(cpu, " + {} children", show(r.child_cpu));
             }
+            let floor = match r.floor {
+                Some(f) if f.is_zero() => "0 (no login)".to_owned(),
+                Some(f) => show(f),
+                None if r.section == Section::Ssh => "0 (no login)".to_owned(),
+                None => "— (SSH off)".to_owned(),
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
                 r.scenario,
                 r.members,
                 r.parallelism,
                 show(r.wall),
                 show(r.ideal.time),
                 r.ratio(),
+                floor,
                 r.ideal.formula,
                 cpu,
                 mib(r.max_rss_kib),
                 r.requests,
+                r.key_lookups,
             );
         }
     };
@@ -1212,6 +1498,20 @@ fn print_report(
         "\nThe apply target's run (fake: 200 ms a request, servers `running` 300 ms after their create, no limits; run first):\n"
     );
     table(&mut out, Section::Target);
+    if rows.iter().any(|r| r.section == Section::Ssh) {
+        let _ = writeln!(
+            out,
+            "\nWith SSH (fake: 100 ms a request, servers `running` 300 ms after their create; every server is one sshd on 127.0.0.1, logged in to with the user's own key, `hetzner.ssh_key`). SSH floor: as many fresh multiplexed `ssh … true` logins, 50 at a time, measured just before the apply; for the destroy, closing those logins' masters (`ssh -O exit`), 50 at a time:\n"
+        );
+        table(&mut out, Section::Ssh);
+    }
+    if rows.iter().any(|r| r.section == Section::Large) {
+        let _ = writeln!(
+            out,
+            "\nLarge ponds (fake: 50 ms a request, serving 10 requests at once; ponds made beforehand, untimed; median of 3):\n"
+        );
+        table(&mut out, Section::Large);
+    }
 
     // Growth: crabbox's CPU from 100 to 1,000 members, per scenario.
     let mut growth = Vec::new();
@@ -1279,6 +1579,84 @@ fn print_report(
             out,
             "| discover + plan, 1,000 live members | not run (1,000 members not in this run) | ≤ 1.3 × ideal | — |"
         );
+    }
+    for &(apply, destroy) in &marks.ssh {
+        let (a, d) = (&rows[apply], &rows[destroy]);
+        let floor = a.floor.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| apply of {} members with SSH, parallelism 50 (SSH floor {}) | {} = {:.2} × {} | ≤ 1.2 × (API ideal + floor) | {} |",
+            a.members,
+            show(floor),
+            show(a.wall),
+            a.ratio(),
+            show(a.ideal.time),
+            yes(a.ratio() <= 1.2)
+        );
+        let _ = writeln!(
+            out,
+            "| destroy of {} members with SSH, parallelism 50 (SSH floor {}: closing the masters) | {} = {:.2} × {} | ≤ 1.3 × (API ideal + floor) | {} |",
+            d.members,
+            show(d.floor.unwrap_or_default()),
+            show(d.wall),
+            d.ratio(),
+            show(d.ideal.time),
+            yes(d.ratio() <= 1.3)
+        );
+        let _ = writeln!(
+            out,
+            "| key lookups (`GET /ssh_keys` by name or fingerprint), apply of {} members sharing the user's key | {} | ≤ 1 | {} |",
+            a.members,
+            a.key_lookups,
+            yes(a.key_lookups <= 1)
+        );
+    }
+    for &i in &marks.large {
+        let r = &rows[i];
+        if r.members < 10_000 {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "| discover + plan, {} live members, 50 ms a request (10 at once) | {} = {:.2} × {} | ≤ 1.3 × ideal | {} |",
+            r.members,
+            show(r.wall),
+            r.ratio(),
+            show(r.ideal.time),
+            yes(r.ratio() <= 1.3)
+        );
+        let _ = writeln!(
+            out,
+            "| crabbox CPU, discover + plan of {} live members (plan alone: {}) | {} | ≤ 250 ms | {} |",
+            r.members,
+            show(r.plan_cpu.unwrap_or_default()),
+            show(r.cpu),
+            yes(r.cpu <= Duration::from_millis(250))
+        );
+        let _ = writeln!(
+            out,
+            "| peak RSS, discover + plan of {} live members | {} | ≤ 256 MiB | {} |",
+            r.members,
+            mib(r.max_rss_kib),
+            yes(r.max_rss_kib <= 256 * 1024)
+        );
+        if let Some(small) = marks
+            .large
+            .iter()
+            .map(|&j| &rows[j])
+            .find(|s| s.members * 10 == r.members)
+        {
+            let e = exponent(small.cpu, r.cpu);
+            let _ = writeln!(
+                out,
+                "| CPU growth exponent, discover + plan, {} → {} members ({} → {}) | {e:.2} | ≤ 1.10 | {} |",
+                small.members,
+                r.members,
+                show(small.cpu),
+                show(r.cpu),
+                yes(e <= 1.10)
+            );
+        }
     }
     let r = &rows[target_apply];
     let _ = writeln!(

@@ -10,6 +10,7 @@ use clap::Args;
 use super::SpecArgs;
 use super::engine::{Loaded, TargetArgs, approved, failure, load_spec, registry, runtime, store};
 use super::lease_modes;
+use super::report;
 use crabbox_apply::executor::{ExecOptions, StepResult};
 use crabbox_apply::progress::{Mode, Reporter};
 use crabbox_apply::reconcile::{
@@ -43,7 +44,7 @@ pub(super) struct RunArgs {
     lock_timeout: Duration,
     /// Progress as NDJSON events on stdout.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Longest any member may take to become ready (caps each `ready.timeout`), e.g. `5m`.
     #[arg(long, value_parser = parse_duration)]
     wait_timeout: Option<Duration>,
@@ -74,7 +75,7 @@ pub(super) struct ApplyArgs {
     #[command(flatten)]
     targets: TargetArgs,
     #[command(flatten)]
-    run: RunArgs,
+    pub(super) run: RunArgs,
 }
 
 #[derive(Debug, Args)]
@@ -92,7 +93,7 @@ pub(super) struct DestroyArgs {
     #[arg(long)]
     destroy_kept: bool,
     #[command(flatten)]
-    run: RunArgs,
+    pub(super) run: RunArgs,
 }
 
 /// This process's command line for the lock's holder record, with the
@@ -131,9 +132,10 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
             let text = match std::fs::read_to_string(path) {
                 Ok(t) => t,
                 Err(e) => {
-                    anstream::eprintln!(
-                        "error: cannot read the saved plan {}: {e}",
-                        path.display()
+                    report::error(
+                        "unreadable",
+                        &format!("cannot read the saved plan {}: {e}", path.display()),
+                        None,
                     );
                     return failure();
                 }
@@ -141,9 +143,10 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
             let saved: SavedPlan = match serde_json::from_str(&text) {
                 Ok(s) => s,
                 Err(e) => {
-                    anstream::eprintln!(
-                        "error: {} is not a crabbox saved plan: {e}\n  help: create one with `crabbox plan -o FILE`",
-                        path.display()
+                    report::error(
+                        "not-a-saved-plan",
+                        &format!("{} is not a crabbox saved plan: {e}", path.display()),
+                        Some("create one with `crabbox plan -o FILE`"),
                     );
                     return failure();
                 }
@@ -174,9 +177,13 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
     if let Some(saved) = &saved
         && saved.spec_hash != saved::spec_hash(&loaded.desired)
     {
-        anstream::eprintln!(
-            "error: Saved plan is stale\n  The spec {} (or the variables it was read with) changed after the plan was created.\n  help: run `crabbox plan -o FILE` again",
-            saved.spec_file.display()
+        report::error(
+            "stale-plan",
+            &format!(
+                "Saved plan is stale\n  The spec {} (or the variables it was read with) changed after the plan was created.",
+                saved.spec_file.display()
+            ),
+            Some("run `crabbox plan -o FILE` again"),
         );
         return failure();
     }
@@ -192,9 +199,13 @@ pub(super) fn apply(args: &ApplyArgs) -> ExitCode {
     )) {
         Ok(l) => l,
         Err(e) => {
-            anstream::eprintln!(
-                "error: {e}\n  help: wait for it to finish, pass --lock-timeout 5m to wait, or see `crabbox pond unlock {}`",
-                loaded.desired.name
+            report::error(
+                "locked",
+                &e.to_string(),
+                Some(&format!(
+                    "wait for it to finish, pass --lock-timeout 5m to wait, or see `crabbox pond unlock {}`",
+                    loaded.desired.name
+                )),
             );
             return failure();
         }
@@ -228,7 +239,7 @@ fn apply_locked(
     let plan = match plan_with_outputs(&loaded.desired, &inventory, &targets.options(), &registry) {
         Ok(p) => p,
         Err(e) => {
-            anstream::eprintln!("error: {e}");
+            report::error("plan-failed", &e.to_string(), None);
             return failure();
         }
     };
@@ -236,17 +247,21 @@ fn apply_locked(
         let changed = saved::differences(&saved.fingerprint, &saved::fingerprint(&inventory));
         let same_plan = saved::same_member_changes(&saved.plan, &json::to_value(&plan));
         if !changed.is_empty() || !same_plan {
-            anstream::eprintln!(
-                "error: Saved plan is stale\n  The pond was changed by another operation after the plan was created:\n{}\n  help: run `crabbox plan -o FILE` again",
-                if changed.is_empty() {
-                    "    the plan computed now differs".to_owned()
-                } else {
-                    changed
-                        .iter()
-                        .map(|c| format!("    {c}"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                }
+            report::error(
+                "stale-plan",
+                &format!(
+                    "Saved plan is stale\n  The pond was changed by another operation after the plan was created:\n{}",
+                    if changed.is_empty() {
+                        "    the plan computed now differs".to_owned()
+                    } else {
+                        changed
+                            .iter()
+                            .map(|c| format!("    {c}"))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    }
+                ),
+                Some("run `crabbox plan -o FILE` again"),
             );
             return failure();
         }
@@ -301,9 +316,9 @@ fn run_plan(
             if let Some(modes) = &modes {
                 lease_modes::add_to_json(&mut value, modes);
             }
-            println!(
-                "{}",
-                serde_json::json!({"type": "planned_changes", "plan": value})
+            crabbox_apply::progress::print_event(
+                "planned_changes",
+                serde_json::json!({ "plan": value }),
             );
         }
     }
@@ -328,7 +343,7 @@ fn run_plan(
     }) {
         Some(Ok(o)) => Some(o),
         Some(Err(e)) => {
-            anstream::eprintln!("error: {e}");
+            report::error("template-unreadable", &e.to_string(), None);
             return failure();
         }
         None => None,
@@ -373,10 +388,13 @@ fn run_plan(
             })
             .collect();
         if outcome.interrupted {
-            reporter.message("error", "Error: interrupted; the steps that finished are recorded in labels and claims, and the next plan shows what is left.");
+            let why = "interrupted; the steps that finished are recorded in labels and claims, and the next plan shows what is left.";
+            reporter.message("error", &format!("Error: {why}"));
+            report::record("interrupted", why, None);
         }
         for f in &failed {
             reporter.message("error", &format!("Error: {f}"));
+            report::record("step-failed", f, None);
         }
     }
     summary(&reporter, verb, applied, ok);
@@ -408,11 +426,11 @@ fn summary(reporter: &Reporter, verb: &str, a: Applied, ok: bool) {
     match reporter.mode() {
         Mode::Human => anstream::eprintln!("\n{text}"),
         Mode::Json => {
-            let mut event = serde_json::json!({"type": "change_summary", "ok": ok, "added": a.added, "changed": a.changed, "destroyed": a.destroyed, "message": text});
+            let mut event = serde_json::json!({"ok": ok, "added": a.added, "changed": a.changed, "destroyed": a.destroyed, "message": text});
             if a.adopted > 0 {
                 event["adopted"] = a.adopted.into();
             }
-            println!("{event}");
+            crabbox_apply::progress::print_event("change_summary", event);
         }
     }
 }
@@ -451,7 +469,7 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
         match crabbox_core::normalize::checked_name(args.pond.as_deref().unwrap_or_default()) {
             Ok(n) => (None, n, PathBuf::from(".")),
             Err(_) => {
-                anstream::eprintln!("error: --pond is not a usable pond name");
+                report::error("usage", "--pond is not a usable pond name", None);
                 return failure();
             }
         }
@@ -492,9 +510,9 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
     if has_nothing(&seen, &state, &pond, &outputs) {
         let message = unknown_pond(&rt, &store, &pond);
         if args.run.json {
-            println!(
-                "{}",
-                serde_json::json!({"type": "change_summary", "ok": true, "added": 0, "changed": 0, "destroyed": 0, "message": message})
+            crabbox_apply::progress::print_event(
+                "change_summary",
+                serde_json::json!({"ok": true, "added": 0, "changed": 0, "destroyed": 0, "message": message}),
             );
         }
         anstream::eprintln!("{message}");
@@ -508,8 +526,10 @@ pub(super) fn destroy(args: &DestroyArgs) -> ExitCode {
     )) {
         Ok(l) => l,
         Err(e) => {
-            anstream::eprintln!(
-                "error: {e}\n  help: wait for it to finish or pass --lock-timeout 5m"
+            report::error(
+                "locked",
+                &e.to_string(),
+                Some("wait for it to finish or pass --lock-timeout 5m"),
             );
             return failure();
         }
@@ -550,8 +570,12 @@ fn destroy_locked(
         pond, wanted, &registry, &state, store,
     ));
     if let Some(why) = &inventory.state_unreadable {
-        anstream::eprintln!(
-            "error: the claim store could not be read: {why}\n  help: destroy must see every claim of the pond; check CRABBOX_STATE_URL / the state directory and try again"
+        report::error(
+            "state-unreadable",
+            &format!("the claim store could not be read: {why}"),
+            Some(
+                "destroy must see every claim of the pond; check CRABBOX_STATE_URL / the state directory and try again",
+            ),
         );
         return failure();
     }
@@ -561,8 +585,12 @@ fn destroy_locked(
                 "warning: provider `{p}` could not be listed: {why}; its leases are left alone (--skip-unreachable)"
             );
         } else {
-            anstream::eprintln!(
-                "error: provider `{p}` could not be listed: {why}\n  help: fix its credentials (destroy must see every lease of the pond), or pass --skip-unreachable to destroy only what can be seen"
+            report::error(
+                "provider-unreachable",
+                &format!("provider `{p}` could not be listed: {why}"),
+                Some(
+                    "fix its credentials (destroy must see every lease of the pond), or pass --skip-unreachable to destroy only what can be seen",
+                ),
             );
             return failure();
         }
@@ -583,9 +611,13 @@ fn destroy_locked(
             continue;
         }
         if let Some(m) = m.filter(|m| m.prevent_destroy) {
-            anstream::eprintln!(
-                "error: member `{}` cannot be destroyed: it has lifecycle.prevent_destroy set\n  help: remove prevent_destroy from the spec first",
-                m.slug
+            report::error(
+                "prevent-destroy",
+                &format!(
+                    "member `{}` cannot be destroyed: it has lifecycle.prevent_destroy set",
+                    m.slug
+                ),
+                Some("remove prevent_destroy from the spec first"),
             );
             return failure();
         }

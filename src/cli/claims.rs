@@ -22,7 +22,7 @@ pub(super) struct ClaimsArgs {
     verb: Option<String>,
     /// Crabbox's JSON document: {version, source, claims, problems}.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Ask the providers which claims still have a lease; marks the others
     /// `dangling` (text: a `dangling: true` line; JSON: a `dangling` key
     /// per claim, beyond Crabbox's shape).
@@ -168,7 +168,11 @@ pub(super) fn claims(args: &ClaimsArgs) -> ExitCode {
     let (claims, problems) = match rt.block_on(store.load_all()) {
         Ok(loaded) => loaded,
         Err(e) => {
-            anstream::eprintln!("error: the claim store could not be read: {e}");
+            super::report::error(
+                "state-unreadable",
+                &format!("the claim store could not be read: {e}"),
+                Some("check CRABBOX_STATE_URL / the state directory and try again"),
+            );
             return exit::code(1);
         }
     };
@@ -214,6 +218,7 @@ pub(super) fn claims(args: &ClaimsArgs) -> ExitCode {
         problems: problem_views(&problems),
     };
     if args.json {
+        super::report::printed_document();
         println!("{}", serde_json::to_string(&doc).expect("JSON"));
     } else {
         print_text(&doc);

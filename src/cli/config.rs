@@ -32,7 +32,7 @@ pub(super) struct ShowArgs {
     file: std::path::PathBuf,
     /// JSON: {"files": [...], "settings": [{"key", "value", "source"}]}.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// Spec places that fill a Crabbox config key (`defaults:` only: members'
@@ -73,15 +73,20 @@ fn show(args: &ShowArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             anstream::eprint!("{}", e.rendered);
+            let text = anstream::adapter::strip_str(&e.rendered).to_string();
+            super::report::record("invalid-config", text.trim_end(), None);
             return ExitCode::from(2);
         }
     };
     if let Err(message) = apply_spec(&mut config, &args.file) {
         anstream::eprintln!("{message}");
+        let text = anstream::adapter::strip_str(&message).to_string();
+        super::report::record("invalid-spec", text.trim_end(), None);
         return ExitCode::from(2);
     }
     let settings = config.shown();
     if args.json {
+        super::report::printed_document();
         let doc = serde_json::json!({ "files": config.files, "settings": settings });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return ExitCode::SUCCESS;

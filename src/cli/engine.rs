@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::SpecArgs;
+use super::report;
 use crabbox_core::normalize::checked_name;
 use crabbox_plan::diff::PlanOptions;
 use crabbox_providers::registry::{Registry, adapter_names};
 use crabbox_spec::desired::{DesiredPond, StateStore};
-use crabbox_spec::diagnostic::render_human;
 use crabbox_spec::load::{STDIN_PATH, load_path};
 use crabbox_state::claims::ClaimStore;
 use crabbox_state::state_dir::state_dir;
@@ -74,23 +74,24 @@ pub fn load_spec(args: &SpecArgs, pond_override: Option<&str>) -> Option<Loaded>
     let loaded = match load_path(&args.file, &args.variables(), &adapter_names()) {
         Ok(l) => l,
         Err(e) => {
-            anstream::eprintln!(
-                "error: cannot read {}: {e}\n  help: run from the directory holding pond.yaml, or pass -f PATH",
-                args.file.display()
+            report::error(
+                "unreadable",
+                &format!("cannot read {}: {e}", args.file.display()),
+                Some("run from the directory holding pond.yaml, or pass -f PATH"),
             );
             return None;
         }
     };
-    if !loaded.diagnostics.is_empty() {
-        anstream::eprint!("{}", render_human(&loaded.file, &loaded.diagnostics));
-    }
+    report::spec(&loaded.file, &loaded.diagnostics);
     let mut desired = loaded.pond?;
     if let Some(name) = pond_override {
         match checked_name(name) {
             Ok(n) => desired.name = n,
             Err(_) => {
-                anstream::eprintln!(
-                    "error: --pond `{name}` is not a usable pond name\n  help: use letters, digits and `-`, at most 41 characters"
+                report::error(
+                    "usage",
+                    &format!("--pond `{name}` is not a usable pond name"),
+                    Some("use letters, digits and `-`, at most 41 characters"),
                 );
                 return None;
             }
@@ -133,7 +134,7 @@ pub fn store(desired: Option<&DesiredPond>) -> Option<ClaimStore> {
     match ClaimStore::configured(&state_dir(), env_url.as_deref(), spec_url) {
         Ok(store) => Some(store),
         Err(e) => {
-            anstream::eprintln!("error: {e}");
+            report::error("state-unusable", &e.to_string(), None);
             None
         }
     }
@@ -160,8 +161,10 @@ pub fn approved(auto_approve: bool, what: &str) -> bool {
         return true;
     }
     if !std::io::stdin().is_terminal() {
-        anstream::eprintln!(
-            "error: {what} needs approval, and there is no terminal to ask on\n  help: review the plan above and pass --auto-approve (CI does)"
+        report::error(
+            "approval-required",
+            &format!("{what} needs approval, and there is no terminal to ask on"),
+            Some("review the plan above and pass --auto-approve (CI does)"),
         );
         return false;
     }
@@ -174,6 +177,7 @@ pub fn approved(auto_approve: bool, what: &str) -> bool {
         true
     } else {
         anstream::eprintln!("\n{what} cancelled.");
+        report::record("cancelled", &format!("{what} cancelled"), None);
         false
     }
 }
@@ -192,10 +196,13 @@ pub fn spec_given_as_plan(verb: &str, path: &Path) -> bool {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
     if is_yaml {
-        anstream::eprintln!(
-            "error: {} is a pond spec, not a saved plan\n  help: pass the spec with -f: `crabbox {verb} -f {}`",
-            path.display(),
-            path.display()
+        report::error(
+            "usage",
+            &format!("{} is a pond spec, not a saved plan", path.display()),
+            Some(&format!(
+                "pass the spec with -f: `crabbox {verb} -f {}`",
+                path.display()
+            )),
         );
     }
     is_yaml

@@ -41,13 +41,26 @@ pub fn provider_code(e: &ProviderError) -> u8 {
     }
 }
 
-/// Prints a provider error (with its hint) and returns its exit code.
+/// The diagnostic code of a provider error (`--json`'s diagnostics).
+#[must_use]
+pub fn provider_diagnostic_code(e: &ProviderError) -> &'static str {
+    match e {
+        ProviderError::Credentials { .. } => "credentials",
+        ProviderError::Config { .. } => "provider-config",
+        ProviderError::NotFound(_) => "not-found",
+        ProviderError::Unsupported(_) => "unsupported",
+        _ => "provider-failed",
+    }
+}
+
+/// Reports a provider error (with its hint) and returns its exit code.
 pub fn provider_error(context: &str, e: &ProviderError) -> ExitCode {
+    let code_name = provider_diagnostic_code(e);
     match e {
         ProviderError::Credentials { message, hint } | ProviderError::Config { message, hint } => {
-            anstream::eprintln!("error: {context}{message}\n  help: {hint}");
+            super::report::error(code_name, &format!("{context}{message}"), Some(hint));
         }
-        other => anstream::eprintln!("error: {context}{other}"),
+        other => super::report::error(code_name, &format!("{context}{other}"), None),
     }
     code(provider_code(e))
 }

@@ -120,7 +120,7 @@ fn refusal(flag: &str, provider: ProviderName) -> String {
 }
 
 /// Writes a member's output straight to our stdout/stderr.
-struct Passthrough;
+pub(super) struct Passthrough;
 
 impl OutputSink for Passthrough {
     fn line(&self, stream: Stream, line: &str) {
@@ -346,7 +346,7 @@ pub(super) struct StatusArgs {
     wait_timeout: Duration,
     /// Crabbox's status view as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// A duration flag such as `5m` or `90s`.
@@ -382,14 +382,25 @@ pub(super) fn status(args: &StatusArgs) -> ExitCode {
         let done = !args.wait || view.wait_done();
         if !args.json {
             println!("{}", view.line());
+            // Crabbox's line is for scripts; people get the times in words.
+            if let Some(note) =
+                super::views::times_note(&found.lease, crabbox_core::labels::now_secs())
+            {
+                anstream::eprintln!("{}: {note}", found.lease.crabbox_slug());
+            }
         } else if done {
+            super::report::printed_document();
             println!("{}", serde_json::to_string(&view).expect("JSON"));
         }
         if done {
             if args.wait && !view.ready {
-                anstream::eprintln!(
-                    "error: lease {id} reached terminal state {} before ready",
-                    view.state
+                super::report::error(
+                    "terminal-state",
+                    &format!(
+                        "lease {id} reached terminal state {} before ready",
+                        view.state
+                    ),
+                    None,
                 );
                 return exit::code(TIMEOUT);
             }
@@ -397,7 +408,11 @@ pub(super) fn status(args: &StatusArgs) -> ExitCode {
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            anstream::eprintln!("error: timed out waiting for {id} to become ready");
+            super::report::error(
+                "timeout",
+                &format!("timed out waiting for {id} to become ready"),
+                Some("wait longer with --wait-timeout, or see why with `crabbox inspect`"),
+            );
             return exit::code(TIMEOUT);
         }
         std::thread::sleep(WAIT_POLL.min(left));

@@ -63,7 +63,7 @@ pub(super) struct InspectArgs {
     lease: Option<String>,
     /// Crabbox's status view as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// `inspect`: Crabbox's `key=value` lines (inspect.go:39), then one
@@ -79,6 +79,7 @@ pub(super) fn inspect(args: &InspectArgs) -> ExitCode {
     };
     let v = StatusView::of(&found.lease, ssh_of(&found).as_ref());
     if args.json {
+        super::report::printed_document();
         println!("{}", serde_json::to_string(&v).expect("JSON"));
         return ExitCode::SUCCESS;
     }
@@ -119,7 +120,7 @@ pub(super) struct HeartbeatArgs {
     idle_timeout: Option<Duration>,
     /// JSON: Crabbox's {id, slug, provider, state, lastTouchedAt, idleTimeout, expiresAt}.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// Crabbox's `leaseHeartbeatView` (heartbeat.go:12-20), keys in its order.
@@ -181,7 +182,7 @@ fn touched(lease: &Lease, now: u64, idle_override: Option<Duration>) -> Labels {
 /// state is exit 5, as in Crabbox.
 pub(super) fn heartbeat(args: &HeartbeatArgs) -> ExitCode {
     if args.idle_timeout.is_some_and(|d| d.is_zero()) {
-        anstream::eprintln!("error: idle timeout must be positive");
+        super::report::error("usage", "idle timeout must be positive", None);
         return exit::code(USAGE);
     }
     let found = match found(
@@ -194,10 +195,10 @@ pub(super) fn heartbeat(args: &HeartbeatArgs) -> ExitCode {
     };
     let mut lease = found.lease.clone();
     if terminal(lease.state()) {
-        anstream::eprintln!(
-            "error: lease {} is in terminal state {}",
-            lease.id,
-            lease.state()
+        super::report::error(
+            "terminal-state",
+            &format!("lease {} is in terminal state {}", lease.id, lease.state()),
+            None,
         );
         return exit::code(TIMEOUT);
     }
@@ -223,6 +224,7 @@ pub(super) fn heartbeat(args: &HeartbeatArgs) -> ExitCode {
             idle_timeout: &idle,
             expires_at: &expires,
         };
+        super::report::printed_document();
         println!("{}", serde_json::to_string(&v).expect("JSON"));
     } else {
         println!(

@@ -12,6 +12,7 @@ use super::engine::runtime;
 use super::exit::{self, USAGE};
 use super::lookup::{inventories, parse_provider, ponds, store_and_registry};
 use super::views::Server;
+use crabbox_core::human_time;
 use crabbox_core::normalize::checked_name;
 use crabbox_core::provider::ProviderName;
 
@@ -30,7 +31,7 @@ pub(super) struct ListArgs {
     all: bool,
     /// JSON: an array of Crabbox's `Server` objects.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 pub(super) fn list(args: &ListArgs) -> ExitCode {
@@ -48,8 +49,10 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
         Some(p) => match checked_name(p) {
             Ok(p) => (BTreeSet::from([p]), Vec::new()),
             Err(_) => {
-                anstream::eprintln!(
-                    "error: `{p}` is not a usable pond name\n  help: use letters, digits and `-`, at most 41 characters"
+                super::report::error(
+                    "usage",
+                    &format!("`{p}` is not a usable pond name"),
+                    Some("use letters, digits and `-`, at most 41 characters"),
                 );
                 return exit::code(USAGE);
             }
@@ -57,8 +60,10 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
         None => match rt.block_on(ponds(&store, &registry, args.provider)) {
             Ok(found) => found,
             Err(e) => {
-                anstream::eprintln!(
-                    "error: {e}\n  help: check CRABBOX_STATE_URL / the state directory and try again"
+                super::report::error(
+                    "state-unreadable",
+                    &e.to_string(),
+                    Some("check CRABBOX_STATE_URL / the state directory and try again"),
                 );
                 return exit::code(1);
             }
@@ -85,9 +90,13 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
             }
         }
         if let Some(why) = &inv.state_unreadable {
-            anstream::eprintln!(
-                "error: pond {}: the claim store could not be read: {why}",
-                inv.pond
+            super::report::error(
+                "state-unreadable",
+                &format!(
+                    "pond {}: the claim store could not be read: {why}",
+                    inv.pond
+                ),
+                None,
             );
             code.get_or_insert(exit::code(1));
         }
@@ -99,6 +108,7 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
     }
     let status = code.unwrap_or(ExitCode::SUCCESS);
     if args.json {
+        super::report::printed_document();
         let servers: Vec<Server> = leases.iter().map(Server::of).collect();
         println!("{}", serde_json::to_string(&servers).expect("JSON"));
         return status;
@@ -108,18 +118,21 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
         return status;
     }
     println!(
-        "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  ADDRESS",
-        "LEASE", "POND", "SLUG", "PROVIDER", "STATE"
+        "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  {:<15}  EXPIRY",
+        "LEASE", "POND", "SLUG", "PROVIDER", "STATE", "ADDRESS"
     );
+    let now = crabbox_core::labels::now_secs();
     for l in &leases {
         println!(
-            "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  {}",
+            "{:<18}  {:<20}  {:<16}  {:<10}  {:<8}  {:<15}  {}",
             l.id,
             l.label("pond").unwrap_or_default(),
             l.crabbox_slug(),
             l.provider.as_str(),
             l.state(),
-            l.endpoint.host.as_deref().unwrap_or("-")
+            l.endpoint.host.as_deref().unwrap_or("-"),
+            crabbox_core::expiry::expires_at(&l.labels)
+                .map_or_else(|| "-".to_owned(), |at| human_time::expiry(at, now))
         );
     }
     status

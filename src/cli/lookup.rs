@@ -12,6 +12,7 @@ use clap::Args;
 
 use super::engine::{registry, runtime, store};
 use super::exit::{self, NOT_FOUND, USAGE};
+use super::report;
 use crabbox_apply::discover::{discover, recorded_ponds};
 use crabbox_core::lease::Lease;
 use crabbox_core::normalize::{checked_name, normalize_name};
@@ -78,6 +79,7 @@ impl MemberRef {
             }
             _ => {
                 anstream::eprintln!("usage: {usage}");
+                report::record("usage", &format!("usage: {usage}"), None);
                 Err(exit::code(USAGE))
             }
         }
@@ -185,8 +187,12 @@ pub(super) fn find(member: &MemberRef, id: &str) -> Result<Found, ExitCode> {
     match search(member, id)? {
         Hit::Lease(found) => Ok(found),
         Hit::Dangling(_, lease_id) => {
-            anstream::eprintln!(
-                "error: lease/server not found: {id}\n  help: the claim {lease_id} names a lease its provider no longer has; `crabbox release {lease_id}` forgets it"
+            report::error(
+                "not-found",
+                &format!("lease/server not found: {id}"),
+                Some(&format!(
+                    "the claim {lease_id} names a lease its provider no longer has; `crabbox release {lease_id}` forgets it"
+                )),
             );
             Err(exit::code(NOT_FOUND))
         }
@@ -207,8 +213,10 @@ pub(super) fn search(member: &MemberRef, id: &str) -> Result<Hit, ExitCode> {
         Some(name) => match checked_name(name) {
             Ok(n) => (BTreeSet::from([n]), Vec::new()),
             Err(_) => {
-                anstream::eprintln!(
-                    "error: `{name}` is not a usable pond name\n  help: use letters, digits and `-`, at most 41 characters"
+                report::error(
+                    "usage",
+                    &format!("`{name}` is not a usable pond name"),
+                    Some("use letters, digits and `-`, at most 41 characters"),
                 );
                 return Err(exit::code(USAGE));
             }
@@ -216,7 +224,7 @@ pub(super) fn search(member: &MemberRef, id: &str) -> Result<Hit, ExitCode> {
         None => match rt.block_on(ponds(&store, &registry, member.provider)) {
             Ok(found) => found,
             Err(e) => {
-                anstream::eprintln!("error: {e}");
+                report::error("state-unreadable", &e.to_string(), None);
                 return Err(exit::code(1));
             }
         },
@@ -255,7 +263,7 @@ pub(super) fn search(member: &MemberRef, id: &str) -> Result<Hit, ExitCode> {
         [] => {}
         many => {
             // Crabbox's text (run.go:3766-3773), with the pond added.
-            let mut text = format!("error: slug {id:?} matches multiple active leases:");
+            let mut text = format!("slug {id:?} matches multiple active leases:");
             for (inv, l) in many {
                 text.push_str(&format!(
                     "\n  lease={} slug={} server={} host={} pond={}",
@@ -270,8 +278,10 @@ pub(super) fn search(member: &MemberRef, id: &str) -> Result<Hit, ExitCode> {
                     inv.pond
                 ));
             }
-            anstream::eprintln!(
-                "{text}\n  help: name one by its lease ID, or narrow with --pond/--provider"
+            report::error(
+                "ambiguous",
+                &text,
+                Some("name one by its lease ID, or narrow with --pond/--provider"),
             );
             return Err(exit::code(NOT_FOUND));
         }
@@ -313,7 +323,11 @@ pub(super) fn search(member: &MemberRef, id: &str) -> Result<Hit, ExitCode> {
             }
         }
         if let Some(why) = &inv.state_unreadable {
-            anstream::eprintln!("error: the claim store could not be read: {why}");
+            report::error(
+                "state-unreadable",
+                &format!("the claim store could not be read: {why}"),
+                None,
+            );
             return Err(exit::code(1));
         }
     }
@@ -328,8 +342,12 @@ pub(super) fn search(member: &MemberRef, id: &str) -> Result<Hit, ExitCode> {
         );
         return Err(code);
     }
-    anstream::eprintln!(
-        "error: lease/server not found: {id}\n  help: `crabbox list` shows the leases this machine can see; `crabbox claims` the local claims"
+    report::error(
+        "not-found",
+        &format!("lease/server not found: {id}"),
+        Some(
+            "`crabbox list` shows the leases this machine can see; `crabbox claims` the local claims",
+        ),
     );
     Err(exit::code(NOT_FOUND))
 }

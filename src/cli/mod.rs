@@ -11,13 +11,16 @@ mod engine;
 mod exit;
 mod graph;
 mod imperative;
+mod init;
 mod lease_cmds;
 mod lease_modes;
 mod listing;
+mod logs;
 mod lookup;
 mod peers;
 mod plan;
 mod pond;
+mod report;
 mod schema;
 mod show;
 mod state;
@@ -96,8 +99,9 @@ enum Command {
     /// Check a pond.yaml: YAML syntax, variables, schema and semantic rules.
     /// Every problem is reported at once as FILE:LINE:COL with a hint.
     Validate(validate::ValidateArgs),
-    /// Print the JSON Schema of pond.yaml (the same bytes as schema/pond.schema.json).
-    Schema,
+    /// Print the JSON Schema of pond.yaml (the same bytes as schema/pond.schema.json), or
+    /// with --document of crabbox's JSON output (plan, events, diagnostics).
+    Schema(schema::SchemaArgs),
     /// Discover the live pond, diff it against the spec and print the plan.
     Plan(plan::PlanArgs),
     /// Plan (or load a saved plan, refusing a stale one) and carry it out.
@@ -158,6 +162,11 @@ enum Command {
     Man,
     /// Print a plan saved with `crabbox plan -o FILE` (--json: its JSON document).
     Show(show::ShowArgs),
+    /// A member's setup output, or one of its background services' logs
+    /// (by lease ID or slug); --follow streams new lines.
+    Logs(logs::LogsArgs),
+    /// Write a commented pond.yaml to start from (flags, or questions on a terminal).
+    Init(init::InitArgs),
 }
 
 /// The spec file and the variables it is read with; shared by every command
@@ -211,6 +220,9 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Err(mut e) => {
             engine::hint_spec_positional(&mut e);
             let _ = e.print();
+            if e.use_stderr() {
+                report::usage_error(&args, &e);
+            }
             return if e.use_stderr() {
                 ExitCode::from(exit::for_usage_error(&args))
             } else {
@@ -218,9 +230,10 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
             };
         }
     };
-    match cli.command {
+    report::set_output(report::output_of(&cli.command));
+    let code = match cli.command {
         Command::Validate(args) => validate::run(&args),
-        Command::Schema => schema::run(),
+        Command::Schema(args) => schema::run(&args),
         Command::Plan(args) => plan::run(&args),
         Command::Apply(args) => apply::apply(&args),
         Command::Destroy(args) => apply::destroy(&args),
@@ -247,5 +260,8 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Completions(args) => completions::completions(&args),
         Command::Man => completions::man(),
         Command::Show(args) => show::run(&args),
-    }
+        Command::Logs(args) => logs::logs(&args),
+        Command::Init(args) => init::init(&args),
+    };
+    report::finish(&report::verb(&args), code)
 }

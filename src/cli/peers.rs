@@ -29,7 +29,7 @@ pub(super) struct PeersArgs {
     provider: Option<ProviderName>,
     /// Crabbox's `pond peers --json` shape: {"members": [...]}.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Publish this port of every URL-bridge member (reusing a live share) and show its URL.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     share_port: Option<u16>,
@@ -53,7 +53,11 @@ fn pond_inventory(
 ) -> Result<(String, Inventory, Registry), ExitCode> {
     let (name, inv, registry) = if let Some(name) = pond.filter(|_| !spec.file.exists()) {
         let Ok(name) = checked_name(name) else {
-            anstream::eprintln!("error: `{name}` is not a usable pond name");
+            super::report::error(
+                "usage",
+                &format!("`{name}` is not a usable pond name"),
+                None,
+            );
             return Err(super::exit::code(super::exit::USAGE));
         };
         let store = store(None).ok_or_else(failure)?;
@@ -87,13 +91,13 @@ fn pond_inventory(
 /// so a partial view is an error, never a shorter list.
 fn fully_observed(inv: &Inventory) -> bool {
     let missing = inv.unobserved();
+    let hint = "fix the cause above and try again: the pond's members there cannot be seen";
     for why in &missing {
         anstream::eprintln!("error: {why}");
+        super::report::record("unobserved", why, Some(hint));
     }
     if !missing.is_empty() {
-        anstream::eprintln!(
-            "  help: fix the cause above and try again: the pond's members there cannot be seen"
-        );
+        anstream::eprintln!("  help: {hint}");
     }
     missing.is_empty()
 }
@@ -106,6 +110,7 @@ fn peers_of(pond: &str, inv: &Inventory, registry: &Registry) -> Vec<Peer> {
 /// Prints peers as JSON or a table.
 pub(super) fn print_peers(peers: &[Peer], json: bool) {
     if json {
+        super::report::printed_document();
         print!("{}", peers_json(peers));
         return;
     }
@@ -198,7 +203,11 @@ pub(super) fn peers(args: &PeersArgs) -> ExitCode {
                     lease.endpoint.shares.push(share);
                 }
                 Err(e) => {
-                    anstream::eprintln!("error: sharing port {port} of {}: {e}", lease.slug());
+                    super::report::error(
+                        super::exit::provider_diagnostic_code(&e),
+                        &format!("sharing port {port} of {}: {e}", lease.slug()),
+                        None,
+                    );
                     return failure();
                 }
             }

@@ -24,7 +24,7 @@ pub(super) struct PlanArgs {
     targets: TargetArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = PlanFormat::Human)]
-    format: PlanFormat,
+    pub(super) format: PlanFormat,
     /// Exit 0 when there are no changes, 2 when there are, 1 on error.
     #[arg(long)]
     detailed_exitcode: bool,
@@ -52,7 +52,7 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
     let plan = match plan_with_outputs(&loaded.desired, &inventory, &options, &registry) {
         Ok(p) => p,
         Err(e) => {
-            anstream::eprintln!("error: {e}");
+            super::report::error("plan-failed", &e.to_string(), None);
             return ExitCode::from(1);
         }
     };
@@ -73,6 +73,7 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
             if let Some(modes) = &modes {
                 lease_modes::add_to_json(&mut value, modes);
             }
+            super::report::printed_document();
             println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
         }
         PlanFormat::Markdown => {
@@ -106,7 +107,7 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
         };
         let text = serde_json::to_string_pretty(&saved).expect("JSON");
         if let Err(e) = crabbox_fs::atomic_file::write(path, text.as_bytes()) {
-            anstream::eprintln!("error: cannot save the plan: {e}");
+            super::report::error("unwritable", &format!("cannot save the plan: {e}"), None);
             return ExitCode::from(1);
         }
         anstream::eprintln!(

@@ -73,12 +73,19 @@ impl PondRef {
             }
             (None, _) => {
                 anstream::eprintln!("usage: crabbox pond {verb} --pond <name>");
+                super::report::record(
+                    "usage",
+                    &format!("usage: crabbox pond {verb} --pond <name>"),
+                    None,
+                );
                 return Err(super::exit::code(USAGE));
             }
         };
         checked_name(&given).map_err(|_| {
-            anstream::eprintln!(
-                "error: `{given}` is not a usable pond name\n  help: at least one letter or digit, at most 41 characters after normalization"
+            super::report::error(
+                "usage",
+                &format!("`{given}` is not a usable pond name"),
+                Some("at least one letter or digit, at most 41 characters after normalization"),
             );
             super::exit::code(USAGE)
         })
@@ -94,7 +101,7 @@ pub(super) struct PeersArgs {
     pond: PondRef,
     /// JSON output.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
     /// Publish this port of every URL-bridge member (reusing a live share) and show
     /// its URL; 0 publishes nothing. Members without a URL bridge (SSH leases, local)
     /// are reached as before and say so.
@@ -126,7 +133,7 @@ pub(super) struct ConnectArgs {
     export: bool,
     /// Print {hostsPath, envPath, exports, forwards} and start no tunnels.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 pub(super) fn run(cmd: &PondCommand) -> ExitCode {
@@ -271,18 +278,25 @@ fn connect(pond: &str, only: Option<ProviderName>, export: bool, json: bool) -> 
     let forwards = match mesh::assign_ports(&dir, &members) {
         Ok(f) => f,
         Err(e) => {
-            anstream::eprintln!(
-                "error: {e}\n  help: free some local ports or disconnect other ponds"
+            super::report::error(
+                "no-free-port",
+                &e.to_string(),
+                Some("free some local ports or disconnect other ponds"),
             );
             return super::exit::code(super::exit::REMOTE);
         }
     };
     if let Err(e) = mesh::write_files(&dir, &pond, &forwards) {
-        anstream::eprintln!("error: writing {}: {e}", dir.display());
+        super::report::error(
+            "unwritable",
+            &format!("writing {}: {e}", dir.display()),
+            None,
+        );
         return failure();
     }
     let exports = mesh::exports(&forwards);
     if json {
+        super::report::printed_document();
         let v = serde_json::json!({
             "hostsPath": dir.join("hosts"), "envPath": dir.join("env"), "exports": exports, "forwards": forwards,
         });

@@ -12,6 +12,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::engine::failure;
+use super::report;
 use crabbox_plan::saved::SavedPlan;
 
 #[derive(Debug, Args)]
@@ -21,7 +22,7 @@ pub(super) struct ShowArgs {
     planfile: PathBuf,
     /// Print the saved plan's JSON (the same document as `plan --format json`).
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// Terraform's symbol for a change's `actions`.
@@ -94,8 +95,10 @@ pub(super) fn run(args: &ShowArgs) -> ExitCode {
     let text = match std::fs::read_to_string(&args.planfile) {
         Ok(t) => t,
         Err(e) => {
-            anstream::eprintln!(
-                "error: cannot read the saved plan {file}: {e}\n  help: create one with `crabbox plan -o FILE`"
+            report::error(
+                "unreadable",
+                &format!("cannot read the saved plan {file}: {e}"),
+                Some("create one with `crabbox plan -o FILE`"),
             );
             return failure();
         }
@@ -103,13 +106,16 @@ pub(super) fn run(args: &ShowArgs) -> ExitCode {
     let saved: SavedPlan = match serde_json::from_str(&text) {
         Ok(s) => s,
         Err(e) => {
-            anstream::eprintln!(
-                "error: {file} is not a crabbox saved plan: {e}\n  help: create one with `crabbox plan -o FILE`"
+            report::error(
+                "not-a-saved-plan",
+                &format!("{file} is not a crabbox saved plan: {e}"),
+                Some("create one with `crabbox plan -o FILE`"),
             );
             return failure();
         }
     };
     if args.json {
+        super::report::printed_document();
         println!(
             "{}",
             serde_json::to_string_pretty(&saved.plan).expect("JSON")

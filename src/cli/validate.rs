@@ -17,12 +17,12 @@ pub(super) struct ValidateArgs {
     /// Output format; `json` prints diagnostics (file, line, column, code,
     /// severity, message, hint) for CI annotations.
     #[arg(long, value_enum, default_value_t = Format::Human)]
-    format: Format,
+    pub(super) format: Format,
 }
 
 /// How diagnostics are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Format {
+pub(super) enum Format {
     /// For people, on stderr.
     Human,
     /// For machines (stable, versioned), on stdout.
@@ -75,6 +75,10 @@ fn github_annotations(
 }
 
 pub(super) fn run(args: &ValidateArgs) -> ExitCode {
+    if args.format != Format::Human {
+        // Every outcome prints its own document (or annotations).
+        super::report::printed_document();
+    }
     let name = if args.spec.file == std::path::Path::new(STDIN_PATH) {
         STDIN_NAME.to_owned()
     } else {

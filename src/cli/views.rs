@@ -8,6 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crabbox_core::human_time;
 use crabbox_core::labels::{self, Labels};
 use crabbox_core::lease::Lease;
 use crabbox_core::provider::ProviderName;
@@ -54,6 +55,23 @@ pub fn idle_timeout(lease: &Lease) -> Option<Duration> {
                 .or_else(|| crabbox_core::duration::parse(v))
         })
     })
+}
+
+/// The lease's times in words for people (`expires in 29m (22:31 UTC);
+/// last touched 1m ago; created 2h ago`), `None` when it has none.
+#[must_use]
+pub fn times_note(lease: &Lease, now: u64) -> Option<String> {
+    let time = |key: &str| lease.label(key).and_then(crabbox_core::expiry::parse_time);
+    let parts: Vec<String> = [
+        crabbox_core::expiry::expires_at(&lease.labels).map(|at| human_time::expiry(at, now)),
+        time(labels::LAST_TOUCHED_AT)
+            .map(|at| format!("last touched {}", human_time::ago(at, now))),
+        time(labels::CREATED_AT).map(|at| format!("created {}", human_time::ago(at, now))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// How long since `last_touched_at`, as a Go duration; `""` when unknown.
@@ -390,6 +408,24 @@ mod tests {
         assert!(!theirs("provisioning", Some("h")).ready);
         assert!(!theirs("failed", Some("h")).ready);
         assert!(!theirs("leased", None).ready, "no address");
+    }
+
+    #[test]
+    fn the_times_note_says_when_in_words() {
+        let now = 1_796_475_060; // 2026-12-05T12:51:00Z
+        let l = lease(
+            &[
+                ("created_at", "1796467860"),
+                ("last_touched_at", "2026-12-05T12:48:00Z"),
+                ("expires_at", &(now + 4320).to_string()),
+            ],
+            None,
+        );
+        assert_eq!(
+            times_note(&l, now).as_deref(),
+            Some("expires in 1h12m (14:03 UTC); last touched 3m ago; created 2h ago")
+        );
+        assert_eq!(times_note(&lease(&[], None), now), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crabbox_providers::coordinator::api::URL_ENV;
 pub(super) struct WhoamiArgs {
     /// Print the coordinator's answer as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// The coordinator URL without credentials or query, as Crabbox's
@@ -31,8 +31,12 @@ fn redacted(url: &str) -> String {
 
 pub(super) fn whoami(args: &WhoamiArgs) -> ExitCode {
     let Some(settings) = Settings::from_env() else {
-        anstream::eprintln!(
-            "error: whoami requires a configured coordinator\n  help: set {URL_ENV} (and CRABBOX_COORDINATOR_TOKEN) to the coordinator's URL"
+        super::report::error(
+            "usage",
+            "whoami requires a configured coordinator",
+            Some(&format!(
+                "set {URL_ENV} (and CRABBOX_COORDINATOR_TOKEN) to the coordinator's URL"
+            )),
         );
         return exit::code(USAGE);
     };
@@ -46,7 +50,10 @@ pub(super) fn whoami(args: &WhoamiArgs) -> ExitCode {
     };
     if args.json {
         match serde_json::to_string(&who) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => {
+                super::report::printed_document();
+                println!("{text}");
+            }
             Err(e) => {
                 anstream::eprintln!("error: {e}");
                 return ExitCode::FAILURE;

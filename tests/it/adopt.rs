@@ -28,11 +28,7 @@ struct World {
 impl World {
     fn new() -> Self {
         let sshd = TestSshd::start();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = crate::support::runtime();
         let fake = rt.block_on(start(FakeConfig {
             authorized_keys: Some(sshd.authorized_keys.clone()),
             ..FakeConfig::default()
@@ -711,4 +707,30 @@ fn a_slug_taken_elsewhere_gets_crabboxs_suffix_and_the_member_keeps_its_name() {
         text(&out.stdout),
         text(&out.stderr)
     );
+}
+
+/// Issue 15: the slugs other leases hold are read once per apply — one
+/// listing of the account's crabbox servers, not one per member created.
+#[test]
+fn an_apply_lists_the_slugs_in_use_once_for_all_its_creates() {
+    let w = World::new();
+    w.write_spec(
+        "  - slug: a\n    provider: hetzner\n  - slug: b\n    provider: hetzner\n  - slug: c\n    provider: hetzner\n  - slug: d\n    provider: hetzner\n",
+    );
+    let out = w.run(&["apply", "--auto-approve"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Members: 4 added"), "{err}");
+    let account_listings = w
+        .fake
+        .handle
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "GET"
+                && r.path == "/v1/servers"
+                && r.param("label_selector") == Some("crabbox=true")
+        })
+        .count();
+    assert_eq!(account_listings, 1, "one listing for four creates");
 }

@@ -36,11 +36,7 @@ impl World {
         for d in ["home", "work", "remote", "state"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("dirs");
         }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = crate::support::runtime();
         let hetzner = rt.block_on(fake_hetzner::start(FakeConfig {
             authorized_keys: Some(sshd.authorized_keys.clone()),
             ..FakeConfig::default()

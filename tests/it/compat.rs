@@ -217,11 +217,7 @@ struct IsloPond {
 impl IsloPond {
     /// Starts the fake, writes `spec` and applies it.
     fn applied(spec: &str) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = crate::support::runtime();
         let islo = rt.block_on(crate::fake_islo::start(
             crate::fake_islo::FakeConfig::default(),
         ));

@@ -881,11 +881,7 @@ fn ssh_prints_the_login_command_and_a_dead_host_is_exit_7() {
 fn hetzner_leases_resolve_from_the_account_and_a_rejected_token_is_exit_3() {
     use crate::fake_hetzner::{FakeConfig, TOKEN, start};
     let env = Env::new();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = crate::support::runtime();
     let fake = rt.block_on(start(FakeConfig::default()));
     // Servers made on another machine: no local claim, only the account knows them.
     let ours = |pond: &'static str, lease: &'static str| {

@@ -30,11 +30,7 @@ impl Env {
         }
         std::fs::write(dir.path().join("work/hello.txt"), "hello from the repo\n")
             .expect("repo file");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = crate::support::runtime();
         let islo = rt.block_on(start(FakeConfig::default()));
         Self { dir, _rt: rt, islo }
     }

@@ -38,11 +38,7 @@ fn a_step_that_panics_fails_its_member_skips_its_dependents_and_the_run_ends() {
     *provider.panic_on_create.lock().expect("lock") = Some("a".to_owned());
     let state = tempfile::tempdir().expect("tempdir");
     let registry = Registry::with(vec![provider.clone() as Arc<dyn Provider>]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = crate::support::runtime();
     let inventory = rt.block_on(discover(
         POND,
         &[],

@@ -2209,6 +2209,27 @@ mod tests {
                 .to_owned()
         }
 
+        /// `POST /v1/leases` with `body`, answered in a task of its own,
+        /// so the test can act while the create provisions.
+        fn create_in_background(&self, body: &Value) -> tokio::task::JoinHandle<(u16, Value)> {
+            let client = self.client.clone();
+            let url = format!("{}/v1/leases", self.coordinator.base_url);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let answer = client
+                    .post(url)
+                    .bearer_auth(TOKEN)
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("post");
+                (
+                    answer.status().as_u16(),
+                    answer.json::<Value>().await.expect("JSON"),
+                )
+            })
+        }
+
         /// Polls the fake's own view of a lease until `done` holds.
         async fn wait_for(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -2542,23 +2563,7 @@ mod tests {
         let key = w.key("lease");
         let (lease_id, attempt) = ids();
         let body = create_body(&lease_id, &attempt, &key);
-        let url = format!("{}/v1/leases", w.coordinator.base_url);
-        let post = {
-            let (client, body) = (w.client.clone(), body.clone());
-            tokio::spawn(async move {
-                let answer = client
-                    .post(url)
-                    .bearer_auth(TOKEN)
-                    .json(&body)
-                    .send()
-                    .await
-                    .expect("post");
-                (
-                    answer.status().as_u16(),
-                    answer.json::<Value>().await.expect("JSON"),
-                )
-            })
-        };
+        let post = w.create_in_background(&body);
         w.wait_for(&lease_id, "created", |l| l["state"] == "provisioning")
             .await;
         // The same attempt while provisioning: 200 with the current lease.
@@ -3183,25 +3188,7 @@ mod tests {
             .set_provision_delay(Duration::from_millis(500));
         let (lease_id, attempt) = ids();
         let body = create_body(&lease_id, &attempt, &w.key("lease"));
-        let post = {
-            let (client, url) = (
-                w.client.clone(),
-                format!("{}/v1/leases", w.coordinator.base_url),
-            );
-            tokio::spawn(async move {
-                let answer = client
-                    .post(url)
-                    .bearer_auth(TOKEN)
-                    .json(&body)
-                    .send()
-                    .await
-                    .expect("post");
-                (
-                    answer.status().as_u16(),
-                    answer.json::<Value>().await.expect("JSON"),
-                )
-            })
-        };
+        let post = w.create_in_background(&body);
         w.wait_for(&lease_id, "created", |l| l["state"] == "provisioning")
             .await;
         let (status, released) = w

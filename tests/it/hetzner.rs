@@ -614,7 +614,32 @@ async fn release_deletes_server_and_key_and_is_not_found_the_second_time() {
     );
     assert_eq!(fx.handle().ssh_keys().len(), 2);
 
+    fx.handle().clear_requests();
+    fx.handle().set_latency(Duration::from_millis(100));
     provider.release(&lease).await.expect("release");
+    fx.handle().set_latency(Duration::ZERO);
+    // Issue 15: the ownership read and the key listing go together, then
+    // the server's and the key's deletions: two round trips — no lookup
+    // of the key by name after the listing found it.
+    let key_reads = fx.requests("GET", "/v1/ssh_keys");
+    assert_eq!(key_reads.len(), 1, "one listing by label: {key_reads:?}");
+    assert!(key_reads[0].param("label_selector").is_some());
+    let order: Vec<(String, String)> = fx
+        .handle()
+        .requests()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect();
+    let at = |method: &str, prefix: &str| {
+        order
+            .iter()
+            .position(|(m, p)| m == method && p.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{method} {prefix} in {order:?}"))
+    };
+    assert!(
+        at("GET", "/v1/ssh_keys") < at("DELETE", "/v1/servers/"),
+        "the keys are listed before the server's deletion: {order:?}"
+    );
     assert_eq!(
         fx.handle().servers().len(),
         1,
@@ -784,6 +809,50 @@ async fn the_lease_is_reachable_over_ssh_with_its_generated_key() {
     drop(sshd);
 }
 
+/// Issue 15: a new server costs one SSH round trip before its setup — the
+/// readiness check *is* the creation of the work root — on one login that
+/// stays open: the first command after the create reuses it.
+#[tokio::test]
+async fn a_new_server_is_ready_and_prepared_in_one_ssh_round_trip() {
+    let sshd = TestSshd::start_logging_sessions();
+    let fx = Fixture::with(FakeConfig {
+        authorized_keys: Some(sshd.authorized_keys.clone()),
+        boot_delay: Duration::from_millis(100),
+        ..FakeConfig::default()
+    })
+    .await;
+    let remote = tempfile::tempdir().expect("remote dir");
+    let provider = ssh_provider(&fx, remote.path());
+    let req = request(member(
+        "db",
+        json!({"ssh_user": sshd.user, "ssh_port": sshd.port}),
+    ));
+    let lease = provider.create(&req).await.expect("create over ssh");
+    let root = remote.path().join("work").join(&req.lease_id);
+    for dir in ["workspace", "logs", "pids"] {
+        assert!(root.join(dir).is_dir(), "create made {dir}/");
+    }
+    assert_eq!(
+        (sshd.logins(), sshd.sessions()),
+        (1, 1),
+        "one login, one command before setup"
+    );
+
+    let sink = Arc::new(Collect::default());
+    let code = provider
+        .session(&lease)
+        .exec(&exec_request("echo hi"), sink.clone())
+        .await
+        .expect("exec");
+    assert_eq!((code, sink.stdout()), (0, vec!["hi".to_owned()]));
+    assert_eq!(
+        (sshd.logins(), sshd.sessions()),
+        (1, 2),
+        "setup's command rides the same login"
+    );
+    provider.release(&lease).await.expect("release");
+}
+
 #[tokio::test]
 async fn a_members_own_key_is_uploaded_once_and_shared() {
     let (fx, sshd, remote) = ssh_fixture().await;
@@ -828,6 +897,186 @@ async fn a_members_own_key_is_uploaded_once_and_shared() {
     provider.release(&b).await.expect("release b");
     assert!(fx.handle().ssh_keys().is_empty());
     fx.check_foreign_untouched();
+}
+
+/// An account with 500 other keys, 25 a page as Hetzner lists them.
+fn plant_500_keys(fx: &Fixture) {
+    for i in 0..500 {
+        // Any base64 blob has a fingerprint; each of these its own.
+        fx.handle().plant_ssh_key(
+            &format!("someone-{i}"),
+            &format!("ssh-ed25519 AAAA{i:08} someone"),
+            &[],
+        );
+    }
+}
+
+/// A key pair made by `ssh-keygen`; returns the private key's path and
+/// its MD5 fingerprint as Hetzner writes it.
+fn user_key_pair(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let private = dir.join(name);
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "user@laptop", "-f"])
+        .arg(&private)
+        .status()
+        .expect("ssh-keygen runs (openssh-client)");
+    assert!(made.success());
+    let listed = std::process::Command::new("ssh-keygen")
+        .args(["-l", "-E", "md5", "-f"])
+        .arg(&private)
+        .output()
+        .expect("ssh-keygen -l");
+    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let fp = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.strip_prefix("MD5:"))
+        .expect("an MD5 fingerprint")
+        .to_owned();
+    (private, fp)
+}
+
+/// Issue 15: fifty members created at once with the user's own key, already
+/// uploaded to an account of 500 keys, make one key lookup between them —
+/// by fingerprint — and never upload it or walk the key pages.
+#[tokio::test]
+async fn members_sharing_the_users_uploaded_key_look_it_up_once_by_fingerprint() {
+    let fx = Fixture::new().await;
+    plant_500_keys(&fx);
+    let (private, fp) = user_key_pair(fx.state.path(), "id_user");
+    let public = std::fs::read_to_string(private.with_extension("pub")).expect("pub");
+    fx.handle().plant_ssh_key("laptop", &public, &[]);
+    fx.handle().clear_requests();
+
+    let provider = fx.provider();
+    let block = json!({ "ssh_key": private.to_str().expect("utf-8") });
+    let requests: Vec<CreateRequest> = (0..50)
+        .map(|i| request(member(&format!("m{i}"), block.clone())))
+        .collect();
+    let created = futures_util::future::join_all(requests.iter().map(|r| provider.create(r))).await;
+    for lease in &created {
+        lease.as_ref().expect("create");
+    }
+
+    let lookups = fx.requests("GET", "/v1/ssh_keys");
+    assert_eq!(lookups.len(), 1, "one lookup for 50 members: {lookups:?}");
+    assert_eq!(lookups[0].param("fingerprint"), Some(fp.as_str()));
+    assert!(
+        fx.requests("POST", "/v1/ssh_keys").is_empty(),
+        "an uploaded key is not uploaded again"
+    );
+    let creates = fx.requests("POST", "/v1/servers");
+    assert_eq!(creates.len(), 50);
+    for create in &creates {
+        assert_eq!(create.body["ssh_keys"], json!(["laptop"]));
+    }
+
+    // A later process looks it up again, once.
+    fx.handle().clear_requests();
+    let later = fx.provider();
+    let more: Vec<CreateRequest> = (0..3)
+        .map(|i| request(member(&format!("n{i}"), block.clone())))
+        .collect();
+    for r in &more {
+        later.create(r).await.expect("create");
+    }
+    assert_eq!(fx.requests("GET", "/v1/ssh_keys").len(), 1);
+}
+
+/// A user's key the account lacks is uploaded once for all the members that
+/// want it; its release (with the lease it was uploaded for) makes the next
+/// create look it up and upload it afresh.
+#[tokio::test]
+async fn a_missing_user_key_is_uploaded_once_and_again_after_its_release() {
+    let fx = Fixture::new().await;
+    plant_500_keys(&fx);
+    let (private, fp) = user_key_pair(fx.state.path(), "id_user");
+    fx.handle().clear_requests();
+    let provider = fx.provider();
+    let block = json!({ "ssh_key": private.to_str().expect("utf-8") });
+    let requests: Vec<CreateRequest> = (0..20)
+        .map(|i| request(member(&format!("m{i}"), block.clone())))
+        .collect();
+    let created: Vec<Lease> =
+        futures_util::future::join_all(requests.iter().map(|r| provider.create(r)))
+            .await
+            .into_iter()
+            .map(|r| r.expect("create"))
+            .collect();
+    let lookups = fx.requests("GET", "/v1/ssh_keys");
+    assert_eq!(lookups.len(), 1, "{lookups:?}");
+    assert_eq!(lookups[0].param("fingerprint"), Some(fp.as_str()));
+    let uploads = fx.requests("POST", "/v1/ssh_keys");
+    assert_eq!(uploads.len(), 1, "one upload for 20 members");
+    let uploaded_for = uploads[0].body["labels"]["lease"]
+        .as_str()
+        .expect("lease label")
+        .to_owned();
+
+    // Releasing the lease the key was uploaded for deletes the key.
+    let owner = created
+        .iter()
+        .find(|l| l.id == uploaded_for)
+        .expect("the uploading lease");
+    provider.release(owner).await.expect("release");
+    assert!(
+        !fx.handle()
+            .ssh_keys()
+            .iter()
+            .any(|k| k["fingerprint"] == json!(fp)),
+        "the user's key went with its lease"
+    );
+    fx.handle().clear_requests();
+    let again = request(member("again", block.clone()));
+    provider
+        .create(&again)
+        .await
+        .expect("create after the release");
+    assert_eq!(fx.requests("GET", "/v1/ssh_keys").len(), 1);
+    assert_eq!(
+        fx.requests("POST", "/v1/ssh_keys").len(),
+        1,
+        "uploaded afresh"
+    );
+}
+
+/// A `409` on upload because the same public key is in the account under
+/// another name (another process uploaded it meanwhile) is resolved by one
+/// lookup by fingerprint, not a walk of every key page.
+#[tokio::test]
+async fn an_upload_conflict_on_the_fingerprint_is_one_lookup_not_a_walk() {
+    let fx = Fixture::new().await;
+    plant_500_keys(&fx);
+    let req = request(member("db", json!({})));
+    // The lease's key as an earlier attempt left it, uploaded meanwhile by
+    // another process under another name.
+    let dir = fx.testboxes().join(&req.lease_id);
+    std::fs::create_dir_all(&dir).expect("testbox dir");
+    let (private, fp) = user_key_pair(&dir, "id_ed25519");
+    let public = std::fs::read_to_string(private.with_extension("pub")).expect("pub");
+    fx.handle()
+        .plant_ssh_key("uploaded-elsewhere", &public, &[]);
+    fx.handle().clear_requests();
+
+    fx.provider().create(&req).await.expect("create");
+    let lookups = fx.requests("GET", "/v1/ssh_keys");
+    assert!(
+        lookups.iter().all(|r| r.param("page").is_none()),
+        "no page walk: {lookups:?}"
+    );
+    assert_eq!(
+        lookups
+            .iter()
+            .filter(|r| r.param("fingerprint") == Some(fp.as_str()))
+            .count(),
+        1
+    );
+    assert!(
+        lookups.len() <= 2,
+        "by name, then by fingerprint: {lookups:?}"
+    );
+    let creates = fx.requests("POST", "/v1/servers");
+    assert_eq!(creates[0].body["ssh_keys"], json!(["uploaded-elsewhere"]));
 }
 
 /// Discovery of a 500-server pond (10 pages of 50, 50 ms per request): the
@@ -886,7 +1135,7 @@ async fn discovery_of_500_servers_fetches_nine_pages_at_once() {
     );
     assert_eq!(
         fx.handle().max_in_flight(),
-        crabbox_providers::hetzner::PAGE_FETCHES,
+        9.min(crabbox_providers::hetzner::PAGE_FETCHES),
         "pages 2..10 fetched concurrently, never more than the bound at once"
     );
 }

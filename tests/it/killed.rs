@@ -35,11 +35,7 @@ impl World {
             std::fs::create_dir_all(dir.path().join(d)).expect("dirs");
         }
         let sshd = TestSshd::start();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = crate::support::runtime();
         let fake = rt.block_on(start(FakeConfig {
             authorized_keys: Some(sshd.authorized_keys.clone()),
             boot_delay: Duration::from_millis(50),
@@ -502,7 +498,10 @@ async fn a_step_that_times_out_over_ssh_is_stopped_on_the_host() {
     let lease = "cbx_0000000071e0";
     let work_root = dir.path().join("work").display().to_string();
     let target = sshd.target(&dir.path().join("state"), &work_root, lease);
-    target.prepare().await.expect("prepare");
+    target
+        .wait_prepared("true", std::time::Duration::from_secs(20))
+        .await
+        .expect("prepare");
     let err = target
         .exec(
             "sleep 37.5",

@@ -1045,3 +1045,42 @@ fn a_sigkilled_apply_takes_its_setup_along_and_the_next_apply_runs_the_step_once
         .assert()
         .success();
 }
+
+/// A record of what ran that does not read is said, not taken for "never
+/// recorded".
+#[test]
+fn an_unreadable_record_of_what_ran_is_a_warning() {
+    let env = Env::new();
+    env.write_spec(V1);
+    env.cmd()
+        .args(["apply", "--auto-approve"])
+        .assert()
+        .success();
+    let claim = std::fs::read_dir(env.state().join("claims"))
+        .expect("claims dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .next()
+        .expect("a claim");
+    let mut doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(&claim).expect("claim")).expect("JSON");
+    let record = &mut doc["labels"]["crabbox_claim_json.crabboxCommands"];
+    assert!(
+        record.is_string(),
+        "the record is folded into the labels: {doc}"
+    );
+    *record = Value::String("{\"not\": \"a list\"}".to_owned());
+    std::fs::write(&claim, serde_json::to_string_pretty(&doc).expect("JSON")).expect("written");
+    env.write_spec(&V1.replace("version-one", "version-two"));
+    let out = env.run(&["plan"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        all.contains("records what ran in a form this crabbox cannot read"),
+        "{all}"
+    );
+    env.cmd()
+        .args(["destroy", "--auto-approve"])
+        .assert()
+        .success();
+}

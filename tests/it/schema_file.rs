@@ -89,18 +89,7 @@ for path in sys.argv[2:]:
         .args(paths.iter().map(|p| root().join(p)))
         .output()
         .expect("python3 runs (install python3)");
-    assert!(
-        out.status.success(),
-        "the independent validator failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let verdicts: Vec<Result<(), String>> = text
-        .lines()
-        .map(|l| if l == "ok" { Ok(()) } else { Err(l.to_owned()) })
-        .collect();
-    assert_eq!(verdicts.len(), paths.len(), "{text}");
-    verdicts
+    crate::support::validator_verdicts(&out, paths.len())
 }
 
 /// Whether `crabbox validate` accepts a file, with `PR_NUMBER` given and no

@@ -240,11 +240,7 @@ fn local_ssh_and_hetzner_members_apply_in_order_and_destroy_cleanly() {
 
     let sshd = TestSshd::start();
     let env = Env::new();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = crate::support::runtime();
     let fake = rt.block_on(start(FakeConfig {
         authorized_keys: Some(sshd.authorized_keys.clone()),
         ..FakeConfig::default()

@@ -57,13 +57,15 @@ impl Setup {
         let lease = new_lease_id();
         let work_root = remote.path().join("work").join(&lease);
         let target = sshd.target(state.path(), work_root.to_str().expect("utf-8"), &lease);
-        target.wait_ready(READY).await.unwrap_or_else(|e| {
-            panic!(
-                "ssh ready: {e:?}; sshd log: {}",
-                std::fs::read_to_string(sshd.dir().join("sshd.log")).unwrap_or_default()
-            )
-        });
-        target.prepare().await.expect("prepare");
+        target
+            .wait_prepared("true", READY)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "ssh ready: {e:?}; sshd log: {}",
+                    std::fs::read_to_string(sshd.dir().join("sshd.log")).unwrap_or_default()
+                )
+            });
         Self {
             sshd,
             state,

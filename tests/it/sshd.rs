@@ -49,6 +49,19 @@ impl TestSshd {
     /// # Panics
     /// When openssh-server is not installed or the server does not start.
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, "ERROR")
+    }
+
+    /// Starts a server that logs every login and every session (command)
+    /// it serves: [`Self::logins`] and [`Self::sessions`] count them.
+    ///
+    /// # Panics
+    /// When openssh-server is not installed or the server does not start.
+    pub fn start_logging_sessions() -> Self {
+        Self::start_with(free_port(), "VERBOSE")
+    }
+
+    fn start_with(port: u16, log_level: &str) -> Self {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: openssh-server is not installed; ./scripts/test installs it"
@@ -64,6 +77,9 @@ impl TestSshd {
         // `SetEnv SHLVL=1`: bash reads ~/.bashrc in an sshd session only at
         // shell level 1, so sessions do not depend on (or wait for) the
         // machine user's startup files, such as a slow `pyenv init`.
+        // `MaxStartups`: one server stands for many hosts (the pond bench
+        // logs 50 members in at once); sshd's default drops logins beyond
+        // 10 unauthenticated ones, which no single real host would see.
         std::fs::write(
             &config,
             format!(
@@ -80,8 +96,9 @@ impl TestSshd {
                  PubkeyAuthentication yes\n\
                  AllowTcpForwarding yes\n\
                  PrintMotd no\n\
+                 MaxStartups 200:30:400\n\
                  SetEnv SHLVL=1\n\
-                 LogLevel ERROR\n",
+                 LogLevel {log_level}\n",
                 host_key.display(),
                 dir.path().join("sshd.pid").display(),
                 authorized_keys.display(),
@@ -136,6 +153,27 @@ impl TestSshd {
     /// The directory holding the server's files (keys, config, `sshd.log`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// How many logins (SSH connections authenticated) the server's log
+    /// shows; needs [`Self::start_logging_sessions`].
+    pub fn logins(&self) -> usize {
+        self.log_lines("Accepted publickey for ")
+    }
+
+    /// How many sessions (remote commands, each a round trip — several
+    /// may share one multiplexed login) the server's log shows; needs
+    /// [`Self::start_logging_sessions`].
+    pub fn sessions(&self) -> usize {
+        self.log_lines("Starting session: ")
+    }
+
+    fn log_lines(&self, marker: &str) -> usize {
+        std::fs::read_to_string(self.dir.path().join("sshd.log"))
+            .expect("sshd.log")
+            .lines()
+            .filter(|l| l.contains(marker))
+            .count()
     }
 
     /// Authorizes one more public key (an OpenSSH `.pub` line).

@@ -779,11 +779,7 @@ fn a_static_ssh_pond_applied_by_one_runner_is_destroyed_by_another() {
     let sshd = TestSshd::start();
     // Islo keeps its members only in claims too: with the postgres backend they
     // travel between runners the same way.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = crate::support::runtime();
     let islo = rt.block_on(crate::fake_islo::start(
         crate::fake_islo::FakeConfig::default(),
     ));

@@ -54,3 +54,31 @@ pub fn check_snapshot(relative: &str, actual: &str) -> Option<String> {
     (expected != actual)
         .then(|| format!("--- {relative} (expected)\n{expected}\n+++ actual\n{actual}"))
 }
+
+/// The verdicts an independent validator script printed, one line per
+/// document (`ok`, or why not), after checking that it ran and judged
+/// `expected` documents.
+pub fn validator_verdicts(out: &std::process::Output, expected: usize) -> Vec<Result<(), String>> {
+    assert!(
+        out.status.success(),
+        "the independent validator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let verdicts: Vec<Result<(), String>> = text
+        .lines()
+        .map(|l| if l == "ok" { Ok(()) } else { Err(l.to_owned()) })
+        .collect();
+    assert_eq!(verdicts.len(), expected, "{text}");
+    verdicts
+}
+
+/// A multi-threaded runtime of its own, which serves a test's fakes while
+/// the test itself blocks (running the binary, waiting on children).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}

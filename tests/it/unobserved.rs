@@ -100,14 +100,6 @@ fn fake_with_db(rt: &tokio::runtime::Runtime) -> FakeHetzner {
     fake
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// Asserts that `out` failed naming the provider, and that nothing was
 /// planned or written.
 fn assert_refused(out: &Output, what: &str) {
@@ -122,7 +114,7 @@ fn assert_refused(out: &Output, what: &str) {
 
 #[test]
 fn a_provider_answering_503_to_every_list_stops_plan_apply_and_peers() {
-    let rt = runtime();
+    let rt = crate::support::runtime();
     let fake = fake_with_db(&rt);
     let mut env = Env::new(&spec());
     env.endpoint = Some(fake.base_url.clone());
@@ -169,7 +161,7 @@ fn a_provider_answering_503_to_every_list_stops_plan_apply_and_peers() {
 
 #[test]
 fn an_unreachable_api_stops_plan_and_apply() {
-    let rt = runtime();
+    let rt = crate::support::runtime();
     let fake = fake_with_db(&rt);
     let mut env = Env::new(&spec());
     env.endpoint = Some(fake.base_url.clone());
@@ -188,7 +180,7 @@ fn an_unreachable_api_stops_plan_and_apply() {
 
 #[test]
 fn a_targeted_plan_that_leaves_out_the_unseen_members_goes_on_without_rendering() {
-    let rt = runtime();
+    let rt = crate::support::runtime();
     let fake = fake_with_db(&rt);
     let mut env = Env::new(&spec());
     env.endpoint = Some(fake.base_url.clone());

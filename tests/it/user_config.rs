@@ -283,3 +283,48 @@ async fn hetzner_takes_location_image_and_class_a_member_leaves_open_from_the_co
     assert_eq!(bodies[1]["location"], "nbg1");
     assert_eq!(bodies[1]["image"], "ubuntu-24.04");
 }
+
+/// A malformed user config stops Hetzner creates (its location, image and
+/// class would be guessed) with the file's line and column, before any
+/// server is made; reading the pond still works.
+#[test]
+fn a_malformed_config_refuses_hetzner_creates_before_any_server_is_made() {
+    let d = Dirs::new();
+    std::fs::write(d.user_file(), "hetzner:\n  location: [a, b]\n").expect("file");
+    let rt = crate::support::runtime();
+    let fake = rt.block_on(fake_hetzner::start(FakeConfig::default()));
+    std::fs::write(
+        d.work().join("pond.yaml"),
+        "version: 1\npond: cfg\ndefaults: { sync: false }\nmembers:\n  - slug: db\n    provider: hetzner\n",
+    )
+    .expect("spec");
+    let run = |args: &[&str]| {
+        Command::new(assert_cmd::cargo::cargo_bin("crabbox"))
+            .args(args)
+            .current_dir(d.work())
+            .env("HOME", d.home())
+            .env("CRABBOX_STATE_DIR", d.dir.path().join("state"))
+            .env("NO_COLOR", "1")
+            .env("HCLOUD_TOKEN", TOKEN)
+            .env("HCLOUD_ENDPOINT", &fake.base_url)
+            .env_remove("HETZNER_TOKEN")
+            .env_remove("CRABBOX_CONFIG")
+            .output()
+            .expect("crabbox runs")
+    };
+    let plan = run(&["plan"]);
+    assert!(plan.status.success(), "{plan:?}");
+    let out = run(&["apply", "--auto-approve"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:13", d.user_file().display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("crabbox config show"), "{stderr}");
+    assert!(
+        !fake.handle.requests().iter().any(|r| r.method == "POST"),
+        "nothing is created: {:?}",
+        fake.handle.requests()
+    );
+}

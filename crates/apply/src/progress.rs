@@ -1,7 +1,11 @@
 //! Progress of an apply: plain lines on stderr in Terraform's words
 //! (`db: Creating...`, `Still creating... [10s elapsed]`, `Creation complete
 //! after 2s [id=…]`), or NDJSON events on stdout with `--json`, carrying
-//! per-step timings.
+//! per-step timings. Every event line starts with the same three keys,
+//! `version` ([`EVENTS_VERSION`]), `timestamp` (RFC 3339 UTC, milliseconds)
+//! and `type`, made in one place ([`event`]) so that the lines the commands
+//! print themselves (`planned_changes`, `change_summary`, `diagnostics`)
+//! carry them too; `schema/events.schema.json` describes every type.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal as _, Write as _};
@@ -14,6 +18,41 @@ use serde_json::json;
 
 use crate::graph::{Step, StepKind};
 use crabbox_core::provider::Stream;
+
+/// Version of the NDJSON event format: a new key or event type keeps it,
+/// a changed or removed one raises it.
+pub const EVENTS_VERSION: u64 = 1;
+
+/// One event: `version`, `timestamp` (now) and `type` first, then `fields`
+/// (an object).
+#[must_use]
+pub fn event(kind: &str, fields: serde_json::Value) -> serde_json::Value {
+    event_at(kind, fields, SystemTime::now())
+}
+
+/// [`event`] stamped with `at`.
+#[must_use]
+pub fn event_at(kind: &str, fields: serde_json::Value, at: SystemTime) -> serde_json::Value {
+    let mut line = serde_json::Map::new();
+    line.insert("version".into(), EVENTS_VERSION.into());
+    line.insert(
+        "timestamp".into(),
+        humantime::format_rfc3339_millis(at).to_string().into(),
+    );
+    line.insert("type".into(), kind.into());
+    if let serde_json::Value::Object(fields) = fields {
+        line.extend(fields);
+    }
+    serde_json::Value::Object(line)
+}
+
+/// Prints one event line on stdout, flushed at once (a consumer follows
+/// the run as it happens).
+pub fn print_event(kind: &str, fields: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", event(kind, fields));
+    let _ = out.flush();
+}
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +169,7 @@ impl Reporter {
         step.slug.clone().unwrap_or_else(|| "pond".to_owned())
     }
 
-    fn emit(&self, human: &str, event: serde_json::Value) {
+    fn emit(&self, human: &str, kind: &str, fields: serde_json::Value) {
         let _guard = self.lock.lock();
         match self.mode {
             Mode::Human => match &self.live {
@@ -139,15 +178,7 @@ impl Reporter {
                 }
                 None => anstream::eprintln!("{human}"),
             },
-            Mode::Json => {
-                let mut event = event;
-                event["@timestamp"] = humantime::format_rfc3339_millis(SystemTime::now())
-                    .to_string()
-                    .into();
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{event}");
-                let _ = out.flush();
-            }
+            Mode::Json => print_event(kind, fields),
         }
     }
 
@@ -175,7 +206,8 @@ impl Reporter {
         };
         self.emit(
             &format!("{}: {start}{detail_text}", Self::who(step)),
-            json!({"type": "apply_start", "slug": step.slug, "step": step.name(), "detail": detail}),
+            "apply_start",
+            json!({"slug": step.slug, "step": step.name(), "detail": detail}),
         );
     }
 
@@ -187,7 +219,8 @@ impl Reporter {
         let (_, still, _) = verbs(step);
         self.emit(
             &format!("{}: {still} [{} elapsed]", Self::who(step), secs(elapsed)),
-            json!({"type": "apply_progress", "slug": step.slug, "step": step.name(), "elapsed_ms": elapsed.as_millis()}),
+            "apply_progress",
+            json!({"slug": step.slug, "step": step.name(), "elapsed_ms": elapsed.as_millis()}),
         );
     }
 
@@ -213,7 +246,8 @@ impl Reporter {
         };
         self.emit(
             &format!("{}: {done} after {}{detail_text}", Self::who(step), secs(elapsed)),
-            json!({"type": "apply_complete", "slug": step.slug, "step": step.name(), "elapsed_ms": elapsed.as_millis(), "detail": detail}),
+            "apply_complete",
+            json!({"slug": step.slug, "step": step.name(), "elapsed_ms": elapsed.as_millis(), "detail": detail}),
         );
     }
 
@@ -222,7 +256,8 @@ impl Reporter {
         self.finish_bar(step);
         self.emit(
             &format!("{}: {} failed after {}: {error}", Self::who(step), step.name(), secs(elapsed)),
-            json!({"type": "apply_errored", "slug": step.slug, "step": step.name(), "elapsed_ms": elapsed.as_millis(), "error": error}),
+            "apply_errored",
+            json!({"slug": step.slug, "step": step.name(), "elapsed_ms": elapsed.as_millis(), "error": error}),
         );
     }
 
@@ -230,7 +265,8 @@ impl Reporter {
     pub fn skipped(&self, step: &Step, why: &str) {
         self.emit(
             &format!("{}: {} skipped: {why}", Self::who(step), step.name()),
-            json!({"type": "apply_skipped", "slug": step.slug, "step": step.name(), "reason": why}),
+            "apply_skipped",
+            json!({"slug": step.slug, "step": step.name(), "reason": why}),
         );
     }
 
@@ -242,15 +278,28 @@ impl Reporter {
         };
         self.emit(
             &format!("{slug} | {line}"),
-            json!({"type": "output", "slug": slug, "stream": name, "line": line}),
+            "output",
+            json!({"slug": slug, "stream": name, "line": line}),
         );
     }
 
     /// A free-form message (warnings, summaries).
     pub fn message(&self, level: &str, text: &str) {
-        self.emit(
-            text,
-            json!({"type": "message", "level": level, "message": text}),
+        self.emit(text, "message", json!({"level": level, "message": text}));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_starts_with_version_timestamp_and_type() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_508_064_809);
+        let line = event_at("apply_start", json!({"slug": "db", "step": "warmup"}), at);
+        assert_eq!(
+            line.to_string(),
+            r#"{"version":1,"timestamp":"2026-12-05T22:01:04.809Z","type":"apply_start","slug":"db","step":"warmup"}"#
         );
     }
 }

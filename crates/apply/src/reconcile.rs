@@ -11,6 +11,7 @@ use crate::executor::{ExecOptions, Outcome, StepResult, execute};
 use crate::graph::{self, StepKind};
 use crate::progress::Reporter;
 use crate::steps::{Context, OutputTarget, without_mesh_files};
+use crabbox_core::labels::POND_SPEC;
 use crabbox_core::lease::{Endpoint, Lease};
 use crabbox_core::provider::ProviderName;
 use crabbox_plan::diff::{PlanError, PlanOptions, plan};
@@ -77,9 +78,15 @@ pub fn plan_with_outputs(
         // rendered.
         return Ok(p);
     }
-    let projected: Vec<Lease> = projected_leases(&p, crabbox_core::labels::now_secs());
     let reg = registry.clone();
-    let peers = peers_from_leases(&desired.name, &projected, |n| reg.features(n));
+    // Each projected lease is made when its peer is, and dropped once the
+    // peer is made: with 10,000 members all of them at once were another
+    // copy of every lease's labels, tens of MiB at the command's peak.
+    let peers = peers_from_leases(
+        &desired.name,
+        projected_leases(&p, crabbox_core::labels::now_secs()),
+        |n| reg.features(n),
+    );
     let dir = outputs_dir(desired);
     // Exactly the files apply's render step would write.
     let files = without_mesh_files(
@@ -99,28 +106,38 @@ pub fn plan_with_outputs(
     Ok(p)
 }
 
-/// The leases that will exist after the plan, with placeholders for new ones.
-fn projected_leases(p: &Plan, now: u64) -> Vec<Lease> {
-    let mut out = Vec::new();
-    for c in &p.changes {
-        match (c.action, &c.lease, &c.desired) {
-            (Action::Delete, _, _) => {}
+/// The leases that will exist after the plan, with placeholders for new
+/// ones, one at a time.
+fn projected_leases(p: &Plan, now: u64) -> impl Iterator<Item = Lease> + '_ {
+    p.changes
+        .iter()
+        .filter_map(move |c| match (c.action, &c.lease, &c.desired) {
+            (Action::Delete, _, _) => None,
             (Action::NoOp | Action::Update, Some(lease), Some(m)) => {
-                let mut lease = lease.clone();
-                lease.labels = crabbox_spec::member_labels::for_update(&lease.labels, m, now);
-                out.push(lease);
+                let labels = match (c.action, lease.label(POND_SPEC)) {
+                    // The planner leaves a lease alone only when it carries
+                    // the member's spec hash: the hash need not be computed
+                    // again (it serializes the member).
+                    (Action::NoOp, Some(spec)) => crabbox_spec::member_labels::for_update_hashed(
+                        &lease.labels,
+                        m,
+                        spec.to_owned(),
+                        now,
+                    ),
+                    _ => crabbox_spec::member_labels::for_update(&lease.labels, m, now),
+                };
+                Some(with_labels(lease, labels))
             }
-            (Action::Adopt, Some(lease), Some(m)) => {
-                let mut lease = lease.clone();
-                lease.labels = crabbox_plan::adopt::labels(&lease.labels, m, c.rerun_setup, now);
-                out.push(lease);
-            }
+            (Action::Adopt, Some(lease), Some(m)) => Some(with_labels(
+                lease,
+                crabbox_plan::adopt::labels(&lease.labels, m, c.rerun_setup, now),
+            )),
             // A lease not in the spec that stays (`keep=true`) is still a peer.
-            (Action::NoOp, Some(lease), None) => out.push(lease.clone()),
+            (Action::NoOp, Some(lease), None) => Some(lease.clone()),
             (_, _, Some(m)) => {
                 let labels =
                     crabbox_spec::member_labels::for_create(&p.pond, "cbx_000000000000", m, 0);
-                out.push(Lease {
+                Some(Lease {
                     id: "(known after apply)".to_owned(),
                     provider: m.provider,
                     cloud_id: String::new(),
@@ -131,12 +148,23 @@ fn projected_leases(p: &Plan, now: u64) -> Vec<Lease> {
                     },
                     listed: false,
                     claimed: false,
-                });
+                })
             }
-            _ => {}
-        }
+            _ => None,
+        })
+}
+
+/// `lease` with other labels (its own are not copied only to be replaced).
+fn with_labels(lease: &Lease, labels: crabbox_core::labels::Labels) -> Lease {
+    Lease {
+        id: lease.id.clone(),
+        provider: lease.provider,
+        cloud_id: lease.cloud_id.clone(),
+        labels,
+        endpoint: lease.endpoint.clone(),
+        listed: lease.listed,
+        claimed: lease.claimed,
     }
-    out
 }
 
 /// Builds the shared context for running a plan.
@@ -185,6 +213,7 @@ pub fn context(
         outputs,
         reporter,
         wait_timeout: None,
+        taken_slugs: tokio::sync::Mutex::default(),
     }
 }
 

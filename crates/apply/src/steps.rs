@@ -2,7 +2,7 @@
 //! [`Context`]: the pond, the providers, and the current lease of every member
 //! (new leases appear as their warmups finish).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,6 +56,40 @@ pub struct Context {
     pub reporter: Arc<Reporter>,
     /// Upper bound for every ready check (`apply --wait-timeout`).
     pub wait_timeout: Option<Duration>,
+    /// The slugs other leases hold, read once per command (see
+    /// [`unique_slug`]).
+    pub taken_slugs: tokio::sync::Mutex<TakenSlugs>,
+}
+
+/// The slugs leases hold, as far as this command has read them: every local
+/// claim's (read by the first create), every crabbox resource's a provider
+/// lists (read by that provider's first create), and the slugs this
+/// command's own creates took. Reading them once instead of per create
+/// keeps an apply of `N` members from reading `N` claims and listing the
+/// whole account `N` times.
+#[derive(Debug, Default)]
+pub struct TakenSlugs {
+    /// Normalized slug → the leases holding it (`None`: a provider's
+    /// resource, lease unknown).
+    holders: BTreeMap<String, BTreeSet<Option<String>>>,
+    claims_read: bool,
+    listed: BTreeSet<crabbox_core::provider::ProviderName>,
+}
+
+impl TakenSlugs {
+    fn hold(&mut self, slug: &str, lease: Option<&str>) {
+        self.holders
+            .entry(normalize_name(slug))
+            .or_default()
+            .insert(lease.map(str::to_owned));
+    }
+
+    /// Held by anything but `lease_id`.
+    fn taken(&self, slug: &str, lease_id: &str) -> bool {
+        self.holders
+            .get(slug)
+            .is_some_and(|h| h.iter().any(|l| l.as_deref() != Some(lease_id)))
+    }
 }
 
 /// Why a step failed, and what to do.
@@ -347,33 +381,42 @@ async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
 /// provider) and of every crabbox resource the provider lists, as in
 /// Crabbox's `allocateDirectLeaseSlug` (internal/cli/slug.go:103-145): with
 /// two ponds both holding `api`, Crabbox's `run --id api` would be ambiguous.
+///
+/// The claims and listings are read once per command ([`TakenSlugs`]);
+/// concurrent creates wait for that one read, and each slug allocated is
+/// held at once, so two creates of this command never get the same one.
 async fn unique_slug(
     ctx: &Context,
     provider: &dyn Provider,
     slug: &str,
     lease_id: &str,
 ) -> Result<String, StepError> {
-    let (claims, _) = ctx
-        .claims
-        .load_all()
-        .await
-        .map_err(|e| fail(format!("reading the claims to keep slugs unique: {e}")))?;
-    let mut taken: std::collections::BTreeSet<String> = claims
-        .iter()
-        .filter(|c| c.lease_id != lease_id)
-        .map(|c| normalize_name(&c.slug))
-        .collect();
-    taken.extend(
-        with_retries(|| provider.slugs_in_use())
-            .await?
-            .iter()
-            .map(|s| normalize_name(s)),
-    );
-    crabbox_core::slug::allocate(slug, lease_id, |s| taken.contains(s)).ok_or_else(|| {
-        fail(format!(
-            "could not allocate a unique lease slug for {lease_id}: `{slug}` and its 21 suffixed forms are taken by other leases"
-        ))
-    })
+    let mut taken = ctx.taken_slugs.lock().await;
+    if !taken.claims_read {
+        let (claims, _) = ctx
+            .claims
+            .load_all()
+            .await
+            .map_err(|e| fail(format!("reading the claims to keep slugs unique: {e}")))?;
+        for c in &claims {
+            taken.hold(&c.slug, Some(&c.lease_id));
+        }
+        taken.claims_read = true;
+    }
+    if !taken.listed.contains(&provider.name()) {
+        for s in with_retries(|| provider.slugs_in_use()).await? {
+            taken.hold(&s, None);
+        }
+        taken.listed.insert(provider.name());
+    }
+    let unique = crabbox_core::slug::allocate(slug, lease_id, |s| taken.taken(s, lease_id))
+        .ok_or_else(|| {
+            fail(format!(
+                "could not allocate a unique lease slug for {lease_id}: `{slug}` and its 21 suffixed forms are taken by other leases"
+            ))
+        })?;
+    taken.hold(&unique, Some(lease_id));
+    Ok(unique)
 }
 
 /// Records what is now true of a lease in its claim. A claim that cannot be
@@ -473,14 +516,14 @@ async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
                 return Err(e);
             }
         };
+        let session = provider.session(&lease);
         let request = ExecRequest {
             command: step.run.clone(),
             env,
             timeout: step.timeout,
         };
         if step.background {
-            if let Err(e) = provider
-                .session(&lease)
+            if let Err(e) = session
                 .start_background(&request, &format!("setup-{n}"))
                 .await
             {
@@ -491,7 +534,14 @@ async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
                 )));
             }
         } else {
-            match provider.session(&lease).exec(&request, sink.clone()).await {
+            // The output is also kept on the lease, for `crabbox logs`.
+            let header = format!(
+                "--- {} setup step {n}/{}: $ {}",
+                now_rfc3339(),
+                m.setup.len(),
+                step.run
+            );
+            match session.exec_logged(&request, sink.clone(), &header).await {
                 Ok(0) => {}
                 Ok(code) => {
                     ctx.taint(slug, &format!("setup_step_{n}_exit_{code}"))

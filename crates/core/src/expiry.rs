@@ -148,6 +148,13 @@ pub fn is_expired(labels: &Labels, now: u64) -> bool {
 #[must_use]
 pub fn touch(labels: &Labels, now: u64, ttl: Option<Duration>, idle: Option<Duration>) -> Labels {
     let mut next = labels.clone();
+    touch_in_place(&mut next, now, ttl, idle);
+    next
+}
+
+/// [`touch`] of labels the caller owns: no copy of them (a plan touches
+/// every lease of the pond it projects).
+pub fn touch_in_place(next: &mut Labels, now: u64, ttl: Option<Duration>, idle: Option<Duration>) {
     let created = match next.get(CREATED_AT).and_then(|v| parse_time(v)) {
         Some(created) => created,
         None => {
@@ -174,7 +181,6 @@ pub fn touch(labels: &Labels, now: u64, ttl: Option<Duration>, idle: Option<Dura
     ] {
         next.insert(k.to_owned(), v);
     }
-    next
 }
 
 #[cfg(test)]

@@ -137,10 +137,16 @@ pub fn decode_ports(value: &str) -> Vec<u16> {
     ports
 }
 
-/// First 12 hex digits of the SHA-256 of `value`'s canonical JSON.
+/// First 12 hex digits of the SHA-256 of `value`'s canonical JSON (compact,
+/// keys in the order the value serializes them — a `serde_json::Value`
+/// hashes as its text). Serializing a value directly writes the same bytes
+/// as building its `Value` tree first, without the tree.
 #[must_use]
-pub fn short_hash(value: &serde_json::Value) -> String {
-    let digest = Sha256::digest(value.to_string().as_bytes());
+pub fn short_hash<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    // Only maps with keys that are not strings fail to serialize; no hashed
+    // value has one (a `Value` never fails).
+    let text = serde_json::to_vec(value).unwrap_or_default();
+    let digest = Sha256::digest(&text);
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 

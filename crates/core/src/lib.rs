@@ -6,6 +6,7 @@
 pub mod dirs;
 pub mod duration;
 pub mod expiry;
+pub mod human_time;
 pub mod labels;
 pub mod lease;
 pub mod normalize;

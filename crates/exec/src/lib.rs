@@ -3,6 +3,7 @@
 //! mesh of `pond connect`.
 
 pub mod archive;
+pub mod logs;
 pub mod mesh;
 pub mod output;
 pub mod process_groups;

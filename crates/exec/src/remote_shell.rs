@@ -197,21 +197,40 @@ pub fn lease_marker(lease_id: &str) -> String {
     quote(&format!("{ENV_LEASE_ID}={lease_id}"))
 }
 
+/// Defines `crabbox_marked ENVIRON`: whether a process environment (one
+/// variable per line)
+/// carries both the lease's ID and its workspace. The ID alone is not enough:
+/// a static host's lease ID is derived from the host (`static_<host>`), so
+/// two ponds — two users, two checkouts — on one machine share it, and
+/// stopping one must never kill the other's services. The workspace tells
+/// them apart.
+fn marked_function(lease_id: &str, workspace: &str) -> String {
+    let lease = lease_marker(lease_id);
+    let workspace = quote(&format!("{ENV_WORKSPACE}={workspace}"));
+    format!(
+        r#"crabbox_marked() {{
+  printf '%s\n' "$1" | grep -qxF -- {lease} && printf '%s\n' "$1" | grep -qxF -- {workspace}
+}}
+"#
+    )
+}
+
 /// Defines `crabbox_stop PIDFILE` (TERM the recorded process group, KILL it
-/// after 5 s, remove the pid file) and `crabbox_ours PID` (whether a
-/// process belongs to lease `lease_id`).
+/// after 5 s, remove the pid file), `crabbox_ours PID` (whether a process
+/// belongs to the lease `lease_id` whose workspace is `workspace`) and
+/// `crabbox_marked` (see [`marked_function`]).
 ///
 /// A process whose environment cannot be read (gone, a zombie, or no
 /// `/proc`) counts as ours: its process group ID cannot be reused while any
 /// member of the group lives, so signalling the group is safe.
 #[must_use]
-pub fn stop_functions(lease_id: &str) -> String {
-    let marker = lease_marker(lease_id);
+pub fn stop_functions(lease_id: &str, workspace: &str) -> String {
+    let marked = marked_function(lease_id, workspace);
     format!(
-        r#"crabbox_ours() {{
+        r#"{marked}crabbox_ours() {{
   e=$(tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null)
   [ -z "$e" ] && return 0
-  printf '%s\n' "$e" | grep -qxF -- {marker}
+  crabbox_marked "$e"
 }}
 crabbox_stop() {{
   [ -f "$1" ] || return 0
@@ -367,7 +386,8 @@ pub fn stop_leftovers(dirs: &ServiceDirs, lease_id: &str) -> String {
 }
 
 /// Script lines that kill every process (other than the running shell)
-/// whose environment carries exactly lease `lease_id`'s marker.
+/// whose environment carries exactly the lease's marker and workspace (the
+/// `crabbox_marked` of [`stop_functions`], which must be defined before).
 #[must_use]
 pub fn kill_marked(lease_id: &str) -> String {
     let marker = lease_marker(lease_id);
@@ -376,7 +396,9 @@ pub fn kill_marked(lease_id: &str) -> String {
   p=${{f#/proc/}}
   p=${{p%/environ}}
   [ "$p" = "$$" ] && continue
-  tr '\0' '\n' <"$f" 2>/dev/null | grep -qxF -- {marker} && kill -s KILL "$p" 2>/dev/null
+  if crabbox_marked "$(tr '\0' '\n' <"$f" 2>/dev/null)"; then
+    kill -s KILL "$p" 2>/dev/null
+  fi
 done
 "#
     )
@@ -518,9 +540,13 @@ mod tests {
 
     #[test]
     fn stop_functions_match_the_lease_marker() {
-        let script = stop_functions("cbx_0123456789ab");
+        let script = stop_functions("cbx_0123456789ab", "/w/workspace");
         assert!(
             script.contains("grep -qxF -- 'CRABBOX_LEASE_ID=cbx_0123456789ab'"),
+            "{script}"
+        );
+        assert!(
+            script.contains("grep -qxF -- 'CRABBOX_WORKSPACE=/w/workspace'"),
             "{script}"
         );
         assert!(script.contains("crabbox_stop() {"), "{script}");
@@ -561,7 +587,10 @@ mod tests {
             script.contains("setsid sh -c 'echo '\\''it failed'\\''; exit 7'"),
             "{script}"
         );
-        let (code, out) = sh(&format!("{}{script}", stop_functions("cbx_0123456789ab")));
+        let (code, out) = sh(&format!(
+            "{}{script}",
+            stop_functions("cbx_0123456789ab", "/w")
+        ));
         assert_eq!(code, EXITED_AT_ONCE, "{out}");
         let lines: Vec<String> = out.lines().map(str::to_owned).collect();
         assert_eq!(early_exit(&lines), ("7", "it failed".to_owned()));
@@ -608,7 +637,7 @@ mod tests {
         let started = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "export CRABBOX_LEASE_ID={lease}\n{}",
+                "export CRABBOX_LEASE_ID={lease} CRABBOX_WORKSPACE=/w\n{}",
                 tracked_command_script(&dirs.pid_file("step-1"), "sleep 30")
             ))
             .spawn()
@@ -626,7 +655,7 @@ mod tests {
             .expect("a pid");
         let (code, _) = sh(&format!(
             "{}{}",
-            stop_functions(lease),
+            stop_functions(lease, "/w"),
             stop_leftovers(&dirs, lease)
         ));
         assert_eq!(code, 0);
@@ -640,6 +669,40 @@ mod tests {
             .rsplit_once(") ")
             .is_some_and(|(_, rest)| !rest.starts_with('Z'));
         assert!(!running, "the step is gone: {state}");
+    }
+
+    /// A static host's lease ID is the host's (`static_<host>`): two ponds
+    /// on one machine share it. Stopping one kills only the processes of
+    /// its own workspace.
+    #[test]
+    fn the_same_lease_id_in_another_workspace_is_spared() {
+        let lease = "static_127-0-0-1";
+        let start = |workspace: &str| {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .env("CRABBOX_LEASE_ID", lease)
+                .env("CRABBOX_WORKSPACE", workspace)
+                .spawn()
+                .expect("sleep starts")
+        };
+        let mut mine = start("/a/workspace");
+        let mut theirs = start("/b/workspace");
+        let (code, out) = sh(&format!(
+            "{}{}",
+            stop_functions(lease, "/a/workspace"),
+            kill_marked(lease)
+        ));
+        assert_eq!(code, 0, "{out}");
+        let status = mine.wait().expect("waited");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status:?}"
+        );
+        let spared = theirs.try_wait().expect("polled");
+        theirs.kill().expect("cleanup");
+        theirs.wait().expect("reaped");
+        assert!(spared.is_none(), "the other pond's process was killed");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crabbox_core::lease::Lease;
 use crabbox_core::provider::{OutputSink, ProviderError};
 use crabbox_spec::desired::Probe;
 
+use crate::remote_shell::LOGS;
 use crate::ssh::SshTarget;
 
 /// One command to run on a lease.
@@ -41,6 +42,49 @@ pub trait Session: Send + Sync {
         request: &ExecRequest,
         sink: Arc<dyn OutputSink>,
     ) -> Result<i32, ProviderError>;
+
+    /// Runs a command like [`Session::exec`] without the provider keeping a
+    /// record of it: `crabbox logs` reading the logs must not append them to
+    /// a log of their own (the local provider records every `exec`).
+    async fn exec_unrecorded(
+        &self,
+        request: &ExecRequest,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ProviderError> {
+        self.exec(request, sink).await
+    }
+
+    /// Runs a setup step like [`Session::exec`], its output also appended to
+    /// the lease's setup log after `header` (for `crabbox logs`). By
+    /// default a shell script around the command does it (see
+    /// [`crate::logs::setup_logged_script`]); without a logs directory the
+    /// step just runs.
+    async fn exec_logged(
+        &self,
+        request: &ExecRequest,
+        sink: Arc<dyn OutputSink>,
+        header: &str,
+    ) -> Result<i32, ProviderError> {
+        match self.logs_dir() {
+            Some(dir) => {
+                let logged = ExecRequest {
+                    command: crate::logs::setup_logged_script(&dir, header, &request.command),
+                    ..request.clone()
+                };
+                self.exec(&logged, sink).await
+            }
+            None => self.exec(request, sink).await,
+        }
+    }
+
+    /// The directory of the lease's logs (the setup log and one per
+    /// background service, see [`crate::logs`]), as a shell started by
+    /// [`Session::exec`] sees it (relative to the workspace, so it holds
+    /// wherever the work root is). `None`: the provider keeps no logs on
+    /// its leases, and `crabbox logs` says so.
+    fn logs_dir(&self) -> Option<String> {
+        None
+    }
 
     /// Starts a long-running service detached; its output goes to the lease's logs.
     async fn start_background(
@@ -109,6 +153,11 @@ impl<T: SshTargets + ?Sized> Session for SshSession<'_, T> {
             .await?
             .exec(&request.command, &request.env, sink, request.timeout)
             .await
+    }
+
+    /// `logs/` beside `workspace/` under the work root.
+    fn logs_dir(&self) -> Option<String> {
+        Some(format!("../{LOGS}"))
     }
 
     async fn start_background(

@@ -62,6 +62,9 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 const STDERR_KEPT: usize = 50;
 /// A probe command that runs longer counts as not ready.
 const PROBE_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// What [`SshTarget::wait_prepared`]'s command exits with when the work
+/// root cannot be made (the readiness check failing exits 1).
+const PREPARE_FAILED: i32 = 97;
 /// What ssh exits with when it fails itself (rather than the remote command).
 const SSH_FAILED: i32 = 255;
 
@@ -76,7 +79,7 @@ pub struct SshTarget {
     pub user: String,
     /// Private key file (`-i`); `None` uses the user's agent/config.
     pub key: Option<PathBuf>,
-    /// Remote directory that belongs to this lease (created by `prepare`,
+    /// Remote directory that belongs to this lease (created by `wait_prepared`,
     /// removed by `remove_work_root`); holds `workspace/`, `logs/`, `pids/`.
     pub work_root: String,
     /// Local state directory: `ssh/known_hosts` and control sockets live under it.
@@ -94,27 +97,88 @@ impl SshTarget {
     /// # Errors
     /// Timeout or authentication failure.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), ProviderError> {
-        self.wait_until("true", timeout).await
+        self.poll("true", timeout).await
     }
 
-    /// [`Self::wait_ready`] until the login also runs `check` (in the
+    /// Waits until SSH answers and the login also runs `check` (in the
     /// login's home, before any work root exists) with exit status 0 — a
-    /// host's own readiness check, such as the bootstrap's `crabbox-ready`.
+    /// host's own readiness check, such as the bootstrap's `crabbox-ready`;
+    /// `true` for none — and creates the work root (`workspace/`, `logs/`, `pids/`) in that same
+    /// command: a new lease costs one SSH round trip before its setup, and
+    /// the connection that answered stays open (the control master) for
+    /// what follows.
     ///
     /// # Errors
-    /// Timeout or authentication failure.
-    pub async fn wait_until(&self, check: &str, timeout: Duration) -> Result<(), ProviderError> {
+    /// Timeout, authentication failure, or a work root that cannot be made
+    /// (at once, with the host's message).
+    pub async fn wait_prepared(&self, check: &str, timeout: Duration) -> Result<(), ProviderError> {
+        self.poll(&self.prepared_command(check), timeout).await
+    }
+
+    /// One attempt of [`Self::wait_prepared`], its login given `timeout`:
+    /// `Ok(false)` when SSH or `check` does not answer yet.
+    ///
+    /// # Errors
+    /// Authentication failure, or a work root that cannot be made.
+    pub async fn try_prepared(
+        &self,
+        check: &str,
+        timeout: Duration,
+    ) -> Result<bool, ProviderError> {
+        Ok(self
+            .attempt(&self.prepared_command(check), timeout)
+            .await?
+            .is_ok())
+    }
+
+    /// `check`, then the work root's `mkdir -p`, as one remote command.
+    fn prepared_command(&self, check: &str) -> String {
+        format!(
+            "( {check} ) || exit 1; mkdir -p -- {} {} {} || exit {PREPARE_FAILED}",
+            quote(&self.path(WORKSPACE)),
+            quote(&self.path(LOGS)),
+            quote(&self.path(PIDS))
+        )
+    }
+
+    /// Runs `command` once: `Ok(Err(why))` when it did not (yet) succeed;
+    /// a refused login, a changed host key or [`PREPARE_FAILED`] are errors.
+    async fn attempt(
+        &self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<Result<(), String>, ProviderError> {
+        match self.capture(command, Input::Nothing, Some(timeout)).await {
+            Ok(Captured {
+                outcome: Outcome::Exited(0),
+                ..
+            }) => Ok(Ok(())),
+            Ok(captured) if captured.outcome == Outcome::Exited(PREPARE_FAILED) => {
+                Err(ProviderError::Config {
+                    message: format!(
+                        "creating the work root {} on {} failed: {}",
+                        self.work_root,
+                        self.describe(),
+                        captured.describe()
+                    ),
+                    hint: format!("check that {} may write there", self.user),
+                })
+            }
+            Ok(captured) => Ok(Err(captured.describe())),
+            Err(e @ ProviderError::Config { .. }) => Err(e),
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    }
+
+    /// Runs `command` until it exits 0, every [`READY_POLL`] until `timeout`;
+    /// a refused login, a changed host key or [`PREPARE_FAILED`] end it at once.
+    async fn poll(&self, command: &str, timeout: Duration) -> Result<(), ProviderError> {
         let deadline = Instant::now() + timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let last = match self.capture(check, Input::Nothing, Some(remaining)).await {
-                Ok(Captured {
-                    outcome: Outcome::Exited(0),
-                    ..
-                }) => return Ok(()),
-                Ok(captured) => captured.describe(),
-                Err(e @ ProviderError::Config { .. }) => return Err(e),
-                Err(e) => e.to_string(),
+            let last = match self.attempt(command, remaining).await? {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
             };
             if Instant::now() + READY_POLL >= deadline {
                 return Err(ProviderError::Failed(format!(
@@ -125,22 +189,6 @@ impl SshTarget {
             }
             tokio::time::sleep(READY_POLL).await;
         }
-    }
-
-    /// Creates the work root (`workspace/`, `logs/`, `pids/`).
-    ///
-    /// # Errors
-    /// SSH failures.
-    pub async fn prepare(&self) -> Result<(), ProviderError> {
-        let script = format!(
-            "mkdir -p -- {} {} {}\n",
-            quote(&self.path(WORKSPACE)),
-            quote(&self.path(LOGS)),
-            quote(&self.path(PIDS))
-        );
-        self.script(script)
-            .await?
-            .expect_success("creating the work root")
     }
 
     /// Runs a command in `workspace/` with `env` (sent over stdin, never argv), streaming output.
@@ -179,7 +227,7 @@ impl SshTarget {
                 // The ssh client is gone; the command may still run there.
                 let stop = format!(
                     "{}crabbox_stop {}\n",
-                    stop_functions(&self.lease_id),
+                    stop_functions(&self.lease_id, &self.path(WORKSPACE)),
                     quote(&pid_file)
                 );
                 let stopped = match self.script(stop).await {
@@ -235,7 +283,7 @@ impl SshTarget {
         let script = format!(
             "{}{}{}",
             self.env_prelude(env)?,
-            stop_functions(&self.lease_id),
+            stop_functions(&self.lease_id, &self.path(WORKSPACE)),
             services.start_script(name, "sh -c", command)
         );
         let captured = self.script(script).await?;
@@ -265,7 +313,7 @@ impl SshTarget {
     pub async fn stop_background(&self) -> Result<(), ProviderError> {
         let script = format!(
             "{}{}mkdir -p -- {} {} {}\n",
-            stop_functions(&self.lease_id),
+            stop_functions(&self.lease_id, &self.path(WORKSPACE)),
             stop_leftovers(&self.services(), &self.lease_id),
             quote(&self.path(WORKSPACE)),
             quote(&self.path(LOGS)),
@@ -336,7 +384,7 @@ impl SshTarget {
         check_removable(&self.work_root)?;
         let script = format!(
             "{}{}{}rm -rf -- {}\n",
-            stop_functions(&self.lease_id),
+            stop_functions(&self.lease_id, &self.path(WORKSPACE)),
             self.services().stop_all(),
             kill_marked(&self.lease_id),
             quote(&self.work_root)
@@ -372,44 +420,11 @@ impl SshTarget {
                 self.describe()
             )));
         }
-        let entry = if self.port == 22 {
-            self.host.clone()
-        } else {
-            format!("[{}]:{}", self.host, self.port)
-        };
-        let file = self.known_hosts();
-        // Pins of concurrent creates in this process must not lose each other.
-        static PINNING: Mutex<()> = Mutex::new(());
-        let _pinning = PINNING.lock().unwrap_or_else(PoisonError::into_inner);
-        let old = match std::fs::read_to_string(&file) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => {
-                return Err(ProviderError::Failed(format!(
-                    "reading {}: {e}",
-                    file.display()
-                )));
-            }
-        };
-        let mut text: String = old
-            .lines()
-            .filter(|line| {
-                line.split_whitespace()
-                    .next()
-                    .is_none_or(|hosts| !hosts.split(',').any(|h| h == entry))
-            })
-            .map(|line| format!("{line}\n"))
-            .collect();
-        text.push_str(&format!("{entry} {kind} {blob}\n"));
-        if let Some(dir) = file.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| ProviderError::Failed(format!("creating {}: {e}", dir.display())))?;
-        }
-        crabbox_fs::atomic_file::write(&file, text.as_bytes())
-            .map_err(|e| ProviderError::Failed(format!("writing {}: {e}", file.display())))
+        rewrite_known_hosts(
+            &self.known_hosts(),
+            &known_hosts_entry(&self.host, self.port),
+            Some(&format!("{kind} {blob}")),
+        )
     }
 
     /// Closes the multiplexed connection.
@@ -772,6 +787,72 @@ impl Captured {
     }
 }
 
+/// Removes `host:port` from crabbox's known-hosts file under `state_dir`
+/// (an address reused by a new server has a new host key), as `ssh-keygen
+/// -R` would, in-process: a create forgets each port it may log in on, and
+/// two processes per create cost more than the rest of its local work.
+///
+/// # Errors
+/// The file cannot be read or written.
+pub fn forget_host_key(state_dir: &Path, host: &str, port: u16) -> Result<(), ProviderError> {
+    let file = state_dir.join("ssh").join("known_hosts");
+    if !file.exists() {
+        return Ok(());
+    }
+    rewrite_known_hosts(&file, &known_hosts_entry(host, port), None)
+}
+
+/// How `host:port` is written in a known-hosts file.
+fn known_hosts_entry(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_owned()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// Drops the lines naming `entry` from `file` and, with `key`, adds
+/// `entry key`; the file is replaced atomically, and only when it changes.
+fn rewrite_known_hosts(file: &Path, entry: &str, key: Option<&str>) -> Result<(), ProviderError> {
+    // Rewrites by concurrent creates in this process must not lose each other.
+    static REWRITING: Mutex<()> = Mutex::new(());
+    let _rewriting = REWRITING.lock().unwrap_or_else(PoisonError::into_inner);
+    let old = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(ProviderError::Failed(format!(
+                "reading {}: {e}",
+                file.display()
+            )));
+        }
+    };
+    let mut text: String = old
+        .lines()
+        .filter(|line| {
+            line.split_whitespace()
+                .next()
+                .is_none_or(|hosts| !hosts.split(',').any(|h| h == entry))
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    if let Some(key) = key {
+        text.push_str(&format!("{entry} {key}\n"));
+    }
+    if text == old {
+        return Ok(());
+    }
+    if let Some(dir) = file.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| ProviderError::Failed(format!("creating {}: {e}", dir.display())))?;
+    }
+    crabbox_fs::atomic_file::write(file, text.as_bytes())
+        .map_err(|e| ProviderError::Failed(format!("writing {}: {e}", file.display())))
+}
+
 /// Refuses a work root whose removal could delete something broad: empty,
 /// `/`, anything with `..`, or fewer than two path components.
 fn check_removable(work_root: &str) -> Result<(), ProviderError> {
@@ -838,6 +919,27 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forgetting_a_host_key_drops_only_that_host_and_port() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let file = state.path().join("ssh").join("known_hosts");
+        std::fs::create_dir_all(file.parent().expect("dir")).expect("mkdir");
+        std::fs::write(
+            &file,
+            "[10.0.0.7]:2222 ssh-ed25519 AAAA1\n10.0.0.7 ssh-ed25519 AAAA2\n10.0.0.70,[10.0.0.7]:2223 ssh-ed25519 AAAA3\n",
+        )
+        .expect("write");
+        forget_host_key(state.path(), "10.0.0.7", 2222).expect("forget 2222");
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("read"),
+            "10.0.0.7 ssh-ed25519 AAAA2\n10.0.0.70,[10.0.0.7]:2223 ssh-ed25519 AAAA3\n"
+        );
+        forget_host_key(state.path(), "10.0.0.7", 22).expect("forget 22");
+        forget_host_key(state.path(), "10.0.0.7", 2223).expect("forget 2223");
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "");
+        forget_host_key(state.path(), "10.0.0.9", 22).expect("an unknown host is fine");
+    }
 
     #[test]
     fn only_narrow_work_roots_are_removable() {

@@ -41,7 +41,12 @@ pub struct OutputFile {
 /// Never: peers always serialize.
 #[must_use]
 pub fn peers_json(peers: &[Peer]) -> String {
-    document(peers.iter().map(|p| p.crabbox.clone()).collect())
+    document(
+        peers
+            .iter()
+            .map(|p| Member::of(&p.crabbox, false))
+            .collect(),
+    )
 }
 
 /// The `peers.json` output file: [`peers_json`] without the labels every
@@ -51,31 +56,88 @@ pub fn peers_json(peers: &[Peer]) -> String {
 /// nothing a member reads had changed. `pond peers --json` shows them.
 #[must_use]
 pub fn peers_file(peers: &[Peer]) -> String {
-    document(
-        peers
-            .iter()
-            .map(|p| {
-                let mut member = p.crabbox.clone();
-                for key in [labels::LAST_TOUCHED_AT, labels::EXPIRES_AT] {
-                    member.labels.remove(key);
-                }
-                member
-            })
-            .collect(),
-    )
+    document(peers.iter().map(|p| Member::of(&p.crabbox, true)).collect())
 }
 
-fn document(mut members: Vec<BridgePeer>) -> String {
+/// The touch labels `peers.json` leaves out.
+const TOUCH_LABELS: [&str; 2] = [labels::LAST_TOUCHED_AT, labels::EXPIRES_AT];
+
+/// A [`BridgePeer`] as written, borrowed: keys, order and `omitempty` as
+/// its own serialization. A copy of each peer (with every label) only to
+/// drop two labels was a fifth copy of the pond's labels at a plan's peak.
+#[derive(Serialize)]
+struct Member<'a> {
+    slug: &'a str,
+    #[serde(rename = "leaseID")]
+    lease_id: &'a str,
+    provider: &'a str,
+    pond: &'a str,
+    transport: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    transports: &'a [String],
+    endpoint: &'a str,
+    #[serde(skip_serializing_if = "MemberLabels::is_empty")]
+    labels: MemberLabels<'a>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    note: &'a str,
+    #[serde(skip_serializing_if = "<[crate::bridge::BridgeTarget]>::is_empty")]
+    targets: &'a [crate::bridge::BridgeTarget],
+    #[serde(rename = "bridgeState", skip_serializing_if = "str::is_empty")]
+    bridge_state: &'a str,
+}
+
+impl<'a> Member<'a> {
+    fn of(p: &'a BridgePeer, untouched: bool) -> Self {
+        Self {
+            slug: &p.slug,
+            lease_id: &p.lease_id,
+            provider: &p.provider,
+            pond: &p.pond,
+            transport: &p.transport,
+            transports: &p.transports,
+            endpoint: &p.endpoint,
+            labels: MemberLabels {
+                labels: &p.labels,
+                untouched,
+            },
+            note: &p.note,
+            targets: &p.targets,
+            bridge_state: &p.bridge_state,
+        }
+    }
+}
+
+/// A peer's labels, without [`TOUCH_LABELS`] when `untouched`.
+struct MemberLabels<'a> {
+    labels: &'a labels::Labels,
+    untouched: bool,
+}
+
+impl MemberLabels<'_> {
+    fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.labels
+            .iter()
+            .filter(|(k, _)| !(self.untouched && TOUCH_LABELS.contains(&k.as_str())))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+}
+
+impl Serialize for MemberLabels<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+fn document(mut members: Vec<Member<'_>>) -> String {
     #[derive(Serialize)]
-    struct Doc {
-        members: Vec<BridgePeer>,
+    struct Doc<'a> {
+        members: Vec<Member<'a>>,
     }
     // Crabbox's order, by its (possibly empty) slug, then lease ID.
-    members.sort_by(|a, b| {
-        a.slug
-            .cmp(&b.slug)
-            .then_with(|| a.lease_id.cmp(&b.lease_id))
-    });
+    members.sort_by(|a, b| a.slug.cmp(b.slug).then_with(|| a.lease_id.cmp(b.lease_id)));
     let mut text = serde_json::to_string_pretty(&Doc { members }).expect("peers serialize");
     text.push('\n');
     text
@@ -340,6 +402,51 @@ mod tests {
             let labels = m["labels"].as_object().expect("labels");
             assert!(!labels.contains_key("expires_at") && !labels.contains_key("last_touched_at"));
             assert_eq!(labels["pond"], "demo");
+        }
+    }
+
+    /// The borrowed view writes exactly what serializing the peers
+    /// themselves writes (every key, its order and `omitempty`), with and
+    /// without the touch labels.
+    #[test]
+    fn the_peers_documents_are_the_bridge_peers_serialized() {
+        let mut peers = sample();
+        peers[0].crabbox.bridge_state = "unsupported-provider".into();
+        peers[0].crabbox.targets = vec![crate::bridge::BridgeTarget {
+            port: 8080,
+            url: "https://a.example".into(),
+            share_id: "sh_1".into(),
+            expires_at: "2026-01-01T00:00:00Z".into(),
+        }];
+        peers[1]
+            .crabbox
+            .labels
+            .insert("expires_at".into(), "1800000".into());
+        peers[2].crabbox.labels.clear();
+        for untouched in [false, true] {
+            #[derive(Serialize)]
+            struct Doc {
+                members: Vec<BridgePeer>,
+            }
+            let mut members: Vec<BridgePeer> = peers
+                .iter()
+                .map(|p| {
+                    let mut m = p.crabbox.clone();
+                    if untouched {
+                        m.labels.retain(|k, _| !TOUCH_LABELS.contains(&k.as_str()));
+                    }
+                    m
+                })
+                .collect();
+            members.sort_by(|a, b| (&a.slug, &a.lease_id).cmp(&(&b.slug, &b.lease_id)));
+            let mut expected = serde_json::to_string_pretty(&Doc { members }).expect("json");
+            expected.push('\n');
+            let written = if untouched {
+                peers_file(&peers)
+            } else {
+                peers_json(&peers)
+            };
+            assert_eq!(written, expected);
         }
     }
 

@@ -6,6 +6,7 @@
 //! Each peer also carries the member Crabbox's `pond peers --json` prints
 //! for it ([`crate::bridge`]).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crabbox_core::lease::Lease;
@@ -81,15 +82,22 @@ pub struct Peer {
 
 /// The peers of `pond` from its live leases, sorted by slug, then lease ID.
 /// `features` tells what each provider can do, which decides the transports.
+///
+/// `leases` may be borrowed or owned: owned leases are dropped one by one as
+/// their peers are made, so that a pond's leases and its peers (each with a
+/// copy of the lease's labels) are not all held at once.
 #[must_use]
-pub fn peers_from_leases(
+pub fn peers_from_leases<L: Borrow<Lease>>(
     pond: &str,
-    leases: &[Lease],
+    leases: impl IntoIterator<Item = L>,
     features: impl Fn(ProviderName) -> Features,
 ) -> Vec<Peer> {
     let mut peers: Vec<Peer> = leases
-        .iter()
-        .map(|l| peer_from_lease(pond, l, features(l.provider)))
+        .into_iter()
+        .map(|l| {
+            let l = l.borrow();
+            peer_from_lease(pond, l, features(l.provider))
+        })
         .collect();
     peers.sort_by(|a, b| {
         a.slug

@@ -11,7 +11,13 @@ use crabbox_core::labels::{
     TARGET, TTL_SECS, encode_ports, sanitize, short_hash, state,
 };
 
-use crate::desired::DesiredMember;
+use std::collections::BTreeMap;
+
+use crabbox_core::provider::ProviderName;
+use serde::Serialize;
+
+use crate::desired::{DesiredMember, ReadyCheck, Step, SyncSettings};
+use crate::model::{Class, Condition};
 
 /// The hashes that make drift visible, from a desired member.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,33 +32,82 @@ pub struct SpecHashes {
 
 impl SpecHashes {
     /// Hashes of a desired member.
+    ///
+    /// Each hash is of the JSON text of an object whose keys come in a
+    /// fixed order (the fields below, in declaration order): `pond_block`
+    /// of `{"provider_block"}`; `pond_setup` of `{"setup", "env", "sync",
+    /// "ready", "depends_on"}` plus `"pass_env"` only when it is used (so
+    /// that hashes of members without it stay as they were); `pond_spec`
+    /// of the member's other settings with both of those objects. The
+    /// objects are serialized as they are, not built as JSON trees first:
+    /// a plan hashes every member, 10,000 of them in a large pond.
     #[must_use]
     pub fn of(m: &DesiredMember) -> Self {
-        let block = serde_json::json!({ "provider_block": m.provider_block });
-        let mut setup = serde_json::json!({
-            "setup": m.setup, "env": m.env, "sync": m.sync, "ready": m.ready, "depends_on": m.depends_on,
-        });
-        // Only when used, so that hashes of members without it stay as they were.
-        if !m.pass_env.is_empty() {
-            setup["pass_env"] = serde_json::json!(m.pass_env);
-        }
-        // A size that does not apply to the provider is no part of the member.
-        let (class, server_type) = if m.sizes_machine() {
-            (m.class, m.server_type.clone())
-        } else {
-            (None, None)
+        let block = Block {
+            provider_block: m.provider_block.as_ref(),
         };
-        let spec = serde_json::json!({
-            "provider": m.provider, "class": class, "type": server_type, "tailscale": m.tailscale,
-            "expose": m.expose, "keep": m.keep, "ttl": m.ttl.as_secs(), "idle": m.idle_timeout.as_secs(),
-            "block": block, "setup": setup,
-        });
+        let setup = Setup {
+            setup: &m.setup,
+            env: &m.env,
+            sync: &m.sync,
+            ready: m.ready.as_ref(),
+            depends_on: &m.depends_on,
+            pass_env: &m.pass_env,
+        };
+        // A size that does not apply to the provider is no part of the member.
+        let sized = m.sizes_machine();
+        let spec = Spec {
+            provider: m.provider,
+            class: m.class.filter(|_| sized),
+            server_type: m.server_type.as_deref().filter(|_| sized),
+            tailscale: m.tailscale,
+            expose: &m.expose,
+            keep: m.keep,
+            ttl: m.ttl.as_secs(),
+            idle: m.idle_timeout.as_secs(),
+            block: &block,
+            setup: &setup,
+        };
         Self {
             spec: short_hash(&spec),
             block: short_hash(&block),
             setup: short_hash(&setup),
         }
     }
+}
+
+/// What `pond_block` hashes.
+#[derive(Serialize)]
+struct Block<'a> {
+    provider_block: Option<&'a serde_json::Value>,
+}
+
+/// What `pond_setup` hashes.
+#[derive(Serialize)]
+struct Setup<'a> {
+    setup: &'a [Step],
+    env: &'a BTreeMap<String, String>,
+    sync: &'a SyncSettings,
+    ready: Option<&'a ReadyCheck>,
+    depends_on: &'a [(String, Condition)],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pass_env: &'a [String],
+}
+
+/// What `pond_spec` hashes.
+#[derive(Serialize)]
+struct Spec<'a> {
+    provider: ProviderName,
+    class: Option<Class>,
+    #[serde(rename = "type")]
+    server_type: Option<&'a str>,
+    tailscale: bool,
+    expose: &'a [u16],
+    keep: bool,
+    ttl: u64,
+    idle: u64,
+    block: &'a Block<'a>,
+    setup: &'a Setup<'a>,
 }
 
 /// Crabbox's profile when none is configured (config.go:2894); crabbox has
@@ -126,6 +181,19 @@ pub fn for_create(pond: &str, lease_id: &str, m: &DesiredMember, now: u64) -> La
 /// its create would have written them.
 #[must_use]
 pub fn for_update(current: &Labels, m: &DesiredMember, now: u64) -> Labels {
+    for_update_hashed(current, m, SpecHashes::of(m).spec, now)
+}
+
+/// [`for_update`] with the member's spec hash already known
+/// (`SpecHashes::of(m).spec`): hashing builds a JSON tree of the member,
+/// and a plan of 10,000 members should not pay for it twice.
+#[must_use]
+pub fn for_update_hashed(
+    current: &Labels,
+    m: &DesiredMember,
+    spec_hash: String,
+    now: u64,
+) -> Labels {
     let mut l = current.clone();
     if m.expose.is_empty() {
         l.remove(EXPOSED_PORTS);
@@ -133,7 +201,7 @@ pub fn for_update(current: &Labels, m: &DesiredMember, now: u64) -> Labels {
         l.insert(EXPOSED_PORTS.to_owned(), encode_ports(&m.expose));
     }
     l.insert(KEEP.to_owned(), m.keep.to_string());
-    l.insert(POND_SPEC.to_owned(), SpecHashes::of(m).spec);
+    l.insert(POND_SPEC.to_owned(), spec_hash);
     for (k, v) in [
         (CREATED_BY, "crabbox"),
         (CLASS, m.class.map(|c| c.as_str()).unwrap_or_default()),
@@ -146,5 +214,87 @@ pub fn for_update(current: &Labels, m: &DesiredMember, now: u64) -> Labels {
     }
     let ttl = (!m.ttl.is_zero()).then_some(m.ttl);
     let idle = (!m.idle_timeout.is_zero()).then_some(m.idle_timeout);
-    expiry::touch(&l, now, ttl, idle)
+    expiry::touch_in_place(&mut l, now, ttl, idle);
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hashes as they were first defined: JSON trees built with
+    /// `json!`, then hashed. Leases carry them as labels, so the direct
+    /// serialization must give exactly these.
+    fn tree_hashes(m: &DesiredMember) -> SpecHashes {
+        let block = serde_json::json!({ "provider_block": m.provider_block });
+        let mut setup = serde_json::json!({
+            "setup": m.setup, "env": m.env, "sync": m.sync, "ready": m.ready, "depends_on": m.depends_on,
+        });
+        if !m.pass_env.is_empty() {
+            setup["pass_env"] = serde_json::json!(m.pass_env);
+        }
+        let (class, server_type) = if m.sizes_machine() {
+            (m.class, m.server_type.clone())
+        } else {
+            (None, None)
+        };
+        let spec = serde_json::json!({
+            "provider": m.provider, "class": class, "type": server_type, "tailscale": m.tailscale,
+            "expose": m.expose, "keep": m.keep, "ttl": m.ttl.as_secs(), "idle": m.idle_timeout.as_secs(),
+            "block": block, "setup": setup,
+        });
+        SpecHashes {
+            spec: short_hash(&spec),
+            block: short_hash(&block),
+            setup: short_hash(&setup),
+        }
+    }
+
+    #[test]
+    fn hashes_are_those_of_the_json_trees() {
+        let yaml = r#"
+version: 1
+pond: demo
+defaults: { provider: hetzner }
+members:
+  - slug: plain
+  - slug: sized
+    class: beast
+    hetzner: { location: nbg1, image: debian-12 }
+  - slug: typed
+    type: cx52
+    expose: [8080, 22]
+    keep: true
+    ttl: 3h
+    idle_timeout: 20m
+  - slug: busy
+    provider: local
+    env: { B: "2", A: "1" }
+    pass_env: [GITHUB_TOKEN]
+    setup: ["make deps", { run: "make", background: true }]
+    ready: { http: "http://localhost:8080/health" }
+    depends_on: [plain, sized]
+    sync: false
+"#;
+        let loaded = crate::load::load_str(
+            "pond.yaml",
+            yaml,
+            std::path::Path::new("."),
+            &crate::interpolate::Variables::fixed(vec![]),
+            &[ProviderName::Hetzner, ProviderName::Local],
+        );
+        let pond = loaded
+            .pond
+            .unwrap_or_else(|| panic!("valid spec: {:?}", loaded.diagnostics));
+        let mut members = pond.members;
+        assert_eq!(members.len(), 4);
+        // What the spec cannot say yet, as the hashes would see it.
+        let mut tailnet = members[2].clone();
+        tailnet.tailscale = true;
+        tailnet.class = Some(Class::Beast);
+        members.push(tailnet);
+        for m in &members {
+            assert_eq!(SpecHashes::of(m), tree_hashes(m), "member {}", m.slug);
+        }
+    }
 }

@@ -64,17 +64,31 @@ pub struct Holder {
     pub ci_run_url: Option<String>,
 }
 
+impl Holder {
+    /// `pid 42 on ci-7 since 14:03 UTC (5m ago) running `crabbox apply``,
+    /// the start in words as of `now` (Unix seconds); a start that is not a
+    /// time is shown as recorded.
+    #[must_use]
+    pub fn describe(&self, now: u64) -> String {
+        use crabbox_core::human_time::{ago, clock};
+        let since = crabbox_core::expiry::parse_time(&self.started).map_or_else(
+            || self.started.clone(),
+            |at| format!("{} ({})", clock(at, now), ago(at, now)),
+        );
+        let mut text = format!(
+            "pid {} on {} since {since} running `{}`",
+            self.pid, self.host, self.command
+        );
+        if let Some(url) = &self.ci_run_url {
+            text.push_str(&format!(" ({url})"));
+        }
+        text
+    }
+}
+
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "pid {} on {} since {} running `{}`",
-            self.pid, self.host, self.started, self.command
-        )?;
-        if let Some(url) = &self.ci_run_url {
-            write!(f, " ({url})")?;
-        }
-        Ok(())
+        f.write_str(&self.describe(crabbox_core::labels::now_secs()))
     }
 }
 
@@ -539,6 +553,29 @@ pub async fn status(store: &ClaimStore, pond: &str) -> std::io::Result<Option<Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_holder_says_when_it_started_in_words() {
+        let holder = Holder {
+            pid: 42,
+            host: "ci-7".to_owned(),
+            command: "crabbox apply".to_owned(),
+            started: "2026-12-05T12:46:00Z".to_owned(),
+            ci_run_url: None,
+        };
+        assert_eq!(
+            holder.describe(1_796_475_060),
+            "pid 42 on ci-7 since 12:46 UTC (5m ago) running `crabbox apply`"
+        );
+        let odd = Holder {
+            started: "yesterday".to_owned(),
+            ..holder
+        };
+        assert!(
+            odd.describe(1_796_475_060)
+                .contains("since yesterday running")
+        );
+    }
 
     #[tokio::test]
     async fn second_holder_fails_fast_naming_the_first() {

@@ -923,8 +923,7 @@ impl Provider for CoordinatorProvider {
             let active = self.wait_active(&client, &request.lease_id).await?;
             self.remember(&active);
             let target = self.target_of_lease(&active).await?;
-            target.wait_ready(SSH_TIMEOUT).await?;
-            target.prepare().await?;
+            target.wait_prepared("true", SSH_TIMEOUT).await?;
             lock(&self.targets).insert(active.id.clone(), target);
             self.start_heartbeat(&client, &active);
             Ok::<_, ProviderError>(active)

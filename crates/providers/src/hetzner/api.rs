@@ -56,6 +56,9 @@ pub(super) struct SshKey {
     pub(super) name: String,
     #[serde(default)]
     pub(super) public_key: String,
+    /// MD5 of the key blob, `aa:bb:…` (what `?fingerprint=` filters on).
+    #[serde(default)]
+    pub(super) fingerprint: String,
     #[serde(default)]
     pub(super) labels: Labels,
 }

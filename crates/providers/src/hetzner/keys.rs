@@ -21,6 +21,27 @@ pub(super) struct LeaseKey {
     pub(super) new: Option<openssh_ed25519::Key>,
 }
 
+/// Hetzner's fingerprint of an OpenSSH public key line: the MD5 of the key
+/// blob as colon-separated lowercase hex (`aa:bb:…`), what `GET
+/// /ssh_keys?fingerprint=` filters on. `None` when the line has no
+/// base64 blob.
+pub(super) fn fingerprint(public_key: &str) -> Option<String> {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    let blob = public_key.split_whitespace().nth(1)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .ok()?;
+    let digest = md5::Md5::digest(&bytes);
+    Some(
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    )
+}
+
 /// Prefix of a lease directory still being written: `.creating-<lease>.<pond>`.
 pub(super) const CREATING_PREFIX: &str = ".creating-";
 

@@ -2,9 +2,11 @@
 //!
 //! - **Discovery** is one label-selector list, `crabbox=true,pond=<pond>`,
 //!   50 servers a page; pages after the first are fetched concurrently.
-//! - **Create** uploads the lease's SSH key (the member's `ssh_key`, else a
-//!   per-lease ed25519 key generated where Crabbox keeps one,
-//!   `<user config>/crabbox/testboxes/<lease>/id_ed25519`), then creates the
+//! - **Create** uploads the lease's SSH key (a per-lease ed25519 key
+//!   generated where Crabbox keeps one,
+//!   `<user config>/crabbox/testboxes/<lease>/id_ed25519`; the member's own
+//!   `ssh_key` is looked up once per process by its fingerprint, shared by
+//!   concurrent creates, and uploaded only when the account lacks it), then creates the
 //!   server carrying every label and Crabbox's cloud-init bootstrap
 //!   ([`cloud_init`]: login `crabbox`, sshd on 2222 and 22, work root
 //!   `/work/crabbox`) in that one request. Class
@@ -14,9 +16,10 @@
 //!   the server has been booting (a sixteenth once it is `starting`), at
 //!   most the poll interval apart, so a short boot is seen soon after it
 //!   ends and a long one is polled no more often than every interval — then
-//!   for SSH on the first port candidate that is open and passes Crabbox's
-//!   ready check (2222, falling back to 22, as Crabbox connects), and
-//!   prepares the lease's work root `/work/crabbox/<lease>`. If anything after
+//!   for SSH on the first port candidate that logs in and passes Crabbox's
+//!   ready check (2222, falling back to 22, as Crabbox connects), preparing
+//!   the lease's work root `/work/crabbox/<lease>` in that same command (one
+//!   round trip, on the login setup then reuses). If anything after
 //!   the server exists fails, the server and key are deleted again.
 //!   Every API call is retried on its own (429, 5xx, time-outs; honouring
 //!   `Retry-After`), so one passing error does not start a create over.
@@ -270,15 +273,35 @@ pub struct HetznerProvider {
     fallback_ports: Vec<u16>,
     /// Location, image and class for members that leave them open.
     defaults: Defaults,
+    /// Why Crabbox's user config could not be read, if it could not: its
+    /// location, image and class would be guessed, so creates are refused
+    /// (reading and releasing are not).
+    config_problem: Option<String>,
     /// Lease ID → how to reach it.
     targets: Mutex<HashMap<String, SshTarget>>,
     /// Server ID → when this provider last saw the server, and the server
     /// as it was then (name and the labels that make it ours).
     sightings: Mutex<HashMap<u64, (Instant, Server)>>,
+    /// The users' own keys (a member's `ssh_key`) as Hetzner knows them, by
+    /// fingerprint: looked up once per process, the lookup shared by every
+    /// create that wants the key at the same time (50 parallel creates make
+    /// one request). Dropped when this provider deletes the key.
+    user_keys: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<UploadedKey>>>>,
 }
 
-/// How many list pages are fetched at once.
-pub const PAGE_FETCHES: usize = 8;
+/// A key uploaded to Hetzner: what a server create names it by, and the ID
+/// its deletion is recognised by.
+#[derive(Debug, Clone)]
+struct UploadedKey {
+    id: u64,
+    name: String,
+}
+
+/// How many list pages are fetched at once: enough to keep an API that
+/// serves ten requests at once busy (with 8, 200 pages took 26 round trips
+/// instead of 21), few enough not to be one burst that a rate limit answers
+/// with 429s (those are retried after `Retry-After`).
+pub const PAGE_FETCHES: usize = 16;
 
 impl HetznerProvider {
     /// Every server matching a label selector: the first page, then the
@@ -354,12 +377,19 @@ impl HetznerProvider {
         let token = var("HCLOUD_TOKEN").or_else(|| var("HETZNER_TOKEN"))?;
         let base = var("HCLOUD_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
         let provider = Self::new(&base, token.trim(), state_dir);
-        // A malformed config is reported by `crabbox config show`; here it
-        // only leaves crabbox's own defaults in place.
         Some(match UserConfig::load() {
             Ok(config) => provider.with_user_config(&config),
-            Err(_) => provider,
+            Err(e) => provider.refusing_creates(e.to_string()),
         })
+    }
+
+    /// A provider that refuses to create, saying `why`: Crabbox's user
+    /// config is malformed, and a server made with guessed defaults
+    /// (location, image, class) would be one the user did not ask for.
+    #[must_use]
+    pub fn refusing_creates(mut self, why: String) -> Self {
+        self.config_problem = Some(why);
+        self
     }
 
     /// Takes the location, image and class a member leaves open from
@@ -407,8 +437,10 @@ impl HetznerProvider {
             ),
             fallback_ports: DEFAULT_FALLBACK_PORTS.to_vec(),
             defaults: Defaults::default(),
+            config_problem: None,
             targets: Mutex::new(HashMap::new()),
             sightings: Mutex::new(HashMap::new()),
+            user_keys: Mutex::new(HashMap::new()),
         }
     }
 
@@ -710,22 +742,61 @@ impl HetznerProvider {
         })
     }
 
-    /// Every key, all pages (used only to find a key by its public half).
-    async fn all_keys(&self) -> Result<Vec<SshKey>, ProviderError> {
-        let mut keys = Vec::new();
-        let mut page = 1;
-        loop {
-            let query = [
-                ("per_page", PER_PAGE.to_string()),
-                ("page", page.to_string()),
-            ];
-            let list: SshKeyList = self.http.get_json_with_retries("/ssh_keys", &query).await?;
-            keys.extend(list.ssh_keys);
-            match list.meta.next_page() {
-                Some(next) if next > page => page = next,
-                _ => return Ok(keys),
-            }
-        }
+    /// The key with this fingerprint (Hetzner keeps fingerprints unique):
+    /// one filtered request, however many keys the account holds.
+    async fn key_with_fingerprint(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<UploadedKey>, ProviderError> {
+        let list: SshKeyList = self
+            .http
+            .get_json_with_retries("/ssh_keys", &[("fingerprint", fingerprint.to_owned())])
+            .await?;
+        Ok(list
+            .ssh_keys
+            .into_iter()
+            .find(|k| {
+                k.fingerprint == fingerprint
+                    || keys::fingerprint(&k.public_key).as_deref() == Some(fingerprint)
+            })
+            .map(|k| UploadedKey {
+                id: k.id,
+                name: k.name,
+            }))
+    }
+
+    /// The name of the user's own key on Hetzner, uploading it (for this
+    /// lease, as a generated key is) only when the account lacks it. The
+    /// answer is kept for the rest of the process: a pond of members that
+    /// share the key looks it up once, not once per member.
+    async fn user_key(
+        &self,
+        request: &CreateRequest,
+        public_key: &str,
+    ) -> Result<String, ProviderError> {
+        let fingerprint = keys::fingerprint(public_key).ok_or_else(|| ProviderError::Config {
+            message: format!(
+                "member `{}`: hetzner.ssh_key's public half is not an OpenSSH public key",
+                request.member.slug
+            ),
+            hint: "write it with `ssh-keygen -y -f <key> > <key>.pub`".to_owned(),
+        })?;
+        let cell = self
+            .user_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(fingerprint.clone())
+            .or_default()
+            .clone();
+        let key = cell
+            .get_or_try_init(|| async {
+                match self.key_with_fingerprint(&fingerprint).await? {
+                    Some(key) => Ok(key),
+                    None => self.upload_key(request, public_key, &fingerprint).await,
+                }
+            })
+            .await?;
+        Ok(key.name.clone())
     }
 
     /// Every key matching a label selector, all pages.
@@ -855,15 +926,17 @@ impl HetznerProvider {
     }
 
     /// Uploads the lease's public key as `crabbox-<lease>` with labels;
-    /// returns the name of the key to put on the server. An earlier attempt's
+    /// returns the key to put on the server. An earlier attempt's
     /// key for this lease is reused; the same public key uploaded under
-    /// another name (Hetzner keeps fingerprints unique) is referenced by that
+    /// another name (Hetzner keeps fingerprints unique: a `409` from a
+    /// concurrent upload) is found by its fingerprint and referenced by that
     /// name, never changed.
     async fn upload_key(
         &self,
         request: &CreateRequest,
         public_key: &str,
-    ) -> Result<String, ProviderError> {
+        fingerprint: &str,
+    ) -> Result<UploadedKey, ProviderError> {
         let name = key_name(&request.lease_id);
         let body = json!({
             "name": name,
@@ -879,7 +952,12 @@ impl HetznerProvider {
             let err = match retried(|| self.http.post_json::<_, SshKeyEnvelope>("/ssh_keys", &body))
                 .await
             {
-                Ok(created) => return Ok(created.ssh_key.name),
+                Ok(created) => {
+                    return Ok(UploadedKey {
+                        id: created.ssh_key.id,
+                        name: created.ssh_key.name,
+                    });
+                }
                 Err(e) if e.has_code("uniqueness_error") => e,
                 Err(e) => return Err(e.into()),
             };
@@ -891,7 +969,10 @@ impl HetznerProvider {
                     )));
                 }
                 if same_public_key(&existing.public_key, public_key) {
-                    return Ok(existing.name);
+                    return Ok(UploadedKey {
+                        id: existing.id,
+                        name: existing.name,
+                    });
                 }
                 if replaced {
                     return Err(err.into());
@@ -901,13 +982,8 @@ impl HetznerProvider {
                 replaced = true;
                 continue;
             }
-            return match self
-                .all_keys()
-                .await?
-                .into_iter()
-                .find(|k| same_public_key(&k.public_key, public_key))
-            {
-                Some(k) => Ok(k.name),
+            return match self.key_with_fingerprint(fingerprint).await? {
+                Some(k) => Ok(k),
                 None => Err(err.into()),
             };
         }
@@ -916,23 +992,63 @@ impl HetznerProvider {
     async fn delete_key_id(&self, id: u64) -> Result<(), ProviderError> {
         let path = format!("/ssh_keys/{id}");
         match retried(|| self.http.delete(&path)).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
         }
+        // A user's key released with the lease it was uploaded for is looked
+        // up (and uploaded) afresh by the next create that wants it.
+        self.user_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, cell| cell.get().is_none_or(|k| k.id != id));
+        Ok(())
     }
 
     /// Deletes the keys labelled for this lease: one listing by label finds
     /// the key whatever its name (today's Crabbox-shaped name, or the one
     /// earlier versions gave it).
     async fn delete_lease_key(&self, lease_id: &str) -> Result<(), ProviderError> {
+        let keys = self.lease_keys(lease_id).await?;
+        self.delete_listed_keys(lease_id, &keys).await
+    }
+
+    /// The keys labelled for this lease (one listing by label).
+    async fn lease_keys(&self, lease_id: &str) -> Result<Vec<SshKey>, ProviderError> {
         let selector = format!("{}=true,{}={lease_id}", labels::CRABBOX, labels::LEASE);
-        for key in self.keys_matching(&selector).await? {
-            if key_is_ours(&key, lease_id) {
-                self.delete_key_id(key.id).await?;
-            }
+        self.keys_matching(&selector).await
+    }
+
+    /// Deletes those of `keys` that are this lease's, all at once.
+    async fn delete_listed_keys(
+        &self,
+        lease_id: &str,
+        keys: &[SshKey],
+    ) -> Result<(), ProviderError> {
+        futures_util::future::try_join_all(
+            keys.iter()
+                .filter(|k| key_is_ours(k, lease_id))
+                .map(|k| self.delete_key_id(k.id)),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A release's key work once the server is known to be the lease's:
+    /// the keys listed for it, then the one Crabbox's CLI made for it —
+    /// looked up by name only when the listing did not already hold a key
+    /// of that name (Hetzner's names are unique).
+    async fn delete_release_keys(
+        &self,
+        lease: &Lease,
+        listed: Result<Vec<SshKey>, ProviderError>,
+    ) -> Result<(), ProviderError> {
+        let listed = listed?;
+        self.delete_listed_keys(&lease.id, &listed).await?;
+        if listed.iter().any(|k| k.name == key_name(&lease.id)) {
+            return Ok(());
         }
-        Ok(())
+        self.delete_crabbox_made_key(lease).await
     }
 
     /// Deletes the key Crabbox's CLI made for a lease (adopted, or replaced
@@ -1090,7 +1206,7 @@ impl HetznerProvider {
         // The address is newly ours: a key recorded for it belonged to an
         // earlier server (Hetzner reuses addresses).
         for port in &ports {
-            self.forget_host_key(&target.host, *port).await;
+            self.forget_host_key(&target.host, *port);
         }
         if self.ssh_bootstrap {
             target.port = self.wait_for_ssh(&target, &ports).await?;
@@ -1098,7 +1214,6 @@ impl HetznerProvider {
                 // Later processes go straight to the port that answered.
                 self.rewrite_port(record, target.port)?;
             }
-            target.prepare().await?;
         }
         self.remember_target(target);
         self.lease_of(&server).ok_or_else(|| {
@@ -1110,10 +1225,30 @@ impl HetznerProvider {
 
     /// Waits until SSH on one of `ports` (in order; each round tries the
     /// open ones) logs in and passes Crabbox's ready check, as Crabbox's
-    /// `waitForSSHReady` does (ssh.go:265-315); returns that port. A
-    /// refused login or changed host key fails at once.
+    /// `waitForSSHReady` does (ssh.go:265-315), and creates the lease's work
+    /// root in that same command (one round trip, over the connection setup
+    /// then reuses); returns that port. A refused login, a changed host key
+    /// or a work root that cannot be made fails at once.
     async fn wait_for_ssh(&self, target: &SshTarget, ports: &[u16]) -> Result<u16, ProviderError> {
         let deadline = Instant::now() + self.ssh_timeout;
+        // A server that runs often answers on its primary port already: one
+        // login then, without the TCP probe first, which costs the host a
+        // connection (an sshd process) of its own.
+        if let Some(&first) = ports.first() {
+            let probe = SshTarget {
+                port: first,
+                ..target.clone()
+            };
+            if probe
+                .try_prepared(
+                    cloud_init::READY_CHECK,
+                    PORT_SSH_TIMEOUT.min(self.ssh_timeout),
+                )
+                .await?
+            {
+                return Ok(first);
+            }
+        }
         loop {
             let mut seen = Vec::new();
             for &port in ports {
@@ -1127,7 +1262,7 @@ impl HetznerProvider {
                 };
                 let left = deadline.saturating_duration_since(Instant::now());
                 match probe
-                    .wait_until(cloud_init::READY_CHECK, PORT_SSH_TIMEOUT.min(left))
+                    .wait_prepared(cloud_init::READY_CHECK, PORT_SSH_TIMEOUT.min(left))
                     .await
                 {
                     Ok(()) => return Ok(port),
@@ -1181,29 +1316,8 @@ impl HetznerProvider {
     }
 
     /// Removes `host:port` from crabbox's known-hosts file (best effort).
-    async fn forget_host_key(&self, host: &str, port: u16) {
-        let file = self.state_dir.join("ssh").join("known_hosts");
-        if !file.exists() {
-            return;
-        }
-        let entry = if port == 22 {
-            host.to_owned()
-        } else {
-            format!("[{host}]:{port}")
-        };
-        let _ = tokio::process::Command::new("ssh-keygen")
-            .arg("-R")
-            .arg(entry)
-            .arg("-f")
-            .arg(&file)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await;
-        let mut old = file.into_os_string();
-        old.push(".old");
-        let _ = std::fs::remove_file(old);
+    fn forget_host_key(&self, host: &str, port: u16) {
+        let _ = crabbox_exec::ssh::forget_host_key(&self.state_dir, host, port);
     }
 
     /// The lease's SSH key: the member's own, the one generated for this
@@ -1457,6 +1571,12 @@ impl Provider for HetznerProvider {
     }
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
+        if let Some(why) = &self.config_problem {
+            return Err(ProviderError::Config {
+                message: format!("Crabbox's user config cannot be read: {why}"),
+                hint: "fix the file (`crabbox config show` points at the problem), or set CRABBOX_CONFIG to a good one".to_owned(),
+            });
+        }
         check_lease_id(&request.lease_id)?;
         let block = block_of(&request.member)?;
         let settings = ssh_settings(&block);
@@ -1483,7 +1603,21 @@ impl Provider for HetznerProvider {
                 new.map_or(Ok(()), |new| write_lease_key(&private, &new))
             })
         };
-        let uploaded = self.upload_key(request, &key.public).await;
+        let uploaded = if settings.key.is_some() {
+            self.user_key(request, &key.public).await
+        } else {
+            match keys::fingerprint(&key.public) {
+                Some(fp) => self
+                    .upload_key(request, &key.public, &fp)
+                    .await
+                    .map(|k| k.name),
+                None => Err(ProviderError::Failed(format!(
+                    "lease {}: its key {} is not an OpenSSH public key; delete it to have a new one made",
+                    request.lease_id,
+                    key.private.display()
+                ))),
+            }
+        };
         let written = match writing.await {
             Ok(written) => written,
             Err(e) => Err(e.to_string()),
@@ -1651,18 +1785,31 @@ impl Provider for HetznerProvider {
     async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
         let id = server_id(lease)?;
         let path = format!("/servers/{id}");
-        // A delete cannot be undone: ownership is always read afresh.
-        let (outcome, key_deleted) = match self.owned_server(lease, id).await {
+        let ours = is_lease_id(&lease.id);
+        // A delete cannot be undone: ownership is always read afresh —
+        // while the lease's keys are listed (reading them commits nothing).
+        let listing = async {
+            if ours {
+                Some(self.lease_keys(&lease.id).await)
+            } else {
+                None
+            }
+        };
+        // The master an earlier process opened outlives it by its
+        // `ControlPersist` time; it closes meanwhile too (local only).
+        let closing = async {
+            if ours && self.cached_target(&lease.id).is_none() {
+                self.close_master(&lease.id).await;
+            }
+        };
+        let (owned, listed, ()) = tokio::join!(self.owned_server(lease, id), listing, closing);
+        let (outcome, key_deleted) = match owned {
             Ok(_) => {
                 // The key only served the server's creation: it goes meanwhile.
                 let (deleted, key) = tokio::join!(retried(|| self.http.delete(&path)), async {
-                    if is_lease_id(&lease.id) {
-                        Some(match self.delete_lease_key(&lease.id).await {
-                            Ok(()) => self.delete_crabbox_made_key(lease).await,
-                            Err(e) => Err(e),
-                        })
-                    } else {
-                        None
+                    match listed {
+                        Some(listed) => Some(self.delete_release_keys(lease, listed).await),
+                        None => None,
                     }
                 });
                 match deleted {
@@ -1677,34 +1824,31 @@ impl Provider for HetznerProvider {
                     Err(e) => return Err(e.into()),
                 }
             }
-            Err(e @ ProviderError::NotFound(_)) => (Err(e), None),
+            Err(e @ ProviderError::NotFound(_)) => (
+                Err(e),
+                match listed {
+                    Some(Ok(keys)) => Some(self.delete_listed_keys(&lease.id, &keys).await),
+                    Some(Err(e)) => Some(Err(e)),
+                    None => None,
+                },
+            ),
             Err(e) => return Err(e),
         };
         self.forget_sighting(id);
         // The server is gone: its key, host key and local state go too.
         if let Some(t) = self.forget_target(&lease.id) {
             t.close().await;
-            self.forget_host_key(&t.host, t.port).await;
-        } else {
-            // The master an earlier process opened outlives it by its
-            // `ControlPersist` time.
-            if is_lease_id(&lease.id) {
-                self.close_master(&lease.id).await;
-            }
-            if let Some(host) = lease.endpoint.host.as_deref().filter(|h| !h.is_empty()) {
-                let port = self
-                    .read_endpoint(&lease.id)
-                    .map(|r| r.port)
-                    .or(lease.endpoint.ssh_port)
-                    .unwrap_or(DEFAULT_SSH_PORT);
-                self.forget_host_key(host, port).await;
-            }
+            self.forget_host_key(&t.host, t.port);
+        } else if let Some(host) = lease.endpoint.host.as_deref().filter(|h| !h.is_empty()) {
+            let port = self
+                .read_endpoint(&lease.id)
+                .map(|r| r.port)
+                .or(lease.endpoint.ssh_port)
+                .unwrap_or(DEFAULT_SSH_PORT);
+            self.forget_host_key(host, port);
         }
         if is_lease_id(&lease.id) {
-            let key_deleted = match key_deleted {
-                Some(done) => done,
-                None => self.delete_lease_key(&lease.id).await,
-            };
+            let key_deleted = key_deleted.unwrap_or(Ok(()));
             key_deleted.map_err(|e| {
                 ProviderError::Failed(format!(
                     "hetzner server {id} was deleted, but its SSH key `{}` was not: {e}",
@@ -1794,6 +1938,30 @@ mod tests {
             key.public.trim(),
             "ssh-keygen -y prints the same key and comment"
         );
+    }
+
+    #[test]
+    fn fingerprints_are_hetzners_md5_as_ssh_keygen_prints_it() {
+        let key = openssh_ed25519::generate("crabbox-fp").expect("key");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let public = dir.path().join("id_ed25519.pub");
+        std::fs::write(&public, &key.public).expect("write");
+        let listed = std::process::Command::new("ssh-keygen")
+            .args(["-l", "-E", "md5", "-f"])
+            .arg(&public)
+            .output()
+            .expect("ssh-keygen runs (openssh-client)");
+        assert!(listed.status.success(), "{listed:?}");
+        // `256 MD5:aa:bb:… comment (ED25519)`
+        let text = String::from_utf8_lossy(&listed.stdout);
+        let expected = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.strip_prefix("MD5:"))
+            .expect("an MD5 fingerprint");
+        assert_eq!(keys::fingerprint(&key.public).as_deref(), Some(expected));
+        assert_eq!(keys::fingerprint("ssh-ed25519"), None, "no blob");
+        assert_eq!(keys::fingerprint("ssh-ed25519 not*base64"), None);
     }
 
     #[test]

@@ -68,7 +68,7 @@ use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_core::retry::with_retries;
 use crabbox_exec::remote_shell::{
-    ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, NO_PROBE_TOOL, STATE_DIR, ServiceDirs,
+    ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, LOGS, NO_PROBE_TOOL, STATE_DIR, ServiceDirs,
     bash_tcp_probe_script, check_service_name, early_exit, http_probe_script, quote,
     stop_functions,
 };
@@ -1171,6 +1171,11 @@ impl session::Session for IsloSession<'_> {
         }
     }
 
+    /// `.crabbox/logs` in the workdir, where services log.
+    fn logs_dir(&self) -> Option<String> {
+        Some(format!("{STATE_DIR}/{LOGS}"))
+    }
+
     async fn start_background(
         &self,
         request: &ExecRequest,
@@ -1181,7 +1186,7 @@ impl session::Session for IsloSession<'_> {
         // Pid files and logs relative to the workdir the script runs in.
         let script = format!(
             "{}{}",
-            stop_functions(&target.lease_id),
+            stop_functions(&target.lease_id, &target.workspace()),
             ServiceDirs::under(STATE_DIR).start_script(name, "bash -lc", &request.command)
         );
         let (code, stdout, stderr) = self.provider.script(&target, &script, &request.env).await?;
@@ -1209,7 +1214,7 @@ impl session::Session for IsloSession<'_> {
         let services = ServiceDirs::under(STATE_DIR);
         let script = format!(
             "{}cd -- {} 2>/dev/null || exit 0\n[ -d {} ] || exit 0\n{}exit 0\n",
-            stop_functions(&target.lease_id),
+            stop_functions(&target.lease_id, &target.workspace()),
             quote(&target.workdir),
             quote(&services.pids),
             services.stop_all()

@@ -4,8 +4,9 @@
 //! - `lease.json`: the labels, the lease's loopback bind address and its
 //!   creation time, written atomically before anything runs;
 //! - `workspace/`: where the sync archive is unpacked and commands run;
-//! - `logs/`: `exec.log` (every command's output) and `<name>.log` per
-//!   background service;
+//! - `logs/`: `exec.log` (every command's output), `setup.log` (the setup
+//!   steps' output, for `crabbox logs`) and `<name>.log` per background
+//!   service;
 //! - `pids/`: `<name>.pid` per background service (the leader of its own
 //!   session and process group).
 //!
@@ -71,6 +72,8 @@ const LEASE_FILE: &str = "lease.json";
 const WORKSPACE: &str = "workspace";
 /// Command and service output.
 const LOGS: &str = "logs";
+/// The setup steps' output (`crabbox logs`), in `logs/`.
+const SETUP_LOG_FILE: &str = "setup.log";
 /// Background service pid files.
 const PIDS: &str = "pids";
 /// The cross-process lock for address allocation, in the leases root.
@@ -159,27 +162,26 @@ impl LocalProvider {
         Ok(self.root.join(name))
     }
 
-    /// Runs `request` in the lease's workspace; output to `sink` and, when
-    /// `log` is set, appended to `logs/<log>`.
+    /// Runs `request` in the lease's workspace; output to `sink` and
+    /// appended to each of `logs` (a file in `logs/` and the header line
+    /// written before the output).
     async fn run(
         &self,
         lease: &Lease,
         request: &ExecRequest,
         sink: Arc<dyn OutputSink>,
-        log: Option<&str>,
+        logs: &[(&str, String)],
     ) -> Result<Outcome, ProviderError> {
         let dir = self.lease_dir(lease)?;
         let record = load_record(&dir, &lease.id).await?;
-        let log = match log {
-            Some(name) => {
-                let path = dir.join(LOGS).join(name);
-                let mut file = open_log(&path)?;
-                writeln!(file, "--- {} $ {}", labels::now_secs(), request.command)
-                    .map_err(|e| failed(&path, &e))?;
-                Some(Arc::new(Mutex::new(file)))
-            }
-            None => None,
-        };
+        let mut files = Vec::new();
+        for (name, header) in logs {
+            let path = dir.join(LOGS).join(name);
+            let mut file = open_log(&path)?;
+            writeln!(file, "{header}").map_err(|e| failed(&path, &e))?;
+            files.push(file);
+        }
+        let log = (!files.is_empty()).then(|| Arc::new(Mutex::new(files)));
         // The step dies with crabbox: its group watches a pipe whose only
         // writer is this process (see `DIES_WITH_CRABBOX`).
         let (alive_r, alive_w) = std::io::pipe().map_err(|e| {
@@ -246,15 +248,19 @@ impl LocalProvider {
         };
         finish_pumps(pumps, OUTPUT_GRACE).await;
         if let Some(log) = &log {
-            let mut file = log.lock().unwrap_or_else(PoisonError::into_inner);
-            let _ = match outcome {
-                Outcome::Exited(code) => writeln!(file, "--- exit {code}"),
-                Outcome::TimedOut(limit) => writeln!(
-                    file,
-                    "--- killed: timed out after {}",
-                    duration::format(limit)
-                ),
+            let footer = match outcome {
+                Outcome::Exited(code) => format!("--- exit {code}"),
+                Outcome::TimedOut(limit) => {
+                    format!("--- killed: timed out after {}", duration::format(limit))
+                }
             };
+            for file in log
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter_mut()
+            {
+                let _ = writeln!(file, "{footer}");
+            }
         }
         Ok(outcome)
     }
@@ -446,7 +452,7 @@ impl Session for LocalSession<'_> {
     ) -> Result<i32, ProviderError> {
         match self
             .provider
-            .run(self.lease, request, sink, Some("exec.log"))
+            .run(self.lease, request, sink, &[exec_log(request)])
             .await?
         {
             Outcome::Exited(code) => Ok(code),
@@ -455,6 +461,44 @@ impl Session for LocalSession<'_> {
                 duration::format(limit)
             ))),
         }
+    }
+
+    /// Natively: the output goes to `exec.log` and `setup.log` as it is read.
+    async fn exec_logged(
+        &self,
+        request: &ExecRequest,
+        sink: Arc<dyn OutputSink>,
+        header: &str,
+    ) -> Result<i32, ProviderError> {
+        let logs = [exec_log(request), (SETUP_LOG_FILE, header.to_owned())];
+        match self.provider.run(self.lease, request, sink, &logs).await? {
+            Outcome::Exited(code) => Ok(code),
+            Outcome::TimedOut(limit) => Err(ProviderError::Failed(format!(
+                "command timed out after {}",
+                duration::format(limit)
+            ))),
+        }
+    }
+
+    /// Reading logs is not recorded in `exec.log`: a follow would copy
+    /// every log into it.
+    async fn exec_unrecorded(
+        &self,
+        request: &ExecRequest,
+        sink: Arc<dyn OutputSink>,
+    ) -> Result<i32, ProviderError> {
+        match self.provider.run(self.lease, request, sink, &[]).await? {
+            Outcome::Exited(code) => Ok(code),
+            Outcome::TimedOut(limit) => Err(ProviderError::Failed(format!(
+                "command timed out after {}",
+                duration::format(limit)
+            ))),
+        }
+    }
+
+    /// `logs/` beside `workspace/` in the lease directory.
+    fn logs_dir(&self) -> Option<String> {
+        Some(format!("../{LOGS}"))
     }
 
     async fn start_background(
@@ -578,7 +622,7 @@ impl Session for LocalSession<'_> {
                 };
                 match self
                     .provider
-                    .run(self.lease, &request, Arc::new(NullSink), None)
+                    .run(self.lease, &request, Arc::new(NullSink), &[])
                     .await?
                 {
                     Outcome::Exited(code) => Ok(code == 0),
@@ -901,6 +945,14 @@ fn apply_env(
         .env(ENV_WORKSPACE, &workspace);
 }
 
+/// `exec.log` and its header line for `request`.
+fn exec_log(request: &ExecRequest) -> (&'static str, String) {
+    (
+        "exec.log",
+        format!("--- {} $ {}", labels::now_secs(), request.command),
+    )
+}
+
 fn open_log(path: &Path) -> Result<std::fs::File, ProviderError> {
     std::fs::OpenOptions::new()
         .create(true)
@@ -920,14 +972,19 @@ async fn pump(
     reader: impl AsyncRead + Unpin,
     stream: Stream,
     sink: Arc<dyn OutputSink>,
-    log: Option<Arc<Mutex<std::fs::File>>>,
+    log: Option<Arc<Mutex<Vec<std::fs::File>>>>,
 ) {
     pump_lines(reader, |raw, line| {
         if let Some(log) = &log {
-            let mut file = log.lock().unwrap_or_else(PoisonError::into_inner);
-            let _ = file.write_all(raw);
-            if !raw.ends_with(b"\n") {
-                let _ = file.write_all(b"\n");
+            for file in log
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter_mut()
+            {
+                let _ = file.write_all(raw);
+                if !raw.ends_with(b"\n") {
+                    let _ = file.write_all(b"\n");
+                }
             }
         }
         sink.line(stream, line);

@@ -250,8 +250,7 @@ impl Provider for SshProvider {
             ProviderError::Failed(format!("writing claim {}: {e}", request.lease_id))
         })?;
         let target = target_from_claim(&self.state_dir, &claim)?;
-        target.wait_ready(SSH_WAIT).await?;
-        target.prepare().await?;
+        target.wait_prepared("true", SSH_WAIT).await?;
         Ok(lease_from_claim(&claim))
     }
 

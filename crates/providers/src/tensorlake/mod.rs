@@ -64,7 +64,7 @@ use crabbox_core::lease::{Endpoint, Lease, TENSORLAKE_PREFIX, mint};
 use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_exec::remote_shell::{
-    ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, NO_PROBE_TOOL, STATE_DIR, ServiceDirs,
+    ENV_LEASE_ID, ENV_WORKSPACE, EXITED_AT_ONCE, LOGS, NO_PROBE_TOOL, STATE_DIR, ServiceDirs,
     bash_tcp_probe_script, check_service_name, checked_text, early_exit, export_lines,
     http_probe_script, probe_command_line, probe_host, quote, stop_functions,
 };
@@ -1099,6 +1099,11 @@ impl Session for TensorlakeSession<'_> {
         }
     }
 
+    /// `.crabbox/logs` in the workdir `exec` runs in, where services log.
+    fn logs_dir(&self) -> Option<String> {
+        Some(format!("{STATE_DIR}/{LOGS}"))
+    }
+
     async fn start_background(
         &self,
         request: &ExecRequest,
@@ -1111,7 +1116,7 @@ impl Session for TensorlakeSession<'_> {
         let log = services.log(name);
         let body = format!(
             "{}cd {} || exit 127\n{}",
-            stop_functions(&target.lease_id),
+            stop_functions(&target.lease_id, &target.workdir),
             quote(&target.workdir),
             services.start_script(name, "sh -c", command)
         );
@@ -1154,7 +1159,7 @@ impl Session for TensorlakeSession<'_> {
         let target = self.provider.target(self.lease).await?;
         let script = format!(
             "{}{}",
-            stop_functions(&target.lease_id),
+            stop_functions(&target.lease_id, &target.workdir),
             target.services().stop_all()
         );
         self.provider
