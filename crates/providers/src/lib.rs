@@ -11,6 +11,7 @@ pub mod islo;
 pub mod local;
 pub mod registry;
 pub mod ssh;
+pub mod ssh_lease;
 pub mod tensorlake;
 
 use std::time::Duration;

@@ -53,8 +53,8 @@ use crabbox_spec::providers::HetznerBlock;
 use crabbox_state::claims::{Claim, ClaimStore, claim_state};
 use tokio::task::JoinHandle;
 
-use crate::hetzner::keys::{openssh_ed25519, write_lease_key};
 use crate::http::ApiError;
+use crate::ssh_lease::keys::{openssh_ed25519, write_lease_key};
 use crate::{CreateRequest, Provider};
 use api::{Client, CoordLease, CreateBody, TOKEN_ENV, URL_ENV};
 

@@ -50,22 +50,27 @@
 
 use futures_util::StreamExt;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 mod api;
-mod cloud_init;
-pub(crate) mod keys;
 
 use crate::registry::Descriptor;
+use crate::ssh_lease::boot::Seen;
+use crate::ssh_lease::endpoint::EndpointRecord;
+use crate::ssh_lease::keys;
+use crate::ssh_lease::sightings::Sightings;
+use crate::ssh_lease::{
+    SshLeases, SshSettings, carries_lease_labels, check_lease_id, check_pond, keeps_lease_labels,
+};
 use api::{PublicNet, Server, ServerEnvelope, ServerList, SshKey, SshKeyEnvelope, SshKeyList};
 use crabbox_exec::session::{Session, SshSession, SshTargets};
-use keys::{LeaseKey, openssh_ed25519, staging_pond, write_lease_files, write_lease_key};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+pub use crate::ssh_lease::names::{key_name, server_name};
 
 use crate::http::{ApiError, HttpClient};
 use crate::{CreateRequest, Provider};
@@ -78,7 +83,6 @@ use crabbox_spec::desired::DesiredMember;
 use crabbox_spec::model::Class;
 use crabbox_spec::providers::HetznerBlock;
 use crabbox_spec::user_config::{Source, UserConfig};
-use crabbox_state::state_dir::expand_tilde;
 
 /// Hetzner's public API.
 pub const DEFAULT_ENDPOINT: &str = "https://api.hetzner.cloud/v1";
@@ -88,42 +92,10 @@ const TOKEN_ENV: &str = "HCLOUD_TOKEN";
 const DEFAULT_IMAGE: &str = "ubuntu-24.04";
 /// Location when the block names none.
 const DEFAULT_LOCATION: &str = "fsn1";
-/// SSH login when the block names none: the user Crabbox's bootstrap
-/// creates (its default `SSHUser`, config.go:2975).
-const DEFAULT_SSH_USER: &str = "crabbox";
-/// SSH port when the block names none (Crabbox's `SSHPort`, config.go:2977).
-const DEFAULT_SSH_PORT: u16 = 2222;
-/// Ports tried after the primary one (Crabbox's `SSHFallbackPorts`,
-/// config.go:2978): sshd serves them too, and an image whose sshd ignores
-/// the bootstrap's port is still reached.
-const DEFAULT_FALLBACK_PORTS: [u16; 1] = [22];
-/// How long a port candidate may take to accept a TCP connection.
-const PORT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long SSH on an open port may take to answer before the next
-/// candidate is tried.
-const PORT_SSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause between rounds over the port candidates.
-const PORT_ROUND_PAUSE: Duration = Duration::from_millis(500);
 /// Class when the member names neither class nor type.
 const DEFAULT_CLASS: Class = Class::Standard;
 /// Hetzner's page-size maximum.
 const PER_PAGE: u32 = 50;
-/// Longest time between status polls while a server boots.
-const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// A booting server is polled again after this fraction of the time it has
-/// been booting (within `[MIN_POLL_WAIT, poll interval]`).
-const POLL_FRACTION: u32 = 4;
-/// The fraction once the server is `starting`.
-const STARTING_POLL_FRACTION: u32 = 16;
-/// Shortest time between status polls.
-const MIN_POLL_WAIT: Duration = Duration::from_millis(10);
-/// How long a sighting of a server's labels stands in for reading them again
-/// before a relabel.
-const SIGHTING_TTL: Duration = Duration::from_secs(60);
-/// How long a server may take to be `running` with an IPv4 address.
-const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-/// How long SSH may take to answer once the server runs.
-const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Error codes that mean "this type, here, now: no", so the next type is tried.
 const CAPACITY_CODES: [&str; 5] = [
     "resource_unavailable",
@@ -132,18 +104,6 @@ const CAPACITY_CODES: [&str; 5] = [
     "resource_limit_exceeded",
     "location_not_available",
 ];
-/// The per-lease endpoint record, next to a generated key.
-const ENDPOINT_FILE: &str = "endpoint.json";
-/// A key directory being removed is first renamed to this and its lease ID.
-const RELEASED_PREFIX: &str = ".released-";
-/// The generated key's file name.
-const KEY_FILE: &str = "id_ed25519";
-/// Work roots live under this directory: Crabbox's POSIX work root
-/// (target.go:19), which the bootstrap creates for the login user.
-const DEFAULT_WORK_BASE: &str = "/work/crabbox";
-/// Where records written before `work_root` existed put work roots
-/// (relative to the login's home).
-const LEGACY_WORK_BASE: &str = "crabbox";
 
 /// Server types tried for a class, in order (Crabbox's table).
 #[must_use]
@@ -156,60 +116,6 @@ pub fn class_types(class: Class) -> &'static [&'static str] {
         Class::Large => &["ccx53", "ccx43", "cpx62", "cx53"],
         Class::Beast => &["ccx63", "ccx53", "ccx43", "cpx62", "cx53"],
     }
-}
-
-/// `crabbox-<slug>-<8 hex of FNV-32a of the lease ID>`, a valid host name of
-/// at most 63 characters.
-#[must_use]
-pub fn server_name(slug: &str, lease_id: &str) -> String {
-    let slug: String = slug
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(63 - "crabbox--12345678".len())
-        .collect();
-    let slug = slug.trim_matches('-');
-    let slug = if slug.is_empty() { "member" } else { slug };
-    format!("crabbox-{slug}-{:08x}", fnv1a32(lease_id.as_bytes()))
-}
-
-/// The name of a lease's uploaded SSH key: Crabbox's, `crabbox-` and the
-/// lease ID with `_` as `-` (`crabbox-cbx-0123456789ab`), the only shape
-/// Crabbox's release deletes — so either tool cleans up the other's key.
-#[must_use]
-pub fn key_name(lease_id: &str) -> String {
-    format!("crabbox-{}", lease_id.replace('_', "-"))
-}
-
-/// 32-bit FNV-1a.
-fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
-    })
-}
-
-/// How a later process reaches a lease: written before the server is
-/// created, next to the generated key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct EndpointRecord {
-    lease_id: String,
-    user: String,
-    port: u16,
-    /// Private key used to log in.
-    key: PathBuf,
-    /// The lease's pond: lets a later apply of that pond remove this
-    /// directory when the lease never got a server (empty in records
-    /// written before it existed).
-    #[serde(default)]
-    pond: String,
-    /// The lease's work root on the server (empty: `crabbox/<lease>`).
-    #[serde(default)]
-    work_root: String,
 }
 
 /// Location, image and class when a member leaves them open: crabbox's
@@ -239,14 +145,6 @@ enum ClassChoice {
     Literal(String),
 }
 
-/// The SSH settings of one member, from its block.
-#[derive(Debug, Clone)]
-struct SshSettings {
-    user: String,
-    port: u16,
-    /// The member's own private key, if it names one.
-    key: Option<PathBuf>,
-}
 /// The `hetzner` adapter in the registry's table.
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: ProviderName::Hetzner,
@@ -261,27 +159,17 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
 #[derive(Debug)]
 pub struct HetznerProvider {
     http: HttpClient,
-    state_dir: PathBuf,
-    poll_interval: Duration,
-    boot_timeout: Duration,
-    ssh_timeout: Duration,
-    ssh_bootstrap: bool,
-    work_base: String,
-    /// Crabbox's per-lease key directories, `<user config>/crabbox/testboxes`.
-    testboxes: PathBuf,
-    /// SSH port candidates after the primary one.
-    fallback_ports: Vec<u16>,
+    /// Keys, endpoint records, boot and SSH waits, SSH targets.
+    leases: SshLeases,
     /// Location, image and class for members that leave them open.
     defaults: Defaults,
     /// Why Crabbox's user config could not be read, if it could not: its
     /// location, image and class would be guessed, so creates are refused
     /// (reading and releasing are not).
     config_problem: Option<String>,
-    /// Lease ID → how to reach it.
-    targets: Mutex<HashMap<String, SshTarget>>,
-    /// Server ID → when this provider last saw the server, and the server
-    /// as it was then (name and the labels that make it ours).
-    sightings: Mutex<HashMap<u64, (Instant, Server)>>,
+    /// Server ID → the server as this provider last saw it (name and the
+    /// labels that make it ours).
+    sightings: Sightings<u64, Server>,
     /// The users' own keys (a member's `ssh_key`) as Hetzner knows them, by
     /// fingerprint: looked up once per process, the lookup shared by every
     /// create that wants the key at the same time (50 parallel creates make
@@ -423,23 +311,10 @@ impl HetznerProvider {
     pub fn new(base_url: &str, token: &str, state_dir: &Path) -> Self {
         Self {
             http: HttpClient::new("hetzner", base_url, token, TOKEN_ENV),
-            state_dir: state_dir.to_owned(),
-            poll_interval: DEFAULT_POLL_INTERVAL,
-            boot_timeout: DEFAULT_BOOT_TIMEOUT,
-            ssh_timeout: DEFAULT_SSH_TIMEOUT,
-            ssh_bootstrap: true,
-            work_base: DEFAULT_WORK_BASE.to_owned(),
-            // Without a user config directory (Crabbox then refuses to
-            // make leases) keys stay beside the endpoint records.
-            testboxes: crabbox_spec::user_config::user_config_dir().map_or_else(
-                || state_dir.join("ssh").join("keys"),
-                |dir| dir.join("crabbox").join("testboxes"),
-            ),
-            fallback_ports: DEFAULT_FALLBACK_PORTS.to_vec(),
+            leases: SshLeases::new("hetzner", "Hetzner's panel", state_dir),
             defaults: Defaults::default(),
             config_problem: None,
-            targets: Mutex::new(HashMap::new()),
-            sightings: Mutex::new(HashMap::new()),
+            sightings: Sightings::default(),
             user_keys: Mutex::new(HashMap::new()),
         }
     }
@@ -448,15 +323,15 @@ impl HetznerProvider {
     /// been booting for less than four intervals) for at most `timeout`.
     #[must_use]
     pub fn with_boot_polling(mut self, interval: Duration, timeout: Duration) -> Self {
-        self.poll_interval = interval;
-        self.boot_timeout = timeout;
+        self.leases.poll_interval = interval;
+        self.leases.boot_timeout = timeout;
         self
     }
 
     /// Waits at most `timeout` for SSH on a new server.
     #[must_use]
     pub fn with_ssh_timeout(mut self, timeout: Duration) -> Self {
-        self.ssh_timeout = timeout;
+        self.leases.ssh_timeout = timeout;
         self
     }
 
@@ -464,7 +339,7 @@ impl HetznerProvider {
     /// for SSH or preparing the work root (tests of the API alone).
     #[must_use]
     pub fn with_ssh_bootstrap(mut self, on: bool) -> Self {
-        self.ssh_bootstrap = on;
+        self.leases.ssh_bootstrap = on;
         self
     }
 
@@ -472,7 +347,7 @@ impl HetznerProvider {
     /// (tests use a temporary directory rather than the login's home).
     #[must_use]
     pub fn with_work_base(mut self, base: &str) -> Self {
-        self.work_base = base.trim_end_matches('/').to_owned();
+        self.leases.work_base = base.trim_end_matches('/').to_owned();
         self
     }
 
@@ -480,7 +355,7 @@ impl HetznerProvider {
     /// `<user config>/crabbox/testboxes/` (tests).
     #[must_use]
     pub fn with_testboxes_dir(mut self, dir: &Path) -> Self {
-        self.testboxes = dir.to_owned();
+        self.leases.testboxes = dir.to_owned();
         self
     }
 
@@ -488,7 +363,7 @@ impl HetznerProvider {
     /// the bootstrap makes sshd serve them all.
     #[must_use]
     pub fn with_fallback_ports(mut self, ports: &[u16]) -> Self {
-        self.fallback_ports = ports.to_vec();
+        self.leases.fallback_ports = ports.to_vec();
         self
     }
 
@@ -499,52 +374,7 @@ impl HetznerProvider {
         self
     }
 
-    /// `<state>/ssh/keys/<lease>/`: the endpoint record (and the keys of
-    /// earlier versions).
-    fn key_dir(&self, lease_id: &str) -> PathBuf {
-        self.state_dir.join("ssh").join("keys").join(lease_id)
-    }
-
-    /// Crabbox's `testboxes/<lease>/`, where a generated lease key lives.
-    fn testbox_dir(&self, lease_id: &str) -> PathBuf {
-        self.testboxes.join(lease_id)
-    }
-
-    /// The lease's generated private key: where Crabbox keeps it, else
-    /// where earlier versions of crabbox wrote it.
-    fn stored_key(&self, lease_id: &str) -> PathBuf {
-        let current = self.testbox_dir(lease_id).join(KEY_FILE);
-        let legacy = self.key_dir(lease_id).join(KEY_FILE);
-        if !current.exists() && legacy.exists() {
-            legacy
-        } else {
-            current
-        }
-    }
-
     // ---- SSH targets ----
-
-    fn cached_target(&self, lease_id: &str) -> Option<SshTarget> {
-        self.targets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(lease_id)
-            .cloned()
-    }
-
-    fn remember_target(&self, target: SshTarget) {
-        self.targets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(target.lease_id.clone(), target);
-    }
-
-    fn forget_target(&self, lease_id: &str) -> Option<SshTarget> {
-        self.targets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(lease_id)
-    }
 
     /// Remembers the labels a server was just seen with (those
     /// [`check_owned`] reads).
@@ -559,64 +389,14 @@ impl HetznerProvider {
                 .collect(),
             public_net: PublicNet::default(),
         };
-        self.sightings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(server.id, (Instant::now(), seen));
-    }
-
-    fn forget_sighting(&self, id: u64) {
-        self.sightings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
-    }
-
-    /// The server as seen in the last [`SIGHTING_TTL`].
-    fn recent_sighting(&self, id: u64) -> Option<Server> {
-        self.sightings
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .filter(|(at, _)| at.elapsed() < SIGHTING_TTL)
-            .map(|(_, server)| server.clone())
-    }
-
-    fn new_target(&self, lease_id: &str, host: String, record: &EndpointRecord) -> SshTarget {
-        SshTarget {
-            host,
-            port: record.port,
-            user: record.user.clone(),
-            key: Some(record.key.clone()),
-            work_root: if record.work_root.is_empty() {
-                format!("{LEGACY_WORK_BASE}/{lease_id}")
-            } else {
-                record.work_root.clone()
-            },
-            state_dir: self.state_dir.clone(),
-            lease_id: lease_id.to_owned(),
-        }
-    }
-
-    fn read_endpoint(&self, lease_id: &str) -> Option<EndpointRecord> {
-        let path = self.key_dir(lease_id).join(ENDPOINT_FILE);
-        let bytes = std::fs::read(path).ok()?;
-        serde_json::from_slice::<EndpointRecord>(&bytes)
-            .ok()
-            .filter(|r| r.lease_id == lease_id)
+        self.sightings.saw(server.id, seen);
     }
 
     /// The lease's SSH target: cached, else rebuilt from its endpoint record
     /// (or the defaults) and its address.
     async fn target(&self, lease: &Lease) -> Result<SshTarget, ProviderError> {
-        if let Some(t) = self.cached_target(&lease.id) {
-            return Ok(t);
-        }
-        check_lease_id(&lease.id)?;
-        let recorded = self.read_endpoint(&lease.id);
-        let host = match lease.endpoint.host.clone().filter(|h| !h.is_empty()) {
-            Some(host) => host,
-            None => {
+        self.leases
+            .target(lease, || async {
                 let id = server_id(lease)?;
                 let server = retried(|| self.get_server(id)).await.map_err(|e| {
                     if e.is_not_found() {
@@ -630,35 +410,9 @@ impl HetznerProvider {
                         "hetzner server {id} (lease {}) has no public IPv4 address",
                         lease.id
                     ))
-                })?
-            }
-        };
-        // No record: a server Crabbox made, reached as Crabbox reaches it —
-        // the first open port of 2222, then the fallbacks.
-        let record = match recorded {
-            Some(record) => record,
-            None => {
-                let primary = lease.endpoint.ssh_port.unwrap_or(DEFAULT_SSH_PORT);
-                let mut port = primary;
-                for candidate in cloud_init::port_candidates(primary, &self.fallback_ports) {
-                    if port_open(&host, candidate).await {
-                        port = candidate;
-                        break;
-                    }
-                }
-                EndpointRecord {
-                    lease_id: lease.id.clone(),
-                    user: DEFAULT_SSH_USER.to_owned(),
-                    port,
-                    key: self.stored_key(&lease.id),
-                    pond: String::new(),
-                    work_root: format!("{DEFAULT_WORK_BASE}/{}", lease.id),
-                }
-            }
-        };
-        let target = self.new_target(&lease.id, host, &record);
-        self.remember_target(target.clone());
-        Ok(target)
+                })
+            })
+            .await
     }
 
     // ---- API calls ----
@@ -671,7 +425,7 @@ impl HetznerProvider {
             .map(|e| e.server);
         match &server {
             Ok(s) => self.saw(s),
-            Err(e) if e.is_not_found() => self.forget_sighting(id),
+            Err(e) if e.is_not_found() => self.sightings.forget(&id),
             Err(_) => {}
         }
         server
@@ -694,37 +448,11 @@ impl HetznerProvider {
         self.lease_with_ports(server.clone(), &HashMap::new())
     }
 
-    /// The SSH port of every lease with an endpoint record here.
-    fn recorded_ports(keys: &Path) -> HashMap<String, u16> {
-        let Ok(entries) = std::fs::read_dir(keys) else {
-            return HashMap::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let lease = e.file_name().into_string().ok()?;
-                let bytes = std::fs::read(e.path().join(ENDPOINT_FILE)).ok()?;
-                let record = serde_json::from_slice::<EndpointRecord>(&bytes).ok()?;
-                (record.lease_id == lease).then_some((lease, record.port))
-            })
-            .collect()
-    }
-
     /// [`Self::lease_of`] consuming the server, with endpoint records' ports
     /// read beforehand.
     fn lease_with_ports(&self, server: Server, ports: &HashMap<String, u16>) -> Option<Lease> {
         let id = server.labels.get(labels::LEASE)?.clone();
-        let port = self
-            .cached_target(&id)
-            .map(|t| t.port)
-            .or_else(|| ports.get(&id).copied())
-            .or_else(|| {
-                is_lease_id(&id)
-                    .then(|| self.read_endpoint(&id))
-                    .flatten()
-                    .map(|r| r.port)
-            })
-            .unwrap_or(DEFAULT_SSH_PORT);
+        let port = self.leases.port_of(&id, ports);
         let host = server.ipv4().map(str::to_owned);
         Some(Lease {
             id,
@@ -816,101 +544,6 @@ impl HetznerProvider {
                 _ => return Ok(keys),
             }
         }
-    }
-
-    /// Removes the lease's `testboxes/<lease>/` and `<state>/ssh/keys/<lease>/`
-    /// (gone already is fine). The record's directory goes last, renamed
-    /// to `.released-<lease>` first, so a removal cut short by a kill
-    /// never leaves a directory that looks like a lease's but lacks the
-    /// record naming its pond — [`Provider::sweep`] removes those.
-    fn remove_key_dir(&self, lease_id: &str) -> std::io::Result<()> {
-        let testbox = self.testbox_dir(lease_id);
-        if testbox != self.key_dir(lease_id) {
-            match std::fs::remove_dir_all(&testbox) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
-        let dir = self.key_dir(lease_id);
-        let released = dir.with_file_name(format!("{RELEASED_PREFIX}{lease_id}"));
-        match std::fs::rename(&dir, &released) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        match std::fs::remove_dir_all(&released) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// Ends the SSH control master a killed run left for `lease_id`, if
-    /// any (it would otherwise live on for its `ControlPersist` time).
-    async fn close_master(&self, lease_id: &str) {
-        if !self
-            .state_dir
-            .join("ssh")
-            .join("cm")
-            .join(lease_id)
-            .exists()
-        {
-            return;
-        }
-        // The control path names the lease only, so the destination is moot.
-        let record = EndpointRecord {
-            lease_id: lease_id.to_owned(),
-            user: DEFAULT_SSH_USER.to_owned(),
-            port: DEFAULT_SSH_PORT,
-            key: self.stored_key(lease_id),
-            pond: String::new(),
-            work_root: String::new(),
-        };
-        self.new_target(lease_id, "127.0.0.1".to_owned(), &record)
-            .close()
-            .await;
-    }
-
-    /// Key directories whose removal began (`.released-<lease>`).
-    fn released_key_dirs(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(self.state_dir.join("ssh").join("keys")) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_prefix(RELEASED_PREFIX))
-                    .is_some_and(is_lease_id)
-            })
-            .map(|e| e.path())
-            .collect()
-    }
-
-    /// `pond`'s staging directories (`.creating-<lease>.<pond>`).
-    fn staging_dirs(&self, pond: &str) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(self.state_dir.join("ssh").join("keys")) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_str().and_then(staging_pond) == Some(pond))
-            .map(|e| e.path())
-            .collect()
-    }
-
-    /// The lease directories under `<state>/ssh/keys/`, by lease ID.
-    fn key_dirs(&self) -> Vec<(String, PathBuf)> {
-        let Ok(entries) = std::fs::read_dir(self.state_dir.join("ssh").join("keys")) else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let lease = e.file_name().into_string().ok()?;
-                is_lease_id(&lease).then(|| (lease, e.path()))
-            })
-            .collect()
     }
 
     async fn keys_named(&self, name: &str) -> Result<Vec<SshKey>, ProviderError> {
@@ -1154,42 +787,27 @@ impl HetznerProvider {
         Ok(list.servers.into_iter().find(|s| s.name == name))
     }
 
-    /// Polls until the server runs with an IPv4 address.
+    /// Polls until the server runs with an IPv4 address (`starting`:
+    /// powering on, the end is near).
     async fn wait_running(&self, id: u64) -> Result<Server, ProviderError> {
-        let started = Instant::now();
-        let deadline = started + self.boot_timeout;
-        let floor = MIN_POLL_WAIT.min(self.poll_interval);
-        loop {
-            let answer = self.get_server(id).await;
-            // A fraction of the time booting so far; a smaller one once the
-            // server is `starting` (powering on: the end is near).
-            let fraction = match &answer {
-                Ok(s) if s.status == "starting" => STARTING_POLL_FRACTION,
-                _ => POLL_FRACTION,
-            };
-            let mut wait = (started.elapsed() / fraction).clamp(floor, self.poll_interval);
-            let last = match answer {
-                Ok(s) if s.status == "running" && s.ipv4().is_some() => return Ok(s),
-                Ok(s) => format!("status `{}`", s.status),
-                Err(e) if e.is_not_found() => {
-                    return Err(ProviderError::Failed(format!(
+        self.leases
+            .until_running(&format!("hetzner server {id}"), || async {
+                match self.get_server(id).await {
+                    Ok(s) if s.status == "running" && s.ipv4().is_some() => Ok(Seen::Ready(s)),
+                    Ok(s) => Ok(Seen::Booting {
+                        last: format!("status `{}`", s.status),
+                        nearly: s.status == "starting",
+                    }),
+                    Err(e) if e.is_not_found() => Err(ProviderError::Failed(format!(
                         "hetzner server {id} disappeared while booting"
-                    )));
+                    ))),
+                    Err(e) => {
+                        let (last, after) = e.poll_again()?;
+                        Ok(Seen::Retry { last, after })
+                    }
                 }
-                Err(e) => {
-                    let (message, after) = e.poll_again()?;
-                    wait = wait.max(after);
-                    message
-                }
-            };
-            if Instant::now() + wait > deadline {
-                return Err(ProviderError::Failed(format!(
-                    "hetzner server {id} was not running with an IPv4 address after {}s (last: {last})",
-                    self.boot_timeout.as_secs()
-                )));
-            }
-            tokio::time::sleep(wait).await;
-        }
+            })
+            .await
     }
 
     /// After the server exists: wait for it, for SSH, prepare the work root.
@@ -1201,21 +819,7 @@ impl HetznerProvider {
     ) -> Result<Lease, ProviderError> {
         let server = self.wait_running(id).await?;
         let host = server.ipv4().unwrap_or_default().to_owned();
-        let mut target = self.new_target(&request.lease_id, host, record);
-        let ports = cloud_init::port_candidates(record.port, &self.fallback_ports);
-        // The address is newly ours: a key recorded for it belonged to an
-        // earlier server (Hetzner reuses addresses).
-        for port in &ports {
-            self.forget_host_key(&target.host, *port);
-        }
-        if self.ssh_bootstrap {
-            target.port = self.wait_for_ssh(&target, &ports).await?;
-            if target.port != record.port {
-                // Later processes go straight to the port that answered.
-                self.rewrite_port(record, target.port)?;
-            }
-        }
-        self.remember_target(target);
+        self.leases.connect(&request.lease_id, host, record).await?;
         self.lease_of(&server).ok_or_else(|| {
             ProviderError::Failed(format!(
                 "hetzner server {id} came back without its `lease` label"
@@ -1223,84 +827,9 @@ impl HetznerProvider {
         })
     }
 
-    /// Waits until SSH on one of `ports` (in order; each round tries the
-    /// open ones) logs in and passes Crabbox's ready check, as Crabbox's
-    /// `waitForSSHReady` does (ssh.go:265-315), and creates the lease's work
-    /// root in that same command (one round trip, over the connection setup
-    /// then reuses); returns that port. A refused login, a changed host key
-    /// or a work root that cannot be made fails at once.
-    async fn wait_for_ssh(&self, target: &SshTarget, ports: &[u16]) -> Result<u16, ProviderError> {
-        let deadline = Instant::now() + self.ssh_timeout;
-        // A server that runs often answers on its primary port already: one
-        // login then, without the TCP probe first, which costs the host a
-        // connection (an sshd process) of its own.
-        if let Some(&first) = ports.first() {
-            let probe = SshTarget {
-                port: first,
-                ..target.clone()
-            };
-            if probe
-                .try_prepared(
-                    cloud_init::READY_CHECK,
-                    PORT_SSH_TIMEOUT.min(self.ssh_timeout),
-                )
-                .await?
-            {
-                return Ok(first);
-            }
-        }
-        loop {
-            let mut seen = Vec::new();
-            for &port in ports {
-                if !port_open(&target.host, port).await {
-                    seen.push(format!("{port}: closed"));
-                    continue;
-                }
-                let probe = SshTarget {
-                    port,
-                    ..target.clone()
-                };
-                let left = deadline.saturating_duration_since(Instant::now());
-                match probe
-                    .wait_prepared(cloud_init::READY_CHECK, PORT_SSH_TIMEOUT.min(left))
-                    .await
-                {
-                    Ok(()) => return Ok(port),
-                    Err(e @ ProviderError::Config { .. }) => return Err(e),
-                    Err(e) => seen.push(format!("{port}: {e}")),
-                }
-            }
-            if Instant::now() + PORT_ROUND_PAUSE >= deadline {
-                return Err(ProviderError::Failed(format!(
-                    "SSH to {}@{} was not ready on any port within {}s ({}); check the server's console in Hetzner's panel",
-                    target.user,
-                    target.host,
-                    self.ssh_timeout.as_secs(),
-                    seen.join("; ")
-                )));
-            }
-            tokio::time::sleep(PORT_ROUND_PAUSE).await;
-        }
-    }
-
-    /// Rewrites the lease's endpoint record with the port SSH answered on.
-    fn rewrite_port(&self, record: &EndpointRecord, port: u16) -> Result<(), ProviderError> {
-        let record = EndpointRecord {
-            port,
-            ..record.clone()
-        };
-        let path = self.key_dir(&record.lease_id).join(ENDPOINT_FILE);
-        let bytes = serde_json::to_vec_pretty(&record)
-            .map_err(|e| ProviderError::Failed(format!("endpoint record: {e}")))?;
-        crabbox_fs::atomic_file::write(&path, &bytes)
-            .map_err(|e| ProviderError::Failed(format!("writing {}: {e}", path.display())))
-    }
-
     /// Best-effort undo of a create that did not finish.
     async fn roll_back(&self, lease_id: &str, server: Option<u64>) {
-        if let Some(t) = self.forget_target(lease_id) {
-            t.close().await;
-        }
+        self.leases.drop_target(lease_id).await;
         if let Some(id) = server {
             // Only ever a server this create made: it carries the lease label.
             if let Ok(s) = retried(|| self.get_server(id)).await
@@ -1312,58 +841,7 @@ impl HetznerProvider {
             }
         }
         let _ = self.delete_lease_key(lease_id).await;
-        let _ = self.remove_key_dir(lease_id);
-    }
-
-    /// Removes `host:port` from crabbox's known-hosts file (best effort).
-    fn forget_host_key(&self, host: &str, port: u16) {
-        let _ = crabbox_exec::ssh::forget_host_key(&self.state_dir, host, port);
-    }
-
-    /// The lease's SSH key: the member's own, the one generated for this
-    /// lease by an earlier attempt, or a new one (its files not yet written).
-    fn lease_key(&self, lease_id: &str, settings: &SshSettings) -> Result<LeaseKey, ProviderError> {
-        if let Some(private) = &settings.key {
-            let mut public = private.clone().into_os_string();
-            public.push(".pub");
-            let public = PathBuf::from(public);
-            let text = std::fs::read_to_string(&public).map_err(|e| ProviderError::Config {
-                message: format!(
-                    "hetzner.ssh_key `{}`: cannot read its public half {}: {e}",
-                    private.display(),
-                    public.display()
-                ),
-                hint: format!(
-                    "write it with `ssh-keygen -y -f {} > {}`, or leave `ssh_key` out to get a per-lease key",
-                    private.display(),
-                    public.display()
-                ),
-            })?;
-            return Ok(LeaseKey {
-                private: private.clone(),
-                public: text.trim().to_owned(),
-                new: None,
-            });
-        }
-        let private = self.stored_key(lease_id);
-        let mut public = private.clone().into_os_string();
-        public.push(".pub");
-        if let (true, Ok(text)) = (private.exists(), std::fs::read_to_string(&public)) {
-            return Ok(LeaseKey {
-                private,
-                public: text.trim().to_owned(),
-                new: None,
-            });
-        }
-        // In-process, as Crabbox's `ssh-keygen -t ed25519 -N '' -C 'crabbox
-        // <lease>'` (lease.go:220-242) would write it: starting ssh-keygen
-        // cost more CPU than the rest of a create.
-        let key = openssh_ed25519::generate(&format!("crabbox {lease_id}"))?;
-        Ok(LeaseKey {
-            private: self.testbox_dir(lease_id).join(KEY_FILE),
-            public: key.public.trim().to_owned(),
-            new: Some(key),
-        })
+        let _ = self.leases.remove_key_dir(lease_id);
     }
 }
 
@@ -1373,32 +851,6 @@ fn block_of(member: &DesiredMember) -> Result<HetznerBlock, ProviderError> {
         message: format!("member `{}`: invalid hetzner block: {e}", member.slug),
         hint: "see `crabbox schema` for the fields of `hetzner:`".to_owned(),
     })
-}
-
-fn ssh_settings(block: &HetznerBlock) -> SshSettings {
-    SshSettings {
-        user: block
-            .ssh_user
-            .clone()
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| DEFAULT_SSH_USER.to_owned()),
-        port: block.ssh_port.unwrap_or(DEFAULT_SSH_PORT),
-        key: block
-            .ssh_key
-            .as_deref()
-            .filter(|k| !k.is_empty())
-            .map(expand_tilde),
-    }
-}
-
-/// Whether `host:port` accepts a TCP connection within [`PORT_PROBE_TIMEOUT`].
-async fn port_open(host: &str, port: u16) -> bool {
-    tokio::time::timeout(
-        PORT_PROBE_TIMEOUT,
-        tokio::net::TcpStream::connect((host, port)),
-    )
-    .await
-    .is_ok_and(|c| c.is_ok())
 }
 
 /// The types to try and whether the member pinned one.
@@ -1468,26 +920,6 @@ fn same_public_key(a: &str, b: &str) -> bool {
     fields(a) == fields(b)
 }
 
-fn check_pond(pond: &str) -> Result<(), ProviderError> {
-    if pond.is_empty() || labels::sanitize(pond) != pond {
-        Err(ProviderError::Failed(format!(
-            "`{pond}` is not a valid pond label value"
-        )))
-    } else {
-        Ok(())
-    }
-}
-
-fn check_lease_id(id: &str) -> Result<(), ProviderError> {
-    if is_lease_id(id) {
-        Ok(())
-    } else {
-        Err(ProviderError::Failed(format!(
-            "`{id}` is not a crabbox lease ID (cbx_ + 12 hex)"
-        )))
-    }
-}
-
 fn server_id(lease: &Lease) -> Result<u64, ProviderError> {
     lease.cloud_id.parse().map_err(|_| {
         ProviderError::Failed(format!(
@@ -1500,13 +932,8 @@ fn server_id(lease: &Lease) -> Result<u64, ProviderError> {
 /// crabbox changes or deletes only servers carrying `crabbox=true`, a pond
 /// (the lease's, when it names one) and this lease's ID.
 fn check_owned(server: &Server, lease: &Lease) -> Result<(), ProviderError> {
-    let get = |k: &str| server.labels.get(k).map(String::as_str);
-    let pond_ok = match (get(labels::POND), lease.label(labels::POND)) {
-        (Some(p), Some(want)) => !p.is_empty() && p == want,
-        (Some(p), None) => !p.is_empty(),
-        (None, _) => false,
-    };
-    if get(labels::CRABBOX) == Some("true") && pond_ok && get(labels::LEASE) == Some(&lease.id) {
+    let get = |k: &str| server.labels.get(k).cloned();
+    if carries_lease_labels(get, &lease.id, lease.label(labels::POND)) {
         Ok(())
     } else {
         Err(ProviderError::Failed(format!(
@@ -1530,8 +957,7 @@ impl Provider for HetznerProvider {
         check_pond(pond)?;
         let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
         // The endpoint records are read while the pages are on their way.
-        let keys = self.state_dir.join("ssh").join("keys");
-        let ports = tokio::task::spawn_blocking(move || Self::recorded_ports(&keys));
+        let ports = self.leases.recorded_ports();
         let servers = self.servers_matching(&selector).await;
         let ports = ports.await.unwrap_or_default();
         let servers = servers?;
@@ -1579,50 +1005,30 @@ impl Provider for HetznerProvider {
         }
         check_lease_id(&request.lease_id)?;
         let block = block_of(&request.member)?;
-        let settings = ssh_settings(&block);
-        let mut key = self.lease_key(&request.lease_id, &settings)?;
-        let record = EndpointRecord {
-            lease_id: request.lease_id.clone(),
-            user: settings.user.clone(),
-            port: settings.port,
-            key: key.private.clone(),
-            pond: request.pond.clone(),
-            work_root: format!("{}/{}", self.work_base, request.lease_id),
-        };
-        let bytes = serde_json::to_vec_pretty(&record)
-            .map_err(|e| ProviderError::Failed(format!("endpoint record: {e}")))?;
+        let settings = SshSettings::from_block(
+            block.ssh_user.as_deref(),
+            block.ssh_port,
+            block.ssh_key.as_deref(),
+        );
         // The local files (a new key, the endpoint record) are written while
         // the key uploads; both are done before the server is created.
-        let writing = {
-            let dir = self.key_dir(&request.lease_id);
-            let new = key.new.take();
-            let private = key.private.clone();
-            let pond = request.pond.clone();
-            tokio::task::spawn_blocking(move || {
-                write_lease_files(&dir, &pond, &bytes)?;
-                new.map_or(Ok(()), |new| write_lease_key(&private, &new))
-            })
-        };
+        let mut prepared = self.leases.prepare(request, &settings)?;
         let uploaded = if settings.key.is_some() {
-            self.user_key(request, &key.public).await
+            self.user_key(request, &prepared.key.public).await
         } else {
-            match keys::fingerprint(&key.public) {
+            match keys::fingerprint(&prepared.key.public) {
                 Some(fp) => self
-                    .upload_key(request, &key.public, &fp)
+                    .upload_key(request, &prepared.key.public, &fp)
                     .await
                     .map(|k| k.name),
                 None => Err(ProviderError::Failed(format!(
                     "lease {}: its key {} is not an OpenSSH public key; delete it to have a new one made",
                     request.lease_id,
-                    key.private.display()
+                    prepared.key.private.display()
                 ))),
             }
         };
-        let written = match writing.await {
-            Ok(written) => written,
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = written {
+        if let Err(e) = prepared.written().await {
             self.roll_back(&request.lease_id, None).await;
             return Err(ProviderError::Failed(e));
         }
@@ -1638,12 +1044,7 @@ impl Provider for HetznerProvider {
                 return Err(e);
             }
         };
-        let user_data = cloud_init::user_data(
-            &settings.user,
-            &key.public,
-            &cloud_init::port_candidates(settings.port, &self.fallback_ports),
-            DEFAULT_WORK_BASE,
-        );
+        let user_data = self.leases.user_data(&settings, &prepared.key.public);
         let server = match self
             .create_server(request, &block, &key_name, &user_data)
             .await
@@ -1656,7 +1057,7 @@ impl Provider for HetznerProvider {
                 return Err(e);
             }
         };
-        match self.bootstrap(request, server.id, &record).await {
+        match self.bootstrap(request, server.id, &prepared.record).await {
             Ok(lease) => Ok(lease),
             Err(e) => {
                 self.roll_back(&request.lease_id, Some(server.id)).await;
@@ -1668,17 +1069,13 @@ impl Provider for HetznerProvider {
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {
         let id = server_id(lease)?;
         // Labels can be put back, so a recent sighting is proof enough.
-        match self.recent_sighting(id) {
+        match self.sightings.recent(&id) {
             Some(seen) => check_owned(&seen, lease)?,
             None => {
                 self.owned_server(lease, id).await?;
             }
         }
-        let keeps = |k: &str, v: &str| labels.get(k).map(String::as_str) == Some(v);
-        if !(keeps(labels::CRABBOX, "true")
-            && keeps(labels::LEASE, &lease.id)
-            && labels.get(labels::POND).is_some_and(|p| !p.is_empty()))
-        {
+        if !keeps_lease_labels(labels, &lease.id) {
             return Err(ProviderError::Failed(format!(
                 "refusing to relabel hetzner server {id}: the new labels drop crabbox=true, pond or lease={}",
                 lease.id
@@ -1690,7 +1087,7 @@ impl Provider for HetznerProvider {
             .await
             .inspect_err(|e| {
                 if e.is_not_found() {
-                    self.forget_sighting(id);
+                    self.sightings.forget(&id);
                 }
             })?;
         self.saw(&updated.server);
@@ -1735,34 +1132,9 @@ impl Provider for HetznerProvider {
             }
             swept_leases.insert(lease);
         }
-        for (lease, dir) in self.key_dirs() {
-            if live.contains(&lease) {
-                continue;
-            }
-            let of_pond = self.read_endpoint(&lease).is_some_and(|r| r.pond == pond);
-            if !(of_pond || swept_leases.contains(&lease)) {
-                continue;
-            }
-            self.close_master(&lease).await;
-            match self.remove_key_dir(&lease) {
-                Ok(()) => removed.push(format!("key directory {}", dir.display())),
-                Err(e) => left.push(format!("key directory {}: {e}", dir.display())),
-            }
-        }
-        // Directories a removal began and did not finish (already out of
-        // every lease's name, so no run uses them), and this pond's staging
-        // directories of creates that died (none runs: we hold the lock).
-        for dir in self
-            .released_key_dirs()
-            .into_iter()
-            .chain(self.staging_dirs(pond))
-        {
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => removed.push(format!("key directory {}", dir.display())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => left.push(format!("key directory {}: {e}", dir.display())),
-            }
-        }
+        self.leases
+            .sweep_dirs(pond, &live, &swept_leases, &mut removed, &mut left)
+            .await;
         if left.is_empty() {
             Ok(removed)
         } else {
@@ -1774,12 +1146,7 @@ impl Provider for HetznerProvider {
     }
 
     async fn ssh_target(&self, lease: &Lease) -> Option<SshTarget> {
-        if let Some(t) = self.cached_target(&lease.id) {
-            return Some(t);
-        }
-        let record = self.read_endpoint(&lease.id)?;
-        let host = lease.endpoint.host.clone().filter(|h| !h.is_empty())?;
-        Some(self.new_target(&lease.id, host, &record))
+        self.leases.known_target(lease)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), ProviderError> {
@@ -1797,11 +1164,7 @@ impl Provider for HetznerProvider {
         };
         // The master an earlier process opened outlives it by its
         // `ControlPersist` time; it closes meanwhile too (local only).
-        let closing = async {
-            if ours && self.cached_target(&lease.id).is_none() {
-                self.close_master(&lease.id).await;
-            }
-        };
+        let closing = self.leases.close_stale_master(&lease.id);
         let (owned, listed, ()) = tokio::join!(self.owned_server(lease, id), listing, closing);
         let (outcome, key_deleted) = match owned {
             Ok(_) => {
@@ -1834,19 +1197,9 @@ impl Provider for HetznerProvider {
             ),
             Err(e) => return Err(e),
         };
-        self.forget_sighting(id);
+        self.sightings.forget(&id);
         // The server is gone: its key, host key and local state go too.
-        if let Some(t) = self.forget_target(&lease.id) {
-            t.close().await;
-            self.forget_host_key(&t.host, t.port);
-        } else if let Some(host) = lease.endpoint.host.as_deref().filter(|h| !h.is_empty()) {
-            let port = self
-                .read_endpoint(&lease.id)
-                .map(|r| r.port)
-                .or(lease.endpoint.ssh_port)
-                .unwrap_or(DEFAULT_SSH_PORT);
-            self.forget_host_key(host, port);
-        }
+        self.leases.forget_server(lease).await;
         if is_lease_id(&lease.id) {
             let key_deleted = key_deleted.unwrap_or(Ok(()));
             key_deleted.map_err(|e| {
@@ -1855,12 +1208,7 @@ impl Provider for HetznerProvider {
                     key_name(&lease.id)
                 ))
             })?;
-            self.remove_key_dir(&lease.id).map_err(|e| {
-                ProviderError::Failed(format!(
-                    "removing {}: {e}",
-                    self.key_dir(&lease.id).display()
-                ))
-            })?;
+            self.leases.remove_lease_files(&lease.id)?;
         }
         outcome
     }
@@ -1873,95 +1221,19 @@ impl SshTargets for HetznerProvider {
     }
 
     async fn before_stop(&self, target: &SshTarget) -> Result<(), ProviderError> {
-        if self.ssh_bootstrap {
-            // A server adopted after its creator died may still be booting.
-            target.wait_ready(self.ssh_timeout).await?;
-        }
-        Ok(())
+        self.leases.before_stop(target).await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::keys::write_new_private;
     use super::*;
-
-    #[test]
-    fn fnv_and_names() {
-        // FNV-1a reference values.
-        assert_eq!(fnv1a32(b""), 0x811c_9dc5);
-        assert_eq!(fnv1a32(b"a"), 0xe40c_292c);
-        assert_eq!(fnv1a32(b"foobar"), 0xbf9c_f968);
-        let name = server_name("db", "cbx_0123456789ab");
-        assert_eq!(
-            name,
-            format!("crabbox-db-{:08x}", fnv1a32(b"cbx_0123456789ab"))
-        );
-        let long = server_name(&"x".repeat(80), "cbx_0123456789ab");
-        assert!(long.len() <= 63, "{long}");
-        // Crabbox's shape (its `validCrabboxProviderKey` deletes no other).
-        assert_eq!(key_name("cbx_0123456789ab"), "crabbox-cbx-0123456789ab");
-    }
 
     #[test]
     fn classes_map_to_crabbox_types() {
         assert_eq!(class_types(Class::Standard), ["ccx33", "cpx62", "cx53"]);
         assert_eq!(class_types(Class::Tiny), ["ccx13", "cpx22", "cx23"]);
         assert_eq!(class_types(Class::Beast)[0], "ccx63");
-    }
-
-    #[test]
-    fn generated_keys_are_openssh_ed25519_keys() {
-        assert_eq!(openssh_ed25519::base64(b""), "");
-        assert_eq!(openssh_ed25519::base64(b"f"), "Zg==");
-        assert_eq!(openssh_ed25519::base64(b"fo"), "Zm8=");
-        assert_eq!(openssh_ed25519::base64(b"foobar"), "Zm9vYmFy");
-        let key = openssh_ed25519::generate("crabbox-cbx_0123456789ab").expect("key");
-        assert!(
-            key.public
-                .starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI")
-        );
-        assert!(key.public.ends_with(" crabbox-cbx_0123456789ab\n"));
-        // OpenSSH reads the private key and derives the same public key.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let private = dir.path().join("id_ed25519");
-        write_new_private(&private, key.private.as_bytes()).expect("write");
-        let derived = std::process::Command::new("ssh-keygen")
-            .arg("-y")
-            .arg("-f")
-            .arg(&private)
-            .output()
-            .expect("ssh-keygen runs (openssh-client)");
-        assert!(derived.status.success(), "{derived:?}");
-        assert_eq!(
-            String::from_utf8_lossy(&derived.stdout).trim(),
-            key.public.trim(),
-            "ssh-keygen -y prints the same key and comment"
-        );
-    }
-
-    #[test]
-    fn fingerprints_are_hetzners_md5_as_ssh_keygen_prints_it() {
-        let key = openssh_ed25519::generate("crabbox-fp").expect("key");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let public = dir.path().join("id_ed25519.pub");
-        std::fs::write(&public, &key.public).expect("write");
-        let listed = std::process::Command::new("ssh-keygen")
-            .args(["-l", "-E", "md5", "-f"])
-            .arg(&public)
-            .output()
-            .expect("ssh-keygen runs (openssh-client)");
-        assert!(listed.status.success(), "{listed:?}");
-        // `256 MD5:aa:bb:… comment (ED25519)`
-        let text = String::from_utf8_lossy(&listed.stdout);
-        let expected = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|f| f.strip_prefix("MD5:"))
-            .expect("an MD5 fingerprint");
-        assert_eq!(keys::fingerprint(&key.public).as_deref(), Some(expected));
-        assert_eq!(keys::fingerprint("ssh-ed25519"), None, "no blob");
-        assert_eq!(keys::fingerprint("ssh-ed25519 not*base64"), None);
     }
 
     #[test]

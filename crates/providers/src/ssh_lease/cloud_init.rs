@@ -1,4 +1,4 @@
-//! The cloud-init user data a Hetzner server boots with: the same bootstrap
+//! The cloud-init user data an SSH-lease server boots with: the same bootstrap
 //! Crabbox gives its servers (its `cloudInitWithAdditionalBootstrap`,
 //! internal/cli/bootstrap.go:46-134), so either tool can reach a server the
 //! other made — a login user (default `crabbox`) holding the lease's key,
@@ -10,12 +10,12 @@
 /// bootstrap has finished (cloud-init writes it before it creates the user,
 /// so a login that works while it is missing is a host without the
 /// bootstrap, e.g. an image with its own sshd).
-pub(super) const READY_CHECK: &str =
+pub(crate) const READY_CHECK: &str =
     "test ! -e /usr/local/bin/crabbox-ready || /usr/local/bin/crabbox-ready >/dev/null 2>&1";
 
 /// The ports sshd serves and a client tries, in order: the primary, then
 /// the fallbacks, each once (Crabbox's `sshPortCandidates`, ssh.go:430-449).
-pub(super) fn port_candidates(primary: u16, fallbacks: &[u16]) -> Vec<u16> {
+pub(crate) fn port_candidates(primary: u16, fallbacks: &[u16]) -> Vec<u16> {
     let mut ports = vec![primary];
     for port in fallbacks {
         if !ports.contains(port) {
@@ -27,7 +27,7 @@ pub(super) fn port_candidates(primary: u16, fallbacks: &[u16]) -> Vec<u16> {
 
 /// The `#cloud-config` document for a server whose login is `user` with
 /// `public_key`, sshd on `ports`, and `work_root` owned by the user.
-pub(super) fn user_data(user: &str, public_key: &str, ports: &[u16], work_root: &str) -> String {
+pub(crate) fn user_data(user: &str, public_key: &str, ports: &[u16], work_root: &str) -> String {
     // A JSON string is a valid YAML double-quoted scalar (Crabbox quotes
     // these two with Go's strconv.Quote).
     let yaml = |s: &str| serde_json::Value::from(s).to_string();

@@ -9,23 +9,23 @@ use std::path::{Path, PathBuf};
 
 use crabbox_fs::atomic_file;
 
-use super::ENDPOINT_FILE;
+use super::endpoint::ENDPOINT_FILE;
 
 /// A lease's SSH key.
-pub(super) struct LeaseKey {
+pub(crate) struct LeaseKey {
     /// The private key file.
-    pub(super) private: PathBuf,
+    pub(crate) private: PathBuf,
     /// The public key line.
-    pub(super) public: String,
+    pub(crate) public: String,
     /// A key generated now, whose files are still to be written.
-    pub(super) new: Option<openssh_ed25519::Key>,
+    pub(crate) new: Option<openssh_ed25519::Key>,
 }
 
 /// Hetzner's fingerprint of an OpenSSH public key line: the MD5 of the key
 /// blob as colon-separated lowercase hex (`aa:bb:…`), what `GET
 /// /ssh_keys?fingerprint=` filters on. `None` when the line has no
 /// base64 blob.
-pub(super) fn fingerprint(public_key: &str) -> Option<String> {
+pub(crate) fn fingerprint(public_key: &str) -> Option<String> {
     use base64::Engine as _;
     use md5::Digest as _;
     let blob = public_key.split_whitespace().nth(1)?;
@@ -43,18 +43,18 @@ pub(super) fn fingerprint(public_key: &str) -> Option<String> {
 }
 
 /// Prefix of a lease directory still being written: `.creating-<lease>.<pond>`.
-pub(super) const CREATING_PREFIX: &str = ".creating-";
+pub(crate) const CREATING_PREFIX: &str = ".creating-";
 
 /// The staging directory a lease's files are written in before the lease
 /// directory exists: named after the pond, so a create killed before even
 /// its record was written leaves a directory the pond's sweep (which holds
 /// the pond lock, so no create of the pond runs) knows is its own.
-pub(super) fn staging_name(lease_id: &str, pond: &str) -> String {
+pub(crate) fn staging_name(lease_id: &str, pond: &str) -> String {
     format!("{CREATING_PREFIX}{lease_id}.{pond}")
 }
 
 /// The pond of a staging directory's name, if it is one.
-pub(super) fn staging_pond(name: &str) -> Option<&str> {
+pub(crate) fn staging_pond(name: &str) -> Option<&str> {
     let (lease, pond) = name.strip_prefix(CREATING_PREFIX)?.split_once('.')?;
     crabbox_core::lease::is_lease_id(lease).then_some(pond)
 }
@@ -63,7 +63,7 @@ pub(super) fn staging_pond(name: &str) -> Option<&str> {
 /// create writes it into a staging directory beside it and renames that
 /// into place, so `dir` appears whole; a retried create (the directory
 /// exists) rewrites the record in place.
-pub(super) fn write_lease_files(dir: &Path, pond: &str, record: &[u8]) -> Result<(), String> {
+pub(crate) fn write_lease_files(dir: &Path, pond: &str, record: &[u8]) -> Result<(), String> {
     let lease = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -107,7 +107,7 @@ pub(crate) fn write_lease_key(private: &Path, key: &openssh_ed25519::Key) -> Res
 }
 
 /// Creates `path` (mode 0600) with `contents`; it must not exist.
-pub(super) fn write_new_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_new_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
@@ -145,7 +145,7 @@ pub(crate) mod openssh_ed25519 {
     }
 
     /// The two files for a seed and its public key.
-    pub(in crate::hetzner) fn encode(seed: &[u8; 32], public: &[u8], comment: &str) -> Key {
+    pub(crate) fn encode(seed: &[u8; 32], public: &[u8], comment: &str) -> Key {
         let mut blob = Vec::new();
         string(&mut blob, b"ssh-ed25519");
         string(&mut blob, public);
@@ -196,7 +196,7 @@ pub(crate) mod openssh_ed25519 {
     }
 
     /// Standard base64 with padding.
-    pub(in crate::hetzner) fn base64(bytes: &[u8]) -> String {
+    pub(crate) fn base64(bytes: &[u8]) -> String {
         const ALPHABET: &[u8; 64] =
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
         let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
@@ -216,5 +216,64 @@ pub(crate) mod openssh_ed25519 {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_openssh_ed25519_keys() {
+        assert_eq!(openssh_ed25519::base64(b""), "");
+        assert_eq!(openssh_ed25519::base64(b"f"), "Zg==");
+        assert_eq!(openssh_ed25519::base64(b"fo"), "Zm8=");
+        assert_eq!(openssh_ed25519::base64(b"foobar"), "Zm9vYmFy");
+        let key = openssh_ed25519::generate("crabbox-cbx_0123456789ab").expect("key");
+        assert!(
+            key.public
+                .starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI")
+        );
+        assert!(key.public.ends_with(" crabbox-cbx_0123456789ab\n"));
+        // OpenSSH reads the private key and derives the same public key.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let private = dir.path().join("id_ed25519");
+        write_new_private(&private, key.private.as_bytes()).expect("write");
+        let derived = std::process::Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&private)
+            .output()
+            .expect("ssh-keygen runs (openssh-client)");
+        assert!(derived.status.success(), "{derived:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&derived.stdout).trim(),
+            key.public.trim(),
+            "ssh-keygen -y prints the same key and comment"
+        );
+    }
+
+    #[test]
+    fn fingerprints_are_hetzners_md5_as_ssh_keygen_prints_it() {
+        let key = openssh_ed25519::generate("crabbox-fp").expect("key");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let public = dir.path().join("id_ed25519.pub");
+        std::fs::write(&public, &key.public).expect("write");
+        let listed = std::process::Command::new("ssh-keygen")
+            .args(["-l", "-E", "md5", "-f"])
+            .arg(&public)
+            .output()
+            .expect("ssh-keygen runs (openssh-client)");
+        assert!(listed.status.success(), "{listed:?}");
+        // `256 MD5:aa:bb:… comment (ED25519)`
+        let text = String::from_utf8_lossy(&listed.stdout);
+        let expected = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|f| f.strip_prefix("MD5:"))
+            .expect("an MD5 fingerprint");
+        assert_eq!(fingerprint(&key.public).as_deref(), Some(expected));
+        assert_eq!(fingerprint("ssh-ed25519"), None, "no blob");
+        assert_eq!(fingerprint("ssh-ed25519 not*base64"), None);
     }
 }

@@ -1,0 +1,54 @@
+//! The per-lease endpoint record, `<state>/ssh/keys/<lease>/endpoint.json`:
+//! how a later process reaches the lease's server (login, port, key, work
+//! root) and which pond it belongs to. Written before the server is
+//! created, first of the lease's files, so every lease directory a sweep
+//! finds names its pond.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The record's file name in the lease directory.
+pub(crate) const ENDPOINT_FILE: &str = "endpoint.json";
+
+/// How a later process reaches a lease.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct EndpointRecord {
+    pub(crate) lease_id: String,
+    pub(crate) user: String,
+    pub(crate) port: u16,
+    /// Private key used to log in.
+    pub(crate) key: PathBuf,
+    /// The lease's pond: lets a later apply of that pond remove this
+    /// directory when the lease never got a server (empty in records
+    /// written before it existed).
+    #[serde(default)]
+    pub(crate) pond: String,
+    /// The lease's work root on the server (empty: `crabbox/<lease>`).
+    #[serde(default)]
+    pub(crate) work_root: String,
+}
+
+/// The record in `dir`, if it is one for `lease_id`.
+pub(crate) fn read(dir: &Path, lease_id: &str) -> Option<EndpointRecord> {
+    let bytes = std::fs::read(dir.join(ENDPOINT_FILE)).ok()?;
+    serde_json::from_slice::<EndpointRecord>(&bytes)
+        .ok()
+        .filter(|r| r.lease_id == lease_id)
+}
+
+/// The SSH port of every lease with an endpoint record under `keys`.
+pub(crate) fn recorded_ports(keys: &Path) -> HashMap<String, u16> {
+    let Ok(entries) = std::fs::read_dir(keys) else {
+        return HashMap::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let lease = e.file_name().into_string().ok()?;
+            let record = read(&e.path(), &lease)?;
+            Some((lease, record.port))
+        })
+        .collect()
+}
