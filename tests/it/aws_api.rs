@@ -202,10 +202,12 @@ async fn the_security_group_is_found_by_name_and_ssh_ranges_added_once() {
         .await
         .expect("CreateSecurityGroup");
     let cidrs = vec!["198.51.100.7/32".to_owned()];
-    ec2.allow_ssh(&id, &cidrs, "crabbox-pond SSH")
-        .await
-        .expect("ingress");
-    ec2.allow_ssh(&id, &cidrs, "crabbox-pond SSH")
+    for port in [2222, 22] {
+        ec2.allow_ssh(&id, port, &cidrs, "crabbox-pond SSH")
+            .await
+            .expect("ingress");
+    }
+    ec2.allow_ssh(&id, 22, &cidrs, "crabbox-pond SSH")
         .await
         .expect("the same range again is not an error");
     let group = ec2
@@ -215,7 +217,13 @@ async fn the_security_group_is_found_by_name_and_ssh_ranges_added_once() {
         .expect("found");
     assert_eq!(group.id, id);
     assert_eq!(group.tags, tags);
-    assert_eq!(group.ssh_ranges, cidrs);
+    let mut ranges = group.tcp_ranges.clone();
+    ranges.sort();
+    assert_eq!(
+        ranges,
+        [(22, cidrs[0].clone()), (2222, cidrs[0].clone())],
+        "one rule a port, each range once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

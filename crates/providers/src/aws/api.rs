@@ -476,6 +476,28 @@ impl Ec2 {
         }
     }
 
+    /// Every key pair matching `filters` (`tag:KEY`…): its name and tags.
+    ///
+    /// # Errors
+    /// EC2's [`Ec2Error`].
+    pub async fn key_pairs(
+        &self,
+        filters: &[(&str, &[&str])],
+    ) -> Result<Vec<(String, Labels)>, Ec2Error> {
+        let out = self
+            .client
+            .describe_key_pairs()
+            .set_filters(Some(filters.iter().map(|(n, v)| filter(n, v)).collect()))
+            .send()
+            .await
+            .map_err(|e| Ec2Error::from_sdk(&e))?;
+        Ok(out
+            .key_pairs()
+            .iter()
+            .filter_map(|k| Some((k.key_name()?.to_owned(), tags_of(k.tags()))))
+            .collect())
+    }
+
     /// Deletes key pair `name` (by name: some EC2-compatible endpoints
     /// ignore `KeyPairId`); a missing one counts as done.
     ///
@@ -515,12 +537,19 @@ impl Ec2 {
         Ok(out.security_groups().first().map(|g| SecurityGroup {
             id: g.group_id().unwrap_or_default().to_owned(),
             tags: tags_of(g.tags()),
-            ssh_ranges: g
+            tcp_ranges: g
                 .ip_permissions()
                 .iter()
-                .filter(|p| p.from_port() == Some(22) && p.to_port() == Some(22))
-                .flat_map(|p| p.ip_ranges())
-                .filter_map(|r| r.cidr_ip().map(str::to_owned))
+                .filter(|p| p.ip_protocol() == Some("tcp"))
+                .filter_map(|p| {
+                    let port = u16::try_from(p.from_port()?).ok()?;
+                    (p.to_port() == p.from_port()).then_some((port, p))
+                })
+                .flat_map(|(port, p)| {
+                    p.ip_ranges()
+                        .iter()
+                        .filter_map(move |r| Some((port, r.cidr_ip()?.to_owned())))
+                })
                 .collect(),
         }))
     }
@@ -549,14 +578,15 @@ impl Ec2 {
         Ok(out.group_id().unwrap_or_default().to_owned())
     }
 
-    /// Allows SSH (TCP 22) from `cidrs` into group `id`, each range described
-    /// `description`; ranges already allowed are not an error.
+    /// Allows SSH (TCP `port`) from `cidrs` into group `id`, each range
+    /// described `description`; ranges already allowed are not an error.
     ///
     /// # Errors
     /// EC2's [`Ec2Error`].
     pub async fn allow_ssh(
         &self,
         id: &str,
+        port: u16,
         cidrs: &[String],
         description: &str,
     ) -> Result<(), Ec2Error> {
@@ -565,8 +595,8 @@ impl Ec2 {
         }
         let permission = IpPermission::builder()
             .ip_protocol("tcp")
-            .from_port(22)
-            .to_port(22)
+            .from_port(i32::from(port))
+            .to_port(i32::from(port))
             .set_ip_ranges(Some(
                 cidrs
                     .iter()
@@ -639,6 +669,6 @@ pub struct SecurityGroup {
     pub id: String,
     /// Its tags.
     pub tags: Labels,
-    /// CIDR ranges allowed to reach TCP 22.
-    pub ssh_ranges: Vec<String>,
+    /// Its TCP ingress ranges: (port, CIDR) of single-port rules.
+    pub tcp_ranges: Vec<(u16, String)>,
 }

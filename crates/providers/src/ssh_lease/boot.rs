@@ -94,6 +94,7 @@ impl SshLeases {
         host: String,
         record: &EndpointRecord,
     ) -> Result<(), ProviderError> {
+        let host = record.host.clone().unwrap_or(host);
         let mut target = self.new_target(lease_id, host, record);
         let ports = self.port_candidates(record.port);
         for port in &ports {

@@ -28,6 +28,11 @@ pub(crate) struct EndpointRecord {
     /// The lease's work root on the server (empty: `crabbox/<lease>`).
     #[serde(default)]
     pub(crate) work_root: String,
+    /// The host SSH connects to instead of the server's address (a
+    /// member's `ssh_host`: a tunnel, a bastion's forwarded port, a test's
+    /// sshd); absent: the server's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) host: Option<String>,
 }
 
 /// The record in `dir`, if it is one for `lease_id`.

@@ -86,12 +86,16 @@ impl SshLeases {
         record: &EndpointRecord,
         port: u16,
     ) -> Result<(), ProviderError> {
-        let record = EndpointRecord {
+        self.rewrite(&EndpointRecord {
             port,
             ..record.clone()
-        };
+        })
+    }
+
+    /// Replaces the lease's endpoint record with `record`.
+    pub(crate) fn rewrite(&self, record: &EndpointRecord) -> Result<(), ProviderError> {
         let path = self.key_dir(&record.lease_id).join(ENDPOINT_FILE);
-        let bytes = serde_json::to_vec_pretty(&record)
+        let bytes = serde_json::to_vec_pretty(record)
             .map_err(|e| ProviderError::Failed(format!("endpoint record: {e}")))?;
         crabbox_fs::atomic_file::write(&path, &bytes)
             .map_err(|e| ProviderError::Failed(format!("writing {}: {e}", path.display())))
@@ -164,6 +168,7 @@ impl SshLeases {
             key: key.private.clone(),
             pond: request.pond.clone(),
             work_root: format!("{}/{}", self.work_base, request.lease_id),
+            host: settings.host.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&record)
             .map_err(|e| ProviderError::Failed(format!("endpoint record: {e}")))?;

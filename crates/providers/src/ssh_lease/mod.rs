@@ -67,6 +67,9 @@ pub(crate) struct SshSettings {
     pub(crate) port: u16,
     /// The member's own private key, if it names one.
     pub(crate) key: Option<PathBuf>,
+    /// The host to connect to instead of the server's address, if the
+    /// member names one.
+    pub(crate) host: Option<String>,
 }
 
 impl SshSettings {
@@ -79,7 +82,15 @@ impl SshSettings {
                 .map_or_else(|| DEFAULT_SSH_USER.to_owned(), str::to_owned),
             port: port.unwrap_or(DEFAULT_SSH_PORT),
             key: key.filter(|k| !k.is_empty()).map(expand_tilde),
+            host: None,
         }
+    }
+
+    /// These settings, connecting to `host` (when set and not empty)
+    /// instead of the server's address.
+    pub(crate) fn via(mut self, host: Option<&str>) -> Self {
+        self.host = host.filter(|h| !h.is_empty()).map(str::to_owned);
+        self
     }
 }
 

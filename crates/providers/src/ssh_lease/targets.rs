@@ -80,7 +80,11 @@ impl SshLeases {
         }
         check_lease_id(&lease.id)?;
         let recorded = self.read_endpoint(&lease.id);
-        let host = match lease.endpoint.host.clone().filter(|h| !h.is_empty()) {
+        let host = match recorded
+            .as_ref()
+            .and_then(|r| r.host.clone())
+            .or_else(|| lease.endpoint.host.clone().filter(|h| !h.is_empty()))
+        {
             Some(host) => host,
             None => address().await?,
         };
@@ -104,6 +108,7 @@ impl SshLeases {
                     key: self.stored_key(&lease.id),
                     pond: String::new(),
                     work_root: format!("{DEFAULT_WORK_BASE}/{}", lease.id),
+                    host: None,
                 }
             }
         };
@@ -119,7 +124,10 @@ impl SshLeases {
             return Some(t);
         }
         let record = self.read_endpoint(&lease.id)?;
-        let host = lease.endpoint.host.clone().filter(|h| !h.is_empty())?;
+        let host = record
+            .host
+            .clone()
+            .or_else(|| lease.endpoint.host.clone().filter(|h| !h.is_empty()))?;
         Some(self.new_target(&lease.id, host, &record))
     }
 
@@ -158,6 +166,7 @@ impl SshLeases {
             key: self.stored_key(lease_id),
             pond: String::new(),
             work_root: String::new(),
+            host: None,
         };
         self.new_target(lease_id, "127.0.0.1".to_owned(), &record)
             .close()
@@ -185,13 +194,19 @@ impl SshLeases {
         if let Some(t) = self.forget_target(&lease.id) {
             t.close().await;
             self.forget_host_key(&t.host, t.port);
-        } else if let Some(host) = lease.endpoint.host.as_deref().filter(|h| !h.is_empty()) {
-            let port = self
-                .read_endpoint(&lease.id)
-                .map(|r| r.port)
-                .or(lease.endpoint.ssh_port)
-                .unwrap_or(DEFAULT_SSH_PORT);
-            self.forget_host_key(host, port);
+        } else {
+            let record = self.read_endpoint(&lease.id);
+            let host = record
+                .as_ref()
+                .and_then(|r| r.host.clone())
+                .or_else(|| lease.endpoint.host.clone().filter(|h| !h.is_empty()));
+            if let Some(host) = host {
+                let port = record
+                    .map(|r| r.port)
+                    .or(lease.endpoint.ssh_port)
+                    .unwrap_or(DEFAULT_SSH_PORT);
+                self.forget_host_key(&host, port);
+            }
         }
     }
 
