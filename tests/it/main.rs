@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area.
 
 mod adopt;
+mod aws;
 mod aws_api;
 mod brokered;
 mod cli;

@@ -44,7 +44,7 @@ impl Moto {
             }
         };
         // Keep reading, so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        std::thread::spawn(move || for l in lines.flatten() { if std::env::var_os("MOTO_LOG").is_some() { eprintln!("moto: {l}"); } });
         Self { child, url }
     }
 

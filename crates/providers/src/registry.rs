@@ -41,6 +41,7 @@ pub static ADAPTERS: &[&Descriptor] = &[
     &crate::local::DESCRIPTOR,
     &crate::ssh::DESCRIPTOR,
     &crate::hetzner::DESCRIPTOR,
+    &crate::aws::DESCRIPTOR,
     &crate::islo::DESCRIPTOR,
     &crate::tensorlake::DESCRIPTOR,
 ];

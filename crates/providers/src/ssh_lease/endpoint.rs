@@ -33,7 +33,23 @@ pub(crate) struct EndpointRecord {
     /// sshd); absent: the server's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) host: Option<String>,
+    /// The cloud the lease's server is on (`hetzner`, `aws`): every
+    /// SSH-lease cloud keeps its records in the same directory, and a
+    /// cloud's sweep removes only its own. Empty in records written before
+    /// it existed, when Hetzner was the only such cloud.
+    #[serde(default)]
+    pub(crate) cloud: String,
 }
+
+impl EndpointRecord {
+    /// Whether the record is one of `cloud`'s leases.
+    pub(crate) fn is_of(&self, cloud: &str) -> bool {
+        self.cloud == cloud || (self.cloud.is_empty() && cloud == LEGACY_CLOUD)
+    }
+}
+
+/// The cloud of records without one.
+const LEGACY_CLOUD: &str = "hetzner";
 
 /// The record in `dir`, if it is one for `lease_id`.
 pub(crate) fn read(dir: &Path, lease_id: &str) -> Option<EndpointRecord> {

@@ -169,6 +169,7 @@ impl SshLeases {
             pond: request.pond.clone(),
             work_root: format!("{}/{}", self.work_base, request.lease_id),
             host: settings.host.clone(),
+            cloud: self.cloud.to_owned(),
         };
         let bytes = serde_json::to_vec_pretty(&record)
             .map_err(|e| ProviderError::Failed(format!("endpoint record: {e}")))?;
@@ -241,7 +242,9 @@ impl SshLeases {
 
     /// The local half of a pond's sweep: the key directories of leases
     /// without a server (`live` holds those with one) whose record names
-    /// this pond or whose cloud key was just swept (`swept`); directories a
+    /// this pond and this cloud (every SSH-lease cloud keeps its records
+    /// here; another's leases are not in `live`) or whose cloud key was
+    /// just swept (`swept`); directories a
     /// removal began and did not finish (already out of every lease's
     /// name, so no run uses them); and this pond's staging directories of
     /// creates that died (none runs: the caller holds the pond lock).
@@ -258,7 +261,9 @@ impl SshLeases {
             if live.contains(&lease) {
                 continue;
             }
-            let of_pond = self.read_endpoint(&lease).is_some_and(|r| r.pond == pond);
+            let of_pond = self
+                .read_endpoint(&lease)
+                .is_some_and(|r| r.pond == pond && r.is_of(self.cloud));
             if !(of_pond || swept.contains(&lease)) {
                 continue;
             }
@@ -277,6 +282,54 @@ impl SshLeases {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => left.push(format!("key directory {}: {e}", dir.display())),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(lease: &str, pond: &str, cloud: &str) -> Vec<u8> {
+        serde_json::to_vec(&EndpointRecord {
+            lease_id: lease.to_owned(),
+            user: "crabbox".to_owned(),
+            port: 2222,
+            key: PathBuf::from("/nonexistent"),
+            pond: pond.to_owned(),
+            work_root: String::new(),
+            host: None,
+            cloud: cloud.to_owned(),
+        })
+        .expect("record")
+    }
+
+    #[tokio::test]
+    async fn a_sweep_removes_its_own_clouds_lease_directories_only() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let leases = SshLeases::new("hetzner", "a console", state.path());
+        let write = |lease: &str, pond: &str, cloud: &str| {
+            let dir = leases.key_dir(lease);
+            std::fs::create_dir_all(&dir).expect("dir");
+            std::fs::write(dir.join(ENDPOINT_FILE), record(lease, pond, cloud)).expect("record");
+        };
+        write("cbx_00000000000a", "p", "hetzner");
+        write("cbx_00000000000b", "p", "");
+        write("cbx_00000000000c", "p", "aws");
+        write("cbx_00000000000d", "other", "hetzner");
+        let (mut removed, mut left) = (Vec::new(), Vec::new());
+        leases
+            .sweep_dirs("p", &HashSet::new(), &HashSet::new(), &mut removed, &mut left)
+            .await;
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        for (lease, kept) in [
+            ("cbx_00000000000a", false),
+            ("cbx_00000000000b", false),
+            ("cbx_00000000000c", true),
+            ("cbx_00000000000d", true),
+        ] {
+            assert_eq!(leases.key_dir(lease).exists(), kept, "{lease}");
         }
     }
 }

@@ -109,6 +109,7 @@ impl SshLeases {
                     pond: String::new(),
                     work_root: format!("{DEFAULT_WORK_BASE}/{}", lease.id),
                     host: None,
+                    cloud: self.cloud.to_owned(),
                 }
             }
         };
@@ -167,6 +168,7 @@ impl SshLeases {
             pond: String::new(),
             work_root: String::new(),
             host: None,
+            cloud: self.cloud.to_owned(),
         };
         self.new_target(lease_id, "127.0.0.1".to_owned(), &record)
             .close()

@@ -1,0 +1,529 @@
+//! The `aws` provider end to end, through the `crabbox` binary against
+//! moto's EC2 (`tests/it/moto.rs`): members' setup runs over SSH on the
+//! tests' sshd (moto's instance addresses lead nowhere, so `aws.ssh_host`
+//! and `aws.ssh_port` point SSH there), the shared security group and the
+//! lease key pairs, discovery and relabel by tags, release, an untagged
+//! instance left alone, adoption after a SIGKILL, and a pond mixing `aws`,
+//! `hetzner` (the fake API) and `local` members.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crabbox_core::labels::Labels;
+use crabbox_providers::aws::api::{Ec2, Instance, LIVE_STATES};
+use serde_json::Value;
+
+use crate::fake_hetzner::{self, FakeConfig, FakeHetzner};
+use crate::moto::Moto;
+use crate::sshd::TestSshd;
+
+/// One test's world: moto, the sshd every instance's SSH leads to, the
+/// state, home and spec directories, and (for mixed ponds) the fake
+/// Hetzner API.
+pub(crate) struct World {
+    dir: tempfile::TempDir,
+    pub(crate) pond: String,
+    pub(crate) sshd: TestSshd,
+    pub(crate) moto: Moto,
+    /// Where crabbox sends EC2 calls: moto, or a proxy in front of it.
+    pub(crate) endpoint: String,
+    hetzner: Option<FakeHetzner>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl World {
+    /// A world for pond `<name>-<this process's ID>`.
+    pub(crate) fn new(name: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for d in ["home", "work"] {
+            std::fs::create_dir_all(dir.path().join(d)).expect("dirs");
+        }
+        let sshd = TestSshd::start();
+        // The member's own key (the sshd's client key): its public half
+        // beside it, as `aws.ssh_key` requires.
+        let public = Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&sshd.key)
+            .output()
+            .expect("ssh-keygen runs");
+        assert!(public.status.success(), "{public:?}");
+        let key = dir.path().join("id_member");
+        std::fs::copy(&sshd.key, &key).expect("copy key");
+        std::fs::write(dir.path().join("id_member.pub"), &public.stdout).expect("public key");
+        let moto = Moto::start();
+        let endpoint = moto.url.clone();
+        Self {
+            dir,
+            pond: format!("{name}-{}", std::process::id()),
+            sshd,
+            moto,
+            endpoint,
+            hetzner: None,
+            rt: crate::support::runtime(),
+        }
+    }
+
+    /// Also serves a fake Hetzner API whose servers are the sshd.
+    pub(crate) fn with_hetzner(mut self) -> Self {
+        self.hetzner = Some(self.rt.block_on(fake_hetzner::start(FakeConfig {
+            authorized_keys: Some(self.sshd.authorized_keys.clone()),
+            boot_delay: Duration::from_millis(20),
+            ..FakeConfig::default()
+        })));
+        self
+    }
+
+    pub(crate) fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// The `aws:` defaults every member gets: SSH to the sshd with the
+    /// member's own key, ingress from a documentation range (no public
+    /// address lookup).
+    pub(crate) fn aws_defaults(&self) -> String {
+        format!(
+            "{{ ssh_host: 127.0.0.1, ssh_port: {port}, ssh_user: {user}, ssh_key: \"{key}\", ssh_cidrs: [198.51.100.7/32] }}",
+            port = self.sshd.port,
+            user = self.sshd.user,
+            key = self.path("id_member").display(),
+        )
+    }
+
+    pub(crate) fn write_spec(&self, members: &str) {
+        self.write_spec_with(&self.aws_defaults(), members);
+    }
+
+    pub(crate) fn write_spec_with(&self, aws: &str, members: &str) {
+        let hetzner = format!(
+            "  hetzner: {{ ssh_port: {port}, ssh_user: {user}, location: fsn1 }}\n",
+            port = self.sshd.port,
+            user = self.sshd.user,
+        );
+        let spec = format!(
+            "version: 1\npond: {pond}\ndefaults:\n  sync: false\n  aws: {aws}\n{hetzner}members:\n{members}",
+            pond = self.pond,
+        );
+        std::fs::write(self.path("work/pond.yaml"), spec).expect("spec");
+    }
+
+    /// `crabbox` with moto as EC2 — the endpoint and credentials set for
+    /// this child only — and the fake Hetzner API when there is one.
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(assert_cmd::cargo::cargo_bin("crabbox"));
+        c.args(args)
+            .env("CRABBOX_STATE_DIR", self.path("state"))
+            .env("HOME", self.path("home"))
+            .env("XDG_CONFIG_HOME", self.path("home/.config"))
+            .env("NO_COLOR", "1")
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "eu-west-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", self.path("home/aws-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.path("home/aws-credentials"),
+            )
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_ENDPOINT_URL_EC2")
+            .env_remove("CRABBOX_STATE_URL")
+            .env_remove("HCLOUD_TOKEN")
+            .env_remove("HETZNER_TOKEN")
+            .current_dir(self.path("work"))
+            .stdin(Stdio::null());
+        if let Some(h) = &self.hetzner {
+            c.env("HCLOUD_TOKEN", fake_hetzner::TOKEN)
+                .env("HCLOUD_ENDPOINT", &h.base_url);
+        }
+        c
+    }
+
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("crabbox runs")
+    }
+
+    /// Runs `args`, which must succeed; returns stderr.
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "crabbox {args:?} failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stderr)
+    }
+
+    /// A client of moto itself (not the proxy).
+    pub(crate) fn ec2(&self) -> Ec2 {
+        self.rt
+            .block_on(async { Ec2::new(&self.moto.sdk_config().await) })
+    }
+
+    /// Every live instance moto holds.
+    pub(crate) fn instances(&self) -> Vec<Instance> {
+        self.instances_ever()
+            .into_iter()
+            .filter(|i| LIVE_STATES.contains(&i.state.as_str()))
+            .collect()
+    }
+
+    /// Every instance moto holds, terminated ones too.
+    pub(crate) fn instances_ever(&self) -> Vec<Instance> {
+        let ec2 = self.ec2();
+        self.rt
+            .block_on(ec2.instances(&[]))
+            .expect("DescribeInstances")
+    }
+
+    /// The live instances of this pond.
+    pub(crate) fn pond_instances(&self) -> Vec<Instance> {
+        self.instances()
+            .into_iter()
+            .filter(|i| i.tags.get("pond").map(String::as_str) == Some(self.pond.as_str()))
+            .collect()
+    }
+
+    /// The key pairs moto holds, by name.
+    pub(crate) fn key_pairs(&self) -> Vec<(String, Labels)> {
+        let ec2 = self.ec2();
+        self.rt
+            .block_on(ec2.key_pairs(&[]))
+            .expect("DescribeKeyPairs")
+    }
+
+    /// The lease IDs `peers --json` lists.
+    pub(crate) fn live_leases(&self) -> BTreeSet<String> {
+        let out = self.run(&["peers", "--json"]);
+        assert!(out.status.success(), "peers: {}", text(&out.stderr));
+        let peers: Value = serde_json::from_slice(&out.stdout).expect("peers JSON");
+        peers["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| m["leaseID"].as_str().expect("leaseID").to_owned())
+            .collect()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.run(&["destroy", "--auto-approve"]);
+        for i in self.instances_ever() {
+            if let Some(lease) = i.tags.get("lease") {
+                let _ = std::fs::remove_dir_all(std::path::Path::new("/work/crabbox").join(lease));
+            }
+        }
+    }
+}
+
+pub(crate) fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn aws_members_are_tagged_instances_set_up_over_ssh_and_released_with_their_key_pairs() {
+    let world = World::new("aws-life");
+    // An instance someone else launched, without crabbox's tags.
+    let ec2 = world.ec2();
+    let group = world
+        .rt
+        .block_on(ec2.create_security_group("someone", "not crabbox's", None, &Labels::new()))
+        .expect("group");
+    let planted = world
+        .rt
+        .block_on(
+            ec2.run(&crabbox_providers::aws::api::Launch {
+                client_token: "planted".to_owned(),
+                image_id: "ami-0c0ffee000000026a".to_owned(),
+                instance_type: "t3.small".to_owned(),
+                key_name: "someone".to_owned(),
+                security_group_id: group,
+                subnet_id: None,
+                instance_profile: None,
+                root_gb: 8,
+                root_device: "/dev/sda1".to_owned(),
+                user_data: String::new(),
+                market: crabbox_providers::aws::api::Market::OnDemand,
+                tags: [("Name".to_owned(), "not-crabbox".to_owned())]
+                    .into_iter()
+                    .collect(),
+            }),
+        )
+        .expect("planted instance");
+    world.write_spec(
+        r#"  - slug: db
+    provider: aws
+    type: t3.small
+    setup: [ "echo db on $CRABBOX_LEASE_ID > marker.txt" ]
+  - slug: app
+    provider: aws
+    class: tiny
+    depends_on: [db]
+    setup: [ "echo app on $CRABBOX_LEASE_ID > marker.txt" ]
+"#,
+    );
+    let log = world.ok(&["apply", "--auto-approve"]);
+    if std::env::var_os("AWS_DEBUG").is_some() {
+        let out = Command::new("find").arg(world.path("")).output().unwrap();
+        eprintln!("{}\n{log}", text(&out.stdout));
+        let out = world.run(&["peers", "--json"]);
+        eprintln!("{}", text(&out.stdout));
+    }
+    assert!(
+        log.contains("launching t3.small"),
+        "attempts are reported: {log}"
+    );
+
+    // Discovery by tags: two instances, each carrying every label.
+    let instances = world.pond_instances();
+    assert_eq!(instances.len(), 2, "{instances:#?}");
+    let leases = world.live_leases();
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    for i in &instances {
+        let lease = i.tags.get("lease").expect("lease tag");
+        assert!(leases.contains(lease), "{lease} listed");
+        for (k, want) in [
+            ("crabbox", "true"),
+            ("created_by", "crabbox"),
+            ("provider", "aws"),
+            ("pond", world.pond.as_str()),
+            ("market", "spot"),
+            ("aws_region", "eu-west-1"),
+        ] {
+            assert_eq!(
+                i.tags.get(k).map(String::as_str),
+                Some(want),
+                "{k} on {i:#?}"
+            );
+        }
+        let key = format!("crabbox-{}", lease.replace('_', "-"));
+        assert_eq!(i.tags.get("provider_key"), Some(&key));
+        assert!(
+            i.tags
+                .get("Name")
+                .is_some_and(|n| n.starts_with("crabbox-")),
+            "{i:#?}"
+        );
+        // Setup really ran over SSH, in the lease's work root.
+        let marker = std::path::Path::new("/work/crabbox")
+            .join(lease)
+            .join("workspace/marker.txt");
+        let written = std::fs::read_to_string(&marker)
+            .unwrap_or_else(|e| panic!("{}: {e}", marker.display()));
+        assert!(written.contains(lease.as_str()), "{written}");
+    }
+    // `class: tiny` tried Crabbox's first tiny type.
+    assert!(
+        instances.iter().any(|i| i.instance_type == "m7a.large"),
+        "{instances:#?}"
+    );
+
+    // One security group for both, created once, tagged, SSH on 2222 and
+    // 22 from the configured range only.
+    let groups = world
+        .rt
+        .block_on(ec2.security_group("crabbox-runners", None))
+        .expect("describe")
+        .expect("crabbox-runners exists");
+    assert_eq!(groups.tags.get("crabbox").map(String::as_str), Some("true"));
+    let mut ranges = groups.tcp_ranges.clone();
+    ranges.sort();
+    assert_eq!(
+        ranges,
+        [
+            (22, "198.51.100.7/32".to_owned()),
+            (world.sshd.port, "198.51.100.7/32".to_owned())
+        ],
+        "the ports the bootstrap's sshd serves: the member's, then 22"
+    );
+    // One key pair per lease, tagged for it.
+    let keys = world.key_pairs();
+    for lease in &leases {
+        let name = format!("crabbox-{}", lease.replace('_', "-"));
+        let (_, tags) = keys
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("key pair {name} in {keys:?}"));
+        assert_eq!(tags.get("lease"), Some(lease));
+        assert_eq!(tags.get("crabbox").map(String::as_str), Some("true"));
+    }
+
+    // A second apply changes nothing and launches nothing.
+    let out = world.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert_eq!(world.pond_instances().len(), 2);
+
+    // Relabel: a changed setup re-runs and retags; the tags follow.
+    world.write_spec(
+        r#"  - slug: db
+    provider: aws
+    type: t3.small
+    setup: [ "echo db on $CRABBOX_LEASE_ID > marker.txt" ]
+  - slug: app
+    provider: aws
+    class: tiny
+    depends_on: [db]
+    setup: [ "echo app again on $CRABBOX_LEASE_ID > marker.txt" ]
+"#,
+    );
+    let before: Vec<String> = world
+        .pond_instances()
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
+    world.ok(&["apply", "--auto-approve"]);
+    let after: Vec<String> = world
+        .pond_instances()
+        .iter()
+        .map(|i| i.id.clone())
+        .collect();
+    assert_eq!(before.len(), after.len());
+
+    // Destroy: the instances are terminated, their key pairs deleted; the
+    // planted instance is untouched.
+    world.ok(&["destroy", "--auto-approve"]);
+    assert!(
+        world.pond_instances().is_empty(),
+        "{:#?}",
+        world.pond_instances()
+    );
+    let keys = world.key_pairs();
+    assert!(
+        keys.iter().all(|(n, _)| !n.starts_with("crabbox-cbx-")),
+        "{keys:?}"
+    );
+    let planted_now = world
+        .rt
+        .block_on(ec2.instance(&planted.id))
+        .expect("describe")
+        .expect("planted instance exists");
+    assert_eq!(planted_now.state, "running", "{planted_now:#?}");
+    assert!(
+        std::fs::read_dir(world.path("state/ssh/keys"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "no key directory is left"
+    );
+}
+
+#[test]
+fn a_create_killed_after_run_instances_is_adopted_by_the_next_apply() {
+    let world = World::new("aws-killed");
+    // SSH leads to a port nothing serves yet: the create waits there,
+    // after RunInstances returned, until it is killed. The spec stays the
+    // same for the next apply; only the port starts answering.
+    let port = crate::sshd::free_port();
+    let aws = world.aws_defaults().replace(
+        &format!("ssh_port: {}", world.sshd.port),
+        &format!("ssh_port: {port}"),
+    );
+    let members = r#"  - slug: db
+    provider: aws
+    type: t3.small
+    setup: [ "echo db > marker.txt" ]
+"#;
+    world.write_spec_with(&aws, members);
+    let mut child = world
+        .command(&["apply", "--auto-approve"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("crabbox starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while world.pond_instances().is_empty() {
+        assert!(Instant::now() < deadline, "no instance was launched");
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "apply ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let launched = world.pond_instances();
+    assert_eq!(launched.len(), 1);
+
+    // The next apply (SSH now answering) adopts that instance.
+    let sshd = TestSshd::start_on(port);
+    sshd.authorize(
+        &std::fs::read_to_string(world.path("id_member.pub")).expect("member's public key"),
+    );
+    let log = world.ok(&["apply", "--auto-approve"]);
+    if std::env::var_os("AWS_DEBUG").is_some() {
+        eprintln!("{log}");
+    }
+    let now = world.pond_instances();
+    assert_eq!(
+        now.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        launched.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        "no second instance"
+    );
+    let leases = world.live_leases();
+    assert_eq!(leases.len(), 1);
+    let lease = leases.first().expect("one lease");
+    assert_eq!(now[0].tags.get("lease"), Some(lease));
+    let marker = std::path::Path::new("/work/crabbox")
+        .join(lease)
+        .join("workspace/marker.txt");
+    assert!(marker.exists(), "setup ran on the adopted instance");
+    world.ok(&["destroy", "--auto-approve"]);
+    assert!(world.pond_instances().is_empty());
+}
+
+#[test]
+fn a_pond_of_aws_hetzner_and_local_members_applies_replans_clean_and_destroys_to_nothing() {
+    let world = World::new("aws-mixed").with_hetzner();
+    world.write_spec(
+        r#"  - slug: db
+    provider: aws
+    type: t3.small
+    setup: [ "echo db on aws > marker.txt" ]
+  - slug: cache
+    provider: hetzner
+    type: cx23
+    depends_on: [db]
+    setup: [ "echo cache on hetzner" ]
+  - slug: web
+    depends_on: [cache, db]
+    setup: [ "echo web local" ]
+"#,
+    );
+    world.ok(&["apply", "--auto-approve"]);
+    assert_eq!(world.pond_instances().len(), 1);
+    assert_eq!(world.live_leases().len(), 3);
+    let out = world.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a clean re-plan: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    world.ok(&["destroy", "--auto-approve"]);
+    assert!(world.pond_instances().is_empty());
+    let hetzner = world.hetzner.as_ref().expect("fake hetzner");
+    assert!(
+        hetzner
+            .handle
+            .servers()
+            .iter()
+            .all(|s| s["labels"]["pond"] != world.pond.as_str()),
+        "no Hetzner server is left"
+    );
+    assert!(
+        world
+            .key_pairs()
+            .iter()
+            .all(|(n, _)| !n.starts_with("crabbox-cbx-")),
+        "no key pair is left"
+    );
+    assert!(world.live_leases().is_empty());
+}
