@@ -270,12 +270,6 @@ fn aws_members_are_tagged_instances_set_up_over_ssh_and_released_with_their_key_
 "#,
     );
     let log = world.ok(&["apply", "--auto-approve"]);
-    if std::env::var_os("AWS_DEBUG").is_some() {
-        let out = Command::new("find").arg(world.path("")).output().unwrap();
-        eprintln!("{}\n{log}", text(&out.stdout));
-        let out = world.run(&["peers", "--json"]);
-        eprintln!("{}", text(&out.stdout));
-    }
     assert!(
         log.contains("launching t3.small"),
         "attempts are reported: {log}"
@@ -456,10 +450,7 @@ fn a_create_killed_after_run_instances_is_adopted_by_the_next_apply() {
     sshd.authorize(
         &std::fs::read_to_string(world.path("id_member.pub")).expect("member's public key"),
     );
-    let log = world.ok(&["apply", "--auto-approve"]);
-    if std::env::var_os("AWS_DEBUG").is_some() {
-        eprintln!("{log}");
-    }
+    world.ok(&["apply", "--auto-approve"]);
     let now = world.pond_instances();
     assert_eq!(
         now.iter().map(|i| &i.id).collect::<Vec<_>>(),

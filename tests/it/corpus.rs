@@ -80,6 +80,9 @@ fn every_check_has_a_corpus_case() {
         "peer-reference-in-command",
         "template-error",
         "islo-size",
+        "aws-target",
+        "aws-ssh-cidr",
+        "aws-root-gb",
     ];
     let missing: Vec<&str> = required
         .iter()

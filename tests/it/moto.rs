@@ -43,8 +43,17 @@ impl Moto {
                 break line[at + "Running on ".len()..].trim().to_owned();
             }
         };
-        // Keep reading, so the server never blocks on a full pipe.
-        std::thread::spawn(move || for l in lines.flatten() { if std::env::var_os("MOTO_LOG").is_some() { eprintln!("moto: {l}"); } });
+        // Keep reading, so the server never blocks on a full pipe; with
+        // MOTO_LOG set, the server's log (its tracebacks) goes to the test's
+        // stderr.
+        let log = std::env::var_os("MOTO_LOG").is_some();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if log {
+                    eprintln!("moto: {line}");
+                }
+            }
+        });
         Self { child, url }
     }
 

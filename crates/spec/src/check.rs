@@ -874,7 +874,7 @@ impl Checker<'_> {
             self.out.push(
                 Diagnostic::error(
                     problem.code,
-                    self.value(&origin_of(problem.field)),
+                    self.value(&origin_of(&problem.field)),
                     problem.message,
                 )
                 .with_hint(problem.hint),

@@ -121,13 +121,13 @@ pub struct HetznerBlock {
     pub ssh_key: Option<String>,
 }
 
-/// Settings of the `aws` provider: EC2 instances (Linux, Windows, macOS), reached over SSH.
+/// Settings of the `aws` provider: EC2 instances (Linux), reached over SSH.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(transform = snake_case_aliases)]
 pub struct AwsBlock {
-    /// AWS region, e.g. `eu-west-1`. Default `eu-west-1`.
-    /// Env `CRABBOX_AWS_REGION` (wins over `AWS_REGION`).
+    /// AWS region, e.g. `eu-west-1`. Default: env `CRABBOX_AWS_REGION`, else `AWS_REGION`,
+    /// `AWS_DEFAULT_REGION` or the AWS profile's region, else `eu-west-1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// AMI ID to boot instead of the auto-selected Canonical Ubuntu image.
@@ -149,24 +149,45 @@ pub struct AwsBlock {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "instanceProfile", alias = "instance_profile")]
     pub instance_profile: Option<String>,
-    /// Root volume size in GB (encrypted gp3). Default 400. Env `CRABBOX_AWS_ROOT_GB`.
+    /// Root volume size in GB (encrypted gp3), at least 8. Default 400.
+    /// Env `CRABBOX_AWS_ROOT_GB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "rootGB", alias = "root_gb")]
     pub root_gb: Option<u32>,
-    /// Source CIDR ranges allowed to reach SSH. Default: the caller's public IP.
-    /// Env `CRABBOX_AWS_SSH_CIDRS` (comma-separated).
+    /// Source CIDR ranges allowed to reach SSH, e.g. `203.0.113.7/32`. Default: this
+    /// machine's public IPv4 as a /32 (never `0.0.0.0/0`; when it cannot be found, the
+    /// apply fails asking for this setting). Env `CRABBOX_AWS_SSH_CIDRS` (comma-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "sshCIDRs", alias = "ssh_cidrs")]
     pub ssh_cidrs: Option<Vec<String>>,
-    /// EC2 Mac Dedicated Host ID, required for macOS targets. Default: none.
+    /// EC2 Mac Dedicated Host ID, for macOS targets (not supported yet). Default: none.
     /// Env `CRABBOX_AWS_MAC_HOST_ID`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "macHostId", alias = "mac_host_id")]
     pub mac_host_id: Option<String>,
-    /// Capacity market, `spot` or `on-demand`. Default `spot`, falling back to on-demand
-    /// after 120s. Flag `--market`, env `CRABBOX_CAPACITY_MARKET`.
+    /// Capacity market: `spot` (one-time, terminated on interruption) or `on-demand`.
+    /// Default `spot`. Flag `--market`, env `CRABBOX_CAPACITY_MARKET`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub market: Option<String>,
+    pub market: Option<AwsMarket>,
+    /// Retry on-demand when spot is refused for lack of capacity or quota. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_demand_fallback: Option<bool>,
+    /// Existing EC2 key pair to launch with instead of importing the lease key as
+    /// `crabbox-<lease>`; its private half must be `ssh_key`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    /// Reach the instance at its private IPv4 (e.g. from inside the VPC or through a
+    /// VPN) instead of its public one. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<bool>,
+    /// Operating system of the instance. Only `linux` is supported; `windows`, `wsl2`
+    /// and `macos` are refused by `validate`. Default `linux`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<AwsTarget>,
+    /// Host SSH connects to instead of the instance's address (a tunnel, a bastion's
+    /// forwarded port, or a test's sshd). Default: the instance's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host: Option<String>,
     /// SSH login user on the instance. Default `crabbox`, the user the bootstrap creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_user: Option<String>,
@@ -174,9 +195,53 @@ pub struct AwsBlock {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
     /// Path to a private key whose public half is imported as the instance's key pair.
-    /// Default: a per-lease key generated in the state dir.
+    /// Default: a per-lease key generated where Crabbox keeps one,
+    /// `<user config dir>/crabbox/testboxes/<lease>/id_ed25519`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_key: Option<String>,
+}
+
+/// How an EC2 instance is bought (`aws.market`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum AwsMarket {
+    /// Spot capacity: one-time, terminated when AWS interrupts it.
+    #[default]
+    Spot,
+    /// On-demand capacity.
+    OnDemand,
+}
+
+/// The operating system of an EC2 instance (`aws.target`), as Crabbox names its targets.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AwsTarget {
+    /// Ubuntu LTS, reached over SSH as `crabbox`.
+    #[default]
+    Linux,
+    /// Windows Server (not supported: needs hosts the tests cannot run).
+    Windows,
+    /// Windows Server with WSL2 (not supported).
+    Wsl2,
+    /// macOS on an EC2 Mac Dedicated Host (not supported).
+    Macos,
+}
+
+impl AwsTarget {
+    /// The name as written in `pond.yaml`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Linux => "linux",
+            Self::Windows => "windows",
+            Self::Wsl2 => "wsl2",
+            Self::Macos => "macos",
+        }
+    }
 }
 
 /// Settings of the `azure` provider: Azure virtual machines (Linux, Windows), reached over SSH.
@@ -406,8 +471,9 @@ pub struct TensorlakeBlock {
 /// and the adapter re-checks, so both accept exactly the same values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockProblem {
-    /// The key in the block (`workdir`).
-    pub field: &'static str,
+    /// The key in the block (`workdir`), or a JSON pointer below it for one
+    /// list entry (`sshCIDRs/1`).
+    pub field: String,
     /// The diagnostic code (`islo-workdir`).
     pub code: &'static str,
     /// What is wrong.
@@ -433,7 +499,7 @@ impl IsloBlock {
         };
         let bad = || {
             BlockProblem {
-            field: "workdir",
+            field: "workdir".to_owned(),
             code: "islo-workdir",
             message: format!("Islo `workdir` `{raw}` must be a relative directory under /workspace"),
             hint: "write a relative name such as `crabbox` or `app/backend`, without `..`; it lands in /workspace/<workdir>".to_owned(),
@@ -469,7 +535,7 @@ impl IsloBlock {
                     .into_iter()
                     .filter(|(_, v)| *v == Some(0))
                     .map(|(field, _)| BlockProblem {
-                        field,
+                        field: field.to_owned(),
                         code: "islo-size",
                         message: format!("Islo `{field}` must be at least 1"),
                         hint: format!("leave `{field}` out for Islo's tenant default, or give a positive number"),
@@ -517,7 +583,7 @@ impl TensorlakeBlock {
             || trimmed.contains('\0')
         {
             return Err(BlockProblem {
-                field: "workdir",
+                field: "workdir".to_owned(),
                 code: "tensorlake-workdir",
                 message: format!(
                     "Tensorlake `workdir` `{raw}` must be an absolute directory other than /, /tmp, /workspace or a system directory"
@@ -536,6 +602,81 @@ impl TensorlakeBlock {
             .into_iter()
             .collect()
     }
+}
+
+impl AwsBlock {
+    /// The smallest root volume an Ubuntu AMI boots from (its snapshot's size).
+    pub const MIN_ROOT_GB: u32 = 8;
+
+    /// Every value of this block the `aws` provider cannot use: a target other
+    /// than Linux, an `sshCIDRs` entry EC2 would refuse, a root volume below
+    /// [`Self::MIN_ROOT_GB`].
+    #[must_use]
+    pub fn problems(&self) -> Vec<BlockProblem> {
+        let mut out = Vec::new();
+        if let Some(target) = self.target.filter(|t| *t != AwsTarget::Linux) {
+            out.push(BlockProblem {
+                field: "target".to_owned(),
+                code: "aws-target",
+                message: format!(
+                    "AWS target `{}` is not supported: Windows, WSL2 and macOS instances need hosts crabbox's tests cannot run",
+                    target.as_str()
+                ),
+                hint: "use `target: linux` (or leave `target` out), or lease these machines with Crabbox itself".to_owned(),
+            });
+        }
+        for (i, cidr) in self.ssh_cidrs.iter().flatten().enumerate() {
+            if let Err(why) = check_ipv4_cidr(cidr) {
+                out.push(BlockProblem {
+                    field: format!("sshCIDRs/{i}"),
+                    code: "aws-ssh-cidr",
+                    message: format!("`{cidr}` in `sshCIDRs` is not an IPv4 CIDR range: {why}"),
+                    hint: "write an address with its prefix length, e.g. `203.0.113.7/32` for one machine or `10.0.0.0/8` for a network".to_owned(),
+                });
+            }
+        }
+        if let Some(gb) = self.root_gb.filter(|gb| *gb < Self::MIN_ROOT_GB) {
+            out.push(BlockProblem {
+                field: "rootGB".to_owned(),
+                code: "aws-root-gb",
+                message: format!(
+                    "AWS `rootGB` {gb} is smaller than the {} GB an Ubuntu image needs",
+                    Self::MIN_ROOT_GB
+                ),
+                hint: "leave `rootGB` out for 400 GB, or give at least 8".to_owned(),
+            });
+        }
+        out
+    }
+}
+
+/// Why `text` is not what EC2 takes as an ingress `CidrIp`: an IPv4 address,
+/// `/`, a prefix length 0-32, with no bits set after the prefix (EC2 calls
+/// `10.0.0.1/8` malformed).
+fn check_ipv4_cidr(text: &str) -> Result<(), String> {
+    let Some((addr, len)) = text.split_once('/') else {
+        return Err("the `/prefix` length is missing".to_owned());
+    };
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| {
+        if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+            "IPv6 ranges are not supported (EC2 security group `IpRanges` take IPv4)".to_owned()
+        } else {
+            format!("`{addr}` is not an IPv4 address")
+        }
+    })?;
+    let len: u32 = len
+        .parse()
+        .ok()
+        .filter(|n| *n <= 32 && !len.starts_with('+'))
+        .ok_or_else(|| format!("the prefix length `{len}` is not a number from 0 to 32"))?;
+    let host_bits = u32::MAX.checked_shr(len).unwrap_or(0);
+    if u32::from(addr) & host_bits != 0 {
+        let network = std::net::Ipv4Addr::from(u32::from(addr) & !host_bits);
+        return Err(format!(
+            "bits are set after the prefix (the network is `{network}/{len}`)"
+        ));
+    }
+    Ok(())
 }
 
 /// Settings of the `daytona` provider: Daytona sandboxes created from a snapshot, reached
@@ -793,6 +934,7 @@ impl ProviderBlocks {
         match p {
             ProviderName::Islo => self.islo.as_ref().map(IsloBlock::problems),
             ProviderName::Tensorlake => self.tensorlake.as_ref().map(TensorlakeBlock::problems),
+            ProviderName::Aws => self.aws.as_ref().map(AwsBlock::problems),
             _ => None,
         }
         .unwrap_or_default()
@@ -931,6 +1073,95 @@ mod tests {
             err.to_string().contains("unknown field `workRoot`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn aws_block_takes_the_new_keys_in_their_spellings() {
+        let block: AwsBlock = serde_json::from_str(
+            r#"{"market": "on-demand", "on_demand_fallback": true, "key_name": "ci",
+                "private_ip": true, "target": "linux", "ssh_host": "127.0.0.1",
+                "ssh_port": 2022, "ssh_user": "ubuntu", "ssh_key": "/k",
+                "root_gb": 30, "ssh_cidrs": ["10.0.0.0/8"]}"#,
+        )
+        .expect("every key is known");
+        assert_eq!(block.market, Some(AwsMarket::OnDemand));
+        assert_eq!(block.on_demand_fallback, Some(true));
+        assert_eq!(block.key_name.as_deref(), Some("ci"));
+        assert_eq!(block.private_ip, Some(true));
+        assert_eq!(block.target, Some(AwsTarget::Linux));
+        assert_eq!(block.ssh_host.as_deref(), Some("127.0.0.1"));
+        assert_eq!(block.root_gb, Some(30));
+        assert!(block.problems().is_empty(), "{:?}", block.problems());
+        assert_eq!(AwsMarket::default(), AwsMarket::Spot);
+        let err = serde_json::from_str::<AwsBlock>(r#"{"market": "reserved"}"#)
+            .expect_err("not a market");
+        assert!(err.to_string().contains("on-demand"), "{err}");
+    }
+
+    #[test]
+    fn aws_block_refuses_other_targets_bad_cidrs_and_tiny_disks() {
+        for target in [AwsTarget::Windows, AwsTarget::Wsl2, AwsTarget::Macos] {
+            let block = AwsBlock {
+                target: Some(target),
+                ..AwsBlock::default()
+            };
+            let problems = block.problems();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].code, "aws-target");
+            assert_eq!(problems[0].field, "target");
+            assert!(
+                problems[0].message.contains(target.as_str()),
+                "{problems:?}"
+            );
+        }
+        let block = AwsBlock {
+            ssh_cidrs: Some(
+                [
+                    "203.0.113.7/32",
+                    "0.0.0.0/0",
+                    "10.0.0.0/8",
+                    "203.0.113.7",
+                    "10.0.0.1/8",
+                    "2001:db8::/32",
+                    "10.0.0.0/33",
+                    "example.com/24",
+                    "10.0.0.0/+8",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            ),
+            root_gb: Some(7),
+            ..AwsBlock::default()
+        };
+        let problems = block.problems();
+        let fields: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.code))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("sshCIDRs/3", "aws-ssh-cidr"),
+                ("sshCIDRs/4", "aws-ssh-cidr"),
+                ("sshCIDRs/5", "aws-ssh-cidr"),
+                ("sshCIDRs/6", "aws-ssh-cidr"),
+                ("sshCIDRs/7", "aws-ssh-cidr"),
+                ("sshCIDRs/8", "aws-ssh-cidr"),
+                ("rootGB", "aws-root-gb"),
+            ]
+        );
+        assert!(problems[1].message.contains("`10.0.0.0/8`"), "{problems:?}");
+        assert!(problems[2].message.contains("IPv6"), "{problems:?}");
+        let eight = AwsBlock {
+            root_gb: Some(8),
+            ..AwsBlock::default()
+        };
+        assert!(eight.problems().is_empty());
+        let merged = ProviderBlocks {
+            aws: Some(block),
+            ..ProviderBlocks::default()
+        };
+        assert_eq!(merged.problems(ProviderName::Aws).len(), 7);
     }
 
     #[test]

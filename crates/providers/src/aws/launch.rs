@@ -6,8 +6,12 @@ use crabbox_core::labels::{self, Labels};
 use crabbox_core::provider::ProviderError;
 use crabbox_spec::providers::AwsBlock;
 
+use crabbox_spec::desired::DesiredMember;
+use crabbox_spec::model::Class;
+use crabbox_spec::providers::AwsMarket;
+
 use super::api::{Ec2, Instance, Launch, Market};
-use super::capacity;
+use super::capacity::{self, Arch, Want};
 use crate::CreateRequest;
 use crate::ssh_lease::names;
 
@@ -128,21 +132,19 @@ pub(crate) async fn security_group(
 }
 
 /// The image: the block's `ami`, else Canonical's newest Ubuntu 26.04 LTS
-/// for the architecture of `instance_type` (Crabbox's default image), and
-/// its root device name.
-pub(crate) async fn image(
+/// for `arch` (Crabbox's default image), and its root device name.
+async fn image(
     ec2: &Ec2,
     block: &AwsBlock,
-    instance_type: &str,
+    arch: Arch,
     region: &str,
 ) -> Result<(String, String), ProviderError> {
     if let Some(ami) = block.ami.as_deref().filter(|a| !a.is_empty()) {
         return Ok((ami.to_owned(), "/dev/sda1".to_owned()));
     }
-    let (arch, name_arch) = if capacity::is_arm64(instance_type) {
-        ("arm64", "arm64")
-    } else {
-        ("x86_64", "amd64")
+    let (arch, name_arch) = match arch {
+        Arch::Arm64 => ("arm64", "arm64"),
+        Arch::X86_64 => ("x86_64", "amd64"),
     };
     let pattern = format!("ubuntu/images/hvm-ssd-gp3/ubuntu-resolute-26.04-{name_arch}-server-*");
     ec2.newest_image(CANONICAL, &pattern, arch)
@@ -164,23 +166,62 @@ pub(crate) struct Plan<'a> {
     pub(crate) region: String,
 }
 
-/// Launches the instance: each (type, market) of [`capacity::attempts`] in
-/// order, the next one only after EC2 refused the last for capacity or
-/// quota; every attempt and its outcome is reported on stderr (the apply's
-/// progress). The instance carries every label, its type, market, key and
-/// region, and `Name`, from the create call itself.
+/// Class when the member names neither class nor type (as for Hetzner).
+const DEFAULT_CLASS: Class = Class::Standard;
+
+/// What the member asks for: its exact `type`, else its class's types.
+fn want(member: &DesiredMember) -> Want {
+    match member.server_type.as_deref().filter(|t| !t.is_empty()) {
+        Some(t) => Want::Type(t.to_owned()),
+        None => Want::Class(member.class.unwrap_or(DEFAULT_CLASS), Arch::X86_64),
+    }
+}
+
+/// The architecture of an instance type: Graviton families carry a `g`
+/// after their generation (`m7g`, `c7gn`, `t4g`).
+fn arch_of(instance_type: &str) -> Arch {
+    let family = instance_type.split('.').next().unwrap_or_default();
+    let after_generation = family
+        .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+        .trim_start_matches(|c: char| c.is_ascii_digit());
+    if after_generation.starts_with('g') {
+        Arch::Arm64
+    } else {
+        Arch::X86_64
+    }
+}
+
+/// The member's first market.
+fn market(block: &AwsBlock) -> Market {
+    match block.market.unwrap_or_default() {
+        AwsMarket::Spot => Market::Spot,
+        AwsMarket::OnDemand => Market::OnDemand,
+    }
+}
+
+/// Launches the instance: the tries of [`capacity::Plan`] in order (the
+/// class's types, then — with `aws.on_demand_fallback` — the spot refusals
+/// on-demand), the next one only after EC2 refused the last for capacity,
+/// quota or an unoffered type; every try and its outcome is reported on
+/// stderr (the apply's progress). The instance carries every label, its
+/// type, market, key and region, and `Name`, from the create call itself.
 pub(crate) async fn run(ec2: &Ec2, plan: &Plan<'_>) -> Result<Instance, ProviderError> {
     let member = &plan.request.member;
-    let attempts = capacity::attempts(member, plan.block);
+    let want = want(member);
+    let mut tries = capacity::Plan::new(
+        &want,
+        market(plan.block),
+        plan.block.on_demand_fallback.unwrap_or(false),
+    );
     let mut refused: Vec<String> = Vec::new();
-    let mut images: Vec<(bool, (String, String))> = Vec::new();
-    for (n, attempt) in attempts.iter().enumerate() {
-        let arm = capacity::is_arm64(&attempt.instance_type);
-        let image = match images.iter().find(|(a, _)| *a == arm) {
+    let mut images: Vec<(Arch, (String, String))> = Vec::new();
+    while let Some(attempt) = tries.next_attempt() {
+        let arch = arch_of(&attempt.instance_type);
+        let image = match images.iter().find(|(a, _)| *a == arch) {
             Some((_, image)) => image.clone(),
             None => {
-                let image = image(ec2, plan.block, &attempt.instance_type, &plan.region).await?;
-                images.push((arm, image.clone()));
+                let image = image(ec2, plan.block, arch, &plan.region).await?;
+                images.push((arch, image.clone()));
                 image
             }
         };
@@ -223,34 +264,38 @@ pub(crate) async fn run(ec2: &Ec2, plan: &Plan<'_>) -> Result<Instance, Provider
             tags,
         };
         eprintln!(
-            "aws: {}: launching {} ({market}) in {}",
-            member.slug, attempt.instance_type, plan.region
+            "aws: {}: launching {attempt} in {}",
+            member.slug, plan.region
         );
         match ec2.run(&launch).await {
-            Ok(instance) => return Ok(instance),
-            Err(e) if capacity::is_capacity(&e.code) => {
-                let next = attempts
-                    .get(n + 1)
-                    .map(|a| format!("; trying {} ({})", a.instance_type, a.market_name()))
-                    .unwrap_or_default();
-                eprintln!(
-                    "aws: {}: {} ({market}) refused: {}{next}",
-                    member.slug, attempt.instance_type, e.code
-                );
-                refused.push(format!(
-                    "{} ({market}): {}",
-                    attempt.instance_type, e.message
-                ));
+            Ok(instance) => {
+                eprintln!("aws: {}: launched {} ({attempt})", member.slug, instance.id);
+                return Ok(instance);
             }
-            Err(e) => return Err(e.into_provider("RunInstances")),
+            Err(e) => {
+                let verdict = capacity::classify(&e.code, &e.message);
+                eprintln!("aws: {}: {attempt} refused: {}", member.slug, e.message);
+                if verdict == capacity::Verdict::Fatal {
+                    return Err(e.into_provider("RunInstances"));
+                }
+                refused.push(format!("{attempt}: {}", e.message));
+                tries.refused(&attempt, verdict);
+            }
         }
     }
-    Err(capacity::exhausted(
-        member,
-        plan.block,
-        &plan.region,
-        &refused,
-    ))
+    Err(match want {
+        Want::Type(t) => ProviderError::Failed(format!(
+            "aws: instance type `{t}` could not be launched in {} ({}); it is pinned by the member's `type` and never falls back — use a `class` to allow other types",
+            plan.region,
+            refused.join("; ")
+        )),
+        Want::Class(class, _) => ProviderError::Failed(format!(
+            "aws: no instance type of class `{}` could be launched in {}: {}",
+            class.as_str(),
+            plan.region,
+            refused.join("; ")
+        )),
+    })
 }
 
 /// An instance crabbox launched for this lease, found by its `lease` tag:
@@ -271,4 +316,19 @@ pub(crate) async fn adoptable(
         .await
         .map_err(|e| e.into_provider("looking for the lease's instance"))?;
     Ok(found.into_iter().find(|i| !i.is_terminated()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graviton_types_are_arm64() {
+        for t in ["m7g.large", "c7gn.xlarge", "t4g.small", "r7g.8xlarge"] {
+            assert_eq!(arch_of(t), Arch::Arm64, "{t}");
+        }
+        for t in ["m7a.large", "c7i.8xlarge", "t3.small", "mac2.metal"] {
+            assert_eq!(arch_of(t), Arch::X86_64, "{t}");
+        }
+    }
 }

@@ -77,30 +77,25 @@ const LAUNCH_TAGS: [&str; 5] = [
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: ProviderName::Aws,
     build: |dir, _| AwsProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>),
-    credentials: Some(
-        "AWS credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or SSO, AWS_WEB_IDENTITY_TOKEN_FILE)",
-    ),
-    help: "  AWS_ACCESS_KEY_ID, AWS_PROFILE, AWS_WEB_IDENTITY_TOKEN_FILE
-                              AWS credentials, the SDK's standard chain (enable the `aws` provider)
-  AWS_REGION                  AWS region when the member's `aws.region` names none (default eu-west-1)
-  AWS_ENDPOINT_URL_EC2        EC2 endpoint (an AWS-compatible one); AWS_ENDPOINT_URL for every service",
+    credentials: Some(credentials::CREDENTIALS),
+    help: credentials::HELP,
     transport_refusal: None,
 };
+
+/// A value made once, by the first caller that needs it (others wait).
+type Lazy<T> = Arc<tokio::sync::OnceCell<T>>;
 
 /// The `aws` provider.
 #[derive(Debug)]
 pub struct AwsProvider {
     /// Keys, endpoint records, boot and SSH waits, SSH targets.
     leases: SshLeases,
-    /// The region of calls not about one member (listing, sweeping): the
-    /// SDK's chain, else `eu-west-1`.
-    default_region: Option<String>,
     /// EC2 clients by region (`""`: the default), each made at its first
     /// use — loading the SDK resolves the credentials.
-    clients: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<(Ec2, String)>>>>,
+    clients: Mutex<HashMap<String, Lazy<(Ec2, String)>>>,
     /// Security groups made sure of in this process, by region: a pond's
     /// members share one lookup.
-    groups: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<String>>>>,
+    groups: Mutex<HashMap<String, Lazy<String>>>,
     /// Instance ID → the instance as last seen (its tags).
     sightings: Sightings<String, Instance>,
     /// Instances a listing asks for a page (tests: several pages).
@@ -113,7 +108,7 @@ impl AwsProvider {
     /// resolves the credentials at the first call.
     #[must_use]
     pub fn from_env(state_dir: &Path) -> Option<Self> {
-        credentials::configured().then(|| Self::new(state_dir))
+        credentials::configured_here().map(|_| Self::new(state_dir))
     }
 
     /// A provider keeping its records under `<state_dir>/ssh/keys/`.
@@ -125,7 +120,6 @@ impl AwsProvider {
                 "the EC2 console (Actions › Monitor › Get system log)",
                 state_dir,
             ),
-            default_region: None,
             clients: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             sightings: Sightings::default(),
@@ -170,12 +164,12 @@ impl AwsProvider {
         self
     }
 
-    /// The EC2 client of `region` (`None`: the SDK's chain) and the region
-    /// it resolved to, loading the SDK at the first use.
+    /// The EC2 client of `region` (a member's `aws.region`; `None`:
+    /// `CRABBOX_AWS_REGION`, `AWS_REGION`, `AWS_DEFAULT_REGION`, the
+    /// profile's, else `eu-west-1`) and the region, loading the SDK at the
+    /// first use.
     async fn ec2(&self, region: Option<&str>) -> Result<(Ec2, String), ProviderError> {
-        let region = region
-            .filter(|r| !r.is_empty())
-            .or(self.default_region.as_deref());
+        let region = region.filter(|r| !r.is_empty());
         let cell = self
             .clients
             .lock()
@@ -185,10 +179,13 @@ impl AwsProvider {
             .clone();
         let page_size = self.page_size;
         cell.get_or_try_init(|| async move {
-            let config = sdk::load(region).await?;
-            let resolved = config
-                .region()
-                .map_or_else(|| sdk::DEFAULT_REGION.to_owned(), ToString::to_string);
+            let env: HashMap<String, String> = std::env::vars().collect();
+            let profile = match region {
+                Some(_) => None,
+                None => credentials::profile_region().await,
+            };
+            let (resolved, _) = credentials::region(region, &env, profile.as_deref());
+            let config = sdk::load(Some(&resolved)).await?;
             let ec2 = Ec2::new(&config);
             let ec2 = match page_size {
                 Some(n) => ec2.with_page_size(n),
@@ -378,10 +375,7 @@ impl AwsProvider {
     /// public address (failing, asking for the setting, when it cannot be
     /// found — never `0.0.0.0/0`).
     async fn ssh_cidrs(&self, block: &AwsBlock) -> Result<Vec<String>, ProviderError> {
-        match block.ssh_cidrs.as_ref().filter(|c| !c.is_empty()) {
-            Some(cidrs) => Ok(cidrs.clone()),
-            None => ssh_cidr::public_cidrs().await,
-        }
+        ssh_cidr::ssh_cidrs(block.ssh_cidrs.as_deref().unwrap_or_default()).await
     }
 
     /// The security group of a member's instances, made sure of once per

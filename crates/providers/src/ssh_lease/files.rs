@@ -319,7 +319,13 @@ mod tests {
         write("cbx_00000000000d", "other", "hetzner");
         let (mut removed, mut left) = (Vec::new(), Vec::new());
         leases
-            .sweep_dirs("p", &HashSet::new(), &HashSet::new(), &mut removed, &mut left)
+            .sweep_dirs(
+                "p",
+                &HashSet::new(),
+                &HashSet::new(),
+                &mut removed,
+                &mut left,
+            )
             .await;
         assert!(left.is_empty(), "{left:?}");
         assert_eq!(removed.len(), 2, "{removed:?}");
