@@ -271,7 +271,7 @@ fn aws_members_are_tagged_instances_set_up_over_ssh_and_released_with_their_key_
     );
     let log = world.ok(&["apply", "--auto-approve"]);
     assert!(
-        log.contains("launching t3.small"),
+        log.contains("aws: db: launching type=t3.small market=spot in eu-west-1"),
         "attempts are reported: {log}"
     );
 
