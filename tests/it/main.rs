@@ -3,6 +3,7 @@
 mod adopt;
 mod aws;
 mod aws_api;
+mod aws_ssh_cidr;
 mod brokered;
 mod cli;
 mod closed_stdout;
@@ -30,6 +31,7 @@ mod local_e2e;
 mod logs;
 mod machine_output;
 mod moto;
+mod moto_proxy;
 mod outputs_owner;
 mod peers_compat;
 mod pg;
