@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::fake_hetzner::{self, FakeConfig, FakeHetzner};
 use crate::moto::Moto;
+use crate::moto_proxy::MotoProxy;
 use crate::sshd::TestSshd;
 
 /// One test's world: moto, the sshd every instance's SSH leads to, the
@@ -30,6 +31,8 @@ pub(crate) struct World {
     /// Where crabbox sends EC2 calls: moto, or a proxy in front of it.
     pub(crate) endpoint: String,
     hetzner: Option<FakeHetzner>,
+    /// The fault-injecting proxy, when EC2 calls go through one.
+    pub(crate) proxy: Option<MotoProxy>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -62,6 +65,7 @@ impl World {
             moto,
             endpoint,
             hetzner: None,
+            proxy: None,
             rt: crate::support::runtime(),
         }
     }
@@ -74,6 +78,36 @@ impl World {
             ..FakeConfig::default()
         })));
         self
+    }
+
+    /// Sends crabbox's EC2 calls through a proxy that logs them and
+    /// refuses the launches a test asks it to.
+    pub(crate) fn with_proxy(mut self) -> Self {
+        let proxy = self.rt.block_on(MotoProxy::start(&self.moto.url));
+        self.endpoint = proxy.url.clone();
+        self.proxy = Some(proxy);
+        self
+    }
+
+    pub(crate) fn proxy(&self) -> &MotoProxy {
+        self.proxy.as_ref().expect("a proxy")
+    }
+
+    /// The (type, market) of every `RunInstances` the proxy saw, in order.
+    pub(crate) fn launches(&self) -> Vec<(String, String)> {
+        self.proxy()
+            .requests("RunInstances")
+            .iter()
+            .map(|r| {
+                (
+                    r.params.get("InstanceType").cloned().unwrap_or_default(),
+                    r.params
+                        .get("InstanceMarketOptions.MarketType")
+                        .cloned()
+                        .unwrap_or_else(|| "on-demand".to_owned()),
+                )
+            })
+            .collect()
     }
 
     pub(crate) fn path(&self, p: &str) -> PathBuf {
@@ -229,7 +263,7 @@ pub(crate) fn text(b: &[u8]) -> String {
 
 #[test]
 fn aws_members_are_tagged_instances_set_up_over_ssh_and_released_with_their_key_pairs() {
-    let world = World::new("aws-life");
+    let world = World::new("aws-life").with_proxy();
     // An instance someone else launched, without crabbox's tags.
     let ec2 = world.ec2();
     let group = world
@@ -349,10 +383,59 @@ fn aws_members_are_tagged_instances_set_up_over_ssh_and_released_with_their_key_
         assert_eq!(tags.get("crabbox").map(String::as_str), Some("true"));
     }
 
+    // The tags were in the RunInstances requests themselves, for the
+    // instance, its volumes and its spot request.
+    let runs = world.proxy().requests("RunInstances");
+    assert_eq!(runs.len(), 2, "one launch a member");
+    for run in &runs {
+        let lease = &run.params["ClientToken"];
+        for (n, resource) in ["instance", "volume", "spot-instances-request"]
+            .iter()
+            .enumerate()
+        {
+            let spec = format!("TagSpecification.{}", n + 1);
+            assert_eq!(
+                run.params
+                    .get(&format!("{spec}.ResourceType"))
+                    .map(String::as_str),
+                Some(*resource),
+                "{run:#?}"
+            );
+            let tags: Labels = (1..)
+                .map_while(|i| {
+                    Some((
+                        run.params.get(&format!("{spec}.Tag.{i}.Key"))?.clone(),
+                        run.params
+                            .get(&format!("{spec}.Tag.{i}.Value"))
+                            .cloned()
+                            .unwrap_or_default(),
+                    ))
+                })
+                .collect();
+            for key in [
+                "crabbox",
+                "created_by",
+                "lease",
+                "pond",
+                "slug",
+                "provider",
+                "Name",
+            ] {
+                assert!(
+                    tags.contains_key(key),
+                    "{key} in {resource}'s tags: {tags:?}"
+                );
+            }
+            assert_eq!(tags.get("lease"), Some(lease));
+        }
+    }
+
     // A second apply changes nothing and launches nothing.
     let out = world.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert_eq!(world.pond_instances().len(), 2);
+    // One security group lookup created it; the second member reused it.
+    assert_eq!(world.proxy().count("CreateSecurityGroup"), 1);
 
     // Relabel: a changed setup re-runs and retags; the tags follow.
     world.write_spec(
@@ -517,4 +600,96 @@ fn a_pond_of_aws_hetzner_and_local_members_applies_replans_clean_and_destroys_to
         "no key pair is left"
     );
     assert!(world.live_leases().is_empty());
+}
+
+#[test]
+fn a_class_falls_back_across_types_and_spot_falls_back_to_on_demand_but_an_exact_type_never_does() {
+    let world = World::new("aws-fallback").with_proxy();
+    let proxy = world.proxy();
+    // No spot capacity for any of the standard class; on-demand only for
+    // its second type; and the pinned type refused everywhere.
+    for t in [
+        "c7a.8xlarge",
+        "c7i.8xlarge",
+        "m7a.8xlarge",
+        "m7i.8xlarge",
+        "c7a.4xlarge",
+        "t3.small",
+    ] {
+        proxy.refuse_run_instances(t, true, "MaxSpotInstanceCountExceeded");
+    }
+    proxy.refuse_run_instances("c7a.8xlarge", false, "VcpuLimitExceeded");
+    let with_fallback = world
+        .aws_defaults()
+        .replace(" }", ", on_demand_fallback: true }");
+    world.write_spec_with(
+        &with_fallback,
+        r#"  - slug: db
+    provider: aws
+    class: standard
+    setup: [ "echo db" ]
+"#,
+    );
+    let log = world.ok(&["apply", "--auto-approve"]);
+    let spot: Vec<(String, String)> = [
+        "c7a.8xlarge",
+        "c7i.8xlarge",
+        "m7a.8xlarge",
+        "m7i.8xlarge",
+        "c7a.4xlarge",
+        "t3.small",
+    ]
+    .iter()
+    .map(|t| ((*t).to_owned(), "spot".to_owned()))
+    .collect();
+    let mut expected = spot.clone();
+    expected.push(("c7a.8xlarge".to_owned(), "on-demand".to_owned()));
+    expected.push(("c7i.8xlarge".to_owned(), "on-demand".to_owned()));
+    assert_eq!(world.launches(), expected, "{log}");
+    for (t, market) in &expected {
+        assert!(
+            log.contains(&format!("type={t} market={market}")),
+            "every attempt is reported: {t} {market}\n{log}"
+        );
+    }
+    let instances = world.pond_instances();
+    assert_eq!(instances.len(), 1);
+    assert_eq!(instances[0].instance_type, "c7i.8xlarge");
+    assert_eq!(
+        instances[0].tags.get("market").map(String::as_str),
+        Some("on-demand")
+    );
+    world.ok(&["destroy", "--auto-approve"]);
+
+    // Without the fallback, and with a pinned type: one try, then a failure
+    // saying why.
+    let before = world.launches().len();
+    proxy.refuse_run_instances("t3.small", false, "Unsupported");
+    world.write_spec(
+        r#"  - slug: pinned
+    provider: aws
+    type: t3.small
+    setup: [ "echo pinned" ]
+"#,
+    );
+    let out = world.run(&["apply", "--auto-approve"]);
+    assert!(!out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        world.launches()[before..],
+        [("t3.small".to_owned(), "spot".to_owned())],
+        "an exact type is tried once"
+    );
+    assert!(
+        text(&out.stderr).contains("never falls back"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(world.pond_instances().is_empty());
+    assert!(
+        world
+            .key_pairs()
+            .iter()
+            .all(|(n, _)| !n.starts_with("crabbox-cbx-")),
+        "the failed create's key pair was removed"
+    );
 }

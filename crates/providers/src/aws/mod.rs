@@ -93,8 +93,8 @@ pub struct AwsProvider {
     /// EC2 clients by region (`""`: the default), each made at its first
     /// use — loading the SDK resolves the credentials.
     clients: Mutex<HashMap<String, Lazy<(Ec2, String)>>>,
-    /// Security groups made sure of in this process, by region: a pond's
-    /// members share one lookup.
+    /// Security groups made sure of in this process, by region, group and
+    /// ranges: a pond's members share one lookup.
     groups: Mutex<HashMap<String, Lazy<String>>>,
     /// Instance ID → the instance as last seen (its tags).
     sightings: Sightings<String, Instance>,
@@ -379,7 +379,8 @@ impl AwsProvider {
     }
 
     /// The security group of a member's instances, made sure of once per
-    /// process and region.
+    /// process for each region, group and ranges: a pond's members share
+    /// one lookup (and one creation).
     async fn group(
         &self,
         ec2: &Ec2,
@@ -387,16 +388,15 @@ impl AwsProvider {
         block: &AwsBlock,
         ports: &[u16],
     ) -> Result<String, ProviderError> {
-        if block.security_group_id.is_some() || block.ssh_cidrs.is_some() {
-            // Its own group or ranges: not the shared answer.
-            let cidrs = self.ssh_cidrs(block).await?;
-            return launch::security_group(ec2, block, &cidrs, ports).await;
-        }
+        let key = format!(
+            "{region} {:?} {:?} {ports:?}",
+            block.security_group_id, block.ssh_cidrs
+        );
         let cell = self
             .groups
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(region.to_owned())
+            .entry(key)
             .or_default()
             .clone();
         cell.get_or_try_init(|| async {
