@@ -450,18 +450,34 @@ fn aws_members_are_tagged_instances_set_up_over_ssh_and_released_with_their_key_
     setup: [ "echo app again on $CRABBOX_LEASE_ID > marker.txt" ]
 "#,
     );
-    let before: Vec<String> = world
-        .pond_instances()
-        .iter()
-        .map(|i| i.id.clone())
-        .collect();
+    let app_tags = |w: &World| {
+        w.pond_instances()
+            .into_iter()
+            .find(|i| i.tags.get("slug").map(String::as_str) == Some("app"))
+            .expect("app's instance")
+    };
+    let before = app_tags(&world);
+    let tagged_before = world.proxy().count("CreateTags");
     world.ok(&["apply", "--auto-approve"]);
-    let after: Vec<String> = world
-        .pond_instances()
-        .iter()
-        .map(|i| i.id.clone())
-        .collect();
-    assert_eq!(before.len(), after.len());
+    let after = app_tags(&world);
+    assert_eq!(before.id, after.id, "a changed setup re-runs in place");
+    assert_ne!(
+        before.tags.get("pond_setup"),
+        after.tags.get("pond_setup"),
+        "the setup's label follows"
+    );
+    assert!(world.proxy().count("CreateTags") > tagged_before);
+    for key in [
+        "Name",
+        "aws_region",
+        "market",
+        "server_type",
+        "provider_key",
+        "lease",
+    ] {
+        assert_eq!(before.tags.get(key), after.tags.get(key), "{key} kept");
+    }
+    assert_eq!(world.pond_instances().len(), 2);
 
     // Destroy: the instances are terminated, their key pairs deleted; the
     // planted instance is untouched.
