@@ -634,7 +634,9 @@ fn a_class_falls_back_across_types_and_spot_falls_back_to_on_demand_but_an_exact
     ] {
         proxy.refuse_run_instances(t, true, "MaxSpotInstanceCountExceeded");
     }
-    proxy.refuse_run_instances("c7a.8xlarge", false, "VcpuLimitExceeded");
+    // EC2 answers this one with a 500, which the SDK would retry: the
+    // sequence below holds each try once.
+    proxy.refuse_run_instances("c7a.8xlarge", false, "InsufficientInstanceCapacity");
     let with_fallback = world
         .aws_defaults()
         .replace(" }", ", on_demand_fallback: true }");

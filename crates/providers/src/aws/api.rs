@@ -4,13 +4,17 @@
 //! code is what fallback and "already gone" decisions read).
 
 use aws_sdk_ec2::Client;
+use aws_sdk_ec2::config::interceptors::InterceptorContext;
+use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, IamInstanceProfileSpecification,
     InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceStateName, InstanceType,
     IpPermission, IpRange, MarketType, ResourceType, SpotInstanceType, SpotMarketOptions, Tag,
     TagSpecification, VolumeType,
 };
+use aws_smithy_runtime_api::client::retries::classifiers::RetryClassifierPriority;
 use crabbox_core::labels::Labels;
 use crabbox_core::provider::ProviderError;
 
@@ -226,6 +230,44 @@ pub struct Launch {
     pub tags: Labels,
 }
 
+/// A `RunInstances` refused for capacity, quota or an unoffered type is
+/// answered at once, not retried: EC2 sends `InsufficientInstanceCapacity`
+/// as a 500, which the SDK's retry would repeat with backoff before the
+/// next type or market could be tried (the refusal is about this type,
+/// here, now — asking again seconds later rarely changes it).
+#[derive(Debug)]
+struct LaunchRefusalsAreFinal;
+
+impl ClassifyRetry for LaunchRefusalsAreFinal {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let Some(Err(error)) = ctx.output_or_error() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let refused = error
+            .as_operation_error()
+            .and_then(|e| e.downcast_ref::<RunInstancesError>())
+            .and_then(|e| e.code().map(|code| (code, e.message().unwrap_or_default())))
+            .is_some_and(|(code, message)| {
+                crate::aws::capacity::classify(code, message)
+                    != crate::aws::capacity::Verdict::Fatal
+            });
+        if refused {
+            RetryAction::RetryForbidden
+        } else {
+            RetryAction::NoActionIndicated
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "crabbox: launch refusals are final"
+    }
+
+    fn priority(&self) -> RetryClassifierPriority {
+        // After the SDK's own classifiers, so this verdict stands.
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
+}
+
 /// Instances per `DescribeInstances` page: EC2's largest (it allows 5 to 1,000).
 const PAGE_SIZE: i32 = 1000;
 
@@ -240,8 +282,11 @@ impl Ec2 {
     /// A client for `config` (see [`crate::aws::sdk::load`]).
     #[must_use]
     pub fn new(config: &aws_config::SdkConfig) -> Self {
+        let config = aws_sdk_ec2::config::Builder::from(config)
+            .retry_classifier(LaunchRefusalsAreFinal)
+            .build();
         Self {
-            client: Client::new(config),
+            client: Client::from_conf(config),
             page_size: PAGE_SIZE,
         }
     }
