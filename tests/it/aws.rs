@@ -711,3 +711,34 @@ fn a_class_falls_back_across_types_and_spot_falls_back_to_on_demand_but_an_exact
         "the failed create's key pair was removed"
     );
 }
+
+#[test]
+fn missing_or_unusable_aws_credentials_exit_3_naming_what_to_set() {
+    let world = World::new("aws-nocreds");
+    // Nothing configured: the provider is not enabled.
+    let out = world
+        .command(&["list", "--provider", "aws"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .expect("crabbox runs");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A key ID without its secret: enabled, and the SDK's chain finds no
+    // usable credentials at the first call.
+    let out = world
+        .command(&["list", "--provider", "aws"])
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .expect("crabbox runs");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        text(&out.stderr)
+    );
+}
