@@ -19,6 +19,7 @@ use crabbox_core::labels::Labels;
 use crabbox_core::lease::is_claim_id;
 use crabbox_core::state_url::{is_postgres_url, redact};
 use crabbox_fs::atomic_file;
+use crabbox_fs::dir_files::DirFiles;
 
 /// A claim's `state` field (ours): written before the create call so a crash
 /// between the two is found by the next run.
@@ -88,62 +89,51 @@ pub struct Claim {
 
 /// A claim as it is stored: Crabbox's fields at the top level, ours
 /// folded into `labels` (see [`Claim`]).
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct ClaimWire {
     /// The lease ID; must equal the file name.
     #[serde(rename = "leaseID")]
     lease_id: String,
     /// Random 16-byte hex, new on every write.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     revision: String,
     /// Slug.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     slug: String,
     /// Provider name.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     provider: String,
     /// Provider resource ID.
-    #[serde(rename = "cloudID", default, skip_serializing_if = "String::is_empty")]
+    #[serde(rename = "cloudID", skip_serializing_if = "String::is_empty")]
     cloud_id: String,
     /// Pond name.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     pond: String,
     /// Repository the lease was claimed for (always written, as Crabbox does).
-    #[serde(default)]
     repo_root: String,
     /// RFC 3339 (always written).
-    #[serde(default)]
     claimed_at: String,
     /// RFC 3339 (always written).
-    #[serde(default)]
     last_used_at: String,
     /// Idle timeout in seconds (left out when 0, as Crabbox does).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(skip_serializing_if = "is_zero")]
     idle_timeout_seconds: u64,
     /// Copy of the provider labels (for label-less providers: the labels);
     /// left out when empty, as Crabbox does.
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    #[serde(skip_serializing_if = "Labels::is_empty")]
     labels: Labels,
     /// SSH host.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(skip_serializing_if = "String::is_empty")]
     ssh_host: String,
     /// SSH port: a JSON number, left out when 0, as Crabbox writes it (its
     /// Go type is `int`; a string there makes Crabbox refuse every claim on
     /// the machine). Claims written by earlier crabbox versions hold a
     /// string, which is still read.
-    #[serde(
-        default,
-        skip_serializing_if = "is_zero",
-        deserialize_with = "port_number_or_text"
-    )]
+    #[serde(skip_serializing_if = "is_zero")]
     ssh_port: u16,
     /// URL-bridge endpoint.
-    #[serde(
-        rename = "bridgeURL",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "bridgeURL", skip_serializing_if = "String::is_empty")]
     bridge_url: String,
     /// Everything else Crabbox writes, kept verbatim.
     #[serde(flatten)]
@@ -220,8 +210,118 @@ impl Serialize for Claim {
 }
 
 impl<'de> Deserialize<'de> for Claim {
+    /// Reads the stored form field by field: Crabbox's fields into theirs,
+    /// every other key into `extra`, then unfolds our fields from the
+    /// labels. (A derived `#[serde(flatten)]` reader buffered every value of
+    /// the claim before reading it: most of the CPU of discovering 10,000
+    /// members' claims.)
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let wire = ClaimWire::deserialize(deserializer)?;
+        let wire = deserializer.deserialize_map(WireVisitor)?;
+        Ok(wire.unfold())
+    }
+}
+
+/// Crabbox's top-level claim fields that [`ClaimWire`] has a field for, in
+/// the order `WireVisitor` numbers them.
+const WIRE_FIELDS: [&str; 14] = [
+    "leaseID",
+    "revision",
+    "slug",
+    "provider",
+    "cloudID",
+    "pond",
+    "repoRoot",
+    "claimedAt",
+    "lastUsedAt",
+    "idleTimeoutSeconds",
+    "labels",
+    "sshHost",
+    "sshPort",
+    "bridgeURL",
+];
+
+/// A claim's key: one of [`WIRE_FIELDS`] (by index, read without
+/// allocating), or any other, kept.
+enum WireKey {
+    Field(usize),
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for WireKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = WireKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<WireKey, E> {
+                Ok(match WIRE_FIELDS.iter().position(|f| *f == key) {
+                    Some(field) => WireKey::Field(field),
+                    None => WireKey::Other(key.to_owned()),
+                })
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Reads a [`ClaimWire`] from a JSON object (see `Deserialize for Claim`).
+struct WireVisitor;
+
+impl<'de> serde::de::Visitor<'de> for WireVisitor {
+    type Value = ClaimWire;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a claim (a JSON object)")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ClaimWire, A::Error> {
+        use serde::de::Error as _;
+        let mut wire = ClaimWire::default();
+        let mut lease_id = None;
+        let mut seen = [false; 14];
+        while let Some(key) = map.next_key::<WireKey>()? {
+            let field = match key {
+                WireKey::Field(field) => field,
+                WireKey::Other(key) => {
+                    let value: serde_json::Value = map.next_value()?;
+                    wire.extra.insert(key, value);
+                    continue;
+                }
+            };
+            if std::mem::replace(&mut seen[field], true) {
+                return Err(A::Error::custom(format_args!(
+                    "duplicate field `{}`",
+                    WIRE_FIELDS[field]
+                )));
+            }
+            match field {
+                0 => lease_id = Some(map.next_value()?),
+                1 => wire.revision = map.next_value()?,
+                2 => wire.slug = map.next_value()?,
+                3 => wire.provider = map.next_value()?,
+                4 => wire.cloud_id = map.next_value()?,
+                5 => wire.pond = map.next_value()?,
+                6 => wire.repo_root = map.next_value()?,
+                7 => wire.claimed_at = map.next_value()?,
+                8 => wire.last_used_at = map.next_value()?,
+                9 => wire.idle_timeout_seconds = map.next_value()?,
+                10 => wire.labels = map.next_value()?,
+                11 => wire.ssh_host = map.next_value()?,
+                12 => wire.ssh_port = port_number_or_text(map.next_value()?).map_err(A::Error::custom)?,
+                _ => wire.bridge_url = map.next_value()?,
+            }
+        }
+        wire.lease_id = lease_id.ok_or_else(|| A::Error::missing_field("leaseID"))?;
+        Ok(wire)
+    }
+}
+
+impl ClaimWire {
+    /// The claim in memory: our fields unfolded from the labels.
+    fn unfold(self) -> Claim {
+        let wire = self;
         let mut labels = Labels::new();
         let mut extra = wire.extra;
         // Earlier versions wrote `state` at the top level.
@@ -248,7 +348,7 @@ impl<'de> Deserialize<'de> for Claim {
                 labels.insert(key, value);
             }
         }
-        Ok(Self {
+        Claim {
             lease_id: wire.lease_id,
             revision: wire.revision,
             slug: wire.slug,
@@ -265,7 +365,7 @@ impl<'de> Deserialize<'de> for Claim {
             bridge_url: wire.bridge_url,
             state,
             extra,
-        })
+        }
     }
 }
 
@@ -275,20 +375,19 @@ fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
 
 /// A port as Crabbox writes it (a number), or as earlier crabbox versions
 /// wrote it (a decimal string, possibly empty for none).
-fn port_number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-    use serde::de::Error as _;
-    match serde_json::Value::deserialize(d)? {
+fn port_number_or_text(value: serde_json::Value) -> Result<u16, String> {
+    match value {
         serde_json::Value::Null => Ok(0),
         serde_json::Value::Number(n) => n
             .as_u64()
             .and_then(|n| u16::try_from(n).ok())
-            .ok_or_else(|| D::Error::custom(format!("sshPort {n} is not a port"))),
+            .ok_or_else(|| format!("sshPort {n} is not a port")),
         serde_json::Value::String(s) if s.trim().is_empty() => Ok(0),
         serde_json::Value::String(s) => s
             .trim()
             .parse()
-            .map_err(|_| D::Error::custom(format!("sshPort `{s}` is not a port"))),
-        other => Err(D::Error::custom(format!("sshPort {other} is not a port"))),
+            .map_err(|_| format!("sshPort `{s}` is not a port")),
+        other => Err(format!("sshPort {other} is not a port")),
     }
 }
 
@@ -589,37 +688,44 @@ fn file_path(dir: &Path, lease_id: &str) -> PathBuf {
 fn load_all_files(dir: &Path) -> std::io::Result<(Vec<Claim>, Vec<ClaimProblem>)> {
     let mut claims = Vec::new();
     let mut problems = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
+    let cannot = |e: std::io::Error| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot read the claims in {}: {e}", dir.display()),
+        )
+    };
+    // Each claim is opened relative to the directory, into one buffer:
+    // 10,000 claims are read at every discovery of a 10,000-member pond.
+    let files = match DirFiles::open(dir) {
+        Ok(files) => files,
         // No directory: no claim was ever written here.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((claims, problems)),
-        Err(e) => {
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("cannot read the claims in {}: {e}", dir.display()),
-            ));
-        }
+        Err(e) => return Err(cannot(e)),
     };
-    let mut paths: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-    paths.sort();
-    for path in paths {
-        let Some(stem) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".json"))
-        else {
-            continue;
-        };
-        match std::fs::read_to_string(&path)
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(cannot)?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort_unstable();
+    let mut text = Vec::with_capacity(4096);
+    for name in names {
+        let stem = &name[..name.len() - ".json".len()];
+        match files
+            .read_into(Path::new(&name), &mut text)
             .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_str::<Claim>(&t).map_err(|e| e.to_string()))
+            .and_then(|()| serde_json::from_slice::<Claim>(&text).map_err(|e| e.to_string()))
         {
             Ok(claim) if claim.lease_id != stem => problems.push(ClaimProblem {
-                path,
+                path: dir.join(&name),
                 message: format!("lease_id_mismatch: the file says {}", claim.lease_id),
             }),
             Ok(claim) => claims.push(claim),
-            Err(message) => problems.push(ClaimProblem { path, message }),
+            Err(message) => problems.push(ClaimProblem {
+                path: dir.join(&name),
+                message,
+            }),
         }
     }
     Ok((claims, problems))
@@ -826,6 +932,69 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
+
+    /// The field-by-field reader reads what the derived reader did: every
+    /// field, a port as a number or as text, unknown keys kept (Crabbox's at
+    /// the top level, ours unfolded from the labels), `state` at the top
+    /// level as earlier versions wrote it; and it refuses what that one
+    /// refused.
+    #[test]
+    fn claims_read_field_by_field() {
+        let text = r#"{
+          "leaseID": "cbx_00154d30ccc1", "revision": "r1", "slug": "api",
+          "provider": "hetzner", "cloudID": "42", "pond": "crab",
+          "repoRoot": "/repo", "claimedAt": "t1", "lastUsedAt": "t2",
+          "idleTimeoutSeconds": 1800, "sshHost": "10.0.0.1", "sshPort": "22",
+          "bridgeURL": "https://b", "state": "pending",
+          "labels": { "crabbox": "true", "crabbox_claim.note": "x",
+                      "crabbox_claim_json.crabboxCommands": "[\"a\"]" },
+          "targetOS": "linux", "future\u0046ield": { "n": [1, 2] }
+        }"#;
+        let claim: Claim = serde_json::from_str(text).expect("a claim");
+        let expected = Claim {
+            lease_id: "cbx_00154d30ccc1".to_owned(),
+            revision: "r1".to_owned(),
+            slug: "api".to_owned(),
+            provider: "hetzner".to_owned(),
+            cloud_id: "42".to_owned(),
+            pond: "crab".to_owned(),
+            repo_root: "/repo".to_owned(),
+            claimed_at: "t1".to_owned(),
+            last_used_at: "t2".to_owned(),
+            idle_timeout_seconds: 1800,
+            labels: [("crabbox".to_owned(), "true".to_owned())].into(),
+            ssh_host: "10.0.0.1".to_owned(),
+            ssh_port: 22,
+            bridge_url: "https://b".to_owned(),
+            state: "pending".to_owned(),
+            extra: [
+                ("targetOS".to_owned(), serde_json::json!("linux")),
+                ("futureField".to_owned(), serde_json::json!({ "n": [1, 2] })),
+                ("note".to_owned(), serde_json::json!("x")),
+                ("crabboxCommands".to_owned(), serde_json::json!(["a"])),
+            ]
+            .into(),
+        };
+        assert_eq!(claim, expected);
+        let minimal: Claim =
+            serde_json::from_str(r#"{"leaseID": "cbx_00154d30ccc1", "sshPort": 2222}"#)
+                .expect("only the ID");
+        assert_eq!(minimal.ssh_port, 2222);
+        assert_eq!(minimal.slug, "");
+        for (bad, why) in [
+            (r#"{"slug": "api"}"#, "missing field `leaseID`"),
+            (
+                r#"{"leaseID": "cbx_00154d30ccc1", "slug": "a", "slug": "b"}"#,
+                "duplicate field `slug`",
+            ),
+            (r#"{"leaseID": "cbx_00154d30ccc1", "sshPort": 70000}"#, "not a port"),
+            (r#"{"leaseID": "cbx_00154d30ccc1", "slug": 3}"#, "invalid type"),
+            (r#"["cbx_00154d30ccc1"]"#, "invalid type"),
+        ] {
+            let e = serde_json::from_str::<Claim>(bad).expect_err(bad);
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+    }
 
     #[tokio::test]
     async fn round_trip_keeps_unknown_fields_and_skips_corrupt_files() {
