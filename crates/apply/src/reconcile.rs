@@ -16,7 +16,7 @@ use crabbox_core::lease::{Endpoint, Lease};
 use crabbox_core::provider::ProviderName;
 use crabbox_plan::diff::{PlanError, PlanOptions, plan};
 use crabbox_plan::inventory::Inventory;
-use crabbox_plan::{Action, MemberChange, OutputChange, Plan};
+use crabbox_plan::{Action, OutputChange, Plan};
 use crabbox_providers::registry::Registry;
 use crabbox_render::files::{output_files, unified_diff};
 use crabbox_render::peers::peers_from_leases;
@@ -60,9 +60,6 @@ pub async fn observe(
     discover(&desired.name, &wanted, registry, state_dir, claims).await
 }
 
-/// The fewest members worth a thread of their own when rendering peers.
-const PEERS_PER_THREAD: usize = 1_000;
-
 /// Plans, including the diffs of rendered output files. The files' future
 /// content uses `(known after apply)` for addresses of leases not created yet.
 ///
@@ -81,20 +78,15 @@ pub fn plan_with_outputs(
         // rendered.
         return Ok(p);
     }
+    let reg = registry.clone();
     // Each projected lease is made when its peer is, and dropped once the
     // peer is made: with 10,000 members all of them at once were another
-    // copy of every lease's labels, tens of MiB at the command's peak. A
-    // large pond's peers are made in chunks across the CPUs.
-    let now = crabbox_core::labels::now_secs();
-    let parts = crabbox_core::chunks::map_chunks(&p.changes, PEERS_PER_THREAD, |changes| {
-        peers_from_leases(
-            &desired.name,
-            projected_leases(&p.pond, changes, now),
-            |n| registry.features(n),
-        )
-    });
-    let mut peers: Vec<_> = parts.into_iter().flatten().collect();
-    crabbox_render::peers::sort_peers(&mut peers);
+    // copy of every lease's labels, tens of MiB at the command's peak.
+    let peers = peers_from_leases(
+        &desired.name,
+        projected_leases(&p, crabbox_core::labels::now_secs()),
+        |n| reg.features(n),
+    );
     let dir = outputs_dir(desired);
     // Exactly the files apply's render step would write.
     let files = without_mesh_files(
@@ -114,14 +106,10 @@ pub fn plan_with_outputs(
     Ok(p)
 }
 
-/// The leases that will exist after `changes` (of `pond`'s plan), with
-/// placeholders for new ones, one at a time.
-fn projected_leases<'a>(
-    pond: &'a str,
-    changes: &'a [MemberChange],
-    now: u64,
-) -> impl Iterator<Item = Lease> + 'a {
-    changes
+/// The leases that will exist after the plan, with placeholders for new
+/// ones, one at a time.
+fn projected_leases(p: &Plan, now: u64) -> impl Iterator<Item = Lease> + '_ {
+    p.changes
         .iter()
         .filter_map(move |c| match (c.action, &c.lease, &c.desired) {
             (Action::Delete, _, _) => None,
@@ -148,7 +136,7 @@ fn projected_leases<'a>(
             (Action::NoOp, Some(lease), None) => Some(lease.clone()),
             (_, _, Some(m)) => {
                 let labels =
-                    crabbox_spec::member_labels::for_create(pond, "cbx_000000000000", m, 0);
+                    crabbox_spec::member_labels::for_create(&p.pond, "cbx_000000000000", m, 0);
                 Some(Lease {
                     id: "(known after apply)".to_owned(),
                     provider: m.provider,

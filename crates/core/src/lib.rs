@@ -3,7 +3,6 @@
 //! and what each provider can do, how a provider call fails, where command
 //! output goes, and the retry policy around provider calls.
 
-pub mod chunks;
 pub mod dirs;
 pub mod duration;
 pub mod expiry;

@@ -12,9 +12,6 @@ use crabbox_core::lease::Lease;
 use crabbox_spec::desired::{DesiredMember, DesiredPond};
 use crabbox_spec::member_labels::SpecHashes;
 
-/// The fewest desired members worth a thread of their own when planning.
-const MEMBERS_PER_THREAD: usize = 1_000;
-
 /// Targeting and forcing options.
 #[derive(Debug, Clone, Default)]
 pub struct PlanOptions {
@@ -165,24 +162,13 @@ pub fn plan(
     warnings.extend(inventory.warnings.iter().cloned());
 
     let mut changes = Vec::new();
-    // Desired members in document order; a large pond's in chunks across
-    // the CPUs (the first error in document order is the one returned, as
-    // one pass would return it).
-    let wanted: Vec<&DesiredMember> = desired
-        .members
-        .iter()
-        .filter(|m| targeted.includes(&m.slug))
-        .collect();
-    let parts = crabbox_core::chunks::map_chunks(&wanted, MEMBERS_PER_THREAD, |part| {
-        part.iter()
-            .map(|m| {
-                let leases = live.get(m.slug.as_str()).map_or(&[][..], Vec::as_slice);
-                member_changes(&desired.name, m, leases, options)
-            })
-            .collect::<Result<Vec<_>, _>>()
-    });
-    for part in parts {
-        changes.extend(part?.into_iter().flatten());
+    // Desired members in document order.
+    for m in &desired.members {
+        if !targeted.includes(&m.slug) {
+            continue;
+        }
+        let leases = live.get(m.slug.as_str()).cloned().unwrap_or_default();
+        changes.extend(member_changes(&desired.name, m, &leases, options)?);
     }
     // Live leases whose slug is not in the spec.
     for (slug, leases) in &live {

@@ -285,9 +285,6 @@ fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The fewest peers for which peers.json is rendered on a thread of its own.
-const PEERS_FOR_A_THREAD: usize = 1_000;
-
 /// Every output file: `peers.json`, `hosts`, `env`, then each template
 /// `(destination, text)` rendered to its destination.
 ///
@@ -299,32 +296,18 @@ pub fn output_files(
     peers: &[Peer],
     templates: &[(String, String)],
 ) -> Result<Vec<OutputFile>, String> {
-    // peers.json is as long to render as the other two together: for a
-    // large pond it is rendered on a thread of its own meanwhile.
-    let (peers_json, hosts, env) = if peers.len() >= PEERS_FOR_A_THREAD {
-        std::thread::scope(|scope| {
-            let peers_json = scope.spawn(|| peers_file(peers));
-            let (hosts, env) = (hosts(peers), env_file(pond, peers));
-            match peers_json.join() {
-                Ok(peers_json) => (peers_json, hosts, env),
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
-    } else {
-        (peers_file(peers), hosts(peers), env_file(pond, peers))
-    };
     let mut files = vec![
         OutputFile {
             name: PEERS_JSON.to_owned(),
-            contents: peers_json,
+            contents: peers_file(peers),
         },
         OutputFile {
             name: HOSTS.to_owned(),
-            contents: hosts,
+            contents: hosts(peers),
         },
         OutputFile {
             name: ENV.to_owned(),
-            contents: env,
+            contents: env_file(pond, peers),
         },
     ];
     let mut errors = Vec::new();

@@ -99,18 +99,12 @@ pub fn peers_from_leases<L: Borrow<Lease>>(
             peer_from_lease(pond, l, features(l.provider))
         })
         .collect();
-    sort_peers(&mut peers);
-    peers
-}
-
-/// Peers in the order every output lists them: by slug, then lease ID (for
-/// peers made in parts, as [`peers_from_leases`] orders each part).
-pub fn sort_peers(peers: &mut [Peer]) {
     peers.sort_by(|a, b| {
         a.slug
             .cmp(&b.slug)
             .then_with(|| a.lease_id.cmp(&b.lease_id))
     });
+    peers
 }
 
 fn peer_from_lease(pond: &str, lease: &Lease, features: Features) -> Peer {
