@@ -91,9 +91,12 @@ mod tests {
         assert_eq!(buf, b"{\"a\":1}");
         dir.read_into(Path::new("sub/b"), &mut buf).expect("b");
         assert_eq!(buf, long.as_bytes(), "a file larger than the buffer, whole");
-        dir.read_into(Path::new("a.json"), &mut buf).expect("a again");
+        dir.read_into(Path::new("a.json"), &mut buf)
+            .expect("a again");
         assert_eq!(buf, b"{\"a\":1}", "the buffer's earlier contents are gone");
-        let missing = dir.read_into(Path::new("none"), &mut buf).expect_err("missing");
+        let missing = dir
+            .read_into(Path::new("none"), &mut buf)
+            .expect_err("missing");
         assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
         let no_dir = DirFiles::open(&root.path().join("nowhere")).expect_err("no dir");
         assert_eq!(no_dir.kind(), std::io::ErrorKind::NotFound);

@@ -309,7 +309,10 @@ impl<'de> serde::de::Visitor<'de> for WireVisitor {
                 9 => wire.idle_timeout_seconds = map.next_value()?,
                 10 => wire.labels = map.next_value()?,
                 11 => wire.ssh_host = map.next_value()?,
-                12 => wire.ssh_port = port_number_or_text(map.next_value()?).map_err(A::Error::custom)?,
+                12 => {
+                    wire.ssh_port =
+                        port_number_or_text(map.next_value()?).map_err(A::Error::custom)?
+                }
                 _ => wire.bridge_url = map.next_value()?,
             }
         }
@@ -987,8 +990,14 @@ mod tests {
                 r#"{"leaseID": "cbx_00154d30ccc1", "slug": "a", "slug": "b"}"#,
                 "duplicate field `slug`",
             ),
-            (r#"{"leaseID": "cbx_00154d30ccc1", "sshPort": 70000}"#, "not a port"),
-            (r#"{"leaseID": "cbx_00154d30ccc1", "slug": 3}"#, "invalid type"),
+            (
+                r#"{"leaseID": "cbx_00154d30ccc1", "sshPort": 70000}"#,
+                "not a port",
+            ),
+            (
+                r#"{"leaseID": "cbx_00154d30ccc1", "slug": 3}"#,
+                "invalid type",
+            ),
             (r#"["cbx_00154d30ccc1"]"#, "invalid type"),
         ] {
             let e = serde_json::from_str::<Claim>(bad).expect_err(bad);
