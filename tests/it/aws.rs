@@ -568,6 +568,50 @@ fn a_create_killed_after_run_instances_is_adopted_by_the_next_apply() {
     assert!(world.pond_instances().is_empty());
 }
 
+/// A member in a region other than the default is discovered there: the
+/// re-plan is clean (no second instance planned), and destroy terminates it.
+#[test]
+fn a_member_in_its_own_region_is_discovered_there_and_destroyed() {
+    let world = World::new("aws-region");
+    world.write_spec(
+        r#"  - slug: east
+    provider: aws
+    type: t3.small
+    aws: { region: us-east-1 }
+  - slug: west
+    provider: aws
+    type: t3.small
+"#,
+    );
+    world.ok(&["apply", "--auto-approve"]);
+    let east = || {
+        let ec2 = world
+            .rt
+            .block_on(async { Ec2::new(&world.moto.sdk_config_in("us-east-1").await) });
+        world
+            .rt
+            .block_on(ec2.instances(&[("tag:pond", &[world.pond.as_str()])]))
+            .expect("DescribeInstances in us-east-1")
+            .into_iter()
+            .filter(|i| LIVE_STATES.contains(&i.state.as_str()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(east().len(), 1, "east runs in us-east-1");
+    assert_eq!(world.pond_instances().len(), 1, "west runs in eu-west-1");
+    assert_eq!(world.live_leases().len(), 2, "both are listed");
+    let out = world.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a clean re-plan: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    world.ok(&["destroy", "--auto-approve"]);
+    assert!(east().is_empty(), "east is terminated");
+    assert!(world.pond_instances().is_empty());
+}
+
 #[test]
 fn a_pond_of_aws_hetzner_and_local_members_applies_replans_clean_and_destroys_to_nothing() {
     let world = World::new("aws-mixed").with_hetzner();

@@ -60,9 +60,15 @@ impl Moto {
     /// An SDK configuration for this server, built in the test process
     /// (no environment variables, so tests can run side by side).
     pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        self.sdk_config_in("eu-west-1").await
+    }
+
+    /// The SDK's configuration for moto's `region` (moto keeps each
+    /// region's instances apart, by the region the request is signed for).
+    pub async fn sdk_config_in(&self, region: &str) -> aws_config::SdkConfig {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&self.url)
-            .region(aws_config::Region::new("eu-west-1"))
+            .region(aws_config::Region::new(region.to_owned()))
             .credentials_provider(aws_credential_types::Credentials::new(
                 "testing", "testing", None, None, "moto",
             ))

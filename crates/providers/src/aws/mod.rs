@@ -8,7 +8,11 @@
 //!   on cheap signals such as `AWS_ACCESS_KEY_ID` or `AWS_PROFILE`); a
 //!   missing or refused credential is exit 3 naming what to set.
 //! - **Discovery** is `DescribeInstances` filtered by `tag:crabbox=true`,
-//!   `tag:pond=<pond>` and the live states, every page.
+//!   `tag:pond=<pond>` and the live states, every page, in every region
+//!   crabbox may have launched in: the default one and each `aws_region`
+//!   the claims name (a member's own `aws.region`), side by side. Claims
+//!   that cannot be read stop the listing — a region not looked at is not
+//!   a region without instances.
 //! - **Create** first looks for an instance already tagged with the lease
 //!   (an earlier attempt whose answer was lost: `ClientToken` is sent, but
 //!   not relied upon), else imports the lease key as key pair
@@ -52,6 +56,7 @@ use crabbox_exec::session::{Session, SshSession, SshTargets};
 use crabbox_exec::ssh::SshTarget;
 use crabbox_spec::desired::DesiredMember;
 use crabbox_spec::providers::{AwsBlock, AwsTarget};
+use crabbox_state::claims::ClaimStore;
 
 use crate::registry::Descriptor;
 use crate::ssh_lease::boot::Seen;
@@ -76,7 +81,10 @@ const LAUNCH_TAGS: [&str; 5] = [
 /// The `aws` adapter in the registry's table.
 pub const DESCRIPTOR: Descriptor = Descriptor {
     name: ProviderName::Aws,
-    build: |dir, _| AwsProvider::from_env(dir).map(|p| Arc::new(p) as Arc<dyn Provider>),
+    build: |dir, claims| {
+        AwsProvider::from_env(dir)
+            .map(|p| Arc::new(p.with_claims(claims.clone())) as Arc<dyn Provider>)
+    },
     credentials: Some(credentials::CREDENTIALS),
     help: credentials::HELP,
     transport_refusal: None,
@@ -100,6 +108,9 @@ pub struct AwsProvider {
     sightings: Sightings<String, Instance>,
     /// Instances a listing asks for a page (tests: several pages).
     page_size: Option<i32>,
+    /// The command's claims: where the regions of members with their own
+    /// `aws.region` are read from (their `aws_region` label).
+    claims: ClaimStore,
 }
 
 impl AwsProvider {
@@ -124,7 +135,16 @@ impl AwsProvider {
             groups: Mutex::new(HashMap::new()),
             sightings: Sightings::default(),
             page_size: None,
+            claims: ClaimStore::local(state_dir),
         }
+    }
+
+    /// Reads the regions members launched in from `claims` (the command's
+    /// store: PostgreSQL when the state is shared).
+    #[must_use]
+    pub fn with_claims(mut self, claims: ClaimStore) -> Self {
+        self.claims = claims;
+        self
     }
 
     /// Lists `n` instances a page (tests).
@@ -203,15 +223,40 @@ impl AwsProvider {
         Ok(self.ec2(lease.label("aws_region")).await?.0)
     }
 
-    /// Every instance crabbox tagged with these filters, all pages, live only.
+    /// The clients of every region crabbox may have launched in: the
+    /// default, then each other region an `aws` claim's `aws_region` label
+    /// names (a member's own `aws.region`).
+    async fn regions(&self) -> Result<Vec<Ec2>, ProviderError> {
+        let ((default, default_region), claims) = tokio::try_join!(self.ec2(None), async {
+            self.claims.load_all().await.map_err(ProviderError::state)
+        })?;
+        let named: BTreeSet<String> = claims
+            .0
+            .iter()
+            .filter(|c| c.provider == ProviderName::Aws.as_str())
+            .filter_map(|c| c.labels.get("aws_region"))
+            .filter(|r| !r.is_empty() && **r != default_region)
+            .cloned()
+            .collect();
+        let mut clients = vec![default];
+        for region in named {
+            clients.push(self.ec2(Some(region.as_str())).await?.0);
+        }
+        Ok(clients)
+    }
+
+    /// Every instance crabbox tagged with these filters, all pages, live
+    /// only, in every region of [`Self::regions`] (listed side by side).
     async fn instances(&self, filters: &[(&str, &[&str])]) -> Result<Vec<Instance>, ProviderError> {
-        let (ec2, _) = self.ec2(None).await?;
         let mut all: Vec<(&str, &[&str])> = vec![("tag:crabbox", &["true"])];
         all.extend_from_slice(filters);
         all.push(("instance-state-name", &api::LIVE_STATES));
-        ec2.instances(&all)
-            .await
-            .map_err(|e| e.into_provider("listing instances"))
+        let regions = self.regions().await?;
+        let listings =
+            futures_util::future::try_join_all(regions.iter().map(|ec2| ec2.instances(&all)))
+                .await
+                .map_err(|e| e.into_provider("listing instances"))?;
+        Ok(listings.into_iter().flatten().collect())
     }
 
     /// Remembers the tags an instance was just seen with.
@@ -628,14 +673,22 @@ impl Provider for AwsProvider {
 
     async fn sweep(&self, pond: &str) -> Result<Vec<String>, ProviderError> {
         check_pond(pond)?;
-        let (ec2, _) = self.ec2(None).await?;
         // Only what was observed counts: a failed listing sweeps nothing.
+        let regions = self.regions().await?;
         let ponds = [pond];
         let by_pond: [(&str, &[&str]); 1] = [("tag:pond", &ponds)];
+        let key_filters: [(&str, &[&str]); 2] = [("tag:crabbox", &["true"]), ("tag:pond", &ponds)];
         let (instances, keys) = tokio::try_join!(self.instances(&by_pond), async {
-            ec2.key_pairs(&[("tag:crabbox", &["true"]), ("tag:pond", &ponds)])
-                .await
-                .map_err(|e| e.into_provider("listing key pairs"))
+            let listed = futures_util::future::try_join_all(
+                regions.iter().map(|ec2| ec2.key_pairs(&key_filters)),
+            )
+            .await
+            .map_err(|e| e.into_provider("listing key pairs"))?;
+            Ok(regions
+                .iter()
+                .zip(listed)
+                .flat_map(|(ec2, keys)| keys.into_iter().map(move |k| (ec2, k)))
+                .collect::<Vec<_>>())
         })?;
         let live: HashSet<String> = instances
             .into_iter()
@@ -644,7 +697,7 @@ impl Provider for AwsProvider {
         let mut removed = Vec::new();
         let mut left = Vec::new();
         let mut swept = HashSet::new();
-        for (name, tags) in keys {
+        for (ec2, (name, tags)) in keys {
             let Some(lease) = tags.get(labels::LEASE).cloned() else {
                 continue;
             };
