@@ -568,6 +568,64 @@ fn a_create_killed_after_run_instances_is_adopted_by_the_next_apply() {
     assert!(world.pond_instances().is_empty());
 }
 
+/// `aws.key_name` and `aws.securityGroupId` name the user's own: the
+/// launch uses them, crabbox imports no key pair and makes no group, and
+/// destroy leaves both in place.
+#[test]
+fn the_users_own_key_pair_and_security_group_are_used_and_left_alone() {
+    let world = World::new("aws-own").with_proxy();
+    let ec2 = world.ec2();
+    let public = std::fs::read_to_string(world.path("id_member.pub")).expect("public key");
+    world
+        .rt
+        .block_on(ec2.import_key("team-key", public.trim(), &Labels::new()))
+        .expect("ImportKeyPair");
+    let group = world
+        .rt
+        .block_on(ec2.create_security_group("team-ssh", "the team's own", None, &Labels::new()))
+        .expect("CreateSecurityGroup");
+    world.write_spec(&format!(
+        r#"  - slug: db
+    provider: aws
+    type: t3.small
+    aws: {{ key_name: team-key, securityGroupId: {group} }}
+    setup: [ "echo ok" ]
+"#
+    ));
+    world.ok(&["apply", "--auto-approve"]);
+    let runs = world.proxy().requests("RunInstances");
+    assert_eq!(runs.len(), 1, "one launch");
+    assert_eq!(
+        runs[0].params.get("KeyName").map(String::as_str),
+        Some("team-key")
+    );
+    assert_eq!(
+        runs[0].params.get("SecurityGroupId.1").map(String::as_str),
+        Some(group.as_str())
+    );
+    assert_eq!(
+        world.proxy().count("ImportKeyPair"),
+        0,
+        "no key pair imported"
+    );
+    assert_eq!(
+        world.proxy().count("CreateSecurityGroup"),
+        0,
+        "no group made"
+    );
+    world.ok(&["destroy", "--auto-approve"]);
+    assert!(world.pond_instances().is_empty());
+    assert!(
+        world.key_pairs().iter().any(|(n, _)| n == "team-key"),
+        "the user's key pair stays"
+    );
+    let kept = world
+        .rt
+        .block_on(ec2.security_group("team-ssh", None))
+        .expect("DescribeSecurityGroups");
+    assert_eq!(kept.map(|g| g.id), Some(group), "the user's group stays");
+}
+
 /// A member in a region other than the default is discovered there: the
 /// re-plan is clean (no second instance planned), and destroy terminates it.
 #[test]
