@@ -509,10 +509,8 @@ fn aws_members_are_tagged_instances_set_up_over_ssh_and_released_with_their_key_
 
 #[test]
 fn a_create_killed_after_run_instances_is_adopted_by_the_next_apply() {
-    // The launch is watched in the proxy's log, not by describing
-    // instances meanwhile: moto's server is not safe for a DescribeInstances
-    // racing its RunInstances (seen in CI: 500 "Internal Server Error" to
-    // every DescribeInstances after such a race).
+    // The launch is watched in the proxy's log: the moment RunInstances
+    // answered, without any call of the test's own reaching moto.
     let world = World::new("aws-killed").with_proxy();
     // SSH leads to a port nothing serves yet: the create waits there,
     // after RunInstances returned, until it is killed. The spec stays the
@@ -639,8 +637,8 @@ fn the_users_own_key_pair_and_security_group_are_used_and_left_alone() {
 
 /// A member in a region other than the default is discovered there: the
 /// re-plan is clean (no second instance planned), and destroy terminates it.
-/// (The members launch one after the other: moto is not safe for
-/// concurrent launches and listings.)
+/// (`east` waits for `west`: the default region's listing has an instance
+/// by then, so both regions are listed with something in them.)
 #[test]
 fn a_member_in_its_own_region_is_discovered_there_and_destroyed() {
     let world = World::new("aws-region");
