@@ -327,7 +327,7 @@ mod tests {
             .await
             .expect_err("m7a.8xlarge is refused in any market");
         assert_eq!(unsupported.code, "Unsupported", "{unsupported:?}");
-        // The 400 is final (one request); the 500 was retried by the SDK.
+        // Both refusals are final: one request each.
         assert_eq!(proxy.count("RunInstances"), 2 + proxy_retries(&proxy));
 
         let on_demand = ec2
@@ -384,8 +384,8 @@ mod tests {
         assert!(proxy.count("DescribeInstances") >= 1);
     }
 
-    /// Extra `RunInstances` requests the SDK made on its own: retries of
-    /// the 500 (capacity) refusal.
+    /// Extra `RunInstances` requests the SDK made on its own (none: neither
+    /// the 400 nor the 500 capacity refusal is retried).
     fn proxy_retries(proxy: &MotoProxy) -> usize {
         let c7a = proxy
             .requests("RunInstances")
@@ -398,10 +398,10 @@ mod tests {
             .filter(|r| r.params["InstanceType"] == "m7a.8xlarge")
             .count();
         assert_eq!(m7a, 1, "a 400 refusal is not retried");
-        // EC2 answers capacity refusals with a 500, which the SDK retries
-        // as transient: the default (standard, 3 attempts) config sends
-        // the refused launch three times before the code surfaces.
-        assert_eq!(c7a, 3, "a 500 refusal is retried by the SDK");
+        // EC2 answers capacity refusals with a 500, which the SDK would
+        // retry as transient; `Ec2`'s retry rule makes a capacity refusal of
+        // RunInstances final, so the next type is tried at once.
+        assert_eq!(c7a, 1, "a capacity refusal is final, not retried");
         c7a - 1
     }
 }
