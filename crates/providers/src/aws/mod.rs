@@ -579,7 +579,11 @@ impl Provider for AwsProvider {
         check_pond(pond)?;
         let ports = self.leases.recorded_ports();
         let instances = self.instances(&[("tag:pond", &[pond])]).await;
-        let ports = ports.await.unwrap_or_default();
+        // A read that did not finish is not "no records": every port would
+        // silently fall back to the default.
+        let ports = ports
+            .await
+            .map_err(|e| ProviderError::Failed(format!("reading the SSH endpoint records: {e}")))?;
         let mut seen = HashSet::new();
         let mut leases: Vec<Lease> = instances?
             .into_iter()

@@ -959,7 +959,11 @@ impl Provider for HetznerProvider {
         // The endpoint records are read while the pages are on their way.
         let ports = self.leases.recorded_ports();
         let servers = self.servers_matching(&selector).await;
-        let ports = ports.await.unwrap_or_default();
+        // A read that did not finish is not "no records": every port would
+        // silently fall back to the default.
+        let ports = ports
+            .await
+            .map_err(|e| ProviderError::Failed(format!("reading the SSH endpoint records: {e}")))?;
         let servers = servers?;
         let mut seen = HashSet::new();
         let mut leases: Vec<Lease> = servers
