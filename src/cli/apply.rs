@@ -238,10 +238,7 @@ fn apply_locked(
     let inventory = rt.block_on(observe(&loaded.desired, &registry, &state, store));
     let plan = match plan_with_outputs(&loaded.desired, &inventory, &targets.options(), &registry) {
         Ok(p) => p,
-        Err(e) => {
-            report::error("plan-failed", &e.to_string(), None);
-            return failure();
-        }
+        Err(e) => return super::exit::plan_refused(&e),
     };
     if let Some(saved) = saved {
         let changed = saved::differences(&saved.fingerprint, &saved::fingerprint(&inventory));
@@ -579,7 +576,8 @@ fn destroy_locked(
         );
         return failure();
     }
-    for (p, why) in &inventory.unreachable {
+    for (p, e) in &inventory.unreachable {
+        let why = e.explained();
         if args.skip_unreachable {
             anstream::eprintln!(
                 "warning: provider `{p}` could not be listed: {why}; its leases are left alone (--skip-unreachable)"
@@ -592,7 +590,11 @@ fn destroy_locked(
                     "fix its credentials (destroy must see every lease of the pond), or pass --skip-unreachable to destroy only what can be seen",
                 ),
             );
-            return failure();
+            return super::exit::code(if e.is_credentials() {
+                super::exit::CREDENTIALS
+            } else {
+                1
+            });
         }
     }
     let members: std::collections::BTreeMap<&str, &crabbox_spec::desired::DesiredMember> = desired

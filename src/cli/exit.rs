@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 
+use crabbox_apply::reconcile::PlanFailure;
 use crabbox_core::provider::ProviderError;
 
 /// Usage and validation errors (Crabbox: flag parse errors, `usage: …`).
@@ -63,6 +64,19 @@ pub fn provider_error(context: &str, e: &ProviderError) -> ExitCode {
         other => super::report::error(code_name, &format!("{context}{other}"), None),
     }
     code(provider_code(e))
+}
+
+/// Reports a plan that must not be applied and returns its exit code: 3
+/// when missing or refused credentials are the whole cause (the fix is a
+/// secret, as for Crabbox's verbs; 3 never collides with
+/// `--detailed-exitcode`'s 2), else 1.
+pub fn plan_refused(e: &PlanFailure) -> ExitCode {
+    if e.is_credentials() {
+        super::report::error("credentials", &e.to_string(), None);
+        return code(CREDENTIALS);
+    }
+    super::report::error("plan-failed", &e.to_string(), None);
+    code(1)
 }
 
 /// The exit code of a command-line parse error (clap). Crabbox's verbs

@@ -78,14 +78,11 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
     let invs = rt.block_on(inventories(&ponds, args.provider, &registry, &store));
     let mut leases = Vec::new();
     for inv in invs {
-        for (name, why) in &inv.unreachable {
+        for (name, e) in &inv.unreachable {
             if args.provider.is_none_or(|p| p == *name) {
-                let e = rt.block_on(super::lookup::listing_error(
-                    &registry, *name, &inv.pond, why,
-                ));
                 code.get_or_insert(exit::provider_error(
                     &format!("pond {}: provider `{name}`: ", inv.pond),
-                    &e,
+                    e,
                 ));
             }
         }

@@ -153,24 +153,6 @@ pub(super) async fn inventories(
     out
 }
 
-/// The typed error of a provider that could not be listed for `pond`
-/// (discovery keeps only its text): the registry's when it is not usable
-/// here, else a second list call's.
-pub(super) async fn listing_error(
-    registry: &Registry,
-    name: ProviderName,
-    pond: &str,
-    why: &str,
-) -> ProviderError {
-    match registry.get(name) {
-        Err(e) => e,
-        Ok(p) => match p.list(pond).await {
-            Err(e) => e,
-            Ok(_) => ProviderError::Failed(why.to_owned()),
-        },
-    }
-}
-
 /// What an identifier names: a live lease, or a claim whose provider was
 /// listed and no longer has its lease (dangling).
 pub(super) enum Hit {
@@ -316,10 +298,9 @@ pub(super) fn search(member: &MemberRef, id: &str) -> Result<Hit, ExitCode> {
     }
     // Not seen: a provider that could not be listed may hold it.
     for inv in &invs {
-        for (name, why) in &inv.unreachable {
+        for (name, e) in &inv.unreachable {
             if member.provider.is_none_or(|p| p == *name) {
-                let e = rt.block_on(listing_error(&registry, *name, &inv.pond, why));
-                errors.push((*name, e));
+                errors.push((*name, e.clone()));
             }
         }
         if let Some(why) = &inv.state_unreadable {

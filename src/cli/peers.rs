@@ -75,13 +75,8 @@ fn pond_inventory(
         return Ok((name, inv, registry));
     }
     // Credentials missing or rejected: Crabbox's 3; anything else 1.
-    for (provider, why) in &inv.unreachable {
-        let e = rt.block_on(super::lookup::listing_error(
-            &registry, *provider, &name, why,
-        ));
-        if matches!(e, crabbox_core::provider::ProviderError::Credentials { .. }) {
-            return Err(super::exit::code(super::exit::CREDENTIALS));
-        }
+    if inv.unreachable.iter().any(|(_, e)| e.is_credentials()) {
+        return Err(super::exit::code(super::exit::CREDENTIALS));
     }
     Err(failure())
 }

@@ -51,10 +51,7 @@ pub(super) fn run(args: &PlanArgs) -> ExitCode {
     let inventory = rt.block_on(observe(&loaded.desired, &registry, &state, &store));
     let plan = match plan_with_outputs(&loaded.desired, &inventory, &options, &registry) {
         Ok(p) => p,
-        Err(e) => {
-            super::report::error("plan-failed", &e.to_string(), None);
-            return ExitCode::from(1);
-        }
+        Err(e) => return super::exit::plan_refused(&e),
     };
     for w in &plan.warnings {
         anstream::eprintln!("warning: {w}");

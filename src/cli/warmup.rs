@@ -9,7 +9,7 @@ use clap::{ArgAction, Args};
 use super::engine::{registry, runtime, store};
 use super::exit::{self, USAGE};
 use super::imperative::{parse_duration, run_small_plan};
-use super::lookup::{listing_error, parse_provider};
+use super::lookup::parse_provider;
 use super::views::leased_line;
 use crabbox_apply::discover::discover;
 use crabbox_core::normalize::checked_name;
@@ -172,9 +172,8 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
     ));
     // A provider the pond uses that could not be listed: say why, with its
     // code (3 for a rejected token), before the planner refuses.
-    if let Some((name, why)) = inv.unreachable.first() {
-        let e = rt.block_on(listing_error(&registry, *name, &pond, why));
-        return exit::provider_error(&format!("provider `{name}` could not be listed: "), &e);
+    if let Some((name, e)) = inv.unreachable.first() {
+        return exit::provider_error(&format!("provider `{name}` could not be listed: "), e);
     }
     let options = PlanOptions {
         only: vec![slug.clone()],

@@ -272,24 +272,17 @@ fn aws_members_are_tagged_instances_set_up_over_ssh_and_released_with_their_key_
         .expect("group");
     let planted = world
         .rt
-        .block_on(
-            ec2.run(&crabbox_providers::aws::api::Launch {
-                client_token: "planted".to_owned(),
-                image_id: "ami-0c0ffee000000026a".to_owned(),
-                instance_type: "t3.small".to_owned(),
-                key_name: "someone".to_owned(),
-                security_group_id: group,
-                subnet_id: None,
-                instance_profile: None,
-                root_gb: 8,
-                root_device: "/dev/sda1".to_owned(),
-                user_data: String::new(),
-                market: crabbox_providers::aws::api::Market::OnDemand,
-                tags: [("Name".to_owned(), "not-crabbox".to_owned())]
-                    .into_iter()
-                    .collect(),
-            }),
-        )
+        .block_on(ec2.run(&crabbox_providers::aws::api::Launch {
+            key_name: "someone".to_owned(),
+            root_gb: 8,
+            ..crate::moto::launch(
+                &group,
+                "planted",
+                "t3.small",
+                crabbox_providers::aws::api::Market::OnDemand,
+                &[("Name", "not-crabbox")],
+            )
+        }))
         .expect("planted instance");
     world.write_spec(
         r#"  - slug: db
@@ -855,4 +848,116 @@ fn missing_or_unusable_aws_credentials_exit_3_naming_what_to_set() {
         "{}",
         text(&out.stderr)
     );
+    // The declarative verbs say the same with the same code: the fix is a
+    // secret, and nothing is planned for the members it hides.
+    world.write_spec("  - slug: box\n    provider: aws\n");
+    for args in [
+        &["plan"][..],
+        &["apply", "--auto-approve"],
+        &["destroy", "--auto-approve"],
+    ] {
+        for unset in [
+            &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"][..],
+            &["AWS_SECRET_ACCESS_KEY"],
+        ] {
+            let mut c = world.command(args);
+            for var in unset {
+                c.env_remove(var);
+            }
+            let out = c.output().expect("crabbox runs");
+            let err = text(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(3),
+                "{args:?} without {unset:?}: {err}"
+            );
+            assert!(
+                err.contains("AWS_ACCESS_KEY_ID"),
+                "{args:?} without {unset:?}: {err}"
+            );
+            assert!(
+                !text(&out.stdout).contains("to add"),
+                "{args:?}: nothing planned"
+            );
+        }
+    }
+    assert!(world.instances().is_empty(), "nothing was launched");
+}
+
+/// `aws.private_ip: true`: SSH goes to the instance's private address,
+/// never its public one. The proxy hands out the sshd's loopback address
+/// as every instance's private address (moto's VPC addresses lead
+/// nowhere); the public address moto gives stays unreachable, so setup
+/// running at all proves the private address was used.
+#[test]
+fn a_private_ip_member_is_reached_at_its_private_address() {
+    let world = World::new("aws-private").with_proxy();
+    world.proxy().serve_private_address("127.0.0.1");
+    let aws = format!(
+        "{{ private_ip: true, ssh_port: {port}, ssh_user: {user}, ssh_key: \"{key}\", ssh_cidrs: [198.51.100.7/32] }}",
+        port = world.sshd.port,
+        user = world.sshd.user,
+        key = world.path("id_member").display(),
+    );
+    world.write_spec_with(
+        &aws,
+        "  - slug: inner\n    provider: aws\n    type: t3.small\n    setup: [ \"echo inside > marker.txt\" ]\n",
+    );
+    world.ok(&["apply", "--auto-approve"]);
+    let instances = world.pond_instances();
+    assert_eq!(instances.len(), 1, "{instances:#?}");
+    let public = instances[0]
+        .public_ip
+        .clone()
+        .expect("moto gave a public address");
+    assert_ne!(public, "127.0.0.1", "the public address is not the sshd's");
+
+    let out = world.run(&["peers", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let peers: Value = serde_json::from_slice(&out.stdout).expect("peers JSON");
+    let endpoints: Vec<&str> = peers["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["endpoint"].as_str())
+        .collect();
+    let private = format!("ssh://127.0.0.1:{}", world.sshd.port);
+    assert_eq!(
+        endpoints,
+        [private.as_str()],
+        "peers reach the private address: {peers}"
+    );
+    let out = world.run(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "clean re-plan: {}",
+        text(&out.stdout)
+    );
+}
+
+/// EC2 throttles with 503 `RequestLimitExceeded` and 400 `Throttling`: the
+/// SDK's adaptive retry waits and tries again, so a throttled listing is a
+/// slower plan, not a failed one.
+#[test]
+fn throttled_calls_are_retried_until_they_go_through() {
+    let world = World::new("aws-throttled").with_proxy();
+    world.write_spec("  - slug: box\n    provider: aws\n    type: t3.small\n");
+    world
+        .proxy()
+        .throttle("DescribeInstances", &["RequestLimitExceeded", "Throttling"]);
+    let out = world.run(&["plan"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 to add"),
+        "{}",
+        text(&out.stdout)
+    );
+    let statuses: Vec<u16> = world
+        .proxy()
+        .requests("DescribeInstances")
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(statuses, [503, 400, 200], "two throttled, then answered");
 }

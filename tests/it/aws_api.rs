@@ -5,7 +5,8 @@
 use crabbox_core::labels::Labels;
 use crabbox_providers::aws::api::{Ec2, Launch, Market};
 
-use crate::moto::Moto;
+use crate::moto::{self, Moto};
+use crate::moto_proxy::MotoProxy;
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -14,27 +15,21 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// A crabbox-tagged `t3.small` launch of `lease` in `pond`.
 fn launch(group: &str, lease: &str, pond: &str, market: Market) -> Launch {
-    Launch {
-        client_token: lease.to_owned(),
-        image_id: "ami-0c0ffee000000026a".to_owned(),
-        instance_type: "t3.small".to_owned(),
-        key_name: format!("crabbox-{}", lease.replace('_', "-")),
-        security_group_id: group.to_owned(),
-        subnet_id: None,
-        instance_profile: None,
-        root_gb: 400,
-        root_device: "/dev/sda1".to_owned(),
-        user_data: "#cloud-config\n".to_owned(),
+    moto::launch(
+        group,
+        lease,
+        "t3.small",
         market,
-        tags: labels(&[
+        &[
             ("crabbox", "true"),
             ("pond", pond),
             ("lease", lease),
             ("slug", "db"),
             ("Name", "crabbox-db-0a1b2c3d"),
-        ]),
-    }
+        ],
+    )
 }
 
 /// A client of `moto`, and the security group instances launch into.
@@ -96,7 +91,9 @@ async fn an_instance_carries_every_tag_from_its_create_call_and_is_found_by_them
 #[tokio::test(flavor = "multi_thread")]
 async fn discovery_reads_every_page() {
     let moto = Moto::start();
-    let (ec2, group) = client(&moto).await;
+    let proxy = MotoProxy::start(&moto.url).await;
+    let (_, group) = client(&moto).await;
+    let ec2 = Ec2::new(&proxy.sdk_config().await).with_page_size(5);
     // Twelve instances, five a page: three pages (moto pages by
     // reservation, one per RunInstances; EC2 by instance).
     let mut ids = Vec::new();
@@ -112,10 +109,19 @@ async fn discovery_reads_every_page() {
             .expect("RunInstances");
         ids.push(made.id);
     }
+    let before = proxy.requests("DescribeInstances").len();
     let found = ec2
         .instances(&[("tag:pond", &["paged"])])
         .await
         .expect("DescribeInstances");
+    let pages = proxy.requests("DescribeInstances");
+    assert_eq!(pages.len() - before, 3, "three pages were asked for");
+    assert!(
+        pages[before..]
+            .iter()
+            .all(|p| p.params.get("MaxResults").map(String::as_str) == Some("5")),
+        "{pages:?}"
+    );
     let mut found: Vec<String> = found.into_iter().map(|i| i.id).collect();
     found.sort();
     ids.sort();

@@ -7,7 +7,41 @@
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 
+use crabbox_providers::aws::api::{Launch, Market};
+
 use crate::support::root;
+
+/// The Ubuntu image of the fixture (`tests/fixtures/moto/amis.json`).
+pub const AMI: &str = "ami-0c0ffee000000026a";
+
+/// A launch of one `instance_type` instance for `lease` into `group`, with
+/// the lease's key pair name and `tags`, as the provider's tests make them
+/// directly through the API.
+pub fn launch(
+    group: &str,
+    lease: &str,
+    instance_type: &str,
+    market: Market,
+    tags: &[(&str, &str)],
+) -> Launch {
+    Launch {
+        client_token: lease.to_owned(),
+        image_id: AMI.to_owned(),
+        instance_type: instance_type.to_owned(),
+        key_name: format!("crabbox-{}", lease.replace('_', "-")),
+        security_group_id: group.to_owned(),
+        subnet_id: None,
+        instance_profile: None,
+        root_gb: 400,
+        root_device: "/dev/sda1".to_owned(),
+        user_data: "#cloud-config\n".to_owned(),
+        market,
+        tags: tags
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
 
 /// A running moto server.
 pub struct Moto {

@@ -5,6 +5,12 @@
 //! logs each one's form parameters, so a test can check which types and
 //! markets a create tried and what its `RunInstances` carried.
 //!
+//! Two more faults of a real region: throttling (the next calls of an
+//! action answered 503 `RequestLimitExceeded` or 400 `Throttling`, as EC2
+//! does under its request rate limits) and, for `aws.private_ip`, a private
+//! address the tests' sshd serves: moto's VPC addresses lead nowhere, so
+//! `DescribeInstances` answers can carry a chosen private address instead.
+//!
 //! The SDK speaks EC2's Query protocol: `POST /` with a form body
 //! `Action=RunInstances&InstanceType=…&InstanceMarketOptions.MarketType=spot…`,
 //! signed, but moto checks no signature, so forwarding a request unchanged
@@ -46,6 +52,10 @@ struct Shared {
     upstream: String,
     client: reqwest::Client,
     refusals: Mutex<Vec<Refusal>>,
+    /// Throttle answers still to give, by action, in order (EC2 error codes).
+    throttles: Mutex<BTreeMap<String, Vec<String>>>,
+    /// The private address `DescribeInstances` answers carry, when set.
+    private_address: Mutex<Option<String>>,
     log: Mutex<Vec<Logged>>,
 }
 
@@ -73,6 +83,8 @@ impl MotoProxy {
             upstream: upstream.trim_end_matches('/').to_owned(),
             client: reqwest::Client::new(),
             refusals: Mutex::new(Vec::new()),
+            throttles: Mutex::new(BTreeMap::new()),
+            private_address: Mutex::new(None),
             log: Mutex::new(Vec::new()),
         });
         let app = Router::new()
@@ -113,6 +125,22 @@ impl MotoProxy {
             code: code.to_owned(),
             status,
         });
+    }
+
+    /// Answers the next calls of `action` with these throttling codes, one
+    /// each, at EC2's status for it (503 `RequestLimitExceeded`, 400
+    /// `Throttling`), before letting calls through again.
+    pub fn throttle(&self, action: &str, codes: &[&str]) {
+        lock(&self.shared.throttles)
+            .entry(action.to_owned())
+            .or_default()
+            .extend(codes.iter().map(|c| (*c).to_owned()));
+    }
+
+    /// Makes every instance's private address `address` in
+    /// `DescribeInstances` answers.
+    pub fn serve_private_address(&self, address: &str) {
+        *lock(&self.shared.private_address) = Some(address.to_owned());
     }
 
     /// How many requests of `action` arrived (refused ones included).
@@ -212,8 +240,27 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
                 .cloned()
         })
         .flatten();
-    let response = match refusal {
-        Some(r) => ec2_error(
+    let throttled = {
+        let mut throttles = lock(&shared.throttles);
+        throttles
+            .get_mut(&action)
+            .filter(|codes| !codes.is_empty())
+            .map(|codes| codes.remove(0))
+    };
+    let response = match (refusal, throttled) {
+        (_, Some(code)) => {
+            let status = if code == "RequestLimitExceeded" {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            ec2_error(
+                status,
+                &code,
+                "Request limit exceeded (throttled by the test proxy).",
+            )
+        }
+        (Some(r), None) => ec2_error(
             r.status,
             &r.code,
             &format!(
@@ -221,7 +268,16 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
                 r.instance_type
             ),
         ),
-        None => upstream(&shared, &parts, body).await,
+        (None, None) => {
+            let answer = upstream(&shared, &parts, body).await;
+            let private = lock(&shared.private_address).clone();
+            match private {
+                Some(address) if action == "DescribeInstances" => {
+                    with_private_address(answer, &address).await
+                }
+                _ => answer,
+            }
+        }
     };
     lock(&shared.log).push(Logged {
         action,
@@ -229,6 +285,29 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         status: response.status().as_u16(),
     });
     response
+}
+
+/// `answer` with every `<privateIpAddress>` element holding `address`.
+async fn with_private_address(answer: Response, address: &str) -> Response {
+    let (parts, body) = answer.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let xml = String::from_utf8_lossy(&bytes);
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml.as_ref();
+    let (open, close) = ("<privateIpAddress>", "</privateIpAddress>");
+    while let Some(start) = rest.find(open) {
+        let value = start + open.len();
+        let Some(end) = rest[value..].find(close) else {
+            break;
+        };
+        out.push_str(&rest[..value]);
+        out.push_str(address);
+        rest = &rest[value + end..];
+    }
+    out.push_str(rest);
+    Response::from_parts(parts, Body::from(out))
 }
 
 async fn upstream(shared: &Shared, parts: &axum::http::request::Parts, body: Bytes) -> Response {
@@ -265,26 +344,16 @@ mod tests {
     use crabbox_providers::aws::api::{Ec2, Launch, Market};
 
     use super::*;
-    use crate::moto::Moto;
+    use crate::moto::{self, Moto};
 
     fn launch(group: &str, lease: &str, instance_type: &str, market: Market) -> Launch {
-        Launch {
-            client_token: lease.to_owned(),
-            image_id: "ami-0c0ffee000000026a".to_owned(),
-            instance_type: instance_type.to_owned(),
-            key_name: format!("crabbox-{}", lease.replace('_', "-")),
-            security_group_id: group.to_owned(),
-            subnet_id: None,
-            instance_profile: None,
-            root_gb: 400,
-            root_device: "/dev/sda1".to_owned(),
-            user_data: "#cloud-config\n".to_owned(),
+        moto::launch(
+            group,
+            lease,
+            instance_type,
             market,
-            tags: [("crabbox", "true"), ("lease", lease)]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        }
+            &[("crabbox", "true"), ("lease", lease)],
+        )
     }
 
     #[test]

@@ -201,15 +201,60 @@ fn a_targeted_plan_that_leaves_out_the_unseen_members_goes_on_without_rendering(
     );
 }
 
+/// Without the token the fix is a secret: Crabbox's exit code 3 for
+/// `plan`, `apply` and `destroy` alike, naming the variable to set.
 #[test]
-fn plan_without_the_token_names_the_variable_to_set() {
+fn plan_apply_and_destroy_without_the_token_exit_3_naming_the_variable_to_set() {
     let env = Env::new(&spec());
-    let out = env.run(&["plan"]);
+    for args in [
+        &["plan"][..],
+        &["plan", "--detailed-exitcode"],
+        &["apply", "--auto-approve"],
+        &["destroy", "--auto-approve"],
+    ] {
+        let out = env.run(args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(err.contains("HCLOUD_TOKEN"), "{args:?}: {err}");
+        assert!(!err.contains("this build supports"), "{args:?}: {err}");
+        assert!(
+            !text(&out.stdout).contains("to add"),
+            "{args:?}: nothing planned"
+        );
+    }
+}
+
+/// A token the provider refuses (401) is a credential too; a provider
+/// that is down besides it is not fixed by a secret, so that exits 1.
+#[test]
+fn a_refused_token_exits_3_and_an_outage_besides_it_exits_1() {
+    let rt = crate::support::runtime();
+    let fake = fake_with_db(&rt);
+    let env = Env::new(&spec());
+    let mut c = Command::cargo_bin("crabbox").expect("binary");
+    let out = c
+        .env("CRABBOX_STATE_DIR", env.path("state"))
+        .env("HOME", env.path("home"))
+        .env("NO_COLOR", "1")
+        .env("HCLOUD_TOKEN", "not-the-token")
+        .env("HCLOUD_ENDPOINT", &fake.base_url)
+        .env_remove("HETZNER_TOKEN")
+        .env_remove("CRABBOX_STATE_URL")
+        .current_dir(env.path("work"))
+        .timeout(Duration::from_secs(120))
+        .args(["plan", "--format", "json"])
+        .output()
+        .expect("runs");
     let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("HCLOUD_TOKEN"), "{err}");
-    assert!(!err.contains("this build supports"), "{err}");
-    assert!(!text(&out.stdout).contains("to add"), "nothing planned");
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("could not be listed"), "{err}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(doc["diagnostics"][0]["code"], "credentials", "{doc}");
+
+    let mut env = Env::new(&spec());
+    env.state_url = Some(format!("postgres://nobody@127.0.0.1:{}/none", free_port()));
+    let out = env.run(&["plan"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -9,7 +9,6 @@ use serde::Deserialize as _;
 
 use crabbox_core::labels;
 use crabbox_core::lease::Lease;
-use crabbox_core::provider::ProviderError;
 use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::features_of;
 use crabbox_fs::atomic_file;
@@ -52,7 +51,7 @@ pub async fn discover(
             let pond = pond.to_owned();
             tasks.spawn(async move { (name, provider.list(&pond).await) });
         }
-        Err(e) => inv.unreachable.push((name, explain(&e))),
+        Err(e) => inv.unreachable.push((name, e)),
     };
     for &name in &providers {
         spawn(name, &mut inv);
@@ -120,7 +119,7 @@ pub async fn discover(
                     }
                 }
             }
-            Err(e) => inv.unreachable.push((name, explain(&e))),
+            Err(e) => inv.unreachable.push((name, e)),
         }
     }
     drop(claim_of);
@@ -129,16 +128,17 @@ pub async fn discover(
     // the pond has never used holds none of the members crabbox made for it:
     // not seeing it is a warning. One the pond uses stays unobserved.
     let unreachable = std::mem::take(&mut inv.unreachable);
-    for (name, why) in unreachable {
+    for (name, e) in unreachable {
         if used.contains(&name) || inv.state_unreadable.is_some() {
-            inv.unreachable.push((name, why));
+            inv.unreachable.push((name, e));
         } else {
             inv.warnings.push(format!(
-                "provider `{name}` could not be listed: {why}; this pond has never used it (not in the spec, its claims or its record), so it is left out"
+                "provider `{name}` could not be listed: {}; this pond has never used it (not in the spec, its claims or its record), so it is left out",
+                e.explained()
             ));
         }
     }
-    inv.unreachable.sort();
+    inv.unreachable.sort_by_key(|(name, _)| *name);
     for (claim, ran) in pond_claims.into_iter().zip(ran) {
         if let Some(lease) = by_id.get_mut(&claim.lease_id) {
             lease.claimed = true;
@@ -200,16 +200,6 @@ fn adopt_claim_labels(lease: &mut Lease, claim: &Claim, pond: &str) {
         (labels::POND, pond),
     ] {
         lease.labels.insert(key.to_owned(), value.to_owned());
-    }
-}
-
-/// A provider error with its hint, for a one-line reason.
-fn explain(e: &ProviderError) -> String {
-    match e {
-        ProviderError::Config { message, hint } | ProviderError::Credentials { message, hint } => {
-            format!("{message} (help: {hint})")
-        }
-        other => other.to_string(),
     }
 }
 

@@ -60,6 +60,39 @@ pub async fn observe(
     discover(&desired.name, &wanted, registry, state_dir, claims).await
 }
 
+/// Why [`plan_with_outputs`] made no plan.
+#[derive(Debug)]
+pub enum PlanFailure {
+    /// The planner refused: the plan must not be applied.
+    Refused(PlanError),
+    /// An output file's template does not render.
+    Outputs(String),
+}
+
+impl PlanFailure {
+    /// Whether missing or refused credentials are the whole cause (the
+    /// commands exit 3 then).
+    #[must_use]
+    pub fn is_credentials(&self) -> bool {
+        matches!(
+            self,
+            Self::Refused(PlanError::Unobserved {
+                credentials: true,
+                ..
+            })
+        )
+    }
+}
+
+impl std::fmt::Display for PlanFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(e) => e.fmt(f),
+            Self::Outputs(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Plans, including the diffs of rendered output files. The files' future
 /// content uses `(known after apply)` for addresses of leases not created yet.
 ///
@@ -70,8 +103,8 @@ pub fn plan_with_outputs(
     inventory: &Inventory,
     options: &PlanOptions,
     registry: &Registry,
-) -> Result<Plan, String> {
-    let mut p = plan(desired, inventory, options).map_err(|e: PlanError| e.to_string())?;
+) -> Result<Plan, PlanFailure> {
+    let mut p = plan(desired, inventory, options).map_err(PlanFailure::Refused)?;
     if !inventory.unobserved().is_empty() {
         // Part of the pond was not seen (a targeted plan may go on): the
         // files would describe a pond without those members, so none is
@@ -91,7 +124,12 @@ pub fn plan_with_outputs(
     // Exactly the files apply's render step would write.
     let files = without_mesh_files(
         &dir,
-        output_files(&desired.name, &peers, &templates(desired)?)?,
+        output_files(
+            &desired.name,
+            &peers,
+            &templates(desired).map_err(PlanFailure::Outputs)?,
+        )
+        .map_err(PlanFailure::Outputs)?,
     );
     for f in files {
         let old = std::fs::read_to_string(dir.join(&f.name)).ok();

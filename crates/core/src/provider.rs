@@ -236,6 +236,23 @@ impl ProviderError {
         Self::Failed(format!("the claim store could not be read or written: {e}"))
     }
 
+    /// The error in one line, with what to do when it says so.
+    #[must_use]
+    pub fn explained(&self) -> String {
+        match self {
+            Self::Config { message, hint } | Self::Credentials { message, hint } => {
+                format!("{message} (help: {hint})")
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether the fix is a secret: credentials missing or refused.
+    #[must_use]
+    pub fn is_credentials(&self) -> bool {
+        matches!(self, Self::Credentials { .. })
+    }
+
     /// Whether the executor should retry the call.
     #[must_use]
     pub fn is_retryable(&self) -> bool {

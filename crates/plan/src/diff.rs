@@ -56,6 +56,9 @@ pub enum PlanError {
     Unobserved {
         /// One line per provider or store that could not be read.
         reasons: Vec<String>,
+        /// Whether missing or refused credentials are the whole cause (see
+        /// [`Inventory::only_credentials_missing`]).
+        credentials: bool,
     },
     /// A lease Crabbox made for a member does not fit the member's spec, and
     /// `--replace SLUG` was not given: it is neither adopted (it would stay
@@ -152,11 +155,13 @@ pub fn plan(
     if blocked {
         return Err(PlanError::Unobserved {
             reasons: inventory.unobserved(),
+            credentials: inventory.only_credentials_missing(),
         });
     }
-    for (p, why) in &inventory.unreachable {
+    for (p, e) in &inventory.unreachable {
         warnings.push(format!(
-            "provider `{p}` could not be listed: {why}. Its leases are not in this plan, and no output file is rendered."
+            "provider `{p}` could not be listed: {}. Its leases are not in this plan, and no output file is rendered.",
+            e.explained()
         ));
     }
     warnings.extend(inventory.warnings.iter().cloned());

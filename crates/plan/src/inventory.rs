@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crabbox_core::lease::Lease;
-use crabbox_core::provider::ProviderName;
+use crabbox_core::provider::{ProviderError, ProviderName};
 use crabbox_state::claims::Claim;
 
 /// What exists for one pond.
@@ -15,10 +15,11 @@ pub struct Inventory {
     pub leases: Vec<Lease>,
     /// Claims of this pond whose resource the provider no longer lists.
     pub dangling_claims: Vec<Claim>,
-    /// Providers that could not be listed, with the reason. Their leases
+    /// Providers that could not be listed, with the error. Their leases
     /// were not observed, which is not the same as absent: nothing about
-    /// their members may be planned.
-    pub unreachable: Vec<(ProviderName, String)>,
+    /// their members may be planned. The error itself is kept (not only its
+    /// text) so that commands can exit 3 when the fix is a credential.
+    pub unreachable: Vec<(ProviderName, ProviderError)>,
     /// Why the claim store (local files or PostgreSQL) could not be read,
     /// if it could not: claims were not observed either.
     pub state_unreadable: Option<String>,
@@ -40,11 +41,22 @@ impl Inventory {
         let mut out: Vec<String> = self
             .unreachable
             .iter()
-            .map(|(p, why)| format!("provider `{p}` could not be listed: {why}"))
+            .map(|(p, e)| format!("provider `{p}` could not be listed: {}", e.explained()))
             .collect();
         if let Some(why) = &self.state_unreadable {
             out.push(format!("the claim store could not be read: {why}"));
         }
         out
+    }
+
+    /// Whether what could not be read refused for credentials alone (every
+    /// unlisted provider wanted a credential, and the claim store was read):
+    /// then setting the secrets is the whole fix, and Crabbox's exit code 3
+    /// says so.
+    #[must_use]
+    pub fn only_credentials_missing(&self) -> bool {
+        self.state_unreadable.is_none()
+            && !self.unreachable.is_empty()
+            && self.unreachable.iter().all(|(_, e)| e.is_credentials())
     }
 }

@@ -106,8 +106,6 @@ pub struct AwsProvider {
     groups: Mutex<HashMap<String, Lazy<String>>>,
     /// Instance ID → the instance as last seen (its tags).
     sightings: Sightings<String, Instance>,
-    /// Instances a listing asks for a page (tests: several pages).
-    page_size: Option<i32>,
     /// The command's claims: where the regions of members with their own
     /// `aws.region` are read from (their `aws_region` label).
     claims: ClaimStore,
@@ -134,7 +132,6 @@ impl AwsProvider {
             clients: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             sightings: Sightings::default(),
-            page_size: None,
             claims: ClaimStore::local(state_dir),
         }
     }
@@ -144,43 +141,6 @@ impl AwsProvider {
     #[must_use]
     pub fn with_claims(mut self, claims: ClaimStore) -> Self {
         self.claims = claims;
-        self
-    }
-
-    /// Lists `n` instances a page (tests).
-    #[must_use]
-    pub fn with_page_size(mut self, n: i32) -> Self {
-        self.page_size = Some(n);
-        self
-    }
-
-    /// Keeps generated lease keys under `<dir>/<lease>/` (tests).
-    #[must_use]
-    pub fn with_testboxes_dir(mut self, dir: &Path) -> Self {
-        self.leases.testboxes = dir.to_owned();
-        self
-    }
-
-    /// Polls a booting instance at most every `interval` for at most `timeout`.
-    #[must_use]
-    pub fn with_boot_polling(mut self, interval: Duration, timeout: Duration) -> Self {
-        self.leases.poll_interval = interval;
-        self.leases.boot_timeout = timeout;
-        self
-    }
-
-    /// With `false`, create returns once the instance runs, without waiting
-    /// for SSH (tests of the API alone).
-    #[must_use]
-    pub fn with_ssh_bootstrap(mut self, on: bool) -> Self {
-        self.leases.ssh_bootstrap = on;
-        self
-    }
-
-    /// Puts work roots at `<base>/<lease>` (tests).
-    #[must_use]
-    pub fn with_work_base(mut self, base: &str) -> Self {
-        self.leases.work_base = base.trim_end_matches('/').to_owned();
         self
     }
 
@@ -197,7 +157,6 @@ impl AwsProvider {
             .entry(region.unwrap_or_default().to_owned())
             .or_default()
             .clone();
-        let page_size = self.page_size;
         cell.get_or_try_init(|| async move {
             let env: HashMap<String, String> = std::env::vars().collect();
             let profile = match region {
@@ -206,12 +165,7 @@ impl AwsProvider {
             };
             let (resolved, _) = credentials::region(region, &env, profile.as_deref());
             let config = sdk::load(Some(&resolved)).await?;
-            let ec2 = Ec2::new(&config);
-            let ec2 = match page_size {
-                Some(n) => ec2.with_page_size(n),
-                None => ec2,
-            };
-            Ok((ec2, resolved))
+            Ok((Ec2::new(&config), resolved))
         })
         .await
         .cloned()
