@@ -10,6 +10,7 @@ pub mod human_time;
 pub mod labels;
 pub mod lease;
 pub mod normalize;
+pub mod pond_tag;
 pub mod provider;
 pub mod retry;
 pub mod slug;

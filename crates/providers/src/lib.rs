@@ -12,6 +12,7 @@ pub mod local;
 pub mod registry;
 pub mod ssh;
 pub mod ssh_lease;
+pub mod tailnet;
 pub mod tensorlake;
 
 use std::time::Duration;
