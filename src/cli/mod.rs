@@ -7,6 +7,7 @@ mod claims;
 mod cleanup;
 mod completions;
 mod config;
+mod doctor;
 mod engine;
 mod exit;
 mod graph;
@@ -138,6 +139,9 @@ enum Command {
     Pause(imperative::PauseArgs),
     /// Resume a paused member.
     Resume(imperative::PauseArgs),
+    /// Check a pond's network: its Tailscale policy rows and, from every
+    /// member, each peer's exposed ports (exit 1 when a path is down).
+    Doctor(doctor::DoctorArgs),
     /// Destroy ponds whose every lease expired and, with --prefix, those not kept
     /// (closed pull requests). --dry-run shows the plan.
     Sweep(sweep::SweepArgs),
@@ -246,6 +250,7 @@ pub fn run(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> ExitC
         Command::Status(args) => imperative::status(&args),
         Command::Pause(args) => imperative::pause_or_resume(&args, true),
         Command::Resume(args) => imperative::pause_or_resume(&args, false),
+        Command::Doctor(args) => doctor::doctor(&args),
         Command::Ssh(args) => lease_cmds::ssh(&args),
         Command::Inspect(args) => lease_cmds::inspect(&args),
         Command::Heartbeat(args) => lease_cmds::heartbeat(&args),

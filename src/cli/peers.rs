@@ -46,7 +46,7 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
 /// built for the state the spec (or the environment) chose. The error is
 /// the exit code, after saying why (3 when a provider rejected or lacks
 /// its credentials).
-fn pond_inventory(
+pub(super) fn pond_inventory(
     rt: &tokio::runtime::Runtime,
     spec: &SpecArgs,
     pond: Option<&str>,
@@ -97,7 +97,7 @@ fn fully_observed(inv: &Inventory) -> bool {
     missing.is_empty()
 }
 
-fn peers_of(pond: &str, inv: &Inventory, registry: &Registry) -> Vec<Peer> {
+pub(super) fn peers_of(pond: &str, inv: &Inventory, registry: &Registry) -> Vec<Peer> {
     let reg = registry.clone();
     peers_from_leases(pond, &inv.leases, move |p| reg.features(p))
 }

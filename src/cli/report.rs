@@ -73,6 +73,7 @@ pub(super) fn output_of(command: &Command) -> Output {
         Command::Claims(a) => document(a.json),
         Command::Whoami(a) => document(a.json),
         Command::Show(a) => document(a.json),
+        Command::Doctor(a) => document(a.json),
         Command::Config(ConfigCommand::Show(a)) => document(a.json),
         Command::Pond(PondCommand::Peers(a)) => document(a.json),
         Command::Pond(PondCommand::Connect(a)) => document(a.json),

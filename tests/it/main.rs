@@ -12,6 +12,7 @@ mod converge;
 mod corpus;
 mod crabbox_cli;
 mod delegated_e2e;
+mod doctor;
 mod engine_faults;
 mod fake_coordinator;
 mod fake_hetzner;

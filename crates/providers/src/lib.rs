@@ -9,6 +9,7 @@ pub mod hetzner;
 pub mod http;
 pub mod islo;
 pub mod local;
+pub mod owner;
 pub mod registry;
 pub mod ssh;
 pub mod ssh_lease;

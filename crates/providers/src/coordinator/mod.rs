@@ -134,7 +134,7 @@ impl Settings {
         Some(Self {
             url: env_value(URL_ENV)?,
             token: env_value(TOKEN_ENV),
-            owner: owner(),
+            owner: crate::owner::owner(),
             org: env_value("CRABBOX_ORG"),
         })
     }
@@ -165,26 +165,6 @@ fn env_value(name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// Who this process says it is (`X-Crabbox-Owner`), as Crabbox finds it:
-/// `CRABBOX_OWNER`, `GIT_AUTHOR_EMAIL`, `GIT_COMMITTER_EMAIL`, else git's
-/// `user.email` (coordinator.go:2386-2402). A coordinator on a shared token
-/// ignores it; an admin token trusts it.
-fn owner() -> Option<String> {
-    ["CRABBOX_OWNER", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"]
-        .into_iter()
-        .find_map(env_value)
-        .or_else(|| {
-            let out = std::process::Command::new("git")
-                .args(["config", "--get", "user.email"])
-                .stdin(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .output()
-                .ok()?;
-            let email = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-            (out.status.success() && !email.is_empty()).then_some(email)
-        })
-}
-
 fn missing_token(url: &str) -> ProviderError {
     ProviderError::Credentials {
         message: format!("the Crabbox coordinator at {url} needs a token: {TOKEN_ENV} is not set"),
@@ -210,7 +190,7 @@ impl Settings {
         Some(Self {
             url,
             token: token.or_else(|| env_value(TOKEN_ENV)),
-            owner: owner(),
+            owner: crate::owner::owner(),
             org: env_value("CRABBOX_ORG"),
         })
     }
