@@ -19,14 +19,15 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use clap::Args;
 use serde::Serialize;
 
 use super::SpecArgs;
 use super::engine::runtime;
-use crabbox_core::provider::{OutputSink, ProviderError, Stream};
+use super::logs::Collect;
+use crabbox_core::provider::ProviderError;
 use crabbox_exec::remote_shell::quote;
 use crabbox_exec::session::ExecRequest;
 use crabbox_plan::inventory::Inventory;
@@ -220,21 +221,6 @@ fn paths(pond: &str, peers: &[Peer]) -> Vec<Path> {
     out
 }
 
-/// Lines a probe prints, kept.
-#[derive(Default)]
-struct Lines(Mutex<Vec<String>>);
-
-impl OutputSink for Lines {
-    fn line(&self, stream: Stream, line: &str) {
-        if stream == Stream::Stdout {
-            self.0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(line.to_owned());
-        }
-    }
-}
-
 /// Tries every path, each member's in one command run on it, the members
 /// side by side.
 async fn reach_all(inv: &Inventory, registry: &Registry, paths: &[Path]) -> Vec<Check> {
@@ -250,7 +236,7 @@ async fn reach_all(inv: &Inventory, registry: &Registry, paths: &[Path]) -> Vec<
                 Err(e) => Err(e),
                 Ok(provider) => {
                     let session = provider.session(lease);
-                    let sink = Arc::new(Lines::default());
+                    let sink = Arc::new(Collect::default());
                     let request = ExecRequest {
                         command: probe_script(&paths),
                         timeout: Some(std::time::Duration::from_secs(60)),
@@ -259,11 +245,7 @@ async fn reach_all(inv: &Inventory, registry: &Registry, paths: &[Path]) -> Vec<
                     session
                         .exec_unrecorded(&request, sink.clone())
                         .await
-                        .map(|_| {
-                            std::mem::take(
-                                &mut *sink.0.lock().unwrap_or_else(PoisonError::into_inner),
-                            )
-                        })
+                        .map(|_| sink.take())
                 }
             },
         };

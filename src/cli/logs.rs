@@ -37,7 +37,14 @@ pub(super) struct LogsArgs {
 
 /// The standard output of a small script, kept.
 #[derive(Default)]
-struct Collect(Mutex<Vec<String>>);
+pub(super) struct Collect(Mutex<Vec<String>>);
+
+impl Collect {
+    /// The lines kept so far, taken out.
+    pub(super) fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
 
 impl OutputSink for Collect {
     fn line(&self, stream: Stream, line: &str) {
@@ -158,7 +165,7 @@ async fn list(session: &dyn Session, dir: &str) -> Result<Vec<String>, ProviderE
             "listing {dir} exited with {code}"
         )));
     }
-    let mut names = std::mem::take(&mut *sink.0.lock().unwrap_or_else(PoisonError::into_inner));
+    let mut names = sink.take();
     names.sort();
     Ok(names)
 }
