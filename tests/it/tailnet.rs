@@ -234,3 +234,78 @@ asyncio.run(main())
         "the client sends its key as a Bearer token"
     );
 }
+
+/// The hosts script a member's timer runs, here against a fixture of
+/// `tailscale status --json` (a `tailscale` on PATH printing it): exactly
+/// the peers carrying the pond's tag, by IPv4 and slug, in hosts.cbx and in
+/// the managed block of the system hosts file, whose other lines stay; run
+/// again, it changes nothing.
+#[test]
+fn the_hosts_script_writes_exactly_the_tagged_peers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let fixture = crate::support::root().join("tests/fixtures/tailscale/status.json");
+    let fake = bin.join("tailscale");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\n[ \"$*\" = 'status --json' ] || exit 2\ncat '{}'\n",
+            fixture.display()
+        ),
+    )
+    .expect("fake tailscale");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("mode");
+    let script = dir.path().join("crabbox-pond-hosts");
+    std::fs::write(&script, crabbox_providers::tailnet::hosts::SCRIPT).expect("script");
+    let (cbx, hosts) = (dir.path().join("hosts.cbx"), dir.path().join("hosts"));
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 localhost\n# crabbox pond hosts begin\n100.64.9.9 stale.cbx\n# crabbox pond hosts end\n::1 ip6-localhost\n",
+    )
+    .expect("hosts");
+    let run = || {
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = std::process::Command::new("sh")
+            .arg(&script)
+            .arg(TAG)
+            .arg(&cbx)
+            .arg(&hosts)
+            .env("PATH", path)
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            std::fs::read_to_string(&cbx).expect("hosts.cbx"),
+            std::fs::read_to_string(&hosts).expect("hosts"),
+        )
+    };
+    let (written, system) = run();
+    // db (IPv4 listed second) and api (offline, still a member); not the
+    // other pond's db, the untagged laptop, or the tagged peer without an
+    // address; the node itself is not a peer.
+    assert_eq!(
+        written,
+        "# managed by crabbox-pond-hosts; do not edit\n100.64.0.2 api.cbx\n100.64.0.1 db.cbx\n"
+    );
+    assert_eq!(
+        system,
+        "127.0.0.1 localhost\n::1 ip6-localhost\n# crabbox pond hosts begin\n100.64.0.2 api.cbx\n100.64.0.1 db.cbx\n# crabbox pond hosts end\n"
+    );
+    assert_eq!(run(), (written, system), "a second run changes nothing");
+
+    // Without a running tailscale nothing is touched.
+    std::fs::write(&fake, "#!/bin/sh\nexit 1\n").expect("failing tailscale");
+    let before = std::fs::read_to_string(&hosts).expect("hosts");
+    let (_, after) = run();
+    assert_eq!(after, before);
+}

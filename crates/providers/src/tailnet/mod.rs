@@ -2,6 +2,7 @@
 //!
 //! - [`policy`]: the pond's rows in the tailnet policy file (read, merged
 //!   into HuJSON without losing the user's comments);
+//! - [`hosts`]: the script that gives members `<slug>.cbx` names;
 //! - [`api`]: Tailscale's REST API — the policy file with its ETag, written
 //!   back with `If-Match` — and [`api::ensure_pond_rows`], the opt-in ACL
 //!   bootstrap (`TS_API_KEY` and `CRABBOX_POND_ACL_BOOTSTRAP=1`).
@@ -12,6 +13,7 @@
 //! the environment and sent only to that URL; it is never printed.
 
 pub mod api;
+pub mod hosts;
 pub mod policy;
 
 use std::collections::HashMap;
