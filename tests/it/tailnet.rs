@@ -309,3 +309,41 @@ fn the_hosts_script_writes_exactly_the_tagged_peers() {
     let (_, after) = run();
     assert_eq!(after, before);
 }
+
+/// A member's auth key is minted one-use, ephemeral, pre-authorized and
+/// tagged; its address is found among the devices by hostname and the
+/// pond's tag (another pond's device of the same name is not it).
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_keys_are_minted_per_member_and_addresses_found_by_hostname_and_tag() {
+    use crabbox_providers::tailnet::api::member_device;
+    let fake = FakeTailscale::start("{}").await;
+    let api = api(&fake, API_KEY);
+    let key = api
+        .mint_auth_key(
+            &[TAG.to_owned()],
+            "crabbox alpha/db",
+            std::time::Duration::from_secs(600),
+        )
+        .await
+        .expect("minted");
+    assert!(key.0.starts_with("tskey-auth-"), "a Tailscale auth key");
+    assert!(!format!("{key:?}").contains("tskey"), "never printed");
+    let made = &fake.keys()[0];
+    assert_eq!(
+        made["capabilities"]["devices"]["create"],
+        serde_json::json!({"reusable": false, "ephemeral": true, "preauthorized": true, "tags": [TAG]})
+    );
+    assert_eq!(made["expirySeconds"], 600);
+
+    fake.add_device("crabbox-db", "100.64.0.3", &["tag:cbx-pond-xyuoqa6-beta"]);
+    fake.add_device("crabbox-db", "100.64.0.7", &[TAG]);
+    let devices = api.devices().await.expect("devices");
+    let db = member_device(&devices, "db", TAG).expect("db enrolled");
+    assert_eq!(db.ipv4(), Some("100.64.0.7"));
+    assert_eq!(db.name, "crabbox-db.tail0fake.ts.net");
+    assert_eq!(member_device(&devices, "api", TAG), None);
+
+    let wrong = self::api(&fake, "tskey-api-wrong");
+    let err = wrong.devices().await.expect_err("refused");
+    assert!(matches!(err, TailnetError::Credentials(_)), "{err:?}");
+}

@@ -174,6 +174,135 @@ impl TailnetApi {
     }
 }
 
+/// A device of the tailnet, the fields a pond member's address needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Device {
+    /// Its hostname (`crabbox-<slug>` for members).
+    #[serde(default)]
+    pub hostname: String,
+    /// Its MagicDNS name (`crabbox-db.tail0123.ts.net`).
+    #[serde(default)]
+    pub name: String,
+    /// Its tailnet addresses, IPv4 and IPv6.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Its ACL tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl Device {
+    /// Its tailnet IPv4 address.
+    #[must_use]
+    pub fn ipv4(&self) -> Option<&str> {
+        self.addresses
+            .iter()
+            .map(String::as_str)
+            .find(|a| !a.contains(':'))
+    }
+}
+
+/// A new auth key's secret (never printed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthKey(pub String);
+
+impl std::fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthKey(<redacted>)")
+    }
+}
+
+impl TailnetApi {
+    fn tailnet_url(&self, tail: &str) -> String {
+        self.policy_url().replace("/acl", tail)
+    }
+
+    /// Every device of the tailnet.
+    ///
+    /// # Errors
+    /// The API's refusal.
+    pub async fn devices(&self) -> Result<Vec<Device>, TailnetError> {
+        #[derive(serde::Deserialize)]
+        struct Devices {
+            devices: Vec<Device>,
+        }
+        let url = self.tailnet_url("/devices");
+        let answer = self
+            .http
+            .get(&url)
+            .basic_auth(&self.key, Some(""))
+            .header(USER_AGENT, crate::http::user_agent())
+            .send()
+            .await
+            .map_err(|e| TailnetError::Failed(format!("GET {url}: {e}")))?;
+        let status = answer.status();
+        let body = read_limited(answer).await?;
+        if !status.is_success() {
+            return Err(refusal(status, &body));
+        }
+        serde_json::from_str::<Devices>(&body)
+            .map(|d| d.devices)
+            .map_err(|e| TailnetError::Failed(format!("GET {url}: unreadable answer: {e}")))
+    }
+
+    /// A one-use auth key for one member: ephemeral (the node leaves the
+    /// tailnet when it goes offline), pre-authorized, carrying `tags`, valid
+    /// for `expiry` — so a key that leaks is worth one join, briefly.
+    ///
+    /// # Errors
+    /// The API's refusal (a key without the right to mint, a tag the
+    /// policy's `tagOwners` does not allow).
+    pub async fn mint_auth_key(
+        &self,
+        tags: &[String],
+        description: &str,
+        expiry: Duration,
+    ) -> Result<AuthKey, TailnetError> {
+        let url = self.tailnet_url("/keys");
+        let request = serde_json::json!({
+            "keyType": "auth",
+            "description": description,
+            "expirySeconds": expiry.as_secs(),
+            "capabilities": { "devices": { "create": {
+                "reusable": false,
+                "ephemeral": true,
+                "preauthorized": true,
+                "tags": tags,
+            }}},
+        });
+        let answer = self
+            .http
+            .post(&url)
+            .basic_auth(&self.key, Some(""))
+            .header(USER_AGENT, crate::http::user_agent())
+            .json(&request)
+            .send()
+            .await
+            .map_err(|e| TailnetError::Failed(format!("POST {url}: {e}")))?;
+        let status = answer.status();
+        let body = read_limited(answer).await?;
+        if !status.is_success() {
+            return Err(refusal(status, &body));
+        }
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("key").and_then(|k| k.as_str()).map(str::to_owned))
+            .filter(|k| !k.is_empty())
+            .map(AuthKey)
+            .ok_or_else(|| TailnetError::Failed(format!("POST {url}: the answer holds no key")))
+    }
+}
+
+/// The device a member enrolled as: hostname `crabbox-<slug>` carrying the
+/// pond's tag (a device of another pond may share the hostname).
+#[must_use]
+pub fn member_device<'a>(devices: &'a [Device], slug: &str, tag: &str) -> Option<&'a Device> {
+    let hostname = format!("crabbox-{slug}");
+    devices
+        .iter()
+        .find(|d| d.hostname == hostname && d.tags.iter().any(|t| t == tag))
+}
+
 async fn read_limited(answer: reqwest::Response) -> Result<String, TailnetError> {
     let bytes = answer
         .bytes()
