@@ -71,7 +71,10 @@ impl Fixture {
     }
 
     fn request(&self, slug: &str) -> CreateRequest {
-        let m = member(slug, json!({ "snapshot": SNAPSHOT, "work_root": self.work_root(slug) }));
+        let m = member(
+            slug,
+            json!({ "snapshot": SNAPSHOT, "work_root": self.work_root(slug) }),
+        );
         let lease_id = crabbox_core::lease::new_lease_id();
         let labels = member_labels::for_create(POND, &lease_id, &m, labels::now_secs());
         CreateRequest {
@@ -144,7 +147,11 @@ async fn create_labels_the_sandbox_in_its_create_call_and_reaches_it_over_ssh() 
         .collect();
     assert_eq!(posts.len(), 1);
     let body = &posts[0].body;
-    for (k, v) in request.labels.iter().filter(|(k, _)| *k != labels::SERVER_TYPE) {
+    for (k, v) in request
+        .labels
+        .iter()
+        .filter(|(k, _)| *k != labels::SERVER_TYPE)
+    {
         assert_eq!(body["labels"][k], json!(v), "label {k} in the create call");
     }
     assert_eq!(body["labels"]["work_root"], json!(fx.work_root("api")));
@@ -185,7 +192,10 @@ async fn create_labels_the_sandbox_in_its_create_call_and_reaches_it_over_ssh() 
     assert_eq!(code, 0);
     assert_eq!(
         out,
-        vec![format!("{}/workspace", fx.work_root("api")), "root".to_owned()]
+        vec![
+            format!("{}/workspace", fx.work_root("api")),
+            "root".to_owned()
+        ]
     );
     assert!(
         fx.fake
@@ -251,7 +261,11 @@ async fn listing_follows_cursors_and_keeps_only_crabbox_sandboxes_of_the_pond() 
     );
     fx.fake.handle.plant(
         "lookalike",
-        &[("crabbox", "true"), ("pond", POND), ("lease", "cbx_bbbbbbbbbbbb")],
+        &[
+            ("crabbox", "true"),
+            ("pond", POND),
+            ("lease", "cbx_bbbbbbbbbbbb"),
+        ],
     );
     fx.fake.handle.plant("stranger", &[("team", "data")]);
     let provider = fx.provider();
@@ -287,7 +301,10 @@ async fn rate_limits_and_unavailability_are_retried_and_a_lost_create_is_adopted
     let provider = fx.provider();
     fx.fake.handle.fail_next_with_429(2);
     let request = fx.request("retried");
-    let lease = provider.create(&request).await.expect("create despite 429s");
+    let lease = provider
+        .create(&request)
+        .await
+        .expect("create despite 429s");
     assert_eq!(fx.fake.handle.sandboxes().len(), 1);
     provider.release(&lease).await.expect("release");
 
@@ -323,7 +340,10 @@ async fn ssh_access_is_refreshed_before_it_expires() {
     })
     .await;
     let provider = fx.provider();
-    let lease = provider.create(&fx.request("refresh")).await.expect("create");
+    let lease = provider
+        .create(&fx.request("refresh"))
+        .await
+        .expect("create");
     let first = fx.fake.handle.tokens();
     assert_eq!(first.len(), 1);
     // Past two thirds of its life, then past its end: the first token no
@@ -340,13 +360,21 @@ async fn ssh_access_is_refreshed_before_it_expires() {
     assert_eq!((code, out), (0, vec!["again".to_owned()]));
     let tokens = fx.fake.handle.tokens();
     assert!(tokens.len() >= 2, "a new token was minted: {tokens:?}");
-    let newest = tokens.iter().find(|t| !first.contains(t)).expect("new token");
+    let newest = tokens
+        .iter()
+        .find(|t| !first.contains(t))
+        .expect("new token");
     assert!(fx.fake.handle.gateway().logins_as(newest) >= 1);
     // A revoked token really is refused (the test gateway is no pushover).
     fx.fake.handle.revoke_all_tokens();
     let stale = provider.ssh_target(&lease).await.expect("target");
     stale.close().await;
-    assert!(stale.try_prepared("true", Duration::from_secs(10)).await.is_err());
+    assert!(
+        stale
+            .try_prepared("true", Duration::from_secs(10))
+            .await
+            .is_err()
+    );
     provider.release(&lease).await.expect("release");
 }
 
@@ -567,13 +595,27 @@ fn a_daytona_pond_applies_replans_clean_refreshes_access_and_destroys() {
     let out = pond.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
-    let out = pond.run(&["run", "--pond", "dtpond", "--id", "box", "--", "cat hello.txt; exit 5"]);
+    let out = pond.run(&[
+        "run",
+        "--pond",
+        "dtpond",
+        "--id",
+        "box",
+        "--",
+        "cat hello.txt; exit 5",
+    ]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("synced to daytona"));
 
     let out = pond.run(&["destroy", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let left: Vec<String> = pond.fake.handle.sandboxes().into_iter().map(|s| s.id).collect();
+    let left: Vec<String> = pond
+        .fake
+        .handle
+        .sandboxes()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
     assert_eq!(left, vec![foreign], "only the foreign sandbox is left");
     let claims = std::fs::read_dir(pond.path("state/claims"))
         .map(|d| d.count())
@@ -599,8 +641,14 @@ fn class_and_type_on_a_daytona_member_are_refused_by_validate() {
         .expect("runs");
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("member `a`: `class` is not supported by provider `daytona`"), "{err}");
-    assert!(err.contains("member `b`: `type` is not supported by provider `daytona`"), "{err}");
+    assert!(
+        err.contains("member `a`: `class` is not supported by provider `daytona`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("member `b`: `type` is not supported by provider `daytona`"),
+        "{err}"
+    );
 }
 
 /// Whether any file under `dir` contains `needle`.

@@ -361,12 +361,7 @@ async fn handle_request(
 ) -> Response {
     let path = uri.path().to_owned();
     let query = query_pairs(&uri);
-    let param = |k: &str| {
-        query
-            .iter()
-            .find(|(q, _)| q == k)
-            .map(|(_, v)| v.clone())
-    };
+    let param = |k: &str| query.iter().find(|(q, _)| q == k).map(|(_, v)| v.clone());
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let json_body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     match (method.as_str(), parts.as_slice()) {
@@ -491,7 +486,10 @@ fn decode_cursor(cursor: &str) -> Option<u64> {
 
 fn create(handle: &FakeHandle, body: &Value) -> Response {
     let Some(obj) = body.as_object() else {
-        return error(StatusCode::BAD_REQUEST, "body must be a CreateSandbox object");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be a CreateSandbox object",
+        );
     };
     let text = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
     let mut inner = handle.lock();
@@ -499,14 +497,21 @@ fn create(handle: &FakeHandle, body: &Value) -> Response {
     if !inner.config.snapshots.contains(&snapshot) {
         return error(
             StatusCode::BAD_REQUEST,
-            &format!("Snapshot {snapshot} not found. Did you add it through the Daytona Dashboard?"),
+            &format!(
+                "Snapshot {snapshot} not found. Did you add it through the Daytona Dashboard?"
+            ),
         );
     }
     let labels: BTreeMap<String, String> = match obj.get("labels") {
         None | Some(Value::Null) => BTreeMap::new(),
         Some(v) => match serde_json::from_value(v.clone()) {
             Ok(l) => l,
-            Err(_) => return error(StatusCode::BAD_REQUEST, "labels must map strings to strings"),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "labels must map strings to strings",
+                );
+            }
         },
     };
     let id = new_id(&mut inner);
@@ -574,7 +579,10 @@ fn replace_labels(handle: &FakeHandle, id: &str, body: &Value) -> Response {
         .get("labels")
         .and_then(|l| serde_json::from_value::<BTreeMap<String, String>>(l.clone()).ok())
     else {
-        return error(StatusCode::BAD_REQUEST, "labels must map strings to strings");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "labels must map strings to strings",
+        );
     };
     with_sandbox(handle, id, |s, _| {
         s.labels.clone_from(&labels);

@@ -51,8 +51,9 @@ pub fn user_agent() -> String {
 pub fn check_api_url(setting: &str, url: &str) -> Result<(), ProviderError> {
     let bad = |why: &str| ProviderError::Config {
         message: format!("{setting} `{url}` {why}"),
-        hint: "use an https:// URL (plain http:// is accepted for 127.0.0.1, ::1 and localhost only)"
-            .to_owned(),
+        hint:
+            "use an https:// URL (plain http:// is accepted for 127.0.0.1, ::1 and localhost only)"
+                .to_owned(),
     };
     let parsed = reqwest::Url::parse(url).map_err(|e| bad(&format!("is not a URL: {e}")))?;
     let host = parsed

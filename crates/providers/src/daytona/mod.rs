@@ -171,14 +171,21 @@ impl DaytonaProvider {
     /// made on first use: the gateway authenticates the token, so one key
     /// serves every lease that names none.
     async fn own_key(&self) -> Result<PathBuf, ProviderError> {
-        let path = self.state_dir.join("ssh").join("daytona").join("id_ed25519");
+        let path = self
+            .state_dir
+            .join("ssh")
+            .join("daytona")
+            .join("id_ed25519");
         let _held = self.key_lock.lock().await;
         if path.exists() {
             return Ok(path);
         }
         let key = openssh_ed25519::generate("crabbox-daytona")?;
         let failed = |e: std::io::Error| {
-            ProviderError::Failed(format!("writing the Daytona SSH key {}: {e}", path.display()))
+            ProviderError::Failed(format!(
+                "writing the Daytona SSH key {}: {e}",
+                path.display()
+            ))
         };
         if let Some(dir) = path.parent() {
             crabbox_fs::atomic_file::create_private_dir(dir).map_err(failed)?;
@@ -406,7 +413,10 @@ impl DaytonaProvider {
     }
 
     /// The sandbox an earlier attempt of this create made, if any.
-    async fn earlier_attempt(&self, request: &CreateRequest) -> Result<Option<Sandbox>, ProviderError> {
+    async fn earlier_attempt(
+        &self,
+        request: &CreateRequest,
+    ) -> Result<Option<Sandbox>, ProviderError> {
         Ok(self
             .owned(&[
                 (labels::CRABBOX, "true"),
@@ -535,7 +545,8 @@ impl Provider for DaytonaProvider {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(request.lease_id.clone(), settings.clone());
-        let mut sandbox_labels: BTreeMap<String, String> = request.labels.clone().into_iter().collect();
+        let mut sandbox_labels: BTreeMap<String, String> =
+            request.labels.clone().into_iter().collect();
         let name = server_name(&request.member.slug, &request.lease_id);
         sandbox_labels.insert(LEASE_NAME.to_owned(), name.clone());
         sandbox_labels.insert(WORK_ROOT.to_owned(), settings.work_root.clone());
@@ -572,7 +583,10 @@ impl Provider for DaytonaProvider {
         self.check_url()?;
         self.owned_sandbox(lease).await?;
         if !keeps_lease_labels(labels, &lease.id)
-            || labels.get(crabbox_core::labels::PROVIDER).map(String::as_str) != Some("daytona")
+            || labels
+                .get(crabbox_core::labels::PROVIDER)
+                .map(String::as_str)
+                != Some("daytona")
         {
             return Err(ProviderError::Failed(format!(
                 "refusing to relabel daytona sandbox {}: the new labels drop crabbox=true, provider=daytona, pond or lease={}",
