@@ -45,6 +45,7 @@ pub static ADAPTERS: &[&Descriptor] = &[
     &crate::islo::DESCRIPTOR,
     &crate::tensorlake::DESCRIPTOR,
     &crate::daytona::DESCRIPTOR,
+    &crate::e2b::DESCRIPTOR,
 ];
 
 /// The providers this build has an adapter for, in [`ProviderName::ALL`]
