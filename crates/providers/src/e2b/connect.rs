@@ -59,10 +59,7 @@ impl Decoder {
     pub(super) fn feed(&mut self, chunk: &[u8]) -> Result<Vec<Event>, ProviderError> {
         self.buffer.extend_from_slice(chunk);
         let mut events = Vec::new();
-        loop {
-            let Some(header) = self.buffer.get(..5) else {
-                break;
-            };
+        while let Some(header) = self.buffer.get(..5) {
             let flags = header[0];
             let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
             if flags & COMPRESSED != 0 {
