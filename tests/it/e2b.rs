@@ -327,6 +327,43 @@ async fn a_sandbox_without_the_lease_metadata_is_never_touched() {
     assert_eq!(fx.fake.handle.sandbox_ids(), vec![id]);
 }
 
+// ---- E2B's own Python SDK against the fake ----
+
+#[test]
+fn e2bs_python_sdk_creates_lists_runs_and_kills_on_the_fake() {
+    let rt = crate::support::runtime();
+    let fake = rt.block_on(fake_e2b::start());
+    let venv = crate::support::root().join("target/test-tools/venv/bin/python3");
+    let python = if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    };
+    let out = std::process::Command::new(python)
+        .arg(crate::support::root().join("tests/fixtures/e2b_sdk.py"))
+        .env("E2B_API_KEY", API_KEY)
+        .env("E2B_API_URL", &fake.api_url)
+        .env("E2B_DOMAIN", &fake.domain)
+        .env("E2B_SANDBOX_URL", &fake.api_url)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "the SDK script failed (./scripts/test installs e2b):\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("the script's JSON");
+    assert_eq!(report["listed"], json!([report["id"]]));
+    assert_eq!(report["metadata"]["lease"], "cbx_5e5e5e5e5e5e");
+    assert_eq!(report["stdout"], "from the sdk\n");
+    assert_eq!(report["stderr"], "to stderr\n");
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(report["failed_exit_code"], 3);
+    assert_eq!(report["after_kill"], 0);
+    assert!(fake.handle.sandbox_ids().is_empty());
+}
+
 // ---- a pond end to end: daytona, e2b and local ----
 
 struct Pond {

@@ -20,6 +20,9 @@
 //!   envelope in; out: `start`, `data` with base64 `stdout`/`stderr` as the
 //!   process writes, `end {exitCode, exited, status}`, then the end-of-stream
 //!   envelope). [`FakeHandle::cut_next_streams`] ends streams before `end`.
+//! - envd is also reached at any other host with an `E2b-Sandbox-Id`
+//!   header (E2B's shared `sandbox.<domain>` proxy, the SDK's
+//!   `E2B_SANDBOX_URL`).
 //! - Ports: a `GET` to `P-<id>.localhost:<port>` is forwarded to
 //!   127.0.0.1:P.
 
@@ -125,7 +128,12 @@ fn target_of(headers: &HeaderMap) -> Target {
         .unwrap_or_default();
     let name = host.split(':').next().unwrap_or_default();
     let Some(label) = name.strip_suffix(".localhost") else {
-        return Target::Api;
+        // E2B's shared sandbox host (`sandbox.<domain>`, or the SDK's
+        // `E2B_SANDBOX_URL`) names the sandbox in a header.
+        return match headers.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()) {
+            Some(id) => Target::Envd(id.to_owned()),
+            None => Target::Api,
+        };
     };
     match label.split_once('-') {
         Some((ENVD_PORT, id)) => Target::Envd(id.to_owned()),
@@ -322,7 +330,9 @@ fn api(handle: &FakeHandle, method: &Method, uri: &Uri, body: &[u8]) -> Response
     let domain = format!("localhost:{}", inner.port);
     let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
     match (method.as_str(), parts.as_slice()) {
-        ("POST", ["sandboxes"]) => {
+        // `/v2/sandboxes` is the newer create (`NewSandboxV2`, E2B's
+        // current SDK); Crabbox posts to `/sandboxes`.
+        ("POST", ["sandboxes"] | ["v2", "sandboxes"]) => {
             let Some(template) = json_body.get("templateID").and_then(Value::as_str) else {
                 return error(StatusCode::BAD_REQUEST, "templateID is required");
             };
