@@ -327,6 +327,44 @@ async fn a_sandbox_without_the_lease_metadata_is_never_touched() {
     assert_eq!(fx.fake.handle.sandbox_ids(), vec![id]);
 }
 
+#[tokio::test]
+async fn a_lost_create_is_adopted_and_plain_http_is_loopback_only() {
+    let fx = Fixture::new().await;
+    let provider = fx.provider();
+    // An earlier attempt made the sandbox but its answer was lost.
+    let request = fx.request("lost", Duration::from_secs(600));
+    let mut metadata: Vec<(&str, &str)> = request
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let workdir = fx.workdir("lost");
+    metadata.push(("workdir", &workdir));
+    let earlier = fx.fake.handle.plant(&metadata);
+    let lease = provider.create(&request).await.expect("create");
+    assert_eq!(lease.cloud_id, earlier);
+    assert_eq!(fx.fake.handle.sandbox_ids(), vec![earlier]);
+    assert!(
+        !fx.fake
+            .handle
+            .requests()
+            .iter()
+            .any(|r| r.method == "POST" && r.path == "/sandboxes"),
+        "nothing was created twice"
+    );
+    provider.release(&lease).await.expect("release");
+
+    let far = E2bProvider::new(
+        API_KEY,
+        EnvSettings {
+            api_url: Some("http://api.e2b.example".to_owned()),
+            ..EnvSettings::default()
+        },
+    );
+    let e = far.list(POND).await.expect_err("plain HTTP off loopback");
+    assert!(matches!(e, ProviderError::Config { .. }), "{e:?}");
+}
+
 // ---- E2B's own Python SDK against the fake ----
 
 #[test]

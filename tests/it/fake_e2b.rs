@@ -391,7 +391,12 @@ fn api(handle: &FakeHandle, method: &Method, uri: &Uri, body: &[u8]) -> Response
             let page: Vec<Value> = matching
                 .iter()
                 .take(limit)
-                .map(|s| sandbox_json(s, &domain, true))
+                .map(|s| {
+                    // `ListedSandbox` carries no access token.
+                    let mut v = sandbox_json(s, &domain, true);
+                    v.as_object_mut().map(|o| o.remove("envdAccessToken"));
+                    v
+                })
                 .collect();
             let mut response = (StatusCode::OK, axum::Json(Value::Array(page))).into_response();
             if matching.len() > limit {
