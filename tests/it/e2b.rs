@@ -539,3 +539,33 @@ members:
         .unwrap_or(0);
     assert_eq!(claims, 0, "no claim is left");
 }
+
+#[test]
+fn a_broad_e2b_workdir_is_refused_by_validate_as_by_the_adapter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("pond.yaml"),
+        "version: 1\npond: p\nmembers:\n  - slug: a\n    provider: e2b\n    e2b: { workdir: /tmp }\n  - slug: b\n    provider: e2b\n    e2b: { workdir: app }\n",
+    )
+    .expect("spec");
+    let out = Command::cargo_bin("crabbox")
+        .expect("binary")
+        .env("NO_COLOR", "1")
+        .env("HOME", dir.path())
+        .current_dir(dir.path())
+        .arg("validate")
+        .output()
+        .expect("runs");
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("E2B `workdir` `/tmp` is `/tmp`: not a dedicated directory"),
+        "{err}"
+    );
+    assert!(err.contains("[e2b-workdir]"), "{err}");
+    assert_eq!(
+        err.matches("[e2b-workdir]").count(),
+        1,
+        "`app` is fine: {err}"
+    );
+}

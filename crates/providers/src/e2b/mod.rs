@@ -66,8 +66,8 @@ pub const DEFAULT_DOMAIN: &str = "e2b.app";
 const PROVIDER: &str = "e2b";
 const KEY_ENV: &str = "E2B_API_KEY";
 const DEFAULT_TEMPLATE: &str = "base";
-const DEFAULT_WORKDIR: &str = "crabbox";
-const DEFAULT_USER: &str = "user";
+const DEFAULT_WORKDIR: &str = E2bBlock::DEFAULT_WORKDIR;
+const DEFAULT_USER: &str = E2bBlock::DEFAULT_USER;
 /// envd's port.
 const ENVD_PORT: u16 = 49983;
 /// E2B caps a sandbox's timeout at an hour.
@@ -831,15 +831,14 @@ fn member_settings(
             .unwrap_or_else(|| default.to_owned())
     };
     let user = pick(block.user, &env.user, DEFAULT_USER);
-    let workdir = workdir_path(&pick(block.workdir, &env.workdir, DEFAULT_WORKDIR), &user);
-    if matches!(workdir.as_str(), "/" | "/home" | "/tmp" | "/root")
-        || workdir == format!("/home/{user}")
-    {
-        return Err(ProviderError::Config {
-            message: format!("member `{}`: e2b workdir `{workdir}` is too broad", m.slug),
-            hint: "use a dedicated directory such as `crabbox` (under /home/<user>)".to_owned(),
-        });
-    }
+    let workdir = pick(block.workdir, &env.workdir, DEFAULT_WORKDIR);
+    // One rule with validate's (`E2bBlock::problems`).
+    let workdir = E2bBlock::checked_workdir(Some(&workdir), Some(&user)).map_err(|p| {
+        ProviderError::Config {
+            message: format!("member `{}`: {}", m.slug, p.message),
+            hint: p.hint,
+        }
+    })?;
     Ok((
         pick(block.template, &env.template, DEFAULT_TEMPLATE),
         workdir,
