@@ -62,6 +62,10 @@ impl TestSshd {
     }
 
     fn start_with(port: u16, log_level: &str) -> Self {
+        Self::start_configured(port, log_level, "", &[])
+    }
+
+    fn start_configured(port: u16, log_level: &str, extra: &str, env: &[(&str, String)]) -> Self {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: openssh-server is not installed; ./scripts/test installs it"
@@ -98,7 +102,8 @@ impl TestSshd {
                  PrintMotd no\n\
                  MaxStartups 200:30:400\n\
                  SetEnv SHLVL=1\n\
-                 LogLevel {log_level}\n",
+                 LogLevel {log_level}\n\
+                 {extra}",
                 host_key.display(),
                 dir.path().join("sshd.pid").display(),
                 authorized_keys.display(),
@@ -110,6 +115,7 @@ impl TestSshd {
         let log_path = dir.path().join("sshd.log");
         let log = std::fs::File::create(&log_path).expect("sshd.log");
         let mut child = Command::new(SSHD)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("-D")
             .arg("-e")
             .arg("-f")
@@ -277,4 +283,122 @@ fn descendants(root: i32) -> Vec<i32> {
         i += 1;
     }
     found.split_off(1)
+}
+
+// ---- a gateway whose logins are access tokens ----
+
+/// Where `nss_wrapper` is (Debian's `libnss-wrapper`, in the machine's
+/// multiarch directory): the gateway's sshd reads its users from a file of
+/// the test's through it, so token users exist for sshd without touching
+/// the machine's `/etc/passwd`.
+fn nss_wrapper() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("libnss_wrapper.so"))
+        .find(|p| p.exists())
+}
+
+/// Standing for an SSH gateway such as Daytona's, where the login name is a
+/// short-lived access token: a [`TestSshd`] whose users are the tokens
+/// granted (each an alias of root, from a passwd file `nss_wrapper` gives
+/// sshd) and which accepts any key for a token that is still granted (an
+/// `AuthorizedKeysCommand` looking for the token's file). A token revoked
+/// or expired can no longer log in; sessions already open go on, as on a
+/// real gateway.
+pub struct TokenGateway {
+    /// The server.
+    pub sshd: TestSshd,
+    /// Holds the users file, the key command and one file per live token.
+    /// Under `/run`: sshd runs a key command only from a path no other
+    /// user can write to, all the way up (which `/tmp` is not).
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for TokenGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenGateway")
+            .field("port", &self.sshd.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenGateway {
+    /// Starts a gateway on a free port.
+    ///
+    /// # Panics
+    /// When openssh-server or libnss-wrapper is not installed, or the
+    /// server does not start.
+    pub fn start() -> Self {
+        let nss_wrapper = nss_wrapper()
+            .expect("/usr/lib/*/libnss_wrapper.so is missing: libnss-wrapper is not installed; ./scripts/test installs it");
+        let dir = tempfile::Builder::new()
+            .prefix("crabbox-gateway-")
+            .tempdir_in("/run")
+            .expect("a directory under /run for the gateway");
+        std::fs::create_dir(dir.path().join("tokens")).expect("tokens dir");
+        let passwd = dir.path().join("passwd");
+        let group = dir.path().join("group");
+        let entries = |db: &str, keys: &[&str]| {
+            let out = Command::new("getent")
+                .arg(db)
+                .args(keys)
+                .output()
+                .expect("getent runs");
+            String::from_utf8(out.stdout).expect("utf-8 getent")
+        };
+        let me = current_user();
+        std::fs::write(&passwd, entries("passwd", &["root", "sshd", &me])).expect("passwd");
+        std::fs::write(&group, entries("group", &["root", "nogroup"])).expect("group");
+        let command = dir.path().join("keys.sh");
+        std::fs::write(
+            &command,
+            format!(
+                "#!/bin/sh\n# $1 user (a token), $2 key type, $3 key: any key of a live token.\n\
+                 case \"$1\" in */*|.*) exit 1;; esac\n\
+                 [ -e '{}'/\"$1\" ] && printf '%s %s\\n' \"$2\" \"$3\"\n",
+                dir.path().join("tokens").display()
+            ),
+        )
+        .expect("key command");
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&command, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod key command");
+        let extra = format!(
+            "AuthorizedKeysCommand {} %u %t %k\nAuthorizedKeysCommandUser root\n",
+            command.display()
+        );
+        let env = [
+            ("LD_PRELOAD", nss_wrapper.display().to_string()),
+            ("NSS_WRAPPER_PASSWD", passwd.display().to_string()),
+            ("NSS_WRAPPER_GROUP", group.display().to_string()),
+        ];
+        let sshd = TestSshd::start_configured(free_port(), "VERBOSE", &extra, &env);
+        Self { sshd, dir }
+    }
+
+    /// Lets `token` log in (with any key) until it is revoked.
+    pub fn grant(&self, token: &str) {
+        assert!(
+            !token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "token users are alphanumeric: {token}"
+        );
+        let mut users = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("passwd"))
+            .expect("open gateway passwd");
+        writeln!(users, "{token}:x:0:0:access token:/root:/bin/sh").expect("add token user");
+        std::fs::write(self.dir.path().join("tokens").join(token), b"").expect("token file");
+    }
+
+    /// `token` can no longer log in.
+    pub fn revoke(&self, token: &str) {
+        let _ = std::fs::remove_file(self.dir.path().join("tokens").join(token));
+    }
+
+    /// How many logins as `token` the server accepted.
+    pub fn logins_as(&self, token: &str) -> usize {
+        self.sshd
+            .log_lines(&format!("Accepted publickey for {token} "))
+    }
 }

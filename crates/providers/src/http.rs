@@ -42,6 +42,36 @@ pub fn user_agent() -> String {
     format!("crabbox/{}", env!("CARGO_PKG_VERSION"))
 }
 
+/// An API URL a credential may be sent to: HTTPS, or plain HTTP only to a
+/// loopback host (a local fake or proxy), as Crabbox requires of the E2B
+/// and Daytona URLs — a token must never cross a network in the clear.
+///
+/// # Errors
+/// [`ProviderError::Config`] naming `setting` for anything else.
+pub fn check_api_url(setting: &str, url: &str) -> Result<(), ProviderError> {
+    let bad = |why: &str| ProviderError::Config {
+        message: format!("{setting} `{url}` {why}"),
+        hint:
+            "use an https:// URL (plain http:// is accepted for 127.0.0.1, ::1 and localhost only)"
+                .to_owned(),
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| bad("has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(bad("must be HTTPS unless its host is loopback")),
+    }
+}
+
 /// A secret that never shows in `Debug` output or messages.
 #[derive(Clone, PartialEq, Eq)]
 struct Secret(String);
@@ -538,6 +568,27 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_urls_are_https_unless_loopback() {
+        for ok in [
+            "https://app.daytona.io/api",
+            "http://127.0.0.1:8080/api",
+            "http://localhost:1",
+            "http://[::1]:9/",
+        ] {
+            assert!(check_api_url("daytona.api_url", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://app.daytona.io/api",
+            "http://10.0.0.1/",
+            "ftp://127.0.0.1/",
+            "not a url",
+        ] {
+            let e = check_api_url("daytona.api_url", bad).expect_err(bad);
+            assert!(matches!(e, ProviderError::Config { .. }), "{bad}: {e:?}");
+        }
+    }
 
     #[test]
     fn debug_output_redacts_the_token() {

@@ -5,6 +5,8 @@
 pub mod aws;
 pub mod claim_backed;
 pub mod coordinator;
+pub mod daytona;
+pub mod e2b;
 pub mod hetzner;
 pub mod http;
 pub mod islo;

@@ -44,6 +44,8 @@ pub static ADAPTERS: &[&Descriptor] = &[
     &crate::aws::DESCRIPTOR,
     &crate::islo::DESCRIPTOR,
     &crate::tensorlake::DESCRIPTOR,
+    &crate::daytona::DESCRIPTOR,
+    &crate::e2b::DESCRIPTOR,
 ];
 
 /// The providers this build has an adapter for, in [`ProviderName::ALL`]

@@ -429,6 +429,28 @@ impl Checker<'_> {
             }
         }
 
+        // Daytona sizes sandboxes by snapshot: Crabbox refuses --class and
+        // --type there (daytona/backend_ssh.go), and so does validate.
+        if provider_known && provider == ProviderName::Daytona {
+            for (set, field) in [(class.is_some(), "class"), (server_type.is_some(), "type")] {
+                if set {
+                    let origin = if spec.class.is_some() || spec.server_type.is_some() {
+                        own
+                    } else {
+                        Origin::Defaults
+                    };
+                    self.out.push(
+                        Diagnostic::error(
+                            "unsupported-option",
+                            self.key(&origin.pointer(&format!("/{field}"))),
+                            format!("member `{slug}`: `{field}` is not supported by provider `daytona`"),
+                        )
+                        .with_hint("choose CPU, memory and disk in the Daytona snapshot (`daytona: { snapshot: … }`)"),
+                    );
+                }
+            }
+        }
+
         let tailscale = pick!(tailscale);
         if let Some((true, origin)) = tailscale {
             self.out.push(

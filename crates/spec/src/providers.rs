@@ -604,6 +604,97 @@ impl TensorlakeBlock {
     }
 }
 
+impl DaytonaBlock {
+    /// Every value of this block Daytona cannot use: a relative `workRoot`,
+    /// SSH access tokens of 0 minutes.
+    #[must_use]
+    pub fn problems(&self) -> Vec<BlockProblem> {
+        let mut out = Vec::new();
+        if let Some(root) = self.work_root.as_deref()
+            && (!root.trim().starts_with('/') || root.split('/').any(|p| p == ".."))
+        {
+            out.push(BlockProblem {
+                field: "workRoot".to_owned(),
+                code: "daytona-work-root",
+                message: format!(
+                    "Daytona `workRoot` `{root}` must be an absolute directory without `..`"
+                ),
+                hint: "e.g. /home/daytona/crabbox (the default)".to_owned(),
+            });
+        }
+        if self.ssh_access_minutes == Some(0) {
+            out.push(BlockProblem {
+                field: "sshAccessMinutes".to_owned(),
+                code: "daytona-ssh-access",
+                message: "Daytona `sshAccessMinutes` must be at least 1".to_owned(),
+                hint: "leave it out for 30 minutes (tokens are refreshed before they expire)"
+                    .to_owned(),
+            });
+        }
+        out
+    }
+}
+
+impl E2bBlock {
+    /// The user commands run as when the block names none.
+    pub const DEFAULT_USER: &'static str = "user";
+    /// The workdir when the block names none.
+    pub const DEFAULT_WORKDIR: &'static str = "crabbox";
+
+    /// E2B's `workdir` rule (Crabbox's): a relative directory goes under
+    /// `/home/<user>`; the result must not be broad (`/`, `/home`, the
+    /// user's home, `/tmp`, a system directory) nor hold `..`. Returns the
+    /// absolute directory.
+    ///
+    /// # Errors
+    /// A broad directory or `..`.
+    pub fn checked_workdir(
+        workdir: Option<&str>,
+        user: Option<&str>,
+    ) -> Result<String, BlockProblem> {
+        let user = user
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .unwrap_or(Self::DEFAULT_USER);
+        let raw = workdir
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .unwrap_or(Self::DEFAULT_WORKDIR);
+        let path = if raw.starts_with('/') {
+            raw.trim_end_matches('/').to_owned()
+        } else {
+            format!("/home/{user}/{}", raw.trim_matches('/'))
+        };
+        let home = format!("/home/{user}");
+        const BROAD: [&str; 13] = [
+            "", "/home", "/tmp", "/root", "/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/sys",
+            "/usr", "/var",
+        ];
+        if BROAD.contains(&path.as_str())
+            || path == home
+            || path.split('/').any(|p| p == "..")
+            || path.contains('\0')
+        {
+            return Err(BlockProblem {
+                field: "workdir".to_owned(),
+                code: "e2b-workdir",
+                message: format!("E2B `workdir` `{raw}` is `{path}`: not a dedicated directory"),
+                hint: "use a directory of its own, such as `crabbox` (under /home/<user>, the default)".to_owned(),
+            });
+        }
+        Ok(path)
+    }
+
+    /// Every value of this block E2B cannot use.
+    #[must_use]
+    pub fn problems(&self) -> Vec<BlockProblem> {
+        Self::checked_workdir(self.workdir.as_deref(), self.user.as_deref())
+            .err()
+            .into_iter()
+            .collect()
+    }
+}
+
 impl AwsBlock {
     /// The smallest root volume an Ubuntu AMI boots from (its snapshot's size).
     pub const MIN_ROOT_GB: u32 = 8;
@@ -718,8 +809,8 @@ pub struct DaytonaBlock {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "sshAccessMinutes", alias = "ssh_access_minutes")]
     pub ssh_access_minutes: Option<u32>,
-    /// Path to the private key the SSH client presents. Default: a per-lease key generated
-    /// in the state dir.
+    /// Path to the private key the SSH client presents. Default: a key generated once in the
+    /// state dir (Daytona's gateway authenticates the access token, not the key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_key: Option<String>,
 }
@@ -935,6 +1026,8 @@ impl ProviderBlocks {
             ProviderName::Islo => self.islo.as_ref().map(IsloBlock::problems),
             ProviderName::Tensorlake => self.tensorlake.as_ref().map(TensorlakeBlock::problems),
             ProviderName::Aws => self.aws.as_ref().map(AwsBlock::problems),
+            ProviderName::Daytona => self.daytona.as_ref().map(DaytonaBlock::problems),
+            ProviderName::E2b => self.e2b.as_ref().map(E2bBlock::problems),
             _ => None,
         }
         .unwrap_or_default()
@@ -1002,6 +1095,40 @@ fn block_json<T: Serialize>(block: Option<&T>) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn e2b_workdirs_go_under_the_users_home_and_are_never_broad() {
+        assert_eq!(
+            E2bBlock::checked_workdir(None, None).unwrap(),
+            "/home/user/crabbox"
+        );
+        assert_eq!(
+            E2bBlock::checked_workdir(Some("app/"), Some("dev")).unwrap(),
+            "/home/dev/app"
+        );
+        assert_eq!(
+            E2bBlock::checked_workdir(Some("/srv/app/"), None).unwrap(),
+            "/srv/app"
+        );
+        for broad in ["/", "/tmp", "/home", "/home/user", "../x", "/etc/"] {
+            assert!(
+                E2bBlock::checked_workdir(Some(broad), None).is_err(),
+                "{broad}"
+            );
+        }
+    }
+
+    #[test]
+    fn daytona_work_roots_are_absolute_and_tokens_live_a_minute_at_least() {
+        let block = DaytonaBlock {
+            work_root: Some("crabbox".into()),
+            ssh_access_minutes: Some(0),
+            ..DaytonaBlock::default()
+        };
+        let fields: Vec<String> = block.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["workRoot", "sshAccessMinutes"]);
+        assert!(DaytonaBlock::default().problems().is_empty());
+    }
 
     #[test]
     fn overlay_keeps_member_values_and_fills_from_defaults() {
