@@ -4,6 +4,7 @@ mod adopt;
 mod aws;
 mod aws_api;
 mod aws_ssh_cidr;
+mod blacksmith;
 mod brokered;
 mod cli;
 mod closed_stdout;

@@ -44,6 +44,7 @@ pub static ADAPTERS: &[&Descriptor] = &[
     &crate::aws::DESCRIPTOR,
     &crate::islo::DESCRIPTOR,
     &crate::tensorlake::DESCRIPTOR,
+    &crate::blacksmith::DESCRIPTOR,
 ];
 
 /// The providers this build has an adapter for, in [`ProviderName::ALL`]

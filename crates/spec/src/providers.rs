@@ -604,6 +604,37 @@ impl TensorlakeBlock {
     }
 }
 
+impl BlacksmithTestboxBlock {
+    /// Every value of this block Blacksmith cannot use: no `workflow` (a
+    /// Testbox is warmed up from one; Crabbox refuses a create without it),
+    /// an `idleTimeout` that is not a duration of at least a minute (the
+    /// CLI takes whole minutes).
+    #[must_use]
+    pub fn problems(&self) -> Vec<BlockProblem> {
+        let mut out = Vec::new();
+        if self.workflow.as_deref().is_none_or(|w| w.trim().is_empty()) {
+            out.push(BlockProblem {
+                field: "workflow".to_owned(),
+                code: "blacksmith-workflow",
+                message: "blacksmith-testbox requires `blacksmith-testbox.workflow`".to_owned(),
+                hint: "name the Testbox workflow, e.g. `blacksmith-testbox: { workflow: .github/workflows/ci-check-testbox.yml }`".to_owned(),
+            });
+        }
+        if let Some(raw) = &self.idle_timeout
+            && crabbox_core::duration::parse(raw)
+                .is_none_or(|d| d < std::time::Duration::from_secs(60))
+        {
+            out.push(BlockProblem {
+                field: "idleTimeout".to_owned(),
+                code: "blacksmith-idle-timeout",
+                message: format!("Blacksmith `idleTimeout` `{raw}` is not a duration of at least 1m"),
+                hint: "write minutes or hours such as `30m` or `2h`, or leave it out for the member's `idle_timeout`".to_owned(),
+            });
+        }
+        out
+    }
+}
+
 impl AwsBlock {
     /// The smallest root volume an Ubuntu AMI boots from (its snapshot's size).
     pub const MIN_ROOT_GB: u32 = 8;
@@ -935,6 +966,13 @@ impl ProviderBlocks {
             ProviderName::Islo => self.islo.as_ref().map(IsloBlock::problems),
             ProviderName::Tensorlake => self.tensorlake.as_ref().map(TensorlakeBlock::problems),
             ProviderName::Aws => self.aws.as_ref().map(AwsBlock::problems),
+            // Required keys: a member without the block has problems too.
+            ProviderName::BlacksmithTestbox => Some(
+                self.blacksmith_testbox
+                    .clone()
+                    .unwrap_or_default()
+                    .problems(),
+            ),
             _ => None,
         }
         .unwrap_or_default()
