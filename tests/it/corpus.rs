@@ -83,6 +83,8 @@ fn every_check_has_a_corpus_case() {
         "aws-target",
         "aws-ssh-cidr",
         "aws-root-gb",
+        "blacksmith-workflow",
+        "blacksmith-idle-timeout",
     ];
     let missing: Vec<&str> = required
         .iter()
