@@ -7,6 +7,7 @@ mod aws_ssh_cidr;
 mod blacksmith;
 mod brokered;
 mod cli;
+mod cli_delegated_e2e;
 mod closed_stdout;
 mod compat;
 mod converge;
