@@ -85,6 +85,8 @@ fn every_check_has_a_corpus_case() {
         "aws-root-gb",
         "blacksmith-workflow",
         "blacksmith-idle-timeout",
+        "modal-workdir",
+        "modal-secret",
     ];
     let missing: Vec<&str> = required
         .iter()

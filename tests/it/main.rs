@@ -32,6 +32,7 @@ mod loader_fuzz;
 mod local_e2e;
 mod logs;
 mod machine_output;
+mod modal;
 mod moto;
 mod moto_proxy;
 mod outputs_owner;

@@ -10,6 +10,7 @@ pub mod hetzner;
 pub mod http;
 pub mod islo;
 pub mod local;
+pub mod modal;
 pub mod registry;
 pub mod ssh;
 pub mod ssh_lease;

@@ -44,6 +44,7 @@ pub static ADAPTERS: &[&Descriptor] = &[
     &crate::aws::DESCRIPTOR,
     &crate::islo::DESCRIPTOR,
     &crate::tensorlake::DESCRIPTOR,
+    &crate::modal::DESCRIPTOR,
     &crate::blacksmith::DESCRIPTOR,
 ];
 

@@ -814,6 +814,64 @@ pub struct ModalBlock {
     /// Env `CRABBOX_MODAL_SECRETS` (comma-separated), flag `--modal-secret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<Vec<String>>,
+    /// GPU of the sandbox as Modal names it, e.g. `T4`, `A10G`, `H100:2`. Default: the
+    /// member's `class` (`large` → `A10G`, `beast` → `H100`; smaller classes: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
+}
+
+impl ModalBlock {
+    /// The app when the block names none.
+    pub const DEFAULT_APP: &'static str = "crabbox";
+    /// The image when the block names none.
+    pub const DEFAULT_IMAGE: &'static str = "python:3.13-slim";
+    /// The workdir when the block names none.
+    pub const DEFAULT_WORKDIR: &'static str = "/workspace/crabbox";
+
+    /// Modal's `workdir` rule (Crabbox's): an absolute directory other than
+    /// `/`, `/tmp`, `/home`, `/workspace` or a system directory, without `.`
+    /// or `..`. Returns it trimmed, the default for `None`.
+    ///
+    /// # Errors
+    /// A relative or broad path.
+    pub fn checked_workdir(raw: Option<&str>) -> Result<String, BlockProblem> {
+        let Some(raw) = raw else {
+            return Ok(Self::DEFAULT_WORKDIR.to_owned());
+        };
+        let trimmed = raw.trim().trim_end_matches('/');
+        match TensorlakeBlock::checked_workdir(Some(raw)) {
+            Ok(dir) if trimmed != "/home" => Ok(dir),
+            _ => Err(BlockProblem {
+                field: "workdir".to_owned(),
+                code: "modal-workdir",
+                message: format!(
+                    "Modal `workdir` `{raw}` must be an absolute directory other than /, /tmp, /home, /workspace or a system directory"
+                ),
+                hint: format!("e.g. {} (the default)", Self::DEFAULT_WORKDIR),
+            }),
+        }
+    }
+
+    /// Every value of this block Modal cannot use.
+    #[must_use]
+    pub fn problems(&self) -> Vec<BlockProblem> {
+        let mut out: Vec<BlockProblem> = Self::checked_workdir(self.workdir.as_deref())
+            .err()
+            .into_iter()
+            .collect();
+        for (i, name) in self.secrets.iter().flatten().enumerate() {
+            if name.trim().is_empty() {
+                out.push(BlockProblem {
+                    field: format!("secrets/{i}"),
+                    code: "modal-secret",
+                    message: "an empty Modal Secret name".to_owned(),
+                    hint: "name a Secret of the app's environment, as `modal secret list` shows it"
+                        .to_owned(),
+                });
+            }
+        }
+        out
+    }
 }
 
 /// Settings of the `blacksmith-testbox` provider: Blacksmith Testboxes driven through the
@@ -966,6 +1024,7 @@ impl ProviderBlocks {
             ProviderName::Islo => self.islo.as_ref().map(IsloBlock::problems),
             ProviderName::Tensorlake => self.tensorlake.as_ref().map(TensorlakeBlock::problems),
             ProviderName::Aws => self.aws.as_ref().map(AwsBlock::problems),
+            ProviderName::Modal => self.modal.as_ref().map(ModalBlock::problems),
             // Required keys: a member without the block has problems too.
             ProviderName::BlacksmithTestbox => Some(
                 self.blacksmith_testbox
