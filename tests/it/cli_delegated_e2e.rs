@@ -1,6 +1,7 @@
 //! End to end on the CLI-driven delegated providers: a pond with a `local`
-//! member and a `blacksmith-testbox` member (the fake `blacksmith` CLI on
-//! `PATH`), through the binary: apply, run, a clean re-plan, destroy.
+//! member, a `blacksmith-testbox` member (the fake `blacksmith` CLI on
+//! `PATH`) and a `modal` member (the fake `modal` package on `PYTHONPATH`),
+//! through the binary: apply, run, a clean re-plan, destroy.
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -11,6 +12,8 @@ use serde_json::Value;
 
 use crate::support::root;
 
+const MODAL_SECRET: &str = "as-e2e-modal-secret";
+
 struct Env {
     dir: tempfile::TempDir,
 }
@@ -18,7 +21,7 @@ struct Env {
 impl Env {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        for d in ["home", "work", "bs-state"] {
+        for d in ["home", "work", "bs-state", "modal-state"] {
             std::fs::create_dir_all(dir.path().join(d)).expect("dirs");
         }
         std::fs::write(dir.path().join("work/hello.txt"), "hello from the repo\n")
@@ -47,6 +50,11 @@ impl Env {
             .env("FAKE_BLACKSMITH_LOG", self.path("bs.log"))
             // Ready at the first poll: the binary polls every 5 s, as Crabbox.
             .env("FAKE_BLACKSMITH_HYDRATING_LISTS", "0")
+            .env("PYTHONPATH", root().join("tests/fixtures/fake-modal"))
+            .env("MODAL_TOKEN_ID", "ak-e2e")
+            .env("MODAL_TOKEN_SECRET", MODAL_SECRET)
+            .env("FAKE_MODAL_STATE", self.path("modal-state"))
+            .env("FAKE_MODAL_LOG", self.path("modal.log"))
             .current_dir(self.path("work"))
             .timeout(Duration::from_secs(120));
         c
@@ -72,6 +80,15 @@ members:
     setup:
       - cat hello.txt
       - echo "ci in pond $CRABBOX_POND as $CRABBOX_SLUG"
+  - slug: gpu
+    provider: modal
+    class: beast
+    depends_on: { web: completed }
+    modal: { app: e2e }
+    env: { MODEL_TOKEN: "not-for-argv-456" }
+    setup:
+      - cat hello.txt
+      - echo "gpu token length $${#MODEL_TOKEN}"
 "#,
         )
         .expect("spec");
@@ -106,12 +123,28 @@ members:
     }
 }
 
+impl Env {
+    /// Every sandbox the fake Modal made.
+    fn modal_sandboxes(&self) -> Vec<Value> {
+        std::fs::read_dir(self.path("modal-state/sandboxes"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .filter_map(|e| {
+                        serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]
-fn local_and_blacksmith_members_apply_run_and_destroy() {
+fn local_blacksmith_and_modal_members_apply_run_and_destroy() {
     let env = Env::new();
     env.write_spec();
     let out = env.run(&["apply", "--auto-approve"]);
@@ -123,6 +156,11 @@ fn local_and_blacksmith_members_apply_run_and_destroy() {
     );
     assert!(err.contains("ci | ci in pond cli-deleg as ci"), "{err}");
     assert!(err.contains("web | local web"), "{err}");
+    assert!(
+        err.contains("gpu | hello from the repo"),
+        "synced by upload: {err}"
+    );
+    assert!(err.contains("gpu | gpu token length 16"), "{err}");
 
     let boxes = env.testboxes();
     assert_eq!(boxes.len(), 1, "{boxes:?}");
@@ -158,6 +196,17 @@ fn local_and_blacksmith_members_apply_run_and_destroy() {
     ]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("from-testbox"));
+    let out = env.run(&[
+        "run",
+        "--pond",
+        "cli-deleg",
+        "--id",
+        "gpu",
+        "--",
+        "echo from-modal; exit 6",
+    ]);
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("from-modal"));
     // Every call carried the member's organization.
     let log = std::fs::read_to_string(env.path("bs.log")).expect("fake CLI log");
     for line in log.lines() {
@@ -178,4 +227,15 @@ fn local_and_blacksmith_members_apply_run_and_destroy() {
         !env.path(&format!("home/.config/crabbox/testboxes/{id}"))
             .exists()
     );
+    // The Modal sandbox is gone; its token and the member's env never were on a command line.
+    let sandboxes = env.modal_sandboxes();
+    assert_eq!(sandboxes.len(), 1, "{sandboxes:?}");
+    assert_eq!(sandboxes[0]["status"], "terminated");
+    assert_eq!(sandboxes[0]["gpu"], "H100");
+    let log = std::fs::read_to_string(env.path("modal.log")).expect("fake modal log");
+    assert!(!log.contains(MODAL_SECRET) && !log.contains("not-for-argv-456"));
+    for line in log.lines() {
+        let entry: Value = serde_json::from_str(line).expect("log line");
+        assert_eq!(entry["argv"], serde_json::json!(["-c"]), "{entry}");
+    }
 }
