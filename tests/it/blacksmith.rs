@@ -233,7 +233,7 @@ async fn warmup_run_list_and_stop_use_crabboxs_command_lines() {
     assert!(cli::is_id(&lease.id), "{}", lease.id);
     assert_eq!(lease.cloud_id, lease.id);
     assert_eq!(lease.label(labels::LEASE), Some(lease.id.as_str()));
-    assert_eq!(fx.claim_ids().await, [lease.id.clone()]);
+    assert_eq!(fx.claim_ids().await, [lease.id.as_str()]);
     let warmups = fx.calls("warmup");
     assert_eq!(warmups.len(), 1);
     let w = &warmups[0];
@@ -392,7 +392,7 @@ async fn a_failed_warmup_that_printed_an_id_has_that_testbox_stopped() {
     assert!(!err.is_retryable());
     // No key is left behind; only the executor's pending claim (it removes it).
     assert!(!fx.path(&format!("testboxes/{}", request.lease_id)).exists());
-    assert_eq!(fx.claim_ids().await, [request.lease_id.clone()]);
+    assert_eq!(fx.claim_ids().await, [request.lease_id.as_str()]);
 }
 
 #[tokio::test]
@@ -452,7 +452,7 @@ async fn a_testbox_that_never_gets_ready_is_stopped() {
     );
     let boxes = fx.boxes();
     assert_eq!(boxes.values().collect::<Vec<_>>(), ["stopped"], "{boxes:?}");
-    assert_eq!(fx.claim_ids().await, [request.lease_id.clone()]);
+    assert_eq!(fx.claim_ids().await, [request.lease_id.as_str()]);
     assert!(std::fs::read_dir(fx.path("testboxes")).map_or(true, |mut d| d.next().is_none()));
 }
 

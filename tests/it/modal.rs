@@ -262,8 +262,8 @@ async fn create_sync_exec_list_and_terminate_through_the_embedded_program() {
 
     let listed = p.list(POND).await.expect("list");
     assert_eq!(
-        listed.iter().map(|l| l.id.clone()).collect::<Vec<_>>(),
-        [lease.id.clone()]
+        listed.iter().map(|l| l.id.as_str()).collect::<Vec<_>>(),
+        [lease.id.as_str()]
     );
     assert!(p.list("another").await.expect("list").is_empty());
     p.release(&lease).await.expect("release");
