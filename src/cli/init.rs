@@ -373,6 +373,13 @@ fn render(a: &Answers, schema: &str) -> String {
                  \x20     # port: 22\n",
             );
         }
+        if provider == ProviderName::BlacksmithTestbox {
+            out.push_str(
+                "    blacksmith-testbox:\n\
+                 \x20     # The GitHub Actions workflow a Testbox is warmed up from (required).\n\
+                 \x20     workflow: .github/workflows/testbox.yml\n",
+            );
+        }
         if i == 0 {
             member_comments(&mut out, provider);
         }
@@ -390,7 +397,8 @@ fn render(a: &Answers, schema: &str) -> String {
 
 /// The explained keys, under the first member.
 fn member_comments(out: &mut String, provider: ProviderName) {
-    if provider != ProviderName::Tensorlake {
+    // Providers peers cannot reach get no `expose` hint.
+    if crabbox_core::provider::features_of(provider).reachable_ports() {
         out.push_str(
             "    # Ports the other members may connect to; they find this member through\n\
              \x20   # {{peers.SLUG.host}} in env, and CRABBOX_POND_<SLUG>_<PORT> variables.\n\

@@ -83,6 +83,10 @@ fn every_check_has_a_corpus_case() {
         "aws-target",
         "aws-ssh-cidr",
         "aws-root-gb",
+        "blacksmith-workflow",
+        "blacksmith-idle-timeout",
+        "modal-workdir",
+        "modal-secret",
     ];
     let missing: Vec<&str> = required
         .iter()

@@ -3,6 +3,7 @@
 //! works with [`Lease`]s and [`ProviderError`]s.
 
 pub mod aws;
+pub mod blacksmith;
 pub mod claim_backed;
 pub mod coordinator;
 pub mod daytona;
@@ -11,6 +12,7 @@ pub mod hetzner;
 pub mod http;
 pub mod islo;
 pub mod local;
+pub mod modal;
 pub mod owner;
 pub mod registry;
 pub mod ssh;

@@ -46,6 +46,8 @@ pub static ADAPTERS: &[&Descriptor] = &[
     &crate::tensorlake::DESCRIPTOR,
     &crate::daytona::DESCRIPTOR,
     &crate::e2b::DESCRIPTOR,
+    &crate::modal::DESCRIPTOR,
+    &crate::blacksmith::DESCRIPTOR,
 ];
 
 /// The providers this build has an adapter for, in [`ProviderName::ALL`]

@@ -573,6 +573,9 @@ impl Checker<'_> {
                 );
             }
         }
+        if provider_known && provider == ProviderName::BlacksmithTestbox {
+            self.refuse_env_forwarding(slug, spec, defaults, own, setup_origin);
+        }
         let ready = pick!(ready).and_then(|(r, origin)| self.ready(&r, origin));
 
         let sync = match pick!(sync) {
@@ -748,6 +751,49 @@ impl Checker<'_> {
             out.insert(name.clone(), value.to_text());
         }
         out
+    }
+
+    /// Blacksmith runs commands through its CLI, which forwards no
+    /// environment: Crabbox refuses env forwarding there, and so does
+    /// `validate`, at each `env`/`pass_env` written for such a member.
+    fn refuse_env_forwarding(
+        &mut self,
+        slug: &str,
+        spec: &MemberSpec,
+        defaults: &MemberSpec,
+        own: Origin,
+        setup_origin: Origin,
+    ) {
+        let mut at = Vec::new();
+        for (origin, map) in [(own, spec), (Origin::Defaults, defaults)] {
+            if map.env.as_ref().is_some_and(|e| !e.is_empty()) {
+                at.push(origin.pointer("/env"));
+            }
+            if map.pass_env.as_ref().is_some_and(|e| !e.is_empty()) {
+                at.push(origin.pointer("/pass_env"));
+            }
+        }
+        let steps = match setup_origin {
+            Origin::Member(_) => &spec.setup,
+            Origin::Defaults => &defaults.setup,
+        };
+        for (k, step) in steps.iter().flatten().enumerate() {
+            if let SetupStep::Full(full) = step
+                && full.env.as_ref().is_some_and(|e| !e.is_empty())
+            {
+                at.push(setup_origin.pointer(&format!("/setup/{k}/env")));
+            }
+        }
+        for pointer in at {
+            self.out.push(
+                Diagnostic::error(
+                    "unsupported-option",
+                    self.key(&pointer),
+                    format!("member `{slug}`: env forwarding is unsupported for provider=blacksmith-testbox"),
+                )
+                .with_hint("configure secrets in the provider workflow or use an SSH-backed provider"),
+            );
+        }
     }
 
     fn setup(&mut self, steps: &[SetupStep], origin: Origin) -> Vec<Step> {

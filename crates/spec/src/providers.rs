@@ -635,6 +635,37 @@ impl DaytonaBlock {
     }
 }
 
+impl BlacksmithTestboxBlock {
+    /// Every value of this block Blacksmith cannot use: no `workflow` (a
+    /// Testbox is warmed up from one; Crabbox refuses a create without it),
+    /// an `idleTimeout` that is not a duration of at least a minute (the
+    /// CLI takes whole minutes).
+    #[must_use]
+    pub fn problems(&self) -> Vec<BlockProblem> {
+        let mut out = Vec::new();
+        if self.workflow.as_deref().is_none_or(|w| w.trim().is_empty()) {
+            out.push(BlockProblem {
+                field: "workflow".to_owned(),
+                code: "blacksmith-workflow",
+                message: "blacksmith-testbox requires `blacksmith-testbox.workflow`".to_owned(),
+                hint: "name the Testbox workflow, e.g. `blacksmith-testbox: { workflow: .github/workflows/ci-check-testbox.yml }`".to_owned(),
+            });
+        }
+        if let Some(raw) = &self.idle_timeout
+            && crabbox_core::duration::parse(raw)
+                .is_none_or(|d| d < std::time::Duration::from_secs(60))
+        {
+            out.push(BlockProblem {
+                field: "idleTimeout".to_owned(),
+                code: "blacksmith-idle-timeout",
+                message: format!("Blacksmith `idleTimeout` `{raw}` is not a duration of at least 1m"),
+                hint: "write minutes or hours such as `30m` or `2h`, or leave it out for the member's `idle_timeout`".to_owned(),
+            });
+        }
+        out
+    }
+}
+
 impl E2bBlock {
     /// The user commands run as when the block names none.
     pub const DEFAULT_USER: &'static str = "user";
@@ -874,6 +905,64 @@ pub struct ModalBlock {
     /// Env `CRABBOX_MODAL_SECRETS` (comma-separated), flag `--modal-secret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<Vec<String>>,
+    /// GPU of the sandbox as Modal names it, e.g. `T4`, `A10G`, `H100:2`. Default: the
+    /// member's `class` (`large` → `A10G`, `beast` → `H100`; smaller classes: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
+}
+
+impl ModalBlock {
+    /// The app when the block names none.
+    pub const DEFAULT_APP: &'static str = "crabbox";
+    /// The image when the block names none.
+    pub const DEFAULT_IMAGE: &'static str = "python:3.13-slim";
+    /// The workdir when the block names none.
+    pub const DEFAULT_WORKDIR: &'static str = "/workspace/crabbox";
+
+    /// Modal's `workdir` rule (Crabbox's): an absolute directory other than
+    /// `/`, `/tmp`, `/home`, `/workspace` or a system directory, without `.`
+    /// or `..`. Returns it trimmed, the default for `None`.
+    ///
+    /// # Errors
+    /// A relative or broad path.
+    pub fn checked_workdir(raw: Option<&str>) -> Result<String, BlockProblem> {
+        let Some(raw) = raw else {
+            return Ok(Self::DEFAULT_WORKDIR.to_owned());
+        };
+        let trimmed = raw.trim().trim_end_matches('/');
+        match TensorlakeBlock::checked_workdir(Some(raw)) {
+            Ok(dir) if trimmed != "/home" => Ok(dir),
+            _ => Err(BlockProblem {
+                field: "workdir".to_owned(),
+                code: "modal-workdir",
+                message: format!(
+                    "Modal `workdir` `{raw}` must be an absolute directory other than /, /tmp, /home, /workspace or a system directory"
+                ),
+                hint: format!("e.g. {} (the default)", Self::DEFAULT_WORKDIR),
+            }),
+        }
+    }
+
+    /// Every value of this block Modal cannot use.
+    #[must_use]
+    pub fn problems(&self) -> Vec<BlockProblem> {
+        let mut out: Vec<BlockProblem> = Self::checked_workdir(self.workdir.as_deref())
+            .err()
+            .into_iter()
+            .collect();
+        for (i, name) in self.secrets.iter().flatten().enumerate() {
+            if name.trim().is_empty() {
+                out.push(BlockProblem {
+                    field: format!("secrets/{i}"),
+                    code: "modal-secret",
+                    message: "an empty Modal Secret name".to_owned(),
+                    hint: "name a Secret of the app's environment, as `modal secret list` shows it"
+                        .to_owned(),
+                });
+            }
+        }
+        out
+    }
 }
 
 /// Settings of the `blacksmith-testbox` provider: Blacksmith Testboxes driven through the
@@ -1028,6 +1117,14 @@ impl ProviderBlocks {
             ProviderName::Aws => self.aws.as_ref().map(AwsBlock::problems),
             ProviderName::Daytona => self.daytona.as_ref().map(DaytonaBlock::problems),
             ProviderName::E2b => self.e2b.as_ref().map(E2bBlock::problems),
+            ProviderName::Modal => self.modal.as_ref().map(ModalBlock::problems),
+            // Required keys: a member without the block has problems too.
+            ProviderName::BlacksmithTestbox => Some(
+                self.blacksmith_testbox
+                    .clone()
+                    .unwrap_or_default()
+                    .problems(),
+            ),
             _ => None,
         }
         .unwrap_or_default()
