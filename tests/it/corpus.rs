@@ -83,6 +83,7 @@ fn every_check_has_a_corpus_case() {
         "aws-target",
         "aws-ssh-cidr",
         "aws-root-gb",
+        "azure-target",
     ];
     let missing: Vec<&str> = required
         .iter()
