@@ -1111,3 +1111,351 @@ impl Inner {
         axum::Json(body).into_response()
     }
 }
+
+/// The fake itself, over plain HTTPS requests: what the adapter's tests
+/// and the SDK's rely on.
+mod self_tests {
+    use super::*;
+
+    struct Client {
+        http: reqwest::Client,
+        url: String,
+        token: String,
+    }
+
+    impl Client {
+        async fn new(fake: &FakeAzure) -> Self {
+            let ca = std::fs::read(&fake.tls.ca).expect("CA");
+            let http = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+                .build()
+                .expect("client");
+            let answer: Value = http
+                .post(format!("{}/{TENANT}/oauth2/v2.0/token", fake.url))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!(
+                    "grant_type=client_credentials&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}&scope=https%3A%2F%2Fmanagement.azure.com%2F.default"
+                ))
+                .send()
+                .await
+                .expect("token")
+                .json()
+                .await
+                .expect("token JSON");
+            Self {
+                http,
+                url: fake.url.clone(),
+                token: answer["access_token"]
+                    .as_str()
+                    .expect("access_token")
+                    .to_owned(),
+            }
+        }
+
+        async fn call(
+            &self,
+            method: &str,
+            path: &str,
+            body: Option<Value>,
+        ) -> (u16, reqwest::header::HeaderMap, Value) {
+            let url = if path.starts_with("https://") {
+                path.to_owned()
+            } else {
+                format!("{}{path}", self.url)
+            };
+            let mut r = self
+                .http
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).expect("method"),
+                    url,
+                )
+                .bearer_auth(&self.token);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let response = r.send().await.expect("answer");
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let text = response.text().await.expect("body");
+            (
+                status,
+                headers,
+                serde_json::from_str(&text).unwrap_or(Value::Null),
+            )
+        }
+
+        /// Polls an operation to its end; returns the final status body.
+        async fn finish(&self, headers: &reqwest::header::HeaderMap) -> Value {
+            let op = headers["azure-asyncoperation"]
+                .to_str()
+                .expect("op")
+                .to_owned();
+            assert!(headers.contains_key("retry-after"));
+            loop {
+                let (status, _, body) = self.call("GET", &op, None).await;
+                assert_eq!(status, 200);
+                if body["status"] != "InProgress" {
+                    return body;
+                }
+            }
+        }
+    }
+
+    const V: &str = "api-version=2024-05-01";
+
+    fn rg() -> String {
+        FakeHandle::group_id("rg1")
+    }
+
+    #[tokio::test]
+    async fn arm_contracts_hold_paths_versions_operations_paging_and_errors() {
+        let fake = start(FakeConfig {
+            page_size: 2,
+            polls: 2,
+            retry_after: 1,
+            ..FakeConfig::default()
+        })
+        .await;
+        let c = Client::new(&fake).await;
+        // Authentication: no or a foreign token is refused.
+        let plain = c
+            .http
+            .get(format!("{}{}?api-version=2021-04-01", c.url, rg()))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(plain.status().as_u16(), 401);
+        // api-version: missing or unpublished is refused.
+        let (status, _, body) = c.call("GET", &rg(), None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("MissingApiVersionParameter"))
+        );
+        let (status, _, body) = c
+            .call("GET", &format!("{}?api-version=1999-01-01", rg()), None)
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("InvalidApiVersionParameter"))
+        );
+        // A resource in a group that does not exist; then the group.
+        let vnet = FakeHandle::id("rg1", "Microsoft.Network/virtualNetworks", "v");
+        let (status, _, body) = c.call("GET", &format!("{vnet}?{V}"), None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("ResourceGroupNotFound"))
+        );
+        let (status, _, _) = c
+            .call(
+                "PUT",
+                &format!("{}?api-version=2021-04-01", rg()),
+                Some(json!({"location": "eastus"})),
+            )
+            .await;
+        assert_eq!(status, 201);
+        let (status, _, body) = c.call("GET", &format!("{vnet}?{V}"), None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("ResourceNotFound"))
+        );
+        // PUT: 201, still creating, an operation that ends after its polls.
+        let (status, headers, body) = c
+            .call("PUT", &format!("{vnet}?{V}"), Some(json!({"location": "eastus", "tags": {"a": "b"}, "properties": {"subnets": [{"name": "s", "properties": {"addressPrefix": "10.0.0.0/24"}}]}})))
+            .await;
+        assert_eq!(
+            (status, body["properties"]["provisioningState"].as_str()),
+            (201, Some("Creating"))
+        );
+        assert_eq!(headers["retry-after"], "1");
+        assert_eq!(c.finish(&headers).await["status"], "Succeeded");
+        let (_, _, body) = c.call("GET", &format!("{vnet}?{V}"), None).await;
+        assert_eq!(body["properties"]["provisioningState"], "Succeeded");
+        assert_eq!(body["tags"]["a"], "b");
+        let (status, _, _) = c.call("GET", &format!("{vnet}/subnets/s?{V}"), None).await;
+        assert_eq!(status, 200, "the inline subnet exists");
+        // Paging: 5 IPs, pages of 2, `nextLink` to the end.
+        for i in 0..5 {
+            let pip = FakeHandle::id(
+                "rg1",
+                "Microsoft.Network/publicIPAddresses",
+                &format!("ip{i}"),
+            );
+            let (status, headers, _) = c
+                .call(
+                    "PUT",
+                    &format!("{pip}?{V}"),
+                    Some(json!({"location": "eastus"})),
+                )
+                .await;
+            assert_eq!(status, 201);
+            c.finish(&headers).await;
+        }
+        let mut url = format!("{}/providers/Microsoft.Network/publicIPAddresses?{V}", rg());
+        let mut names = Vec::new();
+        let mut pages = 0;
+        loop {
+            let (status, _, page) = c.call("GET", &url, None).await;
+            assert_eq!(status, 200);
+            pages += 1;
+            names.extend(
+                page["value"]
+                    .as_array()
+                    .expect("value")
+                    .iter()
+                    .map(|v| v["name"].as_str().expect("name").to_owned()),
+            );
+            match page["nextLink"].as_str() {
+                Some(next) => url = next.to_owned(),
+                None => break,
+            }
+        }
+        assert_eq!((pages, names.len()), (3, 5));
+        // In use: an IP a NIC uses cannot be deleted.
+        let nic = FakeHandle::id("rg1", "Microsoft.Network/networkInterfaces", "n");
+        let ip0 = FakeHandle::id("rg1", "Microsoft.Network/publicIPAddresses", "ip0");
+        let (status, headers, _) = c
+            .call("PUT", &format!("{nic}?{V}"), Some(json!({"location": "eastus", "properties": {"ipConfigurations": [{"name": "c", "properties": {"subnet": {"id": format!("{vnet}/subnets/s")}, "publicIPAddress": {"id": ip0}}}]}})))
+            .await;
+        assert_eq!(status, 201);
+        c.finish(&headers).await;
+        let (status, _, body) = c.call("DELETE", &format!("{ip0}?{V}"), None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("PublicIPAddressCannotBeDeleted"))
+        );
+        // DELETE: 202 with both operation headers; the resource stays
+        // (`Deleting`) until the operation ends; `Location` answers 202
+        // then 200; a second delete is a 204.
+        let (status, headers, _) = c.call("DELETE", &format!("{nic}?{V}"), None).await;
+        assert_eq!(status, 202);
+        let location = headers["location"].to_str().expect("location").to_owned();
+        let (status, _, _) = c.call("GET", &location, None).await;
+        assert_eq!(status, 202);
+        let (_, _, body) = c.call("GET", &format!("{nic}?{V}"), None).await;
+        assert_eq!(body["properties"]["provisioningState"], "Deleting");
+        assert_eq!(c.finish(&headers).await["status"], "Succeeded");
+        let (status, _, _) = c.call("GET", &location, None).await;
+        assert_eq!(status, 200);
+        let (status, _, _) = c.call("GET", &format!("{nic}?{V}"), None).await;
+        assert_eq!(status, 404);
+        let (status, _, _) = c.call("DELETE", &format!("{nic}?{V}"), None).await;
+        assert_eq!(status, 204);
+        // Throttling through the harness: 429 with Retry-After, then served.
+        fake.handle.throttle("GET", &rg(), 1, 3);
+        let (status, headers, body) = c
+            .call("GET", &format!("{}?api-version=2021-04-01", rg()), None)
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (429, Some("TooManyRequests"))
+        );
+        assert_eq!(headers["retry-after"], "3");
+        let (status, _, _) = c
+            .call("GET", &format!("{}?api-version=2021-04-01", rg()), None)
+            .await;
+        assert_eq!(status, 200);
+        assert!(
+            fake.handle.requests().iter().any(|r| r.status == 429),
+            "logged"
+        );
+    }
+
+    #[tokio::test]
+    async fn vm_capacity_refusals_come_at_once_or_from_the_operation() {
+        let fake = start(FakeConfig::default()).await;
+        let c = Client::new(&fake).await;
+        c.call(
+            "PUT",
+            &format!("{}?api-version=2021-04-01", rg()),
+            Some(json!({"location": "eastus"})),
+        )
+        .await;
+        let vnet = FakeHandle::id("rg1", "Microsoft.Network/virtualNetworks", "v");
+        let (_, h, _) = c.call("PUT", &format!("{vnet}?{V}"), Some(json!({"location": "eastus", "properties": {"subnets": [{"name": "s", "properties": {}}]}}))).await;
+        c.finish(&h).await;
+        let nic = FakeHandle::id("rg1", "Microsoft.Network/networkInterfaces", "n");
+        let (_, h, _) = c.call("PUT", &format!("{nic}?{V}"), Some(json!({"location": "eastus", "properties": {"ipConfigurations": [{"name": "c", "properties": {"subnet": {"id": format!("{vnet}/subnets/s")}}}]}}))).await;
+        c.finish(&h).await;
+        fake.handle
+            .refuse_vm("Standard_X", Some("Spot"), "SkuNotAvailable", false);
+        fake.handle
+            .refuse_vm("Standard_Y", None, "AllocationFailed", true);
+        let vm = FakeHandle::id("rg1", "Microsoft.Compute/virtualMachines", "vm");
+        let body = |size: &str, spot: bool| {
+            let mut b = json!({"location": "eastus", "properties": {"hardwareProfile": {"vmSize": size}, "networkProfile": {"networkInterfaces": [{"id": nic}]}, "storageProfile": {"osDisk": {"name": "vm-osdisk", "createOption": "FromImage"}}}});
+            if spot {
+                b["properties"]["priority"] = json!("Spot");
+            }
+            b
+        };
+        let (status, _, answer) = c
+            .call(
+                "PUT",
+                &format!("{vm}?api-version=2024-07-01"),
+                Some(body("Standard_X", true)),
+            )
+            .await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (409, Some("SkuNotAvailable"))
+        );
+        let (status, h, _) = c
+            .call(
+                "PUT",
+                &format!("{vm}?api-version=2024-07-01"),
+                Some(body("Standard_Y", false)),
+            )
+            .await;
+        assert_eq!(status, 201);
+        let end = c.finish(&h).await;
+        assert_eq!(
+            (end["status"].as_str(), end["error"]["code"].as_str()),
+            (Some("Failed"), Some("AllocationFailed"))
+        );
+        let (_, _, answer) = c
+            .call("GET", &format!("{vm}?api-version=2024-07-01"), None)
+            .await;
+        assert_eq!(
+            answer["properties"]["provisioningState"], "Failed",
+            "left behind, as Azure does"
+        );
+        // A regular VM of another size: provisioned, with its managed disk,
+        // which cannot go while the VM exists; the NIC neither.
+        let (status, h, _) = c
+            .call(
+                "PUT",
+                &format!("{vm}?api-version=2024-07-01"),
+                Some(body("Standard_X", false)),
+            )
+            .await;
+        assert_eq!(status, 200, "an update of the failed VM");
+        c.finish(&h).await;
+        let (_, _, answer) = c
+            .call("GET", &format!("{vm}?api-version=2024-07-01"), None)
+            .await;
+        let disk = answer["properties"]["storageProfile"]["osDisk"]["managedDisk"]["id"]
+            .as_str()
+            .expect("disk")
+            .to_owned();
+        let (status, _, answer) = c
+            .call("DELETE", &format!("{disk}?api-version=2024-03-02"), None)
+            .await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some("OperationNotAllowed"))
+        );
+        let (status, _, answer) = c.call("DELETE", &format!("{nic}?{V}"), None).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some("NicInUse"))
+        );
+        // A bad secret gets Entra ID's error.
+        fake.handle.refuse_secret();
+        let refused = c.http.post(format!("{}/{TENANT}/oauth2/v2.0/token", c.url)).header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("grant_type=client_credentials&client_id={CLIENT_ID}&client_secret=x&scope=https%3A%2F%2Fmanagement.azure.com%2F.default"))
+            .send().await.expect("answer");
+        assert_eq!(refused.status().as_u16(), 401);
+        let body: Value = refused.json().await.expect("json");
+        assert_eq!(body["error"], "invalid_client");
+    }
+}
