@@ -29,7 +29,8 @@
 //!   real `AllocationFailed`), and throttling through the shared harness
 //!   (`429` with `Retry-After`);
 //! - `POST /{tenant}/oauth2/v2.0/token` (client credentials) issuing a
-//!   bearer token ARM requests must carry.
+//!   bearer token ARM requests must carry, and the tenant's OpenID
+//!   discovery document MSAL reads first.
 //!
 //! Served over HTTPS (`fake_http::FakeServer::start_tls`): Microsoft's
 //! identity libraries refuse an `http://` authority. A VM's public IP is
@@ -68,26 +69,10 @@ pub const SUBSCRIPTION: &str = "0b1f6471-0000-4000-8000-00000000cccc";
 /// crabbox's pinned ones and those Microsoft's Python SDK sends.
 fn api_versions(kind: &str) -> &'static [&'static str] {
     match kind {
-        "resourcegroups" => &[
-            "2021-04-01",
-            "2022-09-01",
-            "2023-07-01",
-            "2024-03-01",
-            "2024-07-01",
-            "2024-11-01",
-            "2025-04-01",
-        ],
-        "disks" => &["2023-04-02", "2023-10-02", "2024-03-02", "2025-01-02"],
-        "virtualmachines" => &["2024-03-01", "2024-07-01", "2024-11-01", "2025-04-01"],
-        _ => &[
-            "2023-09-01",
-            "2023-11-01",
-            "2024-01-01",
-            "2024-03-01",
-            "2024-05-01",
-            "2024-07-01",
-            "2024-10-01",
-        ],
+        "resourcegroups" => &["2021-04-01", "2024-03-01", "2024-11-01", "2025-04-01"],
+        "disks" => &["2024-03-02", "2025-01-02", "2026-03-02"],
+        "virtualmachines" => &["2024-07-01", "2024-11-01", "2025-04-01", "2026-04-01"],
+        _ => &["2024-05-01", "2024-07-01", "2024-10-01", "2026-03-01"],
     }
 }
 
@@ -222,7 +207,12 @@ pub async fn start(config: FakeConfig) -> FakeAzure {
         .with_state(handle.clone());
     let inner = handle.inner.clone();
     let auth: super::fake_http::Auth = Arc::new(move |parts: &Parts| {
-        if parts.uri.path().ends_with("/oauth2/v2.0/token") {
+        if parts.uri.path().ends_with("/oauth2/v2.0/token")
+            || parts
+                .uri
+                .path()
+                .ends_with("/.well-known/openid-configuration")
+        {
             return Access::Open;
         }
         let bearer = parts
@@ -352,6 +342,10 @@ impl FakeHandle {
 #[derive(Debug)]
 enum Target {
     Token,
+    /// OpenID discovery of a tenant (MSAL reads it before asking a token).
+    Discovery {
+        tenant: String,
+    },
     Operation {
         id: String,
         results: bool,
@@ -378,6 +372,9 @@ fn parse(path: &str) -> Option<Target> {
     let l: Vec<&str> = lower.iter().map(String::as_str).collect();
     match l.as_slice() {
         [_, "oauth2", "v2.0", "token"] => Some(Target::Token),
+        [_, "v2.0", ".well-known", "openid-configuration"] => Some(Target::Discovery {
+            tenant: segs[0].to_owned(),
+        }),
         [
             "subscriptions",
             _,
@@ -471,6 +468,21 @@ async fn serve(
     };
     if let Target::Token = target {
         return token(&handle, &method, &body);
+    }
+    if let Target::Discovery { tenant } = &target {
+        let base = handle
+            .base
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        return axum::Json(json!({
+            "token_endpoint": format!("{base}/{tenant}/oauth2/v2.0/token"),
+            "authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/authorize"),
+            "device_authorization_endpoint": format!("{base}/{tenant}/oauth2/v2.0/devicecode"),
+            "issuer": format!("{base}/{tenant}/v2.0"),
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        }))
+        .into_response();
     }
     let query = query_pairs(&uri);
     let version = query

@@ -5,6 +5,7 @@ mod aws;
 mod aws_api;
 mod aws_ssh_cidr;
 mod azure;
+mod azure_sdk;
 mod brokered;
 mod cli;
 mod closed_stdout;
