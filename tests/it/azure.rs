@@ -306,10 +306,11 @@ fn azure_members_share_one_network_and_release_follows_each_delete_by_its_operat
     let rules = nsg["properties"]["securityRules"]
         .as_array()
         .expect("rules");
+    let port = world.sshd.port.to_string();
     assert!(
         rules.iter().any(
             |r| r["properties"]["sourceAddressPrefix"] == "198.51.100.7/32"
-                && r["properties"]["destinationPortRange"] == world.sshd.port.to_string()
+                && r["properties"]["destinationPortRange"].as_str() == Some(port.as_str())
         ),
         "{rules:?}"
     );

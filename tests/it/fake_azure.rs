@@ -32,7 +32,7 @@
 //!   bearer token ARM requests must carry, and the tenant's OpenID
 //!   discovery document MSAL reads first.
 //!
-//! Served over HTTPS (`fake_http::FakeServer::start_tls`): Microsoft's
+//! Served over HTTPS (`tls::start_tls`): Microsoft's
 //! identity libraries refuse an `http://` authority. A VM's public IP is
 //! `config.ipv4` (the test sshd's address) and creating a VM appends its
 //! `linuxConfiguration.ssh.publicKeys` to `config.authorized_keys` — that
@@ -231,7 +231,7 @@ pub async fn start(config: FakeConfig) -> FakeAzure {
             ))
         }
     });
-    let server = FakeServer::start_tls("azure", handle.http.wrap(routes, auth), &tls).await;
+    let server = super::tls::start_tls("azure", handle.http.wrap(routes, auth), &tls).await;
     *handle.base.lock().unwrap_or_else(PoisonError::into_inner) = server.url.clone();
     FakeAzure {
         url: server.url.clone(),

@@ -76,26 +76,11 @@ impl FakeServer {
 }
 
 impl FakeServer {
-    /// Serves `app` over HTTPS on a free port of 127.0.0.1 with `tls`'s
-    /// certificate (for fakes whose clients insist on TLS: Microsoft's
-    /// identity libraries refuse an `http://` authority). The URL is
-    /// `https://127.0.0.1:<port>`.
-    pub async fn start_tls(what: &str, app: Router, tls: &super::tls::TestTls) -> Self {
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind the fake {what} API: {e}"));
-        let addr = tcp.local_addr().expect("local addr");
-        let listener = super::tls::TlsListener::new(tcp, tls.server_config());
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+    /// A server some other listener serves (TLS: `tls::start_tls`), at
+    /// `url`, stopped by `stop`.
+    pub fn serving(url: String, stop: oneshot::Sender<()>) -> Self {
         Self {
-            url: format!("https://{addr}"),
+            url,
             stop: Some(stop),
         }
     }

@@ -15,6 +15,8 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls;
 
+use super::fake_http::FakeServer;
+
 /// A CA and a certificate it signed for `127.0.0.1` and `localhost`.
 pub struct TestTls {
     /// The CA certificate (PEM): what clients trust.
@@ -168,4 +170,24 @@ impl axum::serve::Listener for TlsListener {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.tcp.local_addr()
     }
+}
+
+/// Serves `app` over HTTPS on a free port of 127.0.0.1 with `tls`'s
+/// certificate, on the shared harness's [`FakeServer`] (URL
+/// `https://127.0.0.1:<port>`).
+pub async fn start_tls(what: &str, app: axum::Router, tls: &TestTls) -> FakeServer {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind the fake {what} API: {e}"));
+    let addr = tcp.local_addr().expect("local addr");
+    let listener = TlsListener::new(tcp, tls.server_config());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    FakeServer::serving(format!("https://{addr}"), stop)
 }

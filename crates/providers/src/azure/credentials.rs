@@ -226,7 +226,6 @@ pub fn credential(
             WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
                 credential_options: ClientAssertionCredentialOptions {
                     client_options: client_options(),
-                    ..ClientAssertionCredentialOptions::default()
                 },
                 client_id: Some(client.clone()),
                 tenant_id: Some(tenant.clone()),

@@ -227,9 +227,14 @@ fn security_group(
             }));
         }
     }
+    // An adopted group keeps its own location and tags.
+    let location = existing
+        .and_then(|e| e["location"].as_str())
+        .unwrap_or(&settings.location);
+    let tags = existing.map_or_else(shared_tags, |e| e["tags"].clone());
     Some(json!({
-        "location": settings.location,
-        "tags": shared_tags(),
+        "location": location,
+        "tags": tags,
         "properties": {"securityRules": kept},
     }))
 }
