@@ -702,3 +702,98 @@ fn missing_or_refused_azure_credentials_exit_3_naming_what_to_set() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn workload_identity_from_a_federated_token_file_reaches_arm() {
+    let world = World::new("az-oidc", FakeConfig::default());
+    let token = world.path("home/oidc-token");
+    std::fs::write(&token, fake_azure::FEDERATED_TOKEN).expect("token file");
+    world.write_spec("  - slug: db\n    provider: azure\n    type: Standard_B2s\n");
+    let out = world
+        .command(&["plan"])
+        .env_remove("AZURE_CLIENT_SECRET")
+        .env("AZURE_FEDERATED_TOKEN_FILE", &token)
+        .output()
+        .expect("crabbox runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let requests = world.fake().requests();
+    let asked = requests
+        .iter()
+        .find(|r| r.path.ends_with("/oauth2/v2.0/token"))
+        .expect("a token request");
+    assert_eq!(asked.status, 200);
+    assert!(
+        asked
+            .raw_body
+            .contains("client_assertion=fake-github-oidc-token"),
+        "{}",
+        asked.raw_body
+    );
+    assert!(
+        !asked.raw_body.contains("client_secret"),
+        "{}",
+        asked.raw_body
+    );
+    assert!(
+        requests.iter().any(|r| r
+            .path
+            .ends_with("/providers/Microsoft.Compute/virtualMachines")
+            && r.status == 404),
+        "the listing reached ARM with that token (no group yet)"
+    );
+}
+
+#[test]
+fn the_sweep_removes_this_ponds_orphaned_nic_and_ip_and_nothing_untagged() {
+    let world = World::new("az-sweep", FakeConfig::default());
+    let [group, ..] = shared_ids();
+    world.fake().plant(&group, json!({"location": "eastus", "tags": {"managed_by": "crabbox"}, "properties": {"provisioningState": "Succeeded"}}));
+    let lease = "cbx_00000000abcd";
+    let ours = json!({"crabbox": "true", "pond": world.pond, "lease": lease, "provider": "azure"});
+    let nic = FakeHandle::id(
+        GROUP,
+        "Microsoft.Network/networkInterfaces",
+        "crabbox-db-1234abcd-nic",
+    );
+    let pip = FakeHandle::id(
+        GROUP,
+        "Microsoft.Network/publicIPAddresses",
+        "crabbox-db-1234abcd-pip",
+    );
+    let foreign = FakeHandle::id(
+        GROUP,
+        "Microsoft.Network/networkInterfaces",
+        "crabbox-db-99999999-nic",
+    );
+    let other_pond = FakeHandle::id(
+        GROUP,
+        "Microsoft.Network/publicIPAddresses",
+        "crabbox-x-1-pip",
+    );
+    for id in [&nic, &pip] {
+        world.fake().plant(id, json!({"location": "eastus", "tags": ours, "properties": {"provisioningState": "Succeeded"}}));
+    }
+    world.fake().plant(&foreign, json!({"location": "eastus", "tags": {"team": "data"}, "properties": {"provisioningState": "Succeeded"}}));
+    world.fake().plant(&other_pond, json!({"location": "eastus", "tags": {"crabbox": "true", "pond": "another", "lease": "cbx_00000000ffff"}, "properties": {"provisioningState": "Succeeded"}}));
+    world.write_spec("  - slug: db\n    provider: azure\n    type: Standard_B2s\n");
+    // The sweep runs after the apply: its own lease stays, the orphans go.
+    let log = world.ok(&["apply", "--auto-approve"]);
+    assert_eq!(world.pond_resources("networkInterfaces").len(), 1, "{log}");
+    assert!(world.fake().resource(&nic).is_none(), "{log}");
+    assert!(world.fake().resource(&pip).is_none(), "{log}");
+    assert!(log.contains("crabbox-db-1234abcd-nic"), "named: {log}");
+    assert!(
+        world.fake().resource(&foreign).is_some(),
+        "untagged: left alone"
+    );
+    assert!(
+        world.fake().resource(&other_pond).is_some(),
+        "another pond's: left alone"
+    );
+    assert_no_read_after_delete(world.fake());
+}

@@ -28,7 +28,8 @@
 //!   (`409`) or from the operation (the VM then stays `Failed`, as after a
 //!   real `AllocationFailed`), and throttling through the shared harness
 //!   (`429` with `Retry-After`);
-//! - `POST /{tenant}/oauth2/v2.0/token` (client credentials) issuing a
+//! - `POST /{tenant}/oauth2/v2.0/token` (client credentials: a secret, or
+//!   a federated token as client assertion) issuing a
 //!   bearer token ARM requests must carry, and the tenant's OpenID
 //!   discovery document MSAL reads first.
 //!
@@ -62,6 +63,9 @@ pub const TENANT: &str = "72f988bf-0000-4000-8000-00000000aaaa";
 pub const CLIENT_ID: &str = "1b5a3f5e-0000-4000-8000-00000000bbbb";
 /// Its secret.
 pub const CLIENT_SECRET: &str = "fake-client-secret";
+/// The federated token (GitHub Actions' OIDC token) the tenant trusts for
+/// the service principal.
+pub const FEDERATED_TOKEN: &str = "fake-github-oidc-token";
 /// The subscription ARM serves.
 pub const SUBSCRIPTION: &str = "0b1f6471-0000-4000-8000-00000000cccc";
 
@@ -647,8 +651,13 @@ fn token(handle: &FakeHandle, method: &Method, body: &[u8]) -> Response {
         )
             .into_response();
     }
+    // A secret, or a federated token as a client assertion (workload identity).
+    let federated = form.get("client_assertion_type").map(String::as_str)
+        == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        && form.get("client_assertion").map(String::as_str) == Some(FEDERATED_TOKEN);
+    let secret = form.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET);
     if form.get("client_id").map(String::as_str) != Some(CLIENT_ID)
-        || form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
+        || !(federated || secret)
         || !inner.secret_accepted
     {
         return entra_error(
