@@ -483,7 +483,7 @@ mod tests {
                 provider: None
             })
         );
-        assert!(parse_member("db=azure").is_err_and(|e| e.contains("one of: local")));
+        assert!(parse_member("db=modal").is_err_and(|e| e.contains("one of: local")));
         assert!(parse_member("=local").is_err());
     }
 }

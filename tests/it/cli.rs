@@ -200,7 +200,7 @@ fn a_provider_without_an_adapter_is_an_error_with_its_location() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dir.path().join("pond.yaml"),
-        "version: 1\npond: demo\nmembers:\n  - slug: db\n  - slug: api\n    provider: azure\n",
+        "version: 1\npond: demo\nmembers:\n  - slug: db\n  - slug: api\n    provider: modal\n",
     )
     .expect("write");
     crabbox()
@@ -209,10 +209,10 @@ fn a_provider_without_an_adapter_is_an_error_with_its_location() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
-            "pond.yaml:6:15: error: member `api`: provider `azure` has no adapter in this crabbox yet [unsupported-provider]",
+            "pond.yaml:6:15: error: member `api`: provider `modal` has no adapter in this crabbox yet [unsupported-provider]",
         ))
         .stderr(predicate::str::contains(
-            "run it on one of: local, ssh, hetzner, aws, islo, tensorlake, daytona, e2b",
+            "run it on one of: local, ssh, hetzner, aws, azure, islo, tensorlake, daytona, e2b, modal, blacksmith-testbox",
         ));
 }
 

@@ -87,6 +87,7 @@ fn every_check_has_a_corpus_case() {
         "blacksmith-idle-timeout",
         "modal-workdir",
         "modal-secret",
+        "azure-target",
     ];
     let missing: Vec<&str> = required
         .iter()

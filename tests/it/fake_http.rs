@@ -75,6 +75,17 @@ impl FakeServer {
     }
 }
 
+impl FakeServer {
+    /// A server some other listener serves (TLS: `tls::start_tls`), at
+    /// `url`, stopped by `stop`.
+    pub fn serving(url: String, stop: oneshot::Sender<()>) -> Self {
+        Self {
+            url,
+            stop: Some(stop),
+        }
+    }
+}
+
 impl Drop for FakeServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

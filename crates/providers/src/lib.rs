@@ -3,6 +3,7 @@
 //! works with [`Lease`]s and [`ProviderError`]s.
 
 pub mod aws;
+pub mod azure;
 pub mod blacksmith;
 pub mod claim_backed;
 pub mod coordinator;

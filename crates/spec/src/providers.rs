@@ -244,7 +244,7 @@ impl AwsTarget {
     }
 }
 
-/// Settings of the `azure` provider: Azure virtual machines (Linux, Windows), reached over SSH.
+/// Settings of the `azure` provider: Azure virtual machines (Linux), reached over SSH.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(transform = snake_case_aliases)]
@@ -257,15 +257,15 @@ pub struct AzureBlock {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "resourceGroup", alias = "resource_group")]
     pub resource_group: Option<String>,
-    /// Marketplace or custom image URN. Default `Canonical:ubuntu-26_04-lts:server:latest`.
-    /// Env `CRABBOX_AZURE_IMAGE`.
+    /// Marketplace image URN `publisher:offer:sku:version`. Default
+    /// `Canonical:ubuntu-26_04-lts:server:latest`. Env `CRABBOX_AZURE_IMAGE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// OS disk mode: `managed`, `ephemeral` or `ephemeral-preview`. Default `managed`.
-    /// Env `CRABBOX_AZURE_OS_DISK`, flag `--azure-os-disk`.
+    /// OS disk: `managed` (a StandardSSD managed disk) or `ephemeral` (the VM's local
+    /// disk; needs a SKU that supports it). Default `managed`. Env `CRABBOX_AZURE_OS_DISK`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "osDisk", alias = "os_disk")]
-    pub os_disk: Option<String>,
+    pub os_disk: Option<AzureOsDisk>,
     /// Shared virtual network name. Default `crabbox-vnet`. Env `CRABBOX_AZURE_VNET`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vnet: Option<String>,
@@ -275,8 +275,9 @@ pub struct AzureBlock {
     /// Shared network security group name. Default `crabbox-nsg`. Env `CRABBOX_AZURE_NSG`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nsg: Option<String>,
-    /// Source CIDR ranges allowed to reach SSH. Default: the caller's public IPv4 as a /32.
-    /// Env `CRABBOX_AZURE_SSH_CIDRS` (comma-separated).
+    /// Source CIDR ranges allowed to reach SSH through the shared NSG. Default: this
+    /// machine's public IPv4 as a /32 (never `0.0.0.0/0`). Env `CRABBOX_AZURE_SSH_CIDRS`
+    /// (comma-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "sshCIDRs", alias = "ssh_cidrs")]
     pub ssh_cidrs: Option<Vec<String>>,
@@ -284,6 +285,18 @@ pub struct AzureBlock {
     /// e.g. through a VPN). Default `public`. Env `CRABBOX_AZURE_NETWORK`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// VM priority: `spot` (evicted and deleted when Azure needs the capacity) or
+    /// `regular`. Default `spot`, as Crabbox's market.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<AzurePriority>,
+    /// Retry with regular priority when spot is refused for capacity or quota.
+    /// Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regular_fallback: Option<bool>,
+    /// Operating system of the VM. Only `linux` is supported; `windows` is refused by
+    /// `validate`. Default `linux`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<AzureTarget>,
     /// SSH login user on the VM. Default `crabbox`, the user the bootstrap creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_user: Option<String>,
@@ -291,9 +304,49 @@ pub struct AzureBlock {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
     /// Path to a private key whose public half is installed as the VM's key.
-    /// Default: a per-lease key generated in the state dir.
+    /// Default: a per-lease key generated where Crabbox keeps one,
+    /// `<user config dir>/crabbox/testboxes/<lease>/id_ed25519`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_key: Option<String>,
+}
+
+/// The OS disk of an Azure VM (`azure.osDisk`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AzureOsDisk {
+    /// A StandardSSD managed disk, deleted with the lease.
+    #[default]
+    Managed,
+    /// The VM's local (cache) disk: nothing to delete, gone with the VM.
+    Ephemeral,
+}
+
+/// The priority of an Azure VM (`azure.priority`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AzurePriority {
+    /// Spot: evicted (and deleted) when Azure needs the capacity.
+    #[default]
+    Spot,
+    /// Regular (pay-as-you-go) capacity.
+    Regular,
+}
+
+/// The operating system of an Azure VM (`azure.target`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AzureTarget {
+    /// Ubuntu LTS with Crabbox's cloud-init, reached over SSH as `crabbox`.
+    #[default]
+    Linux,
+    /// Windows Server (not supported: crabbox's tests cannot run a Windows guest).
+    Windows,
 }
 
 /// Settings of the `gcp` provider: Google Compute Engine Linux VMs, reached over SSH.
@@ -772,6 +825,24 @@ impl AwsBlock {
     }
 }
 
+impl AzureBlock {
+    /// Every value of this block the `azure` provider cannot use: a Windows
+    /// target.
+    #[must_use]
+    pub fn problems(&self) -> Vec<BlockProblem> {
+        let mut out = Vec::new();
+        if self.target == Some(AzureTarget::Windows) {
+            out.push(BlockProblem {
+                field: "target".to_owned(),
+                code: "azure-target",
+                message: "Azure target `windows` is not supported: crabbox's tests cannot run a Windows guest".to_owned(),
+                hint: "use `target: linux` (or leave `target` out), or lease Windows VMs with Crabbox itself".to_owned(),
+            });
+        }
+        out
+    }
+}
+
 /// Why `text` is not what EC2 takes as an ingress `CidrIp`: an IPv4 address,
 /// `/`, a prefix length 0-32, with no bits set after the prefix (EC2 calls
 /// `10.0.0.1/8` malformed).
@@ -1115,6 +1186,7 @@ impl ProviderBlocks {
             ProviderName::Islo => self.islo.as_ref().map(IsloBlock::problems),
             ProviderName::Tensorlake => self.tensorlake.as_ref().map(TensorlakeBlock::problems),
             ProviderName::Aws => self.aws.as_ref().map(AwsBlock::problems),
+            ProviderName::Azure => self.azure.as_ref().map(AzureBlock::problems),
             ProviderName::Daytona => self.daytona.as_ref().map(DaytonaBlock::problems),
             ProviderName::E2b => self.e2b.as_ref().map(E2bBlock::problems),
             ProviderName::Modal => self.modal.as_ref().map(ModalBlock::problems),

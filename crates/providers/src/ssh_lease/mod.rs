@@ -1,5 +1,5 @@
 //! What every SSH-lease cloud shares: a cloud that rents servers which
-//! crabbox then reaches over SSH (Hetzner, AWS EC2) implements only its
+//! crabbox then reaches over SSH (Hetzner, AWS EC2, Azure) implements only its
 //! compute API — create, read, delete, list and relabel servers, upload and
 //! delete keys — and composes [`SshLeases`] for the rest:
 //!
