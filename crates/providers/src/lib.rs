@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod claim_backed;
 pub mod coordinator;
+pub mod gcp;
 pub mod hetzner;
 pub mod http;
 pub mod islo;

@@ -42,6 +42,7 @@ pub static ADAPTERS: &[&Descriptor] = &[
     &crate::ssh::DESCRIPTOR,
     &crate::hetzner::DESCRIPTOR,
     &crate::aws::DESCRIPTOR,
+    &crate::gcp::DESCRIPTOR,
     &crate::islo::DESCRIPTOR,
     &crate::tensorlake::DESCRIPTOR,
 ];
