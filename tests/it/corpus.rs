@@ -83,6 +83,8 @@ fn every_check_has_a_corpus_case() {
         "aws-target",
         "aws-ssh-cidr",
         "aws-root-gb",
+        "gcp-ssh-cidr",
+        "gcp-root-gb",
     ];
     let missing: Vec<&str> = required
         .iter()
