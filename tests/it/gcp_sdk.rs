@@ -27,6 +27,11 @@ creds = service_account.Credentials.from_service_account_info(
 client = compute_v1.InstancesClient(
     credentials=creds, transport="rest", client_options=ClientOptions(api_endpoint=sys.argv[2]))
 project, zone = info["project_id"], "europe-west2-a"
+# The client polls an operation with a ZoneOperationsClient it makes itself,
+# without the endpoint override (transports/base.py `_zone_operations_client`):
+# hand it one pointed at the fake, as an emulator user must.
+client._transport._extended_operations_services["zone_operations"] = compute_v1.ZoneOperationsClient(
+    credentials=creds, transport="rest", client_options=ClientOptions(api_endpoint=sys.argv[2]))
 
 def vm(name):
     return compute_v1.Instance(
