@@ -29,9 +29,9 @@ use crabbox_core::provider::ProviderError;
 use serde::Deserialize;
 
 /// The `--help` lines of the `gcp` provider under "Environment:".
-pub const HELP: &str = "  GOOGLE_APPLICATION_CREDENTIALS credentials file (service account, workload identity federation, gcloud user); enables `gcp`
-  GOOGLE_CLOUD_PROJECT        project when `gcp.project` is unset (also CRABBOX_GCP_PROJECT, GCP_PROJECT_ID)
-  CRABBOX_GCP_COMPUTE_ENDPOINT Compute Engine API base URL (default https://compute.googleapis.com/compute/v1)
+pub const HELP: &str = "  GOOGLE_APPLICATION_CREDENTIALS service account or federation file (enables `gcp`)
+  GOOGLE_CLOUD_PROJECT        project when `gcp.project` is unset (or CRABBOX_GCP_PROJECT)
+  CRABBOX_GCP_COMPUTE_ENDPOINT Compute Engine base URL (default compute.googleapis.com)
   GCE_METADATA_HOST           metadata server host (default metadata.google.internal)";
 
 /// What enables the provider, as the "not configured" error shows it.
