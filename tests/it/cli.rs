@@ -212,7 +212,7 @@ fn a_provider_without_an_adapter_is_an_error_with_its_location() {
             "pond.yaml:6:15: error: member `api`: provider `azure` has no adapter in this crabbox yet [unsupported-provider]",
         ))
         .stderr(predicate::str::contains(
-            "run it on one of: local, ssh, hetzner, aws, islo, tensorlake",
+            "run it on one of: local, ssh, hetzner, aws, gcp, islo, tensorlake",
         ));
 }
 

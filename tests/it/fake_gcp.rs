@@ -163,9 +163,7 @@ pub async fn start(config: GcpConfig) -> FakeGcp {
             ))
         }
     });
-    let routes = Router::new()
-        .fallback(serve)
-        .with_state(handle.clone());
+    let routes = Router::new().fallback(serve).with_state(handle.clone());
     let app = handle.http.wrap(routes, auth);
     let server = FakeServer::start("Compute Engine", app).await;
     FakeGcp {
@@ -220,17 +218,32 @@ impl GcpHandle {
         let mut inner = self.lock();
         inner.next_id += 1;
         let id = inner.next_id;
-        let instance = new_instance(project, zone, name, id, &json!({
-            "labels": labels,
-            "machineType": format!("zones/{zone}/machineTypes/e2-small"),
-        }));
+        let instance = new_instance(
+            project,
+            zone,
+            name,
+            id,
+            &json!({
+                "labels": labels,
+                "machineType": format!("zones/{zone}/machineTypes/e2-small"),
+            }),
+        );
         inner.instances.insert(
             (project.to_owned(), zone.to_owned(), name.to_owned()),
             serde_json::to_vec(&instance).expect("JSON"),
         );
-        inner
-            .reads
-            .insert((project.to_owned(), zone.to_owned(), name.to_owned()), u32::MAX);
+        inner.reads.insert(
+            (project.to_owned(), zone.to_owned(), name.to_owned()),
+            u32::MAX,
+        );
+    }
+
+    /// Plants a firewall rule (one crabbox did not make).
+    pub fn plant_firewall(&self, project: &str, name: &str, description: &str) {
+        self.lock().firewalls.insert(
+            (project.to_owned(), name.to_owned()),
+            json!({ "kind": "compute#firewall", "name": name, "description": description, "direction": "INGRESS" }),
+        );
     }
 
     /// Every request so far.
@@ -278,12 +291,7 @@ fn new_instance(project: &str, zone: &str, name: &str, id: u64, body: &Value) ->
         .get("networkInterfaces")
         .cloned()
         .unwrap_or_else(|| json!([{ "accessConfigs": [{ "type": "ONE_TO_ONE_NAT" }] }]));
-    for (i, nic) in interfaces
-        .as_array_mut()
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, nic) in interfaces.as_array_mut().into_iter().flatten().enumerate() {
         nic["name"] = format!("nic{i}").into();
         nic["networkIP"] = "10.154.0.2".into();
         for ac in nic["accessConfigs"].as_array_mut().into_iter().flatten() {
@@ -357,14 +365,22 @@ async fn serve(State(handle): State<GcpHandle>, method: Method, uri: Uri, body: 
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let query: BTreeMap<String, String> = query_pairs(&uri).into_iter().collect();
     let Some(rest) = path.strip_prefix("/compute/v1/projects/") else {
-        return error(404, "notFound", &format!("The requested URL {path} was not found."));
+        return error(
+            404,
+            "notFound",
+            &format!("The requested URL {path} was not found."),
+        );
     };
     let parts: Vec<&str> = rest.split('/').collect();
     let mut inner = handle.lock();
     match (method.as_str(), parts.as_slice()) {
         ("POST", [project, "zones", zone, "instances"]) => insert(&mut inner, project, zone, &body),
         ("GET", [project, "zones", zone, "instances", name]) => {
-            let key = ((*project).to_owned(), (*zone).to_owned(), (*name).to_owned());
+            let key = (
+                (*project).to_owned(),
+                (*zone).to_owned(),
+                (*name).to_owned(),
+            );
             let boot = inner.config.boot_reads;
             let stops = inner.stop_while_booting;
             let reads = inner.reads.entry(key.clone()).or_insert(0);
@@ -390,16 +406,31 @@ async fn serve(State(handle): State<GcpHandle>, method: Method, uri: Uri, body: 
             axum::Json(instance).into_response()
         }
         ("DELETE", [project, "zones", zone, "instances", name]) => {
-            let key = ((*project).to_owned(), (*zone).to_owned(), (*name).to_owned());
+            let key = (
+                (*project).to_owned(),
+                (*zone).to_owned(),
+                (*name).to_owned(),
+            );
             if inner.instances.remove(&key).is_none() {
                 return not_found("instance", project, name);
             }
             let target = format!("zones/{zone}/instances/{name}");
-            axum::Json(operation(&mut inner, project, Some(zone), "delete", &target, None))
-                .into_response()
+            axum::Json(operation(
+                &mut inner,
+                project,
+                Some(zone),
+                "delete",
+                &target,
+                None,
+            ))
+            .into_response()
         }
         ("POST", [project, "zones", zone, "instances", name, "setLabels"]) => {
-            let key = ((*project).to_owned(), (*zone).to_owned(), (*name).to_owned());
+            let key = (
+                (*project).to_owned(),
+                (*zone).to_owned(),
+                (*name).to_owned(),
+            );
             let Some(stored) = inner.instances.get(&key) else {
                 return not_found("instance", project, name);
             };
@@ -421,41 +452,80 @@ async fn serve(State(handle): State<GcpHandle>, method: Method, uri: Uri, body: 
                 .instances
                 .insert(key, serde_json::to_vec(&instance).expect("JSON"));
             let target = format!("zones/{zone}/instances/{name}");
-            axum::Json(operation(&mut inner, project, Some(zone), "setLabels", &target, None))
-                .into_response()
+            axum::Json(operation(
+                &mut inner,
+                project,
+                Some(zone),
+                "setLabels",
+                &target,
+                None,
+            ))
+            .into_response()
         }
         ("GET", [project, "aggregated", "instances"]) => aggregated(&inner, project, &query),
-        ("GET" | "POST", [_, "zones", _, "operations", name] | [_, "zones", _, "operations", name, "wait"] | [_, "global", "operations", name] | [_, "global", "operations", name, "wait"]) => {
+        (
+            "GET" | "POST",
+            [_, "zones", _, "operations", name]
+            | [_, "zones", _, "operations", name, "wait"]
+            | [_, "global", "operations", name]
+            | [_, "global", "operations", name, "wait"],
+        ) => {
             let Some(op) = inner.operations.get_mut(*name) else {
-                return error(404, "notFound", &format!("The resource 'operations/{name}' was not found"));
+                return error(
+                    404,
+                    "notFound",
+                    &format!("The resource 'operations/{name}' was not found"),
+                );
             };
             op["status"] = "DONE".into();
             op["progress"] = 100.into();
             axum::Json(op.clone()).into_response()
         }
         ("GET", [project, "global", "firewalls", name]) => {
-            match inner.firewalls.get(&((*project).to_owned(), (*name).to_owned())) {
+            match inner
+                .firewalls
+                .get(&((*project).to_owned(), (*name).to_owned()))
+            {
                 Some(f) => axum::Json(f.clone()).into_response(),
                 None => not_found("firewall", project, name),
             }
         }
         ("POST", [project, "global", "firewalls"]) => {
             let Some(name) = body["name"].as_str().map(str::to_owned) else {
-                return error(400, "required", "Required field 'resource.name' not specified");
+                return error(
+                    400,
+                    "required",
+                    "Required field 'resource.name' not specified",
+                );
             };
             let key = ((*project).to_owned(), name.clone());
             if inner.firewalls.contains_key(&key) {
-                return error(409, "alreadyExists", &format!("The resource 'projects/{project}/global/firewalls/{name}' already exists"));
+                return error(
+                    409,
+                    "alreadyExists",
+                    &format!(
+                        "The resource 'projects/{project}/global/firewalls/{name}' already exists"
+                    ),
+                );
             }
             let mut firewall = body.clone();
             firewall["kind"] = "compute#firewall".into();
-            firewall["selfLink"] = format!("https://www.googleapis.com/compute/v1/projects/{project}/global/firewalls/{name}").into();
+            firewall["selfLink"] = format!(
+                "https://www.googleapis.com/compute/v1/projects/{project}/global/firewalls/{name}"
+            )
+            .into();
             inner.firewalls.insert(key, firewall);
             let target = format!("global/firewalls/{name}");
-            axum::Json(operation(&mut inner, project, None, "insert", &target, None))
-                .into_response()
+            axum::Json(operation(
+                &mut inner, project, None, "insert", &target, None,
+            ))
+            .into_response()
         }
-        _ => error(404, "notFound", &format!("The requested URL {path} was not found.")),
+        _ => error(
+            404,
+            "notFound",
+            &format!("The requested URL {path} was not found."),
+        ),
     }
 }
 
@@ -469,7 +539,11 @@ fn not_found(what: &str, project: &str, name: &str) -> Response {
 
 fn insert(inner: &mut Inner, project: &str, zone: &str, body: &Value) -> Response {
     let Some(name) = body["name"].as_str().map(str::to_owned) else {
-        return error(400, "required", "Required field 'resource.name' not specified");
+        return error(
+            400,
+            "required",
+            "Required field 'resource.name' not specified",
+        );
     };
     let name_ok = name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -477,17 +551,33 @@ fn insert(inner: &mut Inner, project: &str, zone: &str, body: &Value) -> Respons
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !name_ok {
-        return error(400, "invalid", &format!("Invalid value for field 'resource.name': '{name}'. Must be a match of regex '(?:[a-z](?:[-a-z0-9]{{0,61}}[a-z0-9])?)'"));
+        return error(
+            400,
+            "invalid",
+            &format!(
+                "Invalid value for field 'resource.name': '{name}'. Must be a match of regex '(?:[a-z](?:[-a-z0-9]{{0,61}}[a-z0-9])?)'"
+            ),
+        );
     }
     let Some(machine) = body["machineType"].as_str() else {
-        return error(400, "required", "Required field 'resource.machineType' not specified");
+        return error(
+            400,
+            "required",
+            "Required field 'resource.machineType' not specified",
+        );
     };
     if let Some(problem) = label_problem(body.get("labels").unwrap_or(&json!({}))) {
         return error(400, "invalid", &problem);
     }
     let key = (project.to_owned(), zone.to_owned(), name.clone());
     if inner.instances.contains_key(&key) {
-        return error(409, "alreadyExists", &format!("The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists"));
+        return error(
+            409,
+            "alreadyExists",
+            &format!(
+                "The resource 'projects/{project}/zones/{zone}/instances/{name}' already exists"
+            ),
+        );
     }
     let machine_type = machine.rsplit('/').next().unwrap_or_default().to_owned();
     let spot = body["scheduling"]["provisioningModel"] == "SPOT";
@@ -499,11 +589,22 @@ fn insert(inner: &mut Inner, project: &str, zone: &str, body: &Value) -> Respons
     let target = format!("zones/{zone}/instances/{name}");
     match refusal {
         Some(Refusal::Http(status, reason)) => {
-            return error(status, reason, &format!("Quota 'CPUS' exceeded. Limit: 8.0 in region {zone} ({machine_type})."));
+            return error(
+                status,
+                reason,
+                &format!("Quota 'CPUS' exceeded. Limit: 8.0 in region {zone} ({machine_type})."),
+            );
         }
         Some(Refusal::Operation(code)) => {
             let status = if code.starts_with("QUOTA") { 403 } else { 503 };
-            let op = operation(inner, project, Some(zone), "insert", &target, Some((code, status)));
+            let op = operation(
+                inner,
+                project,
+                Some(zone),
+                "insert",
+                &target,
+                Some((code, status)),
+            );
             return axum::Json(op).into_response();
         }
         None => {}
@@ -535,7 +636,15 @@ fn insert(inner: &mut Inner, project: &str, zone: &str, body: &Value) -> Respons
         .instances
         .insert(key.clone(), serde_json::to_vec(&instance).expect("JSON"));
     inner.reads.insert(key, 0);
-    axum::Json(operation(inner, project, Some(zone), "insert", &target, None)).into_response()
+    axum::Json(operation(
+        inner,
+        project,
+        Some(zone),
+        "insert",
+        &target,
+        None,
+    ))
+    .into_response()
 }
 
 /// The `labels.K=V` terms of a filter (`labels.a=b AND labels.c = "d"`,
@@ -543,7 +652,11 @@ fn insert(inner: &mut Inner, project: &str, zone: &str, body: &Value) -> Respons
 fn filter_terms(filter: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for term in filter.split(" AND ") {
-        let term = term.trim().trim_start_matches('(').trim_end_matches(')').trim();
+        let term = term
+            .trim()
+            .trim_start_matches('(')
+            .trim_end_matches(')')
+            .trim();
         if term.is_empty() {
             continue;
         }
@@ -569,7 +682,10 @@ fn aggregated(inner: &Inner, project: &str, query: &BTreeMap<String, String>) ->
         .unwrap_or(MAX_RESULTS)
         .clamp(1, MAX_RESULTS);
     let start = match query.get("pageToken") {
-        Some(t) => match t.strip_prefix("page-").and_then(|n| n.parse::<usize>().ok()) {
+        Some(t) => match t
+            .strip_prefix("page-")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) => n,
             None => return error(400, "invalid", "Invalid value for pageToken"),
         },
@@ -579,7 +695,12 @@ fn aggregated(inner: &Inner, project: &str, query: &BTreeMap<String, String>) ->
         .instances
         .iter()
         .filter(|((p, _, _), _)| p == project)
-        .map(|((_, z, _), v)| (z.clone(), serde_json::from_slice::<Value>(v).expect("stored")))
+        .map(|((_, z, _), v)| {
+            (
+                z.clone(),
+                serde_json::from_slice::<Value>(v).expect("stored"),
+            )
+        })
         .filter(|(_, i)| {
             terms
                 .iter()
@@ -624,12 +745,13 @@ fn form(body: &[u8]) -> BTreeMap<String, String> {
         let mut out = Vec::new();
         let mut i = 0;
         while i < bytes.len() {
-            if bytes[i] == b'%' && i + 2 < bytes.len() {
-                if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
+            if bytes[i] == b'%'
+                && i + 2 < bytes.len()
+                && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+            {
+                out.push(b);
+                i += 3;
+                continue;
             }
             out.push(bytes[i]);
             i += 1;
@@ -659,7 +781,8 @@ fn token(handle: &GcpHandle, body: &[u8]) -> Response {
             let Some(assertion) = fields.get("assertion") else {
                 return oauth_error("invalid_request", "no assertion");
             };
-            if let Err(e) = check_jwt(assertion, inner.config.service_account_key.as_deref(), true) {
+            if let Err(e) = check_jwt(assertion, inner.config.service_account_key.as_deref(), true)
+            {
                 return oauth_error("invalid_grant", &e);
             }
         }
@@ -707,7 +830,10 @@ fn check_jwt(jwt: &str, key: Option<&[u8]>, for_endpoint: bool) -> Result<(), St
         if !scope {
             return Err("no scope".to_owned());
         }
-        if !claims["aud"].as_str().is_some_and(|a| a.ends_with("/token")) {
+        if !claims["aud"]
+            .as_str()
+            .is_some_and(|a| a.ends_with("/token"))
+        {
             return Err(format!("aud {} is not this endpoint", claims["aud"]));
         }
     } else if !scope && claims["aud"].as_str().is_none_or(str::is_empty) {
@@ -719,7 +845,9 @@ fn check_jwt(jwt: &str, key: Option<&[u8]>, for_endpoint: bool) -> Result<(), St
     let pair = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(der).map_err(|e| e.to_string())?;
     let public = aws_lc_rs::signature::UnparsedPublicKey::new(
         &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-        aws_lc_rs::signature::KeyPair::public_key(&pair).as_ref().to_vec(),
+        aws_lc_rs::signature::KeyPair::public_key(&pair)
+            .as_ref()
+            .to_vec(),
     );
     let signed = format!("{}.{}", parts[0], parts[1]);
     public
@@ -735,7 +863,14 @@ fn check_jwt(jwt: &str, key: Option<&[u8]>, for_endpoint: bool) -> Result<(), St
 pub fn service_account_key(dir: &std::path::Path) -> (String, Vec<u8>) {
     let pem_path = dir.join("sa.pem");
     let out = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
         .arg(&pem_path)
         .output()
         .expect("openssl runs");
@@ -749,7 +884,12 @@ pub fn service_account_key(dir: &std::path::Path) -> (String, Vec<u8>) {
 }
 
 /// A service account credentials file for `key`, its token URI the fake's.
-pub fn service_account_file(dir: &std::path::Path, pem: &str, token_url: &str, project: &str) -> PathBuf {
+pub fn service_account_file(
+    dir: &std::path::Path,
+    pem: &str,
+    token_url: &str,
+    project: &str,
+) -> PathBuf {
     let path = dir.join("sa.json");
     let file = json!({
         "type": "service_account",
@@ -782,7 +922,10 @@ mod tests {
         .await;
         let http = reqwest::Client::new();
         let denied = http
-            .get(format!("{}/projects/p/aggregated/instances", fake.compute_url))
+            .get(format!(
+                "{}/projects/p/aggregated/instances",
+                fake.compute_url
+            ))
             .send()
             .await
             .expect("answer");
@@ -822,7 +965,10 @@ mod tests {
             assert_eq!(op["status"], "RUNNING");
             let (_, done) = call(
                 reqwest::Method::POST,
-                &format!("/zones/europe-west2-a/operations/{}/wait", op["name"].as_str().expect("name")),
+                &format!(
+                    "/zones/europe-west2-a/operations/{}/wait",
+                    op["name"].as_str().expect("name")
+                ),
                 None,
             )
             .await;
@@ -830,12 +976,22 @@ mod tests {
         }
         let (s, _) = call(reqwest::Method::POST, "/zones/europe-west2-a/instances", Some(json!({ "name": "vm-0", "machineType": "zones/europe-west2-a/machineTypes/e2-small" }))).await;
         assert_eq!(s, 409);
-        let (s, bad) = call(reqwest::Method::POST, "/zones/europe-west2-a/instances", Some(json!({ "name": "vm-x", "machineType": "m", "labels": { "Pond": "x" } }))).await;
+        let (s, bad) = call(
+            reqwest::Method::POST,
+            "/zones/europe-west2-a/instances",
+            Some(json!({ "name": "vm-x", "machineType": "m", "labels": { "Pond": "x" } })),
+        )
+        .await;
         assert_eq!(s, 400, "{bad}");
         // Boot: PROVISIONING, STAGING, RUNNING with an external address.
         let mut seen = Vec::new();
         for _ in 0..3 {
-            let (_, i) = call(reqwest::Method::GET, "/zones/europe-west2-a/instances/vm-0", None).await;
+            let (_, i) = call(
+                reqwest::Method::GET,
+                "/zones/europe-west2-a/instances/vm-0",
+                None,
+            )
+            .await;
             seen.push(i["status"].as_str().expect("status").to_owned());
         }
         assert_eq!(seen, ["PROVISIONING", "STAGING", "RUNNING"]);
@@ -844,11 +1000,17 @@ mod tests {
         let mut token: Option<String> = None;
         let mut pages = 0;
         loop {
-            let q = token.as_ref().map_or(String::new(), |t| format!("&pageToken={t}"));
+            let q = token
+                .as_ref()
+                .map_or(String::new(), |t| format!("&pageToken={t}"));
             let (s, page) = call(reqwest::Method::GET, &format!("/aggregated/instances?filter=labels.crabbox%3Dtrue%20AND%20labels.pond%3Ddemo&maxResults=2{q}"), None).await;
             assert_eq!(s, 200, "{page}");
             pages += 1;
-            for i in page["items"]["zones/europe-west2-a"]["instances"].as_array().into_iter().flatten() {
+            for i in page["items"]["zones/europe-west2-a"]["instances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 names.push(i["name"].as_str().expect("name").to_owned());
             }
             match page["nextPageToken"].as_str() {
@@ -858,25 +1020,66 @@ mod tests {
         }
         assert_eq!((pages, names.len()), (2, 3));
         // setLabels: the current fingerprint works once; replaying it is 412.
-        let (_, i) = call(reqwest::Method::GET, "/zones/europe-west2-a/instances/vm-1", None).await;
+        let (_, i) = call(
+            reqwest::Method::GET,
+            "/zones/europe-west2-a/instances/vm-1",
+            None,
+        )
+        .await;
         let fp = i["labelFingerprint"].clone();
-        let set = json!({ "labels": { "crabbox": "true", "pond": "other" }, "labelFingerprint": fp });
-        let (s, _) = call(reqwest::Method::POST, "/zones/europe-west2-a/instances/vm-1/setLabels", Some(set.clone())).await;
+        let set =
+            json!({ "labels": { "crabbox": "true", "pond": "other" }, "labelFingerprint": fp });
+        let (s, _) = call(
+            reqwest::Method::POST,
+            "/zones/europe-west2-a/instances/vm-1/setLabels",
+            Some(set.clone()),
+        )
+        .await;
         assert_eq!(s, 200);
-        let (s, stale) = call(reqwest::Method::POST, "/zones/europe-west2-a/instances/vm-1/setLabels", Some(set)).await;
+        let (s, stale) = call(
+            reqwest::Method::POST,
+            "/zones/europe-west2-a/instances/vm-1/setLabels",
+            Some(set),
+        )
+        .await;
         assert_eq!(s, 412);
         assert_eq!(stale["error"]["errors"][0]["reason"], "conditionNotMet");
         // Delete, then gone.
-        let (s, _) = call(reqwest::Method::DELETE, "/zones/europe-west2-a/instances/vm-2", None).await;
+        let (s, _) = call(
+            reqwest::Method::DELETE,
+            "/zones/europe-west2-a/instances/vm-2",
+            None,
+        )
+        .await;
         assert_eq!(s, 200);
-        let (s, _) = call(reqwest::Method::GET, "/zones/europe-west2-a/instances/vm-2", None).await;
+        let (s, _) = call(
+            reqwest::Method::GET,
+            "/zones/europe-west2-a/instances/vm-2",
+            None,
+        )
+        .await;
         assert_eq!(s, 404);
         // A capacity refusal surfaces inside the operation.
-        fake.handle.refuse("c4-standard-4", Some(true), Refusal::Operation("ZONE_RESOURCE_POOL_EXHAUSTED"));
+        fake.handle.refuse(
+            "c4-standard-4",
+            Some(true),
+            Refusal::Operation("ZONE_RESOURCE_POOL_EXHAUSTED"),
+        );
         let (_, op) = call(reqwest::Method::POST, "/zones/europe-west2-a/instances", Some(json!({ "name": "vm-9", "machineType": "zones/europe-west2-a/machineTypes/c4-standard-4", "scheduling": { "provisioningModel": "SPOT" } }))).await;
-        let (_, done) = call(reqwest::Method::GET, &format!("/zones/europe-west2-a/operations/{}", op["name"].as_str().expect("name")), None).await;
+        let (_, done) = call(
+            reqwest::Method::GET,
+            &format!(
+                "/zones/europe-west2-a/operations/{}",
+                op["name"].as_str().expect("name")
+            ),
+            None,
+        )
+        .await;
         assert_eq!(done["status"], "DONE");
-        assert_eq!(done["error"]["errors"][0]["code"], "ZONE_RESOURCE_POOL_EXHAUSTED");
+        assert_eq!(
+            done["error"]["errors"][0]["code"],
+            "ZONE_RESOURCE_POOL_EXHAUSTED"
+        );
         assert!(fake.handle.instances().iter().all(|i| i["name"] != "vm-9"));
     }
 }

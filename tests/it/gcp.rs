@@ -52,7 +52,6 @@ impl World {
             authorized_keys: Some(sshd.authorized_keys.clone()),
             boot_reads,
             service_account_key: Some(der),
-            ..GcpConfig::default()
         }));
         let credentials = fake_gcp::service_account_file(dir.path(), &pem, &gcp.token_url, PROJECT);
         Self {
@@ -216,7 +215,10 @@ fn a_pond_of_gcp_hetzner_and_local_members_applies_replans_clean_and_destroys_to
     let world = World::new("gcp-mixed", 2).with_hetzner();
     // A VM someone else made in the same zone, and one labelled for the
     // pond but without a lease: both are never touched.
-    world.gcp.handle.plant(PROJECT, "europe-west2-a", "not-crabbox", &[("team", "web")]);
+    world
+        .gcp
+        .handle
+        .plant(PROJECT, "europe-west2-a", "not-crabbox", &[("team", "web")]);
     world.gcp.handle.plant(
         PROJECT,
         "europe-west2-a",
@@ -246,7 +248,10 @@ fn a_pond_of_gcp_hetzner_and_local_members_applies_replans_clean_and_destroys_to
         .collect();
     assert_eq!(vms.len(), 1, "{vms:?}");
     let vm = &vms[0];
-    let lease = vm["labels"]["lease"].as_str().expect("lease label").to_owned();
+    let lease = vm["labels"]["lease"]
+        .as_str()
+        .expect("lease label")
+        .to_owned();
     assert_eq!(vm["labels"]["crabbox"], "true");
     assert_eq!(vm["labels"]["slug"], "db");
     assert_eq!(vm["labels"]["server_type"], "n2-standard-4");
@@ -264,9 +269,15 @@ fn a_pond_of_gcp_hetzner_and_local_members_applies_replans_clean_and_destroys_to
             )
         })
         .collect();
-    let get = |k: &str| metadata.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let get = |k: &str| {
+        metadata
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
     assert!(
-        get("ssh-keys").is_some_and(|v| v.starts_with(&format!("{}:ssh-ed25519 ", world.sshd.user))),
+        get("ssh-keys")
+            .is_some_and(|v| v.starts_with(&format!("{}:ssh-ed25519 ", world.sshd.user))),
         "{metadata:?}"
     );
     assert!(get("user-data").is_some_and(|v| v.starts_with("#cloud-config")));
@@ -285,16 +296,30 @@ fn a_pond_of_gcp_hetzner_and_local_members_applies_replans_clean_and_destroys_to
         .find(|r| r.method == "POST" && r.path.ends_with("/instances"))
         .expect("an insert");
     assert_eq!(insert.body["labels"]["lease"], lease.as_str());
-    assert!(requests.iter().any(|r| r.path.contains("/operations/") && r.path.ends_with("/wait")));
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path.contains("/operations/") && r.path.ends_with("/wait"))
+    );
     // The firewall rule: Crabbox's name for this policy, its description.
     let firewalls = world.gcp.handle.firewalls();
     assert_eq!(firewalls.len(), 1, "{firewalls:?}");
-    assert!(firewalls[0]["name"].as_str().expect("name").starts_with("crabbox-ssh-"));
+    assert!(
+        firewalls[0]["name"]
+            .as_str()
+            .expect("name")
+            .starts_with("crabbox-ssh-")
+    );
     assert_eq!(firewalls[0]["description"], "Crabbox-managed SSH ingress");
     assert_eq!(firewalls[0]["sourceRanges"][0], "198.51.100.7/32");
     // Discovery went through the filtered aggregated list.
-    assert!(requests.iter().any(|r| r.path.ends_with("/aggregated/instances")
-        && r.param("filter").is_some_and(|f| f.contains("labels.crabbox=true") && f.contains(&format!("labels.pond={}", world.pond)))));
+    assert!(requests.iter().any(|r| {
+        r.path.ends_with("/aggregated/instances")
+            && r.param("filter").is_some_and(|f| {
+                f.contains("labels.crabbox=true")
+                    && f.contains(&format!("labels.pond={}", world.pond))
+            })
+    }));
     assert_eq!(world.live_leases().len(), 3);
     let out = world.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(
@@ -312,7 +337,11 @@ fn a_pond_of_gcp_hetzner_and_local_members_applies_replans_clean_and_destroys_to
         .iter()
         .map(|i| i["name"].as_str().expect("name").to_owned())
         .collect();
-    assert_eq!(left, ["half-labelled", "not-crabbox"], "only others' VMs are left");
+    assert_eq!(
+        left,
+        ["half-labelled", "not-crabbox"],
+        "only others' VMs are left"
+    );
     let hetzner = world.hetzner.as_ref().expect("fake hetzner");
     assert!(
         hetzner
@@ -331,12 +360,34 @@ fn a_class_falls_back_across_types_and_spot_falls_back_to_standard_but_an_exact_
     let h = &world.gcp.handle;
     // No spot room for any tiny type (each refused its own way); as a
     // standard VM the first type has no quota, the second fits.
-    h.refuse("c4-standard-4", Some(true), Refusal::Operation("ZONE_RESOURCE_POOL_EXHAUSTED"));
-    h.refuse("c3-standard-4", Some(true), Refusal::Operation("QUOTA_EXCEEDED"));
-    h.refuse("n2-standard-4", Some(true), Refusal::Http(403, "quotaExceeded"));
-    h.refuse("n2d-standard-4", Some(true), Refusal::Operation("ZONE_RESOURCE_POOL_EXHAUSTED"));
-    h.refuse("c4-standard-4", Some(false), Refusal::Operation("QUOTA_EXCEEDED"));
-    let with_fallback = world.gcp_defaults().replace(" }", ", standard_fallback: true }");
+    h.refuse(
+        "c4-standard-4",
+        Some(true),
+        Refusal::Operation("ZONE_RESOURCE_POOL_EXHAUSTED"),
+    );
+    h.refuse(
+        "c3-standard-4",
+        Some(true),
+        Refusal::Operation("QUOTA_EXCEEDED"),
+    );
+    h.refuse(
+        "n2-standard-4",
+        Some(true),
+        Refusal::Http(403, "quotaExceeded"),
+    );
+    h.refuse(
+        "n2d-standard-4",
+        Some(true),
+        Refusal::Operation("ZONE_RESOURCE_POOL_EXHAUSTED"),
+    );
+    h.refuse(
+        "c4-standard-4",
+        Some(false),
+        Refusal::Operation("QUOTA_EXCEEDED"),
+    );
+    let with_fallback = world
+        .gcp_defaults()
+        .replace(" }", ", standard_fallback: true }");
     world.write_spec_with(
         &with_fallback,
         r#"  - slug: db
@@ -366,7 +417,12 @@ fn a_class_falls_back_across_types_and_spot_falls_back_to_standard_but_an_exact_
     }
     let vms = world.pond_instances();
     assert_eq!(vms.len(), 1);
-    assert!(vms[0]["machineType"].as_str().expect("type").ends_with("/c3-standard-4"));
+    assert!(
+        vms[0]["machineType"]
+            .as_str()
+            .expect("type")
+            .ends_with("/c3-standard-4")
+    );
     assert_eq!(vms[0]["labels"]["market"], "on-demand");
     world.ok(&["destroy", "--auto-approve"]);
 
@@ -381,8 +437,16 @@ fn a_class_falls_back_across_types_and_spot_falls_back_to_standard_but_an_exact_
     );
     let out = world.run(&["apply", "--auto-approve"]);
     assert!(!out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(world.inserts()[before..], [spot("c4-standard-4")], "an exact type is tried once");
-    assert!(text(&out.stderr).contains("never falls back"), "{}", text(&out.stderr));
+    assert_eq!(
+        world.inserts()[before..],
+        [spot("c4-standard-4")],
+        "an exact type is tried once"
+    );
+    assert!(
+        text(&out.stderr).contains("never falls back"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(world.pond_instances().is_empty());
 }
 
@@ -402,7 +466,10 @@ fn a_vm_that_stops_while_booting_is_deleted_again() {
     let err = text(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("stopped while booting"), "{err}");
-    assert!(world.pond_instances().is_empty(), "the VM was deleted again");
+    assert!(
+        world.pond_instances().is_empty(),
+        "the VM was deleted again"
+    );
     assert!(
         world
             .gcp
@@ -429,10 +496,15 @@ fn missing_or_refused_gcp_credentials_exit_3_naming_what_to_set() {
         .output()
         .expect("crabbox runs");
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("GOOGLE_APPLICATION_CREDENTIALS"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("GOOGLE_APPLICATION_CREDENTIALS"),
+        "{}",
+        text(&out.stderr)
+    );
     // A key the token endpoint does not know: refused at the first call.
     let (pem, _) = fake_gcp::service_account_key(&world.path("home"));
-    let other = fake_gcp::service_account_file(&world.path("home"), &pem, &world.gcp.token_url, PROJECT);
+    let other =
+        fake_gcp::service_account_file(&world.path("home"), &pem, &world.gcp.token_url, PROJECT);
     let out = world
         .command(&["apply", "--auto-approve"])
         .env("GOOGLE_APPLICATION_CREDENTIALS", &other)
@@ -441,7 +513,10 @@ fn missing_or_refused_gcp_credentials_exit_3_naming_what_to_set() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("GOOGLE_APPLICATION_CREDENTIALS"), "{err}");
-    assert!(world.gcp.handle.instances().is_empty(), "nothing was created");
+    assert!(
+        world.gcp.handle.instances().is_empty(),
+        "nothing was created"
+    );
 }
 
 /// The provider itself: relabel sends the fingerprint it read (and keeps
@@ -458,9 +533,25 @@ fn relabel_uses_the_fingerprint_and_release_touches_only_our_vms() {
         PROJECT,
         "us-east1-b",
         "crabbox-db-1",
-        &[("crabbox", "true"), ("pond", &pond), ("lease", lease_id), ("slug", "db"), ("zone", "us-east1-b"), ("market", "spot")],
+        &[
+            ("crabbox", "true"),
+            ("pond", &pond),
+            ("lease", lease_id),
+            ("slug", "db"),
+            ("zone", "us-east1-b"),
+            ("market", "spot"),
+        ],
     );
-    h.plant(PROJECT, "us-east1-b", "crabbox-x-2", &[("crabbox", "true"), ("pond", &pond), ("lease", "cbx_00000000ffff")]);
+    h.plant(
+        PROJECT,
+        "us-east1-b",
+        "crabbox-x-2",
+        &[
+            ("crabbox", "true"),
+            ("pond", &pond),
+            ("lease", "cbx_00000000ffff"),
+        ],
+    );
     let provider = GcpProvider::new(
         Signal::File(world.credentials.clone()),
         &world.gcp.compute_url,
@@ -469,9 +560,18 @@ fn relabel_uses_the_fingerprint_and_release_touches_only_our_vms() {
     world.rt.block_on(async {
         let leases = provider.list(&pond).await.expect("list");
         assert_eq!(leases.len(), 2);
-        let lease = leases.iter().find(|l| l.id == lease_id).expect("lease").clone();
+        let lease = leases
+            .iter()
+            .find(|l| l.id == lease_id)
+            .expect("lease")
+            .clone();
         assert_eq!(lease.label("zone"), Some("us-east1-b"));
-        let fp = h.instances().iter().find(|i| i["name"] == "crabbox-db-1").expect("vm")["labelFingerprint"].clone();
+        let fp = h
+            .instances()
+            .iter()
+            .find(|i| i["name"] == "crabbox-db-1")
+            .expect("vm")["labelFingerprint"]
+            .clone();
         let mut labels: Labels = lease.labels.clone();
         labels.remove("market");
         labels.insert("role".to_owned(), "Primary.DB".to_owned());
@@ -481,24 +581,113 @@ fn relabel_uses_the_fingerprint_and_release_touches_only_our_vms() {
             .into_iter()
             .find(|r| r.path.ends_with("/setLabels"))
             .expect("setLabels");
-        assert_eq!(set.body["labelFingerprint"], fp, "the fingerprint read just before");
-        let vm = h.instances().into_iter().find(|i| i["name"] == "crabbox-db-1").expect("vm");
-        assert_eq!(vm["labels"]["role"], "primary_db", "Compute Engine's label rules");
-        assert_eq!(vm["labels"]["market"], "spot", "the insert's labels are kept");
+        assert_eq!(
+            set.body["labelFingerprint"], fp,
+            "the fingerprint read just before"
+        );
+        let vm = h
+            .instances()
+            .into_iter()
+            .find(|i| i["name"] == "crabbox-db-1")
+            .expect("vm");
+        assert_eq!(
+            vm["labels"]["role"], "primary_db",
+            "Compute Engine's label rules"
+        );
+        assert_eq!(
+            vm["labels"]["market"], "spot",
+            "the insert's labels are kept"
+        );
         let mut dropped = labels.clone();
         dropped.remove("lease");
-        assert!(matches!(provider.relabel(&lease, &dropped).await, Err(ProviderError::Failed(_))));
+        assert!(matches!(
+            provider.relabel(&lease, &dropped).await,
+            Err(ProviderError::Failed(_))
+        ));
         // A VM whose labels name another lease is not this lease's.
         let mut wrong = lease.clone();
         wrong.cloud_id = "crabbox-x-2".to_owned();
-        assert!(matches!(provider.release(&wrong).await, Err(ProviderError::Failed(_))));
+        assert!(matches!(
+            provider.release(&wrong).await,
+            Err(ProviderError::Failed(_))
+        ));
         assert_eq!(h.instances().len(), 2);
         provider.release(&lease).await.expect("release");
         assert!(h.instances().iter().all(|i| i["name"] != "crabbox-db-1"));
         let again = provider.release(&lease).await;
-        assert!(matches!(again, Ok(()) | Err(ProviderError::NotFound(_))), "{again:?}");
+        assert!(
+            matches!(again, Ok(()) | Err(ProviderError::NotFound(_))),
+            "{again:?}"
+        );
+        // Every page of the listing is read (Compute Engine's pages hold 500).
+        for n in 0..500 {
+            h.plant(
+                PROJECT,
+                "us-east1-c",
+                &format!("crabbox-many-{n}"),
+                &[
+                    ("crabbox", "true"),
+                    ("pond", &pond),
+                    ("lease", &format!("cbx_{n:012x}")),
+                ],
+            );
+        }
+        h.http.log.clear();
+        assert_eq!(provider.list(&pond).await.expect("list").len(), 501);
+        let pages: Vec<Option<String>> = h
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/aggregated/instances"))
+            .map(|r| r.param("pageToken").map(str::to_owned))
+            .collect();
+        assert_eq!(pages, [None, Some("page-500".to_owned())]);
         // Unobserved is not absent.
         h.set_unreachable(&["us-east1-c"]);
         assert!(provider.list(&pond).await.is_err());
     });
+}
+
+#[test]
+fn a_firewall_rule_that_is_not_crabboxs_is_never_used_or_changed() {
+    let world = World::new("gcp-firewall", 0);
+    let name = crabbox_providers::gcp::names::firewall_name(
+        &format!("projects/{PROJECT}/global/networks/default"),
+        &["198.51.100.7/32".to_owned()],
+        &["crabbox-ssh".to_owned()],
+        &[world.sshd.port, 22],
+    );
+    world
+        .gcp
+        .handle
+        .plant_firewall(PROJECT, &name, "the web team's rule");
+    world.write_spec(
+        r#"  - slug: db
+    provider: gcp
+    type: n2-standard-4
+    setup: [ "echo db" ]
+"#,
+    );
+    let out = world.run(&["apply", "--auto-approve"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("not Crabbox-managed"), "{err}");
+    assert!(
+        world.gcp.handle.instances().is_empty(),
+        "no VM without its firewall rule"
+    );
+    let firewalls = world.gcp.handle.firewalls();
+    assert_eq!(firewalls.len(), 1);
+    assert_eq!(
+        firewalls[0]["description"], "the web team's rule",
+        "left as it was"
+    );
+    assert!(
+        world
+            .gcp
+            .handle
+            .requests()
+            .iter()
+            .all(|r| !(r.path.contains("/firewalls") && r.method != "GET")),
+        "the rule was only read"
+    );
 }

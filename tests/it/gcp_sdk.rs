@@ -107,7 +107,11 @@ fn googles_python_client_drives_the_fake_compute_engine() {
     );
     let seen: Value = serde_json::from_slice(&out.stdout).expect("JSON from the script");
     assert_eq!(seen["inserted_done"], true, "{seen}");
-    assert_eq!(seen["listed"], serde_json::json!(["sdk-a", "sdk-b"]), "{seen}");
+    assert_eq!(
+        seen["listed"],
+        serde_json::json!(["sdk-a", "sdk-b"]),
+        "{seen}"
+    );
     assert_eq!(seen["status"], "RUNNING", "{seen}");
     assert_eq!(seen["nat_ip"], "127.0.0.1", "{seen}");
     assert_eq!(seen["labels"]["role"], "db", "{seen}");
@@ -121,7 +125,9 @@ fn googles_python_client_drives_the_fake_compute_engine() {
         requests
             .iter()
             .filter(|r| r.path.starts_with("/compute/"))
-            .all(|r| r.status != 401 && r.header("authorization").is_some_and(|a| a.matches('.').count() == 2)),
+            .all(|r| r.status != 401
+                && r.header("authorization")
+                    .is_some_and(|a| a.matches('.').count() == 2)),
         "every call carried the service account's signed JWT"
     );
     let pages = requests

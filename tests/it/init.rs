@@ -203,7 +203,7 @@ fn unusable_flags_are_usage_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains(
-            "not a provider this build runs (one of: local, ssh, hetzner, aws, islo, tensorlake)"
+            "not a provider this build runs (one of: local, ssh, hetzner, aws, gcp, islo, tensorlake)"
         ),
         "{}",
         text(&out.stderr)

@@ -246,7 +246,12 @@ impl Compute {
     /// The refusal, or the operation's error.
     pub async fn insert(&self, zone: &str, instance: &Value) -> Result<(), GcpError> {
         let op: Operation = self
-            .call(Method::POST, &self.zonal(zone, "/instances"), &[], Some(instance))
+            .call(
+                Method::POST,
+                &self.zonal(zone, "/instances"),
+                &[],
+                Some(instance),
+            )
             .await?;
         self.wait(op).await
     }
@@ -560,7 +565,10 @@ mod tests {
             403,
             br#"{"error":{"code":403,"message":"Required 'compute.instances.create' permission","errors":[{"reason":"forbidden"}]}}"#,
         );
-        assert!(matches!(e.error, ProviderError::Credentials { .. }), "{e:?}");
+        assert!(
+            matches!(e.error, ProviderError::Credentials { .. }),
+            "{e:?}"
+        );
         let e = status_error("w", 412, br#"{"error":{"code":412,"message":"Labels fingerprint either invalid or resource labels have changed","errors":[{"reason":"conditionNotMet"}]}}"#);
         assert!(e.has_code(&["conditionNotMet"]));
         assert!(status_error("w", 404, b"{}").is_not_found());

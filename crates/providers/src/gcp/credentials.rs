@@ -29,14 +29,14 @@ use crabbox_core::provider::ProviderError;
 use serde::Deserialize;
 
 /// The `--help` lines of the `gcp` provider under "Environment:".
-pub const HELP: &str = "  GOOGLE_APPLICATION_CREDENTIALS service account or federation file (enables `gcp`)
+pub const HELP: &str =
+    "  GOOGLE_APPLICATION_CREDENTIALS service account or federation file (enables `gcp`)
   GOOGLE_CLOUD_PROJECT        project when `gcp.project` is unset (or CRABBOX_GCP_PROJECT)
   CRABBOX_GCP_COMPUTE_ENDPOINT Compute Engine base URL (default compute.googleapis.com)
   GCE_METADATA_HOST           metadata server host (default metadata.google.internal)";
 
 /// What enables the provider, as the "not configured" error shows it.
-pub const CREDENTIALS: &str =
-    "GOOGLE_APPLICATION_CREDENTIALS (or `gcloud auth application-default login`, or GOOGLE_CLOUD_PROJECT on a VM with a service account)";
+pub const CREDENTIALS: &str = "GOOGLE_APPLICATION_CREDENTIALS (or `gcloud auth application-default login`, or GOOGLE_CLOUD_PROJECT on a VM with a service account)";
 
 /// The hint of every credentials error.
 const HINT: &str = "set GOOGLE_APPLICATION_CREDENTIALS to a service account key or a workload identity federation file (google-github-actions/auth writes one), run `gcloud auth application-default login`, or run on a VM with a service account";
@@ -83,10 +83,15 @@ pub fn configured(env: &HashMap<String, String>, home: Option<&Path>) -> Option<
     if let Some(file) = gcloud.filter(|f| f.is_file()) {
         return Some(Signal::File(file));
     }
-    ["GCE_METADATA_HOST", "CRABBOX_GCP_PROJECT", "GOOGLE_CLOUD_PROJECT", "GCP_PROJECT_ID"]
-        .iter()
-        .any(|v| var(v).is_some())
-        .then_some(Signal::Metadata)
+    [
+        "GCE_METADATA_HOST",
+        "CRABBOX_GCP_PROJECT",
+        "GOOGLE_CLOUD_PROJECT",
+        "GCP_PROJECT_ID",
+    ]
+    .iter()
+    .any(|v| var(v).is_some())
+    .then_some(Signal::Metadata)
 }
 
 /// [`configured`] over this process's environment and home directory.
@@ -139,7 +144,7 @@ enum CredentialsFile {
         audience: String,
         subject_token_type: String,
         token_url: String,
-        credential_source: CredentialSource,
+        credential_source: Box<CredentialSource>,
         #[serde(default)]
         service_account_impersonation_url: Option<String>,
         #[serde(default)]
@@ -191,7 +196,7 @@ enum Kind {
         audience: String,
         subject_token_type: String,
         token_url: String,
-        source: CredentialSource,
+        source: Box<CredentialSource>,
         impersonation_url: Option<String>,
     },
     Metadata {
@@ -344,7 +349,6 @@ impl TokenSource {
                             ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
                             ("assertion", &assertion),
                         ],
-                        None,
                     )
                     .await?;
                 Ok(answer.token())
@@ -364,7 +368,6 @@ impl TokenSource {
                             ("client_secret", client_secret),
                             ("refresh_token", refresh_token),
                         ],
-                        None,
                     )
                     .await?;
                 Ok(answer.token())
@@ -394,7 +397,6 @@ impl TokenSource {
                             ("subject_token", &subject),
                             ("subject_token_type", subject_token_type),
                         ],
-                        None,
                     )
                     .await?;
                 let (federated, lifetime) = answer.token();
@@ -495,9 +497,8 @@ impl TokenSource {
             let field = format
                 .and_then(|f| f.subject_token_field_name.as_deref())
                 .unwrap_or("access_token");
-            let value: serde_json::Value = serde_json::from_str(&raw).map_err(|e| {
-                refused(format!("gcp: the subject token is not JSON: {e}"))
-            })?;
+            let value: serde_json::Value = serde_json::from_str(&raw)
+                .map_err(|e| refused(format!("gcp: the subject token is not JSON: {e}")))?;
             value
                 .get(field)
                 .and_then(serde_json::Value::as_str)
@@ -539,18 +540,13 @@ impl TokenSource {
         &self,
         url: &str,
         form: &[(&str, &str)],
-        bearer: Option<&str>,
     ) -> Result<T, ProviderError> {
-        let mut request = self
+        let response = self
             .http
             .post(url)
             .header("content-type", "application/x-www-form-urlencoded")
             .body(form_encode(form))
-            .timeout(EXCHANGE_TIMEOUT);
-        if let Some(token) = bearer {
-            request = request.bearer_auth(token);
-        }
-        let response = request
+            .timeout(EXCHANGE_TIMEOUT)
             .send()
             .await
             .map_err(|e| unreachable_endpoint(url, &e))?;
@@ -559,10 +555,7 @@ impl TokenSource {
 }
 
 /// The parts of a credentials file a [`Kind`] needs, checked.
-fn from_file(
-    file: CredentialsFile,
-    path: &Path,
-) -> Result<(Kind, Option<String>), ProviderError> {
+fn from_file(file: CredentialsFile, path: &Path) -> Result<(Kind, Option<String>), ProviderError> {
     let uri = |u: Option<String>| {
         u.filter(|u| !u.trim().is_empty())
             .unwrap_or_else(|| DEFAULT_TOKEN_URI.to_owned())
@@ -787,7 +780,9 @@ mod tests {
         std::fs::write(adc.join("application_default_credentials.json"), "{}").expect("file");
         assert_eq!(
             configured(&env(&[("GOOGLE_CLOUD_PROJECT", "p")]), Some(home.path())),
-            Some(Signal::File(adc.join("application_default_credentials.json")))
+            Some(Signal::File(
+                adc.join("application_default_credentials.json")
+            ))
         );
         assert_eq!(
             configured(

@@ -186,10 +186,7 @@ impl GcpProvider {
 
     /// The project when a member names none: the environment's, the
     /// credentials file's, the metadata server's.
-    async fn default_project(
-        &self,
-        auth: &TokenSource,
-    ) -> Result<Option<String>, ProviderError> {
+    async fn default_project(&self, auth: &TokenSource) -> Result<Option<String>, ProviderError> {
         self.default_project
             .get_or_try_init(|| async {
                 let env: HashMap<String, String> = std::env::vars().collect();
@@ -362,7 +359,10 @@ impl GcpProvider {
     ) -> Result<(), ProviderError> {
         let network = network_link(compute.project(), block);
         let configured = block.ssh_cidrs.clone().unwrap_or_default();
-        let key = format!("{} {network} {configured:?} {tags:?} {ports:?}", compute.project());
+        let key = format!(
+            "{} {network} {configured:?} {tags:?} {ports:?}",
+            compute.project()
+        );
         let cell = self
             .firewalls
             .lock()
@@ -426,11 +426,7 @@ impl GcpProvider {
 
     /// Inserts the VM: the attempts of [`capacity::attempts`] in order, the
     /// next only after a capacity or quota refusal; each reported on stderr.
-    async fn insert(
-        &self,
-        compute: &Compute,
-        plan: &InsertPlan<'_>,
-    ) -> Result<(), ProviderError> {
+    async fn insert(&self, compute: &Compute, plan: &InsertPlan<'_>) -> Result<(), ProviderError> {
         let member = &plan.request.member;
         let (types, exact) = match (&member.server_type, member.class) {
             (Some(t), _) if !t.is_empty() => (vec![t.clone()], true),
@@ -443,11 +439,7 @@ impl GcpProvider {
             ),
         };
         let spot = plan.block.spot.unwrap_or(true);
-        let tries = capacity::attempts(
-            &types,
-            spot,
-            plan.block.standard_fallback.unwrap_or(false),
-        );
+        let tries = capacity::attempts(&types, spot, plan.block.standard_fallback.unwrap_or(false));
         let mut refused = Vec::new();
         for attempt in tries {
             eprintln!(
@@ -514,11 +506,18 @@ impl GcpProvider {
         // lease's is never touched.
         let existing = compute.instance(&zone, &name).await;
         if let Err(e) = prepared.written().await {
-            self.roll_back(&compute, &zone, &request.lease_id, None).await;
+            self.roll_back(&compute, &zone, &request.lease_id, None)
+                .await;
             return Err(ProviderError::Failed(e));
         }
         match existing? {
-            Some(i) if carries_lease_labels(|k| i.labels.get(k).cloned(), &request.lease_id, Some(&request.pond)) => {
+            Some(i)
+                if carries_lease_labels(
+                    |k| i.labels.get(k).cloned(),
+                    &request.lease_id,
+                    Some(&request.pond),
+                ) =>
+            {
                 eprintln!(
                     "gcp: {}: adopting instance {name} created for lease {} by an earlier attempt",
                     request.member.slug, request.lease_id
@@ -699,8 +698,10 @@ async fn ssh_ranges(configured: &[String]) -> Result<Vec<String>, ProviderError>
 /// The error when no project is known.
 fn no_project() -> ProviderError {
     ProviderError::Credentials {
-        message: "gcp: no project: none in `gcp.project`, the environment or the credentials".to_owned(),
-        hint: "set gcp.project in pond.yaml, or CRABBOX_GCP_PROJECT / GOOGLE_CLOUD_PROJECT".to_owned(),
+        message: "gcp: no project: none in `gcp.project`, the environment or the credentials"
+            .to_owned(),
+        hint: "set gcp.project in pond.yaml, or CRABBOX_GCP_PROJECT / GOOGLE_CLOUD_PROJECT"
+            .to_owned(),
     }
 }
 
@@ -921,10 +922,15 @@ mod tests {
             lease_id: "cbx_0123456789ab".to_owned(),
             pond: "demo".to_owned(),
             member,
-            labels: [("crabbox", "true"), ("pond", "demo"), ("lease", "cbx_0123456789ab"), ("created_by", "crabbox")]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
+            labels: [
+                ("crabbox", "true"),
+                ("pond", "demo"),
+                ("lease", "cbx_0123456789ab"),
+                ("created_by", "crabbox"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
         };
         let block = GcpBlock {
             subnet: Some("lab".to_owned()),
@@ -949,15 +955,24 @@ mod tests {
         assert_eq!(body["labels"]["lease"], "cbx_0123456789ab");
         assert_eq!(body["labels"]["market"], "spot");
         assert_eq!(body["labels"]["zone"], "europe-west2-a");
-        assert_eq!(body["machineType"], "zones/europe-west2-a/machineTypes/c4-standard-4");
-        assert_eq!(body["metadata"]["items"][1]["value"], "crabbox:ssh-ed25519 AAAA");
+        assert_eq!(
+            body["machineType"],
+            "zones/europe-west2-a/machineTypes/c4-standard-4"
+        );
+        assert_eq!(
+            body["metadata"]["items"][1]["value"],
+            "crabbox:ssh-ed25519 AAAA"
+        );
         assert_eq!(body["scheduling"]["provisioningModel"], "SPOT");
         assert_eq!(body["disks"][0]["initializeParams"]["diskSizeGb"], "400");
         assert_eq!(
             body["networkInterfaces"][0]["subnetwork"],
             "projects/p/regions/europe-west2/subnetworks/lab"
         );
-        assert_eq!(body["serviceAccounts"][0]["email"], "vm@p.iam.gserviceaccount.com");
+        assert_eq!(
+            body["serviceAccounts"][0]["email"],
+            "vm@p.iam.gserviceaccount.com"
+        );
         let standard = capacity::Attempt {
             spot: false,
             ..spot

@@ -169,7 +169,12 @@ mod tests {
     fn the_firewall_is_named_as_crabbox_names_it() {
         let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
         assert_eq!(
-            firewall_name("default", &s(&["0.0.0.0/0"]), &s(&["crabbox-ssh"]), &[2222, 22]),
+            firewall_name(
+                "default",
+                &s(&["0.0.0.0/0"]),
+                &s(&["crabbox-ssh"]),
+                &[2222, 22]
+            ),
             "crabbox-ssh"
         );
         let hashed = firewall_name(
