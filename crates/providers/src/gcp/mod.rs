@@ -487,12 +487,17 @@ impl GcpProvider {
         block: &GcpBlock,
     ) -> Result<Lease, ProviderError> {
         let compute = self.compute(block.project.as_deref()).await?;
+        // The member's zone, else `CRABBOX_GCP_ZONE`, else Crabbox's.
         let zone = block
             .zone
-            .as_deref()
-            .filter(|z| !z.is_empty())
-            .unwrap_or(DEFAULT_ZONE)
-            .to_owned();
+            .clone()
+            .filter(|z| !z.trim().is_empty())
+            .or_else(|| {
+                std::env::var("CRABBOX_GCP_ZONE")
+                    .ok()
+                    .filter(|z| !z.trim().is_empty())
+            })
+            .unwrap_or_else(|| DEFAULT_ZONE.to_owned());
         let settings = SshSettings::from_block(
             block.ssh_user.as_deref(),
             block.ssh_port,
