@@ -139,7 +139,11 @@ pub async fn start(config: GcpConfig) -> FakeGcp {
     };
     let tokens = handle.inner.clone();
     let auth = Arc::new(move |parts: &axum::http::request::Parts| {
-        if parts.uri.path() == "/token" {
+        // The token endpoint, the metadata server and the OIDC token URL
+        // check their own credentials.
+        if matches!(parts.uri.path(), "/token" | "/oidc")
+            || parts.uri.path().starts_with("/computeMetadata/")
+        {
             return Access::Open;
         }
         let header = parts
@@ -357,10 +361,55 @@ fn operation(
     op
 }
 
-async fn serve(State(handle): State<GcpHandle>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn serve(
+    State(handle): State<GcpHandle>,
+    method: Method,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_owned();
     if path == "/token" {
         return token(&handle, &body);
+    }
+    if path == "/oidc" {
+        // A CI's OIDC token URL (GitHub Actions' `ACTIONS_ID_TOKEN_REQUEST_URL`):
+        // its bearer token in, `{"value": <JWT>}` out.
+        return if headers
+            .get("authorization")
+            .is_some_and(|v| v == "Bearer ci-request-token")
+        {
+            axum::Json(
+                json!({ "count": 1, "value": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOngifQ.c2ln" }),
+            )
+            .into_response()
+        } else {
+            error(401, "unauthorized", "no request token")
+        };
+    }
+    if let Some(what) = path.strip_prefix("/computeMetadata/v1/") {
+        // The metadata server: `Metadata-Flavor: Google` or nothing.
+        if headers.get("metadata-flavor").is_none_or(|v| v != "Google") {
+            return (
+                StatusCode::FORBIDDEN,
+                "Missing Metadata-Flavor:Google header.",
+            )
+                .into_response();
+        }
+        return match what {
+            "project/project-id" => "metadata-project".into_response(),
+            "instance/service-accounts/default/token" => {
+                let mut inner = handle.lock();
+                inner.next_id += 1;
+                let token = format!("ya29.metadata-{}", inner.next_id);
+                inner.tokens.push(token.clone());
+                axum::Json(
+                    json!({ "access_token": token, "expires_in": 3599, "token_type": "Bearer" }),
+                )
+                .into_response()
+            }
+            _ => (StatusCode::NOT_FOUND, "not found").into_response(),
+        };
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let query: BTreeMap<String, String> = query_pairs(&uri).into_iter().collect();

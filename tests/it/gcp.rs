@@ -691,3 +691,104 @@ fn a_firewall_rule_that_is_not_crabboxs_is_never_used_or_changed() {
         "the rule was only read"
     );
 }
+
+/// Every kind of Application Default Credentials gets its token where it
+/// says: a gcloud user's refresh token, a workload identity federation
+/// file whose subject token is a file or a CI's OIDC URL (what
+/// `google-github-actions/auth` writes), the metadata server — each seen in
+/// the fake's log, each listing the pond.
+#[test]
+fn every_kind_of_application_default_credentials_gets_a_token() {
+    let world = World::new("gcp-adc", 0);
+    let fake = &world.gcp;
+    let write = |name: &str, value: Value| {
+        let path = world.path(name);
+        std::fs::write(&path, value.to_string()).expect("write");
+        path
+    };
+    std::fs::write(world.path("subject.txt"), "eyJhbGciOiJSUzI1NiJ9.e30.c2ln\n").expect("subject");
+    let user = write(
+        "user.json",
+        serde_json::json!({ "type": "authorized_user", "client_id": "c.apps.googleusercontent.com", "client_secret": "s", "refresh_token": "1//r", "quota_project_id": PROJECT, "token_uri": fake.token_url }),
+    );
+    let federation = |name: &str, source: Value| {
+        write(
+            name,
+            serde_json::json!({
+                "type": "external_account",
+                "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/ci/providers/github",
+                "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                "token_url": fake.token_url,
+                "credential_source": source,
+            }),
+        )
+    };
+    let from_file = federation(
+        "wif-file.json",
+        serde_json::json!({ "file": world.path("subject.txt") }),
+    );
+    let from_url = federation(
+        "wif-url.json",
+        serde_json::json!({
+            "url": format!("{}/oidc", fake.root_url),
+            "headers": { "Authorization": "Bearer ci-request-token" },
+            "format": { "type": "json", "subject_token_field_name": "value" },
+        }),
+    );
+    let grants = || {
+        fake.handle
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/token")
+            .map(|r| r.raw_body.clone())
+            .collect::<Vec<_>>()
+    };
+    for (file, grant) in [
+        (&user, "grant_type=refresh_token"),
+        (&from_file, "subject_token=eyJhbGciOiJSUzI1NiJ9.e30.c2ln"),
+        (
+            &from_url,
+            "subject_token=eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvOngifQ.c2ln",
+        ),
+    ] {
+        let out = world
+            .command(&["list", "--provider", "gcp"])
+            .env("GOOGLE_APPLICATION_CREDENTIALS", file)
+            .env("GOOGLE_CLOUD_PROJECT", PROJECT)
+            .output()
+            .expect("crabbox runs");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            text(&out.stderr)
+        );
+        assert!(
+            grants().iter().any(|g| g.contains(grant)),
+            "{grant} in {:?}",
+            grants()
+        );
+    }
+    // The metadata server: no file, a project variable, its host.
+    let host = fake.root_url.trim_start_matches("http://").to_owned();
+    fake.handle.http.log.clear();
+    let out = world
+        .command(&["list", "--provider", "gcp"])
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env("GCE_METADATA_HOST", &host)
+        .output()
+        .expect("crabbox runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let requests = fake.handle.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path == "/computeMetadata/v1/instance/service-accounts/default/token")
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.path == "/compute/v1/projects/metadata-project/aggregated/instances"),
+        "the metadata server's project"
+    );
+}
