@@ -45,7 +45,6 @@ fn main() {
             &text,
             std::path::Path::new("."),
             &Variables::fixed(vec![]),
-            &crabbox_providers::registry::adapter_names(),
         )
         .pond
         .expect("valid");

@@ -289,7 +289,6 @@ fn worker(arg: &str) {
     let loaded = crabbox_spec::load::load_path(
         &job.spec,
         &crabbox_spec::interpolate::Variables::fixed(vec![]),
-        &crabbox_providers::registry::adapter_names(),
     )
     .expect("read the spec");
     let desired = loaded

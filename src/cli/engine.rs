@@ -11,7 +11,7 @@ use super::SpecArgs;
 use super::report;
 use crabbox_core::normalize::checked_name;
 use crabbox_plan::diff::PlanOptions;
-use crabbox_providers::registry::{Registry, adapter_names};
+use crabbox_providers::registry::Registry;
 use crabbox_spec::desired::{DesiredPond, StateStore};
 use crabbox_spec::load::{STDIN_PATH, load_path};
 use crabbox_state::claims::ClaimStore;
@@ -71,7 +71,7 @@ pub struct Loaded {
 
 /// Loads the spec, printing diagnostics on stderr; `None` when it is unusable.
 pub fn load_spec(args: &SpecArgs, pond_override: Option<&str>) -> Option<Loaded> {
-    let loaded = match load_path(&args.file, &args.variables(), &adapter_names()) {
+    let loaded = match load_path(&args.file, &args.variables()) {
         Ok(l) => l,
         Err(e) => {
             report::error(

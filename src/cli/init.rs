@@ -456,7 +456,6 @@ mod tests {
                 &text,
                 Path::new("."),
                 &Variables::from_env(Vec::new()),
-                &adapter_names(),
             );
             assert!(
                 loaded.diagnostics.is_empty(),
@@ -483,7 +482,7 @@ mod tests {
                 provider: None
             })
         );
-        assert!(parse_member("db=modal").is_err_and(|e| e.contains("one of: local")));
+        assert!(parse_member("db=digitalocean").is_err_and(|e| e.contains("one of: local")));
         assert!(parse_member("=local").is_err());
     }
 }

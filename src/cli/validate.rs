@@ -6,7 +6,6 @@ use clap::Args;
 use serde_json::json;
 
 use super::SpecArgs;
-use crabbox_providers::registry::adapter_names;
 use crabbox_spec::diagnostic;
 use crabbox_spec::load::{STDIN_NAME, STDIN_PATH, load_path};
 
@@ -84,7 +83,7 @@ pub(super) fn run(args: &ValidateArgs) -> ExitCode {
     } else {
         args.spec.file.display().to_string()
     };
-    let loaded = match load_path(&args.spec.file, &args.spec.variables(), &adapter_names()) {
+    let loaded = match load_path(&args.spec.file, &args.spec.variables()) {
         Ok(loaded) => loaded,
         Err(e) => {
             let hint = if e.kind() == std::io::ErrorKind::NotFound {

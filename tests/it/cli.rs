@@ -196,27 +196,6 @@ fn github_annotations_for_ci() {
 }
 
 #[test]
-fn a_provider_without_an_adapter_is_an_error_with_its_location() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("pond.yaml"),
-        "version: 1\npond: demo\nmembers:\n  - slug: db\n  - slug: api\n    provider: modal\n",
-    )
-    .expect("write");
-    crabbox()
-        .current_dir(dir.path())
-        .arg("validate")
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains(
-            "pond.yaml:6:15: error: member `api`: provider `modal` has no adapter in this crabbox yet [unsupported-provider]",
-        ))
-        .stderr(predicate::str::contains(
-            "run it on one of: local, ssh, hetzner, aws, azure, islo, tensorlake, daytona, e2b, modal, blacksmith-testbox",
-        ));
-}
-
-#[test]
 fn a_reference_to_a_member_that_does_not_exist_is_an_error_at_its_place() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(

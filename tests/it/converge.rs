@@ -95,7 +95,6 @@ pub(crate) fn load(text: &str) -> DesiredPond {
         text,
         std::path::Path::new("."),
         &Variables::fixed(vec![]),
-        &crabbox_providers::registry::adapter_names(),
     );
     loaded
         .pond

@@ -75,7 +75,6 @@ fn every_check_has_a_corpus_case() {
         "meaningless-option",
         "invalid-bind-addr",
         "state-backend",
-        "unsupported-provider",
         "peer-reference",
         "peer-reference-in-command",
         "template-error",
@@ -88,6 +87,8 @@ fn every_check_has_a_corpus_case() {
         "modal-workdir",
         "modal-secret",
         "azure-target",
+        "gcp-ssh-cidr",
+        "gcp-root-gb",
     ];
     let missing: Vec<&str> = required
         .iter()

@@ -275,7 +275,6 @@ fn a_crash_between_the_pending_claim_and_create_is_recovered_without_a_duplicate
         &spec,
         &env.path("work"),
         &crabbox_spec::interpolate::Variables::fixed(vec![]),
-        &crabbox_providers::registry::adapter_names(),
     )
     .pond
     .expect("valid spec");

@@ -199,11 +199,11 @@ fn without_flags_or_a_terminal_the_defaults_are_written() {
 #[test]
 fn unusable_flags_are_usage_errors() {
     let (_tmp, dir) = project("bad");
-    let out = run(&dir, &["init", "--member", "db=modal"]);
+    let out = run(&dir, &["init", "--member", "db=digitalocean"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains(
-            "not a provider this build runs (one of: local, ssh, hetzner, aws, azure, islo, tensorlake, daytona, e2b, modal, blacksmith-testbox)"
+            "not a provider this build runs (one of: local, ssh, hetzner, aws, azure, gcp, islo, tensorlake, daytona, e2b, modal, blacksmith-testbox)"
         ),
         "{}",
         text(&out.stderr)
@@ -223,7 +223,7 @@ fn on_a_terminal_it_asks_for_the_pond_provider_and_members() {
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "(printf '\\nmodal\\nislo\\ndb, api=local\\n'; sleep 3) | script -qec '{} init' /dev/null",
+            "(printf '\\ndigitalocean\\nislo\\ndb, api=local\\n'; sleep 3) | script -qec '{} init' /dev/null",
             bin.display()
         ))
         .current_dir(&dir)
@@ -234,7 +234,7 @@ fn on_a_terminal_it_asks_for_the_pond_provider_and_members() {
     assert!(out.status.success(), "{shown}{}", text(&out.stderr));
     assert!(shown.contains("Pond name [asked]: "), "{shown}");
     assert!(
-        shown.contains("`modal` is not a provider this build runs"),
+        shown.contains("`digitalocean` is not a provider this build runs"),
         "asked again: {shown}"
     );
     let spec = std::fs::read_to_string(dir.join("pond.yaml")).expect("written");

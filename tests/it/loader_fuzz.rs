@@ -59,7 +59,6 @@ fn check_inside(doc: &str) -> Result<(), TestCaseError> {
         doc,
         Path::new("."),
         &Variables::fixed(vec![("PR_NUMBER".into(), "1".into())]),
-        &crabbox_providers::registry::adapter_names(),
     );
     let lines: Vec<&str> = doc.split('\n').collect();
     for d in &loaded.diagnostics {

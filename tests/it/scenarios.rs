@@ -205,13 +205,7 @@ pub(crate) fn parse(scenario_yaml: &str) -> Result<Scenario, String> {
 }
 
 fn load_spec(label: &str, text: &str) -> Result<DesiredPond, String> {
-    let loaded = load_str(
-        label,
-        text,
-        &root(),
-        &Variables::fixed(vec![]),
-        &crabbox_providers::registry::adapter_names(),
-    );
+    let loaded = load_str(label, text, &root(), &Variables::fixed(vec![]));
     match loaded.pond {
         Some(pond) if !loaded.has_errors() => Ok(pond),
         _ => Err(format!("`{label}` does not load:\n{}", rendered(&loaded))),

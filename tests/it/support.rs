@@ -21,7 +21,6 @@ pub fn load_fixture(relative: &str) -> Loaded {
         &text,
         dir,
         &Variables::fixed(vec![("PR_NUMBER".into(), "42".into())]),
-        &crabbox_providers::registry::adapter_names(),
     )
 }
 

@@ -37,13 +37,7 @@ fn validated(provider: &str, workdir: &str) -> Option<String> {
     let doc = format!(
         "version: 1\npond: p\nmembers:\n  - slug: m\n    provider: {provider}\n    {provider}: {{ workdir: {quoted} }}\n"
     );
-    let loaded = load_str(
-        "pond.yaml",
-        &doc,
-        Path::new("."),
-        &Variables::fixed(vec![]),
-        &crabbox_providers::registry::adapter_names(),
-    );
+    let loaded = load_str("pond.yaml", &doc, Path::new("."), &Variables::fixed(vec![]));
     let pond = loaded.pond?;
     let block = pond.members[0].provider_block.as_ref()?;
     Some(block["workdir"].as_str()?.to_owned())

@@ -9,6 +9,7 @@ pub mod claim_backed;
 pub mod coordinator;
 pub mod daytona;
 pub mod e2b;
+pub mod gcp;
 pub mod hetzner;
 pub mod http;
 pub mod islo;

@@ -56,13 +56,11 @@ pub fn check(
     interpolated: &HashSet<Span>,
     file: &SourceFile,
     base_dir: &Path,
-    adapters: &[ProviderName],
     out: &mut Vec<Diagnostic>,
 ) -> Option<DesiredPond> {
     let mut c = Checker {
         index,
         interpolated,
-        adapters,
         out,
         errors: 0,
         scanned: 0,
@@ -188,8 +186,6 @@ struct Checker<'a> {
     index: &'a PointerIndex,
     /// Spans of the strings a `${VAR}` changed.
     interpolated: &'a HashSet<Span>,
-    /// The providers this build has an adapter for.
-    adapters: &'a [ProviderName],
     out: &'a mut Vec<Diagnostic>,
     /// Errors among `out[..scanned]`: counted as `out` grows, never again.
     errors: usize,
@@ -359,29 +355,6 @@ impl Checker<'_> {
         }
         let picked_provider = pick!(provider);
         let provider = picked_provider.map_or(ProviderName::Local, |(p, _)| p);
-        if let Some((_, origin)) = picked_provider.filter(|_| !self.adapters.contains(&provider)) {
-            // Said once for a default, not once per member inheriting it.
-            let whose = match origin {
-                Origin::Member(_) => format!("member `{slug}`: "),
-                Origin::Defaults => String::new(),
-            };
-            let usable: Vec<&str> = ProviderName::ALL
-                .iter()
-                .filter(|p| self.adapters.contains(p))
-                .map(|p| p.as_str())
-                .collect();
-            self.out.push(
-                Diagnostic::error(
-                    "unsupported-provider",
-                    self.value(&origin.pointer("/provider")),
-                    format!("{whose}provider `{provider}` has no adapter in this crabbox yet"),
-                )
-                .with_hint(format!(
-                    "nothing could create this member; run it on one of: {}",
-                    usable.join(", ")
-                )),
-            );
-        }
 
         for origin in [own, Origin::Defaults] {
             let map = match origin {

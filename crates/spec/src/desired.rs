@@ -294,7 +294,6 @@ mod tests {
             yaml,
             Path::new("."),
             &Variables::fixed(Vec::new()),
-            &ProviderName::ALL,
         );
         assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
         loaded.pond.expect("pond").members.remove(0)

@@ -12,7 +12,6 @@ use crate::check::{Parts, check};
 use crate::desired::DesiredPond;
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::interpolate::{Variables, interpolate_recording};
-use crabbox_core::provider::ProviderName;
 
 use crate::model::MemberSpec;
 use crate::source::SourceFile;
@@ -49,11 +48,7 @@ pub const STDIN_NAME: &str = "<stdin>";
 ///
 /// # Errors
 /// When the file cannot be read.
-pub fn load_path(
-    path: &Path,
-    vars: &Variables,
-    adapters: &[ProviderName],
-) -> std::io::Result<Loaded> {
+pub fn load_path(path: &Path, vars: &Variables) -> std::io::Result<Loaded> {
     if path == Path::new(STDIN_PATH) {
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)?;
@@ -61,7 +56,7 @@ pub fn load_path(
             Ok(text) => text,
             Err(not_utf8) => return Ok(*not_utf8),
         };
-        return Ok(load_str(STDIN_NAME, &text, Path::new("."), vars, adapters));
+        return Ok(load_str(STDIN_NAME, &text, Path::new("."), vars));
     }
     let bytes = std::fs::read(path)?;
     let name = path.display().to_string();
@@ -73,7 +68,7 @@ pub fn load_path(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    Ok(load_str(&name, &text, base, vars, adapters))
+    Ok(load_str(&name, &text, base, vars))
 }
 
 /// The file's text, or, when it is not UTF-8, a [`Loaded`] with one error
@@ -127,18 +122,9 @@ fn not_loaded(file: SourceFile, diagnostic: Diagnostic) -> Box<Loaded> {
     })
 }
 
-/// Loads a document from text. `adapters` are the providers this build can
-/// run (the binary's adapter table): a member on any other provider is an
-/// error, found here rather than by a create that can only fail. The spec
-/// sits below the adapters, so the caller says which exist.
+/// Loads a document from text.
 #[must_use]
-pub fn load_str(
-    name: &str,
-    text: &str,
-    base_dir: &Path,
-    vars: &Variables,
-    adapters: &[ProviderName],
-) -> Loaded {
+pub fn load_str(name: &str, text: &str, base_dir: &Path, vars: &Variables) -> Loaded {
     let file = SourceFile::new(name, text);
     let mut diagnostics = Vec::new();
     let pond = match yaml::parse(&file) {
@@ -161,7 +147,6 @@ pub fn load_str(
                 &interpolated,
                 &file,
                 base_dir,
-                adapters,
                 &mut semantic,
             );
             // A specific check says more than the schema about the same value.

@@ -281,7 +281,6 @@ members:
             yaml,
             std::path::Path::new("."),
             &crate::interpolate::Variables::fixed(vec![]),
-            &[ProviderName::Hetzner, ProviderName::Local],
         );
         let pond = loaded
             .pond

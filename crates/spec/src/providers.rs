@@ -377,12 +377,21 @@ pub struct GcpBlock {
     /// Default `[crabbox-ssh]`. Env `CRABBOX_GCP_TAGS` (comma-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
-    /// Source CIDR ranges allowed to reach SSH. Default `0.0.0.0/0`.
-    /// Env `CRABBOX_GCP_SSH_CIDRS` (comma-separated).
+    /// Source CIDR ranges allowed to reach SSH, e.g. `203.0.113.7/32`. Default: this
+    /// machine's public IPv4 as a /32 (never `0.0.0.0/0`; when it cannot be found, the
+    /// apply fails asking for this setting). Env `CRABBOX_GCP_SSH_CIDRS` (comma-separated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "sshCIDRs", alias = "ssh_cidrs")]
     pub ssh_cidrs: Option<Vec<String>>,
-    /// Boot disk size in GB (pd-balanced). Default 400. Env `CRABBOX_GCP_ROOT_GB`.
+    /// Spot VM (`provisioningModel: SPOT`, deleted when preempted) instead of a standard
+    /// one. Default true (Crabbox's `spot` market).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot: Option<bool>,
+    /// Retry as a standard VM when spot is refused for lack of capacity or quota.
+    /// Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standard_fallback: Option<bool>,
+    /// Boot disk size in GB (pd-balanced), at least 10. Default 400. Env `CRABBOX_GCP_ROOT_GB`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "rootGB", alias = "root_gb")]
     pub root_gb: Option<u32>,
@@ -391,6 +400,10 @@ pub struct GcpBlock {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "serviceAccount", alias = "service_account")]
     pub service_account: Option<String>,
+    /// Host SSH connects to instead of the VM's external address (a tunnel, a bastion's
+    /// forwarded port, or a test's sshd). Default: the VM's external address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host: Option<String>,
     /// SSH login user on the VM. Default `crabbox`, the user the bootstrap creates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_user: Option<String>,
@@ -843,6 +856,41 @@ impl AzureBlock {
     }
 }
 
+impl GcpBlock {
+    /// The smallest boot disk Compute Engine's Ubuntu images boot from.
+    pub const MIN_ROOT_GB: u32 = 10;
+
+    /// Every value of this block the `gcp` provider cannot use: an `sshCIDRs`
+    /// entry that is not an IPv4 range (the firewall rule's `sourceRanges`
+    /// here take IPv4 only, as for AWS), a boot disk below [`Self::MIN_ROOT_GB`].
+    #[must_use]
+    pub fn problems(&self) -> Vec<BlockProblem> {
+        let mut out = Vec::new();
+        for (i, cidr) in self.ssh_cidrs.iter().flatten().enumerate() {
+            if let Err(why) = check_ipv4_cidr(cidr) {
+                out.push(BlockProblem {
+                    field: format!("sshCIDRs/{i}"),
+                    code: "gcp-ssh-cidr",
+                    message: format!("`{cidr}` in `sshCIDRs` is not an IPv4 CIDR range: {why}"),
+                    hint: "write an address with its prefix length, e.g. `203.0.113.7/32` for one machine or `10.0.0.0/8` for a network".to_owned(),
+                });
+            }
+        }
+        if let Some(gb) = self.root_gb.filter(|gb| *gb < Self::MIN_ROOT_GB) {
+            out.push(BlockProblem {
+                field: "rootGB".to_owned(),
+                code: "gcp-root-gb",
+                message: format!(
+                    "GCP `rootGB` {gb} is smaller than the {} GB an Ubuntu image needs",
+                    Self::MIN_ROOT_GB
+                ),
+                hint: "leave `rootGB` out for 400 GB, or give at least 10".to_owned(),
+            });
+        }
+        out
+    }
+}
+
 /// Why `text` is not what EC2 takes as an ingress `CidrIp`: an IPv4 address,
 /// `/`, a prefix length 0-32, with no bits set after the prefix (EC2 calls
 /// `10.0.0.1/8` malformed).
@@ -1197,6 +1245,7 @@ impl ProviderBlocks {
                     .unwrap_or_default()
                     .problems(),
             ),
+            ProviderName::Gcp => self.gcp.as_ref().map(GcpBlock::problems),
             _ => None,
         }
         .unwrap_or_default()
