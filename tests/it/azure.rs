@@ -797,3 +797,74 @@ fn the_sweep_removes_this_ponds_orphaned_nic_and_ip_and_nothing_untagged() {
     );
     assert_no_read_after_delete(world.fake());
 }
+
+/// Nothing but `az login`: the Azure CLI's profile enables the provider,
+/// `az account show` names the subscription and `az account get-access-token`
+/// gives the token ARM accepts (a fake `az` first on PATH answers as the CLI
+/// does).
+#[test]
+fn the_azure_cli_login_gives_the_subscription_and_the_token() {
+    let world = World::new("az-cli", FakeConfig::default());
+    let token = world.fake().issue_token();
+    std::fs::create_dir_all(world.path("bin")).expect("bin");
+    std::fs::create_dir_all(world.path("home/.azure")).expect(".azure");
+    std::fs::write(world.path("home/.azure/azureProfile.json"), "{}").expect("profile");
+    let az = world.path("bin/az");
+    std::fs::write(
+        &az,
+        format!(
+            r#"#!/bin/sh
+case "$*" in
+  "account show --query id --output tsv") echo {sub} ;;
+  "account get-access-token -o json --scope https://management.azure.com/.default"*)
+    printf '{{"accessToken": "{token}", "expiresOn": "2099-01-01 00:00:00.000000", "expires_on": 4070908800, "subscription": "{sub}", "tenant": "{tenant}", "tokenType": "Bearer"}}\n' ;;
+  *) echo "az: unexpected arguments: $*" >&2; exit 2 ;;
+esac
+"#,
+            sub = fake_azure::SUBSCRIPTION,
+            tenant = fake_azure::TENANT,
+        ),
+    )
+    .expect("fake az");
+    std::fs::set_permissions(&az, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("mode");
+    world.write_spec("  - slug: db\n    provider: azure\n    type: Standard_B2s\n");
+    let path = format!(
+        "{}:{}",
+        world.path("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = world
+        .command(&["plan"])
+        .env_remove("AZURE_TENANT_ID")
+        .env_remove("AZURE_CLIENT_ID")
+        .env_remove("AZURE_CLIENT_SECRET")
+        .env_remove("AZURE_SUBSCRIPTION_ID")
+        .env("PATH", path)
+        .output()
+        .expect("crabbox runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let listed = world
+        .fake()
+        .requests()
+        .into_iter()
+        .find(|r| r.path.contains("/virtualMachines"))
+        .expect("the VMs were listed");
+    assert!(
+        listed
+            .path
+            .contains(&format!("/subscriptions/{}/", fake_azure::SUBSCRIPTION)),
+        "the CLI's subscription: {}",
+        listed.path
+    );
+    assert_eq!(
+        listed.header("authorization"),
+        Some(format!("Bearer {token}").as_str()),
+        "the CLI's token"
+    );
+}

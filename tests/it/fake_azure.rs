@@ -288,6 +288,16 @@ impl FakeHandle {
     }
 
     /// Makes the token endpoint refuse the client secret.
+    /// A token ARM accepts, issued outside the token endpoint: what the
+    /// Azure CLI would hand out after `az login`.
+    pub fn issue_token(&self) -> String {
+        let mut inner = self.inner();
+        let token = format!("fake-cli-token-{}", inner.next);
+        inner.next += 1;
+        inner.tokens.push(token.clone());
+        token
+    }
+
     pub fn refuse_secret(&self) {
         self.inner().secret_accepted = false;
     }
