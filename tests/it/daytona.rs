@@ -665,3 +665,31 @@ fn grep_dir(dir: &Path, needle: &str) -> bool {
         }
     })
 }
+
+/// A `background: true` step on a Daytona member runs as on any SSH lease:
+/// started detached through the (token) SSH session, still serving after
+/// the apply returns, and gone once the pond is destroyed.
+#[test]
+fn a_background_service_on_a_daytona_member_serves_until_destroy() {
+    let pond = Pond::new(FakeConfig::default());
+    let port = crate::sshd::free_port();
+    pond.write_spec(&format!(
+        "      - run: exec python3 -m http.server {port} --bind 127.0.0.1\n        background: true"
+    ));
+    let out = pond.run(&["apply", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let answers = |want: bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if up == want || std::time::Instant::now() > deadline {
+                return up;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(answers(true), "the service serves after the apply");
+    let out = pond.run(&["destroy", "--auto-approve"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!answers(false), "the service is stopped by destroy");
+}

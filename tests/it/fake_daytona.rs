@@ -9,7 +9,7 @@
 //! - `POST /sandbox` (`CreateSandbox`: `name`, `snapshot`, `labels`, `user`,
 //!   `target`, `autoStopInterval`, …) → `Sandbox`, `creating` then `started`
 //!   after a boot delay; a taken name is a 409. `GET /sandbox/{idOrName}`,
-//!   `DELETE /sandbox/{idOrName}` (answers the sandbox, now `destroyed`;
+//!   `DELETE /sandbox/{idOrName}` (kills the processes started for it; answers the sandbox, now `destroyed`;
 //!   later reads are 404), `PUT /sandbox/{idOrName}/labels` (`SandboxLabels`
 //!   replaces every label).
 //! - `GET /sandbox?limit&cursor&labels=<JSON>` → `{items, nextCursor}`
@@ -571,7 +571,36 @@ fn delete(handle: &FakeHandle, id: &str) -> Response {
     for t in gone {
         handle.gateway.revoke(&t);
     }
+    // A deleted sandbox runs nothing any more: its processes (this machine's,
+    // started through the gateway for its lease) go with it.
+    if let Some(lease) = rec.labels.get("lease") {
+        kill_processes_of(lease);
+    }
     (StatusCode::OK, axum::Json(rec.json(&base))).into_response()
+}
+
+/// SIGKILLs every process whose environment names `lease` as its
+/// `CRABBOX_LEASE_ID` (what crabbox starts on a lease carries it).
+fn kill_processes_of(lease: &str) {
+    let marker = format!("CRABBOX_LEASE_ID={lease}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let marked = std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()));
+        if marked {
+            // SAFETY: sending a signal has no memory effects.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 fn replace_labels(handle: &FakeHandle, id: &str, body: &Value) -> Response {
