@@ -668,16 +668,56 @@ fn grep_dir(dir: &Path, needle: &str) -> bool {
 
 /// A `background: true` step on a Daytona member runs as on any SSH lease:
 /// started detached through the (token) SSH session, still serving after
-/// the apply returns, and gone once the pond is destroyed.
+/// the apply returns, reached from this machine through `pond connect`'s
+/// SSH mesh (a tunnel logged in with a fresh access token), and gone once
+/// the pond is destroyed.
 #[test]
-fn a_background_service_on_a_daytona_member_serves_until_destroy() {
+fn a_background_service_on_a_daytona_member_serves_through_the_mesh_until_destroy() {
     let pond = Pond::new(FakeConfig::default());
     let port = crate::sshd::free_port();
-    pond.write_spec(&format!(
-        "      - run: exec python3 -m http.server {port} --bind 127.0.0.1\n        background: true"
-    ));
+    std::fs::write(
+        pond.path("work/pond.yaml"),
+        format!(
+            r#"version: 1
+pond: dtmesh
+members:
+  - slug: box
+    provider: daytona
+    daytona: {{ work_root: "{root}" }}
+    expose: [{port}]
+    setup:
+      - run: exec python3 -m http.server {port} --bind 127.0.0.1
+        background: true
+    ready: {{ tcp: {port}, timeout: 30s }}
+"#,
+            root = pond.path("dt/box").display()
+        ),
+    )
+    .expect("spec");
     let out = pond.run(&["apply", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = pond.run(&["pond", "connect", "dtmesh", "--export"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let exports = text(&out.stdout);
+    let addr = exports
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("export CRABBOX_POND_BOX_{port}=")))
+        .unwrap_or_else(|| panic!("an export for box's port: {exports}"))
+        .to_owned();
+    {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect through the tunnel");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").expect("request");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.0 200"),
+            "through the mesh: {answer}"
+        );
+    }
     let answers = |want: bool| {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
