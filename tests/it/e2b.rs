@@ -523,6 +523,16 @@ members:
         "{}",
         text(&out.stderr)
     );
+    // In an apply too: the step whose stream is cut fails, and the apply
+    // with it (the member is replaced, so its steps run again).
+    pond.e2b.handle.cut_next_streams(1);
+    let out = pond.run(&["apply", "--auto-approve", "--replace", "srv"]);
+    assert!(!out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("without an end event"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = pond.run(&["destroy", "--auto-approve"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
