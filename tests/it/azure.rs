@@ -868,3 +868,37 @@ esac
         "the CLI's token"
     );
 }
+
+/// `osDisk: ephemeral`: the VM is created with a local, read-only-cached
+/// OS disk (`diffDiskSettings`), set up over SSH as any other, and
+/// destroyed without leaving a disk behind.
+#[test]
+fn an_ephemeral_os_disk_is_asked_for_in_the_vm_create_and_nothing_is_left() {
+    let world = World::new("az-ephemeral", FakeConfig::default());
+    world.write_spec_with(
+        &world
+            .azure_defaults()
+            .replace(" }", ", osDisk: ephemeral }"),
+        "  - slug: db\n    provider: azure\n    type: Standard_D2ads_v6\n    setup: [ \"echo on an ephemeral disk\" ]\n",
+    );
+    let log = world.ok(&["apply", "--auto-approve"]);
+    assert!(log.contains("db | on an ephemeral disk"), "{log}");
+    let put = world
+        .fake()
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "PUT" && r.path.contains("/virtualMachines/"))
+        .expect("the VM create");
+    let disk = &put.body["properties"]["storageProfile"]["osDisk"];
+    assert_eq!(disk["diffDiskSettings"]["option"], "Local", "{disk}");
+    assert_eq!(disk["caching"], "ReadOnly", "{disk}");
+    assert!(disk.get("managedDisk").is_none(), "{disk}");
+    assert_eq!(world.fake().resources_of("virtualMachines").len(), 1);
+
+    world.ok(&["destroy", "--auto-approve"]);
+    assert!(
+        world.fake().resources_of("disks").is_empty()
+            && world.fake().resources_of("virtualMachines").is_empty(),
+        "nothing of the lease is left"
+    );
+}
