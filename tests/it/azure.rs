@@ -902,3 +902,46 @@ fn an_ephemeral_os_disk_is_asked_for_in_the_vm_create_and_nothing_is_left() {
         "nothing of the lease is left"
     );
 }
+
+/// A managed identity (App Service's protocol: `IDENTITY_ENDPOINT` and
+/// `IDENTITY_HEADER`) gives the token ARM accepts, with nothing else set
+/// but the subscription.
+#[test]
+fn a_managed_identity_gives_the_token() {
+    let world = World::new("az-msi", FakeConfig::default());
+    world.write_spec("  - slug: db\n    provider: azure\n    type: Standard_B2s\n");
+    let out = world
+        .command(&["plan"])
+        .env_remove("AZURE_TENANT_ID")
+        .env_remove("AZURE_CLIENT_ID")
+        .env_remove("AZURE_CLIENT_SECRET")
+        .env(
+            "IDENTITY_ENDPOINT",
+            format!("{}/msi/token", world.azure.url),
+        )
+        .env("IDENTITY_HEADER", fake_azure::IDENTITY_HEADER)
+        .output()
+        .expect("crabbox runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let requests = world.fake().requests();
+    let asked = requests
+        .iter()
+        .find(|r| r.path == "/msi/token")
+        .expect("the identity endpoint was asked");
+    assert_eq!(asked.status, 200);
+    let listed = requests
+        .iter()
+        .find(|r| r.path.contains("/virtualMachines"))
+        .expect("the VMs were listed");
+    assert!(
+        listed
+            .header("authorization")
+            .is_some_and(|a| a.starts_with("Bearer fake-msi-token-")),
+        "the managed identity's token"
+    );
+}

@@ -66,6 +66,8 @@ pub const CLIENT_SECRET: &str = "fake-client-secret";
 /// The federated token (GitHub Actions' OIDC token) the tenant trusts for
 /// the service principal.
 pub const FEDERATED_TOKEN: &str = "fake-github-oidc-token";
+/// The secret an App Service managed identity endpoint expects.
+pub const IDENTITY_HEADER: &str = "fake-identity-header";
 /// The subscription ARM serves.
 pub const SUBSCRIPTION: &str = "0b1f6471-0000-4000-8000-00000000cccc";
 
@@ -212,6 +214,7 @@ pub async fn start(config: FakeConfig) -> FakeAzure {
     let inner = handle.inner.clone();
     let auth: super::fake_http::Auth = Arc::new(move |parts: &Parts| {
         if parts.uri.path().ends_with("/oauth2/v2.0/token")
+            || parts.uri.path() == "/msi/token"
             || parts
                 .uri
                 .path()
@@ -356,6 +359,8 @@ impl FakeHandle {
 #[derive(Debug)]
 enum Target {
     Token,
+    /// An App Service managed identity endpoint (`IDENTITY_ENDPOINT`).
+    ManagedIdentity,
     /// OpenID discovery of a tenant (MSAL reads it before asking a token).
     Discovery {
         tenant: String,
@@ -386,6 +391,7 @@ fn parse(path: &str) -> Option<Target> {
     let l: Vec<&str> = lower.iter().map(String::as_str).collect();
     match l.as_slice() {
         [_, "oauth2", "v2.0", "token"] => Some(Target::Token),
+        ["msi", "token"] => Some(Target::ManagedIdentity),
         [_, "v2.0", ".well-known", "openid-configuration"] => Some(Target::Discovery {
             tenant: segs[0].to_owned(),
         }),
@@ -471,6 +477,7 @@ async fn serve(
     State(handle): State<FakeHandle>,
     method: Method,
     uri: Uri,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
     let Some(target) = parse(uri.path()) else {
@@ -482,6 +489,9 @@ async fn serve(
     };
     if let Target::Token = target {
         return token(&handle, &method, &body);
+    }
+    if let Target::ManagedIdentity = target {
+        return managed_identity(&handle, &method, &uri, &headers);
     }
     if let Target::Discovery { tenant } = &target {
         let base = handle
@@ -684,6 +694,50 @@ fn token(handle: &FakeHandle, method: &Method, body: &[u8]) -> Response {
         "expires_in": 3599,
         "ext_expires_in": 3599,
         "access_token": token,
+    }))
+    .into_response()
+}
+
+/// The App Service managed identity protocol (api-version 2019-08-01): `GET
+/// ?api-version&resource` with the `X-IDENTITY-HEADER` secret; the token's
+/// `expires_on` is a string of Unix seconds.
+fn managed_identity(
+    handle: &FakeHandle,
+    method: &Method,
+    uri: &Uri,
+    headers: &axum::http::HeaderMap,
+) -> Response {
+    let query: HashMap<String, String> = query_pairs(uri).into_iter().collect();
+    if method != Method::GET
+        || query.get("api-version").map(String::as_str) != Some("2019-08-01")
+        || query.get("resource").map(String::as_str) != Some("https://management.azure.com")
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_request", "error_description": "api-version 2019-08-01 and resource are required"})),
+        )
+            .into_response();
+    }
+    if headers
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok())
+        != Some(IDENTITY_HEADER)
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "unauthorized", "error_description": "X-IDENTITY-HEADER is missing or wrong"})),
+        )
+            .into_response();
+    }
+    let mut inner = handle.inner();
+    let token = format!("fake-msi-token-{}", inner.next);
+    inner.next += 1;
+    inner.tokens.push(token.clone());
+    axum::Json(json!({
+        "access_token": token,
+        "expires_on": "4070908800",
+        "resource": "https://management.azure.com",
+        "token_type": "Bearer",
     }))
     .into_response()
 }
