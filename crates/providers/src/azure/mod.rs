@@ -1006,16 +1006,8 @@ impl Provider for AzureProvider {
             }
         }
         self.leases
-            .sweep_dirs(pond, &live, &swept, &mut removed, &mut left)
-            .await;
-        if left.is_empty() {
-            Ok(removed)
-        } else {
-            Err(ProviderError::Failed(format!(
-                "left behind by earlier runs of pond `{pond}` and not removed: {}",
-                left.join("; ")
-            )))
-        }
+            .finish_sweep(pond, &live, &swept, removed, left)
+            .await
     }
 
     async fn ssh_target(&self, lease: &Lease) -> Option<SshTarget> {

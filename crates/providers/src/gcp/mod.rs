@@ -847,19 +847,9 @@ impl Provider for GcpProvider {
             .into_iter()
             .filter_map(|i| i.labels.get(labels::LEASE).cloned())
             .collect();
-        let mut removed = Vec::new();
-        let mut left = Vec::new();
         self.leases
-            .sweep_dirs(pond, &live, &HashSet::new(), &mut removed, &mut left)
-            .await;
-        if left.is_empty() {
-            Ok(removed)
-        } else {
-            Err(ProviderError::Failed(format!(
-                "left behind by earlier runs of pond `{pond}` and not removed: {}",
-                left.join("; ")
-            )))
-        }
+            .finish_sweep(pond, &live, &HashSet::new(), Vec::new(), Vec::new())
+            .await
     }
 
     async fn ssh_target(&self, lease: &Lease) -> Option<SshTarget> {

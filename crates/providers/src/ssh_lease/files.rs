@@ -249,6 +249,30 @@ impl SshLeases {
     /// name, so no run uses them); and this pond's staging directories of
     /// creates that died (none runs: the caller holds the pond lock).
     /// Appends what went to `removed` and what could not to `left`.
+    /// Ends a pond's sweep: its local directories swept
+    /// ([`Self::sweep_dirs`]), then what was removed, or — when anything of
+    /// the pond could not be removed, in the cloud or here — an error naming
+    /// each, so the sweep is not taken for complete.
+    pub(crate) async fn finish_sweep(
+        &self,
+        pond: &str,
+        live: &HashSet<String>,
+        swept: &HashSet<String>,
+        mut removed: Vec<String>,
+        mut left: Vec<String>,
+    ) -> Result<Vec<String>, ProviderError> {
+        self.sweep_dirs(pond, live, swept, &mut removed, &mut left)
+            .await;
+        if left.is_empty() {
+            Ok(removed)
+        } else {
+            Err(ProviderError::Failed(format!(
+                "left behind by earlier runs of pond `{pond}` and not removed: {}",
+                left.join("; ")
+            )))
+        }
+    }
+
     pub(crate) async fn sweep_dirs(
         &self,
         pond: &str,
