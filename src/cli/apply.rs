@@ -240,6 +240,9 @@ fn apply_locked(
         Ok(p) => p,
         Err(e) => return super::exit::plan_refused(&e),
     };
+    if let Some(code) = tailnet_key_missing(&plan) {
+        return code;
+    }
     if let Some(saved) = saved {
         let changed = saved::differences(&saved.fingerprint, &saved::fingerprint(&inventory));
         let same_plan = saved::same_member_changes(&saved.plan, &json::to_value(&plan));
@@ -276,6 +279,28 @@ fn apply_locked(
         saved.is_some(),
         pond_lock,
     )
+}
+
+/// Refuses (exit 3) an apply that would create a member joining the
+/// tailnet without any way to get it an auth key, before anything is
+/// created: one member's create failing halfway through a pond would leave
+/// the others made for nothing.
+fn tailnet_key_missing(plan: &Plan) -> Option<ExitCode> {
+    let joins = plan.changes.iter().any(|c| {
+        matches!(
+            c.action,
+            Action::Create | Action::Replace | Action::CreateBeforeDestroy
+        ) && c.desired.as_ref().is_some_and(|m| m.tailscale)
+    });
+    if !joins {
+        return None;
+    }
+    // An unreadable config is reported by the create that needs it.
+    let config = crabbox_spec::user_config::UserConfig::load().ok()?;
+    let config = crabbox_providers::tailnet::enroll::TailscaleConfig::from_config(&config);
+    let env = std::env::vars().collect();
+    let e = crabbox_providers::tailnet::enroll::missing_key(&config, &env)?;
+    Some(super::exit::provider_error("", &e))
 }
 
 #[allow(clippy::too_many_arguments)] // the pieces of one apply, each already validated

@@ -148,7 +148,7 @@ impl FakeTailscale {
             "user": "tagged-devices",
             "os": "linux",
             "clientVersion": "1.80.0-t0fake",
-            "created": "2026-12-01T10:00:00Z",
+            "created": format!("2026-12-01T10:{n:02}:00Z"),
             "lastSeen": "2026-12-06T10:00:00Z",
             "expires": "0001-01-01T00:00:00Z",
             "keyExpiryDisabled": true,

@@ -59,6 +59,7 @@ mod sshd;
 mod state_pg;
 mod support;
 mod tailnet;
+mod tailscale_apply;
 mod tensorlake;
 mod test_script;
 mod tls;

@@ -338,10 +338,16 @@ async fn auth_keys_are_minted_per_member_and_addresses_found_by_hostname_and_tag
     fake.add_device("crabbox-db", "100.64.0.3", &["tag:cbx-pond-xyuoqa6-beta"]);
     fake.add_device("crabbox-db", "100.64.0.7", &[TAG]);
     let devices = api.devices().await.expect("devices");
-    let db = member_device(&devices, "db", TAG).expect("db enrolled");
+    let db = member_device(&devices, "crabbox-db", TAG).expect("db enrolled");
     assert_eq!(db.ipv4(), Some("100.64.0.7"));
     assert_eq!(db.name, "crabbox-db.tail0fake.ts.net");
-    assert_eq!(member_device(&devices, "api", TAG), None);
+    assert_eq!(member_device(&devices, "crabbox-api", TAG), None);
+    // A replacement joins while its predecessor is still listed: the newest.
+    fake.add_device("crabbox-db", "100.64.0.9", &[TAG]);
+    let devices = api.devices().await.expect("devices");
+    let db = member_device(&devices, "crabbox-db", TAG).expect("db enrolled");
+    assert_eq!(db.ipv4(), Some("100.64.0.9"));
+    assert_eq!(db.node_id, "nFAKE3CNTRL");
 
     let wrong = self::api(&fake, "tskey-api-wrong");
     let err = wrong.devices().await.expect_err("refused");

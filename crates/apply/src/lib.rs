@@ -11,3 +11,4 @@ pub mod progress;
 pub mod reconcile;
 pub mod schemas;
 pub mod steps;
+mod tailnet;

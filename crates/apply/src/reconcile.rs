@@ -252,6 +252,7 @@ pub fn context(
         reporter,
         wait_timeout: None,
         taken_slugs: tokio::sync::Mutex::default(),
+        tailnet_acl: tokio::sync::OnceCell::new(),
     }
 }
 

@@ -18,10 +18,11 @@ use crabbox_core::retry::with_retries;
 use crabbox_exec::archive;
 use crabbox_exec::session::ExecRequest;
 use crabbox_providers::registry::Registry;
+use crabbox_providers::tailnet::enroll::label::IPV4 as TAILSCALE_IPV4;
 use crabbox_providers::{CreateRequest, Provider};
 use crabbox_render::files::{OutputFile, output_files, write_outputs};
 use crabbox_render::peers::{Peer, peer_env, peers_from_leases, resolve_refs};
-use crabbox_spec::desired::{DesiredMember, Probe};
+use crabbox_spec::desired::{DesiredMember, Probe, ReadyCheck};
 use crabbox_spec::member_labels::SpecHashes;
 use crabbox_state::claims::{Claim, ClaimStore, SHARES_FIELD, claim_state, now_rfc3339};
 
@@ -59,6 +60,9 @@ pub struct Context {
     /// The slugs other leases hold, read once per command (see
     /// [`unique_slug`]).
     pub taken_slugs: tokio::sync::Mutex<TakenSlugs>,
+    /// The tailnet ACL bootstrap's outcome, once per command (see
+    /// [`crate::tailnet::bootstrap_acl`]).
+    pub tailnet_acl: tokio::sync::OnceCell<Result<(), String>>,
 }
 
 /// The slugs leases hold, as far as this command has read them: every local
@@ -110,14 +114,14 @@ impl From<ProviderError> for StepError {
     }
 }
 
-fn fail(message: impl Into<String>) -> StepError {
+pub(crate) fn fail(message: impl Into<String>) -> StepError {
     StepError {
         message: message.into(),
     }
 }
 
 impl Context {
-    fn member(&self, slug: &str) -> Result<&DesiredMember, StepError> {
+    pub(crate) fn member(&self, slug: &str) -> Result<&DesiredMember, StepError> {
         self.members
             .get(slug)
             .ok_or_else(|| fail(format!("`{slug}` is not in the spec")))
@@ -132,14 +136,14 @@ impl Context {
             .ok_or_else(|| fail(format!("`{slug}` has no lease")))
     }
 
-    fn set_lease(&self, lease: Lease) {
+    pub(crate) fn set_lease(&self, lease: Lease) {
         self.leases
             .lock()
             .expect("lease map lock")
             .insert(lease.slug().to_owned(), lease);
     }
 
-    fn provider(
+    pub(crate) fn provider(
         &self,
         lease_or_member: crabbox_core::provider::ProviderName,
     ) -> Result<Arc<dyn Provider>, StepError> {
@@ -356,6 +360,9 @@ async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
         .map_err(|e| fail(format!("writing claim: {e}")))?;
     remember_providers(&ctx.state_dir, &ctx.pond, &[m.provider])
         .map_err(|e| fail(format!("writing the pond record: {e}")))?;
+    if m.tailscale {
+        crate::tailnet::bootstrap_acl(ctx).await?;
+    }
     let request = CreateRequest {
         lease_id: lease_id.clone(),
         pond: ctx.pond.clone(),
@@ -371,8 +378,14 @@ async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
     };
     update_claim(ctx, &lease).await?;
     let id = lease.id.clone();
+    ctx.set_lease(lease.clone());
+    let lease = crate::tailnet::join(ctx, slug, lease).await?;
+    let detail = match lease.label(TAILSCALE_IPV4) {
+        Some(ip) => format!("id={id} tailnet={ip}"),
+        None => format!("id={id}"),
+    };
     ctx.set_lease(lease);
-    Ok(format!("id={id}"))
+    Ok(detail)
 }
 
 /// The `slug` label of a new lease of member `slug`: the member's slug when
@@ -422,7 +435,7 @@ async fn unique_slug(
 /// Records what is now true of a lease in its claim. A claim that cannot be
 /// read or written fails the step: the lease exists, and a claim left
 /// `pending` or stale would misdescribe it to the next run.
-async fn update_claim(ctx: &Context, lease: &Lease) -> Result<(), StepError> {
+pub(crate) async fn update_claim(ctx: &Context, lease: &Lease) -> Result<(), StepError> {
     update_claim_recording(ctx, lease, None).await
 }
 
@@ -456,6 +469,9 @@ async fn update_claim_recording(
     claim.ssh_host = lease.endpoint.host.clone().unwrap_or_default();
     claim.ssh_port = lease.endpoint.ssh_port.unwrap_or(0);
     claim.bridge_url = lease.endpoint.url.clone().unwrap_or_default();
+    for (field, value) in crate::tailnet::claim_fields(lease) {
+        claim.extra.insert(field.to_owned(), value.into());
+    }
     if lease.endpoint.shares.is_empty() {
         claim.extra.remove(SHARES_FIELD);
     } else if let Ok(shares) = serde_json::to_value(&lease.endpoint.shares) {
@@ -570,26 +586,40 @@ async fn ready(ctx: &Context, slug: &str) -> Result<String, StepError> {
     let Some(check) = &m.ready else {
         return Ok("no ready check".to_owned());
     };
-    let lease = ctx.lease(slug)?;
-    let provider = ctx.provider(lease.provider)?;
+    let provider = ctx.provider(ctx.lease(slug)?.provider)?;
     let env = ctx.env_for(slug, &BTreeMap::new())?;
     let started = Instant::now();
     let limit = ctx
         .wait_timeout
         .map_or(check.timeout, |w| w.min(check.timeout));
+    let what = describe_check(check);
     let mut last_error = String::new();
     loop {
-        match provider.session(&lease).probe(&check.probe, &env).await {
-            Ok(true) => return Ok(describe_probe(&check.probe)),
-            Ok(false) => {}
-            Err(e) => last_error = format!(": {e}"),
+        // The lease is read afresh: a join may have recorded its address.
+        let lease = ctx.lease(slug)?;
+        let probed = match &check.probe {
+            Some(probe) => provider.session(&lease).probe(probe, &env).await,
+            None => Ok(true),
+        };
+        let passed = match probed {
+            Ok(true) if check.tailnet => crate::tailnet::on_tailnet(ctx, &lease)
+                .await
+                .inspect_err(|e| last_error = format!(": {e}"))
+                .unwrap_or(false),
+            Ok(passed) => passed,
+            Err(e) => {
+                last_error = format!(": {e}");
+                false
+            }
+        };
+        if passed {
+            return Ok(what);
         }
         if started.elapsed() >= limit {
             ctx.taint(slug, "ready_timeout").await;
             return Err(fail(format!(
-                "not ready after {} ({}){last_error}",
+                "not ready after {} ({what}){last_error}",
                 crabbox_core::duration::format(limit),
-                describe_probe(&check.probe)
             )));
         }
         tokio::time::sleep(
@@ -627,8 +657,9 @@ async fn share(ctx: &Context, slug: &str) -> Result<String, StepError> {
     Ok(urls)
 }
 
-fn describe_probe(p: &Probe) -> String {
-    match p {
+/// What a ready check waits for (`tcp 5432`, `tailnet`, `http … and tailnet`).
+fn describe_check(check: &ReadyCheck) -> String {
+    let probe = check.probe.as_ref().map(|p| match p {
         Probe::Tcp { host: None, port } => format!("tcp {port}"),
         Probe::Tcp {
             host: Some(h),
@@ -636,6 +667,11 @@ fn describe_probe(p: &Probe) -> String {
         } => format!("tcp {h}:{port}"),
         Probe::Http(url) => format!("http {url}"),
         Probe::Command(c) => format!("command `{c}`"),
+    });
+    match (probe, check.tailnet) {
+        (Some(p), true) => format!("{p} and tailnet"),
+        (Some(p), false) => p,
+        (None, _) => "tailnet".to_owned(),
     }
 }
 

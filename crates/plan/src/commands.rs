@@ -90,15 +90,20 @@ pub fn lines(m: &DesiredMember, show: Show) -> Vec<String> {
         out.push(line);
     }
     if let Some(ready) = &m.ready {
-        out.push(match &ready.probe {
-            Probe::Tcp { host: None, port } => format!("ready tcp :{port}"),
-            Probe::Tcp {
-                host: Some(h),
-                port,
-            } => format!("ready tcp {h}:{port}"),
-            Probe::Http(url) => format!("ready http {url}"),
-            Probe::Command(cmd) => format!("ready command {cmd}"),
-        });
+        if let Some(probe) = &ready.probe {
+            out.push(match probe {
+                Probe::Tcp { host: None, port } => format!("ready tcp :{port}"),
+                Probe::Tcp {
+                    host: Some(h),
+                    port,
+                } => format!("ready tcp {h}:{port}"),
+                Probe::Http(url) => format!("ready http {url}"),
+                Probe::Command(cmd) => format!("ready command {cmd}"),
+            });
+        }
+        if ready.tailnet {
+            out.push("ready tailnet".to_owned());
+        }
     }
     if !m.sync.enabled {
         out.push("sync off".to_owned());

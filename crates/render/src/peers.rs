@@ -68,7 +68,8 @@ pub struct Peer {
     /// `ssh://host:port` for `ssh`, the URL for `url`, the tailnet address
     /// for `tailnet`; `pending` when it cannot be reached (yet).
     pub endpoint: String,
-    /// The address peers dial (the local bind address, or the SSH host).
+    /// The address peers dial (the tailnet address on the tailnet, else the
+    /// local bind address or the SSH host).
     pub host: Option<String>,
     /// Exposed ports, from the `crabbox_exposed_ports` label.
     pub ports: Vec<u16>,
@@ -113,7 +114,6 @@ fn peer_from_lease(pond: &str, lease: &Lease, features: Features) -> Peer {
     } else {
         lease.slug().to_owned()
     };
-    let host = lease.endpoint.host.clone().filter(|h| !h.is_empty());
     let url = lease
         .endpoint
         .url
@@ -136,6 +136,13 @@ fn peer_from_lease(pond: &str, lease: &Lease, features: Features) -> Peer {
         transports.push(transport::LOCAL.to_owned());
     }
     let primary = transports.first().map_or(transport::NONE, String::as_str);
+    // Peers reach a member on the tailnet at its tailnet address: that is
+    // its host in the variables and in `<slug>.cbx`.
+    let host = if primary == transport::TAILNET {
+        tailnet.map(str::to_owned)
+    } else {
+        lease.endpoint.host.clone().filter(|h| !h.is_empty())
+    };
 
     let pending = |note: String| (PENDING.to_owned(), Some(note));
     let (endpoint, note) = match (primary, &host) {
@@ -486,6 +493,31 @@ pub(crate) mod tests {
                 ("db", "cbx_000000000002")
             ]
         );
+    }
+
+    /// A member on the tailnet is dialled at its tailnet address, not at
+    /// its SSH address: in the variables and in `<slug>.cbx`.
+    #[test]
+    fn a_tailnet_member_is_reached_at_its_tailnet_address() {
+        let mut db = lease(
+            "cbx_000000000001",
+            "db",
+            ProviderName::Hetzner,
+            "5432",
+            Endpoint {
+                host: Some("203.0.113.7".to_owned()),
+                ssh_port: Some(2222),
+                ..Endpoint::default()
+            },
+        );
+        db.labels
+            .insert(TAILSCALE_IPV4.to_owned(), "100.64.0.7".to_owned());
+        let peers = peers_from_leases("demo", &[db], features);
+        assert_eq!(peers[0].transport, "tailnet");
+        assert_eq!(peers[0].host.as_deref(), Some("100.64.0.7"));
+        let env = peer_env("demo", &peers);
+        assert_eq!(env["CRABBOX_POND_DB_5432"], "100.64.0.7:5432");
+        assert_eq!(env["CRABBOX_POND_DB_HOST"], "100.64.0.7");
     }
 
     #[test]

@@ -425,14 +425,30 @@ impl Checker<'_> {
         }
 
         let tailscale = pick!(tailscale);
-        if let Some((true, origin)) = tailscale {
+        if let Some((true, origin)) = &tailscale
+            && provider_known
+            && let Some(why) = cannot_join_tailnet(provider)
+        {
             self.out.push(
                 Diagnostic::error(
                     "unsupported-option",
                     self.value(&origin.pointer("/tailscale")),
-                    format!("member `{slug}`: `tailscale: true` is not supported yet on provider `{provider}`"),
+                    format!("member `{slug}`: provider `{provider}` cannot join a tailnet: {why}"),
                 )
-                .with_hint("Tailscale enrollment is not implemented; remove it and use the peer variables (CRABBOX_POND_<PEER>_<PORT>) instead"),
+                .with_hint("remove `tailscale: true` and use the peer variables (CRABBOX_POND_<PEER>_<PORT>), or run the member on hetzner, aws, azure or gcp"),
+            );
+        }
+        if let Some((ready, origin)) = pick!(ready)
+            && ready.tailnet == Some(true)
+            && !tailscale.as_ref().is_some_and(|(t, _)| *t)
+        {
+            self.out.push(
+                Diagnostic::error(
+                    "ready-tailnet",
+                    self.value(&origin.pointer("/ready/tailnet")),
+                    format!("member `{slug}`: `ready.tailnet` waits for the tailnet, but the member does not join it"),
+                )
+                .with_hint("add `tailscale: true` to the member, or remove `tailnet` from `ready`"),
             );
         }
 
@@ -817,14 +833,17 @@ impl Checker<'_> {
             .iter()
             .filter(|p| **p)
             .count();
-        if probes != 1 {
+        let tailnet = r.tailnet.unwrap_or(false);
+        if probes > 1 || (probes == 0 && !tailnet) {
             self.out.push(
-                Diagnostic::error("ready-probe", self.value(&base), format!("`ready` needs exactly one of `tcp`, `http`, `command`; found {probes}"))
+                Diagnostic::error("ready-probe", self.value(&base), format!("`ready` needs exactly one of `tcp`, `http`, `command` (or `tailnet: true` alone); found {probes}"))
                     .with_hint("e.g. ready: { tcp: 5432 } or ready: { http: \"http://127.0.0.1:8080/health\" }"),
             );
             return None;
         }
-        let probe = if let Some(tcp) = &r.tcp {
+        let probe = if probes == 0 {
+            None
+        } else if let Some(tcp) = &r.tcp {
             let at = self.value(&format!("{base}/tcp"));
             let (host, port) = match tcp {
                 TcpTarget::Port(p) => (None, *p),
@@ -851,7 +870,7 @@ impl Checker<'_> {
                 );
                 return None;
             };
-            Probe::Tcp { host, port }
+            Some(Probe::Tcp { host, port })
         } else if let Some(url) = &r.http {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 self.out.push(
@@ -864,12 +883,13 @@ impl Checker<'_> {
                 );
                 return None;
             }
-            Probe::Http(url.clone())
+            Some(Probe::Http(url.clone()))
         } else {
-            Probe::Command(r.command.clone().unwrap_or_default())
+            Some(Probe::Command(r.command.clone().unwrap_or_default()))
         };
         Some(ReadyCheck {
             probe,
+            tailnet,
             interval: interval?,
             timeout: timeout?,
         })
@@ -1078,5 +1098,30 @@ impl Checker<'_> {
             Diagnostic::error("dependency-cycle", at, format!("dependency cycle: {text}"))
                 .with_hint("remove one of the `depends_on` entries in the cycle"),
         );
+    }
+}
+
+/// Why members of `provider` cannot be enrolled in a tailnet (`None`:
+/// they can — the SSH-lease clouds, whose cloud-init joins them, as
+/// Crabbox's direct providers do).
+fn cannot_join_tailnet(provider: ProviderName) -> Option<&'static str> {
+    match provider {
+        ProviderName::Hetzner | ProviderName::Aws | ProviderName::Azure | ProviderName::Gcp => None,
+        ProviderName::Local => {
+            Some("a local member runs on this machine, which is on a tailnet or not by itself")
+        }
+        ProviderName::Ssh => Some(
+            "crabbox provisions no static host; set `ssh.host` to its MagicDNS name or 100.x address instead",
+        ),
+        ProviderName::BlacksmithTestbox => Some("Blacksmith owns the machine's connectivity"),
+        ProviderName::Islo => {
+            Some("Islo sandboxes reach a tailnet outbound only (egress proxy), never as a peer")
+        }
+        ProviderName::Tensorlake
+        | ProviderName::Daytona
+        | ProviderName::E2b
+        | ProviderName::Modal => {
+            Some("its sandboxes have no boot-time bootstrap to run `tailscale up` in")
+        }
     }
 }

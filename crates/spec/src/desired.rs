@@ -234,8 +234,12 @@ pub enum Probe {
 /// A readiness check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReadyCheck {
-    /// What is probed.
-    pub probe: Probe,
+    /// What is probed on the member, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+    /// Whether the member must also be on the tailnet (`ready.tailnet`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tailnet: bool,
     /// Between attempts.
     #[serde(with = "secs")]
     pub interval: Duration,

@@ -339,6 +339,11 @@ pub struct Ready {
     /// A shell command run on the member that must exit 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// The member's tailnet address is recorded and the tailnet lists its
+    /// device with the pond's tag (needs `tailscale: true`); alone or with
+    /// one of `tcp`, `http`, `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tailnet: Option<bool>,
     /// Time between attempts, e.g. `2s` (default `500ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(h|ms|m|s))+$"))]

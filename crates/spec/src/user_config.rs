@@ -32,6 +32,9 @@ struct Key {
     default: Option<&'static str>,
     /// Redacted when shown.
     secret: bool,
+    /// A list in a file (`tags: [a, b]`), held comma-joined as the
+    /// environment variable spells it.
+    list: bool,
 }
 
 const fn key(name: &'static str, env: &'static [&'static str]) -> Key {
@@ -41,6 +44,7 @@ const fn key(name: &'static str, env: &'static [&'static str]) -> Key {
         env,
         default: None,
         secret: false,
+        list: false,
     }
 }
 
@@ -110,6 +114,22 @@ const KEYS: &[Key] = &[
     key("ssh.key", &["CRABBOX_SSH_KEY"]),
     key("ssh.port", &["CRABBOX_SSH_PORT"]),
     key("tailscale.enabled", &["CRABBOX_TAILSCALE"]),
+    Key {
+        default: Some("tag:crabbox"),
+        list: true,
+        ..key("tailscale.tags", &["CRABBOX_TAILSCALE_TAGS"])
+    },
+    Key {
+        default: Some("crabbox-{slug}"),
+        ..key(
+            "tailscale.hostnameTemplate",
+            &["CRABBOX_TAILSCALE_HOSTNAME_TEMPLATE"],
+        )
+    },
+    Key {
+        default: Some("CRABBOX_TAILSCALE_AUTH_KEY"),
+        ..key("tailscale.authKeyEnv", &["CRABBOX_TAILSCALE_AUTH_KEY_ENV"])
+    },
     key(
         "owner",
         &["CRABBOX_OWNER", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"],
@@ -304,10 +324,17 @@ impl UserConfig {
                 };
                 let value = match &node.kind {
                     NodeKind::Null => continue,
-                    NodeKind::Str { value, .. } => value.clone(),
-                    NodeKind::Int(i) => i.to_string(),
-                    NodeKind::Float(f) => f.to_string(),
-                    NodeKind::Bool(b) => b.to_string(),
+                    NodeKind::Seq(items) if key.list => {
+                        let Some(values) = items.iter().map(scalar).collect::<Option<Vec<_>>>()
+                        else {
+                            return Err(fail(Diagnostic::error(
+                                "config-type",
+                                node.span,
+                                format!("`{dotted}` must be a list of single values"),
+                            )));
+                        };
+                        values.join(",")
+                    }
                     NodeKind::Seq(_) | NodeKind::Map(_) => {
                         return Err(fail(Diagnostic::error(
                             "config-type",
@@ -315,6 +342,7 @@ impl UserConfig {
                             format!("`{dotted}` must be a single value, not a list or mapping"),
                         )));
                     }
+                    _ => scalar(node).unwrap_or_default(),
                 };
                 if value.is_empty() {
                     // Go's `if file.X != ""`: an empty value sets nothing.
@@ -414,6 +442,17 @@ fn config_paths(var: &impl Fn(&str) -> Option<OsString>, cwd: &Path, macos: bool
         }
     }
     paths
+}
+
+/// A scalar node's text (`None` for a list, a mapping or null).
+fn scalar(node: &Node) -> Option<String> {
+    match &node.kind {
+        NodeKind::Str { value, .. } => Some(value.clone()),
+        NodeKind::Int(i) => Some(i.to_string()),
+        NodeKind::Float(f) => Some(f.to_string()),
+        NodeKind::Bool(b) => Some(b.to_string()),
+        NodeKind::Null | NodeKind::Seq(_) | NodeKind::Map(_) => None,
+    }
 }
 
 /// The node at a dotted path of mapping keys.

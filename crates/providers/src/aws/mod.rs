@@ -66,6 +66,7 @@ use crate::ssh_lease::{
     SshLeases, SshSettings, carries_lease_labels, check_lease_id, check_pond, keeps_lease_labels,
     names,
 };
+use crate::tailnet::enroll::Enrollment;
 use crate::{CreateRequest, Provider};
 
 /// Tags crabbox puts on an instance at launch besides the lease's labels:
@@ -410,6 +411,7 @@ impl AwsProvider {
         &self,
         request: &CreateRequest,
         block: &AwsBlock,
+        tailnet: Option<&Enrollment>,
     ) -> Result<Lease, ProviderError> {
         let (ec2, region) = self.ec2(block.region.as_deref()).await?;
         let settings = SshSettings::from_block(
@@ -446,7 +448,9 @@ impl AwsProvider {
                         block,
                         key_name,
                         security_group,
-                        user_data: self.leases.user_data(&settings, &prepared.key.public),
+                        user_data: self
+                            .leases
+                            .user_data(&settings, &prepared.key.public, tailnet),
                         region: region.clone(),
                     };
                     launch::run(&ec2, &plan).await
@@ -580,7 +584,8 @@ impl Provider for AwsProvider {
                 target.as_str()
             )));
         }
-        self.create_lease(request, &block).await
+        let (request, tailnet) = self.leases.enrolled(request).await?;
+        self.create_lease(&request, &block, tailnet.as_ref()).await
     }
 
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {

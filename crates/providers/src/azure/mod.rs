@@ -67,6 +67,7 @@ use crate::ssh_lease::{
     SshLeases, SshSettings, carries_lease_labels, check_lease_id, check_pond, keeps_lease_labels,
     names,
 };
+use crate::tailnet::enroll::Enrollment;
 use crate::{CreateRequest, Provider};
 
 /// Tag naming the resource group of a lease (a member's own
@@ -489,6 +490,7 @@ impl AzureProvider {
         &self,
         request: &CreateRequest,
         block: &AzureBlock,
+        tailnet: Option<&Enrollment>,
     ) -> Result<Lease, ProviderError> {
         let env: HashMap<String, String> = std::env::vars().collect();
         let settings = Settings::resolve(block, &env)?;
@@ -514,7 +516,7 @@ impl AzureProvider {
                 return Err(e);
             }
         };
-        let user_data = self.leases.user_data(&ssh, &prepared.key.public);
+        let user_data = self.leases.user_data(&ssh, &prepared.key.public, tailnet);
         let made = async {
             // A VM an earlier attempt made for this lease (its answer lost)
             // is adopted, never made twice.
@@ -920,7 +922,8 @@ impl Provider for AzureProvider {
                 request.member.slug
             )));
         }
-        self.create_lease(request, &block).await
+        let (request, tailnet) = self.leases.enrolled(request).await?;
+        self.create_lease(&request, &block, tailnet.as_ref()).await
     }
 
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError> {

@@ -67,6 +67,7 @@ use crate::ssh_lease::{
     SshLeases, SshSettings, carries_lease_labels, check_lease_id, check_pond, keeps_lease_labels,
     names as lease_names,
 };
+use crate::tailnet::enroll::Enrollment;
 use crate::{CreateRequest, Provider};
 
 /// Crabbox's default zone.
@@ -485,6 +486,7 @@ impl GcpProvider {
         &self,
         request: &CreateRequest,
         block: &GcpBlock,
+        tailnet: Option<&Enrollment>,
     ) -> Result<Lease, ProviderError> {
         let compute = self.compute(block.project.as_deref()).await?;
         // The member's zone, else `CRABBOX_GCP_ZONE`, else Crabbox's.
@@ -551,7 +553,9 @@ impl GcpProvider {
                         name: &name,
                         tags: &tags,
                         ssh_keys: format!("{}:{}", settings.user, prepared.key.public.trim()),
-                        user_data: self.leases.user_data(&settings, &prepared.key.public),
+                        user_data: self
+                            .leases
+                            .user_data(&settings, &prepared.key.public, tailnet),
                     };
                     self.insert(&compute, &plan).await
                 }
@@ -798,7 +802,8 @@ impl Provider for GcpProvider {
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         check_lease_id(&request.lease_id)?;
         let block = block_of(&request.member)?;
-        self.create_lease(request, &block).await
+        let (request, tailnet) = self.leases.enrolled(request).await?;
+        self.create_lease(&request, &block, tailnet.as_ref()).await
     }
 
     async fn relabel(&self, lease: &Lease, new: &Labels) -> Result<(), ProviderError> {

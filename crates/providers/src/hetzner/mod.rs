@@ -297,6 +297,7 @@ impl HetznerProvider {
         if let Some(image) = set("hetzner.image") {
             self.defaults.image = image;
         }
+        self.leases.use_user_config(config);
         if let Some(class) = set("class") {
             self.defaults.class =
                 serde_json::from_value(serde_json::Value::String(class.to_ascii_lowercase()))
@@ -1009,6 +1010,8 @@ impl Provider for HetznerProvider {
         }
         check_lease_id(&request.lease_id)?;
         let block = block_of(&request.member)?;
+        let (request, tailnet) = self.leases.enrolled(request).await?;
+        let request = request.as_ref();
         let settings = SshSettings::from_block(
             block.ssh_user.as_deref(),
             block.ssh_port,
@@ -1048,7 +1051,9 @@ impl Provider for HetznerProvider {
                 return Err(e);
             }
         };
-        let user_data = self.leases.user_data(&settings, &prepared.key.public);
+        let user_data = self
+            .leases
+            .user_data(&settings, &prepared.key.public, tailnet.as_ref());
         let server = match self
             .create_server(request, &block, &key_name, &user_data)
             .await

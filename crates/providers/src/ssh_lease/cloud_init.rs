@@ -6,6 +6,8 @@
 //! user owns, and Crabbox's `crabbox-ready` check, which this provider's
 //! SSH wait runs too.
 
+use crate::tailnet::enroll::{Enrollment, shell_quote};
+
 /// Crabbox's ready check, installed by the user data; it fails until the
 /// bootstrap has finished (cloud-init writes it before it creates the user,
 /// so a login that works while it is missing is a host without the
@@ -26,8 +28,16 @@ pub(crate) fn port_candidates(primary: u16, fallbacks: &[u16]) -> Vec<u16> {
 }
 
 /// The `#cloud-config` document for a server whose login is `user` with
-/// `public_key`, sshd on `ports`, and `work_root` owned by the user.
-pub(crate) fn user_data(user: &str, public_key: &str, ports: &[u16], work_root: &str) -> String {
+/// `public_key`, sshd on `ports`, and `work_root` owned by the user; with
+/// `tailnet`, the server then joins the tailnet (after its SSH is ready: a
+/// failed join is reported by the node, not a server that never answers).
+pub(crate) fn user_data(
+    user: &str,
+    public_key: &str,
+    ports: &[u16],
+    work_root: &str,
+    tailnet: Option<&Enrollment>,
+) -> String {
     // A JSON string is a valid YAML double-quoted scalar (Crabbox quotes
     // these two with Go's strconv.Quote).
     let yaml = |s: &str| serde_json::Value::from(s).to_string();
@@ -36,6 +46,8 @@ pub(crate) fn user_data(user: &str, public_key: &str, ports: &[u16], work_root: 
     let key_yaml = yaml(public_key.trim());
     let user_sh = shell_quote(user);
     let root_sh = shell_quote(work_root);
+    let (tailnet_files, tailnet_boot) =
+        tailnet.map_or_else(Default::default, |e| (e.write_files(), e.boot_script(user)));
     format!(
         r#"#cloud-config
 package_update: false
@@ -63,7 +75,7 @@ write_files:
       jq --version >/dev/null
       test -f /var/lib/crabbox/bootstrapped
       test -w {root_sh}
-runcmd:
+{tailnet_files}runcmd:
   - |
     bash -euxo pipefail <<'BOOT'
     export DEBIAN_FRONTEND=noninteractive
@@ -91,14 +103,9 @@ runcmd:
     timeout 30s systemctl restart ssh || timeout 30s systemctl restart ssh.socket || true
     touch /var/lib/crabbox/bootstrapped
     crabbox-ready
-    BOOT
+{tailnet_boot}    BOOT
 "#
     )
-}
-
-/// `s` in single quotes for a POSIX shell.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 #[cfg(test)]
@@ -114,7 +121,13 @@ mod tests {
 
     #[test]
     fn quoting_survives_odd_values() {
-        let data = user_data("o'neil", "ssh-ed25519 AAAA \"x\"", &[2222, 22], "/w/it's");
+        let data = user_data(
+            "o'neil",
+            "ssh-ed25519 AAAA \"x\"",
+            &[2222, 22],
+            "/w/it's",
+            None,
+        );
         assert!(data.contains(r#"- name: "o'neil""#), "{data}");
         assert!(data.contains(r#"- "ssh-ed25519 AAAA \"x\"""#), "{data}");
         assert!(data.contains(r"test -w '/w/it'\''s'"), "{data}");

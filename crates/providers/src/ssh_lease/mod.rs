@@ -30,16 +30,21 @@ pub mod names;
 pub(crate) mod sightings;
 mod targets;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use crabbox_core::labels;
 use crabbox_core::lease::is_lease_id;
 use crabbox_core::provider::ProviderError;
 use crabbox_exec::ssh::SshTarget;
+use crabbox_spec::user_config::UserConfig;
 use crabbox_state::state_dir::expand_tilde;
+
+use crate::CreateRequest;
+use crate::tailnet::enroll::{Enrollment, TailscaleConfig};
 
 /// SSH login when the member names none: the user Crabbox's bootstrap
 /// creates (its default `SSHUser`, config.go:2975).
@@ -116,6 +121,8 @@ pub(crate) struct SshLeases {
     pub(crate) work_base: String,
     /// Lease ID → how to reach it.
     targets: Mutex<HashMap<String, SshTarget>>,
+    /// The user's Tailscale settings, read at the first enrollment.
+    tailscale: OnceLock<Result<TailscaleConfig, String>>,
 }
 
 impl SshLeases {
@@ -138,6 +145,7 @@ impl SshLeases {
             ssh_bootstrap: true,
             work_base: DEFAULT_WORK_BASE.to_owned(),
             targets: Mutex::new(HashMap::new()),
+            tailscale: OnceLock::new(),
         }
     }
 
@@ -147,14 +155,71 @@ impl SshLeases {
     }
 
     /// Crabbox's cloud-init user data for a server whose login is
-    /// `settings.user` with `public_key`.
-    pub(crate) fn user_data(&self, settings: &SshSettings, public_key: &str) -> String {
+    /// `settings.user` with `public_key`, joining the tailnet with
+    /// `tailnet` when given.
+    pub(crate) fn user_data(
+        &self,
+        settings: &SshSettings,
+        public_key: &str,
+        tailnet: Option<&Enrollment>,
+    ) -> String {
         cloud_init::user_data(
             &settings.user,
             public_key,
             &self.port_candidates(settings.port),
             DEFAULT_WORK_BASE,
+            tailnet,
         )
+    }
+
+    /// How the server of `request` joins the tailnet, when its member asks
+    /// (`tailscale: true`): the user's Tailscale settings (read once), the
+    /// auth key from the environment or minted — and the request with the
+    /// enrollment's labels added. Called before anything is created, so a
+    /// missing key leaves nothing behind.
+    pub(crate) async fn enrolled<'a>(
+        &self,
+        request: &'a CreateRequest,
+    ) -> Result<(Cow<'a, CreateRequest>, Option<Enrollment>), ProviderError> {
+        if !request.member.tailscale {
+            return Ok((Cow::Borrowed(request), None));
+        }
+        let config = self
+            .tailscale
+            .get_or_init(|| {
+                UserConfig::load()
+                    .map(|c| TailscaleConfig::from_config(&c))
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(|why| ProviderError::Config {
+                message: format!("Crabbox's user config cannot be read: {why}"),
+                hint: "fix the file (`crabbox config show` points at the problem), or set CRABBOX_CONFIG to a good one".to_owned(),
+            })?;
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let slug = request
+            .labels
+            .get(labels::SLUG)
+            .map_or(request.member.slug.as_str(), String::as_str);
+        let enrollment = Enrollment::new(
+            &config,
+            &env,
+            crate::owner::owner().as_deref(),
+            &request.pond,
+            &request.lease_id,
+            slug,
+            self.cloud,
+        )
+        .await?;
+        let mut labelled = request.clone();
+        labelled.labels.extend(enrollment.labels());
+        Ok((Cow::Owned(labelled), Some(enrollment)))
+    }
+
+    /// Takes the Tailscale settings from `config` (instead of reading
+    /// Crabbox's user config at the first enrollment).
+    pub(crate) fn use_user_config(&mut self, config: &UserConfig) {
+        self.tailscale = OnceLock::from(Ok(TailscaleConfig::from_config(config)));
     }
 }
 

@@ -189,6 +189,13 @@ pub struct Device {
     /// Its ACL tags.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Its stable node ID (`nodeId`; the node's own `tailscale status`
+    /// calls it `ID`).
+    #[serde(default, rename = "nodeId")]
+    pub node_id: String,
+    /// When it joined (RFC 3339, UTC).
+    #[serde(default)]
+    pub created: String,
 }
 
 impl Device {
@@ -293,14 +300,16 @@ impl TailnetApi {
     }
 }
 
-/// The device a member enrolled as: hostname `crabbox-<slug>` carrying the
-/// pond's tag (a device of another pond may share the hostname).
+/// The device a member enrolled as: `hostname` (`crabbox-<slug>` by
+/// default) carrying the pond's tag (a device of another pond may share
+/// the hostname); the newest when several do (an earlier lease of the same
+/// member may be listed until its ephemeral node is removed).
 #[must_use]
-pub fn member_device<'a>(devices: &'a [Device], slug: &str, tag: &str) -> Option<&'a Device> {
-    let hostname = format!("crabbox-{slug}");
+pub fn member_device<'a>(devices: &'a [Device], hostname: &str, tag: &str) -> Option<&'a Device> {
     devices
         .iter()
-        .find(|d| d.hostname == hostname && d.tags.iter().any(|t| t == tag))
+        .filter(|d| d.hostname == hostname && d.tags.iter().any(|t| t == tag))
+        .max_by(|a, b| a.created.cmp(&b.created))
 }
 
 async fn read_limited(answer: reqwest::Response) -> Result<String, TailnetError> {

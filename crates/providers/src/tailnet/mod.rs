@@ -2,6 +2,7 @@
 //!
 //! - [`policy`]: the pond's rows in the tailnet policy file (read, merged
 //!   into HuJSON without losing the user's comments);
+//! - [`enroll`]: joining a new server — labels, cloud-init, auth key;
 //! - [`hosts`]: the script that gives members `<slug>.cbx` names;
 //! - [`api`]: Tailscale's REST API — the policy file with its ETag, written
 //!   back with `If-Match` — and [`api::ensure_pond_rows`], the opt-in ACL
@@ -13,6 +14,7 @@
 //! the environment and sent only to that URL; it is never printed.
 
 pub mod api;
+pub mod enroll;
 pub mod hosts;
 pub mod policy;
 
