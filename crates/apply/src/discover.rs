@@ -164,6 +164,7 @@ pub async fn discover(
             if lease.endpoint.url.is_none() && !claim.bridge_url.is_empty() {
                 lease.endpoint.url = Some(claim.bridge_url.clone());
             }
+            crate::tailnet::address_from_claim(lease, &claim);
         } else if ProviderName::from_name(&claim.provider).is_some_and(|p| inv.listed.contains(&p))
         {
             inv.dangling_claims.push(claim);

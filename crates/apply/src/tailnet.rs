@@ -26,6 +26,7 @@ use crabbox_exec::session::ExecRequest;
 use crabbox_providers::tailnet::api::{self, Device, Ensured, TailnetApi, TailnetError};
 use crabbox_providers::tailnet::enroll::{STATE_DIR, label, state as ts_state};
 use crabbox_providers::tailnet::{Settings, policy};
+use crabbox_state::claims::Claim;
 
 use crate::steps::{Context, StepError, fail, update_claim};
 
@@ -245,11 +246,20 @@ async fn record(ctx: &Context, lease: Lease, report: &NodeReport) -> Result<Leas
     }
     let provider = ctx.provider(lease.provider)?;
     with_retries(|| provider.relabel(&lease, &new)).await?;
-    let lease = Lease {
+    // The claim keeps the address as the node gave it; the lease holds the
+    // labels as the provider stored them, the address from the claim on
+    // top — as the next discovery will see it.
+    let mut lease = Lease {
         labels: new,
         ..lease
     };
     update_claim(ctx, &lease).await?;
+    for value in lease.labels.values_mut() {
+        *value = provider.stored_label(value);
+    }
+    if let Ok(Some(claim)) = ctx.claims.load(&lease.id).await {
+        address_from_claim(&mut lease, &claim);
+    }
     Ok(lease)
 }
 
@@ -312,9 +322,62 @@ pub(crate) fn claim_fields(lease: &Lease) -> BTreeMap<&'static str, String> {
     .collect()
 }
 
+/// Puts the tailnet address the claim recorded on the listed lease: the
+/// claim holds it as the node reported it, while a cloud's labels may have
+/// mangled it (GCP allows no `.` in a label value). Crabbox reads the
+/// claim's fields first too (`bridgePeerFromClaim`).
+pub(crate) fn address_from_claim(lease: &mut Lease, claim: &Claim) {
+    for (field, key) in [
+        ("tailscaleIPv4", label::IPV4),
+        ("tailscaleFQDN", label::FQDN),
+    ] {
+        if let Some(value) = claim
+            .extra
+            .get(field)
+            .and_then(serde_json::Value::as_str)
+            .filter(|v| !v.is_empty())
+        {
+            lease.labels.insert(key.to_owned(), value.to_owned());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_claim_s_address_wins_over_a_mangled_label() {
+        let mut lease = Lease {
+            id: "cbx_000000000001".to_owned(),
+            provider: crabbox_core::provider::ProviderName::Gcp,
+            cloud_id: "crabbox-db-000000000001".to_owned(),
+            labels: crabbox_core::labels::Labels::new(),
+            endpoint: crabbox_core::lease::Endpoint::default(),
+            listed: true,
+            claimed: true,
+        };
+        lease
+            .labels
+            .insert(label::IPV4.to_owned(), "100_64_0_7".to_owned());
+        address_from_claim(&mut lease, &Claim::default());
+        assert_eq!(
+            lease.label(label::IPV4),
+            Some("100_64_0_7"),
+            "no claim field, no change"
+        );
+        let mut claim = Claim::default();
+        claim
+            .extra
+            .insert("tailscaleIPv4".to_owned(), "100.64.0.7".into());
+        claim.extra.insert(
+            "tailscaleFQDN".to_owned(),
+            "crabbox-db.tail0123.ts.net".into(),
+        );
+        address_from_claim(&mut lease, &claim);
+        assert_eq!(lease.label(label::IPV4), Some("100.64.0.7"));
+        assert_eq!(lease.label(label::FQDN), Some("crabbox-db.tail0123.ts.net"));
+    }
 
     #[test]
     fn the_node_report_is_read_line_by_line() {

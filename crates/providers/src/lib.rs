@@ -105,6 +105,13 @@ pub trait Provider: Send + Sync {
     /// Replaces a lease's labels.
     async fn relabel(&self, lease: &Lease, labels: &Labels) -> Result<(), ProviderError>;
 
+    /// The value a label holds once this provider stored it (Compute
+    /// Engine lowercases and maps `.` to `_`): the engine keeps its view of
+    /// a lease it relabelled equal to what the next listing shows.
+    fn stored_label(&self, value: &str) -> String {
+        value.to_owned()
+    }
+
     /// How to reach the lease: run commands, upload the repository, run
     /// services, probe readiness. Building it does no I/O; each call does.
     fn session<'a>(&'a self, lease: &'a Lease) -> Box<dyn Session + 'a>;

@@ -755,6 +755,10 @@ impl Provider for GcpProvider {
         Box::new(SshSession::new(self, lease))
     }
 
+    fn stored_label(&self, value: &str) -> String {
+        names::label_value(value)
+    }
+
     fn name(&self) -> ProviderName {
         ProviderName::Gcp
     }
