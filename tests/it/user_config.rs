@@ -328,3 +328,42 @@ fn a_malformed_config_refuses_hetzner_creates_before_any_server_is_made() {
         fake.handle.requests()
     );
 }
+
+/// Crabbox's `tailscale:` block: `tags` is a list in a file and a comma
+/// list in `CRABBOX_TAILSCALE_TAGS`; the defaults are Crabbox's; what the
+/// enrollment takes from it.
+#[test]
+fn tailscale_settings_come_from_crabboxs_block_and_variables() {
+    use crabbox_providers::tailnet::enroll::TailscaleConfig;
+    let d = Dirs::new();
+    let config = d.load(&[]).expect("loads");
+    assert_eq!(
+        TailscaleConfig::from_config(&config),
+        TailscaleConfig {
+            tags: vec!["tag:crabbox".to_owned()],
+            hostname_template: "crabbox-{slug}".to_owned(),
+            auth_key_env: "CRABBOX_TAILSCALE_AUTH_KEY".to_owned(),
+        }
+    );
+    std::fs::write(
+        d.user_file(),
+        "tailscale:\n  tags: [tag:ci, Tag:Team-A]\n  hostnameTemplate: ci-{provider}-{slug}\n  authKeyEnv: MY_TS_KEY\n",
+    )
+    .expect("file");
+    let config = d.load(&[]).expect("loads");
+    assert_eq!(config.get("tailscale.tags"), Some("tag:ci,Tag:Team-A"));
+    let ts = TailscaleConfig::from_config(&config);
+    assert_eq!(ts.tags, ["tag:ci", "tag:team-a"]);
+    assert_eq!(ts.hostname_template, "ci-{provider}-{slug}");
+    assert_eq!(ts.auth_key_env, "MY_TS_KEY");
+    let config = d
+        .load(&[("CRABBOX_TAILSCALE_TAGS", "tag:env")])
+        .expect("loads");
+    assert_eq!(TailscaleConfig::from_config(&config).tags, ["tag:env"]);
+    std::fs::write(d.user_file(), "tailscale:\n  tags: [[nested]]\n").expect("file");
+    let err = d.load(&[]).expect_err("a list of lists");
+    assert!(
+        err.contains("`tailscale.tags` must be a list of single values"),
+        "{err}"
+    );
+}
