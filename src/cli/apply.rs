@@ -285,7 +285,7 @@ fn apply_locked(
 /// tailnet without any way to get it an auth key, before anything is
 /// created: one member's create failing halfway through a pond would leave
 /// the others made for nothing.
-fn tailnet_key_missing(plan: &Plan) -> Option<ExitCode> {
+pub(super) fn tailnet_key_missing(plan: &Plan) -> Option<ExitCode> {
     let joins = plan.changes.iter().any(|c| {
         matches!(
             c.action,

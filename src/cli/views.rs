@@ -323,14 +323,28 @@ pub fn leased_line(lease: &Lease, idle: Duration) -> String {
         display_id(lease),
         server_type(lease),
         lease.endpoint.host.as_deref().unwrap_or_default(),
-        if lease.label(labels::TAILSCALE) == Some("true") {
-            " tailscale=requested"
-        } else {
-            ""
-        },
+        tailscale_summary(lease),
         go_duration(idle),
         expires,
     )
+}
+
+/// ` tailscale=<where>` for a lease on the tailnet: its MagicDNS name,
+/// else its address, else its hostname, else its state (run.go:150-154).
+fn tailscale_summary(lease: &Lease) -> String {
+    if lease.label(labels::TAILSCALE) != Some("true") {
+        return String::new();
+    }
+    let shown = [
+        "tailscale_fqdn",
+        "tailscale_ipv4",
+        "tailscale_hostname",
+        "tailscale_state",
+    ]
+    .into_iter()
+    .find_map(|k| lease.label(k).filter(|v| !v.is_empty()))
+    .unwrap_or("requested");
+    format!(" tailscale={shown}")
 }
 
 /// The command line that logs in to `target`, as Crabbox's `ssh` prints
@@ -391,6 +405,37 @@ mod tests {
             .collect();
         l.endpoint.host = host.map(str::to_owned);
         l
+    }
+
+    #[test]
+    fn the_leased_line_says_where_the_lease_is_on_the_tailnet_as_crabbox_does() {
+        let summary = |labels: &[(&str, &str)]| tailscale_summary(&lease(labels, None));
+        assert_eq!(summary(&[]), "");
+        assert_eq!(summary(&[("tailscale", "true")]), " tailscale=requested");
+        assert_eq!(
+            summary(&[("tailscale", "true"), ("tailscale_state", "failed")]),
+            " tailscale=failed"
+        );
+        assert_eq!(
+            summary(&[
+                ("tailscale", "true"),
+                ("tailscale_hostname", "crabbox-w"),
+                ("tailscale_ipv4", "100.64.0.30"),
+            ]),
+            " tailscale=100.64.0.30"
+        );
+        let full = [
+            ("tailscale", "true"),
+            ("tailscale_ipv4", "100.64.0.30"),
+            ("tailscale_fqdn", "crabbox-w.tail0fake.ts.net"),
+        ];
+        assert!(
+            leased_line(
+                &lease(&full, Some("203.0.113.9")),
+                Duration::from_secs(1800)
+            )
+            .contains(" ip=203.0.113.9 tailscale=crabbox-w.tail0fake.ts.net idle_timeout=30m0s ")
+        );
     }
 
     #[test]

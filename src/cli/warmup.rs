@@ -49,7 +49,8 @@ pub(super) struct WarmupArgs {
     /// Idle timeout (default 30m, as Crabbox).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     idle_timeout: Option<std::time::Duration>,
-    /// Enroll in Tailscale (refused: not implemented yet).
+    /// Join the tailnet (hetzner, aws, azure, gcp; see `crabbox --help`
+    /// and the README for the auth key).
     #[arg(long)]
     tailscale: bool,
     /// Keep the lease out of automatic cleanup: true by default, as in
@@ -99,12 +100,6 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
             "use letters, digits and `-`, at most 41 characters",
         );
     };
-    if args.tailscale {
-        return usage(
-            "`--tailscale` is not supported yet: crabbox does not enroll leases in Tailscale",
-            "drop --tailscale; peers reach each other through the peer variables (CRABBOX_POND_<PEER>_<PORT>) and `crabbox pond connect`",
-        );
-    }
     let provider = match args.provider.map_or_else(default_provider, Ok) {
         Ok(provider) => provider,
         Err(e) => {
@@ -114,6 +109,14 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
             );
         }
     };
+    if args.tailscale
+        && let Some(why) = crabbox_spec::check::cannot_join_tailnet(provider)
+    {
+        return usage(
+            &format!("--tailscale: provider `{provider}` cannot join a tailnet: {why}"),
+            "drop --tailscale (peers reach each other through CRABBOX_POND_<PEER>_<PORT> and `crabbox pond connect`), or use --provider hetzner, aws, azure or gcp",
+        );
+    }
     if matches!(provider, ProviderName::Local | ProviderName::Ssh)
         && (args.class.is_some() || args.server_type.is_some())
     {
@@ -144,6 +147,7 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
             .filter(|d| !d.is_zero())
             .unwrap_or(defaults.idle_timeout),
         keep: args.keep,
+        tailscale: args.tailscale,
         ..defaults
     };
     let idle = member.idle_timeout;
@@ -199,6 +203,9 @@ pub(super) fn warmup(args: &WarmupArgs) -> ExitCode {
             existing.id
         );
     } else {
+        if let Some(code) = super::apply::tailnet_key_missing(&p) {
+            return code;
+        }
         let code = run_small_plan(&rt, &p, Some(&desired), &inv, registry.clone(), &store);
         if code != ExitCode::SUCCESS {
             return code;

@@ -184,7 +184,7 @@ fn warmup_prints_crabboxs_leased_line_keeps_by_default_and_refuses_tailscale() {
         2,
     );
     assert!(
-        err.contains("--tailscale") && err.contains("not supported"),
+        err.contains("--tailscale: provider `local` cannot join a tailnet"),
         "{err}"
     );
     let (_, err) = env.code(

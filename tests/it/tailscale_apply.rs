@@ -441,3 +441,25 @@ fn providers_that_cannot_join_are_refused_with_the_reason() {
     );
     let _ = &world.rt;
 }
+
+/// `warmup --tailscale` (Crabbox's verb) asks for the same enrollment: without
+/// a key it exits 3 before anything is created.
+#[test]
+fn warmup_with_tailscale_and_no_key_is_exit_3_before_any_create() {
+    let world = World::new("ts-warm", "{}");
+    let args = [
+        "warmup",
+        "--provider",
+        "hetzner",
+        "--pond",
+        &world.pond,
+        "--slug",
+        "w",
+        "--tailscale",
+    ];
+    let out = world.run(&args, &[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("CRABBOX_TAILSCALE_AUTH_KEY"), "{err}");
+    assert!(world.servers().is_empty(), "nothing created");
+}

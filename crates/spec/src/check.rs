@@ -1104,7 +1104,8 @@ impl Checker<'_> {
 /// Why members of `provider` cannot be enrolled in a tailnet (`None`:
 /// they can — the SSH-lease clouds, whose cloud-init joins them, as
 /// Crabbox's direct providers do).
-fn cannot_join_tailnet(provider: ProviderName) -> Option<&'static str> {
+#[must_use]
+pub fn cannot_join_tailnet(provider: ProviderName) -> Option<&'static str> {
     match provider {
         ProviderName::Hetzner | ProviderName::Aws | ProviderName::Azure | ProviderName::Gcp => None,
         ProviderName::Local => {
