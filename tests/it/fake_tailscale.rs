@@ -12,6 +12,8 @@
 //! - `GET /api/v2/tailnet/{tailnet}/devices`: `{"devices": [...]}` with
 //!   Tailscale's device fields (`id`, `nodeId`, `name` = the FQDN,
 //!   `hostname`, `addresses`, `tags`, …).
+//! - `DELETE /api/v2/device/{deviceId}`: removes a device (by `nodeId` or
+//!   legacy `id`; 404 when there is none).
 //! - `POST /api/v2/tailnet/{tailnet}/keys`: an auth key from
 //!   `capabilities.devices.create` (`reusable`, `ephemeral`,
 //!   `preauthorized`, `tags`) and `expirySeconds`.
@@ -93,6 +95,7 @@ impl FakeTailscale {
                 "/api/v2/tailnet/{tailnet}/keys",
                 axum::routing::post(create_key),
             )
+            .route("/api/v2/device/{id}", axum::routing::delete(delete_device))
             .with_state(Arc::clone(&world));
         let auth = Arc::new(|parts: &axum::http::request::Parts| {
             if authorized(&parts.headers) {
@@ -161,6 +164,20 @@ impl FakeTailscale {
             "enabledRoutes": [],
             "advertisedRoutes": [],
         }));
+    }
+
+    /// The hostnames and addresses of the tailnet's devices.
+    pub fn device_addresses(&self) -> Vec<(String, String)> {
+        lock(&self.world)
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    d["hostname"].as_str().unwrap_or_default().to_owned(),
+                    d["addresses"][0].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
     }
 
     /// The auth keys made so far (their request capabilities and secrets).
@@ -278,6 +295,20 @@ async fn set_policy(
 async fn devices(State(world): State<Arc<Mutex<World>>>, Path(_tailnet): Path<String>) -> Response {
     let world = lock(&world);
     axum::Json(json!({ "devices": world.devices })).into_response()
+}
+
+/// `DELETE /api/v2/device/{deviceId}`: by `nodeId` or legacy `id`; 404
+/// for a device the tailnet does not have.
+async fn delete_device(State(world): State<Arc<Mutex<World>>>, Path(id): Path<String>) -> Response {
+    let mut world = lock(&world);
+    let before = world.devices.len();
+    world
+        .devices
+        .retain(|d| d["nodeId"] != id.as_str() && d["id"] != id.as_str());
+    if world.devices.len() == before {
+        return json_error(error_body, StatusCode::NOT_FOUND, "", "device not found");
+    }
+    StatusCode::OK.into_response()
 }
 
 async fn create_key(

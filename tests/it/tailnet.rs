@@ -155,7 +155,7 @@ async fn headscale_a_wrong_key_and_an_uneditable_policy_are_told_apart() {
 
 /// Tailscale's Python client (`tailscale` on PyPI) against the fake: the
 /// policy file with its ETag, a write with `If-Match` and a stale one
-/// refused, the devices list and an auth key — each parsed by the client's
+/// refused, the devices list, a device deleted and an auth key — each parsed by the client's
 /// own models. The client's URL is Tailscale's; its session sends each
 /// request to the fake instead, unchanged otherwise.
 #[test]
@@ -167,7 +167,7 @@ fn tailscale_s_python_client_speaks_to_the_fake() {
 import asyncio, sys
 import aiohttp
 from tailscale import Tailscale
-from tailscale.exceptions import TailscaleError
+from tailscale.exceptions import TailscaleError, TailscaleNotFoundError
 
 FAKE = sys.argv[1]
 
@@ -199,6 +199,14 @@ async def main():
         assert key.key.startswith("tskey-auth-"), key
         assert key.capabilities.devices.create.tags == [sys.argv[3]], key
         assert key.capabilities.devices.create.ephemeral
+        # A device leaves by its node ID; a second delete is a 404.
+        await ts.delete_device(device.node_id)
+        assert await ts.devices() == {}
+        try:
+            await ts.delete_device(device.node_id)
+            raise SystemExit("a missing device was deleted")
+        except TailscaleNotFoundError:
+            pass
     print("ok")
 
 asyncio.run(main())

@@ -291,6 +291,11 @@ fn enrolled_members_join_record_their_addresses_and_reach_each_other_over_the_ta
     );
     must(&world.run(&["destroy", "--auto-approve"], &env), "destroy");
     assert!(world.servers().is_empty());
+    // The members' devices left the tailnet; the other pond's stayed.
+    assert_eq!(
+        world.tailnet.device_addresses(),
+        [("crabbox-db".to_owned(), "100.64.0.3".to_owned())]
+    );
 }
 
 /// A member whose node never shows up on the tailnet is tainted like a

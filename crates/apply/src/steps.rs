@@ -678,6 +678,7 @@ fn describe_check(check: &ReadyCheck) -> String {
 async fn release(ctx: &Context, lease: &Lease) -> Result<String, StepError> {
     guard(ctx, lease)?;
     let provider = ctx.provider(lease.provider)?;
+    crate::tailnet::leave(ctx, lease).await;
     match with_retries(|| provider.release(lease)).await {
         Ok(()) | Err(ProviderError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),

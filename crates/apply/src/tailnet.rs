@@ -303,6 +303,50 @@ pub(crate) async fn on_tailnet(ctx: &Context, lease: &Lease) -> Result<bool, Str
         .is_some_and(|d| d.ipv4() == Some(ipv4)))
 }
 
+/// Takes a released lease's device off the tailnet (with `TS_API_KEY`):
+/// the device the lease recorded, and only while it carries the pond's
+/// tag and the lease's hostname — never another device. Ephemeral nodes
+/// (minted keys) leave by themselves once offline; a node that joined with
+/// a reusable key would otherwise stay listed. Best effort: a failure is a
+/// warning, the release goes on.
+pub(crate) async fn leave(ctx: &Context, lease: &Lease) {
+    let Some(recorded) = lease
+        .label(label::DEVICE_ID)
+        .filter(|id| !id.is_empty() && lease.label(label::TAILSCALE) == Some("true"))
+    else {
+        return;
+    };
+    let (Some(api), Some(tag), Some(hostname)) = (
+        TailnetApi::new(&Settings::from_process()),
+        tag_of(&ctx.pond),
+        lease.label(label::HOSTNAME),
+    ) else {
+        return;
+    };
+    let removed = async {
+        let devices = api.devices().await?;
+        // The label may be lowercased by the provider (GCP).
+        let Some(device) = devices.iter().find(|d| {
+            d.node_id.eq_ignore_ascii_case(recorded)
+                && d.hostname == hostname
+                && d.tags.iter().any(|t| *t == tag)
+        }) else {
+            return Ok(());
+        };
+        api.delete_device(&device.node_id).await
+    }
+    .await;
+    if let Err(e) = removed {
+        ctx.reporter.message(
+            "warning",
+            &format!(
+                "{}: its tailnet device {recorded} was not removed: {e}",
+                lease.id
+            ),
+        );
+    }
+}
+
 /// The claim fields Crabbox keeps for a lease on the tailnet
 /// (`tailscaleIPv4`, `tailscaleFQDN`, `tailscaleHostname`), from its
 /// labels; empty for a lease that is not.

@@ -300,6 +300,42 @@ impl TailnetApi {
     }
 }
 
+impl TailnetApi {
+    /// Removes device `id` (its `nodeId` or legacy ID) from the tailnet.
+    /// A device already gone is done.
+    ///
+    /// # Errors
+    /// The API's refusal.
+    pub async fn delete_device(&self, id: &str) -> Result<(), TailnetError> {
+        let url = format!(
+            "{}/api/v2/device/{}",
+            self.settings.api_url,
+            id.bytes()
+                .map(|b| if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                })
+                .collect::<String>()
+        );
+        let answer = self
+            .http
+            .delete(&url)
+            .basic_auth(&self.key, Some(""))
+            .header(USER_AGENT, crate::http::user_agent())
+            .send()
+            .await
+            .map_err(|e| TailnetError::Failed(format!("DELETE {url}: {e}")))?;
+        let status = answer.status();
+        let body = read_limited(answer).await?;
+        if status.is_success() || status == StatusCode::NOT_FOUND {
+            Ok(())
+        } else {
+            Err(refusal(status, &body))
+        }
+    }
+}
+
 /// The device a member enrolled as: `hostname` (`crabbox-<slug>` by
 /// default) carrying the pond's tag (a device of another pond may share
 /// the hostname); the newest when several do (an earlier lease of the same
