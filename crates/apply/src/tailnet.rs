@@ -329,7 +329,7 @@ pub(crate) async fn leave(ctx: &Context, lease: &Lease) {
         let Some(device) = devices.iter().find(|d| {
             d.node_id.eq_ignore_ascii_case(recorded)
                 && d.hostname == hostname
-                && d.tags.iter().any(|t| *t == tag)
+                && d.tags.contains(&tag)
         }) else {
             return Ok(());
         };
