@@ -69,7 +69,14 @@ const ENVIRONMENT_TAIL: &str =
     "  CRABBOX_COORDINATOR         a Crabbox coordinator's URL: hetzner (aws, azure, gcp, daytona)
                               leases go through it (brokered mode)
   CRABBOX_COORDINATOR_TOKEN   its bearer token (a CI secret; never on the command line)
-  CRABBOX_OWNER, CRABBOX_ORG  sent to the coordinator as X-Crabbox-Owner / X-Crabbox-Org
+  CRABBOX_OWNER, CRABBOX_ORG  sent to the coordinator as X-Crabbox-Owner / X-Crabbox-Org;
+                              the owner also names the pond's Tailscale tag
+  CRABBOX_TAILSCALE_AUTH_KEY  auth key `tailscale: true` members join with (the variable
+                              `tailscale.authKeyEnv` names); else one is minted per member
+  TS_API_KEY                  Tailscale API key: mints keys, finds members' addresses,
+                              removes released members' devices; CRABBOX_TS_API_URL or
+                              TS_API_URL, TS_TAILNET (default `-`), TS_CONTROL_URL (Headscale)
+  CRABBOX_POND_ACL_BOOTSTRAP  `1`: apply adds the pond tag's rows to the tailnet policy
   NO_COLOR                    never colour output
   CI                          plain progress lines instead of live spinners";
 
