@@ -21,6 +21,8 @@ pub mod ssh;
 pub mod ssh_lease;
 pub mod tailnet;
 pub mod tensorlake;
+#[cfg(test)]
+mod test_env;
 
 use std::time::Duration;
 

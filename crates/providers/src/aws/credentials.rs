@@ -142,13 +142,7 @@ pub async fn profile_region() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::test_env::env;
 
     #[test]
     fn variables_enable_it_in_the_chains_order() {

@@ -312,13 +312,7 @@ pub async fn subscription(env: &HashMap<String, String>) -> Result<String, Provi
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::test_env::env;
 
     #[test]
     fn signals_and_sources_follow_the_default_credentials_order() {

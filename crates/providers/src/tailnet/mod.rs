@@ -88,13 +88,7 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::test_env::env;
 
     #[test]
     fn crabbox_s_variables_in_crabbox_s_order() {
