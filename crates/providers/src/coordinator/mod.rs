@@ -866,6 +866,15 @@ impl Provider for CoordinatorProvider {
             }
             _ => {}
         }
+        if request.member.tailscale {
+            // Crabbox's Worker mints the keys and enforces its own tag
+            // allowlist (no pond tag): the pond's tailnet plane is not
+            // what a brokered lease gets.
+            return Err(ProviderError::Unsupported(format!(
+                "member `{}`: `tailscale: true` is not supported through a coordinator (its Worker owns Tailscale enrollment and allows no pond tag); set `broker: false` on the member to lease it directly, or drop `tailscale`",
+                request.member.slug
+            )));
+        }
         let client = self.client()?;
         let attempt = self.record_attempt(&request.lease_id).await?;
         let public_key = self.lease_key(&request.lease_id)?;
