@@ -50,15 +50,10 @@ impl World {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::cargo_bin("crabbox")
-            .expect("binary")
-            .env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("NO_COLOR", "1")
+        Command::from_std(crate::support::crabbox_in(self.dir.path()))
             .env("HCLOUD_TOKEN", TOKEN)
             .env("HCLOUD_ENDPOINT", &self.fake.base_url)
             .env_remove("HETZNER_TOKEN")
-            .current_dir(self.path("work"))
             .timeout(Duration::from_secs(120))
             .args(args)
             .output()

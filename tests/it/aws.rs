@@ -146,12 +146,8 @@ impl World {
     /// `crabbox` with moto as EC2 — the endpoint and credentials set for
     /// this child only — and the fake Hetzner API when there is one.
     pub(crate) fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(assert_cmd::cargo::cargo_bin("crabbox"));
+        let mut c = crate::support::crabbox_in(self.dir.path());
         c.args(args)
-            .env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("home/.config"))
-            .env("NO_COLOR", "1")
             .env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -165,11 +161,8 @@ impl World {
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_SESSION_TOKEN")
             .env_remove("AWS_ENDPOINT_URL_EC2")
-            .env_remove("CRABBOX_STATE_URL")
             .env_remove("HCLOUD_TOKEN")
-            .env_remove("HETZNER_TOKEN")
-            .current_dir(self.path("work"))
-            .stdin(Stdio::null());
+            .env_remove("HETZNER_TOKEN");
         if let Some(h) = &self.hetzner {
             c.env("HCLOUD_TOKEN", fake_hetzner::TOKEN)
                 .env("HCLOUD_ENDPOINT", &h.base_url);

@@ -8,7 +8,7 @@
 //! mixing `azure`, `hetzner` (the fake API) and `local` members.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -101,21 +101,15 @@ impl World {
     /// `crabbox` with the fake as ARM and as the identity authority, and a
     /// service principal it knows.
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(assert_cmd::cargo::cargo_bin("crabbox"));
+        let mut c = crate::support::crabbox_in(self.dir.path());
         c.args(args)
-            .env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("home/.config"))
-            .env("NO_COLOR", "1")
             .env("AZURE_TENANT_ID", fake_azure::TENANT)
             .env("AZURE_CLIENT_ID", fake_azure::CLIENT_ID)
             .env("AZURE_CLIENT_SECRET", fake_azure::CLIENT_SECRET)
             .env("AZURE_SUBSCRIPTION_ID", fake_azure::SUBSCRIPTION)
             .env("AZURE_AUTHORITY_HOST", &self.azure.url)
             .env("CRABBOX_AZURE_ARM_ENDPOINT", &self.azure.url)
-            .env("SSL_CERT_FILE", &self.azure.tls.ca)
-            .current_dir(self.path("work"))
-            .stdin(Stdio::null());
+            .env("SSL_CERT_FILE", &self.azure.tls.ca);
         for (k, _) in std::env::vars() {
             let foreign = (k.starts_with("AZURE_") || k.starts_with("CRABBOX_AZURE_"))
                 && ![

@@ -40,12 +40,8 @@ impl Env {
             fakes.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut c = Command::cargo_bin("crabbox").expect("binary");
-        c.env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env_remove("XDG_CONFIG_HOME")
-            .env("NO_COLOR", "1")
-            .env("PATH", path)
+        let mut c = Command::from_std(crate::support::crabbox_in(self.dir.path()));
+        c.env("PATH", path)
             .env("FAKE_BLACKSMITH_STATE", self.path("bs-state"))
             .env("FAKE_BLACKSMITH_LOG", self.path("bs.log"))
             // Ready at the first poll: the binary polls every 5 s, as Crabbox.
@@ -55,7 +51,6 @@ impl Env {
             .env("MODAL_TOKEN_SECRET", MODAL_SECRET)
             .env("FAKE_MODAL_STATE", self.path("modal-state"))
             .env("FAKE_MODAL_LOG", self.path("modal.log"))
-            .current_dir(self.path("work"))
             .timeout(Duration::from_secs(120));
         c
     }

@@ -33,20 +33,14 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("crabbox").expect("binary");
-        c.env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("NO_COLOR", "1")
-            .env("TZ", "UTC")
-            .env_remove("CRABBOX_STATE_URL")
+        let mut c = Command::from_std(crate::support::crabbox_in(self.dir.path()));
+        c.env("TZ", "UTC")
             .env_remove("CRABBOX_CONFIG")
             .env_remove("CRABBOX_PROVIDER")
-            .env_remove("XDG_CONFIG_HOME")
             .env_remove("HCLOUD_TOKEN")
             .env_remove("HETZNER_TOKEN")
             .env_remove("ISLO_API_KEY")
             .env_remove("TENSORLAKE_API_KEY")
-            .current_dir(self.path("work"))
             .timeout(Duration::from_secs(120));
         c
     }

@@ -518,15 +518,10 @@ impl Pond {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::cargo_bin("crabbox")
-            .expect("binary")
-            .env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("NO_COLOR", "1")
+        Command::from_std(crate::support::crabbox_in(self.dir.path()))
             .env("DAYTONA_API_KEY", API_KEY)
             .env("DAYTONA_API_URL", &self.fake.base_url)
             .env("CRABBOX_DAYTONA_SNAPSHOT", SNAPSHOT)
-            .current_dir(self.path("work"))
             .timeout(Duration::from_secs(120))
             .args(args)
             .output()

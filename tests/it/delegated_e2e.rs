@@ -40,16 +40,12 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("crabbox").expect("binary");
-        c.env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("NO_COLOR", "1")
-            .env("CRABBOX_ISLO_API_KEY", API_KEY)
+        let mut c = Command::from_std(crate::support::crabbox_in(self.dir.path()));
+        c.env("CRABBOX_ISLO_API_KEY", API_KEY)
             .env("ISLO_BASE_URL", &self.islo.base_url)
             .env("TENSORLAKE_API_KEY", TL_KEY)
             .env("FAKE_TENSORLAKE_STATE", self.path("tl-state"))
             .env("FAKE_TENSORLAKE_LOG", self.path("tl.log"))
-            .current_dir(self.path("work"))
             .timeout(Duration::from_secs(120));
         c
     }

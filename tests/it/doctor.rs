@@ -22,16 +22,10 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::cargo_bin("crabbox")
-            .expect("binary")
-            .env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("NO_COLOR", "1")
+        Command::from_std(crate::support::crabbox_in(self.dir.path()))
             .env_remove("HCLOUD_TOKEN")
             .env_remove("HETZNER_TOKEN")
             .env_remove("TS_API_KEY")
-            .env_remove("CRABBOX_STATE_URL")
-            .current_dir(self.path("work"))
             .timeout(Duration::from_secs(120))
             .args(args)
             .output()
@@ -219,17 +213,12 @@ fn the_pond_check_reads_the_tailnet_policy_for_the_pond_s_tag() {
         std::fs::create_dir_all(env.path(d)).expect("dirs");
     }
     let doctor = |key: Option<&str>| {
-        let mut c = Command::cargo_bin("crabbox").expect("binary");
-        c.env("CRABBOX_STATE_DIR", env.path("state"))
-            .env("HOME", env.path("home"))
-            .env("NO_COLOR", "1")
-            .env("HCLOUD_TOKEN", TOKEN)
+        let mut c = Command::from_std(crate::support::crabbox_in(env.dir.path()));
+        c.env("HCLOUD_TOKEN", TOKEN)
             .env("HCLOUD_ENDPOINT", &hetzner.base_url)
             .env("CRABBOX_OWNER", "yossi.eliaz@incredibuild.com")
             .env("CRABBOX_TS_API_URL", &tailscale.url)
-            .env_remove("CRABBOX_STATE_URL")
             .env_remove("TS_API_KEY")
-            .current_dir(env.path("work"))
             .timeout(Duration::from_secs(60))
             .args(["doctor", "--pond", "alpha", "--json"]);
         if let Some(key) = key {

@@ -436,17 +436,12 @@ impl Pond {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::cargo_bin("crabbox")
-            .expect("binary")
-            .env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("NO_COLOR", "1")
+        Command::from_std(crate::support::crabbox_in(self.dir.path()))
             .env("E2B_API_KEY", API_KEY)
             .env("E2B_API_URL", &self.e2b.api_url)
             .env("E2B_DOMAIN", &self.e2b.domain)
             .env("DAYTONA_API_KEY", crate::fake_daytona::API_KEY)
             .env("DAYTONA_API_URL", &self.daytona.base_url)
-            .current_dir(self.path("work"))
             .timeout(Duration::from_secs(120))
             .args(args)
             .output()

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use crabbox_core::labels::Labels;
 use crabbox_core::provider::ProviderError;
@@ -106,12 +106,8 @@ impl World {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(assert_cmd::cargo::cargo_bin("crabbox"));
+        let mut c = crate::support::crabbox_in(self.dir.path());
         c.args(args)
-            .env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("home/.config"))
-            .env("NO_COLOR", "1")
             .env("GOOGLE_APPLICATION_CREDENTIALS", &self.credentials)
             .env("CRABBOX_GCP_COMPUTE_ENDPOINT", &self.gcp.compute_url)
             .env_remove("GOOGLE_CLOUD_PROJECT")
@@ -119,11 +115,8 @@ impl World {
             .env_remove("GCP_PROJECT_ID")
             .env_remove("CLOUDSDK_CONFIG")
             .env_remove("GCE_METADATA_HOST")
-            .env_remove("CRABBOX_STATE_URL")
             .env_remove("HCLOUD_TOKEN")
-            .env_remove("HETZNER_TOKEN")
-            .current_dir(self.path("work"))
-            .stdin(Stdio::null());
+            .env_remove("HETZNER_TOKEN");
         if let Some(h) = &self.hetzner {
             c.env("HCLOUD_TOKEN", fake_hetzner::TOKEN)
                 .env("HCLOUD_ENDPOINT", &h.base_url);

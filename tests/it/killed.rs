@@ -66,16 +66,10 @@ impl World {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(assert_cmd::cargo::cargo_bin("crabbox"));
+        let mut c = crate::support::crabbox_in(self.dir.path());
         c.args(args)
-            .env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("NO_COLOR", "1")
             .env("HCLOUD_TOKEN", TOKEN)
-            .env("HCLOUD_ENDPOINT", &self.fake.base_url)
-            .env_remove("CRABBOX_STATE_URL")
-            .current_dir(self.path("work"))
-            .stdin(Stdio::null());
+            .env("HCLOUD_ENDPOINT", &self.fake.base_url);
         c
     }
 

@@ -34,17 +34,13 @@ impl Env {
     }
 
     fn std_cmd(&self) -> std::process::Command {
-        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("crabbox"));
-        c.env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("USER", "logs")
-            .env("NO_COLOR", "1")
+        let mut c = crate::support::crabbox_in(self.dir.path());
+        c.env("USER", "logs")
             .env_remove("HCLOUD_TOKEN")
             .env_remove("HETZNER_TOKEN")
             .env_remove("CRABBOX_ISLO_API_KEY")
             .env_remove("ISLO_API_KEY")
-            .env_remove("CRABBOX_COORDINATOR")
-            .current_dir(self.path("work"));
+            .env_remove("CRABBOX_COORDINATOR");
         c
     }
 

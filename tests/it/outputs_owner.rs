@@ -32,15 +32,9 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::cargo_bin("crabbox")
-            .expect("binary")
-            .env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("NO_COLOR", "1")
+        Command::from_std(crate::support::crabbox_in(self.dir.path()))
             .env_remove("HCLOUD_TOKEN")
             .env_remove("HETZNER_TOKEN")
-            .env_remove("CRABBOX_STATE_URL")
-            .current_dir(self.path("work"))
             .timeout(Duration::from_secs(120))
             .args(args)
             .output()

@@ -31,13 +31,9 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut c = Command::cargo_bin("crabbox").expect("binary");
-        c.env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("NO_COLOR", "1")
-            .env_remove("HCLOUD_TOKEN")
+        let mut c = Command::from_std(crate::support::crabbox_in(self.dir.path()));
+        c.env_remove("HCLOUD_TOKEN")
             .env_remove("HETZNER_TOKEN")
-            .current_dir(self.path("work"))
             .timeout(Duration::from_secs(120));
         c
     }

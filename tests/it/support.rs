@@ -81,3 +81,19 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// The `crabbox` binary run in a test's own world under `root`: state in
+/// `root/state`, `HOME` (and Crabbox's user config dir) under `root/home`,
+/// the working directory `root/work`, no colour, no stdin, and no shared
+/// state backend from the developer's environment.
+pub fn crabbox_in(root: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("crabbox"));
+    c.env("CRABBOX_STATE_DIR", root.join("state"))
+        .env("HOME", root.join("home"))
+        .env("XDG_CONFIG_HOME", root.join("home/.config"))
+        .env("NO_COLOR", "1")
+        .env_remove("CRABBOX_STATE_URL")
+        .current_dir(root.join("work"))
+        .stdin(std::process::Stdio::null());
+    c
+}

@@ -9,7 +9,7 @@
 //! that never joins tainted and replaced, and the refusals.
 
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -78,18 +78,12 @@ impl World {
     /// `crabbox` with the fakes as Hetzner and the tailnet's API; `env`
     /// adds (or, with an empty value, removes) variables.
     fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut c = Command::new(assert_cmd::cargo::cargo_bin("crabbox"));
+        let mut c = crate::support::crabbox_in(self.dir.path());
         c.args(args)
-            .env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("XDG_CONFIG_HOME", self.path("home/.config"))
-            .env("NO_COLOR", "1")
             .env("HCLOUD_TOKEN", fake_hetzner::TOKEN)
             .env("HCLOUD_ENDPOINT", &self.hetzner.base_url)
             .env("CRABBOX_TS_API_URL", &self.tailnet.url)
-            .env("CRABBOX_OWNER", OWNER)
-            .current_dir(self.path("work"))
-            .stdin(Stdio::null());
+            .env("CRABBOX_OWNER", OWNER);
         for (k, _) in std::env::vars() {
             if k.starts_with("TS_")
                 || k.starts_with("CRABBOX_TAILSCALE")

@@ -41,14 +41,9 @@ impl Env {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let mut c = Command::cargo_bin("crabbox").expect("binary");
-        c.env("CRABBOX_STATE_DIR", self.path("state"))
-            .env("HOME", self.path("home"))
-            .env("NO_COLOR", "1")
-            .env_remove("HCLOUD_TOKEN")
+        let mut c = Command::from_std(crate::support::crabbox_in(self.dir.path()));
+        c.env_remove("HCLOUD_TOKEN")
             .env_remove("HETZNER_TOKEN")
-            .env_remove("CRABBOX_STATE_URL")
-            .current_dir(self.path("work"))
             .timeout(Duration::from_secs(120));
         if let Some(endpoint) = &self.endpoint {
             c.env("HCLOUD_TOKEN", TOKEN)
