@@ -13,7 +13,7 @@ fn crabbox() -> Command {
 
 #[test]
 fn examples_validate() {
-    for example in ["local", "pr-e2e", "build-farm"] {
+    for example in ["local", "pr-e2e", "build-farm", "tailnet"] {
         crabbox()
             .args([
                 "validate",

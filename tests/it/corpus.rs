@@ -101,7 +101,7 @@ fn every_check_has_a_corpus_case() {
 #[test]
 fn valid_documents_and_examples_load_cleanly() {
     let mut files = yaml_files("tests/corpus/valid");
-    for example in ["local", "pr-e2e", "build-farm"] {
+    for example in ["local", "pr-e2e", "build-farm", "tailnet"] {
         files.push(format!("examples/{example}/pond.yaml"));
     }
     for file in files {
@@ -127,7 +127,7 @@ fn the_schema_accepts_valid_documents_and_rejects_what_it_can_express() {
     for file in yaml_files("tests/corpus/valid") {
         assert_eq!(schema_accepts(&file), Some(true), "{file}");
     }
-    for example in ["local", "pr-e2e", "build-farm"] {
+    for example in ["local", "pr-e2e", "build-farm", "tailnet"] {
         let file = format!("examples/{example}/pond.yaml");
         assert_eq!(schema_accepts(&file), Some(true), "{file}");
     }
