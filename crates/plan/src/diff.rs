@@ -166,14 +166,14 @@ pub fn plan(
     }
     warnings.extend(inventory.warnings.iter().cloned());
 
-    let mut changes = Vec::new();
+    let mut changes = Vec::with_capacity(desired.members.len());
     // Desired members in document order.
     for m in &desired.members {
         if !targeted.includes(&m.slug) {
             continue;
         }
-        let leases = live.get(m.slug.as_str()).cloned().unwrap_or_default();
-        changes.extend(member_changes(&desired.name, m, &leases, options)?);
+        let leases = live.get(m.slug.as_str()).map_or(&[][..], Vec::as_slice);
+        member_changes(&desired.name, m, leases, options, &mut changes)?;
     }
     // Live leases whose slug is not in the spec.
     for (slug, leases) in &live {
@@ -351,12 +351,15 @@ fn health(lease: &Lease, now: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Appends the changes of member `m` to `out` (a vector of its own per
+/// member cost an allocation each).
 fn member_changes(
     pond: &str,
     m: &DesiredMember,
     leases: &[&Lease],
     options: &PlanOptions,
-) -> Result<Vec<MemberChange>, PlanError> {
+    out: &mut Vec<MemberChange>,
+) -> Result<(), PlanError> {
     let base = MemberChange {
         slug: m.slug.clone(),
         provider: m.provider,
@@ -370,11 +373,12 @@ fn member_changes(
         commands_before: None,
     };
     if leases.is_empty() {
-        return Ok(vec![MemberChange {
+        out.push(MemberChange {
             action: Action::Create,
             attributes: created_attributes(m),
             ..base
-        }]);
+        });
+        return Ok(());
     }
     // Keep the oldest healthy lease; the others are duplicates.
     let keep = leases
@@ -382,11 +386,10 @@ fn member_changes(
         .copied()
         .find(|l| health(l, options.now).is_ok())
         .unwrap_or(leases[0]);
-    let mut out = Vec::new();
     if keep.is_unadopted_crabbox_member(pond) {
         out.push(adoption(m, keep, base, options)?);
         out.extend(duplicates(m, leases, keep));
-        return Ok(out);
+        return Ok(());
     }
     let hashes = SpecHashes::of(m);
     let mut change = MemberChange {
@@ -539,7 +542,7 @@ fn member_changes(
     }
     out.push(change);
     out.extend(duplicates(m, leases, keep));
-    Ok(out)
+    Ok(())
 }
 
 /// A flag as labels and the plan write it.
