@@ -13,8 +13,8 @@ use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_core::retry::with_retries;
 use crabbox_exec::session::ExecRequest;
-use crabbox_providers::hetzner::{HetznerProvider, key_name, server_name};
 use crabbox_providers::claimed_ports;
+use crabbox_providers::hetzner::{HetznerProvider, key_name, server_name};
 use crabbox_providers::{CreateRequest, Provider};
 use crabbox_spec::desired::{DesiredMember, SyncSettings};
 use crabbox_spec::member_labels;
@@ -303,8 +303,16 @@ async fn discovery_takes_ports_from_the_claims_and_reads_records_only_without_on
     assert_eq!(leases.len(), 4);
     assert_eq!(port_of(&leases, &a), Some(2301), "the claim's port");
     assert_eq!(port_of(&leases, &b), Some(2302), "the claim's port");
-    assert_eq!(port_of(&leases, &c), Some(2203), "no port claimed: the record's");
-    assert_eq!(port_of(&leases, &d), Some(2222), "neither: Crabbox's default");
+    assert_eq!(
+        port_of(&leases, &c),
+        Some(2203),
+        "no port claimed: the record's"
+    );
+    assert_eq!(
+        port_of(&leases, &d),
+        Some(2222),
+        "neither: Crabbox's default"
+    );
 
     // Claims that could not be read say nothing: every record is read.
     let (send, claimed) = claimed_ports::channel();

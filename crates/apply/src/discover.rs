@@ -54,9 +54,8 @@ pub async fn discover(
         Ok(provider) => {
             let pond = pond.to_owned();
             let ports = claimed_ports.clone();
-            tasks.spawn(async move {
-                (name, provider.list_with_claimed_ports(&pond, ports).await)
-            });
+            tasks
+                .spawn(async move { (name, provider.list_with_claimed_ports(&pond, ports).await) });
         }
         Err(e) => inv.unreachable.push((name, e)),
     };

@@ -1035,7 +1035,10 @@ impl Provider for HetznerProvider {
         let selector = format!("{}=true", labels::CRABBOX);
         let mut ponds = std::collections::BTreeSet::new();
         self.servers_matching(&selector, |page| {
-            ponds.extend(page.into_iter().filter_map(|mut s| s.labels.remove(labels::POND)));
+            ponds.extend(
+                page.into_iter()
+                    .filter_map(|mut s| s.labels.remove(labels::POND)),
+            );
         })
         .await?;
         Ok(ponds.into_iter().collect())
@@ -1046,7 +1049,10 @@ impl Provider for HetznerProvider {
         let selector = format!("{}=true", labels::CRABBOX);
         let mut slugs = Vec::new();
         self.servers_matching(&selector, |page| {
-            slugs.extend(page.into_iter().filter_map(|mut s| s.labels.remove(labels::SLUG)));
+            slugs.extend(
+                page.into_iter()
+                    .filter_map(|mut s| s.labels.remove(labels::SLUG)),
+            );
         })
         .await?;
         Ok(slugs)
@@ -1157,7 +1163,10 @@ impl Provider for HetznerProvider {
         let mut live = HashSet::new();
         let ((), keys) = tokio::try_join!(
             self.servers_matching(&selector, |page| {
-                live.extend(page.into_iter().filter_map(|mut s| s.labels.remove(labels::LEASE)));
+                live.extend(
+                    page.into_iter()
+                        .filter_map(|mut s| s.labels.remove(labels::LEASE)),
+                );
             }),
             self.keys_matching(&selector)
         )?;
