@@ -13,6 +13,7 @@ use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::{OutputSink, ProviderError, Stream};
 use crabbox_core::retry::with_retries;
 use crabbox_exec::session::ExecRequest;
+use crabbox_providers::claimed_ports;
 use crabbox_providers::hetzner::{HetznerProvider, key_name, server_name};
 use crabbox_providers::{CreateRequest, Provider};
 use crabbox_spec::desired::{DesiredMember, SyncSettings};
@@ -256,6 +257,107 @@ async fn list_reads_every_page_and_fetches_the_rest_concurrently() {
     }
     assert!(fx.handle().max_in_flight() >= 2, "pages 2 and 3 overlap");
     eprintln!("3 pages with {latency:?} per request: {took:?}");
+    fx.check_foreign_untouched();
+}
+
+/// Writes the endpoint record a create writes for `lease` (the fields
+/// a listing reads), with `port`.
+fn write_endpoint_record(state: &Path, lease: &str, port: u16) {
+    let dir = state.join("ssh/keys").join(lease);
+    std::fs::create_dir_all(&dir).expect("key dir");
+    let record = json!({
+        "lease_id": lease, "user": "crabbox", "port": port,
+        "key": dir.join("id_ed25519"), "pond": POND, "cloud": "hetzner",
+    });
+    std::fs::write(dir.join("endpoint.json"), record.to_string()).expect("record");
+}
+
+#[tokio::test]
+async fn discovery_takes_ports_from_the_claims_and_reads_records_only_without_one() {
+    let fx = Fixture::new().await;
+    // a: claim and record; b: a claim only (a server Crabbox made);
+    // c: a record only (its claim records no port); d: neither.
+    let [a, b, c, d] = std::array::from_fn(|_| new_lease_id());
+    for (i, lease) in [&a, &b, &c, &d].into_iter().enumerate() {
+        let slug = format!("m{i}");
+        fx.handle().plant_server(
+            &format!("crabbox-{slug}"),
+            &as_refs(&lease_labels(lease, &slug, POND)),
+        );
+    }
+    write_endpoint_record(fx.state.path(), &a, 2201);
+    write_endpoint_record(fx.state.path(), &c, 2203);
+    let port_of = |leases: &[Lease], id: &str| {
+        leases
+            .iter()
+            .find(|l| l.id == id)
+            .and_then(|l| l.endpoint.ssh_port)
+    };
+
+    let (send, claimed) = claimed_ports::channel();
+    let provider = fx.provider();
+    let listing = provider.list_with_claimed_ports(POND, claimed);
+    // Sent while the listing is under way, as discovery sends them.
+    send.send([(a.clone(), 2301), (b.clone(), 2302)].into_iter().collect());
+    let leases = listing.await.expect("list");
+    assert_eq!(leases.len(), 4);
+    assert_eq!(port_of(&leases, &a), Some(2301), "the claim's port");
+    assert_eq!(port_of(&leases, &b), Some(2302), "the claim's port");
+    assert_eq!(
+        port_of(&leases, &c),
+        Some(2203),
+        "no port claimed: the record's"
+    );
+    assert_eq!(
+        port_of(&leases, &d),
+        Some(2222),
+        "neither: Crabbox's default"
+    );
+
+    // Claims that could not be read say nothing: every record is read.
+    let (send, claimed) = claimed_ports::channel();
+    drop(send);
+    let unread = fx
+        .provider()
+        .list_with_claimed_ports(POND, claimed)
+        .await
+        .expect("list");
+    // Without claims (`crabbox list`, lookups): the records, as before.
+    let listed = fx.provider().list(POND).await.expect("list");
+    for leases in [&unread, &listed] {
+        assert_eq!(port_of(leases, &a), Some(2201));
+        assert_eq!(port_of(leases, &b), Some(2222));
+        assert_eq!(port_of(leases, &c), Some(2203));
+        assert_eq!(port_of(leases, &d), Some(2222));
+    }
+
+    // Discovery hands the pond's claims' ports over.
+    let store = ClaimStore::local(fx.state.path());
+    for (lease, slug, port) in [(&a, "m0", 2301), (&c, "m2", 0)] {
+        store
+            .write(&crabbox_state::claims::Claim {
+                lease_id: lease.clone(),
+                slug: slug.to_owned(),
+                provider: "hetzner".to_owned(),
+                pond: POND.to_owned(),
+                ssh_port: port,
+                ..crabbox_state::claims::Claim::default()
+            })
+            .await
+            .expect("claim");
+    }
+    let registry =
+        crabbox_providers::registry::Registry::with(vec![std::sync::Arc::new(fx.provider())]);
+    let inventory = crabbox_apply::discover::discover(
+        POND,
+        &[ProviderName::Hetzner],
+        &registry,
+        fx.state.path(),
+        &store,
+    )
+    .await;
+    assert_eq!(port_of(&inventory.leases, &a), Some(2301), "the claim's");
+    assert_eq!(port_of(&inventory.leases, &c), Some(2203), "the record's");
     fx.check_foreign_untouched();
 }
 

@@ -13,6 +13,7 @@ use crabbox_core::provider::ProviderName;
 use crabbox_core::provider::features_of;
 use crabbox_fs::atomic_file;
 use crabbox_plan::inventory::Inventory;
+use crabbox_providers::claimed_ports;
 use crabbox_providers::registry::Registry;
 use crabbox_state::claims::{Claim, ClaimStore};
 
@@ -45,22 +46,27 @@ pub async fn discover(
 
     // Listing takes round trips to the providers: the claims are read
     // meanwhile, and a provider only they name is listed once they are.
+    // The SSH ports the claims record follow once they are read (an
+    // SSH-lease cloud need not read a record per lease for them).
+    let (send_ports, claimed_ports) = claimed_ports::channel();
     let mut tasks = tokio::task::JoinSet::new();
     let mut spawn = |name: ProviderName, inv: &mut Inventory| match registry.get(name) {
         Ok(provider) => {
             let pond = pond.to_owned();
-            tasks.spawn(async move { (name, provider.list(&pond).await) });
+            let ports = claimed_ports.clone();
+            tasks
+                .spawn(async move { (name, provider.list_with_claimed_ports(&pond, ports).await) });
         }
         Err(e) => inv.unreachable.push((name, e)),
     };
     for &name in &providers {
         spawn(name, &mut inv);
     }
-    let (claims, problems) = match claims.load_all().await {
-        Ok(loaded) => loaded,
+    let (claims, problems, claims_read) = match claims.load_all().await {
+        Ok((claims, problems)) => (claims, problems, true),
         Err(e) => {
             inv.state_unreadable = Some(e.to_string());
-            (Vec::new(), Vec::new())
+            (Vec::new(), Vec::new(), false)
         }
     };
     for p in problems {
@@ -71,6 +77,18 @@ pub async fn discover(
         ));
     }
     let pond_claims: Vec<Claim> = claims.into_iter().filter(|c| c.pond == pond).collect();
+    if claims_read {
+        send_ports.send(
+            pond_claims
+                .iter()
+                .filter(|c| c.ssh_port != 0)
+                .map(|c| (c.lease_id.clone(), c.ssh_port))
+                .collect(),
+        );
+    } else {
+        // Unsent, the ports are unknown (not "none"): each provider reads its own.
+        drop(send_ports);
+    }
     let named_by_claims: BTreeSet<ProviderName> = pond_claims
         .iter()
         .filter_map(|c| ProviderName::from_name(&c.provider))

@@ -153,7 +153,8 @@ impl Lease {
     /// hashes are missing.
     #[must_use]
     pub fn is_unadopted_crabbox_member(&self, pond: &str) -> bool {
-        self.is_crabbox_member(pond) && !self.has_our_hashes()
+        // Most leases carry our hashes: that one lookup answers first.
+        !self.has_our_hashes() && self.is_crabbox_member(pond)
     }
 
     /// Whether the `keep` label is `true` (case-insensitive, as Crabbox's

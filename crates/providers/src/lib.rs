@@ -6,6 +6,7 @@ pub mod aws;
 pub mod azure;
 pub mod blacksmith;
 pub mod claim_backed;
+pub mod claimed_ports;
 pub mod coordinator;
 pub mod daytona;
 pub mod e2b;
@@ -33,6 +34,8 @@ use crabbox_core::provider::{ProviderError, ProviderName};
 use crabbox_exec::session::Session;
 use crabbox_spec::desired::DesiredMember;
 
+use crate::claimed_ports::ClaimedPorts;
+
 pub use crabbox_core::lease::Share;
 
 /// A request to create one lease. Labels are complete: providers put them on
@@ -57,6 +60,20 @@ pub trait Provider: Send + Sync {
 
     /// Every lease of `pond` (one list call, filtered by label).
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError>;
+
+    /// [`Self::list`] for discovery, which reads the pond's claims while
+    /// the providers are listed: `claimed` yields the SSH port each claim
+    /// records. A provider that learns a lease's port from a local record
+    /// of its own takes the claim's instead, and reads the record only for
+    /// a lease whose claim holds none; the others list as `list` does.
+    async fn list_with_claimed_ports(
+        &self,
+        pond: &str,
+        claimed: ClaimedPorts,
+    ) -> Result<Vec<Lease>, ProviderError> {
+        let _ = claimed;
+        self.list(pond).await
+    }
 
     /// The ponds that have crabbox resources on this provider, from its labels
     /// (one list call; `crabbox sweep` uses it). Claim-backed providers have no

@@ -196,6 +196,9 @@ impl Capabilities {
 /// what a listed lease knows: its shares are the targets). `ours` is what
 /// crabbox's adapter can do: a URL-bridge provider whose adapter cannot
 /// bridge is `unsupported-provider`, as in Crabbox without an adapter.
+/// Its `labels` are left empty for the caller, who moves a projected
+/// lease's labels in rather than copying them (see
+/// [`crate::peers::PeerSource`]).
 #[must_use]
 pub fn bridge_peer(pond: &str, lease: &Lease, ours: Features) -> BridgePeer {
     let caps = Capabilities::of(lease.provider);
@@ -215,13 +218,10 @@ pub fn bridge_peer(pond: &str, lease: &Lease, ours: Features) -> BridgePeer {
         transport: String::new(),
         transports: caps.available(),
         endpoint: String::new(),
-        // The claim's labels: a copy of the provider's, none for a provider
-        // without labels (Islo claims carry none, docs/crabbox-compat.md §5.5).
-        labels: if ours.labels {
-            lease.labels.clone()
-        } else {
-            Labels::new()
-        },
+        // The claim's labels (the caller's to fill): a copy of the
+        // provider's, none for a provider without labels (Islo claims
+        // carry none, docs/crabbox-compat.md §5.5).
+        labels: Labels::new(),
         note: String::new(),
         targets: Vec::new(),
         bridge_state: String::new(),

@@ -6,12 +6,13 @@
 //! Each peer also carries the member Crabbox's `pond peers --json` prints
 //! for it ([`crate::bridge`]).
 
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crabbox_core::lease::Lease;
 use crabbox_core::provider::Features;
 use crabbox_core::provider::ProviderName;
+
+use crabbox_core::labels::Labels;
 
 use crate::bridge::{BridgePeer, bridge_peer};
 
@@ -88,7 +89,7 @@ pub struct Peer {
 /// their peers are made, so that a pond's leases and its peers (each with a
 /// copy of the lease's labels) are not all held at once.
 #[must_use]
-pub fn peers_from_leases<L: Borrow<Lease>>(
+pub fn peers_from_leases<L: PeerSource>(
     pond: &str,
     leases: impl IntoIterator<Item = L>,
     features: impl Fn(ProviderName) -> Features,
@@ -96,8 +97,8 @@ pub fn peers_from_leases<L: Borrow<Lease>>(
     let mut peers: Vec<Peer> = leases
         .into_iter()
         .map(|l| {
-            let l = l.borrow();
-            peer_from_lease(pond, l, features(l.provider))
+            let provider = l.lease().provider;
+            peer_from_lease(pond, l, features(provider))
         })
         .collect();
     peers.sort_by(|a, b| {
@@ -108,7 +109,46 @@ pub fn peers_from_leases<L: Borrow<Lease>>(
     peers
 }
 
-fn peer_from_lease(pond: &str, lease: &Lease, features: Features) -> Peer {
+/// A lease a peer is made from: borrowed (its labels are copied into the
+/// peer), or owned — a lease projected only for its peer, whose labels are
+/// moved (10,000 copies of a pond's labels at every plan otherwise).
+pub trait PeerSource {
+    /// The lease.
+    fn lease(&self) -> &Lease;
+    /// Its labels, for the peer to keep.
+    fn into_labels(self) -> Labels;
+}
+
+impl PeerSource for &Lease {
+    fn lease(&self) -> &Lease {
+        self
+    }
+
+    fn into_labels(self) -> Labels {
+        self.labels.clone()
+    }
+}
+
+impl PeerSource for Lease {
+    fn lease(&self) -> &Lease {
+        self
+    }
+
+    fn into_labels(self) -> Labels {
+        self.labels
+    }
+}
+
+fn peer_from_lease(pond: &str, source: impl PeerSource, features: Features) -> Peer {
+    let mut peer = unlabelled_peer(pond, source.lease(), features);
+    if features.labels {
+        peer.crabbox.labels = source.into_labels();
+    }
+    peer
+}
+
+/// The peer of `lease`, its Crabbox member's labels left to the caller.
+fn unlabelled_peer(pond: &str, lease: &Lease, features: Features) -> Peer {
     let slug = if lease.slug().is_empty() {
         lease.id.clone()
     } else {

@@ -58,6 +58,7 @@ use async_trait::async_trait;
 
 mod api;
 
+use crate::claimed_ports::ClaimedPorts;
 use crate::registry::Descriptor;
 use crate::ssh_lease::boot::Seen;
 use crate::ssh_lease::endpoint::EndpointRecord;
@@ -192,11 +193,18 @@ struct UploadedKey {
 pub const PAGE_FETCHES: usize = 16;
 
 impl HetznerProvider {
-    /// Every server matching a label selector: the first page, then the
-    /// rest concurrently (at most [`PAGE_FETCHES`] at a time) once the pagination meta says how many there are,
-    /// each fetched and decoded in a task of its own (decoding a page costs
-    /// about as much as waiting for it, so they share the runtime's threads).
-    async fn servers_matching(&self, selector: &str) -> Result<Vec<Server>, ProviderError> {
+    /// Every server matching a label selector, handed to `on_page` a page
+    /// at a time as the pages arrive (so what the caller makes of them is
+    /// done while the later pages are on their way): the first page, then
+    /// the rest concurrently (at most [`PAGE_FETCHES`] at a time) once the
+    /// pagination meta says how many there are, each fetched and decoded
+    /// in a task of its own (decoding a page costs about as much as
+    /// waiting for it, so they share the runtime's threads).
+    async fn servers_matching(
+        &self,
+        selector: &str,
+        mut on_page: impl FnMut(Vec<Server>),
+    ) -> Result<(), ProviderError> {
         let query = |page: u32| {
             vec![
                 ("label_selector", selector.to_owned()),
@@ -208,10 +216,8 @@ impl HetznerProvider {
             .http
             .get_json_with_retries("/servers", &query(1))
             .await?;
-        let mut servers = Vec::new();
         match (first.meta.last_page(), first.meta.next_page()) {
             (Some(last), _) if last > 1 => {
-                servers.extend(first.servers);
                 // At most PAGE_FETCHES pages at once, however large the
                 // account: concurrency without a burst the API would rate-limit.
                 let mut pages = futures_util::stream::iter(2..=last)
@@ -224,9 +230,10 @@ impl HetznerProvider {
                         })
                     })
                     .buffer_unordered(PAGE_FETCHES);
+                on_page(first.servers);
                 while let Some(page) = pages.next().await {
                     match page {
-                        Ok(Ok(list)) => servers.extend(list.servers),
+                        Ok(Ok(list)) => on_page(list.servers),
                         Ok(Err(e)) => return Err(e),
                         Err(e) => {
                             return Err(ProviderError::Failed(format!(
@@ -238,22 +245,70 @@ impl HetznerProvider {
             }
             (None, Some(mut next)) => {
                 // Total unknown: follow the pages one by one.
-                servers.extend(first.servers);
+                on_page(first.servers);
                 loop {
                     let page: ServerList = self
                         .http
                         .get_json_with_retries("/servers", &query(next))
                         .await?;
-                    servers.extend(page.servers);
+                    on_page(page.servers);
                     match page.meta.next_page() {
                         Some(n) if n > next => next = n,
                         _ => break,
                     }
                 }
             }
-            _ => servers.extend(first.servers),
+            _ => on_page(first.servers),
         }
-        Ok(servers)
+        Ok(())
+    }
+
+    /// The pond's leases; their SSH ports from `claimed` when given
+    /// (discovery), else from the endpoint records.
+    async fn leases_of_pond(
+        &self,
+        pond: &str,
+        claimed: Option<ClaimedPorts>,
+    ) -> Result<Vec<Lease>, ProviderError> {
+        check_pond(pond)?;
+        let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
+        // Without the claims' ports, every endpoint record is read while
+        // the pages are on their way.
+        let recorded = claimed.is_none().then(|| self.leases.recorded_ports());
+        let mut seen = HashSet::new();
+        let mut leases = Vec::new();
+        // Each page becomes leases as it arrives; only the ports are left
+        // for after the last one.
+        self.servers_matching(&selector, |page| {
+            let page: Vec<Server> = page.into_iter().filter(|s| seen.insert(s.id)).collect();
+            self.saw_all(&page);
+            leases.extend(page.into_iter().filter_map(lease_without_port));
+        })
+        .await?;
+        let claimed = match claimed {
+            Some(claimed) => claimed.get().await,
+            None => None,
+        };
+        let ports = match (claimed, recorded) {
+            (Some(claimed), _) => claimed,
+            // The claims could not be read: the records are.
+            (None, recorded) => {
+                let recorded = match recorded {
+                    Some(recorded) => recorded,
+                    None => self.leases.recorded_ports(),
+                };
+                // A read that did not finish is not "no records": every
+                // port would silently fall back to the default.
+                Arc::new(recorded.await.map_err(|e| {
+                    ProviderError::Failed(format!("reading the SSH endpoint records: {e}"))
+                })?)
+            }
+        };
+        for lease in &mut leases {
+            lease.endpoint.ssh_port = Some(self.leases.port_of(&lease.id, &ports));
+        }
+        leases.sort_by(|a, b| a.id.cmp(&b.id).then(a.cloud_id.cmp(&b.cloud_id)));
+        Ok(leases)
     }
 
     /// The provider configured from the environment: token from
@@ -380,17 +435,13 @@ impl HetznerProvider {
     /// Remembers the labels a server was just seen with (those
     /// [`check_owned`] reads).
     fn saw(&self, server: &Server) {
-        let seen = Server {
-            id: server.id,
-            name: server.name.clone(),
-            status: String::new(),
-            labels: [labels::CRABBOX, labels::POND, labels::LEASE]
-                .into_iter()
-                .filter_map(|k| Some((k.to_owned(), server.labels.get(k)?.clone())))
-                .collect(),
-            public_net: PublicNet::default(),
-        };
-        self.sightings.saw(server.id, seen);
+        self.sightings.saw(server.id, sighting(server));
+    }
+
+    /// [`Self::saw`] for a listed page.
+    fn saw_all(&self, servers: &[Server]) {
+        self.sightings
+            .saw_all(servers.iter().map(|s| (s.id, sighting(s))));
     }
 
     /// The lease's SSH target: cached, else rebuilt from its endpoint record
@@ -446,29 +497,9 @@ impl HetznerProvider {
     }
 
     fn lease_of(&self, server: &Server) -> Option<Lease> {
-        self.lease_with_ports(server.clone(), &HashMap::new())
-    }
-
-    /// [`Self::lease_of`] consuming the server, with endpoint records' ports
-    /// read beforehand.
-    fn lease_with_ports(&self, server: Server, ports: &HashMap<String, u16>) -> Option<Lease> {
-        let id = server.labels.get(labels::LEASE)?.clone();
-        let port = self.leases.port_of(&id, ports);
-        let host = server.ipv4().map(str::to_owned);
-        Some(Lease {
-            id,
-            provider: ProviderName::Hetzner,
-            cloud_id: server.id.to_string(),
-            labels: server.labels,
-            endpoint: Endpoint {
-                host,
-                ssh_port: Some(port),
-                url: None,
-                shares: Vec::new(),
-            },
-            listed: true,
-            claimed: false,
-        })
+        let mut lease = lease_without_port(server.clone())?;
+        lease.endpoint.ssh_port = Some(self.leases.port_of(&lease.id, &HashMap::new()));
+        Some(lease)
     }
 
     /// The key with this fingerprint (Hetzner keeps fingerprints unique):
@@ -944,6 +975,41 @@ fn check_owned(server: &Server, lease: &Lease) -> Result<(), ProviderError> {
     }
 }
 
+/// What a sighting keeps of a server: the labels [`check_owned`] reads.
+fn sighting(server: &Server) -> Server {
+    Server {
+        id: server.id,
+        name: server.name.clone(),
+        status: String::new(),
+        labels: [labels::CRABBOX, labels::POND, labels::LEASE]
+            .into_iter()
+            .filter_map(|k| Some((k.to_owned(), server.labels.get(k)?.clone())))
+            .collect(),
+        public_net: PublicNet::default(),
+    }
+}
+
+/// The lease a server stands for (none without a `lease` label), its SSH
+/// port not yet known.
+fn lease_without_port(server: Server) -> Option<Lease> {
+    let id = server.labels.get(labels::LEASE)?.clone();
+    let host = server.ipv4().map(str::to_owned);
+    Some(Lease {
+        id,
+        provider: ProviderName::Hetzner,
+        cloud_id: server.id.to_string(),
+        labels: server.labels,
+        endpoint: Endpoint {
+            host,
+            ssh_port: None,
+            url: None,
+            shares: Vec::new(),
+        },
+        listed: true,
+        claimed: false,
+    })
+}
+
 #[async_trait]
 impl Provider for HetznerProvider {
     fn session<'a>(&'a self, lease: &'a Lease) -> Box<dyn Session + 'a> {
@@ -955,50 +1021,42 @@ impl Provider for HetznerProvider {
     }
 
     async fn list(&self, pond: &str) -> Result<Vec<Lease>, ProviderError> {
-        check_pond(pond)?;
-        let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
-        // The endpoint records are read while the pages are on their way.
-        let ports = self.leases.recorded_ports();
-        let servers = self.servers_matching(&selector).await;
-        // A read that did not finish is not "no records": every port would
-        // silently fall back to the default.
-        let ports = ports
-            .await
-            .map_err(|e| ProviderError::Failed(format!("reading the SSH endpoint records: {e}")))?;
-        let servers = servers?;
-        let mut seen = HashSet::new();
-        let mut leases: Vec<Lease> = servers
-            .into_iter()
-            .filter(|s| seen.insert(s.id))
-            .filter_map(|s| {
-                self.saw(&s);
-                self.lease_with_ports(s, &ports)
-            })
-            .collect();
-        leases.sort_by(|a, b| a.id.cmp(&b.id).then(a.cloud_id.cmp(&b.cloud_id)));
-        Ok(leases)
+        self.leases_of_pond(pond, None).await
+    }
+
+    async fn list_with_claimed_ports(
+        &self,
+        pond: &str,
+        claimed: ClaimedPorts,
+    ) -> Result<Vec<Lease>, ProviderError> {
+        self.leases_of_pond(pond, Some(claimed)).await
     }
 
     async fn ponds(&self) -> Result<Vec<String>, ProviderError> {
         let selector = format!("{}=true", labels::CRABBOX);
-        let ponds: std::collections::BTreeSet<String> = self
-            .servers_matching(&selector)
-            .await?
-            .into_iter()
-            .filter_map(|s| s.labels.get(labels::POND).cloned())
-            .collect();
+        let mut ponds = std::collections::BTreeSet::new();
+        self.servers_matching(&selector, |page| {
+            ponds.extend(
+                page.into_iter()
+                    .filter_map(|mut s| s.labels.remove(labels::POND)),
+            );
+        })
+        .await?;
         Ok(ponds.into_iter().collect())
     }
 
     async fn slugs_in_use(&self) -> Result<Vec<String>, ProviderError> {
         // The whole account, as Crabbox lists it (hcloud.go:213-222).
         let selector = format!("{}=true", labels::CRABBOX);
-        Ok(self
-            .servers_matching(&selector)
-            .await?
-            .into_iter()
-            .filter_map(|s| s.labels.get(labels::SLUG).cloned())
-            .collect())
+        let mut slugs = Vec::new();
+        self.servers_matching(&selector, |page| {
+            slugs.extend(
+                page.into_iter()
+                    .filter_map(|mut s| s.labels.remove(labels::SLUG)),
+            );
+        })
+        .await?;
+        Ok(slugs)
     }
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
@@ -1107,14 +1165,16 @@ impl Provider for HetznerProvider {
         check_pond(pond)?;
         let selector = format!("{}=true,{}={pond}", labels::CRABBOX, labels::POND);
         // Only what was observed counts: a failed listing sweeps nothing.
-        let (servers, keys) = tokio::try_join!(
-            self.servers_matching(&selector),
+        let mut live = HashSet::new();
+        let ((), keys) = tokio::try_join!(
+            self.servers_matching(&selector, |page| {
+                live.extend(
+                    page.into_iter()
+                        .filter_map(|mut s| s.labels.remove(labels::LEASE)),
+                );
+            }),
             self.keys_matching(&selector)
         )?;
-        let live: HashSet<String> = servers
-            .into_iter()
-            .filter_map(|s| s.labels.get(labels::LEASE).cloned())
-            .collect();
         let mut removed = Vec::new();
         let mut left = Vec::new();
         let mut swept_leases = HashSet::new();

@@ -36,6 +36,15 @@ impl<K: Hash + Eq, V: Clone> Sightings<K, V> {
             .insert(id, (Instant::now(), server));
     }
 
+    /// Remembers every server of a listing as seen now (one lock for a page).
+    pub(crate) fn saw_all(&self, servers: impl IntoIterator<Item = (K, V)>) {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        for (id, server) in servers {
+            seen.insert(id, (now, server));
+        }
+    }
+
     /// Forgets the server (it is gone).
     pub(crate) fn forget(&self, id: &K) {
         self.seen
