@@ -64,9 +64,8 @@ impl World {
     /// the test sshd through the `ssh_user`/`ssh_port` overrides.
     fn write_spec(&self, members: &str) {
         let spec = format!(
-            "version: 1\npond: {POND}\ndefaults:\n  sync: false\n  ttl: 90m\n  idle_timeout: 30m\n  hetzner: {{ ssh_port: {port}, ssh_user: {user}, location: fsn1 }}\nmembers:\n{members}",
-            port = self.sshd.port,
-            user = self.sshd.user,
+            "version: 1\npond: {POND}\ndefaults:\n  sync: false\n  ttl: 90m\n  idle_timeout: 30m\n  hetzner: {hetzner}\nmembers:\n{members}",
+            hetzner = self.sshd.hetzner_defaults(),
         );
         std::fs::write(self.path("work/pond.yaml"), spec).expect("spec");
     }

@@ -131,11 +131,7 @@ impl World {
     }
 
     pub(crate) fn write_spec_with(&self, aws: &str, members: &str) {
-        let hetzner = format!(
-            "  hetzner: {{ ssh_port: {port}, ssh_user: {user}, location: fsn1 }}\n",
-            port = self.sshd.port,
-            user = self.sshd.user,
-        );
+        let hetzner = format!("  hetzner: {}\n", self.sshd.hetzner_defaults());
         let spec = format!(
             "version: 1\npond: {pond}\ndefaults:\n  sync: false\n  aws: {aws}\n{hetzner}members:\n{members}",
             pond = self.pond,

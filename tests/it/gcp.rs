@@ -89,11 +89,7 @@ impl World {
     }
 
     fn write_spec_with(&self, gcp: &str, members: &str) {
-        let hetzner = format!(
-            "  hetzner: {{ ssh_port: {port}, ssh_user: {user}, location: fsn1 }}\n",
-            port = self.sshd.port,
-            user = self.sshd.user,
-        );
+        let hetzner = format!("  hetzner: {}\n", self.sshd.hetzner_defaults());
         let spec = format!(
             "version: 1\npond: {pond}\ndefaults:\n  sync: false\n  gcp: {gcp}\n{hetzner}members:\n{members}",
             pond = self.pond,

@@ -35,6 +35,15 @@ pub struct TestSshd {
 }
 
 impl TestSshd {
+    /// The `hetzner:` defaults a spec gives members whose "servers" are
+    /// this sshd (the fake Hetzner API hands out 127.0.0.1).
+    pub fn hetzner_defaults(&self) -> String {
+        format!(
+            "{{ ssh_port: {}, ssh_user: {}, location: fsn1 }}",
+            self.port, self.user
+        )
+    }
+
     /// Starts a server on a free port.
     ///
     /// # Panics

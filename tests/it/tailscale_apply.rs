@@ -67,10 +67,9 @@ impl World {
 
     fn write_spec(&self, members: &str) {
         let spec = format!(
-            "version: 1\npond: {pond}\ndefaults:\n  sync: false\n  hetzner: {{ ssh_port: {port}, ssh_user: {user}, location: fsn1 }}\nmembers:\n{members}",
+            "version: 1\npond: {pond}\ndefaults:\n  sync: false\n  hetzner: {hetzner}\nmembers:\n{members}",
             pond = self.pond,
-            port = self.sshd.port,
-            user = self.sshd.user,
+            hetzner = self.sshd.hetzner_defaults(),
         );
         std::fs::write(self.path("work/pond.yaml"), spec).expect("spec");
     }
