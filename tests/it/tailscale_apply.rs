@@ -106,6 +106,16 @@ impl World {
         self.command(args, env).output().expect("crabbox runs")
     }
 
+    /// How many times the tailnet's devices were listed.
+    fn tailnet_lists(&self) -> usize {
+        self.tailnet
+            .log
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/devices"))
+            .count()
+    }
+
     fn servers(&self) -> Vec<Value> {
         self.hetzner.handle.servers()
     }
@@ -460,4 +470,52 @@ fn warmup_with_tailscale_and_no_key_is_exit_3_before_any_create() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("CRABBOX_TAILSCALE_AUTH_KEY"), "{err}");
     assert!(world.servers().is_empty(), "nothing created");
+}
+
+/// An apply killed while a member waits to join leaves a lease that asked
+/// and has no address; the next apply resumes the join (in its setup step)
+/// instead of leaving the member off the tailnet.
+#[test]
+fn a_join_interrupted_by_a_kill_is_resumed_by_the_next_apply() {
+    let world = World::new("ts-kill", "{}");
+    world.write_spec(
+        "  - slug: db\n    provider: hetzner\n    tailscale: true\n    ready: { tailnet: true, timeout: 60s }\n",
+    );
+    let env = [
+        ("CRABBOX_TAILSCALE_AUTH_KEY", GIVEN_KEY),
+        ("TS_API_KEY", API_KEY),
+    ];
+    let mut child = world
+        .command(&["apply", "--auto-approve"], &env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("apply starts");
+    // Killed once the server exists and the join is polling the tailnet.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while world.servers().is_empty() || world.tailnet_lists() < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the join never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let db = world.labels_of("db");
+    assert_eq!(db["tailscale_state"], "requested");
+    assert!(!db.contains_key("tailscale_ipv4"));
+
+    world
+        .tailnet
+        .add_device("crabbox-db", "100.64.0.40", &["tag:crabbox", &world.tag()]);
+    let out = must(
+        &world.run(&["apply", "--auto-approve"], &env),
+        "the next apply",
+    );
+    assert_eq!(world.servers().len(), 1, "the lease is kept: {out}");
+    assert_eq!(world.labels_of("db")["tailscale_ipv4"], "100.64.0.40");
+    let plan = world.run(&["plan", "--detailed-exitcode"], &env);
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan.stdout));
+    must(&world.run(&["destroy", "--auto-approve"], &env), "destroy");
 }

@@ -517,7 +517,10 @@ async fn sync(ctx: &Context, slug: &str) -> Result<String, StepError> {
 
 async fn setup(ctx: &Context, slug: &str) -> Result<String, StepError> {
     let m = ctx.member(slug)?;
-    let lease = ctx.lease(slug)?;
+    // A join an interrupted apply left unfinished resumes here (at once
+    // when the address is recorded or the lease never asked).
+    let lease = crate::tailnet::join(ctx, slug, ctx.lease(slug)?).await?;
+    ctx.set_lease(lease.clone());
     let provider = ctx.provider(lease.provider)?;
     let sink: Arc<dyn OutputSink> = Arc::new(Prefixed {
         slug: slug.to_owned(),
