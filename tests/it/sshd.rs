@@ -44,6 +44,15 @@ impl TestSshd {
         )
     }
 
+    /// A spec of pond `pond` whose `members` are Hetzner servers that are
+    /// this sshd, without sync.
+    pub fn hetzner_pond(&self, pond: &str, members: &str) -> String {
+        format!(
+            "version: 1\npond: {pond}\ndefaults:\n  sync: false\n  hetzner: {}\nmembers:\n{members}",
+            self.hetzner_defaults()
+        )
+    }
+
     /// Starts a server on a free port.
     ///
     /// # Panics

@@ -66,11 +66,7 @@ impl World {
     }
 
     fn write_spec(&self, members: &str) {
-        let spec = format!(
-            "version: 1\npond: {pond}\ndefaults:\n  sync: false\n  hetzner: {hetzner}\nmembers:\n{members}",
-            pond = self.pond,
-            hetzner = self.sshd.hetzner_defaults(),
-        );
+        let spec = self.sshd.hetzner_pond(&self.pond, members);
         std::fs::write(self.path("work/pond.yaml"), spec).expect("spec");
     }
 
