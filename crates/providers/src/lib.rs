@@ -52,6 +52,23 @@ pub struct CreateRequest {
     pub labels: Labels,
 }
 
+/// The member's provider block, typed (`T::default()` without one): a
+/// block that does not fit is a configuration error naming the member.
+pub(crate) fn block_of<T: serde::de::DeserializeOwned + Default>(
+    member: &DesiredMember,
+) -> Result<T, ProviderError> {
+    member.block().map_err(|e| ProviderError::Config {
+        message: format!(
+            "member `{}`: invalid {} block: {e}",
+            member.slug, member.provider
+        ),
+        hint: format!(
+            "see `crabbox schema` for the fields of `{}:`",
+            member.provider
+        ),
+    })
+}
+
 /// One provider.
 #[async_trait]
 pub trait Provider: Send + Sync {

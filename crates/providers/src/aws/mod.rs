@@ -54,7 +54,6 @@ use crabbox_core::lease::{Endpoint, Lease, is_lease_id};
 use crabbox_core::provider::{ProviderError, ProviderName};
 use crabbox_exec::session::{Session, SshSession, SshTargets};
 use crabbox_exec::ssh::SshTarget;
-use crabbox_spec::desired::DesiredMember;
 use crabbox_spec::providers::{AwsBlock, AwsTarget};
 use crabbox_state::claims::ClaimStore;
 
@@ -484,14 +483,6 @@ impl AwsProvider {
     }
 }
 
-/// The member's AWS block.
-fn block_of(member: &DesiredMember) -> Result<AwsBlock, ProviderError> {
-    member.block().map_err(|e| ProviderError::Config {
-        message: format!("member `{}`: invalid aws block: {e}", member.slug),
-        hint: "see `crabbox schema` for the fields of `aws:`".to_owned(),
-    })
-}
-
 /// crabbox changes or terminates only instances carrying `crabbox=true`, a
 /// pond (the lease's, when it names one) and this lease's ID.
 fn check_owned(instance: &Instance, lease: &Lease) -> Result<(), ProviderError> {
@@ -576,7 +567,7 @@ impl Provider for AwsProvider {
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         check_lease_id(&request.lease_id)?;
-        let block = block_of(&request.member)?;
+        let block: AwsBlock = crate::block_of(&request.member)?;
         if let Some(target) = block.target.filter(|t| *t != AwsTarget::Linux) {
             return Err(ProviderError::Unsupported(format!(
                 "member `{}`: aws target `{}` is not supported (only linux)",

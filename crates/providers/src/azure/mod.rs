@@ -53,7 +53,6 @@ use crabbox_core::lease::{Endpoint, Lease, is_lease_id};
 use crabbox_core::provider::{ProviderError, ProviderName};
 use crabbox_exec::session::{Session, SshSession, SshTargets};
 use crabbox_exec::ssh::SshTarget;
-use crabbox_spec::desired::DesiredMember;
 use crabbox_spec::model::Class;
 use crabbox_spec::providers::{AzureBlock, AzureOsDisk, AzurePriority, AzureTarget};
 use crabbox_state::claims::ClaimStore;
@@ -838,14 +837,6 @@ async fn ssh_cidrs(configured: &[String]) -> Result<Vec<String>, ProviderError> 
         })
 }
 
-/// The member's Azure block.
-fn block_of(member: &DesiredMember) -> Result<AzureBlock, ProviderError> {
-    member.block().map_err(|e| ProviderError::Config {
-        message: format!("member `{}`: invalid azure block: {e}", member.slug),
-        hint: "see `crabbox schema` for the fields of `azure:`".to_owned(),
-    })
-}
-
 /// crabbox changes or deletes only resources carrying `crabbox=true`, a
 /// pond (the lease's, when it names one) and this lease's ID.
 fn check_owned(
@@ -915,7 +906,7 @@ impl Provider for AzureProvider {
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         check_lease_id(&request.lease_id)?;
-        let block = block_of(&request.member)?;
+        let block: AzureBlock = crate::block_of(&request.member)?;
         if block.target == Some(AzureTarget::Windows) {
             return Err(ProviderError::Unsupported(format!(
                 "member `{}`: azure target `windows` is not supported (only linux)",

@@ -849,10 +849,7 @@ impl Session for BlacksmithSession<'_> {
 /// rules, the ones `validate` applies); the idle timeout defaults to the
 /// member's.
 fn warmup_of(member: &DesiredMember) -> Result<Warmup, ProviderError> {
-    let block: BlacksmithTestboxBlock = member.block().map_err(|e| ProviderError::Config {
-        message: format!("member `{}` has an invalid {NAME} block: {e}", member.slug),
-        hint: "see the `blacksmith-testbox:` keys in pond.schema.json".to_owned(),
-    })?;
+    let block: BlacksmithTestboxBlock = crate::block_of(member)?;
     if let Some(problem) = block.problems().into_iter().next() {
         return Err(ProviderError::Config {
             message: format!("member `{}`: {}", member.slug, problem.message),

@@ -607,10 +607,7 @@ impl CoordinatorProvider {
     ) -> Result<CreateBody, ProviderError> {
         let m = &request.member;
         let block: HetznerBlock = if self.name == ProviderName::Hetzner {
-            m.block().map_err(|e| ProviderError::Config {
-                message: format!("member `{}`: invalid hetzner block: {e}", m.slug),
-                hint: "see `crabbox schema` for the fields of `hetzner:`".to_owned(),
-            })?
+            crate::block_of(m)?
         } else {
             HetznerBlock::default()
         };

@@ -147,10 +147,7 @@ pub(super) fn member_settings(
     member: &DesiredMember,
     env: &EnvDefaults,
 ) -> Result<MemberSettings, ProviderError> {
-    let block: DaytonaBlock = member.block().map_err(|e| ProviderError::Config {
-        message: format!("member `{}`: invalid daytona block: {e}", member.slug),
-        hint: "see `crabbox schema` for the fields of `daytona:`".to_owned(),
-    })?;
+    let block: DaytonaBlock = crate::block_of(member)?;
     let pick = |own: Option<String>, env: &Option<String>| {
         own.map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty())

@@ -808,10 +808,7 @@ fn member_settings(
     m: &DesiredMember,
     env: &EnvSettings,
 ) -> Result<(String, String, String), ProviderError> {
-    let block: E2bBlock = m.block().map_err(|e| ProviderError::Config {
-        message: format!("member `{}`: invalid e2b block: {e}", m.slug),
-        hint: "see `crabbox schema` for the fields of `e2b:`".to_owned(),
-    })?;
+    let block: E2bBlock = crate::block_of(m)?;
     if let Some(url) = block.api_url.as_deref().filter(|u| !u.trim().is_empty())
         && url.trim().trim_end_matches('/') != env.api_url()
     {

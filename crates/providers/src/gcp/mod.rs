@@ -54,7 +54,6 @@ use crabbox_core::lease::{Endpoint, Lease, is_lease_id};
 use crabbox_core::provider::{ProviderError, ProviderName};
 use crabbox_exec::session::{Session, SshSession, SshTargets};
 use crabbox_exec::ssh::SshTarget;
-use crabbox_spec::desired::DesiredMember;
 use crabbox_spec::model::Class;
 use crabbox_spec::providers::GcpBlock;
 use crabbox_state::claims::ClaimStore;
@@ -727,14 +726,6 @@ fn zone_of(lease: &Lease) -> Result<&str, ProviderError> {
         })
 }
 
-/// The member's GCP block.
-fn block_of(member: &DesiredMember) -> Result<GcpBlock, ProviderError> {
-    member.block().map_err(|e| ProviderError::Config {
-        message: format!("member `{}`: invalid gcp block: {e}", member.slug),
-        hint: "see `crabbox schema` for the fields of `gcp:`".to_owned(),
-    })
-}
-
 /// crabbox changes or deletes only VMs carrying `crabbox=true`, a pond (the
 /// lease's, when it names one) and this lease's ID.
 fn check_owned(instance: &Instance, lease: &Lease) -> Result<(), ProviderError> {
@@ -805,7 +796,7 @@ impl Provider for GcpProvider {
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         check_lease_id(&request.lease_id)?;
-        let block = block_of(&request.member)?;
+        let block: GcpBlock = crate::block_of(&request.member)?;
         let (request, tailnet) = self.leases.enrolled(request).await?;
         self.create_lease(&request, &block, tailnet.as_ref()).await
     }
@@ -917,6 +908,7 @@ impl SshTargets for GcpProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crabbox_spec::desired::DesiredMember;
 
     #[test]
     fn the_insert_body_carries_labels_key_bootstrap_and_model() {

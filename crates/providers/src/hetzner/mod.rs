@@ -877,14 +877,6 @@ impl HetznerProvider {
     }
 }
 
-/// The member's Hetzner block.
-fn block_of(member: &DesiredMember) -> Result<HetznerBlock, ProviderError> {
-    member.block().map_err(|e| ProviderError::Config {
-        message: format!("member `{}`: invalid hetzner block: {e}", member.slug),
-        hint: "see `crabbox schema` for the fields of `hetzner:`".to_owned(),
-    })
-}
-
 /// The types to try and whether the member pinned one.
 fn server_types(member: &DesiredMember, default: &ClassChoice) -> (Vec<String>, bool) {
     if let Some(t) = member.server_type.as_deref().filter(|t| !t.is_empty()) {
@@ -1067,7 +1059,7 @@ impl Provider for HetznerProvider {
             });
         }
         check_lease_id(&request.lease_id)?;
-        let block = block_of(&request.member)?;
+        let block: HetznerBlock = crate::block_of(&request.member)?;
         let (request, tailnet) = self.leases.enrolled(request).await?;
         let request = request.as_ref();
         let settings = SshSettings::from_block(

@@ -249,10 +249,7 @@ struct Settings {
 /// Reads the member's block; both the camelCase keys and their snake_case
 /// aliases are accepted (the block's serde aliases). Empty strings mean unset.
 fn settings_of(member: &DesiredMember) -> Result<Settings, ProviderError> {
-    let typed: IsloBlock = member.block().map_err(|e| ProviderError::Config {
-        message: format!("member `{}` has an invalid islo block: {e}", member.slug),
-        hint: "see `crabbox schema` for the fields of `islo:`".to_owned(),
-    })?;
+    let typed: IsloBlock = crate::block_of(member)?;
     // The block's own rules first, the ones `validate` reported.
     if let Some(problem) = typed.problems().into_iter().next() {
         return Err(ProviderError::Config {

@@ -547,10 +547,7 @@ impl Provider for ModalProvider {
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
         let m = &request.member;
-        let block: ModalBlock = m.block().map_err(|e| ProviderError::Config {
-            message: format!("member `{}` has an invalid modal block: {e}", m.slug),
-            hint: "see the `modal:` keys in pond.schema.json".to_owned(),
-        })?;
+        let block: ModalBlock = crate::block_of(m)?;
         if let Some(p) = block.problems().into_iter().next() {
             return Err(ProviderError::Config {
                 message: format!("member `{}`: {}", m.slug, p.message),

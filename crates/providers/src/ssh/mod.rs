@@ -128,10 +128,7 @@ fn lease_from_claim(claim: &Claim) -> Lease {
 
 /// A member's `ssh:` block and its host.
 fn block_and_host(member: &DesiredMember) -> Result<(SshBlock, String), ProviderError> {
-    let block: SshBlock = member.block().map_err(|e| ProviderError::Config {
-        message: format!("member `{}` has an invalid ssh block: {e}", member.slug),
-        hint: "see `crabbox schema` for the fields of `ssh:`".to_owned(),
-    })?;
+    let block: SshBlock = crate::block_of(member)?;
     let host = block
         .host
         .clone()

@@ -113,13 +113,7 @@ impl Settings {
         member: &DesiredMember,
         defaults: &TensorlakeDefaults,
     ) -> Result<Self, ProviderError> {
-        let block: TensorlakeBlock = member.block().map_err(|e| ProviderError::Config {
-            message: format!(
-                "member `{}` has an invalid tensorlake block: {e}",
-                member.slug
-            ),
-            hint: "see the `tensorlake:` keys in pond.schema.json".to_owned(),
-        })?;
+        let block: TensorlakeBlock = crate::block_of(member)?;
         let set = |v: &Option<String>| {
             v.as_deref()
                 .map(str::trim)
