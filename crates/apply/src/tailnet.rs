@@ -247,19 +247,21 @@ async fn record(ctx: &Context, lease: Lease, report: &NodeReport) -> Result<Leas
     let provider = ctx.provider(lease.provider)?;
     with_retries(|| provider.relabel(&lease, &new)).await?;
     // The claim keeps the address as the node gave it; the lease holds the
-    // labels as the provider stored them, the address from the claim on
-    // top — as the next discovery will see it.
+    // labels as the provider stored them with that address on top — what
+    // the next discovery sees (see `address_from_claim`).
     let mut lease = Lease {
         labels: new,
         ..lease
     };
     update_claim(ctx, &lease).await?;
+    let address: Vec<(String, String)> = [label::IPV4, label::FQDN]
+        .into_iter()
+        .filter_map(|k| lease.labels.get(k).map(|v| (k.to_owned(), v.clone())))
+        .collect();
     for value in lease.labels.values_mut() {
         *value = provider.stored_label(value);
     }
-    if let Ok(Some(claim)) = ctx.claims.load(&lease.id).await {
-        address_from_claim(&mut lease, &claim);
-    }
+    lease.labels.extend(address);
     Ok(lease)
 }
 
