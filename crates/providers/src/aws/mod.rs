@@ -58,6 +58,7 @@ use crabbox_spec::providers::{AwsBlock, AwsTarget};
 use crabbox_state::claims::ClaimStore;
 
 use crate::registry::Descriptor;
+use crate::ssh_lease::Lazy;
 use crate::ssh_lease::boot::Seen;
 use crate::ssh_lease::endpoint::EndpointRecord;
 use crate::ssh_lease::sightings::Sightings;
@@ -89,9 +90,6 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     help: credentials::HELP,
     transport_refusal: None,
 };
-
-/// A value made once, by the first caller that needs it (others wait).
-type Lazy<T> = Arc<tokio::sync::OnceCell<T>>;
 
 /// The `aws` provider.
 #[derive(Debug)]

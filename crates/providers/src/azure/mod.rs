@@ -59,6 +59,7 @@ use crabbox_state::claims::ClaimStore;
 use settings::Settings;
 
 use crate::registry::Descriptor;
+use crate::ssh_lease::Lazy;
 use crate::ssh_lease::boot::Seen;
 use crate::ssh_lease::endpoint::EndpointRecord;
 use crate::ssh_lease::sightings::Sightings;
@@ -91,9 +92,6 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     help: credentials::HELP,
     transport_refusal: None,
 };
-
-/// A value made once, by the first caller that needs it (others wait).
-type Lazy<T> = Arc<tokio::sync::OnceCell<T>>;
 
 /// A VM as crabbox reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]

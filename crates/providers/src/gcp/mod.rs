@@ -60,6 +60,7 @@ use crabbox_state::claims::ClaimStore;
 use credentials::{Signal, TokenSource};
 
 use crate::registry::Descriptor;
+use crate::ssh_lease::Lazy;
 use crate::ssh_lease::boot::Seen;
 use crate::ssh_lease::sightings::Sightings;
 use crate::ssh_lease::{
@@ -95,9 +96,6 @@ pub const DESCRIPTOR: Descriptor = Descriptor {
     help: credentials::HELP,
     transport_refusal: None,
 };
-
-/// A value made once, by the first caller that needs it (others wait).
-type Lazy<T> = Arc<tokio::sync::OnceCell<T>>;
 
 /// The `gcp` provider.
 #[derive(Debug)]

@@ -65,6 +65,10 @@ const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// How long SSH may take to answer once the server runs.
 const DEFAULT_SSH_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
+/// A value made once, by the first caller that needs it (others wait):
+/// a cloud's credentials, its regions' clients.
+pub(crate) type Lazy<T> = std::sync::Arc<tokio::sync::OnceCell<T>>;
+
 /// The SSH settings of one member, from its provider block.
 #[derive(Debug, Clone)]
 pub(crate) struct SshSettings {
