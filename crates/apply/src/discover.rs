@@ -15,7 +15,7 @@ use crabbox_fs::atomic_file;
 use crabbox_plan::inventory::Inventory;
 use crabbox_providers::claimed_ports;
 use crabbox_providers::registry::Registry;
-use crabbox_state::claims::{Claim, ClaimStore};
+use crabbox_state::claims::{ClaimHead, ClaimStore};
 
 /// Lists every relevant provider for `pond` and merges the claims of
 /// `claims` (the command's store).
@@ -62,7 +62,9 @@ pub async fn discover(
     for &name in &providers {
         spawn(name, &mut inv);
     }
-    let (claims, problems, claims_read) = match claims.load_all().await {
+    // Each claim without its copy of the lease's labels: the listing has
+    // them, and copying 10,000 claims' labels was most of reading them.
+    let (heads, problems, claims_read) = match claims.load_all_heads().await {
         Ok((claims, problems)) => (claims, problems, true),
         Err(e) => {
             inv.state_unreadable = Some(e.to_string());
@@ -76,7 +78,7 @@ pub async fn discover(
             p.message
         ));
     }
-    let pond_claims: Vec<Claim> = claims.into_iter().filter(|c| c.pond == pond).collect();
+    let pond_claims: Vec<ClaimHead> = heads.into_iter().filter(|c| c.pond == pond).collect();
     if claims_read {
         send_ports.send(
             pond_claims
@@ -117,7 +119,7 @@ pub async fn discover(
     let mut by_id: HashMap<String, Lease> = HashMap::new();
     // Each listed lease finds its claim by ID: a scan of the claims per
     // lease was the most of discovering 10,000 members.
-    let claim_of: HashMap<&str, &Claim> = pond_claims
+    let claim_of: HashMap<&str, &ClaimHead> = pond_claims
         .iter()
         .map(|c| (c.lease_id.as_str(), c))
         .collect();
@@ -157,6 +159,7 @@ pub async fn discover(
         }
     }
     inv.unreachable.sort_by_key(|(name, _)| *name);
+    let mut dangling = Vec::new();
     for (claim, ran) in pond_claims.into_iter().zip(ran) {
         if let Some(lease) = by_id.get_mut(&claim.lease_id) {
             lease.claimed = true;
@@ -185,7 +188,17 @@ pub async fn discover(
             crate::tailnet::address_from_claim(lease, &claim);
         } else if ProviderName::from_name(&claim.provider).is_some_and(|p| inv.listed.contains(&p))
         {
-            inv.dangling_claims.push(claim);
+            dangling.push(claim.lease_id);
+        }
+    }
+    // A claim whose lease is gone is read whole: `crabbox status` and the
+    // lookups show it as the lease it was.
+    for id in dangling {
+        match claims.load(&id).await {
+            Ok(Some(claim)) => inv.dangling_claims.push(claim),
+            // Forgotten since it was read: nothing dangles.
+            Ok(None) => {}
+            Err(e) => inv.warnings.push(format!("skipping claim {id}: {e}")),
         }
     }
     let mut leases: Vec<Lease> = by_id.into_values().collect();
@@ -202,7 +215,7 @@ pub async fn discover(
 /// from that claim, so that the planner recognises it as a Crabbox-made
 /// member to adopt (`Lease::is_crabbox_member`). Leases with labels keep
 /// theirs.
-fn adopt_claim_labels(lease: &mut Lease, claim: &Claim, pond: &str) {
+fn adopt_claim_labels(lease: &mut Lease, claim: &ClaimHead, pond: &str) {
     if features_of(lease.provider).labels
         || lease.label(labels::CRABBOX).is_some()
         || claim.pond != pond
@@ -333,14 +346,14 @@ mod tests {
 
     /// A claim as Crabbox writes it for an Islo lease: no `labels`
     /// (internal/providers/islo/backend.go:651), the pond in `pond`.
-    fn crabbox_claim(pond: &str) -> Claim {
-        Claim {
+    fn crabbox_claim(pond: &str) -> ClaimHead {
+        ClaimHead {
             lease_id: "isb_crabbox-repo-0a1b2c".to_owned(),
             slug: "api".to_owned(),
             provider: "islo".to_owned(),
             cloud_id: "crabbox-repo-0a1b2c".to_owned(),
             pond: pond.to_owned(),
-            ..Claim::default()
+            ..ClaimHead::default()
         }
     }
 

@@ -26,7 +26,7 @@ use crabbox_exec::session::ExecRequest;
 use crabbox_providers::tailnet::api::{self, Device, Ensured, TailnetApi, TailnetError};
 use crabbox_providers::tailnet::enroll::{STATE_DIR, label, state as ts_state};
 use crabbox_providers::tailnet::{Settings, policy};
-use crabbox_state::claims::Claim;
+use crabbox_state::claims::ClaimHead;
 
 use crate::steps::{Context, StepError, fail, update_claim};
 
@@ -372,7 +372,7 @@ pub(crate) fn claim_fields(lease: &Lease) -> BTreeMap<&'static str, String> {
 /// claim holds it as the node reported it, while a cloud's labels may have
 /// mangled it (GCP allows no `.` in a label value). Crabbox reads the
 /// claim's fields first too (`bridgePeerFromClaim`).
-pub(crate) fn address_from_claim(lease: &mut Lease, claim: &Claim) {
+pub(crate) fn address_from_claim(lease: &mut Lease, claim: &ClaimHead) {
     for (field, key) in [
         ("tailscaleIPv4", label::IPV4),
         ("tailscaleFQDN", label::FQDN),
@@ -406,13 +406,13 @@ mod tests {
         lease
             .labels
             .insert(label::IPV4.to_owned(), "100_64_0_7".to_owned());
-        address_from_claim(&mut lease, &Claim::default());
+        address_from_claim(&mut lease, &ClaimHead::default());
         assert_eq!(
             lease.label(label::IPV4),
             Some("100_64_0_7"),
             "no claim field, no change"
         );
-        let mut claim = Claim::default();
+        let mut claim = ClaimHead::default();
         claim
             .extra
             .insert("tailscaleIPv4".to_owned(), "100.64.0.7".into());

@@ -88,10 +88,15 @@ pub struct Claim {
 }
 
 /// A claim as it is stored: Crabbox's fields at the top level, ours
-/// folded into `labels` (see [`Claim`]).
+/// folded into `labels` (see [`Claim`]). Read with all its labels
+/// ([`Labels`], for a [`Claim`]) or with ours alone ([`FoldedLabels`], for
+/// a [`ClaimHead`]).
 #[derive(Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct ClaimWire {
+#[serde(
+    rename_all = "camelCase",
+    bound(serialize = "L: Serialize + ClaimLabels")
+)]
+struct ClaimWire<L = Labels> {
     /// The lease ID; must equal the file name.
     #[serde(rename = "leaseID")]
     lease_id: String,
@@ -124,8 +129,8 @@ struct ClaimWire {
     idle_timeout_seconds: u64,
     /// Copy of the provider labels (for label-less providers: the labels);
     /// left out when empty, as Crabbox does.
-    #[serde(default, skip_serializing_if = "Labels::is_empty")]
-    labels: Labels,
+    #[serde(default, skip_serializing_if = "ClaimLabels::is_empty")]
+    labels: L,
     /// SSH host.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     ssh_host: String,
@@ -222,42 +227,12 @@ impl Serialize for Claim {
 
 impl<'de> Deserialize<'de> for Claim {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let wire = ClaimWire::deserialize(deserializer)?;
-        let mut extra = wire.extra;
-        // Earlier versions wrote `state` at the top level.
-        let mut state = match extra.remove(STATE_FIELD) {
-            Some(serde_json::Value::String(state)) => state,
-            Some(other) => {
-                extra.insert(STATE_FIELD.to_owned(), other);
-                String::new()
-            }
-            None => String::new(),
-        };
-        // Our few fields are taken out of the labels, which stay as they
-        // were read: rebuilding the map of every claim's twenty-odd labels
-        // was a quarter of reading the claims of a 10,000-member pond.
-        let mut labels = wire.labels;
-        let ours: Vec<String> = labels
-            .keys()
-            .filter(|k| k.starts_with(FOLDED) || k.starts_with(FOLDED_JSON))
-            .cloned()
-            .collect();
-        for key in ours {
-            let Some(value) = labels.remove(&key) else {
-                continue;
-            };
-            if let Some(field) = key.strip_prefix(FOLDED) {
-                if field == STATE_FIELD {
-                    state = value;
-                } else {
-                    extra.insert(field.to_owned(), serde_json::Value::String(value));
-                }
-            } else if let Some(field) = key.strip_prefix(FOLDED_JSON) {
-                let parsed =
-                    serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
-                extra.insert(field.to_owned(), parsed);
-            }
-        }
+        let wire = ClaimWire::<Labels>::deserialize(deserializer)?;
+        let Unfolded {
+            labels,
+            state,
+            extra,
+        } = unfold(wire.labels, wire.extra);
         Ok(Self {
             lease_id: wire.lease_id,
             revision: wire.revision,
@@ -276,6 +251,192 @@ impl<'de> Deserialize<'de> for Claim {
             state,
             extra,
         })
+    }
+}
+
+/// What a stored claim's labels and extra fields hold once our folded
+/// fields are taken back out of the labels.
+struct Unfolded {
+    /// The lease's own labels.
+    labels: Labels,
+    /// Our `state` field.
+    state: String,
+    /// Crabbox's fields we have no field for, and ours.
+    extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// Takes our fields (`crabbox_claim.*`, `crabbox_claim_json.*`) out of a
+/// stored claim's labels. The labels stay as they were read: rebuilding
+/// the map of every claim's twenty-odd labels was a quarter of reading the
+/// claims of a 10,000-member pond.
+fn unfold(mut labels: Labels, mut extra: BTreeMap<String, serde_json::Value>) -> Unfolded {
+    // Earlier versions wrote `state` at the top level.
+    let mut state = match extra.remove(STATE_FIELD) {
+        Some(serde_json::Value::String(state)) => state,
+        Some(other) => {
+            extra.insert(STATE_FIELD.to_owned(), other);
+            String::new()
+        }
+        None => String::new(),
+    };
+    let ours: Vec<String> = labels.keys().filter(|k| is_folded(k)).cloned().collect();
+    for key in ours {
+        let Some(value) = labels.remove(&key) else {
+            continue;
+        };
+        if let Some(field) = key.strip_prefix(FOLDED) {
+            if field == STATE_FIELD {
+                state = value;
+            } else {
+                extra.insert(field.to_owned(), serde_json::Value::String(value));
+            }
+        } else if let Some(field) = key.strip_prefix(FOLDED_JSON) {
+            let parsed = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+            extra.insert(field.to_owned(), parsed);
+        }
+    }
+    Unfolded {
+        labels,
+        state,
+        extra,
+    }
+}
+
+/// Whether a claim label holds one of our folded fields.
+fn is_folded(key: &str) -> bool {
+    key.starts_with(FOLDED) || key.starts_with(FOLDED_JSON)
+}
+
+/// A claim as discovery reads it: everything [`Claim`] holds except the
+/// copy of the lease's labels, which discovery takes from the provider's
+/// listing. Those labels are skipped as they are read — each key compared
+/// in place, no value copied — which was most of reading the claims of a
+/// 10,000-member pond (BENCHMARKS.md, issue 15). It cannot be written back:
+/// a claim to change is loaded whole ([`ClaimStore::load`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClaimHead {
+    /// The lease ID; equals the file name.
+    pub lease_id: String,
+    /// Slug.
+    pub slug: String,
+    /// Provider name.
+    pub provider: String,
+    /// Provider resource ID.
+    pub cloud_id: String,
+    /// Pond name.
+    pub pond: String,
+    /// SSH port (0: none recorded).
+    pub ssh_port: u16,
+    /// URL-bridge endpoint.
+    pub bridge_url: String,
+    /// Ours: `pending` or `active`.
+    pub state: String,
+    /// Every other field, ours unfolded (as [`Claim::extra`]).
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl<'de> Deserialize<'de> for ClaimHead {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = ClaimWire::<FoldedLabels>::deserialize(deserializer)?;
+        let Unfolded { state, extra, .. } = unfold(wire.labels.0, wire.extra);
+        Ok(Self {
+            lease_id: wire.lease_id,
+            slug: wire.slug,
+            provider: wire.provider,
+            cloud_id: wire.cloud_id,
+            pond: wire.pond,
+            ssh_port: wire.ssh_port,
+            bridge_url: wire.bridge_url,
+            state,
+            extra,
+        })
+    }
+}
+
+impl From<Claim> for ClaimHead {
+    fn from(c: Claim) -> Self {
+        Self {
+            lease_id: c.lease_id,
+            slug: c.slug,
+            provider: c.provider,
+            cloud_id: c.cloud_id,
+            pond: c.pond,
+            ssh_port: c.ssh_port,
+            bridge_url: c.bridge_url,
+            state: c.state,
+            extra: c.extra,
+        }
+    }
+}
+
+/// The labels of a stored claim, as one of its readers keeps them.
+trait ClaimLabels {
+    fn is_empty(&self) -> bool;
+}
+
+impl ClaimLabels for Labels {
+    fn is_empty(&self) -> bool {
+        Self::is_empty(self)
+    }
+}
+
+/// Of a stored claim's labels, only our folded fields; the lease's own
+/// labels are passed over unread (see [`ClaimHead`]).
+#[derive(Default)]
+struct FoldedLabels(Labels);
+
+impl ClaimLabels for FoldedLabels {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'de> Deserialize<'de> for FoldedLabels {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Ours;
+        impl<'de> serde::de::Visitor<'de> for Ours {
+            type Value = FoldedLabels;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of labels")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<FoldedLabels, A::Error> {
+                let mut ours = Labels::new();
+                while let Some(OurKey(key)) = map.next_key()? {
+                    match key {
+                        Some(key) => {
+                            ours.insert(key, map.next_value()?);
+                        }
+                        None => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(FoldedLabels(ours))
+            }
+        }
+        deserializer.deserialize_map(Ours)
+    }
+}
+
+/// A label key, copied only when it holds one of our folded fields.
+struct OurKey(Option<String>);
+
+impl<'de> Deserialize<'de> for OurKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl serde::de::Visitor<'_> for Key {
+            type Value = OurKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a label key")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<OurKey, E> {
+                Ok(OurKey(is_folded(key).then(|| key.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(Key)
     }
 }
 
@@ -432,6 +593,26 @@ impl ClaimStore {
                 blocking(move || load_all_files(&dir)).await
             }
             Backend::Postgres(db) => load_all_rows(db).await,
+        }
+    }
+
+    /// [`Self::load_all`] as discovery reads it: each claim without the copy
+    /// of its lease's labels ([`ClaimHead`]). Rows of the state database are
+    /// read whole (each one's body is remembered for the next
+    /// compare-and-swap), then cut down.
+    ///
+    /// # Errors
+    /// The backend could not be read.
+    pub async fn load_all_heads(&self) -> std::io::Result<(Vec<ClaimHead>, Vec<ClaimProblem>)> {
+        match &self.backend {
+            Backend::Local(state_dir) => {
+                let dir = state_dir.join("claims");
+                blocking(move || load_all_files(&dir)).await
+            }
+            Backend::Postgres(db) => {
+                let (claims, problems) = load_all_rows(db).await?;
+                Ok((claims.into_iter().map(ClaimHead::from).collect(), problems))
+            }
         }
     }
 
@@ -596,7 +777,24 @@ fn file_path(dir: &Path, lease_id: &str) -> PathBuf {
     dir.join(format!("{lease_id}.json"))
 }
 
-fn load_all_files(dir: &Path) -> std::io::Result<(Vec<Claim>, Vec<ClaimProblem>)> {
+/// What a claim file is read as: a whole [`Claim`] or a [`ClaimHead`].
+trait ClaimFile: serde::de::DeserializeOwned {
+    fn lease_id(&self) -> &str;
+}
+
+impl ClaimFile for Claim {
+    fn lease_id(&self) -> &str {
+        &self.lease_id
+    }
+}
+
+impl ClaimFile for ClaimHead {
+    fn lease_id(&self) -> &str {
+        &self.lease_id
+    }
+}
+
+fn load_all_files<T: ClaimFile>(dir: &Path) -> std::io::Result<(Vec<T>, Vec<ClaimProblem>)> {
     let mut claims = Vec::new();
     let mut problems = Vec::new();
     let cannot = |e: std::io::Error| {
@@ -626,11 +824,11 @@ fn load_all_files(dir: &Path) -> std::io::Result<(Vec<Claim>, Vec<ClaimProblem>)
         match files
             .read_into(Path::new(&name), &mut text)
             .map_err(|e| e.to_string())
-            .and_then(|()| serde_json::from_slice::<Claim>(&text).map_err(|e| e.to_string()))
+            .and_then(|()| serde_json::from_slice::<T>(&text).map_err(|e| e.to_string()))
         {
-            Ok(claim) if claim.lease_id != stem => problems.push(ClaimProblem {
+            Ok(claim) if claim.lease_id() != stem => problems.push(ClaimProblem {
                 path: dir.join(&name),
-                message: format!("lease_id_mismatch: the file says {}", claim.lease_id),
+                message: format!("lease_id_mismatch: the file says {}", claim.lease_id()),
             }),
             Ok(claim) => claims.push(claim),
             Err(message) => problems.push(ClaimProblem {
@@ -886,6 +1084,13 @@ mod tests {
             .into(),
         };
         assert_eq!(claim, expected);
+        // Discovery's reading: the same claim without the lease's labels
+        // (escaped keys included: `crabbox_claim.` spelled with an escape).
+        let head: ClaimHead = serde_json::from_str(
+            &text.replace("\"crabbox_claim.note\"", "\"crabbox\\u005fclaim.note\""),
+        )
+        .expect("a claim head");
+        assert_eq!(head, ClaimHead::from(expected));
         let minimal: Claim =
             serde_json::from_str(r#"{"leaseID": "cbx_00154d30ccc1", "sshPort": 2222}"#)
                 .expect("only the ID");
@@ -909,7 +1114,14 @@ mod tests {
         ] {
             let e = serde_json::from_str::<Claim>(bad).expect_err(bad);
             assert!(e.to_string().contains(why), "{bad}: {e}");
+            let e = serde_json::from_str::<ClaimHead>(bad).expect_err(bad);
+            assert!(e.to_string().contains(why), "head, {bad}: {e}");
         }
+        let e = serde_json::from_str::<ClaimHead>(
+            r#"{"leaseID": "cbx_00154d30ccc1", "labels": {"crabbox_claim.state": 1}}"#,
+        )
+        .expect_err("a folded field is a string");
+        assert!(e.to_string().contains("invalid type"), "{e}");
     }
 
     #[tokio::test]
@@ -946,6 +1158,9 @@ mod tests {
         assert_eq!(claims.len(), 1);
         assert_eq!(claims[0].extra["tailscaleTags"], serde_json::json!(["a"]));
         assert_eq!(problems.len(), 2);
+        let (heads, head_problems) = store.load_all_heads().await.expect("readable");
+        assert_eq!(heads, vec![ClaimHead::from(claims[0].clone())]);
+        assert_eq!(head_problems, problems);
         assert!(
             problems
                 .iter()
