@@ -173,13 +173,13 @@ pub fn touch_in_place(next: &mut Labels, now: u64, ttl: Option<Duration>, idle: 
         .filter(|d| !d.is_zero())
         .unwrap_or(DEFAULT_TTL);
     for (k, v) in [
-        (LAST_TOUCHED_AT, now.to_string()),
-        (IDLE_TIMEOUT, idle.as_secs().to_string()),
-        (IDLE_TIMEOUT_SECS, idle.as_secs().to_string()),
-        (TTL_SECS, ttl.as_secs().to_string()),
-        (EXPIRES_AT, rule(created, now, ttl, idle).to_string()),
+        (LAST_TOUCHED_AT, now),
+        (IDLE_TIMEOUT, idle.as_secs()),
+        (IDLE_TIMEOUT_SECS, idle.as_secs()),
+        (TTL_SECS, ttl.as_secs()),
+        (EXPIRES_AT, rule(created, now, ttl, idle)),
     ] {
-        next.insert(k.to_owned(), v);
+        crate::labels::set(next, k, v);
     }
 }
 

@@ -89,6 +89,24 @@ pub mod state {
     pub const FAILED: &str = "failed";
 }
 
+/// Sets `key` to `value` written in place: no new key when the label
+/// exists, no new value when the old one's room suffices. A plan rewrites
+/// the same few labels of every lease it projects (10,000 in a large pond),
+/// and a fresh key and value for each was most of what that cost.
+pub fn set(labels: &mut Labels, key: &str, value: impl std::fmt::Display) {
+    use std::fmt::Write as _;
+    match labels.get_mut(key) {
+        Some(old) => {
+            old.clear();
+            // Writing into a String cannot fail.
+            let _ = write!(old, "{value}");
+        }
+        None => {
+            labels.insert(key.to_owned(), value.to_string());
+        }
+    }
+}
+
 /// Sanitizes a label value as Crabbox does: trim; characters outside
 /// `[A-Za-z0-9_.-]` become `_`; cut at 63 bytes; trim `_.-` at both ends;
 /// empty becomes `unknown`.
@@ -170,6 +188,19 @@ pub fn secs(labels: &Labels, key: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_writes_a_new_label_and_rewrites_an_old_one_whatever_its_length() {
+        let mut l = Labels::new();
+        set(&mut l, EXPIRES_AT, 1_796_553_280_u64);
+        set(&mut l, KEEP, true);
+        assert_eq!(l[EXPIRES_AT], "1796553280");
+        set(&mut l, EXPIRES_AT, 7);
+        set(&mut l, KEEP, "a-longer-value-than-before");
+        assert_eq!(l[EXPIRES_AT], "7");
+        assert_eq!(l[KEEP], "a-longer-value-than-before");
+        assert_eq!(l.len(), 2);
+    }
 
     #[test]
     fn sanitizer_matches_crabbox() {

@@ -8,7 +8,7 @@ use crabbox_core::labels::{
     CLASS, CRABBOX, CREATED_AT, CREATED_BY, EXPIRES_AT, EXPOSED_PORTS, IDLE_TIMEOUT,
     IDLE_TIMEOUT_SECS, KEEP, LAST_TOUCHED_AT, LEASE, Labels, POND, POND_BLOCK, POND_SETUP,
     POND_SPEC, PROFILE, PROVIDER, PROVIDER_KEY, SERVER_TYPE, SETUP_PENDING, SLUG, STATE, TAILSCALE,
-    TARGET, TTL_SECS, encode_ports, sanitize, short_hash, state,
+    TARGET, TTL_SECS, encode_ports, sanitize, set as set_label, short_hash, state,
 };
 
 use std::collections::BTreeMap;
@@ -198,10 +198,10 @@ pub fn for_update_hashed(
     if m.expose.is_empty() {
         l.remove(EXPOSED_PORTS);
     } else {
-        l.insert(EXPOSED_PORTS.to_owned(), encode_ports(&m.expose));
+        set_label(&mut l, EXPOSED_PORTS, encode_ports(&m.expose));
     }
-    l.insert(KEEP.to_owned(), m.keep.to_string());
-    l.insert(POND_SPEC.to_owned(), spec_hash);
+    set_label(&mut l, KEEP, m.keep);
+    set_label(&mut l, POND_SPEC, spec_hash);
     for (k, v) in [
         (CREATED_BY, "crabbox"),
         (CLASS, m.class.map(|c| c.as_str()).unwrap_or_default()),
@@ -210,7 +210,9 @@ pub fn for_update_hashed(
         (TARGET, TARGET_LINUX),
         (SERVER_TYPE, m.server_type.as_deref().unwrap_or_default()),
     ] {
-        l.entry(k.to_owned()).or_insert_with(|| sanitize(v));
+        if !l.contains_key(k) {
+            l.insert(k.to_owned(), sanitize(v));
+        }
     }
     let ttl = (!m.ttl.is_zero()).then_some(m.ttl);
     let idle = (!m.idle_timeout.is_zero()).then_some(m.idle_timeout);
