@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
 
@@ -87,7 +88,7 @@ pub(super) fn cleanup(args: &CleanupArgs) -> ExitCode {
         status = exit::provider_error(&format!("provider `{name}`: "), e);
     }
     let now = labels::now_secs();
-    let mut by_pond: BTreeMap<String, (crabbox_plan::inventory::Inventory, Vec<Lease>)> =
+    let mut by_pond: BTreeMap<String, (crabbox_plan::inventory::Inventory, Vec<Arc<Lease>>)> =
         BTreeMap::new();
     for inv in rt.block_on(inventories(&ponds, args.provider, &registry, &store)) {
         for why in inv.unobserved() {
@@ -96,7 +97,7 @@ pub(super) fn cleanup(args: &CleanupArgs) -> ExitCode {
                 inv.pond
             );
         }
-        let due: Vec<Lease> = inv
+        let due: Vec<Arc<Lease>> = inv
             .leases
             .iter()
             .filter(|l| args.provider.is_none_or(|p| p == l.provider))

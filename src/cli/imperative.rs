@@ -302,7 +302,7 @@ pub(super) fn release(args: &ReleaseArgs) -> ExitCode {
             slug: lease.slug().to_owned(),
             provider: lease.provider,
             action: Action::Delete,
-            lease: Some(lease),
+            lease: Some(std::sync::Arc::new(lease)),
             desired: None,
             attributes: Vec::new(),
             reasons: vec!["release requested".to_owned()],

@@ -106,7 +106,7 @@ pub(super) fn list(args: &ListArgs) -> ExitCode {
     let status = code.unwrap_or(ExitCode::SUCCESS);
     if args.json {
         super::report::printed_document();
-        let servers: Vec<Server> = leases.iter().map(Server::of).collect();
+        let servers: Vec<Server> = leases.iter().map(|l| Server::of(l)).collect();
         println!("{}", serde_json::to_string(&servers).expect("JSON"));
         return status;
     }

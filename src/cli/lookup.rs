@@ -216,7 +216,7 @@ pub(super) fn search(member: &MemberRef, id: &str) -> Result<Hit, ExitCode> {
     let of_provider = |l: &Lease| member.provider.is_none_or(|p| p == l.provider);
     let all = || {
         invs.iter()
-            .flat_map(|inv| inv.leases.iter().map(move |l| (inv, l)))
+            .flat_map(|inv| inv.leases.iter().map(move |l| (inv, &**l)))
             .filter(|(_, l)| of_provider(l))
     };
     let mut matches: Vec<(&Inventory, &Lease)> = all().filter(|(_, l)| l.id == id).collect();

@@ -173,6 +173,7 @@ pub(super) fn peers(args: &PeersArgs) -> ExitCode {
     let mut published = Vec::new();
     if let Some(port) = args.share_port {
         for lease in &mut inv.leases {
+            let lease = std::sync::Arc::make_mut(lease);
             let Ok(provider) = registry.get(lease.provider) else {
                 continue;
             };

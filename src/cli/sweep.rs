@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
 
@@ -32,7 +33,7 @@ pub(super) struct SweepArgs {
 }
 
 /// Why a pond is swept, if it is.
-fn verdict(pond: &str, leases: &[Lease], args: &SweepArgs, now: u64) -> Option<String> {
+fn verdict(pond: &str, leases: &[Arc<Lease>], args: &SweepArgs, now: u64) -> Option<String> {
     if leases.is_empty() {
         return None;
     }
@@ -46,7 +47,7 @@ fn verdict(pond: &str, leases: &[Lease], args: &SweepArgs, now: u64) -> Option<S
         return Some(format!("matches --prefix {prefix} and is not kept"));
     }
     // `keep=true` leases are never swept for age, as in Crabbox's own cleanup.
-    let expired = |l: &Lease| {
+    let expired = |l: &Arc<Lease>| {
         l.label(labels::KEEP) != Some("true") && crabbox_core::expiry::is_expired(&l.labels, now)
     };
     leases.iter().all(expired).then(|| {

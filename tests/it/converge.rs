@@ -276,6 +276,7 @@ fn converge(
     let strays: Vec<&Lease> = after
         .leases
         .iter()
+        .map(|l| &**l)
         .filter(|l| !members.contains(&l.slug()))
         .collect();
     prop_assert!(

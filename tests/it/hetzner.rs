@@ -356,8 +356,9 @@ async fn discovery_takes_ports_from_the_claims_and_reads_records_only_without_on
         &store,
     )
     .await;
-    assert_eq!(port_of(&inventory.leases, &a), Some(2301), "the claim's");
-    assert_eq!(port_of(&inventory.leases, &c), Some(2203), "the record's");
+    let discovered: Vec<Lease> = inventory.leases.iter().map(|l| Lease::clone(l)).collect();
+    assert_eq!(port_of(&discovered, &a), Some(2301), "the claim's");
+    assert_eq!(port_of(&discovered, &c), Some(2203), "the record's");
     fx.check_foreign_untouched();
 }
 

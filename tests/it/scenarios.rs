@@ -299,7 +299,7 @@ fn discovered(pond: &str, listed: Vec<Lease>) -> Inventory {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    inv.leases = leases;
+    inv.leases = leases.into_iter().map(std::sync::Arc::new).collect();
     inv
 }
 
@@ -654,7 +654,7 @@ fn simulate_apply(s: &Setup, p: &Plan) -> Inventory {
         .inventory
         .leases
         .iter()
-        .map(|l| (l.id.clone(), l.clone()))
+        .map(|l| (l.id.clone(), Lease::clone(l)))
         .collect();
     let mut recorded = s.inventory.applied_commands.clone();
     let finalize = |labels: &labels::Labels, m: &crabbox_spec::desired::DesiredMember| {

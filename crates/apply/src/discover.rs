@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize as _;
 
@@ -204,7 +205,7 @@ pub async fn discover(
     let mut leases: Vec<Lease> = by_id.into_values().collect();
     // Each key once: reading labels at every comparison cost more than the rest of discovery.
     leases.sort_by_cached_key(|l| (l.slug().to_owned(), l.created_at(), l.id.clone()));
-    inv.leases = leases;
+    inv.leases = leases.into_iter().map(Arc::new).collect();
     inv
 }
 

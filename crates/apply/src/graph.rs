@@ -118,7 +118,7 @@ pub fn build(plan: &Plan, render: bool) -> StepGraph {
             if let Some(lease) = &c.lease {
                 let n = g.add_node(Step {
                     slug: Some(c.slug.clone()),
-                    kind: StepKind::Release(Box::new(lease.clone())),
+                    kind: StepKind::Release(Box::new(Lease::clone(lease))),
                 });
                 releases.entry(c.slug.clone()).or_default().push(n);
             }
@@ -156,13 +156,19 @@ pub fn build(plan: &Plan, render: bool) -> StepGraph {
                 chain(&mut g, &c.slug, kinds)
             }
             Action::Replace => {
-                let old = c.lease.clone().map(|l| StepKind::Release(Box::new(l)));
+                let old = c
+                    .lease
+                    .as_deref()
+                    .map(|l| StepKind::Release(Box::new(l.clone())));
                 let nodes = chain(&mut g, &c.slug, old.into_iter().chain(provision).collect());
                 releases.entry(c.slug.clone()).or_default().push(nodes[0]);
                 nodes
             }
             Action::CreateBeforeDestroy => {
-                let old = c.lease.clone().map(|l| StepKind::Release(Box::new(l)));
+                let old = c
+                    .lease
+                    .as_deref()
+                    .map(|l| StepKind::Release(Box::new(l.clone())));
                 let nodes = chain(&mut g, &c.slug, provision.into_iter().chain(old).collect());
                 if let Some(last) = nodes.last().filter(|_| c.lease.is_some()) {
                     releases.entry(c.slug.clone()).or_default().push(*last);

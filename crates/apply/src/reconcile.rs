@@ -171,7 +171,7 @@ fn projected_leases(p: &Plan, now: u64) -> impl Iterator<Item = Lease> + '_ {
                 crabbox_plan::adopt::labels(&lease.labels, m, c.rerun_setup, now),
             )),
             // A lease not in the spec that stays (`keep=true`) is still a peer.
-            (Action::NoOp, Some(lease), None) => Some(lease.clone()),
+            (Action::NoOp, Some(lease), None) => Some(Lease::clone(lease)),
             (_, _, Some(m)) => {
                 let labels =
                     crabbox_spec::member_labels::for_create(&p.pond, "cbx_000000000000", m, 0);
@@ -224,13 +224,13 @@ pub fn context(
     for lease in &inventory.leases {
         leases
             .entry(lease.slug().to_owned())
-            .or_insert_with(|| lease.clone());
+            .or_insert_with(|| Lease::clone(lease));
     }
     for c in &p.changes {
         if let Some(lease) = &c.lease
             && c.action != Action::Delete
         {
-            leases.insert(c.slug.clone(), lease.clone());
+            leases.insert(c.slug.clone(), Lease::clone(lease));
         }
     }
     Context {

@@ -3,6 +3,7 @@
 //! (`specs/` scenarios and property tests).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use crate::inventory::Inventory;
 use crate::{Action, AttrChange, MemberChange, Plan, adopt};
@@ -109,7 +110,7 @@ pub fn plan(
         .iter()
         .map(|m| (m.slug.as_str(), m))
         .collect();
-    let mut live: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
+    let mut live: BTreeMap<&str, Vec<&Arc<Lease>>> = BTreeMap::new();
     for lease in &inventory.leases {
         live.entry(lease.slug()).or_default().push(lease);
     }
@@ -197,7 +198,7 @@ pub fn plan(
                 slug: (*slug).to_owned(),
                 provider: lease.provider,
                 action: if kept { Action::NoOp } else { Action::Delete },
-                lease: Some((*lease).clone()),
+                lease: Some(Arc::clone(lease)),
                 desired: None,
                 attributes: Vec::new(),
                 reasons,
@@ -356,7 +357,7 @@ fn health(lease: &Lease, now: u64) -> Result<(), String> {
 fn member_changes(
     pond: &str,
     m: &DesiredMember,
-    leases: &[&Lease],
+    leases: &[&Arc<Lease>],
     options: &PlanOptions,
     out: &mut Vec<MemberChange>,
 ) -> Result<(), PlanError> {
@@ -393,7 +394,7 @@ fn member_changes(
     }
     let hashes = SpecHashes::of(m);
     let mut change = MemberChange {
-        lease: Some(keep.clone()),
+        lease: Some(Arc::clone(keep)),
         ..base
     };
     let mut forced = Vec::new();
@@ -551,14 +552,14 @@ fn flag(on: bool) -> &'static str {
 }
 
 /// The deletions of `m`'s leases other than `keep`.
-fn duplicates(m: &DesiredMember, leases: &[&Lease], keep: &Lease) -> Vec<MemberChange> {
+fn duplicates(m: &DesiredMember, leases: &[&Arc<Lease>], keep: &Lease) -> Vec<MemberChange> {
     let mut out = Vec::new();
     for dup in leases.iter().filter(|l| l.id != keep.id) {
         out.push(MemberChange {
             slug: m.slug.clone(),
             provider: dup.provider,
             action: Action::Delete,
-            lease: Some((*dup).clone()),
+            lease: Some(Arc::clone(dup)),
             desired: None,
             attributes: Vec::new(),
             reasons: vec![format!(
@@ -581,7 +582,7 @@ fn duplicates(m: &DesiredMember, leases: &[&Lease], keep: &Lease) -> Vec<MemberC
 /// not name it.
 fn adoption(
     m: &DesiredMember,
-    lease: &Lease,
+    lease: &Arc<Lease>,
     base: MemberChange,
     options: &PlanOptions,
 ) -> Result<MemberChange, PlanError> {
@@ -596,7 +597,7 @@ fn adoption(
         ));
     }
     let change = MemberChange {
-        lease: Some(lease.clone()),
+        lease: Some(Arc::clone(lease)),
         ..base
     };
     if options.replace.contains(&m.slug) {

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use crabbox_core::lease::Lease;
 use crabbox_core::provider::{ProviderError, ProviderName};
 use crabbox_state::claims::Claim;
@@ -12,7 +14,7 @@ pub struct Inventory {
     /// Normalized pond name.
     pub pond: String,
     /// The pond's leases, sorted by slug then creation time.
-    pub leases: Vec<Lease>,
+    pub leases: Vec<Arc<Lease>>,
     /// Claims of this pond whose resource the provider no longer lists.
     pub dangling_claims: Vec<Claim>,
     /// Providers that could not be listed, with the error. Their leases

@@ -14,6 +14,8 @@ pub mod saved;
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use crabbox_core::lease::Lease;
 use crabbox_core::provider::ProviderName;
 use crabbox_spec::desired::DesiredMember;
@@ -93,7 +95,7 @@ pub struct MemberChange {
     pub action: Action,
     /// The live lease this change acts on (kept, updated, replaced or deleted).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lease: Option<Lease>,
+    pub lease: Option<Arc<Lease>>,
     /// The desired member (absent for deletions).
     #[serde(skip)]
     pub desired: Option<DesiredMember>,

@@ -129,6 +129,16 @@ impl PeerSource for &Lease {
     }
 }
 
+impl PeerSource for &std::sync::Arc<Lease> {
+    fn lease(&self) -> &Lease {
+        self
+    }
+
+    fn into_labels(self) -> Labels {
+        self.labels.clone()
+    }
+}
+
 impl PeerSource for Lease {
     fn lease(&self) -> &Lease {
         self
