@@ -193,13 +193,16 @@ pub async fn discover(
         }
     }
     // A claim whose lease is gone is read whole: `crabbox status` and the
-    // lookups show it as the lease it was.
+    // lookups show it as the lease it was. Its head read, a whole claim that
+    // does not is a store that could not be read, not a claim to pass over.
     for id in dangling {
         match claims.load(&id).await {
             Ok(Some(claim)) => inv.dangling_claims.push(claim),
             // Forgotten since it was read: nothing dangles.
             Ok(None) => {}
-            Err(e) => inv.warnings.push(format!("skipping claim {id}: {e}")),
+            Err(e) => {
+                inv.state_unreadable = Some(format!("reading claim {id} again: {e}"));
+            }
         }
     }
     let mut leases: Vec<Lease> = by_id.into_values().collect();

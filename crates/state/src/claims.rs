@@ -410,7 +410,7 @@ impl<'de> Deserialize<'de> for FoldedLabels {
                             ours.insert(key, map.next_value()?);
                         }
                         None => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
+                            map.next_value::<SkippedValue>()?;
                         }
                     }
                 }
@@ -418,6 +418,27 @@ impl<'de> Deserialize<'de> for FoldedLabels {
             }
         }
         deserializer.deserialize_map(Ours)
+    }
+}
+
+/// A label value passed over without a copy, yet refused when it is not a
+/// string, as a [`Claim`] refuses it: a claim discovery reads as a head
+/// reads whole too (a dangling one is read again whole).
+struct SkippedValue;
+
+impl<'de> Deserialize<'de> for SkippedValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = SkippedValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SkippedValue, E> {
+                Ok(SkippedValue)
+            }
+        }
+        deserializer.deserialize_str(Text)
     }
 }
 
@@ -1122,6 +1143,11 @@ mod tests {
         )
         .expect_err("a folded field is a string");
         assert!(e.to_string().contains("invalid type"), "{e}");
+        // A label a head passes over is still a string, as a whole claim's.
+        let other = r#"{"leaseID": "cbx_00154d30ccc1", "labels": {"pond": 1}}"#;
+        let e = serde_json::from_str::<ClaimHead>(other).expect_err("a label is a string");
+        assert!(e.to_string().contains("invalid type"), "{e}");
+        assert!(serde_json::from_str::<Claim>(other).is_err());
     }
 
     #[tokio::test]
