@@ -153,14 +153,11 @@ fn touched(lease: &Lease, now: u64, idle_override: Option<Duration>) -> Labels {
     let idle = idle_override
         .or_else(|| idle_timeout(lease))
         .unwrap_or(DEFAULT_IDLE);
-    l.insert("last_touched_at".to_owned(), now.to_string());
+    labels::set(&mut l, labels::LAST_TOUCHED_AT, now);
     if idle_override.is_some() {
-        l.insert(
-            labels::IDLE_TIMEOUT_SECS.to_owned(),
-            idle.as_secs().to_string(),
-        );
-        if l.contains_key("idle_timeout") {
-            l.insert("idle_timeout".to_owned(), idle.as_secs().to_string());
+        labels::set(&mut l, labels::IDLE_TIMEOUT_SECS, idle.as_secs());
+        if l.contains_key(labels::IDLE_TIMEOUT) {
+            labels::set(&mut l, labels::IDLE_TIMEOUT, idle.as_secs());
         }
     }
     let by_idle = now + idle.as_secs();
@@ -172,7 +169,7 @@ fn touched(lease: &Lease, now: u64, idle_override: Option<Duration>) -> Labels {
         (Some(c), Some(t)) => by_idle.min(c + t.as_secs()),
         _ => by_idle,
     };
-    l.insert(labels::EXPIRES_AT.to_owned(), expires.to_string());
+    labels::set(&mut l, labels::EXPIRES_AT, expires);
     l
 }
 

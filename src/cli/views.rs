@@ -401,7 +401,7 @@ mod tests {
         .expect("a lease");
         l.labels = labels
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect();
         l.endpoint.host = host.map(str::to_owned);
         l

@@ -542,6 +542,7 @@ fn adopt_in_memory(rerun_setup: bool) -> (Vec<(String, String)>, Vec<String>, la
     let provider = crate::fake_provider::MemoryProvider::new();
     let mut planted: labels::Labels = crabbox_labels(API, "api", "beast", true)
         .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
         .collect();
     planted.insert("provider".into(), "local".into());
     provider.plant(Lease {
@@ -608,7 +609,7 @@ fn adoption_runs_setup_only_with_rerun_setup() {
         "no setup without --rerun-setup: {commands:?}"
     );
     assert!(creates.is_empty());
-    assert_eq!(labels.get("state").map(String::as_str), Some("ready"));
+    assert_eq!(labels.get("state").map(|v| v.as_str()), Some("ready"));
 
     let (commands, creates, labels) = adopt_in_memory(true);
     assert_eq!(
@@ -618,10 +619,10 @@ fn adoption_runs_setup_only_with_rerun_setup() {
     );
     assert!(creates.is_empty(), "no create");
     assert_ne!(
-        labels.get("pond_setup").map(String::as_str),
+        labels.get("pond_setup").map(|v| v.as_str()),
         Some("pending")
     );
-    assert_eq!(labels.get("state").map(String::as_str), Some("ready"));
+    assert_eq!(labels.get("state").map(|v| v.as_str()), Some("ready"));
 }
 
 /// Another pond's lease `api` known from a Crabbox claim on this machine,

@@ -11,7 +11,7 @@ use crate::moto_proxy::MotoProxy;
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .map(|(k, v)| ((*k).into(), (*v).into()))
         .collect()
 }
 
@@ -147,8 +147,8 @@ async fn tags_are_rewritten_and_an_instance_terminated_once_or_twice() {
         .await
         .expect("describe")
         .expect("exists");
-    assert_eq!(now.tags.get("state").map(String::as_str), Some("ready"));
-    assert_eq!(now.tags.get("slug").map(String::as_str), Some("db2"));
+    assert_eq!(now.tags.get("state").map(|v| v.as_str()), Some("ready"));
+    assert_eq!(now.tags.get("slug").map(|v| v.as_str()), Some("db2"));
     assert!(!now.tags.contains_key("Name"), "{now:?}");
     ec2.terminate(&made.id).await.expect("TerminateInstances");
     ec2.terminate(&made.id)

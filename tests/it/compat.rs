@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
 
+use crabbox_core::labels;
 use crabbox_state::claims::{Claim, ClaimStore};
 use serde::Deserialize;
 
@@ -704,9 +705,9 @@ fn labels_we_create_are_crabboxs_direct_lease_labels_plus_our_hashes() {
     ours.insert("server_type".into(), "ccx33".into());
     ours.insert(
         "provider_key".into(),
-        crabbox_providers::hetzner::key_name("cbx_0a1b2c3d4e5f"),
+        crabbox_providers::hetzner::key_name("cbx_0a1b2c3d4e5f").into(),
     );
-    let theirs: BTreeMap<String, String> =
+    let theirs: labels::Labels =
         serde_json::from_value(corpus("labels/hetzner-create.json")).expect("labels");
     assert_eq!(ours, theirs);
 
@@ -729,9 +730,9 @@ fn labels_we_create_are_crabboxs_direct_lease_labels_plus_our_hashes() {
 #[test]
 fn a_touch_by_either_tool_gives_the_same_labels_and_expiry() {
     use crabbox_core::expiry;
-    let touched: BTreeMap<String, String> =
+    let touched: labels::Labels =
         serde_json::from_value(corpus("labels/hetzner-touched.json")).expect("labels");
-    let mut created: BTreeMap<String, String> =
+    let mut created: labels::Labels =
         serde_json::from_value(corpus("labels/hetzner-create.json")).expect("labels");
     for key in ["pond_spec", "pond_block", "pond_setup"] {
         created.insert(key.into(), touched[key].clone());

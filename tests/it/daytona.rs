@@ -152,7 +152,11 @@ async fn create_labels_the_sandbox_in_its_create_call_and_reaches_it_over_ssh() 
         .iter()
         .filter(|(k, _)| *k != labels::SERVER_TYPE)
     {
-        assert_eq!(body["labels"][k], json!(v), "label {k} in the create call");
+        assert_eq!(
+            body["labels"][k.as_str()],
+            json!(v),
+            "label {k} in the create call"
+        );
     }
     assert_eq!(body["labels"]["work_root"], json!(fx.work_root("api")));
     assert_eq!(
@@ -390,7 +394,7 @@ async fn release_and_relabel_refuse_a_sandbox_without_the_lease_labels() {
         id: "cbx_0123456789ab".to_owned(),
         provider: ProviderName::Daytona,
         cloud_id: id.clone(),
-        labels: [(labels::POND.to_owned(), POND.to_owned())].into(),
+        labels: [(labels::POND.into(), POND.into())].into(),
         endpoint: Default::default(),
         listed: true,
         claimed: false,

@@ -130,7 +130,11 @@ async fn create_puts_labels_in_metadata_runs_commands_over_connect_and_uploads()
     );
     assert_eq!(create.body["secure"], true);
     for (k, v) in &request.labels {
-        assert_eq!(create.body["metadata"][k], json!(v), "metadata {k}");
+        assert_eq!(
+            create.body["metadata"][k.as_str()],
+            json!(v),
+            "metadata {k}"
+        );
     }
     assert_eq!(create.body["metadata"]["workdir"], json!(fx.workdir("box")));
     assert_eq!(
@@ -316,7 +320,7 @@ async fn a_sandbox_without_the_lease_metadata_is_never_touched() {
         id: "cbx_0123456789ab".to_owned(),
         provider: ProviderName::E2b,
         cloud_id: id.clone(),
-        labels: [(labels::POND.to_owned(), POND.to_owned())].into(),
+        labels: [(labels::POND.into(), POND.into())].into(),
         endpoint: Default::default(),
         listed: true,
         claimed: false,

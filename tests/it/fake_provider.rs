@@ -96,7 +96,11 @@ impl Provider for MemoryProvider {
     }
 
     async fn create(&self, request: &CreateRequest) -> Result<Lease, ProviderError> {
-        let slug = request.labels.get("slug").cloned().unwrap_or_default();
+        let slug = request
+            .labels
+            .get("slug")
+            .map(ToString::to_string)
+            .unwrap_or_default();
         self.creates.lock().expect("lock").push(slug.clone());
         let panics = self.panic_on_create.lock().expect("lock").clone();
         assert!(

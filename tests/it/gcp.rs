@@ -563,7 +563,7 @@ fn relabel_uses_the_fingerprint_and_release_touches_only_our_vms() {
             .clone();
         let mut labels: Labels = lease.labels.clone();
         labels.remove("market");
-        labels.insert("role".to_owned(), "Primary.DB".to_owned());
+        labels.insert("role".into(), "Primary.DB".into());
         provider.relabel(&lease, &labels).await.expect("relabel");
         let set = h
             .requests()

@@ -397,7 +397,7 @@ async fn create_puts_every_label_in_the_create_call_and_labels_the_key() {
     // The key the server is created with (hetzner/backend.go:107).
     expected.insert(
         "provider_key".into(),
-        crabbox_providers::hetzner::key_name(&req.lease_id),
+        crabbox_providers::hetzner::key_name(&req.lease_id).into(),
     );
     assert_eq!(
         body["labels"],
@@ -823,7 +823,10 @@ async fn servers_without_this_leases_labels_are_never_changed_or_deleted() {
             id: id.clone(),
             provider: ProviderName::Hetzner,
             cloud_id: cloud_id.to_string(),
-            labels: lease_labels(&id, "db", POND).into_iter().collect(),
+            labels: lease_labels(&id, "db", POND)
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
             endpoint: Endpoint::default(),
             listed: true,
             claimed: false,
@@ -1320,7 +1323,7 @@ async fn sweep_deletes_keys_and_key_dirs_of_leases_without_a_server_and_nothing_
     elsewhere.pond = "other-pond".to_owned();
     elsewhere
         .labels
-        .insert(labels::POND.to_owned(), "other-pond".to_owned());
+        .insert(labels::POND.into(), "other-pond".into());
     let elsewhere_lease = provider.create(&elsewhere).await.expect("create");
     delete_server_only(&fx, &elsewhere_lease.cloud_id).await;
     // Keys crabbox did not make for this pond.

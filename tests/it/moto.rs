@@ -38,7 +38,7 @@ pub fn launch(
         market,
         tags: tags
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect(),
     }
 }

@@ -427,7 +427,7 @@ mod tests {
             .expect("DescribeInstances through the proxy");
         let mut leases: Vec<&str> = live
             .iter()
-            .map(|i| i.tags.get("lease").map_or("", String::as_str))
+            .map(|i| i.tags.get("lease").map_or("", |v| v.as_str()))
             .collect();
         leases.sort_unstable();
         assert_eq!(leases, ["cbx_0000000000a3", "cbx_0000000000a4"]);

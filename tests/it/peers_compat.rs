@@ -96,7 +96,7 @@ fn every_corpus_document_reads_with_crabboxs_structs() {
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .map(|(k, v)| ((*k).into(), (*v).into()))
         .collect()
 }
 
@@ -241,7 +241,7 @@ fn mixed_providers_print_crabboxs_document() {
     let mut leases = leases.to_vec();
     // The Islo member's slug, as its claim gives it; Crabbox's document
     // shows no labels for it.
-    leases[2].labels.insert("slug".to_owned(), "app".to_owned());
+    leases[2].labels.insert("slug".into(), "app".into());
     let peers = peers_from_leases("demo", &leases, features_of);
     let ours = peers_json(&peers);
     assert_same(&ours, &corpus("mixed.json"));

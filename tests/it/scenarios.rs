@@ -148,7 +148,7 @@ struct LiveLease {
     #[serde(default)]
     provider: Option<String>,
     #[serde(default)]
-    labels: BTreeMap<String, String>,
+    labels: labels::Labels,
     #[serde(default)]
     remove_labels: Vec<String>,
     #[serde(default)]
@@ -321,7 +321,7 @@ fn live_lease(
     };
     let mut labels = if live.raw {
         if let Some(slug) = &live.slug
-            && live.labels.get(labels::SLUG) != Some(slug)
+            && live.labels.get(labels::SLUG).map(|v| v.as_str()) != Some(slug.as_str())
         {
             return Err(format!(
                 "raw lease {}: `slug: {slug}` differs from its slug label",
@@ -359,10 +359,10 @@ fn live_lease(
             ran = Some(ran_by(m));
         }
         if let Some(s) = &live.state {
-            l.insert(labels::STATE.into(), s.clone());
+            l.insert(labels::STATE.into(), s.as_str().into());
         }
         if let Some(p) = &live.pond {
-            l.insert(labels::POND.into(), p.clone());
+            l.insert(labels::POND.into(), p.as_str().into());
         }
         match provider {
             Some(p) => {
@@ -372,7 +372,7 @@ fn live_lease(
         }
         l.extend(live.labels.clone());
         for key in &live.remove_labels {
-            l.remove(key);
+            l.remove(key.as_str());
         }
         l
     };
@@ -385,7 +385,7 @@ fn live_lease(
     if live.raw && live.created_at.is_some() {
         labels.insert(
             labels::CREATED_AT.into(),
-            live.created_at.unwrap_or_default().to_string(),
+            live.created_at.unwrap_or_default().to_string().into(),
         );
     }
     Ok((

@@ -256,7 +256,7 @@ fn claims_round_trip_and_concurrent_writes_are_never_lost() {
         .expect("readable")
         .expect("stored");
     assert_eq!(stored, merged);
-    assert_eq!(stored.labels.get("from_b").map(String::as_str), Some("1"));
+    assert_eq!(stored.labels.get("from_b").map(|v| v.as_str()), Some("1"));
     assert_eq!(stored.extra["fromA"], json!(true));
     assert_eq!(stored.cloud_id, "static_a");
 
@@ -284,7 +284,7 @@ fn claims_round_trip_and_concurrent_writes_are_never_lost() {
                     } else {
                         store
                             .update("cbx_0123456789ab", |c| {
-                                c.labels.insert(key.clone(), i.to_string());
+                                c.labels.insert(key.as_str().into(), i.to_string().into());
                             })
                             .wait()
                             .expect("update")
@@ -305,8 +305,11 @@ fn claims_round_trip_and_concurrent_writes_are_never_lost() {
     for i in 0..50 {
         assert_eq!(stored.extra[&format!("t1_{i}")], json!(i), "t1_{i} lost");
         assert_eq!(
-            stored.labels.get(&format!("t2_{i}")),
-            Some(&i.to_string()),
+            stored
+                .labels
+                .get(format!("t2_{i}").as_str())
+                .map(|v| v.as_str()),
+            Some(i.to_string().as_str()),
             "t2_{i} lost"
         );
     }

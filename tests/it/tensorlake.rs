@@ -1195,7 +1195,7 @@ async fn leases_are_rekeyed_to_crabboxs_id_and_a_crash_around_it_recovers() {
     leftover.lease_id.clone_from(&request.lease_id);
     leftover
         .labels
-        .insert("lease".into(), request.lease_id.clone());
+        .insert("lease".into(), request.lease_id.as_str().into());
     fx.claims().write(&leftover).await.expect("write");
     let listed = p.list(POND).await.expect("list");
     assert_eq!(

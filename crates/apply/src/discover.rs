@@ -235,7 +235,7 @@ fn adopt_claim_labels(lease: &mut Lease, claim: &ClaimHead, pond: &str) {
         (labels::SLUG, claim.slug.as_str()),
         (labels::POND, pond),
     ] {
-        lease.labels.insert(key.to_owned(), value.to_owned());
+        lease.labels.insert(key.into(), value.into());
     }
 }
 
@@ -376,11 +376,7 @@ mod tests {
         let mut other = islo_lease(labels::Labels::new());
         adopt_claim_labels(&mut other, &crabbox_claim("elsewhere"), "crab");
         assert!(other.labels.is_empty());
-        let mut ours = islo_lease(
-            [("crabbox".to_owned(), "true".to_owned())]
-                .into_iter()
-                .collect(),
-        );
+        let mut ours = islo_lease([("crabbox".into(), "true".into())].into_iter().collect());
         adopt_claim_labels(&mut ours, &crabbox_claim("crab"), "crab");
         assert_eq!(ours.labels.len(), 1, "a lease with labels keeps its own");
     }

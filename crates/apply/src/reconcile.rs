@@ -159,7 +159,7 @@ fn projected_leases(p: &Plan, now: u64) -> impl Iterator<Item = Lease> + '_ {
                     (Action::NoOp, Some(spec)) => crabbox_spec::member_labels::for_update_hashed(
                         &lease.labels,
                         m,
-                        spec.to_owned(),
+                        spec.into(),
                         now,
                     ),
                     _ => crabbox_spec::member_labels::for_update(&lease.labels, m, now),

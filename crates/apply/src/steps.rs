@@ -337,8 +337,8 @@ async fn warmup(ctx: &Context, slug: &str) -> Result<String, StepError> {
     let mut labels = crabbox_spec::member_labels::for_create(&ctx.pond, &lease_id, m, now_secs());
     let unique = unique_slug(ctx, provider.as_ref(), slug, &lease_id).await?;
     if unique != slug {
-        labels.insert(labels::SLUG.into(), unique.clone());
-        labels.insert(labels::POND_MEMBER.into(), slug.to_owned());
+        labels.insert(labels::SLUG.into(), unique.as_str().into());
+        labels.insert(labels::POND_MEMBER.into(), slug.into());
     }
     // The claim comes first: a crash between it and the create is found next time.
     let pending = Claim {

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crabbox_core::labels::{self, state};
+use crabbox_core::labels::{self, LabelText, state};
 use crabbox_core::lease::Lease;
 use crabbox_core::pond_tag::pond_tag;
 use crabbox_core::retry::with_retries;
@@ -254,12 +254,12 @@ async fn record(ctx: &Context, lease: Lease, report: &NodeReport) -> Result<Leas
         ..lease
     };
     update_claim(ctx, &lease).await?;
-    let address: Vec<(String, String)> = [label::IPV4, label::FQDN]
+    let address: Vec<(LabelText, LabelText)> = [label::IPV4, label::FQDN]
         .into_iter()
-        .filter_map(|k| lease.labels.get(k).map(|v| (k.to_owned(), v.clone())))
+        .filter_map(|k| lease.labels.get(k).map(|v| (k.into(), v.clone())))
         .collect();
     for value in lease.labels.values_mut() {
-        *value = provider.stored_label(value);
+        *value = provider.stored_label(value).into();
     }
     lease.labels.extend(address);
     Ok(lease)
@@ -383,7 +383,7 @@ pub(crate) fn address_from_claim(lease: &mut Lease, claim: &ClaimHead) {
             .and_then(serde_json::Value::as_str)
             .filter(|v| !v.is_empty())
         {
-            lease.labels.insert(key.to_owned(), value.to_owned());
+            lease.labels.insert(key.into(), value.into());
         }
     }
 }
@@ -403,9 +403,7 @@ mod tests {
             listed: true,
             claimed: true,
         };
-        lease
-            .labels
-            .insert(label::IPV4.to_owned(), "100_64_0_7".to_owned());
+        lease.labels.insert(label::IPV4.into(), "100_64_0_7".into());
         address_from_claim(&mut lease, &ClaimHead::default());
         assert_eq!(
             lease.label(label::IPV4),

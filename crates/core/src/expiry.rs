@@ -158,7 +158,7 @@ pub fn touch_in_place(next: &mut Labels, now: u64, ttl: Option<Duration>, idle: 
     let created = match next.get(CREATED_AT).and_then(|v| parse_time(v)) {
         Some(created) => created,
         None => {
-            next.insert(CREATED_AT.to_owned(), now.to_string());
+            next.insert(CREATED_AT.into(), compact_str::format_compact!("{now}"));
             now
         }
     };
@@ -190,7 +190,7 @@ mod tests {
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect()
     }
 

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::labels::{self, Labels};
+use crate::labels::{self, LabelText, Labels};
 use crate::provider::ProviderName;
 
 /// How a lease's peers reach it.
@@ -68,7 +68,7 @@ impl Lease {
     /// A label's value.
     #[must_use]
     pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels.get(key).map(String::as_str)
+        self.labels.get(key).map(LabelText::as_str)
     }
 
     /// A label's value unless it is `unknown`, what Crabbox's sanitizer

@@ -20,20 +20,20 @@ pub fn labels(current: &Labels, m: &DesiredMember, rerun_setup: bool, now: u64) 
     let mut l = member_labels::for_update(current, m, now);
     // What the lease does not show (see `misfits`) is recorded as the spec says.
     if let Some(class) = m.class
-        && labels::known(current.get(labels::CLASS).map(String::as_str)).is_none()
+        && labels::known(current.get(labels::CLASS).map(|v| v.as_str())).is_none()
     {
-        l.insert(labels::CLASS.to_owned(), class.as_str().to_owned());
+        l.insert(labels::CLASS.into(), class.as_str().into());
     }
     if let Some(t) = &m.server_type
-        && labels::known(current.get(labels::SERVER_TYPE).map(String::as_str)).is_none()
+        && labels::known(current.get(labels::SERVER_TYPE).map(|v| v.as_str())).is_none()
     {
-        l.insert(labels::SERVER_TYPE.to_owned(), labels::sanitize(t));
+        l.insert(labels::SERVER_TYPE.into(), labels::sanitize(t));
     }
-    l.insert(labels::POND_BLOCK.to_owned(), hashes.block);
+    l.insert(labels::POND_BLOCK.into(), hashes.block);
     l.insert(
-        labels::POND_SETUP.to_owned(),
+        labels::POND_SETUP.into(),
         if rerun_setup {
-            SETUP_PENDING.to_owned()
+            SETUP_PENDING.into()
         } else {
             hashes.setup
         },

@@ -628,9 +628,9 @@ fn adoption(
         .iter()
         .filter(|(k, v)| lease.labels.get(*k) != Some(*v))
         .map(|(k, v)| AttrChange {
-            name: k.clone(),
-            before: lease.labels.get(k).cloned(),
-            after: Some(v.clone()),
+            name: k.to_string(),
+            before: lease.labels.get(k).map(ToString::to_string),
+            after: Some(v.to_string()),
             forces_replacement: false,
         })
         .chain(
@@ -639,8 +639,8 @@ fn adoption(
                 .keys()
                 .filter(|k| !after.contains_key(*k))
                 .map(|k| AttrChange {
-                    name: k.clone(),
-                    before: lease.labels.get(k).cloned(),
+                    name: k.to_string(),
+                    before: lease.labels.get(k).map(ToString::to_string),
                     after: None,
                     forces_replacement: false,
                 }),

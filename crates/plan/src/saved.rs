@@ -49,7 +49,7 @@ pub struct SavedPlan {
 /// Hash of a resolved spec.
 #[must_use]
 pub fn spec_hash(desired: &DesiredPond) -> String {
-    short_hash(&serde_json::to_value(desired).unwrap_or_default())
+    short_hash(&serde_json::to_value(desired).unwrap_or_default()).into()
 }
 
 /// Fingerprint of every lease (and dangling claim) an inventory holds.
@@ -61,7 +61,8 @@ pub fn fingerprint(inventory: &Inventory) -> BTreeMap<String, String> {
         .map(|l| {
             (
                 l.id.clone(),
-                short_hash(&serde_json::json!({ "labels": l.labels, "endpoint": l.endpoint })),
+                short_hash(&serde_json::json!({ "labels": l.labels, "endpoint": l.endpoint }))
+                    .into(),
             )
         })
         .collect();

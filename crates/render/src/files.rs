@@ -114,7 +114,7 @@ struct MemberLabels<'a> {
 }
 
 impl MemberLabels<'_> {
-    fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+    fn iter(&self) -> impl Iterator<Item = (&labels::LabelText, &labels::LabelText)> {
         self.labels
             .iter()
             .filter(|(k, _)| !(self.untouched && TOUCH_LABELS.contains(&k.as_str())))
@@ -377,10 +377,10 @@ mod tests {
         for (i, p) in peers.iter_mut().enumerate() {
             p.crabbox
                 .labels
-                .insert("last_touched_at".into(), format!("17000{i}"));
+                .insert("last_touched_at".into(), format!("17000{i}").into());
             p.crabbox
                 .labels
-                .insert("expires_at".into(), format!("18000{i}"));
+                .insert("expires_at".into(), format!("18000{i}").into());
             p.crabbox.labels.insert("pond".into(), "demo".into());
         }
         let shown: Value = serde_json::from_str(&peers_json(&peers)).expect("json");

@@ -407,14 +407,14 @@ pub(crate) mod tests {
         endpoint: Endpoint,
     ) -> Lease {
         let mut l = Labels::new();
-        l.insert(labels::LEASE.to_owned(), id.to_owned());
-        l.insert(labels::PROVIDER.to_owned(), provider.as_str().to_owned());
-        l.insert(labels::POND.to_owned(), "demo".to_owned());
+        l.insert(labels::LEASE.into(), id.into());
+        l.insert(labels::PROVIDER.into(), provider.as_str().into());
+        l.insert(labels::POND.into(), "demo".into());
         if !slug.is_empty() {
-            l.insert(labels::SLUG.to_owned(), slug.to_owned());
+            l.insert(labels::SLUG.into(), slug.into());
         }
         if !ports.is_empty() {
-            l.insert(labels::EXPOSED_PORTS.to_owned(), ports.to_owned());
+            l.insert(labels::EXPOSED_PORTS.into(), ports.into());
         }
         Lease {
             id: id.to_owned(),
@@ -560,8 +560,7 @@ pub(crate) mod tests {
                 ..Endpoint::default()
             },
         );
-        db.labels
-            .insert(TAILSCALE_IPV4.to_owned(), "100.64.0.7".to_owned());
+        db.labels.insert(TAILSCALE_IPV4.into(), "100.64.0.7".into());
         let peers = peers_from_leases("demo", &[db], features);
         assert_eq!(peers[0].transport, "tailnet");
         assert_eq!(peers[0].host.as_deref(), Some("100.64.0.7"));
@@ -580,7 +579,7 @@ pub(crate) mod tests {
             Endpoint::default(),
         );
         tail.labels
-            .insert(TAILSCALE_IPV4.to_owned(), "100.64.0.1".to_owned());
+            .insert(TAILSCALE_IPV4.into(), "100.64.0.1".into());
         let leases = vec![
             tail,
             lease(

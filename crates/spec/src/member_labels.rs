@@ -6,9 +6,10 @@
 use crabbox_core::expiry;
 use crabbox_core::labels::{
     CLASS, CRABBOX, CREATED_AT, CREATED_BY, EXPIRES_AT, EXPOSED_PORTS, IDLE_TIMEOUT,
-    IDLE_TIMEOUT_SECS, KEEP, LAST_TOUCHED_AT, LEASE, Labels, POND, POND_BLOCK, POND_SETUP,
-    POND_SPEC, PROFILE, PROVIDER, PROVIDER_KEY, SERVER_TYPE, SETUP_PENDING, SLUG, STATE, TAILSCALE,
-    TARGET, TTL_SECS, encode_ports, sanitize, set as set_label, short_hash, state,
+    IDLE_TIMEOUT_SECS, KEEP, LAST_TOUCHED_AT, LEASE, LabelText, Labels, POND, POND_BLOCK,
+    POND_SETUP, POND_SPEC, PROFILE, PROVIDER, PROVIDER_KEY, SERVER_TYPE, SETUP_PENDING, SLUG,
+    STATE, TAILSCALE, TARGET, TTL_SECS, encode_ports, sanitize, set as set_label, short_hash,
+    state,
 };
 
 use std::collections::BTreeMap;
@@ -23,11 +24,11 @@ use crate::model::{Class, Condition};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecHashes {
     /// Whole member.
-    pub spec: String,
+    pub spec: LabelText,
     /// Replacement-forcing provider settings.
-    pub block: String,
+    pub block: LabelText,
     /// Setup, env, sync, readiness, dependencies.
-    pub setup: String,
+    pub setup: LabelText,
 }
 
 impl SpecHashes {
@@ -137,7 +138,7 @@ pub fn for_create(pond: &str, lease_id: &str, m: &DesiredMember, now: u64) -> La
     let hashes = SpecHashes::of(m);
     let mut l = Labels::new();
     let mut put = |k: &str, v: &str| {
-        l.insert(k.to_owned(), sanitize(v));
+        l.insert(k.into(), sanitize(v));
     };
     put(CRABBOX, "true");
     put(CREATED_BY, "crabbox");
@@ -191,7 +192,7 @@ pub fn for_update(current: &Labels, m: &DesiredMember, now: u64) -> Labels {
 pub fn for_update_hashed(
     current: &Labels,
     m: &DesiredMember,
-    spec_hash: String,
+    spec_hash: LabelText,
     now: u64,
 ) -> Labels {
     let mut l = current.clone();
@@ -211,7 +212,7 @@ pub fn for_update_hashed(
         (SERVER_TYPE, m.server_type.as_deref().unwrap_or_default()),
     ] {
         if !l.contains_key(k) {
-            l.insert(k.to_owned(), sanitize(v));
+            l.insert(k.into(), sanitize(v));
         }
     }
     let ttl = (!m.ttl.is_zero()).then_some(m.ttl);

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::state_pg::{self, ClaimRow, Database, StateError};
-use crabbox_core::labels::Labels;
+use compact_str::format_compact;
+use crabbox_core::labels::{LabelText, Labels};
 use crabbox_core::lease::is_claim_id;
 use crabbox_core::state_url::{is_postgres_url, redact};
 use crabbox_fs::atomic_file;
@@ -193,15 +194,21 @@ impl Serialize for Claim {
         let mut labels = self.labels.clone();
         let mut extra = BTreeMap::new();
         if !self.state.is_empty() {
-            labels.insert(format!("{FOLDED}{STATE_FIELD}"), self.state.clone());
+            labels.insert(
+                format_compact!("{FOLDED}{STATE_FIELD}"),
+                self.state.as_str().into(),
+            );
         }
         for (key, value) in &self.extra {
             if CRABBOX_EXTRA_FIELDS.contains(&key.as_str()) {
                 extra.insert(key.clone(), value.clone());
             } else if let serde_json::Value::String(text) = value {
-                labels.insert(format!("{FOLDED}{key}"), text.clone());
+                labels.insert(format_compact!("{FOLDED}{key}"), text.as_str().into());
             } else {
-                labels.insert(format!("{FOLDED_JSON}{key}"), value.to_string());
+                labels.insert(
+                    format_compact!("{FOLDED_JSON}{key}"),
+                    value.to_string().into(),
+                );
             }
         }
         ClaimWire {
@@ -279,19 +286,23 @@ fn unfold(mut labels: Labels, mut extra: BTreeMap<String, serde_json::Value>) ->
         }
         None => String::new(),
     };
-    let ours: Vec<String> = labels.keys().filter(|k| is_folded(k)).cloned().collect();
+    let ours: Vec<LabelText> = labels.keys().filter(|k| is_folded(k)).cloned().collect();
     for key in ours {
         let Some(value) = labels.remove(&key) else {
             continue;
         };
         if let Some(field) = key.strip_prefix(FOLDED) {
             if field == STATE_FIELD {
-                state = value;
+                state = value.into_string();
             } else {
-                extra.insert(field.to_owned(), serde_json::Value::String(value));
+                extra.insert(
+                    field.to_owned(),
+                    serde_json::Value::String(value.into_string()),
+                );
             }
         } else if let Some(field) = key.strip_prefix(FOLDED_JSON) {
-            let parsed = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+            let parsed = serde_json::from_str(&value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.into_string()));
             extra.insert(field.to_owned(), parsed);
         }
     }
@@ -443,7 +454,7 @@ impl<'de> Deserialize<'de> for SkippedValue {
 }
 
 /// A label key, copied only when it holds one of our folded fields.
-struct OurKey(Option<String>);
+struct OurKey(Option<LabelText>);
 
 impl<'de> Deserialize<'de> for OurKey {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -454,7 +465,7 @@ impl<'de> Deserialize<'de> for OurKey {
                 f.write_str("a label key")
             }
             fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<OurKey, E> {
-                Ok(OurKey(is_folded(key).then(|| key.to_owned())))
+                Ok(OurKey(is_folded(key).then(|| key.into())))
             }
         }
         deserializer.deserialize_str(Key)
@@ -1091,7 +1102,7 @@ mod tests {
             claimed_at: "t1".to_owned(),
             last_used_at: "t2".to_owned(),
             idle_timeout_seconds: 1800,
-            labels: [("crabbox".to_owned(), "true".to_owned())].into(),
+            labels: [("crabbox".into(), "true".into())].into(),
             ssh_host: "10.0.0.1".to_owned(),
             ssh_port: 22,
             bridge_url: "https://b".to_owned(),

@@ -152,19 +152,14 @@ impl Instance {
 
 fn tags_of(tags: &[Tag]) -> Labels {
     tags.iter()
-        .filter_map(|t| {
-            Some((
-                t.key()?.to_owned(),
-                t.value().unwrap_or_default().to_owned(),
-            ))
-        })
+        .filter_map(|t| Some((t.key()?.into(), t.value().unwrap_or_default().into())))
         .collect()
 }
 
 fn tags(labels: &Labels) -> Vec<Tag> {
     labels
         .iter()
-        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .map(|(k, v)| Tag::builder().key(k.as_str()).value(v.as_str()).build())
         .collect()
 }
 

@@ -32,7 +32,7 @@ const DEFAULT_ROOT_GB: u32 = 400;
 fn shared_labels() -> Labels {
     [(labels::CRABBOX, "true"), (labels::CREATED_BY, "crabbox")]
         .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .map(|(k, v)| (k.into(), v.into()))
         .collect()
 }
 
@@ -53,8 +53,8 @@ pub(crate) async fn key_pair(
     }
     let name = names::key_name(&request.lease_id);
     let mut tags = shared_labels();
-    tags.insert(labels::LEASE.to_owned(), request.lease_id.clone());
-    tags.insert(labels::POND.to_owned(), request.pond.clone());
+    tags.insert(labels::LEASE.into(), request.lease_id.as_str().into());
+    tags.insert(labels::POND.into(), request.pond.as_str().into());
     match ec2.import_key(&name, public_key, &tags).await {
         Ok(_) => Ok(name),
         Err(e) if e.code == "InvalidKeyPair.Duplicate" => {
@@ -77,8 +77,8 @@ pub(crate) async fn key_pair(
 
 /// Whether key pair tags say crabbox imported it for `lease_id`.
 pub(crate) fn key_is_lease(tags: &Labels, lease_id: &str) -> bool {
-    tags.get(labels::CRABBOX).map(String::as_str) == Some("true")
-        && tags.get(labels::LEASE).map(String::as_str) == Some(lease_id)
+    tags.get(labels::CRABBOX).map(|v| v.as_str()) == Some("true")
+        && tags.get(labels::LEASE).map(|v| v.as_str()) == Some(lease_id)
 }
 
 /// The security group instances launch into: the block's
@@ -101,7 +101,7 @@ pub(crate) async fn security_group(
             Some(group) => group.id,
             None => {
                 let mut tags = shared_labels();
-                tags.insert("Name".to_owned(), SECURITY_GROUP.to_owned());
+                tags.insert("Name".into(), SECURITY_GROUP.into());
                 match ec2
                     .create_security_group(SECURITY_GROUP, SECURITY_GROUP_DESCRIPTION, None, &tags)
                     .await
@@ -231,18 +231,18 @@ pub(crate) async fn run(ec2: &Ec2, plan: &Plan<'_>) -> Result<Instance, Provider
         };
         let mut tags = plan.request.labels.clone();
         tags.insert(
-            labels::SERVER_TYPE.to_owned(),
+            labels::SERVER_TYPE.into(),
             labels::sanitize(&attempt.instance_type),
         );
         tags.insert(
-            labels::PROVIDER_KEY.to_owned(),
+            labels::PROVIDER_KEY.into(),
             labels::sanitize(&plan.key_name),
         );
-        tags.insert("market".to_owned(), market.to_owned());
-        tags.insert("aws_region".to_owned(), plan.region.clone());
+        tags.insert("market".into(), market.into());
+        tags.insert("aws_region".into(), plan.region.as_str().into());
         tags.insert(
-            "Name".to_owned(),
-            names::server_name(&member.slug, &plan.request.lease_id),
+            "Name".into(),
+            names::server_name(&member.slug, &plan.request.lease_id).into(),
         );
         let launch = Launch {
             client_token: plan.request.lease_id.clone(),

@@ -188,7 +188,7 @@ impl AwsProvider {
             .filter(|c| c.provider == ProviderName::Aws.as_str())
             .filter_map(|c| c.labels.get("aws_region"))
             .filter(|r| !r.is_empty() && **r != default_region)
-            .cloned()
+            .map(ToString::to_string)
             .collect();
         let mut clients = vec![default];
         for region in named {
@@ -229,7 +229,7 @@ impl AwsProvider {
             .or_else(|| instance.public_ip.clone())
             .or_else(|| instance.private_ip.clone());
         Some(Lease {
-            id,
+            id: id.into(),
             provider: ProviderName::Aws,
             cloud_id: instance.id,
             labels: instance.tags,
@@ -357,8 +357,8 @@ impl AwsProvider {
         self.leases.drop_target(lease_id).await;
         if let Some(id) = instance
             && let Ok(Some(i)) = ec2.instance(id).await
-            && i.tags.get(labels::LEASE).map(String::as_str) == Some(lease_id)
-            && i.tags.get(labels::CRABBOX).map(String::as_str) == Some("true")
+            && i.tags.get(labels::LEASE).map(|v| v.as_str()) == Some(lease_id)
+            && i.tags.get(labels::CRABBOX).map(|v| v.as_str()) == Some("true")
         {
             let _ = ec2.terminate(id).await;
         }
@@ -484,7 +484,7 @@ impl AwsProvider {
 /// crabbox changes or terminates only instances carrying `crabbox=true`, a
 /// pond (the lease's, when it names one) and this lease's ID.
 fn check_owned(instance: &Instance, lease: &Lease) -> Result<(), ProviderError> {
-    let get = |k: &str| instance.tags.get(k).cloned();
+    let get = |k: &str| instance.tags.get(k).map(|v| v.as_str());
     if carries_lease_labels(get, &lease.id, lease.label(labels::POND)) {
         Ok(())
     } else {
@@ -549,7 +549,7 @@ impl Provider for AwsProvider {
             .instances(&[])
             .await?
             .into_iter()
-            .filter_map(|i| i.tags.get(labels::POND).cloned())
+            .filter_map(|i| i.tags.get(labels::POND).map(ToString::to_string))
             .collect();
         Ok(ponds.into_iter().collect())
     }
@@ -559,7 +559,7 @@ impl Provider for AwsProvider {
             .instances(&[])
             .await?
             .into_iter()
-            .filter_map(|i| i.tags.get(labels::SLUG).cloned())
+            .filter_map(|i| i.tags.get(labels::SLUG).map(ToString::to_string))
             .collect())
     }
 
@@ -601,7 +601,7 @@ impl Provider for AwsProvider {
                     && !LAUNCH_TAGS.contains(&k.as_str())
                     && !k.starts_with("aws:")
             })
-            .cloned()
+            .map(ToString::to_string)
             .collect();
         let changed: Labels = labels
             .iter()
@@ -617,7 +617,7 @@ impl Provider for AwsProvider {
         ec2.tag(&lease.cloud_id, &changed).await.map_err(failed)?;
         ec2.untag(&lease.cloud_id, &dropped).await.map_err(failed)?;
         let mut now = current;
-        now.tags.retain(|k, _| !dropped.contains(k));
+        now.tags.retain(|k, _| !dropped.iter().any(|d| d == k));
         now.tags.extend(changed);
         self.saw(&now);
         Ok(())
@@ -644,13 +644,13 @@ impl Provider for AwsProvider {
         })?;
         let live: HashSet<String> = instances
             .into_iter()
-            .filter_map(|i| i.tags.get(labels::LEASE).cloned())
+            .filter_map(|i| i.tags.get(labels::LEASE).map(ToString::to_string))
             .collect();
         let mut removed = Vec::new();
         let mut left = Vec::new();
         let mut swept = HashSet::new();
         for (ec2, (name, tags)) in keys {
-            let Some(lease) = tags.get(labels::LEASE).cloned() else {
+            let Some(lease) = tags.get(labels::LEASE).map(ToString::to_string) else {
                 continue;
             };
             if live.contains(&lease)

@@ -581,7 +581,7 @@ pub fn tags(resource: &Value) -> crabbox_core::labels::Labels {
         .and_then(Value::as_object)
         .map(|t| {
             t.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .filter_map(|(k, v)| Some((k.into(), v.as_str()?.into())))
                 .collect()
         })
         .unwrap_or_default()

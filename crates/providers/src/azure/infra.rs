@@ -29,7 +29,7 @@ pub fn shared_tags() -> Value {
 /// Whether a resource carries `managed_by=crabbox`.
 #[must_use]
 pub fn managed_by_crabbox(resource: &Value) -> bool {
-    tags(resource).get("managed_by").map(String::as_str) == Some("crabbox")
+    tags(resource).get("managed_by").map(|v| v.as_str()) == Some("crabbox")
 }
 
 /// The shared resources, by ID, once made sure of.

@@ -208,7 +208,7 @@ impl AzureProvider {
             .filter(|c| c.provider == ProviderName::Azure.as_str())
             .filter_map(|c| c.labels.get(GROUP_TAG))
             .filter(|g| !g.is_empty() && **g != default)
-            .cloned()
+            .map(ToString::to_string)
             .collect();
         let mut out = vec![default];
         out.extend(named);
@@ -248,8 +248,8 @@ impl AzureProvider {
             .into_iter()
             .flatten()
             .filter(|(_, vm)| {
-                vm.tags.get(labels::CRABBOX).map(String::as_str) == Some("true")
-                    && pond.is_none_or(|p| vm.tags.get(labels::POND).map(String::as_str) == Some(p))
+                vm.tags.get(labels::CRABBOX).map(|v| v.as_str()) == Some("true")
+                    && pond.is_none_or(|p| vm.tags.get(labels::POND).map(|v| v.as_str()) == Some(p))
             })
             .collect())
     }
@@ -299,7 +299,7 @@ impl AzureProvider {
             .and_then(|r| r.host)
             .or(address);
         Some(Lease {
-            id,
+            id: id.into(),
             provider: ProviderName::Azure,
             cloud_id: vm.name,
             labels: vm.tags,
@@ -525,7 +525,7 @@ impl AzureProvider {
                 .and_then(Vm::from_json)
                 && vm.state == "Succeeded"
                 && carries_lease_labels(
-                    |k| vm.tags.get(k).cloned(),
+                    |k| vm.tags.get(k).map(|v| v.as_str()),
                     &request.lease_id,
                     Some(&request.pond),
                 )
@@ -624,7 +624,7 @@ impl VmPlan<'_> {
     /// The tags of the lease's IP and NIC: its labels and its group.
     fn network_tags(&self) -> Labels {
         let mut t = self.request.labels.clone();
-        t.insert(GROUP_TAG.to_owned(), labels::sanitize(self.group));
+        t.insert(GROUP_TAG.into(), labels::sanitize(self.group));
         t
     }
 
@@ -738,11 +738,8 @@ impl VmPlan<'_> {
     fn vm_body(&self, attempt: &capacity::Attempt, nic_id: &str) -> Value {
         let s = self.settings;
         let mut tags = self.network_tags();
-        tags.insert(
-            labels::SERVER_TYPE.to_owned(),
-            labels::sanitize(&attempt.size),
-        );
-        tags.insert("market".to_owned(), attempt.market().to_owned());
+        tags.insert(labels::SERVER_TYPE.into(), labels::sanitize(&attempt.size));
+        tags.insert("market".into(), attempt.market().into());
         let os_disk = match s.os_disk {
             AzureOsDisk::Managed => json!({
                 "name": format!("{}-osdisk", self.name),
@@ -843,7 +840,7 @@ fn check_owned(
     lease_id: &str,
     pond: Option<&str>,
 ) -> Result<(), ProviderError> {
-    if carries_lease_labels(|k| tags.get(k).cloned(), lease_id, pond) {
+    if carries_lease_labels(|k| tags.get(k).map(|v| v.as_str()), lease_id, pond) {
         Ok(())
     } else {
         Err(ProviderError::Failed(format!(
@@ -888,7 +885,7 @@ impl Provider for AzureProvider {
             .vms(None)
             .await?
             .into_iter()
-            .filter_map(|(_, vm)| vm.tags.get(labels::POND).cloned())
+            .filter_map(|(_, vm)| vm.tags.get(labels::POND).map(ToString::to_string))
             .collect();
         Ok(ponds.into_iter().collect())
     }
@@ -898,7 +895,7 @@ impl Provider for AzureProvider {
             .vms(None)
             .await?
             .into_iter()
-            .filter_map(|(_, vm)| vm.tags.get(labels::SLUG).cloned())
+            .filter_map(|(_, vm)| vm.tags.get(labels::SLUG).map(ToString::to_string))
             .collect())
     }
 
@@ -934,7 +931,7 @@ impl Provider for AzureProvider {
         let mut tags = labels.clone();
         for k in LAUNCH_TAGS {
             if let Some(v) = current.tags.get(k) {
-                tags.entry(k.to_owned()).or_insert_with(|| v.clone());
+                tags.entry(k.into()).or_insert_with(|| v.clone());
             }
         }
         let updated = arm
@@ -962,7 +959,7 @@ impl Provider for AzureProvider {
         let vms = self.vms(Some(pond)).await?;
         let live: HashSet<String> = vms
             .iter()
-            .filter_map(|(_, vm)| vm.tags.get(labels::LEASE).cloned())
+            .filter_map(|(_, vm)| vm.tags.get(labels::LEASE).map(ToString::to_string))
             .collect();
         let mut removed = Vec::new();
         let mut left = Vec::new();
@@ -975,14 +972,19 @@ impl Provider for AzureProvider {
                     .map_err(|e| arm::doing(e, "listing for the sweep"))?;
                 for item in items {
                     let t = tags(&item);
-                    let (Some(lease), Some(name)) =
-                        (t.get(labels::LEASE).cloned(), item["name"].as_str())
-                    else {
+                    let (Some(lease), Some(name)) = (
+                        t.get(labels::LEASE).map(ToString::to_string),
+                        item["name"].as_str(),
+                    ) else {
                         continue;
                     };
                     if live.contains(&lease)
                         || !is_lease_id(&lease)
-                        || !carries_lease_labels(|k| t.get(k).cloned(), &lease, Some(pond))
+                        || !carries_lease_labels(
+                            |k| t.get(k).map(|v| v.as_str()),
+                            &lease,
+                            Some(pond),
+                        )
                     {
                         continue;
                     }

@@ -256,7 +256,7 @@ impl BlacksmithProvider {
         claim.lease_id.clone_from(&provisional.cloud_id);
         claim
             .labels
-            .insert(labels::LEASE.to_owned(), claim.lease_id.clone());
+            .insert(labels::LEASE.into(), claim.lease_id.as_str().into());
         let claim = self.write_claim(&claim).await?;
         self.claims
             .remove(&provisional.lease_id)

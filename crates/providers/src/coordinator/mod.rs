@@ -341,7 +341,7 @@ impl CoordinatorProvider {
                 (labels::POND, c.pond.as_str()),
             ]
             .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .map(|(k, v)| (k.into(), v.into()))
             .collect(),
         };
         Lease {
@@ -623,7 +623,7 @@ impl CoordinatorProvider {
             slug: request
                 .labels
                 .get(labels::SLUG)
-                .cloned()
+                .map(ToString::to_string)
                 .unwrap_or_else(|| m.slug.clone()),
             pond: request.pond.clone(),
             exposed_ports: m.expose.iter().map(u16::to_string).collect(),

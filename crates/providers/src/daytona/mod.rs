@@ -302,7 +302,11 @@ impl DaytonaProvider {
             id,
             provider: ProviderName::Daytona,
             cloud_id: sandbox.id,
-            labels: sandbox.labels.into_iter().collect(),
+            labels: sandbox
+                .labels
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
             endpoint: Endpoint::default(),
             listed: true,
             claimed: false,
@@ -337,7 +341,7 @@ impl DaytonaProvider {
                     e.into()
                 }
             })?;
-        let get = |k: &str| sandbox.labels.get(k).cloned();
+        let get = |k: &str| sandbox.labels.get(k).map(|v| v.as_str());
         if carries_lease_labels(get, &lease.id, lease.label(labels::POND))
             && sandbox.id == lease.cloud_id
         {
@@ -545,8 +549,11 @@ impl Provider for DaytonaProvider {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(request.lease_id.clone(), settings.clone());
-        let mut sandbox_labels: BTreeMap<String, String> =
-            request.labels.clone().into_iter().collect();
+        let mut sandbox_labels: BTreeMap<String, String> = request
+            .labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let name = server_name(&request.member.slug, &request.lease_id);
         sandbox_labels.insert(LEASE_NAME.to_owned(), name.clone());
         sandbox_labels.insert(WORK_ROOT.to_owned(), settings.work_root.clone());
@@ -585,7 +592,7 @@ impl Provider for DaytonaProvider {
         if !keeps_lease_labels(labels, &lease.id)
             || labels
                 .get(crabbox_core::labels::PROVIDER)
-                .map(String::as_str)
+                .map(|v| v.as_str())
                 != Some("daytona")
         {
             return Err(ProviderError::Failed(format!(
@@ -593,7 +600,10 @@ impl Provider for DaytonaProvider {
                 lease.cloud_id, lease.id
             )));
         }
-        let labels: BTreeMap<String, String> = labels.clone().into_iter().collect();
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         retried(|| self.api.replace_labels(&lease.cloud_id, &labels))
             .await
             .map_err(ProviderError::from)

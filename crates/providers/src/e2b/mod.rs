@@ -714,6 +714,7 @@ impl E2bProvider {
                 .clone()
                 .unwrap_or_default()
                 .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
                 .collect()
         });
         let domain = sandbox
@@ -903,7 +904,11 @@ impl Provider for E2bProvider {
         self.api_url()?;
         let (template, workdir, user) = member_settings(&request.member, &self.env)?;
         let timeout = timeout_of(request.member.ttl);
-        let mut metadata: BTreeMap<String, String> = request.labels.clone().into_iter().collect();
+        let mut metadata: BTreeMap<String, String> = request
+            .labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         metadata.insert(WORKDIR.to_owned(), workdir.clone());
         metadata.insert(TEMPLATE.to_owned(), template.clone());
         let body = json!({
@@ -945,7 +950,10 @@ impl Provider for E2bProvider {
             id: request.lease_id.clone(),
             provider: ProviderName::E2b,
             cloud_id: sandbox.sandbox_id.clone(),
-            labels: metadata.into_iter().collect(),
+            labels: metadata
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
             endpoint: Endpoint::default(),
             listed: true,
             claimed: true,

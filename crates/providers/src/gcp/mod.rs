@@ -216,8 +216,8 @@ impl GcpProvider {
             .iter()
             .filter(|c| c.provider == ProviderName::Gcp.as_str())
             .filter_map(|c| c.labels.get("gcp_project"))
-            .filter(|p| !p.is_empty() && Some(*p) != default.as_ref())
-            .cloned()
+            .filter(|p| !p.is_empty() && Some(p.as_str()) != default.as_deref())
+            .map(ToString::to_string)
             .collect();
         if default.is_none() && named.is_empty() {
             return Err(no_project());
@@ -260,10 +260,10 @@ impl GcpProvider {
             .or_else(|| instance.external_ip().map(str::to_owned));
         let mut labels = instance.labels.clone();
         labels
-            .entry("zone".to_owned())
-            .or_insert_with(|| instance.zone_name().to_owned());
+            .entry("zone".into())
+            .or_insert_with(|| instance.zone_name().into());
         Some(Lease {
-            id,
+            id: id.into(),
             provider: ProviderName::Gcp,
             cloud_id: instance.name,
             labels,
@@ -413,8 +413,8 @@ impl GcpProvider {
         self.leases.drop_target(lease_id).await;
         if let Some(name) = name
             && let Ok(Some(i)) = compute.instance(zone, name).await
-            && i.labels.get(labels::LEASE).map(String::as_str) == Some(lease_id)
-            && i.labels.get(labels::CRABBOX).map(String::as_str) == Some("true")
+            && i.labels.get(labels::LEASE).map(|v| v.as_str()) == Some(lease_id)
+            && i.labels.get(labels::CRABBOX).map(|v| v.as_str()) == Some("true")
         {
             let _ = compute.delete(zone, name).await;
         }
@@ -517,7 +517,7 @@ impl GcpProvider {
         match existing? {
             Some(i)
                 if carries_lease_labels(
-                    |k| i.labels.get(k).cloned(),
+                    |k| i.labels.get(k).map(|v| v.as_str()),
                     &request.lease_id,
                     Some(&request.pond),
                 ) =>
@@ -608,10 +608,13 @@ impl InsertPlan<'_> {
     fn body(&self, attempt: &capacity::Attempt, project: &str) -> Value {
         let zone = self.zone;
         let mut labels = self.request.labels.clone();
-        labels.insert(labels::SERVER_TYPE.to_owned(), attempt.machine_type.clone());
-        labels.insert("market".to_owned(), attempt.market().to_owned());
-        labels.insert("zone".to_owned(), zone.to_owned());
-        labels.insert("gcp_project".to_owned(), project.to_owned());
+        labels.insert(
+            labels::SERVER_TYPE.into(),
+            attempt.machine_type.as_str().into(),
+        );
+        labels.insert("market".into(), attempt.market().into());
+        labels.insert("zone".into(), zone.into());
+        labels.insert("gcp_project".into(), project.into());
         let mut interface = json!({
             "network": network_link(project, self.block),
             "accessConfigs": [{ "name": "External NAT", "type": "ONE_TO_ONE_NAT" }],
@@ -727,7 +730,7 @@ fn zone_of(lease: &Lease) -> Result<&str, ProviderError> {
 /// crabbox changes or deletes only VMs carrying `crabbox=true`, a pond (the
 /// lease's, when it names one) and this lease's ID.
 fn check_owned(instance: &Instance, lease: &Lease) -> Result<(), ProviderError> {
-    let get = |k: &str| instance.labels.get(k).cloned();
+    let get = |k: &str| instance.labels.get(k).map(|v| v.as_str());
     if carries_lease_labels(get, &lease.id, lease.label(labels::POND)) {
         Ok(())
     } else {
@@ -778,7 +781,7 @@ impl Provider for GcpProvider {
             .instances(None)
             .await?
             .into_iter()
-            .filter_map(|i| i.labels.get(labels::POND).cloned())
+            .filter_map(|i| i.labels.get(labels::POND).map(ToString::to_string))
             .collect();
         Ok(ponds.into_iter().collect())
     }
@@ -788,7 +791,7 @@ impl Provider for GcpProvider {
             .instances(None)
             .await?
             .into_iter()
-            .filter_map(|i| i.labels.get(labels::SLUG).cloned())
+            .filter_map(|i| i.labels.get(labels::SLUG).map(ToString::to_string))
             .collect())
     }
 
@@ -812,7 +815,7 @@ impl Provider for GcpProvider {
         let mut labels = names::gcp_labels(new);
         for key in LAUNCH_LABELS {
             if let Some(v) = current.labels.get(key) {
-                labels.entry(key.to_owned()).or_insert_with(|| v.clone());
+                labels.entry(key.into()).or_insert_with(|| v.clone());
             }
         }
         compute
@@ -843,7 +846,7 @@ impl Provider for GcpProvider {
             .instances(Some(&filter))
             .await?
             .into_iter()
-            .filter_map(|i| i.labels.get(labels::LEASE).cloned())
+            .filter_map(|i| i.labels.get(labels::LEASE).map(ToString::to_string))
             .collect();
         self.leases
             .finish_sweep(pond, &live, &HashSet::new(), Vec::new(), Vec::new())
@@ -923,7 +926,7 @@ mod tests {
                 ("created_by", "crabbox"),
             ]
             .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .map(|(k, v)| (k.into(), v.into()))
             .collect(),
         };
         let block = GcpBlock {

@@ -55,7 +55,7 @@ pub fn label_key(key: &str) -> String {
 pub fn gcp_labels(labels: &Labels) -> Labels {
     labels
         .iter()
-        .map(|(k, v)| (label_key(k), label_value(v)))
+        .map(|(k, v)| (label_key(k).into(), label_value(v).into()))
         .collect()
 }
 

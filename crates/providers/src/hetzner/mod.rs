@@ -729,7 +729,7 @@ impl HetznerProvider {
             return Ok(());
         };
         for key in self.keys_named(name).await? {
-            let label = |k: &str| key.labels.get(k).map(String::as_str);
+            let label = |k: &str| key.labels.get(k).map(|v| v.as_str());
             if label(labels::CRABBOX) == Some("true")
                 && label(labels::CREATED_BY) == Some("crabbox")
                 && label(labels::LEASE).is_none_or(|l| l == lease.id)
@@ -755,12 +755,9 @@ impl HetznerProvider {
         let mut rejected: Vec<String> = Vec::new();
         for server_type in &types {
             let mut labels = request.labels.clone();
-            labels.insert(
-                labels::SERVER_TYPE.to_owned(),
-                labels::sanitize(server_type),
-            );
+            labels.insert(labels::SERVER_TYPE.into(), labels::sanitize(server_type));
             // The key actually used, as Crabbox labels it (hetzner/backend.go:107).
-            labels.insert(labels::PROVIDER_KEY.to_owned(), labels::sanitize(key));
+            labels.insert(labels::PROVIDER_KEY.into(), labels::sanitize(key));
             let body = json!({
                 "name": name,
                 "server_type": server_type,
@@ -781,7 +778,12 @@ impl HetznerProvider {
                 Err(e) if e.has_code("uniqueness_error") => {
                     // An earlier attempt may have created it before its answer was lost.
                     return match self.server_named(&name).await? {
-                        Some(s) if s.labels.get(labels::LEASE) == Some(&request.lease_id) => Ok(s),
+                        Some(s)
+                            if s.labels.get(labels::LEASE).map(|v| v.as_str())
+                                == Some(request.lease_id.as_str()) =>
+                        {
+                            Ok(s)
+                        }
                         _ => Err(e.into()),
                     };
                 }
@@ -865,8 +867,8 @@ impl HetznerProvider {
         if let Some(id) = server {
             // Only ever a server this create made: it carries the lease label.
             if let Ok(s) = retried(|| self.get_server(id)).await
-                && s.labels.get(labels::LEASE).map(String::as_str) == Some(lease_id)
-                && s.labels.get(labels::CRABBOX).map(String::as_str) == Some("true")
+                && s.labels.get(labels::LEASE).map(|v| v.as_str()) == Some(lease_id)
+                && s.labels.get(labels::CRABBOX).map(|v| v.as_str()) == Some("true")
             {
                 let path = format!("/servers/{id}");
                 let _ = retried(|| self.http.delete(&path)).await;
@@ -934,8 +936,8 @@ fn is_capacity(e: &ApiError) -> bool {
 }
 
 fn key_is_ours(key: &SshKey, lease_id: &str) -> bool {
-    key.labels.get(labels::CRABBOX).map(String::as_str) == Some("true")
-        && key.labels.get(labels::LEASE).map(String::as_str) == Some(lease_id)
+    key.labels.get(labels::CRABBOX).map(|v| v.as_str()) == Some("true")
+        && key.labels.get(labels::LEASE).map(|v| v.as_str()) == Some(lease_id)
 }
 
 /// Same key type and blob (comments differ freely).
@@ -956,7 +958,7 @@ fn server_id(lease: &Lease) -> Result<u64, ProviderError> {
 /// crabbox changes or deletes only servers carrying `crabbox=true`, a pond
 /// (the lease's, when it names one) and this lease's ID.
 fn check_owned(server: &Server, lease: &Lease) -> Result<(), ProviderError> {
-    let get = |k: &str| server.labels.get(k).cloned();
+    let get = |k: &str| server.labels.get(k).map(|v| v.as_str());
     if carries_lease_labels(get, &lease.id, lease.label(labels::POND)) {
         Ok(())
     } else {
@@ -975,7 +977,7 @@ fn sighting(server: &Server) -> Server {
         status: String::new(),
         labels: [labels::CRABBOX, labels::POND, labels::LEASE]
             .into_iter()
-            .filter_map(|k| Some((k.to_owned(), server.labels.get(k)?.clone())))
+            .filter_map(|k| Some((k.into(), server.labels.get(k)?.clone())))
             .collect(),
         public_net: PublicNet::default(),
     }
@@ -987,7 +989,7 @@ fn lease_without_port(server: Server) -> Option<Lease> {
     let id = server.labels.get(labels::LEASE)?.clone();
     let host = server.ipv4().map(str::to_owned);
     Some(Lease {
-        id,
+        id: id.into(),
         provider: ProviderName::Hetzner,
         cloud_id: server.id.to_string(),
         labels: server.labels,
@@ -1034,7 +1036,7 @@ impl Provider for HetznerProvider {
             );
         })
         .await?;
-        Ok(ponds.into_iter().collect())
+        Ok(ponds.into_iter().map(String::from).collect())
     }
 
     async fn slugs_in_use(&self) -> Result<Vec<String>, ProviderError> {
@@ -1044,7 +1046,7 @@ impl Provider for HetznerProvider {
         self.servers_matching(&selector, |page| {
             slugs.extend(
                 page.into_iter()
-                    .filter_map(|mut s| s.labels.remove(labels::SLUG)),
+                    .filter_map(|mut s| s.labels.remove(labels::SLUG).map(String::from)),
             );
         })
         .await?;
@@ -1162,7 +1164,7 @@ impl Provider for HetznerProvider {
             self.servers_matching(&selector, |page| {
                 live.extend(
                     page.into_iter()
-                        .filter_map(|mut s| s.labels.remove(labels::LEASE)),
+                        .filter_map(|mut s| s.labels.remove(labels::LEASE).map(String::from)),
                 );
             }),
             self.keys_matching(&selector)
@@ -1171,13 +1173,13 @@ impl Provider for HetznerProvider {
         let mut left = Vec::new();
         let mut swept_leases = HashSet::new();
         for key in keys {
-            let Some(lease) = key.labels.get(labels::LEASE).cloned() else {
+            let Some(lease) = key.labels.get(labels::LEASE).map(ToString::to_string) else {
                 continue;
             };
             if live.contains(&lease)
                 || !is_lease_id(&lease)
                 || !key_is_ours(&key, &lease)
-                || key.labels.get(labels::POND).map(String::as_str) != Some(pond)
+                || key.labels.get(labels::POND).map(|v| v.as_str()) != Some(pond)
             {
                 continue;
             }

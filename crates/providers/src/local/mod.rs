@@ -349,7 +349,7 @@ impl Provider for LocalProvider {
         blocking(move || {
             let mut leases: Vec<Lease> = read_leases(&root)?
                 .into_iter()
-                .filter(|(_, r)| r.labels.get(labels::POND) == Some(&pond))
+                .filter(|(_, r)| r.labels.get(labels::POND).is_some_and(|p| *p == pond))
                 .map(to_lease)
                 .collect();
             leases.sort_by(|a, b| a.id.cmp(&b.id));
@@ -364,7 +364,7 @@ impl Provider for LocalProvider {
             let ponds: std::collections::BTreeSet<String> = read_leases(&root)?
                 .into_iter()
                 .filter(|(_, r)| r.labels.get(labels::CRABBOX).is_some_and(|v| v == "true"))
-                .filter_map(|(_, r)| r.labels.get(labels::POND).cloned())
+                .filter_map(|(_, r)| r.labels.get(labels::POND).map(ToString::to_string))
                 .collect();
             Ok(ponds.into_iter().collect())
         })
@@ -401,8 +401,11 @@ impl Provider for LocalProvider {
                 dir.display()
             ))
         })?;
-        let ours = record.labels.get(labels::CRABBOX).map(String::as_str) == Some("true")
-            && record.labels.get(labels::LEASE) == Some(&lease.id);
+        let ours = record.labels.get(labels::CRABBOX).map(|v| v.as_str()) == Some("true")
+            && record
+                .labels
+                .get(labels::LEASE)
+                .is_some_and(|v| *v == lease.id);
         if !ours {
             return Err(ProviderError::Failed(format!(
                 "refusing to release {} ({}): not a crabbox lease",
@@ -1162,7 +1165,7 @@ mod tests {
         assert!(provider.list("c").await.expect("list c").is_empty());
 
         let mut relabelled = db.labels.clone();
-        relabelled.insert(labels::STATE.to_owned(), labels::state::READY.to_owned());
+        relabelled.insert(labels::STATE.into(), labels::state::READY.into());
         provider.relabel(&db, &relabelled).await.expect("relabel");
         let listed = provider.list("a").await.expect("list after relabel");
         let again = listed.iter().find(|l| l.id == db.id).expect("db listed");
@@ -1178,7 +1181,7 @@ mod tests {
 
         // Relabelling into another pond moves it between lists.
         let mut moved = relabelled.clone();
-        moved.insert(labels::POND.to_owned(), "b".to_owned());
+        moved.insert(labels::POND.into(), "b".into());
         provider.relabel(&db, &moved).await.expect("relabel to b");
         assert_eq!(provider.list("a").await.expect("list a").len(), 1);
         assert_eq!(provider.list("b").await.expect("list b").len(), 2);

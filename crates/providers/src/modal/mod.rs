@@ -752,7 +752,7 @@ impl Session for ModalSession<'_> {
 
 /// Crabbox's ten tags from the create's labels (the pond stays in the claim).
 fn tags_of(labels: &Labels, lease_id: &str, app: &str, image: &str) -> BTreeMap<String, String> {
-    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    let label = |k: &str| labels.get(k).map(ToString::to_string).unwrap_or_default();
     let mut tags = BTreeMap::new();
     tags.insert(labels::CRABBOX.to_owned(), "true".to_owned());
     tags.insert(labels::PROVIDER.to_owned(), "modal".to_owned());

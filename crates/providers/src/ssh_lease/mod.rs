@@ -204,7 +204,7 @@ impl SshLeases {
         let slug = request
             .labels
             .get(labels::SLUG)
-            .map_or(request.member.slug.as_str(), String::as_str);
+            .map_or(request.member.slug.as_str(), |v| v.as_str());
         let enrollment = Enrollment::new(
             &config,
             &env,
@@ -252,8 +252,8 @@ pub(crate) fn check_lease_id(id: &str) -> Result<(), ProviderError> {
 /// Whether `labels` name crabbox's lease `lease_id` of a pond (`want`, when
 /// the lease names one): what crabbox checks before it changes or deletes a
 /// server.
-pub(crate) fn carries_lease_labels(
-    get: impl Fn(&str) -> Option<String>,
+pub(crate) fn carries_lease_labels<'a>(
+    get: impl Fn(&str) -> Option<&'a str>,
     lease_id: &str,
     want_pond: Option<&str>,
 ) -> bool {
@@ -262,15 +262,13 @@ pub(crate) fn carries_lease_labels(
         (Some(p), None) => !p.is_empty(),
         (None, _) => false,
     };
-    get(labels::CRABBOX).as_deref() == Some("true")
-        && pond_ok
-        && get(labels::LEASE).as_deref() == Some(lease_id)
+    get(labels::CRABBOX) == Some("true") && pond_ok && get(labels::LEASE) == Some(lease_id)
 }
 
 /// Whether new labels keep what makes a server crabbox's lease: a relabel
 /// that drops them is refused.
 pub(crate) fn keeps_lease_labels(new: &labels::Labels, lease_id: &str) -> bool {
-    let keeps = |k: &str, v: &str| new.get(k).map(String::as_str) == Some(v);
+    let keeps = |k: &str, v: &str| new.get(k).map(|v| v.as_str()) == Some(v);
     keeps(labels::CRABBOX, "true")
         && keeps(labels::LEASE, lease_id)
         && new.get(labels::POND).is_some_and(|p| !p.is_empty())

@@ -1216,7 +1216,9 @@ fn rekeyed(claim: &Claim) -> Claim {
     let id = mint::tensorlake(&claim.cloud_id);
     let mut claim = claim.clone();
     if claim.lease_id != id {
-        claim.labels.insert(labels::LEASE.to_owned(), id.clone());
+        claim
+            .labels
+            .insert(labels::LEASE.into(), id.as_str().into());
         claim.lease_id = id;
     }
     claim
