@@ -169,11 +169,16 @@ pub fn decode_ports(value: &str) -> Vec<u16> {
 /// as building its `Value` tree first, without the tree.
 #[must_use]
 pub fn short_hash<T: serde::Serialize + ?Sized>(value: &T) -> LabelText {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     // Only maps with keys that are not strings fail to serialize; no hashed
     // value has one (a `Value` never fails).
-    let text = serde_json::to_vec(value).unwrap_or_default();
-    let digest = Sha256::digest(&text);
+    short_hash_of_text(&serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// [`short_hash`] of JSON text already written.
+#[must_use]
+pub fn short_hash_of_text(text: &[u8]) -> LabelText {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(text);
     let mut hex = LabelText::default();
     for b in digest.iter().take(6) {
         hex.push(char::from(HEX[usize::from(b >> 4)]));

@@ -2,7 +2,7 @@
 //! and writes nothing, so every rule here is tested with plain data
 //! (`specs/` scenarios and property tests).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::inventory::Inventory;
@@ -105,31 +105,26 @@ pub fn plan(
     inventory: &Inventory,
     options: &PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let members: BTreeMap<&str, &DesiredMember> = desired
-        .members
-        .iter()
-        .map(|m| (m.slug.as_str(), m))
-        .collect();
-    let mut live: BTreeMap<&str, Vec<&Arc<Lease>>> = BTreeMap::new();
+    // Hashed, not ordered: a plan of 10,000 members looks each one up;
+    // what is shown in order is sorted where it is shown.
+    let members: HashSet<&str> = desired.members.iter().map(|m| m.slug.as_str()).collect();
+    let mut live: HashMap<&str, Vec<&Arc<Lease>>> = HashMap::with_capacity(inventory.leases.len());
     for lease in &inventory.leases {
         live.entry(lease.slug()).or_default().push(lease);
     }
-    let all_slugs: BTreeSet<&str> = members
-        .keys()
-        .copied()
-        .chain(live.keys().copied())
-        .collect();
     for (flag, list) in [
         ("only", &options.only),
         ("skip", &options.skip),
         ("replace", &options.replace),
     ] {
         for slug in list {
-            if !all_slugs.contains(slug.as_str()) {
+            if !members.contains(slug.as_str()) && !live.contains_key(slug.as_str()) {
+                let all_slugs: BTreeSet<&str> =
+                    members.iter().chain(live.keys()).copied().collect();
                 return Err(PlanError::UnknownTarget {
                     flag,
                     slug: slug.clone(),
-                    members: all_slugs.iter().copied().collect::<Vec<_>>().join(", "),
+                    members: all_slugs.into_iter().collect::<Vec<_>>().join(", "),
                 });
             }
         }
@@ -176,11 +171,14 @@ pub fn plan(
         let leases = live.get(m.slug.as_str()).map_or(&[][..], Vec::as_slice);
         member_changes(&desired.name, m, leases, options, &mut changes)?;
     }
-    // Live leases whose slug is not in the spec.
-    for (slug, leases) in &live {
-        if members.contains_key(slug) || !targeted.includes(slug) {
-            continue;
-        }
+    // Live leases whose slug is not in the spec, by slug.
+    let mut strays: Vec<(&str, &Vec<&Arc<Lease>>)> = live
+        .iter()
+        .filter(|(slug, _)| !members.contains(*slug) && targeted.includes(slug))
+        .map(|(slug, leases)| (*slug, leases))
+        .collect();
+    strays.sort_unstable_by_key(|(slug, _)| *slug);
+    for (slug, leases) in strays {
         for lease in leases {
             // `keep=true` says "leave this alone" to Crabbox's cleanup
             // (pool.go:540); a pond adopted from Crabbox is full of it.

@@ -9,13 +9,14 @@ use crabbox_core::labels::{
     IDLE_TIMEOUT_SECS, KEEP, LAST_TOUCHED_AT, LEASE, LabelText, Labels, POND, POND_BLOCK,
     POND_SETUP, POND_SPEC, PROFILE, PROVIDER, PROVIDER_KEY, SERVER_TYPE, SETUP_PENDING, SLUG,
     STATE, TAILSCALE, TARGET, TTL_SECS, encode_ports, sanitize, set as set_label, short_hash,
-    state,
+    short_hash_of_text, state,
 };
 
 use std::collections::BTreeMap;
 
 use crabbox_core::provider::ProviderName;
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::desired::{DesiredMember, ReadyCheck, Step, SyncSettings};
 use crate::model::{Class, Condition};
@@ -41,7 +42,9 @@ impl SpecHashes {
     /// that hashes of members without it stay as they were); `pond_spec`
     /// of the member's other settings with both of those objects. The
     /// objects are serialized as they are, not built as JSON trees first:
-    /// a plan hashes every member, 10,000 of them in a large pond.
+    /// a plan hashes every member, 10,000 of them in a large pond. The
+    /// two inner objects are written once, and `pond_spec`'s text takes
+    /// them as written.
     #[must_use]
     pub fn of(m: &DesiredMember) -> Self {
         let block = Block {
@@ -55,6 +58,10 @@ impl SpecHashes {
             depends_on: &m.depends_on,
             pass_env: &m.pass_env,
         };
+        // Only maps whose keys are not strings fail to serialize; neither
+        // object has one.
+        let block = serde_json::value::to_raw_value(&block).unwrap_or_default();
+        let setup = serde_json::value::to_raw_value(&setup).unwrap_or_default();
         // A size that does not apply to the provider is no part of the member.
         let sized = m.sizes_machine();
         let spec = Spec {
@@ -71,8 +78,8 @@ impl SpecHashes {
         };
         Self {
             spec: short_hash(&spec),
-            block: short_hash(&block),
-            setup: short_hash(&setup),
+            block: short_hash_of_text(block.get().as_bytes()),
+            setup: short_hash_of_text(setup.get().as_bytes()),
         }
     }
 }
@@ -107,8 +114,10 @@ struct Spec<'a> {
     keep: bool,
     ttl: u64,
     idle: u64,
-    block: &'a Block<'a>,
-    setup: &'a Setup<'a>,
+    /// [`Block`], as written.
+    block: &'a RawValue,
+    /// [`Setup`], as written.
+    setup: &'a RawValue,
 }
 
 /// Crabbox's profile when none is configured (config.go:2894); crabbox has
