@@ -28,6 +28,8 @@ const LAYERS: &[&str] = &[
 /// Everything `crabbox-core` may use: data, hashing, randomness, timers.
 /// No file system, network, processes or database.
 const CORE_ALLOWED: &[&str] = &[
+    // Inline strings for label keys and values (no I/O).
+    "compact_str",
     "getrandom",
     "schemars",
     "serde",
