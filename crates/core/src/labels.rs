@@ -9,10 +9,10 @@ use sha2::{Digest, Sha256};
 
 /// A resource's labels, sorted by key.
 ///
-/// Keys and values are [`LabelText`]: label keys and values are short (63
-/// characters at most on most providers, usually under 24), and stored
-/// inline a pond of 10,000 members does not allocate twice per label each
-/// time its labels are decoded, copied or projected.
+/// Keys and values are [`LabelText`]: they are short (63 characters at
+/// most on most providers, usually under 24), and kept inline they spare a
+/// pond of 10,000 members two allocations per label each time its labels
+/// are decoded, copied or projected.
 pub type Labels = BTreeMap<LabelText, LabelText>;
 
 /// A label key or value: a string kept inline up to 24 bytes.
