@@ -3,7 +3,6 @@
 //! from our [`Lease`]. Field names, order and types follow Crabbox's
 //! structs (cited per type) because scripts parse them.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -213,7 +212,7 @@ pub struct StatusView {
     pub idle_timeout: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub expires_at: String,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
     pub has_host: bool,
     pub ready: bool,

@@ -129,7 +129,7 @@ pub fn parse_duration(value: &str) -> Option<Duration> {
 pub fn expires_at(labels: &Labels) -> Option<u64> {
     [EXPIRES_AT, LEGACY_TTL]
         .iter()
-        .filter_map(|k| labels.get(*k))
+        .filter_map(|k| labels.get(k))
         .find(|v| !v.trim().is_empty())
         .and_then(|v| parse_time(v))
 }

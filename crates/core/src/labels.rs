@@ -2,18 +2,17 @@
 //! the value sanitizer. The label set of a desired member is computed in
 //! the spec crate (`member_labels`), which knows what a member is.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-/// A resource's labels, sorted by key.
+/// A resource's labels, sorted by key (see [`crate::label_map`]).
 ///
 /// Keys and values are [`LabelText`]: they are short (63 characters at
 /// most on most providers, usually under 24), and kept inline they spare a
 /// pond of 10,000 members two allocations per label each time its labels
 /// are decoded, copied or projected.
-pub type Labels = BTreeMap<LabelText, LabelText>;
+pub use crate::label_map::Labels;
 
 /// A label key or value: a string kept inline up to 24 bytes.
 pub type LabelText = compact_str::CompactString;

@@ -624,7 +624,7 @@ fn adoption(
     let after = adopt::labels(&lease.labels, m, options.rerun_setup, options.now);
     let attributes = after
         .iter()
-        .filter(|(k, v)| lease.labels.get(*k) != Some(*v))
+        .filter(|(k, v)| lease.labels.get(k) != Some(*v))
         .map(|(k, v)| AttrChange {
             name: k.to_string(),
             before: lease.labels.get(k).map(ToString::to_string),
@@ -635,7 +635,7 @@ fn adoption(
             lease
                 .labels
                 .keys()
-                .filter(|k| !after.contains_key(*k))
+                .filter(|k| !after.contains_key(k))
                 .map(|k| AttrChange {
                     name: k.to_string(),
                     before: lease.labels.get(k).map(ToString::to_string),

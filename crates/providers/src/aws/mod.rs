@@ -597,7 +597,7 @@ impl Provider for AwsProvider {
             .tags
             .keys()
             .filter(|k| {
-                !labels.contains_key(*k)
+                !labels.contains_key(k)
                     && !LAUNCH_TAGS.contains(&k.as_str())
                     && !k.starts_with("aws:")
             })
@@ -605,7 +605,7 @@ impl Provider for AwsProvider {
             .collect();
         let changed: Labels = labels
             .iter()
-            .filter(|(k, v)| current.tags.get(*k) != Some(*v))
+            .filter(|(k, v)| current.tags.get(k) != Some(*v))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let failed = |e: api::Ec2Error| {

@@ -931,7 +931,7 @@ impl Provider for AzureProvider {
         let mut tags = labels.clone();
         for k in LAUNCH_TAGS {
             if let Some(v) = current.tags.get(k) {
-                tags.entry(k.into()).or_insert_with(|| v.clone());
+                tags.insert_missing(k, || v.clone());
             }
         }
         let updated = arm

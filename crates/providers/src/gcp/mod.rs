@@ -259,9 +259,7 @@ impl GcpProvider {
             .and_then(|r| r.host)
             .or_else(|| instance.external_ip().map(str::to_owned));
         let mut labels = instance.labels.clone();
-        labels
-            .entry("zone".into())
-            .or_insert_with(|| instance.zone_name().into());
+        labels.insert_missing("zone", || instance.zone_name().into());
         Some(Lease {
             id: id.into(),
             provider: ProviderName::Gcp,
@@ -815,7 +813,7 @@ impl Provider for GcpProvider {
         let mut labels = names::gcp_labels(new);
         for key in LAUNCH_LABELS {
             if let Some(v) = current.labels.get(key) {
-                labels.entry(key.into()).or_insert_with(|| v.clone());
+                labels.insert_missing(key, || v.clone());
             }
         }
         compute
