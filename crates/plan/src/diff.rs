@@ -11,7 +11,7 @@ use crabbox_core::duration;
 use crabbox_core::labels::{self, SETUP_PENDING, state};
 use crabbox_core::lease::Lease;
 use crabbox_spec::desired::{DesiredMember, DesiredPond};
-use crabbox_spec::member_labels::SpecHashes;
+use crabbox_spec::member_labels::SpecHashMemo;
 
 /// Targeting and forcing options.
 #[derive(Debug, Clone, Default)]
@@ -163,13 +163,14 @@ pub fn plan(
     warnings.extend(inventory.warnings.iter().cloned());
 
     let mut changes = Vec::with_capacity(desired.members.len());
+    let mut hashes = SpecHashMemo::default();
     // Desired members in document order.
     for m in &desired.members {
         if !targeted.includes(&m.slug) {
             continue;
         }
         let leases = live.get(m.slug.as_str()).map_or(&[][..], Vec::as_slice);
-        member_changes(&desired.name, m, leases, options, &mut changes)?;
+        member_changes(&desired.name, m, leases, options, &mut hashes, &mut changes)?;
     }
     // Live leases whose slug is not in the spec, by slug.
     let mut strays: Vec<(&str, &Vec<&Arc<Lease>>)> = live
@@ -352,11 +353,12 @@ fn health(lease: &Lease, now: u64) -> Result<(), String> {
 
 /// Appends the changes of member `m` to `out` (a vector of its own per
 /// member cost an allocation each).
-fn member_changes(
+fn member_changes<'a>(
     pond: &str,
-    m: &DesiredMember,
+    m: &'a DesiredMember,
     leases: &[&Arc<Lease>],
     options: &PlanOptions,
+    hashes: &mut SpecHashMemo<'a>,
     out: &mut Vec<MemberChange>,
 ) -> Result<(), PlanError> {
     let base = MemberChange {
@@ -390,7 +392,7 @@ fn member_changes(
         out.extend(duplicates(m, leases, keep));
         return Ok(());
     }
-    let hashes = SpecHashes::of(m);
+    let hashes = hashes.of(m);
     let mut change = MemberChange {
         lease: Some(Arc::clone(keep)),
         ..base

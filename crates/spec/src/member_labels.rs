@@ -47,36 +47,83 @@ impl SpecHashes {
     /// them as written.
     #[must_use]
     pub fn of(m: &DesiredMember) -> Self {
-        let block = Block {
-            provider_block: m.provider_block.as_ref(),
-        };
-        let setup = Setup {
-            setup: &m.setup,
-            env: &m.env,
-            sync: &m.sync,
-            ready: m.ready.as_ref(),
-            depends_on: &m.depends_on,
-            pass_env: &m.pass_env,
-        };
-        // Only maps whose keys are not strings fail to serialize; neither
-        // object has one.
-        let block = serde_json::value::to_raw_value(&block).unwrap_or_default();
-        let setup = serde_json::value::to_raw_value(&setup).unwrap_or_default();
+        Hashed::of(m).hashes()
+    }
+}
+
+/// [`SpecHashes::of`] for the members of a pond one after another, each
+/// set of hashed settings hashed once: a large pond's members are mostly
+/// alike (written from one template, differing in slug), and comparing a
+/// member's settings with the last one's costs a fraction of serializing
+/// and digesting them again.
+#[derive(Default)]
+pub struct SpecHashMemo<'a> {
+    last: Option<(Hashed<'a>, SpecHashes)>,
+}
+
+impl<'a> SpecHashMemo<'a> {
+    /// The hashes of `m`.
+    pub fn of(&mut self, m: &'a DesiredMember) -> SpecHashes {
+        let hashed = Hashed::of(m);
+        match &self.last {
+            Some((last, hashes)) if *last == hashed => hashes.clone(),
+            _ => {
+                let hashes = hashed.hashes();
+                self.last = Some((hashed, hashes.clone()));
+                hashes
+            }
+        }
+    }
+}
+
+/// Everything of a member the hashes cover, borrowed.
+#[derive(PartialEq)]
+struct Hashed<'a> {
+    block: Block<'a>,
+    setup: Setup<'a>,
+    spec: SpecFields<'a>,
+}
+
+impl<'a> Hashed<'a> {
+    fn of(m: &'a DesiredMember) -> Self {
         // A size that does not apply to the provider is no part of the member.
         let sized = m.sizes_machine();
+        Self {
+            block: Block {
+                provider_block: m.provider_block.as_ref(),
+            },
+            setup: Setup {
+                setup: &m.setup,
+                env: &m.env,
+                sync: &m.sync,
+                ready: m.ready.as_ref(),
+                depends_on: &m.depends_on,
+                pass_env: &m.pass_env,
+            },
+            spec: SpecFields {
+                provider: m.provider,
+                class: m.class.filter(|_| sized),
+                server_type: m.server_type.as_deref().filter(|_| sized),
+                tailscale: m.tailscale,
+                expose: &m.expose,
+                keep: m.keep,
+                ttl: m.ttl.as_secs(),
+                idle: m.idle_timeout.as_secs(),
+            },
+        }
+    }
+
+    fn hashes(&self) -> SpecHashes {
+        // Only maps whose keys are not strings fail to serialize; neither
+        // object has one.
+        let block = serde_json::value::to_raw_value(&self.block).unwrap_or_default();
+        let setup = serde_json::value::to_raw_value(&self.setup).unwrap_or_default();
         let spec = Spec {
-            provider: m.provider,
-            class: m.class.filter(|_| sized),
-            server_type: m.server_type.as_deref().filter(|_| sized),
-            tailscale: m.tailscale,
-            expose: &m.expose,
-            keep: m.keep,
-            ttl: m.ttl.as_secs(),
-            idle: m.idle_timeout.as_secs(),
+            fields: &self.spec,
             block: &block,
             setup: &setup,
         };
-        Self {
+        SpecHashes {
             spec: short_hash(&spec),
             block: short_hash_of_text(block.get().as_bytes()),
             setup: short_hash_of_text(setup.get().as_bytes()),
@@ -85,13 +132,13 @@ impl SpecHashes {
 }
 
 /// What `pond_block` hashes.
-#[derive(Serialize)]
+#[derive(Serialize, PartialEq)]
 struct Block<'a> {
     provider_block: Option<&'a serde_json::Value>,
 }
 
 /// What `pond_setup` hashes.
-#[derive(Serialize)]
+#[derive(Serialize, PartialEq)]
 struct Setup<'a> {
     setup: &'a [Step],
     env: &'a BTreeMap<String, String>,
@@ -102,9 +149,21 @@ struct Setup<'a> {
     pass_env: &'a [String],
 }
 
-/// What `pond_spec` hashes.
+/// What `pond_spec` hashes: the member's own settings, then the two
+/// inner objects as written.
 #[derive(Serialize)]
 struct Spec<'a> {
+    #[serde(flatten)]
+    fields: &'a SpecFields<'a>,
+    /// [`Block`], as written.
+    block: &'a RawValue,
+    /// [`Setup`], as written.
+    setup: &'a RawValue,
+}
+
+/// The member's own settings in `pond_spec`.
+#[derive(Serialize, PartialEq)]
+struct SpecFields<'a> {
     provider: ProviderName,
     class: Option<Class>,
     #[serde(rename = "type")]
@@ -114,10 +173,6 @@ struct Spec<'a> {
     keep: bool,
     ttl: u64,
     idle: u64,
-    /// [`Block`], as written.
-    block: &'a RawValue,
-    /// [`Setup`], as written.
-    setup: &'a RawValue,
 }
 
 /// Crabbox's profile when none is configured (config.go:2894); crabbox has
@@ -307,5 +362,17 @@ members:
         for m in &members {
             assert_eq!(SpecHashes::of(m), tree_hashes(m), "member {}", m.slug);
         }
+        // The memo hashes alike members once, and tells unlike ones apart
+        // even when they differ in one setting only.
+        let mut twin = members[3].clone();
+        twin.slug = "busy-twin".to_owned();
+        let mut other = twin.clone();
+        other.env.insert("A".to_owned(), "3".to_owned());
+        let mut memo = SpecHashMemo::default();
+        for m in members.iter().chain([&twin, &other, &twin, &members[0]]) {
+            assert_eq!(memo.of(m), tree_hashes(m), "member {}", m.slug);
+        }
+        assert_eq!(memo.of(&twin), memo.of(&members[3]));
+        assert_ne!(memo.of(&other).setup, memo.of(&twin).setup);
     }
 }

@@ -89,21 +89,22 @@ pub struct Claim {
 }
 
 /// A claim as it is stored: Crabbox's fields at the top level, ours
-/// folded into `labels` (see [`Claim`]). Read with all its labels
-/// ([`Labels`], for a [`Claim`]) or with ours alone ([`FoldedLabels`], for
-/// a [`ClaimHead`]).
+/// folded into `labels` (see [`Claim`]). Read whole, with all its labels
+/// ([`Labels`], for a [`Claim`]), or as a head, with ours alone
+/// ([`FoldedLabels`]) and the text fields a [`ClaimHead`] has no room for
+/// checked but not copied (`T` = [`SkippedValue`]).
 #[derive(Serialize, Deserialize, Default)]
 #[serde(
     rename_all = "camelCase",
-    bound(serialize = "L: Serialize + ClaimLabels")
+    bound(serialize = "L: Serialize + ClaimLabels, T: Serialize + Default + PartialEq")
 )]
-struct ClaimWire<L = Labels> {
+struct ClaimWire<L = Labels, T = String> {
     /// The lease ID; must equal the file name.
     #[serde(rename = "leaseID")]
     lease_id: String,
     /// Random 16-byte hex, new on every write.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    revision: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    revision: T,
     /// Slug.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     slug: String,
@@ -118,30 +119,30 @@ struct ClaimWire<L = Labels> {
     pond: String,
     /// Repository the lease was claimed for (always written, as Crabbox does).
     #[serde(default)]
-    repo_root: String,
+    repo_root: T,
     /// RFC 3339 (always written).
     #[serde(default)]
-    claimed_at: String,
+    claimed_at: T,
     /// RFC 3339 (always written).
     #[serde(default)]
-    last_used_at: String,
+    last_used_at: T,
     /// Idle timeout in seconds (left out when 0, as Crabbox does).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_default")]
     idle_timeout_seconds: u64,
     /// Copy of the provider labels (for label-less providers: the labels);
     /// left out when empty, as Crabbox does.
     #[serde(default, skip_serializing_if = "ClaimLabels::is_empty")]
     labels: L,
     /// SSH host.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    ssh_host: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    ssh_host: T,
     /// SSH port: a JSON number, left out when 0, as Crabbox writes it (its
     /// Go type is `int`; a string there makes Crabbox refuse every claim on
     /// the machine). Claims written by earlier crabbox versions hold a
     /// string, which is still read.
     #[serde(
         default,
-        skip_serializing_if = "is_zero",
+        skip_serializing_if = "is_default",
         deserialize_with = "port_number_or_text"
     )]
     ssh_port: u16,
@@ -348,7 +349,7 @@ pub struct ClaimHead {
 
 impl<'de> Deserialize<'de> for ClaimHead {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let wire = ClaimWire::<FoldedLabels>::deserialize(deserializer)?;
+        let wire = ClaimWire::<FoldedLabels, SkippedValue>::deserialize(deserializer)?;
         let Unfolded { state, extra, .. } = unfold(wire.labels.0, wire.extra);
         Ok(Self {
             lease_id: wire.lease_id,
@@ -435,6 +436,7 @@ impl<'de> Deserialize<'de> for FoldedLabels {
 /// A label value passed over without a copy, yet refused when it is not a
 /// string, as a [`Claim`] refuses it: a claim discovery reads as a head
 /// reads whole too (a dangling one is read again whole).
+#[derive(Default, PartialEq)]
 struct SkippedValue;
 
 impl<'de> Deserialize<'de> for SkippedValue {
@@ -472,7 +474,7 @@ impl<'de> Deserialize<'de> for OurKey {
     }
 }
 
-fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
 }
 
