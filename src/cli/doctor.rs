@@ -211,7 +211,7 @@ fn paths(pond: &str, peers: &[Peer]) -> Vec<Path> {
                         from: from.slug.clone(),
                         to: to.slug.clone(),
                         port,
-                        plane: to.transport.clone(),
+                        plane: to.transport.to_owned(),
                         address: address.clone(),
                     });
                 }

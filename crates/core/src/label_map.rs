@@ -107,6 +107,24 @@ impl Labels {
         self.entries.retain_mut(|(k, v)| keep(k, v));
     }
 
+    /// Removes the labels whose key `take` is true for, and gives them
+    /// back in key order.
+    pub fn take_where(
+        &mut self,
+        mut take: impl FnMut(&str) -> bool,
+    ) -> Vec<(LabelText, LabelText)> {
+        let mut taken = Vec::new();
+        self.entries.retain_mut(|(k, v)| {
+            if take(k) {
+                taken.push((std::mem::take(k), std::mem::take(v)));
+                false
+            } else {
+                true
+            }
+        });
+        taken
+    }
+
     /// The labels in key order.
     pub fn iter(&self) -> Iter<'_> {
         Iter(self.entries.iter())
@@ -309,6 +327,8 @@ mod tests {
             v.push('!');
         }
         assert_eq!(l, pairs(&[("a", "1!"), ("c", "3!")]));
+        assert_eq!(l.take_where(|k| k == "c"), vec![("c".into(), "3!".into())]);
+        assert_eq!(l, pairs(&[("a", "1!")]));
         assert_eq!(l.iter().next_back(), Some((&"c".into(), &"3!".into())));
     }
 }

@@ -302,13 +302,14 @@ impl HttpClient {
             .timeout(self.timeout)
     }
 
-    /// Sends `request`; the body of a 2xx response, or the mapped error.
+    /// Sends `request`; the body of a 2xx response, as received (a page of
+    /// 50 servers is ~75 KB), or the mapped error.
     async fn send(
         &self,
         method: Method,
         path: &str,
         request: RequestBuilder,
-    ) -> Result<Vec<u8>, ApiError> {
+    ) -> Result<impl std::ops::Deref<Target = [u8]> + use<>, ApiError> {
         let what = format!("{}: {method} {path}", self.provider);
         let response = match request.send().await {
             Ok(r) => r,
@@ -317,8 +318,7 @@ impl HttpClient {
         let status = response.status();
         let headers = response.headers().clone();
         let body = match response.bytes().await {
-            // The body as received, not a copy of it (a page of 50 servers is ~75 KB).
-            Ok(b) => Vec::from(b),
+            Ok(b) => b,
             Err(e) => return Err(self.transport_error(&what, &e)),
         };
         if status.is_success() {

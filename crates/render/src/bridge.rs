@@ -90,14 +90,14 @@ pub struct BridgePeer {
     #[serde(rename = "leaseID")]
     pub lease_id: String,
     /// Canonical provider name.
-    pub provider: String,
+    pub provider: &'static str,
     /// The pond.
     pub pond: String,
     /// The primary transport, `pending` while its endpoint is unknown.
-    pub transport: String,
+    pub transport: &'static str,
     /// Every transport the provider offers: tailnet, url, ssh.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub transports: Vec<String>,
+    pub transports: Vec<&'static str>,
     /// Where the primary transport reaches it; `""` when unknown.
     pub endpoint: String,
     /// The lease's labels.
@@ -164,7 +164,7 @@ impl Capabilities {
 
     /// `Available()`: tailnet, url, ssh, those it has.
     #[must_use]
-    pub fn available(self) -> Vec<String> {
+    pub fn available(self) -> Vec<&'static str> {
         [
             (self.tailscale, transport::TAILNET),
             (self.url_bridge, transport::URL),
@@ -172,7 +172,7 @@ impl Capabilities {
         ]
         .into_iter()
         .filter(|(has, _)| *has)
-        .map(|(_, t)| t.to_owned())
+        .map(|(_, t)| t)
         .collect()
     }
 
@@ -213,9 +213,9 @@ pub fn bridge_peer(pond: &str, lease: &Lease, ours: Features) -> BridgePeer {
     let mut peer = BridgePeer {
         slug: lease.slug().to_owned(),
         lease_id: lease.id.clone(),
-        provider: lease.provider.as_str().to_owned(),
+        provider: lease.provider.as_str(),
         pond: pond.to_owned(),
-        transport: String::new(),
+        transport: "",
         transports: caps.available(),
         endpoint: String::new(),
         // The claim's labels (the caller's to fill): a copy of the
@@ -232,14 +232,14 @@ pub fn bridge_peer(pond: &str, lease: &Lease, ours: Features) -> BridgePeer {
     if lease.provider == ProviderName::Local {
         // Crabbox has no `local` provider, so nothing to agree with; its
         // members keep the one way to reach them, as a transport of ours.
-        peer.transports = vec![transport::LOCAL.to_owned()];
+        peer.transports = vec![transport::LOCAL];
         match lease.endpoint.host.as_deref().filter(|h| !h.is_empty()) {
             Some(host) => {
-                peer.transport = transport::LOCAL.to_owned();
+                peer.transport = transport::LOCAL;
                 host.clone_into(&mut peer.endpoint);
             }
             None => {
-                peer.transport = transport::PENDING.to_owned();
+                peer.transport = transport::PENDING;
                 "local address not yet recorded for this lease".clone_into(&mut peer.note);
             }
         }
@@ -249,16 +249,16 @@ pub fn bridge_peer(pond: &str, lease: &Lease, ours: Features) -> BridgePeer {
     match caps.primary() {
         transport::TAILNET => match tailnet {
             Some(endpoint) => {
-                peer.transport = transport::TAILNET.to_owned();
+                peer.transport = transport::TAILNET;
                 endpoint.clone_into(&mut peer.endpoint);
             }
             None if caps.url_bridge => {
-                peer.transport = transport::URL.to_owned();
+                peer.transport = transport::URL;
                 peer.endpoint = url;
                 url_primary = true;
             }
             None => {
-                peer.transport = transport::PENDING.to_owned();
+                peer.transport = transport::PENDING;
                 "tailnet endpoint not yet recorded for this lease".clone_into(&mut peer.note);
             }
         },
@@ -267,25 +267,25 @@ pub fn bridge_peer(pond: &str, lease: &Lease, ours: Features) -> BridgePeer {
             lease.endpoint.ssh_port.filter(|p| *p != 0),
         ) {
             (None, _) => {
-                peer.transport = transport::PENDING.to_owned();
+                peer.transport = transport::PENDING;
                 "ssh endpoint not yet recorded for this lease".clone_into(&mut peer.note);
             }
             (Some(_), None) => {
-                peer.transport = transport::PENDING.to_owned();
+                peer.transport = transport::PENDING;
                 "ssh port not yet recorded for this lease".clone_into(&mut peer.note);
             }
             (Some(host), Some(port)) => {
-                peer.transport = transport::SSH.to_owned();
+                peer.transport = transport::SSH;
                 peer.endpoint = format!("ssh://{host}:{port}");
             }
         },
         transport::URL => {
-            peer.transport = transport::URL.to_owned();
+            peer.transport = transport::URL;
             peer.endpoint = url;
             url_primary = true;
         }
         _ => {
-            peer.transport = transport::NONE.to_owned();
+            peer.transport = transport::NONE;
             peer.note = if lease.provider == ProviderName::BlacksmithTestbox {
                 "blacksmith owns connectivity".to_owned()
             } else {
@@ -309,7 +309,7 @@ pub fn bridge_peer(pond: &str, lease: &Lease, ours: Features) -> BridgePeer {
         } else if url_primary {
             // :436-447: no adapter for a lookup it needs.
             "unsupported-provider".clone_into(&mut peer.bridge_state);
-            peer.transport = transport::NONE.to_owned();
+            peer.transport = transport::NONE;
             peer.note = format!("no bridge adapter for provider {}", peer.provider);
         }
     }
@@ -344,7 +344,7 @@ mod tests {
         );
         assert_eq!(
             (
-                no_host.transport.as_str(),
+                no_host.transport,
                 no_host.endpoint.as_str(),
                 no_host.note.as_str()
             ),
@@ -370,7 +370,7 @@ mod tests {
             features_of(ProviderName::Modal),
         );
         assert_eq!(
-            (none.transport.as_str(), none.note.as_str()),
+            (none.transport, none.note.as_str()),
             ("none", "no advertised pond transport for provider modal")
         );
         assert!(none.transports.is_empty());

@@ -73,8 +73,8 @@ struct Member<'a> {
     provider: &'a str,
     pond: &'a str,
     transport: &'a str,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    transports: &'a [String],
+    #[serde(skip_serializing_if = "<[&str]>::is_empty")]
+    transports: &'a [&'static str],
     endpoint: &'a str,
     #[serde(skip_serializing_if = "MemberLabels::is_empty")]
     labels: MemberLabels<'a>,

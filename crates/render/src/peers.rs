@@ -62,9 +62,9 @@ pub struct Peer {
     /// The pond.
     pub pond: String,
     /// The primary transport: the first of `transports`, or `none`.
-    pub transport: String,
+    pub transport: &'static str,
     /// Every transport, in the order `tailnet`, `url`, `ssh`, `local`.
-    pub transports: Vec<String>,
+    pub transports: Vec<&'static str>,
     /// Where the primary transport reaches it: the loopback host for `local`,
     /// `ssh://host:port` for `ssh`, the URL for `url`, the tailnet address
     /// for `tailnet`; `pending` when it cannot be reached (yet).
@@ -94,13 +94,14 @@ pub fn peers_from_leases<L: PeerSource>(
     leases: impl IntoIterator<Item = L>,
     features: impl Fn(ProviderName) -> Features,
 ) -> Vec<Peer> {
-    let mut peers: Vec<Peer> = leases
-        .into_iter()
-        .map(|l| {
-            let provider = l.lease().provider;
-            peer_from_lease(pond, l, features(provider))
-        })
-        .collect();
+    let leases = leases.into_iter();
+    // Room for every peer at once: a peer is large, and growing the vector
+    // copied 10,000 of them several times over.
+    let mut peers: Vec<Peer> = Vec::with_capacity(leases.size_hint().1.unwrap_or_default());
+    peers.extend(leases.map(|l| {
+        let provider = l.lease().provider;
+        peer_from_lease(pond, l, features(provider))
+    }));
     peers.sort_by(|a, b| {
         a.slug
             .cmp(&b.slug)
@@ -174,18 +175,18 @@ fn unlabelled_peer(pond: &str, lease: &Lease, features: Features) -> Peer {
 
     let mut transports = Vec::new();
     if tailnet.is_some() {
-        transports.push(transport::TAILNET.to_owned());
+        transports.push(transport::TAILNET);
     }
     if features.url_bridge && url.is_some() {
-        transports.push(transport::URL.to_owned());
+        transports.push(transport::URL);
     }
     if features.ssh {
-        transports.push(transport::SSH.to_owned());
+        transports.push(transport::SSH);
     }
     if features.local {
-        transports.push(transport::LOCAL.to_owned());
+        transports.push(transport::LOCAL);
     }
-    let primary = transports.first().map_or(transport::NONE, String::as_str);
+    let primary = transports.first().copied().unwrap_or(transport::NONE);
     // Peers reach a member on the tailnet at its tailnet address: that is
     // its host in the variables and in `<slug>.cbx`.
     let host = if primary == transport::TAILNET {
@@ -221,7 +222,7 @@ fn unlabelled_peer(pond: &str, lease: &Lease, features: Features) -> Peer {
         lease_id: lease.id.clone(),
         provider: lease.provider,
         pond: pond.to_owned(),
-        transport: primary.to_owned(),
+        transport: primary,
         transports,
         endpoint,
         host,
@@ -277,7 +278,12 @@ fn env_peer(slug: &str) -> String {
 /// replaced by `_` (runs not collapsed), leading and trailing `_` trimmed.
 #[must_use]
 pub fn env_name(slug: &str, port: u16) -> String {
-    format!("CRABBOX_POND_{}_{port}", env_peer(slug))
+    port_var(&env_peer(slug), port)
+}
+
+/// [`env_name`] of a peer whose `<PEER>` part is known.
+fn port_var(peer: &str, port: u16) -> String {
+    format!("CRABBOX_POND_{peer}_{port}")
 }
 
 /// The variables that let members reach each other: `CRABBOX_POND=<pond>`,
@@ -287,27 +293,30 @@ pub fn env_name(slug: &str, port: u16) -> String {
 /// two peers map to the same name, the first (by slug, then lease ID) wins.
 #[must_use]
 pub fn peer_env(pond: &str, peers: &[Peer]) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::new();
-    env.insert("CRABBOX_POND".to_owned(), pond.to_owned());
+    // Gathered in the order that decides who wins, then sorted once: a pond
+    // of 10,000 members has twice as many variables, and inserting each
+    // into the map compared its long common prefix again and again.
+    let mut env = vec![("CRABBOX_POND".to_owned(), pond.to_owned())];
     for peer in peers {
+        let name = env_peer(&peer.slug);
         let mut covered = BTreeSet::new();
         if peer.transport == transport::URL {
             for target in &peer.targets {
-                env.entry(env_name(&peer.slug, target.port))
-                    .or_insert_with(|| target.url.clone());
+                env.push((port_var(&name, target.port), target.url.clone()));
                 covered.insert(target.port);
             }
         }
         if let Some(host) = &peer.host {
-            env.entry(format!("CRABBOX_POND_{}_HOST", env_peer(&peer.slug)))
-                .or_insert_with(|| host.clone());
+            env.push((format!("CRABBOX_POND_{name}_HOST"), host.clone()));
             for &port in peer.ports.iter().filter(|p| !covered.contains(*p)) {
-                env.entry(env_name(&peer.slug, port))
-                    .or_insert_with(|| host_port(host, port));
+                env.push((port_var(&name, port), host_port(host, port)));
             }
         }
     }
-    env
+    // Stable: of the same name, the first given stays first and is kept.
+    env.sort_by(|a, b| a.0.cmp(&b.0));
+    env.dedup_by(|later, first| later.0 == first.0);
+    env.into_iter().collect()
 }
 
 /// Replaces each `{{peers.<slug>.<field>}}` in `text` (whitespace inside the
@@ -487,7 +496,7 @@ pub(crate) mod tests {
         assert_eq!(order, ["api", "db", "web"]);
         let db = &peers[1];
         assert_eq!(
-            (db.transport.as_str(), db.endpoint.as_str()),
+            (db.transport, db.endpoint.as_str()),
             ("local", "127.77.3.9")
         );
         assert_eq!(db.transports, ["local"]);
@@ -569,6 +578,38 @@ pub(crate) mod tests {
         assert_eq!(env["CRABBOX_POND_DB_HOST"], "100.64.0.7");
     }
 
+    /// `a-b` and `a_b` both name `CRABBOX_POND_A_B_*`: the first peer (by
+    /// slug) keeps the names, whatever order the variables sort in.
+    #[test]
+    fn of_two_peers_with_one_variable_name_the_first_wins() {
+        let member = |id: &str, slug: &str, host: &str| {
+            lease(
+                id,
+                slug,
+                ProviderName::Hetzner,
+                "5432",
+                Endpoint {
+                    host: Some(host.to_owned()),
+                    ssh_port: Some(22),
+                    ..Endpoint::default()
+                },
+            )
+        };
+        let peers = peers_from_leases(
+            "demo",
+            &[
+                member("cbx_000000000002", "a_b", "203.0.113.2"),
+                member("cbx_000000000001", "a-b", "203.0.113.1"),
+            ],
+            features,
+        );
+        assert_eq!(peers[0].slug, "a-b");
+        let env = peer_env("demo", &peers);
+        assert_eq!(env["CRABBOX_POND_A_B_HOST"], "203.0.113.1");
+        assert_eq!(env["CRABBOX_POND_A_B_5432"], "203.0.113.1:5432");
+        assert_eq!(env.len(), 3, "{env:?}");
+    }
+
     #[test]
     fn transports_and_pending_endpoints() {
         let mut tail = lease(
@@ -626,8 +667,8 @@ pub(crate) mod tests {
             .iter()
             .map(|p| {
                 (
-                    p.transport.as_str(),
-                    p.transports.iter().map(String::as_str).collect(),
+                    p.transport,
+                    p.transports.clone(),
                     p.endpoint.as_str(),
                     p.note.as_deref(),
                 )

@@ -53,8 +53,8 @@ impl<'a> Targets<'a> {
                 lease_id: format!("lease-of-{}", m.slug),
                 provider: m.provider,
                 pond: pond.to_owned(),
-                transport: "ssh".to_owned(),
-                transports: vec!["ssh".to_owned()],
+                transport: "ssh",
+                transports: vec!["ssh"],
                 endpoint: PLACEHOLDER_HOST.to_owned(),
                 host: Some(PLACEHOLDER_HOST.to_owned()),
                 // An unknown port list stands for "some port": no false alarms.

@@ -287,11 +287,7 @@ fn unfold(mut labels: Labels, mut extra: BTreeMap<String, serde_json::Value>) ->
         }
         None => String::new(),
     };
-    let ours: Vec<LabelText> = labels.keys().filter(|k| is_folded(k)).cloned().collect();
-    for key in ours {
-        let Some(value) = labels.remove(&key) else {
-            continue;
-        };
+    for (key, value) in labels.take_where(is_folded) {
         if let Some(field) = key.strip_prefix(FOLDED) {
             if field == STATE_FIELD {
                 state = value.into_string();

@@ -39,7 +39,10 @@ impl<K: Hash + Eq, V: Clone> Sightings<K, V> {
     /// Remembers every server of a listing as seen now (one lock for a page).
     pub(crate) fn saw_all(&self, servers: impl IntoIterator<Item = (K, V)>) {
         let now = Instant::now();
+        let servers = servers.into_iter();
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        // Room for the page at once, not by doublings as its servers arrive.
+        seen.reserve(servers.size_hint().0);
         for (id, server) in servers {
             seen.insert(id, (now, server));
         }
