@@ -91,9 +91,9 @@ impl<'a> Member<'a> {
         Self {
             slug: &p.slug,
             lease_id: &p.lease_id,
-            provider: &p.provider,
+            provider: p.provider,
             pond: &p.pond,
-            transport: &p.transport,
+            transport: p.transport,
             transports: &p.transports,
             endpoint: &p.endpoint,
             labels: MemberLabels {
