@@ -132,7 +132,11 @@ pub fn plan_with_outputs(
         .map_err(PlanFailure::Outputs)?,
     );
     for f in files {
-        let old = std::fs::read_to_string(dir.join(&f.name)).ok();
+        let path = dir.join(&f.name);
+        if holds(&path, f.contents.as_bytes()) {
+            continue;
+        }
+        let old = std::fs::read_to_string(&path).ok();
         if old.as_deref() != Some(f.contents.as_str()) {
             p.outputs.push(OutputChange {
                 name: f.name.clone(),
@@ -142,6 +146,33 @@ pub fn plan_with_outputs(
         }
     }
     Ok(p)
+}
+
+/// Whether the file at `path` holds exactly `contents`: compared piece by
+/// piece as it is read, so an unchanged `peers.json` of 10,000 members
+/// (10 MiB) is not read into memory of its own only to be compared.
+fn holds(path: &Path, contents: &[u8]) -> bool {
+    use std::io::Read as _;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    if file.metadata().map(|m| m.len()).ok() != u64::try_from(contents.len()).ok() {
+        return false;
+    }
+    let mut piece = vec![0_u8; 64 * 1024];
+    let mut rest = contents;
+    loop {
+        match file.read(&mut piece) {
+            // The whole file read: it matched so far, and nothing of it is left over.
+            Ok(0) => return rest.is_empty(),
+            Ok(n) => match rest.strip_prefix(&piece[..n]) {
+                Some(after) => rest = after,
+                None => return false,
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// The leases that will exist after the plan, with placeholders for new
@@ -332,5 +363,31 @@ pub fn sync_root(dir: &Path) -> PathBuf {
     match out {
         Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
         _ => dir.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_holds_exactly_its_contents_however_long() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("peers.json");
+        // Longer than one piece, so pieces after the first are compared too.
+        let long: Vec<u8> = (0..200_000_u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(&path, &long).expect("write");
+        assert!(holds(&path, &long));
+        let mut late = long.clone();
+        late[150_000] = b'!';
+        assert!(!holds(&path, &late), "a difference past the first piece");
+        assert!(!holds(&path, &long[..long.len() - 1]), "shorter");
+        assert!(!holds(&path, &[long.as_slice(), b"x"].concat()), "longer");
+        assert!(
+            !holds(&dir.path().join("none"), b""),
+            "a missing file holds nothing"
+        );
+        std::fs::write(&path, b"").expect("empty");
+        assert!(holds(&path, b""));
     }
 }

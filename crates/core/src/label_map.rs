@@ -327,8 +327,8 @@ mod tests {
             v.push('!');
         }
         assert_eq!(l, pairs(&[("a", "1!"), ("c", "3!")]));
+        assert_eq!(l.iter().next_back(), Some((&"c".into(), &"3!".into())));
         assert_eq!(l.take_where(|k| k == "c"), vec![("c".into(), "3!".into())]);
         assert_eq!(l, pairs(&[("a", "1!")]));
-        assert_eq!(l.iter().next_back(), Some((&"c".into(), &"3!".into())));
     }
 }

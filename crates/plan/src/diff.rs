@@ -2,8 +2,10 @@
 //! and writes nothing, so every rule here is tested with plain data
 //! (`specs/` scenarios and property tests).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::inventory::Inventory;
 use crate::{Action, AttrChange, MemberChange, Plan, adopt};
@@ -107,8 +109,11 @@ pub fn plan(
 ) -> Result<Plan, PlanError> {
     // Hashed, not ordered: a plan of 10,000 members looks each one up;
     // what is shown in order is sorted where it is shown.
-    let members: HashSet<&str> = desired.members.iter().map(|m| m.slug.as_str()).collect();
-    let mut live: HashMap<&str, Vec<&Arc<Lease>>> = HashMap::with_capacity(inventory.leases.len());
+    // Fx-hashed: the keys are slugs, and a plan of 10,000 members hashes
+    // each a few times.
+    let members: FxHashSet<&str> = desired.members.iter().map(|m| m.slug.as_str()).collect();
+    let mut live: FxHashMap<&str, Vec<&Arc<Lease>>> =
+        FxHashMap::with_capacity_and_hasher(inventory.leases.len(), Default::default());
     for lease in &inventory.leases {
         live.entry(lease.slug()).or_default().push(lease);
     }
