@@ -113,8 +113,7 @@ pub async fn discover(
     let ran: Vec<Option<Result<Vec<String>, String>>> = pond_claims
         .iter()
         .map(|c| {
-            c.extra
-                .get(crabbox_plan::commands::CLAIM_FIELD)
+            c.extra(crabbox_plan::commands::CLAIM_FIELD)
                 .map(|record| Vec::<String>::deserialize(record).map_err(|e| e.to_string()))
         })
         .collect();
@@ -171,7 +170,7 @@ pub async fn discover(
             lease.claimed = true;
             // What only the claim knows: the URL bridge's shares.
             if lease.endpoint.shares.is_empty()
-                && let Some(shares) = claim.extra.get(crabbox_state::claims::SHARES_FIELD)
+                && let Some(shares) = claim.extra(crabbox_state::claims::SHARES_FIELD)
             {
                 lease.endpoint.shares = serde_json::from_value(shares.clone()).unwrap_or_default();
             }

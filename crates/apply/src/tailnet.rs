@@ -378,8 +378,7 @@ pub(crate) fn address_from_claim(lease: &mut Lease, claim: &ClaimHead) {
         ("tailscaleFQDN", label::FQDN),
     ] {
         if let Some(value) = claim
-            .extra
-            .get(field)
+            .extra(field)
             .and_then(serde_json::Value::as_str)
             .filter(|v| !v.is_empty())
         {
@@ -410,14 +409,16 @@ mod tests {
             Some("100_64_0_7"),
             "no claim field, no change"
         );
-        let mut claim = ClaimHead::default();
-        claim
-            .extra
-            .insert("tailscaleIPv4".to_owned(), "100.64.0.7".into());
-        claim.extra.insert(
-            "tailscaleFQDN".to_owned(),
-            "crabbox-db.tail0123.ts.net".into(),
-        );
+        let claim = ClaimHead {
+            extra: vec![
+                (
+                    "tailscaleFQDN".to_owned(),
+                    "crabbox-db.tail0123.ts.net".into(),
+                ),
+                ("tailscaleIPv4".to_owned(), "100.64.0.7".into()),
+            ],
+            ..ClaimHead::default()
+        };
         address_from_claim(&mut lease, &claim);
         assert_eq!(lease.label(label::IPV4), Some("100.64.0.7"));
         assert_eq!(lease.label(label::FQDN), Some("crabbox-db.tail0123.ts.net"));

@@ -278,21 +278,46 @@ struct Unfolded {
 /// the map of every claim's twenty-odd labels was a quarter of reading the
 /// claims of a 10,000-member pond.
 fn unfold(mut labels: Labels, mut extra: BTreeMap<String, serde_json::Value>) -> Unfolded {
-    // Earlier versions wrote `state` at the top level.
-    let mut state = match extra.remove(STATE_FIELD) {
+    let mut state = top_level_state(&mut extra);
+    if let Some(folded) = take_folded(&mut labels, |field, value| {
+        extra.insert(field, value);
+    }) {
+        state = folded;
+    }
+    Unfolded {
+        labels,
+        state,
+        extra,
+    }
+}
+
+/// The `state` earlier versions wrote at the top level, taken out of the
+/// extra fields (left there when it is not a string).
+fn top_level_state(extra: &mut BTreeMap<String, serde_json::Value>) -> String {
+    match extra.remove(STATE_FIELD) {
         Some(serde_json::Value::String(state)) => state,
         Some(other) => {
             extra.insert(STATE_FIELD.to_owned(), other);
             String::new()
         }
         None => String::new(),
-    };
+    }
+}
+
+/// Takes our folded fields out of `labels`: our `state`, if folded, is
+/// returned; every other field is given to `put` with its value (strings
+/// as they are, `crabbox_claim_json.*` parsed).
+fn take_folded(
+    labels: &mut Labels,
+    mut put: impl FnMut(String, serde_json::Value),
+) -> Option<String> {
+    let mut state = None;
     for (key, value) in labels.take_where(is_folded) {
         if let Some(field) = key.strip_prefix(FOLDED) {
             if field == STATE_FIELD {
-                state = value.into_string();
+                state = Some(value.into_string());
             } else {
-                extra.insert(
+                put(
                     field.to_owned(),
                     serde_json::Value::String(value.into_string()),
                 );
@@ -300,14 +325,10 @@ fn unfold(mut labels: Labels, mut extra: BTreeMap<String, serde_json::Value>) ->
         } else if let Some(field) = key.strip_prefix(FOLDED_JSON) {
             let parsed = serde_json::from_str(&value)
                 .unwrap_or_else(|_| serde_json::Value::String(value.into_string()));
-            extra.insert(field.to_owned(), parsed);
+            put(field.to_owned(), parsed);
         }
     }
-    Unfolded {
-        labels,
-        state,
-        extra,
-    }
+    state
 }
 
 /// Whether a claim label holds one of our folded fields.
@@ -339,14 +360,51 @@ pub struct ClaimHead {
     pub bridge_url: String,
     /// Ours: `pending` or `active`.
     pub state: String,
-    /// Every other field, ours unfolded (as [`Claim::extra`]).
-    pub extra: BTreeMap<String, serde_json::Value>,
+    /// Every other field, ours unfolded (as [`Claim::extra`]): sorted by
+    /// name, each once, as in a map (see [`ClaimHead::extra`]). A list, not
+    /// a map: a claim has one or two, and a map's first node was most of
+    /// unfolding 10,000 claims.
+    pub extra: Vec<(String, serde_json::Value)>,
+}
+
+impl ClaimHead {
+    /// The extra field `name`.
+    #[must_use]
+    pub fn extra(&self, name: &str) -> Option<&serde_json::Value> {
+        self.extra
+            .iter()
+            .find_map(|(field, value)| (field == name).then_some(value))
+    }
+}
+
+/// Extra fields in the order read, Crabbox's then ours, as a head keeps
+/// them: sorted by name, and of a name given twice the later (ours, as a
+/// [`Claim`]'s map keeps it).
+fn sorted_extra(mut extra: Vec<(String, serde_json::Value)>) -> Vec<(String, serde_json::Value)> {
+    // Stable: of equal names, the later stays later.
+    extra.sort_by(|a, b| a.0.cmp(&b.0));
+    extra.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+    extra
 }
 
 impl<'de> Deserialize<'de> for ClaimHead {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let wire = ClaimWire::<FoldedLabels, SkippedValue>::deserialize(deserializer)?;
-        let Unfolded { state, extra, .. } = unfold(wire.labels.0, wire.extra);
+        let mut wire = ClaimWire::<FoldedLabels, SkippedValue>::deserialize(deserializer)?;
+        let mut state = top_level_state(&mut wire.extra);
+        // Crabbox's fields first (usually none), then ours.
+        let mut extra: Vec<(String, serde_json::Value)> = wire.extra.into_iter().collect();
+        if let Some(folded) = take_folded(&mut wire.labels.0, |field, value| {
+            extra.push((field, value));
+        }) {
+            state = folded;
+        }
+        let extra = sorted_extra(extra);
         Ok(Self {
             lease_id: wire.lease_id,
             slug: wire.slug,
@@ -372,7 +430,7 @@ impl From<Claim> for ClaimHead {
             ssh_port: c.ssh_port,
             bridge_url: c.bridge_url,
             state: c.state,
-            extra: c.extra,
+            extra: c.extra.into_iter().collect(),
         }
     }
 }
@@ -1131,6 +1189,15 @@ mod tests {
         )
         .expect("a claim head");
         assert_eq!(head, ClaimHead::from(expected));
+        // A field of ours both at the top level (an earlier version) and
+        // folded: the folded one wins, in a head as in a whole claim.
+        let twice = r#"{"leaseID": "cbx_00154d30ccc1", "note": "old", "zeta": 1,
+                        "labels": {"crabbox_claim.note": "new"}}"#;
+        let claim: Claim = serde_json::from_str(twice).expect("a claim");
+        let head: ClaimHead = serde_json::from_str(twice).expect("a head");
+        assert_eq!(claim.extra["note"], "new");
+        assert_eq!(head.extra("note"), Some(&serde_json::json!("new")));
+        assert_eq!(head, ClaimHead::from(claim));
         let minimal: Claim =
             serde_json::from_str(r#"{"leaseID": "cbx_00154d30ccc1", "sshPort": 2222}"#)
                 .expect("only the ID");
