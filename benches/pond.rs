@@ -286,6 +286,8 @@ fn hetzner(job: &Job) -> crabbox_providers::registry::Registry {
 }
 
 fn worker(arg: &str) {
+    // As `crabbox` starts every command.
+    crabbox::allocator::tune_for_a_command();
     let job: Job = serde_json::from_str(arg).expect("a job");
     let loaded = crabbox_spec::load::load_path(
         &job.spec,

@@ -4,6 +4,7 @@
 //! The binary is a thin wrapper over [`run`]; everything lives here so that
 //! tests and tools use the same code paths as the command line.
 
+pub mod allocator;
 pub mod cli;
 mod closed_stdout;
 
@@ -13,5 +14,6 @@ mod closed_stdout;
 pub fn run(
     args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
 ) -> std::process::ExitCode {
+    allocator::tune_for_a_command();
     closed_stdout::guard(|| cli::run(args))
 }
