@@ -1,16 +1,18 @@
 //! The Hetzner Cloud API as crabbox reads it: the servers and SSH keys
 //! endpoints' JSON shapes (only the fields used) and their pagination.
 
-use crabbox_core::labels::Labels;
+use crabbox_core::labels::{LabelText, Labels};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
 pub(super) struct Server {
     pub(super) id: u64,
+    /// Inline, as `status` and the address: short, and 10,000 servers are
+    /// decoded at every discovery of a large pond.
     #[serde(default)]
-    pub(super) name: String,
+    pub(super) name: LabelText,
     #[serde(default)]
-    pub(super) status: String,
+    pub(super) status: LabelText,
     #[serde(default)]
     pub(super) labels: Labels,
     #[serde(default)]
@@ -35,7 +37,7 @@ pub(super) struct PublicNet {
 
 #[derive(Debug, Clone, Deserialize)]
 pub(super) struct Address {
-    pub(super) ip: String,
+    pub(super) ip: LabelText,
 }
 
 #[derive(Debug, Deserialize)]

@@ -974,7 +974,7 @@ fn sighting(server: &Server) -> Server {
     Server {
         id: server.id,
         name: server.name.clone(),
-        status: String::new(),
+        status: Default::default(),
         labels: [labels::CRABBOX, labels::POND, labels::LEASE]
             .into_iter()
             .filter_map(|k| Some((k.into(), server.labels.get(k)?.clone())))
