@@ -253,7 +253,7 @@ pub(crate) fn setup(scenario: &Scenario) -> Result<Setup, String> {
         destroy_kept: scenario.options.destroy_kept,
     };
     let mut inventory = discovered(&desired.name, listed);
-    inventory.applied_commands = recorded;
+    inventory.applied_commands = recorded.into_iter().collect();
     inventory.dangling_claims = scenario
         .dangling_claims
         .iter()

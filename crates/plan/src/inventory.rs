@@ -1,8 +1,8 @@
 //! What exists for one pond: the planner's input from discovery.
 
-use std::collections::BTreeMap;
-
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use crabbox_core::lease::Lease;
 use crabbox_core::provider::{ProviderError, ProviderName};
@@ -31,8 +31,9 @@ pub struct Inventory {
     pub listed: Vec<ProviderName>,
     /// By lease ID: the commands each lease last ran, as its claim recorded
     /// them after setup (see `commands::lines`), so that a plan can show
-    /// what changes instead of two hashes.
-    pub applied_commands: BTreeMap<String, Vec<String>>,
+    /// what changes instead of two hashes. Looked up by ID only, so
+    /// hashed (10,000 entries in a large pond).
+    pub applied_commands: FxHashMap<String, Vec<String>>,
 }
 
 impl Inventory {
