@@ -259,10 +259,14 @@ impl<'de> Deserialize<'de> for Labels {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
-                // Room for a lease's usual twenty-odd labels at once, when
-                // the format does not say how many come.
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                let mut entries = Vec::new();
                 while let Some(pair) = map.next_entry::<LabelText, LabelText>()? {
+                    if entries.is_empty() {
+                        // Room for this label and those still to come (a
+                        // lease's usual twenty-odd when the format does
+                        // not say); none for an empty map.
+                        entries.reserve(1 + map.size_hint().unwrap_or(15));
+                    }
                     entries.push(pair);
                 }
                 Ok(Labels::from_pairs(entries))
