@@ -132,9 +132,41 @@ impl<'a> Hashed<'a> {
 }
 
 /// What `pond_block` hashes.
-#[derive(Serialize, PartialEq)]
+#[derive(Serialize)]
 struct Block<'a> {
     provider_block: Option<&'a serde_json::Value>,
+}
+
+/// Equal as the hashes see them: written alike. `Value`'s own equality
+/// holds for maps with their keys in another order and for `0.0` and
+/// `-0.0`, which are written differently (keys keep their order here).
+impl PartialEq for Block<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self.provider_block, other.provider_block) {
+            (Some(a), Some(b)) => written_alike(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        }
+    }
+}
+
+/// Whether two JSON values serialize to the same text.
+fn written_alike(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x == y && x.as_f64().map(f64::to_bits) == y.as_f64().map(f64::to_bits)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| written_alike(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((ka, va), (kb, vb))| ka == kb && written_alike(va, vb))
+        }
+        _ => a == b,
+    }
 }
 
 /// What `pond_setup` hashes.
@@ -374,5 +406,29 @@ members:
         }
         assert_eq!(memo.of(&twin), memo.of(&members[3]));
         assert_ne!(memo.of(&other).setup, memo.of(&twin).setup);
+        // Provider blocks equal as values but written differently: keys in
+        // another order, `0.0` and `-0.0`. The memo hashes each as written.
+        let with_block = |block: serde_json::Value| {
+            let mut m = members[1].clone();
+            m.provider_block = Some(block);
+            m
+        };
+        let blocks = [
+            with_block(serde_json::json!({"location": "nbg1", "image": "debian-12", "n": 0.0})),
+            with_block(serde_json::json!({"image": "debian-12", "location": "nbg1", "n": 0.0})),
+            with_block(serde_json::json!({"image": "debian-12", "location": "nbg1", "n": -0.0})),
+            with_block(serde_json::json!({"image": "debian-12", "location": "nbg1", "n": -0.0})),
+        ];
+        for m in &blocks {
+            assert_eq!(memo.of(m), SpecHashes::of(m));
+        }
+        assert_ne!(
+            SpecHashes::of(&blocks[0]).block,
+            SpecHashes::of(&blocks[1]).block
+        );
+        assert_ne!(
+            SpecHashes::of(&blocks[1]).block,
+            SpecHashes::of(&blocks[2]).block
+        );
     }
 }
