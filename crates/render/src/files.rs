@@ -146,117 +146,10 @@ fn document(mut members: Vec<Member<'_>>) -> String {
         .map(|m| 256 + 48 * m.labels.labels.len())
         .sum();
     let mut text = Vec::with_capacity(room);
-    let mut out = serde_json::Serializer::with_formatter(&mut text, Pretty::default());
-    Doc { members }
-        .serialize(&mut out)
-        .expect("peers serialize");
+    serde_json::to_writer_pretty(&mut text, &Doc { members }).expect("peers serialize");
     text.push(b'\n');
     // serde_json writes UTF-8 only.
     String::from_utf8(text).expect("JSON is UTF-8")
-}
-
-/// serde_json's pretty printing — two spaces an indent, byte for byte what
-/// `to_string_pretty` writes — with each line's break and indent written
-/// at once: its own formatter writes an indent a level at a time, and the
-/// `peers.json` of 10,000 members has 300,000 lines.
-#[derive(Default)]
-struct Pretty {
-    level: usize,
-    has_value: bool,
-}
-
-impl Pretty {
-    /// A line break and the current indent.
-    fn line<W: ?Sized + std::io::Write>(&self, w: &mut W) -> std::io::Result<()> {
-        const BREAK: &[u8] = b"\n                                ";
-        let mut rest = 2 * self.level;
-        let head = rest.min(BREAK.len() - 1);
-        w.write_all(&BREAK[..=head])?;
-        rest -= head;
-        while rest > 0 {
-            let n = rest.min(BREAK.len() - 1);
-            w.write_all(&BREAK[1..=n])?;
-            rest -= n;
-        }
-        Ok(())
-    }
-
-    fn open<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        bracket: &[u8],
-    ) -> std::io::Result<()> {
-        self.level += 1;
-        self.has_value = false;
-        w.write_all(bracket)
-    }
-
-    fn close<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        bracket: &[u8],
-    ) -> std::io::Result<()> {
-        self.level -= 1;
-        if self.has_value {
-            self.line(w)?;
-        }
-        w.write_all(bracket)
-    }
-
-    fn item<W: ?Sized + std::io::Write>(&self, w: &mut W, first: bool) -> std::io::Result<()> {
-        if !first {
-            w.write_all(b",")?;
-        }
-        self.line(w)
-    }
-}
-
-impl serde_json::ser::Formatter for Pretty {
-    fn begin_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        self.open(w, b"[")
-    }
-
-    fn end_array<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        self.close(w, b"]")
-    }
-
-    fn begin_array_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        self.item(w, first)
-    }
-
-    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, _: &mut W) -> std::io::Result<()> {
-        self.has_value = true;
-        Ok(())
-    }
-
-    fn begin_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        self.open(w, b"{")
-    }
-
-    fn end_object<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        self.close(w, b"}")
-    }
-
-    fn begin_object_key<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
-        self.item(w, first)
-    }
-
-    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
-        w.write_all(b": ")
-    }
-
-    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, _: &mut W) -> std::io::Result<()> {
-        self.has_value = true;
-        Ok(())
-    }
 }
 
 /// A hosts file: two `#` header lines, then `<address>  <slug>.cbx` for each
@@ -577,26 +470,6 @@ mod tests {
             };
             assert_eq!(written, expected);
         }
-    }
-
-    /// The formatter writes what serde_json's own pretty printer writes,
-    /// empty containers and indents deeper than its run of spaces included.
-    #[test]
-    fn pretty_writes_what_serde_json_writes() {
-        let mut deep = json!({"leaf": [1, "two", null, {}, []], "empty": {}});
-        for depth in 0..24 {
-            deep = json!({ "level": depth, "inner": [deep, {"k": "v"}], "none": [] });
-        }
-        let mut written = Vec::new();
-        deep.serialize(&mut serde_json::Serializer::with_formatter(
-            &mut written,
-            Pretty::default(),
-        ))
-        .expect("json");
-        assert_eq!(
-            String::from_utf8(written).expect("utf-8"),
-            serde_json::to_string_pretty(&deep).expect("json")
-        );
     }
 
     #[test]
