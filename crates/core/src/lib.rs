@@ -7,6 +7,7 @@ pub mod dirs;
 pub mod duration;
 pub mod expiry;
 pub mod human_time;
+pub mod json;
 pub mod label_map;
 pub mod labels;
 pub mod lease;

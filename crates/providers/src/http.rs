@@ -339,14 +339,7 @@ impl HttpClient {
         } else {
             body
         };
-        // UTF-8 checked once for the whole body, not string by string (a
-        // page of 50 servers has thousands); a body that is not UTF-8 is
-        // left to serde_json, whose error says where.
-        let parsed = match std::str::from_utf8(body) {
-            Ok(text) => serde_json::from_str(text),
-            Err(_) => serde_json::from_slice(body),
-        };
-        parsed.map_err(|e| {
+        crabbox_core::json::from_bytes(body).map_err(|e| {
             let message = format!(
                 "{}: {method} {path}: unexpected response: {e}",
                 self.provider

@@ -882,16 +882,6 @@ impl ClaimFile for ClaimHead {
     }
 }
 
-/// A claim file's JSON: its UTF-8 checked once for the whole file, not
-/// string by string (a claim has some sixty); a file that is not UTF-8 is
-/// left to serde_json, whose error says where.
-fn parse_claim<T: ClaimFile>(text: &[u8]) -> serde_json::Result<T> {
-    match std::str::from_utf8(text) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_slice(text),
-    }
-}
-
 fn load_all_files<T: ClaimFile>(dir: &Path) -> std::io::Result<(Vec<T>, Vec<ClaimProblem>)> {
     let mut claims = Vec::new();
     let mut problems = Vec::new();
@@ -922,7 +912,7 @@ fn load_all_files<T: ClaimFile>(dir: &Path) -> std::io::Result<(Vec<T>, Vec<Clai
         match files
             .read_into(Path::new(&name), &mut text)
             .map_err(|e| e.to_string())
-            .and_then(|()| parse_claim::<T>(&text).map_err(|e| e.to_string()))
+            .and_then(|()| crabbox_core::json::from_bytes::<T>(&text).map_err(|e| e.to_string()))
         {
             Ok(claim) if claim.lease_id() != stem => problems.push(ClaimProblem {
                 path: dir.join(&name),
