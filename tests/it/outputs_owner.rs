@@ -242,3 +242,32 @@ fn destroying_a_pond_that_has_nothing_says_so_and_creates_nothing() {
 
     env.ok(&["destroy", "--pond", "demo-pond", "--auto-approve"]);
 }
+
+/// An output file that is there but cannot be read (here a directory in
+/// its place) stops the plan: it is not a file to create, and what apply
+/// would replace is unknown.
+#[test]
+fn an_output_file_that_cannot_be_read_stops_the_plan() {
+    let env = Env::new();
+    std::fs::write(
+        env.path("work/pond.yaml"),
+        "version: 1\npond: unread\ndefaults: { provider: local, sync: false }\nmembers:\n  - slug: one\n",
+    )
+    .expect("spec");
+    env.ok(&["apply", "--auto-approve"]);
+    let hosts = env.path("home/.crabbox/pond/unread/hosts");
+    std::fs::remove_file(&hosts).expect("hosts was written");
+    std::fs::create_dir(&hosts).expect("a directory in its place");
+    let out = env.run(&["plan"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("cannot read the output file"), "{err}");
+    assert!(err.contains("unread/hosts"), "{err}");
+    assert!(
+        !text(&out.stdout).contains("to write"),
+        "no plan: {}",
+        text(&out.stdout)
+    );
+    std::fs::remove_dir(&hosts).expect("the directory");
+    env.ok(&["destroy", "--auto-approve"]);
+}

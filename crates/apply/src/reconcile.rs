@@ -136,7 +136,19 @@ pub fn plan_with_outputs(
         if holds(&path, f.contents.as_bytes()) {
             continue;
         }
-        let old = std::fs::read_to_string(&path).ok();
+        // A file that is there but cannot be read is not a file to create:
+        // what the plan would replace is unknown.
+        let old = match std::fs::read_to_string(&path) {
+            Ok(old) => Some(old),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(PlanFailure::Outputs(format!(
+                    "cannot read the output file {}: {e}; apply would replace it with the rendered {}: move it aside or make it readable",
+                    path.display(),
+                    f.name
+                )));
+            }
+        };
         if old.as_deref() != Some(f.contents.as_str()) {
             p.outputs.push(OutputChange {
                 name: f.name.clone(),
